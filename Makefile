@@ -1,0 +1,32 @@
+# attnkit developer commands. Every target sets up .venv first (fast when already done).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.attnkit-setup
+OUT    ?= bench_out
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+# Re-run the install only when the dependency declarations change.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[test,viz]'
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+# The main job. For now: a quick attention benchmark; writes $(OUT)/attention.{json,png}.
+demo: setup
+	$(VENV)/bin/attnkit bench attention --quick --out $(OUT)
+
+bench: setup
+	$(VENV)/bin/attnkit bench attention --out $(OUT)
+	$(VENV)/bin/attnkit bench variants --out $(OUT)
+
+clean:
+	rm -rf $(OUT) build dist src/*.egg-info $(STAMP)
