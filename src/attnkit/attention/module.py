@@ -1,0 +1,205 @@
+"""MultiHeadAttention: the layer around the attention kernel.
+
+The layer owns the projections (one fused QKV linear and an output linear), grouped-query
+heads, positions (RoPE rotation of q/k, or ALiBi passed to the kernel as ``bias="alibi"``),
+dropout and the KV cache. The score -> softmax -> values step is always
+``attnkit.attention.functional.attention`` (or an approximate variant from
+``attnkit.attention.variants``), so masks, backends and weight capture behave the same in
+every model.
+
+Fused QKV weight layout (rows of ``qkv_proj.weight``, shape ((Hq + 2 Hkv) * D, C)):
+``[q heads 0..Hq-1 | k heads 0..Hkv-1 | v heads 0..Hkv-1]``, each head D consecutive rows.
+Query head h reads key/value head ``h // (Hq // Hkv)``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..positional import ROPE_LAYOUTS, RotaryEmbedding
+from .functional import attention
+from .kv_cache import KVCache
+
+POSITIONAL_KINDS = (None, "rope", "alibi")
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention with GQA/MQA, RoPE/ALiBi, dropout and a KV cache.
+
+    Args:
+        d_model: model width C.
+        n_heads: query heads Hq.
+        n_kv_heads: key/value heads Hkv (default Hq); Hq must be a multiple of Hkv.
+            Hkv == 1 is multi-query attention.
+        causal: each query sees only keys at its position or earlier.
+        window: sliding window (see ``attnkit.attention.masks``), None for full attention.
+        positional: None, ``"rope"`` (rotate q and k) or ``"alibi"`` (distance bias).
+        dropout: probability for dropout on the attention weights and on the output.
+        bias: bias terms in the projections.
+        backend: passed to ``attention`` (``"auto"``, ``"math"``, ``"sdpa"``, ...).
+        rope_base, rope_layout: RoPE base and channel layout (``"half"`` or ``"interleaved"``).
+        head_dim: per-head width D (default d_model // n_heads).
+        variant, variant_params: name and keyword arguments of an approximate attention from
+            ``attnkit.attention.variants``; replaces the exact kernel.
+
+    ``forward(x)`` maps (B, T, C) -> (B, T, C).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None,
+                 causal: bool = False, window: int | None = None,
+                 positional: str | None = None, dropout: float = 0.0, bias: bool = True,
+                 backend: str = "auto", rope_base: float = 10000.0, rope_layout: str = "half",
+                 head_dim: int | None = None, variant: str | None = None,
+                 variant_params: dict | None = None):
+        super().__init__()
+        _positive_int("d_model", d_model)
+        _positive_int("n_heads", n_heads)
+        if n_kv_heads is None:
+            n_kv_heads = n_heads
+        _positive_int("n_kv_heads", n_kv_heads)
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_heads must be a multiple of n_kv_heads, got n_heads={n_heads}"
+                             f", n_kv_heads={n_kv_heads}")
+        if head_dim is None:
+            if d_model % n_heads:
+                raise ValueError(f"d_model must be divisible by n_heads when head_dim is not "
+                                 f"given, got d_model={d_model}, n_heads={n_heads}")
+            head_dim = d_model // n_heads
+        _positive_int("head_dim", head_dim)
+        if window is not None:
+            _positive_int("window", window)
+        if positional not in POSITIONAL_KINDS:
+            raise ValueError(f"positional must be one of {POSITIONAL_KINDS}, got "
+                             f"{positional!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or \
+                not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        if not isinstance(causal, bool):
+            raise TypeError(f"causal must be a bool, got {causal!r}")
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a str, got {backend!r}")
+        if positional == "rope" and rope_layout not in ROPE_LAYOUTS:
+            raise ValueError(f"rope_layout must be one of {ROPE_LAYOUTS}, got {rope_layout!r}")
+
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads
+        self.head_dim = head_dim
+        self.causal = causal
+        self.window = window
+        self.positional = positional
+        self.dropout = float(dropout)
+        self.backend = backend
+
+        q_dim, kv_dim = n_heads * head_dim, n_kv_heads * head_dim
+        self.qkv_proj = nn.Linear(d_model, q_dim + 2 * kv_dim, bias=bias)
+        self.out_proj = nn.Linear(q_dim, d_model, bias=bias)
+        self.out_dropout = nn.Dropout(self.dropout)
+        self.rotary = (RotaryEmbedding(head_dim, base=rope_base, layout=rope_layout)
+                       if positional == "rope" else None)
+
+        self.variant = variant
+        self.variant_attn = None
+        if variant is not None:
+            if positional == "alibi":
+                raise ValueError(f"variant={variant!r} cannot be combined with "
+                                 f"positional='alibi' (variants take no score bias)")
+            if window is not None:
+                raise ValueError(f"variant={variant!r} cannot be combined with "
+                                 f"window={window}")
+            try:
+                from . import variants as _variants  # imported here: optional at import time
+            except ImportError as e:
+                raise ImportError(f"variant={variant!r} needs attnkit.attention.variants, "
+                                  f"which could not be imported: {e}") from e
+            self.variant_attn = _variants.get(variant, **(variant_params or {}))
+        elif variant_params:
+            raise ValueError(f"variant_params given without a variant: {variant_params!r}")
+
+    # ----------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, *, key_padding_mask: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None, document_ids: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None, cache: KVCache | None = None,
+                return_weights: bool = False):
+        """x (B, T, C) -> (B, T, C), or (out, weights (B, Hq, T, Tk)) with return_weights.
+
+        key_padding_mask (B, Tk) bool, True = real token; mask bool broadcastable to
+        (B, Hq, T, Tk), True = may attend; document_ids (B, Tk) int for packed sequences;
+        positions (T,) or (B, T) int positions for RoPE (default: cache.length + 0..T-1).
+        With a cache, Tk = cache.length + T and the masks must cover all Tk keys.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must be (B, T, d_model={self.d_model}), got shape "
+                             f"{tuple(x.shape)}")
+        if positions is not None and self.rotary is None:
+            raise ValueError(f"positions are only used with positional='rope', this layer has "
+                             f"positional={self.positional!r}")
+        if cache is not None and not isinstance(cache, KVCache):
+            raise TypeError(f"cache must be a KVCache, got {type(cache).__name__}")
+        if self.variant_attn is not None:
+            bad = [name for name, val in (("cache", cache), ("mask", mask),
+                                          ("document_ids", document_ids))
+                   if val is not None]
+            if return_weights:
+                bad.append("return_weights")
+            if bad:
+                raise ValueError(f"variant={self.variant!r} does not support "
+                                 f"{', '.join(bad)}; use the exact attention for those")
+
+        B, T, _ = x.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.qkv_proj(x)  # (B, T, (H + 2 Hkv) * D)
+        q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+
+        if self.rotary is not None:
+            offset = cache.length if (cache is not None and positions is None) else 0
+            q, k = self.rotary(q, k, offset=offset, positions=positions)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, Hkv, Tk, D) each, Tk = old length + T
+
+        weights = None
+        if self.variant_attn is not None:
+            rep = H // Hkv
+            if rep > 1:  # query head h reads key/value head h // rep
+                k = k.repeat_interleave(rep, dim=1)  # (B, H, T, D)
+                v = v.repeat_interleave(rep, dim=1)  # (B, H, T, D)
+            y = self.variant_attn(q, k, v, causal=self.causal,
+                                  key_padding_mask=key_padding_mask)  # (B, H, T, D)
+        else:
+            res = attention(
+                q, k, v, causal=self.causal, mask=mask, key_padding_mask=key_padding_mask,
+                window=self.window, bias="alibi" if self.positional == "alibi" else None,
+                document_ids=document_ids,
+                dropout_p=self.dropout if self.training else 0.0,
+                backend=self.backend, return_weights=return_weights)
+            y, weights = res if return_weights else (res, None)  # y: (B, H, T, D)
+
+        y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H * D)
+        out = self.out_dropout(self.out_proj(y))  # (B, T, C)
+        return (out, weights) if return_weights else out
+
+    def extra_repr(self) -> str:
+        parts = [f"d_model={self.d_model}", f"n_heads={self.n_heads}"]
+        if self.n_kv_heads != self.n_heads:
+            parts.append(f"n_kv_heads={self.n_kv_heads}")
+        parts += [f"head_dim={self.head_dim}", f"causal={self.causal}"]
+        if self.window is not None:
+            parts.append(f"window={self.window}")
+        if self.positional is not None:
+            parts.append(f"positional={self.positional!r}")
+        if self.dropout:
+            parts.append(f"dropout={self.dropout:g}")
+        parts.append(f"bias={self.qkv_proj.bias is not None}")
+        parts.append(f"backend={self.backend!r}")
+        if self.variant is not None:
+            parts.append(f"variant={self.variant!r}")
+        return ", ".join(parts)
