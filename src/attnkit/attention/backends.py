@@ -1,0 +1,429 @@
+"""Attention kernels.  Each takes validated (B, H, T, D) tensors and a `MaskSpec`.
+
+* `math_attention`: the readable reference; the only kernel that returns the weights.
+* `sdpa_attention`: `torch.nn.functional.scaled_dot_product_attention` (fused, O(N) memory for
+  causal or unmasked inputs).
+* `flex_attention_call`: FlexAttention with a BlockMask built from block-level bounds; the
+  compiled kernel is created once per process and reused (Inductor's on-disk cache makes later
+  processes fast too).
+* `windowed_attention`: a blocked band kernel for sliding windows with its own backward
+  (flash-style recomputation), so memory is O(N * w) in training as well as inference.
+
+Every kernel returns zeros (and zero gradients) for a query that may attend to nothing.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .masks import MaskSpec
+
+NEG_INF = float("-inf")
+
+
+def _softmax_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """(B, Hkv, T, D) -> (B, Hkv * n_rep, T, D); query head h uses key head h // n_rep."""
+    if n_rep == 1:
+        return x
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
+
+
+def alibi_bias(slopes: Tensor, spec: MaskSpec, device=None) -> Tensor:
+    """(1, H, Tq, Tk) ALiBi bias -slope_h * |query position - key position|."""
+    device = slopes.device if device is None else device
+    q_pos = torch.arange(spec.q_len, device=device)[:, None] + spec.offset
+    k_pos = torch.arange(spec.k_len, device=device)[None, :]
+    dist = (q_pos - k_pos).abs().to(slopes.dtype)  # (Tq, Tk)
+    return -(slopes.to(device)[:, None, None] * dist)[None]
+
+
+def _masked_softmax(scores: Tensor, allowed: Optional[Tensor]) -> Tensor:
+    """Softmax over the last dim that gives exact zeros (and zero gradients) for empty rows."""
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, NEG_INF)
+    row_max = scores.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max)).detach()
+    p = torch.exp(scores - row_max)
+    denom = p.sum(dim=-1, keepdim=True)
+    return p / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+# ---------------------------------------------------------------------------- math
+def math_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    spec: MaskSpec,
+    *,
+    bias: Optional[Tensor],
+    scale: float,
+    dropout_p: float,
+    return_weights: bool,
+):
+    """Reference: scores -> masked softmax -> (dropout) -> weighted sum, in float32/float64."""
+    n_rep = q.shape[1] // k.shape[1]
+    k = _repeat_kv(k, n_rep)
+    v = _repeat_kv(v, n_rep)
+    ct = _softmax_dtype(q.dtype)
+    scores = torch.matmul(q.to(ct), k.to(ct).transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
+    if bias is not None:
+        scores = scores + bias.to(ct)
+    weights = _masked_softmax(scores, spec.dense(q.device))
+    used = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
+    out = torch.matmul(used, v.to(ct)).to(q.dtype)  # (B, H, Tq, Dv)
+    if return_weights:
+        return out, weights.to(q.dtype)
+    return out
+
+
+# ---------------------------------------------------------------------------- sdpa
+def sdpa_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    spec: MaskSpec,
+    *,
+    bias: Optional[Tensor],
+    scale: float,
+    dropout_p: float,
+) -> Tensor:
+    """torch SDPA.  Causal self-attention without other masks takes the is_causal fast path."""
+    gqa = q.shape[1] != k.shape[1]
+    if bias is None and spec.structural_only and spec.window is None and (
+        not spec.causal or spec.q_len == spec.k_len
+    ):
+        return F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout_p, is_causal=spec.causal, scale=scale, enable_gqa=gqa
+        )
+    allowed = spec.dense(q.device)
+    empty_rows = None
+    if allowed is not None:
+        empty = ~allowed.any(dim=-1, keepdim=True)  # (B?, H?, Tq, 1)
+        if bool(empty.any()):
+            # give empty rows something finite to attend to, then zero them below
+            allowed = allowed | empty
+            empty_rows = empty
+    if bias is not None:
+        attn_mask = bias.to(q.dtype)
+        if allowed is not None:
+            attn_mask = attn_mask.masked_fill(~allowed, NEG_INF)
+    else:
+        attn_mask = allowed
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa
+    )
+    if empty_rows is not None:
+        out = out.masked_fill(empty_rows, 0.0)
+    return out
+
+
+# ---------------------------------------------------------------------------- flex
+_FLEX_LOCK = threading.Lock()
+_FLEX_COMPILED = {}
+
+
+def _compiled_flex():
+    """The compiled FlexAttention kernel, created once per process (dynamic shapes)."""
+    with _FLEX_LOCK:
+        fn = _FLEX_COMPILED.get("fn")
+        if fn is None:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            fn = torch.compile(flex_attention, dynamic=True)
+            _FLEX_COMPILED["fn"] = fn
+        return fn
+
+
+FLEX_BLOCK = 128
+
+
+def build_block_mask(spec: MaskSpec, batch: int, heads: int, device, block: int = FLEX_BLOCK):
+    """A FlexAttention BlockMask from the block-level layout (no N x N evaluation)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    layout = spec.block_layout(batch, heads, block, block).to(device)  # (B', H', nQ, nK)
+    partial = layout == 1
+    full = layout == 2
+    nk = layout.shape[-1]
+
+    def to_indices(sel: Tensor):
+        counts = sel.sum(-1, dtype=torch.int32)
+        order = torch.argsort((~sel).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return counts, order
+
+    kv_num, kv_idx = to_indices(partial)
+    full_num, full_idx = to_indices(full)
+    mod = spec.mask_mod()
+    if mod is None:
+        from torch.nn.attention.flex_attention import noop_mask
+
+        mod = noop_mask
+    del nk
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mod,
+        seq_lengths=(spec.q_len, spec.k_len),
+    )
+
+
+def flex_attention_call(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    spec: MaskSpec,
+    *,
+    alibi_slopes: Optional[Tensor],
+    bias: Optional[Tensor],
+    scale: float,
+) -> Tensor:
+    """FlexAttention with a structured BlockMask and an optional ALiBi/tensor score_mod."""
+    block_mask = build_block_mask(spec, q.shape[0], q.shape[1], q.device)
+    score_mod = None
+    offset = spec.offset
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.to(device=q.device, dtype=torch.float32)
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score - slopes[h] * (q_idx + offset - kv_idx).abs()
+
+    elif bias is not None:
+        b4 = bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))
+        sb, sh, sq, sk = (d != 1 for d in b4.shape)
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            z = q_idx * 0
+            return score + b4[b if sb else z, h if sh else z, q_idx if sq else z, kv_idx if sk else z]
+
+    gqa = q.shape[1] != k.shape[1]
+    out = _compiled_flex()(
+        q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------- windowed
+WINDOW_QUERY_BLOCK = 128
+_CHUNK_BYTES = 32 * 2**20  # scores per chunk of query blocks
+
+
+class _Band:
+    """Geometry of the blocked band: query block b sees padded keys [b*c, b*c + L)."""
+
+    def __init__(self, spec: MaskSpec, block: int):
+        w = spec.window
+        self.c = block
+        self.left = w - 1
+        self.right = 0 if spec.causal else w - 1
+        self.L = self.c + self.left + self.right
+        self.nb = -(-spec.q_len // self.c)
+        self.tq, self.tk, self.off = spec.q_len, spec.k_len, spec.offset
+        # padded key axis: `left` zeros, the keys, then enough zeros for the last block
+        self.pad_right = self.nb * self.c - self.tq + self.right
+        self.start = self.off  # padded index of block 0's first key
+
+    def pad_keys(self, x: Tensor) -> Tensor:
+        """(B, H, Tk, D) -> (B, H, left + Tk + pad_right, D)."""
+        return F.pad(x, (0, 0, self.left, self.pad_right))
+
+    def windows(self, xp: Tensor, b0: int, b1: int) -> Tensor:
+        """Key windows of blocks b0..b1-1: (B, H, n, L, D) view-or-copy of padded keys."""
+        s = self.start + b0 * self.c
+        seg = xp[:, :, s : s + (b1 - b0 - 1) * self.c + self.L]
+        return seg.unfold(2, self.L, self.c).transpose(-1, -2)
+
+    def key_index(self, b0: int, b1: int, device) -> Tensor:
+        """(n, L) padded key indices of blocks b0..b1-1."""
+        base = self.start + torch.arange(b0, b1, device=device)[:, None] * self.c
+        return base + torch.arange(self.L, device=device)[None, :]
+
+
+def _band_static(spec: MaskSpec, band: _Band, device) -> Tensor:
+    """(c, L) allowed pattern inside any block: depends only on relative offsets."""
+    i = torch.arange(band.c, device=device)[:, None]
+    j = torch.arange(band.L, device=device)[None, :]
+    rel = i + band.left - j  # query position minus key position
+    if spec.causal:
+        return (rel >= 0) & (rel < spec.window)
+    return rel.abs() < spec.window
+
+
+class _WindowedFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, spec, slopes, scale, dropout_p, seed, block):
+        band = _Band(spec, block)
+        out, lse = _windowed_forward(q, k, v, spec, band, slopes, scale, dropout_p, seed)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.args = (spec, band, slopes, scale, dropout_p, seed)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        spec, band, slopes, scale, dropout_p, seed = ctx.args
+        dq, dk, dv = _windowed_backward(q, k, v, out, lse, dout, spec, band, slopes, scale, dropout_p, seed)
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+def _chunks(band: _Band, batch: int, heads: int):
+    per_block = batch * heads * band.c * band.L * 4
+    n = max(1, _CHUNK_BYTES // max(per_block, 1))
+    for b0 in range(0, band.nb, n):
+        yield b0, min(band.nb, b0 + n)
+
+
+class _BandContext:
+    """Per-call tensors shared by forward and backward: padded keys, validity, bias."""
+
+    def __init__(self, q, k, spec: MaskSpec, band: _Band, slopes: Optional[Tensor]):
+        device = q.device
+        self.static = _band_static(spec, band, device)  # (c, L)
+        kvalid = torch.ones(k.shape[0], spec.k_len, dtype=torch.bool, device=device)
+        if spec.key_padding_mask is not None:
+            kvalid = kvalid & spec.key_padding_mask.to(device)
+        self.kvalid = F.pad(kvalid, (band.left, band.pad_right), value=False)  # (B, Tk')
+        self.doc_k = self.doc_q = None
+        if spec.document_ids is not None:
+            doc = spec.document_ids.to(device)
+            self.doc_k = F.pad(doc, (band.left, band.pad_right), value=-1)
+            self.doc_q = F.pad(doc[:, spec.offset :], (0, band.nb * band.c - spec.q_len), value=-2)
+        self.bias = None
+        if slopes is not None:
+            i = torch.arange(band.c, device=device)[:, None]
+            j = torch.arange(band.L, device=device)[None, :]
+            dist = (i + band.left - j).abs().to(torch.float32)
+            self.bias = -(slopes.to(device=device, dtype=torch.float32)[:, None, None] * dist)  # (H, c, L)
+
+    def allowed(self, band: _Band, b0: int, b1: int) -> Tensor:
+        """(B, 1, n, c, L) bool."""
+        idx = band.key_index(b0, b1, self.kvalid.device)  # (n, L)
+        ok = self.static[None, None] & self.kvalid[:, idx][:, :, None, :]  # (B, n, c, L)
+        if self.doc_k is not None:
+            dk = self.doc_k[:, idx]  # (B, n, L)
+            dq = self.doc_q[:, b0 * band.c : b1 * band.c].reshape(dk.shape[0], b1 - b0, band.c)
+            ok = ok & (dq[..., :, None] == dk[..., None, :])
+        return ok[:, None]
+
+
+def _pad_queries(x: Tensor, band: _Band) -> Tensor:
+    return F.pad(x, (0, 0, 0, band.nb * band.c - band.tq))
+
+
+def _dropout_keep(shape, p: float, seed: int, chunk: int, device) -> Tensor:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed * 1000003 + chunk)
+    return torch.rand(shape, generator=gen, device=device) >= p
+
+
+def _chunk_probs(ctx_t: _BandContext, band, qb, kw, b0, b1, scale, lse=None):
+    """Scores -> probabilities for one chunk.  Returns (p, lse) in float32/64."""
+    ct = _softmax_dtype(qb.dtype)
+    s = torch.matmul(qb, kw.transpose(-1, -2)).to(ct) * scale  # (B, H, n, c, L)
+    if ctx_t.bias is not None:
+        s = s + ctx_t.bias[None, :, None].to(ct)
+    allowed = ctx_t.allowed(band, b0, b1)
+    s = s.masked_fill(~allowed, NEG_INF)
+    if lse is None:
+        m = s.amax(-1, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        p = torch.exp(s - m)
+        denom = p.sum(-1, keepdim=True)
+        p = p / torch.where(denom > 0, denom, torch.ones_like(denom))
+        lse = torch.where(denom > 0, m + torch.log(denom), torch.full_like(m, NEG_INF))
+        return p, lse
+    safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    p = torch.exp(s - safe)  # masked entries are exp(-inf) = 0, empty rows are all 0
+    return p, lse
+
+
+def _windowed_forward(q, k, v, spec, band, slopes, scale, dropout_p, seed):
+    B, H, _, D = q.shape
+    n_rep = H // k.shape[1]
+    ctx_t = _BandContext(q, k, spec, band, slopes)
+    kp = band.pad_keys(_repeat_kv(k, n_rep))
+    vp = band.pad_keys(_repeat_kv(v, n_rep))
+    qp = _pad_queries(q, band).view(B, H, band.nb, band.c, D)
+    out = torch.empty(B, H, band.nb, band.c, v.shape[-1], dtype=q.dtype, device=q.device)
+    lse = torch.empty(B, H, band.nb, band.c, 1, dtype=_softmax_dtype(q.dtype), device=q.device)
+    for ci, (b0, b1) in enumerate(_chunks(band, B, H)):
+        kw = band.windows(kp, b0, b1)  # (B, H, n, L, D)
+        vw = band.windows(vp, b0, b1)
+        p, l = _chunk_probs(ctx_t, band, qp[:, :, b0:b1], kw, b0, b1, scale)
+        if dropout_p > 0:
+            p = p * _dropout_keep(p.shape, dropout_p, seed, ci, q.device) / (1 - dropout_p)
+        out[:, :, b0:b1] = torch.matmul(p.to(v.dtype), vw)
+        lse[:, :, b0:b1] = l
+    out = out.view(B, H, band.nb * band.c, -1)[:, :, : band.tq]
+    return out, lse
+
+
+def _windowed_backward(q, k, v, out, lse, dout, spec, band, slopes, scale, dropout_p, seed):
+    B, H, _, D = q.shape
+    hkv = k.shape[1]
+    n_rep = H // hkv
+    ct = _softmax_dtype(q.dtype)
+    ctx_t = _BandContext(q, k, spec, band, slopes)
+    kp = band.pad_keys(_repeat_kv(k, n_rep))
+    vp = band.pad_keys(_repeat_kv(v, n_rep))
+    qp = _pad_queries(q, band).view(B, H, band.nb, band.c, D)
+    dop = _pad_queries(dout, band).view(B, H, band.nb, band.c, -1)
+    op = _pad_queries(out, band).view(B, H, band.nb, band.c, -1)
+    delta = (dop.to(ct) * op.to(ct)).sum(-1, keepdim=True)  # (B, H, nb, c, 1)
+    dq = torch.zeros(B, H, band.nb, band.c, D, dtype=ct, device=q.device)
+    dkp = torch.zeros(B, H, kp.shape[2], D, dtype=ct, device=q.device)
+    dvp = torch.zeros(B, H, vp.shape[2], v.shape[-1], dtype=ct, device=q.device)
+    for ci, (b0, b1) in enumerate(_chunks(band, B, H)):
+        kw = band.windows(kp, b0, b1)  # (B, H, n, L, D)
+        vw = band.windows(vp, b0, b1)
+        qb = qp[:, :, b0:b1]
+        p, _ = _chunk_probs(ctx_t, band, qb, kw, b0, b1, scale, lse=lse[:, :, b0:b1])
+        do = dop[:, :, b0:b1].to(ct)
+        dp = torch.matmul(do, vw.to(ct).transpose(-1, -2))  # (B, H, n, c, L)
+        if dropout_p > 0:
+            keep = _dropout_keep(p.shape, dropout_p, seed, ci, q.device).to(ct) / (1 - dropout_p)
+            p_used = p * keep
+            dp = dp * keep
+        else:
+            p_used = p
+        ds = p * (dp - delta[:, :, b0:b1]) * scale  # (B, H, n, c, L)
+        dq[:, :, b0:b1] = torch.matmul(ds, kw.to(ct))
+        dkw = torch.matmul(ds.transpose(-1, -2), qb.to(ct))  # (B, H, n, L, D)
+        dvw = torch.matmul(p_used.transpose(-1, -2), do)
+        idx = band.key_index(b0, b1, q.device).reshape(-1)
+        dkp.index_add_(2, idx, dkw.reshape(B, H, -1, D))
+        dvp.index_add_(2, idx, dvw.reshape(B, H, -1, dvw.shape[-1]))
+    dq = dq.view(B, H, -1, D)[:, :, : band.tq].to(q.dtype)
+    sl = slice(band.left, band.left + spec.k_len)
+    dk = dkp[:, :, sl]
+    dv = dvp[:, :, sl]
+    if n_rep > 1:
+        dk = dk.view(B, hkv, n_rep, spec.k_len, D).sum(2)
+        dv = dv.view(B, hkv, n_rep, spec.k_len, -1).sum(2)
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
+
+
+def windowed_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    spec: MaskSpec,
+    *,
+    alibi_slopes: Optional[Tensor],
+    scale: float,
+    dropout_p: float,
+    block: int = WINDOW_QUERY_BLOCK,
+) -> Tensor:
+    """Sliding-window attention over blocks of queries; memory O(N * (window + block))."""
+    if spec.window is None or spec.mask is not None:
+        raise ValueError("windowed backend needs window=int and no dense mask")
+    seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout_p > 0 else 0
+    block = max(16, min(block, 1 << max(4, math.ceil(math.log2(max(spec.q_len, 1))))))
+    return _WindowedFn.apply(q, k, v, spec, alibi_slopes, scale, dropout_p, seed, block)
