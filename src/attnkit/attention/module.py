@@ -118,7 +118,11 @@ class MultiHeadAttention(nn.Module):
             except ImportError as e:
                 raise ImportError(f"variant={variant!r} needs attnkit.attention.variants, "
                                   f"which could not be imported: {e}") from e
-            self.variant_attn = _variants.get(variant, **(variant_params or {}))
+            get = getattr(_variants, "get", None)
+            if get is None:
+                raise ImportError(f"variant={variant!r} needs attnkit.attention.variants.get, "
+                                  f"which is not available")
+            self.variant_attn = get(variant, **(variant_params or {}))
         elif variant_params:
             raise ValueError(f"variant_params given without a variant: {variant_params!r}")
 
