@@ -325,6 +325,10 @@ def test_bad_forward_args_raise():
     cache = KVCache(max_len=4)
     with pytest.raises(ValueError, match="max_len=4"):
         m(torch.randn(1, 5, 32), cache=cache)
+    m(torch.randn(1, 2, 32), cache=cache)
+    with pytest.raises(ValueError, match=r"cover all keys.*\(B, 3\).*\(1, 1\)"):
+        m(torch.randn(1, 1, 32), cache=cache, key_padding_mask=torch.ones(1, 1, dtype=torch.bool))
+    assert cache.length == 2  # a rejected call leaves the cache as it was
 
 
 def test_repr_shows_settings():

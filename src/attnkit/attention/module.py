@@ -168,6 +168,13 @@ class MultiHeadAttention(nn.Module):
             offset = cache.length if (cache is not None and positions is None) else 0
             q, k = self.rotary(q, k, offset=offset, positions=positions)
         if cache is not None:
+            tk = cache.length + T
+            for name, t in (("key_padding_mask", key_padding_mask),
+                            ("document_ids", document_ids)):
+                if t is not None and (t.dim() != 2 or t.shape[-1] != tk):
+                    raise ValueError(
+                        f"with a KV cache, {name} must cover all keys: shape (B, {tk}) = "
+                        f"(B, cache.length={cache.length} + T={T}), got {tuple(t.shape)}")
             k, v = cache.update(k, v)  # (B, Hkv, Tk, D) each, Tk = old length + T
 
         weights = None
