@@ -1,0 +1,656 @@
+"""Measurement tools shared by the benchmarks.
+
+* :func:`time_fn`, :func:`time_interleaved`: median wall time of a callable, synchronising
+  CUDA around every call so queued kernels are counted.
+* :func:`peak_memory`: the peak memory an operation adds, measured in a fresh Python process so
+  earlier work in this process (allocator caches, freed-but-kept heap pages, compiled kernels)
+  cannot hide or inflate it.
+* :class:`Table`: fixed-width text tables; :func:`write_json`; :func:`plot_loglog`.
+
+Only the standard library and torch are imported at module level; matplotlib is imported by
+:func:`plot_loglog` when a plot is asked for.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pickle
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+
+MiB = 1024**2
+GiB = 1024**3
+
+# --------------------------------------------------------------------------------------------
+# devices
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` -> cuda when available, else cpu; anything else is checked."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:<index>' or 'auto', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here; expected 'cpu'")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return dev
+
+
+def synchronize(device: str | torch.device | None = None) -> None:
+    """Wait for queued CUDA work; a no-op on CPU."""
+    if device is None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        return
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def available_memory_bytes(device: str | torch.device = "cpu") -> int:
+    """Memory that can still be allocated on ``device``: free GPU memory, or MemAvailable."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(dev)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 * GiB  # unknown platform: assume a small machine
+
+
+# --------------------------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------------------------
+
+
+def _check_counts(warmup: int, repeat: int) -> None:
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise ValueError(f"repeat must be an int >= 1, got {repeat!r}")
+
+
+def time_fn(
+    fn: Callable[[], Any],
+    warmup: int = 1,
+    repeat: int = 5,
+    *,
+    device: str | torch.device | None = None,
+    min_seconds: float = 0.0,
+    max_seconds: float | None = None,
+) -> float:
+    """Median wall time of ``fn()`` in seconds.
+
+    ``warmup`` untimed calls come first (compilation, lazy initialisation), then ``repeat``
+    timed calls; more follow while less than ``min_seconds`` has been spent (so fast functions
+    get enough samples), and none once ``max_seconds`` has been spent (so slow ones end; there
+    is always at least one timed call). On CUDA the device is synchronised before and after
+    each call, so queued kernels are counted.
+    """
+    return time_interleaved({"fn": fn}, warmup, repeat, device=device, min_seconds=min_seconds,
+                            max_seconds=max_seconds)["fn"]
+
+
+MAX_ROUNDS = 10_000
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], Any]],
+    warmup: int = 1,
+    repeat: int = 5,
+    *,
+    device: str | torch.device | None = None,
+    min_seconds: float = 0.0,
+    max_seconds: float | None = None,
+) -> dict[str, float]:
+    """Median seconds per callable, timing them round-robin (one call of each per round).
+
+    Interleaving means a slow spell of a shared machine hits every callable alike, so their
+    ratios are steadier than when each is timed in its own block. ``repeat``, ``min_seconds``
+    and ``max_seconds`` count rounds and time as in :func:`time_fn`.
+    """
+    _check_counts(warmup, repeat)
+    if not fns:
+        return {}
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+        synchronize(device)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while True:
+        for name, fn in fns.items():
+            synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            samples[name].append(time.perf_counter() - t0)
+        rounds += 1
+        elapsed = time.perf_counter() - start
+        if max_seconds is not None and elapsed >= max_seconds:
+            break
+        if (rounds >= repeat and elapsed >= min_seconds) or rounds >= MAX_ROUNDS:
+            break
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# peak memory, measured in a fresh process
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryReading:
+    """What one memory probe saw.
+
+    peak_bytes: peak memory added by the operation over ``baseline_bytes`` (inputs allocated).
+    method: "cuda_max_allocated", "vm_hwm" (Linux peak RSS, reset right before the operation)
+        or "ru_maxrss" (high-water mark of the whole process; see ``exact``).
+    exact: False when the process had already been larger before the operation than at its
+        baseline and the high-water mark could not be reset, so a peak below that earlier
+        high-water mark cannot be seen; ``peak_bytes`` is then a lower bound.
+    """
+
+    peak_bytes: int
+    baseline_bytes: int
+    method: str
+    exact: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeCase:
+    """One operation for :func:`measure_peak_memories`.
+
+    ``make_op(*args, **kwargs)`` allocates the inputs and returns the zero-argument operation.
+    ``warmup`` runs it once before measuring (leave on for anything compiled on first use).
+    """
+
+    make_op: Callable[..., Callable[[], Any]]
+    args: tuple = ()
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    warmup: bool = True
+
+
+def peak_memory(
+    make_op: Callable[..., Callable[[], Any]],
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    warmup: bool = True,
+    timeout: float | None = None,
+) -> int:
+    """Peak memory in bytes that one call of an operation adds; see :func:`measure_peak_memory`."""
+    return measure_peak_memory(make_op, args, kwargs, device=device, warmup=warmup, timeout=timeout).peak_bytes
+
+
+def measure_peak_memory(
+    make_op: Callable[..., Callable[[], Any]],
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    warmup: bool = True,
+    timeout: float | None = None,
+) -> MemoryReading:
+    """Measure the peak memory one call of an operation adds, in a fresh Python process.
+
+    ``make_op(*args, **kwargs)`` runs in the child process: it allocates the inputs and returns
+    a zero-argument callable, the operation. The child then (if ``warmup``) calls it once and
+    drops the result, so one-time costs such as compilation are left out; takes the baseline
+    with the inputs alive; calls the operation once more and reports the peak over that
+    baseline. ``make_op`` must be picklable: a function defined at the top level of a module
+    (or of the script being run).
+
+    On CUDA the reading is ``torch.cuda.max_memory_allocated`` after a reset. On CPU it is the
+    peak resident set size: on Linux the peak counter (VmHWM) is reset right before the
+    operation, and glibc is told to return freed blocks over 128 KiB to the system at once, so
+    memory freed earlier cannot be reused unseen. Elsewhere ``ru_maxrss`` is used.
+    """
+    case = ProbeCase(make_op, tuple(args), dict(kwargs or {}), warmup)
+    (result,) = measure_peak_memories([case], device=device, timeout=timeout)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def measure_peak_memories(
+    cases: Sequence[ProbeCase],
+    *,
+    device: str | torch.device = "cpu",
+    timeout: float | None = None,
+) -> list[MemoryReading | Exception]:
+    """Measure several operations one after another in one fresh child process.
+
+    Each case is built, measured as in :func:`measure_peak_memory` (the peak counter is reset
+    and the baseline taken again for every case) and released before the next, which saves
+    starting Python and torch once per case. A case that raises gives its exception (a
+    ``RuntimeError`` naming the case) in its slot instead of a reading; a child that dies
+    (killed for memory, say) raises ``RuntimeError``.
+    """
+    if not cases:
+        return []
+    dev = resolve_device(device)
+    wire = [(_pickle_target(c.make_op), tuple(c.args), dict(c.kwargs), bool(c.warmup)) for c in cases]
+    payload = pickle.dumps((wire, str(dev), torch.get_num_threads()))
+    env = dict(os.environ)
+    # The child must find the same modules as this process (tests, scripts on sys.path).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    # Fixed glibc thresholds: blocks over 128 KiB are mmap'ed and unmapped on free.
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", str(128 * 1024))
+    names = ", ".join(_name(c.make_op) for c in cases)
+    with tempfile.TemporaryDirectory(prefix="attnkit-probe-") as tmp:
+        inp, out = Path(tmp, "in.pkl"), Path(tmp, "out.json")
+        inp.write_bytes(pickle.dumps((list(sys.path), payload)))
+        cmd = [sys.executable, "-m", "attnkit.bench.common", "--probe", str(inp), str(out)]
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"memory probe of {names} ran past its timeout of {timeout} s") from None
+        if proc.returncode != 0 or not out.exists():
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            why = lines[-1] if lines else "no error output"
+            if proc.returncode < 0:
+                why = f"killed by signal {-proc.returncode} (out of memory?); {why}"
+            raise RuntimeError(f"memory probe of {names} failed with exit code {proc.returncode}: {why}")
+        results = json.loads(out.read_text())
+    readings: list[MemoryReading | Exception] = []
+    for case, r in zip(cases, results):
+        if "error" in r:
+            readings.append(RuntimeError(f"memory probe of {_name(case.make_op)}: {r['error']}"))
+        else:
+            readings.append(MemoryReading(**r))
+    return readings
+
+
+def _pickle_target(make_op: Callable) -> Any:
+    if getattr(make_op, "__module__", None) != "__main__":
+        return make_op
+    # The child's __main__ is this module, so a function from the caller's script is sent by
+    # file and name and loaded there, much as multiprocessing's spawn does.
+    main_file = getattr(sys.modules["__main__"], "__file__", None)
+    if main_file is None:
+        raise ValueError(
+            f"make_op {_name(make_op)} is defined in an interactive session; expected a function "
+            "defined at the top level of an importable module or script"
+        )
+    return ("__main__", os.path.abspath(main_file), make_op.__qualname__)
+
+
+def _unpickle_target(target: Any) -> Callable:
+    if not isinstance(target, tuple):
+        return target
+    import importlib.util
+
+    _, main_file, qualname = target
+    module = sys.modules.get("__probe_main__")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("__probe_main__", main_file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["__probe_main__"] = module
+        spec.loader.exec_module(module)
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset Linux's per-process peak RSS counter (VmHWM); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _proc_status_kib("VmHWM") is not None
+
+
+def _maxrss_bytes() -> int:
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # macOS reports bytes, Linux KiB
+
+
+def _current_rss_bytes() -> int:
+    kib = _proc_status_kib("VmRSS")
+    if kib is not None:
+        return kib * 1024
+    return _maxrss_bytes()  # best available elsewhere
+
+
+def _measure_one(make_op: Callable, args: tuple, kwargs: dict, warmup: bool, dev: torch.device) -> MemoryReading:
+    import gc
+
+    op = make_op(*args, **kwargs)
+    if not callable(op):
+        raise TypeError(f"{_name(make_op)} must return a zero-argument callable, got {type(op).__name__}")
+    if warmup:
+        result = op()
+        synchronize(dev)
+        del result
+    gc.collect()
+    result: Any = None
+    if dev.type == "cuda":
+        synchronize(dev)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        result = op()
+        synchronize(dev)
+        reading = MemoryReading(torch.cuda.max_memory_allocated(dev) - base, base, "cuda_max_allocated")
+    elif _reset_peak_rss():
+        base = _current_rss_bytes()
+        result = op()
+        peak = (_proc_status_kib("VmHWM") or 0) * 1024
+        reading = MemoryReading(max(0, peak - base), base, "vm_hwm")
+    else:
+        hwm_before = _maxrss_bytes()
+        base = _current_rss_bytes()
+        result = op()
+        peak = max(_maxrss_bytes(), _current_rss_bytes())
+        exact = peak > hwm_before or hwm_before <= base
+        reading = MemoryReading(max(0, peak - base), base, "ru_maxrss", exact)
+    del result, op
+    gc.collect()
+    return reading
+
+
+def _probe_child(in_path: str, out_path: str) -> None:
+    sys_path, payload = pickle.loads(Path(in_path).read_bytes())
+    for p in reversed(sys_path):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    wire, device, threads = pickle.loads(payload)
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    results: list[dict[str, Any]] = []
+    for target, args, kwargs, warmup in wire:
+        try:
+            reading = _measure_one(_unpickle_target(target), args, kwargs, warmup, dev)
+            results.append(dataclasses.asdict(reading))
+        except Exception as e:  # reported per case; the next case still runs
+            results.append({"error": f"{type(e).__name__}: {e}".splitlines()[0][:500]})
+    Path(out_path).write_text(json.dumps(results))
+
+
+# --------------------------------------------------------------------------------------------
+# formatting and tables
+# --------------------------------------------------------------------------------------------
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None or not math.isfinite(s):
+        return "-"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s * 1e9:.3g} ns"
+
+
+def fmt_bytes(b: float | None) -> str:
+    if b is None or not math.isfinite(b):
+        return "-"
+    for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
+        if abs(b) >= scale:
+            return f"{b / scale:.3g} {unit}"
+    return f"{int(b)} B"
+
+
+def fmt_ratio(r: float | None) -> str:
+    if r is None or not math.isfinite(r):
+        return "-"
+    return f"{r:.3g}x"
+
+
+def fmt_value(v: Any) -> str:
+    """Default cell formatting: None -> '-', floats to 4 significant digits."""
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "-"
+        return f"{v:.4g}"
+    return str(v)
+
+
+class Table:
+    """A fixed-width text table.
+
+    >>> t = Table(["backend", "time"], title="demo")
+    >>> t.add_row("sdpa", "1.2 ms")
+    >>> print(t)  # doctest: +NORMALIZE_WHITESPACE
+    demo
+    backend  time
+    -------  ------
+    sdpa     1.2 ms
+
+    ``align`` gives one letter per column, ``l`` or ``r``; by default text columns are
+    left-aligned and numeric ones right-aligned, judged by their first value.
+    """
+
+    def __init__(self, columns: Sequence[str], title: str | None = None, align: str | None = None) -> None:
+        if not columns:
+            raise ValueError("a Table needs at least one column, got none")
+        if align is not None and (len(align) != len(columns) or set(align) - {"l", "r"}):
+            raise ValueError(f"align must be one of 'l'/'r' per column ({len(columns)} letters), got {align!r}")
+        self.columns = [str(c) for c in columns]
+        self.title = title
+        self.align = align
+        self.rows: list[list[Any] | None] = []  # None marks a separator line
+
+    def add_row(self, *values: Any) -> None:
+        if len(values) == 1 and isinstance(values[0], Mapping):
+            mapping = values[0]
+            unknown = set(mapping) - set(self.columns)
+            if unknown:
+                raise ValueError(f"unknown column(s) {sorted(unknown)}; expected some of {self.columns}")
+            values = tuple(mapping.get(c) for c in self.columns)
+        if len(values) != len(self.columns):
+            raise ValueError(f"row has {len(values)} values, expected {len(self.columns)} ({self.columns})")
+        self.rows.append(list(values))
+
+    def add_separator(self) -> None:
+        self.rows.append(None)
+
+    def render(self) -> str:
+        cells = [[fmt_value(v) for v in row] if row is not None else None for row in self.rows]
+        widths = [len(c) for c in self.columns]
+        for row in cells:
+            if row is not None:
+                widths = [max(w, len(c)) for w, c in zip(widths, row)]
+        numeric = []
+        for j in range(len(self.columns)):
+            if self.align is not None:
+                numeric.append(self.align[j] == "r")
+                continue
+            first = next((r[j] for r in self.rows if r is not None and r[j] is not None), None)
+            numeric.append(isinstance(first, (int, float)) and not isinstance(first, bool))
+
+        def line(values: Sequence[str]) -> str:
+            parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+            return "  ".join(parts).rstrip()
+
+        out = [self.title] if self.title else []
+        out.append(line(self.columns))
+        rule = line(["-" * w for w in widths])
+        out.append(rule)
+        for row in cells:
+            out.append(rule if row is None else line(row))
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+# --------------------------------------------------------------------------------------------
+# JSON and plots
+# --------------------------------------------------------------------------------------------
+
+
+def environment() -> dict[str, Any]:
+    """Where a benchmark ran: versions, processor, threads, GPU."""
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, (torch.dtype, torch.device, Path)):
+        return str(obj)
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return _jsonable(obj.item())
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _jsonable(obj.item())
+    return obj
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically (readers never see half a file).
+
+    Non-finite floats become null, dtypes/devices/paths strings, dataclasses dicts.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_jsonable(data), indent=2, allow_nan=False)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+Series = Mapping[str, Iterable[tuple[float, float | None]]]
+
+
+def plot_loglog(
+    path: str | os.PathLike,
+    panels: Sequence[tuple[str, str, Series]],
+    *,
+    xlabel: str = "sequence length N",
+    title: str | None = None,
+    styles: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """Save side-by-side log-log line plots to a PNG.
+
+    ``panels`` is a list of ``(panel title, y label, series)``; ``series`` maps a line's name to
+    its ``(x, y)`` points. Points with a missing or non-positive y are left out (a skipped
+    measurement), and a series with no points is not drawn. ``styles`` maps a series name to
+    extra keyword arguments for matplotlib's ``plot`` (``linestyle``, ``color``, ...).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not panels:
+        raise ValueError("plot_loglog needs at least one panel, got none")
+    fig = Figure(figsize=(6.0 * len(panels), 4.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    names = list(dict.fromkeys(name for _, _, series in panels for name in series))
+    colors = {name: f"C{i % 10}" if len(names) <= 10 else _tab20(i) for i, name in enumerate(names)}
+    for ax, (panel_title, ylabel, series) in zip(axes, panels):
+        drawn = 0
+        for name, points in series.items():
+            pts = sorted((x, y) for x, y in points if y is not None and math.isfinite(y) and y > 0)
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            style = {"marker": "o", "markersize": 3, "color": colors[name], **dict((styles or {}).get(name, {}))}
+            ax.plot(xs, ys, label=name, **style)
+            drawn += 1
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(panel_title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _tab20(i: int) -> Any:
+    from matplotlib import colormaps
+
+    return colormaps["tab20"](i % 20)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--probe":
+        _probe_child(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit("usage: python -m attnkit.bench.common --probe IN OUT (used by peak_memory)")

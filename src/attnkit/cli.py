@@ -1,0 +1,327 @@
+"""The ``attnkit`` command line.
+
+Every command is one row of :data:`COMMANDS`: its words, the library function that runs it and
+a one-line help. The function's module is imported only when that command runs, so
+``attnkit version`` does not pay for the benchmarks, and a command whose module is missing or
+broken does not take the others down.
+
+A command's module tells the command line about its arguments in one of two ways:
+
+* ``add_arguments(parser)`` plus the row's function taking the parsed ``argparse.Namespace``
+  (returning an exit code or None); or
+* only ``main(argv)``: the rest of the command line is handed over unparsed.
+
+Adding a command (``train``, ``generate``, ``embed``, ...) is adding a row.
+
+Bad input gives one line on stderr, ``attnkit: error: ...``, naming the value and what was
+expected, and exit status 2; a ``ValueError`` from the library is reported the same way (set
+``ATTNKIT_DEBUG=1`` to see its traceback instead).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, NoReturn, Sequence
+
+PROG = "attnkit"
+USAGE_ERROR = 2
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: ``words`` as typed, ``target`` as ``"module:function"``.
+
+    ``arguments`` is ``"module:function"`` adding the command's options to its parser; by
+    default the target module's ``add_arguments``, and if there is none the target module's
+    ``main(argv)`` receives the remaining words as they are.
+    """
+
+    words: str
+    target: str
+    help: str
+    arguments: str | None = None
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("bench attention", "attnkit.bench.attention:run",
+            "time and peak memory of every attention backend next to raw PyTorch SDPA"),
+    Command("bench variants", "attnkit.bench.variants:run",
+            "speed, memory and error of the approximate attention variants"),
+    Command("explain", "attnkit.cli:explain_command",
+            "say which backend attention() picks for given inputs, and why",
+            arguments="attnkit.cli:explain_arguments"),
+    Command("version", "attnkit.cli:version_command", "print the attnkit and torch versions",
+            arguments="attnkit.cli:no_arguments"),
+)
+
+
+class UsageError(Exception):
+    """Bad input from the command line; printed as one line, exit status 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but an error is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(message)
+
+
+def fail(message: str) -> NoReturn:
+    sys.stderr.write(f"{PROG}: error: {' '.join(str(message).split())}\n")
+    raise SystemExit(USAGE_ERROR)
+
+
+# --------------------------------------------------------------------------------------------
+# argument types with messages that name the value and what was expected
+# --------------------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def size_list(text: str) -> list[int]:
+    """``"1k,2k,4096"`` -> ``[1024, 2048, 4096]``; ``k`` means 1024."""
+    sizes = []
+    for part in text.split(","):
+        item = part.strip().lower()
+        mult = 1024 if item.endswith("k") else 1
+        digits = item[:-1] if mult > 1 else item
+        if not digits.isdigit() or int(digits) < 1:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated positive sizes such as 1024,2k,4k; got {part.strip()!r} in {text!r}"
+            )
+        sizes.append(int(digits) * mult)
+    return sizes
+
+
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# small commands kept here
+# --------------------------------------------------------------------------------------------
+
+
+def no_arguments(parser: argparse.ArgumentParser) -> None:
+    """For commands without options."""
+
+
+def version_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from attnkit import __version__
+
+    print(f"attnkit {__version__} (torch {torch.__version__}, python {sys.version.split()[0]})")
+    return 0
+
+
+_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seq-len", type=positive_int, required=True, metavar="N", help="query length")
+    parser.add_argument("--kv-len", type=positive_int, metavar="N", help="key/value length (default: --seq-len)")
+    parser.add_argument("--batch", type=positive_int, default=1, metavar="B")
+    parser.add_argument("--heads", type=positive_int, default=8, metavar="H", help="query heads")
+    parser.add_argument("--kv-heads", type=positive_int, metavar="H", help="key/value heads (default: --heads)")
+    parser.add_argument("--head-dim", type=positive_int, default=64, metavar="D")
+    parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--window", type=positive_int, metavar="W", help="sliding window: keys each query sees")
+    parser.add_argument("--alibi", action="store_true", help="ALiBi distance bias")
+    parser.add_argument("--mask", action="store_true", help="a dense boolean mask (B, 1, N, N)")
+    parser.add_argument("--padding", action="store_true", help="a key padding mask (B, N)")
+    parser.add_argument("--documents", action="store_true", help="packed documents (document ids)")
+    parser.add_argument("--dropout", type=probability, default=0.0, metavar="P")
+    parser.add_argument("--weights", action="store_true", help="ask for the attention weights")
+    parser.add_argument("--grad", action="store_true", help="inputs that need gradients (training)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "math", "sdpa", "flex", "windowed"))
+    parser.add_argument("--dtype", default="float32", choices=_DTYPES)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="device whose rules apply (cpu plans are made without allocating)")
+
+
+def explain_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from attnkit.attention import explain
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device 'cuda' was given but CUDA is not available here; expected 'cpu'")
+    kv_len = args.kv_len or args.seq_len
+    kv_heads = args.kv_heads or args.heads
+    # CPU plans are made on the meta device: shapes and dtypes only, nothing is allocated.
+    device = torch.device("meta" if args.device == "cpu" else args.device)
+    dtype = getattr(torch, args.dtype)
+
+    def empty(*shape: int, dt: torch.dtype = dtype, grad: bool = False) -> torch.Tensor:
+        return torch.empty(*shape, dtype=dt, device=device, requires_grad=grad)
+
+    q = empty(args.batch, args.heads, args.seq_len, args.head_dim, grad=args.grad)  # (B, H, T, D)
+    k = empty(args.batch, kv_heads, kv_len, args.head_dim, grad=args.grad)  # (B, Hkv, Tk, D)
+    v = empty(args.batch, kv_heads, kv_len, args.head_dim, grad=args.grad)  # (B, Hkv, Tk, D)
+    extra: dict[str, Any] = {}
+    if args.mask:
+        extra["mask"] = empty(args.batch, 1, args.seq_len, kv_len, dt=torch.bool)
+    if args.padding:
+        extra["key_padding_mask"] = empty(args.batch, kv_len, dt=torch.bool)
+    if args.documents:
+        extra["document_ids"] = empty(args.batch, kv_len, dt=torch.long)
+    plan = explain(
+        q, k, v,
+        causal=args.causal,
+        window=args.window,
+        bias="alibi" if args.alibi else None,
+        dropout_p=args.dropout,
+        backend=args.backend,
+        return_weights=args.weights,
+        **extra,
+    )
+    print(f"{plan.backend}: {plan.reason}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# dispatch
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve(spec: str) -> Callable[..., Any]:
+    module_name, _, attr = spec.partition(":")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ImportError(f"{module_name} has no {attr!r}; expected it to define {attr}()") from None
+
+
+def _tree(commands: Sequence[Command]) -> dict[str, Any]:
+    """{"bench": {"attention": Command, ...}, "version": Command, ...}"""
+    root: dict[str, Any] = {}
+    for cmd in commands:
+        *groups, leaf = cmd.words.split()
+        node = root
+        for g in groups:
+            node = node.setdefault(g, {})
+        node[leaf] = cmd
+    return root
+
+
+def _select(tree: dict[str, Any], argv: Sequence[str]) -> tuple[Command | None, list[str]]:
+    """Follow the leading words of ``argv`` through the tree; the Command reached, if any."""
+    node: Any = tree
+    path: list[str] = []
+    for word in argv:
+        if not isinstance(node, dict) or word not in node:
+            break
+        node = node[word]
+        path.append(word)
+    return (node if isinstance(node, Command) else None), path
+
+
+@contextlib.contextmanager
+def _one_line_argparse_errors() -> Iterator[None]:
+    """Make parsers built by a delegated ``main(argv)`` report errors as one line too."""
+    original = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = lambda self, message: fail(message)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original  # type: ignore[method-assign]
+
+
+def build_parser(chosen: Command | None = None, commands: Sequence[Command] = COMMANDS) -> ArgumentParser:
+    """The parser for all commands; only ``chosen`` gets its options (importing its module)."""
+    parser = ArgumentParser(prog=PROG, description="attnkit: self-attention kernels, models and tools.")
+    delegated = False
+
+    def add(node: dict[str, Any], sub_parser: argparse.ArgumentParser, depth: int, prefix: str) -> None:
+        nonlocal delegated
+        subs = sub_parser.add_subparsers(dest=f"_word{depth}", metavar="<command>", title="commands",
+                                         parser_class=ArgumentParser)
+        for word, child in node.items():
+            if isinstance(child, Command):
+                is_chosen = child is chosen
+                uses_main = is_chosen and _delegates_to_main(child)
+                p = subs.add_parser(word, help=child.help, description=child.help,
+                                    prog=f"{PROG} {child.words}", add_help=not uses_main)
+                p.set_defaults(_command=child)
+                if uses_main:
+                    p.add_argument("_rest", nargs=argparse.REMAINDER)
+                    delegated = True
+                elif is_chosen:
+                    _resolve(child.arguments or _default_arguments(child))(p)
+            else:
+                words = f"{prefix} {word}".strip()
+                p = subs.add_parser(word, help=f"{words} commands: " + ", ".join(child),
+                                    prog=f"{PROG} {words}")
+                p.set_defaults(_group=words, _group_node=child)
+                add(child, p, depth + 1, words)
+
+    add(_tree(commands), parser, 0, "")
+    parser.set_defaults(_delegated=delegated)
+    return parser
+
+
+def _default_arguments(cmd: Command) -> str:
+    return cmd.target.partition(":")[0] + ":add_arguments"
+
+
+def _delegates_to_main(cmd: Command) -> bool:
+    if cmd.arguments is not None:
+        return False
+    module = importlib.import_module(cmd.target.partition(":")[0])
+    return not hasattr(module, "add_arguments") and hasattr(module, "main")
+
+
+def main(argv: Sequence[str] | None = None, commands: Sequence[Command] = COMMANDS) -> int:
+    """Run the command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen, path = _select(_tree(commands), argv)
+    try:
+        parser = build_parser(chosen, commands)
+    except ImportError as e:
+        words = chosen.words if chosen else " ".join(path)
+        fail(f"command '{words}' is not available: {e}")
+    args = parser.parse_args(argv)
+    cmd: Command | None = getattr(args, "_command", None)
+    if cmd is None:
+        group = getattr(args, "_group", None)
+        if group is not None:
+            fail(f"'{group}' needs a subcommand, one of: {', '.join(args._group_node)}")
+        fail(f"a command is required, one of: {', '.join(_tree(commands))} (see '{PROG} --help')")
+    try:
+        if getattr(args, "_rest", None) is not None:
+            module = importlib.import_module(cmd.target.partition(":")[0])
+            with _one_line_argparse_errors():
+                status = module.main(args._rest)
+        else:
+            status = _resolve(cmd.target)(args)
+    except UsageError as e:
+        fail(str(e))
+    except ValueError as e:  # the library's message for a bad value
+        if os.environ.get("ATTNKIT_DEBUG"):
+            raise
+        fail(str(e))
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
