@@ -132,15 +132,20 @@ _FLEX_LOCK = threading.Lock()
 _FLEX_COMPILED = {}
 
 
-def _compiled_flex():
-    """The compiled FlexAttention kernel, created once per process (dynamic shapes)."""
+def _compiled_flex(dynamic: bool = True):
+    """The compiled FlexAttention kernel, created once per process.
+
+    Dynamic shapes let one compiled kernel serve every sequence length; masks that index
+    per-token tables by query position (document ids) compile per shape instead, because
+    Inductor's CPU code generation fails on that pattern with symbolic sizes in torch 2.13.
+    """
     with _FLEX_LOCK:
-        fn = _FLEX_COMPILED.get("fn")
+        fn = _FLEX_COMPILED.get(dynamic)
         if fn is None:
             from torch.nn.attention.flex_attention import flex_attention
 
-            fn = torch.compile(flex_attention, dynamic=True)
-            _FLEX_COMPILED["fn"] = fn
+            fn = torch.compile(flex_attention, dynamic=dynamic)
+            _FLEX_COMPILED[dynamic] = fn
         return fn
 
 
@@ -204,7 +209,7 @@ def flex_attention_call(
             return score + b4[b if sb else z, h if sh else z, q_idx if sq else z, kv_idx if sk else z]
 
     gqa = q.shape[1] != k.shape[1]
-    out = _compiled_flex()(
+    out = _compiled_flex(dynamic=spec.document_ids is None)(
         q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa
     )
     return out
@@ -260,24 +265,140 @@ class _WindowedFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, spec, slopes, scale, dropout_p, seed, block):
         band = _Band(spec, block)
-        out, lse = _windowed_forward(q, k, v, spec, band, slopes, scale, dropout_p, seed)
+        fast = _FastBand.build(q, spec, band, slopes, dropout_p)
+        out, lse = _windowed_forward(q, k, v, spec, band, slopes, scale, dropout_p, seed, fast)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.args = (spec, band, slopes, scale, dropout_p, seed)
+        ctx.args = (spec, band, slopes, scale, dropout_p, seed, fast)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        spec, band, slopes, scale, dropout_p, seed = ctx.args
-        dq, dk, dv = _windowed_backward(q, k, v, out, lse, dout, spec, band, slopes, scale, dropout_p, seed)
+        spec, band, slopes, scale, dropout_p, seed, fast = ctx.args
+        dq, dk, dv = _windowed_backward(
+            q, k, v, out, lse, dout, spec, band, slopes, scale, dropout_p, seed, fast
+        )
         return dq, dk, dv, None, None, None, None, None, None
 
 
-def _chunks(band: _Band, batch: int, heads: int):
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_FLASH_CPU_BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+
+
+class _FastBand:
+    """Interior blocks of a plain sliding window, computed with the fused CPU flash kernel.
+
+    For query block b (first query position s) the keys split into parts that need no mask
+    or only a small triangular one:
+
+        causal:         C [s-w+1, s-w+c]  (upper triangle)   A [s-w+c+1, s-1]  (all)
+                        B [s, s+c-1]      (causal)
+        bidirectional:  C as above        A [s-w+c+1, s+w-2] (all)
+                        D [s+w-1, s+w+c-2] (lower triangle)
+
+    Every part is a strided view of the keys (no copy), every row of every part has at least
+    one key, and the parts are merged by log-sum-exp.  Blocks whose window crosses the
+    sequence ends go through the general masked path.
+    """
+
+    def __init__(self, spec: MaskSpec, band: _Band, lo: int, hi: int, device, dtype):
+        c, w, off = band.c, spec.window, spec.offset
+        self.lo, self.hi, self.c = lo, hi, c
+        i = torch.arange(c, device=device)[:, None]
+        j = torch.arange(c, device=device)[None, :]
+        neg = torch.full((c, c), NEG_INF, dtype=dtype, device=device)
+        zero = torch.zeros((c, c), dtype=dtype, device=device)
+        upper = torch.where(j >= i, zero, neg)
+        lower = torch.where(j <= i, zero, neg)
+        # (relative start, length, is_causal, additive mask)
+        parts = [(-w + 1, c, False, upper)]
+        if spec.causal:
+            if w - c - 1 > 0:
+                parts.append((-w + c + 1, w - c - 1, False, None))
+            parts.append((0, c, True, None))
+        else:
+            parts.append((-w + c + 1, 2 * w - c - 2, False, None))
+            parts.append((w - 1, c, False, lower))
+        self.parts = parts
+        self.first = off + lo * c  # position of the first interior query
+
+    @staticmethod
+    def build(q, spec: MaskSpec, band: _Band, slopes, dropout_p) -> "Optional[_FastBand]":
+        if (
+            _FLASH_CPU is None
+            or q.device.type != "cpu"
+            or not spec.structural_only
+            or slopes is not None
+            or dropout_p > 0
+            or spec.window < 2 * band.c
+        ):
+            return None
+        c, w, off, tq, tk = band.c, spec.window, spec.offset, spec.q_len, spec.k_len
+        lo = max(0, -(-(w - 1 - off) // c))
+        hi = tq // c
+        if not spec.causal:
+            # the last key of block b's D part is off + b*c + w + c - 2 <= tk - 1
+            hi = min(hi, (tk + 1 - off - w - c) // c + 1)
+        if hi - lo < 1:
+            return None
+        return _FastBand(spec, band, lo, hi, q.device, q.dtype)
+
+    def ranges(self, nb: int):
+        """Block ranges left to the general path."""
+        out = []
+        if self.lo > 0:
+            out.append((0, self.lo))
+        if self.hi < nb:
+            out.append((self.hi, nb))
+        return out
+
+    def views(self, q3, k3, v3):
+        """Strided (BH, n, ., D) views of the interior queries and of each part's keys."""
+        bh, tq, d = q3.shape
+        tk, dv = k3.shape[1], v3.shape[2]
+        n, c = self.hi - self.lo, self.c
+        qv = q3.as_strided((bh, n, c, d), (tq * d, c * d, d, 1), self.lo * c * d)
+        kvs = []
+        for start, length, _, _ in self.parts:
+            s = self.first + start
+            kv = k3.as_strided((bh, n, length, d), (tk * d, c * d, d, 1), s * d)
+            vv = v3.as_strided((bh, n, length, dv), (tk * dv, c * dv, dv, 1), s * dv)
+            kvs.append((kv, vv))
+        return qv, kvs
+
+    def forward(self, q3, k3, v3, scale):
+        qv, kvs = self.views(q3, k3, v3)
+        outs, lses = [], []
+        for (kv, vv), (_, _, causal, m) in zip(kvs, self.parts):
+            o, l = _FLASH_CPU(qv, kv, vv, 0.0, causal, attn_mask=m, scale=scale)
+            outs.append(o)
+            lses.append(l)
+        lse = torch.logsumexp(torch.stack(lses), dim=0)  # (BH, n, c)
+        acc = _softmax_dtype(q3.dtype)
+        out = sum(o.to(acc) * torch.exp(l - lse)[..., None].to(acc) for o, l in zip(outs, lses))
+        return out.to(q3.dtype), lse
+
+    def backward(self, q3, k3, v3, out_v, lse_v, dout_v, scale, dk3, dv3):
+        qv, kvs = self.views(q3, k3, v3)
+        dq = None
+        n, c = self.hi - self.lo, self.c
+        for (kv, vv), (start, length, causal, m) in zip(kvs, self.parts):
+            gq, gk, gv = _FLASH_CPU_BWD(dout_v, qv, kv, vv, out_v, lse_v, 0.0, causal, attn_mask=m, scale=scale)
+            dq = gq if dq is None else dq + gq
+            base = self.first + start + torch.arange(n, device=q3.device)[:, None] * c
+            idx = (base + torch.arange(length, device=q3.device)[None, :]).reshape(-1)
+            dk3.index_add_(1, idx, gk.reshape(gk.shape[0], -1, gk.shape[-1]).to(dk3.dtype))
+            dv3.index_add_(1, idx, gv.reshape(gv.shape[0], -1, gv.shape[-1]).to(dv3.dtype))
+        return dq
+
+
+def _chunks(band: _Band, batch: int, heads: int, ranges):
+    """Split block ranges into chunks whose scores stay under _CHUNK_BYTES."""
     per_block = batch * heads * band.c * band.L * 4
     n = max(1, _CHUNK_BYTES // max(per_block, 1))
-    for b0 in range(0, band.nb, n):
-        yield b0, min(band.nb, b0 + n)
+    for lo, hi in ranges:
+        for b0 in range(lo, hi, n):
+            yield b0, min(hi, b0 + n)
 
 
 class _BandContext:
@@ -344,69 +465,101 @@ def _chunk_probs(ctx_t: _BandContext, band, qb, kw, b0, b1, scale, lse=None):
     return p, lse
 
 
-def _windowed_forward(q, k, v, spec, band, slopes, scale, dropout_p, seed):
+def _windowed_forward(q, k, v, spec, band, slopes, scale, dropout_p, seed, fast):
     B, H, _, D = q.shape
     n_rep = H // k.shape[1]
-    ctx_t = _BandContext(q, k, spec, band, slopes)
-    kp = band.pad_keys(_repeat_kv(k, n_rep))
-    vp = band.pad_keys(_repeat_kv(v, n_rep))
-    qp = _pad_queries(q, band).view(B, H, band.nb, band.c, D)
-    out = torch.empty(B, H, band.nb, band.c, v.shape[-1], dtype=q.dtype, device=q.device)
+    k_rep = _repeat_kv(k, n_rep).contiguous()
+    v_rep = _repeat_kv(v, n_rep).contiguous()
+    dv = v.shape[-1]
+    out = torch.empty(B, H, band.nb, band.c, dv, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, H, band.nb, band.c, 1, dtype=_softmax_dtype(q.dtype), device=q.device)
-    for ci, (b0, b1) in enumerate(_chunks(band, B, H)):
-        kw = band.windows(kp, b0, b1)  # (B, H, n, L, D)
-        vw = band.windows(vp, b0, b1)
-        p, l = _chunk_probs(ctx_t, band, qp[:, :, b0:b1], kw, b0, b1, scale)
-        if dropout_p > 0:
-            p = p * _dropout_keep(p.shape, dropout_p, seed, ci, q.device) / (1 - dropout_p)
-        out[:, :, b0:b1] = torch.matmul(p.to(v.dtype), vw)
-        lse[:, :, b0:b1] = l
-    out = out.view(B, H, band.nb * band.c, -1)[:, :, : band.tq]
+    ranges = [(0, band.nb)]
+    if fast is not None:
+        q3 = q.contiguous().view(B * H, band.tq, D)
+        o_f, l_f = fast.forward(q3, k_rep.view(B * H, -1, D), v_rep.view(B * H, -1, dv), scale)
+        out[:, :, fast.lo : fast.hi] = o_f.view(B, H, -1, band.c, dv)
+        lse[:, :, fast.lo : fast.hi] = l_f.view(B, H, -1, band.c, 1).to(lse.dtype)
+        ranges = fast.ranges(band.nb)
+    if ranges:
+        ctx_t = _BandContext(q, k, spec, band, slopes)
+        kp = band.pad_keys(k_rep)
+        vp = band.pad_keys(v_rep)
+        qp = _pad_queries(q, band).view(B, H, band.nb, band.c, D)
+        for b0, b1 in _chunks(band, B, H, ranges):
+            kw = band.windows(kp, b0, b1)  # (B, H, n, L, D)
+            vw = band.windows(vp, b0, b1)
+            p, l = _chunk_probs(ctx_t, band, qp[:, :, b0:b1], kw, b0, b1, scale)
+            if dropout_p > 0:
+                p = p * _dropout_keep(p.shape, dropout_p, seed, b0, q.device) / (1 - dropout_p)
+            out[:, :, b0:b1] = torch.matmul(p.to(v.dtype), vw)
+            lse[:, :, b0:b1] = l
+    out = out.view(B, H, band.nb * band.c, dv)[:, :, : band.tq]
     return out, lse
 
 
-def _windowed_backward(q, k, v, out, lse, dout, spec, band, slopes, scale, dropout_p, seed):
+def _windowed_backward(q, k, v, out, lse, dout, spec, band, slopes, scale, dropout_p, seed, fast):
     B, H, _, D = q.shape
     hkv = k.shape[1]
     n_rep = H // hkv
+    dvd = v.shape[-1]
     ct = _softmax_dtype(q.dtype)
-    ctx_t = _BandContext(q, k, spec, band, slopes)
-    kp = band.pad_keys(_repeat_kv(k, n_rep))
-    vp = band.pad_keys(_repeat_kv(v, n_rep))
-    qp = _pad_queries(q, band).view(B, H, band.nb, band.c, D)
-    dop = _pad_queries(dout, band).view(B, H, band.nb, band.c, -1)
-    op = _pad_queries(out, band).view(B, H, band.nb, band.c, -1)
-    delta = (dop.to(ct) * op.to(ct)).sum(-1, keepdim=True)  # (B, H, nb, c, 1)
+    k_rep = _repeat_kv(k, n_rep).contiguous()
+    v_rep = _repeat_kv(v, n_rep).contiguous()
+    left = band.left
+    # gradients w.r.t. the padded keys: [left zeros | keys | right zeros]
+    dkp = torch.zeros(B, H, left + spec.k_len + band.pad_right, D, dtype=ct, device=q.device)
+    dvp = torch.zeros(B, H, dkp.shape[2], dvd, dtype=ct, device=q.device)
     dq = torch.zeros(B, H, band.nb, band.c, D, dtype=ct, device=q.device)
-    dkp = torch.zeros(B, H, kp.shape[2], D, dtype=ct, device=q.device)
-    dvp = torch.zeros(B, H, vp.shape[2], v.shape[-1], dtype=ct, device=q.device)
-    for ci, (b0, b1) in enumerate(_chunks(band, B, H)):
-        kw = band.windows(kp, b0, b1)  # (B, H, n, L, D)
-        vw = band.windows(vp, b0, b1)
-        qb = qp[:, :, b0:b1]
-        p, _ = _chunk_probs(ctx_t, band, qb, kw, b0, b1, scale, lse=lse[:, :, b0:b1])
-        do = dop[:, :, b0:b1].to(ct)
-        dp = torch.matmul(do, vw.to(ct).transpose(-1, -2))  # (B, H, n, c, L)
-        if dropout_p > 0:
-            keep = _dropout_keep(p.shape, dropout_p, seed, ci, q.device).to(ct) / (1 - dropout_p)
-            p_used = p * keep
-            dp = dp * keep
-        else:
-            p_used = p
-        ds = p * (dp - delta[:, :, b0:b1]) * scale  # (B, H, n, c, L)
-        dq[:, :, b0:b1] = torch.matmul(ds, kw.to(ct))
-        dkw = torch.matmul(ds.transpose(-1, -2), qb.to(ct))  # (B, H, n, L, D)
-        dvw = torch.matmul(p_used.transpose(-1, -2), do)
-        idx = band.key_index(b0, b1, q.device).reshape(-1)
-        dkp.index_add_(2, idx, dkw.reshape(B, H, -1, D))
-        dvp.index_add_(2, idx, dvw.reshape(B, H, -1, dvw.shape[-1]))
+    dout = dout.contiguous()
+    ranges = [(0, band.nb)]
+    if fast is not None:
+        bh = B * H
+        q3 = q.contiguous().view(bh, band.tq, D)
+        n = fast.hi - fast.lo
+        sl = slice(fast.lo * band.c, fast.hi * band.c)
+        out_v = out.contiguous().view(bh, band.tq, dvd)[:, sl].reshape(bh, n, band.c, dvd)
+        dout_v = dout.view(bh, band.tq, dvd)[:, sl].reshape(bh, n, band.c, dvd)
+        lse_v = lse[:, :, fast.lo : fast.hi].reshape(bh, n, band.c).to(torch.float32 if q.dtype != torch.float64 else q.dtype)
+        dk3 = dkp.view(bh, -1, D)[:, left : left + spec.k_len]
+        dv3 = dvp.view(bh, -1, dvd)[:, left : left + spec.k_len]
+        gq = fast.backward(q3, k_rep.view(bh, -1, D), v_rep.view(bh, -1, dvd), out_v, lse_v, dout_v, scale, dk3, dv3)
+        dq[:, :, fast.lo : fast.hi] = gq.view(B, H, n, band.c, D).to(ct)
+        ranges = fast.ranges(band.nb)
+    if ranges:
+        ctx_t = _BandContext(q, k, spec, band, slopes)
+        kp = band.pad_keys(k_rep)
+        vp = band.pad_keys(v_rep)
+        qp = _pad_queries(q, band).view(B, H, band.nb, band.c, D)
+        dop = _pad_queries(dout, band).view(B, H, band.nb, band.c, -1)
+        op = _pad_queries(out, band).view(B, H, band.nb, band.c, -1)
+        for b0, b1 in _chunks(band, B, H, ranges):
+            kw = band.windows(kp, b0, b1)  # (B, H, n, L, D)
+            vw = band.windows(vp, b0, b1)
+            qb = qp[:, :, b0:b1]
+            p, _ = _chunk_probs(ctx_t, band, qb, kw, b0, b1, scale, lse=lse[:, :, b0:b1])
+            do = dop[:, :, b0:b1].to(ct)
+            delta = (do * op[:, :, b0:b1].to(ct)).sum(-1, keepdim=True)  # (B, H, n, c, 1)
+            dp = torch.matmul(do, vw.to(ct).transpose(-1, -2))  # (B, H, n, c, L)
+            if dropout_p > 0:
+                keep = _dropout_keep(p.shape, dropout_p, seed, b0, q.device).to(ct) / (1 - dropout_p)
+                p_used = p * keep
+                dp = dp * keep
+            else:
+                p_used = p
+            ds = p * (dp - delta) * scale  # (B, H, n, c, L)
+            dq[:, :, b0:b1] = torch.matmul(ds, kw.to(ct))
+            dkw = torch.matmul(ds.transpose(-1, -2), qb.to(ct))  # (B, H, n, L, D)
+            dvw = torch.matmul(p_used.transpose(-1, -2), do)
+            idx = band.key_index(b0, b1, q.device).reshape(-1)
+            dkp.index_add_(2, idx, dkw.reshape(B, H, -1, D))
+            dvp.index_add_(2, idx, dvw.reshape(B, H, -1, dvw.shape[-1]))
     dq = dq.view(B, H, -1, D)[:, :, : band.tq].to(q.dtype)
-    sl = slice(band.left, band.left + spec.k_len)
+    sl = slice(left, left + spec.k_len)
     dk = dkp[:, :, sl]
     dv = dvp[:, :, sl]
     if n_rep > 1:
-        dk = dk.view(B, hkv, n_rep, spec.k_len, D).sum(2)
-        dv = dv.view(B, hkv, n_rep, spec.k_len, -1).sum(2)
+        dk = dk.reshape(B, hkv, n_rep, spec.k_len, D).sum(2)
+        dv = dv.reshape(B, hkv, n_rep, spec.k_len, dvd).sum(2)
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
