@@ -1,0 +1,137 @@
+"""BigBird block-sparse attention (Zaheer et al. 2020).
+
+The sequence is cut into blocks of ``block_size`` tokens. Block i of queries attends to key
+block j when any of these holds:
+
+* global: i < num_global_blocks or j < num_global_blocks (the first blocks see everything and
+  are seen by everything);
+* window: |i - j| <= window_radius;
+* random: j is one of ``num_random_blocks`` blocks drawn for row i from the blocks no other rule
+  gives it (with ``causal``, only from blocks before i), by a generator seeded with ``seed``.
+
+With ``causal`` a token also never attends to a later token. Within this pattern the attention
+is exact: it equals softmax attention with :meth:`BigBirdAttention.dense_mask` as the mask.
+
+Each non-global query block gathers its key blocks and attends to them (memory
+O(T * blocks per row * block_size), recomputed block by block in the backward pass); the
+global query blocks attend to all keys.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ._common import VariantAttention, check_positive_int, default_scale
+from ._gathered import GatherSpec, gathered_attention
+
+
+class BigBirdAttention(VariantAttention):
+    """Block-sparse attention: global + sliding-window + random blocks."""
+
+    exact = True
+    description = "BigBird block-sparse attention: global, sliding-window and random blocks (exact on its pattern)"
+
+    def __init__(self, block_size: int = 64, num_global_blocks: int = 1, window_radius: int = 1,
+                 num_random_blocks: int = 2, seed: int = 0):
+        super().__init__()
+        self.block_size = check_positive_int("block_size", block_size)
+        self.num_global_blocks = check_positive_int("num_global_blocks", num_global_blocks, minimum=0)
+        self.window_radius = check_positive_int("window_radius", window_radius, minimum=0)
+        self.num_random_blocks = check_positive_int("num_random_blocks", num_random_blocks, minimum=0)
+        self.seed = check_positive_int("seed", seed, minimum=0)
+        self._layouts: dict[tuple[int, bool], Tensor] = {}
+        self._key_blocks: dict[tuple[int, bool], Tensor] = {}
+
+    # ---- the pattern -------------------------------------------------------------------------
+
+    def num_blocks(self, T: int) -> int:
+        return math.ceil(check_positive_int("T", T) / self.block_size)
+
+    def pattern(self, T: int, causal: bool = False) -> Tensor:
+        """Block layout for a length-T sequence: (nb, nb) bool, True where query block i
+        attends key block j; nb = ceil(T / block_size). Cached per (nb, causal)."""
+        nb = self.num_blocks(T)
+        key = (nb, bool(causal))
+        if key not in self._layouts:
+            self._layouts[key] = self._make_layout(nb, bool(causal))
+        return self._layouts[key]
+
+    def _make_layout(self, nb: int, causal: bool) -> Tensor:
+        g, w, r = min(self.num_global_blocks, nb), self.window_radius, self.num_random_blocks
+        i = torch.arange(nb)
+        layout = (i[:, None] - i[None, :]).abs() <= w  # (nb, nb) window
+        layout[:g, :] = True
+        layout[:, :g] = True
+        if causal:
+            layout &= i[:, None] >= i[None, :]
+        if r:
+            gen = torch.Generator().manual_seed(self.seed)
+            for row in range(g, nb):
+                candidates = (~layout[row]).nonzero().flatten()
+                candidates = candidates[candidates >= g]
+                if causal:
+                    candidates = candidates[candidates < row]
+                if len(candidates):
+                    pick = torch.randperm(len(candidates), generator=gen)[:r]
+                    layout[row, candidates[pick]] = True
+        return layout
+
+    def dense_mask(self, T: int, causal: bool = False, device=None) -> Tensor:
+        """(T, T) bool token mask of this pattern: True where query i may attend key j."""
+        layout = self.pattern(T, causal).to(device)
+        block = torch.arange(T, device=layout.device) // self.block_size  # (T,)
+        mask = layout[block][:, block]  # (T, T)
+        if causal:
+            mask &= torch.ones(T, T, dtype=torch.bool, device=layout.device).tril()
+        return mask
+
+    def key_blocks(self, T: int, causal: bool = False) -> Tensor:
+        """(nb - g, K) int64: the key blocks of each non-global query block, -1 padded."""
+        nb = self.num_blocks(T)
+        key = (nb, bool(causal))
+        if key not in self._key_blocks:
+            layout = self.pattern(T, causal)
+            rows = layout[min(self.num_global_blocks, nb):]  # (nb - g, nb)
+            width = int(rows.sum(-1).max()) if len(rows) else 0
+            # stable sort puts the allowed blocks first, in increasing order
+            order = torch.sort((~rows).to(torch.int8), dim=-1, stable=True).indices[:, :width]
+            taken = torch.gather(rows, 1, order)
+            self._key_blocks[key] = torch.where(taken, order, torch.full_like(order, -1))
+        return self._key_blocks[key]
+
+    # ---- forward -----------------------------------------------------------------------------
+
+    def _attend(self, q, k, v, causal, key_valid):
+        B, H, T, D = q.shape
+        Dv = v.shape[-1]
+        N, bs, dev = B * H, self.block_size, q.device
+        nb = self.num_blocks(T)
+        g = min(self.num_global_blocks, nb)
+        spec = GatherSpec(scale=default_scale(D), causal=causal)
+        qf = q.reshape(N, T, D)  # (N, T, D)
+        kf = k.reshape(N, T, D)  # (N, T, D)
+        vf = v.reshape(N, T, Dv)  # (N, T, Dv)
+        kv = None if key_valid is None else key_valid[:, None, :].expand(B, H, T).reshape(N, T)  # (N, T)
+        offs = torch.arange(bs, device=dev)  # (bs,)
+
+        def clip(pos: Tensor) -> Tensor:
+            return torch.where(pos < T, pos, torch.full_like(pos, -1))
+
+        parts = []
+        if g:  # global query blocks attend to every key
+            qpos = clip(torch.arange(g * bs, device=dev)).view(1, 1, g * bs)  # (1, 1, g*bs)
+            kpos = torch.arange(T, device=dev).view(1, 1, T)  # (1, 1, T)
+            o, _ = gathered_attention(qf, kf, vf, qpos, kpos, kv, spec)  # (N, 1, g*bs, Dv)
+            parts.append(o.reshape(N, g * bs, Dv))
+        if nb > g:
+            kb = self.key_blocks(T, causal).to(dev)  # (G, K)
+            qpos = clip(torch.arange(g, nb, device=dev)[:, None] * bs + offs)  # (G, bs)
+            kpos = kb[:, :, None] * bs + offs  # (G, K, bs)
+            kpos = torch.where(kb[:, :, None] >= 0, clip(kpos), torch.full_like(kpos, -1))
+            o, _ = gathered_attention(qf, kf, vf, qpos[None], kpos.flatten(1)[None], kv, spec)  # (N, G, bs, Dv)
+            parts.append(o.reshape(N, (nb - g) * bs, Dv))
+        out = torch.cat(parts, dim=1)[:, :T]  # (N, T, Dv)
+        return out.reshape(B, H, T, Dv)

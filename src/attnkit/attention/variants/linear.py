@@ -1,0 +1,64 @@
+"""Linear attention with the elu(x) + 1 feature map (Katharopoulos et al. 2020).
+
+softmax(q . k) is replaced by phi(q) . phi(k) with phi(x) = elu(x) + 1 > 0, so
+o_i = phi(q_i) . sum_j phi(k_j) v_j^T / phi(q_i) . sum_j phi(k_j): O(T * D * Dv) time and
+memory. Causal attention uses prefix sums over chunks (see ``_scan``). The feature map is not a
+softmax kernel, so q is not scaled by 1/sqrt(D) here (a scale would change phi, not cancel).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._common import VariantAttention, check_positive_int
+from ._scan import kernel_attention
+
+
+class FeatureMapAttention(VariantAttention):
+    """Base of the kernelised variants: subclasses define ``query_features`` and
+    ``key_features``; chunking, causal prefix sums and padding are handled here."""
+
+    exact = False
+    group_tokens = 4096  # tokens per checkpointed step
+
+    def __init__(self, chunk_size: int = 64):
+        super().__init__()
+        self.chunk_size = check_positive_int("chunk_size", chunk_size)
+
+    def query_features(self, x: Tensor) -> Tensor:
+        """phi(q) for (..., t, D) queries -> (..., t, m)."""
+        raise NotImplementedError
+
+    def key_features(self, x: Tensor, valid: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """phi(k) for (N, ..., t, D) keys -> ((N, ..., t, m), log_scale (N,) or None): the
+        features were divided by exp(log_scale) for numerical stability; ``valid`` (N, ..., t)
+        marks the real keys, which alone may set that scale."""
+        raise NotImplementedError
+
+    def _attend(self, q, k, v, causal, key_valid):
+        B, H, T, D = q.shape
+        Dv = v.shape[-1]
+        N = B * H
+        kv = None if key_valid is None else key_valid[:, None, :].expand(B, H, T).reshape(N, T)  # (N, T)
+        group = max(self.chunk_size, self.group_tokens // self.chunk_size * self.chunk_size)
+        out = kernel_attention(self.query_features, self.key_features,
+                               q.reshape(N, T, D), k.reshape(N, T, D), v.reshape(N, T, Dv),
+                               kv, causal, self.chunk_size, group)  # (N, T, Dv)
+        return out.reshape(B, H, T, Dv)
+
+
+class LinearAttention(FeatureMapAttention):
+    """Linear attention, phi(x) = elu(x) + 1."""
+
+    description = "linear attention with the elu(x)+1 feature map (Katharopoulos et al. 2020)"
+
+    def __init__(self, chunk_size: int = 64):
+        super().__init__(chunk_size)
+
+    def query_features(self, x: Tensor) -> Tensor:
+        return F.elu(x) + 1.0
+
+    def key_features(self, x: Tensor, valid: Optional[Tensor] = None):
+        return F.elu(x) + 1.0, None

@@ -1,0 +1,68 @@
+"""Block-local attention: the sequence is cut into non-overlapping blocks and each query attends
+only to the keys of its own block (causally within the block when ``causal``).
+
+Exact softmax attention within every block, computed by
+``torch.nn.functional.scaled_dot_product_attention`` on the (blocks, block, D) view, so time
+and memory grow linearly with T.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._common import VariantAttention, check_positive_int
+
+
+class LocalAttention(VariantAttention):
+    """Non-overlapping block-local attention; ``block_size`` tokens per block."""
+
+    exact = True
+    description = "non-overlapping block-local softmax attention (exact within each block)"
+
+    def __init__(self, block_size: int = 128):
+        super().__init__()
+        self.block_size = check_positive_int("block_size", block_size)
+
+    def dense_mask(self, T: int, causal: bool = False, device=None) -> Tensor:
+        """(T, T) bool: True where query i may attend key j under this pattern."""
+        T = check_positive_int("T", T)
+        block = torch.arange(T, device=device) // self.block_size  # (T,)
+        mask = block[:, None] == block[None, :]  # (T, T)
+        if causal:
+            mask &= torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        return mask
+
+    def _attend(self, q, k, v, causal, key_valid):
+        B, H, T, D = q.shape
+        Dv = v.shape[-1]
+        bs = min(self.block_size, T)
+        nb = math.ceil(T / bs)
+        pad = nb * bs - T
+        if pad:
+            q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))  # (B, H, Tp, *)
+        qb = q.reshape(B, H * nb, bs, D)  # (B, H*nb, bs, D)
+        kb = k.reshape(B, H * nb, bs, D)  # (B, H*nb, bs, D)
+        vb = v.reshape(B, H * nb, bs, Dv)  # (B, H*nb, bs, Dv)
+        if key_valid is None and not pad:
+            out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=causal)
+            return out.view(B, H, nb * bs, Dv)[:, :, :T]
+        valid = torch.ones(B, nb * bs, dtype=torch.bool, device=q.device)  # (B, Tp)
+        valid[:, :T] = True if key_valid is None else key_valid
+        valid[:, T:] = False
+        mask = valid.view(B, 1, nb, 1, bs).expand(B, H, nb, bs, bs)  # (B, H, nb, bs, bs)
+        if causal:
+            mask = mask & torch.ones(bs, bs, dtype=torch.bool, device=q.device).tril()
+        mask = mask.reshape(B, H * nb, bs, bs)
+        # A query row that has no key at all gets one dummy key, so every backend sees a finite
+        # softmax (no NaN in forward or backward); its output is set to zero afterwards.
+        empty = ~mask.any(-1, keepdim=True)  # (B, H*nb, bs, 1)
+        if bool(empty.any()):
+            mask = mask.clone()
+            mask[..., :1] |= empty
+        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)  # (B, H*nb, bs, Dv)
+        out = out.masked_fill(empty, 0.0)
+        return out.view(B, H, nb * bs, Dv)[:, :, :T]

@@ -1,0 +1,121 @@
+"""Performer attention: FAVOR+ with positive orthogonal random features (Choromanski et al. 2021).
+
+With x = q / D^(1/4) and y = k / D^(1/4) (so that x . y = q . k / sqrt(D)),
+
+    phi(x) = exp(W x - |x|^2 / 2) / sqrt(m),   E[phi(x) . phi(y)] = exp(x . y),
+
+where the m rows of W are blocks of orthonormal directions scaled by chi(D)-distributed norms.
+Softmax attention is then approximated by kernelised attention with phi (see ``_scan``).
+
+Stability: each query's features are divided by their largest entry (a per-query factor that
+cancels in the normalisation); the key features are divided by exp of the running maximum of
+their exponents over the keys seen so far, which also cancels and, in causal mode, never looks
+at a later key.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ._common import check_optional_int, check_positive_int
+from .linear import FeatureMapAttention
+
+
+def orthogonal_random_features(m: int, d: int, generator: torch.Generator) -> Tensor:
+    """(m, d) float64 matrix: blocks of d orthonormal rows, each row rescaled to the norm of an
+    independent d-dim standard Gaussian vector."""
+    blocks = []
+    for _ in range(math.ceil(m / d)):
+        g = torch.randn(d, d, generator=generator, dtype=torch.float64)
+        qmat, r = torch.linalg.qr(g)
+        qmat = qmat * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(d, dtype=torch.float64))
+        blocks.append(qmat.T)
+    w = torch.cat(blocks)[:m]  # (m, d)
+    norms = torch.randn(m, d, generator=generator, dtype=torch.float64).norm(dim=1)  # (m,)
+    return w * norms[:, None]
+
+
+class PerformerAttention(FeatureMapAttention):
+    """FAVOR+ softmax-kernel approximation with positive orthogonal random features.
+
+    nb_features: m, default int(D * log(D)) for head dim D. redraw_interval: in training mode,
+    draw new features every this many forward calls (None: only on :meth:`redraw`). seed: the
+    features are drawn from a generator seeded with it, so a module is reproducible.
+    head_dim: draw the features now for this D instead of at the first forward call.
+    """
+
+    description = "Performer FAVOR+: positive orthogonal random features approximating softmax attention"
+
+    def __init__(self, nb_features: Optional[int] = None, redraw_interval: Optional[int] = None,
+                 seed: int = 0, chunk_size: int = 64, head_dim: Optional[int] = None):
+        super().__init__(chunk_size)
+        self.nb_features = check_optional_int("nb_features", nb_features)
+        self.redraw_interval = check_optional_int("redraw_interval", redraw_interval)
+        self.seed = check_positive_int("seed", seed, minimum=0)
+        self.head_dim = check_optional_int("head_dim", head_dim)
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self._calls = 0
+        self.register_buffer("projection", None)  # (m, D), drawn lazily for the first D seen
+        if head_dim is not None:
+            self.redraw(head_dim)
+
+    def features_for(self, d: int) -> int:
+        return self.nb_features if self.nb_features is not None else max(1, int(d * math.log(d)))
+
+    @torch.no_grad()
+    def redraw(self, head_dim: Optional[int] = None) -> None:
+        """Draw a new feature matrix (for ``head_dim``, default the current one)."""
+        if head_dim is None:
+            if self.projection is None:
+                raise ValueError("redraw() needs head_dim before the first forward call, got None")
+            head_dim = self.projection.shape[1]
+        head_dim = check_positive_int("head_dim", head_dim)
+        w = orthogonal_random_features(self.features_for(head_dim), head_dim, self._generator)
+        device = self.projection.device if self.projection is not None else None
+        self.projection = w.to(device=device, dtype=torch.float32)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "projection"
+        if key in state_dict and self.projection is None:
+            self.projection = torch.empty_like(state_dict[key], dtype=torch.float32)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _projection(self, d: int, like: Tensor) -> Tensor:
+        if self.projection is None or self.projection.shape[1] != d:
+            if self.projection is not None and self.head_dim is not None:
+                raise ValueError(f"this module was built for head_dim={self.projection.shape[1]}, got D={d}")
+            self.redraw(d)
+        return self.projection.to(device=like.device, dtype=like.dtype)
+
+    def _exponent(self, x: Tensor) -> Tensor:
+        d = x.shape[-1]
+        w = self._projection(d, x)  # (m, D)
+        x = x * d ** -0.25
+        return torch.matmul(x, w.T) - 0.5 * (x * x).sum(-1, keepdim=True)  # (..., t, m)
+
+    def query_features(self, x: Tensor) -> Tensor:
+        e = self._exponent(x)  # (..., t, m)
+        e = e - e.amax(-1, keepdim=True).detach()
+        return torch.exp(e) / math.sqrt(e.shape[-1])
+
+    def key_features(self, x: Tensor, valid: Optional[Tensor] = None):
+        e = self._exponent(x)  # (N, ..., t, m)
+        n = e.shape[0]
+        if valid is not None:  # padded keys get exactly zero features (and no overflow)
+            e = e.masked_fill(~valid.unsqueeze(-1), float("-inf"))
+        with torch.no_grad():
+            log_scale = e.amax(-1).reshape(n, -1).amax(-1)  # (N,), -inf where every key is padded
+            finite = torch.where(torch.isfinite(log_scale), log_scale, torch.zeros_like(log_scale))
+        shape = (n,) + (1,) * (e.dim() - 1)
+        return torch.exp(e - finite.view(shape)) / math.sqrt(e.shape[-1]), log_scale
+
+    def _attend(self, q, k, v, causal, key_valid):
+        if self.training and self.redraw_interval is not None:
+            if self._calls % self.redraw_interval == 0 and self._calls > 0:
+                self.redraw()
+            self._calls += 1
+        self._projection(q.shape[-1], q)  # draw before any checkpointed step runs
+        return super()._attend(q, k, v, causal, key_valid)
