@@ -250,23 +250,15 @@ def _one_line_argparse_errors() -> Iterator[None]:
 def build_parser(chosen: Command | None = None, commands: Sequence[Command] = COMMANDS) -> ArgumentParser:
     """The parser for all commands; only ``chosen`` gets its options (importing its module)."""
     parser = ArgumentParser(prog=PROG, description="attnkit: self-attention kernels, models and tools.")
-    delegated = False
 
     def add(node: dict[str, Any], sub_parser: argparse.ArgumentParser, depth: int, prefix: str) -> None:
-        nonlocal delegated
         subs = sub_parser.add_subparsers(dest=f"_word{depth}", metavar="<command>", title="commands",
                                          parser_class=ArgumentParser)
         for word, child in node.items():
             if isinstance(child, Command):
-                is_chosen = child is chosen
-                uses_main = is_chosen and _delegates_to_main(child)
-                p = subs.add_parser(word, help=child.help, description=child.help,
-                                    prog=f"{PROG} {child.words}", add_help=not uses_main)
+                p = subs.add_parser(word, help=child.help, description=child.help, prog=f"{PROG} {child.words}")
                 p.set_defaults(_command=child)
-                if uses_main:
-                    p.add_argument("_rest", nargs=argparse.REMAINDER)
-                    delegated = True
-                elif is_chosen:
+                if child is chosen:
                     _resolve(child.arguments or _default_arguments(child))(p)
             else:
                 words = f"{prefix} {word}".strip()
@@ -276,7 +268,6 @@ def build_parser(chosen: Command | None = None, commands: Sequence[Command] = CO
                 add(child, p, depth + 1, words)
 
     add(_tree(commands), parser, 0, "")
-    parser.set_defaults(_delegated=delegated)
     return parser
 
 
@@ -295,11 +286,18 @@ def main(argv: Sequence[str] | None = None, commands: Sequence[Command] = COMMAN
     """Run the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen, path = _select(_tree(commands), argv)
+    delegate: Callable[[Any], Any] | None = None
     try:
-        parser = build_parser(chosen, commands)
+        if chosen is not None and _delegates_to_main(chosen):
+            delegate = importlib.import_module(chosen.target.partition(":")[0]).main
+        else:
+            parser = build_parser(chosen, commands)
     except ImportError as e:
         words = chosen.words if chosen else " ".join(path)
         fail(f"command '{words}' is not available: {e}")
+    if delegate is not None:  # the module parses the rest of the line itself
+        with _one_line_argparse_errors():
+            return _call(delegate, argv[len(path):])
     args = parser.parse_args(argv)
     cmd: Command | None = getattr(args, "_command", None)
     if cmd is None:
@@ -307,13 +305,13 @@ def main(argv: Sequence[str] | None = None, commands: Sequence[Command] = COMMAN
         if group is not None:
             fail(f"'{group}' needs a subcommand, one of: {', '.join(args._group_node)}")
         fail(f"a command is required, one of: {', '.join(_tree(commands))} (see '{PROG} --help')")
+    return _call(_resolve(cmd.target), args)
+
+
+def _call(fn: Callable[[Any], Any], arg: Any) -> int:
+    """Run a command function; its bad-input errors become one line and exit status 2."""
     try:
-        if getattr(args, "_rest", None) is not None:
-            module = importlib.import_module(cmd.target.partition(":")[0])
-            with _one_line_argparse_errors():
-                status = module.main(args._rest)
-        else:
-            status = _resolve(cmd.target)(args)
+        status = fn(arg)
     except UsageError as e:
         fail(str(e))
     except ValueError as e:  # the library's message for a bad value
