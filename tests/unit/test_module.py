@@ -36,7 +36,8 @@ def ref_alibi_slopes(h):
     return torch.tensor([2.0 ** (-8.0 * (i + 1) / h) for i in range(h)], dtype=torch.float64)
 
 
-def reference_mha(m, x, *, key_padding_mask=None, positions=None, document_ids=None):
+def reference_mha(m, x, *, key_padding_mask=None, positions=None, document_ids=None,
+                  extra_mask=None):
     """Explicit float64 attention with the module's own weights and RoPE settings."""
     x = x.double()
     B, T, _ = x.shape
@@ -69,6 +70,8 @@ def reference_mha(m, x, *, key_padding_mask=None, positions=None, document_ids=N
         allowed &= key_padding_mask[:, None, None, :]
     if document_ids is not None:
         allowed &= (document_ids[:, :, None] == document_ids[:, None, :])[:, None]
+    if extra_mask is not None:
+        allowed &= extra_mask
     scores = scores.masked_fill(~allowed, float("-inf"))
     p = torch.softmax(scores, dim=-1)
     p = torch.nan_to_num(p, nan=0.0)  # fully masked rows -> zero output
@@ -348,35 +351,81 @@ def _variants_registry():
         from attnkit.attention import variants
     except ImportError:
         return None
-    return variants if hasattr(variants, "get") else None
+    return variants if hasattr(variants, "get") and hasattr(variants, "names") else None
 
 
-def test_variant_path_uses_registry_module():
-    variants = _variants_registry()
-    if variants is None:
-        pytest.skip("attnkit.attention.variants has no registry yet")
-    names = list(getattr(variants, "REGISTRY", getattr(variants, "names", lambda: [])()) or [])
-    if not names:
-        pytest.skip("attnkit.attention.variants lists no variant names")
+VARIANTS = _variants_registry()
+needs_variants = pytest.mark.skipif(VARIANTS is None,
+                                    reason="attnkit.attention.variants registry not available")
+# small blocks/chunks so that T=8 or 16 spans several of them
+SMALL_PARAMS = {"bigbird": dict(block_size=2, num_random_blocks=1), "local": dict(block_size=4),
+                "lsh": dict(chunk_size=4), "linear": dict(chunk_size=4),
+                "performer": dict(chunk_size=4)}
+
+
+def _variant_names():
+    return VARIANTS.names() if VARIANTS is not None else []
+
+
+@needs_variants
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("name", [n for n in _variant_names()
+                                  if VARIANTS.variant_class(n).exact])
+def test_exact_variant_matches_reference_with_its_mask(name, causal):
+    """Exact variants are softmax attention under a fixed mask: compare the whole layer
+    (with GQA) against the float64 reference restricted to that mask."""
     torch.manual_seed(0)
-    m = MultiHeadAttention(32, 8, n_kv_heads=2, variant=names[0]).double().eval()
-    x = torch.randn(2, 6, 32, dtype=torch.float64)
+    m = MultiHeadAttention(32, 8, n_kv_heads=2, causal=causal, positional="rope",
+                           variant=name, variant_params=SMALL_PARAMS.get(name, {}))
+    m = m.double().eval()
+    T = 16
+    x = torch.randn(2, T, 32, dtype=torch.float64)
+    kpm = torch.ones(2, T, dtype=torch.bool)
+    kpm[1, 13:] = False
+    out = m(x, key_padding_mask=kpm)
+    pattern = m.variant_attn.dense_mask(T, causal)  # (T, T)
+    ref, _ = reference_mha(m, x, key_padding_mask=kpm, extra_mask=pattern)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
+    assert not pattern.all()  # the pattern really restricts something
+
+
+@needs_variants
+@pytest.mark.parametrize("name", _variant_names())
+def test_variant_path_wiring(name):
+    """Projections, RoPE, kv-head repetition and the output projection around the variant."""
+    torch.manual_seed(0)
+    m = MultiHeadAttention(32, 8, n_kv_heads=2, causal=True, positional="rope", variant=name,
+                           variant_params=SMALL_PARAMS.get(name, {})).double().eval()
+    x = torch.randn(2, 8, 32, dtype=torch.float64)
     torch.manual_seed(1)  # same random stream for both calls, in case the variant samples
     out = m(x)
-    # the same computation by hand: projections, repeat kv heads, the variant, out projection
-    B, T, H, D = 2, 6, 8, 4
+    B, T, H, D = 2, 8, 8, 4
     qkv = m.qkv_proj(x)
-    q = qkv[..., :H * D].reshape(B, T, H, D).transpose(1, 2)
-    k = qkv[..., H * D:H * D + 2 * D].reshape(B, T, 2, D).transpose(1, 2)
+    q = qkv[..., :H * D].reshape(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+    k = qkv[..., H * D:H * D + 2 * D].reshape(B, T, 2, D).transpose(1, 2)  # (B, 2, T, D)
     v = qkv[..., H * D + 2 * D:].reshape(B, T, 2, D).transpose(1, 2)
-    k, v = k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1)
+    q, k = ref_rope_half(q, torch.arange(T)), ref_rope_half(k, torch.arange(T))
+    k, v = k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1)  # head h -> kv h // 4
     torch.manual_seed(1)
-    y = m.variant_attn(q, k, v, causal=False, key_padding_mask=None)
+    y = m.variant_attn(q, k, v, causal=True, key_padding_mask=None)
     ref = m.out_proj(y.transpose(1, 2).reshape(B, T, H * D))
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
+
+
+@needs_variants
+def test_variant_rejects_unsupported_options():
+    name = _variant_names()[0]
+    m = MultiHeadAttention(32, 8, variant=name, variant_params=SMALL_PARAMS.get(name, {}))
+    x = torch.randn(1, 8, 32)
     with pytest.raises(ValueError, match="cache"):
         m(x, cache=KVCache())
     with pytest.raises(ValueError, match="return_weights"):
         m(x, return_weights=True)
+    with pytest.raises(ValueError, match="mask"):
+        m(x, mask=torch.ones(8, 8, dtype=torch.bool))
     with pytest.raises(ValueError, match="window=4"):
-        MultiHeadAttention(32, 8, variant=names[0], window=4)
+        MultiHeadAttention(32, 8, variant=name, window=4)
+    with pytest.raises(ValueError, match="alibi"):
+        MultiHeadAttention(32, 8, variant=name, positional="alibi")
+    with pytest.raises(ValueError, match="'no-such-variant'"):
+        MultiHeadAttention(32, 8, variant="no-such-variant")
