@@ -132,20 +132,22 @@ _FLEX_LOCK = threading.Lock()
 _FLEX_COMPILED = {}
 
 
-def _compiled_flex(dynamic: bool = True):
-    """The compiled FlexAttention kernel, created once per process.
+def _compiled_flex():
+    """The compiled FlexAttention kernel, created once per process and reused.
 
-    Dynamic shapes let one compiled kernel serve every sequence length; masks that index
-    per-token tables by query position (document ids) compile per shape instead, because
-    Inductor's CPU code generation fails on that pattern with symbolic sizes in torch 2.13.
+    Compiled with static shapes: each new (shape, mask kind) costs one Inductor compile, and
+    Inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR) serves it to later processes.  Dynamic
+    shapes would save the recompiles, but Inductor's CPU code generation for FlexAttention
+    fails to compile (C++ errors) for padding and ALiBi score/mask functions with symbolic
+    sizes in torch 2.13, so they are not used on CPU.
     """
     with _FLEX_LOCK:
-        fn = _FLEX_COMPILED.get(dynamic)
+        fn = _FLEX_COMPILED.get("fn")
         if fn is None:
             from torch.nn.attention.flex_attention import flex_attention
 
-            fn = torch.compile(flex_attention, dynamic=dynamic)
-            _FLEX_COMPILED[dynamic] = fn
+            fn = torch.compile(flex_attention, dynamic=False)
+            _FLEX_COMPILED["fn"] = fn
         return fn
 
 
@@ -209,7 +211,7 @@ def flex_attention_call(
             return score + b4[b if sb else z, h if sh else z, q_idx if sq else z, kv_idx if sk else z]
 
     gqa = q.shape[1] != k.shape[1]
-    out = _compiled_flex(dynamic=spec.document_ids is None)(
+    out = _compiled_flex()(
         q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa
     )
     return out

@@ -38,7 +38,7 @@ class Plan:
 
 
 def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+    return str(tuple(t.shape))
 
 
 def _broadcastable(shape, target) -> bool:
