@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,14 +49,19 @@ from attnkit.bench.common import (
     write_json,
 )
 
-FULL_SIZES = [1024 * 2**i for i in range(7)]  # 1k .. 64k
-QUICK_SIZES = [512, 1024, 2048, 4096]
-QUICK_WINDOW_SIZES = [4096, 16384, 65536]
-QUICK_DENSE_MAX = 16384
-
 REFERENCE = "sdpa (raw)"
 DENSE_BACKENDS = ("auto", "sdpa", "math", "flex", "naive")
 WINDOW_BACKENDS = ("auto", "windowed", "flex", "naive")
+
+# Defaults of the options left unset: the full run, and --quick (a few minutes on a CPU, still
+# reaching every target's N). "window_sizes": None means the same as "sizes".
+FULL = dict(sizes=[1024 * 2**i for i in range(7)], window_sizes=None, dense_max=None,
+            backends=list(DENSE_BACKENDS), window_backends=["auto", "flex", "naive"], reference_max=None,
+            repeat=5, min_seconds=1.0, max_seconds=10.0)
+QUICK = dict(sizes=[1024, 2048, 4096], window_sizes=[16384, 65536], dense_max=16384,
+             backends=["auto", "sdpa", "naive"], window_backends=["auto"], reference_max=2048,
+             repeat=3, min_seconds=0.5, max_seconds=3.0)
+SLOW_REFERENCES = ("naive", "math")  # what --reference-max limits
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 MODES = ("fwd", "fwd_bwd")
 BWD_FLOP_FACTOR = 3.5  # forward + backward FLOPs relative to forward
@@ -250,6 +256,7 @@ class Settings:
     memory: bool
     seed: int
     probe_timeout: float | None
+    reference_max: int | None = None
 
     @property
     def dtype_name(self) -> str:
@@ -262,6 +269,8 @@ def _skip_reason(impl: str, n: int, mode: str, s: Settings, budget: int, dense_m
         return "FlexAttention has no backward on CPU"
     if impl == REFERENCE and window is not None and dense_max is not None and n > dense_max:
         return f"dense reference not run above N={dense_max} (--dense-max)"
+    if impl in SLOW_REFERENCES and s.reference_max is not None and n > s.reference_max:
+        return f"not run above N={s.reference_max} (--reference-max)"
     need = score_bytes_estimate(impl, n, s.shape, s.dtype, mode)
     if need > budget:
         return f"N x N scores need ~{fmt_bytes(need)}, over the {fmt_bytes(budget)} budget"
@@ -269,17 +278,26 @@ def _skip_reason(impl: str, n: int, mode: str, s: Settings, budget: int, dense_m
 
 
 def run_point(section: str, n: int, impls: list[str], causal: bool, window: int | None, s: Settings,
-              dense_max: int | None = None, log: Callable[[str], None] = print) -> list[Row]:
-    """Measure every impl at one N. The first impl is the reference for ratios and errors."""
+              dense_max: int | None = None, log: Callable[[str], None] = print,
+              known_reference: Row | None = None) -> list[Row]:
+    """Measure every impl at one N. The first impl is the reference for ratios and errors;
+    ``known_reference`` is its row measured earlier (same inputs), reused instead of re-run."""
     budget = int(MEMORY_SHARE.get(s.device.type, 0.5) * available_memory_bytes(s.device))
     q, k, v, grad_out = _inputs(n, s.shape, s.dtype, s.device, s.seed)
     rows = []
     for impl in impls:
         w = None if impl == REFERENCE else window
         rows.append(Row(section, n, impl, w, causal))
+    if known_reference is not None:
+        if known_reference.impl != rows[0].impl or known_reference.n != n:
+            raise ValueError(f"known_reference must be the {rows[0].impl} row at N={n}, got "
+                             f"{known_reference.impl} at N={known_reference.n}")
+        rows[0] = dataclasses.replace(known_reference, section=section, max_abs_err=None)
+    todo = rows[1:] if known_reference is not None else rows
     ops: dict[str, dict[str, Callable]] = {m: {} for m in MODES}
+    once: dict[str, dict[str, float]] = {m: {} for m in MODES}  # slow ops timed by their first call
     outputs: dict[str, torch.Tensor] = {}
-    for row in rows:
+    for row in todo:
         fn = _impl_fn(row.impl, causal, row.window)
         for mode in MODES:
             p = row.get(mode)
@@ -293,11 +311,18 @@ def run_point(section: str, n: int, impls: list[str], causal: bool, window: int 
                 elif plan is not None and plan != row.backend:
                     row.backend = f"{row.backend}/{plan}"  # forward / training choice differ
                 op = _make_op(fn, mode, q, k, v, grad_out)
+                synchronize(s.device)
+                t0 = time.perf_counter()
                 result = op()  # first call: checks it runs, compiles what needs compiling
                 synchronize(s.device)
+                first = time.perf_counter() - t0
                 if mode == "fwd":
                     outputs[row.impl] = result
-                ops[mode][row.impl] = op
+                del result
+                if first >= s.max_seconds and s.warmup == 0 and "flex" not in (row.backend or ""):
+                    once[mode][row.impl] = first  # nothing compiled: this call is the timing
+                else:
+                    ops[mode][row.impl] = op
             except Exception as e:  # a backend that cannot run here: reported, not fatal
                 p.skipped = f"error: {_short(e)}"
     # errors against the reference, or (window section) against naive when it ran
@@ -309,13 +334,14 @@ def run_point(section: str, n: int, impls: list[str], causal: bool, window: int 
                 row.max_abs_err = float((outputs[row.impl].float() - ref_out.float()).abs().max())
     outputs.clear()
     for mode in MODES:
-        if not ops[mode]:
+        if not ops[mode] and not once[mode]:
             continue
-        log(f"  [{section} N={n}] timing {mode.replace('_', '+')}: {', '.join(ops[mode])}")
+        log(f"  [{section} N={n}] timing {mode.replace('_', '+')}: {', '.join([*ops[mode], *once[mode]])}")
         times = time_interleaved(ops[mode], warmup=s.warmup, repeat=s.repeat, device=s.device,
                                  min_seconds=s.min_seconds, max_seconds=s.max_seconds)
-        ref_time = times.get(rows[0].impl)
-        for row in rows:
+        times.update(once[mode])
+        ref_time = rows[0].get(mode).seconds if known_reference is not None else times.get(rows[0].impl)
+        for row in todo:
             p = row.get(mode)
             if row.impl not in times:
                 continue
@@ -326,7 +352,7 @@ def run_point(section: str, n: int, impls: list[str], causal: bool, window: int 
     ops.clear()
     del q, k, v, grad_out
     if s.memory:
-        _measure_memory(rows, n, causal, s, log)
+        _measure_memory(todo, n, causal, s, log)
     return rows
 
 
@@ -566,11 +592,17 @@ def _names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from attnkit.cli import positive_int
 
+    def default(key: str) -> str:
+        full, quick = FULL[key], QUICK[key]
+        show = lambda v: ",".join(map(str, v)) if isinstance(v, list) else ("none" if v is None else str(v))
+        return f"(default {show(full)}; --quick: {show(quick)})"
+
+    parser.add_argument("--quick", action="store_true",
+                        help="a small run that still reaches every target's N: a few minutes on a CPU")
     parser.add_argument("--sizes", type=_sizes, metavar="N,N,...",
-                        help="dense sequence lengths, e.g. 1k,2k,4k (default 1k..64k; --quick: 512..4k)")
+                        help=f"dense section sequence lengths, e.g. 1k,2k,4k {default('sizes')}")
     parser.add_argument("--window-sizes", type=_sizes, metavar="N,N,...",
-                        help="sliding-window section lengths (default: --sizes; --quick: 4k,16k,64k)")
-    parser.add_argument("--quick", action="store_true", help="a small range that runs in a few minutes on CPU")
+                        help="sliding-window section lengths (default: --sizes; --quick: 16k,64k)")
     parser.add_argument("--out", type=Path, default=Path("bench_out"), metavar="DIR",
                         help="where attention.json and attention.png go (default: bench_out)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda if available)")
@@ -579,44 +611,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="causal masking in the dense section (default: causal)")
     parser.add_argument("--window", type=positive_int, default=512, metavar="W",
                         help="window of the sliding-window section (default 512)")
-    parser.add_argument("--backends", type=_names(DENSE_BACKENDS), default=list(DENSE_BACKENDS),
-                        help=f"dense section, compared with raw SDPA (default {','.join(DENSE_BACKENDS)})")
-    parser.add_argument("--window-backends", type=_names(WINDOW_BACKENDS), default=["auto", "flex", "naive"],
-                        help="window section, compared with dense causal SDPA (default auto,flex,naive)")
+    parser.add_argument("--backends", type=_names(DENSE_BACKENDS),
+                        help=f"dense section, each next to raw SDPA {default('backends')}")
+    parser.add_argument("--window-backends", type=_names(WINDOW_BACKENDS),
+                        help=f"window section, each next to dense causal SDPA {default('window_backends')}")
     parser.add_argument("--dense-max", type=positive_int, metavar="N",
-                        help="longest N at which the window section also times dense SDPA "
-                             f"(default: no limit; --quick: {QUICK_DENSE_MAX})")
+                        help=f"longest N at which the window section runs dense SDPA {default('dense_max')}")
+    parser.add_argument("--reference-max", type=positive_int, metavar="N",
+                        help="longest N for the slow N x N references, naive and math; they are also "
+                             f"skipped where their scores would not fit in memory {default('reference_max')}")
     parser.add_argument("--batch", type=positive_int, default=1, metavar="B")
     parser.add_argument("--heads", type=positive_int, default=8, metavar="H")
     parser.add_argument("--head-dim", type=positive_int, default=64, metavar="D")
-    parser.add_argument("--repeat", type=positive_int, default=5, help="timed calls per measurement (at most)")
+    parser.add_argument("--repeat", type=positive_int, help=f"timed rounds per measurement {default('repeat')}")
     parser.add_argument("--warmup", type=int, default=0,
-                        help="untimed calls before timing, besides the first call that checks the output")
-    parser.add_argument("--min-seconds", type=float, default=1.0,
-                        help="keep repeating a measurement for at least this long (default 1)")
-    parser.add_argument("--max-seconds", type=float, default=10.0,
-                        help="stop repeating a measurement after this long; there is always one timed "
-                             "call (default 10)")
+                        help="untimed calls before timing, besides the first call that checks the output "
+                             "(default 0)")
+    parser.add_argument("--min-seconds", type=float,
+                        help=f"keep timing a measurement at least this long {default('min_seconds')}")
+    parser.add_argument("--max-seconds", type=float,
+                        help="stop timing a measurement after this long; an operation whose first call "
+                             f"takes longer is timed by that call {default('max_seconds')}")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak-memory probes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
 
 
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Every preset option: the value given, else the --quick or full default."""
+    preset = QUICK if args.quick else FULL
+    got = {key: getattr(args, key) if getattr(args, key) is not None else preset[key] for key in FULL}
+    if args.window_sizes is None and (args.sizes is not None or not args.quick):
+        got["window_sizes"] = got["sizes"]
+    return got
+
+
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
+    opt = _settings(args)
     if args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
-    if not args.max_seconds > 0:
-        raise ValueError(f"--max-seconds must be > 0, got {args.max_seconds}")
-    if not 0 <= args.min_seconds <= args.max_seconds:
-        raise ValueError(f"--min-seconds must be in [0, --max-seconds={args.max_seconds}], got {args.min_seconds}")
-    sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
-    window_sizes = args.window_sizes or (QUICK_WINDOW_SIZES if args.quick else sizes)
-    dense_max = args.dense_max or (QUICK_DENSE_MAX if args.quick else None)
+    if not opt["max_seconds"] > 0:
+        raise ValueError(f"--max-seconds must be > 0, got {opt['max_seconds']}")
+    if not 0 <= opt["min_seconds"] <= opt["max_seconds"]:
+        raise ValueError(f"--min-seconds must be in [0, --max-seconds={opt['max_seconds']}], got {opt['min_seconds']}")
+    sizes, window_sizes, dense_max = opt["sizes"], opt["window_sizes"], opt["dense_max"]
     s = Settings(shape=(args.batch, args.heads, args.head_dim), dtype=DTYPES[args.dtype], device=device,
-                 warmup=args.warmup, repeat=args.repeat, min_seconds=args.min_seconds,
-                 max_seconds=args.max_seconds, memory=args.memory,
-                 seed=args.seed, probe_timeout=None)
+                 warmup=args.warmup, repeat=opt["repeat"], min_seconds=opt["min_seconds"],
+                 max_seconds=opt["max_seconds"], memory=args.memory, seed=args.seed, probe_timeout=None,
+                 reference_max=opt["reference_max"])
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -624,13 +667,15 @@ def run(args: argparse.Namespace) -> int:
     shape_text = f"B={args.batch} H={args.heads} D={args.head_dim} {args.dtype} on {device}"
     log(f"attnkit bench attention: {shape_text}, {torch.get_num_threads()} threads")
     rows: list[Row] = []
-    dense_impls = [REFERENCE] + [b for b in args.backends]
+    dense_impls = [REFERENCE] + list(opt["backends"])
     for n in sizes:
         rows += run_point("dense", n, dense_impls, args.causal, None, s, log=log)
-    window_impls = [REFERENCE] + list(args.window_backends)
+    window_impls = [REFERENCE] + list(opt["window_backends"])
     for n in window_sizes:
-        point = run_point("window", n, window_impls, True, args.window, s, dense_max=dense_max, log=log)
-        rows += point
+        # dense causal SDPA at this N was measured already when the dense section was causal
+        known = _find(rows, "dense", n, REFERENCE) if args.causal else None
+        rows += run_point("window", n, window_impls, True, args.window, s, dense_max=dense_max, log=log,
+                          known_reference=known)
         if s.memory and n <= (dense_max or n) and _find(rows, "dense", n, "auto") is None:
             rows.append(_exact_memory_row(n, s, log))
     checks = evaluate_checks(rows, args.window, args.causal)
@@ -645,8 +690,8 @@ def run(args: argparse.Namespace) -> int:
                                      f"{shape_text}; speed-up: SDPA time / time"))
     extra = [r for r in rows if r.impl == "auto-dense"]
     if extra:
-        print("exact attention (attnkit auto, dense causal) peak memory: " + ", ".join(
-            f"N={r.n}: fwd {_cell_mem(r.fwd)}, fwd+bwd {_cell_mem(r.fwd_bwd)}" for r in extra))
+        print("exact attention (attnkit auto, dense causal), peak memory of the forward: " + ", ".join(
+            f"N={r.n}: {_cell_mem(r.fwd)}" for r in extra))
     notes = _notes(rows)
     if notes:
         print("\n".join(notes))
@@ -657,10 +702,8 @@ def run(args: argparse.Namespace) -> int:
     result = {
         "benchmark": "attention",
         "config": {"batch": args.batch, "heads": args.heads, "head_dim": args.head_dim, "dtype": args.dtype,
-                   "device": str(device), "causal": args.causal, "window": args.window, "sizes": sizes,
-                   "window_sizes": window_sizes, "dense_max": dense_max, "repeat": args.repeat,
-                   "warmup": args.warmup, "min_seconds": args.min_seconds, "max_seconds": args.max_seconds,
-                   "memory": args.memory,
+                   "device": str(device), "causal": args.causal, "window": args.window, "quick": args.quick,
+                   **opt, "warmup": args.warmup, "memory": args.memory,
                    "flops": "4*B*H*D per allowed (query, key) pair forward; fwd+bwd = 3.5x forward"},
         "environment": environment(),
         "rows": [dataclasses.asdict(r) | {"label": r.label} for r in rows],
@@ -678,22 +721,21 @@ def _exact_memory_row(n: int, s: Settings, log: Callable[[str], None]) -> Row:
     """Peak memory of attnkit's exact causal attention at N, for the exact-memory target."""
     row = Row("window", n, "auto-dense", None, True, backend="auto")
     cases = []
-    for size in (min(n, 256), n):  # the first pair primes lazy set-up and is dropped
-        for mode in MODES:
-            kwargs = dict(impl="auto", n=size, shape=s.shape, dtype=s.dtype_name, device=str(s.device),
-                          causal=True, window=None, mode=mode, seed=s.seed)
-            cases.append(ProbeCase(memory_case, kwargs=kwargs, warmup=False))
-    log(f"  [exact N={n}] peak memory of attnkit auto, dense causal (separate process)")
+    for size in (min(n, 256), n):  # the first primes lazy set-up and is dropped
+        kwargs = dict(impl="auto", n=size, shape=s.shape, dtype=s.dtype_name, device=str(s.device),
+                      causal=True, window=None, mode="fwd", seed=s.seed)
+        cases.append(ProbeCase(memory_case, kwargs=kwargs, warmup=False))
+    row.fwd_bwd.memory_skipped = "forward only"
+    log(f"  [exact N={n}] peak memory of attnkit auto, dense causal forward (separate process)")
     try:
         readings = measure_peak_memories(cases, device=s.device, timeout=s.probe_timeout)
     except Exception as e:
-        row.fwd.memory_skipped = row.fwd_bwd.memory_skipped = f"memory probe failed: {_short(e)}"
+        row.fwd.memory_skipped = f"memory probe failed: {_short(e)}"
         return row
-    for mode, r in zip(MODES, readings[len(MODES):]):
-        if isinstance(r, Exception):
-            row.get(mode).memory_skipped = _short(r)
-        else:
-            row.get(mode).peak_bytes = r.peak_bytes
+    if isinstance(readings[-1], Exception):
+        row.fwd.memory_skipped = _short(readings[-1])
+    else:
+        row.fwd.peak_bytes = readings[-1].peak_bytes
     return row
 
 
