@@ -140,6 +140,13 @@ def test_time_interleaved_ratio():
     assert 2.0 < times["b"] / times["a"] < 4.0, times
 
 
+def test_time_interleaved_counts_samples_taken_before():
+    times = time_interleaved({"a": lambda: None}, 0, 1, samples={"a": [1.0, 1.0]})
+    assert times["a"] == 1.0  # median of [1.0, 1.0, ~0]
+    with pytest.raises(ValueError, match=r"samples given for \['b'\]"):
+        time_interleaved({"a": lambda: None}, 0, 1, samples={"b": [1.0]})
+
+
 @pytest.mark.parametrize("warmup, repeat", [(-1, 3), (0, 0), (1.5, 3)])
 def test_time_fn_rejects_bad_counts(warmup, repeat):
     with pytest.raises(ValueError, match=r"(warmup|repeat) must be an int"):

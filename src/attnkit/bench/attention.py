@@ -295,7 +295,7 @@ def run_point(section: str, n: int, impls: list[str], causal: bool, window: int 
         rows[0] = dataclasses.replace(known_reference, section=section, max_abs_err=None)
     todo = rows[1:] if known_reference is not None else rows
     ops: dict[str, dict[str, Callable]] = {m: {} for m in MODES}
-    once: dict[str, dict[str, float]] = {m: {} for m in MODES}  # slow ops timed by their first call
+    first_calls: dict[str, dict[str, list[float]]] = {m: {} for m in MODES}
     outputs: dict[str, torch.Tensor] = {}
     for row in todo:
         fn = _impl_fn(row.impl, causal, row.window)
@@ -319,10 +319,9 @@ def run_point(section: str, n: int, impls: list[str], causal: bool, window: int 
                 if mode == "fwd":
                     outputs[row.impl] = result
                 del result
-                if first >= s.max_seconds and s.warmup == 0 and "flex" not in (row.backend or ""):
-                    once[mode][row.impl] = first  # nothing compiled: this call is the timing
-                else:
-                    ops[mode][row.impl] = op
+                ops[mode][row.impl] = op
+                if s.warmup == 0 and "flex" not in (row.backend or ""):
+                    first_calls[mode][row.impl] = [first]  # nothing compiled: a sample like the rest
             except Exception as e:  # a backend that cannot run here: reported, not fatal
                 p.skipped = f"error: {_short(e)}"
     # errors against the reference, or (window section) against naive when it ran
@@ -334,12 +333,11 @@ def run_point(section: str, n: int, impls: list[str], causal: bool, window: int 
                 row.max_abs_err = float((outputs[row.impl].float() - ref_out.float()).abs().max())
     outputs.clear()
     for mode in MODES:
-        if not ops[mode] and not once[mode]:
+        if not ops[mode]:
             continue
-        log(f"  [{section} N={n}] timing {mode.replace('_', '+')}: {', '.join([*ops[mode], *once[mode]])}")
+        log(f"  [{section} N={n}] timing {mode.replace('_', '+')}: {', '.join(ops[mode])}")
         times = time_interleaved(ops[mode], warmup=s.warmup, repeat=s.repeat, device=s.device,
-                                 min_seconds=s.min_seconds, max_seconds=s.max_seconds)
-        times.update(once[mode])
+                                 min_seconds=s.min_seconds, max_seconds=s.max_seconds, samples=first_calls[mode])
         ref_time = rows[0].get(mode).seconds if known_reference is not None else times.get(rows[0].impl)
         for row in todo:
             p = row.get(mode)
@@ -534,6 +532,8 @@ def render_checks(checks: list[Check]) -> str:
 def _notes(rows: list[Row]) -> list[str]:
     seen: dict[str, list[str]] = {}
     for r in rows:
+        if r.impl == "auto-dense":  # printed on its own line
+            continue
         for mode in MODES:
             p = r.get(mode)
             for why in (p.skipped, p.memory_skipped):
@@ -630,8 +630,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-seconds", type=float,
                         help=f"keep timing a measurement at least this long {default('min_seconds')}")
     parser.add_argument("--max-seconds", type=float,
-                        help="stop timing a measurement after this long; an operation whose first call "
-                             f"takes longer is timed by that call {default('max_seconds')}")
+                        help="stop timing a measurement after this long; there is always one timed "
+                             f"round besides the first, checking call {default('max_seconds')}")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak-memory probes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")

@@ -125,21 +125,26 @@ def time_interleaved(
     device: str | torch.device | None = None,
     min_seconds: float = 0.0,
     max_seconds: float | None = None,
+    samples: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, float]:
     """Median seconds per callable, timing them round-robin (one call of each per round).
 
     Interleaving means a slow spell of a shared machine hits every callable alike, so their
     ratios are steadier than when each is timed in its own block. ``repeat``, ``min_seconds``
-    and ``max_seconds`` count rounds and time as in :func:`time_fn`.
+    and ``max_seconds`` count rounds and time as in :func:`time_fn`. ``samples`` are timings
+    already taken (name -> seconds), counted in the medians too.
     """
     _check_counts(warmup, repeat)
     if not fns:
         return {}
+    unknown = set(samples or {}) - set(fns)
+    if unknown:
+        raise ValueError(f"samples given for {sorted(unknown)}, which are not among the callables {list(fns)}")
     for fn in fns.values():
         for _ in range(warmup):
             fn()
         synchronize(device)
-    samples: dict[str, list[float]] = {name: [] for name in fns}
+    taken: dict[str, list[float]] = {name: list((samples or {}).get(name, ())) for name in fns}
     start = time.perf_counter()
     rounds = 0
     while True:
@@ -148,14 +153,14 @@ def time_interleaved(
             t0 = time.perf_counter()
             fn()
             synchronize(device)
-            samples[name].append(time.perf_counter() - t0)
+            taken[name].append(time.perf_counter() - t0)
         rounds += 1
         elapsed = time.perf_counter() - start
         if max_seconds is not None and elapsed >= max_seconds:
             break
         if (rounds >= repeat and elapsed >= min_seconds) or rounds >= MAX_ROUNDS:
             break
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return {name: statistics.median(s) for name, s in taken.items()}
 
 
 # --------------------------------------------------------------------------------------------
