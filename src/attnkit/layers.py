@@ -1,0 +1,133 @@
+"""Building blocks shared by every model: norms, MLPs and the transformer block.
+
+A block is ``attention -> MLP`` with residual connections, normalised before each sublayer
+("pre", GPT-2 and most modern decoders) or after each residual sum ("post", the original
+Transformer and BERT). Attention is always :class:`attnkit.attention.module.MultiHeadAttention`,
+so masks, backends, variants and the KV cache work the same in every model.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention.kv_cache import KVCache
+from .attention.module import MultiHeadAttention
+
+NORM_KINDS = ("layernorm", "rmsnorm")
+MLP_KINDS = ("gelu", "gelu_tanh", "relu", "swiglu")
+
+
+# --------------------------------------------------------------------------------------------
+# norms
+# --------------------------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 and cast back."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps:g}"
+
+
+def make_norm(kind: str, dim: int, eps: float, bias: bool = True) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps, bias=bias)
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps=eps)
+    raise ValueError(f"norm must be one of {list(NORM_KINDS)}, got {kind!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# MLPs
+# --------------------------------------------------------------------------------------------
+class MLP(nn.Module):
+    """C -> d_ff -> activation -> C. ``activation`` is gelu (erf), gelu_tanh or relu."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", bias: bool = True):
+        super().__init__()
+        if activation not in ("gelu", "gelu_tanh", "relu"):
+            raise ValueError(f"activation must be 'gelu', 'gelu_tanh' or 'relu', got {activation!r}")
+        self.activation = activation
+        self.up = nn.Linear(d_model, d_ff, bias=bias)
+        self.down = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(x)  # (B, T, d_ff)
+        if self.activation == "relu":
+            h = F.relu(h)
+        else:
+            h = F.gelu(h, approximate="tanh" if self.activation == "gelu_tanh" else "none")
+        return self.down(h)  # (B, T, C)
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)) (Shazeer 2020); gate and up are one fused linear."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool = False):
+        super().__init__()
+        self.d_ff = d_ff
+        self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=bias)  # rows: [gate | up]
+        self.down = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).split(self.d_ff, dim=-1)  # (B, T, d_ff) each
+        return self.down(F.silu(gate) * up)  # (B, T, C)
+
+
+def make_mlp(kind: str, d_model: int, d_ff: int, bias: bool = True) -> nn.Module:
+    if kind == "swiglu":
+        return SwiGLU(d_model, d_ff, bias=bias)
+    if kind in MLP_KINDS:
+        return MLP(d_model, d_ff, activation=kind, bias=bias)
+    raise ValueError(f"mlp must be one of {list(MLP_KINDS)}, got {kind!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# the block
+# --------------------------------------------------------------------------------------------
+class TransformerBlock(nn.Module):
+    """One attention sublayer and one MLP sublayer with residuals.
+
+    pre-norm:  x = x + attn(norm1(x));  x = x + mlp(norm2(x))
+    post-norm: x = norm1(x + attn(x));  x = norm2(x + mlp(x))
+
+    ``attn`` and ``mlp`` are passed in ready-made; ``dropout`` applies to the MLP output
+    (the attention layer applies its own dropout to its output).
+    """
+
+    def __init__(self, attn: MultiHeadAttention, mlp: nn.Module, norm1: nn.Module,
+                 norm2: nn.Module, placement: str = "pre", dropout: float = 0.0):
+        super().__init__()
+        if placement not in ("pre", "post"):
+            raise ValueError(f"placement must be 'pre' or 'post', got {placement!r}")
+        self.placement = placement
+        self.attn = attn
+        self.mlp = mlp
+        self.norm1 = norm1
+        self.norm2 = norm2
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, *, key_padding_mask: torch.Tensor | None = None,
+                document_ids: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); the keyword arguments go to the attention layer."""
+        def attend(h: torch.Tensor) -> torch.Tensor:
+            return self.attn(h, key_padding_mask=key_padding_mask, document_ids=document_ids,
+                             positions=positions, cache=cache)
+
+        if self.placement == "pre":
+            x = x + attend(self.norm1(x))  # (B, T, C)
+            x = x + self.dropout(self.mlp(self.norm2(x)))
+        else:
+            x = self.norm1(x + attend(x))  # (B, T, C)
+            x = self.norm2(x + self.dropout(self.mlp(x)))
+        return x

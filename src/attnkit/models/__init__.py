@@ -1,0 +1,30 @@
+"""GPT and BERT models built from a :class:`ModelConfig`.
+
+    >>> from attnkit.models import build_model, get_preset
+    >>> model = build_model(get_preset("tiny"))
+    >>> logits = model(torch.randint(0, 256, (2, 16)))   # (B, T, V)
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .bert import Bert
+from .config import ModelConfig
+from .gpt import GPT
+from .presets import PRESETS, get_preset, preset_names
+
+_ARCH_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPT, "bert": Bert}
+
+
+def build_model(config: ModelConfig | str, **overrides) -> nn.Module:
+    """A freshly initialised model for a config or a preset name."""
+    if isinstance(config, str):
+        config = get_preset(config, **overrides)
+    elif overrides:
+        config = config.replace(**overrides)
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config must be a ModelConfig or a preset name, got {type(config).__name__}")
+    return _ARCH_CLASSES[config.arch](config)
+
+
+__all__ = ["ModelConfig", "GPT", "Bert", "build_model", "get_preset", "preset_names", "PRESETS"]

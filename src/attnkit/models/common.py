@@ -1,0 +1,151 @@
+"""What GPT and BERT share: embeddings, block construction from a config, masks, counts."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..attention.module import MultiHeadAttention
+from ..layers import TransformerBlock, make_mlp, make_norm
+from ..positional import LearnedPositionalEmbedding, SinusoidalPositionalEmbedding
+from .config import ModelConfig
+
+
+class Embeddings(nn.Module):
+    """ids (B, T) -> (B, T, C): tokens + absolute positions + segments, then norm and dropout.
+
+    RoPE and ALiBi models add no position vector here; their positions act inside attention.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        C = cfg.d_model
+        self.tok = nn.Embedding(cfg.vocab_size, C, padding_idx=None)
+        self.pos: nn.Module | None = None
+        if cfg.positional == "learned":
+            self.pos = LearnedPositionalEmbedding(cfg.max_seq_len, C)
+        elif cfg.positional == "sinusoidal":
+            self.pos = SinusoidalPositionalEmbedding(cfg.max_seq_len, C)
+        self.types = nn.Embedding(cfg.type_vocab_size, C) if cfg.type_vocab_size else None
+        self.norm = make_norm(cfg.norm, C, cfg.norm_eps) if cfg.embed_norm else None
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+        x = self.tok(input_ids)  # (B, T, C)
+        if self.pos is not None:
+            if position_ids is None:
+                x = x + self.pos(input_ids.shape[1], offset=offset)  # (T, C) broadcast
+            else:
+                x = x + self.pos(position_ids)  # (B, T, C) or (T, C)
+        if self.types is not None:
+            if token_type_ids is None:
+                x = x + self.types.weight[0]  # every token in segment 0
+            else:
+                x = x + self.types(token_type_ids)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids were given but this model has type_vocab_size=0; "
+                             "expected no token_type_ids")
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.drop(x)
+
+
+def make_block(cfg: ModelConfig) -> TransformerBlock:
+    positional = cfg.positional if cfg.positional in ("rope", "alibi") else None
+    variant = None if cfg.attention == "exact" else cfg.attention
+    attn = MultiHeadAttention(
+        cfg.d_model, cfg.n_head, cfg.kv_heads, causal=cfg.causal, window=cfg.window,
+        positional=positional, dropout=cfg.attn_dropout, bias=cfg.bias, backend=cfg.backend,
+        rope_base=cfg.rope_base, variant=variant,
+        variant_params=dict(cfg.attention_params) if variant else None)
+    mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.ff_dim, bias=cfg.bias)
+    norm1 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, bias=cfg.bias)
+    norm2 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, bias=cfg.bias)
+    return TransformerBlock(attn, mlp, norm1, norm2, placement=cfg.norm_placement,
+                            dropout=cfg.dropout)
+
+
+def positions_from_documents(document_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) document ids -> (B, T) positions that restart at 0 where each document starts."""
+    T = document_ids.shape[1]
+    idx = torch.arange(T, device=document_ids.device).expand_as(document_ids)  # (B, T)
+    start = torch.ones_like(document_ids, dtype=torch.bool)
+    start[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    first = torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=1).values  # (B, T)
+    return idx - first
+
+
+def key_padding(attention_mask: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor | None:
+    """attention_mask (B, Tk), 1 = real token -> bool mask, or None when every token is real."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2 or tuple(attention_mask.shape) != shape:
+        raise ValueError(f"attention_mask must have shape (B, Tk) = {shape}, got "
+                         f"{tuple(attention_mask.shape)}")
+    mask = attention_mask.bool()
+    return None if bool(mask.all()) else mask
+
+
+def check_ids(name: str, ids: torch.Tensor, limit: int) -> None:
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point:
+        what = f"shape {tuple(ids.shape)} dtype {ids.dtype}" if isinstance(ids, torch.Tensor) \
+            else type(ids).__name__
+        raise ValueError(f"{name} must be an integer tensor of shape (B, T), got {what}")
+    if ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= limit:
+            raise ValueError(f"{name} holds {lo if lo < 0 else hi}, outside [0, {limit})")
+
+
+class ModelBase(nn.Module):
+    """Counting and initialisation shared by the models."""
+
+    config: ModelConfig
+
+    def init_weights(self) -> None:
+        """Normal(0, initializer_range) weights, zero biases, unit norms; residual output
+        projections scaled by 1/sqrt(2 * n_layer) (GPT-2)."""
+        std = self.config.initializer_range
+        for name, mod in self.named_modules():
+            if isinstance(mod, (nn.Linear, nn.Embedding)):
+                s = std / math.sqrt(2 * self.config.n_layer) if name.endswith(
+                    ("attn.out_proj", "mlp.down")) else std
+                nn.init.normal_(mod.weight, 0.0, s)
+                if getattr(mod, "bias", None) is not None:
+                    nn.init.zeros_(mod.bias)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Distinct parameters (tied ones counted once); optionally without the embeddings."""
+        seen: set[int] = set()
+        total = 0
+        skip = set()
+        if exclude_embeddings:
+            skip = {id(p) for p in self.embed.parameters()}
+        for p in self.parameters():
+            if id(p) in seen or id(p) in skip:
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        return total
+
+    def flops_per_token(self, seq_len: int | None = None, training: bool = False) -> float:
+        """Estimated FLOPs per token of a forward pass (x3 with ``training``).
+
+        2 FLOPs per multiply-accumulate of every weight matrix a token passes through (not the
+        embedding look-ups), plus the attention scores and weighted sums: 4 * T * d per layer
+        for T keys (half that, on average, with a causal mask).
+        """
+        cfg = self.config
+        T = cfg.max_seq_len if seq_len is None else seq_len
+        matmul = 0
+        for name, mod in self.named_modules():
+            if isinstance(mod, nn.Linear) and not name.startswith("embed"):
+                matmul += mod.weight.numel()
+        keys = T / 2 if cfg.causal else T
+        if cfg.window is not None:
+            keys = min(keys, cfg.window)
+        attn = 4 * keys * cfg.n_head * cfg.head_dim * cfg.n_layer
+        fwd = 2 * matmul + attn
+        return float(3 * fwd if training else fwd)

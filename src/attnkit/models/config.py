@@ -1,0 +1,200 @@
+"""ModelConfig: every architectural choice of a GPT or BERT model, checked once.
+
+A config is plain data: it is saved as ``config.json`` next to the weights and turned back into
+the same model by :func:`attnkit.models.build_model`. ``__post_init__`` checks every field, so
+a bad value fails here, with the field's name, the value and what was expected, rather than as
+a shape error deep inside a forward pass.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+ARCHS = ("gpt", "bert")
+HEADS = {"gpt": ("lm", "none"), "bert": ("none", "mlm", "classification")}
+POSITIONALS = ("learned", "sinusoidal", "rope", "alibi", "none")
+NORMS = ("layernorm", "rmsnorm")
+NORM_PLACEMENTS = ("pre", "post")
+MLPS = ("gelu", "gelu_tanh", "relu", "swiglu")
+POOLINGS = ("cls", "mean")
+
+
+def _fail(name: str, value: Any, expected: str) -> None:
+    raise ValueError(f"ModelConfig.{name} must be {expected}, got {value!r}")
+
+
+def _pos_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        _fail(name, value, "a positive int")
+
+
+def _prob(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        _fail(name, value, "a float in [0, 1)")
+
+
+def _choice(name: str, value: Any, options: tuple) -> None:
+    if value not in options:
+        _fail(name, value, f"one of {list(options)}")
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(name, value, "a bool")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a decoder (``arch="gpt"``) or encoder (``arch="bert"``).
+
+    Sizes: ``vocab_size``, ``n_layer`` blocks of width ``d_model`` with ``n_head`` query heads
+    and ``n_kv_head`` key/value heads (None: same as ``n_head``; fewer gives GQA/MQA),
+    ``d_ff`` MLP width (None: 4 * d_model), ``max_seq_len`` positions.
+
+    Choices: ``positional`` (learned, sinusoidal, rope, alibi, none), ``norm`` (layernorm,
+    rmsnorm) placed ``norm_placement`` "pre" (GPT-2) or "post" (BERT) the sublayer, ``mlp``
+    (gelu = exact erf GELU, gelu_tanh = GPT-2's tanh approximation, relu, swiglu).
+
+    Attention: ``attention`` is "exact" or a name from ``attnkit.attention.variants`` with its
+    keyword arguments in ``attention_params``; ``window`` a sliding window for exact attention;
+    ``backend`` the backend passed to ``attnkit.attention.attention``.
+
+    BERT parts: ``type_vocab_size`` segment embeddings, ``embed_norm`` LayerNorm after the
+    embeddings, ``pooler`` dense+tanh on the first token, ``pooling`` (cls or mean) for
+    sentence vectors, ``head`` (none, mlm, classification) with ``num_labels`` classes.
+    """
+
+    arch: str = "gpt"
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int | None = None
+    d_model: int = 768
+    d_ff: int | None = None
+    max_seq_len: int = 1024
+    positional: str = "learned"
+    rope_base: float = 10000.0
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    norm_placement: str = "pre"
+    mlp: str = "gelu_tanh"
+    bias: bool = True
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    tie_embeddings: bool = True
+    attention: str = "exact"
+    attention_params: dict = field(default_factory=dict)
+    window: int | None = None
+    backend: str = "auto"
+    head: str = "lm"
+    type_vocab_size: int = 0
+    embed_norm: bool = False
+    final_norm: bool = True
+    pooler: bool = False
+    pooling: str = "cls"
+    num_labels: int = 2
+    pad_token_id: int | None = None
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        _choice("arch", self.arch, ARCHS)
+        for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len", "num_labels"):
+            _pos_int(name, getattr(self, name))
+        if self.n_kv_head is not None:
+            _pos_int("n_kv_head", self.n_kv_head)
+            if self.n_head % self.n_kv_head:
+                _fail("n_kv_head", self.n_kv_head, f"a divisor of n_head={self.n_head}")
+        if self.d_model % self.n_head:
+            _fail("d_model", self.d_model, f"a multiple of n_head={self.n_head}")
+        if self.d_ff is not None:
+            _pos_int("d_ff", self.d_ff)
+        _choice("positional", self.positional, POSITIONALS)
+        if self.positional == "rope" and self.head_dim % 2:
+            _fail("positional", self.positional,
+                  f"not 'rope' with an odd head_dim={self.head_dim} (RoPE rotates channel pairs)")
+        for name in ("rope_base", "norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not math.isfinite(value) or value <= 0:
+                _fail(name, value, "a finite number > 0")
+        _choice("norm", self.norm, NORMS)
+        _choice("norm_placement", self.norm_placement, NORM_PLACEMENTS)
+        _choice("mlp", self.mlp, MLPS)
+        for name in ("bias", "tie_embeddings", "embed_norm", "final_norm", "pooler"):
+            _flag(name, getattr(self, name))
+        _prob("dropout", self.dropout)
+        _prob("attn_dropout", self.attn_dropout)
+        self._check_attention()
+        if self.window is not None:
+            _pos_int("window", self.window)
+        if not isinstance(self.backend, str):
+            _fail("backend", self.backend, "a backend name such as 'auto', 'sdpa' or 'math'")
+        _choice("head", self.head, HEADS[self.arch])
+        if isinstance(self.type_vocab_size, bool) or not isinstance(self.type_vocab_size, int) \
+                or self.type_vocab_size < 0:
+            _fail("type_vocab_size", self.type_vocab_size, "an int >= 0 (0: no segment embeddings)")
+        _choice("pooling", self.pooling, POOLINGS)
+        if self.pad_token_id is not None and (
+                isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int)
+                or not 0 <= self.pad_token_id < self.vocab_size):
+            _fail("pad_token_id", self.pad_token_id, f"None or an int in [0, vocab_size={self.vocab_size})")
+
+    def _check_attention(self) -> None:
+        if not isinstance(self.attention_params, dict):
+            _fail("attention_params", self.attention_params, "a dict of keyword arguments")
+        if self.attention == "exact":
+            if self.attention_params:
+                _fail("attention_params", self.attention_params,
+                      "empty when attention='exact' (parameters belong to a variant)")
+            return
+        from attnkit.attention import variants
+
+        if self.attention not in variants.names():
+            _fail("attention", self.attention, f"'exact' or one of {variants.names()}")
+        valid = variants.params(self.attention)
+        unknown = sorted(set(self.attention_params) - set(valid))
+        if unknown:
+            _fail("attention_params", self.attention_params,
+                  f"keyword arguments of variant {self.attention!r}: {sorted(valid)} (unknown: {unknown})")
+        if self.positional == "alibi":
+            _fail("positional", self.positional, f"not 'alibi' with attention={self.attention!r} "
+                  "(variants take no score bias)")
+        if self.window is not None:
+            _fail("window", self.window, f"None with attention={self.attention!r}")
+
+    # ---------------------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def ff_dim(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+    @property
+    def causal(self) -> bool:
+        return self.arch == "gpt"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build from a dict (e.g. a config.json); unknown keys are an error naming them."""
+        if not isinstance(data, dict):
+            raise TypeError(f"ModelConfig.from_dict expects a dict, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s) {unknown}; valid fields: {sorted(names)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
