@@ -375,22 +375,47 @@ class _FastBand:
             o, l = _FLASH_CPU(qv, kv, vv, 0.0, causal, attn_mask=m, scale=scale)
             outs.append(o)
             lses.append(l)
-        lse = torch.logsumexp(torch.stack(lses), dim=0)  # (BH, n, c)
+        lse = lses[0]
+        for l in lses[1:]:
+            lse = torch.logaddexp(lse, l)  # (BH, n, c)
         acc = _softmax_dtype(q3.dtype)
-        out = sum(o.to(acc) * torch.exp(l - lse)[..., None].to(acc) for o, l in zip(outs, lses))
+        out = None
+        for o, l in zip(outs, lses):
+            w = torch.exp(l - lse).unsqueeze(-1)  # (BH, n, c, 1) share of this part
+            if out is None:
+                out = o.to(acc).mul_(w) if o.dtype != acc else o.mul_(w)
+            else:
+                out.addcmul_(o.to(acc), w)
         return out.to(q3.dtype), lse
 
     def backward(self, q3, k3, v3, out_v, lse_v, dout_v, scale, dk3, dv3):
+        """Gradients of the interior blocks; dK/dV are accumulated into dk3/dv3 (BH, Tk, D).
+
+        Processed in chunks of blocks so that the per-window key gradients, which overlap
+        by (window - 1) keys, never exist for the whole sequence at once.
+        """
         qv, kvs = self.views(q3, k3, v3)
-        dq = None
         n, c = self.hi - self.lo, self.c
-        for (kv, vv), (start, length, causal, m) in zip(kvs, self.parts):
-            gq, gk, gv = _FLASH_CPU_BWD(dout_v, qv, kv, vv, out_v, lse_v, 0.0, causal, attn_mask=m, scale=scale)
-            dq = gq if dq is None else dq + gq
-            base = self.first + start + torch.arange(n, device=q3.device)[:, None] * c
-            idx = (base + torch.arange(length, device=q3.device)[None, :]).reshape(-1)
-            dk3.index_add_(1, idx, gk.reshape(gk.shape[0], -1, gk.shape[-1]).to(dk3.dtype))
-            dv3.index_add_(1, idx, gv.reshape(gv.shape[0], -1, gv.shape[-1]).to(dv3.dtype))
+        bh, d = q3.shape[0], q3.shape[2]
+        longest = max(length for _, length, _, _ in self.parts)
+        per_block = bh * longest * (d + v3.shape[2]) * 4
+        step = max(1, _CHUNK_BYTES // max(per_block, 1))
+        dq = torch.empty_like(qv)
+        for b0 in range(0, n, step):
+            b1 = min(n, b0 + step)
+            sl = slice(b0, b1)
+            gq_sum = None
+            for (kv, vv), (start, length, causal, m) in zip(kvs, self.parts):
+                gq, gk, gv = _FLASH_CPU_BWD(
+                    dout_v[:, sl], qv[:, sl], kv[:, sl], vv[:, sl], out_v[:, sl], lse_v[:, sl],
+                    0.0, causal, attn_mask=m, scale=scale,
+                )
+                gq_sum = gq if gq_sum is None else gq_sum.add_(gq)
+                base = self.first + start + torch.arange(b0, b1, device=q3.device)[:, None] * c
+                idx = (base + torch.arange(length, device=q3.device)[None, :]).reshape(-1)
+                dk3.index_add_(1, idx, gk.reshape(bh, -1, d).to(dk3.dtype))
+                dv3.index_add_(1, idx, gv.reshape(bh, -1, gv.shape[-1]).to(dv3.dtype))
+            dq[:, sl] = gq_sum
         return dq
 
 
