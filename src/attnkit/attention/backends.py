@@ -237,15 +237,25 @@ class _Band:
         self.pad_right = self.nb * self.c - self.tq + self.right
         self.start = self.off  # padded index of block 0's first key
 
-    def pad_keys(self, x: Tensor) -> Tensor:
-        """(B, H, Tk, D) -> (B, H, left + Tk + pad_right, D)."""
-        return F.pad(x, (0, 0, self.left, self.pad_right))
+    def windows(self, x: Tensor, b0: int, b1: int) -> Tensor:
+        """Key windows of blocks b0..b1-1 from unpadded keys x (B, H, Tk, D): (B, H, n, L, D).
 
-    def windows(self, xp: Tensor, b0: int, b1: int) -> Tensor:
-        """Key windows of blocks b0..b1-1: (B, H, n, L, D) view-or-copy of padded keys."""
-        s = self.start + b0 * self.c
-        seg = xp[:, :, s : s + (b1 - b0 - 1) * self.c + self.L]
+        Only the keys these blocks touch are sliced out; zeros stand in past either end.
+        """
+        a = self.start + b0 * self.c - self.left  # first key position touched
+        e = self.start + (b1 - 1) * self.c + self.L - self.left  # one past the last
+        seg = x[:, :, max(a, 0) : min(e, self.tk)]
+        if a < 0 or e > self.tk:
+            seg = F.pad(seg, (0, 0, max(0, -a), max(0, e - self.tk)))
         return seg.unfold(2, self.L, self.c).transpose(-1, -2)
+
+    def query_blocks(self, x: Tensor, b0: int, b1: int) -> Tensor:
+        """Queries (or per-query rows) of blocks b0..b1-1: (B, H, n, c, D), zero-padded at the end."""
+        seg = x[:, :, b0 * self.c : min(b1 * self.c, self.tq)]
+        short = (b1 - b0) * self.c - seg.shape[2]
+        if short:
+            seg = F.pad(seg, (0, 0, 0, short))
+        return seg.reshape(seg.shape[0], seg.shape[1], b1 - b0, self.c, seg.shape[-1])
 
     def key_index(self, b0: int, b1: int, device) -> Tensor:
         """(n, L) padded key indices of blocks b0..b1-1."""
@@ -461,10 +471,6 @@ class _BandContext:
         return ok[:, None]
 
 
-def _pad_queries(x: Tensor, band: _Band) -> Tensor:
-    return F.pad(x, (0, 0, 0, band.nb * band.c - band.tq))
-
-
 def _dropout_keep(shape, p: float, seed: int, chunk: int, device) -> Tensor:
     gen = torch.Generator(device=device)
     gen.manual_seed(seed * 1000003 + chunk)
@@ -509,13 +515,11 @@ def _windowed_forward(q, k, v, spec, band, slopes, scale, dropout_p, seed, fast)
         ranges = fast.ranges(band.nb)
     if ranges:
         ctx_t = _BandContext(q, k, spec, band, slopes)
-        kp = band.pad_keys(k_rep)
-        vp = band.pad_keys(v_rep)
-        qp = _pad_queries(q, band).view(B, H, band.nb, band.c, D)
         for b0, b1 in _chunks(band, B, H, ranges):
-            kw = band.windows(kp, b0, b1)  # (B, H, n, L, D)
-            vw = band.windows(vp, b0, b1)
-            p, l = _chunk_probs(ctx_t, band, qp[:, :, b0:b1], kw, b0, b1, scale)
+            kw = band.windows(k_rep, b0, b1)  # (B, H, n, L, D)
+            vw = band.windows(v_rep, b0, b1)
+            qb = band.query_blocks(q, b0, b1)  # (B, H, n, c, D)
+            p, l = _chunk_probs(ctx_t, band, qb, kw, b0, b1, scale)
             if dropout_p > 0:
                 p = p * _dropout_keep(p.shape, dropout_p, seed, b0, q.device) / (1 - dropout_p)
             out[:, :, b0:b1] = torch.matmul(p.to(v.dtype), vw)
@@ -554,18 +558,13 @@ def _windowed_backward(q, k, v, out, lse, dout, spec, band, slopes, scale, dropo
         ranges = fast.ranges(band.nb)
     if ranges:
         ctx_t = _BandContext(q, k, spec, band, slopes)
-        kp = band.pad_keys(k_rep)
-        vp = band.pad_keys(v_rep)
-        qp = _pad_queries(q, band).view(B, H, band.nb, band.c, D)
-        dop = _pad_queries(dout, band).view(B, H, band.nb, band.c, -1)
-        op = _pad_queries(out, band).view(B, H, band.nb, band.c, -1)
         for b0, b1 in _chunks(band, B, H, ranges):
-            kw = band.windows(kp, b0, b1)  # (B, H, n, L, D)
-            vw = band.windows(vp, b0, b1)
-            qb = qp[:, :, b0:b1]
+            kw = band.windows(k_rep, b0, b1)  # (B, H, n, L, D)
+            vw = band.windows(v_rep, b0, b1)
+            qb = band.query_blocks(q, b0, b1)  # (B, H, n, c, D)
             p, _ = _chunk_probs(ctx_t, band, qb, kw, b0, b1, scale, lse=lse[:, :, b0:b1])
-            do = dop[:, :, b0:b1].to(ct)
-            delta = (do * op[:, :, b0:b1].to(ct)).sum(-1, keepdim=True)  # (B, H, n, c, 1)
+            do = band.query_blocks(dout, b0, b1).to(ct)
+            delta = (do * band.query_blocks(out, b0, b1).to(ct)).sum(-1, keepdim=True)  # (B, H, n, c, 1)
             dp = torch.matmul(do, vw.to(ct).transpose(-1, -2))  # (B, H, n, c, L)
             if dropout_p > 0:
                 keep = _dropout_keep(p.shape, dropout_p, seed, b0, q.device).to(ct) / (1 - dropout_p)
