@@ -20,6 +20,14 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "attention": ("attnkit.attention", None),
     "explain": ("attnkit.attention", "explain"),
     "MultiHeadAttention": ("attnkit.attention.module", "MultiHeadAttention"),
+    "load": ("attnkit.checkpoints.io", "load"),
+    "save": ("attnkit.checkpoints.io", "save"),
+    "Encoder": ("attnkit.embeddings", "Encoder"),
+    "ModelConfig": ("attnkit.models.config", "ModelConfig"),
+    "build_model": ("attnkit.models", "build_model"),
+    "get_preset": ("attnkit.models.presets", "get_preset"),
+    "GPT": ("attnkit.models.gpt", "GPT"),
+    "Bert": ("attnkit.models.bert", "Bert"),
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -28,6 +36,13 @@ if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from attnkit import attention
     from attnkit.attention import explain
     from attnkit.attention.module import MultiHeadAttention
+    from attnkit.checkpoints.io import load, save
+    from attnkit.embeddings import Encoder
+    from attnkit.models import build_model
+    from attnkit.models.bert import Bert
+    from attnkit.models.config import ModelConfig
+    from attnkit.models.gpt import GPT
+    from attnkit.models.presets import get_preset
 
 
 def __getattr__(name: str) -> Any:

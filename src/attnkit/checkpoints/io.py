@@ -17,7 +17,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -86,13 +88,58 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+CHECKSUM_PREFIX = "crc32:"
+
+
+def _crc32(t: torch.Tensor) -> str:
+    return f"{zlib.crc32(t.reshape(-1).view(torch.uint8).numpy()):08x}" if t.numel() else "00000000"
+
+
 def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor],
-                 metadata: dict[str, str] | None = None) -> Path:
-    """Atomically write a safetensors file (tensors made contiguous, on CPU)."""
+                 metadata: dict[str, str] | None = None, checksums: bool = True) -> Path:
+    """Atomically write a safetensors file (tensors made contiguous, on CPU).
+
+    With ``checksums`` the metadata holds a CRC-32 of every tensor's bytes
+    (``"crc32:<key>"``), so :func:`read_tensors` can name a tensor whose bytes were damaged.
+    """
     from safetensors.torch import save_file
 
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
+    meta = dict(metadata or {})
+    if checksums:
+        meta.update({CHECKSUM_PREFIX + k: _crc32(v) for k, v in flat.items()})
+    return atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=meta))
+
+
+def _check_layout(path: Path) -> None:
+    """Read the safetensors header and check that every tensor's bytes lie inside the file;
+    a truncated file is reported with the first tensor it cuts."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header)")
+        n = struct.unpack("<Q", head)[0]
+        if n > size - 8:
+            raise CheckpointError(f"{path}: truncated or corrupt safetensors file: header of {n} "
+                                  f"bytes does not fit in {size} bytes")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: corrupt safetensors header: {e}") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+    data = size - 8 - n
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            begin, end = info["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise CheckpointError(f"{path}: corrupt safetensors header at key {key!r}") from None
+        if end > data:
+            raise CheckpointError(f"{path}: truncated safetensors file: key {key!r} needs bytes "
+                                  f"{begin}..{end} of the data section but only {data} remain")
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,15 +154,22 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
+        _check_layout(path)
         out: dict[str, torch.Tensor] = {}
         key = None
         try:
             with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
                 for key in f.keys():
                     out[key] = f.get_tensor(key)
         except Exception as e:  # safetensors raises its own error types for bad headers/data
             where = f" at key {key!r}" if key is not None else ""
             raise CheckpointError(f"{path}: corrupt or truncated safetensors file{where}: {e}") from e
+        for key, t in out.items():
+            want = meta.get(CHECKSUM_PREFIX + key)
+            if want is not None and _crc32(t) != want:
+                raise CheckpointError(f"{path}: key {key!r} is corrupt: its bytes have CRC-32 "
+                                      f"{_crc32(t)}, the file recorded {want}")
         return out
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
