@@ -18,8 +18,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-# bias_fn(g0, g1, qpos, kpos) -> additive score bias broadcastable to (N, g1 - g0, Cq, Ck), or None
-BiasFn = Callable[[int, int, Tensor, Tensor], Optional[Tensor]]
+# mask_fn(g0, g1, qpos, kpos) -> extra bool mask (True = masked) broadcastable to
+# (N, g1 - g0, Cq, Ck), or None; qpos/kpos are that batch's (P, g, Cq) / (P, g, Ck) positions.
+MaskFn = Callable[[int, int, Tensor, Tensor], Optional[Tensor]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,14 +30,14 @@ class GatherSpec:
     scale: multiplies q . k.
     causal: a key at a later position than the query is masked.
     exclude_self: the key at the query's own position is masked.
-    bias_fn: extra additive bias (not differentiated), e.g. -log(duplicate count).
+    mask_fn: an extra mask (e.g. pairs already seen in an earlier LSH round).
     budget: roughly how many scores one batch of groups may hold.
     """
 
     scale: float
     causal: bool = False
     exclude_self: bool = False
-    bias_fn: Optional[BiasFn] = None
+    mask_fn: Optional[MaskFn] = None
     budget: int = 1 << 23
 
 
@@ -45,19 +46,22 @@ def gathered_attention(q: Tensor, k: Tensor, v: Tensor, qpos: Tensor, kpos: Tens
     """Attention of gathered query groups over gathered key groups.
 
     q, k: (N, T, D) and v: (N, T, Dv), N = batch * heads.
-    qpos: (P, G, Cq) int64 positions of the queries of each of the G groups; kpos: (P, G, Ck)
+    qpos: (P, G, Cq) integer positions of the queries of each of the G groups; kpos: (P, G, Ck)
     positions of the keys each group attends to. P is 1 (same groups for every row) or N.
-    -1 marks an empty slot. key_valid: (N, T) bool, False for padded keys, or None.
+    -1 marks an empty key slot (an empty query slot's output is undefined; callers drop it).
+    key_valid: (N, T) bool, False for padded keys, or None.
 
     Returns o: (N, G, Cq, Dv), each query's softmax-weighted values over its group's allowed
     keys (zeros when none is allowed), and lse: (N, G, Cq), the log-sum-exp of the allowed
     scores (-inf when none is allowed).
     """
-    if qpos.dtype != torch.long or kpos.dtype != torch.long:
-        raise TypeError(f"qpos and kpos must be int64, got {qpos.dtype} and {kpos.dtype}")
+    if qpos.dtype not in (torch.int32, torch.int64) or kpos.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"qpos and kpos must be int32 or int64, got {qpos.dtype} and {kpos.dtype}")
     if qpos.dim() != 3 or kpos.dim() != 3 or qpos.shape[:2] != kpos.shape[:2]:
         raise ValueError(f"qpos (P, G, Cq) and kpos (P, G, Ck) must agree, got {tuple(qpos.shape)}, {tuple(kpos.shape)}")
-    return _GatheredAttention.apply(q, k, v, qpos, kpos, key_valid, spec)
+    if q.shape[1] >= 2**31:
+        raise ValueError(f"sequence length must be < 2**31, got {q.shape[1]}")
+    return _GatheredAttention.apply(q, k, v, qpos.to(torch.int32), kpos.to(torch.int32), key_valid, spec)
 
 
 def _batches(n_groups: int, per_group: int, budget: int):
@@ -67,9 +71,9 @@ def _batches(n_groups: int, per_group: int, budget: int):
 
 
 def _flat(pos: Tensor, n: int, t: int) -> Tensor:
-    """(P, g, C) positions -> (n, g, C) row indices into a (n * t, ...) flattened tensor."""
+    """(P, g, C) positions -> (n * g * C,) int64 row indices into a (n * t, ...) flattened tensor."""
     base = torch.arange(n, device=pos.device).view(n, 1, 1) * t
-    return base + pos.clamp_min(0)
+    return (base + pos.clamp_min(0)).reshape(-1)
 
 
 class _Groups:
@@ -79,35 +83,68 @@ class _Groups:
                  key_valid: Optional[Tensor], spec: GatherSpec):
         self.n, self.t, self.d = q.shape
         self.dv = v.shape[-1]
+        self.q3, self.k3, self.v3 = q, k, v
         self.qf = q.reshape(-1, self.d)  # (N*T, D)
         self.kf = k.reshape(-1, self.d)  # (N*T, D)
         self.vf = v.reshape(-1, self.dv)  # (N*T, Dv)
         self.qpos, self.kpos, self.spec = qpos, kpos, spec
-        self.kvalid = None if key_valid is None else key_valid.reshape(-1)  # (N*T,)
+        # key validity with one extra False entry per row, which empty slots (-1) point to
+        valid = torch.ones(self.n, self.t + 1, dtype=torch.bool, device=q.device)  # (N, T+1)
+        valid[:, self.t] = False
+        if key_valid is not None:
+            valid[:, : self.t] = key_valid
+        self.valid_ext = valid
 
-    def scores(self, g0: int, g1: int):
-        n, spec = self.n, self.spec
+    def gather(self, g0: int, g1: int):
+        """Queries (scaled), keys and values of groups g0..g1, and the indices they came from."""
+        n = self.n
         qp, kp = self.qpos[:, g0:g1], self.kpos[:, g0:g1]  # (P, g, Cq), (P, g, Ck)
         g, cq, ck = qp.shape[1], qp.shape[2], kp.shape[2]
-        qi = _flat(qp, n, self.t).reshape(-1)
-        ki = _flat(kp, n, self.t).reshape(-1)
-        qg = self.qf.index_select(0, qi).view(n, g, cq, self.d) * spec.scale  # (N, g, Cq, D)
-        kg = self.kf.index_select(0, ki).view(n, g, ck, self.d)  # (N, g, Ck, D)
-        vg = self.vf.index_select(0, ki).view(n, g, ck, self.dv)  # (N, g, Ck, Dv)
-        s = torch.matmul(qg, kg.transpose(-1, -2))  # (N, g, Cq, Ck)
-        allow = (kp >= 0).unsqueeze(-2) & (qp >= 0).unsqueeze(-1)  # (P, g, Cq, Ck)
+        if qp.shape[0] == 1:  # the same positions for every row: gather along T
+            qi, ki = qp.reshape(-1).clamp_min(0).long(), kp.reshape(-1).clamp_min(0).long()
+            qg = self.q3.index_select(1, qi)
+            kg, vg = self.k3.index_select(1, ki), self.v3.index_select(1, ki)
+        else:
+            qi, ki = _flat(qp, n, self.t), _flat(kp, n, self.t)
+            qg = self.qf.index_select(0, qi)
+            kg, vg = self.kf.index_select(0, ki), self.vf.index_select(0, ki)
+        qg = qg.view(n, g, cq, self.d).mul_(self.spec.scale)  # (N, g, Cq, D)
+        kg = kg.view(n, g, ck, self.d)  # (N, g, Ck, D)
+        vg = vg.view(n, g, ck, self.dv)  # (N, g, Ck, Dv)
+        return qg, kg, vg, qi, ki
+
+    def add(self, acc: Tensor, idx: Tensor, values: Tensor) -> None:
+        """Scatter-add (N, g, C, F) values back to the (N*T, F) accumulator ``acc``."""
+        if idx.numel() == values.shape[1] * values.shape[2]:  # shared positions: along T
+            # (index_add_ along dim 1 with one shared index is much faster than along dim 0)
+            acc.view(self.n, self.t, -1).index_add_(1, idx, values.reshape(self.n, idx.numel(), -1))
+        else:
+            acc.index_add_(0, idx, values.reshape(idx.numel(), -1))
+
+    def mask(self, g0: int, g1: int) -> Tensor:
+        """Bool mask, True = not allowed, broadcastable to (N, g, Cq, Ck)."""
+        spec = self.spec
+        qp, kp = self.qpos[:, g0:g1], self.kpos[:, g0:g1]  # (P, g, Cq), (P, g, Ck)
+        slot = torch.where(kp >= 0, kp, torch.full_like(kp, self.t)).long()  # (P, g, Ck)
+        if slot.shape[0] == 1 and self.n > 1:
+            bad_key = ~self.valid_ext[:, slot[0]]  # (N, g, Ck)
+        else:
+            bad_key = ~torch.gather(self.valid_ext, 1, slot.reshape(slot.shape[0], -1)).view(slot.shape)
+        bad = bad_key.unsqueeze(-2)  # (N, g, 1, Ck)
+        kq = kp.unsqueeze(-2), qp.unsqueeze(-1)
         if spec.causal:
-            allow = allow & (kp.unsqueeze(-2) <= qp.unsqueeze(-1))
-        if spec.exclude_self:
-            allow = allow & (kp.unsqueeze(-2) != qp.unsqueeze(-1))
-        if self.kvalid is not None:
-            allow = allow & self.kvalid[ki].view(n, g, 1, ck)
-        s = s.masked_fill_(~allow, float("-inf"))
-        if spec.bias_fn is not None:
-            bias = spec.bias_fn(g0, g1, qp, kp)
-            if bias is not None:
-                s = s.add_(bias)
-        return s, qg, kg, vg, qi, ki
+            bad = bad | ((kq[0] >= kq[1]) if spec.exclude_self else (kq[0] > kq[1]))
+        elif spec.exclude_self:
+            bad = bad | (kq[0] == kq[1])
+        if spec.mask_fn is not None:
+            extra = spec.mask_fn(g0, g1, qp, kp)
+            if extra is not None:
+                bad = bad | extra
+        return bad
+
+    def scores(self, qg: Tensor, kg: Tensor, bad: Tensor) -> Tensor:
+        s = torch.matmul(qg, kg.transpose(-1, -2))  # (N, g, Cq, Ck)
+        return s.masked_fill_(bad, float("-inf"))
 
 
 class _GatheredAttention(torch.autograd.Function):
@@ -118,45 +155,42 @@ class _GatheredAttention(torch.autograd.Function):
         o = q.new_empty(n, n_groups, cq, groups.dv)  # (N, G, Cq, Dv)
         lse = q.new_empty(n, n_groups, cq)  # (N, G, Cq)
         tiny = torch.finfo(q.dtype).tiny
+        masks = []  # kept for the backward pass: 1 byte per score at most
         for g0, g1 in _batches(n_groups, n * cq * ck, spec.budget):
-            s, _, _, vg, _, _ = groups.scores(g0, g1)
+            qg, kg, vg, _, _ = groups.gather(g0, g1)
+            bad = groups.mask(g0, g1)
+            s = groups.scores(qg, kg, bad)
             m = s.amax(-1, keepdim=True)  # (N, g, Cq, 1)
             m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
             p = torch.exp_(s.sub_(m))  # masked scores become exactly 0
             den = p.sum(-1, keepdim=True)
             o[:, g0:g1] = torch.matmul(p, vg).div_(den.clamp_min(tiny))
             lse[:, g0:g1] = (m + den.log()).squeeze(-1)  # -inf where nothing is allowed
+            masks.append(bad)
         ctx.save_for_backward(q, k, v, qpos, kpos, key_valid, o, lse)
-        ctx.spec = spec
+        ctx.spec, ctx.masks = spec, masks
         return o, lse
 
     @staticmethod
     @once_differentiable
     def backward(ctx, do, dlse):
         q, k, v, qpos, kpos, key_valid, o, lse = ctx.saved_tensors
-        spec = ctx.spec
+        spec, masks = ctx.spec, ctx.masks
         groups = _Groups(q, k, v, qpos, kpos, key_valid, spec)
         n, (_, n_groups, cq), ck = groups.n, qpos.shape, kpos.shape[-1]
         dqf = torch.zeros_like(groups.qf)  # (N*T, D)
         dkf = torch.zeros_like(groups.kf)  # (N*T, D)
         dvf = torch.zeros_like(groups.vf)  # (N*T, Dv)
         lse_safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-        for g0, g1 in _batches(n_groups, n * cq * ck, spec.budget):
-            s, qg, kg, vg, qi, ki = groups.scores(g0, g1)
+        for (g0, g1), bad in zip(_batches(n_groups, n * cq * ck, spec.budget), masks):
+            qg, kg, vg, qi, ki = groups.gather(g0, g1)
+            s = groups.scores(qg, kg, bad)
             p = torch.exp_(s.sub_(lse_safe[:, g0:g1].unsqueeze(-1)))  # (N, g, Cq, Ck)
-            delta = None
-            if do is not None:
-                do_b = do[:, g0:g1]  # (N, g, Cq, Dv)
-                dvf.index_add_(0, ki, torch.matmul(p.transpose(-1, -2), do_b).reshape(-1, groups.dv))
-                dp = torch.matmul(do_b, vg.transpose(-1, -2))  # (N, g, Cq, Ck)
-                delta = (do_b * o[:, g0:g1]).sum(-1)  # (N, g, Cq)
-            else:
-                dp = torch.zeros_like(p)
-            if dlse is not None:
-                delta = -dlse[:, g0:g1] if delta is None else delta - dlse[:, g0:g1]
-            if delta is not None:
-                dp = dp.sub_(delta.unsqueeze(-1))
-            ds = p.mul_(dp)  # dL/ds, (N, g, Cq, Ck)
-            dqf.index_add_(0, qi, torch.matmul(ds, kg).mul_(spec.scale).reshape(-1, groups.d))
-            dkf.index_add_(0, ki, torch.matmul(ds.transpose(-1, -2), qg).reshape(-1, groups.d))
+            do_b = do[:, g0:g1]  # (N, g, Cq, Dv)
+            groups.add(dvf, ki, torch.matmul(p.transpose(-1, -2), do_b))
+            dp = torch.matmul(do_b, vg.transpose(-1, -2))  # (N, g, Cq, Ck)
+            delta = (do_b * o[:, g0:g1]).sum(-1) - dlse[:, g0:g1]  # (N, g, Cq)
+            ds = p.mul_(dp.sub_(delta.unsqueeze(-1)))  # dL/ds, (N, g, Cq, Ck)
+            groups.add(dqf, qi, torch.matmul(ds, kg).mul_(spec.scale))
+            groups.add(dkf, ki, torch.matmul(ds.transpose(-1, -2), qg))
         return dqf.view_as(q), dkf.view_as(k), dvf.view_as(v), None, None, None, None

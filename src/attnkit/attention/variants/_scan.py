@@ -24,74 +24,65 @@ from torch.utils.checkpoint import checkpoint
 # query_features(x) -> phi: (..., t, m); key_features(x, valid) -> (phi, log_scale or None)
 QueryFeatures = Callable[[Tensor], Tensor]
 KeyFeatures = Callable[[Tensor, Optional[Tensor]], tuple[Tensor, Optional[Tensor]]]
+# key_features must return exactly zero features for padded keys (valid False).
 
 
-def _safe_div(num: Tensor, den: Tensor) -> Tensor:
-    """num / den with den == 0 (no key at all) giving 0 and finite gradients."""
-    den_safe = torch.where(den > 0, den, torch.ones_like(den))
-    return num / den_safe.unsqueeze(-1)
+def _finish(acc: Tensor) -> Tensor:
+    """(..., Dv + 1) [numerator, denominator] -> numerator / denominator; a row with no key
+    at all (denominator 0) gives 0 with finite gradients."""
+    num, den = acc[..., :-1], acc[..., -1:]
+    return num / torch.where(den > 0, den, torch.ones_like(den))
 
 
-def _rescale(S, z, ref, log_scale, phi_k):
-    """Bring the state and this group's key features to a common reference scale.
-
-    ``phi_k`` was divided by exp(log_scale) (or by 1 where log_scale is -inf: no real key in
-    the group, phi_k is zero there); the state is relative to exp(ref).
-    """
+def _scales(ref: Optional[Tensor], log_scale: Optional[Tensor]):
+    """Factors that bring the carried state (relative to exp(ref)) and this group's key
+    features (relative to exp(log_scale)) to the new common reference. None = factor 1."""
     if log_scale is None:
-        return S, z, ref, phi_k
+        return None, None, ref
     new_ref = log_scale if ref is None else torch.maximum(ref, log_scale)  # (N,)
     safe = torch.where(torch.isfinite(new_ref), new_ref, torch.zeros_like(new_ref))
-    if S is not None:
-        a = torch.exp(ref - safe)  # (N,)
-        S = S * a[:, None, None]
-        z = z * a[:, None]
-    shape = (-1,) + (1,) * (phi_k.dim() - 1)
+    a = None if ref is None else torch.exp(ref - safe)  # (N,); exp(-inf) = 0 for an empty state
     own = torch.where(torch.isfinite(log_scale), log_scale - safe, torch.zeros_like(log_scale))
-    phi_k = phi_k * torch.exp(own).view(shape)
-    return S, z, new_ref, phi_k
+    return a, torch.exp(own), new_ref
 
 
-def _causal_group(fq: QueryFeatures, fk: KeyFeatures, q, k, v, valid, S, z, ref):
-    # q, k: (N, n, C, D); v: (N, n, C, Dv); valid: (N, n, C) or None; S: (N, m, Dv); z: (N, m)
+def _scaled(x: Tensor, f: Optional[Tensor]) -> Tensor:
+    return x if f is None else x * f.view((-1,) + (1,) * (x.dim() - 1))
+
+
+def _with_ones(v: Tensor) -> Tensor:
+    """Append a ones column: one matmul then yields numerator and denominator together."""
+    return torch.cat([v, torch.ones_like(v[..., :1])], -1)
+
+
+def _causal_group(fq: QueryFeatures, fk: KeyFeatures, q, k, v, valid, Sz, ref):
+    # q, k: (N, n, C, D); v: (N, n, C, Dv); valid: (N, n, C) or None;
+    # Sz: (N, m, Dv + 1) carried [sum phi(k) v^T, sum phi(k)] of earlier groups, relative to exp(ref)
     pq = fq(q)  # (N, n, C, m)
-    pk, log_scale = fk(k, valid)  # (N, n, C, m)
-    if valid is not None:
-        pk = pk * valid.unsqueeze(-1).to(pk.dtype)
-    S, z, ref, pk = _rescale(S, z, ref, log_scale, pk)
-    kv = torch.matmul(pk.transpose(-1, -2), v)  # (N, n, m, Dv) per-chunk sums
-    ks = pk.sum(-2)  # (N, n, m)
-    kv_cum = kv.cumsum(1)
-    ks_cum = ks.cumsum(1)
-    S_before = torch.cat([torch.zeros_like(kv[:, :1]), kv_cum[:, :-1]], 1)  # (N, n, m, Dv)
-    z_before = torch.cat([torch.zeros_like(ks[:, :1]), ks_cum[:, :-1]], 1)  # (N, n, m)
-    if S is not None:
-        S_before = S_before + S[:, None]
-        z_before = z_before + z[:, None]
-    A = torch.matmul(pq, pk.transpose(-1, -2)).tril()  # (N, n, C, C)
-    num = torch.matmul(pq, S_before) + torch.matmul(A, v)  # (N, n, C, Dv)
-    den = torch.matmul(pq, z_before.unsqueeze(-1)).squeeze(-1) + A.sum(-1)  # (N, n, C)
-    S_new = kv_cum[:, -1] if S is None else S + kv_cum[:, -1]
-    z_new = ks_cum[:, -1] if z is None else z + ks_cum[:, -1]
-    return _safe_div(num, den), S_new, z_new, ref
+    pk, log_scale = fk(k, valid)  # (N, n, C, m), padded keys are zero
+    a, b, ref = _scales(ref, log_scale)
+    v1 = _with_ones(v)  # (N, n, C, Dv+1)
+    kv = _scaled(torch.matmul(pk.transpose(-1, -2), v1), b)  # (N, n, m, Dv+1) per chunk
+    if Sz is not None:
+        kv = torch.cat([_scaled(Sz, a).unsqueeze(1), kv], 1)  # (N, n+1, m, Dv+1)
+    else:
+        kv = torch.cat([torch.zeros_like(kv[:, :1]), kv], 1)
+    prefix = kv.cumsum(1)  # prefix[c]: everything before chunk c; prefix[n]: the new state
+    A = torch.matmul(pq, pk.transpose(-1, -2)).tril_()  # (N, n, C, C) within-chunk, causal
+    acc = _scaled(torch.matmul(A, v1), b) + torch.matmul(pq, prefix[:, :-1])  # (N, n, C, Dv+1)
+    return _finish(acc), prefix[:, -1], ref
 
 
-def _key_group(fk: KeyFeatures, k, v, valid, S, z, ref):
+def _key_group(fk: KeyFeatures, k, v, valid, Sz, ref):
     # k: (N, t, D); v: (N, t, Dv); valid: (N, t) or None
     pk, log_scale = fk(k, valid)  # (N, t, m)
-    if valid is not None:
-        pk = pk * valid.unsqueeze(-1).to(pk.dtype)
-    S, z, ref, pk = _rescale(S, z, ref, log_scale, pk)
-    kv = torch.matmul(pk.transpose(-1, -2), v)  # (N, m, Dv)
-    ks = pk.sum(-2)  # (N, m)
-    return (kv if S is None else S + kv), (ks if z is None else z + ks), ref
+    a, b, ref = _scales(ref, log_scale)
+    kv = _scaled(torch.matmul(pk.transpose(-1, -2), _with_ones(v)), b)  # (N, m, Dv+1)
+    return (kv if Sz is None else _scaled(Sz, a) + kv), ref
 
 
-def _query_group(fq: QueryFeatures, q, S, z):
-    pq = fq(q)  # (N, t, m)
-    num = torch.matmul(pq, S)  # (N, t, Dv)
-    den = torch.matmul(pq, z.unsqueeze(-1)).squeeze(-1)  # (N, t)
-    return _safe_div(num, den)
+def _query_group(fq: QueryFeatures, q, Sz):
+    return _finish(torch.matmul(fq(q), Sz))  # (N, t, Dv)
 
 
 def _run(fn, *args, use_checkpoint: bool):
@@ -112,12 +103,12 @@ def kernel_attention(fq: QueryFeatures, fk: KeyFeatures, q: Tensor, k: Tensor, v
     if not causal:
         # torch.split (one autograd node for all pieces) rather than slicing: the backward of
         # each slice would allocate a gradient of the full input.
-        S = z = ref = None
+        Sz = ref = None
         valids = [None] * len(range(0, T, group)) if key_valid is None else key_valid.split(group, 1)
         for kk, vv, valid in zip(k.split(group, 1), v.split(group, 1), valids):
-            S, z, ref = _run(lambda kk, vv, s, zz, r, va=valid: _key_group(fk, kk, vv, va, s, zz, r),
-                             kk, vv, S, z, ref, use_checkpoint=use_ckpt)
-        outs = [_run(lambda qq, s, zz: _query_group(fq, qq, s, zz), qq, S, z, use_checkpoint=use_ckpt)
+            Sz, ref = _run(lambda kk, vv, s, r, va=valid: _key_group(fk, kk, vv, va, s, r),
+                           kk, vv, Sz, ref, use_checkpoint=use_ckpt)
+        outs = [_run(lambda qq, s: _query_group(fq, qq, s), qq, Sz, use_checkpoint=use_ckpt)
                 for qq in q.split(group, 1)]
         return torch.cat(outs, 1)
 
@@ -136,11 +127,11 @@ def kernel_attention(fq: QueryFeatures, fk: KeyFeatures, q: Tensor, k: Tensor, v
     vmask = None if key_valid is None else key_valid.view(N, n_chunks, C)  # (N, nC, C)
     pieces = [x.split(per_group, 1) for x in (qc, kc, vc)]
     valids = [None] * len(pieces[0]) if vmask is None else vmask.split(per_group, 1)
-    S = z = ref = None
+    Sz = ref = None
     outs = []
     for qq, kk, vv, valid in zip(*pieces, valids):
-        o, S, z, ref = _run(lambda qq, kk, vv, s, zz, r, va=valid: _causal_group(fq, fk, qq, kk, vv, va, s, zz, r),
-                            qq, kk, vv, S, z, ref, use_checkpoint=use_ckpt)
+        o, Sz, ref = _run(lambda qq, kk, vv, s, r, va=valid: _causal_group(fq, fk, qq, kk, vv, va, s, r),
+                          qq, kk, vv, Sz, ref, use_checkpoint=use_ckpt)
         outs.append(o)
     out = torch.cat(outs, 1).reshape(N, n_chunks * C, -1)  # (N, Tp, Dv)
     return out[:, :T]

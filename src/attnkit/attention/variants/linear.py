@@ -21,7 +21,7 @@ class FeatureMapAttention(VariantAttention):
     ``key_features``; chunking, causal prefix sums and padding are handled here."""
 
     exact = False
-    group_tokens = 4096  # tokens per checkpointed step
+    group_tokens = 1024  # tokens per checkpointed step (small enough to stay in cache)
 
     def __init__(self, chunk_size: int = 64):
         super().__init__()
@@ -34,7 +34,7 @@ class FeatureMapAttention(VariantAttention):
     def key_features(self, x: Tensor, valid: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         """phi(k) for (N, ..., t, D) keys -> ((N, ..., t, m), log_scale (N,) or None): the
         features were divided by exp(log_scale) for numerical stability; ``valid`` (N, ..., t)
-        marks the real keys, which alone may set that scale."""
+        marks the real keys: padded keys must get exactly zero features."""
         raise NotImplementedError
 
     def _attend(self, q, k, v, causal, key_valid):
@@ -61,4 +61,7 @@ class LinearAttention(FeatureMapAttention):
         return F.elu(x) + 1.0
 
     def key_features(self, x: Tensor, valid: Optional[Tensor] = None):
-        return F.elu(x) + 1.0, None
+        phi = F.elu(x) + 1.0
+        if valid is not None:
+            phi = phi.masked_fill(~valid.unsqueeze(-1), 0.0)
+        return phi, None

@@ -50,7 +50,7 @@ class PerformerAttention(FeatureMapAttention):
     description = "Performer FAVOR+: positive orthogonal random features approximating softmax attention"
 
     def __init__(self, nb_features: Optional[int] = None, redraw_interval: Optional[int] = None,
-                 seed: int = 0, chunk_size: int = 64, head_dim: Optional[int] = None):
+                 seed: int = 0, chunk_size: int = 128, head_dim: Optional[int] = None):
         super().__init__(chunk_size)
         self.nb_features = check_optional_int("nb_features", nb_features)
         self.redraw_interval = check_optional_int("redraw_interval", redraw_interval)
@@ -90,27 +90,36 @@ class PerformerAttention(FeatureMapAttention):
             self.redraw(d)
         return self.projection.to(device=like.device, dtype=like.dtype)
 
-    def _exponent(self, x: Tensor) -> Tensor:
+    def _proj(self, x: Tensor) -> Tensor:
+        """W x / D^(1/4): (..., t, D) -> (..., t, m)."""
         d = x.shape[-1]
-        w = self._projection(d, x)  # (m, D)
-        x = x * d ** -0.25
-        return torch.matmul(x, w.T) - 0.5 * (x * x).sum(-1, keepdim=True)  # (..., t, m)
+        w = self._projection(d, x) * d ** -0.25  # (m, D)
+        return torch.matmul(x, w.T)
 
     def query_features(self, x: Tensor) -> Tensor:
-        e = self._exponent(x)  # (..., t, m)
-        e = e - e.amax(-1, keepdim=True).detach()
-        return torch.exp(e) / math.sqrt(e.shape[-1])
+        """phi(q) up to a per-query factor (which cancels in the normalisation): exp(Wx - c)
+        with c the row maximum; the -|x|^2/2 term and 1/sqrt(m) are per-query factors too."""
+        e = self._proj(x)  # (..., t, m)
+        return e.sub_(e.detach().amax(-1, keepdim=True)).exp_()
 
     def key_features(self, x: Tensor, valid: Optional[Tensor] = None):
-        e = self._exponent(x)  # (N, ..., t, m)
+        """phi(k) = exp(Wx - |x|^2 / 2) / exp(log_scale), one factor for all keys of a row (it
+        cancels); log_scale is the largest exponent among the real keys. 1/sqrt(m) is dropped
+        (it cancels with the queries')."""
+        d = x.shape[-1]
+        e = self._proj(x)  # (N, ..., t, m)
+        half_sq = 0.5 * d ** -0.5 * (x * x).sum(-1)  # (N, ..., t): |x / D^(1/4)|^2 / 2
         n = e.shape[0]
-        if valid is not None:  # padded keys get exactly zero features (and no overflow)
-            e = e.masked_fill(~valid.unsqueeze(-1), float("-inf"))
         with torch.no_grad():
-            log_scale = e.amax(-1).reshape(n, -1).amax(-1)  # (N,), -inf where every key is padded
+            top = e.amax(-1) - half_sq  # (N, ..., t) largest exponent of each key
+            if valid is not None:
+                top = top.masked_fill(~valid, float("-inf"))
+            log_scale = top.reshape(n, -1).amax(-1)  # (N,), -inf where every key is padded
             finite = torch.where(torch.isfinite(log_scale), log_scale, torch.zeros_like(log_scale))
-        shape = (n,) + (1,) * (e.dim() - 1)
-        return torch.exp(e - finite.view(shape)) / math.sqrt(e.shape[-1]), log_scale
+        shift = half_sq + finite.view((n,) + (1,) * (half_sq.dim() - 1))  # (N, ..., t)
+        if valid is not None:  # padded keys: exactly zero features, and no overflow
+            shift = shift.masked_fill(~valid, float("inf"))
+        return e.sub_(shift.unsqueeze(-1)).exp_(), log_scale
 
     def _attend(self, q, k, v, causal, key_valid):
         if self.training and self.redraw_interval is not None:
