@@ -29,7 +29,7 @@ class Encoder:
 
     def __init__(self, model: nn.Module, tokenizer: Any, pooling: str | None = None,
                  normalize: bool = True, max_length: int | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, autocast: torch.dtype | None = None):
         if getattr(model, "config", None) is None or model.config.arch != "bert":
             raise ValueError(f"Encoder needs a BERT-family attnkit model (config.arch='bert'), "
                              f"got {type(model).__name__}")
@@ -46,7 +46,8 @@ class Encoder:
         self.tokenizer.enable_truncation(self.max_length)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
-        self.autocast_dtype: torch.dtype | None = None
+        # mixed precision for the forward pass (e.g. torch.bfloat16); pooling stays float32
+        self.autocast_dtype: torch.dtype | None = autocast
 
     @classmethod
     def load(cls, name_or_dir: str | os.PathLike, device: str | torch.device | None = None,
@@ -85,7 +86,7 @@ class Encoder:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _embed_sorted(self, ids_list: list[list[int]], batch_size: int,
                       show_progress: bool) -> torch.Tensor:
         order = sorted(range(len(ids_list)), key=lambda i: -len(ids_list[i]))
@@ -133,7 +134,7 @@ class Encoder:
         return vecs.cpu().numpy() if convert_to == "numpy" else vecs
 
     # ---------------------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def word_vector(self, sentence: str, word: str, occurrence: int = 0) -> torch.Tensor:
         """The contextual vector of ``word`` in ``sentence``: the mean of the hidden states of
         its sub-word tokens (C,). Matching is case-insensitive on whole words."""

@@ -22,7 +22,8 @@ MLP_KINDS = ("gelu", "gelu_tanh", "relu", "swiglu")
 # norms
 # --------------------------------------------------------------------------------------------
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 and cast back."""
+    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 (float64 for float64 input)
+    and cast back."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -30,9 +31,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xc = x.to(ct)
+        y = xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.to(ct)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps:g}"

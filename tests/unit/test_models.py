@@ -1,0 +1,265 @@
+"""GPT and BERT models: config validation, shapes, masks, packing, KV cache, counts, training.
+
+References are independent computations: the same model run on each sequence alone (padding
+and packing must not change real tokens), a full forward (the KV cache must reproduce it) and
+a float64 math-backend run.
+"""
+import math
+
+import pytest
+import torch
+
+from attnkit.attention import variants
+from attnkit.layers import MLP, RMSNorm, SwiGLU, TransformerBlock, make_mlp, make_norm
+from attnkit.models import GPT, Bert, ModelConfig, build_model, get_preset, preset_names
+from attnkit.models.common import positions_from_documents
+
+
+def tiny_gpt(**kw) -> GPT:
+    return build_model(get_preset("tiny", n_layer=2, d_model=32, n_head=4, vocab_size=97, **kw)).eval()
+
+
+def tiny_bert(**kw) -> Bert:
+    return build_model(get_preset("tiny-bert", n_layer=2, d_model=32, n_head=4, vocab_size=97, **kw)).eval()
+
+
+# ------------------------------------------------------------------------------- config
+@pytest.mark.parametrize("field, value, expected", [
+    ("n_layer", 0, "a positive int"),
+    ("d_model", 30, "a multiple of n_head=4"),
+    ("n_kv_head", 3, "a divisor of n_head=4"),
+    ("positional", "absolute", "one of ['learned', 'sinusoidal', 'rope', 'alibi', 'none']"),
+    ("norm", "batchnorm", "one of ['layernorm', 'rmsnorm']"),
+    ("mlp", "geglu", "one of ['gelu', 'gelu_tanh', 'relu', 'swiglu']"),
+    ("dropout", 1.0, "a float in [0, 1)"),
+    ("attention", "flash9", "'exact' or one of"),
+    ("head", "mlm", "one of ['lm', 'none']"),
+    ("norm_eps", -1.0, "a finite number > 0"),
+    ("pad_token_id", 500, "None or an int in [0, vocab_size=256)"),
+    ("bias", "yes", "a bool"),
+])
+def test_config_errors_name_the_field_the_value_and_what_was_expected(field, value, expected):
+    base = dict(arch="gpt", vocab_size=256, n_layer=2, n_head=4, d_model=64)
+    base[field] = value
+    with pytest.raises(ValueError) as e:
+        ModelConfig(**base)
+    msg = str(e.value)
+    assert f"ModelConfig.{field}" in msg and repr(value) in msg and expected in msg, msg
+
+
+def test_config_variant_params_are_checked_against_the_variant():
+    with pytest.raises(ValueError, match=r"attention_params must be keyword arguments of variant 'lsh'.*unknown: \['bogus'\]"):
+        ModelConfig(attention="lsh", attention_params={"bogus": 1})
+    with pytest.raises(ValueError, match="attention_params.*empty when attention='exact'"):
+        ModelConfig(attention_params={"n_hashes": 2})
+    with pytest.raises(ValueError, match="positional.*'alibi'"):
+        ModelConfig(attention="performer", positional="alibi")
+
+
+def test_config_round_trips_through_a_dict_and_rejects_unknown_keys():
+    cfg = get_preset("tiny-llama")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match=r"unknown ModelConfig field\(s\) \['n_layers'\]"):
+        ModelConfig.from_dict({**cfg.to_dict(), "n_layers": 3})
+
+
+def test_presets_and_unknown_preset_lists_the_names():
+    for name in ("tiny", "gpt2", "gpt2-medium", "bert-base", "bert-mini", "minilm-l6"):
+        assert name in preset_names()
+    with pytest.raises(ValueError, match=r"unknown model preset 'gpt5'.*'bert-base'.*'gpt2'"):
+        get_preset("gpt5")
+    assert get_preset("gpt2").n_layer == 12 and get_preset("gpt2-medium").d_model == 1024
+
+
+@pytest.mark.parametrize("name, params", [
+    # the published parameter counts of these models
+    ("gpt2", 124_439_808), ("gpt2-medium", 354_823_168), ("bert-base", 109_482_240),
+    ("minilm-l6", 22_713_216),
+])
+def test_parameter_counts_match_the_published_models(name, params):
+    with torch.device("meta"):
+        model = build_model(name)
+    assert model.num_parameters() == params
+
+
+def test_flops_per_token_is_twice_the_matmul_weights_plus_attention():
+    model = tiny_gpt()
+    cfg = model.config
+    matmul = sum(m.weight.numel() for n, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear))  # blocks + LM head
+    T = 64
+    expect = 2 * matmul + 4 * (T / 2) * cfg.d_model * cfg.n_layer
+    assert model.flops_per_token(T) == pytest.approx(expect)
+    assert model.flops_per_token(T, training=True) == pytest.approx(3 * expect)
+
+
+# ------------------------------------------------------------------------------- layers
+def test_rmsnorm_and_swiglu_against_their_formulas():
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    norm = RMSNorm(16, eps=1e-6).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    ref = x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6) * norm.weight
+    torch.testing.assert_close(norm(x), ref)
+    mlp = SwiGLU(16, 24).double()
+    gate, up = mlp.gate_up.weight[:24], mlp.gate_up.weight[24:]
+    ref = (torch.nn.functional.silu(x @ gate.T) * (x @ up.T)) @ mlp.down.weight.T
+    torch.testing.assert_close(mlp(x), ref)
+    with pytest.raises(ValueError, match="norm must be one of.*'batch'"):
+        make_norm("batch", 8, 1e-5)
+    with pytest.raises(ValueError, match="mlp must be one of.*'geglu'"):
+        make_mlp("geglu", 8, 16)
+
+
+def test_post_norm_block_matches_its_formula():
+    from attnkit.attention.module import MultiHeadAttention
+
+    attn = MultiHeadAttention(16, 4).double()
+    mlp, n1, n2 = MLP(16, 32, "gelu").double(), torch.nn.LayerNorm(16).double(), torch.nn.LayerNorm(16).double()
+    block = TransformerBlock(attn, mlp, n1, n2, placement="post").eval()
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    h = n1(x + attn(x))
+    torch.testing.assert_close(block(x), n2(h + mlp(h)))
+
+
+# ------------------------------------------------------------------------------- GPT
+@pytest.mark.parametrize("overrides", [
+    dict(), dict(positional="sinusoidal"), dict(positional="rope"), dict(positional="alibi"),
+    dict(positional="none"), dict(norm="rmsnorm", mlp="swiglu", bias=False, n_kv_head=2),
+    dict(n_kv_head=1), dict(mlp="relu", tie_embeddings=False),
+])
+def test_gpt_is_causal_for_every_layout(overrides):
+    model = tiny_gpt(**overrides)
+    ids = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        full = model(ids)  # (B, T, V)
+        changed = ids.clone()
+        changed[:, 8:] = (changed[:, 8:] + 1) % 97
+        other = model(changed)
+    assert full.shape == (2, 12, 97)
+    torch.testing.assert_close(full[:, :8], other[:, :8], atol=1e-5, rtol=0)
+    assert (full[:, 8:] - other[:, 8:]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(positional="rope", n_kv_head=2), dict(positional="alibi")])
+def test_gpt_kv_cache_reproduces_the_full_forward(overrides):
+    model = tiny_gpt(**overrides)
+    ids = torch.randint(0, 97, (2, 10))
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.new_cache()
+        step = [model(ids[:, :4], cache=cache)]
+        for t in range(4, 10):
+            step.append(model(ids[:, t:t + 1], cache=cache))
+    torch.testing.assert_close(torch.cat(step, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache[0].length == 10
+    with pytest.raises(ValueError, match="cache must be a list of 2 KVCache"):
+        model(ids, cache=cache[:1])
+
+
+def test_gpt_padding_leaves_real_tokens_unchanged():
+    model = tiny_gpt()
+    a, b = torch.randint(0, 97, (1, 9)), torch.randint(0, 97, (1, 5))
+    batch = torch.zeros(2, 9, dtype=torch.long)
+    batch[0], batch[1, :5] = a[0], b[0]
+    mask = torch.zeros(2, 9, dtype=torch.long)
+    mask[0], mask[1, :5] = 1, 1
+    with torch.no_grad():
+        out = model(batch, attention_mask=mask)
+        torch.testing.assert_close(out[0], model(a)[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out[1, :5], model(b)[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("positional", ["learned", "rope", "alibi"])
+def test_packed_documents_equal_separate_runs(positional):
+    for model in (tiny_gpt(positional=positional), tiny_bert(positional=positional)):
+        a, b = torch.randint(1, 97, (1, 6)), torch.randint(1, 97, (1, 4))
+        packed = torch.cat([a, b], dim=1)  # (1, 10), no padding
+        docs = torch.tensor([[0] * 6 + [1] * 4])
+        with torch.no_grad():
+            out = model(packed, document_ids=docs)
+            torch.testing.assert_close(out[:, :6], model(a), atol=1e-5, rtol=0)
+            torch.testing.assert_close(out[:, 6:], model(b), atol=1e-5, rtol=0)
+
+
+def test_positions_restart_per_document():
+    docs = torch.tensor([[0, 0, 0, 1, 1, 2], [5, 5, 5, 5, 5, 5]])
+    assert positions_from_documents(docs).tolist() == [[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]]
+
+
+def test_gpt_matches_a_float64_math_reference():
+    model = tiny_gpt(positional="rope", n_kv_head=2)
+    ref = build_model(model.config.replace(backend="math")).double().eval()
+    ref.load_state_dict(model.state_dict())
+    ids = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).double(), ref(ids), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", variants.names())
+def test_gpt_and_bert_run_with_every_attention_variant(name):
+    params = {"block_size": 4} if name in ("bigbird", "local") else {}
+    if name == "bigbird":
+        params.update(num_random_blocks=1)
+    for model in (tiny_gpt(attention=name, attention_params=params),
+                  tiny_bert(attention=name, attention_params=params)):
+        ids = torch.randint(1, 97, (2, 16))
+        with torch.no_grad():
+            out = model(ids)
+        assert torch.isfinite(out).all() and out.shape[:2] == (2, 16)
+
+
+def test_bad_inputs_name_the_value():
+    model = tiny_gpt()
+    with pytest.raises(ValueError, match=r"input_ids holds 97, outside \[0, 97\)"):
+        model(torch.tensor([[1, 97]]))
+    with pytest.raises(ValueError, match=r"attention_mask must have shape \(B, Tk\) = \(1, 2\)"):
+        model(torch.tensor([[1, 2]]), attention_mask=torch.ones(1, 3))
+    with pytest.raises(ValueError, match="300 tokens.*exceeds max_seq_len=256"):
+        model(torch.zeros(1, 300, dtype=torch.long))
+    with pytest.raises(ValueError, match="type_vocab_size=0"):
+        model(torch.tensor([[1, 2]]), token_type_ids=torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_tied_embeddings_are_one_tensor_and_training_lowers_the_loss():
+    model = tiny_gpt(dropout=0.1, attn_dropout=0.1).train()
+    assert model.lm_head.proj.weight is model.embed.tok.weight
+    assert model.num_parameters() == sum(p.numel() for p in model.parameters())
+    ids = torch.randint(0, 97, (4, 17))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        logits = model(ids[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 97), ids[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(math.log(97), rel=0.1)
+    assert losses[-1] < 0.6 * losses[0]
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), model(ids))  # dropout is off in eval
+
+
+# ------------------------------------------------------------------------------- BERT
+def test_bert_heads_and_pooling():
+    ids = torch.randint(1, 97, (3, 8))
+    mask = torch.ones(3, 8, dtype=torch.long)
+    mask[1, 5:] = 0
+    enc = tiny_bert()
+    with torch.no_grad():
+        h = enc(ids, attention_mask=mask)
+        assert h.shape == (3, 8, 32)
+        mean = enc.pool(h, mask, "mean")
+        torch.testing.assert_close(mean[1], h[1, :5].mean(0))
+        torch.testing.assert_close(enc.pool(h, mask, "cls"), h[:, 0])
+        mlm = tiny_bert(head="mlm")
+        assert mlm(ids).shape == (3, 8, 97) and mlm.mlm.decoder.weight is mlm.embed.tok.weight
+        cls = tiny_bert(head="classification", num_labels=5)
+        assert cls(ids, attention_mask=mask).shape == (3, 5)
+        types = torch.zeros(3, 8, dtype=torch.long)
+        types[:, 4:] = 1
+        assert (enc(ids, token_type_ids=types) - enc(ids)).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="pooling must be one of.*'max'"):
+        enc.pool(h, mask, "max")
