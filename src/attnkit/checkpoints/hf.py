@@ -317,6 +317,7 @@ def convert_from_hf(tensors: Mapping[str, torch.Tensor], hf_cfg: Mapping[str, An
         absent = [n for n in rule.hf_names if n not in keys]
         if absent:
             missing += absent
+            used.update(n for n in rule.hf_names if n in keys)  # known, just incomplete
             continue
         parts = [stripped[n].t() if rule.transpose else stripped[n] for n in rule.hf_names]
         ours[rule.ours] = torch.cat(parts, dim=0) if rule.op == "concat" else parts[0]

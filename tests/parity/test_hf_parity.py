@@ -1,0 +1,185 @@
+"""attnkit against Hugging Face transformers on tiny random models built here (no download).
+
+HF -> attnkit conversion must reproduce HF's hidden states and logits (max abs diff <= 1e-5 in
+float32) with and without padding; attnkit -> HF export must load in transformers and give
+the same outputs again.
+"""
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import attnkit
+from attnkit.checkpoints.hf import convert_from_hf, export_hf
+from attnkit.checkpoints.io import CheckpointError
+
+TOL = 1e-5
+VOCAB = 101
+
+
+def bert_config(**kw):
+    base = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=48, max_position_embeddings=40, type_vocab_size=2,
+                initializer_range=0.1, hidden_act="gelu")
+    base.update(kw)
+    return transformers.BertConfig(**base)
+
+
+def gpt2_config(**kw):
+    base = dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=40,
+                initializer_range=0.1, bos_token_id=0, eos_token_id=0)
+    base.update(kw)
+    return transformers.GPT2Config(**base)
+
+
+def batch(padded: bool):
+    ids = torch.randint(1, VOCAB, (3, 13))
+    mask = torch.ones(3, 13, dtype=torch.long)
+    if padded:
+        mask[1, 9:] = 0
+        mask[2, 4:] = 0
+        ids[mask == 0] = 0
+    types = torch.zeros(3, 13, dtype=torch.long)
+    types[:, 6:] = 1
+    return ids, mask, types
+
+
+def max_diff_on_real_tokens(ref, got, mask):
+    if ref.dim() == 3:
+        return (ref - got)[mask.bool()].abs().max().item()
+    return (ref - got).abs().max().item()
+
+
+BERT_CLASSES = ["BertModel", "BertForMaskedLM", "BertForSequenceClassification"]
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("cls_name", BERT_CLASSES)
+def test_bert_family_conversion_matches_transformers(cls_name, padded):
+    hf = getattr(transformers, cls_name)(bert_config(num_labels=3)).eval()
+    ours = convert_from_hf(hf.state_dict(), hf.config.to_dict()).eval()
+    ids, mask, types = batch(padded)
+    with torch.no_grad():
+        out = hf(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        ref = out.last_hidden_state if cls_name == "BertModel" else out.logits
+        got = ours(ids, attention_mask=mask, token_type_ids=types)
+    assert got.shape == ref.shape
+    assert ref.abs().max() > 0.1  # a real signal, not near-zero outputs
+    assert max_diff_on_real_tokens(ref, got, mask) <= TOL
+    if cls_name == "BertModel":
+        torch.testing.assert_close(ours.pooler(got), out.pooler_output, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_gpt2_conversion_matches_transformers(padded):
+    hf = transformers.GPT2LMHeadModel(gpt2_config()).eval()
+    ours = convert_from_hf(hf.state_dict(), hf.config.to_dict()).eval()
+    assert ours.lm_head.proj.weight is ours.embed.tok.weight
+    ids, mask, _ = batch(padded)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).logits
+        got = ours(ids, attention_mask=mask)
+    assert ref.abs().max() > 0.1
+    assert max_diff_on_real_tokens(ref, got, mask) <= TOL
+
+
+def test_gpt2_kv_cache_decoding_matches_transformers_full_forward():
+    hf = transformers.GPT2LMHeadModel(gpt2_config()).eval()
+    ours = convert_from_hf(hf.state_dict(), hf.config.to_dict()).eval()
+    ids = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        ref = hf(input_ids=ids).logits
+        cache = ours.new_cache()
+        steps = [ours(ids[:, :5], cache=cache)] + [ours(ids[:, t:t + 1], cache=cache) for t in range(5, 12)]
+    assert (torch.cat(steps, 1) - ref).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_attnkit_load_reads_hf_directories(tmp_path, fmt):
+    hf = transformers.BertForMaskedLM(bert_config()).eval()
+    hf.config.save_pretrained(tmp_path)
+    state = {k: v.contiguous() for k, v in hf.state_dict().items()}
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        state.pop("cls.predictions.decoder.weight")  # tied: stored once, as HF does
+        state.pop("cls.predictions.decoder.bias", None)
+        save_file(state, tmp_path / "model.safetensors")
+    else:
+        torch.save(state, tmp_path / "pytorch_model.bin")
+    model = attnkit.load(tmp_path)
+    assert not model.training and model.config.head == "mlm"
+    ids, mask, types = batch(True)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        got = model(ids, attention_mask=mask, token_type_ids=types)
+    assert max_diff_on_real_tokens(ref, got, mask) <= TOL
+
+
+@pytest.mark.parametrize("kind", ["BertModel", "BertForMaskedLM", "BertForSequenceClassification", "GPT2LMHeadModel"])
+def test_export_loads_in_transformers_with_the_same_outputs(tmp_path, kind):
+    from attnkit.models import build_model, get_preset
+
+    if kind.startswith("GPT2"):
+        cfg = get_preset("tiny", vocab_size=VOCAB, d_model=32, n_head=4, max_seq_len=40,
+                         initializer_range=0.1)
+    else:
+        head = {"BertModel": "none", "BertForMaskedLM": "mlm"}.get(kind, "classification")
+        cfg = get_preset("tiny-bert", vocab_size=VOCAB, d_model=32, n_head=4, head=head,
+                         num_labels=4, initializer_range=0.1)
+    ours = build_model(cfg).eval()
+    with torch.no_grad():  # non-trivial norms and biases, so a wrong map cannot pass
+        for name, p in ours.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    export_hf(ours, tmp_path)
+    hf_cfg = json.loads((tmp_path / "config.json").read_text())
+    assert hf_cfg["architectures"] == [kind]
+    hf = getattr(transformers, kind).from_pretrained(tmp_path).eval()
+    ids, mask, types = batch(True)
+    extra = {} if kind.startswith("GPT2") else {"token_type_ids": types}
+    with torch.no_grad():
+        out = hf(input_ids=ids, attention_mask=mask, **extra)
+        ref = out.last_hidden_state if kind == "BertModel" else out.logits
+        got = ours(ids, attention_mask=mask, **extra)
+    assert max_diff_on_real_tokens(ref, got, mask) <= TOL
+    # and back: HF directory -> attnkit gives the same model
+    again = attnkit.load(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids, attention_mask=mask, **extra), got, atol=0, rtol=0)
+
+
+def test_missing_and_unknown_hf_keys_are_named_with_the_file(tmp_path):
+    hf = transformers.BertModel(bert_config())
+    state = dict(hf.state_dict())
+    del state["encoder.layer.1.attention.self.key.bias"]
+    state["encoder.layer.0.adapter.weight"] = torch.zeros(3)
+    with pytest.raises(CheckpointError) as e:
+        convert_from_hf(state, hf.config.to_dict(), tmp_path / "model.safetensors")
+    msg = str(e.value)
+    assert "model.safetensors" in msg
+    assert "missing key(s) ['encoder.layer.1.attention.self.key.bias']" in msg
+    assert "unexpected key(s) ['encoder.layer.0.adapter.weight']" in msg
+
+
+def test_hf_shape_mismatch_and_unsupported_configs_are_named(tmp_path):
+    hf = transformers.BertModel(bert_config())
+    state = dict(hf.state_dict())
+    state["encoder.layer.0.intermediate.dense.weight"] = torch.zeros(40, 32)
+    with pytest.raises(CheckpointError, match=r"'blocks\.0\.mlp\.up\.weight' has shape \(40, 32\).*\(48, 32\)"):
+        convert_from_hf(state, hf.config.to_dict(), tmp_path / "w.safetensors")
+    with pytest.raises(CheckpointError, match=r"model_type='t5' is not supported; expected one of \['bert', 'gpt2'\]"):
+        convert_from_hf({}, {"model_type": "t5"})
+    cfg = hf.config.to_dict()
+    cfg["position_embedding_type"] = "relative_key"
+    with pytest.raises(CheckpointError, match="position_embedding_type='relative_key' is not supported"):
+        convert_from_hf(hf.state_dict(), cfg)
+
+
+def test_export_refuses_layouts_hf_cannot_express(tmp_path):
+    from attnkit.models import build_model, get_preset
+
+    with pytest.raises(ValueError, match=r"cannot be exported as HF gpt2.*'positional': 'rope'"):
+        export_hf(build_model(get_preset("tiny", positional="rope")), tmp_path)
