@@ -1,0 +1,161 @@
+"""attnkit checkpoint directories: round trips, atomic writes, and clear errors for corrupt,
+truncated or mismatched files (never a half-loaded model)."""
+import json
+import os
+
+import pytest
+import torch
+
+import attnkit
+from attnkit.checkpoints import io
+from attnkit.checkpoints.io import CheckpointError, check_and_load
+from attnkit.models import build_model, get_preset
+
+
+def word_tokenizer():
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz",
+             *("##" + c for c in "abcdefghijklmnopqrstuvwxyz"),
+             "the", "bat", "he", "swung", "flew", "out", "of", "cave", "ball"]
+    return BertWordPieceTokenizer({w: i for i, w in enumerate(words)}, lowercase=True)._tokenizer
+
+
+def tiny(arch: str):
+    cfg = get_preset("tiny-bert" if arch == "bert" else "tiny", vocab_size=80, d_model=32, n_head=4)
+    return build_model(cfg).eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt", "bert"])
+def test_save_load_round_trip(tmp_path, arch):
+    model = tiny(arch)
+    tok = word_tokenizer()
+    attnkit.save(model, tmp_path, tokenizer=tok)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert meta["format"] == "attnkit" and meta["model"] == model.config.to_dict()
+    loaded = attnkit.load(tmp_path)
+    assert not loaded.training and loaded.config == model.config
+    assert loaded.tokenizer.encode("he swung the bat").ids == tok.encode("he swung the bat").ids
+    ids = torch.randint(0, 80, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), model(ids), atol=0, rtol=0)
+    if arch == "gpt":
+        assert loaded.lm_head.proj.weight is loaded.embed.tok.weight
+        assert "lm_head.proj.weight" not in io.read_tensors(tmp_path / "model.safetensors")
+
+
+def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path, monkeypatch):
+    model = tiny("gpt")
+    attnkit.save(model, tmp_path)
+    before = (tmp_path / "model.safetensors").read_bytes()
+
+    import safetensors.torch as st
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(st, "save_file", crash)
+    other = tiny("gpt")
+    with pytest.raises(OSError, match="disk full"):
+        attnkit.save(other, tmp_path)
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    attnkit.load(tmp_path)  # still the complete old checkpoint
+
+
+def saved(tmp_path):
+    attnkit.save(tiny("bert"), tmp_path)
+    return tmp_path / "model.safetensors"
+
+
+def test_truncated_weights_name_the_file_and_the_key(tmp_path):
+    path = saved(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])
+    with pytest.raises(CheckpointError) as e:
+        attnkit.load(tmp_path)
+    msg = str(e.value)
+    assert str(path) in msg and "truncated" in msg and "key 'pooler.dense.weight'" in msg
+    path.write_bytes(data[:5])
+    with pytest.raises(CheckpointError, match=f"{path}: truncated safetensors file"):
+        attnkit.load(tmp_path)
+
+
+def test_corrupt_bytes_and_header_name_the_file_and_the_key(tmp_path):
+    path = saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # flip bits in the last tensor's data
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as e:
+        attnkit.load(tmp_path)
+    assert str(path) in str(e.value) and "key 'pooler.dense.weight' is corrupt" in str(e.value)
+    data[8:12] = b"\x00\x01\x02\x03"  # garbage in the JSON header
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{path}: corrupt safetensors header"):
+        attnkit.load(tmp_path)
+
+
+def test_mismatched_config_and_keys_are_named(tmp_path):
+    path = saved(tmp_path)
+    cfg_path = tmp_path / "config.json"
+    meta = json.loads(cfg_path.read_text())
+    meta["model"]["d_ff"] = 100
+    cfg_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: key 'blocks\.0\.mlp\.up\.weight' has "
+                                              r"shape \(128, 32\), the model expects \(100, 32\)"):
+        attnkit.load(tmp_path)
+    meta["model"]["d_ff"] = None
+    cfg_path.write_text(json.dumps(meta))
+    tensors = io.read_tensors(path)
+    tensors["blocks.9.extra"] = torch.zeros(1)
+    del tensors["blocks.1.norm2.bias"]
+    io.save_tensors(path, tensors)
+    with pytest.raises(CheckpointError) as e:
+        attnkit.load(tmp_path)
+    msg = str(e.value)
+    assert str(path) in msg and "missing key(s) ['blocks.1.norm2.bias']" in msg
+    assert "unexpected key(s) ['blocks.9.extra']" in msg
+
+
+def test_bad_config_values_name_the_file_and_the_field(tmp_path):
+    saved(tmp_path)
+    cfg_path = tmp_path / "config.json"
+    meta = json.loads(cfg_path.read_text())
+    meta["model"]["n_layer"] = 0
+    cfg_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"config\.json: bad model config: ModelConfig\.n_layer must be "
+                                              r"a positive int, got 0"):
+        attnkit.load(tmp_path)
+    cfg_path.write_text("{not json")
+    with pytest.raises(CheckpointError, match=f"{cfg_path}: not valid JSON"):
+        attnkit.load(tmp_path)
+
+
+def test_failed_load_leaves_the_model_untouched():
+    model = tiny("gpt")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    good = {k: torch.ones_like(v) for k, v in model.state_dict().items() if k not in model.tied_keys()}
+    good["norm.weight"] = torch.ones(7)  # one bad tensor among good ones
+    with pytest.raises(CheckpointError, match=r"key 'norm\.weight' has shape \(7,\)"):
+        check_and_load(model, good, "x.safetensors", skip=tuple(model.tied_keys()))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    good["norm.weight"] = torch.full((32,), float("nan"))
+    with pytest.raises(CheckpointError, match=r"key 'norm\.weight' holds NaN"):
+        check_and_load(model, good, "x.safetensors", skip=tuple(model.tied_keys()))
+
+
+def test_pickled_weights_are_read_with_weights_only(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"w": torch.zeros(2), "x": Evil()}, path)
+    with pytest.raises(CheckpointError, match=f"{path}: cannot be read as a PyTorch weights file"):
+        io.read_tensors(path)
+    torch.save({"w": torch.zeros(2)}, path)
+    assert set(io.read_tensors(path)) == {"w"}
