@@ -183,3 +183,16 @@ def test_export_refuses_layouts_hf_cannot_express(tmp_path):
 
     with pytest.raises(ValueError, match=r"cannot be exported as HF gpt2.*'positional': 'rope'"):
         export_hf(build_model(get_preset("tiny", positional="rope")), tmp_path)
+
+
+def test_gpt2_directory_with_bpe_files_loads_with_its_tokenizer(tmp_path):
+    hf = transformers.GPT2LMHeadModel(gpt2_config()).eval()
+    hf.save_pretrained(tmp_path)
+    (tmp_path / "vocab.json").write_text(json.dumps({"a": 0, "b": 1, "\u0120": 2, "ab": 3, "\u0120a": 4}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\na b\n\u0120 a\n")
+    model = attnkit.load(tmp_path)
+    enc = model.tokenizer.encode("ab a")
+    assert enc.tokens == ["ab", "\u0120a"]
+    ids = torch.tensor([enc.ids])
+    with torch.no_grad():
+        assert (model(ids) - hf(input_ids=ids).logits).abs().max().item() <= TOL

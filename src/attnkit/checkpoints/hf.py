@@ -376,7 +376,8 @@ def read_json_list(path: Path) -> list[dict[str, Any]]:
 
 
 def load_hf_tokenizer(directory: Path, max_length: int | None):
-    """tokenizer.json if present; else a WordPiece tokenizer from vocab.txt."""
+    """tokenizer.json if present; else WordPiece from vocab.txt (BERT) or byte-level BPE from
+    vocab.json + merges.txt (GPT-2); None when the directory has none of them."""
     if (directory / "tokenizer.json").is_file():
         return load_tokenizer(directory / "tokenizer.json", max_length)
     if (directory / "vocab.txt").is_file():
@@ -385,10 +386,15 @@ def load_hf_tokenizer(directory: Path, max_length: int | None):
         tcfg = directory / "tokenizer_config.json"
         lower = read_json(tcfg).get("do_lower_case", True) if tcfg.is_file() else True
         tok = BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=lower)._tokenizer
-        if max_length is not None:
-            tok.enable_truncation(max_length)
-        return tok
-    return None
+    elif (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+        from tokenizers.implementations import ByteLevelBPETokenizer
+
+        tok = ByteLevelBPETokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))._tokenizer
+    else:
+        return None
+    if max_length is not None:
+        tok.enable_truncation(max_length)
+    return tok
 
 
 def load_hf_dir(directory: str | Path) -> nn.Module:
