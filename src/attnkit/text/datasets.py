@@ -1,0 +1,102 @@
+"""Token streams on disk and the batches drawn from them.
+
+A corpus split is encoded once into a flat binary file of token ids (uint16 when the
+vocabulary fits, else uint32), cached under ``<cache>/tokens/`` by (corpus checksum,
+tokenizer hash, split), and read back as a ``numpy.memmap``: nothing is held in memory and a
+second run skips the encoding.
+
+Batches are random windows drawn with an explicit ``torch.Generator``, so the data position of
+a run is that generator's state (saved in checkpoints for exact resume).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .corpora import Corpus, split_text
+from .tokenizers import encode, tokenizer_hash
+
+
+@dataclass
+class TokenStream:
+    """A read-only memmapped array of token ids."""
+
+    path: Path
+    dtype: str
+
+    def __post_init__(self) -> None:
+        self.data = np.memmap(self.path, dtype=self.dtype, mode="r")
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def windows(self, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` random windows of ``length`` consecutive ids -> (n, length) int64."""
+        if len(self) < length + 1:
+            raise ValueError(f"token stream {self.path.name} has {len(self)} tokens; a window of "
+                             f"{length} needs at least {length + 1} (use a smaller block_size or "
+                             f"more data)")
+        starts = torch.randint(0, len(self) - length + 1, (n,), generator=generator)
+        rows = [torch.from_numpy(self.data[s:s + length].astype(np.int64)) for s in starts.tolist()]
+        return torch.stack(rows)  # (n, length)
+
+
+def _dtype_for(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= np.iinfo(np.uint16).max + 1 else "uint32"
+
+
+def _write_ids(path: Path, ids: list[int], dtype: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(np.asarray(ids, dtype=dtype).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def build_streams(corpus: Corpus, tok, val_fraction: float, cache: Path) -> dict[str, TokenStream]:
+    """{"train": TokenStream, "val": TokenStream} for this corpus and tokenizer (cached)."""
+    dtype = _dtype_for(tok.get_vocab_size())
+    key = f"{corpus.checksum[:16]}-{tokenizer_hash(tok)[:16]}-v{val_fraction:g}"
+    paths = {s: cache / "tokens" / f"{key}-{s}.{dtype}.bin" for s in ("train", "val")}
+    if not all(p.is_file() for p in paths.values()):
+        parts = dict(zip(("train", "val"), split_text(corpus.text, val_fraction)))
+        for split, path in paths.items():
+            _write_ids(path, encode(tok, parts[split]), dtype)
+    return {s: TokenStream(p, dtype) for s, p in paths.items()}
+
+
+def mask_tokens(ids: torch.Tensor, *, mask_id: int, vocab_size: int, generator: torch.Generator,
+                special_ids: tuple[int, ...] = (), prob: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking: each non-special token is chosen with probability ``prob``; a chosen
+    token becomes ``mask_id`` 80% of the time, a random token 10%, itself 10%.
+
+    Returns (inputs, labels): labels hold the original id at chosen positions, -100 elsewhere
+    (ignored by cross entropy). At least one token per batch is chosen.
+    """
+    u = torch.rand(ids.shape, generator=generator)
+    action = torch.rand(ids.shape, generator=generator)
+    random_ids = torch.randint(0, vocab_size, ids.shape, generator=generator)
+    chosen = u < prob
+    for s in special_ids:
+        chosen &= ids != s
+    if not chosen.any():  # an all-unchosen batch would give a NaN loss
+        flat = torch.where((ids != mask_id).flatten())[0]
+        chosen.view(-1)[flat[0] if flat.numel() else 0] = True
+    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    inputs = ids.clone()
+    inputs[chosen & (action < 0.8)] = mask_id
+    swap = chosen & (action >= 0.8) & (action < 0.9)
+    inputs[swap] = random_ids[swap]
+    return inputs, labels

@@ -1,0 +1,102 @@
+"""Tokenizers trained from a corpus, all HF ``tokenizers`` objects (saved as tokenizer.json).
+
+* ``"char"``: one token per character, the vocabulary being the corpus's sorted characters.
+* ``"bpe"``: byte-level BPE (GPT-2 style) with ``vocab_size`` tokens.
+* ``"wordpiece"``: BERT-style WordPiece with ``[PAD] [UNK] [CLS] [SEP] [MASK]`` for masked LM.
+
+Trained tokenizers are cached under the attnkit cache directory by (corpus checksum, kind,
+vocab size), so a second run does not train again.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+KINDS = ("char", "bpe", "wordpiece")
+WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+BPE_SPECIALS = ["<|endoftext|>"]
+
+
+def tokenizer_hash(tok: Tokenizer) -> str:
+    """SHA-256 of the tokenizer's JSON: equal hashes, equal token ids."""
+    return hashlib.sha256(tok.to_str().encode("utf-8")).hexdigest()
+
+
+def _chunks(text: str, size: int = 1 << 16):
+    """Pieces of about ``size`` characters cut after a line break."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end == -1 else end + 1
+        yield text[start:end]
+        start = end
+
+
+def train_char(text: str) -> Tokenizer:
+    chars = sorted(set(text))
+    tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return tok
+
+
+def train_bpe(text: str, vocab_size: int) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=BPE_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(_chunks(text), trainer=trainer, length=None)
+    return tok
+
+
+def train_wordpiece(text: str, vocab_size: int) -> Tokenizer:
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=WORDPIECE_SPECIALS,
+                                        show_progress=False)
+    tok.train_from_iterator(_chunks(text), trainer=trainer)
+    return tok
+
+
+def train_tokenizer(kind: str, text: str, vocab_size: int | None = None) -> Tokenizer:
+    if kind not in KINDS:
+        raise ValueError(f"data.tokenizer must be one of {list(KINDS)}, got {kind!r}")
+    if kind == "char":
+        return train_char(text)
+    least = 300 if kind == "bpe" else 10
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < least:
+        raise ValueError(f"data.vocab_size for a {kind} tokenizer must be an int >= {least}, "
+                         f"got {vocab_size!r}")
+    return train_bpe(text, vocab_size) if kind == "bpe" else train_wordpiece(text, vocab_size)
+
+
+def build_tokenizer(kind: str, text: str, corpus_checksum: str, vocab_size: int | None,
+                    cache: Path | None) -> Tokenizer:
+    """A tokenizer of ``kind`` for this corpus, from the cache when one was trained before."""
+    key = f"{kind}-{vocab_size if kind != 'char' else 0}-{corpus_checksum[:16]}"
+    path = cache / "tokenizers" / f"{key}.json" if cache is not None else None
+    if path is not None and path.is_file():
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception:  # a damaged cache entry is trained again
+            pass
+    tok = train_tokenizer(kind, text, vocab_size)
+    if path is not None:
+        from .corpora import _write_atomic
+
+        _write_atomic(path, tok.to_str().encode("utf-8"))
+    return tok
+
+
+def encode(tok: Tokenizer, text: str) -> list[int]:
+    """All token ids of ``text`` (encoded in parallel chunks cut at line breaks)."""
+    ids: list[int] = []
+    for enc in tok.encode_batch(list(_chunks(text)), add_special_tokens=False):
+        ids.extend(enc.ids)
+    return ids

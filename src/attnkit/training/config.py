@@ -1,0 +1,165 @@
+"""Run configuration: dataclasses read from TOML (or a saved JSON), overridden by dotted keys.
+
+A run config has three sections. ``[model]`` holds :class:`attnkit.models.ModelConfig` fields
+(``vocab_size`` comes from the tokenizer and ``max_seq_len`` defaults to the block size);
+``[data]`` is :class:`DataConfig` and ``[train]`` is :class:`TrainConfig`. Any key can be
+overridden as ``section.key=value`` (the command line's ``--model.n_layer 4``); values are
+parsed as TOML literals (``4``, ``1e-3``, ``true``, ``"text"``), bare words as strings. An
+unknown section or key is an error naming it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "shakespeare"      # a corpus name or a .txt/.jsonl file or directory
+    tokenizer: str = "char"          # char | bpe | wordpiece
+    vocab_size: int = 0              # for bpe/wordpiece (char: the corpus's characters)
+    val_fraction: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    max_iters: int = 2000
+    batch_size: int = 12             # sequences per process per micro-step
+    block_size: int = 64             # tokens per sequence
+    grad_accum: int = 1              # micro-steps per optimizer step
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int = 0          # 0: max_iters
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0           # 0: no clipping
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    checkpoint_interval: int = 0     # 0: at every eval
+    keep_checkpoints: int = 2
+    mlm_probability: float = 0.15
+    seed: int = 1337
+    device: str = "auto"             # auto | cpu | cuda
+    dtype: str = "float32"           # float32 | bfloat16 | float16 (CUDA)
+    compile: bool = False
+    fused_adamw: bool = True
+    threads: int = 0                 # torch threads per process; 0: leave as is
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    model: dict = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": dict(self.model), "data": dataclasses.asdict(self.data),
+                "train": dataclasses.asdict(self.train)}
+
+
+def _model_fields() -> dict[str, Any]:
+    from ..models import ModelConfig
+
+    hints = typing.get_type_hints(ModelConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(ModelConfig)}
+
+
+def _section_fields(section: str) -> dict[str, Any]:
+    if section == "model":
+        return _model_fields()
+    cls = {"data": DataConfig, "train": TrainConfig}[section]
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the field's type (ints are accepted for floats)."""
+    args = typing.get_args(hint)
+    allowed = tuple(a for a in (args or (hint,)) if a is not type(None))
+    if value is None and type(None) in args:
+        return None
+    for t in allowed:
+        t = typing.get_origin(t) or t
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t in (bool, str, dict) and isinstance(value, t):
+            return value
+    names = " or ".join(getattr(typing.get_origin(t) or t, "__name__", str(t)) for t in allowed)
+    raise ValueError(f"config key {key!r} must be {names}, got {value!r}")
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise ValueError(f"override {item!r} must look like section.key=value")
+    return key.strip(), _parse_value(text.strip())
+
+
+def build(base: dict[str, Any], overrides: list[tuple[str, Any]]) -> RunConfig:
+    """A RunConfig from a nested dict (TOML/JSON) plus ``(dotted key, value)`` overrides."""
+    tree: dict[str, dict[str, Any]] = {"model": {}, "data": {}, "train": {}}
+    items: list[tuple[str, Any]] = []
+    for section, body in base.items():
+        if section not in tree:
+            raise ValueError(f"unknown config section {section!r}; expected one of {sorted(tree)}")
+        if not isinstance(body, dict):
+            raise ValueError(f"config section {section!r} must be a table, got {body!r}")
+        items += [(f"{section}.{k}", v) for k, v in body.items()]
+    for key, value in items + list(overrides):
+        section, _, name = key.partition(".")
+        if section not in tree or not name:
+            raise ValueError(f"unknown config key {key!r}; expected model.*, data.* or train.*")
+        fields = _section_fields(section)
+        if name not in fields:
+            raise ValueError(f"unknown config key {key!r}; valid {section} keys: {', '.join(sorted(fields))}")
+        tree[section][name] = _coerce(key, value, fields[name])
+    for name in ("vocab_size",):
+        if name in tree["model"]:
+            raise ValueError(f"config key 'model.{name}' is set by the tokenizer; use data.vocab_size")
+    return RunConfig(model=tree["model"], data=DataConfig(**tree["data"]),
+                     train=TrainConfig(**tree["train"]))
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """A config file: TOML, or the JSON a run saves as ``run_config.json``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist; expected a .toml file such "
+                         f"as configs/gpt-shakespeare-char.toml")
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"config file {str(path)!r} is not valid {path.suffix[1:].upper()}: {e}") from None
+
+
+def find_config(name: str) -> Path:
+    """``name`` as a path, or ``configs/<name>.toml`` in this checkout."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    root = Path(__file__).resolve().parents[3] / "configs"
+    for cand in (root / name, root / f"{name}.toml"):
+        if cand.is_file():
+            return cand
+    raise ValueError(f"config {name!r} not found; expected a TOML file path or one of "
+                     f"{sorted(p.stem for p in root.glob('*.toml'))}")

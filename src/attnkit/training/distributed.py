@@ -1,0 +1,73 @@
+"""torchrun support: process group set-up from the environment, rank-0 gating, reductions.
+
+Under ``torchrun`` the variables RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT are
+set; :func:`init` then joins the process group (gloo on CPU, nccl on CUDA). Without them it is
+a single process and every helper here is a no-op.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init(device: str = "auto") -> Dist:
+    """Join the torchrun process group if there is one; pick this process's device."""
+    want = device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want not in ("cpu", "cuda") and not want.startswith("cuda:"):
+        raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"train.device is {device!r} but CUDA is not available here; expected 'cpu'")
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist(device=torch.device(want))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if want.startswith("cuda"):
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+        backend = "nccl"
+    else:
+        dev = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return Dist(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
+    """The mean of ``value`` over all processes (itself when single)."""
+    if not d.enabled:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / d.world_size
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+def shutdown(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()

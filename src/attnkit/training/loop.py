@@ -1,0 +1,426 @@
+"""The pre-training loop: one code path for a single process and for torchrun (DDP).
+
+    cfg = training.config.build(toml_dict, [("train.max_iters", 200)])
+    summary = pretrain(cfg, "runs/char")            # or resume=True
+
+Objectives follow the model: a GPT learns causal LM (next token), a BERT masked LM (15% of
+tokens chosen, 80/10/10 mask/random/keep). Each optimizer step sees ``batch_size x world x
+grad_accum`` sequences. Every process draws the same global batch from one seeded generator
+and takes its rows, and losses are normalised by the global token count, so a 2-process run
+takes the same steps as one process with twice the batch.
+
+Output directory:
+
+* ``config.json``, ``model.safetensors``, ``tokenizer.json``: the best model so far (lowest
+  val loss), loadable with ``attnkit.load(out)``;
+* ``checkpoints/step-NNNNNN/``: the latest checkpoints (model, ``state.pt`` with optimizer,
+  step, RNG states and data position, all tensors and plain values so
+  ``torch.load(weights_only=True)`` reads it) and a ``manifest.json`` with the SHA-256 of every
+  file, written last: a checkpoint without one, or whose files do not match it, is skipped on
+  resume with a warning and the previous one is used;
+* ``run_config.json`` (the resolved config), ``metrics.jsonl``/``metrics.csv``,
+  ``loss.png`` and ``summary.json``.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoints import io as ckpt_io
+from . import distributed, metrics, optim, precision
+from .config import RunConfig
+
+STATE_NAME = "state.pt"
+MANIFEST_NAME = "manifest.json"
+
+
+# --------------------------------------------------------------------------------------------
+# data and model
+# --------------------------------------------------------------------------------------------
+def prepare_data(cfg: RunConfig, d: distributed.Dist):
+    """(tokenizer, {"train", "val"} streams); rank 0 builds the caches, the others wait."""
+    from ..text.corpora import cache_dir, load_corpus
+    from ..text.datasets import build_streams
+    from ..text.tokenizers import build_tokenizer
+
+    def make():
+        corpus = load_corpus(cfg.data.corpus)
+        vocab = cfg.data.vocab_size or None
+        tok = build_tokenizer(cfg.data.tokenizer, corpus.text, corpus.checksum, vocab, cache_dir())
+        return tok, build_streams(corpus, tok, cfg.data.val_fraction, cache_dir())
+
+    if d.is_main:
+        result = make()
+        distributed.barrier(d)
+    else:
+        distributed.barrier(d)
+        result = make()
+    return result
+
+
+def model_config(cfg: RunConfig, tok) -> Any:
+    from ..models import ModelConfig
+
+    fields = dict(cfg.model)
+    fields["vocab_size"] = tok.get_vocab_size()
+    fields.setdefault("max_seq_len", cfg.train.block_size)
+    if fields.get("arch", "gpt") == "bert":
+        fields.setdefault("head", "mlm")
+        if tok.token_to_id("[MASK]") is None:
+            raise ValueError(f"a BERT (masked LM) run needs a tokenizer with a [MASK] token; "
+                             f"data.tokenizer is {cfg.data.tokenizer!r}, expected 'wordpiece'")
+        fields.setdefault("pad_token_id", tok.token_to_id("[PAD]"))
+        if fields["head"] != "mlm":
+            raise ValueError(f"model.head must be 'mlm' for pre-training a BERT, got {fields['head']!r}")
+    elif fields.get("head", "lm") != "lm":
+        raise ValueError(f"model.head must be 'lm' for pre-training a GPT, got {fields['head']!r}")
+    if fields["max_seq_len"] < cfg.train.block_size:
+        raise ValueError(f"train.block_size={cfg.train.block_size} exceeds model.max_seq_len="
+                         f"{fields['max_seq_len']}")
+    return ModelConfig(**fields)
+
+
+class Batches:
+    """Global batches drawn from a stream with one generator; each rank keeps its rows."""
+
+    def __init__(self, stream, cfg: RunConfig, d: distributed.Dist, objective: str, tok, seed: int):
+        self.stream, self.cfg, self.d, self.objective = stream, cfg, d, objective
+        self.gen = torch.Generator().manual_seed(seed)
+        self.rows = cfg.train.batch_size
+        if objective == "mlm":
+            self.mask_id = tok.token_to_id("[MASK]")
+            self.special = tuple(i for i in (tok.token_to_id(t) for t in
+                                 ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")) if i is not None)
+            self.vocab = tok.get_vocab_size()
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(inputs, targets) for this rank and the number of target tokens in the global batch."""
+        from ..text.datasets import mask_tokens
+
+        T = self.cfg.train.block_size
+        n = self.rows * self.d.world_size
+        if self.objective == "clm":
+            w = self.stream.windows(n, T + 1, self.gen)  # (n, T+1)
+            x, y = w[:, :-1], w[:, 1:]
+            count = y.numel()
+        else:
+            w = self.stream.windows(n, T, self.gen)  # (n, T)
+            x, y = mask_tokens(w, mask_id=self.mask_id, vocab_size=self.vocab, generator=self.gen,
+                               special_ids=self.special, prob=self.cfg.train.mlm_probability)
+            count = int((y != -100).sum())
+        lo = self.d.rank * self.rows
+        dev = self.d.device
+        return x[lo:lo + self.rows].to(dev), y[lo:lo + self.rows].to(dev), count
+
+
+def loss_sums(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross entropy over target tokens, number of correct predictions)."""
+    logits = model(x)  # (B, T, V)
+    flat = logits.float().reshape(-1, logits.shape[-1])
+    target = y.reshape(-1)
+    loss = F.cross_entropy(flat, target, ignore_index=-100, reduction="sum")
+    with torch.no_grad():
+        keep = target != -100
+        correct = (flat.argmax(-1)[keep] == target[keep]).sum()
+    return loss, correct
+
+
+@torch.no_grad()
+def evaluate(model, batches: Batches, iters: int, d: distributed.Dist, dtype: str, seed: int) -> dict:
+    """Mean loss, perplexity and accuracy over ``iters`` fixed validation batches."""
+    was = model.training
+    model.eval()
+    batches.gen.manual_seed(seed)  # the same batches at every evaluation
+    total = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss sum, correct, count
+    for _ in range(iters):
+        x, y, _count = batches.next()
+        with precision.autocast(d.device, dtype):
+            loss, correct = loss_sums(model, x, y)
+        total += torch.stack([loss.double(), correct.double(), (y != -100).sum().double()])
+    if d.enabled:
+        torch.distributed.all_reduce(total)
+    model.train(was)
+    loss = float(total[0] / total[2])
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "accuracy": float(total[1] / total[2])}
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(out: Path, raw_model, tok, optimizer, state: dict[str, Any], keep: int) -> Path:
+    """Write ``checkpoints/step-N/`` (each file atomically, manifest last); prune old ones."""
+    root = out / "checkpoints"
+    directory = root / f"step-{state['step']:06d}"
+    if directory.exists():
+        shutil.rmtree(directory)
+    ckpt_io.save(raw_model, directory, tokenizer=tok)
+    payload = dict(state, optimizer=optimizer.state_dict(), rng_cpu=torch.get_rng_state())
+    if torch.cuda.is_available():
+        payload["rng_cuda"] = torch.cuda.get_rng_state_all()
+    ckpt_io.atomic_write(directory / STATE_NAME, lambda tmp: torch.save(payload, tmp))
+    files = {p.name: _sha256(p) for p in sorted(directory.iterdir())
+             if p.is_file() and not p.name.startswith(".")}
+    ckpt_io.atomic_write_json(directory / MANIFEST_NAME, {"step": state["step"], "files": files})
+    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def verify_checkpoint(directory: Path) -> str | None:
+    """None when the checkpoint is complete and intact, else why not."""
+    manifest = directory / MANIFEST_NAME
+    if not manifest.is_file():
+        return "no manifest.json (the write did not finish)"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        return f"unreadable manifest.json ({e})"
+    for name, digest in files.items():
+        p = directory / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if _sha256(p) != digest:
+            return f"{name} does not match its SHA-256 in manifest.json"
+    return None
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete, intact checkpoint; damaged newer ones are reported and skipped."""
+    for directory in sorted((out / "checkpoints").glob("step-*"), reverse=True):
+        problem = verify_checkpoint(directory)
+        if problem is None:
+            return directory
+        print(f"attnkit: skipping checkpoint {directory}: {problem}", file=sys.stderr)
+    return None
+
+
+def load_checkpoint(directory: Path, raw_model, optimizer) -> dict[str, Any]:
+    weights = directory / ckpt_io.WEIGHTS_NAME
+    ckpt_io.check_and_load(raw_model, ckpt_io.read_tensors(weights), weights,
+                           skip=tuple(raw_model.tied_keys()))
+    state = torch.load(directory / STATE_NAME, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state.pop("optimizer"))
+    torch.set_rng_state(state.pop("rng_cpu"))
+    cuda_states = state.pop("rng_cuda", None)
+    if cuda_states is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------
+def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train, evaluate and checkpoint as ``cfg`` says; returns the summary (also written to
+    ``out/summary.json``)."""
+    from ..models import build_model
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    tc = cfg.train
+    _check_train(cfg)
+    d = distributed.init(tc.device)
+    try:
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        precision.check_dtype(tc.dtype, d.device)
+        if d.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        tok, streams = prepare_data(cfg, d)
+        mcfg = model_config(cfg, tok)
+        objective = "clm" if mcfg.arch == "gpt" else "mlm"
+        torch.manual_seed(tc.seed)  # same initial weights on every rank
+        raw = build_model(mcfg).to(d.device)
+        optimizer = optim.make_optimizer(raw, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2),
+                                         d.device, fused=tc.fused_adamw)
+        train_batches = Batches(streams["train"], cfg, d, objective, tok, tc.seed + 1)
+        val_batches = Batches(streams["val"], cfg, d, objective, tok, tc.seed + 2)
+        start, best, tokens_before, elapsed_before = 0, math.inf, 0, 0.0
+        if resume:
+            found = latest_checkpoint(out)
+            if found is None:
+                if d.is_main:
+                    print(f"attnkit: --resume: no complete checkpoint in {out / 'checkpoints'}; "
+                          f"starting from step 0", file=sys.stderr)
+            else:
+                state = load_checkpoint(found, raw, optimizer)
+                train_batches.gen.set_state(state["data_rng"])
+                start, best = int(state["step"]), float(state["best_val_loss"])
+                tokens_before, elapsed_before = int(state["tokens"]), float(state["elapsed"])
+                if d.is_main:
+                    print(f"attnkit: resumed from {found} (step {start})", file=sys.stderr)
+        resolved = cfg.to_dict()
+        resolved["model"] = mcfg.to_dict()
+        if d.is_main:
+            ckpt_io.atomic_write_json(out / "run_config.json", resolved)
+        model = torch.compile(raw) if tc.compile else raw
+        if d.enabled:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+        log = metrics.MetricsLog(out, resume_step=start if resume else None) if d.is_main else None
+        summary = _train(cfg, d, out, raw, model, tok, optimizer, train_batches, val_batches,
+                         start, best, tokens_before, elapsed_before, log)
+        summary["setup_seconds"] = round(time.perf_counter() - t_start - summary["loop_seconds"], 3)
+        if d.is_main:
+            ckpt_io.atomic_write_json(out / "summary.json", summary)
+            metrics.plot_loss(out / "metrics.jsonl", out / "loss.png")
+            _print_summary(summary, out)
+        return summary
+    finally:
+        distributed.shutdown(d)
+
+
+def _check_train(cfg: RunConfig) -> None:
+    tc = cfg.train
+    for name in ("max_iters", "batch_size", "block_size", "grad_accum", "eval_interval",
+                 "eval_iters", "log_interval"):
+        if getattr(tc, name) < 1:
+            raise ValueError(f"train.{name} must be >= 1, got {getattr(tc, name)!r}")
+    for name in ("warmup_iters", "lr_decay_iters", "checkpoint_interval", "keep_checkpoints",
+                 "threads"):
+        if getattr(tc, name) < 0:
+            raise ValueError(f"train.{name} must be >= 0, got {getattr(tc, name)!r}")
+    if not (tc.lr > 0 and 0 <= tc.min_lr <= tc.lr):
+        raise ValueError(f"train.lr must be > 0 and train.min_lr in [0, lr]; got lr={tc.lr}, "
+                         f"min_lr={tc.min_lr}")
+    if not 0.0 < tc.mlm_probability < 1.0:
+        raise ValueError(f"train.mlm_probability must be in (0, 1), got {tc.mlm_probability}")
+
+
+def _train(cfg, d, out, raw, model, tok, optimizer, train_batches, val_batches, start, best,
+           tokens_before, elapsed_before, log) -> dict[str, Any]:
+    tc = cfg.train
+    decay_iters = tc.lr_decay_iters or tc.max_iters
+    ckpt_every = tc.checkpoint_interval or tc.eval_interval
+    scaler = precision.grad_scaler(d.device, tc.dtype)
+    tokens_per_step = tc.batch_size * tc.block_size * tc.grad_accum * d.world_size
+    bar = None
+    if d.is_main and tc.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=tc.max_iters, initial=start, desc="pretrain", unit="step",
+                   dynamic_ncols=True, mininterval=0.5)
+    last_val: dict[str, Any] | None = None
+    loop_t0 = time.perf_counter()
+    train_seconds = 0.0
+    step = start
+    model.train()
+    while step < tc.max_iters:
+        t0 = time.perf_counter()
+        lr = optim.lr_at(step, lr=tc.lr, min_lr=tc.min_lr, warmup=tc.warmup_iters,
+                         decay_iters=decay_iters)
+        optim.set_lr(optimizer, lr)
+        step_loss = torch.zeros((), dtype=torch.float64, device=d.device)
+        for micro in range(tc.grad_accum):
+            x, y, count = train_batches.next()
+            sync = contextlib.nullcontext()
+            if d.enabled and micro < tc.grad_accum - 1:
+                sync = model.no_sync()
+            with sync:
+                with precision.autocast(d.device, tc.dtype):
+                    loss_sum, _ = loss_sums(model, x, y)
+                # the global mean over this micro-batch; DDP averages gradients over ranks
+                loss = loss_sum * (d.world_size / (count * tc.grad_accum))
+                (scaler.scale(loss) if scaler else loss).backward()
+            step_loss += loss.detach().double() / d.world_size
+        if scaler:
+            scaler.unscale_(optimizer)
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(raw.parameters(), tc.grad_clip)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        train_seconds += time.perf_counter() - t0
+        tokens_now = tokens_before + (step - start) * tokens_per_step
+        if step % tc.log_interval == 0 or step == tc.max_iters:
+            total = distributed.mean(step_loss, d) * d.world_size if d.enabled else step_loss
+            loss_value = float(total)
+            tps = (step - start) * tokens_per_step / max(train_seconds, 1e-9)
+            if log is not None:
+                log.log(step=step, split="train", loss=loss_value, perplexity=math.exp(min(loss_value, 700)),
+                        lr=lr, tokens_per_second=round(tps, 1),
+                        elapsed_seconds=round(elapsed_before + time.perf_counter() - loop_t0, 3))
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}", refresh=False)
+        if bar is not None:
+            bar.update(1)
+        if step % tc.eval_interval == 0 or step == tc.max_iters:
+            last_val = evaluate(model, val_batches, tc.eval_iters, d, tc.dtype, tc.seed + 2)
+            last_val["step"] = step
+            if log is not None:
+                log.log(step=step, split="val", loss=last_val["loss"], perplexity=last_val["perplexity"],
+                        accuracy=last_val["accuracy"] if raw.config.arch == "bert" else "",
+                        elapsed_seconds=round(elapsed_before + time.perf_counter() - loop_t0, 3))
+            if bar is not None:
+                bar.write(f"step {step}: val loss {last_val['loss']:.4f}, ppl {last_val['perplexity']:.2f}"
+                          + (f", masked acc {last_val['accuracy']:.3f}" if raw.config.arch == "bert" else ""))
+            if last_val["loss"] < best:
+                best = last_val["loss"]
+                if d.is_main:
+                    ckpt_io.save(raw, out, tokenizer=tok)
+        if step % ckpt_every == 0 or step == tc.max_iters:
+            if d.is_main:
+                state = {"step": step, "best_val_loss": best, "tokens": tokens_now,
+                         "elapsed": elapsed_before + time.perf_counter() - loop_t0,
+                         "data_rng": train_batches.gen.get_state()}
+                save_checkpoint(out, raw, tok, optimizer, state, tc.keep_checkpoints)
+            distributed.barrier(d)
+    if bar is not None:
+        bar.close()
+    loop_seconds = time.perf_counter() - loop_t0
+    if d.is_main and not (out / ckpt_io.CONFIG_NAME).is_file():
+        ckpt_io.save(raw, out, tokenizer=tok)
+    trained = (step - start) * tokens_per_step
+    summary = {
+        "val_loss": last_val["loss"] if last_val else None,
+        "val_perplexity": last_val["perplexity"] if last_val else None,
+        "best_val_loss": best if math.isfinite(best) else None,
+        "iters": step,
+        "resumed_from": start,
+        "wall_seconds": round(loop_seconds, 3),
+        "loop_seconds": loop_seconds,
+        "train_seconds": round(train_seconds, 3),
+        "tokens_per_second": round(trained / max(train_seconds, 1e-9), 1),
+        "tokens": tokens_before + trained,
+        "world_size": d.world_size,
+        "parameters": sum(p.numel() for p in raw.parameters()),
+        "vocab_size": raw.config.vocab_size,
+        "objective": "causal LM" if raw.config.arch == "gpt" else "masked LM",
+    }
+    if last_val and raw.config.arch == "bert":
+        summary["val_masked_accuracy"] = last_val["accuracy"]
+    return summary
+
+
+def _print_summary(s: dict[str, Any], out: Path) -> None:
+    lines = [f"pre-training done: {s['objective']}, {s['parameters']:,} parameters, vocab {s['vocab_size']}",
+             f"  iters {s['iters']}  wall {s['wall_seconds']:.1f}s  {s['tokens_per_second']:,.0f} tokens/s"]
+    if s["val_loss"] is not None:
+        lines.append(f"  val loss {s['val_loss']:.4f} (best {s['best_val_loss']:.4f}), "
+                     f"perplexity {s['val_perplexity']:.2f}")
+    if "val_masked_accuracy" in s:
+        lines.append(f"  masked-token accuracy {s['val_masked_accuracy']:.3f}")
+    lines.append(f"  model: {out}  checkpoints: {out / 'checkpoints'}")
+    print("\n".join(lines))

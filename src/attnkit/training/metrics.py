@@ -1,0 +1,73 @@
+"""Training metrics: JSON lines and CSV as they come, and a loss-curve PNG at the end."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+FIELDS = ("step", "split", "loss", "perplexity", "accuracy", "lr", "tokens_per_second",
+          "elapsed_seconds")
+
+
+class MetricsLog:
+    """Appends rows to ``metrics.jsonl`` and ``metrics.csv`` in ``out``. On resume from
+    ``step``, rows logged after it by the interrupted run are dropped first."""
+
+    def __init__(self, out: Path, resume_step: int | None = None):
+        self.jsonl, self.csv = out / "metrics.jsonl", out / "metrics.csv"
+        rows = read_rows(self.jsonl) if resume_step is not None else []
+        rows = [r for r in rows if r["step"] <= (resume_step or 0)]
+        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        with open(self.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, FIELDS)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in FIELDS})
+
+    def log(self, **row: Any) -> None:
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        with open(self.csv, "a", newline="") as f:
+            csv.DictWriter(f, FIELDS).writerow({k: row.get(k, "") for k in FIELDS})
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a crash
+            continue
+    return rows
+
+
+def plot_loss(jsonl: Path, png: Path) -> Path | None:
+    """Train and val loss against step; None (with a note) when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("attnkit: matplotlib is not installed; no loss curve (pip install attnkit[viz])",
+              file=sys.stderr)
+        return None
+    rows = read_rows(jsonl)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for split, style in (("train", "-"), ("val", "o-")):
+        pts = [(r["step"], r["loss"]) for r in rows if r.get("split") == split]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, style, label=split, markersize=3, linewidth=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
