@@ -120,58 +120,70 @@ class LSHAttention(VariantAttention):
 class _LSHCore(torch.autograd.Function):
     """Chunked attention of every hash round in sorted order, returned in position order.
 
-    Works one (batch*head row, round) at a time and, within it, a few chunks at a time. The
-    queries of a round are its sorted slots; chunk c attends to the slots of chunks c - 1 and c,
-    so with one dummy chunk in front of the sorted keys both halves are contiguous slices and
-    nothing is copied or scattered: the gradients of the sorted copies are dense, and positions
-    are recovered with the inverse permutation.
+    Works round by round on blocks of (batch*head) rows and chunks: a few whole rows at a time
+    for short sequences, a few chunks of one row at a time for long ones. The queries of a round
+    are its sorted slots; chunk c attends to the slots of chunks c - 1 and c, so with one dummy
+    chunk in front of the sorted keys both halves are slices of one sorted copy and nothing is
+    concatenated or scattered: the gradients of the sorted copies are dense, and positions are
+    recovered with the inverse permutation.
     """
 
-    budget = 1 << 22  # scores per batch of chunks
+    budget = 1 << 22  # scores per block
 
     @staticmethod
-    def _sorted(n, perm_r, q, k, v, valid, T, C, scale):
-        """Sorted copies for row n of one round: qs (nC, C, D) scaled; ks, vs (nC+1, C, *)
-        behind a dummy chunk; key positions (nC+1, C) with T for dummy/padding; key validity."""
-        Tp = perm_r.shape[0]
+    def _blocks(N: int, nC: int, C: int) -> list[tuple[int, int, int, int]]:
+        """(n0, n1, c0, c1) blocks of rows and chunks holding about ``budget`` scores each."""
+        per_row = nC * 2 * C * C
+        if 8 * per_row <= _LSHCore.budget:  # short rows: several per block (fewer, larger ops)
+            rows = _LSHCore.budget // per_row
+            return [(n0, min(N, n0 + rows), 0, nC) for n0 in range(0, N, rows)]
+        step = max(1, _LSHCore.budget // (2 * C * C))
+        return [(n, n + 1, c0, min(nC, c0 + step)) for n in range(N) for c0 in range(0, nC, step)]
+
+    @staticmethod
+    def _sorted(perm_r, q, k, v, valid, C, scale):
+        """Sorted copies of one round: qs (N, nC, C, D) scaled; ks, vs (N, nC+1, C, *) behind a
+        dummy chunk; key positions (N, nC+1, C) with T for dummy/padding; key validity."""
+        N, T, D = q.shape
+        Tp = perm_r.shape[1]
         nC = Tp // C
-        kpos = F.pad(perm_r, (C, 0), value=T)  # (C + Tp,)
-        data = kpos.clamp_max(T - 1)  # padding slots read row T-1 and are masked
-        qs = q[n].index_select(0, data[C:]).mul_(scale).view(nC, C, -1)
-        ks = k[n].index_select(0, data).view(nC + 1, C, -1)
-        vs = v[n].index_select(0, data).view(nC + 1, C, -1)
-        kok = valid[n].index_select(0, kpos).view(nC + 1, C)  # (nC+1, C)
-        return qs, ks, vs, kpos.view(nC + 1, C).to(torch.int32), kok
+        kpos = F.pad(perm_r, (C, 0), value=T)  # (N, C + Tp)
+        data = kpos.clamp_max(T - 1) + torch.arange(N, device=q.device).view(N, 1) * T  # rows of (N*T, *)
+        qs = q.reshape(N * T, D).index_select(0, data[:, C:].reshape(-1)).mul_(scale).view(N, nC, C, D)
+        ks = k.reshape(N * T, D).index_select(0, data.reshape(-1)).view(N, nC + 1, C, D)
+        vs = v.reshape(N * T, -1).index_select(0, data.reshape(-1)).view(N, nC + 1, C, -1)
+        kok = torch.gather(valid, 1, kpos).view(N, nC + 1, C)  # padding and dummy: False
+        return qs, ks, vs, kpos.view(N, nC + 1, C).to(torch.int32), kok
 
     @staticmethod
-    def _masks(n, r, c0, c1, perm_r, kpos, kok, chunk_of, causal, T, C):
-        """(prev, own) bool masks (g, C, C), True = not allowed, for chunks c0..c1 of row n."""
-        qp = perm_r.view(-1, C)[c0:c1].to(torch.int32).unsqueeze(-1)  # (g, C, 1)
+    def _masks(block, r, perm_r, kpos, kok, chunk_of, causal, T, C):
+        """(prev, own) bool masks (R, g, C, C), True = not allowed, for one block."""
+        n0, n1, c0, c1 = block
+        R, g = n1 - n0, c1 - c0
+        qp = perm_r[n0:n1].view(R, -1, C)[:, c0:c1].to(torch.int32).unsqueeze(-1)  # (R, g, C, 1)
         out = []
         for lo in (c0, c0 + 1):  # previous chunk, own chunk
-            kp = kpos[lo:lo + c1 - c0].unsqueeze(-2)  # (g, 1, C)
+            kp = kpos[n0:n1, lo:lo + g].unsqueeze(-2)  # (R, g, 1, C)
             bad = (kp >= qp) if causal else (kp == qp)  # later keys / the query itself
-            bad |= ~kok[lo:lo + c1 - c0].unsqueeze(-2)
+            bad |= ~kok[n0:n1, lo:lo + g].unsqueeze(-2)
             for r_prev in range(r):  # keys already seen in an earlier round
-                cid = chunk_of[n, r_prev]  # (T+1,)
-                cq = cid[qp.long()] - 0.5  # (g, C, 1)
-                ck = cid[kp.long()]  # (g, 1, C)
+                cid = chunk_of[n0:n1, r_prev]  # (R, T+1)
+                cq = torch.gather(cid, 1, qp.reshape(R, -1).long()).view(R, g, C, 1) - 0.5
+                ck = torch.gather(cid, 1, kp.reshape(R, -1).long()).view(R, g, 1, C)
                 bad |= (ck - cq).abs_() < 1  # key chunk == query chunk or the one before
             if c1 * C > T:  # padding slots as queries: nothing allowed
-                bad[-1, T - (c1 - 1) * C:] = True
+                bad[:, -1, T - (c1 - 1) * C:] = True
             out.append(bad)
         return out
 
     @staticmethod
-    def _setup(q, perm, rank, key_valid, C):
+    def _valid(q, key_valid):
         N, T, _ = q.shape
-        valid = torch.ones(N, T + 1, dtype=torch.bool, device=q.device)  # (N, T+1), row T: dummy
+        valid = torch.ones(N, T + 1, dtype=torch.bool, device=q.device)  # (N, T+1), T: dummy
         valid[:, T] = False
         if key_valid is not None:
             valid[:, :T] = key_valid
-        nC = perm.shape[-1] // C
-        step = max(1, _LSHCore.budget // (2 * C * C))
-        return valid, [(c0, min(nC, c0 + step)) for c0 in range(0, nC, step)]
+        return valid
 
     @staticmethod
     def forward(ctx, q, k, v, perm, rank, key_valid, causal, C, scale):
@@ -179,34 +191,39 @@ class _LSHCore(torch.autograd.Function):
         Dv = v.shape[-1]
         nh, Tp = perm.shape[1], perm.shape[2]
         nC = Tp // C
-        valid, batches = _LSHCore._setup(q, perm, rank, key_valid, C)
+        valid = _LSHCore._valid(q, key_valid)
+        blocks = _LSHCore._blocks(N, nC, C)
         # chunk of every position in every round; the dummy row T is far from every chunk
         chunk_of = F.pad((rank // C).to(q.dtype), (0, 1), value=-4.0)  # (N, nh, T+1)
         o = q.new_empty(N, nh, T, Dv)  # (N, nh, T, Dv)
         lse = q.new_empty(N, nh, T)  # (N, nh, T)
         tiny = torch.finfo(q.dtype).tiny
+        base = torch.arange(N, device=q.device).view(N, 1) * Tp
         masks = []
-        for n in range(N):
-            for r in range(nh):
-                perm_r = perm[n, r]  # (Tp,)
-                qs, ks, vs, kpos, kok = _LSHCore._sorted(n, perm_r, q, k, v, valid, T, C, scale)
-                o_s = q.new_empty(nC, C, Dv)  # (nC, C, Dv) sorted order
-                lse_s = q.new_empty(nC, C)
-                for c0, c1 in batches:
-                    bad = _LSHCore._masks(n, r, c0, c1, perm_r, kpos, kok, chunk_of, causal, T, C)
-                    qc = qs[c0:c1]  # (g, C, D)
-                    s0 = torch.matmul(qc, ks[c0:c1].transpose(-1, -2)).masked_fill_(bad[0], float("-inf"))
-                    s1 = torch.matmul(qc, ks[c0 + 1:c1 + 1].transpose(-1, -2)).masked_fill_(bad[1], float("-inf"))
-                    m = torch.maximum(s0.amax(-1, keepdim=True), s1.amax(-1, keepdim=True))  # (g, C, 1)
-                    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-                    p0, p1 = torch.exp_(s0.sub_(m)), torch.exp_(s1.sub_(m))
-                    den = p0.sum(-1, keepdim=True) + p1.sum(-1, keepdim=True)
-                    oc = torch.baddbmm(torch.matmul(p0, vs[c0:c1]), p1, vs[c0 + 1:c1 + 1])
-                    o_s[c0:c1] = oc.div_(den.clamp_min(tiny))
-                    lse_s[c0:c1] = (m + den.log()).squeeze(-1)
-                    masks.append(bad)
-                o[n, r] = o_s.view(Tp, Dv).index_select(0, rank[n, r])
-                lse[n, r] = lse_s.view(Tp).index_select(0, rank[n, r])
+        for r in range(nh):
+            perm_r = perm[:, r]  # (N, Tp)
+            qs, ks, vs, kpos, kok = _LSHCore._sorted(perm_r, q, k, v, valid, C, scale)
+            o_s = q.new_empty(N, nC, C, Dv)  # sorted order
+            lse_s = q.new_empty(N, nC, C)
+            for block in blocks:
+                n0, n1, c0, c1 = block
+                g = c1 - c0
+                bad = _LSHCore._masks(block, r, perm_r, kpos, kok, chunk_of, causal, T, C)
+                qc = qs[n0:n1, c0:c1]  # (R, g, C, D)
+                k0, k1 = ks[n0:n1, c0:c1], ks[n0:n1, c0 + 1:c1 + 1]  # previous, own chunk keys
+                s0 = torch.matmul(qc, k0.transpose(-1, -2)).masked_fill_(bad[0], float("-inf"))
+                s1 = torch.matmul(qc, k1.transpose(-1, -2)).masked_fill_(bad[1], float("-inf"))
+                m = torch.maximum(s0.amax(-1, keepdim=True), s1.amax(-1, keepdim=True))  # (R, g, C, 1)
+                m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+                p0, p1 = torch.exp_(s0.sub_(m)), torch.exp_(s1.sub_(m))
+                den = p0.sum(-1, keepdim=True) + p1.sum(-1, keepdim=True)
+                oc = torch.matmul(p0, vs[n0:n1, c0:c1]) + torch.matmul(p1, vs[n0:n1, c0 + 1:c1 + 1])
+                o_s[n0:n1, c0:c1] = oc.div_(den.clamp_min(tiny))
+                lse_s[n0:n1, c0:c1] = (m + den.log()).squeeze(-1)
+                masks.append(bad)
+            idx = (base + rank[:, r]).reshape(-1)  # sorted slot of every position
+            o[:, r] = o_s.view(N * Tp, Dv).index_select(0, idx).view(N, T, Dv)
+            lse[:, r] = lse_s.view(N * Tp).index_select(0, idx).view(N, T)
         ctx.save_for_backward(q, k, v, perm, rank, key_valid, o, lse)
         ctx.masks, ctx.C, ctx.scale = masks, C, scale
         return o, lse
@@ -220,36 +237,41 @@ class _LSHCore(torch.autograd.Function):
         Dv = v.shape[-1]
         nh, Tp = perm.shape[1], perm.shape[2]
         nC = Tp // C
-        valid, batches = _LSHCore._setup(q, perm, rank, key_valid, C)
+        valid = _LSHCore._valid(q, key_valid)
+        blocks = _LSHCore._blocks(N, nC, C)
         delta = (do * o).sum(-1) - dlse  # (N, nh, T)
         aux = torch.stack([torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse)), delta], -1)  # (N, nh, T, 2)
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for n in range(N):
-            for r in range(nh):
-                perm_r = perm[n, r]  # (Tp,)
-                qs, ks, vs, _, _ = _LSHCore._sorted(n, perm_r, q, k, v, valid, T, C, scale)
-                rows = perm_r.clamp_max(T - 1)  # padding slots are masked as queries
-                do_s = do[n, r].index_select(0, rows).view(nC, C, Dv)
-                aux_s = aux[n, r].index_select(0, rows).view(nC, C, 2)
-                dqs = torch.empty_like(qs)  # (nC, C, D)
-                dks = torch.zeros_like(ks)  # (nC+1, C, D)
-                dvs = torch.zeros_like(vs)  # (nC+1, C, Dv)
-                for c0, c1 in batches:
-                    bad = next(masks)
-                    qc, doc = qs[c0:c1], do_s[c0:c1]  # (g, C, D), (g, C, Dv)
-                    ds = []
-                    for h, lo in enumerate((c0, c0 + 1)):  # previous chunk, own chunk
-                        kh, vh = ks[lo:lo + c1 - c0], vs[lo:lo + c1 - c0]
-                        s = torch.matmul(qc, kh.transpose(-1, -2)).masked_fill_(bad[h], float("-inf"))
-                        p = torch.exp_(s.sub_(aux_s[c0:c1, :, :1]))  # (g, C, C)
-                        dvs[lo:lo + c1 - c0] += torch.matmul(p.transpose(-1, -2), doc)
-                        dp = torch.matmul(doc, vh.transpose(-1, -2)).sub_(aux_s[c0:c1, :, 1:])
-                        dsh = p.mul_(dp)  # dL/ds
-                        dks[lo:lo + c1 - c0] += torch.matmul(dsh.transpose(-1, -2), qc)
-                        ds.append((dsh, kh))
-                    dqs[c0:c1] = torch.baddbmm(torch.matmul(ds[0][0], ds[0][1]), ds[1][0], ds[1][1]).mul_(scale)
-                idx = rank[n, r]  # (T,)
-                dq[n] += dqs.view(Tp, D).index_select(0, idx)
-                dk[n] += dks[1:].reshape(Tp, D).index_select(0, idx)
-                dv[n] += dvs[1:].reshape(Tp, Dv).index_select(0, idx)
+        rows_t = torch.arange(N, device=q.device).view(N, 1) * T
+        rows_p = torch.arange(N, device=q.device).view(N, 1) * Tp
+        for r in range(nh):
+            perm_r = perm[:, r]  # (N, Tp)
+            qs, ks, vs, _, _ = _LSHCore._sorted(perm_r, q, k, v, valid, C, scale)
+            src = (perm_r.clamp_max(T - 1) + rows_t).reshape(-1)  # padding slots are masked as queries
+            do_s = do[:, r].reshape(N * T, Dv).index_select(0, src).view(N, nC, C, Dv)
+            aux_s = aux[:, r].reshape(N * T, 2).index_select(0, src).view(N, nC, C, 2)
+            dqs = torch.empty_like(qs)  # (N, nC, C, D)
+            dks = torch.zeros_like(ks)  # (N, nC+1, C, D)
+            dvs = torch.zeros_like(vs)  # (N, nC+1, C, Dv)
+            for n0, n1, c0, c1 in blocks:
+                bad = next(masks)
+                g = c1 - c0
+                qc, doc = qs[n0:n1, c0:c1], do_s[n0:n1, c0:c1]  # (R, g, C, D), (R, g, C, Dv)
+                lse_c, delta_c = aux_s[n0:n1, c0:c1, :, :1], aux_s[n0:n1, c0:c1, :, 1:]
+                dq_c = None
+                for h, lo in enumerate((c0, c0 + 1)):  # previous chunk, own chunk
+                    kh, vh = ks[n0:n1, lo:lo + g], vs[n0:n1, lo:lo + g]
+                    s = torch.matmul(qc, kh.transpose(-1, -2)).masked_fill_(bad[h], float("-inf"))
+                    p = torch.exp_(s.sub_(lse_c))  # (R, g, C, C)
+                    dvs[n0:n1, lo:lo + g] += torch.matmul(p.transpose(-1, -2), doc)
+                    dp = torch.matmul(doc, vh.transpose(-1, -2)).sub_(delta_c)
+                    ds = p.mul_(dp)  # dL/ds
+                    dks[n0:n1, lo:lo + g] += torch.matmul(ds.transpose(-1, -2), qc)
+                    part = torch.matmul(ds, kh)
+                    dq_c = part if dq_c is None else dq_c.add_(part)
+                dqs[n0:n1, c0:c1] = dq_c.mul_(scale)
+            idx = (rows_p + rank[:, r]).reshape(-1)  # sorted slot of every position
+            dq += dqs.view(N * Tp, D).index_select(0, idx).view(N, T, D)
+            dk += dks[:, 1:].reshape(N * Tp, D).index_select(0, idx).view(N, T, D)
+            dv += dvs[:, 1:].reshape(N * Tp, Dv).index_select(0, idx).view(N, T, Dv)
         return dq, dk, dv, None, None, None, None, None, None

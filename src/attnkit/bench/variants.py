@@ -1,0 +1,613 @@
+"""``attnkit bench variants``: the approximate attention variants next to exact SDPA.
+
+For every sequence length N (B=1, H=8, D=64, float32 by default) and for causal and
+bidirectional attention, one run measures
+
+* forward and forward+backward wall time of every variant and of exact attention
+  (``torch.nn.functional.scaled_dot_product_attention``), timed round-robin at each N so a slow
+  spell of a shared machine hits all of them alike; exact attention is skipped beyond
+  ``--exact-max`` (it grows as N^2) and where its scores would not fit in memory;
+* peak memory added by the forward and by forward+backward, each case measured in a fresh
+  child process (``attnkit.bench.common.measure_peak_memories``: peak RSS over the RSS with the
+  inputs allocated);
+* the approximation error of every variant against exact attention on the same random inputs
+  at a moderate N (``--error-n``): the mean over output rows of ||o - o_ref|| / ||o_ref|| and
+  of the cosine similarity of the rows; the reference is computed in float64;
+* an error-versus-cost sweep over each variant's main accuracy knob at that N.
+
+It prints a table per mode, checks the figures the variants promise (:data:`TARGETS`), and
+writes ``<out>/variants.json`` and ``<out>/variants.png`` (time and memory against N, error
+against cost; log-log).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from attnkit.attention import variants as V
+from attnkit.bench.common import (
+    GiB,
+    MiB,
+    ProbeCase,
+    Table,
+    available_memory_bytes,
+    environment,
+    measure_peak_memories,
+    plot_loglog,
+    resolve_device,
+    synchronize,
+    time_interleaved,
+    write_json,
+)
+
+EXACT = "exact"  # exact attention: torch SDPA
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+MODES = ("fwd", "fwd_bwd")
+FULL = dict(sizes=[1024 * 2**i for i in range(7)], exact_max=16384, repeat=3, max_seconds=10.0, sweep=True)
+QUICK = dict(sizes=[1024, 2048, 4096], exact_max=4096, repeat=2, max_seconds=3.0, sweep=False)
+
+# error-versus-cost sweep: the knob of each variant and the values tried
+SWEEP = {
+    "bigbird": ("num_random_blocks", [0, 2, 4, 8]),
+    "linear": (None, [None]),  # nothing to trade: one point
+    "local": ("block_size", [64, 128, 256, 512]),
+    "lsh": ("n_hashes", [1, 2, 4, 8]),
+    "performer": ("nb_features", [64, 128, 266, 512]),
+}
+
+TARGETS = {
+    "scaling": "time(N=65536) / time(N=16384) <= 5, every variant, fwd and fwd+bwd",
+    "memory": "fwd+bwd peak memory < 3 GiB at N=65536, every variant",
+    "speed": "lsh, performer, linear fwd+bwd >= 4x faster than exact causal SDPA fwd+bwd at N=16384",
+}
+SPEED_VARIANTS = ("lsh", "performer", "linear")
+
+
+# --------------------------------------------------------------------------------------------
+# the operations being measured
+# --------------------------------------------------------------------------------------------
+
+
+def make_fn(name: str, params: dict[str, Any], causal: bool) -> Callable[..., torch.Tensor]:
+    """q, k, v -> output, for a variant name or EXACT."""
+    if name == EXACT:
+        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    mod = V.get(name, **params)
+    return lambda q, k, v: mod(q, k, v, causal=causal)
+
+
+def make_inputs(n: int, shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device, seed: int):
+    b, h, d = shape
+    gen = torch.Generator().manual_seed(seed + n)
+    q, k, v, grad_out = (torch.randn(b, h, n, d, generator=gen).to(device=device, dtype=dtype)
+                         for _ in range(4))  # (B, H, N, D) each
+    return q, k, v, grad_out
+
+
+def make_op(fn: Callable, mode: str, q, k, v, grad_out) -> Callable[[], Any]:
+    if mode == "fwd":
+        def forward():
+            with torch.no_grad():
+                return fn(q, k, v)
+        return forward
+    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+
+    def forward_backward():
+        out = fn(qg, kg, vg)
+        # fresh gradients each call; allow_unused: lsh takes its keys from q and ignores k
+        return torch.autograd.grad(out, (qg, kg, vg), grad_out, allow_unused=True)
+
+    return forward_backward
+
+
+def memory_case(name: str, params: dict[str, Any], n: int, shape: tuple[int, int, int], dtype: str,
+                device: str, causal: bool, mode: str, seed: int) -> Callable[[], Any]:
+    """Build one measurement inside a memory-probe process; returns the operation."""
+    q, k, v, grad_out = make_inputs(n, shape, DTYPES[dtype], torch.device(device), seed)
+    return make_op(make_fn(name, params, causal), mode, q, k, v, grad_out)
+
+
+# --------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Row:
+    """One (variant, N, causal) measurement; ``skipped`` says why numbers are missing."""
+
+    name: str
+    n: int
+    causal: bool
+    exact: bool
+    seconds: dict[str, Optional[float]] = dataclasses.field(default_factory=lambda: dict.fromkeys(MODES))
+    peak_bytes: dict[str, Optional[int]] = dataclasses.field(default_factory=lambda: dict.fromkeys(MODES))
+    speedup: Optional[float] = None  # exact fwd+bwd time / this fwd+bwd time
+    skipped: Optional[str] = None
+    memory_note: Optional[str] = None
+
+
+@dataclasses.dataclass
+class Settings:
+    sizes: list[int]
+    names: list[str]
+    params: dict[str, dict[str, Any]]
+    shape: tuple[int, int, int]
+    dtype: str
+    device: torch.device
+    causal_modes: list[bool]
+    exact_max: int
+    error_n: int
+    repeat: int
+    max_seconds: float
+    memory: bool
+    sweep: bool
+    seed: int
+
+
+def _short(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".splitlines()[0]
+    return text[:160]
+
+
+def exact_skip_reason(n: int, s: Settings) -> Optional[str]:
+    if n > s.exact_max:
+        return f"N > --exact-max {s.exact_max} (time grows as N^2)"
+    b, h, _ = s.shape
+    elem = torch.empty((), dtype=DTYPES[s.dtype]).element_size()
+    # fused kernels keep O(N) memory; float64 (and anything without a fused kernel) takes the
+    # math path, which holds about three N x N tensors
+    fused = DTYPES[s.dtype] in (torch.float32, torch.bfloat16, torch.float16)
+    need = 0 if fused else 3 * b * h * n * n * elem
+    if need > 0.5 * available_memory_bytes(s.device):
+        return f"its N x N scores (~{need / GiB:.1f} GiB) would not fit in memory"
+    return None
+
+
+def time_point(n: int, causal: bool, s: Settings, log: Callable[[str], None]) -> list[Row]:
+    """Time every variant and exact attention at one N, round-robin."""
+    q, k, v, grad_out = make_inputs(n, s.shape, DTYPES[s.dtype], s.device, s.seed)
+    rows = [Row(EXACT, n, causal, True)] + [Row(name, n, causal, V.variant_class(name).exact) for name in s.names]
+    rows[0].skipped = exact_skip_reason(n, s)
+    for mode in MODES:
+        fns: dict[str, Callable[[], Any]] = {}
+        for row in rows:
+            if row.skipped:
+                continue
+            try:
+                op = make_op(make_fn(row.name, s.params.get(row.name, {}), causal), mode, q, k, v, grad_out)
+                op()  # first call: lazy set-up, and proof that it runs
+                synchronize(s.device)
+                fns[row.name] = op
+            except Exception as e:  # a variant that fails is reported, not fatal
+                row.skipped = _short(e)
+                log(f"  {row.name} N={n}: {row.skipped}")
+        times = time_interleaved(fns, warmup=0, repeat=s.repeat, device=s.device, max_seconds=s.max_seconds)
+        for row in rows:
+            if row.name in times:
+                row.seconds[mode] = times[row.name]
+    exact_fb = rows[0].seconds["fwd_bwd"]
+    for row in rows:
+        if exact_fb and row.seconds["fwd_bwd"]:
+            row.speedup = exact_fb / row.seconds["fwd_bwd"]
+    if s.memory:
+        memory_point(rows, s, log)
+    for row in rows:
+        log(f"  {'causal' if causal else 'full  '} N={n:>6} {row.name:>9}: " + (row.skipped or (
+            f"fwd {_ms(row.seconds['fwd'])} ms, fwd+bwd {_ms(row.seconds['fwd_bwd'])} ms, "
+            f"peak {_mib(row.peak_bytes['fwd_bwd'])} MiB")))
+    return rows
+
+
+def memory_point(rows: list[Row], s: Settings, log: Callable[[str], None]) -> None:
+    """Peak memory of every measured row, each case in a fresh child process."""
+    cases, slots = [], []
+    for row in rows:
+        if row.skipped:
+            continue
+        for mode in MODES:
+            cases.append(ProbeCase(memory_case, (row.name, s.params.get(row.name, {}), row.n, s.shape, s.dtype,
+                                                 str(s.device), row.causal, mode, s.seed),
+                                   warmup=row.n <= 8192))  # a warm-up call costs little at small N
+            slots.append((row, mode))
+    try:
+        readings = measure_peak_memories(cases, device=s.device)
+    except Exception as e:  # the probe process died (out of memory, say)
+        for row, _ in slots:
+            row.memory_note = _short(e)
+        log(f"  memory probe failed: {_short(e)}")
+        return
+    for (row, mode), reading in zip(slots, readings):
+        if isinstance(reading, Exception):
+            row.memory_note = _short(reading)
+        else:
+            row.peak_bytes[mode] = reading.peak_bytes
+
+
+def rows_error(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """Mean relative row error and mean row cosine similarity of out against ref."""
+    out, ref = out.double(), ref.double()
+    rel = (out - ref).norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-30)
+    cos = F.cosine_similarity(out, ref, dim=-1)
+    return rel.mean().item(), cos.mean().item()
+
+
+def shared_qk_reference(q: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Dense shared-QK attention (the attention LSH approximates), float64."""
+    q = q.double()
+    keys = F.normalize(q, dim=-1)
+    s = q @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    n = q.shape[-2]
+    eye = torch.eye(n, dtype=torch.bool, device=q.device)
+    allowed = torch.ones(n, n, dtype=torch.bool, device=q.device)
+    if causal:
+        allowed = allowed.tril()
+    s = s.masked_fill(eye & (allowed.sum(-1, keepdim=True) > 1), float("-inf"))  # self only if alone
+    s = s.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(s, -1) @ v.double()
+
+
+def error_point(causal: bool, s: Settings, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Error of every variant against exact attention (float64) on the same inputs."""
+    n = s.error_n
+    q, k, v, _ = make_inputs(n, s.shape, DTYPES[s.dtype], s.device, s.seed + 1)
+    with torch.no_grad():
+        ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=causal)
+        out: dict[str, dict[str, Any]] = {}
+        for name in s.names:
+            try:
+                o = make_fn(name, s.params.get(name, {}), causal)(q, k, v)
+            except Exception as e:
+                out[name] = {"skipped": _short(e)}
+                continue
+            rel, cos = rows_error(o, ref)
+            out[name] = {"n": n, "rel_err": rel, "cos": cos}
+            if name == "lsh":  # also against the dense attention it approximates
+                out[name]["rel_err_shared_qk"] = rows_error(o, shared_qk_reference(q, v, causal))[0]
+    log(f"  error at N={n} ({'causal' if causal else 'full'}): " + ", ".join(
+        f"{k_}={r['rel_err']:.3f}" for k_, r in out.items() if "rel_err" in r))
+    return out
+
+
+def sweep_point(causal: bool, s: Settings, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Error and forward time at N=error_n along each variant's accuracy knob."""
+    n = s.error_n
+    q, k, v, grad_out = make_inputs(n, s.shape, DTYPES[s.dtype], s.device, s.seed + 1)
+    with torch.no_grad():
+        ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=causal)
+    points = []
+    for name in s.names:
+        knob, values = SWEEP.get(name, (None, [None]))
+        for value in values:
+            params = dict(s.params.get(name, {}))
+            if knob is not None:
+                params[knob] = value
+            try:
+                fn = make_fn(name, params, causal)
+                op = make_op(fn, "fwd", q, k, v, grad_out)
+                seconds = time_interleaved({name: op}, warmup=1, repeat=s.repeat, device=s.device,
+                                           max_seconds=s.max_seconds)[name]
+                with torch.no_grad():
+                    rel, cos = rows_error(fn(q, k, v), ref)
+            except Exception as e:
+                log(f"  sweep {name} {knob}={value}: {_short(e)}")
+                continue
+            points.append({"name": name, "knob": knob, "value": value, "n": n, "fwd_seconds": seconds,
+                           "rel_err": rel, "cos": cos})
+    return points
+
+
+# --------------------------------------------------------------------------------------------
+# targets
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Check:
+    key: str
+    what: str
+    measured: str
+    ok: Optional[bool]  # None: not measured in this run
+
+
+def _find(rows: list[Row], name: str, n: int, causal: bool) -> Optional[Row]:
+    return next((r for r in rows if r.name == name and r.n == n and r.causal == causal), None)
+
+
+def _verdict(results: list[bool]) -> Optional[bool]:
+    return None if not results else all(results)
+
+
+def evaluate_checks(rows: list[Row], s: Settings) -> list[Check]:
+    """Each target against this run's rows; a target none of whose N was run is 'not measured'."""
+    checks = []
+    label = lambda name, causal: name if causal else f"{name} (bidirectional)"
+    # scaling
+    parts, results = [], []
+    for causal in s.causal_modes:
+        for name in s.names:
+            lo, hi = _find(rows, name, 16384, causal), _find(rows, name, 65536, causal)
+            for mode in MODES:
+                a = lo.seconds[mode] if lo else None
+                b = hi.seconds[mode] if hi else None
+                if a and b:
+                    results.append(b / a <= 5)
+                    parts.append(f"{label(name, causal)} {mode} {b / a:.2f}")
+    checks.append(Check("scaling", TARGETS["scaling"], "; ".join(parts) or "-", _verdict(results)))
+    # memory
+    parts, results = [], []
+    for causal in s.causal_modes:
+        for name in s.names:
+            row = _find(rows, name, 65536, causal)
+            peak = row.peak_bytes["fwd_bwd"] if row else None
+            if peak is not None:
+                results.append(peak < 3 * GiB)
+                parts.append(f"{label(name, causal)} {peak / MiB:.0f} MiB")
+    checks.append(Check("memory", TARGETS["memory"], "; ".join(parts) or "-", _verdict(results)))
+    # speed
+    parts, results = [], []
+    for name in SPEED_VARIANTS:
+        row = _find(rows, name, 16384, True)
+        if row is not None and row.speedup is not None:
+            results.append(row.speedup >= 4)
+            parts.append(f"{name} {row.speedup:.1f}x")
+    checks.append(Check("speed", TARGETS["speed"], "; ".join(parts) or "-", _verdict(results)))
+    return checks
+
+
+# --------------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------------
+
+
+def _ms(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x * 1e3:.1f}"
+
+
+def _mib(x: Optional[int]) -> str:
+    return "-" if x is None else f"{x / MiB:.1f}"
+
+
+def render_rows(rows: list[Row], errors: dict[str, dict[str, Any]], title: str) -> str:
+    t = Table(["variant", "N", "fwd ms", "fwd+bwd ms", "fwd MiB", "fwd+bwd MiB", "vs exact", "error", "cos",
+               "kind"], title=title, align="lrrrrrrrrl")
+    last_n = None
+    for row in sorted(rows, key=lambda r: (r.n, r.name != EXACT, r.name)):
+        if last_n is not None and row.n != last_n:
+            t.add_separator()
+        last_n = row.n
+        err = errors.get(row.name, {})
+        if row.skipped:
+            t.add_row(row.name, str(row.n), "-", "-", "-", "-", "-", "-", "-", f"skipped: {row.skipped}")
+            continue
+        t.add_row(row.name, str(row.n), _ms(row.seconds["fwd"]), _ms(row.seconds["fwd_bwd"]),
+                  _mib(row.peak_bytes["fwd"]), _mib(row.peak_bytes["fwd_bwd"]),
+                  "-" if row.speedup is None else f"{row.speedup:.2f}x",
+                  "0" if row.name == EXACT else (f"{err['rel_err']:.3f}" if "rel_err" in err else "-"),
+                  "1" if row.name == EXACT else (f"{err['cos']:.3f}" if "cos" in err else "-"),
+                  "exact" if row.exact else "approx")
+    return t.render()
+
+
+def render_checks(checks: list[Check]) -> str:
+    t = Table(["target", "result", "measured"], title="Targets", align="lll")
+    for c in checks:
+        t.add_row(c.what, {True: "pass", False: "FAIL", None: "not measured"}[c.ok], c.measured)
+    return t.render()
+
+
+def plot(rows: list[Row], sweeps: list[dict[str, Any]], errors: dict[str, dict[str, Any]], causal: bool,
+         path: Path, device: str) -> Path:
+    names = list(dict.fromkeys(r.name for r in rows))
+
+    def series(mode: str, field: str) -> dict[str, list[tuple[float, Optional[float]]]]:
+        out = {}
+        for name in names:
+            pts = []
+            for r in rows:
+                if r.name == name and r.causal == causal:
+                    val = getattr(r, field)[mode]
+                    pts.append((r.n, None if val is None else (val * 1e3 if field == "seconds" else val / MiB)))
+            out[name] = pts
+        return out
+
+    cost = {}
+    for p in sweeps:
+        cost.setdefault(p["name"], []).append((p["fwd_seconds"] * 1e3, p["rel_err"]))
+    if not cost:  # no sweep: one point per variant, from the timed run at the error N
+        for name, e in errors.items():
+            r = next((r for r in rows if r.name == name and r.causal == causal and r.n == e.get("n")), None)
+            if r is not None and r.seconds["fwd"] and "rel_err" in e:
+                cost[name] = [(r.seconds["fwd"] * 1e3, e["rel_err"])]
+    mask = "causal" if causal else "bidirectional"
+    panels = [
+        (f"forward time ({mask})", "ms", series("fwd", "seconds")),
+        (f"forward + backward time ({mask})", "ms", series("fwd_bwd", "seconds")),
+        (f"peak memory added, forward + backward ({mask})", "MiB", series("fwd_bwd", "peak_bytes")),
+    ]
+    path = plot_loglog(path, panels, title=f"attnkit attention variants on {device}",
+                       styles={EXACT: {"color": "black", "linestyle": "--"}})
+    if cost:
+        n = next(iter(sweeps), {}).get("n") or next((e.get("n") for e in errors.values() if "n" in e), None)
+        plot_loglog(path.with_name(path.stem + "_error.png"),
+                    [(f"error vs cost at N={n} ({mask})", "mean relative row error", cost)],
+                    xlabel="forward time (ms)", title="accuracy against cost")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+
+
+def _value(text: str) -> Any:
+    low = text.lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_params(items: list[str]) -> dict[str, dict[str, Any]]:
+    """["lsh.n_hashes=4", ...] -> {"lsh": {"n_hashes": 4}}, checked against the registry."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        name, dot, param = key.partition(".")
+        if not sep or not dot:
+            raise ValueError(f"--param takes VARIANT.NAME=VALUE, e.g. lsh.n_hashes=4; got {item!r}")
+        V.variant_class(name)  # names the valid variants when wrong
+        valid = V.params(name)
+        if param not in valid:
+            raise ValueError(f"unknown parameter {param!r} for variant {name!r} in --param {item!r}; "
+                             f"valid parameters: {sorted(valid)}")
+        out.setdefault(name, {})[param] = _value(value)
+    for name, params in out.items():
+        V.get(name, **params)  # bad values fail here, before any measurement
+    return out
+
+
+def _sizes(text: str) -> list[int]:
+    from attnkit.cli import size_list
+
+    return size_list(text)
+
+
+def _variant_names(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in names if x not in V.names()]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(V.names())}; got {text!r}")
+    return names
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from attnkit.cli import positive_int
+
+    def default(key: str) -> str:
+        show = lambda v: ",".join(map(str, v)) if isinstance(v, list) else str(v)
+        return f"(default {show(FULL[key])}; --quick: {show(QUICK[key])})"
+
+    parser.add_argument("--quick", action="store_true", help="small sizes, a few minutes on a CPU")
+    parser.add_argument("--sizes", type=_sizes, metavar="N,N,...", help=f"sequence lengths {default('sizes')}")
+    parser.add_argument("--variants", type=_variant_names, metavar="NAME,...",
+                        help=f"variants to run (default: all of {','.join(V.names())})")
+    parser.add_argument("--param", action="append", metavar="VARIANT.NAME=VALUE",
+                        help="a variant parameter, e.g. --param lsh.n_hashes=4 (repeatable)")
+    parser.add_argument("--causal", choices=("both", "yes", "no"), default="both",
+                        help="causal, bidirectional or both (default both)")
+    parser.add_argument("--exact-max", type=positive_int, metavar="N",
+                        help=f"longest N at which exact SDPA is timed {default('exact_max')}")
+    parser.add_argument("--error-n", type=positive_int, default=2048, metavar="N",
+                        help="sequence length of the error measurement (default 2048)")
+    parser.add_argument("--no-sweep", dest="sweep", action="store_false", default=None,
+                        help="skip the error-versus-cost sweep (skipped by --quick)")
+    parser.add_argument("--out", type=Path, default=Path("bench_out"), metavar="DIR",
+                        help="where variants.json and the plots go (default: bench_out)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda if available)")
+    parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
+    parser.add_argument("--batch", type=positive_int, default=1, metavar="B")
+    parser.add_argument("--heads", type=positive_int, default=8, metavar="H")
+    parser.add_argument("--head-dim", type=positive_int, default=64, metavar="D")
+    parser.add_argument("--repeat", type=positive_int, help=f"timed rounds per measurement {default('repeat')}")
+    parser.add_argument("--max-seconds", type=float,
+                        help=f"stop timing a measurement after this long {default('max_seconds')}")
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a measured target is missed")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    preset = QUICK if args.quick else FULL
+    pick = lambda key, value: preset[key] if value is None else value
+    max_seconds = pick("max_seconds", args.max_seconds)
+    if not max_seconds > 0:
+        raise ValueError(f"--max-seconds must be > 0, got {max_seconds}")
+    return Settings(
+        sizes=pick("sizes", args.sizes), names=args.variants or V.names(), params=parse_params(args.param),
+        shape=(args.batch, args.heads, args.head_dim), dtype=args.dtype, device=resolve_device(args.device),
+        causal_modes={"both": [True, False], "yes": [True], "no": [False]}[args.causal],
+        exact_max=pick("exact_max", args.exact_max), error_n=args.error_n, repeat=pick("repeat", args.repeat),
+        max_seconds=max_seconds, memory=args.memory, sweep=pick("sweep", args.sweep), seed=args.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    s = settings_from(args)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    b, h, d = s.shape
+    shape_text = f"B={b} H={h} D={d} {s.dtype} on {s.device}"
+    log(f"attnkit bench variants: {shape_text}, {torch.get_num_threads()} threads, variants {','.join(s.names)}")
+    rows: list[Row] = []
+    errors: dict[bool, dict[str, dict[str, Any]]] = {}
+    sweeps: dict[bool, list[dict[str, Any]]] = {}
+    for causal in s.causal_modes:
+        errors[causal] = error_point(causal, s, log)
+        if s.sweep:
+            sweeps[causal] = sweep_point(causal, s, log)
+        for n in s.sizes:
+            rows += time_point(n, causal, s, log)
+    checks = evaluate_checks(rows, s)
+
+    for causal in s.causal_modes:
+        mask = "causal" if causal else "bidirectional"
+        print()
+        print(render_rows([r for r in rows if r.causal == causal], errors[causal],
+                          f"Attention variants ({mask}), {shape_text}; vs exact: exact SDPA fwd+bwd time / "
+                          f"fwd+bwd time; error, cos: mean relative row error and cosine vs exact "
+                          f"attention at N={s.error_n}"))
+    notes = sorted({f"{r.name} N={r.n}: memory not measured ({r.memory_note})" for r in rows if r.memory_note})
+    if notes:
+        print("\n".join(notes))
+    if errors.get(True, {}).get("lsh", {}).get("rel_err_shared_qk") is not None:
+        print(f"lsh shares queries and keys: against dense shared-QK attention its causal error is "
+              f"{errors[True]['lsh']['rel_err_shared_qk']:.3f}")
+    print()
+    print(render_checks(checks))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = {
+        "benchmark": "variants",
+        "environment": environment(),
+        "settings": {"sizes": s.sizes, "variants": s.names, "params": s.params, "shape": s.shape,
+                     "dtype": s.dtype, "device": str(s.device), "causal": s.causal_modes,
+                     "exact_max": s.exact_max, "error_n": s.error_n, "repeat": s.repeat,
+                     "max_seconds": s.max_seconds, "seed": s.seed,
+                     "defaults": {name: V.params(name) for name in s.names}},
+        "rows": [dataclasses.asdict(r) for r in rows],
+        "errors": {("causal" if c else "bidirectional"): e for c, e in errors.items()},
+        "sweeps": {("causal" if c else "bidirectional"): p for c, p in sweeps.items()},
+        "targets": [dataclasses.asdict(c) for c in checks],
+    }
+    json_path = write_json(args.out / "variants.json", data)
+    causal = s.causal_modes[0]
+    png = plot(rows, sweeps.get(causal, []), errors[causal], causal, args.out / "variants.png", str(s.device))
+    print(f"\nwrote {json_path}, {png} and {png.with_name(png.stem + '_error.png')}")
+    if args.strict and any(c.ok is False for c in checks):
+        return 1
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="attnkit bench variants", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
