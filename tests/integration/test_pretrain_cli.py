@@ -1,0 +1,241 @@
+"""`attnkit pretrain` / `attnkit sample` run for a few steps on tiny models.
+
+The corpus is the first 200k characters of tiny-shakespeare (a local development file, see
+attnkit.text.corpora); every run uses one torch thread so runs are reproducible and fast on a
+shared machine.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from attnkit import cli
+from attnkit.text.corpora import tinyshakespeare_path
+from attnkit.training.loop import latest_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--model.n_layer", "1", "--model.n_head", "2", "--model.d_model", "32",
+        "--train.batch_size", "8", "--train.block_size", "32", "--model.max_seq_len", "32",
+        "--train.threads", "1", "--train.progress", "false", "--train.eval_iters", "4",
+        "--train.warmup_iters", "0"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    """A cache directory and a 200k-character corpus shared by this module's runs."""
+    try:
+        source = tinyshakespeare_path()
+    except ValueError as e:
+        pytest.fail(f"tiny-shakespeare test data missing: {e}")
+    root = tmp_path_factory.mktemp("pretrain")
+    corpus = root / "shakespeare200k.txt"
+    corpus.write_text(source.read_text()[:200_000])
+    return {"cache": root / "cache", "corpus": corpus, "root": root}
+
+
+@pytest.fixture(autouse=True)
+def _isolated(env, monkeypatch):
+    monkeypatch.setenv("ATTNKIT_CACHE", str(env["cache"]))
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def rows(out: Path, split: str) -> list[dict]:
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+            if r["split"] == split]
+
+
+def subprocess_env(env) -> dict:
+    e = dict(os.environ, ATTNKIT_CACHE=str(env["cache"]), OMP_NUM_THREADS="1")
+    e["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + e.get("PYTHONPATH", "")
+    return e
+
+
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("config,vocab_arg", [
+    ("gpt-shakespeare-char", []),
+    ("gpt-shakespeare-bpe", ["--data.vocab_size", "512"]),
+    ("bert-shakespeare", ["--data.vocab_size", "1000"]),
+])
+def test_each_config_learns(env, tmp_path, config, vocab_arg, capsys):
+    out = tmp_path / "run"
+    status = cli.main(["pretrain", "--config", config, "--data", str(env["corpus"]), "--out", str(out),
+                       *TINY, *vocab_arg, "--train.max_iters", "60", "--train.lr", "1e-2",
+                       "--train.eval_interval", "30", "--train.log_interval", "1"])
+    assert status == 0
+    summary = json.loads((out / "summary.json").read_text())
+    vocab = summary["vocab_size"]
+    train = rows(out, "train")
+    # near-uniform predictions at initialisation: cross entropy ~ ln(vocab)
+    assert abs(train[0]["loss"] - math.log(vocab)) < 0.1 * math.log(vocab), (train[0], vocab)
+    assert summary["iters"] == 60
+    first = sum(r["loss"] for r in train[:5]) / 5
+    last = sum(r["loss"] for r in train[-5:]) / 5
+    assert last < first - 0.3, (first, last)
+    val = rows(out, "val")
+    assert [r["step"] for r in val] == [30, 60]
+    assert summary["val_loss"] == pytest.approx(val[-1]["loss"])
+    assert summary["best_val_loss"] == pytest.approx(min(r["loss"] for r in val))
+    assert summary["val_loss"] < math.log(vocab) - 0.3
+    assert summary["tokens_per_second"] > 0 and summary["wall_seconds"] > 0
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "run_config.json",
+                 "metrics.csv", "loss.png"):
+        assert (out / name).is_file(), name
+    resolved = json.loads((out / "run_config.json").read_text())
+    assert resolved["model"]["vocab_size"] == vocab and resolved["model"]["n_layer"] == 1
+    if config.startswith("bert"):
+        assert 0.0 < summary["val_masked_accuracy"] <= 1.0
+        assert vocab <= 1000
+        # chance is 1/vocab; even the most frequent token alone is right ~5% of the time
+        assert summary["val_masked_accuracy"] > 20 / vocab
+    if config == "gpt-shakespeare-char":
+        capsys.readouterr()
+        assert cli.main(["sample", "--model", str(out), "--tokens", "20", "--prompt", "ROMEO:"]) == 0
+        text = capsys.readouterr().out
+        assert text.startswith("ROMEO:") and len(text) >= 20
+
+
+# --------------------------------------------------------------------------------------------
+def _run_args(env, out: Path, iters: int) -> list[str]:
+    return ["pretrain", "--config", "gpt-shakespeare-char", "--data", str(env["corpus"]),
+            "--out", str(out), *TINY, "--model.dropout", "0.1", "--train.max_iters", str(iters),
+            "--train.eval_interval", "1000", "--train.checkpoint_interval", "20",
+            "--train.keep_checkpoints", "3"]
+
+
+def _final_weights(out: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(out / "checkpoints" / f"step-{step:06d}" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(env) -> Path:
+    out = env["root"] / "uninterrupted"
+    subprocess.run([sys.executable, "-m", "attnkit", *_run_args(env, out, 300)], check=True,
+                   env=subprocess_env(env), capture_output=True, text=True)
+    return out
+
+
+def test_kill_and_resume_is_bit_identical(env, tmp_path, uninterrupted):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "attnkit", *_run_args(env, out, 300)],
+                            env=subprocess_env(env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "step-000040" / "manifest.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before step 40"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (out / "checkpoints" / "step-000300").exists()
+    done = subprocess.run([sys.executable, "-m", "attnkit", *_run_args(env, out, 300), "--resume"],
+                          env=subprocess_env(env), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from"] >= 40 and summary["iters"] == 300
+    a, b = _final_weights(uninterrupted, 300), _final_weights(out, 300)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the metrics of the resumed run continue those of the killed one without duplicates
+    steps = [r["step"] for r in rows(out, "train")]
+    assert steps == sorted(set(steps)) and steps[-1] == 300
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(env, tmp_path, uninterrupted, capsys):
+    import shutil
+
+    out = tmp_path / "corrupt"
+    shutil.copytree(uninterrupted, out)
+    weights = out / "checkpoints" / "step-000300" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert latest_checkpoint(out).name == "step-000280"
+    assert "model.safetensors does not match its SHA-256" in capsys.readouterr().err
+    assert cli.main(_run_args(env, out, 300) + ["--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "skipping checkpoint" in err and "step-000280" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from"] == 280
+    a, b = _final_weights(uninterrupted, 300), _final_weights(out, 300)
+    for key in a:  # redoing the last 20 steps from step 280 lands on the same weights
+        assert torch.equal(a[key], b[key]), key
+
+
+# --------------------------------------------------------------------------------------------
+def test_torchrun_two_processes_match_one(env, tmp_path):
+    common = ["--config", "gpt-shakespeare-char", "--data", str(env["corpus"]), *TINY,
+              "--train.max_iters", "6", "--train.log_interval", "1", "--train.eval_interval", "6",
+              "--train.lr", "1e-2", "--train.grad_accum", "2"]
+    e = subprocess_env(env)
+    single = subprocess.run([sys.executable, "-m", "attnkit", "pretrain", *common, "--out",
+                             str(tmp_path / "one"), "--train.batch_size", "8"],
+                            env=e, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node", "2", "-m", "attnkit", "pretrain", *common, "--out",
+                             str(tmp_path / "two"), "--train.batch_size", "4"],
+                            env=e, capture_output=True, text=True)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = rows(tmp_path / "one", "train"), rows(tmp_path / "two", "train")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(1, 7))
+    for r1, r2 in zip(one, two):
+        assert abs(r1["loss"] - r2["loss"]) < 1e-5, (r1, r2)
+    v1, v2 = rows(tmp_path / "one", "val")[-1], rows(tmp_path / "two", "val")[-1]
+    assert abs(v1["loss"] - v2["loss"]) < 1e-5
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+
+
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("args,needle", [
+    (["--model.n_layers", "4"], "'model.n_layers'"),
+    (["--train.nonsense", "1"], "'train.nonsense'"),
+    (["--optim.lr", "1"], "'optim.lr'"),
+    (["--train.max_iters", "ten"], "'train.max_iters' must be int"),
+    (["--train.max_iters", "0"], "train.max_iters must be >= 1"),
+    (["--model.n_head", "3"], "d_model must be a multiple of n_head=3"),
+    (["--data.tokenizer", "sentencepiece"], "data.tokenizer must be one of"),
+    (["--data", "/no/such/file.txt"], "'/no/such/file.txt' is neither a corpus name"),
+    (["stray"], "unexpected argument 'stray'"),
+])
+def test_bad_input_is_one_line_and_exit_2(env, tmp_path, capsys, args, needle):
+    base = ["pretrain", "--config", "gpt-shakespeare-char", "--data", str(env["corpus"]),
+            "--out", str(tmp_path / "bad"), "--train.progress", "false"]
+    with pytest.raises(SystemExit) as e:
+        cli.main(base + args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("attnkit: error:"), err
+    assert needle in err, err
+
+
+def test_bad_config_file_and_data(env, tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nmax_iters = \n")
+    for argv, needle in (
+        (["--config", str(bad)], "is not valid TOML"),
+        (["--config", "no-such-config"], "config 'no-such-config' not found"),
+        (["--config", "gpt-shakespeare-char", "--data", str(tmp_path / "x.csv")], "neither a corpus"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["pretrain", *argv, "--out", str(tmp_path / "o")])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+    (tmp_path / "data.csv").write_text("a,b\n")
+    with pytest.raises(SystemExit):
+        cli.main(["pretrain", "--config", "gpt-shakespeare-char", "--data", str(tmp_path / "data.csv"),
+                  "--out", str(tmp_path / "o")])
+    assert "expected .txt or .jsonl" in capsys.readouterr().err
