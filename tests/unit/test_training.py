@@ -1,0 +1,122 @@
+"""attnkit.training: schedule, optimizer groups, config parsing, checkpoints, loss."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attnkit.models import ModelConfig, build_model
+from attnkit.training import config as run_config
+from attnkit.training import optim
+from attnkit.training.loop import latest_checkpoint, load_checkpoint, loss_sums, save_checkpoint
+
+
+def test_warmup_then_cosine_to_min_lr():
+    kw = dict(lr=1e-3, min_lr=1e-4, warmup=10, decay_iters=110)
+    assert optim.lr_at(0, **kw) == pytest.approx(1e-3 / 11)
+    assert optim.lr_at(9, **kw) == pytest.approx(1e-3 * 10 / 11)
+    assert optim.lr_at(10, **kw) == pytest.approx(1e-3)
+    assert optim.lr_at(60, **kw) == pytest.approx((1e-3 + 1e-4) / 2)  # half way: cos = 0
+    assert optim.lr_at(35, **kw) == pytest.approx(1e-4 + 0.5 * (1 + math.cos(math.pi / 4)) * 9e-4)
+    assert optim.lr_at(110, **kw) == optim.lr_at(5000, **kw) == pytest.approx(1e-4)
+    lrs = [optim.lr_at(s, **kw) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_weight_decay_groups_cover_each_parameter_once():
+    model = build_model(ModelConfig(arch="gpt", vocab_size=50, n_layer=2, n_head=2, d_model=16,
+                                    max_seq_len=8))
+    decay, no_decay = optim.param_groups(model, 0.1)
+    ids = [id(p) for p in decay["params"] + no_decay["params"]]
+    assert len(ids) == len(set(ids)) == len({id(p) for p in model.parameters()})
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert any(p is model.embed.tok.weight for p in decay["params"])  # tied with the LM head
+    opt = optim.make_optimizer(model, 1e-3, 0.1, (0.9, 0.99), torch.device("cpu"))
+    assert isinstance(opt, torch.optim.AdamW)
+
+
+def test_config_overrides_are_typed_and_unknown_keys_named():
+    base = {"model": {"n_layer": 4}, "train": {"lr": 1e-3}}
+    cfg = run_config.build(base, [run_config.parse_override("model.n_layer=2"),
+                                  run_config.parse_override("train.lr=3"),
+                                  run_config.parse_override("data.corpus=my.txt"),
+                                  run_config.parse_override("train.compile=true")])
+    assert cfg.model == {"n_layer": 2}
+    assert cfg.train.lr == 3.0 and isinstance(cfg.train.lr, float)
+    assert cfg.data.corpus == "my.txt" and cfg.train.compile is True
+    with pytest.raises(ValueError, match="unknown config key 'train.lrr'; valid train keys: .*lr"):
+        run_config.build(base, [("train.lrr", 1)])
+    with pytest.raises(ValueError, match="config key 'train.max_iters' must be int, got 1.5"):
+        run_config.build(base, [("train.max_iters", 1.5)])
+    with pytest.raises(ValueError, match="unknown config section 'optim'"):
+        run_config.build({"optim": {}}, [])
+    with pytest.raises(ValueError, match="'model.vocab_size' is set by the tokenizer"):
+        run_config.build({"model": {"vocab_size": 10}}, [])
+
+
+def test_loss_sums_match_cross_entropy_reference():
+    torch.manual_seed(0)
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, x):
+            return self.logits
+
+    logits = torch.randn(2, 3, 5, dtype=torch.float64)
+    y = torch.tensor([[1, -100, 4], [0, 2, -100]])
+    loss, correct = loss_sums(Fixed(logits), None, y)
+    p = torch.softmax(logits, -1)
+    ref = -sum(math.log(p[b, t, y[b, t]]) for b in range(2) for t in range(3) if y[b, t] != -100)
+    assert loss.item() == pytest.approx(ref, rel=1e-6)
+    pred = logits.argmax(-1)
+    assert correct.item() == sum(int(pred[b, t] == y[b, t]) for b in range(2) for t in range(3)
+                                 if y[b, t] != -100)
+
+
+def test_checkpoints_round_trip_and_damaged_ones_are_skipped(tmp_path, capsys):
+    from tokenizers import Tokenizer, models
+
+    tok = Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token=None))
+    cfg = ModelConfig(arch="gpt", vocab_size=7, n_layer=1, n_head=2, d_model=8, max_seq_len=4)
+    model = build_model(cfg)
+    opt = optim.make_optimizer(model, 1e-2, 0.1, (0.9, 0.99), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(3)
+    for step in (1, 2):
+        loss = model(torch.tensor([[1, 2, 3]])).square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        state = {"step": step, "best_val_loss": 1.0 / step, "tokens": 3 * step, "elapsed": 0.5,
+                 "data_rng": gen.get_state()}
+        save_checkpoint(tmp_path, model, tok, opt, state, keep=2)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    assert latest_checkpoint(tmp_path).name == "step-000002"
+    # a state.pt holds only tensors and plain values
+    torch.load(tmp_path / "checkpoints" / "step-000002" / "state.pt", weights_only=True)
+
+    fresh = build_model(cfg)
+    fresh_opt = optim.make_optimizer(fresh, 1e-2, 0.1, (0.9, 0.99), torch.device("cpu"))
+    state = load_checkpoint(tmp_path / "checkpoints" / "step-000002", fresh, fresh_opt)
+    assert state["step"] == 2 and torch.equal(state["data_rng"], gen.get_state())
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    a, b = opt.state_dict()["state"], fresh_opt.state_dict()["state"]
+    for i in a:
+        for key in a[i]:
+            assert torch.equal(torch.as_tensor(a[i][key]), torch.as_tensor(b[i][key]))
+
+    # an interrupted write (no manifest) and a flipped byte are both skipped
+    (tmp_path / "checkpoints" / "step-000003").mkdir()
+    state_file = tmp_path / "checkpoints" / "step-000002" / "state.pt"
+    data = bytearray(state_file.read_bytes())
+    data[len(data) // 2] ^= 1
+    state_file.write_bytes(bytes(data))
+    assert latest_checkpoint(tmp_path).name == "step-000001"
+    err = capsys.readouterr().err
+    assert "step-000003: no manifest.json" in err
+    assert "state.pt does not match its SHA-256" in err
