@@ -196,3 +196,11 @@ def test_gpt2_directory_with_bpe_files_loads_with_its_tokenizer(tmp_path):
     ids = torch.tensor([enc.ids])
     with torch.no_grad():
         assert (model(ids) - hf(input_ids=ids).logits).abs().max().item() <= TOL
+
+
+def test_export_refuses_a_classifier_without_pooler(tmp_path):
+    from attnkit.models import build_model, get_preset
+
+    model = build_model(get_preset("tiny-bert", head="classification", pooler=False))
+    with pytest.raises(ValueError, match="without a pooler cannot be exported.*expected config.pooler=True"):
+        export_hf(model, tmp_path)

@@ -263,3 +263,16 @@ def test_bert_heads_and_pooling():
         assert (enc(ids, token_type_ids=types) - enc(ids)).abs().max() > 1e-4
     with pytest.raises(ValueError, match="pooling must be one of.*'max'"):
         enc.pool(h, mask, "max")
+
+
+def test_sliding_window_limits_what_a_token_sees():
+    model = build_model(get_preset("tiny", n_layer=1, d_model=32, n_head=4, vocab_size=97,
+                                   window=3, positional="rope")).eval()
+    ids = torch.randint(0, 97, (1, 12))
+    changed = ids.clone()
+    changed[0, 0] = (changed[0, 0] + 1) % 97
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+    # one layer, window 3: position p sees p-2..p, so token 0 reaches positions 0..2 only
+    assert (a[0, :3] - b[0, :3]).abs().max() > 1e-4
+    torch.testing.assert_close(a[0, 3:], b[0, 3:], atol=0, rtol=0)

@@ -426,6 +426,10 @@ def to_hf_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[st
     if bad:
         raise ValueError(f"this model cannot be exported as HF {model_type}: config fields "
                          f"{bad} must be {{{', '.join(f'{k}: {arch.exportable[k]!r}' for k in bad)}}}")
+    if cfg.arch == "bert" and cfg.head == "classification" and not cfg.pooler:
+        raise ValueError("a classification model without a pooler cannot be exported as HF "
+                         "BertForSequenceClassification (which classifies the pooled first "
+                         "token); expected config.pooler=True")
     if cfg.mlp not in _ACT_BACK:
         raise ValueError(f"mlp={cfg.mlp!r} cannot be exported as HF {model_type}; expected one "
                          f"of {sorted(_ACT_BACK)}")
