@@ -28,7 +28,7 @@ class Encoder:
     """Turns texts into vectors with a BERT-family ``model`` and its ``tokenizer``."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, pooling: str | None = None,
-                 normalize: bool = True, max_length: int | None = None,
+                 max_length: int | None = None,
                  device: str | torch.device | None = None, autocast: torch.dtype | None = None):
         if getattr(model, "config", None) is None or model.config.arch != "bert":
             raise ValueError(f"Encoder needs a BERT-family attnkit model (config.arch='bert'), "
@@ -40,7 +40,6 @@ class Encoder:
         self.pooling = pooling or model.config.pooling
         if self.pooling not in POOLERS:
             raise ValueError(f"pooling must be one of {sorted(POOLERS)}, got {self.pooling!r}")
-        self.normalize_default = normalize
         self.max_length = min(max_length or model.config.max_seq_len, model.config.max_seq_len)
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
@@ -59,7 +58,6 @@ class Encoder:
         model = load(name_or_dir, device=device)
         sentence = (getattr(model, "extra_config", None) or {}).get("sentence", {})
         kwargs.setdefault("pooling", sentence.get("pooling"))
-        kwargs.setdefault("normalize", sentence.get("normalize", True))
         kwargs.setdefault("max_length", sentence.get("max_seq_length"))
         return cls(model, model.tokenizer, device=device, **kwargs)
 
@@ -107,11 +105,11 @@ class Encoder:
             out[torch.tensor(idx, device=self.device)] = pooled
         return out
 
-    def encode(self, texts: str | Sequence[str], batch_size: int = 32, normalize: bool | None = None,
+    def encode(self, texts: str | Sequence[str], batch_size: int = 32, normalize: bool = True,
                show_progress: bool = False, convert_to: str = "numpy"):
         """One vector (C,) for a string, a matrix (N, C) for a list, in the input order.
 
-        ``normalize``: L2-normalise (default: as the model was trained, True for MiniLM).
+        ``normalize``: L2-normalise each vector (cosine similarity becomes a dot product).
         ``convert_to``: "numpy" (float32 array) or "torch" (float32 tensor).
         """
         if convert_to not in ("numpy", "torch"):
@@ -123,7 +121,6 @@ class Encoder:
         bad = [i for i, t in enumerate(items) if not isinstance(t, str)]
         if bad:
             raise TypeError(f"texts must be strings; item {bad[0]} is {type(items[bad[0]]).__name__}")
-        normalize = self.normalize_default if normalize is None else normalize
         if items:
             vecs = self._embed_sorted(self.tokenize(items), batch_size, show_progress)
         else:

@@ -77,7 +77,7 @@ def embed_command(args: argparse.Namespace) -> int:
         raise UsageError("no texts to embed: expected texts as arguments, --file or lines on stdin")
     enc = Encoder.load(args.model)
     vecs = enc.encode(texts, batch_size=args.batch_size,
-                      normalize=False if args.no_normalize else None)
+                      normalize=not args.no_normalize)
     if args.out and args.out.endswith(".npy"):
         np.save(args.out, vecs.astype(np.float32))
     else:
