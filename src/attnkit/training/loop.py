@@ -267,6 +267,12 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str,
                 tokens_before, elapsed_before = int(state["tokens"]), float(state["elapsed"])
                 if d.is_main:
                     print(f"attnkit: resumed from {found} (step {start})", file=sys.stderr)
+        elif d.is_main and (out / "checkpoints").is_dir():
+            old = sorted((out / "checkpoints").glob("step-*"))
+            if old:
+                print(f"attnkit: starting a new run in {out}: removing its {len(old)} earlier "
+                      f"checkpoint(s) (pass --resume to continue them instead)", file=sys.stderr)
+            shutil.rmtree(out / "checkpoints")
         resolved = cfg.to_dict()
         resolved["model"] = mcfg.to_dict()
         if d.is_main:
