@@ -151,6 +151,15 @@ def test_export_loads_in_transformers_with_the_same_outputs(tmp_path, kind):
         torch.testing.assert_close(again(ids, attention_mask=mask, **extra), got, atol=0, rtol=0)
 
 
+def test_missing_key_of_a_task_model_is_named_as_in_the_file(tmp_path):
+    hf = transformers.BertForMaskedLM(bert_config())
+    state = dict(hf.state_dict())
+    del state["bert.encoder.layer.0.output.dense.bias"]
+    with pytest.raises(CheckpointError, match=r"missing key\(s\) \['bert\.encoder\.layer\.0\.output\.dense\.bias'\] "
+                                              r"for a BertForMaskedLM"):
+        convert_from_hf(state, hf.config.to_dict(), tmp_path / "model.safetensors")
+
+
 def test_missing_and_unknown_hf_keys_are_named_with_the_file(tmp_path):
     hf = transformers.BertModel(bert_config())
     state = dict(hf.state_dict())
@@ -168,7 +177,8 @@ def test_hf_shape_mismatch_and_unsupported_configs_are_named(tmp_path):
     hf = transformers.BertModel(bert_config())
     state = dict(hf.state_dict())
     state["encoder.layer.0.intermediate.dense.weight"] = torch.zeros(40, 32)
-    with pytest.raises(CheckpointError, match=r"'blocks\.0\.mlp\.up\.weight' has shape \(40, 32\).*\(48, 32\)"):
+    with pytest.raises(CheckpointError, match=r"w\.safetensors: key 'encoder\.layer\.0\.intermediate\.dense\.weight' "
+                                              r"\(40, 32\) gives 'blocks\.0\.mlp\.up\.weight' shape \(40, 32\);.*implies \(48, 32\)"):
         convert_from_hf(state, hf.config.to_dict(), tmp_path / "w.safetensors")
     with pytest.raises(CheckpointError, match=r"model_type='t5' is not supported; expected one of \['bert', 'gpt2'\]"):
         convert_from_hf({}, {"model_type": "t5"})

@@ -1,8 +1,10 @@
 """``attnkit bench embed``: MiniLM sentence-embedding throughput, attnkit vs sentence-transformers.
 
 Both embed the same real lines (the first ``--lines`` lines longer than ``--min-chars``
-characters of the Shakespeare text) with the same batch size in the same process, one after
-the other (the order alternates between rounds; the best round of each counts). attnkit is
+characters of the Shakespeare text) with the same batch size in the same process. On a shared
+machine the load changes from second to second, so the lines are cut into ``--interleave``
+slices and both sides embed each slice back to back (order alternating); each side's time is
+its sum over the slices, and with ``--rounds`` the best round counts. attnkit is
 measured in float32 and with bfloat16 autocast; each figure is printed next to
 sentence-transformers' float32 throughput with the smallest per-sentence cosine similarity
 between the two sets of embeddings.
@@ -89,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", help=f"text file (default: ../shared/data/{CORPUS_NAME})")
     parser.add_argument("--model", default="minilm", help="model name or directory (default minilm)")
     parser.add_argument("--rounds", type=positive_int, default=1, help="timed rounds per side (best counts)")
+    parser.add_argument("--interleave", type=positive_int, default=8,
+                        help="slices embedded by both sides back to back, against load noise (default 8; "
+                             "1 = one call per side with all lines)")
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                         help="measure bf16 autocast: on, off, or auto (on; fewer lines without native bf16)")
     parser.add_argument("--bf16-lines", type=positive_int,
@@ -123,21 +128,34 @@ def run(args: argparse.Namespace) -> int:
     st.encode(warm, batch_size=bs)
     enc.encode(warm, batch_size=bs)
 
+    # Paired measurement: the lines are cut into --interleave slices and each slice is embedded
+    # by both sides back to back (order alternating), so a burst of load from other processes
+    # hits both alike. Each side's time is the sum over slices; the best round counts.
+    k = min(args.interleave, len(lines))
+    bounds = [len(lines) * i // k for i in range(k + 1)]
+    slices = [lines[a:b] for a, b in zip(bounds, bounds[1:])]
     st_times, ours_times = [], []
-    ref = ours = None
+    ref_parts: list[np.ndarray] = []
+    our_parts: list[np.ndarray] = []
     for r in range(args.rounds):
-        sides = [("st", lambda: st.encode(lines, batch_size=bs, convert_to_numpy=True)),
-                 ("ours", lambda: enc.encode(lines, batch_size=bs))]
-        if r % 2:
-            sides.reverse()
-        for name, fn in sides:
-            t, out = _timed(fn)
-            if name == "st":
-                st_times.append(t)
-                ref = out
-            else:
-                ours_times.append(t)
-                ours = out
+        st_t = ours_t = 0.0
+        ref_parts, our_parts = [], []
+        for i, part in enumerate(slices):
+            sides = [("st", lambda: st.encode(part, batch_size=bs, convert_to_numpy=True)),
+                     ("ours", lambda: enc.encode(part, batch_size=bs))]
+            if (r + i) % 2:
+                sides.reverse()
+            for name, fn in sides:
+                t, out = _timed(fn)
+                if name == "st":
+                    st_t += t
+                    ref_parts.append(out)
+                else:
+                    ours_t += t
+                    our_parts.append(out)
+        st_times.append(st_t)
+        ours_times.append(ours_t)
+    ref, ours = np.concatenate(ref_parts), np.concatenate(our_parts)
     st_rate = len(lines) / min(st_times)
     rows: list[dict[str, Any]] = [dict(impl="sentence-transformers", dtype="float32", lines=len(lines),
                                        sentences_per_s=st_rate, speedup=1.0, min_cosine=1.0)]
@@ -158,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
 
     table = Table(["impl", "dtype", "lines", "sentences/s", "vs ST fp32", "min cosine", "target", "met"],
                   title=f"MiniLM embeddings, batch {bs}, {torch.get_num_threads()} threads, "
-                        f"{len(lines)} lines of {corpus.name}")
+                        f"{len(lines)} lines of {corpus.name} in {k} interleaved slices, "
+                        f"best of {args.rounds} round(s)")
     for row in rows:
         row["speedup"] = row["sentences_per_s"] / st_rate
         target = TARGETS.get(row["dtype"]) if row["impl"] == "attnkit" else None
@@ -173,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
           f"{'yes' if native else 'no (bf16 is emulated and slower than fp32 here)'}")
     out = Path(args.out)
     write_json(out / "embed.json", {"rows": rows, "environment": environment(), "corpus": str(corpus),
-                                    "batch_size": bs, "load_before": load_before,
+                                    "batch_size": bs, "interleave": k, "rounds": args.rounds,
+                                    "load_before": load_before,
                                     "load_after": load_after, "native_bf16": native})
     print(f"wrote {out / 'embed.json'}")
     return 0

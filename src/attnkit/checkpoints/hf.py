@@ -293,9 +293,10 @@ def convert_from_hf(tensors: Mapping[str, torch.Tensor], hf_cfg: Mapping[str, An
     arch = ARCHITECTURES[model_type]
     keymap = arch.keymap
     # strip the backbone prefix of task models ("bert.encoder..." -> "encoder...")
-    stripped = {(k[len(keymap.prefix):] if k.startswith(keymap.prefix) else k): v
-                for k, v in tensors.items()}
+    original = {(k[len(keymap.prefix):] if k.startswith(keymap.prefix) else k): k for k in tensors}
+    stripped = {name: tensors[k] for name, k in original.items()}
     keys = set(stripped)
+    uses_prefix = any(k.startswith(keymap.prefix) for k in tensors)
     head = _detect_head(model_type, hf_cfg, keys)
     has_pooler = any(r.hf_names[0] in keys for r in keymap.heads.get("pooler", ()))
     try:
@@ -305,7 +306,16 @@ def convert_from_hf(tensors: Mapping[str, torch.Tensor], hf_cfg: Mapping[str, An
             raise
         raise CheckpointError(f"{source}: config cannot be converted: {e}") from e
     model = build_model(cfg)
-    rules = keymap.backbone_rules(cfg.n_layer, has_pooler) + keymap.head_rules(head)
+    backbone = keymap.backbone_rules(cfg.n_layer, has_pooler)
+    rules = backbone + keymap.head_rules(head)
+    in_backbone = {n for r in backbone for n in r.hf_names}
+
+    def file_name(n: str) -> str:  # a name as the file spells it
+        if n in original:
+            return original[n]
+        return keymap.prefix + n if uses_prefix and n in in_backbone else n
+
+    own = model.state_dict()
     tied = set(model.tied_keys())
     ours: dict[str, torch.Tensor] = {}
     used: set[str] = set()
@@ -320,10 +330,21 @@ def convert_from_hf(tensors: Mapping[str, torch.Tensor], hf_cfg: Mapping[str, An
             used.update(n for n in rule.hf_names if n in keys)  # known, just incomplete
             continue
         parts = [stripped[n].t() if rule.transpose else stripped[n] for n in rule.hf_names]
-        ours[rule.ours] = torch.cat(parts, dim=0) if rule.op == "concat" else parts[0]
+        if rule.op == "concat" and len({tuple(p.shape[1:]) for p in parts}) > 1:
+            shapes = {file_name(n): tuple(stripped[n].shape) for n in rule.hf_names}
+            raise CheckpointError(f"{source}: keys {shapes} cannot be stacked into {rule.ours!r}")
+        t = torch.cat(parts, dim=0) if rule.op == "concat" else parts[0]
+        want = tuple(own[rule.ours].shape)
+        if tuple(t.shape) != want:
+            got = ", ".join(f"{file_name(n)!r} {tuple(stripped[n].shape)}" for n in rule.hf_names)
+            how = " (transposed)" if rule.transpose else (" (stacked)" if rule.op == "concat" else "")
+            raise CheckpointError(f"{source}: key {got} gives {rule.ours!r} shape {tuple(t.shape)}{how}; "
+                                  f"the config (model_type={model_type!r}) implies {want}")
+        ours[rule.ours] = t
         used.update(rule.hf_names)
     ignored = {k for k in keys if any(re.fullmatch(p, k) for p in keymap.ignore)}
-    unknown = sorted(keys - used - ignored)
+    unknown = sorted(file_name(k) for k in keys - used - ignored)
+    missing = [file_name(n) for n in missing]
     if missing or unknown:
         parts = []
         if missing:
