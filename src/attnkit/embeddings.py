@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -22,6 +23,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models.heads import POOLERS
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU has bf16 arithmetic (AVX-512 BF16 or AMX-BF16; Linux only)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bool(set(line.split(":", 1)[1].split()) & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 class Encoder:
@@ -47,6 +60,9 @@ class Encoder:
         self.model.to(self.device)
         # mixed precision for the forward pass (e.g. torch.bfloat16); pooling stays float32
         self.autocast_dtype: torch.dtype | None = autocast
+        if autocast == torch.bfloat16 and self.device.type == "cpu" and not cpu_has_native_bf16():
+            warnings.warn("bfloat16 autocast on a CPU without AVX-512 BF16 or AMX: PyTorch emulates "
+                          "bf16 here and it is slower than float32", RuntimeWarning, stacklevel=2)
 
     @classmethod
     def load(cls, name_or_dir: str | os.PathLike, device: str | torch.device | None = None,

@@ -57,19 +57,6 @@ def read_lines(path: str | os.PathLike, n: int, min_chars: int = 20) -> list[str
     return out
 
 
-def native_bf16() -> bool:
-    """True when the CPU has bf16 arithmetic (AVX-512 BF16 or AMX-BF16)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
@@ -162,7 +149,9 @@ def run(args: argparse.Namespace) -> int:
     rows.append(dict(impl="attnkit", dtype="float32", lines=len(lines),
                      sentences_per_s=len(lines) / min(ours_times), min_cosine=min_cosine(ref, ours)))
 
-    native = native_bf16()
+    from attnkit.embeddings import cpu_has_native_bf16
+
+    native = cpu_has_native_bf16()
     if args.bf16 != "off":
         n16 = args.bf16_lines or (len(lines) if native or args.bf16 == "on" else min(512, len(lines)))
         sub = lines[:n16]
