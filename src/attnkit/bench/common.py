@@ -16,7 +16,6 @@ import dataclasses
 import json
 import math
 import os
-import pickle
 import platform
 import statistics
 import subprocess
@@ -228,8 +227,8 @@ def measure_peak_memory(
     a zero-argument callable, the operation. The child then (if ``warmup``) calls it once and
     drops the result, so one-time costs such as compilation are left out; takes the baseline
     with the inputs alive; calls the operation once more and reports the peak over that
-    baseline. ``make_op`` must be picklable: a function defined at the top level of a module
-    (or of the script being run).
+    baseline. ``make_op`` must be a function defined at the top level of a module (or of the
+    script being run); arguments travel as JSON (plain values, tuples, dtypes, devices).
 
     On CUDA the reading is ``torch.cuda.max_memory_allocated`` after a reset. On CPU it is the
     peak resident set size: on Linux the peak counter (VmHWM) is reset right before the
@@ -260,8 +259,10 @@ def measure_peak_memories(
     if not cases:
         return []
     dev = resolve_device(device)
-    wire = [(_pickle_target(c.make_op), tuple(c.args), dict(c.kwargs), bool(c.warmup)) for c in cases]
-    payload = pickle.dumps((wire, str(dev), torch.get_num_threads()))
+    wire = [
+        [_target_ref(c.make_op), _encode(list(c.args)), _encode(dict(c.kwargs)), bool(c.warmup)] for c in cases
+    ]
+    payload = {"cases": wire, "device": str(dev), "threads": torch.get_num_threads(), "sys_path": list(sys.path)}
     env = dict(os.environ)
     # The child must find the same modules as this process (tests, scripts on sys.path).
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
@@ -270,8 +271,8 @@ def measure_peak_memories(
     env.setdefault("MALLOC_TRIM_THRESHOLD_", str(128 * 1024))
     names = ", ".join(_name(c.make_op) for c in cases)
     with tempfile.TemporaryDirectory(prefix="attnkit-probe-") as tmp:
-        inp, out = Path(tmp, "in.pkl"), Path(tmp, "out.json")
-        inp.write_bytes(pickle.dumps((list(sys.path), payload)))
+        inp, out = Path(tmp, "in.json"), Path(tmp, "out.json")
+        inp.write_text(json.dumps(payload))
         cmd = [sys.executable, "-m", "attnkit.bench.common", "--probe", str(inp), str(out)]
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -293,10 +294,17 @@ def measure_peak_memories(
     return readings
 
 
-def _pickle_target(make_op: Callable) -> Any:
-    if getattr(make_op, "__module__", None) != "__main__":
-        return make_op
-    # The child's __main__ is this module, so a function from the caller's script is sent by
+def _target_ref(make_op: Callable) -> list:
+    """How the child finds make_op: [module, qualname], or ["__main__", file, qualname]."""
+    module = getattr(make_op, "__module__", None)
+    qualname = getattr(make_op, "__qualname__", "")
+    if module is None or "<locals>" in qualname or "<lambda>" in qualname:
+        raise ValueError(
+            f"make_op {_name(make_op)} must be a function defined at the top level of a module or script"
+        )
+    if module != "__main__":
+        return [module, qualname]
+    # The child's __main__ is this module, so a function from the caller's script is found by
     # file and name and loaded there, much as multiprocessing's spawn does.
     main_file = getattr(sys.modules["__main__"], "__file__", None)
     if main_file is None:
@@ -304,25 +312,64 @@ def _pickle_target(make_op: Callable) -> Any:
             f"make_op {_name(make_op)} is defined in an interactive session; expected a function "
             "defined at the top level of an importable module or script"
         )
-    return ("__main__", os.path.abspath(main_file), make_op.__qualname__)
+    return ["__main__", os.path.abspath(main_file), qualname]
 
 
-def _unpickle_target(target: Any) -> Callable:
-    if not isinstance(target, tuple):
-        return target
+def _resolve_target(ref: list) -> Callable:
+    import importlib
     import importlib.util
 
-    _, main_file, qualname = target
-    module = sys.modules.get("__probe_main__")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("__probe_main__", main_file)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["__probe_main__"] = module
-        spec.loader.exec_module(module)
+    if ref[0] == "__main__":
+        _, main_file, qualname = ref
+        module = sys.modules.get("__probe_main__")
+        if module is None:
+            spec = importlib.util.spec_from_file_location("__probe_main__", main_file)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["__probe_main__"] = module
+            spec.loader.exec_module(module)
+    else:
+        module, qualname = importlib.import_module(ref[0]), ref[1]
     obj: Any = module
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _encode(x: Any) -> Any:
+    """JSON form of probe arguments: plain values, lists, dicts, tuples, dtypes and devices."""
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    if isinstance(x, tuple):
+        return {"__tuple__": [_encode(v) for v in x]}
+    if isinstance(x, list):
+        return [_encode(v) for v in x]
+    if isinstance(x, dict):
+        if not all(isinstance(key, str) for key in x):
+            raise TypeError(f"probe argument dicts need str keys, got {list(x)!r}")
+        return {"__dict__": {key: _encode(v) for key, v in x.items()}}
+    if isinstance(x, torch.dtype):
+        return {"__dtype__": str(x).removeprefix("torch.")}
+    if isinstance(x, torch.device):
+        return {"__device__": str(x)}
+    raise TypeError(f"probe arguments must be plain values, tuples, dtypes or devices; got {type(x).__name__}")
+
+
+def _decode(x: Any) -> Any:
+    if isinstance(x, list):
+        return [_decode(v) for v in x]
+    if isinstance(x, dict):
+        if "__tuple__" in x:
+            return tuple(_decode(v) for v in x["__tuple__"])
+        if "__dict__" in x:
+            return {key: _decode(v) for key, v in x["__dict__"].items()}
+        if "__dtype__" in x:
+            dtype = getattr(torch, x["__dtype__"])
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"not a torch dtype: {x['__dtype__']!r}")
+            return dtype
+        if "__device__" in x:
+            return torch.device(x["__device__"])
+    return x
 
 
 def _name(fn: Any) -> str:
@@ -402,17 +449,16 @@ def _measure_one(make_op: Callable, args: tuple, kwargs: dict, warmup: bool, dev
 
 
 def _probe_child(in_path: str, out_path: str) -> None:
-    sys_path, payload = pickle.loads(Path(in_path).read_bytes())
-    for p in reversed(sys_path):
+    payload = json.loads(Path(in_path).read_text())
+    for p in reversed(payload["sys_path"]):
         if p not in sys.path:
             sys.path.insert(0, p)
-    wire, device, threads = pickle.loads(payload)
-    torch.set_num_threads(threads)
-    dev = torch.device(device)
+    torch.set_num_threads(payload["threads"])
+    dev = torch.device(payload["device"])
     results: list[dict[str, Any]] = []
-    for target, args, kwargs, warmup in wire:
+    for target, args, kwargs, warmup in payload["cases"]:
         try:
-            reading = _measure_one(_unpickle_target(target), args, kwargs, warmup, dev)
+            reading = _measure_one(_resolve_target(target), _decode(args), _decode(kwargs), warmup, dev)
             results.append(dataclasses.asdict(reading))
         except Exception as e:  # reported per case; the next case still runs
             results.append({"error": f"{type(e).__name__}: {e}".splitlines()[0][:500]})
