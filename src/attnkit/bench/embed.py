@@ -78,9 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", help=f"text file (default: ../shared/data/{CORPUS_NAME})")
     parser.add_argument("--model", default="minilm", help="model name or directory (default minilm)")
     parser.add_argument("--rounds", type=positive_int, default=1, help="timed rounds per side (best counts)")
-    parser.add_argument("--interleave", type=positive_int, default=8,
-                        help="slices embedded by both sides back to back, against load noise (default 8; "
-                             "1 = one call per side with all lines)")
+    parser.add_argument("--interleave", type=positive_int, default=1,
+                        help="slices embedded by both sides back to back, against load noise (default 1: "
+                             "one call per side with all lines, as a user would make)")
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                         help="measure bf16 autocast: on, off, or auto (on; fewer lines without native bf16)")
     parser.add_argument("--bf16-lines", type=positive_int,
