@@ -7,6 +7,7 @@ softmax kernel, so q is not scaled by 1/sqrt(D) here (a scale would change phi, 
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch.nn.functional as F
@@ -21,7 +22,10 @@ class FeatureMapAttention(VariantAttention):
     ``key_features``; chunking, causal prefix sums and padding are handled here."""
 
     exact = False
-    group_tokens = 1024  # tokens per checkpointed step (small enough to stay in cache)
+    # Tokens per checkpointed step: at least group_tokens, and at most max_groups steps, so
+    # long inputs run as a few large operations (each step is a handful of them)
+    group_tokens = 1024
+    max_groups = 8
 
     def __init__(self, chunk_size: int = 64):
         super().__init__()
@@ -42,7 +46,8 @@ class FeatureMapAttention(VariantAttention):
         Dv = v.shape[-1]
         N = B * H
         kv = None if key_valid is None else key_valid[:, None, :].expand(B, H, T).reshape(N, T)  # (N, T)
-        group = max(self.chunk_size, self.group_tokens // self.chunk_size * self.chunk_size)
+        group = max(self.group_tokens, math.ceil(T / self.max_groups))
+        group = math.ceil(group / self.chunk_size) * self.chunk_size
         out = kernel_attention(self.query_features, self.key_features,
                                q.reshape(N, T, D), k.reshape(N, T, D), v.reshape(N, T, Dv),
                                kv, causal, self.chunk_size, group)  # (N, T, Dv)

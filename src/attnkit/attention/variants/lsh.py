@@ -77,7 +77,10 @@ class LSHAttention(VariantAttention):
             return torch.zeros(*x.shape[:-2], self.n_hashes, T, dtype=torch.long, device=x.device)
         R = self.rotations(d, n_buckets).to(device=x.device, dtype=x.dtype)  # (n_hashes, D, nb/2)
         rotated = torch.matmul(x.unsqueeze(-3), R)  # (..., n_hashes, T, nb/2)
-        return torch.cat([rotated, -rotated], -1).argmax(-1)
+        # argmax of [xR, -xR] without building it: the largest entry or the most negative one
+        top, i_top = rotated.max(-1)
+        bottom, i_bottom = rotated.min(-1)
+        return torch.where(top >= -bottom, i_top, i_bottom + n_buckets // 2)
 
     def _attend(self, q, k, v, causal, key_valid):
         B, H, T, D = q.shape
@@ -120,70 +123,82 @@ class LSHAttention(VariantAttention):
 class _LSHCore(torch.autograd.Function):
     """Chunked attention of every hash round in sorted order, returned in position order.
 
-    Works round by round on blocks of (batch*head) rows and chunks: a few whole rows at a time
-    for short sequences, a few chunks of one row at a time for long ones. The queries of a round
-    are its sorted slots; chunk c attends to the slots of chunks c - 1 and c, so with one dummy
-    chunk in front of the sorted keys both halves are slices of one sorted copy and nothing is
-    concatenated or scattered: the gradients of the sorted copies are dense, and positions are
-    recovered with the inverse permutation.
+    Works round by round, on blocks of consecutive chunks of all (batch*head) rows at once
+    (few, large operations). The queries of a round are its sorted slots; chunk c attends to
+    the slots of chunks c - 1 and c. Sorted copies are laid out chunk-major, (chunks, N, C, F),
+    so a block's keys are gathered once, with the chunk before the block in front, and the two
+    halves of every window are contiguous slices of that. Nothing is scattered: gradients are
+    accumulated in sorted order, and positions are recovered with the inverse permutation.
     """
 
-    budget = 1 << 22  # scores per block
+    budget = 1 << 24  # scores per block
 
     @staticmethod
-    def _blocks(N: int, nC: int, C: int) -> list[tuple[int, int, int, int]]:
-        """(n0, n1, c0, c1) blocks of rows and chunks holding about ``budget`` scores each."""
-        per_row = nC * 2 * C * C
-        if 8 * per_row <= _LSHCore.budget:  # short rows: several per block (fewer, larger ops)
-            rows = _LSHCore.budget // per_row
-            return [(n0, min(N, n0 + rows), 0, nC) for n0 in range(0, N, rows)]
-        step = max(1, _LSHCore.budget // (2 * C * C))
-        return [(n, n + 1, c0, min(nC, c0 + step)) for n in range(N) for c0 in range(0, nC, step)]
+    def _blocks(N: int, nC: int, C: int) -> list[tuple[int, int]]:
+        """(c0, c1) chunk ranges holding about ``budget`` scores each, over all rows."""
+        step = max(1, _LSHCore.budget // (N * 2 * C * C))
+        return [(c0, min(nC, c0 + step)) for c0 in range(0, nC, step)]
 
     @staticmethod
-    def _sorted(perm_r, q, k, v, valid, C, scale):
-        """Sorted copies of one round: qs (N, nC, C, D) scaled; ks, vs (N, nC+1, C, *) behind a
-        dummy chunk; key positions (N, nC+1, C) with T for dummy/padding; key validity."""
+    def _rows(slots: Tensor, T: int, C: int) -> Tensor:
+        """(N, n*C) positions -> flat row indices into (N*T, F), in (n, N, C) order; padding
+        slots (position T) read row T-1 of their sequence and are masked."""
+        N = slots.shape[0]
+        base = torch.arange(N, device=slots.device).view(N, 1, 1) * T
+        return (slots.clamp_max(T - 1).view(N, -1, C) + base).transpose(0, 1).reshape(-1)
+
+    @staticmethod
+    def _unsort(x: Tensor, rank_r: Tensor, C: int) -> Tensor:
+        """x: (nC, N, C, F) in sorted chunk-major order -> (N, T, F) in position order."""
+        nC, N = x.shape[0], x.shape[1]
+        n = torch.arange(N, device=x.device).view(N, 1)
+        idx = (rank_r // C) * (N * C) + n * C + rank_r % C  # (N, T)
+        return x.reshape(nC * N * C, -1).index_select(0, idx.reshape(-1)).view(N, rank_r.shape[1], -1)
+
+    @staticmethod
+    def _block_inputs(c0, c1, kslots, q, k, v, C, scale):
+        """Queries of chunks c0..c1 as (g, N, C, D), scaled, and keys/values of chunks
+        c0-1..c1 as (g+1, N, C, *); kslots holds a dummy chunk then every sorted slot."""
         N, T, D = q.shape
-        Tp = perm_r.shape[1]
-        nC = Tp // C
-        kpos = F.pad(perm_r, (C, 0), value=T)  # (N, C + Tp)
-        data = kpos.clamp_max(T - 1) + torch.arange(N, device=q.device).view(N, 1) * T  # rows of (N*T, *)
-        qs = q.reshape(N * T, D).index_select(0, data[:, C:].reshape(-1)).mul_(scale).view(N, nC, C, D)
-        ks = k.reshape(N * T, D).index_select(0, data.reshape(-1)).view(N, nC + 1, C, D)
-        vs = v.reshape(N * T, -1).index_select(0, data.reshape(-1)).view(N, nC + 1, C, -1)
-        kok = torch.gather(valid, 1, kpos).view(N, nC + 1, C)  # padding and dummy: False
-        return qs, ks, vs, kpos.view(N, nC + 1, C).to(torch.int32), kok
+        g = c1 - c0
+        rows = _LSHCore._rows(kslots[:, c0 * C:(c1 + 1) * C], T, C)  # ((g+1)*N*C,)
+        qs = q.reshape(N * T, D).index_select(0, rows[N * C:]).mul_(scale).view(g, N, C, D)
+        ks = k.reshape(N * T, D).index_select(0, rows).view(g + 1, N, C, D)
+        vs = v.reshape(N * T, -1).index_select(0, rows).view(g + 1, N, C, -1)
+        return qs, ks, vs
 
     @staticmethod
-    def _masks(block, r, perm_r, kpos, kok, chunk_of, causal, T, C):
-        """(prev, own) bool masks (R, g, C, C), True = not allowed, for one block."""
-        n0, n1, c0, c1 = block
-        R, g = n1 - n0, c1 - c0
-        qp = perm_r[n0:n1].view(R, -1, C)[:, c0:c1].to(torch.int32).unsqueeze(-1)  # (R, g, C, 1)
+    def _masks(c0, c1, r, kslots, valid, chunk_of, causal, T, C):
+        """(previous, own) bool masks (g, N, C, C), True = not allowed, for chunks c0..c1."""
+        N, g = kslots.shape[0], c1 - c0
+        kp = kslots[:, c0 * C:(c1 + 1) * C]  # (N, (g+1)*C) positions, T = dummy/padding
+        kok = torch.gather(valid, 1, kp).view(N, g + 1, C).transpose(0, 1).unsqueeze(-2)  # (g+1, N, 1, C)
+        cids = [torch.gather(chunk_of[:, rp], 1, kp).view(N, g + 1, C).transpose(0, 1).unsqueeze(-2)
+                for rp in range(r)]  # chunk of each key slot in the earlier rounds
+        kp = kp.to(torch.int32).view(N, g + 1, C).transpose(0, 1).unsqueeze(-2)  # (g+1, N, 1, C)
+        qp = kp[1:].transpose(-1, -2)  # (g, N, C, 1)
         out = []
-        for lo in (c0, c0 + 1):  # previous chunk, own chunk
-            kp = kpos[n0:n1, lo:lo + g].unsqueeze(-2)  # (R, g, 1, C)
-            bad = (kp >= qp) if causal else (kp == qp)  # later keys / the query itself
-            bad |= ~kok[n0:n1, lo:lo + g].unsqueeze(-2)
-            for r_prev in range(r):  # keys already seen in an earlier round
-                cid = chunk_of[n0:n1, r_prev]  # (R, T+1)
-                cq = torch.gather(cid, 1, qp.reshape(R, -1).long()).view(R, g, C, 1) - 0.5
-                ck = torch.gather(cid, 1, kp.reshape(R, -1).long()).view(R, g, 1, C)
-                bad |= (ck - cq).abs_() < 1  # key chunk == query chunk or the one before
+        for h in (0, 1):  # previous chunk, own chunk
+            kh = kp[h:h + g]  # (g, N, 1, C)
+            bad = (kh >= qp) if causal else (kh == qp)  # later keys / the query itself
+            bad |= ~kok[h:h + g]
+            for cid in cids:  # keys already seen in an earlier round
+                cq = cid[1:].transpose(-1, -2) - 0.5  # (g, N, C, 1)
+                bad |= (cid[h:h + g] - cq).abs_() < 1  # key chunk == query chunk or the one before
             if c1 * C > T:  # padding slots as queries: nothing allowed
-                bad[:, -1, T - (c1 - 1) * C:] = True
+                bad[-1, :, T - (c1 - 1) * C:] = True
             out.append(bad)
         return out
 
     @staticmethod
-    def _valid(q, key_valid):
+    def _prepare(q, perm, key_valid, C):
         N, T, _ = q.shape
         valid = torch.ones(N, T + 1, dtype=torch.bool, device=q.device)  # (N, T+1), T: dummy
         valid[:, T] = False
         if key_valid is not None:
             valid[:, :T] = key_valid
-        return valid
+        kslots = F.pad(perm, (C, 0), value=T)  # (N, nh, C + Tp): a dummy chunk, then the slots
+        return valid, kslots
 
     @staticmethod
     def forward(ctx, q, k, v, perm, rank, key_valid, causal, C, scale):
@@ -191,39 +206,35 @@ class _LSHCore(torch.autograd.Function):
         Dv = v.shape[-1]
         nh, Tp = perm.shape[1], perm.shape[2]
         nC = Tp // C
-        valid = _LSHCore._valid(q, key_valid)
-        blocks = _LSHCore._blocks(N, nC, C)
+        valid, kslots = _LSHCore._prepare(q, perm, key_valid, C)
         # chunk of every position in every round; the dummy row T is far from every chunk
         chunk_of = F.pad((rank // C).to(q.dtype), (0, 1), value=-4.0)  # (N, nh, T+1)
         o = q.new_empty(N, nh, T, Dv)  # (N, nh, T, Dv)
         lse = q.new_empty(N, nh, T)  # (N, nh, T)
         tiny = torch.finfo(q.dtype).tiny
-        base = torch.arange(N, device=q.device).view(N, 1) * Tp
         masks = []
         for r in range(nh):
-            perm_r = perm[:, r]  # (N, Tp)
-            qs, ks, vs, kpos, kok = _LSHCore._sorted(perm_r, q, k, v, valid, C, scale)
-            o_s = q.new_empty(N, nC, C, Dv)  # sorted order
-            lse_s = q.new_empty(N, nC, C)
-            for block in blocks:
-                n0, n1, c0, c1 = block
+            ks_r = kslots[:, r]  # (N, C + Tp)
+            o_s = q.new_empty(nC, N, C, Dv)  # sorted, chunk-major
+            lse_s = q.new_empty(nC, N, C, 1)
+            for c0, c1 in _LSHCore._blocks(N, nC, C):
                 g = c1 - c0
-                bad = _LSHCore._masks(block, r, perm_r, kpos, kok, chunk_of, causal, T, C)
-                qc = qs[n0:n1, c0:c1]  # (R, g, C, D)
-                k0, k1 = ks[n0:n1, c0:c1], ks[n0:n1, c0 + 1:c1 + 1]  # previous, own chunk keys
-                s0 = torch.matmul(qc, k0.transpose(-1, -2)).masked_fill_(bad[0], float("-inf"))
-                s1 = torch.matmul(qc, k1.transpose(-1, -2)).masked_fill_(bad[1], float("-inf"))
-                m = torch.maximum(s0.amax(-1, keepdim=True), s1.amax(-1, keepdim=True))  # (R, g, C, 1)
+                qs, ks, vs = _LSHCore._block_inputs(c0, c1, ks_r, q, k, v, C, scale)
+                bad = _LSHCore._masks(c0, c1, r, ks_r, valid, chunk_of, causal, T, C)
+                s0 = torch.matmul(qs, ks[:g].transpose(-1, -2)).masked_fill_(bad[0], float("-inf"))
+                s1 = torch.matmul(qs, ks[1:].transpose(-1, -2)).masked_fill_(bad[1], float("-inf"))
+                m = torch.maximum(s0.amax(-1, keepdim=True), s1.amax(-1, keepdim=True))  # (g, N, C, 1)
                 m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
                 p0, p1 = torch.exp_(s0.sub_(m)), torch.exp_(s1.sub_(m))
-                den = p0.sum(-1, keepdim=True) + p1.sum(-1, keepdim=True)
-                oc = torch.matmul(p0, vs[n0:n1, c0:c1]) + torch.matmul(p1, vs[n0:n1, c0 + 1:c1 + 1])
-                o_s[n0:n1, c0:c1] = oc.div_(den.clamp_min(tiny))
-                lse_s[n0:n1, c0:c1] = (m + den.log()).squeeze(-1)
+                den = p0.sum(-1, keepdim=True).add_(p1.sum(-1, keepdim=True))
+                out = o_s[c0:c1]  # contiguous slice, written in place
+                torch.matmul(p0, vs[:g], out=out)
+                out.view(g * N, C, Dv).baddbmm_(p1.view(g * N, C, C), vs[1:].reshape(g * N, C, Dv))
+                out.div_(den.clamp_min(tiny))
+                torch.add(den.log_(), m, out=lse_s[c0:c1])  # -inf where nothing is allowed
                 masks.append(bad)
-            idx = (base + rank[:, r]).reshape(-1)  # sorted slot of every position
-            o[:, r] = o_s.view(N * Tp, Dv).index_select(0, idx).view(N, T, Dv)
-            lse[:, r] = lse_s.view(N * Tp).index_select(0, idx).view(N, T)
+            o[:, r] = _LSHCore._unsort(o_s, rank[:, r], C)
+            lse[:, r] = _LSHCore._unsort(lse_s, rank[:, r], C).squeeze(-1)
         ctx.save_for_backward(q, k, v, perm, rank, key_valid, o, lse)
         ctx.masks, ctx.C, ctx.scale = masks, C, scale
         return o, lse
@@ -237,41 +248,38 @@ class _LSHCore(torch.autograd.Function):
         Dv = v.shape[-1]
         nh, Tp = perm.shape[1], perm.shape[2]
         nC = Tp // C
-        valid = _LSHCore._valid(q, key_valid)
-        blocks = _LSHCore._blocks(N, nC, C)
+        valid, kslots = _LSHCore._prepare(q, perm, key_valid, C)
         delta = (do * o).sum(-1) - dlse  # (N, nh, T)
-        aux = torch.stack([torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse)), delta], -1)  # (N, nh, T, 2)
+        lse_safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+        aux = torch.cat([do, lse_safe.unsqueeze(-1), delta.unsqueeze(-1)], -1)  # (N, nh, T, Dv+2)
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        rows_t = torch.arange(N, device=q.device).view(N, 1) * T
-        rows_p = torch.arange(N, device=q.device).view(N, 1) * Tp
         for r in range(nh):
-            perm_r = perm[:, r]  # (N, Tp)
-            qs, ks, vs, _, _ = _LSHCore._sorted(perm_r, q, k, v, valid, C, scale)
-            src = (perm_r.clamp_max(T - 1) + rows_t).reshape(-1)  # padding slots are masked as queries
-            do_s = do[:, r].reshape(N * T, Dv).index_select(0, src).view(N, nC, C, Dv)
-            aux_s = aux[:, r].reshape(N * T, 2).index_select(0, src).view(N, nC, C, 2)
-            dqs = torch.empty_like(qs)  # (N, nC, C, D)
-            dks = torch.zeros_like(ks)  # (N, nC+1, C, D)
-            dvs = torch.zeros_like(vs)  # (N, nC+1, C, Dv)
-            for n0, n1, c0, c1 in blocks:
-                bad = next(masks)
+            ks_r = kslots[:, r]  # (N, C + Tp)
+            aux_r = aux[:, r].reshape(N * T, Dv + 2)
+            dqs = q.new_empty(nC, N, C, D)  # sorted, chunk-major
+            dks = q.new_zeros(nC + 1, N, C, D)  # behind the dummy chunk
+            dvs = q.new_zeros(nC + 1, N, C, Dv)
+            for c0, c1 in _LSHCore._blocks(N, nC, C):
                 g = c1 - c0
-                qc, doc = qs[n0:n1, c0:c1], do_s[n0:n1, c0:c1]  # (R, g, C, D), (R, g, C, Dv)
-                lse_c, delta_c = aux_s[n0:n1, c0:c1, :, :1], aux_s[n0:n1, c0:c1, :, 1:]
-                dq_c = None
-                for h, lo in enumerate((c0, c0 + 1)):  # previous chunk, own chunk
-                    kh, vh = ks[n0:n1, lo:lo + g], vs[n0:n1, lo:lo + g]
-                    s = torch.matmul(qc, kh.transpose(-1, -2)).masked_fill_(bad[h], float("-inf"))
-                    p = torch.exp_(s.sub_(lse_c))  # (R, g, C, C)
-                    dvs[n0:n1, lo:lo + g] += torch.matmul(p.transpose(-1, -2), doc)
-                    dp = torch.matmul(doc, vh.transpose(-1, -2)).sub_(delta_c)
-                    ds = p.mul_(dp)  # dL/ds
-                    dks[n0:n1, lo:lo + g] += torch.matmul(ds.transpose(-1, -2), qc)
-                    part = torch.matmul(ds, kh)
-                    dq_c = part if dq_c is None else dq_c.add_(part)
-                dqs[n0:n1, c0:c1] = dq_c.mul_(scale)
-            idx = (rows_p + rank[:, r]).reshape(-1)  # sorted slot of every position
-            dq += dqs.view(N * Tp, D).index_select(0, idx).view(N, T, D)
-            dk += dks[:, 1:].reshape(N * Tp, D).index_select(0, idx).view(N, T, D)
-            dv += dvs[:, 1:].reshape(N * Tp, Dv).index_select(0, idx).view(N, T, Dv)
+                bad = next(masks)
+                qs, ks, vs = _LSHCore._block_inputs(c0, c1, ks_r, q, k, v, C, scale)
+                aux_c = aux_r.index_select(0, _LSHCore._rows(ks_r[:, (c0 + 1) * C:(c1 + 1) * C], T, C))
+                aux_c = aux_c.view(g, N, C, Dv + 2)
+                doc, lse_c, delta_c = aux_c[..., :Dv], aux_c[..., Dv:Dv + 1], aux_c[..., Dv + 1:]
+                dq_c = dqs[c0:c1]
+                for h in (0, 1):  # previous chunk, own chunk
+                    kh, vh = ks[h:h + g], vs[h:h + g]
+                    s = torch.matmul(qs, kh.transpose(-1, -2)).masked_fill_(bad[h], float("-inf"))
+                    p = torch.exp_(s.sub_(lse_c))  # (g, N, C, C)
+                    dvs[c0 + h:c1 + h] += torch.matmul(p.transpose(-1, -2), doc)
+                    ds = p.mul_(torch.matmul(doc, vh.transpose(-1, -2)).sub_(delta_c))  # dL/ds
+                    dks[c0 + h:c1 + h] += torch.matmul(ds.transpose(-1, -2), qs)
+                    if h == 0:
+                        torch.matmul(ds, kh, out=dq_c)
+                    else:
+                        dq_c.view(g * N, C, D).baddbmm_(ds.view(g * N, C, C), kh.reshape(g * N, C, D))
+                dq_c.mul_(scale)
+            dq += _LSHCore._unsort(dqs, rank[:, r], C)
+            dk += _LSHCore._unsort(dks[1:], rank[:, r], C)
+            dv += _LSHCore._unsort(dvs[1:], rank[:, r], C)
         return dq, dk, dv, None, None, None, None, None, None
