@@ -9,6 +9,16 @@ from attnkit.attention import variants
 
 NAMES = ["bigbird", "linear", "local", "lsh", "performer"]
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: one thread avoids paying thread wake-ups on every small op
+    (costly on a shared machine); the previous count is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 # small settings that exercise several blocks / chunks / groups on short sequences
 SMALL = {
     "bigbird": dict(block_size=4, num_random_blocks=1),
