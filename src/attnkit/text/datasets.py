@@ -58,6 +58,7 @@ def _write_ids(path: Path, ids: list[int], dtype: str) -> None:
             f.write(np.asarray(ids, dtype=dtype).tobytes())
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
