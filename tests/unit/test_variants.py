@@ -225,6 +225,30 @@ def test_bigbird_pattern_follows_its_rules():
     assert torch.equal(dense[::8, ::8], layout) and torch.equal(dense[5::8, 3::8], layout)
 
 
+def test_bigbird_flex_path_is_for_long_inference_only():
+    mod = variants.get("bigbird", block_size=8, flex_min_len=64)
+    q, k, v = qkv(B=1, H=1, T=64, dtype=torch.float32)
+    assert mod.uses_flex(q, k, v)
+    assert not mod.uses_flex(q[:, :, :63], k[:, :, :63], v[:, :, :63])  # shorter than flex_min_len
+    assert not mod.uses_flex(q.requires_grad_(), k, v)  # gradients take the blocked path
+    with torch.no_grad():
+        assert mod.uses_flex(q, k, v)
+    assert not variants.get("bigbird", block_size=8).uses_flex(q.detach(), k, v)
+
+
+@pytest.mark.slow  # compiles FlexAttention: tens of seconds on a CPU
+def test_bigbird_flex_equals_blocked_path():
+    B, T = 2, 150
+    q, k, v = qkv(B=B, T=T, dtype=torch.float32)
+    kpm = padding(B, T, [T, 90])
+    flex = variants.get("bigbird", block_size=32, num_random_blocks=1, flex_min_len=128)
+    blocked = variants.get("bigbird", block_size=32, num_random_blocks=1)
+    with torch.no_grad():
+        out = flex(q, k, v, causal=True, key_padding_mask=kpm)
+        ref = blocked(q, k, v, causal=True, key_padding_mask=kpm)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_local_equals_exact_block_attention(causal):
     B, T, bs = 2, 30, 8

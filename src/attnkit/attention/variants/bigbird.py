@@ -14,11 +14,15 @@ is exact: it equals softmax attention with :meth:`BigBirdAttention.dense_mask` a
 
 Each non-global query block gathers its key blocks and attends to them (memory
 O(T * blocks per row * block_size), recomputed block by block in the backward pass); the
-global query blocks attend to all keys.
+global query blocks attend to all keys. With ``flex_min_len`` set, inputs at least that long
+that need no gradient run through ``torch.nn.attention.flex_attention`` instead, with a
+BlockMask built directly from the block layout; the compiled kernel is made once per process
+(the first call of a new shape compiles, which takes tens of seconds on a CPU).
 """
 from __future__ import annotations
 
 import math
+import threading
 from typing import Optional
 
 import torch
@@ -35,8 +39,9 @@ class BigBirdAttention(VariantAttention):
     description = "BigBird block-sparse attention: global, sliding-window and random blocks (exact on its pattern)"
 
     def __init__(self, block_size: int = 64, num_global_blocks: int = 1, window_radius: int = 1,
-                 num_random_blocks: int = 2, seed: int = 0):
+                 num_random_blocks: int = 2, seed: int = 0, flex_min_len: Optional[int] = None):
         super().__init__()
+        self.flex_min_len = None if flex_min_len is None else check_positive_int("flex_min_len", flex_min_len)
         self.block_size = check_positive_int("block_size", block_size)
         self.num_global_blocks = check_positive_int("num_global_blocks", num_global_blocks, minimum=0)
         self.window_radius = check_positive_int("window_radius", window_radius, minimum=0)
@@ -104,7 +109,37 @@ class BigBirdAttention(VariantAttention):
 
     # ---- forward -----------------------------------------------------------------------------
 
+    def uses_flex(self, q: Tensor, k: Tensor, v: Tensor) -> bool:
+        """Whether a call with these inputs takes the FlexAttention path."""
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        return self.flex_min_len is not None and q.shape[2] >= self.flex_min_len and not needs_grad
+
+    def block_mask(self, T: int, causal: bool, key_valid: Optional[Tensor], device=None):
+        """FlexAttention BlockMask of this pattern, built from the block indices."""
+        from torch.nn.attention.flex_attention import BlockMask
+
+        layout = self.pattern(T, causal).to(device)  # (nb, nb)
+        counts = layout.sum(-1, dtype=torch.int32)[None, None]  # (1, 1, nb)
+        order = torch.sort((~layout).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)[None, None]
+        # (every block goes in as a partial block with a mask function: listing blocks as
+        # "full" hits an Inductor C++ code generation error on CPU in torch 2.13)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            ok = kv_idx <= q_idx if causal else kv_idx >= 0
+            if key_valid is not None:
+                ok = ok & key_valid[b, kv_idx]
+            return ok
+
+        return BlockMask.from_kv_blocks(counts, order, BLOCK_SIZE=self.block_size, mask_mod=mask_mod,
+                                        seq_lengths=(T, T))
+
+    def _attend_flex(self, q, k, v, causal, key_valid):
+        mask = self.block_mask(q.shape[2], causal, key_valid, q.device)
+        return _compiled_flex()(q, k, v, block_mask=mask, scale=default_scale(q.shape[-1]))
+
     def _attend(self, q, k, v, causal, key_valid):
+        if self.uses_flex(q, k, v):
+            return self._attend_flex(q, k, v, causal, key_valid)
         B, H, T, D = q.shape
         Dv = v.shape[-1]
         N, bs, dev = B * H, self.block_size, q.device
@@ -135,3 +170,23 @@ class BigBirdAttention(VariantAttention):
             parts.append(o.reshape(N, (nb - g) * bs, Dv))
         out = torch.cat(parts, dim=1)[:, :T]  # (N, T, Dv)
         return out.reshape(B, H, T, Dv)
+
+
+_FLEX = {}
+_FLEX_LOCK = threading.Lock()
+
+
+def _compiled_flex():
+    """The compiled FlexAttention kernel: the one attnkit's flex backend keeps, else our own,
+    created once per process."""
+    with _FLEX_LOCK:
+        if "fn" not in _FLEX:
+            try:
+                from attnkit.attention.backends import _compiled_flex as shared
+
+                _FLEX["fn"] = shared()
+            except ImportError:
+                from torch.nn.attention.flex_attention import flex_attention
+
+                _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+        return _FLEX["fn"]
