@@ -22,7 +22,7 @@ def lines() -> list[str]:
     if not CORPUS.is_file():
         pytest.skip(f"real-text corpus {CORPUS} is absent (expected ../shared/data next to the repo)")
     all_lines = [l.strip() for l in CORPUS.read_text(encoding="utf-8").splitlines() if l.strip()]
-    picked = all_lines[::120][:256]  # 256 lines spread over the whole play text
+    picked = all_lines[::150][:200]  # 200 lines spread over the whole play text
     return picked + ["", "a", "Hello, World!  Ünïcödé façade — naïve café 123."]
 
 

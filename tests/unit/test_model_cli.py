@@ -110,7 +110,7 @@ def test_bench_embed_runs_and_reports_both_sides(tmp_path, capsys):
     if not CORPUS.is_file():
         pytest.skip(f"real-text corpus {CORPUS} is absent (expected ../shared/data next to the repo)")
     out = tmp_path / "bench"
-    assert main(["bench", "embed", "--lines", "24", "--batch-size", "8", "--bf16-lines", "8",
+    assert main(["bench", "embed", "--lines", "16", "--batch-size", "8", "--bf16-lines", "4",
                  "--corpus", str(CORPUS), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "sentence-transformers" in text and "bfloat16" in text and "load average" in text

@@ -225,18 +225,19 @@ def test_tied_embeddings_are_one_tensor_and_training_lowers_the_loss():
     model = tiny_gpt(dropout=0.1, attn_dropout=0.1).train()
     assert model.lm_head.proj.weight is model.embed.tok.weight
     assert model.num_parameters() == sum(p.numel() for p in model.parameters())
-    ids = torch.randint(0, 97, (4, 17))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ids = torch.randint(0, 97, (2, 17))
     losses = []
-    for _ in range(30):
+    for _ in range(40):  # plain gradient descent: gradients reach every parameter
         logits = model(ids[:, :-1])
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 97), ids[:, 1:].reshape(-1))
-        opt.zero_grad()
+        model.zero_grad()
         loss.backward()
-        opt.step()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.5 * p.grad
         losses.append(loss.item())
     assert losses[0] == pytest.approx(math.log(97), rel=0.1)
-    assert losses[-1] < 0.6 * losses[0]
+    assert losses[-1] < 0.3 * losses[0], losses
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(ids), model(ids))  # dropout is off in eval
