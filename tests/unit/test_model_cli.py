@@ -111,7 +111,7 @@ def test_bench_embed_runs_and_reports_both_sides(tmp_path, capsys):
         pytest.skip(f"real-text corpus {CORPUS} is absent (expected ../shared/data next to the repo)")
     out = tmp_path / "bench"
     assert main(["bench", "embed", "--lines", "16", "--batch-size", "8", "--bf16-lines", "4",
-                 "--corpus", str(CORPUS), "--out", str(out)]) == 0
+                 "--corpus", str(CORPUS), "--paired-model", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "sentence-transformers" in text and "bfloat16" in text and "load average" in text
     rows = json.loads((out / "embed.json").read_text())["rows"]
@@ -119,3 +119,6 @@ def test_bench_embed_runs_and_reports_both_sides(tmp_path, capsys):
         ("sentence-transformers", "float32"), ("attnkit", "float32"), ("attnkit", "bfloat16")]
     assert rows[1]["min_cosine"] >= 0.99999 and rows[2]["min_cosine"] >= 0.99
     assert all(r["sentences_per_s"] > 0 for r in rows)
+    paired = json.loads((out / "embed.json").read_text())["paired_model"]
+    assert paired["batches"] == 2 and paired["attnkit_s"] > 0 and paired["transformers_s"] > 0
+    assert "model only, same 2 length-sorted batches" in text

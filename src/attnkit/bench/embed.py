@@ -13,6 +13,9 @@ Where attnkit's speed comes from: sequences are sorted by token count (sentence-
 sorts by characters), so a batch of 64 holds sequences of one length and needs no padding
 and no mask, and attention takes SDPA's unmasked path; q/k/v are one fused projection.
 
+``--paired-model`` adds a load-robust figure for the model alone: attnkit's model and
+transformers' ``BertModel`` run the same length-sorted batches, alternating batch by batch.
+
 bfloat16 is fast only on CPUs with native bf16 arithmetic (AVX-512 BF16 or AMX); elsewhere
 PyTorch emulates it and it is slower than float32. The report says which kind of CPU it ran
 on, and measures bf16 on ``--bf16-lines`` lines there (default 512) to keep the run short.
@@ -69,6 +72,30 @@ def _timed(fn) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
+def _paired_model_times(enc, lines: list[str], bs: int) -> dict[str, float]:
+    """attnkit's model vs transformers' BertModel on identical batches, alternating per batch."""
+    from transformers import AutoModel
+
+    hf = AutoModel.from_pretrained(enc.model.source).eval()
+    ids_list = enc.tokenize(lines)
+    order = sorted(range(len(ids_list)), key=lambda i: -len(ids_list[i]))
+    ours = theirs = 0.0
+    n = 0
+    with torch.inference_mode():
+        for n, start in enumerate(range(0, len(order), bs)):
+            ids, mask = enc._batch([ids_list[i] for i in order[start:start + bs]])
+            full = mask if mask is not None else torch.ones_like(ids)
+            pair = [(True, lambda: enc.model.hidden_states(ids, attention_mask=mask)),
+                    (False, lambda: hf(input_ids=ids, attention_mask=full))]
+            for is_ours, fn in (pair if n % 2 else pair[::-1]):
+                t, _ = _timed(fn)
+                if is_ours:
+                    ours += t
+                else:
+                    theirs += t
+    return {"batches": n + 1, "attnkit_s": ours, "transformers_s": theirs}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from attnkit.cli import positive_int
 
@@ -85,6 +112,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure bf16 autocast: on, off, or auto (on; fewer lines without native bf16)")
     parser.add_argument("--bf16-lines", type=positive_int,
                         help="lines for the bf16 run (default: --lines with native bf16, else 512)")
+    parser.add_argument("--paired-model", action="store_true",
+                        help="also time attnkit's model and transformers' BertModel on the same "
+                             "length-sorted batches, batch by batch (model cost alone, robust to load)")
     parser.add_argument("--threads", type=positive_int, help="torch threads (default: as is)")
     parser.add_argument("--out", default="bench_out", help="directory for embed.json (default bench_out)")
 
@@ -161,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         enc.autocast_dtype = None
         rows.append(dict(impl="attnkit", dtype="bfloat16", lines=n16, sentences_per_s=n16 / t,
                          min_cosine=min_cosine(ref[:n16], out16)))
+    paired = _paired_model_times(enc, lines, bs) if args.paired_model else None
     load_after = os.getloadavg()
 
     table = Table(["impl", "dtype", "lines", "sentences/s", "vs ST fp32", "min cosine", "target", "met"],
@@ -179,10 +210,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"load average (1, 5, 15 min): before {tuple(round(x, 2) for x in load_before)}, after "
           f"{tuple(round(x, 2) for x in load_after)} on {os.cpu_count()} CPUs; native bf16: "
           f"{'yes' if native else 'no (bf16 is emulated and slower than fp32 here)'}")
+    if paired is not None:
+        print(f"model only, same {paired['batches']} length-sorted batches, timed batch by batch: "
+              f"attnkit {paired['attnkit_s']:.2f} s, transformers BertModel {paired['transformers_s']:.2f} s "
+              f"({paired['transformers_s'] / paired['attnkit_s']:.2f}x)")
     out = Path(args.out)
     write_json(out / "embed.json", {"rows": rows, "environment": environment(), "corpus": str(corpus),
                                     "batch_size": bs, "interleave": k, "rounds": args.rounds,
                                     "load_before": load_before,
-                                    "load_after": load_after, "native_bf16": native})
+                                    "load_after": load_after, "native_bf16": native,
+                                    "paired_model": paired})
     print(f"wrote {out / 'embed.json'}")
     return 0
