@@ -102,18 +102,11 @@ class LSHAttention(VariantAttention):
             rank = torch.empty_like(perm).scatter_(-1, perm, torch.arange(Tp, device=dev).expand_as(perm))
             rank = rank[..., :T].contiguous()  # (N, nh, T) position -> sorted slot
             perm = perm.clamp_max_(T)  # every padding slot holds position T
-        o, lse = _LSHCore.apply(qf, kf, vf, perm, rank, kv, causal, C, default_scale(D))  # (N, nh, T, Dv), (N, nh, T)
-
-        # merge the rounds: softmax over all rounds' keys = log-sum-exp weighted round outputs
-        top = lse.detach().amax(1, keepdim=True)  # (N, 1, T)
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        w = torch.exp(lse - top)  # (N, nh, T), 0 for a round with no key
-        den = w.sum(1)  # (N, T)
-        den = torch.where(den > 0, den, torch.ones_like(den))
-        out = (w.unsqueeze(-1) * o).sum(1) / den.unsqueeze(-1)  # (N, T, Dv)
+        # one softmax over the union of every round's keys: (N, T, Dv) and its log-sum-exp (N, T)
+        out, lse = _LSHCore.apply(qf, kf, vf, perm, rank, kv, causal, C, default_scale(D))
 
         # a query with no key but itself attends to itself (if it is a real token)
-        alone = (lse.detach() == float("-inf")).all(1)  # (N, T)
+        alone = lse.detach() == float("-inf")  # (N, T)
         if kv is not None:
             alone = alone & kv
         out = torch.where(alone.unsqueeze(-1), vf, out)
@@ -202,6 +195,8 @@ class _LSHCore(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, perm, rank, key_valid, causal, C, scale):
+        """Returns the attention output over the union of all rounds' keys (N, T, Dv) and
+        its log-sum-exp (N, T), -inf for a query with no key."""
         N, T, D = q.shape
         Dv = v.shape[-1]
         nh, Tp = perm.shape[1], perm.shape[2]
@@ -209,8 +204,7 @@ class _LSHCore(torch.autograd.Function):
         valid, kslots = _LSHCore._prepare(q, perm, key_valid, C)
         # chunk of every position in every round; the dummy row T is far from every chunk
         chunk_of = F.pad((rank // C).to(q.dtype), (0, 1), value=-4.0)  # (N, nh, T+1)
-        o = q.new_empty(N, nh, T, Dv)  # (N, nh, T, Dv)
-        lse = q.new_empty(N, nh, T)  # (N, nh, T)
+        o = lse = None  # the rounds merged so far: (N, T, Dv), (N, T)
         tiny = torch.finfo(q.dtype).tiny
         masks = []
         for r in range(nh):
@@ -233,8 +227,9 @@ class _LSHCore(torch.autograd.Function):
                 out.div_(den.clamp_min(tiny))
                 torch.add(den.log_(), m, out=lse_s[c0:c1])  # -inf where nothing is allowed
                 masks.append(bad)
-            o[:, r] = _LSHCore._unsort(o_s, rank[:, r], C)
-            lse[:, r] = _LSHCore._unsort(lse_s, rank[:, r], C).squeeze(-1)
+            o_r = _LSHCore._unsort(o_s, rank[:, r], C)  # (N, T, Dv) position order
+            lse_r = _LSHCore._unsort(lse_s, rank[:, r], C).squeeze(-1)  # (N, T)
+            o, lse = (o_r, lse_r) if o is None else _merge(o, lse, o_r, lse_r)
         ctx.save_for_backward(q, k, v, perm, rank, key_valid, o, lse)
         ctx.masks, ctx.C, ctx.scale = masks, C, scale
         return o, lse
@@ -249,13 +244,13 @@ class _LSHCore(torch.autograd.Function):
         nh, Tp = perm.shape[1], perm.shape[2]
         nC = Tp // C
         valid, kslots = _LSHCore._prepare(q, perm, key_valid, C)
-        delta = (do * o).sum(-1) - dlse  # (N, nh, T)
+        # every round's probabilities are relative to the merged log-sum-exp
+        delta = (do * o).sum(-1) - dlse  # (N, T)
         lse_safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-        aux = torch.cat([do, lse_safe.unsqueeze(-1), delta.unsqueeze(-1)], -1)  # (N, nh, T, Dv+2)
+        aux = torch.cat([do, lse_safe.unsqueeze(-1), delta.unsqueeze(-1)], -1).reshape(N * T, Dv + 2)
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         for r in range(nh):
             ks_r = kslots[:, r]  # (N, C + Tp)
-            aux_r = aux[:, r].reshape(N * T, Dv + 2)
             dqs = q.new_empty(nC, N, C, D)  # sorted, chunk-major
             dks = q.new_zeros(nC + 1, N, C, D)  # behind the dummy chunk
             dvs = q.new_zeros(nC + 1, N, C, Dv)
@@ -263,7 +258,7 @@ class _LSHCore(torch.autograd.Function):
                 g = c1 - c0
                 bad = next(masks)
                 qs, ks, vs = _LSHCore._block_inputs(c0, c1, ks_r, q, k, v, C, scale)
-                aux_c = aux_r.index_select(0, _LSHCore._rows(ks_r[:, (c0 + 1) * C:(c1 + 1) * C], T, C))
+                aux_c = aux.index_select(0, _LSHCore._rows(ks_r[:, (c0 + 1) * C:(c1 + 1) * C], T, C))
                 aux_c = aux_c.view(g, N, C, Dv + 2)
                 doc, lse_c, delta_c = aux_c[..., :Dv], aux_c[..., Dv:Dv + 1], aux_c[..., Dv + 1:]
                 dq_c = dqs[c0:c1]
@@ -283,3 +278,13 @@ class _LSHCore(torch.autograd.Function):
             dk += _LSHCore._unsort(dks[1:], rank[:, r], C)
             dv += _LSHCore._unsort(dvs[1:], rank[:, r], C)
         return dq, dk, dv, None, None, None, None, None, None
+
+
+def _merge(o1: Tensor, lse1: Tensor, o2: Tensor, lse2: Tensor) -> tuple[Tensor, Tensor]:
+    """Combine two normalised softmax outputs over disjoint key sets: (N, T, Dv), (N, T)."""
+    top = torch.maximum(lse1, lse2)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    w1, w2 = torch.exp(lse1 - top), torch.exp(lse2 - top)  # (N, T), 0 for an empty set
+    den = w1 + w2
+    o = (o1 * w1.unsqueeze(-1)).add_(o2 * w2.unsqueeze(-1)).div_(torch.where(den > 0, den, torch.ones_like(den)).unsqueeze(-1))
+    return o, den.log_().add_(top)
