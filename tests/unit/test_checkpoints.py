@@ -32,6 +32,9 @@ def test_save_load_round_trip(tmp_path, arch):
     tok = word_tokenizer()
     attnkit.save(model, tmp_path, tokenizer=tok)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     meta = json.loads((tmp_path / "config.json").read_text())
     assert meta["format"] == "attnkit" and meta["model"] == model.config.to_dict()
     loaded = attnkit.load(tmp_path)

@@ -60,6 +60,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Write ``path`` atomically; ``write(tmp_path)`` fills a temporary file beside it."""
     path = Path(path)
@@ -67,6 +73,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         write(tmp)
         with open(tmp, "rb+") as f:
             f.flush()
