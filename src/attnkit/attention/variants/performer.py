@@ -91,10 +91,18 @@ class PerformerAttention(FeatureMapAttention):
         return self.projection.to(device=like.device, dtype=like.dtype)
 
     def _proj(self, x: Tensor) -> Tensor:
-        """W x / D^(1/4): (..., t, D) -> (..., t, m)."""
+        """W x / D^(1/4): (..., t, D) -> (..., t, m'), where m' rounds m up to a multiple of 16
+        (matrix products run faster) and the extra columns are -inf, so their features are 0."""
         d = x.shape[-1]
         w = self._projection(d, x) * d ** -0.25  # (m, D)
-        return torch.matmul(x, w.T)
+        m = w.shape[0]
+        m_pad = -(-m // 16) * 16
+        bias = torch.zeros(m_pad, dtype=x.dtype, device=x.device)  # (m',)
+        if m_pad > m:
+            w = torch.cat([w, w.new_zeros(m_pad - m, d)])
+            bias[m:] = float("-inf")
+        out = torch.addmm(bias, x.reshape(-1, d), w.T)  # (rows, m')
+        return out.view(*x.shape[:-1], m_pad)
 
     def query_features(self, x: Tensor) -> Tensor:
         """phi(q) up to a per-query factor (which cancels in the normalisation): exp(Wx - c)
