@@ -480,3 +480,50 @@ def test_cuda_matches_cpu(name):
         ref = cpu(q, k, v, causal=causal, key_padding_mask=kpm)
         out = gpu(q.cuda(), k.cuda(), v.cuda(), causal=causal, key_padding_mask=kpm.cuda())
         torch.testing.assert_close(out.cpu(), ref, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------- benchmark
+def test_bench_variants_runs_and_writes_results(tmp_path, capsys):
+    import json
+
+    from attnkit.bench import variants as bench
+
+    status = bench.main(["--sizes", "64,128", "--variants", "local,lsh", "--causal", "yes", "--error-n", "64",
+                         "--no-memory", "--no-sweep", "--exact-max", "64", "--heads", "2", "--head-dim", "8",
+                         "--repeat", "1", "--out", str(tmp_path)])
+    assert status == 0
+    data = json.loads((tmp_path / "variants.json").read_text())
+    rows = {(r["name"], r["n"]): r for r in data["rows"]}
+    assert set(rows) == {(n, s) for n in ("exact", "local", "lsh") for s in (64, 128)}
+    assert rows[("exact", 128)]["skipped"].startswith("N > --exact-max")
+    assert rows[("lsh", 64)]["seconds"]["fwd_bwd"] > 0 and rows[("lsh", 64)]["speedup"] > 0
+    err = data["errors"]["causal"]
+    assert 0 < err["lsh"]["rel_err"] and -1 <= err["local"]["cos"] <= 1
+    assert (tmp_path / "variants.png").stat().st_size > 0
+    assert all(t["ok"] is None for t in data["targets"])  # no target N in this run
+    out = capsys.readouterr().out
+    assert "lsh" in out and "approx" in out and "exact" in out
+
+
+def test_bench_targets_pass_and_fail():
+    from attnkit.bench import variants as bench
+
+    s = bench.Settings(sizes=[16384, 65536], names=["lsh", "linear", "performer"], params={}, shape=(1, 8, 64),
+                       dtype="float32", device=torch.device("cpu"), causal_modes=[True], exact_max=16384,
+                       error_n=64, repeat=1, max_seconds=1.0, memory=True, sweep=False, seed=0)
+
+    def row(name, n, fwd, fb, peak, speedup=None):
+        r = bench.Row(name, n, True, False)
+        r.seconds = {"fwd": fwd, "fwd_bwd": fb}
+        r.peak_bytes = {"fwd": peak, "fwd_bwd": peak}
+        r.speedup = speedup
+        return r
+
+    good = [row(n, 16384, 1.0, 2.0, 100, 5.0) for n in s.names] + [row(n, 65536, 4.0, 8.0, 2**30) for n in s.names]
+    assert [c.ok for c in bench.evaluate_checks(good, s)] == [True, True, True]
+    slow = good[:-1] + [row("performer", 65536, 4.0, 11.0, 2**30)]  # fwd+bwd grew 5.5x
+    assert [c.ok for c in bench.evaluate_checks(slow, s)] == [False, True, True]
+    big = good[:-1] + [row("performer", 65536, 4.0, 8.0, 3 * 2**30)]
+    assert [c.ok for c in bench.evaluate_checks(big, s)] == [True, False, True]
+    lagging = [row("lsh", 16384, 1.0, 2.0, 100, 3.9)] + good[1:]
+    assert [c.ok for c in bench.evaluate_checks(lagging, s)] == [True, True, False]
