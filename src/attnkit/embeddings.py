@@ -100,7 +100,7 @@ class Encoder:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _embed_sorted(self, ids_list: list[list[int]], batch_size: int,
                       show_progress: bool) -> torch.Tensor:
         order = sorted(range(len(ids_list)), key=lambda i: -len(ids_list[i]))
@@ -147,7 +147,7 @@ class Encoder:
         return vecs.cpu().numpy() if convert_to == "numpy" else vecs
 
     # ---------------------------------------------------------------------------------------
-    @torch.inference_mode()
+    @torch.no_grad()
     def word_vector(self, sentence: str, word: str, occurrence: int = 0) -> torch.Tensor:
         """The contextual vector of ``word`` in ``sentence``: the mean of the hidden states of
         its sub-word tokens (C,). Matching is case-insensitive on whole words."""
