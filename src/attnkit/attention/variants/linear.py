@@ -22,9 +22,11 @@ class FeatureMapAttention(VariantAttention):
     ``key_features``; chunking, causal prefix sums and padding are handled here."""
 
     exact = False
-    # Tokens per checkpointed step: at least group_tokens, and at most max_groups steps, so
-    # long inputs run as a few large operations (each step is a handful of them)
+    # Tokens per checkpointed step: T / max_groups, kept within [group_tokens, max_group_tokens]
+    # so short inputs run as a few large operations and long ones in steps of bounded size
+    # (the same work per step at every length: time grows linearly with T)
     group_tokens = 1024
+    max_group_tokens = 2048
     max_groups = 8
 
     def __init__(self, chunk_size: int = 64):
@@ -46,7 +48,7 @@ class FeatureMapAttention(VariantAttention):
         Dv = v.shape[-1]
         N = B * H
         kv = None if key_valid is None else key_valid[:, None, :].expand(B, H, T).reshape(N, T)  # (N, T)
-        group = max(self.group_tokens, math.ceil(T / self.max_groups))
+        group = min(self.max_group_tokens, max(self.group_tokens, math.ceil(T / self.max_groups)))
         group = math.ceil(group / self.chunk_size) * self.chunk_size
         out = kernel_attention(self.query_features, self.key_features,
                                q.reshape(N, T, D), k.reshape(N, T, D), v.reshape(N, T, Dv),
