@@ -97,12 +97,12 @@ class PerformerAttention(FeatureMapAttention):
         w = self._projection(d, x) * d ** -0.25  # (m, D)
         m = w.shape[0]
         m_pad = -(-m // 16) * 16
-        bias = torch.zeros(m_pad, dtype=x.dtype, device=x.device)  # (m',)
         if m_pad > m:
             w = torch.cat([w, w.new_zeros(m_pad - m, d)])
-            bias[m:] = float("-inf")
-        out = torch.addmm(bias, x.reshape(-1, d), w.T)  # (rows, m')
-        return out.view(*x.shape[:-1], m_pad)
+        e = torch.matmul(x, w.T)  # (..., t, m')
+        if m_pad > m:
+            e[..., m:] = float("-inf")
+        return e
 
     def query_features(self, x: Tensor) -> Tensor:
         """phi(q) up to a per-query factor (which cancels in the normalisation): exp(Wx - c)
@@ -112,19 +112,19 @@ class PerformerAttention(FeatureMapAttention):
 
     def key_features(self, x: Tensor, valid: Optional[Tensor] = None):
         """phi(k) = exp(Wx - |x|^2 / 2) / exp(log_scale), one factor for all keys of a row (it
-        cancels); log_scale is the largest exponent among the real keys. 1/sqrt(m) is dropped
-        (it cancels with the queries')."""
+        cancels); log_scale (one per row, the row index being dim -3 of x) is the largest
+        exponent among the row's real keys. 1/sqrt(m) is dropped (it cancels with the queries')."""
         d = x.shape[-1]
-        e = self._proj(x)  # (N, ..., t, m)
-        half_sq = 0.5 * d ** -0.5 * (x * x).sum(-1)  # (N, ..., t): |x / D^(1/4)|^2 / 2
-        n = e.shape[0]
+        e = self._proj(x)  # (..., N, t, m)
+        half_sq = 0.5 * d ** -0.5 * (x * x).sum(-1)  # (..., N, t): |x / D^(1/4)|^2 / 2
+        n = x.shape[-3]
         with torch.no_grad():
-            top = e.amax(-1) - half_sq  # (N, ..., t) largest exponent of each key
+            top = e.amax(-1) - half_sq  # (..., N, t) largest exponent of each key
             if valid is not None:
                 top = top.masked_fill(~valid, float("-inf"))
-            log_scale = top.reshape(n, -1).amax(-1)  # (N,), -inf where every key is padded
+            log_scale = top.movedim(-2, 0).reshape(n, -1).amax(-1)  # (N,), -inf if every key is padded
             finite = torch.where(torch.isfinite(log_scale), log_scale, torch.zeros_like(log_scale))
-        shift = half_sq + finite.view((n,) + (1,) * (half_sq.dim() - 1))  # (N, ..., t)
+        shift = half_sq + finite.view(n, 1)  # (..., N, t)
         if valid is not None:  # padded keys: exactly zero features, and no overflow
             shift = shift.masked_fill(~valid, float("inf"))
         return e.sub_(shift.unsqueeze(-1)).exp_(), log_scale
