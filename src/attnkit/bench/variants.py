@@ -4,9 +4,9 @@ For every sequence length N (B=1, H=8, D=64, float32 by default) and for causal 
 bidirectional attention, one run measures
 
 * forward and forward+backward wall time of every variant and of exact attention
-  (``torch.nn.functional.scaled_dot_product_attention``), timed round-robin at each N so a slow
-  spell of a shared machine hits all of them alike, the fastest of ``--repeat`` rounds reported
-  (all rounds are in the JSON); exact attention is skipped beyond ``--exact-max`` (it grows as
+  (``torch.nn.functional.scaled_dot_product_attention``), timed in rounds that call every
+  operation at every N once, round-robin, so a slow spell of a shared machine hits all sizes and
+  variants alike; the fastest of ``--repeat`` rounds is reported (all rounds are in the JSON); exact attention is skipped beyond ``--exact-max`` (it grows as
   N^2) and where its scores would not fit in memory;
 * peak memory added by the forward and by forward+backward, each case measured in a fresh
   child process (``attnkit.bench.common.measure_peak_memories``: peak RSS over the RSS with the
@@ -51,7 +51,7 @@ from attnkit.bench.common import (
 EXACT = "exact"  # exact attention: torch SDPA
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 MODES = ("fwd", "fwd_bwd")
-FULL = dict(sizes=[1024 * 2**i for i in range(7)], exact_max=16384, repeat=3, max_seconds=10.0, sweep=True)
+FULL = dict(sizes=[1024 * 2**i for i in range(7)], exact_max=16384, repeat=3, max_seconds=30.0, sweep=True)
 QUICK = dict(sizes=[1024, 2048, 4096], exact_max=4096, repeat=2, max_seconds=3.0, sweep=False)
 
 # error-versus-cost sweep: the knob of each variant and the values tried
@@ -173,56 +173,89 @@ def exact_skip_reason(n: int, s: Settings) -> Optional[str]:
     return None
 
 
+def prepare_point(n: int, causal: bool, s: Settings, log: Callable[[str], None]):
+    """Rows and ready-to-time operations {mode: {name: op}} of every variant and exact
+    attention at one N; each operation has been called once (lazy set-up, and proof it runs)."""
+    q, k, v, grad_out = make_inputs(n, s.shape, DTYPES[s.dtype], s.device, s.seed)
+    rows = [Row(EXACT, n, causal, True)] + [Row(name, n, causal, V.variant_class(name).exact) for name in s.names]
+    rows[0].skipped = exact_skip_reason(n, s)
+    ops: dict[str, dict[str, Callable[[], Any]]] = {mode: {} for mode in MODES}
+    for mode in MODES:
+        for row in rows:
+            if row.skipped:
+                continue
+            try:
+                op = make_op(make_fn(row.name, s.params.get(row.name, {}), causal), mode, q, k, v, grad_out)
+                op()
+                synchronize(s.device)
+                ops[mode][row.name] = op
+            except Exception as e:  # a variant that fails is reported, not fatal
+                row.skipped = _short(e)
+                log(f"  {row.name} N={n}: {row.skipped}")
+    return rows, ops
+
+
+def time_points(points: list, s: Settings) -> None:
+    """Time every prepared point in rounds: each round calls every operation of every N once,
+    round-robin, so a slow spell of a shared machine hits all sizes and variants alike. Up to
+    ``s.repeat`` rounds, fewer once ``s.max_seconds`` per point have been spent (at least one).
+    A row's time is its fastest round (other work on the machine only ever adds time); every
+    round is kept in ``Row.samples``."""
+    import time
+
+    start = time.perf_counter()
+    budget = s.max_seconds * max(1, len(points))
+    for _ in range(s.repeat):
+        for rows, ops in points:
+            for mode in MODES:
+                one = time_interleaved({name: op for name, op in ops[mode].items()
+                                        if not next(r for r in rows if r.name == name).skipped},
+                                       warmup=0, repeat=1, device=s.device)
+                for row in rows:
+                    if row.name in one:
+                        row.samples[mode].append(one[row.name])
+        if time.perf_counter() - start >= budget:
+            break
+    for rows, _ in points:
+        for row in rows:
+            for mode in MODES:
+                if row.samples[mode]:
+                    row.seconds[mode] = min(row.samples[mode])
+        exact_fb = rows[0].seconds["fwd_bwd"]
+        for row in rows:
+            if exact_fb and row.seconds["fwd_bwd"]:
+                row.speedup = exact_fb / row.seconds["fwd_bwd"]
+
+
 def best_of(fns: dict[str, Callable[[], Any]], s: Settings) -> dict[str, list[float]]:
-    """Every timed round of each callable, round-robin: ``s.repeat`` rounds, fewer once
-    ``s.max_seconds`` have been spent (at least one). The table reports the fastest round: on a
-    shared machine other work only ever adds time."""
+    """Every timed round of the callables, round-robin (see :func:`time_points`)."""
     import time
 
     samples: dict[str, list[float]] = {name: [] for name in fns}
     start = time.perf_counter()
     for _ in range(s.repeat):
-        one = time_interleaved(fns, warmup=0, repeat=1, device=s.device)
-        for name, t in one.items():
+        for name, t in time_interleaved(fns, warmup=0, repeat=1, device=s.device).items():
             samples[name].append(t)
         if time.perf_counter() - start >= s.max_seconds:
             break
     return samples
 
 
-def time_point(n: int, causal: bool, s: Settings, log: Callable[[str], None]) -> list[Row]:
-    """Time every variant and exact attention at one N, round-robin."""
-    q, k, v, grad_out = make_inputs(n, s.shape, DTYPES[s.dtype], s.device, s.seed)
-    rows = [Row(EXACT, n, causal, True)] + [Row(name, n, causal, V.variant_class(name).exact) for name in s.names]
-    rows[0].skipped = exact_skip_reason(n, s)
-    for mode in MODES:
-        fns: dict[str, Callable[[], Any]] = {}
-        for row in rows:
-            if row.skipped:
-                continue
-            try:
-                op = make_op(make_fn(row.name, s.params.get(row.name, {}), causal), mode, q, k, v, grad_out)
-                op()  # first call: lazy set-up, and proof that it runs
-                synchronize(s.device)
-                fns[row.name] = op
-            except Exception as e:  # a variant that fails is reported, not fatal
-                row.skipped = _short(e)
-                log(f"  {row.name} N={n}: {row.skipped}")
-        samples = best_of(fns, s)
-        for row in rows:
-            if row.name in samples:
-                row.seconds[mode] = min(samples[row.name])
-                row.samples[mode] = samples[row.name]
-    exact_fb = rows[0].seconds["fwd_bwd"]
-    for row in rows:
-        if exact_fb and row.seconds["fwd_bwd"]:
-            row.speedup = exact_fb / row.seconds["fwd_bwd"]
-    if s.memory:
-        memory_point(rows, s, log)
-    for row in rows:
-        log(f"  {'causal' if causal else 'full  '} N={n:>6} {row.name:>9}: " + (row.skipped or (
-            f"fwd {_ms(row.seconds['fwd'])} ms, fwd+bwd {_ms(row.seconds['fwd_bwd'])} ms, "
-            f"peak {_mib(row.peak_bytes['fwd_bwd'])} MiB")))
+def measure_mode(causal: bool, s: Settings, log: Callable[[str], None]) -> list[Row]:
+    """Time every variant and exact attention at every N (sizes interleaved), then probe the
+    peak memory of each, N by N."""
+    points = [prepare_point(n, causal, s, log) for n in s.sizes]
+    time_points(points, s)
+    rows = [row for rows_n, _ in points for row in rows_n]
+    points.clear()  # release the inputs before the memory probes
+    for n in s.sizes:
+        rows_n = [r for r in rows if r.n == n]
+        if s.memory:
+            memory_point(rows_n, s, log)
+        for row in rows_n:
+            log(f"  {'causal' if causal else 'full  '} N={n:>6} {row.name:>9}: " + (row.skipped or (
+                f"fwd {_ms(row.seconds['fwd'])} ms, fwd+bwd {_ms(row.seconds['fwd_bwd'])} ms, "
+                f"peak {_mib(row.peak_bytes['fwd_bwd'])} MiB")))
     return rows
 
 
@@ -544,7 +577,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-dim", type=positive_int, default=64, metavar="D")
     parser.add_argument("--repeat", type=positive_int, help=f"timed rounds per measurement {default('repeat')}")
     parser.add_argument("--max-seconds", type=float,
-                        help=f"stop timing a measurement after this long {default('max_seconds')}")
+                        help=f"no new timing round once this many seconds per N have been spent "
+                             f"{default('max_seconds')}")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strict", action="store_true", help="exit 1 when a measured target is missed")
@@ -580,8 +614,7 @@ def run(args: argparse.Namespace) -> int:
         errors[causal] = error_point(causal, s, log)
         if s.sweep:
             sweeps[causal] = sweep_point(causal, s, log)
-        for n in s.sizes:
-            rows += time_point(n, causal, s, log)
+        rows += measure_mode(causal, s, log)
     checks = evaluate_checks(rows, s)
 
     for causal in s.causal_modes:

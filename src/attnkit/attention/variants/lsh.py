@@ -14,9 +14,9 @@ counted once (it is masked in every round after the first that saw it), so more 
 only add keys and the result tends to dense shared-QK attention.
 
 Memory is O(T * n_hashes * chunk_size): the chunked scores are never all alive at once, and the
-backward pass recomputes them chunk by chunk (see ``_gathered``). The rotations are drawn from
-a generator seeded with ``seed``, round by round, so the first rounds do not depend on
-``n_hashes`` and the module is deterministic.
+backward pass (written out in ``_LSHCore``) recomputes them block by block, keeping only 1-byte
+masks between the passes. The rotations are drawn from a generator seeded with ``seed``, round
+by round, so the first rounds do not depend on ``n_hashes`` and the module is deterministic.
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ._common import VariantAttention, check_optional_int, check_positive_int, default_scale
-from torch.autograd.function import once_differentiable
 
 
 class LSHAttention(VariantAttention):

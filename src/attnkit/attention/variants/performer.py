@@ -134,5 +134,5 @@ class PerformerAttention(FeatureMapAttention):
             if self._calls % self.redraw_interval == 0 and self._calls > 0:
                 self.redraw()
             self._calls += 1
-        self._projection(q.shape[-1], q)  # draw before any checkpointed step runs
+        self._projection(q.shape[-1], q)  # draw the features before the scan starts
         return super()._attend(q, k, v, causal, key_valid)
