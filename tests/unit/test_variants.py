@@ -527,3 +527,11 @@ def test_bench_targets_pass_and_fail():
     assert [c.ok for c in bench.evaluate_checks(big, s)] == [True, False, True]
     lagging = [row("lsh", 16384, 1.0, 2.0, 100, 3.9)] + good[1:]
     assert [c.ok for c in bench.evaluate_checks(lagging, s)] == [True, True, False]
+    # growth is the median of per-round ratios: one quiet round at the small N does not fail it
+    lo, hi = row("linear", 16384, 1.0, 2.0, 100), row("linear", 65536, 5.5, 11.0, 2**30)
+    lo.samples = {"fwd": [1.0, 2.0, 2.0], "fwd_bwd": [2.0, 4.0, 4.0]}
+    hi.samples = {"fwd": [5.5, 8.0, 8.0], "fwd_bwd": [11.0, 16.0, 16.0]}
+    assert bench.growth(lo, hi, "fwd") == pytest.approx(4.0)
+    assert bench.growth(lo, hi, "fwd_bwd") == pytest.approx(4.0)
+    lo.samples = {"fwd": [], "fwd_bwd": []}
+    assert bench.growth(lo, hi, "fwd") == pytest.approx(5.5)

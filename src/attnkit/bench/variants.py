@@ -5,8 +5,8 @@ bidirectional attention, one run measures
 
 * forward and forward+backward wall time of every variant and of exact attention
   (``torch.nn.functional.scaled_dot_product_attention``), timed in rounds that call every
-  operation at every N once, round-robin, so a slow spell of a shared machine hits all sizes and
-  variants alike; the fastest of ``--repeat`` rounds is reported (all rounds are in the JSON); exact attention is skipped beyond ``--exact-max`` (it grows as
+  operation once, each variant's sizes back to back, so a slow spell of a shared machine hits
+  them alike; the fastest of ``--repeat`` rounds is reported (all rounds are in the JSON); exact attention is skipped beyond ``--exact-max`` (it grows as
   N^2) and where its scores would not fit in memory;
 * peak memory added by the forward and by forward+backward, each case measured in a fresh
   child process (``attnkit.bench.common.measure_peak_memories``: peak RSS over the RSS with the
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -64,7 +65,7 @@ SWEEP = {
 }
 
 TARGETS = {
-    "scaling": "time(N=65536) / time(N=16384) <= 5, every variant, fwd and fwd+bwd",
+    "scaling": "time(N=65536) / time(N=16384) <= 5, every variant, fwd and fwd+bwd (median of per-round ratios)",
     "memory": "fwd+bwd peak memory < 3 GiB at N=65536, every variant",
     "speed": "lsh, performer, linear fwd+bwd >= 4x faster than exact causal SDPA fwd+bwd at N=16384",
 }
@@ -196,24 +197,26 @@ def prepare_point(n: int, causal: bool, s: Settings, log: Callable[[str], None])
 
 
 def time_points(points: list, s: Settings) -> None:
-    """Time every prepared point in rounds: each round calls every operation of every N once,
-    round-robin, so a slow spell of a shared machine hits all sizes and variants alike. Up to
-    ``s.repeat`` rounds, fewer once ``s.max_seconds`` per point have been spent (at least one).
-    A row's time is its fastest round (other work on the machine only ever adds time); every
-    round is kept in ``Row.samples``."""
+    """Time every prepared point in rounds. A round calls every operation once, each variant's
+    sizes back to back (variant by variant, mode by mode), so a slow spell of a shared machine
+    hits the sizes of one variant alike and their ratio holds. Up to ``s.repeat`` rounds, fewer
+    once ``s.max_seconds`` per N have been spent (at least one). A row's time is its fastest
+    round (other work on the machine only ever adds time); every round is kept in
+    ``Row.samples``."""
     import time
 
+    order = []  # (row, mode, op), grouped by mode and variant, sizes adjacent
+    for mode in MODES:
+        for name in [EXACT] + s.names:
+            for rows, ops in points:
+                row = next(r for r in rows if r.name == name)
+                if name in ops[mode] and not row.skipped:
+                    order.append((row, mode, ops[mode][name]))
     start = time.perf_counter()
     budget = s.max_seconds * max(1, len(points))
     for _ in range(s.repeat):
-        for rows, ops in points:
-            for mode in MODES:
-                one = time_interleaved({name: op for name, op in ops[mode].items()
-                                        if not next(r for r in rows if r.name == name).skipped},
-                                       warmup=0, repeat=1, device=s.device)
-                for row in rows:
-                    if row.name in one:
-                        row.samples[mode].append(one[row.name])
+        for row, mode, op in order:
+            row.samples[mode].append(time_interleaved({row.name: op}, warmup=0, repeat=1, device=s.device)[row.name])
         if time.perf_counter() - start >= budget:
             break
     for rows, _ in points:
@@ -242,8 +245,8 @@ def best_of(fns: dict[str, Callable[[], Any]], s: Settings) -> dict[str, list[fl
 
 
 def measure_mode(causal: bool, s: Settings, log: Callable[[str], None]) -> list[Row]:
-    """Time every variant and exact attention at every N (sizes interleaved), then probe the
-    peak memory of each, N by N."""
+    """Time every variant and exact attention at every N (in rounds, see :func:`time_points`),
+    then probe the peak memory of each, N by N."""
     points = [prepare_point(n, causal, s, log) for n in s.sizes]
     time_points(points, s)
     rows = [row for rows_n, _ in points for row in rows_n]
@@ -374,6 +377,18 @@ def _find(rows: list[Row], name: str, n: int, causal: bool) -> Optional[Row]:
     return next((r for r in rows if r.name == name and r.n == n and r.causal == causal), None)
 
 
+def growth(lo: Optional[Row], hi: Optional[Row], mode: str) -> Optional[float]:
+    """Time at the larger N over time at the smaller one. Rounds time both sizes back to back,
+    so the ratio is taken within each round (a slow spell of a shared machine then cancels)
+    and the median over rounds is returned; without paired rounds, the ratio of the bests."""
+    if lo is None or hi is None or not lo.seconds[mode] or not hi.seconds[mode]:
+        return None
+    a, b = lo.samples.get(mode) or [], hi.samples.get(mode) or []
+    if a and len(a) == len(b):
+        return statistics.median(y / x for x, y in zip(a, b))
+    return hi.seconds[mode] / lo.seconds[mode]
+
+
 def _verdict(results: list[bool]) -> Optional[bool]:
     return None if not results else all(results)
 
@@ -388,11 +403,10 @@ def evaluate_checks(rows: list[Row], s: Settings) -> list[Check]:
         for name in s.names:
             lo, hi = _find(rows, name, 16384, causal), _find(rows, name, 65536, causal)
             for mode in MODES:
-                a = lo.seconds[mode] if lo else None
-                b = hi.seconds[mode] if hi else None
-                if a and b:
-                    results.append(b / a <= 5)
-                    parts.append(f"{label(name, causal)} {mode} {b / a:.2f}")
+                ratio = growth(lo, hi, mode)
+                if ratio is not None:
+                    results.append(ratio <= 5)
+                    parts.append(f"{label(name, causal)} {mode} {ratio:.2f}")
     checks.append(Check("scaling", TARGETS["scaling"], "; ".join(parts) or "-", _verdict(results)))
     # memory
     parts, results = [], []
