@@ -1,0 +1,1 @@
+"""Attention inspection: capture attention maps, head statistics, rollout, heatmaps and an HTML viewer."""
