@@ -125,6 +125,10 @@ class MultiHeadAttention(nn.Module):
             self.variant_attn = get(variant, **(variant_params or {}))
         elif variant_params:
             raise ValueError(f"variant_params given without a variant: {variant_params!r}")
+        # called as capture_hook(self, q, k, v, key_padding_mask=, mask=, document_ids=) with
+        # the q (B, H, T, D) and k, v (B, Hkv, Tk, D) the kernel receives (after RoPE and the
+        # cache); set by attnkit.inspect.capture, None otherwise
+        self.capture_hook = None
 
     # ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *, key_padding_mask: torch.Tensor | None = None,
@@ -177,6 +181,9 @@ class MultiHeadAttention(nn.Module):
                         f"(B, cache.length={cache.length} + T={T}), got {tuple(t.shape)}")
             k, v = cache.update(k, v)  # (B, Hkv, Tk, D) each, Tk = old length + T
 
+        if self.capture_hook is not None:
+            self.capture_hook(self, q, k, v, key_padding_mask=key_padding_mask, mask=mask,
+                              document_ids=document_ids)
         weights = None
         if self.variant_attn is not None:
             rep = H // Hkv
