@@ -193,8 +193,10 @@ class MultiHeadAttention(nn.Module):
             y = self.variant_attn(q, k, v, causal=self.causal,
                                   key_padding_mask=key_padding_mask)  # (B, H, T, D)
         else:
+            # a single query (decoding) is the last position, so causal masks nothing there
             res = attention(
-                q, k, v, causal=self.causal, mask=mask, key_padding_mask=key_padding_mask,
+                q, k, v, causal=self.causal and T > 1, mask=mask,
+                key_padding_mask=key_padding_mask,
                 window=self.window, bias="alibi" if self.positional == "alibi" else None,
                 document_ids=document_ids,
                 dropout_p=self.dropout if self.training else 0.0,
