@@ -34,6 +34,8 @@ def swap_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=positive_int, default=3,
                         help="timed passes of each model; the fastest counts (default 3)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument("--threads", type=positive_int, metavar="N",
+                        help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -67,6 +69,10 @@ def swap_command(args: argparse.Namespace) -> int:
     params = surgery.parse_params(args.variant_param)
     surgery.resolve_params(args.variant, params)  # bad names fail before the model loads
     texts = _texts(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model = load(args.model, device=device)
     layers = None if args.layers is None else surgery.parse_layers(args.layers, model.config.n_layer)
