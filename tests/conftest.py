@@ -22,3 +22,27 @@ def seed() -> int:
     else:
         np.random.seed(SEED)
     return SEED
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's ``chromium`` on PATH) driven by playwright, one per session.
+
+    Tests that use it are marked ``browser``; they skip, saying why, when Chromium or the
+    playwright package is missing. ``playwright install`` is never used.
+    """
+    import shutil
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("browser test: no `chromium` on PATH (Debian: apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("browser test: the playwright package is not installed (pip install playwright)")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            yield b
+        finally:
+            b.close()
