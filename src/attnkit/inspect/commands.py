@@ -1,0 +1,163 @@
+"""``attnkit inspect``: attention maps of one text, with statistics, heatmaps and a viewer.
+
+    attnkit inspect --model minilm --text "The cat sat on the mat." --out runs/inspect
+    attnkit inspect --model runs/char --text "ROMEO:" --layers 0,3 --heads 0,1 --out runs/i2
+
+Writes into ``--out``:
+
+* ``layer_<l>.png`` (every captured head of layer l), ``head_<l>_<h>.png`` (the flagged heads,
+  or every captured head when ``--heads`` is given), ``rollout.png`` (and ``flow.png`` with
+  ``--flow``) when every layer and head is captured;
+* ``viewer.html``: the self-contained interactive viewer;
+* ``maps.npz``: ``tokens``, ``input_ids``, ``layers``, ``heads``, ``layer_<l>`` (H, T, T)
+  float32 for each captured layer, ``rollout``/``flow`` when computed (plain arrays:
+  ``np.load(path)`` needs no pickle);
+* ``stats.json``: the per-head statistics, labels and the rules behind them;
+
+and prints the flagged heads. ``--timing`` also times the plain forward pass against the
+forward pass with every layer captured.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from ..cli import UsageError, positive_int
+
+MAX_HEAD_PNGS = 16
+
+
+def index_list(text: str) -> list[int]:
+    """``"0,3"`` -> ``[0, 3]``."""
+    out = []
+    for part in text.split(","):
+        item = part.strip()
+        if not item.isdigit():
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated indices >= 0 such as 0,3; got {text!r}")
+        out.append(int(item))
+    return out
+
+
+def inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="minilm",
+                        help="known name (minilm), attnkit or Hugging Face directory (default: minilm)")
+    parser.add_argument("--text", required=True, help="the text to inspect")
+    parser.add_argument("--layers", type=index_list, help="layers to capture, e.g. 0,3 (default: all)")
+    parser.add_argument("--heads", type=index_list, help="heads to capture, e.g. 0,5 (default: all)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--flow", action="store_true",
+                        help="also compute attention flow (max-flow; short texts only)")
+    parser.add_argument("--timing", action="store_true",
+                        help="time the forward pass with and without capturing every layer")
+    parser.add_argument("--rounds", type=positive_int, default=7, help="timing rounds (default: 7)")
+    parser.add_argument("--title", default=None, help="title of the viewer page")
+
+
+def _tokenize(model, text: str):
+    import torch
+
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise UsageError("the model has no tokenizer (tokenizer.json); expected a checkpoint with one")
+    if not text.strip():
+        raise UsageError(f"--text {text!r} is empty; expected some text")
+    enc = tok.encode(text)
+    ids, tokens = list(enc.ids), list(enc.tokens)
+    limit = model.config.max_seq_len
+    if len(ids) > limit:
+        ids, tokens = ids[:limit], tokens[:limit]
+    if not ids:
+        raise UsageError(f"--text {text!r} gives no tokens")
+    return torch.tensor([ids]), tokens
+
+
+def inspect_command(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    import attnkit
+
+    from . import render, stats
+    from .capture import attention_layers, capture, capture_overhead
+
+    model = attnkit.load(args.model)
+    input_ids, tokens = _tokenize(model, args.text)
+    n_layers = len(attention_layers(model))
+    n_heads = model.config.n_head
+    with torch.no_grad(), capture(model, layers=args.layers, heads=args.heads, tokens=tokens) as maps:
+        model(input_ids)
+    weights = [w.float() for w in maps.stacked(0)]  # one (H, T, T) per captured layer
+    rows = stats.head_stats(maps)
+    everything = maps.layers == list(range(n_layers)) and maps.heads == list(range(n_heads))
+    roll = stats.rollout(weights) if everything else None
+    flow = None
+    if args.flow:
+        if not everything:
+            raise UsageError("--flow needs every layer and head captured; drop --layers/--heads")
+        flow = stats.attention_flow(weights)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for layer, w in zip(maps.layers, weights):
+        written.append(render.plot_layer(w, tokens, out / f"layer_{layer}.png",
+                                         title=f"layer {layer}", heads=maps.heads))
+    flagged = [r for r in rows if r["labels"]]
+    picked = [(r["layer"], r["head"]) for r in rows] if args.heads is not None else \
+        [(r["layer"], r["head"]) for r in flagged]
+    for layer, head in picked[:MAX_HEAD_PNGS]:
+        w = weights[maps.layers.index(layer)][maps.heads.index(head)]
+        written.append(render.plot_head(w, tokens, out / f"head_{layer}_{head}.png",
+                                        title=f"layer {layer} head {head}"))
+    if roll is not None:
+        written.append(render.plot_rollout(roll, tokens, out / "rollout.png"))
+    if flow is not None:
+        written.append(render.plot_rollout(flow, tokens, out / "flow.png", title="attention flow"))
+
+    arrays = {"tokens": np.array(tokens, dtype=str), "input_ids": input_ids[0].numpy(),
+              "layers": np.array(maps.layers), "heads": np.array(maps.heads)}
+    for layer, w in zip(maps.layers, weights):
+        arrays[f"layer_{layer}"] = w.numpy().astype(np.float32)
+    if roll is not None:
+        arrays["rollout"] = roll.numpy()
+    if flow is not None:
+        arrays["flow"] = flow.numpy()
+    np.savez(out / "maps.npz", **arrays)
+    written.append(out / "maps.npz")
+    report = {"model": str(args.model), "text": args.text, "tokens": tokens, "layers": maps.layers,
+              "heads": maps.heads, "sources": maps.sources,
+              "rules": [dataclasses.asdict(r) for r in stats.RULES], "stats": rows}
+    (out / "stats.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    written.append(out / "stats.json")
+
+    viewer_error = None
+    try:
+        from .html import write_viewer
+    except ImportError as e:
+        viewer_error = f"the HTML viewer (attnkit.inspect.html.write_viewer) is not available: {e}"
+    else:
+        title = args.title if args.title is not None else f"{args.model}: {args.text[:60]}"
+        written.append(write_viewer(out / "viewer.html", tokens, weights, maps.layers, maps.heads,
+                                    stats=rows, rollout=roll, title=title))
+
+    print(f"{len(tokens)} tokens, {len(maps.layers)} layers x {len(maps.heads)} heads captured; "
+          f"wrote {len(written)} files to {out}")
+    if flagged:
+        print("flagged heads:")
+        for r in flagged:
+            print(f"  layer {r['layer']} head {r['head']}: {r['why']}")
+    else:
+        print("flagged heads: none")
+    if args.timing:
+        t = capture_overhead(model, input_ids, rounds=args.rounds)
+        print(f"capture overhead ({n_layers} layers x {n_heads} heads, {len(tokens)} tokens, best of "
+              f"{t['rounds']} rounds): plain forward {t['plain_s'] * 1e3:.2f} ms, with capture "
+              f"{t['capture_s'] * 1e3:.2f} ms, ratio {t['ratio']:.2f}x")
+    if viewer_error is not None:
+        sys.stderr.write(f"attnkit: error: {viewer_error}\n")
+        return 1
+    return 0

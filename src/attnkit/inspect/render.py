@@ -1,0 +1,144 @@
+"""PNG heatmaps of attention maps with token labels (matplotlib, Agg; no display needed).
+
+* :func:`plot_head`: one head's (Tq, Tk) map, queries down, keys across;
+* :func:`plot_layer`: every head of one layer as a grid of small maps;
+* :func:`plot_rollout`: an attention-rollout (or flow) matrix.
+
+Each writes a PNG and returns its path. Figures are made with ``matplotlib.figure.Figure`` and
+the Agg canvas directly, so no pyplot state is touched and nothing needs a display.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["plot_head", "plot_layer", "plot_rollout"]
+
+MAX_LABELS = 64  # tokens labelled on an axis; longer inputs get no tick labels
+
+
+def _figure(width: float, height: float, dpi: int = 100):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:  # pragma: no cover - matplotlib is in the [viz] extra
+        raise ImportError("rendering needs matplotlib: pip install 'attnkit[viz]'") from e
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _matrix(w, name: str, dims: int) -> Tensor:
+    if not isinstance(w, Tensor) or w.dim() != dims:
+        what = tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__
+        shape = "(Tq, Tk)" if dims == 2 else "(H, Tq, Tk)"
+        raise ValueError(f"{name} must be a {shape} tensor, got {what}")
+    if w.is_sparse:
+        w = w.to_dense()
+    w = w.detach().to("cpu", torch.float32)
+    if w.numel() == 0 or not bool(torch.isfinite(w).all()):
+        raise ValueError(f"{name} must be a non-empty tensor of finite values")
+    return w
+
+
+def _check_tokens(tokens, n: int, what: str) -> Optional[list[str]]:
+    if tokens is None:
+        return None
+    if isinstance(tokens, str) or not all(isinstance(t, str) for t in tokens):
+        raise ValueError(f"{what} tokens must be a list of str, got {tokens!r:.80}")
+    if len(tokens) != n:
+        raise ValueError(f"{what} tokens has {len(tokens)} entries; expected {n} (one per {what} position)")
+    return list(tokens)
+
+
+def _label_axes(ax, q_tokens, k_tokens, fontsize: float) -> None:
+    for setter, ticks, labels, rot in ((ax.set_xticks, ax.set_xticklabels, k_tokens, 90),
+                                       (ax.set_yticks, ax.set_yticklabels, q_tokens, 0)):
+        if labels is None or len(labels) > MAX_LABELS:
+            setter([])
+            continue
+        setter(range(len(labels)))
+        ticks(labels, rotation=rot, fontsize=fontsize)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _size(tq: int, tk: int) -> tuple[float, float]:
+    side = min(12.0, max(3.5, 0.28 * max(tq, tk) + 2.0))
+    return side * min(1.6, max(0.6, tk / max(tq, 1))) + 1.0, side
+
+
+def plot_head(weights: Tensor, tokens: Optional[Sequence[str]] = None, path="head.png",
+              title: str = "", query_tokens: Optional[Sequence[str]] = None) -> Path:
+    """Heatmap of one head: ``weights`` (Tq, Tk), ``tokens`` the Tk keys (and the queries, the
+    last Tq of them, unless ``query_tokens`` is given)."""
+    w = _matrix(weights, "weights", 2)
+    tq, tk = w.shape
+    k_tok = _check_tokens(tokens, tk, "key")
+    q_tok = _check_tokens(query_tokens, tq, "query") if query_tokens is not None else \
+        (k_tok[tk - tq:] if k_tok is not None else None)
+    fig = _figure(*_size(tq, tk))
+    ax = fig.add_subplot()
+    im = ax.imshow(w.numpy(), cmap="viridis", vmin=0.0, vmax=max(float(w.max()), 1e-9), aspect="auto")
+    _label_axes(ax, q_tok, k_tok, 8)
+    ax.set_xlabel("key")
+    ax.set_ylabel("query")
+    if title:
+        ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_layer(weights: Tensor, tokens: Optional[Sequence[str]] = None, path="layer.png",
+               title: str = "", heads: Optional[Sequence[int]] = None) -> Path:
+    """Every head of one layer, ``weights`` (H, Tq, Tk), as a grid; ``heads`` names the panels
+    (default 0..H-1)."""
+    w = _matrix(weights, "weights", 3)
+    H, tq, tk = w.shape
+    k_tok = _check_tokens(tokens, tk, "key")
+    q_tok = k_tok[tk - tq:] if k_tok is not None else None
+    names = list(range(H)) if heads is None else list(heads)
+    if len(names) != H:
+        raise ValueError(f"heads has {len(names)} entries; expected {H} (one per map)")
+    cols = min(H, 4)
+    rows = math.ceil(H / cols)
+    panel = min(4.0, max(2.2, 0.16 * max(tq, tk) + 1.2))
+    fig = _figure(cols * panel + 0.5, rows * panel + (0.6 if title else 0.2))
+    small = len(k_tok) <= 24 if k_tok is not None else False
+    for h in range(H):
+        ax = fig.add_subplot(rows, cols, h + 1)
+        ax.imshow(w[h].numpy(), cmap="viridis", vmin=0.0, vmax=max(float(w[h].max()), 1e-9),
+                  aspect="auto")
+        _label_axes(ax, q_tok if small else None, k_tok if small else None, 5)
+        ax.set_title(f"head {names[h]}", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_rollout(matrix: Tensor, tokens: Optional[Sequence[str]] = None, path="rollout.png",
+                 title: str = "attention rollout") -> Path:
+    """Heatmap of a (T, T) rollout or flow matrix: row i = output token, column j = input token."""
+    m = _matrix(matrix, "matrix", 2)
+    t = _check_tokens(tokens, m.shape[1], "input")
+    fig = _figure(*_size(*m.shape))
+    ax = fig.add_subplot()
+    im = ax.imshow(m.numpy(), cmap="magma", vmin=0.0, aspect="auto")
+    _label_axes(ax, t[m.shape[1] - m.shape[0]:] if t is not None else None, t, 8)
+    ax.set_xlabel("input token")
+    ax.set_ylabel("output token")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,377 @@
+"""Per-head statistics, head labels, attention rollout and attention flow.
+
+Statistics of one head, from its (Tq, Tk) map of one sequence (query i sits at position
+Tk - Tq + i, as in :func:`attnkit.attention.attention`), each averaged over the query rows that
+attend to anything:
+
+* ``entropy``: -sum_j w_ij log w_ij (nats); ``entropy_norm``: the same divided by log(n_i),
+  n_i the number of keys query i may see (rows with n_i >= 2), 1.0 = uniform. The keys a
+  query may see are read off the maps of its layer: no key after the query when no head of the
+  layer ever looks ahead (causal), and no key that no head ever attends to (padding);
+* ``distance``: sum_j w_ij |pos_i - j|, the mean attention distance in tokens;
+* ``first``, ``prev``, ``self``: weight on the first token, on the previous position, on the
+  query's own position; ``near``: weight within 2 positions either side (itself included);
+* ``special``: weight on [CLS]/[SEP]-like tokens; ``sep``: on separators ([SEP], </s>,
+  <|endoftext|>); ``punct``: on punctuation tokens (these three need the tokens).
+
+A head is labelled when a statistic passes a rule of :data:`RULES` (threshold, and for the mass
+on a kind of token, a multiple of the mass that uniform attention would put there, so that a
+text made mostly of punctuation does not make every head a punctuation sink); each row says which
+numbers and thresholds gave each label in ``why``.
+
+Rollout and flow follow Abnar & Zuidema (2020), "Quantifying Attention Flow in Transformers":
+each layer's head-averaged weights are mixed with the residual connection,
+A_l = 0.5 * mean_h(W_l) + 0.5 * I, rows renormalised. Rollout multiplies them,
+R = A_L ... A_1; flow is the maximum flow from input token j to output token i through the
+layered graph whose edges (layer l-1, token j) -> (layer l, token i) have capacity A_l[i, j].
+"""
+from __future__ import annotations
+
+import math
+import unicodedata
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["RULES", "Rule", "SPECIAL_TOKENS", "SEPARATOR_TOKENS", "head_stats", "label_head",
+           "rollout", "attention_flow", "max_flow", "residual_attention"]
+
+SPECIAL_TOKENS = frozenset({"[CLS]", "[SEP]", "<s>", "</s>", "<|endoftext|>", "<cls>", "<sep>"})
+SEPARATOR_TOKENS = frozenset({"[SEP]", "</s>", "<|endoftext|>", "<sep>"})
+METRICS = ("entropy", "entropy_norm", "distance", "first", "prev", "self", "near", "special",
+           "sep", "punct")
+
+# flow: at most this many tokens and graph nodes ((layers + 1) * tokens)
+FLOW_MAX_TOKENS = 32
+FLOW_MAX_NODES = 256
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``label`` when ``metric >= threshold`` (and, with ``over_uniform``, also at least that
+    multiple of the uniform-attention value of the metric), unless a label in ``unless``
+    was given first."""
+
+    label: str
+    metric: str
+    threshold: float
+    over_uniform: Optional[float] = None
+    unless: tuple[str, ...] = ()
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("previous-token head", "prev", 0.5),
+    Rule("self", "self", 0.5),
+    Rule("[SEP] sink", "sep", 0.5, over_uniform=2.0),
+    Rule("first-token sink", "first", 0.5, over_uniform=2.0),
+    Rule("punctuation sink", "punct", 0.4, over_uniform=2.0),
+    Rule("local", "near", 0.8, over_uniform=1.5, unless=("previous-token head", "self")),
+    Rule("broad", "entropy_norm", 0.85),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# tokens
+# --------------------------------------------------------------------------------------------
+def _bare(token: str) -> str:
+    t = token
+    for prefix in ("##", "\u0120", "\u2581", "\u010a"):
+        if t.startswith(prefix):
+            t = t[len(prefix):]
+    return t.strip()
+
+
+def is_punctuation(token: str) -> bool:
+    """True for a token made only of punctuation characters (after subword markers)."""
+    t = _bare(token)
+    return bool(t) and token not in SPECIAL_TOKENS and all(unicodedata.category(c).startswith("P") for c in t)
+
+
+def _token_mask(tokens: Optional[Sequence[str]], tk: int, pick) -> Optional[Tensor]:
+    if tokens is None:
+        return None
+    return torch.tensor([bool(pick(t)) for t in tokens], dtype=torch.bool)
+
+
+# --------------------------------------------------------------------------------------------
+# statistics
+# --------------------------------------------------------------------------------------------
+def _check_map(w: Any, where: str) -> Tensor:
+    if not isinstance(w, Tensor) or w.dim() != 3:
+        what = tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__
+        raise ValueError(f"{where} must be a (H, Tq, Tk) tensor of one sequence, got {what}")
+    if w.is_sparse:
+        w = w.to_dense()
+    if not w.is_floating_point() or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError(f"{where} must hold finite weights >= 0")
+    return w.detach().to("cpu", torch.float64)
+
+
+def _per_head(w: Tensor, tokens: Optional[Sequence[str]]) -> dict[str, Tensor]:
+    """Statistics of every head of one layer: w (H, Tq, Tk) -> {metric: (H,) tensor}, plus the
+    uniform-attention values of the mass metrics under the key '<metric>_uniform'."""
+    H, Tq, Tk = w.shape
+    offset = Tk - Tq
+    qpos = torch.arange(Tq) + offset  # (Tq,)
+    kpos = torch.arange(Tk)
+    dist = (qpos[:, None] - kpos[None, :]).abs().to(w.dtype)  # (Tq, Tk)
+    live = w.sum(-1) > 0  # (H, Tq) rows that attend to anything
+    # the keys a query may see, as far as the maps tell: a layer whose heads never look ahead is
+    # causal; a key no head ever attends to is padding
+    future = kpos[None, :] > qpos[:, None]  # (Tq, Tk)
+    causal = bool((w[:, future] == 0).all()) and bool(future.any())
+    seen = (w.sum((0, 1)) > 0)[None, None, :].expand(H, Tq, Tk)  # (H, Tq, Tk)
+    if causal:
+        seen = seen & ~future
+    n_seen = seen.sum(-1)  # (H, Tq)
+    uniform = torch.where(seen, 1.0 / n_seen.clamp_min(1)[..., None].to(w.dtype), torch.zeros_like(w))
+
+    def mean(x: Tensor, rows: Tensor) -> Tensor:  # x (H, Tq) -> (H,), over the selected rows
+        cnt = rows.sum(-1)
+        val = torch.where(rows, x, torch.zeros_like(x)).sum(-1) / cnt.clamp_min(1)
+        return torch.where(cnt > 0, val, torch.full_like(val, float("nan")))
+
+    logw = torch.where(w > 0, w.log(), torch.zeros_like(w))
+    ent = -(w * logw).sum(-1)  # (H, Tq)
+    out = {
+        "entropy": mean(ent, live),
+        "entropy_norm": mean(ent / n_seen.clamp_min(2).to(w.dtype).log(), live & (n_seen >= 2)),
+        "distance": mean((w * dist).sum(-1), live),
+    }
+    masks = {
+        "first": kpos == 0,
+        "near": None,
+        "special": _token_mask(tokens, Tk, lambda t: t in SPECIAL_TOKENS),
+        "sep": _token_mask(tokens, Tk, lambda t: t in SEPARATOR_TOKENS),
+        "punct": _token_mask(tokens, Tk, is_punctuation),
+    }
+    for name, km in masks.items():
+        if name == "near":
+            sel = (dist <= 2).to(w.dtype)  # (Tq, Tk)
+            out["near"] = mean((w * sel).sum(-1), live)
+            out["near_uniform"] = mean((uniform * sel).sum(-1), live)
+            continue
+        if km is None:
+            out[name] = out[f"{name}_uniform"] = torch.full((H,), float("nan"), dtype=w.dtype)
+            continue
+        kf = km.to(w.dtype)
+        out[name] = mean(w @ kf, live)
+        out[f"{name}_uniform"] = mean(uniform @ kf, live)
+    prev_ok = (qpos >= 1) & (qpos - 1 < Tk)
+    prev = w[:, torch.arange(Tq), (qpos - 1).clamp(0, Tk - 1)]  # (H, Tq)
+    out["prev"] = mean(prev, live & prev_ok)
+    self_ok = qpos < Tk
+    out["self"] = mean(w[:, torch.arange(Tq), qpos.clamp(max=Tk - 1)], live & self_ok)
+    return out
+
+
+def label_head(row: dict, rules: Sequence[Rule] = RULES) -> tuple[list[str], list[str]]:
+    """(labels, reasons) of one head from its statistics (and '<metric>_uniform' values)."""
+    labels, why = [], []
+    for rule in rules:
+        value = row.get(rule.metric)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        if any(u in labels for u in rule.unless) or value < rule.threshold:
+            continue
+        reason = f"{rule.metric} {value:.2f} >= {rule.threshold:.2f}"
+        if rule.over_uniform is not None:
+            base = row.get(f"{rule.metric}_uniform")
+            if base is None or math.isnan(base) or value < rule.over_uniform * base:
+                continue
+            reason += f" and >= {rule.over_uniform:g} x uniform {base:.2f}"
+        labels.append(rule.label)
+        why.append(f"{rule.label}: {reason}")
+    return labels, why
+
+
+def head_stats(weights: Any, tokens: Optional[Sequence[str]] = None,
+               layers: Optional[Sequence[int]] = None, heads: Optional[Sequence[int]] = None,
+               batch: int = 0, rules: Sequence[Rule] = RULES) -> list[dict]:
+    """One row per (layer, head): its statistics (see the module docstring), ``labels`` and
+    ``why`` (the numbers and thresholds behind each label, '; '-separated).
+
+    weights: an :class:`~attnkit.inspect.capture.AttentionMaps` (its ``tokens``, ``layers`` and
+    ``heads`` are used unless given; ``batch`` picks the sequence), or a list of (H, Tq, Tk)
+    maps, one per layer (``layers`` default 0.., ``heads`` default 0..H-1).
+    tokens: the Tk key tokens, for the token-kind masses (else those are None).
+    """
+    from .capture import AttentionMaps
+
+    if isinstance(weights, AttentionMaps):
+        tokens = weights.tokens if tokens is None else tokens
+        layers = weights.layers if layers is None else layers
+        heads = weights.heads if heads is None else heads
+        weights = weights.stacked(batch)
+    if isinstance(weights, Tensor) or not isinstance(weights, Sequence) or not weights:
+        raise ValueError(f"weights must be AttentionMaps or a non-empty list of (H, Tq, Tk) tensors, "
+                         f"got {type(weights).__name__}")
+    layers = list(range(len(weights))) if layers is None else list(layers)
+    if len(layers) != len(weights):
+        raise ValueError(f"layers has {len(layers)} entries for {len(weights)} maps; expected one per map")
+    rows = []
+    for li, (layer, w) in enumerate(zip(layers, weights)):
+        w = _check_map(w, f"weights[{li}]")
+        H, _, Tk = w.shape
+        hs = list(range(H)) if heads is None else list(heads)
+        if len(hs) != H:
+            raise ValueError(f"heads has {len(hs)} entries but weights[{li}] has {H} heads")
+        if tokens is not None and len(tokens) != Tk:
+            raise ValueError(f"tokens has {len(tokens)} entries; expected one per key ({Tk})")
+        stats = _per_head(w, tokens)
+        for hi, head in enumerate(hs):
+            full = {name: float(v[hi]) for name, v in stats.items()}
+            row: dict[str, Any] = {"layer": int(layer), "head": int(head)}
+            for name in METRICS:
+                row[name] = None if math.isnan(full[name]) else full[name]
+            labels, why = label_head(full, rules)
+            row["labels"] = labels
+            row["why"] = "; ".join(why)
+            rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# rollout and flow
+# --------------------------------------------------------------------------------------------
+def _layer_maps(weights: Any, batch: int) -> list[Tensor]:
+    from .capture import AttentionMaps
+
+    if isinstance(weights, AttentionMaps):
+        weights = weights.stacked(batch)
+    if isinstance(weights, Tensor) or not isinstance(weights, Sequence) or not weights:
+        raise ValueError(f"weights must be AttentionMaps or a non-empty list of (H, T, T) tensors "
+                         f"(one per layer, first layer first), got {type(weights).__name__}")
+    out = []
+    for i, w in enumerate(weights):
+        w = _check_map(w, f"weights[{i}]")
+        if w.shape[1] != w.shape[2] or (out and w.shape[1:] != out[0].shape[1:]):
+            raise ValueError(f"weights[{i}] has shape {tuple(w.shape)}; expected (H, T, T) maps of one "
+                             f"length T for every layer")
+        out.append(w)
+    return out
+
+
+def residual_attention(w: Tensor, residual: float = 0.5) -> Tensor:
+    """(H, T, T) -> (T, T): residual * I + (1 - residual) * mean over heads, rows summing to 1."""
+    a = w.mean(0)
+    a = residual * torch.eye(a.shape[0], dtype=a.dtype) + (1.0 - residual) * a
+    return a / a.sum(-1, keepdim=True)
+
+
+def _check_residual(residual: float) -> float:
+    if isinstance(residual, bool) or not isinstance(residual, (int, float)) or not 0 <= residual <= 1:
+        raise ValueError(f"residual must be a float in [0, 1], got {residual!r}")
+    return float(residual)
+
+
+def rollout(weights: Any, residual: float = 0.5, batch: int = 0) -> Tensor:
+    """Attention rollout (T, T) float32: row i is how much output token i draws on input token j.
+
+    weights: AttentionMaps (all heads of consecutive layers, first layer first) or a list of
+    (H, T, T) maps, one per layer.
+    """
+    residual = _check_residual(residual)
+    maps = _layer_maps(weights, batch)
+    r = None
+    for w in maps:
+        a = residual_attention(w, residual)
+        r = a if r is None else a @ r
+    return r.to(torch.float32)
+
+
+def max_flow(capacity: Any, source: int, sink: int) -> float:
+    """Maximum flow from ``source`` to ``sink`` in the graph whose (V, V) ``capacity`` matrix holds
+    the capacity of edge u -> v at [u, v] (Dinic's algorithm)."""
+    cap = np.array(capacity.detach().cpu() if isinstance(capacity, Tensor) else capacity, dtype=np.float64)
+    if cap.ndim != 2 or cap.shape[0] != cap.shape[1]:
+        raise ValueError(f"capacity must be a square (V, V) matrix, got shape {cap.shape}")
+    if not np.isfinite(cap).all() or (cap < 0).any():
+        raise ValueError("capacity must hold finite values >= 0")
+    V = cap.shape[0]
+    for name, node in (("source", source), ("sink", sink)):
+        if isinstance(node, bool) or not isinstance(node, (int, np.integer)) or not 0 <= node < V:
+            raise ValueError(f"{name} must be a node index in [0, {V}), got {node!r}")
+    if source == sink:
+        raise ValueError(f"source and sink must differ, got both {source}")
+    eps = 1e-12
+    # Dinic: a breadth-first level graph, then augmenting paths along it (depth-first, each
+    # node's edge pointer only moving forward) until it is blocked; repeat
+    res = cap.tolist()  # residual capacities, python floats
+    adj = [np.flatnonzero((cap[u] > 0) | (cap[:, u] > 0)).tolist() for u in range(V)]
+    total = 0.0
+    while True:
+        level = [-1] * V
+        level[source] = 0
+        queue = [source]
+        for u in queue:
+            for v in adj[u]:
+                if level[v] < 0 and res[u][v] > eps:
+                    level[v] = level[u] + 1
+                    queue.append(v)
+        if level[sink] < 0:
+            return total
+        pointer = [0] * V
+        while True:
+            pushed = _augment(res, adj, level, pointer, source, sink, eps)
+            if pushed <= 0.0:
+                break
+            total += pushed
+
+
+def _augment(res, adj, level, pointer, source, sink, eps) -> float:
+    """One augmenting path along the level graph; pushes its bottleneck and returns it (0.0
+    when the level graph is blocked)."""
+    path = [source]
+    while path:
+        u = path[-1]
+        if u == sink:
+            push = min(res[a][b] for a, b in zip(path, path[1:]))
+            for a, b in zip(path, path[1:]):
+                res[a][b] -= push
+                res[b][a] += push
+            return push
+        nbrs = adj[u]
+        while pointer[u] < len(nbrs):
+            v = nbrs[pointer[u]]
+            if level[v] == level[u] + 1 and res[u][v] > eps:
+                path.append(v)
+                break
+            pointer[u] += 1
+        else:
+            level[u] = -1  # dead end: never entered again in this phase
+            path.pop()
+            if path:
+                pointer[path[-1]] += 1
+    return 0.0
+
+
+def attention_flow(weights: Any, residual: float = 0.5, batch: int = 0,
+                   max_tokens: int = FLOW_MAX_TOKENS, max_nodes: int = FLOW_MAX_NODES) -> Tensor:
+    """Attention flow (T, T) float32: [i, j] is the maximum flow from input token j to output
+    token i through the layered graph of the residual-mixed maps (see the module docstring).
+
+    One max-flow per (i, j) pair: small inputs only; more than ``max_tokens`` tokens or
+    ``max_nodes`` graph nodes is a ValueError.
+    """
+    residual = _check_residual(residual)
+    maps = _layer_maps(weights, batch)
+    L, T = len(maps), maps[0].shape[-1]
+    nodes = (L + 1) * T
+    if T > max_tokens or nodes > max_nodes:
+        raise ValueError(f"attention flow of {T} tokens over {L} layers needs a graph of {nodes} nodes "
+                         f"and {T * T} max-flow runs; expected at most {max_tokens} tokens and "
+                         f"{max_nodes} nodes (use rollout for longer inputs)")
+    cap = np.zeros((nodes, nodes))
+    for l, w in enumerate(maps):
+        a = residual_attention(w, residual).numpy()  # (T, T): output i <- input j
+        # node of (layer l, token j) is l * T + j; edge (l, j) -> (l + 1, i) has capacity a[i, j]
+        cap[l * T:(l + 1) * T, (l + 1) * T:(l + 2) * T] = a.T
+    flow = torch.zeros(T, T, dtype=torch.float64)
+    for i in range(T):
+        for j in range(T):
+            flow[i, j] = max_flow(cap, j, L * T + i)
+    return flow.to(torch.float32)
