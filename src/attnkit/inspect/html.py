@@ -342,7 +342,7 @@ def render_viewer(
     )
     data["encoding"] = {"mass": float(mass), "max_entries": k, "value_bits": 8, "key_bits": 16}
     block = f'<script type="application/json" id="attnkit-data">{_script_safe_json(data)}</script>'
-    fill = {"CSP": html.escape(csp, quote=True), "DATA": block,
+    fill = {"CSP": html.escape(csp, quote=False), "DATA": block,  # the CSP holds no double quote
             "TITLE": html.escape(title or "attnkit attention viewer", quote=False)}
     # One pass, so text put in (a title holding "{{DATA}}", say) is never substituted again.
     return re.sub(r"\{\{(CSP|TITLE|DATA)\}\}", lambda m: fill[m.group(1)], template)

@@ -1,0 +1,325 @@
+"""``attnkit bench viewer``: size and speed of the HTML attention viewer in headless Chromium.
+
+It builds attention maps for ``--tokens`` tokens through ``--layers`` x ``--heads`` heads that
+look like a trained encoder's (each head a softmax of random scores plus one kind of structure:
+previous or next token, first-token sink, self, local window, or none, at a random sharpness;
+rows sum to 1), per-head statistics and the attention rollout, writes ``viewer.html`` with
+:func:`attnkit.inspect.html.write_viewer`, and opens it in Chromium (Debian's ``chromium``,
+driven by playwright) to measure:
+
+* file size (target under 8 MB);
+* first paint: the browser's first-contentful-paint, and the time from navigation to the first
+  rendered head view (the page marks it one frame after drawing it), median over ``--loads``
+  fresh loads (target under 2 s);
+* head switch: in the page, ``performance.now()`` before clicking a head (or choosing a layer)
+  and after the next frame has run, median over ``--switches`` switches to maps not shown
+  before (each decoded on the spot) and again over the same switches with them decoded (target
+  under 100 ms);
+* model view: from opening the tab until every thumbnail is drawn (no target).
+
+Every request the page makes is routed through playwright; one that does not stay in the file
+is counted and fails the run. Results go to ``viewer.json`` in ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .common import Table, environment, write_json
+
+TARGETS = {"size_bytes": 8_000_000, "head_view_ms": 2000.0, "switch_ms": 100.0}
+CORPUS_NAME = "tinyshakespeare.txt"
+KINDS = ("previous", "next", "sink", "self", "local", "none")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------------------------
+
+
+def sample_tokens(n: int) -> list[str]:
+    """``n`` words of Shakespeare (../shared/data/tinyshakespeare.txt) when it is there, else w0, w1, ..."""
+    repo = Path(__file__).resolve().parents[3]
+    for base in (repo, Path.cwd()):
+        path = base.parent / "shared" / "data" / CORPUS_NAME
+        if path.is_file():
+            words: list[str] = []
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    words += [" " + w if words else w for w in line.split()]
+                    if len(words) >= n:
+                        return words[:n]
+    return [f"w{i}" for i in range(n)]
+
+
+def synthetic_attention(n_tokens: int, n_layers: int, n_heads: int, seed: int = 0) -> list[torch.Tensor]:
+    """One (H, T, T) float32 map per layer; every row a softmax, so it sums to 1.
+
+    Each head is a softmax of Gaussian scores at a random sharpness plus one structure (see
+    :data:`KINDS`), as heads of trained encoders tend to show.
+    """
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.arange(n_tokens)
+    dist = (pos[None, :] - pos[:, None]).float()  # (T, T) key - query
+    shapes = {  # (T, T) score bias of each kind, scaled by the head's strength
+        "previous": (dist == -1).float(), "next": (dist == 1).float(), "self": (dist == 0).float(),
+        "sink": (pos[None, :] == 0).float().expand(n_tokens, n_tokens), "local": -dist.abs() / 8,
+        "none": torch.zeros(n_tokens, n_tokens),
+    }
+    bias = torch.stack([shapes[k] for k in KINDS])  # (kinds, T, T)
+    out = []
+    for _ in range(n_layers):
+        kind = torch.randint(len(KINDS), (n_heads,), generator=g)
+        sharp = torch.empty(n_heads, 1, 1).uniform_(0.5, 3.0, generator=g)
+        strength = torch.empty(n_heads, 1, 1).uniform_(3.0, 8.0, generator=g)
+        scores = sharp * torch.randn(n_heads, n_tokens, n_tokens, generator=g)  # (H, T, T)
+        scores += strength * bias[kind]
+        out.append(torch.softmax(scores, dim=-1))  # (H, T, T)
+    return out
+
+
+def head_stats(weights: list[torch.Tensor]) -> list[dict[str, Any]]:
+    """Entropy (nats), mean attended distance, mass on token 0 and on the previous token per head."""
+    rows = []
+    for layer, w in enumerate(weights):
+        n = w.shape[-1]
+        pos = torch.arange(n)
+        dist = (pos[None, :] - pos[:, None]).abs().float()
+        entropy = -(w * w.clamp_min(1e-12).log()).sum(-1).mean(-1)  # (H,)
+        distance = (w * dist).sum(-1).mean(-1)
+        sink = w[..., 0].mean(-1)
+        prev = w[:, 1:, :].diagonal(dim1=-2, dim2=-1).mean(-1) if n > 1 else torch.zeros(w.shape[0])
+        for h in range(w.shape[0]):
+            labels = []
+            if sink[h] > 0.3:
+                labels.append("sink")
+            if prev[h] > 0.3:
+                labels.append("previous token")
+            if entropy[h] > 0.8 * math.log(n):
+                labels.append("broad")
+            rows.append({"layer": layer, "head": h, "entropy": float(entropy[h]), "distance": float(distance[h]),
+                         "sink_mass": float(sink[h]), "previous_mass": float(prev[h]), "labels": labels})
+    return rows
+
+
+def rollout(weights: list[torch.Tensor]) -> torch.Tensor:
+    """Attention rollout: the product over layers of (head-mean attention + identity) / 2."""
+    n = weights[0].shape[-1]
+    out = torch.eye(n)
+    for w in weights:
+        a = 0.5 * w.mean(0) + 0.5 * torch.eye(n)
+        out = (a / a.sum(-1, keepdim=True)) @ out
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# browser measurements
+# --------------------------------------------------------------------------------------------
+
+_LOAD_METRICS = """() => {
+  const mark = (n) => { const e = performance.getEntriesByName(n); return e.length ? e[0].startTime : null; };
+  const fcp = performance.getEntriesByType("paint").find(e => e.name === "first-contentful-paint");
+  return {fcp_ms: fcp ? fcp.startTime : null, head_view_ms: mark("attnkit-head-view-drawn"),
+          data_parsed_ms: mark("attnkit-data-parsed"), script_done_ms: mark("attnkit-first-head-drawn")};
+}"""
+
+# Each switch: a click on a head button, or (once a layer's heads are done) a new layer in the
+# select; timed from before the action until a frame has been drawn after it.
+_SWITCHES = """async (n) => {
+  const frame = () => new Promise(r => requestAnimationFrame(() => setTimeout(r, 0)));
+  const sel = document.getElementById("layer"), btns = document.querySelectorAll("#heads button");
+  const H = btns.length, L = sel.options.length, times = [], shown = [];
+  let l = +sel.value, h = [...btns].findIndex(b => b.getAttribute("aria-pressed") === "true");
+  for (let k = 0; k < n; k++) {
+    const t0 = performance.now();
+    if (h + 1 < H) { h += 1; btns[h].click(); }
+    else { l = (l + 1) % L; sel.value = String(l); sel.dispatchEvent(new Event("change")); }
+    await frame();
+    times.push(performance.now() - t0);
+    const v = document.getElementById("head-view").dataset;
+    shown.push(v.layer + ":" + v.head);
+  }
+  return {times, shown};
+}"""
+
+_RESET = """async () => {
+  const sel = document.getElementById("layer");
+  sel.value = "0"; sel.dispatchEvent(new Event("change"));
+  document.querySelector("#heads button").click();
+  await new Promise(r => requestAnimationFrame(() => setTimeout(r, 0)));
+}"""
+
+_MODEL_VIEW = """async () => {
+  const t0 = performance.now();
+  document.getElementById("tab-model").click();
+  const total = document.querySelectorAll(".thumb").length;
+  while (document.getElementById("model-grid").dataset.drawn !== String(total)) {
+    await new Promise(r => requestAnimationFrame(r));
+  }
+  await new Promise(r => requestAnimationFrame(() => setTimeout(r, 0)));
+  return {ms: performance.now() - t0, thumbs: total};
+}"""
+
+
+def find_chromium(path: str | None = None) -> str:
+    exe = path or shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None or not Path(exe).is_file():
+        raise ValueError(f"Chromium not found ({path or 'chromium on PATH'}); expected Debian's chromium "
+                         "(apt-get install chromium) or --chromium PATH")
+    return exe
+
+
+def measure(html_path: Path, chromium: str, loads: int, switches: int) -> dict[str, Any]:
+    """Open ``html_path`` in headless Chromium ``loads`` times and time it; see the module docstring."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise ValueError("the playwright package is not installed; expected `pip install playwright` "
+                         "(Chromium itself comes from the system)") from None
+    url = html_path.resolve().as_uri()
+    outside: list[str] = []
+    errors: list[str] = []
+
+    def route(r) -> None:
+        if r.request.url.startswith("file:"):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    loads_out = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 800})
+            context.route("**/*", route)
+            page = None
+            for i in range(loads):
+                if page is not None:
+                    page.close()
+                page = context.new_page()
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
+                t0 = time.perf_counter()
+                page.goto(url)
+                page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+                wall = (time.perf_counter() - t0) * 1000
+                loads_out.append({"wall_ms": wall, **page.evaluate(_LOAD_METRICS)})
+            cold = page.evaluate(_SWITCHES, switches)
+            page.evaluate(_RESET)
+            warm = page.evaluate(_SWITCHES, switches)
+            model = page.evaluate(_MODEL_VIEW)
+            version = browser.version
+        finally:
+            browser.close()
+    if outside:
+        raise RuntimeError(f"the viewer made {len(outside)} request(s) outside the file, e.g. {outside[0]!r}; "
+                           "expected none")
+    if errors:
+        raise RuntimeError(f"the viewer raised in the browser: {errors[0]}")
+
+    def med(key: str) -> float | None:
+        vals = [x[key] for x in loads_out if x[key] is not None]
+        return statistics.median(vals) if vals else None
+
+    return {
+        "chromium": version, "loads": loads_out,
+        "fcp_ms": med("fcp_ms"), "head_view_ms": med("head_view_ms"), "wall_load_ms": med("wall_ms"),
+        "switch_cold_ms": statistics.median(cold["times"]), "switch_warm_ms": statistics.median(warm["times"]),
+        "switch_cold_max_ms": max(cold["times"]), "switch_times_cold": cold["times"],
+        "switch_times_warm": warm["times"], "switched_to": cold["shown"],
+        "model_view_ms": model["ms"], "thumbnails": model["thumbs"],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# command
+# --------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from attnkit.cli import positive_int
+
+    parser.add_argument("--tokens", type=positive_int, default=512, help="input length (default 512)")
+    parser.add_argument("--layers", type=positive_int, default=12, help="layers (default 12)")
+    parser.add_argument("--heads", type=positive_int, default=12, help="heads per layer (default 12)")
+    parser.add_argument("--switches", type=positive_int, default=20, help="timed head switches (default 20)")
+    parser.add_argument("--loads", type=positive_int, default=3, help="page loads timed (default 3)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true",
+                        help="a small check: 64 tokens, 2 layers x 4 heads, 5 switches, 1 load")
+    parser.add_argument("--chromium", help="Chromium executable (default: chromium on PATH)")
+    parser.add_argument("--out", default="bench_out", help="directory for viewer.html and viewer.json")
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f} ms" if x >= 10 else f"{x:.1f} ms"
+
+
+def _met(value: float | None, target: float) -> str:
+    return "-" if value is None else ("yes" if value < target else "NO")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.quick:
+        args.tokens, args.layers, args.heads, args.switches, args.loads = 64, 2, 4, 5, 1
+    chromium = find_chromium(args.chromium)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t, n_layers, n_heads = args.tokens, args.layers, args.heads
+
+    from attnkit.inspect.html import write_viewer
+
+    tokens = sample_tokens(t)
+    weights = synthetic_attention(t, n_layers, n_heads, args.seed)
+    stats = head_stats(weights)
+    roll = rollout(weights)
+    t0 = time.perf_counter()
+    path = write_viewer(out / "viewer.html", tokens, weights, list(range(n_layers)), list(range(n_heads)),
+                        stats=stats, rollout=roll, title=f"attnkit bench viewer: {t} tokens, "
+                                                         f"{n_layers} x {n_heads} heads")
+    write_s = time.perf_counter() - t0
+    size = path.stat().st_size
+    del weights
+    load_before = os.getloadavg()
+    m = measure(path, chromium, args.loads, args.switches)
+    load_after = os.getloadavg()
+
+    table = Table(["metric", "value", "target", "met"], align="llll",
+                  title=f"HTML viewer, {t} tokens x {n_layers} layers x {n_heads} heads, {m['chromium']} "
+                        f"(headless), median of {args.loads} load(s), {args.switches} switches")
+    table.add_row("file size", f"{size / 1e6:.2f} MB", "< 8 MB", _met(size, TARGETS["size_bytes"]))
+    table.add_row("write_viewer (Python)", _ms(write_s * 1000), "-", "-")
+    table.add_row("first contentful paint", _ms(m["fcp_ms"]), "-", "-")
+    table.add_row("first head view drawn", _ms(m["head_view_ms"]), "< 2 s", _met(m["head_view_ms"], TARGETS["head_view_ms"]))
+    table.add_row("load, as seen by the driver", _ms(m["wall_load_ms"]), "-", "-")
+    table.add_row("head switch, new map (median)", _ms(m["switch_cold_ms"]), "< 100 ms",
+                  _met(m["switch_cold_ms"], TARGETS["switch_ms"]))
+    table.add_row("head switch, new map (max)", _ms(m["switch_cold_max_ms"]), "-", "-")
+    table.add_row("head switch, seen map (median)", _ms(m["switch_warm_ms"]), "< 100 ms",
+                  _met(m["switch_warm_ms"], TARGETS["switch_ms"]))
+    table.add_row(f"model view, {m['thumbnails']} thumbnails", _ms(m["model_view_ms"]), "-", "-")
+    print(table)
+    print(f"load average (1, 5, 15 min): before {tuple(round(x, 2) for x in load_before)}, after "
+          f"{tuple(round(x, 2) for x in load_after)} on {os.cpu_count()} CPUs")
+    met = {
+        "size": size < TARGETS["size_bytes"],
+        "head_view": m["head_view_ms"] is not None and m["head_view_ms"] < TARGETS["head_view_ms"],
+        "switch": m["switch_cold_ms"] < TARGETS["switch_ms"] and m["switch_warm_ms"] < TARGETS["switch_ms"],
+    }
+    write_json(out / "viewer.json", {
+        "tokens": t, "layers": n_layers, "heads": n_heads, "seed": args.seed, "size_bytes": size,
+        "write_s": write_s, "targets": TARGETS, "met": met, "browser": m, "environment": environment(),
+        "load_before": load_before, "load_after": load_after, "html": str(path),
+    })
+    print(f"wrote {path} and {out / 'viewer.json'}")
+    return 0
