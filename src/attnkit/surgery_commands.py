@@ -19,8 +19,10 @@ def swap_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="*", help="texts to run (or --text-file)")
     parser.add_argument("--model", default="minilm",
                         help="known name (minilm), attnkit or Hugging Face directory (default: minilm)")
+    from .surgery import variant_names
+
     parser.add_argument("--variant", required=True,
-                        help="attention to put in: exact, bigbird, linear, local, lsh or performer")
+                        help=f"attention to put in: one of {', '.join(variant_names())}")
     parser.add_argument("--variant-param", action="append", default=[], metavar="NAME=VALUE",
                         help="a parameter of the variant, e.g. n_hashes=4 (repeatable; values are "
                              "read as int, float, true/false or none)")
