@@ -314,7 +314,8 @@ def _to_sparse(values: Tensor, indices: Tensor, tk: int) -> Tensor:
     B, H, Tq, kk = values.shape
     grid = torch.meshgrid(*(torch.arange(n, device=values.device) for n in (B, H, Tq, kk)), indexing="ij")
     idx = torch.stack([grid[0].reshape(-1), grid[1].reshape(-1), grid[2].reshape(-1), indices.reshape(-1)])
-    return torch.sparse_coo_tensor(idx, values.reshape(-1), (B, H, Tq, tk)).coalesce()
+    return torch.sparse_coo_tensor(idx, values.reshape(-1), (B, H, Tq, tk),
+                                   check_invariants=False).coalesce()
 
 
 class _Recorder:
