@@ -132,21 +132,26 @@ _LOAD_METRICS = """() => {
           data_parsed_ms: mark("attnkit-data-parsed"), script_done_ms: mark("attnkit-first-head-drawn")};
 }"""
 
-# Each switch: a click on a head button, or (once a layer's heads are done) a new layer in the
-# select; timed from before the action until a frame has been drawn after it.
+# Each switch: a click on a head of this layer not shown yet, or, when there is none, the next
+# layer in the select (which keeps the head); timed from before the action until a frame has
+# been drawn after it.
 _SWITCHES = """async (n) => {
   const frame = () => new Promise(r => requestAnimationFrame(() => setTimeout(r, 0)));
   const sel = document.getElementById("layer"), btns = document.querySelectorAll("#heads button");
   const H = btns.length, L = sel.options.length, times = [], shown = [];
-  let l = +sel.value, h = [...btns].findIndex(b => b.getAttribute("aria-pressed") === "true");
+  const view = document.getElementById("head-view").dataset, seen = new Set();
+  let l = +sel.value;
+  seen.add(l + ":" + [...btns].findIndex(b => b.getAttribute("aria-pressed") === "true"));
   for (let k = 0; k < n; k++) {
+    let h = 0;
+    while (h < H && seen.has(l + ":" + h)) h++;
     const t0 = performance.now();
-    if (h + 1 < H) { h += 1; btns[h].click(); }
+    if (h < H) btns[h].click();
     else { l = (l + 1) % L; sel.value = String(l); sel.dispatchEvent(new Event("change")); }
     await frame();
     times.push(performance.now() - t0);
-    const v = document.getElementById("head-view").dataset;
-    shown.push(v.layer + ":" + v.head);
+    seen.add(l + ":" + [...btns].findIndex(b => b.getAttribute("aria-pressed") === "true"));
+    shown.push(view.layer + ":" + view.head);
   }
   return {times, shown};
 }"""
@@ -178,13 +183,32 @@ def find_chromium(path: str | None = None) -> str:
     return exe
 
 
-def measure(html_path: Path, chromium: str, loads: int, switches: int) -> dict[str, Any]:
-    """Open ``html_path`` in headless Chromium ``loads`` times and time it; see the module docstring."""
+def _playwright() -> Any:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         raise ValueError("the playwright package is not installed; expected `pip install playwright` "
-                         "(Chromium itself comes from the system)") from None
+                         "(Chromium itself comes from the system; never `playwright install`)") from None
+    return sync_playwright
+
+
+def measure(html_path: Path, chromium: str | None, loads: int, switches: int, browser: Any = None) -> dict[str, Any]:
+    """Open ``html_path`` in headless Chromium ``loads`` times and time it; see the module docstring.
+
+    ``browser``: a playwright ``Browser`` already launched, used instead of launching ``chromium``.
+    """
+    if browser is not None:
+        return _measure(html_path, browser, loads, switches)
+    sync_playwright = _playwright()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            return _measure(html_path, browser, loads, switches)
+        finally:
+            browser.close()
+
+
+def _measure(html_path: Path, browser: Any, loads: int, switches: int) -> dict[str, Any]:
     url = html_path.resolve().as_uri()
     outside: list[str] = []
     errors: list[str] = []
@@ -197,30 +221,28 @@ def measure(html_path: Path, chromium: str, loads: int, switches: int) -> dict[s
             r.abort()
 
     loads_out = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 800})
-            context.route("**/*", route)
-            page = None
-            for i in range(loads):
-                if page is not None:
-                    page.close()
-                page = context.new_page()
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                page.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
-                t0 = time.perf_counter()
-                page.goto(url)
-                page.wait_for_selector("body[data-ready='1']", timeout=60_000)
-                wall = (time.perf_counter() - t0) * 1000
-                loads_out.append({"wall_ms": wall, **page.evaluate(_LOAD_METRICS)})
-            cold = page.evaluate(_SWITCHES, switches)
-            page.evaluate(_RESET)
-            warm = page.evaluate(_SWITCHES, switches)
-            model = page.evaluate(_MODEL_VIEW)
-            version = browser.version
-        finally:
-            browser.close()
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        context.route("**/*", route)
+        page = None
+        for _ in range(loads):
+            if page is not None:
+                page.close()
+            page = context.new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
+            t0 = time.perf_counter()
+            page.goto(url)
+            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+            wall = (time.perf_counter() - t0) * 1000
+            loads_out.append({"wall_ms": wall, **page.evaluate(_LOAD_METRICS)})
+        cold = page.evaluate(_SWITCHES, switches)
+        page.evaluate(_RESET)
+        warm = page.evaluate(_SWITCHES, switches)
+        model = page.evaluate(_MODEL_VIEW)
+        version = browser.version
+    finally:
+        context.close()
     if outside:
         raise RuntimeError(f"the viewer made {len(outside)} request(s) outside the file, e.g. {outside[0]!r}; "
                            "expected none")
@@ -269,10 +291,14 @@ def _met(value: float | None, target: float) -> str:
     return "-" if value is None else ("yes" if value < target else "NO")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, browser: Any = None) -> int:
+    """The command; ``browser``, a playwright ``Browser`` already launched, replaces launching one."""
     if args.quick:
         args.tokens, args.layers, args.heads, args.switches, args.loads = 64, 2, 4, 5, 1
-    chromium = find_chromium(args.chromium)
+    chromium = None
+    if browser is None:
+        chromium = find_chromium(args.chromium)
+        _playwright()  # fail before the work when it is missing
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t, n_layers, n_heads = args.tokens, args.layers, args.heads
@@ -291,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
     size = path.stat().st_size
     del weights
     load_before = os.getloadavg()
-    m = measure(path, chromium, args.loads, args.switches)
+    m = measure(path, chromium, args.loads, args.switches, browser)
     load_after = os.getloadavg()
 
     table = Table(["metric", "value", "target", "met"], align="llll",
