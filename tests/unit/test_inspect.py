@@ -42,7 +42,8 @@ def math_reference(model, *args, **kwargs):
 
 
 def tiny_gpt(**kw):
-    cfg = get_preset("tiny", vocab_size=64, d_model=32, n_head=4, max_seq_len=64, **kw)
+    kw = {"d_model": 32, "max_seq_len": 64, **kw}
+    cfg = get_preset("tiny", vocab_size=64, n_head=4, **kw)
     return build_model(cfg).eval()
 
 
@@ -371,3 +372,16 @@ def test_inspect_command_rollout_and_bad_layers(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["inspect", "--text", "x", "--out", str(out), "--heads", "a,b"])
     assert e.value.code == 2
+
+
+def test_capture_equals_math_backend_on_flex():
+    # the shape and mask of test_attention's flex test (B=2, 4 query / 2 key heads of 16 channels,
+    # 300 tokens, causal window 40), so Inductor's on-disk cache usually serves the kernel
+    model = tiny_gpt(n_layer=1, d_model=64, n_kv_head=2, window=40, backend="flex", max_seq_len=320)
+    ids = torch.randint(0, 64, (2, 300))
+    ref_out, ref_w = math_reference(model, ids)
+    with torch.no_grad(), capture(model, heads=[0, 3]) as maps:
+        out = model(ids)
+    torch.testing.assert_close(out, ref_out, atol=1e-4, rtol=0)
+    assert (maps.weights[0] - ref_w[0][:, [0, 3]]).abs().max().item() <= 1e-6
+    assert maps.weights[0][:, :, 100, :61].abs().max().item() == 0.0  # outside the window
