@@ -80,8 +80,6 @@ def sample_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sample_command(args: argparse.Namespace) -> int:
-    import torch
-
     from ..checkpoints.io import load
 
     if args.tokens < 1:
@@ -96,25 +94,9 @@ def sample_command(args: argparse.Namespace) -> int:
     ids = tok.encode(args.prompt, add_special_tokens=False).ids
     if not ids:
         raise ValueError(f"--prompt {args.prompt!r} encodes to no tokens with this tokenizer")
-    torch.manual_seed(args.seed)
-    out = sample(model, torch.tensor([ids]), args.tokens, args.temperature, args.top_k)
-    sys.stdout.write(tok.decode(out[0].tolist()) + "\n")
+    from ..generation import generate
+
+    out = generate(model, ids, args.tokens, temperature=args.temperature,
+                   top_k=args.top_k or None, seed=args.seed, context="slide")
+    sys.stdout.write(tok.decode(out) + "\n")
     return 0
-
-
-def sample(model, ids, new_tokens: int, temperature: float = 1.0, top_k: int | None = None):
-    """Extend ``ids`` (1, T) by ``new_tokens`` sampled tokens; the context is cropped to the
-    model's ``max_seq_len``."""
-    import torch
-
-    model.eval()
-    window = model.config.max_seq_len
-    with torch.no_grad():
-        for _ in range(new_tokens):
-            logits = model(ids[:, -window:])[:, -1, :].float() / temperature  # (1, V)
-            if top_k:
-                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(torch.softmax(logits, -1), 1)  # (1, 1)
-            ids = torch.cat([ids, nxt], dim=1)
-    return ids
