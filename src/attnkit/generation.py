@@ -304,10 +304,7 @@ def _capacity(model, rows: list[list[int]], max_new_tokens: int, context: str) -
     cfg = model.config
     need = max(len(r) for r in rows) + max_new_tokens
     limited = cfg.positional in ("learned", "sinusoidal")
-    if context == "slide":
-        if max(len(r) for r in rows) > cfg.max_seq_len:
-            raise ValueError(f"a prompt of {max(len(r) for r in rows)} tokens exceeds the "
-                             f"model's max_seq_len={cfg.max_seq_len}")
+    if context == "slide":  # longer prompts are cut to their last max_seq_len tokens
         return min(need, cfg.max_seq_len)
     if limited and need > cfg.max_seq_len:
         raise ValueError(f"prompt ({max(len(r) for r in rows)} tokens, padded) + max_new_tokens="
@@ -369,7 +366,7 @@ def _run(model, rows, max_new_tokens, temperature, top_k, top_p, penalty, stops,
     model.eval()
     try:
         with torch.inference_mode():
-            batch = _Batch(rows, capacity, device, pad)
+            batch = _Batch([r[-capacity:] for r in rows], capacity, device, pad)
             dec = _Decoder(model, batch, use_cache)
             seen = None
             if penalty != 1.0:
@@ -456,3 +453,58 @@ def generate(model, prompt, max_new_tokens: int = 64, *, temperature: float = 1.
         if callback is not None:
             callback(event)
     return out if batched else out[0]
+
+
+# --------------------------------------------------------------------------------------------
+# int8 weight-only linears
+# --------------------------------------------------------------------------------------------
+class Int8Linear(torch.nn.Module):
+    """A linear layer with int8 weights: one symmetric scale per output row, w ~ q * scale.
+
+    ``forward`` computes x W^T (+ bias) with ``torch._weight_int8pack_mm`` in bfloat16 (the
+    activations are rounded to bfloat16 on the way in) and returns the input's dtype. Weights
+    take a quarter of their float32 memory, which is what a decoding step mostly reads.
+    """
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()  # (N, K)
+        if w.shape[1] % 8:
+            raise ValueError(f"Int8Linear needs in_features divisible by 8, got {w.shape[1]}")
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (N,)
+        q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        self.in_features, self.out_features = w.shape[1], w.shape[0]
+        self.register_buffer("weight", q.to(linear.weight.device))
+        self.register_buffer("scale", scale.to(torch.bfloat16).to(linear.weight.device))
+        bias = linear.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (M, K)
+        y = torch._weight_int8pack_mm(flat, self.weight, self.scale).to(x.dtype)  # (M, N)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace, in place, the linear layers of ``model``'s blocks and its LM head by
+    :class:`Int8Linear` (weight-only int8, per-row scales); returns ``model``. Embeddings,
+    norms and the KV cache keep their dtype; a tied LM head gets its own int8 copy.
+    Linears whose input width is not a multiple of 8 stay as they are."""
+    if not hasattr(torch, "_weight_int8pack_mm"):
+        raise RuntimeError(f"int8 decoding needs torch._weight_int8pack_mm, which torch "
+                           f"{torch.__version__} lacks")
+    targets = [(name, mod) for name, mod in model.named_modules()
+               if isinstance(mod, torch.nn.Linear) and mod.in_features % 8 == 0
+               and (name.startswith("blocks.") or name.startswith("lm_head."))]
+    if not targets:
+        raise ValueError(f"{type(model).__name__} has no linear layers to quantize in blocks.* "
+                         f"or lm_head.*")
+    for name, mod in targets:
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, Int8Linear(mod))
+    return model
