@@ -385,3 +385,21 @@ def test_capture_equals_math_backend_on_flex():
     torch.testing.assert_close(out, ref_out, atol=1e-4, rtol=0)
     assert (maps.weights[0] - ref_w[0][:, [0, 3]]).abs().max().item() <= 1e-6
     assert maps.weights[0][:, :, 100, :61].abs().max().item() == 0.0  # outside the window
+
+
+def test_capture_during_kv_cached_decoding_matches_the_full_pass():
+    model = tiny_gpt(positional="rope", n_kv_head=2, backend="sdpa")
+    ids = torch.randint(0, 64, (2, 10))
+    with torch.no_grad():
+        with capture(model) as full:
+            model(ids)
+        cache = model.new_cache()
+        model(ids[:, :7], cache=cache)
+        with capture(model, heads=[1, 2]) as step:
+            model(ids[:, 7:9], cache=cache)  # two new queries against 9 keys
+            model(ids[:, 9:], cache=cache)  # the last call of each layer is kept
+    assert step.calls == [2, 2]
+    for layer in range(2):
+        got = step.weights[layer]
+        assert got.shape == (2, 2, 1, 10)
+        assert (got - full.weights[layer][:, [1, 2], 9:]).abs().max().item() <= 1e-6
