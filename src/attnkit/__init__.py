@@ -28,6 +28,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "get_preset": ("attnkit.models.presets", "get_preset"),
     "GPT": ("attnkit.models.gpt", "GPT"),
     "Bert": ("attnkit.models.bert", "Bert"),
+    "generate": ("attnkit.generation", "generate"),
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from attnkit.attention.module import MultiHeadAttention
     from attnkit.checkpoints.io import load, save
     from attnkit.embeddings import Encoder
+    from attnkit.generation import generate
     from attnkit.models import build_model
     from attnkit.models.bert import Bert
     from attnkit.models.config import ModelConfig
