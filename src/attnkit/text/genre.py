@@ -138,7 +138,7 @@ def spoken_lines(play: str) -> list[str]:
     # one right after a speech (the speech goes on after a stage direction) belongs to it
     blocks = re.split(r"\n\s*\n", _BRACKETS.sub("", "\n".join(lines[start:])))
     for block in blocks:
-        rows = [r.strip() for r in block.split("\n") if r.strip()]
+        rows = [" ".join(r.split()) for r in block.split("\n") if r.strip()]
         if not rows:
             continue
         if len(rows) >= 2 and _is_speaker(rows[0]):
