@@ -30,7 +30,7 @@ def tiny_bert(**kw) -> Bert:
     ("n_kv_head", 3, "a divisor of n_head=4"),
     ("positional", "absolute", "one of ['learned', 'sinusoidal', 'rope', 'alibi', 'none']"),
     ("norm", "batchnorm", "one of ['layernorm', 'rmsnorm']"),
-    ("mlp", "geglu", "one of ['gelu', 'gelu_tanh', 'relu', 'swiglu']"),
+    ("mlp", "geglu", "one of ['gelu', 'gelu_tanh', 'relu', 'relu2', 'swiglu']"),
     ("dropout", 1.0, "a float in [0, 1)"),
     ("attention", "flash9", "'exact' or one of"),
     ("head", "mlm", "one of ['lm', 'none']"),
@@ -105,6 +105,10 @@ def test_rmsnorm_and_swiglu_against_their_formulas():
     gate, up = mlp.gate_up.weight[:24], mlp.gate_up.weight[24:]
     ref = (torch.nn.functional.silu(x @ gate.T) * (x @ up.T)) @ mlp.down.weight.T
     torch.testing.assert_close(mlp(x), ref)
+    sq = MLP(16, 24, activation="relu2", bias=True).double()  # squared ReLU, elementwise
+    h = x @ sq.up.weight.T + sq.up.bias
+    ref = torch.where(h > 0, h * h, torch.zeros_like(h)) @ sq.down.weight.T + sq.down.bias
+    torch.testing.assert_close(sq(x), ref)
     with pytest.raises(ValueError, match="norm must be one of.*'batch'"):
         make_norm("batch", 8, 1e-5)
     with pytest.raises(ValueError, match="mlp must be one of.*'geglu'"):

@@ -17,7 +17,7 @@ HEADS = {"gpt": ("lm", "none"), "bert": ("none", "mlm", "classification")}
 POSITIONALS = ("learned", "sinusoidal", "rope", "alibi", "none")
 NORMS = ("layernorm", "rmsnorm")
 NORM_PLACEMENTS = ("pre", "post")
-MLPS = ("gelu", "gelu_tanh", "relu", "swiglu")
+MLPS = ("gelu", "gelu_tanh", "relu", "relu2", "swiglu")
 POOLINGS = ("cls", "mean")
 
 
@@ -55,7 +55,8 @@ class ModelConfig:
 
     Choices: ``positional`` (learned, sinusoidal, rope, alibi, none), ``norm`` (layernorm,
     rmsnorm) placed ``norm_placement`` "pre" (GPT-2) or "post" (BERT) the sublayer, ``mlp``
-    (gelu = exact erf GELU, gelu_tanh = GPT-2's tanh approximation, relu, swiglu).
+    (gelu = exact erf GELU, gelu_tanh = GPT-2's tanh approximation, relu, relu2 = squared
+    ReLU, swiglu).
 
     Attention: ``attention`` is "exact" or a name from ``attnkit.attention.variants`` with its
     keyword arguments in ``attention_params``; ``window`` a sliding window for exact attention;

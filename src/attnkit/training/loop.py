@@ -137,14 +137,16 @@ def loss_sums(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
 
 @torch.no_grad()
 def evaluate(model, batches: Batches, iters: int, d: distributed.Dist, dtype: str, seed: int) -> dict:
-    """Mean loss, perplexity and accuracy over ``iters`` fixed validation batches."""
+    """Mean loss, perplexity and accuracy over ``iters`` fixed validation batches (no autograd).
+    The loop passes the uncompiled model: a compiled one would compile a second graph for
+    evaluation, which costs more than the few evaluation batches gain from it."""
     was = model.training
     model.eval()
     batches.gen.manual_seed(seed)  # the same batches at every evaluation
     total = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss sum, correct, count
     for _ in range(iters):
         x, y, _count = batches.next()
-        with precision.autocast(d.device, dtype):
+        with torch.no_grad(), precision.autocast(d.device, dtype):
             loss, correct = loss_sums(model, x, y)
         total += torch.stack([loss.double(), correct.double(), (y != -100).sum().double()])
     if d.enabled:
@@ -373,7 +375,7 @@ def _train(cfg, d, out, raw, model, tok, optimizer, train_batches, val_batches, 
         if bar is not None:
             bar.update(1)
         if step % tc.eval_interval == 0 or step == tc.max_iters:
-            last_val = evaluate(model, val_batches, tc.eval_iters, d, tc.dtype, tc.seed + 2)
+            last_val = evaluate(raw, val_batches, tc.eval_iters, d, tc.dtype, tc.seed + 2)
             last_val["step"] = step
             if log is not None:
                 log.log(step=step, split="val", loss=last_val["loss"], perplexity=last_val["perplexity"],
