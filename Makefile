@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.attnkit-setup
 OUT    ?= bench_out
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench genre clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,13 @@ DEMO_OUT ?= runs/gpt-shakespeare-char
 demo: setup
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/attnkit pretrain --config configs/gpt-shakespeare-char.toml --data shakespeare --out $(DEMO_OUT)
 	$(VENV)/bin/attnkit sample --model $(DEMO_OUT) --prompt "ROMEO:" --tokens 400
+
+# Fine-tune all-MiniLM-L6-v2 to tell the First Folio's comedies, histories and tragedies apart
+# on passages of plays it has not seen; prints accuracy and macro-F1 beside the majority-class
+# baseline. A few minutes on 2 CPU cores; leaves data, model, genre.json and genre.png in $(GENRE_OUT).
+GENRE_OUT ?= runs/genre
+genre: setup
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/attnkit genre --out $(GENRE_OUT)
 
 bench: setup
 	$(VENV)/bin/attnkit bench attention --out $(OUT)
