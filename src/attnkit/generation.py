@@ -36,7 +36,11 @@ over the filled part of the cache and computes the LM head for the last position
 ``context``: with "error" (default) a prompt plus ``max_new_tokens`` longer than the model's
 ``max_seq_len`` is an error for models with learned or sinusoidal positions. With "slide" the
 oldest half of each row is dropped when the context is full and the rest is encoded again, so
-each new token sees between max_seq_len / 2 and max_seq_len earlier tokens.
+each new token sees between max_seq_len / 2 and max_seq_len earlier tokens (a longer prompt is
+read from its last max_seq_len tokens; the returned ids still hold all of it).
+
+Int8: :func:`quantize_int8` turns a model's block and LM-head linears into weight-only int8
+(per-row scales) for faster memory-bound decoding on CPU.
 """
 from __future__ import annotations
 
