@@ -158,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
                 met = met and row["top1_vs_fp32"] >= INT8_AGREEMENT
         row["met"] = bool(met)
         rows.append(row)
+        print(f"{name}: attnkit {ours_rate:.1f} tokens/s, HF float32 {hf_rate:.1f} tokens/s, "
+              f"{row['ratio']:.2f}x", flush=True)
     load_after = os.getloadavg()
 
     title = (f"greedy decoding, GPT-2 {'tiny (--quick)' if args.quick else '124M'} shape, "
