@@ -50,7 +50,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from .attention.kv_cache import KVCache
 
 CONTEXT_MODES = ("error", "slide")
 
@@ -144,7 +143,8 @@ def _check_model(model: Any) -> None:
 def _prompt_rows(prompt: Any, tokenizer: Any, vocab: int) -> tuple[list[list[int]], bool]:
     """The prompt as token-id rows, and whether it was a batch."""
     if isinstance(prompt, torch.Tensor):
-        if prompt.dtype.is_floating_point or prompt.dtype == torch.bool or prompt.dim() not in (1, 2):
+        if prompt.dtype.is_floating_point or prompt.dtype == torch.bool or \
+                prompt.dim() not in (1, 2):
             raise ValueError(f"prompt tensor must hold integer token ids, shape (T,) or (B, T); "
                              f"got shape {tuple(prompt.shape)} dtype {prompt.dtype}")
         batched = prompt.dim() == 2
@@ -176,7 +176,8 @@ def _prompt_rows(prompt: Any, tokenizer: Any, vocab: int) -> tuple[list[list[int
             row = tokenizer.encode(row, add_special_tokens=False).ids
         if not row:
             raise ValueError(f"prompt {i} is empty (no tokens); expected at least one token")
-        bad = [t for t in row if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
+        bad = [t for t in row
+               if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
         if bad:
             raise ValueError(f"prompt {i} holds token id {bad[0]!r}, expected ints in "
                              f"[0, {vocab})")

@@ -3,7 +3,6 @@ filters against sets computed here from the logits, seeds, repetition penalty, s
 argument errors, the `generate` command and `bench generate --quick`."""
 import io
 import json
-import math
 
 import numpy as np
 import pytest
