@@ -44,6 +44,7 @@ Int8: :func:`quantize_int8` turns a model's block and LM-head linears into weigh
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -369,6 +370,8 @@ def _run(model, rows, max_new_tokens, temperature, top_k, top_p, penalty, stops,
     live = [True] * B
     was_training = model.training
     model.eval()
+    skinny = _skinny_linears(model)
+    skinny.__enter__()
     try:
         with torch.inference_mode():
             batch = _Batch([r[-capacity:] for r in rows], capacity, device, pad)
@@ -414,7 +417,49 @@ def _run(model, rows, max_new_tokens, temperature, top_k, top_p, penalty, stops,
                 if seen is not None:
                     seen.scatter_(1, nxt[:, None], True)
     finally:
+        skinny.__exit__(None, None, None)
         model.train(was_training)
+
+
+# Decoding a few rows at a time is a skinny matrix product: x (M, K) with M = batch size
+# against each weight W (N, K). For 2 <= M <= 32 on CPU, MKL's x @ W^T packs the whole weight
+# before using it, about twice the memory traffic of W @ x^T (weights streamed as they are,
+# only the small x packed): measured here with GPT-2 124M at batch 8, the LM head took 40 ms
+# as x @ W^T and 21 ms as W @ x^T, the 48 block linears 54 ms and 44 ms. The sums run in a
+# different order, so results match F.linear to float rounding, not bit for bit.
+_SKINNY_MAX_ROWS = 32
+
+
+def _skinny_forward(module: torch.nn.Linear):
+    plain = torch.nn.Linear.forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        w = module.weight
+        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        if not (2 <= rows <= _SKINNY_MAX_ROWS) or x.device.type != "cpu" or \
+                w.dtype != torch.float32 or x.dtype != torch.float32:
+            return plain(module, x)
+        x2 = x.reshape(rows, x.shape[-1])  # (M, K)
+        if module.bias is None:
+            y = torch.mm(w, x2.t())  # (N, M)
+        else:
+            y = torch.addmm(module.bias[:, None], w, x2.t())  # (N, M)
+        return y.t().contiguous().view(*x.shape[:-1], w.shape[0])  # (..., N)
+    return forward
+
+
+@contextlib.contextmanager
+def _skinny_linears(model):
+    """Route the plain ``nn.Linear`` layers of ``model`` through the skinny product while
+    decoding; the layers are restored on exit."""
+    patched = [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in vars(m)]
+    for m in patched:
+        m.forward = _skinny_forward(m)
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward
 
 
 def _slide(batch: _Batch, rows, generated, pad) -> None:

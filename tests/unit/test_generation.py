@@ -366,3 +366,25 @@ def test_bench_generate_quick(tmp_path, capsys):
         if r["dtype"] == "float32":
             assert r["greedy_agreement"] == 1.0
     assert "tokens/s" in printed
+
+
+def test_skinny_linears_match_f_linear_and_are_restored():
+    from attnkit.generation import _skinny_linears
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 200)
+    plain = torch.nn.Linear(48, 200, bias=False)
+    model = torch.nn.Sequential(lin, torch.nn.ReLU(), torch.nn.Linear(200, 7), plain)
+    x = torch.randn(3, 2, 48, dtype=torch.float64)  # 6 rows: the skinny path
+    ref = [torch.nn.functional.linear(x, lin.weight.double(), lin.bias.double()),
+           torch.nn.functional.linear(x, plain.weight.double())]
+    with _skinny_linears(model):
+        assert "forward" in vars(lin)
+        for i in (2, 6, 32, 33):  # 33 rows goes back to F.linear
+            xi = x.reshape(-1, 48)[:1].expand(i, 48).float().contiguous()
+            torch.testing.assert_close(lin(xi), torch.nn.functional.linear(xi, lin.weight, lin.bias),
+                                       rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lin(x.float()).double(), ref[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(plain(x.float()).double(), ref[1], rtol=1e-5, atol=1e-5)
+        assert lin(x.float()).shape == (3, 2, 200)
+    assert "forward" not in vars(lin) and "forward" not in vars(plain)
