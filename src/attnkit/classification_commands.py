@@ -8,40 +8,20 @@ import os
 import sys
 from pathlib import Path
 
-from .cli import positive_int, probability
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+from .cli import non_negative_int, positive_float, positive_int, probability
 
 
 def _training_arguments(parser: argparse.ArgumentParser, epochs: int, lr: float, max_length: int) -> None:
     parser.add_argument("--epochs", type=positive_int, default=epochs, metavar="N")
     parser.add_argument("--batch-size", type=positive_int, default=16, metavar="B")
-    parser.add_argument("--lr", type=_positive_float, default=lr, metavar="LR", help="peak learning rate")
+    parser.add_argument("--lr", type=positive_float, default=lr, metavar="LR", help="peak learning rate")
     parser.add_argument("--max-length", type=positive_int, default=max_length, metavar="T",
                         help="tokens kept per text")
     parser.add_argument("--patience", type=positive_int, default=2, metavar="N",
                         help="stop after N evaluations without a better --metric")
     parser.add_argument("--metric", default="macro_f1", choices=("macro_f1", "accuracy", "loss"),
                         help="eval score that picks the kept state and drives early stopping")
-    parser.add_argument("--eval-every", type=_non_negative_int, default=0, metavar="STEPS",
+    parser.add_argument("--eval-every", type=non_negative_int, default=0, metavar="STEPS",
                         help="evaluate every STEPS steps (default 0: after every epoch)")
     parser.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=True,
                         help="weight the loss by N / (K * n_class) (default on)")

@@ -120,14 +120,28 @@ def fail(message: str) -> NoReturn:
 # --------------------------------------------------------------------------------------------
 
 
-def positive_int(text: str) -> int:
+def _number(text: str, convert: Callable[[str], Any], ok: Callable[[Any], bool],
+            expected: str) -> Any:
+    """An argparse type: ``convert(text)`` when ``ok`` of it, else an error naming the text."""
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, lambda v: 0 < v < float("inf"), "a positive number")
 
 
 def size_list(text: str) -> list[int]:
@@ -146,13 +160,7 @@ def size_list(text: str) -> list[int]:
 
 
 def probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
+    return _number(text, float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 
 
 # --------------------------------------------------------------------------------------------

@@ -657,22 +657,11 @@ def plot(rows: list[Row], sweeps: list[dict[str, Any]], errors: dict[str, dict[s
 # --------------------------------------------------------------------------------------------
 
 
-def _value(text: str) -> Any:
-    low = text.lower()
-    if low in ("none", "null"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_params(items: list[str]) -> dict[str, dict[str, Any]]:
-    """["lsh.n_hashes=4", ...] -> {"lsh": {"n_hashes": 4}}, checked against the registry."""
+    """["lsh.n_hashes=4", ...] -> {"lsh": {"n_hashes": 4}}, checked against the registry;
+    values typed as `attnkit swap` types them."""
+    from ..surgery import parse_value
+
     out: dict[str, dict[str, Any]] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -684,7 +673,7 @@ def parse_params(items: list[str]) -> dict[str, dict[str, Any]]:
         if param not in valid:
             raise ValueError(f"unknown parameter {param!r} for variant {name!r} in --param {item!r}; "
                              f"valid parameters: {sorted(valid)}")
-        out.setdefault(name, {})[param] = _value(value)
+        out.setdefault(name, {})[param] = parse_value(value)
     for name, params in out.items():
         V.get(name, **params)  # bad values fail here, before any measurement
     return out

@@ -146,7 +146,7 @@ def evaluate(model, batches: Batches, iters: int, d: distributed.Dist, dtype: st
     total = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss sum, correct, count
     for _ in range(iters):
         x, y, _count = batches.next()
-        with torch.no_grad(), precision.autocast(d.device, dtype):
+        with precision.autocast(d.device, dtype):
             loss, correct = loss_sums(model, x, y)
         total += torch.stack([loss.double(), correct.double(), (y != -100).sum().double()])
     if d.enabled:
