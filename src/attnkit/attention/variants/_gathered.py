@@ -12,7 +12,7 @@ gradient, so a caller can merge several groups that hold the same query (LSH has
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -55,13 +55,28 @@ def gathered_attention(q: Tensor, k: Tensor, v: Tensor, qpos: Tensor, kpos: Tens
     keys (zeros when none is allowed), and lse: (N, G, Cq), the log-sum-exp of the allowed
     scores (-inf when none is allowed).
     """
-    if qpos.dtype not in (torch.int32, torch.int64) or kpos.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"qpos and kpos must be int32 or int64, got {qpos.dtype} and {kpos.dtype}")
-    if qpos.dim() != 3 or kpos.dim() != 3 or qpos.shape[:2] != kpos.shape[:2]:
-        raise ValueError(f"qpos (P, G, Cq) and kpos (P, G, Ck) must agree, got {tuple(qpos.shape)}, {tuple(kpos.shape)}")
+    return gathered_attention_parts(q, k, v, [(qpos, kpos)], key_valid, spec)[0]
+
+
+def gathered_attention_parts(q: Tensor, k: Tensor, v: Tensor, parts: Sequence[tuple[Tensor, Tensor]],
+                             key_valid: Optional[Tensor], spec: GatherSpec) -> list[tuple[Tensor, Tensor]]:
+    """:func:`gathered_attention` for several group layouts of the same q, k, v at once
+    (e.g. BigBird's global query blocks, which see every key, and its other blocks): one
+    (o, lse) per (qpos, kpos) part. The backward pass adds every part's gradients into one set of
+    accumulators, instead of one full-size gradient per part summed afterwards."""
+    if not parts:
+        raise ValueError("parts must hold at least one (qpos, kpos) pair")
+    flat = []
+    for qpos, kpos in parts:
+        if qpos.dtype not in (torch.int32, torch.int64) or kpos.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"qpos and kpos must be int32 or int64, got {qpos.dtype} and {kpos.dtype}")
+        if qpos.dim() != 3 or kpos.dim() != 3 or qpos.shape[:2] != kpos.shape[:2]:
+            raise ValueError(f"qpos (P, G, Cq) and kpos (P, G, Ck) must agree, got {tuple(qpos.shape)}, {tuple(kpos.shape)}")
+        flat += [qpos.to(torch.int32), kpos.to(torch.int32)]
     if q.shape[1] >= 2**31:
         raise ValueError(f"sequence length must be < 2**31, got {q.shape[1]}")
-    return _GatheredAttention.apply(q, k, v, qpos.to(torch.int32), kpos.to(torch.int32), key_valid, spec)
+    out = _GatheredAttention.apply(q, k, v, key_valid, spec, *flat)
+    return [(out[2 * i], out[2 * i + 1]) for i in range(len(parts))]
 
 
 def _batches(n_groups: int, per_group: int, budget: int):
@@ -147,50 +162,74 @@ class _Groups:
         return s.masked_fill_(bad, float("-inf"))
 
 
+def _forward_part(groups: "_Groups", qpos: Tensor, kpos: Tensor, spec: GatherSpec):
+    groups.qpos, groups.kpos = qpos, kpos
+    q = groups.q3
+    n, (_, n_groups, cq), ck = groups.n, qpos.shape, kpos.shape[-1]
+    o = q.new_empty(n, n_groups, cq, groups.dv)  # (N, G, Cq, Dv)
+    lse = q.new_empty(n, n_groups, cq)  # (N, G, Cq)
+    tiny = torch.finfo(q.dtype).tiny
+    masks = []  # kept for the backward pass: 1 byte per score at most
+    for g0, g1 in _batches(n_groups, n * cq * ck, spec.budget):
+        qg, kg, vg, _, _ = groups.gather(g0, g1)
+        bad = groups.mask(g0, g1)
+        s = groups.scores(qg, kg, bad)
+        m = s.amax(-1, keepdim=True)  # (N, g, Cq, 1)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        p = torch.exp_(s.sub_(m))  # masked scores become exactly 0
+        den = p.sum(-1, keepdim=True)
+        o[:, g0:g1] = torch.matmul(p, vg).div_(den.clamp_min(tiny))
+        lse[:, g0:g1] = (m + den.log()).squeeze(-1)  # -inf where nothing is allowed
+        masks.append(bad)
+    return o, lse, masks
+
+
+def _backward_part(groups: "_Groups", qpos: Tensor, kpos: Tensor, spec: GatherSpec, masks, o, lse,
+                   do, dlse, dqf, dkf, dvf) -> None:
+    groups.qpos, groups.kpos = qpos, kpos
+    n, (_, n_groups, cq), ck = groups.n, qpos.shape, kpos.shape[-1]
+    lse_safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    for (g0, g1), bad in zip(_batches(n_groups, n * cq * ck, spec.budget), masks):
+        qg, kg, vg, qi, ki = groups.gather(g0, g1)
+        s = groups.scores(qg, kg, bad)
+        p = torch.exp_(s.sub_(lse_safe[:, g0:g1].unsqueeze(-1)))  # (N, g, Cq, Ck)
+        do_b = do[:, g0:g1]  # (N, g, Cq, Dv)
+        groups.add(dvf, ki, torch.matmul(p.transpose(-1, -2), do_b))
+        dp = torch.matmul(do_b, vg.transpose(-1, -2))  # (N, g, Cq, Ck)
+        delta = (do_b * o[:, g0:g1]).sum(-1) - dlse[:, g0:g1]  # (N, g, Cq)
+        ds = p.mul_(dp.sub_(delta.unsqueeze(-1)))  # dL/ds, (N, g, Cq, Ck)
+        groups.add(dqf, qi, torch.matmul(ds, kg).mul_(spec.scale))
+        groups.add(dkf, ki, torch.matmul(ds.transpose(-1, -2), qg))
+
+
 class _GatheredAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, qpos, kpos, key_valid, spec):
-        groups = _Groups(q, k, v, qpos, kpos, key_valid, spec)
-        n, (_, n_groups, cq), ck = groups.n, qpos.shape, kpos.shape[-1]
-        o = q.new_empty(n, n_groups, cq, groups.dv)  # (N, G, Cq, Dv)
-        lse = q.new_empty(n, n_groups, cq)  # (N, G, Cq)
-        tiny = torch.finfo(q.dtype).tiny
-        masks = []  # kept for the backward pass: 1 byte per score at most
-        for g0, g1 in _batches(n_groups, n * cq * ck, spec.budget):
-            qg, kg, vg, _, _ = groups.gather(g0, g1)
-            bad = groups.mask(g0, g1)
-            s = groups.scores(qg, kg, bad)
-            m = s.amax(-1, keepdim=True)  # (N, g, Cq, 1)
-            m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-            p = torch.exp_(s.sub_(m))  # masked scores become exactly 0
-            den = p.sum(-1, keepdim=True)
-            o[:, g0:g1] = torch.matmul(p, vg).div_(den.clamp_min(tiny))
-            lse[:, g0:g1] = (m + den.log()).squeeze(-1)  # -inf where nothing is allowed
-            masks.append(bad)
-        ctx.save_for_backward(q, k, v, qpos, kpos, key_valid, o, lse)
-        ctx.spec, ctx.masks = spec, masks
-        return o, lse
+    def forward(ctx, q, k, v, key_valid, spec, *pos):
+        groups = _Groups(q, k, v, pos[0], pos[1], key_valid, spec)
+        outs, masks = [], []
+        for i in range(0, len(pos), 2):
+            o, lse, m = _forward_part(groups, pos[i], pos[i + 1], spec)
+            outs += [o, lse]
+            masks.append(m)
+        ctx.save_for_backward(q, k, v, key_valid, *pos, *outs)
+        ctx.spec, ctx.masks, ctx.n_pos = spec, masks, len(pos)
+        return tuple(outs)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, do, dlse):
-        q, k, v, qpos, kpos, key_valid, o, lse = ctx.saved_tensors
-        spec, masks = ctx.spec, ctx.masks
-        groups = _Groups(q, k, v, qpos, kpos, key_valid, spec)
-        n, (_, n_groups, cq), ck = groups.n, qpos.shape, kpos.shape[-1]
+    def backward(ctx, *grads):
+        q, k, v, key_valid, *rest = ctx.saved_tensors
+        pos, outs = rest[: ctx.n_pos], rest[ctx.n_pos:]
+        spec = ctx.spec
+        groups = _Groups(q, k, v, pos[0], pos[1], key_valid, spec)
         dqf = torch.zeros_like(groups.qf)  # (N*T, D)
         dkf = torch.zeros_like(groups.kf)  # (N*T, D)
         dvf = torch.zeros_like(groups.vf)  # (N*T, Dv)
-        lse_safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-        for (g0, g1), bad in zip(_batches(n_groups, n * cq * ck, spec.budget), masks):
-            qg, kg, vg, qi, ki = groups.gather(g0, g1)
-            s = groups.scores(qg, kg, bad)
-            p = torch.exp_(s.sub_(lse_safe[:, g0:g1].unsqueeze(-1)))  # (N, g, Cq, Ck)
-            do_b = do[:, g0:g1]  # (N, g, Cq, Dv)
-            groups.add(dvf, ki, torch.matmul(p.transpose(-1, -2), do_b))
-            dp = torch.matmul(do_b, vg.transpose(-1, -2))  # (N, g, Cq, Ck)
-            delta = (do_b * o[:, g0:g1]).sum(-1) - dlse[:, g0:g1]  # (N, g, Cq)
-            ds = p.mul_(dp.sub_(delta.unsqueeze(-1)))  # dL/ds, (N, g, Cq, Ck)
-            groups.add(dqf, qi, torch.matmul(ds, kg).mul_(spec.scale))
-            groups.add(dkf, ki, torch.matmul(ds.transpose(-1, -2), qg))
-        return dqf.view_as(q), dkf.view_as(k), dvf.view_as(v), None, None, None, None
+        for i in range(0, len(pos), 2):
+            o, lse = outs[i], outs[i + 1]
+            do, dlse = grads[i], grads[i + 1]
+            do = torch.zeros_like(o) if do is None else do
+            dlse = torch.zeros_like(lse) if dlse is None else dlse
+            _backward_part(groups, pos[i], pos[i + 1], spec, ctx.masks[i // 2], o, lse, do, dlse,
+                           dqf, dkf, dvf)
+        return (dqf.view_as(q), dkf.view_as(k), dvf.view_as(v), None, None) + (None,) * len(pos)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ._common import VariantAttention, check_positive_int, default_scale
-from ._gathered import GatherSpec, gathered_attention
+from ._gathered import GatherSpec, gathered_attention_parts
 
 
 class BigBirdAttention(VariantAttention):
@@ -155,19 +155,24 @@ class BigBirdAttention(VariantAttention):
         def clip(pos: Tensor) -> Tensor:
             return torch.where(pos < T, pos, torch.full_like(pos, -1))
 
-        parts = []
-        if g:  # global query blocks attend to every key
+        layouts, lengths = [], []  # (qpos, kpos) of each part, and its number of query slots
+        if g:  # global query blocks attend to every key (every earlier key when causal)
+            # causal: the global queries (the first g*bs tokens) see no key after them
+            nk = min(T, g * bs) if causal else T
             qpos = clip(torch.arange(g * bs, device=dev)).view(1, 1, g * bs)  # (1, 1, g*bs)
-            kpos = torch.arange(T, device=dev).view(1, 1, T)  # (1, 1, T)
-            o, _ = gathered_attention(qf, kf, vf, qpos, kpos, kv, spec)  # (N, 1, g*bs, Dv)
-            parts.append(o.reshape(N, g * bs, Dv))
+            kpos = torch.arange(nk, device=dev).view(1, 1, nk)  # (1, 1, nk)
+            layouts.append((qpos, kpos))
+            lengths.append(g * bs)
         if nb > g:
             kb = self.key_blocks(T, causal).to(dev)  # (G, K)
             qpos = clip(torch.arange(g, nb, device=dev)[:, None] * bs + offs)  # (G, bs)
             kpos = kb[:, :, None] * bs + offs  # (G, K, bs)
             kpos = torch.where(kb[:, :, None] >= 0, clip(kpos), torch.full_like(kpos, -1))
-            o, _ = gathered_attention(qf, kf, vf, qpos[None], kpos.flatten(1)[None], kv, spec)  # (N, G, bs, Dv)
-            parts.append(o.reshape(N, (nb - g) * bs, Dv))
+            layouts.append((qpos[None], kpos.flatten(1)[None]))
+            lengths.append((nb - g) * bs)
+        # one autograd node for both parts: their gradients share one set of accumulators
+        results = gathered_attention_parts(qf, kf, vf, layouts, kv, spec)
+        parts = [o.reshape(N, n, Dv) for (o, _), n in zip(results, lengths)]
         out = torch.cat(parts, dim=1)[:, :T]  # (N, T, Dv)
         return out.reshape(B, H, T, Dv)
 
