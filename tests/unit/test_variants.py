@@ -189,12 +189,13 @@ def test_shapes_and_value_dim(name, T):
 
 
 # ------------------------------------------------------------------------------- exact variants
+@pytest.mark.parametrize("padded", [True, False])  # unpadded bidirectional: dense global rows
 @pytest.mark.parametrize("causal", [False, True])
-def test_bigbird_equals_exact_masked_attention(causal):
+def test_bigbird_equals_exact_masked_attention(causal, padded):
     B, T = 2, 45  # 12 blocks of 4, the last one partial
     mod = variants.get("bigbird", block_size=4, num_global_blocks=1, window_radius=1, num_random_blocks=2, seed=3)
     q, k, v = qkv(B=B, T=T, dtype=torch.float32)
-    kpm = padding(B, T, [T, 30])
+    kpm = padding(B, T, [T, 30]) if padded else None
     out = mod(q, k, v, causal=causal, key_padding_mask=kpm)
     allowed = mod.dense_mask(T, causal)[None, None] & full_allowed(B, T, causal, kpm)
     torch.testing.assert_close(out.double(), ref_attention(q, k, v, allowed), atol=1e-5, rtol=0)
@@ -435,6 +436,14 @@ def test_gradcheck(name, causal):
     q, k, v = (t.requires_grad_() for t in qkv(B=1, H=1, T=10, D=3))
     kpm = padding(1, 10, [8])
     f = lambda q, k, v: mod(q, k, v, causal=causal, key_padding_mask=kpm)
+    assert torch.autograd.gradcheck(f, (q, k, v), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gradcheck_bigbird_unpadded(causal):
+    mod = variants.get("bigbird", block_size=3, num_global_blocks=2, window_radius=1, num_random_blocks=1, seed=1)
+    q, k, v = (t.requires_grad_() for t in qkv(B=2, H=2, T=13, D=3))
+    f = lambda q, k, v: mod(q, k, v, causal=causal)
     assert torch.autograd.gradcheck(f, (q, k, v), eps=1e-6, atol=1e-5)
 
 

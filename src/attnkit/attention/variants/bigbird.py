@@ -26,6 +26,7 @@ import threading
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._common import VariantAttention, check_positive_int, default_scale
@@ -156,7 +157,15 @@ class BigBirdAttention(VariantAttention):
             return torch.where(pos < T, pos, torch.full_like(pos, -1))
 
         layouts, lengths = [], []  # (qpos, kpos) of each part, and its number of query slots
-        if g:  # global query blocks attend to every key (every earlier key when causal)
+        dense_global = None
+        if g and not causal and key_valid is None:
+            # the global queries see every key: plain dense attention of g*bs queries, which
+            # SDPA's flash kernel runs over blocks of keys in O(T) memory (a gathered group
+            # would hold g*bs x T scores at once)
+            ng = min(T, g * bs)
+            dense_global = F.scaled_dot_product_attention(q[:, :, :ng], k, v, scale=spec.scale)  # (B, H, ng, Dv)
+            dense_global = dense_global.reshape(N, ng, Dv)
+        elif g:  # global query blocks attend to every key (every earlier key when causal)
             # causal: the global queries (the first g*bs tokens) see no key after them
             nk = min(T, g * bs) if causal else T
             qpos = clip(torch.arange(g * bs, device=dev)).view(1, 1, g * bs)  # (1, 1, g*bs)
@@ -171,8 +180,10 @@ class BigBirdAttention(VariantAttention):
             layouts.append((qpos[None], kpos.flatten(1)[None]))
             lengths.append((nb - g) * bs)
         # one autograd node for both parts: their gradients share one set of accumulators
-        results = gathered_attention_parts(qf, kf, vf, layouts, kv, spec)
+        results = gathered_attention_parts(qf, kf, vf, layouts, kv, spec) if layouts else []
         parts = [o.reshape(N, n, Dv) for (o, _), n in zip(results, lengths)]
+        if dense_global is not None:
+            parts.insert(0, dense_global)
         out = torch.cat(parts, dim=1)[:, :T]  # (N, T, Dv)
         return out.reshape(B, H, T, Dv)
 
