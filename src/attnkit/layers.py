@@ -51,6 +51,27 @@ def make_norm(kind: str, dim: int, eps: float, bias: bool = True) -> nn.Module:
 # --------------------------------------------------------------------------------------------
 # MLPs
 # --------------------------------------------------------------------------------------------
+class _SquaredReLU(torch.autograd.Function):
+    """relu(x)^2 with its gradient 2 relu(x) as one saved tensor: autograd through relu and
+    square keeps two tensors and runs four passes over them, about 3x slower on a CPU."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        r = torch.relu(x)
+        ctx.save_for_backward(r)
+        return r.square()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (r,) = ctx.saved_tensors
+        return (r + r).mul_(grad)
+
+
+def squared_relu(x: torch.Tensor) -> torch.Tensor:
+    """relu(x) ** 2 (So et al. 2021), with a fused backward pass."""
+    return _SquaredReLU.apply(x)
+
+
 class MLP(nn.Module):
     """C -> d_ff -> activation -> C. ``activation`` is gelu (erf), gelu_tanh, relu or relu2
     (squared ReLU, So et al. 2021: about as good as GELU for small LMs and much cheaper on CPU,
@@ -70,7 +91,7 @@ class MLP(nn.Module):
         if self.activation == "relu":
             h = F.relu(h)
         elif self.activation == "relu2":
-            h = F.relu(h).square()
+            h = squared_relu(h)
         else:
             h = F.gelu(h, approximate="tanh" if self.activation == "gelu_tanh" else "none")
         return self.down(h)  # (B, T, C)

@@ -109,6 +109,13 @@ def test_rmsnorm_and_swiglu_against_their_formulas():
     h = x @ sq.up.weight.T + sq.up.bias
     ref = torch.where(h > 0, h * h, torch.zeros_like(h)) @ sq.down.weight.T + sq.down.bias
     torch.testing.assert_close(sq(x), ref)
+    from attnkit.layers import squared_relu  # its hand-written gradient: 2 relu(x), 0 below 0
+
+    z = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(squared_relu, (z,))
+    g = torch.randn(5, 7, dtype=torch.float64)
+    squared_relu(z).backward(g)
+    torch.testing.assert_close(z.grad, torch.where(z > 0, 2 * z * g, torch.zeros_like(z)))
     with pytest.raises(ValueError, match="norm must be one of.*'batch'"):
         make_norm("batch", 8, 1e-5)
     with pytest.raises(ValueError, match="mlp must be one of.*'geglu'"):
