@@ -388,3 +388,25 @@ def test_skinny_linears_match_f_linear_and_are_restored():
         torch.testing.assert_close(plain(x.float()).double(), ref[1], rtol=1e-5, atol=1e-5)
         assert lin(x.float()).shape == (3, 2, 200)
     assert "forward" not in vars(lin) and "forward" not in vars(plain)
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_skinny_linears_match_linear_for_every_row_count(pack):
+    from attnkit.generation import _can_pack, _skinny_linears
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(48, 80), torch.nn.Linear(80, 24, bias=False))
+    xs = {rows: torch.randn(rows, 48, dtype=torch.float64) for rows in (1, 3, 40)}
+    with torch.no_grad():
+        ref = {rows: model.double()(x) for rows, x in xs.items()}
+        model.float()
+        with _skinny_linears(model, pack=pack):
+            assert all("forward" in vars(m) for m in model)
+            if pack:  # batch-1 rows take MKL's packed GEMM on builds that have it
+                assert _can_pack() == bool(torch._C.has_mkl)
+            got = {rows: model(x.float()) for rows, x in xs.items()}
+            got[1.5] = model(xs[1].float().view(1, 1, 48)).view(1, 24)  # (B, T, C) input
+    assert not any("forward" in vars(m) for m in model)  # restored
+    for rows in xs:
+        torch.testing.assert_close(got[rows].double(), ref[rows], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1.5].double(), ref[1], atol=1e-5, rtol=1e-5)
