@@ -24,8 +24,9 @@ How one step picks the next token from the last position's logits (in float32):
 
 A row ends when it emits one of ``eos_token_id`` (kept in the output), when its generated text
 first contains one of the ``stop`` strings (the token that completes the stop string is kept,
-so the decoded text contains it: cut with ``text.split(stop)[0]`` when unwanted), or after
-``max_new_tokens``.
+so the decoded text contains it: cut with ``text.split(stop)[0]`` when unwanted), when its new
+tokens end with one of the ``stop`` token-id sequences (kept too; a stop is a string, a list
+of ids, or a list of either), or after ``max_new_tokens``.
 
 Batches: prompts of different lengths are left-padded into one (B, P) batch with an attention
 mask and per-row positions, so every row's tokens are exactly those it would get alone. The KV
@@ -197,13 +198,32 @@ def _eos_set(eos_token_id: Any, vocab: int) -> set[int]:
     return set(ids)
 
 
-def _stop_list(stop: Any) -> list[str]:
+def _stop_list(stop: Any, vocab: int) -> tuple[list[str], list[tuple[int, ...]]]:
+    """(stop strings, stop token-id sequences) from ``stop``: a string, a list of token ids, or
+    a list mixing strings and lists of token ids."""
     if stop is None:
-        return []
-    items = [stop] if isinstance(stop, str) else stop
-    if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) and s for s in items):
-        raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
-    return list(items)
+        return [], []
+    bad = ValueError(f"stop must be a non-empty string, a non-empty list of token ids in "
+                     f"[0, {vocab}), or a list of those, got {stop!r}")
+    if isinstance(stop, str):
+        items = [stop]
+    elif isinstance(stop, (list, tuple)) and stop and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in stop):
+        items = [tuple(stop)]  # one token-id sequence
+    elif isinstance(stop, (list, tuple)):
+        items = list(stop)
+    else:
+        raise bad
+    strings, sequences = [], []
+    for item in items:
+        if isinstance(item, str) and item:
+            strings.append(item)
+        elif isinstance(item, (list, tuple)) and item and all(
+                isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in item):
+            sequences.append(tuple(item))
+        else:
+            raise bad
+    return strings, sequences
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,7 +341,7 @@ def _capacity(model, rows: list[list[int]], max_new_tokens: int, context: str) -
 
 def stream(model, prompt, max_new_tokens: int = 64, *, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None,
-           repetition_penalty: float = 1.0, stop: str | Sequence[str] | None = None,
+           repetition_penalty: float = 1.0, stop: str | Sequence[Any] | None = None,
            eos_token_id: int | Sequence[int] | None = None, seed: int | None = None,
            tokenizer: Any = None, use_cache: bool = True,
            context: str = "error") -> Iterator[GeneratedToken]:
@@ -343,7 +363,7 @@ def stream(model, prompt, max_new_tokens: int = 64, *, temperature: float = 1.0,
         raise ValueError(f"context must be one of {CONTEXT_MODES}, got {context!r}")
     if not isinstance(use_cache, bool):
         raise ValueError(f"use_cache must be a bool, got {use_cache!r}")
-    stops = _stop_list(stop)
+    stops, stop_ids = _stop_list(stop, vocab)
     eos = _eos_set(eos_token_id, vocab)
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if stops and tok is None:
@@ -352,11 +372,11 @@ def stream(model, prompt, max_new_tokens: int = 64, *, temperature: float = 1.0,
     rows, _ = _prompt_rows(prompt, tok, vocab)
     capacity = _capacity(model, rows, max_new_tokens, context)
     return _run(model, rows, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                stops, eos, seed, tok, use_cache, context, capacity)
+                stops, stop_ids, eos, seed, tok, use_cache, context, capacity)
 
 
-def _run(model, rows, max_new_tokens, temperature, top_k, top_p, penalty, stops, eos, seed,
-         tok, use_cache, context, capacity) -> Iterator[GeneratedToken]:
+def _run(model, rows, max_new_tokens, temperature, top_k, top_p, penalty, stops, stop_ids, eos,
+         seed, tok, use_cache, context, capacity) -> Iterator[GeneratedToken]:
     param = next(model.parameters())
     device = param.device
     B = len(rows)
@@ -396,6 +416,9 @@ def _run(model, rows, max_new_tokens, temperature, top_k, top_p, penalty, stops,
                 text = tails[i].push(t) if tails is not None else None
                 events.append(GeneratedToken(i, step, t, text))
                 if t in eos:
+                    live[i] = False
+                elif stop_ids and any(len(q) <= len(generated[i]) and tuple(generated[i][-len(q):]) == q
+                                      for q in stop_ids):
                     live[i] = False
                 elif stops:
                     tail = tails[i].text[-(longest_stop + len(text)):]
@@ -493,7 +516,7 @@ def _slide(batch: _Batch, rows, generated, pad) -> None:
 
 def generate(model, prompt, max_new_tokens: int = 64, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None,
-             repetition_penalty: float = 1.0, stop: str | Sequence[str] | None = None,
+             repetition_penalty: float = 1.0, stop: str | Sequence[Any] | None = None,
              eos_token_id: int | Sequence[int] | None = None, seed: int | None = None,
              tokenizer: Any = None, callback: Callable[[GeneratedToken], Any] | None = None,
              use_cache: bool = True, context: str = "error") -> list[int] | list[list[int]]:

@@ -214,3 +214,42 @@ def test_export_refuses_a_classifier_without_pooler(tmp_path):
     model = build_model(get_preset("tiny-bert", head="classification", pooler=False))
     with pytest.raises(ValueError, match="without a pooler cannot be exported.*expected config.pooler=True"):
         export_hf(model, tmp_path)
+
+
+def test_hf_sequence_classifier_directory_predicts_with_its_id2label(tmp_path):
+    """An HF BertForSequenceClassification directory (safetensors, config with id2label,
+    tokenizer.json) classifies through attnkit with HF's class names and HF's probabilities."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from attnkit.classification import Classifier, predict
+
+    words = "[PAD] [UNK] [CLS] [SEP] [MASK] my card was charged twice please refund me hello there " \
+            "how are you i want money back thanks".split()
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    id2label = {0: "billing", 1: "refund", 2: "greeting"}
+    torch.manual_seed(0)
+    hf = transformers.BertForSequenceClassification(bert_config(
+        vocab_size=len(words), num_labels=3, id2label=id2label,
+        label2id={v: k for k, v in id2label.items()})).eval()
+    with torch.no_grad():
+        hf.classifier.bias.copy_(torch.tensor([0.3, -0.2, 0.1]))
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+
+    texts = ["my card was charged twice", "please refund me i want money back",
+             "hello there how are you", "thanks"]
+    clf = Classifier(str(tmp_path))
+    assert clf.labels == ["billing", "refund", "greeting"]
+    got = clf.predict_proba(texts)  # (4, 3), rows sum to 1
+    for i, text in enumerate(texts):
+        ids = torch.tensor([tok.encode(text).ids])
+        with torch.no_grad():
+            ref = torch.softmax(hf(input_ids=ids).logits.double(), -1)[0]
+        assert abs(got[i] - ref.numpy()).max() <= 1e-5
+    preds = predict(str(tmp_path), texts)
+    assert [p.label for p in preds] == [id2label[int(r.argmax())] for r in got]
+    assert set(preds[0].probabilities) == {"billing", "refund", "greeting"}

@@ -209,6 +209,30 @@ def test_stop_strings_end_at_the_token_that_completes_them(char_model):
     assert generate(char_model, "to be", 30, temperature=0, stop="\u2603") == plain
 
 
+def test_stop_token_sequences_end_each_row_where_its_new_tokens_end_with_one():
+    model = tiny()  # no tokenizer needed for id stops
+    plain = generate(model, PROMPTS, 20, temperature=0)
+    news = [out[len(p):] for p, out in zip(PROMPTS, plain)]
+    seq = news[0][6:8]  # a pair row 0 produces
+    lone = news[1][3]
+
+    def cut(new, stops):  # first n where new[:n] ends with a stop sequence
+        for n in range(1, len(new) + 1):
+            if any(tuple(new[:n][-len(q):]) == tuple(q) for q in stops if len(q) <= n):
+                return n
+        return len(new)
+
+    stops = [seq, [lone]]
+    out = generate(model, PROMPTS, 20, temperature=0, stop=stops)
+    for p, new, got in zip(PROMPTS, news, out):
+        assert got == p + new[:cut(new, stops)]
+    assert len(out[0]) < len(plain[0])  # row 0 did stop early
+    # a flat list of ids is one sequence; ids in the prompt do not count
+    one = generate(model, PROMPTS[0], 20, temperature=0, stop=seq)
+    assert one == out[0][:len(PROMPTS[0]) + cut(news[0], [seq])]
+    assert generate(model, PROMPTS[0], 20, temperature=0, stop=[PROMPTS[0][-1:] * 30]) == plain[0]
+
+
 def test_stream_yields_tokens_as_they_are_made(char_model):
     calls = []  # one LM-head call per forward pass
     hook = char_model.lm_head.register_forward_hook(lambda *a: calls.append(1))
@@ -291,7 +315,10 @@ def test_greedy_matches_transformers_generate(direction, tmp_path):
     (dict(repetition_penalty=0), r"repetition_penalty must be a number in \(0, inf\), got 0"),
     (dict(seed=-1), "seed must be an int >= 0, got -1"),
     (dict(eos_token_id=256), r"eos_token_id must be .* \[0, 256\), got 256"),
-    (dict(stop=[""]), r"stop must be a non-empty string .* got \[''\]"),
+    (dict(stop=[""]), r"stop must be a non-empty string, .* got \[''\]"),
+    (dict(stop=[[]]), r"stop must be .* token ids in \[0, 256\).* got \[\[\]\]"),
+    (dict(stop=[[3, 256]]), r"stop must be .* got \[\[3, 256\]\]"),
+    (dict(stop=[1.5]), r"stop must be .* got \[1.5\]"),
     (dict(stop="x"), "stop=.*'x'.* needs a tokenizer"),
     (dict(context="wrap"), r"context must be one of \('error', 'slide'\), got 'wrap'"),
     (dict(prompt=[]), "prompt is empty"),

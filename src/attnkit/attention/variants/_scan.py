@@ -113,6 +113,7 @@ class _CausalScan(torch.autograd.Function):
         groups = _groups(q.shape[0], per_group)
         out = v.new_empty(v.shape)
         Sz = ref = None
+        keep = any(ctx.needs_input_grad[:3])
         states = []  # (state entering the group, a, b) for the backward pass
         for g0, g1 in groups:
             va = None if valid is None else valid[g0:g1]
@@ -121,8 +122,10 @@ class _CausalScan(torch.autograd.Function):
             a, b, ref = _scales(ref, log_scale)
             acc, Sz_next, before, _, A = _CausalScan._group(pq, pk, _with_ones(v[g0:g1]), Sz, a, b)
             out[g0:g1], den = _finish(acc)
-            # kept for the backward pass: O(T * (C + m * Dv / C)), much less than the features
-            states.append((a, b, before, A, den, acc[..., -1:] > 0))
+            # kept for the backward pass: O(T * (C + m * Dv / C)), much less than the features;
+            # without one (inference) nothing is kept, and each group reuses the last one's memory
+            if keep:
+                states.append((a, b, before, A, den, acc[..., -1:] > 0))
             Sz = Sz_next
         ctx.save_for_backward(q, k, v, valid, out)
         ctx.fq, ctx.fk, ctx.groups, ctx.states = fq, fk, groups, states
