@@ -235,7 +235,12 @@ def kernel_attention(fq: QueryFeatures, fk: KeyFeatures, q: Tensor, k: Tensor, v
     and a key feature map's log_scale is one value per row N.
     """
     N, T, _ = q.shape
+    # causal: chunks of ``chunk`` tokens inside each group. Non-causal needs no chunks: when
+    # whole groups tile the sequence, each group is one chunk (one product per group, inputs
+    # read in place); otherwise chunks of ``chunk`` keep the padding small
     C = min(chunk, T)
+    if not causal and (T <= group or T % group == 0):
+        C = min(group, T)
     n_chunks = -(-T // C)
     pad = n_chunks * C - T
     if pad:
@@ -245,7 +250,8 @@ def kernel_attention(fq: QueryFeatures, fk: KeyFeatures, q: Tensor, k: Tensor, v
         key_valid = F.pad(key_valid, (0, pad), value=False)  # (N, Tp)
 
     def chunk_major(x: Tensor) -> Tensor:
-        return x.reshape(N, n_chunks, C, *x.shape[2:]).transpose(0, 1).contiguous()
+        y = x.reshape(N, n_chunks, C, *x.shape[2:]).transpose(0, 1)
+        return y.contiguous() if causal else y  # non-causal groups are (1, N, C, *) views
 
     qc, kc, vc = chunk_major(q), chunk_major(k), chunk_major(v)  # (nC, N, C, *)
     vmask = None if key_valid is None else chunk_major(key_valid)  # (nC, N, C)
