@@ -162,9 +162,8 @@ class _Groups:
         return s.masked_fill_(bad, float("-inf"))
 
 
-def _forward_part(groups: "_Groups", qpos: Tensor, kpos: Tensor, spec: GatherSpec):
-    groups.qpos, groups.kpos = qpos, kpos
-    q = groups.q3
+def _forward_part(groups: "_Groups", spec: GatherSpec):
+    q, qpos, kpos = groups.q3, groups.qpos, groups.kpos
     n, (_, n_groups, cq), ck = groups.n, qpos.shape, kpos.shape[-1]
     o = q.new_empty(n, n_groups, cq, groups.dv)  # (N, G, Cq, Dv)
     lse = q.new_empty(n, n_groups, cq)  # (N, G, Cq)
@@ -184,9 +183,8 @@ def _forward_part(groups: "_Groups", qpos: Tensor, kpos: Tensor, spec: GatherSpe
     return o, lse, masks
 
 
-def _backward_part(groups: "_Groups", qpos: Tensor, kpos: Tensor, spec: GatherSpec, masks, o, lse,
-                   do, dlse, dqf, dkf, dvf) -> None:
-    groups.qpos, groups.kpos = qpos, kpos
+def _backward_part(groups: "_Groups", spec: GatherSpec, masks, o, lse, do, dlse, dqf, dkf, dvf) -> None:
+    qpos, kpos = groups.qpos, groups.kpos
     n, (_, n_groups, cq), ck = groups.n, qpos.shape, kpos.shape[-1]
     lse_safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
     for (g0, g1), bad in zip(_batches(n_groups, n * cq * ck, spec.budget), masks):
@@ -205,10 +203,9 @@ def _backward_part(groups: "_Groups", qpos: Tensor, kpos: Tensor, spec: GatherSp
 class _GatheredAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, key_valid, spec, *pos):
-        groups = _Groups(q, k, v, pos[0], pos[1], key_valid, spec)
         outs, masks = [], []
-        for i in range(0, len(pos), 2):
-            o, lse, m = _forward_part(groups, pos[i], pos[i + 1], spec)
+        for i in range(0, len(pos), 2):  # pos holds (qpos, kpos) of every part
+            o, lse, m = _forward_part(_Groups(q, k, v, pos[i], pos[i + 1], key_valid, spec), spec)
             outs += [o, lse]
             masks.append(m)
         ctx.save_for_backward(q, k, v, key_valid, *pos, *outs)
@@ -221,15 +218,11 @@ class _GatheredAttention(torch.autograd.Function):
         q, k, v, key_valid, *rest = ctx.saved_tensors
         pos, outs = rest[: ctx.n_pos], rest[ctx.n_pos:]
         spec = ctx.spec
-        groups = _Groups(q, k, v, pos[0], pos[1], key_valid, spec)
-        dqf = torch.zeros_like(groups.qf)  # (N*T, D)
-        dkf = torch.zeros_like(groups.kf)  # (N*T, D)
-        dvf = torch.zeros_like(groups.vf)  # (N*T, Dv)
-        for i in range(0, len(pos), 2):
-            o, lse = outs[i], outs[i + 1]
-            do, dlse = grads[i], grads[i + 1]
-            do = torch.zeros_like(o) if do is None else do
-            dlse = torch.zeros_like(lse) if dlse is None else dlse
-            _backward_part(groups, pos[i], pos[i + 1], spec, ctx.masks[i // 2], o, lse, do, dlse,
-                           dqf, dkf, dvf)
+        dqf = q.new_zeros(q.numel() // q.shape[-1], q.shape[-1])  # (N*T, D)
+        dkf = k.new_zeros(k.numel() // k.shape[-1], k.shape[-1])  # (N*T, D)
+        dvf = v.new_zeros(v.numel() // v.shape[-1], v.shape[-1])  # (N*T, Dv)
+        for i in range(0, len(pos), 2):  # unused outputs get zero gradients (materialize_grads)
+            groups = _Groups(q, k, v, pos[i], pos[i + 1], key_valid, spec)
+            _backward_part(groups, spec, ctx.masks[i // 2], outs[i], outs[i + 1], grads[i],
+                           grads[i + 1], dqf, dkf, dvf)
         return (dqf.view_as(q), dkf.view_as(k), dvf.view_as(v), None, None) + (None,) * len(pos)

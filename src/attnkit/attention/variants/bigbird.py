@@ -156,7 +156,7 @@ class BigBirdAttention(VariantAttention):
         def clip(pos: Tensor) -> Tensor:
             return torch.where(pos < T, pos, torch.full_like(pos, -1))
 
-        layouts, lengths = [], []  # (qpos, kpos) of each part, and its number of query slots
+        layouts = []  # (qpos, kpos) of each gathered part
         dense_global = None
         if g and not causal and key_valid is None:
             # the global queries see every key: plain dense attention of g*bs queries, which
@@ -171,17 +171,15 @@ class BigBirdAttention(VariantAttention):
             qpos = clip(torch.arange(g * bs, device=dev)).view(1, 1, g * bs)  # (1, 1, g*bs)
             kpos = torch.arange(nk, device=dev).view(1, 1, nk)  # (1, 1, nk)
             layouts.append((qpos, kpos))
-            lengths.append(g * bs)
         if nb > g:
             kb = self.key_blocks(T, causal).to(dev)  # (G, K)
             qpos = clip(torch.arange(g, nb, device=dev)[:, None] * bs + offs)  # (G, bs)
             kpos = kb[:, :, None] * bs + offs  # (G, K, bs)
             kpos = torch.where(kb[:, :, None] >= 0, clip(kpos), torch.full_like(kpos, -1))
             layouts.append((qpos[None], kpos.flatten(1)[None]))
-            lengths.append((nb - g) * bs)
-        # one autograd node for both parts: their gradients share one set of accumulators
+        # one autograd node for the gathered parts: their gradients share one set of accumulators
         results = gathered_attention_parts(qf, kf, vf, layouts, kv, spec) if layouts else []
-        parts = [o.reshape(N, n, Dv) for (o, _), n in zip(results, lengths)]
+        parts = [o.reshape(N, -1, Dv) for o, _ in results]  # (N, G * Cq, Dv) each
         if dense_global is not None:
             parts.insert(0, dense_global)
         out = torch.cat(parts, dim=1)[:, :T]  # (N, T, Dv)
