@@ -227,10 +227,14 @@ def test_stop_token_sequences_end_each_row_where_its_new_tokens_end_with_one():
     for p, new, got in zip(PROMPTS, news, out):
         assert got == p + new[:cut(new, stops)]
     assert len(out[0]) < len(plain[0])  # row 0 did stop early
-    # a flat list of ids is one sequence; ids in the prompt do not count
+    # a flat list of ids is one sequence
     one = generate(model, PROMPTS[0], 20, temperature=0, stop=seq)
     assert one == out[0][:len(PROMPTS[0]) + cut(news[0], [seq])]
-    assert generate(model, PROMPTS[0], 20, temperature=0, stop=[PROMPTS[0][-1:] * 30]) == plain[0]
+    # ids in the prompt do not count: (last prompt id, first new id) would match at once if they did
+    across = [PROMPTS[0][-1], news[0][0]]
+    got = generate(model, PROMPTS[0], 20, temperature=0, stop=across)
+    assert got == PROMPTS[0] + news[0][:cut(news[0], [across])]
+    assert len(got) > len(PROMPTS[0]) + 1
 
 
 def test_stream_yields_tokens_as_they_are_made(char_model):
@@ -418,7 +422,7 @@ def test_skinny_linears_match_f_linear_and_are_restored():
 
 
 @pytest.mark.parametrize("pack", [False, True])
-def test_skinny_linears_match_linear_for_every_row_count(pack):
+def test_skinny_linears_match_linear_for_every_row_count(pack, monkeypatch):
     from attnkit.generation import _can_pack, _skinny_linears
 
     torch.manual_seed(0)
@@ -427,12 +431,17 @@ def test_skinny_linears_match_linear_for_every_row_count(pack):
     with torch.no_grad():
         ref = {rows: model.double()(x) for rows, x in xs.items()}
         model.float()
+        packed_calls = []
+        if _can_pack():  # count the packed GEMM calls
+            real = torch.ops.mkl._mkl_linear
+            spy = lambda *a: packed_calls.append(a[0].shape) or real(*a)  # noqa: E731
+            monkeypatch.setattr(torch.ops.mkl, "_mkl_linear", spy)
         with _skinny_linears(model, pack=pack):
             assert all("forward" in vars(m) for m in model)
-            if pack:  # batch-1 rows take MKL's packed GEMM on builds that have it
-                assert _can_pack() == bool(torch._C.has_mkl)
             got = {rows: model(x.float()) for rows, x in xs.items()}
             got[1.5] = model(xs[1].float().view(1, 1, 48)).view(1, 24)  # (B, T, C) input
+    # batch-1 rows take MKL's packed GEMM (2 linears x 2 one-row inputs), and only when packing
+    assert len(packed_calls) == (4 if pack and _can_pack() else 0)
     assert not any("forward" in vars(m) for m in model)  # restored
     for rows in xs:
         torch.testing.assert_close(got[rows].double(), ref[rows], atol=1e-5, rtol=1e-5)
