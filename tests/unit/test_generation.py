@@ -423,7 +423,11 @@ def test_skinny_linears_match_f_linear_and_are_restored():
 
 @pytest.mark.parametrize("pack", [False, True])
 def test_skinny_linears_match_linear_for_every_row_count(pack, monkeypatch):
+    """The torch paths (the native kernel switched off): W @ x^T, and MKL's packed GEMM."""
+    from attnkit import kernels
     from attnkit.generation import _can_pack, _skinny_linears
+
+    monkeypatch.setattr(kernels.SkinnyLinear, "create", classmethod(lambda cls, *a, **k: None))
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(48, 80), torch.nn.Linear(80, 24, bias=False))
@@ -446,3 +450,28 @@ def test_skinny_linears_match_linear_for_every_row_count(pack, monkeypatch):
     for rows in xs:
         torch.testing.assert_close(got[rows].double(), ref[rows], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[1.5].double(), ref[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not __import__("attnkit.kernels").kernels.available(),
+                    reason="the native kernel is not available here (see attnkit.kernels.status())")
+def test_skinny_linears_use_the_native_kernel_up_to_its_row_limit(monkeypatch):
+    from attnkit import kernels
+    from attnkit.generation import _NATIVE_MAX_ROWS, _skinny_linears
+
+    calls = []
+    real = kernels.SkinnyLinear.__call__
+    monkeypatch.setattr(kernels.SkinnyLinear, "__call__",
+                        lambda self, x: calls.append(x.shape[0]) or real(self, x))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(48, 81), torch.nn.Linear(81, 24, bias=False))
+    rows = (1, 5, _NATIVE_MAX_ROWS, _NATIVE_MAX_ROWS + 1)
+    xs = {r: torch.randn(r, 48, dtype=torch.float64) for r in rows}
+    with torch.no_grad():
+        ref = {r: model.double()(x) for r, x in xs.items()}
+        model.float()
+        with _skinny_linears(model, pack=True):
+            got = {r: model(x.float()) for r, x in xs.items()}
+    # two linears per input, for every row count up to the limit; beyond it torch's product
+    assert calls == [r for r in rows[:-1] for _ in range(2)]
+    for r in rows:
+        torch.testing.assert_close(got[r].double(), ref[r], atol=1e-5, rtol=1e-5)

@@ -19,24 +19,30 @@ class KVCache:
     >>> cache.length                                 # tokens stored so far
 
     Batch size, head count, head dim, dtype and device are taken from the first update; later
-    updates must match them. ``reset()`` empties the cache and keeps the storage.
+    updates must match them. ``dtype`` stores keys and values in another dtype than the model's
+    (e.g. float32 for a bfloat16 model on a CPU without bfloat16 arithmetic); ``update`` then
+    returns that dtype and attention runs in it. ``reset()`` empties the cache and keeps the storage.
     """
 
-    def __init__(self, max_len: int | None = None):
+    def __init__(self, max_len: int | None = None, dtype: torch.dtype | None = None):
         if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int)
                                     or max_len < 1):
             raise ValueError(f"max_len must be a positive int or None, got {max_len!r}")
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
         self.max_len = max_len
+        self.dtype = dtype  # storage dtype; None: the dtype of the first update
         self.length = 0
         self.k: torch.Tensor | None = None  # (B, Hkv, capacity, D)
         self.v: torch.Tensor | None = None  # (B, Hkv, capacity, D)
 
     @classmethod
-    def for_layers(cls, n_layers: int, max_len: int | None = None) -> list["KVCache"]:
+    def for_layers(cls, n_layers: int, max_len: int | None = None,
+                   dtype: torch.dtype | None = None) -> list["KVCache"]:
         """One empty cache per layer."""
         if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
             raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
-        return [cls(max_len) for _ in range(n_layers)]
+        return [cls(max_len, dtype) for _ in range(n_layers)]
 
     @property
     def capacity(self) -> int:
@@ -52,9 +58,10 @@ class KVCache:
         if k_new.dtype != v_new.dtype or k_new.device != v_new.device:
             raise ValueError(f"k and v must share dtype and device, got {k_new.dtype}/"
                              f"{k_new.device} and {v_new.dtype}/{v_new.device}")
+        store = self.dtype or k_new.dtype
         if self.k is not None and self.length == 0 and (
                 self.k.shape[:2] != k_new.shape[:2] or self.k.shape[3] != k_new.shape[3]
-                or self.v.shape[3] != v_new.shape[3] or self.k.dtype != k_new.dtype
+                or self.v.shape[3] != v_new.shape[3] or self.k.dtype != store
                 or self.k.device != k_new.device):
             self.k = self.v = None  # empty cache reused for other shapes: drop the storage
         if self.k is not None:
@@ -63,14 +70,15 @@ class KVCache:
             if want != got:
                 raise ValueError(f"cache holds (B, Hkv, Dk, Dv)={want}, update has {got}; "
                                  f"call reset() before reusing the cache for other shapes")
-            if k_new.dtype != self.k.dtype or k_new.device != self.k.device:
+            if store != self.k.dtype or k_new.device != self.k.device:
                 raise ValueError(f"cache holds {self.k.dtype} on {self.k.device}, update has "
                                  f"{k_new.dtype} on {k_new.device}")
 
     def _allocate(self, like_k: torch.Tensor, like_v: torch.Tensor, capacity: int) -> None:
         b, h = like_k.shape[:2]
-        k = like_k.new_zeros(b, h, capacity, like_k.shape[3])  # (B, Hkv, capacity, D)
-        v = like_v.new_zeros(b, h, capacity, like_v.shape[3])  # (B, Hkv, capacity, Dv)
+        dtype = self.dtype or like_k.dtype
+        k = like_k.new_zeros(b, h, capacity, like_k.shape[3], dtype=dtype)  # (B, Hkv, capacity, D)
+        v = like_v.new_zeros(b, h, capacity, like_v.shape[3], dtype=dtype)  # (B, Hkv, capacity, Dv)
         if self.k is not None and self.length:
             k[:, :, : self.length] = self.k[:, :, : self.length]
             v[:, :, : self.length] = self.v[:, :, : self.length]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..positional import ROPE_LAYOUTS, RotaryEmbedding
 from .functional import attention
@@ -181,11 +182,21 @@ class MultiHeadAttention(nn.Module):
                         f"(B, cache.length={cache.length} + T={T}), got {tuple(t.shape)}")
             k, v = cache.update(k, v)  # (B, Hkv, Tk, D) each, Tk = old length + T
 
+        if k.dtype != q.dtype:  # a cache stored in another dtype: attention runs in that one
+            q = q.to(k.dtype)
         if self.capture_hook is not None:
             self.capture_hook(self, q, k, v, key_padding_mask=key_padding_mask, mask=mask,
                               document_ids=document_ids)
         weights = None
-        if self.variant_attn is not None:
+        if (T == 1 and cache is not None and self.variant_attn is None and mask is None
+                and document_ids is None and self.window is None and self.positional != "alibi"
+                and not return_weights and not (self.training and self.dropout)
+                and self.backend in ("auto", "sdpa") and not torch.is_grad_enabled()):
+            # decoding one token: every cached key is visible (up to padding), so this is plain
+            # SDPA; going straight to it saves the general planner's checks on every step
+            am = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=am, enable_gqa=Hkv != H)
+        elif self.variant_attn is not None:
             rep = H // Hkv
             if rep > 1:  # query head h reads key/value head h // rep
                 k = k.repeat_interleave(rep, dim=1)  # (B, H, T, D)
@@ -203,7 +214,7 @@ class MultiHeadAttention(nn.Module):
                 backend=self.backend, return_weights=return_weights)
             y, weights = res if return_weights else (res, None)  # y: (B, H, T, D)
 
-        y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H * D)
+        y = y.transpose(1, 2).reshape(B, T, H * D).to(x.dtype)  # (B, T, H * D)
         out = self.out_dropout(self.out_proj(y))  # (B, T, C)
         return (out, weights) if return_weights else out
 

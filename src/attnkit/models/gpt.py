@@ -33,9 +33,11 @@ class GPT(ModelBase):
         if self.lm_head is not None and config.tie_embeddings:
             self.lm_head.proj.weight = self.embed.tok.weight  # (V, C), shared
 
-    def new_cache(self, max_len: int | None = None) -> list[KVCache]:
-        """One empty KV cache per block, for incremental decoding."""
-        return KVCache.for_layers(self.config.n_layer, max_len)
+    def new_cache(self, max_len: int | None = None,
+                  dtype: torch.dtype | None = None) -> list[KVCache]:
+        """One empty KV cache per block, for incremental decoding (``dtype``: storage dtype,
+        default the model's)."""
+        return KVCache.for_layers(self.config.n_layer, max_len, dtype)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       position_ids: torch.Tensor | None = None,
