@@ -113,7 +113,12 @@ def main(argv=None) -> int:
         ("gpt-shakespeare-char: val <= 1.89 in <= 0.7x nanoGPT's wall",
          f"val {default['val_loss']:.4f}, {default['wall_ratio']:.2f}x",
          default["val_loss"] <= 1.89 and default["wall_ratio"] <= 0.7),
-        ("best recipe: val <= 1.75 within 105 s of wall",
+        # the 105 s is nanoGPT's wall on this machine; the host's speed drifts from run
+        # to run, so the wall of nanoGPT's run above is the same budget measured now
+        ("best recipe: val <= 1.75 within nanoGPT's wall of this run",
+         f"val {best['val_loss']:.4f}, {best['wall_s']:.1f} s vs {ref['wall_s']:.1f} s",
+         best["val_loss"] <= 1.75 and best["wall_s"] <= ref["wall_s"]),
+        ("best recipe: val <= 1.75 within 105 s of wall (absolute)",
          f"val {best['val_loss']:.4f}, {best['wall_s']:.1f} s",
          best["val_loss"] <= 1.75 and best["wall_s"] <= 105),
         ("tokens/s of the same recipe (classic) vs nanoGPT, target 1.4x",
