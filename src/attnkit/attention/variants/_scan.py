@@ -111,7 +111,7 @@ class _CausalScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, valid, fq, fk, per_group):
         groups = _groups(q.shape[0], per_group)
-        out = v.new_empty(v.shape)
+        out = torch.empty_like(v)  # in v's memory order: position-major when v is a view
         Sz = ref = None
         keep = any(ctx.needs_input_grad[:3])
         states = []  # (state entering the group, a, b) for the backward pass
@@ -250,8 +250,9 @@ def kernel_attention(fq: QueryFeatures, fk: KeyFeatures, q: Tensor, k: Tensor, v
         key_valid = F.pad(key_valid, (0, pad), value=False)  # (N, Tp)
 
     def chunk_major(x: Tensor) -> Tensor:
-        y = x.reshape(N, n_chunks, C, *x.shape[2:]).transpose(0, 1)
-        return y.contiguous() if causal else y  # non-causal groups are (1, N, C, *) views
+        # a view: each group is a strided slice of the inputs, read in place (no chunk-major
+        # copy of the whole sequence), and the output is written in position order
+        return x.reshape(N, n_chunks, C, *x.shape[2:]).transpose(0, 1)
 
     qc, kc, vc = chunk_major(q), chunk_major(k), chunk_major(v)  # (nC, N, C, *)
     vmask = None if key_valid is None else chunk_major(key_valid)  # (nC, N, C)
