@@ -58,10 +58,21 @@ def _build(cc: str) -> Path:
 
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(source + "\0".join([cc, *_FLAGS]).encode()).hexdigest()[:16]
-    out = cache_dir() / "kernels" / f"skinny-{key}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    name = f"skinny-{key}.so"
+    # the attnkit cache, or a private temporary directory where that is not writable
+    for folder in (cache_dir() / "kernels",
+                   Path(tempfile.gettempdir()) / f"attnkit-kernels-{os.getuid()}"):
+        if (folder / name).exists():
+            return folder / name
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                break
+        except OSError:
+            continue
+    else:
+        raise RuntimeError("no writable directory for the compiled kernel")
+    out = folder / name
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
