@@ -62,14 +62,17 @@ def _build(cc: str) -> Path:
     # the attnkit cache, or a private temporary directory where that is not writable
     for folder in (cache_dir() / "kernels",
                    Path(tempfile.gettempdir()) / f"attnkit-kernels-{os.getuid()}"):
-        if (folder / name).exists():
-            return folder / name
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            if os.access(folder, os.W_OK):
-                break
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = folder.stat()
         except OSError:
             continue
+        # a library is only loaded from a folder that nobody else could have written into
+        if st.st_uid != os.getuid() or st.st_mode & 0o022 or not os.access(folder, os.W_OK):
+            continue
+        if (folder / name).exists():
+            return folder / name
+        break
     else:
         raise RuntimeError("no writable directory for the compiled kernel")
     out = folder / name
