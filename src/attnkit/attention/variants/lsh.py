@@ -286,5 +286,7 @@ def _merge(o1: Tensor, lse1: Tensor, o2: Tensor, lse2: Tensor) -> tuple[Tensor, 
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     w1, w2 = torch.exp(lse1 - top), torch.exp(lse2 - top)  # (N, T), 0 for an empty set
     den = w1 + w2
-    o = (o1 * w1.unsqueeze(-1)).add_(o2 * w2.unsqueeze(-1)).div_(torch.where(den > 0, den, torch.ones_like(den)).unsqueeze(-1))
+    safe = torch.where(den > 0, den, torch.ones_like(den))
+    # per-row factors first (small), then two passes over the outputs instead of four
+    o = (o1 * (w1 / safe).unsqueeze(-1)).addcmul_(o2, (w2 / safe).unsqueeze(-1))
     return o, den.log_().add_(top)
