@@ -207,6 +207,7 @@ class _LSHCore(torch.autograd.Function):
         o = lse = None  # the rounds merged so far: (N, T, Dv), (N, T)
         tiny = torch.finfo(q.dtype).tiny
         masks = []
+        keep = any(ctx.needs_input_grad[:3])  # the masks are kept for the backward pass only
         for r in range(nh):
             ks_r = kslots[:, r]  # (N, C + Tp)
             o_s = q.new_empty(nC, N, C, Dv)  # sorted, chunk-major
@@ -226,7 +227,8 @@ class _LSHCore(torch.autograd.Function):
                 out.view(g * N, C, Dv).baddbmm_(p1.view(g * N, C, C), vs[1:].reshape(g * N, C, Dv))
                 out.div_(den.clamp_min(tiny))
                 torch.add(den.log_(), m, out=lse_s[c0:c1])  # -inf where nothing is allowed
-                masks.append(bad)
+                if keep:
+                    masks.append(bad)
             o_r = _LSHCore._unsort(o_s, rank[:, r], C)  # (N, T, Dv) position order
             lse_r = _LSHCore._unsort(lse_s, rank[:, r], C).squeeze(-1)  # (N, T)
             o, lse = (o_r, lse_r) if o is None else _merge(o, lse, o_r, lse_r)
