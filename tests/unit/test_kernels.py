@@ -178,3 +178,24 @@ def test_half_precision_layer_with_a_float32_cache():
     got = torch.cat(outs, dim=1)
     assert got.dtype == torch.bfloat16 and cache.k.dtype == torch.float32
     assert (got.double() - ref).abs().max().item() < 0.05  # bfloat16 weights and activations
+
+
+@needs_kernel
+def test_bfloat16_prompts_go_through_the_kernel_in_blocks(monkeypatch):
+    from attnkit.generation import _NATIVE_PREFILL_ROWS, _skinny_linears
+
+    calls = []
+    real = kernels.SkinnyLinear.__call__
+    monkeypatch.setattr(kernels.SkinnyLinear, "__call__",
+                        lambda self, x: calls.append(x.shape[0]) or real(self, x))
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(40, 24).to(torch.bfloat16)
+    rows = 2 * _NATIVE_PREFILL_ROWS + 5
+    x = torch.randn(1, rows, 40).to(torch.bfloat16)
+    with torch.no_grad(), _skinny_linears(lin):
+        got = lin(x)
+    assert calls == [_NATIVE_PREFILL_ROWS, _NATIVE_PREFILL_ROWS, 5]
+    assert got.dtype == torch.bfloat16 and got.shape == (1, rows, 24)
+    ref = x.double() @ lin.weight.double().T + lin.bias.double()
+    # float32 sums, then one rounding to bfloat16 (relative 2^-8)
+    assert ((got.double() - ref).abs() <= 2 ** -8 * ref.abs() + 1e-6).all()
