@@ -476,6 +476,18 @@ _NATIVE_MAX_ROWS = 24
 _NATIVE_PREFILL_ROWS = 64
 
 
+def _native_product(native: kernels.SkinnyLinear, x: torch.Tensor, rows: int) -> torch.Tensor:
+    """x (..., K) through the native kernel, _NATIVE_PREFILL_ROWS rows per call; returns
+    (..., M) in x's dtype."""
+    x2 = x.reshape(rows, x.shape[-1])
+    if rows <= _NATIVE_PREFILL_ROWS:
+        y = native(x2)
+    else:
+        y = torch.cat([native(x2[i:i + _NATIVE_PREFILL_ROWS])
+                       for i in range(0, rows, _NATIVE_PREFILL_ROWS)])
+    return y.to(x.dtype).view(*x.shape[:-1], native.M)
+
+
 def _can_pack() -> bool:
     return bool(getattr(torch._C, "has_mkl", False)) and hasattr(torch.ops.mkl, "_mkl_linear")
 
@@ -489,16 +501,10 @@ def _skinny_forward(module: torch.nn.Linear, packed: torch.Tensor | None = None,
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
         if x.device.type != "cpu" or x.dtype != w.dtype:
             return plain(module, x)
-        if native is not None and 1 <= rows <= _NATIVE_MAX_ROWS:  # float32 or bfloat16 weights
-            y = native(x.reshape(rows, x.shape[-1]))
-            return (y if y.dtype == x.dtype else y.to(x.dtype)).view(*x.shape[:-1], w.shape[0])
-        if native is not None and w.dtype == torch.bfloat16 and rows:
-            # a prompt (prefill) with bfloat16 weights: where the CPU has no bfloat16 arithmetic,
-            # PyTorch's product is emulated; the kernel, a block of rows at a time, is faster
-            x2 = x.reshape(rows, x.shape[-1])
-            y = torch.cat([native(x2[i:i + _NATIVE_PREFILL_ROWS])
-                           for i in range(0, rows, _NATIVE_PREFILL_ROWS)])
-            return y.to(x.dtype).view(*x.shape[:-1], w.shape[0])
+        # float32 or bfloat16 weights; with bfloat16 also prompts (prefill): where the CPU has no
+        # bfloat16 arithmetic PyTorch's product is emulated, and the kernel is faster
+        if native is not None and rows and (rows <= _NATIVE_MAX_ROWS or w.dtype == torch.bfloat16):
+            return _native_product(native, x, rows)
         if w.dtype != torch.float32:
             return plain(module, x)
         if rows == 1 and packed is not None:
@@ -613,9 +619,7 @@ class Int8Linear(torch.nn.Module):
                 torch.is_grad_enabled() and x.requires_grad):
             native = self._native()
             if native is not None:
-                y = native(x.reshape(rows, self.in_features))
-                return (y if y.dtype == x.dtype else y.to(x.dtype)).view(*x.shape[:-1],
-                                                                          self.out_features)
+                return _native_product(native, x, rows)
         flat = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (M, K)
         y = torch._weight_int8pack_mm(flat, self.weight, self.scale).to(x.dtype)  # (M, N)
         if self.bias is not None:

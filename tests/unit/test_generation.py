@@ -454,14 +454,10 @@ def test_skinny_linears_match_linear_for_every_row_count(pack, monkeypatch):
 
 @pytest.mark.skipif(not __import__("attnkit.kernels").kernels.available(),
                     reason="the native kernel is not available here (see attnkit.kernels.status())")
-def test_skinny_linears_use_the_native_kernel_up_to_its_row_limit(monkeypatch):
-    from attnkit import kernels
+def test_skinny_linears_use_the_native_kernel_up_to_its_row_limit(kernel_calls):
     from attnkit.generation import _NATIVE_MAX_ROWS, _skinny_linears
 
-    calls = []
-    real = kernels.SkinnyLinear.__call__
-    monkeypatch.setattr(kernels.SkinnyLinear, "__call__",
-                        lambda self, x: calls.append(x.shape[0]) or real(self, x))
+    calls = kernel_calls
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(48, 81), torch.nn.Linear(81, 24, bias=False))
     rows = (1, 5, _NATIVE_MAX_ROWS, _NATIVE_MAX_ROWS + 1)

@@ -181,13 +181,10 @@ def test_half_precision_layer_with_a_float32_cache():
 
 
 @needs_kernel
-def test_bfloat16_prompts_go_through_the_kernel_in_blocks(monkeypatch):
+def test_bfloat16_prompts_go_through_the_kernel_in_blocks(kernel_calls):
     from attnkit.generation import _NATIVE_PREFILL_ROWS, _skinny_linears
 
-    calls = []
-    real = kernels.SkinnyLinear.__call__
-    monkeypatch.setattr(kernels.SkinnyLinear, "__call__",
-                        lambda self, x: calls.append(x.shape[0]) or real(self, x))
+    calls = kernel_calls
     torch.manual_seed(0)
     lin = torch.nn.Linear(40, 24).to(torch.bfloat16)
     rows = 2 * _NATIVE_PREFILL_ROWS + 5
