@@ -546,6 +546,27 @@ def test_bench_targets_pass_and_fail():
     assert bench.growth(lo, hi, "fwd") == pytest.approx(5.5)
 
 
+
+def test_bench_rounds_alternate_the_size_order():
+    from attnkit.bench import variants as bench
+
+    s = bench.Settings(sizes=[64, 128, 256], names=["local"], params={}, shape=(1, 1, 4), dtype="float32",
+                       device=torch.device("cpu"), causal_modes=[True], exact_max=0, error_n=64, repeat=3,
+                       max_seconds=100.0, memory=False, sweep=False, seed=0)
+    calls = []
+    points = []
+    for n in s.sizes:
+        rows = [bench.Row(bench.EXACT, n, True, True, skipped="too long"), bench.Row("local", n, True, True)]
+        ops = {mode: {"local": (lambda n=n, mode=mode: calls.append((mode, n)))} for mode in bench.MODES}
+        points.append((rows, ops))
+    bench.time_points(points, s)
+    up, down = [64, 128, 256], [256, 128, 64]
+    assert calls == [(m, n) for order in (up, down, up) for m in bench.MODES for n in order]
+    for rows, _ in points:  # one sample per round, paired by round across sizes
+        assert [len(rows[1].samples[m]) for m in bench.MODES] == [3, 3] and rows[0].samples["fwd"] == []
+        assert rows[1].seconds["fwd"] == min(rows[1].samples["fwd"])
+
+
 # ------------------------------------------------------------------------- MiniLM activations
 def test_minilm_windows_are_consecutive_text_with_padding():
     import attnkit

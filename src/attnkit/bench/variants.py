@@ -58,7 +58,7 @@ from attnkit.bench.common import (
 EXACT = "exact"  # exact attention: torch SDPA
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 MODES = ("fwd", "fwd_bwd")
-FULL = dict(sizes=[1024 * 2**i for i in range(7)], exact_max=16384, repeat=3, max_seconds=30.0, sweep=True,
+FULL = dict(sizes=[1024 * 2**i for i in range(7)], exact_max=16384, repeat=5, max_seconds=30.0, sweep=True,
             minilm_windows=8)
 QUICK = dict(sizes=[1024, 2048, 4096], exact_max=4096, repeat=2, max_seconds=3.0, sweep=False, minilm_windows=4)
 
@@ -224,24 +224,30 @@ def prepare_point(n: int, causal: bool, s: Settings, log: Callable[[str], None])
 def time_points(points: list, s: Settings) -> None:
     """Time every prepared point in rounds. A round calls every operation once, each variant's
     sizes back to back (variant by variant, mode by mode), so a slow spell of a shared machine
-    hits the sizes of one variant alike and their ratio holds. Up to ``s.repeat`` rounds, fewer
-    once ``s.max_seconds`` per N have been spent (at least one). A row's time is its fastest
-    round (other work on the machine only ever adds time); every round is kept in
-    ``Row.samples``."""
+    hits the sizes of one variant alike and their ratio holds; the sizes go up in even rounds
+    and down in odd ones, so a machine that speeds up or slows down over a round does not
+    always favour the same end of the size range. Up to ``s.repeat`` rounds, fewer once
+    ``s.max_seconds`` per N have been spent (at least one). A row's time is its fastest round
+    (other work on the machine only ever adds time); every round is kept in ``Row.samples``."""
     import time
 
-    order = []  # (row, mode, op), grouped by mode and variant, sizes adjacent
+    groups = []  # [(row, mode, op) of every size], by mode and variant
     for mode in MODES:
         for name in [EXACT] + s.names:
+            group = []
             for rows, ops in points:
                 row = next(r for r in rows if r.name == name)
                 if name in ops[mode] and not row.skipped:
-                    order.append((row, mode, ops[mode][name]))
+                    group.append((row, mode, ops[mode][name]))
+            if group:
+                groups.append(group)
     start = time.perf_counter()
     budget = s.max_seconds * max(1, len(points))
-    for _ in range(s.repeat):
-        for row, mode, op in order:
-            row.samples[mode].append(time_interleaved({row.name: op}, warmup=0, repeat=1, device=s.device)[row.name])
+    for round_ in range(s.repeat):
+        for group in groups:
+            for row, mode, op in (group if round_ % 2 == 0 else reversed(group)):
+                row.samples[mode].append(
+                    time_interleaved({row.name: op}, warmup=0, repeat=1, device=s.device)[row.name])
         if time.perf_counter() - start >= budget:
             break
     for rows, _ in points:

@@ -124,7 +124,7 @@ class _LSHCore(torch.autograd.Function):
     accumulated in sorted order, and positions are recovered with the inverse permutation.
     """
 
-    budget = 1 << 24  # scores per block
+    budget = 1 << 22  # scores per block (two score matrices of 16 MiB in float32)
 
     @staticmethod
     def _blocks(N: int, nC: int, C: int) -> list[tuple[int, int]]:
