@@ -58,7 +58,7 @@ from attnkit.bench.common import (
 EXACT = "exact"  # exact attention: torch SDPA
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 MODES = ("fwd", "fwd_bwd")
-FULL = dict(sizes=[1024 * 2**i for i in range(7)], exact_max=16384, repeat=5, max_seconds=30.0, sweep=True,
+FULL = dict(sizes=[1024 * 2**i for i in range(7)], exact_max=16384, repeat=5, max_seconds=60.0, sweep=True,
             minilm_windows=8)
 QUICK = dict(sizes=[1024, 2048, 4096], exact_max=4096, repeat=2, max_seconds=3.0, sweep=False, minilm_windows=4)
 
