@@ -203,3 +203,37 @@ def test_plot_loglog_writes_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="at least one panel"):
         plot_loglog(tmp_path / "q.png", [])
+
+
+
+
+_REFAULT = r"""
+import resource, sys, torch
+from attnkit.bench.common import keep_freed_memory
+what = keep_freed_memory() if sys.argv[1] == "keep" else "default"
+x = torch.randn(16 * 2**20)  # 64 MiB: above glibc's largest mmap threshold (32 MiB)
+for _ in range(12):  # until the heap has settled (small allocations split freed blocks at first)
+    (x * 2).exp_().sum()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):  # the same operation again and again, as a benchmark times it
+    (x * 2).exp_().sum()  # a 64 MiB temporary, every page written, then freed
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, what)
+"""
+
+
+@pytest.mark.skipif(common.platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_keep_freed_memory_reuses_large_blocks_without_page_faults():
+    import subprocess
+    import sys
+
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", _REFAULT, mode], capture_output=True, text=True, check=True)
+        n, what = out.stdout.strip().split(" ", 1)
+        return int(n), what
+
+    pages = 10 * 64 * 2**20 // 4096  # of 10 calls
+    default, _ = faults("default")
+    kept, what = faults("keep")
+    assert default > pages // 2  # a fresh mmap each call: a fault per 4 KiB page (fewer with huge pages)
+    assert kept < pages // 10, (what, kept)  # less than one call's worth: the freed block is reused
+    assert "M_MMAP_MAX=0" in what

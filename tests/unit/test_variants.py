@@ -499,9 +499,10 @@ def test_bench_variants_runs_and_writes_results(tmp_path, capsys):
 
     status = bench.main(["--sizes", "64,128", "--variants", "local,lsh", "--causal", "yes", "--error-n", "64",
                          "--no-memory", "--no-sweep", "--exact-max", "64", "--heads", "2", "--head-dim", "8",
-                         "--repeat", "1", "--minilm-windows", "0", "--out", str(tmp_path)])
+                         "--repeat", "1", "--minilm-windows", "0", "--system-malloc", "--out", str(tmp_path)])
     assert status == 0
     data = json.loads((tmp_path / "variants.json").read_text())
+    assert data["environment"]["malloc"] == "system default"  # this test process keeps glibc's defaults
     rows = {(r["name"], r["n"]): r for r in data["rows"]}
     assert set(rows) == {(n, s) for n in ("exact", "local", "lsh") for s in (64, 128)}
     assert rows[("exact", 128)]["skipped"].startswith("N > --exact-max")

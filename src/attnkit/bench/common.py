@@ -5,6 +5,8 @@
 * :func:`peak_memory`: the peak memory an operation adds, measured in a fresh Python process so
   earlier work in this process (allocator caches, freed-but-kept heap pages, compiled kernels)
   cannot hide or inflate it.
+* :func:`keep_freed_memory`: makes glibc's malloc reuse freed large blocks, so the timings of
+  large CPU tensors do not depend on the process's allocation history (see there).
 * :class:`Table`: fixed-width text tables; :func:`write_json`; :func:`plot_loglog`.
 
 Only the standard library and torch are imported at module level; matplotlib is imported by
@@ -579,6 +581,37 @@ class Table:
 # --------------------------------------------------------------------------------------------
 # JSON and plots
 # --------------------------------------------------------------------------------------------
+
+
+def keep_freed_memory() -> str | None:
+    """Make glibc's malloc keep freed memory for reuse in this process; returns what was set,
+    or None where that is not possible (no glibc).
+
+    By default glibc serves a block above its mmap threshold (32 MiB at most) with a fresh
+    mmap, and every page of that is faulted in, zeroed, when first written; a smaller block comes
+    from the heap, reused with no page faults if a free block fits. A CPU tensor of 32 MiB or
+    more is therefore sometimes free to allocate and sometimes costs a page fault per 4 KiB,
+    depending on what the process freed before; in one benchmark process a 128 MiB tensor paid
+    the faults on every call while 32 MiB ones did not. With mmap off (M_MMAP_MAX = 0) and no
+    trimming of the heap (M_TRIM_THRESHOLD = -1), every freed block stays in the heap for the
+    next call, as in a caching allocator (jemalloc, tcmalloc, PyTorch's CUDA allocator), and the
+    time of an operation is its compute and memory traffic. Memory is not given back to the
+    system until the process ends: for timing processes only (:func:`peak_memory` measures in
+    fresh processes with the default settings).
+    """
+    import ctypes
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    if mallopt(M_MMAP_MAX, 0) != 1 or mallopt(M_TRIM_THRESHOLD, -1) != 1:
+        return None
+    return "glibc malloc keeps freed blocks (M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1)"
 
 
 def environment() -> dict[str, Any]:

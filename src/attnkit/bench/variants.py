@@ -8,6 +8,9 @@ bidirectional attention, one run measures
   operation once, each variant's sizes back to back, so a slow spell of a shared machine hits
   them alike; the fastest of ``--repeat`` rounds is reported (all rounds are in the JSON); exact attention is skipped beyond ``--exact-max`` (it grows as
   N^2) and where its scores would not fit in memory;
+* the timing process keeps freed memory for reuse (``keep_freed_memory``; ``--system-malloc``
+  turns that off), so a large CPU tensor does not cost page faults in one call and none in the
+  next;
 * peak memory added by the forward and by forward+backward, each case measured in a fresh
   child process (``attnkit.bench.common.measure_peak_memories``: peak RSS over the RSS with the
   inputs allocated);
@@ -47,6 +50,7 @@ from attnkit.bench.common import (
     Table,
     available_memory_bytes,
     environment,
+    keep_freed_memory,
     measure_peak_memories,
     plot_loglog,
     resolve_device,
@@ -737,6 +741,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"no new timing round once this many seconds per N have been spent "
                              f"{default('max_seconds')}")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probes")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="time with glibc's default malloc settings; by default the timing process keeps "
+                             "freed memory for reuse (attnkit.bench.common.keep_freed_memory), so a large "
+                             "tensor costs the same whatever the process freed before")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strict", action="store_true", help="exit 1 when a measured target is missed")
 
@@ -765,9 +773,13 @@ def run(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    malloc = None
+    if s.device.type == "cpu" and not args.system_malloc:
+        malloc = keep_freed_memory()
     b, h, d = s.shape
     shape_text = f"B={b} H={h} D={d} {s.dtype} on {s.device}"
-    log(f"attnkit bench variants: {shape_text}, {torch.get_num_threads()} threads, variants {','.join(s.names)}")
+    log(f"attnkit bench variants: {shape_text}, {torch.get_num_threads()} threads, variants {','.join(s.names)}"
+        + (f"; timing process: {malloc}" if malloc else ""))
     rows: list[Row] = []
     errors: dict[bool, dict[str, dict[str, Any]]] = {}
     sweeps: dict[bool, list[dict[str, Any]]] = {}
@@ -800,7 +812,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     data = {
         "benchmark": "variants",
-        "environment": environment(),
+        "environment": {**environment(), "malloc": malloc or "system default"},
         "settings": {"sizes": s.sizes, "variants": s.names, "params": s.params, "shape": s.shape,
                      "dtype": s.dtype, "device": str(s.device), "causal": s.causal_modes,
                      "exact_max": s.exact_max, "error_n": s.error_n, "repeat": s.repeat,
