@@ -597,7 +597,7 @@ def keep_freed_memory() -> str | None:
     next call, as in a caching allocator (jemalloc, tcmalloc, PyTorch's CUDA allocator), and the
     time of an operation is its compute and memory traffic. Memory is not given back to the
     system until the process ends: for timing processes only (:func:`peak_memory` measures in
-    fresh processes with the default settings).
+    fresh processes whose glibc thresholds are fixed so that large blocks go back on free).
     """
     import ctypes
 
