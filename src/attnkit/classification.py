@@ -273,7 +273,7 @@ def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: str | os.PathLik
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from .checkpoints.io import atomic_write
+    from attnkit.checkpoints.io import atomic_write
 
     cm = np.asarray(cm)
     k = len(labels)
@@ -343,7 +343,7 @@ def _load(model: Any) -> nn.Module:
     if isinstance(model, nn.Module):
         return model
     if isinstance(model, (str, os.PathLike)):
-        from .checkpoints.io import load
+        from attnkit.checkpoints.io import load
 
         return load(model)
     raise ValueError(f"model must be a checkpoint directory, a known name such as 'minilm' or a "
@@ -369,7 +369,7 @@ def classifier_from(model: Any, labels: Sequence[str], pooling: str | None = Non
     ``model`` already classifies exactly these labels with this pooling. ``pooling``: "pooler"
     (dense + tanh on the first token), "mean" or "cls"; default as the module docstring says.
     """
-    from .models import build_model
+    from attnkit.models import build_model
 
     model = _load(model)
     cfg = getattr(model, "config", None)
@@ -729,7 +729,7 @@ def finetune(model: Any, train: Any, eval: Any, *, text_column: str = "text",
 def save_result(result: FinetuneResult, out: str | os.PathLike, cfg: FinetuneConfig,
                 train_source: str = "", eval_source: str = "") -> Path:
     """Write the model checkpoint, ``metrics.json`` and ``confusion.png`` into ``out``."""
-    from .checkpoints.io import atomic_write_json, save
+    from attnkit.checkpoints.io import atomic_write_json, save
 
     out = Path(out)
     save(result.model, out)

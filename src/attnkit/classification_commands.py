@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .cli import non_negative_int, positive_float, positive_int, probability
+from attnkit.cli import non_negative_int, positive_float, positive_int, probability
 
 
 def _training_arguments(parser: argparse.ArgumentParser, epochs: int, lr: float, max_length: int) -> None:
@@ -35,7 +35,7 @@ def _training_arguments(parser: argparse.ArgumentParser, epochs: int, lr: float,
 
 
 def _config(args: argparse.Namespace):
-    from .classification import FinetuneConfig
+    from attnkit.classification import FinetuneConfig
 
     return FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           max_length=args.max_length, patience=args.patience, metric=args.metric,
@@ -78,7 +78,7 @@ def _score_table(best: dict, baseline: dict) -> str:
 
 def finetune_command(args: argparse.Namespace) -> int:
     _passive_openmp()
-    from .classification import finetune, read_examples
+    from attnkit.classification import finetune, read_examples
 
     train = read_examples(args.train, args.text_column, args.label_column)
     eval_ = read_examples(args.eval, args.text_column, args.label_column)
@@ -107,8 +107,8 @@ def classify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def classify_command(args: argparse.Namespace) -> int:
-    from .classification import Classifier
-    from .embeddings import read_texts
+    from attnkit.classification import Classifier
+    from attnkit.embeddings import read_texts
 
     try:
         texts = read_texts(args.texts, args.file, sys.stdin)
@@ -149,9 +149,9 @@ def genre_arguments(parser: argparse.ArgumentParser) -> None:
 
 def genre_command(args: argparse.Namespace) -> int:
     _passive_openmp()
-    from .checkpoints.io import atomic_write_json
-    from .classification import LabelledTexts, finetune
-    from .text.genre import FOLIO_GENRES, LEFT_OUT, build_genre_dataset, write_csv
+    from attnkit.checkpoints.io import atomic_write_json
+    from attnkit.classification import LabelledTexts, finetune
+    from attnkit.text.genre import FOLIO_GENRES, LEFT_OUT, build_genre_dataset, write_csv
 
     if args.eval_fraction <= 0:
         raise ValueError(f"--eval-fraction must be in (0, 1), got {args.eval_fraction!r}")
@@ -206,7 +206,7 @@ def _plot_scores(best: dict, base: dict, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .checkpoints.io import atomic_write
+    from attnkit.checkpoints.io import atomic_write
 
     names = ["accuracy", "macro-F1"]
     keys = ["accuracy", "macro_f1"]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models.heads import POOLERS
+from attnkit.models.heads import POOLERS
 
 
 def cpu_has_native_bf16() -> bool:
@@ -69,7 +69,7 @@ class Encoder:
              **kwargs: Any) -> "Encoder":
         """From a known name ("minilm"), an attnkit directory or a (sentence-transformers)
         Hugging Face directory."""
-        from .checkpoints.io import load
+        from attnkit.checkpoints.io import load
 
         model = load(name_or_dir, device=device)
         sentence = (getattr(model, "extra_config", None) or {}).get("sentence", {})

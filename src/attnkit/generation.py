@@ -52,7 +52,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from . import kernels
+from attnkit import kernels
 
 
 CONTEXT_MODES = ("error", "slide")

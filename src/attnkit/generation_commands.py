@@ -17,7 +17,7 @@ DTYPES = ("float32", "bfloat16")
 
 
 def _positive_int(text: str) -> int:
-    from .cli import positive_int
+    from attnkit.cli import positive_int
 
     return positive_int(text)
 
@@ -53,8 +53,8 @@ def generate_arguments(parser: argparse.ArgumentParser) -> None:
 def generate_command(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoints.io import load
-    from .generation import stream
+    from attnkit.checkpoints.io import load
+    from attnkit.generation import stream
 
     model = load(args.model, dtype=getattr(torch, args.dtype))
     if getattr(model.config, "arch", None) != "gpt":

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention.kv_cache import KVCache
-from .attention.module import MultiHeadAttention
+from attnkit.attention.kv_cache import KVCache
+from attnkit.attention.module import MultiHeadAttention
 
 NORM_KINDS = ("layernorm", "rmsnorm")
 MLP_KINDS = ("gelu", "gelu_tanh", "relu", "relu2", "swiglu")

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import UsageError, positive_int
+from attnkit.cli import UsageError, positive_int
 
 
 # --------------------------------------------------------------------------------------------
@@ -24,7 +24,7 @@ def convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def convert_command(args: argparse.Namespace) -> int:
-    from .checkpoints import hf, io
+    from attnkit.checkpoints import hf, io
 
     src = Path(args.from_hf or args.to_hf)
     if not src.is_dir():
@@ -63,7 +63,7 @@ def embed_arguments(parser: argparse.ArgumentParser) -> None:
 def embed_command(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .embeddings import Encoder, read_texts
+    from attnkit.embeddings import Encoder, read_texts
 
     if args.texts and args.file:
         raise UsageError("give texts as arguments or --file, not both")
@@ -101,7 +101,7 @@ def similarity_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def similarity_command(args: argparse.Namespace) -> int:
-    from .embeddings import Encoder
+    from attnkit.embeddings import Encoder
 
     enc = Encoder.load(args.model)
     print(f"{enc.similarity(args.a, args.b, word=args.word):.6f}")

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention.module import MultiHeadAttention
+from attnkit.attention.module import MultiHeadAttention
 
 EXACT = "exact"
 
@@ -44,7 +44,7 @@ EXACT = "exact"
 # --------------------------------------------------------------------------------------------
 def variant_names() -> list[str]:
     """Everything :func:`swap_attention` accepts: ``"exact"`` and the registered variants."""
-    from .attention import variants
+    from attnkit.attention import variants
 
     return [EXACT, *variants.names()]
 
@@ -84,7 +84,7 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
 def resolve_params(variant: str, params: dict[str, Any]) -> dict[str, Any]:
     """Check ``variant`` and ``params`` and return every parameter with its value (the defaults
     filled in). Errors are ValueErrors naming the bad name or value and the valid ones."""
-    from .attention import variants
+    from attnkit.attention import variants
 
     if variant not in variant_names():
         raise ValueError(f"unknown attention variant {variant!r}; expected one of {variant_names()}")
@@ -102,7 +102,7 @@ def resolve_params(variant: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _build(variant: str, params: dict[str, Any]) -> nn.Module:
-    from .attention import variants
+    from attnkit.attention import variants
 
     try:
         return variants.get(variant, **params)
@@ -285,7 +285,7 @@ class _Recorder(nn.Module):
         self.store = store
 
     def forward(self, q, k, v, *, causal=False, key_padding_mask=None):
-        from .attention import attention
+        from attnkit.attention import attention
 
         self.store.append(LayerQKV(q.detach(), k.detach(), v.detach(),
                                    None if key_padding_mask is None else key_padding_mask.detach(), causal))
@@ -447,7 +447,7 @@ def compare(original: nn.Module, swapped: nn.Module, texts: Sequence[str], *, ba
     """
     from tokenizers import Tokenizer
 
-    from .models.heads import POOLERS
+    from attnkit.models.heads import POOLERS
 
     _check_models(original, swapped)
     if isinstance(texts, str):

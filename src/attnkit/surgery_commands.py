@@ -12,14 +12,14 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import UsageError, positive_int
+from attnkit.cli import UsageError, positive_int
 
 
 def swap_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="*", help="texts to run (or --text-file)")
     parser.add_argument("--model", default="minilm",
                         help="known name (minilm), attnkit or Hugging Face directory (default: minilm)")
-    from .surgery import variant_names
+    from attnkit.surgery import variant_names
 
     parser.add_argument("--variant", required=True,
                         help=f"attention to put in: one of {', '.join(variant_names())}")
@@ -64,9 +64,9 @@ def _texts(args: argparse.Namespace) -> list[str]:
 
 
 def swap_command(args: argparse.Namespace) -> int:
-    from . import surgery
-    from .bench.common import resolve_device
-    from .checkpoints.io import load
+    from attnkit import surgery
+    from attnkit.bench.common import resolve_device
+    from attnkit.checkpoints.io import load
 
     params = surgery.parse_params(args.variant_param)
     surgery.resolve_params(args.variant, params)  # bad names fail before the model loads

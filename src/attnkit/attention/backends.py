@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .masks import MaskSpec
+from attnkit.attention.masks import MaskSpec
 
 NEG_INF = float("-inf")
 

@@ -13,9 +13,9 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from ..positional import alibi_slopes
-from . import backends as _b
-from .masks import MaskSpec
+from attnkit.positional import alibi_slopes
+from attnkit.attention import backends as _b
+from attnkit.attention.masks import MaskSpec
 
 __all__ = ["attention", "explain", "Plan", "BACKENDS"]
 

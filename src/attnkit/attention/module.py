@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..positional import ROPE_LAYOUTS, RotaryEmbedding
-from .functional import attention
-from .kv_cache import KVCache
+from attnkit.positional import ROPE_LAYOUTS, RotaryEmbedding
+from attnkit.attention.functional import attention
+from attnkit.attention.kv_cache import KVCache
 
 POSITIONAL_KINDS = (None, "rope", "alibi")
 
@@ -115,7 +115,7 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError(f"variant={variant!r} cannot be combined with "
                                  f"window={window}")
             try:
-                from . import variants as _variants  # imported here: optional at import time
+                from attnkit.attention import variants as _variants  # imported here: optional at import time
             except ImportError as e:
                 raise ImportError(f"variant={variant!r} needs attnkit.attention.variants, "
                                   f"which could not be imported: {e}") from e

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .common import Table, environment, write_json
+from attnkit.bench.common import Table, environment, write_json
 
 TARGETS = {"float32": (1.3, 0.99999), "bfloat16": (2.5, 0.999)}  # (x sentence-transformers, cosine)
 CORPUS_NAME = "tinyshakespeare.txt"

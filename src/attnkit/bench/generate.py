@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .common import Table, environment, write_json
+from attnkit.bench.common import Table, environment, write_json
 
 CASES = {  # name: (batch, new tokens, attnkit weights, target speed-up over HF float32)
     "b1-fp32": (1, 256, "float32", 0.95),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .common import environment, write_json
+from attnkit.bench.common import environment, write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,10 +57,10 @@ def measured_peak(device: torch.device, dtype: torch.dtype, n: int | None = None
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import build_model
-    from ..training import config as run_config
-    from ..training import optim, precision
-    from ..training.loop import loss_sums
+    from attnkit.models import build_model
+    from attnkit.training import config as run_config
+    from attnkit.training import optim, precision
+    from attnkit.training.loop import loss_sums
 
     if args.iters < 1 or args.warmup < 0:
         raise ValueError(f"--iters must be >= 1 and --warmup >= 0, got {args.iters} and {args.warmup}")
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = precision.check_dtype(dtype_name, device)
     fields = dict(cfg.model, vocab_size=args.vocab)
     fields.setdefault("max_seq_len", tc.block_size)
-    from ..models import ModelConfig
+    from attnkit.models import ModelConfig
 
     mcfg = ModelConfig(**fields)
     torch.manual_seed(0)

@@ -670,7 +670,7 @@ def plot(rows: list[Row], sweeps: list[dict[str, Any]], errors: dict[str, dict[s
 def parse_params(items: list[str]) -> dict[str, dict[str, Any]]:
     """["lsh.n_hashes=4", ...] -> {"lsh": {"n_hashes": 4}}, checked against the registry;
     values typed as `attnkit swap` types them."""
-    from ..surgery import parse_value
+    from attnkit.surgery import parse_value
 
     out: dict[str, dict[str, Any]] = {}
     for item in items or []:

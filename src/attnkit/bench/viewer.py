@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .common import Table, environment, write_json
+from attnkit.bench.common import Table, environment, write_json
 
 TARGETS = {"size_bytes": 8_000_000, "head_view_ms": 2000.0, "switch_ms": 100.0}
 CORPUS_NAME = "tinyshakespeare.txt"

@@ -1,4 +1,4 @@
 """Checkpoints: attnkit directories (safetensors, atomic writes) and Hugging Face conversion."""
-from .io import CheckpointError, load, save
+from attnkit.checkpoints.io import CheckpointError, load, save
 
 __all__ = ["CheckpointError", "load", "save"]

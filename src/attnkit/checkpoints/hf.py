@@ -27,8 +27,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .io import (CONFIG_NAME, CheckpointError, atomic_write_bytes, atomic_write_json, check_and_load,
-                 load_tokenizer, read_json, read_tensors, save_tensors)
+from attnkit.checkpoints.io import CONFIG_NAME, CheckpointError, atomic_write_bytes, atomic_write_json, check_and_load, load_tokenizer, read_json, read_tensors, save_tensors
 
 
 @dataclass(frozen=True)
@@ -164,7 +163,7 @@ def _activation(name: Any, key: str, path: Path) -> str:
 
 
 def bert_config(hf: Mapping[str, Any], path: Path, head: str, has_pooler: bool):
-    from ..models import ModelConfig
+    from attnkit.models import ModelConfig
 
     pet = hf.get("position_embedding_type", "absolute")
     if pet != "absolute":
@@ -187,7 +186,7 @@ def bert_config(hf: Mapping[str, Any], path: Path, head: str, has_pooler: bool):
 
 
 def gpt2_config(hf: Mapping[str, Any], path: Path, head: str, has_pooler: bool):
-    from ..models import ModelConfig
+    from attnkit.models import ModelConfig
 
     for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
         if hf.get(key):
@@ -283,7 +282,7 @@ def _detect_head(model_type: str, hf_cfg: Mapping[str, Any], keys: set[str]) -> 
 def convert_from_hf(tensors: Mapping[str, torch.Tensor], hf_cfg: Mapping[str, Any],
                     source: str | Path = "<tensors>") -> nn.Module:
     """Build the attnkit model described by an HF config and fill it from HF tensors."""
-    from ..models import build_model
+    from attnkit.models import build_model
 
     source = Path(source)
     model_type = hf_cfg.get("model_type")

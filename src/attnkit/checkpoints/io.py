@@ -251,7 +251,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def load_attnkit_dir(directory: Path) -> nn.Module:
-    from ..models import ModelConfig, build_model
+    from attnkit.models import ModelConfig, build_model
 
     cfg_path = directory / CONFIG_NAME
     meta = read_json(cfg_path)
@@ -316,7 +316,7 @@ def load(name_or_dir: str | os.PathLike, device: str | torch.device | None = Non
     if meta.get("format") == FORMAT:
         model = load_attnkit_dir(directory)
     else:
-        from .hf import load_hf_dir
+        from attnkit.checkpoints.hf import load_hf_dir
 
         model = load_hf_dir(directory)
     if device is not None or dtype is not None:

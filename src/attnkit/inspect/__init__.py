@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .capture import AttentionMaps, capture, capture_overhead, unavailable_layers
+from attnkit.inspect.capture import AttentionMaps, capture, capture_overhead, unavailable_layers
 
 _LAZY = {
     "rollout": ("attnkit.inspect.stats", "rollout"),

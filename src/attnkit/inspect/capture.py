@@ -44,9 +44,9 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..attention.masks import MaskSpec
-from ..attention.module import MultiHeadAttention
-from ..positional import alibi_slopes
+from attnkit.attention.masks import MaskSpec
+from attnkit.attention.module import MultiHeadAttention
+from attnkit.positional import alibi_slopes
 
 __all__ = ["AttentionMaps", "capture", "attention_layers", "unavailable_layers", "layer_weights",
            "capture_overhead"]
@@ -155,7 +155,7 @@ def unavailable_layers(model: Any) -> dict[int, str]:
 
 
 def _is_lsh(var) -> bool:
-    from ..attention.variants.lsh import LSHAttention
+    from attnkit.attention.variants.lsh import LSHAttention
 
     return isinstance(var, LSHAttention)
 

@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli import UsageError, positive_int
+from attnkit.cli import UsageError, positive_int
 
 MAX_HEAD_PNGS = 16
 
@@ -81,8 +81,8 @@ def inspect_command(args: argparse.Namespace) -> int:
 
     import attnkit
 
-    from . import render, stats
-    from .capture import attention_layers, capture, capture_overhead
+    from attnkit.inspect import render, stats
+    from attnkit.inspect.capture import attention_layers, capture, capture_overhead
 
     model = attnkit.load(args.model)
     input_ids, tokens = _tokenize(model, args.text)
@@ -136,7 +136,7 @@ def inspect_command(args: argparse.Namespace) -> int:
 
     viewer_error = None
     try:
-        from .html import write_viewer
+        from attnkit.inspect.html import write_viewer
     except ImportError as e:
         viewer_error = f"the HTML viewer (attnkit.inspect.html.write_viewer) is not available: {e}"
     else:

@@ -199,7 +199,7 @@ def head_stats(weights: Any, tokens: Optional[Sequence[str]] = None,
     maps, one per layer (``layers`` default 0.., ``heads`` default 0..H-1).
     tokens: the Tk key tokens, for the token-kind masses (else those are None).
     """
-    from .capture import AttentionMaps
+    from attnkit.inspect.capture import AttentionMaps
 
     if isinstance(weights, AttentionMaps):
         tokens = weights.tokens if tokens is None else tokens
@@ -238,7 +238,7 @@ def head_stats(weights: Any, tokens: Optional[Sequence[str]] = None,
 # rollout and flow
 # --------------------------------------------------------------------------------------------
 def _layer_maps(weights: Any, batch: int) -> list[Tensor]:
-    from .capture import AttentionMaps
+    from attnkit.inspect.capture import AttentionMaps
 
     if isinstance(weights, AttentionMaps):
         weights = weights.stacked(batch)

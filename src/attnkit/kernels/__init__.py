@@ -54,7 +54,7 @@ def _compiler() -> str | None:
 
 
 def _build(cc: str) -> Path:
-    from ..text.corpora import cache_dir
+    from attnkit.text.corpora import cache_dir
 
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(source + "\0".join([cc, *_FLAGS]).encode()).hexdigest()[:16]

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from .bert import Bert
-from .config import ModelConfig
-from .gpt import GPT
-from .presets import PRESETS, get_preset, preset_names
+from attnkit.models.bert import Bert
+from attnkit.models.config import ModelConfig
+from attnkit.models.gpt import GPT
+from attnkit.models.presets import PRESETS, get_preset, preset_names
 
 _ARCH_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPT, "bert": Bert}
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import Embeddings, ModelBase, check_ids, key_padding, make_block, positions_from_documents
-from .config import ModelConfig
-from .heads import POOLERS, ClassificationHead, MLMHead, Pooler
-from ..layers import make_norm
+from attnkit.models.common import Embeddings, ModelBase, check_ids, key_padding, make_block, positions_from_documents
+from attnkit.models.config import ModelConfig
+from attnkit.models.heads import POOLERS, ClassificationHead, MLMHead, Pooler
+from attnkit.layers import make_norm
 
 
 class Bert(ModelBase):

@@ -6,10 +6,10 @@ import math
 import torch
 from torch import nn
 
-from ..attention.module import MultiHeadAttention
-from ..layers import TransformerBlock, make_mlp, make_norm
-from ..positional import LearnedPositionalEmbedding, SinusoidalPositionalEmbedding
-from .config import ModelConfig
+from attnkit.attention.module import MultiHeadAttention
+from attnkit.layers import TransformerBlock, make_mlp, make_norm
+from attnkit.positional import LearnedPositionalEmbedding, SinusoidalPositionalEmbedding
+from attnkit.models.config import ModelConfig
 
 
 class Embeddings(nn.Module):

@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..attention.kv_cache import KVCache
-from .common import Embeddings, ModelBase, check_ids, key_padding, make_block, positions_from_documents
-from .config import ModelConfig
-from .heads import LMHead
-from ..layers import make_norm
+from attnkit.attention.kv_cache import KVCache
+from attnkit.models.common import Embeddings, ModelBase, check_ids, key_padding, make_block, positions_from_documents
+from attnkit.models.config import ModelConfig
+from attnkit.models.heads import LMHead
+from attnkit.layers import make_norm
 
 
 class GPT(ModelBase):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .config import ModelConfig
+from attnkit.models.config import ModelConfig
 
 
 def _gpt2(n_layer: int, n_head: int, d_model: int) -> ModelConfig:

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .corpora import Corpus, split_text
-from .tokenizers import encode, tokenizer_hash
+from attnkit.text.corpora import Corpus, split_text
+from attnkit.text.tokenizers import encode, tokenizer_hash
 
 
 @dataclass

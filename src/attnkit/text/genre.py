@@ -209,7 +209,7 @@ def build_genre_dataset(works: Mapping[str, str] | None = None, *, words: int = 
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if works is None:
-        from .corpora import shakespeare_archive, shakespeare_works
+        from attnkit.text.corpora import shakespeare_archive, shakespeare_works
 
         works = shakespeare_works(shakespeare_archive())
     genres = {name: FOLIO_GENRES[name][1] for name in works if name in FOLIO_GENRES}
@@ -232,7 +232,7 @@ def build_genre_dataset(works: Mapping[str, str] | None = None, *, words: int = 
 
 def write_csv(rows: list[Passage], path: str | Path) -> Path:
     """Passages as a CSV file with columns text, label, play (written atomically)."""
-    from ..checkpoints.io import atomic_write_bytes
+    from attnkit.checkpoints.io import atomic_write_bytes
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -88,7 +88,7 @@ def build_tokenizer(kind: str, text: str, corpus_checksum: str, vocab_size: int 
             pass
     tok = train_tokenizer(kind, text, vocab_size)
     if path is not None:
-        from .corpora import _write_atomic
+        from attnkit.text.corpora import _write_atomic
 
         _write_atomic(path, tok.to_str().encode("utf-8"))
     return tok

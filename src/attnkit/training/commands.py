@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import config as run_config
+from attnkit.training import config as run_config
 
 USAGE = ("attnkit pretrain --config NAME|FILE [--data NAME|PATH] --out DIR [--resume] "
          "[--section.key VALUE ...]")
@@ -61,7 +61,7 @@ def pretrain_main(argv: list[str]) -> int:
     if args.data:
         overrides.append(("data.corpus", args.data))
     cfg = run_config.build(base, overrides)
-    from .loop import pretrain
+    from attnkit.training.loop import pretrain
 
     pretrain(cfg, out, resume=args.resume)
     return 0
@@ -80,7 +80,7 @@ def sample_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sample_command(args: argparse.Namespace) -> int:
-    from ..checkpoints.io import load
+    from attnkit.checkpoints.io import load
 
     if args.tokens < 1:
         raise ValueError(f"--tokens must be >= 1, got {args.tokens}")
@@ -94,7 +94,7 @@ def sample_command(args: argparse.Namespace) -> int:
     ids = tok.encode(args.prompt, add_special_tokens=False).ids
     if not ids:
         raise ValueError(f"--prompt {args.prompt!r} encodes to no tokens with this tokenizer")
-    from ..generation import generate
+    from attnkit.generation import generate
 
     out = generate(model, ids, args.tokens, temperature=args.temperature,
                    top_k=args.top_k or None, seed=args.seed, context="slide")

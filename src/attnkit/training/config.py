@@ -72,7 +72,7 @@ class RunConfig:
 
 
 def _model_fields() -> dict[str, Any]:
-    from ..models import ModelConfig
+    from attnkit.models import ModelConfig
 
     hints = typing.get_type_hints(ModelConfig)
     return {f.name: hints[f.name] for f in dataclasses.fields(ModelConfig)}

@@ -36,9 +36,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import io as ckpt_io
-from . import distributed, metrics, optim, precision
-from .config import RunConfig
+from attnkit.checkpoints import io as ckpt_io
+from attnkit.training import distributed, metrics, optim, precision
+from attnkit.training.config import RunConfig
 
 STATE_NAME = "state.pt"
 MANIFEST_NAME = "manifest.json"
@@ -49,9 +49,9 @@ MANIFEST_NAME = "manifest.json"
 # --------------------------------------------------------------------------------------------
 def prepare_data(cfg: RunConfig, d: distributed.Dist):
     """(tokenizer, {"train", "val"} streams); rank 0 builds the caches, the others wait."""
-    from ..text.corpora import cache_dir, load_corpus
-    from ..text.datasets import build_streams
-    from ..text.tokenizers import build_tokenizer
+    from attnkit.text.corpora import cache_dir, load_corpus
+    from attnkit.text.datasets import build_streams
+    from attnkit.text.tokenizers import build_tokenizer
 
     def make():
         corpus = load_corpus(cfg.data.corpus)
@@ -69,7 +69,7 @@ def prepare_data(cfg: RunConfig, d: distributed.Dist):
 
 
 def model_config(cfg: RunConfig, tok) -> Any:
-    from ..models import ModelConfig
+    from attnkit.models import ModelConfig
 
     fields = dict(cfg.model)
     fields["vocab_size"] = tok.get_vocab_size()
@@ -105,7 +105,7 @@ class Batches:
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(inputs, targets) for this rank and the number of target tokens in the global batch."""
-        from ..text.datasets import mask_tokens
+        from attnkit.text.datasets import mask_tokens
 
         T = self.cfg.train.block_size
         n = self.rows * self.d.world_size
@@ -233,7 +233,7 @@ def load_checkpoint(directory: Path, raw_model, optimizer) -> dict[str, Any]:
 def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]:
     """Train, evaluate and checkpoint as ``cfg`` says; returns the summary (also written to
     ``out/summary.json``)."""
-    from ..models import build_model
+    from attnkit.models import build_model
 
     t_start = time.perf_counter()
     out = Path(out)

@@ -15,12 +15,12 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from ._common import VariantAttention
-from .bigbird import BigBirdAttention
-from .linear import FeatureMapAttention, LinearAttention
-from .local import LocalAttention
-from .lsh import LSHAttention
-from .performer import PerformerAttention
+from attnkit.attention.variants._common import VariantAttention
+from attnkit.attention.variants.bigbird import BigBirdAttention
+from attnkit.attention.variants.linear import FeatureMapAttention, LinearAttention
+from attnkit.attention.variants.local import LocalAttention
+from attnkit.attention.variants.lsh import LSHAttention
+from attnkit.attention.variants.performer import PerformerAttention
 
 _REGISTRY: dict[str, type[VariantAttention]] = {
     "bigbird": BigBirdAttention,

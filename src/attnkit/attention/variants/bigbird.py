@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import VariantAttention, check_positive_int, default_scale
-from ._gathered import GatherSpec, gathered_attention_parts
+from attnkit.attention.variants._common import VariantAttention, check_positive_int, default_scale
+from attnkit.attention.variants._gathered import GatherSpec, gathered_attention_parts
 
 
 class BigBirdAttention(VariantAttention):

@@ -13,8 +13,8 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import VariantAttention, check_positive_int
-from ._scan import kernel_attention
+from attnkit.attention.variants._common import VariantAttention, check_positive_int
+from attnkit.attention.variants._scan import kernel_attention
 
 
 class FeatureMapAttention(VariantAttention):

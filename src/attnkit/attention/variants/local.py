@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import VariantAttention, check_positive_int
+from attnkit.attention.variants._common import VariantAttention, check_positive_int
 
 
 class LocalAttention(VariantAttention):

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import VariantAttention, check_optional_int, check_positive_int, default_scale
+from attnkit.attention.variants._common import VariantAttention, check_optional_int, check_positive_int, default_scale
 
 
 class LSHAttention(VariantAttention):

@@ -20,8 +20,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._common import check_optional_int, check_positive_int
-from .linear import FeatureMapAttention
+from attnkit.attention.variants._common import check_optional_int, check_positive_int
+from attnkit.attention.variants.linear import FeatureMapAttention
 
 
 def orthogonal_random_features(m: int, d: int, generator: torch.Generator) -> Tensor:
