@@ -22,7 +22,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "MultiHeadAttention": ("attnkit.attention.module", "MultiHeadAttention"),
     "load": ("attnkit.checkpoints.io", "load"),
     "save": ("attnkit.checkpoints.io", "save"),
-    "Encoder": ("attnkit.embeddings", "Encoder"),
+    "Encoder": ("attnkit.tasks.sentence", "Encoder"),
     "ModelConfig": ("attnkit.models.config", "ModelConfig"),
     "build_model": ("attnkit.models", "build_model"),
     "get_preset": ("attnkit.models.presets", "get_preset"),
@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from attnkit.attention import explain
     from attnkit.attention.module import MultiHeadAttention
     from attnkit.checkpoints.io import load, save
-    from attnkit.embeddings import Encoder
+    from attnkit.tasks.sentence import Encoder
     from attnkit.generation import generate
     from attnkit.models import build_model
     from attnkit.models.bert import Bert

@@ -221,7 +221,7 @@ def test_hf_sequence_classifier_directory_predicts_with_its_id2label(tmp_path):
     tokenizer.json) classifies through attnkit with HF's class names and HF's probabilities."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-    from attnkit.classification import Classifier, predict
+    from attnkit.tasks.classification import Classifier, predict
 
     words = "[PAD] [UNK] [CLS] [SEP] [MASK] my card was charged twice please refund me hello there " \
             "how are you i want money back thanks".split()

@@ -4,7 +4,7 @@ import pytest
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """The row counts of every call of the native skinny product, in order."""
-    from attnkit import kernels
+    from attnkit import native as kernels
 
     calls = []
     real = kernels.SkinnyLinear.__call__

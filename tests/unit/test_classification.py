@@ -1,4 +1,4 @@
-"""attnkit.classification and the genre data set: metrics against hand-computed values,
+"""attnkit.tasks.classification and the genre data set: metrics against hand-computed values,
 class weights, batching, fine-tuning a tiny model, early stopping, the CLI commands."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import attnkit
-from attnkit import classification as clf
+from attnkit.tasks import classification as clf
 from attnkit.cli import main
 from attnkit.models import build_model, get_preset
 from attnkit.text import genre

@@ -424,7 +424,7 @@ def test_skinny_linears_match_f_linear_and_are_restored():
 @pytest.mark.parametrize("pack", [False, True])
 def test_skinny_linears_match_linear_for_every_row_count(pack, monkeypatch):
     """The torch paths (the native kernel switched off): W @ x^T, and MKL's packed GEMM."""
-    from attnkit import kernels
+    from attnkit import native as kernels
     from attnkit.generation import _can_pack, _skinny_linears
 
     monkeypatch.setattr(kernels.SkinnyLinear, "create", classmethod(lambda cls, *a, **k: None))
@@ -452,8 +452,8 @@ def test_skinny_linears_match_linear_for_every_row_count(pack, monkeypatch):
     torch.testing.assert_close(got[1.5].double(), ref[1], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(not __import__("attnkit.kernels").kernels.available(),
-                    reason="the native kernel is not available here (see attnkit.kernels.status())")
+@pytest.mark.skipif(not __import__("attnkit.native").kernels.available(),
+                    reason="the native kernel is not available here (see attnkit.native.status())")
 def test_skinny_linears_use_the_native_kernel_up_to_its_row_limit(kernel_calls):
     from attnkit.generation import _NATIVE_MAX_ROWS, _skinny_linears
 

@@ -1,4 +1,4 @@
-"""The native skinny-product kernel (attnkit.kernels), the float32 KV cache of half-precision
+"""The native skinny-product kernel (attnkit.native), the float32 KV cache of half-precision
 models and the one-query decoding path of MultiHeadAttention, each against float64 math or the
 general attention path."""
 import copy
@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from attnkit import kernels
+from attnkit import native as kernels
 from attnkit.attention.kv_cache import KVCache
 from attnkit.attention.module import MultiHeadAttention
 
@@ -100,7 +100,7 @@ def test_skinny_linear_object_checks_its_input():
 
 
 def test_native_kernel_can_be_switched_off():
-    code = "from attnkit import kernels; print(kernels.available(), kernels.status())"
+    code = "from attnkit import native as kernels; print(kernels.available(), kernels.status())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "ATTNKIT_NATIVE": "0"}, check=True).stdout
     assert out.strip() == "False disabled by ATTNKIT_NATIVE=0"

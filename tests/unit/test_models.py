@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from attnkit.attention import variants
-from attnkit.layers import MLP, RMSNorm, SwiGLU, TransformerBlock, make_mlp, make_norm
+from attnkit.models.layers import MLP, RMSNorm, SwiGLU, TransformerBlock, make_mlp, make_norm
 from attnkit.models import GPT, Bert, ModelConfig, build_model, get_preset, preset_names
 from attnkit.models.common import positions_from_documents
 
@@ -109,7 +109,7 @@ def test_rmsnorm_and_swiglu_against_their_formulas():
     h = x @ sq.up.weight.T + sq.up.bias
     ref = torch.where(h > 0, h * h, torch.zeros_like(h)) @ sq.down.weight.T + sq.down.bias
     torch.testing.assert_close(sq(x), ref)
-    from attnkit.layers import squared_relu  # its hand-written gradient: 2 relu(x), 0 below 0
+    from attnkit.models.layers import squared_relu  # its hand-written gradient: 2 relu(x), 0 below 0
 
     z = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(squared_relu, (z,))

@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     from sentence_transformers import SentenceTransformer
 
     from attnkit.checkpoints.io import resolve
-    from attnkit.embeddings import Encoder
+    from attnkit.tasks.sentence import Encoder
 
     load_before = os.getloadavg()
     enc = Encoder.load(args.model)
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     rows.append(dict(impl="attnkit", dtype="float32", lines=len(lines),
                      sentences_per_s=len(lines) / min(ours_times), min_cosine=min_cosine(ref, ours)))
 
-    from attnkit.embeddings import cpu_has_native_bf16
+    from attnkit.tasks.sentence import cpu_has_native_bf16
 
     native = cpu_has_native_bf16()
     if args.bf16 != "off":

@@ -16,7 +16,7 @@ from torch import nn
 from attnkit.models.common import Embeddings, ModelBase, check_ids, key_padding, make_block, positions_from_documents
 from attnkit.models.config import ModelConfig
 from attnkit.models.heads import POOLERS, ClassificationHead, MLMHead, Pooler
-from attnkit.layers import make_norm
+from attnkit.models.layers import make_norm
 
 
 class Bert(ModelBase):

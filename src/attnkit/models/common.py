@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from attnkit.attention.module import MultiHeadAttention
-from attnkit.layers import TransformerBlock, make_mlp, make_norm
+from attnkit.models.layers import TransformerBlock, make_mlp, make_norm
 from attnkit.positional import LearnedPositionalEmbedding, SinusoidalPositionalEmbedding
 from attnkit.models.config import ModelConfig
 

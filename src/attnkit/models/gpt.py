@@ -15,7 +15,7 @@ from attnkit.attention.kv_cache import KVCache
 from attnkit.models.common import Embeddings, ModelBase, check_ids, key_padding, make_block, positions_from_documents
 from attnkit.models.config import ModelConfig
 from attnkit.models.heads import LMHead
-from attnkit.layers import make_norm
+from attnkit.models.layers import make_norm
 
 
 class GPT(ModelBase):

@@ -52,7 +52,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from attnkit import kernels
+from attnkit import native as kernels
 
 
 CONTEXT_MODES = ("error", "slide")
@@ -465,7 +465,7 @@ _SKINNY_MAX_ROWS = 32
 # weights and about 0.4 s for GPT-2 124M, so it is done for batch-1 decoding of at least
 # _PACK_MIN_TOKENS tokens, and the copies are dropped when generation ends.
 _PACK_MIN_TOKENS = 16
-# Both are beaten by attnkit's own kernel (attnkit.kernels, built with the system C compiler
+# Both are beaten by attnkit's own kernel (attnkit.native, built with the system C compiler
 # on first use) for 1-24 rows: it streams each weight once with prefetching. Measured here on
 # 40 3072x768 weights: 1 row 14.7 ms against 25.6 ms for W @ x^T, 8 rows 17.7 against 33.2,
 # 24 rows 43.3 against 55.6; at 32 rows the two are even. Without the kernel the paths above
@@ -594,7 +594,7 @@ class Int8Linear(torch.nn.Module):
 
     ``forward`` computes x W^T (+ bias) and returns the input's dtype. On CPU, up to
     ``_NATIVE_MAX_ROWS`` rows at a time (decoding) go through attnkit's native kernel
-    (:mod:`attnkit.kernels`: float32 activations and scales, sums in float32); other calls use
+    (:mod:`attnkit.native`: float32 activations and scales, sums in float32); other calls use
     ``torch._weight_int8pack_mm`` in bfloat16 (activations and scales rounded to bfloat16).
     Weights take a quarter of their float32 memory, which is what a decoding step mostly reads.
     """

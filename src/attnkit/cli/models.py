@@ -63,7 +63,7 @@ def embed_arguments(parser: argparse.ArgumentParser) -> None:
 def embed_command(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from attnkit.embeddings import Encoder, read_texts
+    from attnkit.tasks.sentence import Encoder, read_texts
 
     if args.texts and args.file:
         raise UsageError("give texts as arguments or --file, not both")
@@ -101,7 +101,7 @@ def similarity_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def similarity_command(args: argparse.Namespace) -> int:
-    from attnkit.embeddings import Encoder
+    from attnkit.tasks.sentence import Encoder
 
     enc = Encoder.load(args.model)
     print(f"{enc.similarity(args.a, args.b, word=args.word):.6f}")

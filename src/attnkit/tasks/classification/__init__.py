@@ -1,6 +1,6 @@
 """Fine-tuning BERT-family models for sequence classification, its metrics and predictions.
 
-    >>> from attnkit.classification import finetune, predict
+    >>> from attnkit.tasks.classification import finetune, predict
     >>> result = finetune("minilm", "train.csv", "eval.csv", out="runs/clf")
     >>> result.best["macro_f1"], result.baseline["macro_f1"]
     >>> predict("runs/clf", ["To be, or not to be"])[0].label

@@ -1,5 +1,5 @@
 """`attnkit finetune`, `attnkit classify` and `attnkit genre`: the command-line side of
-:mod:`attnkit.classification` and :mod:`attnkit.text.genre`."""
+:mod:`attnkit.tasks.classification` and :mod:`attnkit.text.genre`."""
 from __future__ import annotations
 
 import argparse
@@ -35,7 +35,7 @@ def _training_arguments(parser: argparse.ArgumentParser, epochs: int, lr: float,
 
 
 def _config(args: argparse.Namespace):
-    from attnkit.classification import FinetuneConfig
+    from attnkit.tasks.classification import FinetuneConfig
 
     return FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           max_length=args.max_length, patience=args.patience, metric=args.metric,
@@ -78,7 +78,7 @@ def _score_table(best: dict, baseline: dict) -> str:
 
 def finetune_command(args: argparse.Namespace) -> int:
     _passive_openmp()
-    from attnkit.classification import finetune, read_examples
+    from attnkit.tasks.classification import finetune, read_examples
 
     train = read_examples(args.train, args.text_column, args.label_column)
     eval_ = read_examples(args.eval, args.text_column, args.label_column)
@@ -107,8 +107,8 @@ def classify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def classify_command(args: argparse.Namespace) -> int:
-    from attnkit.classification import Classifier
-    from attnkit.embeddings import read_texts
+    from attnkit.tasks.classification import Classifier
+    from attnkit.tasks.sentence import read_texts
 
     try:
         texts = read_texts(args.texts, args.file, sys.stdin)
@@ -150,7 +150,7 @@ def genre_arguments(parser: argparse.ArgumentParser) -> None:
 def genre_command(args: argparse.Namespace) -> int:
     _passive_openmp()
     from attnkit.checkpoints.io import atomic_write_json
-    from attnkit.classification import LabelledTexts, finetune
+    from attnkit.tasks.classification import LabelledTexts, finetune
     from attnkit.text.genre import FOLIO_GENRES, LEFT_OUT, build_genre_dataset, write_csv
 
     if args.eval_fraction <= 0:
