@@ -2,6 +2,7 @@
 
 The number of torch threads is left as it is.
 """
+
 import random
 
 import pytest
@@ -39,9 +40,13 @@ def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("browser test: the playwright package is not installed (pip install playwright)")
+        pytest.skip(
+            "browser test: the playwright package is not installed (pip install playwright)"
+        )
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        b = pw.chromium.launch(
+            executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
         try:
             yield b
         finally:

@@ -8,6 +8,7 @@ itself is ``attnkit.attention.attention``. The name is not rebound to the functi
 level, because Python rebinds a subpackage name on its parent whenever it is first imported,
 and a function under that name would break ``import attnkit.attention.functional``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -38,13 +39,13 @@ if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from attnkit.attention import explain
     from attnkit.attention.module import MultiHeadAttention
     from attnkit.checkpoints.io import load, save
-    from attnkit.tasks.sentence import Encoder
     from attnkit.generation import generate
     from attnkit.models import build_model
     from attnkit.models.bert import Bert
     from attnkit.models.config import ModelConfig
     from attnkit.models.gpt import GPT
     from attnkit.models.presets import get_preset
+    from attnkit.tasks.sentence import Encoder
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,5 @@
 """``python -m attnkit`` is the same as the ``attnkit`` command."""
+
 import sys
 
 from attnkit.cli import main

@@ -6,6 +6,7 @@ product of a query at position m and a key at position n depends only on m - n. 
 per-head linear distance penalty to the attention scores; here we only provide the slopes, the
 bias itself is built by the attention function (``bias="alibi"``).
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,12 @@ def _check_positive_int(name: str, value) -> int:
 
 
 def _check_base(base) -> float:
-    if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 0 \
-            or not math.isfinite(base):
+    if (
+        isinstance(base, bool)
+        or not isinstance(base, (int, float))
+        or not base > 0
+        or not math.isfinite(base)
+    ):
         raise ValueError(f"base must be a finite number > 0, got {base!r}")
     return float(base)
 
@@ -62,8 +67,9 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # Sinusoidal and learned absolute embeddings
 # --------------------------------------------------------------------------------------------
-def sinusoidal_table(n_positions: int, dim: int, base: float = 10000.0,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def sinusoidal_table(
+    n_positions: int, dim: int, base: float = 10000.0, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Fixed sinusoidal table of Vaswani et al. (2017), shape (n_positions, dim).
 
     ``table[p, 2i] = sin(p / base^(2i/dim))`` and ``table[p, 2i+1] = cos(p / base^(2i/dim))``.
@@ -89,21 +95,26 @@ def _lookup_range(name: str, max_len: int, seq_len, offset) -> tuple[int, int]:
     if end > max_len:
         raise ValueError(
             f"{name}: position {end - 1} (offset={offset} + seq_len={seq_len} - 1) is out of "
-            f"range; max_len={max_len} allows positions 0..{max_len - 1}")
+            f"range; max_len={max_len} allows positions 0..{max_len - 1}"
+        )
     return offset, end
 
 
 def _check_positions_tensor(name: str, positions: torch.Tensor, max_len: int) -> None:
-    if positions.dtype.is_floating_point or positions.dtype.is_complex or \
-            positions.dtype == torch.bool:
-        raise TypeError(f"{name}: positions must be an integer tensor, got dtype "
-                        f"{positions.dtype}")
+    if (
+        positions.dtype.is_floating_point
+        or positions.dtype.is_complex
+        or positions.dtype == torch.bool
+    ):
+        raise TypeError(f"{name}: positions must be an integer tensor, got dtype {positions.dtype}")
     if positions.numel():
         lo, hi = int(positions.min()), int(positions.max())
         if lo < 0 or hi >= max_len:
             bad = lo if lo < 0 else hi
-            raise ValueError(f"{name}: position {bad} is out of range; max_len={max_len} "
-                             f"allows positions 0..{max_len - 1}")
+            raise ValueError(
+                f"{name}: position {bad} is out of range; max_len={max_len} "
+                f"allows positions 0..{max_len - 1}"
+            )
 
 
 class SinusoidalPositionalEmbedding(nn.Module):
@@ -127,8 +138,7 @@ class SinusoidalPositionalEmbedding(nn.Module):
                 raise ValueError(f"offset must be 0 when positions are given, got {offset!r}")
             _check_positions_tensor(type(self).__name__, positions_or_seq_len, self.max_len)
             return self.table[positions_or_seq_len]  # (..., dim)
-        start, end = _lookup_range(type(self).__name__, self.max_len, positions_or_seq_len,
-                                   offset)
+        start, end = _lookup_range(type(self).__name__, self.max_len, positions_or_seq_len, offset)
         return self.table[start:end]  # (T, dim)
 
     def extra_repr(self) -> str:
@@ -155,8 +165,7 @@ class LearnedPositionalEmbedding(nn.Embedding):
                 raise ValueError(f"offset must be 0 when positions are given, got {offset!r}")
             _check_positions_tensor(type(self).__name__, positions_or_seq_len, self.max_len)
             return super().forward(positions_or_seq_len)  # (..., dim)
-        start, end = _lookup_range(type(self).__name__, self.max_len, positions_or_seq_len,
-                                   offset)
+        start, end = _lookup_range(type(self).__name__, self.max_len, positions_or_seq_len, offset)
         return self.weight[start:end]  # (T, dim)
 
 
@@ -167,8 +176,9 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                 layout: str = "half") -> torch.Tensor:
+def apply_rotary(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str = "half"
+) -> torch.Tensor:
     """Rotate the first ``2 * cos.shape[-1]`` channels of ``x``; the rest pass through.
 
     x: (..., T, D). cos, sin: (..., T, R/2) broadcastable against x's leading dims, holding
@@ -182,13 +192,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     if layout not in ROPE_LAYOUTS:
         raise ValueError(f"layout must be one of {ROPE_LAYOUTS}, got {layout!r}")
     if cos.shape != sin.shape:
-        raise ValueError(f"cos and sin must have the same shape, got {tuple(cos.shape)} and "
-                         f"{tuple(sin.shape)}")
+        raise ValueError(
+            f"cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}"
+        )
     half = cos.shape[-1]
     rot = 2 * half
     if rot > x.shape[-1]:
-        raise ValueError(f"cos/sin rotate {rot} channels but x has only {x.shape[-1]} "
-                         f"(x shape {tuple(x.shape)})")
+        raise ValueError(
+            f"cos/sin rotate {rot} channels but x has only {x.shape[-1]} (x shape {tuple(x.shape)})"
+        )
     ct = _compute_dtype(x.dtype)
     cos = cos.to(ct)
     sin = sin.to(ct)
@@ -222,8 +234,14 @@ class RotaryEmbedding(nn.Module):
     buffer, so ``module.half()`` cannot round it and ``state_dict`` does not carry it.
     """
 
-    def __init__(self, head_dim: int, base: float = 10000.0, layout: str = "half",
-                 max_seq_len: int = 2048, rotary_dim: int | None = None):
+    def __init__(
+        self,
+        head_dim: int,
+        base: float = 10000.0,
+        layout: str = "half",
+        max_seq_len: int = 2048,
+        rotary_dim: int | None = None,
+    ):
         super().__init__()
         _check_positive_int("head_dim", head_dim)
         if head_dim % 2:
@@ -232,8 +250,9 @@ class RotaryEmbedding(nn.Module):
             rotary_dim = head_dim
         _check_positive_int("rotary_dim", rotary_dim)
         if rotary_dim % 2 or rotary_dim > head_dim:
-            raise ValueError(f"rotary_dim must be even and <= head_dim={head_dim}, got "
-                             f"rotary_dim={rotary_dim}")
+            raise ValueError(
+                f"rotary_dim must be even and <= head_dim={head_dim}, got rotary_dim={rotary_dim}"
+            )
         if layout not in ROPE_LAYOUTS:
             raise ValueError(f"layout must be one of {ROPE_LAYOUTS}, got {layout!r}")
         self.head_dim = head_dim
@@ -243,7 +262,8 @@ class RotaryEmbedding(nn.Module):
         self.max_seq_len = _check_positive_int("max_seq_len", max_seq_len)
         # theta_i = base^(-2i/R), i = 0..R/2-1
         self.inv_freq = self.base ** (
-            -torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim)  # (R/2,)
+            -torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim
+        )  # (R/2,)
         self._cached_len = 0
         self._tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -254,12 +274,14 @@ class RotaryEmbedding(nn.Module):
             n *= 2
         pos = torch.arange(n, dtype=torch.float64)  # (N,)
         angles = pos[:, None] * self.inv_freq[None, :]  # (N, R/2)
-        self._tables = {(torch.device("cpu"), torch.float64): (torch.cos(angles),
-                                                               torch.sin(angles))}
+        self._tables = {
+            (torch.device("cpu"), torch.float64): (torch.cos(angles), torch.sin(angles))
+        }
         self._cached_len = n
 
-    def cos_sin(self, n_positions: int, device=None, dtype: torch.dtype = torch.float32
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def cos_sin(
+        self, n_positions: int, device=None, dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin tables, each (N, R/2) with N >= n_positions, on ``device`` in ``dtype``
         (float32 or float64)."""
         if n_positions > self._cached_len:
@@ -271,13 +293,14 @@ class RotaryEmbedding(nn.Module):
             self._tables[key] = (cos64.to(dtype).to(device), sin64.to(dtype).to(device))
         return self._tables[key]
 
-    def _angles_for(self, x: torch.Tensor, offset: int, positions: torch.Tensor | None,
-                    n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _angles_for(
+        self, x: torch.Tensor, offset: int, positions: torch.Tensor | None, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin for the n keys, shaped to broadcast over (B, H, n, R/2)."""
         ct = _compute_dtype(x.dtype)
         if positions is None:
             cos, sin = self.cos_sin(offset + n, x.device, ct)
-            return cos[offset:offset + n], sin[offset:offset + n]  # (n, R/2)
+            return cos[offset : offset + n], sin[offset : offset + n]  # (n, R/2)
         hi = int(positions.max()) if positions.numel() else 0
         cos, sin = self.cos_sin(hi + 1, x.device, ct)
         idx = positions.to(x.device)
@@ -287,37 +310,52 @@ class RotaryEmbedding(nn.Module):
         return cos, sin
 
     # -- forward ----------------------------------------------------------------------------
-    def forward(self, q: torch.Tensor, k: torch.Tensor, offset: int = 0,
-                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        offset: int = 0,
+        positions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         for name, t in (("q", q), ("k", k)):
             if t.dim() != 4 or t.shape[-1] != self.head_dim:
-                raise ValueError(f"{name} must be (B, H, T, head_dim={self.head_dim}), got "
-                                 f"shape {tuple(t.shape)}")
+                raise ValueError(
+                    f"{name} must be (B, H, T, head_dim={self.head_dim}), got "
+                    f"shape {tuple(t.shape)}"
+                )
         tq, tk = q.shape[2], k.shape[2]
         if tq > tk:
-            raise ValueError(f"q has more positions than k: Tq={tq} > Tk={tk}; queries are "
-                             f"taken to be the last Tq key positions")
+            raise ValueError(
+                f"q has more positions than k: Tq={tq} > Tk={tk}; queries are "
+                f"taken to be the last Tq key positions"
+            )
         _check_offset(offset)
         if positions is not None:
             if offset != 0:
                 raise ValueError(f"give either offset or positions, not both (offset={offset})")
             if not isinstance(positions, torch.Tensor):
-                raise TypeError(f"positions must be an integer tensor, got "
-                                f"{type(positions).__name__}")
-            if positions.dtype.is_floating_point or positions.dtype.is_complex or \
-                    positions.dtype == torch.bool:
-                raise TypeError(f"positions must be an integer tensor, got dtype "
-                                f"{positions.dtype}")
+                raise TypeError(
+                    f"positions must be an integer tensor, got {type(positions).__name__}"
+                )
+            if (
+                positions.dtype.is_floating_point
+                or positions.dtype.is_complex
+                or positions.dtype == torch.bool
+            ):
+                raise TypeError(f"positions must be an integer tensor, got dtype {positions.dtype}")
             ok = (positions.dim() == 1 and positions.shape[0] == tk) or (
-                positions.dim() == 2 and positions.shape == (k.shape[0], tk))
+                positions.dim() == 2 and positions.shape == (k.shape[0], tk)
+            )
             if not ok:
-                raise ValueError(f"positions must have shape ({tk},) or ({k.shape[0]}, {tk}) "
-                                 f"to match k {tuple(k.shape)}, got {tuple(positions.shape)}")
+                raise ValueError(
+                    f"positions must have shape ({tk},) or ({k.shape[0]}, {tk}) "
+                    f"to match k {tuple(k.shape)}, got {tuple(positions.shape)}"
+                )
             if positions.numel() and int(positions.min()) < 0:
                 raise ValueError(f"positions must be >= 0, got min {int(positions.min())}")
         cos_k, sin_k = self._angles_for(k, offset, positions, tk)
         k_rot = apply_rotary(k, cos_k, sin_k, self.layout)  # (B, Hkv, Tk, D)
-        cos_q, sin_q = cos_k[..., tk - tq:, :], sin_k[..., tk - tq:, :]  # queries: last Tq
+        cos_q, sin_q = cos_k[..., tk - tq :, :], sin_k[..., tk - tq :, :]  # queries: last Tq
         q_rot = apply_rotary(q, cos_q, sin_q, self.layout)  # (B, Hq, Tq, D)
         return q_rot, k_rot
 

@@ -1,5 +1,6 @@
 """The HTML attention viewer in headless Chromium: it loads offline, its views respond to the
 mouse as described, and token text never runs as code."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,16 @@ from attnkit.inspect.html import write_viewer
 
 pytestmark = pytest.mark.browser
 
-EVIL = ["</script><script>alert(1)</script>", "<img src=x onerror=alert(1)>",
-        "<img src=x onerror=\"window.__ran=1\">", "\"double\" 'single'", "a & b &amp; &lt;", "x\u2028y\u2029z",
-        "<b>bold</b>", "{{DATA}}"]
+EVIL = [
+    "</script><script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    '<img src=x onerror="window.__ran=1">',
+    "\"double\" 'single'",
+    "a & b &amp; &lt;",
+    "x\u2028y\u2029z",
+    "<b>bold</b>",
+    "{{DATA}}",
+]
 WORDS = ["The", " cat", " sat", " on", " the", " mat", ".", " It", " was", " warm", "."]
 TOKENS = EVIL + WORDS  # 19 tokens
 LAYERS, HEADS = [0, 3, 5], [0, 1, 2, 3]
@@ -30,12 +38,27 @@ def _maps() -> list[torch.Tensor]:
 def viewer(tmp_path_factory):
     """(path, weights, stats, rollout) of a viewer page of TOKENS."""
     weights = _maps()
-    stats = [{"layer": layer, "head": head, "entropy": float(1 + 0.1 * i), "distance": float(10 - i),
-              "labels": ["<img src=x onerror=alert(2)>"] if i == 0 else (["sink"] if i % 2 else [])}
-             for i, (layer, head) in enumerate((layer, head) for layer in LAYERS for head in HEADS)]
+    stats = [
+        {
+            "layer": layer,
+            "head": head,
+            "entropy": float(1 + 0.1 * i),
+            "distance": float(10 - i),
+            "labels": ["<img src=x onerror=alert(2)>"] if i == 0 else (["sink"] if i % 2 else []),
+        }
+        for i, (layer, head) in enumerate((layer, head) for layer in LAYERS for head in HEADS)
+    ]
     roll = torch.softmax(3 * torch.randn(len(TOKENS), len(TOKENS)), -1)
-    path = write_viewer(tmp_path_factory.mktemp("viewer") / "viewer.html", TOKENS, weights, LAYERS, HEADS,
-                        stats=stats, rollout=roll, title="</title><script>alert(3)</script> & title")
+    path = write_viewer(
+        tmp_path_factory.mktemp("viewer") / "viewer.html",
+        TOKENS,
+        weights,
+        LAYERS,
+        HEADS,
+        stats=stats,
+        rollout=roll,
+        title="</title><script>alert(3)</script> & title",
+    )
     return path, weights, stats, roll
 
 
@@ -83,7 +106,8 @@ def open_viewer(page, path) -> None:
 def lines(page) -> list[tuple[int, int, float]]:
     """The highlighted lines of the head view: (from token, to token, weight)."""
     return page.eval_on_selector_all(
-        "#overlay line.hl", "ls => ls.map(l => [+l.dataset.from, +l.dataset.to, +l.dataset.weight])")
+        "#overlay line.hl", "ls => ls.map(l => [+l.dataset.from, +l.dataset.to, +l.dataset.weight])"
+    )
 
 
 def kept_row(row: torch.Tensor, mass: float = 0.99, slack: float = 0.0) -> dict[int, float]:
@@ -122,7 +146,10 @@ def test_the_route_guard_sees_remote_requests(page):
 def test_page_loads_offline_and_draws_the_first_head(page, viewer):
     path, weights, _, _ = viewer
     open_viewer(page, path)
-    assert page.eval_on_selector("#head-view", "e => [e.dataset.layer, e.dataset.head]") == ["0", "0"]
+    assert page.eval_on_selector("#head-view", "e => [e.dataset.layer, e.dataset.head]") == [
+        "0",
+        "0",
+    ]
     assert page.get_attribute("#lines", "data-drawn") == "0:0"
     assert page.text_content("#note").startswith(f"{len(TOKENS)} tokens, 3 layers x 4 heads.")
     # the canvas has lines on it
@@ -149,9 +176,15 @@ def test_untrusted_text_shows_as_text_and_never_runs(page, viewer):
     assert page.text_content("#title") == "</title><script>alert(3)</script> & title"
     assert page.title() == "</title><script>alert(3)</script> & title"
     page.click("#tab-rollout")
-    assert page.eval_on_selector_all("#rollout-tokens .rt", "ts => ts.map(t => t.textContent)") == TOKENS
+    assert (
+        page.eval_on_selector_all("#rollout-tokens .rt", "ts => ts.map(t => t.textContent)")
+        == TOKENS
+    )
     page.click("#tab-stats")
-    assert page.text_content("#stats-table tbody tr:first-child .chip") == "<img src=x onerror=alert(2)>"
+    assert (
+        page.text_content("#stats-table tbody tr:first-child .chip")
+        == "<img src=x onerror=alert(2)>"
+    )
     page.click("#tab-head")
     page.hover("#left .tok >> nth=1")
     page.wait_for_timeout(100)
@@ -173,7 +206,9 @@ def test_hovering_a_token_highlights_its_row(page, viewer):
     got = lines(page)
     assert_row(got, weights[0][0, i], i)
     assert page.eval_on_selector(f"#left .tok >> nth={i}", "e => e.classList.contains('active')")
-    shaded = page.eval_on_selector_all("#right .tok", "ts => ts.map(t => t.style.backgroundColor !== '')")
+    shaded = page.eval_on_selector_all(
+        "#right .tok", "ts => ts.map(t => t.style.backgroundColor !== '')"
+    )
     assert {j for j, s in enumerate(shaded) if s} == {t for _, t, _ in got}
     # another token, another row
     page.hover("#left .tok >> nth=3")
@@ -209,7 +244,10 @@ def test_clicking_a_head_changes_the_highlighted_lines(page, viewer):
     assert page.evaluate("document.getElementById('lines').toDataURL()") != canvas0
     # a new layer keeps the head and the pinned row
     page.select_option("#layer", "2")
-    assert page.eval_on_selector("#head-view", "e => [e.dataset.layer, e.dataset.head]") == ["5", "2"]
+    assert page.eval_on_selector("#head-view", "e => [e.dataset.layer, e.dataset.head]") == [
+        "5",
+        "2",
+    ]
     assert_row(lines(page), weights[2][2, i], i)
     assert "Layer 5, head 2" in page.text_content("#head-info")
     page.keyboard.press("Escape")  # unpin
@@ -237,14 +275,19 @@ def test_model_view_opens_a_head(page, viewer):
     page.click("#tab-model")
     assert page.is_hidden("#sec-head")
     page.wait_for_function("() => document.getElementById('model-grid').dataset.drawn === '12'")
-    thumbs = page.eval_on_selector_all(".thumb", "ts => ts.map(t => t.dataset.layer + ':' + t.dataset.head)")
+    thumbs = page.eval_on_selector_all(
+        ".thumb", "ts => ts.map(t => t.dataset.layer + ':' + t.dataset.head)"
+    )
     assert thumbs == [f"{layer}:{head}" for layer in LAYERS for head in HEADS]
     # each thumbnail shows its own map
     pictures = page.eval_on_selector_all(".thumb", "ts => ts.map(t => t.toDataURL())")
     assert len(set(pictures)) == 12
     page.click(".thumb[data-layer='3'][data-head='1']")
     assert page.is_visible("#sec-head") and page.is_hidden("#sec-model")
-    assert page.eval_on_selector("#head-view", "e => [e.dataset.layer, e.dataset.head]") == ["3", "1"]
+    assert page.eval_on_selector("#head-view", "e => [e.dataset.layer, e.dataset.head]") == [
+        "3",
+        "1",
+    ]
     assert page.input_value("#layer") == "1"
     assert page.get_attribute("#heads button >> nth=1", "aria-pressed") == "true"
     page.hover("#left .tok >> nth=9")
@@ -257,16 +300,29 @@ def test_statistics_table_sorts_and_opens_a_head(page, viewer):
     page.click("#tab-stats")
     headers = page.eval_on_selector_all("#stats-table th", "ts => ts.map(t => t.textContent)")
     assert headers == ["layer", "head", "entropy", "distance", "labels"]
-    rows = page.eval_on_selector_all("#stats-table tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
-    assert len(rows) == 12 and rows[0][:4] == ["0", "0", "1", "10"] and rows[1][:4] == ["0", "1", "1.10", "9"]
+    rows = page.eval_on_selector_all(
+        "#stats-table tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))"
+    )
+    assert (
+        len(rows) == 12
+        and rows[0][:4] == ["0", "0", "1", "10"]
+        and rows[1][:4] == ["0", "1", "1.10", "9"]
+    )
     page.click("#stats-table th[data-col='distance']")
-    col = page.eval_on_selector_all("#stats-table tbody tr", "rs => rs.map(r => +r.cells[3].textContent)")
+    col = page.eval_on_selector_all(
+        "#stats-table tbody tr", "rs => rs.map(r => +r.cells[3].textContent)"
+    )
     assert col == sorted(s["distance"] for s in stats)
     page.click("#stats-table th[data-col='distance']")  # again: descending
-    col = page.eval_on_selector_all("#stats-table tbody tr", "rs => rs.map(r => +r.cells[3].textContent)")
+    col = page.eval_on_selector_all(
+        "#stats-table tbody tr", "rs => rs.map(r => +r.cells[3].textContent)"
+    )
     assert col == sorted((s["distance"] for s in stats), reverse=True)
     page.click("#stats-table tbody tr >> nth=0")  # largest distance: layer 0 head 0
-    assert page.eval_on_selector("#head-view", "e => [e.dataset.layer, e.dataset.head]") == ["0", "0"]
+    assert page.eval_on_selector("#head-view", "e => [e.dataset.layer, e.dataset.head]") == [
+        "0",
+        "0",
+    ]
     assert page.is_visible("#sec-head")
 
 
@@ -276,8 +332,12 @@ def test_rollout_shades_tokens_by_the_hovered_row(page, viewer):
     page.click("#tab-rollout")
 
     def alphas() -> np.ndarray:
-        colours = page.eval_on_selector_all("#rollout-tokens .rt", "ts => ts.map(t => t.style.backgroundColor)")
-        return np.array([float(c.rstrip(")").split(",")[3]) if c.count(",") == 3 else 1.0 for c in colours])
+        colours = page.eval_on_selector_all(
+            "#rollout-tokens .rt", "ts => ts.map(t => t.style.backgroundColor)"
+        )
+        return np.array(
+            [float(c.rstrip(")").split(",")[3]) if c.count(",") == 3 else 1.0 for c in colours]
+        )
 
     mean = roll.mean(0).numpy()
     np.testing.assert_allclose(alphas(), 0.85 * mean / mean.max(), atol=0.01)
@@ -300,7 +360,13 @@ def test_bench_viewer_quick_run(browser, tmp_path, capsys):
     args = parser.parse_args(["--quick", "--out", str(tmp_path)])
     assert bench_viewer.run(args, browser=browser) == 0  # this session's Chromium
     printed = capsys.readouterr().out
-    for row in ("file size", "first head view drawn", "head switch, new map (median)", "< 100 ms", "< 2 s"):
+    for row in (
+        "file size",
+        "first head view drawn",
+        "head switch, new map (median)",
+        "< 100 ms",
+        "< 2 s",
+    ):
         assert row in printed
     data = json.loads((tmp_path / "viewer.json").read_text())
     assert data["size_bytes"] == (tmp_path / "viewer.html").stat().st_size

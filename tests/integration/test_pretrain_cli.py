@@ -4,6 +4,7 @@ The corpus is the first 200k characters of tiny-shakespeare (a local development
 attnkit.text.corpora); every run uses one torch thread so runs are reproducible and fast on a
 shared machine.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,10 +25,28 @@ from attnkit.text.corpora import tinyshakespeare_path
 from attnkit.training.loop import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--model.n_layer", "1", "--model.n_head", "2", "--model.d_model", "32",
-        "--train.batch_size", "8", "--train.block_size", "32", "--model.max_seq_len", "32",
-        "--train.threads", "1", "--train.progress", "false", "--train.eval_iters", "4",
-        "--train.warmup_iters", "0"]
+TINY = [
+    "--model.n_layer",
+    "1",
+    "--model.n_head",
+    "2",
+    "--model.d_model",
+    "32",
+    "--train.batch_size",
+    "8",
+    "--train.block_size",
+    "32",
+    "--model.max_seq_len",
+    "32",
+    "--train.threads",
+    "1",
+    "--train.progress",
+    "false",
+    "--train.eval_iters",
+    "4",
+    "--train.warmup_iters",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +71,11 @@ def _isolated(env, monkeypatch):
 
 
 def rows(out: Path, split: str) -> list[dict]:
-    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-            if r["split"] == split]
+    return [
+        r
+        for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        if r["split"] == split
+    ]
 
 
 def subprocess_env(env) -> dict:
@@ -63,16 +85,37 @@ def subprocess_env(env) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("config,vocab_arg", [
-    ("gpt-shakespeare-char", []),
-    ("gpt-shakespeare-bpe", ["--data.vocab_size", "512"]),
-    ("bert-shakespeare", ["--data.vocab_size", "1000"]),
-])
+@pytest.mark.parametrize(
+    "config,vocab_arg",
+    [
+        ("gpt-shakespeare-char", []),
+        ("gpt-shakespeare-bpe", ["--data.vocab_size", "512"]),
+        ("bert-shakespeare", ["--data.vocab_size", "1000"]),
+    ],
+)
 def test_each_config_learns(env, tmp_path, config, vocab_arg, capsys):
     out = tmp_path / "run"
-    status = cli.main(["pretrain", "--config", config, "--data", str(env["corpus"]), "--out", str(out),
-                       *TINY, *vocab_arg, "--train.max_iters", "60", "--train.lr", "1e-2",
-                       "--train.eval_interval", "30", "--train.log_interval", "1"])
+    status = cli.main(
+        [
+            "pretrain",
+            "--config",
+            config,
+            "--data",
+            str(env["corpus"]),
+            "--out",
+            str(out),
+            *TINY,
+            *vocab_arg,
+            "--train.max_iters",
+            "60",
+            "--train.lr",
+            "1e-2",
+            "--train.eval_interval",
+            "30",
+            "--train.log_interval",
+            "1",
+        ]
+    )
     assert status == 0
     summary = json.loads((out / "summary.json").read_text())
     vocab = summary["vocab_size"]
@@ -89,8 +132,14 @@ def test_each_config_learns(env, tmp_path, config, vocab_arg, capsys):
     assert summary["best_val_loss"] == pytest.approx(min(r["loss"] for r in val))
     assert summary["val_loss"] < math.log(vocab) - 0.3
     assert summary["tokens_per_second"] > 0 and summary["wall_seconds"] > 0
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "run_config.json",
-                 "metrics.csv", "loss.png"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "run_config.json",
+        "metrics.csv",
+        "loss.png",
+    ):
         assert (out / name).is_file(), name
     resolved = json.loads((out / "run_config.json").read_text())
     assert resolved["model"]["vocab_size"] == vocab and resolved["model"]["n_layer"] == 1
@@ -101,17 +150,35 @@ def test_each_config_learns(env, tmp_path, config, vocab_arg, capsys):
         assert summary["val_masked_accuracy"] > 20 / vocab
     if config == "gpt-shakespeare-char":
         capsys.readouterr()
-        assert cli.main(["sample", "--model", str(out), "--tokens", "20", "--prompt", "ROMEO:"]) == 0
+        assert (
+            cli.main(["sample", "--model", str(out), "--tokens", "20", "--prompt", "ROMEO:"]) == 0
+        )
         text = capsys.readouterr().out
         assert text.startswith("ROMEO:") and len(text) >= 20
 
 
 # --------------------------------------------------------------------------------------------
 def _run_args(env, out: Path, iters: int) -> list[str]:
-    return ["pretrain", "--config", "gpt-shakespeare-char", "--data", str(env["corpus"]),
-            "--out", str(out), *TINY, "--model.dropout", "0.1", "--train.max_iters", str(iters),
-            "--train.eval_interval", "1000", "--train.checkpoint_interval", "20",
-            "--train.keep_checkpoints", "3"]
+    return [
+        "pretrain",
+        "--config",
+        "gpt-shakespeare-char",
+        "--data",
+        str(env["corpus"]),
+        "--out",
+        str(out),
+        *TINY,
+        "--model.dropout",
+        "0.1",
+        "--train.max_iters",
+        str(iters),
+        "--train.eval_interval",
+        "1000",
+        "--train.checkpoint_interval",
+        "20",
+        "--train.keep_checkpoints",
+        "3",
+    ]
 
 
 def _final_weights(out: Path, step: int) -> dict[str, torch.Tensor]:
@@ -121,16 +188,24 @@ def _final_weights(out: Path, step: int) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def uninterrupted(env) -> Path:
     out = env["root"] / "uninterrupted"
-    subprocess.run([sys.executable, "-m", "attnkit", *_run_args(env, out, 300)], check=True,
-                   env=subprocess_env(env), capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "attnkit", *_run_args(env, out, 300)],
+        check=True,
+        env=subprocess_env(env),
+        capture_output=True,
+        text=True,
+    )
     return out
 
 
 def test_kill_and_resume_is_bit_identical(env, tmp_path, uninterrupted):
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "attnkit", *_run_args(env, out, 300)],
-                            env=subprocess_env(env), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "attnkit", *_run_args(env, out, 300)],
+        env=subprocess_env(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not (out / "checkpoints" / "step-000040" / "manifest.json").exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before step 40"
@@ -138,8 +213,12 @@ def test_kill_and_resume_is_bit_identical(env, tmp_path, uninterrupted):
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (out / "checkpoints" / "step-000300").exists()
-    done = subprocess.run([sys.executable, "-m", "attnkit", *_run_args(env, out, 300), "--resume"],
-                          env=subprocess_env(env), capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "attnkit", *_run_args(env, out, 300), "--resume"],
+        env=subprocess_env(env),
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert "resumed from" in done.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -176,18 +255,62 @@ def test_corrupt_checkpoint_falls_back_to_previous(env, tmp_path, uninterrupted,
 
 # --------------------------------------------------------------------------------------------
 def test_torchrun_two_processes_match_one(env, tmp_path):
-    common = ["--config", "gpt-shakespeare-char", "--data", str(env["corpus"]), *TINY,
-              "--train.max_iters", "6", "--train.log_interval", "1", "--train.eval_interval", "6",
-              "--train.lr", "1e-2", "--train.grad_accum", "2"]
+    common = [
+        "--config",
+        "gpt-shakespeare-char",
+        "--data",
+        str(env["corpus"]),
+        *TINY,
+        "--train.max_iters",
+        "6",
+        "--train.log_interval",
+        "1",
+        "--train.eval_interval",
+        "6",
+        "--train.lr",
+        "1e-2",
+        "--train.grad_accum",
+        "2",
+    ]
     e = subprocess_env(env)
-    single = subprocess.run([sys.executable, "-m", "attnkit", "pretrain", *common, "--out",
-                             str(tmp_path / "one"), "--train.batch_size", "8"],
-                            env=e, capture_output=True, text=True)
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "attnkit",
+            "pretrain",
+            *common,
+            "--out",
+            str(tmp_path / "one"),
+            "--train.batch_size",
+            "8",
+        ],
+        env=e,
+        capture_output=True,
+        text=True,
+    )
     assert single.returncode == 0, single.stderr
-    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             "--nproc_per_node", "2", "-m", "attnkit", "pretrain", *common, "--out",
-                             str(tmp_path / "two"), "--train.batch_size", "4"],
-                            env=e, capture_output=True, text=True)
+    double = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "attnkit",
+            "pretrain",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+            "--train.batch_size",
+            "4",
+        ],
+        env=e,
+        capture_output=True,
+        text=True,
+    )
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = rows(tmp_path / "one", "train"), rows(tmp_path / "two", "train")
     assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(1, 7))
@@ -199,20 +322,32 @@ def test_torchrun_two_processes_match_one(env, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("args,needle", [
-    (["--model.n_layers", "4"], "'model.n_layers'"),
-    (["--train.nonsense", "1"], "'train.nonsense'"),
-    (["--optim.lr", "1"], "'optim.lr'"),
-    (["--train.max_iters", "ten"], "'train.max_iters' must be int"),
-    (["--train.max_iters", "0"], "train.max_iters must be >= 1"),
-    (["--model.n_head", "3"], "d_model must be a multiple of n_head=3"),
-    (["--data.tokenizer", "sentencepiece"], "data.tokenizer must be one of"),
-    (["--data", "/no/such/file.txt"], "'/no/such/file.txt' is neither a corpus name"),
-    (["stray"], "unexpected argument 'stray'"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--model.n_layers", "4"], "'model.n_layers'"),
+        (["--train.nonsense", "1"], "'train.nonsense'"),
+        (["--optim.lr", "1"], "'optim.lr'"),
+        (["--train.max_iters", "ten"], "'train.max_iters' must be int"),
+        (["--train.max_iters", "0"], "train.max_iters must be >= 1"),
+        (["--model.n_head", "3"], "d_model must be a multiple of n_head=3"),
+        (["--data.tokenizer", "sentencepiece"], "data.tokenizer must be one of"),
+        (["--data", "/no/such/file.txt"], "'/no/such/file.txt' is neither a corpus name"),
+        (["stray"], "unexpected argument 'stray'"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(env, tmp_path, capsys, args, needle):
-    base = ["pretrain", "--config", "gpt-shakespeare-char", "--data", str(env["corpus"]),
-            "--out", str(tmp_path / "bad"), "--train.progress", "false"]
+    base = [
+        "pretrain",
+        "--config",
+        "gpt-shakespeare-char",
+        "--data",
+        str(env["corpus"]),
+        "--out",
+        str(tmp_path / "bad"),
+        "--train.progress",
+        "false",
+    ]
     with pytest.raises(SystemExit) as e:
         cli.main(base + args)
     assert e.value.code == 2
@@ -227,7 +362,10 @@ def test_bad_config_file_and_data(env, tmp_path, capsys):
     for argv, needle in (
         (["--config", str(bad)], "is not valid TOML"),
         (["--config", "no-such-config"], "config 'no-such-config' not found"),
-        (["--config", "gpt-shakespeare-char", "--data", str(tmp_path / "x.csv")], "neither a corpus"),
+        (
+            ["--config", "gpt-shakespeare-char", "--data", str(tmp_path / "x.csv")],
+            "neither a corpus",
+        ),
     ):
         with pytest.raises(SystemExit) as e:
             cli.main(["pretrain", *argv, "--out", str(tmp_path / "o")])
@@ -236,6 +374,15 @@ def test_bad_config_file_and_data(env, tmp_path, capsys):
         assert err.count("\n") == 1 and needle in err, err
     (tmp_path / "data.csv").write_text("a,b\n")
     with pytest.raises(SystemExit):
-        cli.main(["pretrain", "--config", "gpt-shakespeare-char", "--data", str(tmp_path / "data.csv"),
-                  "--out", str(tmp_path / "o")])
+        cli.main(
+            [
+                "pretrain",
+                "--config",
+                "gpt-shakespeare-char",
+                "--data",
+                str(tmp_path / "data.csv"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
     assert "expected .txt or .jsonl" in capsys.readouterr().err

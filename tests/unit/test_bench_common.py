@@ -1,4 +1,5 @@
 """Measurement tools: peak memory in a fresh process, timing, tables, JSON and plots."""
+
 import json
 import math
 import time
@@ -73,13 +74,17 @@ def test_peak_memory_of_a_200_mib_tensor_in_a_fresh_process():
 def test_peak_memory_counts_the_op_only():
     cases = [
         ProbeCase(make_alloc, (100,), {"input_mib": 300}, warmup=False),  # inputs are baseline
-        ProbeCase(make_alloc, (100,), {"freed_before_mib": 400}, warmup=False),  # earlier peak hidden?
+        ProbeCase(
+            make_alloc, (100,), {"freed_before_mib": 400}, warmup=False
+        ),  # earlier peak hidden?
         ProbeCase(make_temporary, (150,), warmup=False),  # freed inside the op: still its peak
         ProbeCase(make_nothing, warmup=True),
         ProbeCase(make_failing, warmup=False),
         ProbeCase(make_alloc, (50,)),  # a failed case does not stop the next one
     ]
-    with_inputs, after_freed, temporary, nothing, failed, after_failure = measure_peak_memories(cases)
+    with_inputs, after_freed, temporary, nothing, failed, after_failure = measure_peak_memories(
+        cases
+    )
     assert abs(with_inputs.peak_bytes / MiB - 100) <= 15, with_inputs
     assert with_inputs.baseline_bytes >= 300 * MiB, with_inputs
     if with_inputs.method != "ru_maxrss":  # the peak counter can be reset (Linux)
@@ -187,8 +192,10 @@ def test_formatters():
 
 
 def test_write_json(tmp_path):
-    path = write_json(tmp_path / "sub" / "r.json",
-                      {"nan": math.nan, "dtype": torch.float32, "t": torch.tensor(2.5), "xs": (1, 2)})
+    path = write_json(
+        tmp_path / "sub" / "r.json",
+        {"nan": math.nan, "dtype": torch.float32, "t": torch.tensor(2.5), "xs": (1, 2)},
+    )
     data = json.loads(path.read_text())
     assert data == {"nan": None, "dtype": "torch.float32", "t": 2.5, "xs": [1, 2]}
     assert not list(tmp_path.glob("sub/*.tmp"))
@@ -203,8 +210,6 @@ def test_plot_loglog_writes_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="at least one panel"):
         plot_loglog(tmp_path / "q.png", [])
-
-
 
 
 _REFAULT = r"""
@@ -233,8 +238,13 @@ def test_keep_freed_memory_reuses_large_blocks_without_page_faults():
     env["THP_MEM_ALLOC_ENABLE"] = "0"
 
     def faults(mode):
-        out = subprocess.run([sys.executable, "-c", _REFAULT, mode], capture_output=True, text=True, check=True,
-                             env=env)
+        out = subprocess.run(
+            [sys.executable, "-c", _REFAULT, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
         n, what = out.stdout.strip().split(" ", 1)
         return int(n), what
 

@@ -1,5 +1,6 @@
 """attnkit checkpoint directories: round trips, atomic writes, and clear errors for corrupt,
 truncated or mismatched files (never a half-loaded model)."""
+
 import json
 import os
 
@@ -15,9 +16,24 @@ from attnkit.models import build_model, get_preset
 def word_tokenizer():
     from tokenizers.implementations import BertWordPieceTokenizer
 
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz",
-             *("##" + c for c in "abcdefghijklmnopqrstuvwxyz"),
-             "the", "bat", "he", "swung", "flew", "out", "of", "cave", "ball"]
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *"abcdefghijklmnopqrstuvwxyz",
+        *("##" + c for c in "abcdefghijklmnopqrstuvwxyz"),
+        "the",
+        "bat",
+        "he",
+        "swung",
+        "flew",
+        "out",
+        "of",
+        "cave",
+        "ball",
+    ]
     return BertWordPieceTokenizer({w: i for i, w in enumerate(words)}, lowercase=True)._tokenizer
 
 
@@ -31,7 +47,11 @@ def test_save_load_round_trip(tmp_path, arch):
     model = tiny(arch)
     tok = word_tokenizer()
     attnkit.save(model, tmp_path, tokenizer=tok)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
@@ -107,8 +127,11 @@ def test_mismatched_config_and_keys_are_named(tmp_path):
     meta = json.loads(cfg_path.read_text())
     meta["model"]["d_ff"] = 100
     cfg_path.write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: key 'blocks\.0\.mlp\.up\.weight' has "
-                                              r"shape \(128, 32\), the model expects \(100, 32\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model\.safetensors: key 'blocks\.0\.mlp\.up\.weight' has "
+        r"shape \(128, 32\), the model expects \(100, 32\)",
+    ):
         attnkit.load(tmp_path)
     meta["model"]["d_ff"] = None
     cfg_path.write_text(json.dumps(meta))
@@ -129,8 +152,11 @@ def test_bad_config_values_name_the_file_and_the_field(tmp_path):
     meta = json.loads(cfg_path.read_text())
     meta["model"]["n_layer"] = 0
     cfg_path.write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=r"config\.json: bad model config: ModelConfig\.n_layer must be "
-                                              r"a positive int, got 0"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"config\.json: bad model config: ModelConfig\.n_layer must be "
+        r"a positive int, got 0",
+    ):
         attnkit.load(tmp_path)
     cfg_path.write_text("{not json")
     with pytest.raises(CheckpointError, match=f"{cfg_path}: not valid JSON"):
@@ -140,7 +166,9 @@ def test_bad_config_values_name_the_file_and_the_field(tmp_path):
 def test_failed_load_leaves_the_model_untouched():
     model = tiny("gpt")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    good = {k: torch.ones_like(v) for k, v in model.state_dict().items() if k not in model.tied_keys()}
+    good = {
+        k: torch.ones_like(v) for k, v in model.state_dict().items() if k not in model.tied_keys()
+    }
     good["norm.weight"] = torch.ones(7)  # one bad tensor among good ones
     with pytest.raises(CheckpointError, match=r"key 'norm\.weight' has shape \(7,\)"):
         check_and_load(model, good, "x.safetensors", skip=tuple(model.tied_keys()))

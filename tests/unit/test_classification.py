@@ -1,23 +1,22 @@
 """attnkit.tasks.classification and the genre data set: metrics against hand-computed values,
 class weights, batching, fine-tuning a tiny model, early stopping, the CLI commands."""
+
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from test_checkpoints import word_tokenizer
 
 import attnkit
-from attnkit.tasks import classification as clf
 from attnkit.cli import main
 from attnkit.models import build_model, get_preset
+from attnkit.tasks import classification as clf
 from attnkit.text import genre
-
-from test_checkpoints import word_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -81,12 +80,16 @@ def test_length_batches_cover_everything_and_group_lengths():
     gen = torch.Generator().manual_seed(0)
     shuffled = clf.length_batches(lengths, 16, shuffle=True, generator=gen, pool=50)
     assert sorted(i for b in shuffled for i in b) == list(range(1000))
+
     # padding: tokens spent on padding against a random batching of the same items
     def waste(batches):
-        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+        return sum(
+            max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches
+        )
+
     perm = list(range(1000))
     random.shuffle(perm)
-    random_batches = [perm[s:s + 16] for s in range(0, 1000, 16)]
+    random_batches = [perm[s : s + 16] for s in range(0, 1000, 16)]
     assert waste(shuffled) < 0.1 * waste(random_batches)
     ids, mask = clf.pad_batch([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
@@ -104,9 +107,18 @@ def test_read_csv_jsonl_and_their_errors(tmp_path):
     d = clf.read_examples(tmp_path / "a.jsonl", "body", "y")
     assert d.labels == ["1", "10"] and clf.label_names(["10", "2", "1"]) == ["1", "2", "10"]
     cases = {
-        "nolabel.csv": (b"text,tag\nhi,a\n", r"no column 'label'; expected one of its columns \['text', 'tag'\]"),
-        "empty.csv": (b"text,label\nhi,a\nho,\n", r"empty.csv:line 3: empty label in column 'label'"),
-        "latin1.csv": ("text,label\ncaf\u00e9,a\n".encode("latin-1"), r"not UTF-8 text \(byte 0xe9 at offset 14\)"),
+        "nolabel.csv": (
+            b"text,tag\nhi,a\n",
+            r"no column 'label'; expected one of its columns \['text', 'tag'\]",
+        ),
+        "empty.csv": (
+            b"text,label\nhi,a\nho,\n",
+            r"empty.csv:line 3: empty label in column 'label'",
+        ),
+        "latin1.csv": (
+            "text,label\ncaf\u00e9,a\n".encode("latin-1"),
+            r"not UTF-8 text \(byte 0xe9 at offset 14\)",
+        ),
         "rows.csv": (b"text,label\n", "holds no rows"),
         "bad.jsonl": (b'{"text": "a", "label": "x"}\n[1]\n', r"bad.jsonl:line 2: a JSON list"),
         "data.txt": (b"text,label\n", r"suffix '.txt' is not supported"),
@@ -140,8 +152,9 @@ def synthetic(n: int, seed: int) -> tuple[list[str], list[str]]:
 
 @pytest.fixture()
 def tiny_dir(tmp_path) -> Path:
-    cfg = get_preset("tiny-bert", vocab_size=80, d_model=32, n_head=4, n_layer=2, pooling="mean",
-                     pooler=False)
+    cfg = get_preset(
+        "tiny-bert", vocab_size=80, d_model=32, n_head=4, n_layer=2, pooling="mean", pooler=False
+    )
     out = tmp_path / "tiny-bert"
     attnkit.save(build_model(cfg).eval(), out, tokenizer=word_tokenizer())
     return out
@@ -160,8 +173,17 @@ def write_csv(path: Path, texts, labels) -> Path:
 def test_finetune_tiny_model_reaches_100_percent_and_saves_a_classifier(tiny_dir, tmp_path):
     train, eval_ = synthetic(60, seed=1), synthetic(30, seed=2)
     out = tmp_path / "clf"
-    result = clf.finetune(tiny_dir, train, eval_, out=out, epochs=8, batch_size=8, lr=5e-3,
-                          patience=8, warmup_fraction=0.0)
+    result = clf.finetune(
+        tiny_dir,
+        train,
+        eval_,
+        out=out,
+        epochs=8,
+        batch_size=8,
+        lr=5e-3,
+        patience=8,
+        warmup_fraction=0.0,
+    )
     assert result.labels == ["ball", "bat", "cave"]
     assert result.best["accuracy"] == 1.0 and result.best["macro_f1"] == 1.0
     assert result.best["confusion"] == [[10, 0, 0], [0, 10, 0], [0, 0, 10]]
@@ -202,9 +224,12 @@ def test_class_weights_enter_the_loss(tiny_dir):
         logits = torch.cat([model(torch.tensor([model.tokenizer.encode(t).ids])) for t in texts])
     nll = -torch.log_softmax(logits, -1)[torch.arange(n), y]
     w = torch.tensor(want)[y]
-    assert result.history[0]["eval_loss"] == pytest.approx(float((w * nll).sum() / w.sum()), rel=1e-5)
-    unweighted = clf.finetune(tiny_dir, (texts, labels), (texts, labels), epochs=1, lr=0.0,
-                              use_class_weights=False)
+    assert result.history[0]["eval_loss"] == pytest.approx(
+        float((w * nll).sum() / w.sum()), rel=1e-5
+    )
+    unweighted = clf.finetune(
+        tiny_dir, (texts, labels), (texts, labels), epochs=1, lr=0.0, use_class_weights=False
+    )
     assert unweighted.history[0]["eval_loss"] == pytest.approx(float(nll.mean()), rel=1e-5)
 
 
@@ -213,8 +238,9 @@ def test_early_stopping_stops_after_patience(tiny_dir):
     # lr 0: the score never improves after the first evaluation
     result = clf.finetune(tiny_dir, data, data, epochs=10, batch_size=8, lr=0.0, patience=2)
     assert result.stopped_early and len(result.history) == 3 and result.steps == 9
-    stepped = clf.finetune(tiny_dir, data, data, epochs=10, batch_size=8, lr=0.0, patience=3,
-                           eval_every=2)
+    stepped = clf.finetune(
+        tiny_dir, data, data, epochs=10, batch_size=8, lr=0.0, patience=3, eval_every=2
+    )
     assert stepped.stopped_early and [h["step"] for h in stepped.history] == [2, 4, 6, 8]
     assert stepped.best["step"] == 2
     with pytest.raises(ValueError, match="metric must be one of"):
@@ -241,12 +267,37 @@ def test_finetune_and_classify_commands(tiny_dir, tmp_path, capsys):
     train = write_csv(tmp_path / "train.csv", *synthetic(60, seed=5))
     eval_ = write_csv(tmp_path / "eval.csv", *synthetic(30, seed=6))
     out = tmp_path / "run"
-    assert main(["finetune", "--model", str(tiny_dir), "--train", str(train), "--eval", str(eval_),
-                 "--out", str(out), "--epochs", "8", "--lr", "5e-3", "--batch-size", "8",
-                 "--patience", "8", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--model",
+                str(tiny_dir),
+                "--train",
+                str(train),
+                "--eval",
+                str(eval_),
+                "--out",
+                str(out),
+                "--epochs",
+                "8",
+                "--lr",
+                "5e-3",
+                "--batch-size",
+                "8",
+                "--patience",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert f"{'macro-F1':12s}{metrics['best']['macro_f1']:12.4f}{metrics['baseline']['macro_f1']:20.4f}" in printed
+    assert (
+        f"{'macro-F1':12s}{metrics['best']['macro_f1']:12.4f}{metrics['baseline']['macro_f1']:20.4f}"
+        in printed
+    )
     assert metrics["best"]["accuracy"] == 1.0
     texts = ["the bat flew out bat", "he swung the ball ball"]
     assert main(["classify", "--model", str(out), *texts]) == 0
@@ -263,22 +314,47 @@ def test_finetune_and_classify_commands(tiny_dir, tmp_path, capsys):
     assert [p.label for p in preds] == ["bat", "ball"]
     assert main(["classify", "--model", str(out), "--json", texts[0]]) == 0
     row = json.loads(capsys.readouterr().out)
-    assert row["label"] == "bat" and row["probabilities"]["bat"] == pytest.approx(preds[0].probabilities["bat"], abs=1e-6)
+    assert row["label"] == "bat" and row["probabilities"]["bat"] == pytest.approx(
+        preds[0].probabilities["bat"], abs=1e-6
+    )
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"body,label\nhe,a\nthe,b\n", "no column 'text'; expected one of its columns ['body', 'label']"),
-    (b"text,label\nhe,a\nthe,\n", "train.csv:line 3: empty label in column 'label'"),
-    (b"text,label\nhe,a\nthe,a\n", "every row has label 'a'; expected at least 2 classes"),
-    ("text,label\nd\u00e9j\u00e0,a\nthe,b\n".encode("latin-1"), "not UTF-8 text (byte 0xe9 at offset 12)"),
-])
-def test_finetune_bad_files_give_one_line_and_status_2(tiny_dir, tmp_path, capsys, content, message):
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            b"body,label\nhe,a\nthe,b\n",
+            "no column 'text'; expected one of its columns ['body', 'label']",
+        ),
+        (b"text,label\nhe,a\nthe,\n", "train.csv:line 3: empty label in column 'label'"),
+        (b"text,label\nhe,a\nthe,a\n", "every row has label 'a'; expected at least 2 classes"),
+        (
+            "text,label\nd\u00e9j\u00e0,a\nthe,b\n".encode("latin-1"),
+            "not UTF-8 text (byte 0xe9 at offset 12)",
+        ),
+    ],
+)
+def test_finetune_bad_files_give_one_line_and_status_2(
+    tiny_dir, tmp_path, capsys, content, message
+):
     train = tmp_path / "train.csv"
     train.write_bytes(content)
     eval_ = write_csv(tmp_path / "eval.csv", ["the cave"], ["a"])
     with pytest.raises(SystemExit) as e:
-        main(["finetune", "--model", str(tiny_dir), "--train", str(train), "--eval", str(eval_),
-              "--out", str(tmp_path / "o"), "--no-progress"])
+        main(
+            [
+                "finetune",
+                "--model",
+                str(tiny_dir),
+                "--train",
+                str(train),
+                "--eval",
+                str(eval_),
+                "--out",
+                str(tmp_path / "o"),
+                "--no-progress",
+            ]
+        )
     assert e.value.code == 2
     assert message in error_line(capsys)
 
@@ -296,29 +372,49 @@ def test_classify_needs_a_classifier(tiny_dir, capsys):
 def fake_play(title: str, n_speeches: int, word: str) -> str:
     """A play text laid out as the corpus's are: front matter, act and scene headings, speaker
     lines, bracketed stage directions."""
-    parts = [f"{title.upper()}\n\nby William Shakespeare\n\n\nPERSONS REPRESENTED.\n\n"
-             f"Gloster, a lord.\nA Messenger.\n\n\nACT I.\n\nSCENE I. A room.\n\n[Enter GLOSTER.]\n"]
+    parts = [
+        f"{title.upper()}\n\nby William Shakespeare\n\n\nPERSONS REPRESENTED.\n\n"
+        f"Gloster, a lord.\nA Messenger.\n\n\nACT I.\n\nSCENE I. A room.\n\n[Enter GLOSTER.]\n"
+    ]
     for i in range(n_speeches):
         speaker = "GLOSTER." if i % 2 else "Mess."
-        parts.append(f"\n{speaker}\n{word} speech {i} line one,\nand line two [Aside.] of {word}.\n")
+        parts.append(
+            f"\n{speaker}\n{word} speech {i} line one,\nand line two [Aside.] of {word}.\n"
+        )
     return "".join(parts)
 
 
 def test_spoken_lines_drop_names_headings_and_directions():
     text = fake_play("Hamlet", 2, "tragic")
-    assert genre.spoken_lines(text) == ["tragic speech 0 line one,", "and line two of tragic.",
-                                        "tragic speech 1 line one,", "and line two of tragic."]
+    assert genre.spoken_lines(text) == [
+        "tragic speech 0 line one,",
+        "and line two of tragic.",
+        "tragic speech 1 line one,",
+        "and line two of tragic.",
+    ]
     pieces = genre.passages(text + "\nMess.\n" + " ".join(["w"] * 30) + "\n", words=8)
     assert pieces[0] == "tragic speech 0 line one, and line two of tragic."
     assert all(len(p.split()) >= 8 for p in pieces)
 
 
 def test_genre_dataset_labels_from_the_folio_split_by_play():
-    names = ["tempest", "twelfth_night", "as_you_like_it", "john", "henry_v", "hamlet", "lear",
-             "troilus_and_cressida", "cymbeline", "pericles", "sonnets"]
+    names = [
+        "tempest",
+        "twelfth_night",
+        "as_you_like_it",
+        "john",
+        "henry_v",
+        "hamlet",
+        "lear",
+        "troilus_and_cressida",
+        "cymbeline",
+        "pericles",
+        "sonnets",
+    ]
     works = {n: fake_play(n, 40, n) for n in names}
-    data = genre.build_genre_dataset(works, words=10, train_per_play=5, eval_per_play=3,
-                                     eval_fraction=0.3, seed=7)
+    data = genre.build_genre_dataset(
+        works, words=10, train_per_play=5, eval_per_play=3, eval_fraction=0.3, seed=7
+    )
     assert not set(data.train_plays) & set(data.eval_plays)
     assert set(data.train_plays) | set(data.eval_plays) == set(names) - {"pericles", "sonnets"}
     for split in (data.train, data.eval):
@@ -334,12 +430,14 @@ def test_genre_dataset_labels_from_the_folio_split_by_play():
     # 3 comedies -> round(0.9) = 1 held out; 2 histories -> 1; 4 tragedies -> 1
     assert data.counts("eval") == {"comedy": 3, "history": 3, "tragedy": 3}
     assert data.counts("train") == {"comedy": 10, "history": 5, "tragedy": 15}
-    again = genre.build_genre_dataset(works, words=10, train_per_play=5, eval_per_play=3,
-                                      eval_fraction=0.3, seed=7)
+    again = genre.build_genre_dataset(
+        works, words=10, train_per_play=5, eval_per_play=3, eval_fraction=0.3, seed=7
+    )
     assert again == data
     with pytest.raises(ValueError, match="genre 'history' has 1 play"):
-        genre.build_genre_dataset({n: works[n] for n in ["tempest", "lear", "john", "hamlet",
-                                                         "twelfth_night"]})
+        genre.build_genre_dataset(
+            {n: works[n] for n in ["tempest", "lear", "john", "hamlet", "twelfth_night"]}
+        )
 
 
 def test_genre_table_covers_the_corpus():

@@ -1,4 +1,5 @@
 """The attnkit command line, in-process and as a real process, and `attnkit bench attention`."""
+
 import json
 import subprocess
 import sys
@@ -15,7 +16,9 @@ from attnkit.cli import Command, main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "attnkit", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "attnkit", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def one_line_error(err: str) -> str:
@@ -40,12 +43,18 @@ def test_version_subprocess():
     assert proc.stdout.startswith(f"attnkit {attnkit.__version__}")
 
 
-@pytest.mark.parametrize("argv, kwargs", [
-    (["--seq-len", "16384", "--causal", "--window", "512", "--grad"], dict(causal=True, window=512, grad=True)),
-    (["--seq-len", "4096", "--causal"], dict(causal=True)),
-    (["--seq-len", "1024", "--weights"], dict(return_weights=True)),
-    (["--seq-len", "300000", "--alibi"], dict(bias="alibi", n=300000)),
-])
+@pytest.mark.parametrize(
+    "argv, kwargs",
+    [
+        (
+            ["--seq-len", "16384", "--causal", "--window", "512", "--grad"],
+            dict(causal=True, window=512, grad=True),
+        ),
+        (["--seq-len", "4096", "--causal"], dict(causal=True)),
+        (["--seq-len", "1024", "--weights"], dict(return_weights=True)),
+        (["--seq-len", "300000", "--alibi"], dict(bias="alibi", n=300000)),
+    ],
+)
 def test_explain_matches_the_library(capsys, argv, kwargs):
     from attnkit.attention import BACKENDS, explain
 
@@ -76,20 +85,23 @@ def test_library_error_is_one_line(capsys):
 # ----------------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("argv, named", [
-    (["explain", "--seq-len", "abc"], ["--seq-len", "'abc'", "expected a positive integer"]),
-    (["explain", "--seq-len", "0"], ["'0'", "positive integer"]),
-    (["explain", "--seq-len", "64", "--dropout", "1.5"], ["'1.5'", "[0, 1)"]),
-    (["explain", "--seq-len", "64", "--device", "gpu"], ["'gpu'", "'cpu'", "'cuda'"]),
-    (["explain"], ["--seq-len"]),
-    (["trian"], ["'trian'", "'bench'", "'version'"]),
-    (["bench"], ["'bench'", "attention"]),
-    ([], ["command is required", "version"]),
-    (["bench", "attention", "--sizes", "1k,zz"], ["'zz'", "1024,2k,4k"]),
-    (["bench", "attention", "--backends", "auto,fast"], ["'auto,fast'", "naive"]),
-    (["bench", "attention", "--device", "tpu"], ["'tpu'", "cpu"]),
-    (["version", "--verbose"], ["--verbose"]),
-])
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["explain", "--seq-len", "abc"], ["--seq-len", "'abc'", "expected a positive integer"]),
+        (["explain", "--seq-len", "0"], ["'0'", "positive integer"]),
+        (["explain", "--seq-len", "64", "--dropout", "1.5"], ["'1.5'", "[0, 1)"]),
+        (["explain", "--seq-len", "64", "--device", "gpu"], ["'gpu'", "'cpu'", "'cuda'"]),
+        (["explain"], ["--seq-len"]),
+        (["trian"], ["'trian'", "'bench'", "'version'"]),
+        (["bench"], ["'bench'", "attention"]),
+        ([], ["command is required", "version"]),
+        (["bench", "attention", "--sizes", "1k,zz"], ["'zz'", "1024,2k,4k"]),
+        (["bench", "attention", "--backends", "auto,fast"], ["'auto,fast'", "naive"]),
+        (["bench", "attention", "--device", "tpu"], ["'tpu'", "cpu"]),
+        (["version", "--verbose"], ["--verbose"]),
+    ],
+)
 def test_bad_input_one_stderr_line_exit_2(capsys, argv, named):
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -112,14 +124,21 @@ def test_bad_input_subprocess():
 
 
 def test_a_table_row_is_a_command(capsys):
-    rows = (Command("hello world", "attnkit.cli:version_command", "say the version",
-                    arguments="attnkit.cli:no_arguments"),)
+    rows = (
+        Command(
+            "hello world",
+            "attnkit.cli:version_command",
+            "say the version",
+            arguments="attnkit.cli:no_arguments",
+        ),
+    )
     assert main(["hello", "world"], commands=rows) == 0
     assert capsys.readouterr().out.startswith("attnkit ")
 
 
 def test_a_module_with_only_main_gets_the_rest_of_the_line(tmp_path, monkeypatch, capsys):
-    (tmp_path / "fake_cmd_mod.py").write_text(textwrap.dedent("""
+    (tmp_path / "fake_cmd_mod.py").write_text(
+        textwrap.dedent("""
         import argparse
 
         def main(argv):
@@ -128,7 +147,8 @@ def test_a_module_with_only_main_gets_the_rest_of_the_line(tmp_path, monkeypatch
             args = p.parse_args(argv)
             print("n is", args.n)
             return 3
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     rows = (Command("fake", "fake_cmd_mod:run", "a delegated command"),)
     assert main(["fake", "--n", "7"], commands=rows) == 3
@@ -166,7 +186,11 @@ def test_allowed_pairs_matches_brute_force():
                     ok &= j <= i
                 if window is not None:
                     ok &= (i - j < window) if causal else ((i - j).abs() < window)
-                assert bench_attention.allowed_pairs(n, causal, window) == int(ok.sum()), (n, causal, window)
+                assert bench_attention.allowed_pairs(n, causal, window) == int(ok.sum()), (
+                    n,
+                    causal,
+                    window,
+                )
 
 
 def test_naive_attention_matches_sdpa():
@@ -175,8 +199,10 @@ def test_naive_attention_matches_sdpa():
         ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         torch.testing.assert_close(bench_attention.naive_attention(q, k, v, causal), ref)
     # a window as wide as the sequence changes nothing
-    torch.testing.assert_close(bench_attention.naive_attention(q, k, v, True, 40),
-                               F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    torch.testing.assert_close(
+        bench_attention.naive_attention(q, k, v, True, 40),
+        F.scaled_dot_product_attention(q, k, v, is_causal=True),
+    )
 
 
 def _row(section, n, impl, window=None, fwd=None, fwd_bwd=None, peak_fwd=None, peak_fwd_bwd=None):
@@ -198,16 +224,39 @@ def test_checks_pass_and_fail_at_the_targets():
         _row("window", 65536, "auto", 512, peak_fwd_bwd=int(1.9 * 2**30)),
     ]
     got = {c.key: c.passed for c in bench_attention.evaluate_checks(rows, 512, True)}
-    assert got == {"dense_fwd": True, "dense_fwd_bwd": False, "window_fwd": True, "window_fwd_bwd": False,
-                   "window_mem": True, "exact_mem": False}
+    assert got == {
+        "dense_fwd": True,
+        "dense_fwd_bwd": False,
+        "window_fwd": True,
+        "window_fwd_bwd": False,
+        "window_mem": True,
+        "exact_mem": False,
+    }
     assert all(c.passed is None for c in bench_attention.evaluate_checks([], 512, True))
 
 
 def test_bench_attention_writes_sane_results(tmp_path, capsys):
     out = tmp_path / "bench"
-    status = main(["bench", "attention", "--sizes", "256", "--window", "64", "--out", str(out),
-                   "--backends", "auto,sdpa,naive", "--window-backends", "auto,naive",
-                   "--repeat", "2", "--min-seconds", "0"])
+    status = main(
+        [
+            "bench",
+            "attention",
+            "--sizes",
+            "256",
+            "--window",
+            "64",
+            "--out",
+            str(out),
+            "--backends",
+            "auto,sdpa,naive",
+            "--window-backends",
+            "auto,naive",
+            "--repeat",
+            "2",
+            "--min-seconds",
+            "0",
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     assert "Dense attention" in printed and "Sliding window 64" in printed and "Targets" in printed
@@ -215,8 +264,15 @@ def test_bench_attention_writes_sane_results(tmp_path, capsys):
     assert (out / "attention.png").read_bytes()[:4] == b"\x89PNG"
     assert data["config"]["sizes"] == [256] and data["environment"]["torch"] == torch.__version__
     rows = {(r["section"], r["impl"]): r for r in data["rows"]}
-    assert {("dense", "sdpa (raw)"), ("dense", "auto"), ("dense", "sdpa"), ("dense", "naive"),
-            ("window", "sdpa (raw)"), ("window", "auto"), ("window", "naive")} <= set(rows)
+    assert {
+        ("dense", "sdpa (raw)"),
+        ("dense", "auto"),
+        ("dense", "sdpa"),
+        ("dense", "naive"),
+        ("window", "sdpa (raw)"),
+        ("window", "auto"),
+        ("window", "naive"),
+    } <= set(rows)
     scores_bytes = 1 * 8 * 256 * 256 * 4  # the (B, H, N, N) float32 scores naive must hold
     for (section, impl), r in rows.items():
         if impl == "auto-dense":
@@ -228,7 +284,11 @@ def test_bench_attention_writes_sane_results(tmp_path, capsys):
             pairs = bench_attention.allowed_pairs(256, True, r["window"])
             flop = 4 * 8 * 64 * pairs * (1 if mode == "fwd" else 3.5)
             assert p["gflops"] == pytest.approx(flop / p["seconds"] / 1e9)
-            assert p["peak_bytes"] is not None and 0 <= p["peak_bytes"] < 256 * 2**20, (section, impl, mode)
+            assert p["peak_bytes"] is not None and 0 <= p["peak_bytes"] < 256 * 2**20, (
+                section,
+                impl,
+                mode,
+            )
         if impl == "naive":
             assert r["fwd"]["peak_bytes"] >= scores_bytes
     # every output agrees with raw SDPA (dense) / the naive windowed reference (window)

@@ -1,6 +1,7 @@
 """Generation: KV-cached decoding against the uncached model and HF transformers, sampling
 filters against sets computed here from the logits, seeds, repetition penalty, stop strings,
 argument errors, the `generate` command and `bench generate --quick`."""
+
 import io
 import json
 
@@ -11,8 +12,13 @@ import torch
 import attnkit
 from attnkit.attention.kv_cache import KVCache
 from attnkit.cli import main
-from attnkit.generation import (apply_repetition_penalty, choose_tokens, filter_logits,
-                                generate, stream)
+from attnkit.generation import (
+    apply_repetition_penalty,
+    choose_tokens,
+    filter_logits,
+    generate,
+    stream,
+)
 from attnkit.models import build_model, get_preset
 from attnkit.text.tokenizers import train_char
 
@@ -33,8 +39,11 @@ def tiny(preset="tiny", **kw):
 def char_model():
     tok = train_char(TEXT)
     torch.manual_seed(0)
-    model = build_model(get_preset("tiny", vocab_size=tok.get_vocab_size(), max_seq_len=48)
-                        .replace(initializer_range=0.2)).eval()
+    model = build_model(
+        get_preset("tiny", vocab_size=tok.get_vocab_size(), max_seq_len=48).replace(
+            initializer_range=0.2
+        )
+    ).eval()
     model.tokenizer = tok
     return model
 
@@ -56,10 +65,10 @@ def test_cached_greedy_equals_uncached_and_each_prompt_alone(preset):
     alone = [generate(model, p, 24, temperature=0) for p in PROMPTS]
     assert cached == uncached == alone
     for p, out in zip(PROMPTS, cached):
-        assert out[:len(p)] == p and len(out) == len(p) + 24
+        assert out[: len(p)] == p and len(out) == len(p) + 24
     # the reference: argmax of the plain model's full forward at every step
     row = PROMPTS[0]
-    for t in cached[0][len(row):]:
+    for t in cached[0][len(row) :]:
         assert t == int(full_logits(model, row).argmax())
         row = row + [t]
     assert len(set(cached[0][5:])) > 1  # not a constant sequence
@@ -78,8 +87,9 @@ def test_the_cache_is_allocated_once(monkeypatch):
     model = tiny()
     calls = []
     original = KVCache._allocate
-    monkeypatch.setattr(KVCache, "_allocate",
-                        lambda self, k, v, cap: (calls.append(cap), original(self, k, v, cap)))
+    monkeypatch.setattr(
+        KVCache, "_allocate", lambda self, k, v, cap: (calls.append(cap), original(self, k, v, cap))
+    )
     out = generate(model, PROMPTS, 30, temperature=0)
     assert calls == [11 + 30] * model.config.n_layer  # longest prompt + new tokens, per layer
     assert all(len(o) == len(p) + 30 for o, p in zip(out, PROMPTS))
@@ -90,8 +100,9 @@ def test_slide_goes_past_the_context_and_matches_uncached():
     with pytest.raises(ValueError, match="max_seq_len=16"):
         generate(model, [1, 2, 3], 20, temperature=0)
     cached = generate(model, [[1, 2, 3], [9] * 20], 40, temperature=0, context="slide")
-    uncached = generate(model, [[1, 2, 3], [9] * 20], 40, temperature=0, context="slide",
-                        use_cache=False)
+    uncached = generate(
+        model, [[1, 2, 3], [9] * 20], 40, temperature=0, context="slide", use_cache=False
+    )
     assert cached == uncached
     assert [len(r) for r in cached] == [43, 60]
 
@@ -120,8 +131,9 @@ def allowed_set(logits: np.ndarray, temperature: float, top_k, top_p) -> set[int
     return set(int(i) for i in keep)
 
 
-@pytest.mark.parametrize("top_k,top_p", [(5, None), (None, 0.6), (20, 0.8), (1, None),
-                                         (None, 0.01)])
+@pytest.mark.parametrize(
+    "top_k,top_p", [(5, None), (None, 0.6), (20, 0.8), (1, None), (None, 0.01)]
+)
 def test_sampling_stays_inside_top_k_top_p(top_k, top_p):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 300, generator=g) * 3  # (B, V)
@@ -174,7 +186,7 @@ def test_repetition_penalty_changes_greedy_choice_as_documented():
     prompt = PROMPTS[0]
     out = generate(model, prompt, 12, temperature=0, repetition_penalty=1.8)
     row = list(prompt)
-    for t in out[len(prompt):]:
+    for t in out[len(prompt) :]:
         z = full_logits(model, row)
         for s in set(row):
             z[s] = z[s] / 1.8 if z[s] > 0 else z[s] * 1.8
@@ -190,8 +202,8 @@ def test_eos_ends_a_row_and_is_kept():
     eos = plain[0][len(PROMPTS[0]) + 3]
     out = generate(model, PROMPTS, 20, temperature=0, eos_token_id=eos)
     for p, full, got in zip(PROMPTS, plain, out):
-        new = full[len(p):]
-        expect = new[:new.index(eos) + 1] if eos in new else new
+        new = full[len(p) :]
+        expect = new[: new.index(eos) + 1] if eos in new else new
         assert got == p + expect
     assert len(out[0]) == len(PROMPTS[0]) + 4
 
@@ -199,12 +211,12 @@ def test_eos_ends_a_row_and_is_kept():
 def test_stop_strings_end_at_the_token_that_completes_them(char_model):
     tok = char_model.tokenizer
     plain = generate(char_model, "to be", 30, temperature=0)
-    new = plain[len(tok.encode("to be").ids):]
+    new = plain[len(tok.encode("to be").ids) :]
     text = tok.decode(new)
     stop = text[6:8]
     n = next(n for n in range(1, len(new) + 1) if stop in tok.decode(new[:n]))
     out = generate(char_model, "to be", 30, temperature=0, stop=[stop, "never appears \u2603"])
-    assert out == plain[:len(plain) - len(new) + n]
+    assert out == plain[: len(plain) - len(new) + n]
     assert tok.decode(out).endswith(stop)
     assert generate(char_model, "to be", 30, temperature=0, stop="\u2603") == plain
 
@@ -212,28 +224,28 @@ def test_stop_strings_end_at_the_token_that_completes_them(char_model):
 def test_stop_token_sequences_end_each_row_where_its_new_tokens_end_with_one():
     model = tiny()  # no tokenizer needed for id stops
     plain = generate(model, PROMPTS, 20, temperature=0)
-    news = [out[len(p):] for p, out in zip(PROMPTS, plain)]
+    news = [out[len(p) :] for p, out in zip(PROMPTS, plain)]
     seq = news[0][6:8]  # a pair row 0 produces
     lone = news[1][3]
 
     def cut(new, stops):  # first n where new[:n] ends with a stop sequence
         for n in range(1, len(new) + 1):
-            if any(tuple(new[:n][-len(q):]) == tuple(q) for q in stops if len(q) <= n):
+            if any(tuple(new[:n][-len(q) :]) == tuple(q) for q in stops if len(q) <= n):
                 return n
         return len(new)
 
     stops = [seq, [lone]]
     out = generate(model, PROMPTS, 20, temperature=0, stop=stops)
     for p, new, got in zip(PROMPTS, news, out):
-        assert got == p + new[:cut(new, stops)]
+        assert got == p + new[: cut(new, stops)]
     assert len(out[0]) < len(plain[0])  # row 0 did stop early
     # a flat list of ids is one sequence
     one = generate(model, PROMPTS[0], 20, temperature=0, stop=seq)
-    assert one == out[0][:len(PROMPTS[0]) + cut(news[0], [seq])]
+    assert one == out[0][: len(PROMPTS[0]) + cut(news[0], [seq])]
     # ids in the prompt do not count: (last prompt id, first new id) would match at once if they did
     across = [PROMPTS[0][-1], news[0][0]]
     got = generate(model, PROMPTS[0], 20, temperature=0, stop=across)
-    assert got == PROMPTS[0] + news[0][:cut(news[0], [across])]
+    assert got == PROMPTS[0] + news[0][: cut(news[0], [across])]
     assert len(got) > len(PROMPTS[0]) + 1
 
 
@@ -255,8 +267,9 @@ def test_stream_yields_tokens_as_they_are_made(char_model):
     assert [e.token_id for e in events] == ids[-10:]
     assert "".join(e.text for e in events) == char_model.tokenizer.decode(ids[-10:])
     got = []
-    assert generate(char_model, ["to", "be or"], 6, temperature=0, callback=got.append) == \
-        generate(char_model, ["to", "be or"], 6, temperature=0)
+    assert generate(char_model, ["to", "be or"], 6, temperature=0, callback=got.append) == generate(
+        char_model, ["to", "be or"], 6, temperature=0
+    )
     assert sorted((e.row, e.step) for e in got) == [(r, s) for r in (0, 1) for s in range(6)]
 
 
@@ -265,9 +278,17 @@ def test_stream_yields_tokens_as_they_are_made(char_model):
 # --------------------------------------------------------------------------------------------
 def hf_tiny():
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(vocab_size=211, n_embd=32, n_layer=2, n_head=4,
-                                  n_positions=64, initializer_range=0.2, bos_token_id=0,
-                                  eos_token_id=0, pad_token_id=0)
+    cfg = transformers.GPT2Config(
+        vocab_size=211,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=64,
+        initializer_range=0.2,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     return transformers.GPT2LMHeadModel(cfg).eval()
 
 
@@ -278,8 +299,9 @@ def hf_greedy(hf, prompts, n, **kw):
     mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
     hf.generation_config.eos_token_id = None  # exactly n new tokens, none suppressed
     with torch.no_grad():
-        out = hf.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
-                          pad_token_id=0, **kw)
+        out = hf.generate(
+            ids, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0, **kw
+        )
     return [p + out[i, P:].tolist() for i, p in enumerate(prompts)]
 
 
@@ -291,48 +313,62 @@ def test_greedy_matches_transformers_generate(direction, tmp_path):
         hf = hf_tiny()
         ours = convert_from_hf(hf.state_dict(), hf.config.to_dict()).eval()
     else:
-        ours = build_model(get_preset("gpt2").replace(
-            vocab_size=211, n_layer=2, n_head=4, d_model=32, max_seq_len=64, dropout=0.0,
-            attn_dropout=0.0, initializer_range=0.2)).eval()
+        ours = build_model(
+            get_preset("gpt2").replace(
+                vocab_size=211,
+                n_layer=2,
+                n_head=4,
+                d_model=32,
+                max_seq_len=64,
+                dropout=0.0,
+                attn_dropout=0.0,
+                initializer_range=0.2,
+            )
+        ).eval()
         export_hf(ours, tmp_path)
         hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     prompts = [[p % 211 for p in row] for row in PROMPTS[:3]]
     ref = hf_greedy(hf, prompts, 16)
     assert generate(ours, prompts, 16, temperature=0) == ref
-    assert [generate(ours, p, 16, temperature=0) for p in prompts] == \
-        [hf_greedy(hf, [p], 16)[0] for p in prompts]
-    assert generate(ours, prompts, 16, temperature=0, repetition_penalty=1.5) == \
-        hf_greedy(hf, prompts, 16, repetition_penalty=1.5)
+    assert [generate(ours, p, 16, temperature=0) for p in prompts] == [
+        hf_greedy(hf, [p], 16)[0] for p in prompts
+    ]
+    assert generate(ours, prompts, 16, temperature=0, repetition_penalty=1.5) == hf_greedy(
+        hf, prompts, 16, repetition_penalty=1.5
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # bad arguments
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kw,match", [
-    (dict(max_new_tokens=0), "max_new_tokens must be an int >= 1, got 0"),
-    (dict(max_new_tokens=2.5), "max_new_tokens must be an int >= 1, got 2.5"),
-    (dict(temperature=-0.1), r"temperature must be a number in \[0, inf\), got -0.1"),
-    (dict(temperature=float("nan")), "temperature .* got nan"),
-    (dict(top_k=0), "top_k must be an int >= 1, got 0"),
-    (dict(top_p=0.0), r"top_p must be a number in \(0, 1\], got 0.0"),
-    (dict(top_p=1.5), r"top_p .* got 1.5"),
-    (dict(repetition_penalty=0), r"repetition_penalty must be a number in \(0, inf\), got 0"),
-    (dict(seed=-1), "seed must be an int >= 0, got -1"),
-    (dict(eos_token_id=256), r"eos_token_id must be .* \[0, 256\), got 256"),
-    (dict(stop=[""]), r"stop must be a non-empty string, .* got \[''\]"),
-    (dict(stop=[[]]), r"stop must be .* token ids in \[0, 256\).* got \[\[\]\]"),
-    (dict(stop=[[3, 256]]), r"stop must be .* got \[\[3, 256\]\]"),
-    (dict(stop=[1.5]), r"stop must be .* got \[1.5\]"),
-    (dict(stop="x"), "stop=.*'x'.* needs a tokenizer"),
-    (dict(context="wrap"), r"context must be one of \('error', 'slide'\), got 'wrap'"),
-    (dict(prompt=[]), "prompt is empty"),
-    (dict(prompt=[1, 256]), r"prompt 0 holds token id 256, expected ints in \[0, 256\)"),
-    (dict(prompt=[[1], []]), "prompt 1 is empty"),
-    (dict(prompt="hello"), "a text prompt needs a tokenizer"),
-    (dict(prompt=torch.ones(2, 2)), "prompt tensor must hold integer token ids"),
-    (dict(prompt=[1, "a"]), "prompt must be a str, a list of token ids"),
-    (dict(max_new_tokens=300), r"= 301 exceeds the model's max_seq_len=256"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(max_new_tokens=0), "max_new_tokens must be an int >= 1, got 0"),
+        (dict(max_new_tokens=2.5), "max_new_tokens must be an int >= 1, got 2.5"),
+        (dict(temperature=-0.1), r"temperature must be a number in \[0, inf\), got -0.1"),
+        (dict(temperature=float("nan")), "temperature .* got nan"),
+        (dict(top_k=0), "top_k must be an int >= 1, got 0"),
+        (dict(top_p=0.0), r"top_p must be a number in \(0, 1\], got 0.0"),
+        (dict(top_p=1.5), r"top_p .* got 1.5"),
+        (dict(repetition_penalty=0), r"repetition_penalty must be a number in \(0, inf\), got 0"),
+        (dict(seed=-1), "seed must be an int >= 0, got -1"),
+        (dict(eos_token_id=256), r"eos_token_id must be .* \[0, 256\), got 256"),
+        (dict(stop=[""]), r"stop must be a non-empty string, .* got \[''\]"),
+        (dict(stop=[[]]), r"stop must be .* token ids in \[0, 256\).* got \[\[\]\]"),
+        (dict(stop=[[3, 256]]), r"stop must be .* got \[\[3, 256\]\]"),
+        (dict(stop=[1.5]), r"stop must be .* got \[1.5\]"),
+        (dict(stop="x"), "stop=.*'x'.* needs a tokenizer"),
+        (dict(context="wrap"), r"context must be one of \('error', 'slide'\), got 'wrap'"),
+        (dict(prompt=[]), "prompt is empty"),
+        (dict(prompt=[1, 256]), r"prompt 0 holds token id 256, expected ints in \[0, 256\)"),
+        (dict(prompt=[[1], []]), "prompt 1 is empty"),
+        (dict(prompt="hello"), "a text prompt needs a tokenizer"),
+        (dict(prompt=torch.ones(2, 2)), "prompt tensor must hold integer token ids"),
+        (dict(prompt=[1, "a"]), "prompt must be a str, a list of token ids"),
+        (dict(max_new_tokens=300), r"= 301 exceeds the model's max_seq_len=256"),
+    ],
+)
 def test_bad_arguments_name_the_value(kw, match):
     model = tiny()
     args = dict(prompt=[1], max_new_tokens=4)
@@ -365,14 +401,46 @@ def test_cli_generate_streams_the_text(char_model, tmp_path, monkeypatch):
     ids = generate(char_model, "to be", 12, temperature=0)
     rec = Recorder()
     monkeypatch.setattr("sys.stdout", rec)
-    assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "to be",
-                 "--max-new-tokens", "12", "--temperature", "0"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(tmp_path / "m"),
+                "--prompt",
+                "to be",
+                "--max-new-tokens",
+                "12",
+                "--temperature",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert rec.getvalue() == char_model.tokenizer.decode(ids) + "\n"
     assert len(set(rec.flushed)) >= 12  # the text grew token by token, flushed each time
     rec2 = Recorder()
     monkeypatch.setattr("sys.stdout", rec2)
-    assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "to be", "--prompt",
-                 "or", "--tokens", "60", "--seed", "3", "--top-k", "5"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(tmp_path / "m"),
+                "--prompt",
+                "to be",
+                "--prompt",
+                "or",
+                "--tokens",
+                "60",
+                "--seed",
+                "3",
+                "--top-k",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert len(rec2.getvalue().split("\n" + "-" * 40 + "\n")) == 2
 
 
@@ -407,14 +475,17 @@ def test_skinny_linears_match_f_linear_and_are_restored():
     plain = torch.nn.Linear(48, 200, bias=False)
     model = torch.nn.Sequential(lin, torch.nn.ReLU(), torch.nn.Linear(200, 7), plain)
     x = torch.randn(3, 2, 48, dtype=torch.float64)  # 6 rows: the skinny path
-    ref = [torch.nn.functional.linear(x, lin.weight.double(), lin.bias.double()),
-           torch.nn.functional.linear(x, plain.weight.double())]
+    ref = [
+        torch.nn.functional.linear(x, lin.weight.double(), lin.bias.double()),
+        torch.nn.functional.linear(x, plain.weight.double()),
+    ]
     with _skinny_linears(model):
         assert "forward" in vars(lin)
         for i in (2, 6, 32, 33):  # 33 rows goes back to F.linear
             xi = x.reshape(-1, 48)[:1].expand(i, 48).float().contiguous()
-            torch.testing.assert_close(lin(xi), torch.nn.functional.linear(xi, lin.weight, lin.bias),
-                                       rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                lin(xi), torch.nn.functional.linear(xi, lin.weight, lin.bias), rtol=1e-5, atol=1e-5
+            )
         torch.testing.assert_close(lin(x.float()).double(), ref[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(plain(x.float()).double(), ref[1], rtol=1e-5, atol=1e-5)
         assert lin(x.float()).shape == (3, 2, 200)
@@ -452,8 +523,10 @@ def test_skinny_linears_match_linear_for_every_row_count(pack, monkeypatch):
     torch.testing.assert_close(got[1.5].double(), ref[1], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(not __import__("attnkit.native").kernels.available(),
-                    reason="the native kernel is not available here (see attnkit.native.status())")
+@pytest.mark.skipif(
+    not __import__("attnkit.native").kernels.available(),
+    reason="the native kernel is not available here (see attnkit.native.status())",
+)
 def test_skinny_linears_use_the_native_kernel_up_to_its_row_limit(kernel_calls):
     from attnkit.generation import _NATIVE_MAX_ROWS, _skinny_linears
 

@@ -1,4 +1,5 @@
 """The HTML attention viewer page: escaping, Content-Security-Policy, map encoding, size, errors."""
+
 from __future__ import annotations
 
 import base64
@@ -13,8 +14,15 @@ import torch
 
 from attnkit.inspect.html import render_viewer, write_viewer
 
-EVIL = ["</script><script>alert(1)</script>", "<img src=x onerror=alert(1)>", "\"q\" & 'q'", "a\u2028b\u2029c",
-        "<!--", "&lt;&amp;", "{{DATA}}"]
+EVIL = [
+    "</script><script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    "\"q\" & 'q'",
+    "a\u2028b\u2029c",
+    "<!--",
+    "&lt;&amp;",
+    "{{DATA}}",
+]
 
 
 def sharp_maps(t: int, layers: int, heads: int, scale: float = 3.0) -> list[torch.Tensor]:
@@ -51,7 +59,9 @@ def decode(data: dict, key: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_tokens_cannot_break_out_of_the_data_block():
     tokens = EVIL + ["plain"]
-    page = render_viewer(tokens, sharp_maps(len(tokens), 1, 2), [0], [0, 1], title="</title><b>x</b>")
+    page = render_viewer(
+        tokens, sharp_maps(len(tokens), 1, 2), [0], [0, 1], title="</title><b>x</b>"
+    )
     assert "</script><script>alert" not in page
     assert "<img src=x" not in page
     assert "\u2028" not in page and "\u2029" not in page
@@ -151,10 +161,28 @@ def test_512_tokens_12_layers_12_heads_fit_in_8_mb(tmp_path):
     # every row is cut at the per-row limit and the page is as large as this shape can make it.
     t, n = 512, 12
     uniform = torch.full((n, t, t), 1.0 / t)
-    stats = [{"layer": l, "head": h, "entropy": math.log(t), "distance": 170.6, "sink_mass": 1 / t,
-              "labels": ["broad"]} for l in range(n) for h in range(n)]
-    path = write_viewer(tmp_path / "viewer.html", [f" word{i}" for i in range(t)], [uniform] * n, list(range(n)),
-                        list(range(n)), stats=stats, rollout=torch.full((t, t), 1.0 / t), title="size")
+    stats = [
+        {
+            "layer": l,
+            "head": h,
+            "entropy": math.log(t),
+            "distance": 170.6,
+            "sink_mass": 1 / t,
+            "labels": ["broad"],
+        }
+        for l in range(n)
+        for h in range(n)
+    ]
+    path = write_viewer(
+        tmp_path / "viewer.html",
+        [f" word{i}" for i in range(t)],
+        [uniform] * n,
+        list(range(n)),
+        list(range(n)),
+        stats=stats,
+        rollout=torch.full((t, t), 1.0 / t),
+        title="size",
+    )
     size = path.stat().st_size
     assert size < 8_000_000
     data = page_data(path.read_text(encoding="utf-8"))
@@ -177,19 +205,42 @@ def test_a_smaller_budget_gives_a_smaller_page():
     small = render_viewer(toks, w, [0, 1], list(range(4)), max_bytes=120_000)
     assert len(small.encode()) < 120_000 < len(big.encode())
     assert page_data(small)["encoding"]["max_entries"] < page_data(big)["encoding"]["max_entries"]
-    assert page_data(render_viewer(toks, w, [0, 1], list(range(4)), max_entries=3))["encoding"]["max_entries"] == 3
+    assert (
+        page_data(render_viewer(toks, w, [0, 1], list(range(4)), max_entries=3))["encoding"][
+            "max_entries"
+        ]
+        == 3
+    )
 
 
 def test_stats_and_rollout_travel_into_the_page():
     t = 6
     w = sharp_maps(t, 1, 2)
-    stats = [{"layer": 0, "head": 0, "entropy": torch.tensor(1.5), "ratio": np.float32(0.25), "n": 3,
-              "bad": float("nan"), "labels": ["sink", "<b>"]},
-             {"layer": 0, "head": 1, "entropy": 0.5, "labels": []}]
+    stats = [
+        {
+            "layer": 0,
+            "head": 0,
+            "entropy": torch.tensor(1.5),
+            "ratio": np.float32(0.25),
+            "n": 3,
+            "bad": float("nan"),
+            "labels": ["sink", "<b>"],
+        },
+        {"layer": 0, "head": 1, "entropy": 0.5, "labels": []},
+    ]
     r = torch.softmax(torch.randn(t, t), -1)
-    data = page_data(render_viewer([str(i) for i in range(t)], w, [0], [0, 1], stats=stats, rollout=r))
-    assert data["stats"][0] == {"layer": 0, "head": 0, "entropy": 1.5, "ratio": 0.25, "n": 3, "bad": None,
-                                "labels": ["sink", "<b>"]}
+    data = page_data(
+        render_viewer([str(i) for i in range(t)], w, [0], [0, 1], stats=stats, rollout=r)
+    )
+    assert data["stats"][0] == {
+        "layer": 0,
+        "head": 0,
+        "entropy": 1.5,
+        "ratio": 0.25,
+        "n": 3,
+        "bad": None,
+        "labels": ["sink", "<b>"],
+    }
     raw = base64.b64decode(data["rollout"]["data"])
     rowmax = np.frombuffer(raw, "<u2", t, 0) / 65535 * data["rollout"]["unit"]
     q = np.frombuffer(raw, np.uint8, t * t, 2 * t).reshape(t, t)
@@ -215,30 +266,33 @@ def _w(h: int = 2, t: int = 3) -> torch.Tensor:
     return torch.softmax(torch.randn(h, t, t), -1)
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(tokens=["a", "b"]), ["(2, 3, 3)", "(H, 2, 2)", "2 tokens"]),
-    (dict(tokens=[]), ["tokens", "empty"]),
-    (dict(tokens=["a", 1, "c"]), ["tokens", "1"]),
-    (dict(tokens="abc"), ["tokens", "list of str"]),
-    (dict(layers=[0, 1]), ["2 (", "[0, 1]", "one (H, T, T)"]),
-    (dict(layers=[0.5]), ["layers", "0.5"]),
-    (dict(heads=[0, 0]), ["heads", "[0, 0]", "repeat"]),
-    (dict(heads=[0, 5, 1]), ["[5]", "range(2)"]),
-    (dict(weights=[torch.full((2, 3, 3), -0.1)]), ["negative", "-0.1"]),
-    (dict(weights=[torch.full((2, 3, 3), float("nan"))]), ["NaN"]),
-    (dict(weights=[torch.ones(2, 3, 3, dtype=torch.long)]), ["torch.int64", "float"]),
-    (dict(weights=_w()), ["list of (H, T, T) tensors"]),
-    (dict(rollout=torch.ones(3, 4)), ["rollout", "(3, 4)", "(3, 3)"]),
-    (dict(rollout=torch.full((3, 3), -1.0)), ["rollout", "negative"]),
-    (dict(stats=[{"layer": 0, "entropy": 1.0}]), ["stats[0]['head']", "None"]),
-    (dict(stats=[{"layer": 0, "head": 1, "labels": "sink"}]), ["labels", "'sink'"]),
-    (dict(stats=[{"layer": 0, "head": 1, "x": [1, 2]}]), ["stats[0]['x']", "[1, 2]"]),
-    (dict(stats={"layer": 0}), ["stats", "list of dicts"]),
-    (dict(title=3), ["title", "int"]),
-    (dict(mass=0.0), ["mass", "0.0", "(0, 1]"]),
-    (dict(max_entries=0), ["max_entries", "0", "[1, 255]"]),
-    (dict(max_bytes=-5), ["max_bytes", "-5"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(tokens=["a", "b"]), ["(2, 3, 3)", "(H, 2, 2)", "2 tokens"]),
+        (dict(tokens=[]), ["tokens", "empty"]),
+        (dict(tokens=["a", 1, "c"]), ["tokens", "1"]),
+        (dict(tokens="abc"), ["tokens", "list of str"]),
+        (dict(layers=[0, 1]), ["2 (", "[0, 1]", "one (H, T, T)"]),
+        (dict(layers=[0.5]), ["layers", "0.5"]),
+        (dict(heads=[0, 0]), ["heads", "[0, 0]", "repeat"]),
+        (dict(heads=[0, 5, 1]), ["[5]", "range(2)"]),
+        (dict(weights=[torch.full((2, 3, 3), -0.1)]), ["negative", "-0.1"]),
+        (dict(weights=[torch.full((2, 3, 3), float("nan"))]), ["NaN"]),
+        (dict(weights=[torch.ones(2, 3, 3, dtype=torch.long)]), ["torch.int64", "float"]),
+        (dict(weights=_w()), ["list of (H, T, T) tensors"]),
+        (dict(rollout=torch.ones(3, 4)), ["rollout", "(3, 4)", "(3, 3)"]),
+        (dict(rollout=torch.full((3, 3), -1.0)), ["rollout", "negative"]),
+        (dict(stats=[{"layer": 0, "entropy": 1.0}]), ["stats[0]['head']", "None"]),
+        (dict(stats=[{"layer": 0, "head": 1, "labels": "sink"}]), ["labels", "'sink'"]),
+        (dict(stats=[{"layer": 0, "head": 1, "x": [1, 2]}]), ["stats[0]['x']", "[1, 2]"]),
+        (dict(stats={"layer": 0}), ["stats", "list of dicts"]),
+        (dict(title=3), ["title", "int"]),
+        (dict(mass=0.0), ["mass", "0.0", "(0, 1]"]),
+        (dict(max_entries=0), ["max_entries", "0", "[1, 255]"]),
+        (dict(max_bytes=-5), ["max_bytes", "-5"]),
+    ],
+)
 def test_bad_input_names_the_value_and_what_was_expected(kwargs, words):
     args = dict(tokens=T3, weights=[_w()], layers=[0], heads=[0, 1])
     args.update(kwargs)

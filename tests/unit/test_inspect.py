@@ -1,6 +1,7 @@
 """attnkit.inspect: capture against the math backend's weights and the variants' own outputs,
 statistics on hand-built maps, rollout and flow against hand-computed values, rendering and
 the `inspect` command on MiniLM."""
+
 import json
 import math
 
@@ -9,8 +10,7 @@ import pytest
 import torch
 
 from attnkit.cli import main
-from attnkit.inspect import capture, stats, unavailable_layers
-from attnkit.inspect import render
+from attnkit.inspect import capture, render, stats, unavailable_layers
 from attnkit.models import build_model, get_preset
 
 
@@ -21,8 +21,12 @@ def math_reference(model, *args, **kwargs):
     """(model output, [weights (B, H, Tq, Tk) per layer]) with each MultiHeadAttention re-run on
     the input it received, with backend='math' and return_weights=True."""
     seen = []
-    hooks = [blk.attn.register_forward_pre_hook(lambda mod, a, kw: seen.append((mod, a, kw)),
-                                                with_kwargs=True) for blk in model.blocks]
+    hooks = [
+        blk.attn.register_forward_pre_hook(
+            lambda mod, a, kw: seen.append((mod, a, kw)), with_kwargs=True
+        )
+        for blk in model.blocks
+    ]
     try:
         with torch.no_grad():
             out = model(*args, **kwargs)
@@ -161,13 +165,24 @@ VARIANTS = {
 @pytest.mark.parametrize("causal", [False, True])
 def test_variant_weights_reproduce_the_variant_output(name, causal):
     arch = "tiny" if causal else "tiny-bert"
-    cfg = get_preset(arch, vocab_size=64, d_model=32, n_head=4, max_seq_len=64, attention=name,
-                     attention_params=VARIANTS[name])
+    cfg = get_preset(
+        arch,
+        vocab_size=64,
+        d_model=32,
+        n_head=4,
+        max_seq_len=64,
+        attention=name,
+        attention_params=VARIANTS[name],
+    )
     model = build_model(cfg).eval()
     ids, mask = padded_batch(T=24, lengths=(24, 17))
     calls = []
-    hooks = [blk.attn.variant_attn.register_forward_hook(
-        lambda mod, a, kw, out: calls.append((a[2], out)), with_kwargs=True) for blk in model.blocks]
+    hooks = [
+        blk.attn.variant_attn.register_forward_hook(
+            lambda mod, a, kw, out: calls.append((a[2], out)), with_kwargs=True
+        )
+        for blk in model.blocks
+    ]
     with torch.no_grad(), capture(model) as maps:
         model(ids, attention_mask=mask)
     for h in hooks:
@@ -192,7 +207,9 @@ def test_feature_map_variants_say_they_have_no_weights(name):
     model = build_model(cfg).eval()
     reasons = unavailable_layers(model)
     assert sorted(reasons) == [0, 1] and "never takes a softmax" in reasons[0]
-    with pytest.raises(ValueError, match=f"layer 0 has no attention weights to capture: variant '{name}'"):
+    with pytest.raises(
+        ValueError, match=f"layer 0 has no attention weights to capture: variant '{name}'"
+    ):
         with capture(model):
             pass
 
@@ -214,15 +231,21 @@ def hand_maps() -> torch.Tensor:
         w[3, i] = 1.0 / T  # uniform
         w[4, i, i] = 1.0  # itself
         lo, hi = max(i - 1, 0), min(i + 1, T - 1)
-        w[5, i, lo:hi + 1] = 1.0 / (hi - lo + 1)  # its neighbours, evenly
+        w[5, i, lo : hi + 1] = 1.0 / (hi - lo + 1)  # its neighbours, evenly
     return w
 
 
 def test_head_stats_on_hand_built_maps():
     rows = stats.head_stats([hand_maps()], TOKENS, layers=[3])
     assert [(r["layer"], r["head"]) for r in rows] == [(3, h) for h in range(6)]
-    assert [r["labels"] for r in rows] == [["previous-token head"], ["[SEP] sink"], ["punctuation sink"],
-                                           ["broad"], ["self"], ["local"]]
+    assert [r["labels"] for r in rows] == [
+        ["previous-token head"],
+        ["[SEP] sink"],
+        ["punctuation sink"],
+        ["broad"],
+        ["self"],
+        ["local"],
+    ]
     prev, sep, punct, uniform, itself, local = rows
     assert prev["prev"] == 1.0 and prev["self"] == pytest.approx(1 / 8) and prev["entropy"] == 0.0
     assert prev["distance"] == pytest.approx(7 / 8) and prev["first"] == pytest.approx(2 / 8)
@@ -231,8 +254,12 @@ def test_head_stats_on_hand_built_maps():
     assert sep["why"] == "[SEP] sink: sep 1.00 >= 0.50 and >= 2 x uniform 0.12"
     assert punct["punct"] == pytest.approx(0.72) and punct["sep"] == pytest.approx(0.04)
     # uniform over 8 keys: entropy log 8, mean |i - j| = 2 * sum_d d (8 - d) / 64 = 168 / 64
-    assert uniform["entropy"] == pytest.approx(math.log(8)) and uniform["entropy_norm"] == pytest.approx(1.0)
-    assert uniform["distance"] == pytest.approx(168 / 64) and uniform["near"] == pytest.approx(34 / 64)
+    assert uniform["entropy"] == pytest.approx(math.log(8)) and uniform[
+        "entropy_norm"
+    ] == pytest.approx(1.0)
+    assert uniform["distance"] == pytest.approx(168 / 64) and uniform["near"] == pytest.approx(
+        34 / 64
+    )
     assert itself["self"] == 1.0 and itself["prev"] == 0.0 and itself["distance"] == 0.0
     assert local["near"] == pytest.approx(1.0)
     assert local["prev"] == pytest.approx((6 / 3 + 1 / 2) / 7)  # rows 1..7: six of 1/3, one of 1/2
@@ -263,7 +290,9 @@ def test_rollout_on_a_hand_built_two_layer_example():
     expected = torch.tensor([[0.8125, 0.1875], [0.4375, 0.5625]])
     torch.testing.assert_close(stats.rollout(two_layers()), expected)
     # one layer with residual 0: the head mean itself
-    torch.testing.assert_close(stats.rollout(two_layers()[1:], residual=0.0), torch.full((2, 2), 0.5))
+    torch.testing.assert_close(
+        stats.rollout(two_layers()[1:], residual=0.0), torch.full((2, 2), 0.5)
+    )
 
 
 def test_max_flow_on_a_tiny_graph():
@@ -295,11 +324,12 @@ def test_max_flow_agrees_with_scipy_on_random_integer_graphs():
 def test_attention_flow_on_the_two_layer_example():
     # two layers: every path j -> m -> i is its own, so flow(j -> i) = sum_m min(A1[m, j], A2[i, m])
     # A1 = [[1, 0], [.25, .75]], A2 = [[.75, .25], [.25, .75]]
-    expected = torch.tensor([[0.75 + 0.25, 0.0 + 0.25],
-                             [0.25 + 0.25, 0.0 + 0.75]])
+    expected = torch.tensor([[0.75 + 0.25, 0.0 + 0.25], [0.25 + 0.25, 0.0 + 0.75]])
     torch.testing.assert_close(stats.attention_flow(two_layers()), expected)
     big = [torch.full((1, 40, 40), 1 / 40)]
-    with pytest.raises(ValueError, match="attention flow of 40 tokens .* expected at most 32 tokens"):
+    with pytest.raises(
+        ValueError, match="attention flow of 40 tokens .* expected at most 32 tokens"
+    ):
         stats.attention_flow(big)
 
 
@@ -308,9 +338,11 @@ def test_attention_flow_on_the_two_layer_example():
 # --------------------------------------------------------------------------------------------
 def test_render_writes_pngs(tmp_path):
     w = hand_maps()
-    paths = [render.plot_head(w[0], TOKENS, tmp_path / "h.png", title="prev"),
-             render.plot_layer(w, TOKENS, tmp_path / "l.png", heads=list(range(6))),
-             render.plot_rollout(stats.rollout([w]), TOKENS, tmp_path / "r.png")]
+    paths = [
+        render.plot_head(w[0], TOKENS, tmp_path / "h.png", title="prev"),
+        render.plot_layer(w, TOKENS, tmp_path / "l.png", heads=list(range(6))),
+        render.plot_rollout(stats.rollout([w]), TOKENS, tmp_path / "r.png"),
+    ]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
     with pytest.raises(ValueError, match="key tokens has 3 entries; expected 8"):
@@ -322,13 +354,39 @@ def test_inspect_command_on_minilm(tmp_path, capsys):
 
     out = tmp_path / "insp"
     text = "The cat sat, then slept."
-    assert main(["inspect", "--model", "minilm", "--text", text, "--out", str(out),
-                 "--layers", "0,5", "--heads", "2,7", "--timing", "--rounds", "1"]) == 0
+    assert (
+        main(
+            [
+                "inspect",
+                "--model",
+                "minilm",
+                "--text",
+                text,
+                "--out",
+                str(out),
+                "--layers",
+                "0,5",
+                "--heads",
+                "2,7",
+                "--timing",
+                "--rounds",
+                "1",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "2 layers x 2 heads captured" in printed and "capture overhead" in printed
     names = {p.name for p in out.iterdir()}
-    assert {"layer_0.png", "layer_5.png", "head_0_2.png", "head_5_7.png", "maps.npz", "stats.json",
-            "viewer.html"} <= names
+    assert {
+        "layer_0.png",
+        "layer_5.png",
+        "head_0_2.png",
+        "head_5_7.png",
+        "maps.npz",
+        "stats.json",
+        "viewer.html",
+    } <= names
     assert "rollout.png" not in names  # rollout needs every layer and head
     model = attnkit.load("minilm")
     enc = model.tokenizer.encode(text)
@@ -351,21 +409,50 @@ def test_inspect_command_rollout_and_bad_layers(tmp_path, capsys):
     cfg = get_preset("tiny-bert", vocab_size=80, d_model=32, n_head=4)
     model = build_model(cfg).eval()
     from test_checkpoints import word_tokenizer
+
     import attnkit
 
     attnkit.save(model, tmp_path / "m", tokenizer=word_tokenizer())
     out = tmp_path / "o"
-    assert main(["inspect", "--model", str(tmp_path / "m"), "--text", "the cat sat", "--out", str(out),
-                 "--flow"]) == 0
+    assert (
+        main(
+            [
+                "inspect",
+                "--model",
+                str(tmp_path / "m"),
+                "--text",
+                "the cat sat",
+                "--out",
+                str(out),
+                "--flow",
+            ]
+        )
+        == 0
+    )
     data = np.load(out / "maps.npz", allow_pickle=False)
     T = len(data["tokens"])
     ref = stats.rollout([torch.from_numpy(data[f"layer_{i}"]) for i in range(2)])
     np.testing.assert_allclose(data["rollout"], ref.numpy(), atol=1e-6)
-    assert data["flow"].shape == (T, T) and (out / "rollout.png").is_file() and (out / "flow.png").is_file()
+    assert (
+        data["flow"].shape == (T, T)
+        and (out / "rollout.png").is_file()
+        and (out / "flow.png").is_file()
+    )
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        main(["inspect", "--model", str(tmp_path / "m"), "--text", "the cat", "--out", str(out),
-              "--layers", "7"])
+        main(
+            [
+                "inspect",
+                "--model",
+                str(tmp_path / "m"),
+                "--text",
+                "the cat",
+                "--out",
+                str(out),
+                "--layers",
+                "7",
+            ]
+        )
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["attnkit: error: layers holds 7; expected layer indices in [0, 2)"]

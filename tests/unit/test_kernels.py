@@ -1,6 +1,7 @@
 """The native skinny-product kernel (attnkit.native), the float32 KV cache of half-precision
 models and the one-query decoding path of MultiHeadAttention, each against float64 math or the
 general attention path."""
+
 import copy
 import os
 import platform
@@ -23,13 +24,18 @@ def _expected_available() -> bool:
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
                 break
-    return (platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")
-            and {"avx2", "fma"} <= flags and shutil.which("cc") is not None
-            and os.environ.get("ATTNKIT_NATIVE", "1") != "0")
+    return (
+        platform.system() == "Linux"
+        and platform.machine() in ("x86_64", "AMD64")
+        and {"avx2", "fma"} <= flags
+        and shutil.which("cc") is not None
+        and os.environ.get("ATTNKIT_NATIVE", "1") != "0"
+    )
 
 
-needs_kernel = pytest.mark.skipif(not _expected_available(),
-                                  reason="needs Linux x86-64 with AVX2/FMA and a C compiler")
+needs_kernel = pytest.mark.skipif(
+    not _expected_available(), reason="needs Linux x86-64 with AVX2/FMA and a C compiler"
+)
 
 
 @needs_kernel
@@ -48,8 +54,19 @@ def _reference(x, w, bias=None, scale=None):
 
 
 @needs_kernel
-@pytest.mark.parametrize("N,M,K", [(1, 7, 13), (2, 1, 8), (3, 5, 16), (4, 33, 40),
-                                   (5, 64, 771), (8, 257, 768), (9, 130, 96), (24, 96, 3072)])
+@pytest.mark.parametrize(
+    "N,M,K",
+    [
+        (1, 7, 13),
+        (2, 1, 8),
+        (3, 5, 16),
+        (4, 33, 40),
+        (5, 64, 771),
+        (8, 257, 768),
+        (9, 130, 96),
+        (24, 96, 3072),
+    ],
+)
 @pytest.mark.parametrize("wtype", ["float32", "bfloat16", "int8"])
 def test_skinny_linear_matches_float64(N, M, K, wtype):
     g = torch.Generator().manual_seed(N * 1000 + M + K)
@@ -65,7 +82,7 @@ def test_skinny_linear_matches_float64(N, M, K, wtype):
     assert got is not None and got.dtype == torch.float32 and got.shape == (N, M)
     ref = _reference(x, w, bias, scale)
     # float32 sums of K products: error grows like sqrt(K) * eps * |terms|
-    tol = 2e-6 * K ** 0.5 * float((x.double().abs() @ w.double().abs().T).max())
+    tol = 2e-6 * K**0.5 * float((x.double().abs() @ w.double().abs().T).max())
     if scale is not None:
         tol *= float(scale.max())
     assert (got.double() - ref).abs().max().item() <= tol
@@ -95,14 +112,20 @@ def test_skinny_linear_object_checks_its_input():
     x = torch.randn(8, 3).t()  # non-contiguous (3, 8), float32
     torch.testing.assert_close(plan(x).double(), _reference(x, plan.weight), atol=1e-5, rtol=1e-5)
     xb = torch.randn(3, 8).to(torch.bfloat16)  # activations in another dtype are converted
-    torch.testing.assert_close(plan(xb).double(), _reference(xb.float(), plan.weight),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        plan(xb).double(), _reference(xb.float(), plan.weight), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_native_kernel_can_be_switched_off():
     code = "from attnkit import native as kernels; print(kernels.available(), kernels.status())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "ATTNKIT_NATIVE": "0"}, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ATTNKIT_NATIVE": "0"},
+        check=True,
+    ).stdout
     assert out.strip() == "False disabled by ATTNKIT_NATIVE=0"
 
 
@@ -157,11 +180,19 @@ def test_one_query_decoding_matches_the_full_forward(n_kv_heads, padded):
         full = mha(x, key_padding_mask=kpm if padded else None)  # (B, T, C)
         cache = KVCache()
         pos = (kpm.cumsum(1) - 1).clamp(min=0)  # positions count real tokens only
-        mha(x[:, :4], key_padding_mask=kpm[:, :4] if padded else None,
-            positions=pos[:, :4] if padded else None, cache=cache)
+        mha(
+            x[:, :4],
+            key_padding_mask=kpm[:, :4] if padded else None,
+            positions=pos[:, :4] if padded else None,
+            cache=cache,
+        )
         for t in range(4, T):
-            step = mha(x[:, t:t + 1], key_padding_mask=kpm[:, :t + 1] if padded else None,
-                       positions=pos[:, t:t + 1] if padded else None, cache=cache)
+            step = mha(
+                x[:, t : t + 1],
+                key_padding_mask=kpm[:, : t + 1] if padded else None,
+                positions=pos[:, t : t + 1] if padded else None,
+                cache=cache,
+            )
             torch.testing.assert_close(step[:, 0], full[:, t], atol=1e-5, rtol=1e-5)
 
 
@@ -174,7 +205,7 @@ def test_half_precision_layer_with_a_float32_cache():
         mha.to(torch.bfloat16)
         cache = KVCache(dtype=torch.float32)
         outs = [mha(x[:, :3].to(torch.bfloat16), cache=cache)]
-        outs += [mha(x[:, t:t + 1].to(torch.bfloat16), cache=cache) for t in (3, 4)]
+        outs += [mha(x[:, t : t + 1].to(torch.bfloat16), cache=cache) for t in (3, 4)]
     got = torch.cat(outs, dim=1)
     assert got.dtype == torch.bfloat16 and cache.k.dtype == torch.float32
     assert (got.double() - ref).abs().max().item() < 0.05  # bfloat16 weights and activations
@@ -195,4 +226,4 @@ def test_bfloat16_prompts_go_through_the_kernel_in_blocks(kernel_calls):
     assert got.dtype == torch.bfloat16 and got.shape == (1, rows, 24)
     ref = x.double() @ lin.weight.double().T + lin.bias.double()
     # float32 sums, then one rounding to bfloat16 (relative 2^-8)
-    assert ((got.double() - ref).abs() <= 2 ** -8 * ref.abs() + 1e-6).all()
+    assert ((got.double() - ref).abs() <= 2**-8 * ref.abs() + 1e-6).all()

@@ -1,4 +1,5 @@
 """`attnkit convert`, `embed`, `similarity` and `bench embed`, run in-process on tiny models."""
+
 import io as _io
 import json
 from pathlib import Path
@@ -6,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_checkpoints import word_tokenizer
 
 import attnkit
 from attnkit import Encoder
 from attnkit.cli import main
 from attnkit.models import build_model, get_preset
-
-from test_checkpoints import word_tokenizer
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -34,7 +34,20 @@ def error_line(capsys) -> str:
 
 def test_embed_from_arguments_to_npy(bert_dir, tmp_path, capsys):
     out = tmp_path / "e.npy"
-    assert main(["embed", "he swung the bat", "a bat flew out", "--model", str(bert_dir), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "he swung the bat",
+                "a bat flew out",
+                "--model",
+                str(bert_dir),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     got = np.load(out)
     ref = Encoder.load(bert_dir).encode(["he swung the bat", "a bat flew out"])
     assert got.shape == (2, 32)
@@ -86,12 +99,21 @@ def test_convert_to_hf_and_back(bert_dir, tmp_path, capsys):
     assert b.tokenizer.encode("the bat").ids == a.tokenizer.encode("the bat").ids
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["convert", "--to-hf", "/no/such/dir", "out"], "/no/such/dir: not a directory"),
-    (["convert", "x", "y"], "one of the arguments --from-hf --to-hf is required"),
-    (["embed", "a", "--out", "e.txt"], "--out 'e.txt': expected a file name ending in .npy or .jsonl"),
-    (["embed", "a", "--model", "nope"], "'nope' is neither a checkpoint directory nor a known model name"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["convert", "--to-hf", "/no/such/dir", "out"], "/no/such/dir: not a directory"),
+        (["convert", "x", "y"], "one of the arguments --from-hf --to-hf is required"),
+        (
+            ["embed", "a", "--out", "e.txt"],
+            "--out 'e.txt': expected a file name ending in .npy or .jsonl",
+        ),
+        (
+            ["embed", "a", "--model", "nope"],
+            "'nope' is neither a checkpoint directory nor a known model name",
+        ),
+    ],
+)
 def test_bad_arguments_give_one_line_and_status_2(argv, expected, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -108,15 +130,38 @@ def test_embed_with_no_texts_is_an_error(bert_dir, monkeypatch, capsys):
 
 def test_bench_embed_runs_and_reports_both_sides(tmp_path, capsys):
     if not CORPUS.is_file():
-        pytest.skip(f"real-text corpus {CORPUS} is absent (expected ../shared/data next to the repo)")
+        pytest.skip(
+            f"real-text corpus {CORPUS} is absent (expected ../shared/data next to the repo)"
+        )
     out = tmp_path / "bench"
-    assert main(["bench", "embed", "--lines", "16", "--batch-size", "8", "--bf16-lines", "4",
-                 "--corpus", str(CORPUS), "--paired-model", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "embed",
+                "--lines",
+                "16",
+                "--batch-size",
+                "8",
+                "--bf16-lines",
+                "4",
+                "--corpus",
+                str(CORPUS),
+                "--paired-model",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "sentence-transformers" in text and "bfloat16" in text and "load average" in text
     rows = json.loads((out / "embed.json").read_text())["rows"]
     assert [(r["impl"], r["dtype"]) for r in rows] == [
-        ("sentence-transformers", "float32"), ("attnkit", "float32"), ("attnkit", "bfloat16")]
+        ("sentence-transformers", "float32"),
+        ("attnkit", "float32"),
+        ("attnkit", "bfloat16"),
+    ]
     assert rows[1]["min_cosine"] >= 0.99999 and rows[2]["min_cosine"] >= 0.99
     assert all(r["sentences_per_s"] > 0 for r in rows)
     paired = json.loads((out / "embed.json").read_text())["paired_model"]

@@ -4,40 +4,48 @@ References are independent computations: the same model run on each sequence alo
 and packing must not change real tokens), a full forward (the KV cache must reproduce it) and
 a float64 math-backend run.
 """
+
 import math
 
 import pytest
 import torch
 
 from attnkit.attention import variants
-from attnkit.models.layers import MLP, RMSNorm, SwiGLU, TransformerBlock, make_mlp, make_norm
 from attnkit.models import GPT, Bert, ModelConfig, build_model, get_preset, preset_names
 from attnkit.models.common import positions_from_documents
+from attnkit.models.layers import MLP, RMSNorm, SwiGLU, TransformerBlock, make_mlp, make_norm
 
 
 def tiny_gpt(**kw) -> GPT:
-    return build_model(get_preset("tiny", n_layer=2, d_model=32, n_head=4, vocab_size=97, **kw)).eval()
+    return build_model(
+        get_preset("tiny", n_layer=2, d_model=32, n_head=4, vocab_size=97, **kw)
+    ).eval()
 
 
 def tiny_bert(**kw) -> Bert:
-    return build_model(get_preset("tiny-bert", n_layer=2, d_model=32, n_head=4, vocab_size=97, **kw)).eval()
+    return build_model(
+        get_preset("tiny-bert", n_layer=2, d_model=32, n_head=4, vocab_size=97, **kw)
+    ).eval()
 
 
 # ------------------------------------------------------------------------------- config
-@pytest.mark.parametrize("field, value, expected", [
-    ("n_layer", 0, "a positive int"),
-    ("d_model", 30, "a multiple of n_head=4"),
-    ("n_kv_head", 3, "a divisor of n_head=4"),
-    ("positional", "absolute", "one of ['learned', 'sinusoidal', 'rope', 'alibi', 'none']"),
-    ("norm", "batchnorm", "one of ['layernorm', 'rmsnorm']"),
-    ("mlp", "geglu", "one of ['gelu', 'gelu_tanh', 'relu', 'relu2', 'swiglu']"),
-    ("dropout", 1.0, "a float in [0, 1)"),
-    ("attention", "flash9", "'exact' or one of"),
-    ("head", "mlm", "one of ['lm', 'none']"),
-    ("norm_eps", -1.0, "a finite number > 0"),
-    ("pad_token_id", 500, "None or an int in [0, vocab_size=256)"),
-    ("bias", "yes", "a bool"),
-])
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("n_layer", 0, "a positive int"),
+        ("d_model", 30, "a multiple of n_head=4"),
+        ("n_kv_head", 3, "a divisor of n_head=4"),
+        ("positional", "absolute", "one of ['learned', 'sinusoidal', 'rope', 'alibi', 'none']"),
+        ("norm", "batchnorm", "one of ['layernorm', 'rmsnorm']"),
+        ("mlp", "geglu", "one of ['gelu', 'gelu_tanh', 'relu', 'relu2', 'swiglu']"),
+        ("dropout", 1.0, "a float in [0, 1)"),
+        ("attention", "flash9", "'exact' or one of"),
+        ("head", "mlm", "one of ['lm', 'none']"),
+        ("norm_eps", -1.0, "a finite number > 0"),
+        ("pad_token_id", 500, "None or an int in [0, vocab_size=256)"),
+        ("bias", "yes", "a bool"),
+    ],
+)
 def test_config_errors_name_the_field_the_value_and_what_was_expected(field, value, expected):
     base = dict(arch="gpt", vocab_size=256, n_layer=2, n_head=4, d_model=64)
     base[field] = value
@@ -48,7 +56,10 @@ def test_config_errors_name_the_field_the_value_and_what_was_expected(field, val
 
 
 def test_config_variant_params_are_checked_against_the_variant():
-    with pytest.raises(ValueError, match=r"attention_params must be keyword arguments of variant 'lsh'.*unknown: \['bogus'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"attention_params must be keyword arguments of variant 'lsh'.*unknown: \['bogus'\]",
+    ):
         ModelConfig(attention="lsh", attention_params={"bogus": 1})
     with pytest.raises(ValueError, match="attention_params.*empty when attention='exact'"):
         ModelConfig(attention_params={"n_hashes": 2})
@@ -71,11 +82,16 @@ def test_presets_and_unknown_preset_lists_the_names():
     assert get_preset("gpt2").n_layer == 12 and get_preset("gpt2-medium").d_model == 1024
 
 
-@pytest.mark.parametrize("name, params", [
-    # the published parameter counts of these models
-    ("gpt2", 124_439_808), ("gpt2-medium", 354_823_168), ("bert-base", 109_482_240),
-    ("minilm-l6", 22_713_216),
-])
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        # the published parameter counts of these models
+        ("gpt2", 124_439_808),
+        ("gpt2-medium", 354_823_168),
+        ("bert-base", 109_482_240),
+        ("minilm-l6", 22_713_216),
+    ],
+)
 def test_parameter_counts_match_the_published_models(name, params):
     with torch.device("meta"):
         model = build_model(name)
@@ -85,8 +101,9 @@ def test_parameter_counts_match_the_published_models(name, params):
 def test_flops_per_token_is_twice_the_matmul_weights_plus_attention():
     model = tiny_gpt()
     cfg = model.config
-    matmul = sum(m.weight.numel() for n, m in model.named_modules()
-                 if isinstance(m, torch.nn.Linear))  # blocks + LM head
+    matmul = sum(
+        m.weight.numel() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+    )  # blocks + LM head
     T = 64
     expect = 2 * matmul + 4 * (T / 2) * cfg.d_model * cfg.n_layer
     assert model.flops_per_token(T) == pytest.approx(expect)
@@ -109,7 +126,9 @@ def test_rmsnorm_and_swiglu_against_their_formulas():
     h = x @ sq.up.weight.T + sq.up.bias
     ref = torch.where(h > 0, h * h, torch.zeros_like(h)) @ sq.down.weight.T + sq.down.bias
     torch.testing.assert_close(sq(x), ref)
-    from attnkit.models.layers import squared_relu  # its hand-written gradient: 2 relu(x), 0 below 0
+    from attnkit.models.layers import (
+        squared_relu,
+    )  # its hand-written gradient: 2 relu(x), 0 below 0
 
     z = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(squared_relu, (z,))
@@ -126,7 +145,11 @@ def test_post_norm_block_matches_its_formula():
     from attnkit.attention.module import MultiHeadAttention
 
     attn = MultiHeadAttention(16, 4).double()
-    mlp, n1, n2 = MLP(16, 32, "gelu").double(), torch.nn.LayerNorm(16).double(), torch.nn.LayerNorm(16).double()
+    mlp, n1, n2 = (
+        MLP(16, 32, "gelu").double(),
+        torch.nn.LayerNorm(16).double(),
+        torch.nn.LayerNorm(16).double(),
+    )
     block = TransformerBlock(attn, mlp, n1, n2, placement="post").eval()
     x = torch.randn(2, 7, 16, dtype=torch.float64)
     h = n1(x + attn(x))
@@ -134,11 +157,19 @@ def test_post_norm_block_matches_its_formula():
 
 
 # ------------------------------------------------------------------------------- GPT
-@pytest.mark.parametrize("overrides", [
-    dict(), dict(positional="sinusoidal"), dict(positional="rope"), dict(positional="alibi"),
-    dict(positional="none"), dict(norm="rmsnorm", mlp="swiglu", bias=False, n_kv_head=2),
-    dict(n_kv_head=1), dict(mlp="relu", tie_embeddings=False),
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(),
+        dict(positional="sinusoidal"),
+        dict(positional="rope"),
+        dict(positional="alibi"),
+        dict(positional="none"),
+        dict(norm="rmsnorm", mlp="swiglu", bias=False, n_kv_head=2),
+        dict(n_kv_head=1),
+        dict(mlp="relu", tie_embeddings=False),
+    ],
+)
 def test_gpt_is_causal_for_every_layout(overrides):
     model = tiny_gpt(**overrides)
     ids = torch.randint(0, 97, (2, 12))
@@ -152,7 +183,9 @@ def test_gpt_is_causal_for_every_layout(overrides):
     assert (full[:, 8:] - other[:, 8:]).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("overrides", [dict(), dict(positional="rope", n_kv_head=2), dict(positional="alibi")])
+@pytest.mark.parametrize(
+    "overrides", [dict(), dict(positional="rope", n_kv_head=2), dict(positional="alibi")]
+)
 def test_gpt_kv_cache_reproduces_the_full_forward(overrides):
     model = tiny_gpt(**overrides)
     ids = torch.randint(0, 97, (2, 10))
@@ -161,7 +194,7 @@ def test_gpt_kv_cache_reproduces_the_full_forward(overrides):
         cache = model.new_cache()
         step = [model(ids[:, :4], cache=cache)]
         for t in range(4, 10):
-            step.append(model(ids[:, t:t + 1], cache=cache))
+            step.append(model(ids[:, t : t + 1], cache=cache))
     torch.testing.assert_close(torch.cat(step, dim=1), full, atol=1e-5, rtol=1e-5)
     assert cache[0].length == 10
     with pytest.raises(ValueError, match="cache must be a list of 2 KVCache"):
@@ -212,8 +245,10 @@ def test_gpt_and_bert_run_with_every_attention_variant(name):
     params = {"block_size": 4} if name in ("bigbird", "local") else {}
     if name == "bigbird":
         params.update(num_random_blocks=1)
-    for model in (tiny_gpt(attention=name, attention_params=params),
-                  tiny_bert(attention=name, attention_params=params)):
+    for model in (
+        tiny_gpt(attention=name, attention_params=params),
+        tiny_bert(attention=name, attention_params=params),
+    ):
         ids = torch.randint(1, 97, (2, 16))
         with torch.no_grad():
             out = model(ids)
@@ -278,8 +313,11 @@ def test_bert_heads_and_pooling():
 
 
 def test_sliding_window_limits_what_a_token_sees():
-    model = build_model(get_preset("tiny", n_layer=1, d_model=32, n_head=4, vocab_size=97,
-                                   window=3, positional="rope")).eval()
+    model = build_model(
+        get_preset(
+            "tiny", n_layer=1, d_model=32, n_head=4, vocab_size=97, window=3, positional="rope"
+        )
+    ).eval()
     ids = torch.randint(0, 97, (1, 12))
     changed = ids.clone()
     changed[0, 0] = (changed[0, 0] + 1) % 97

@@ -1,4 +1,5 @@
 """MultiHeadAttention and KVCache against a float64 reference written out here."""
+
 import math
 
 import pytest
@@ -17,15 +18,16 @@ def ref_rope_half(x, pos, base=10000.0):
     emb = torch.cat((freqs, freqs), dim=-1)
     if emb.dim() == 3:
         emb = emb[:, None]  # (B, 1, T, d)
-    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    x1, x2 = x[..., : d // 2], x[..., d // 2 :]
     return x * emb.cos() + torch.cat((-x2, x1), dim=-1) * emb.sin()
 
 
 def ref_rope_interleaved(x, pos, base=10000.0):
     d = x.shape[-1]
     theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    rot = torch.polar(torch.ones(len(pos), d // 2, dtype=torch.float64),
-                      torch.outer(pos.double(), theta))
+    rot = torch.polar(
+        torch.ones(len(pos), d // 2, dtype=torch.float64), torch.outer(pos.double(), theta)
+    )
     xc = torch.view_as_complex(x.reshape(*x.shape[:-1], d // 2, 2).contiguous())
     return torch.view_as_real(xc * rot).reshape(x.shape)
 
@@ -36,8 +38,9 @@ def ref_alibi_slopes(h):
     return torch.tensor([2.0 ** (-8.0 * (i + 1) / h) for i in range(h)], dtype=torch.float64)
 
 
-def reference_mha(m, x, *, key_padding_mask=None, positions=None, document_ids=None,
-                  extra_mask=None):
+def reference_mha(
+    m, x, *, key_padding_mask=None, positions=None, document_ids=None, extra_mask=None
+):
     """Explicit float64 attention with the module's own weights and RoPE settings."""
     x = x.double()
     B, T, _ = x.shape
@@ -47,8 +50,8 @@ def reference_mha(m, x, *, key_padding_mask=None, positions=None, document_ids=N
     b = m.qkv_proj.bias.double() if m.qkv_proj.bias is not None else 0.0
     qkv = x @ W.T + b
     q = qkv[..., : H * D].reshape(B, T, H, D).permute(0, 2, 1, 3)
-    k = qkv[..., H * D: (H + Hkv) * D].reshape(B, T, Hkv, D).permute(0, 2, 1, 3)
-    v = qkv[..., (H + Hkv) * D:].reshape(B, T, Hkv, D).permute(0, 2, 1, 3)
+    k = qkv[..., H * D : (H + Hkv) * D].reshape(B, T, Hkv, D).permute(0, 2, 1, 3)
+    v = qkv[..., (H + Hkv) * D :].reshape(B, T, Hkv, D).permute(0, 2, 1, 3)
     if m.positional == "rope":
         pos = torch.arange(T) if positions is None else positions
         rope = ref_rope_half if m.rotary.layout == "half" else ref_rope_interleaved
@@ -88,8 +91,9 @@ CONFIGS = {
     "gqa": dict(n_kv_heads=2, causal=True),
     "mqa": dict(n_kv_heads=1),
     "rope": dict(positional="rope", causal=True),
-    "rope_interleaved_gqa": dict(positional="rope", rope_layout="interleaved", n_kv_heads=2,
-                                 rope_base=100.0),
+    "rope_interleaved_gqa": dict(
+        positional="rope", rope_layout="interleaved", n_kv_heads=2, rope_base=100.0
+    ),
     "alibi": dict(positional="alibi", causal=True),
     "alibi_bidirectional": dict(positional="alibi"),
     "window_causal": dict(window=3, causal=True),
@@ -183,8 +187,7 @@ def test_gradients_flow_to_all_parameters():
 
 
 # ------------------------------------------------------------------------------- KV cache
-DECODE_CONFIGS = ["causal", "gqa", "mqa", "rope", "rope_interleaved_gqa", "alibi",
-                  "window_causal"]
+DECODE_CONFIGS = ["causal", "gqa", "mqa", "rope", "rope_interleaved_gqa", "alibi", "window_causal"]
 
 
 @pytest.mark.parametrize("chunk", [1, 3])
@@ -196,7 +199,7 @@ def test_incremental_decoding_equals_full_pass(cfg, chunk):
     with torch.no_grad():
         full = m(x)
         cache = KVCache(max_len=T)
-        steps = [m(x[:, s:s + chunk], cache=cache) for s in range(0, T, chunk)]
+        steps = [m(x[:, s : s + chunk], cache=cache) for s in range(0, T, chunk)]
     assert cache.length == T
     inc = torch.cat(steps, dim=1)
     assert (inc - full).abs().max() <= 1e-5
@@ -214,9 +217,9 @@ def test_incremental_decoding_with_left_padding():
     with torch.no_grad():
         full = m(x, key_padding_mask=kpm)
         cache = KVCache()
-        steps = [m(x[:, : 4], cache=cache, key_padding_mask=kpm[:, :4])]  # prompt
+        steps = [m(x[:, :4], cache=cache, key_padding_mask=kpm[:, :4])]  # prompt
         for t in range(4, T):  # then one token at a time; the mask covers all keys so far
-            steps.append(m(x[:, t:t + 1], cache=cache, key_padding_mask=kpm[:, : t + 1]))
+            steps.append(m(x[:, t : t + 1], cache=cache, key_padding_mask=kpm[:, : t + 1]))
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
 
 
@@ -243,8 +246,7 @@ def test_kv_cache_growth_overflow_and_reset():
     assert cache.length == 20 and cache.capacity >= 20
     cache.truncate(6)
     k_all, _ = cache.update(ks[2], vs[2])
-    torch.testing.assert_close(k_all, torch.cat([ks[0], ks[1][:, :, :1], ks[2]], 2), atol=0,
-                               rtol=0)
+    torch.testing.assert_close(k_all, torch.cat([ks[0], ks[1][:, :, :1], ks[2]], 2), atol=0, rtol=0)
     cache.reset()
     assert cache.length == 0
     k_all, _ = cache.update(torch.ones(1, 3, 2, 4), torch.ones(1, 3, 2, 4))  # new batch size
@@ -301,17 +303,20 @@ def test_dropout_keeps_the_expected_value(causal):
 
 
 # ------------------------------------------------------------------------------- errors, repr
-@pytest.mark.parametrize("kwargs,pattern", [
-    (dict(d_model=32, n_heads=8, n_kv_heads=3), r"n_heads=8.*n_kv_heads=3"),
-    (dict(d_model=30, n_heads=8), r"d_model=30.*n_heads=8"),
-    (dict(d_model=32, n_heads=0), r"n_heads.*0"),
-    (dict(d_model=32, n_heads=4, positional="learned"), r"'learned'"),
-    (dict(d_model=32, n_heads=4, dropout=1.5), r"1\.5"),
-    (dict(d_model=32, n_heads=4, window=0), r"window.*0"),
-    (dict(d_model=32, n_heads=4, positional="rope", rope_layout="diagonal"), r"'diagonal'"),
-    (dict(d_model=10, n_heads=2, positional="rope"), r"head_dim=5"),
-    (dict(d_model=32, n_heads=4, variant_params={"k": 1}), r"variant_params"),
-])
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        (dict(d_model=32, n_heads=8, n_kv_heads=3), r"n_heads=8.*n_kv_heads=3"),
+        (dict(d_model=30, n_heads=8), r"d_model=30.*n_heads=8"),
+        (dict(d_model=32, n_heads=0), r"n_heads.*0"),
+        (dict(d_model=32, n_heads=4, positional="learned"), r"'learned'"),
+        (dict(d_model=32, n_heads=4, dropout=1.5), r"1\.5"),
+        (dict(d_model=32, n_heads=4, window=0), r"window.*0"),
+        (dict(d_model=32, n_heads=4, positional="rope", rope_layout="diagonal"), r"'diagonal'"),
+        (dict(d_model=10, n_heads=2, positional="rope"), r"head_dim=5"),
+        (dict(d_model=32, n_heads=4, variant_params={"k": 1}), r"variant_params"),
+    ],
+)
 def test_bad_constructor_args_raise(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         MultiHeadAttention(**kwargs)
@@ -335,11 +340,21 @@ def test_bad_forward_args_raise():
 
 
 def test_repr_shows_settings():
-    m = MultiHeadAttention(64, 8, n_kv_heads=2, causal=True, window=16, positional="rope",
-                           dropout=0.1)
+    m = MultiHeadAttention(
+        64, 8, n_kv_heads=2, causal=True, window=16, positional="rope", dropout=0.1
+    )
     r = repr(m)
-    for s in ["d_model=64", "n_heads=8", "n_kv_heads=2", "head_dim=8", "causal=True",
-              "window=16", "positional='rope'", "dropout=0.1", "backend='auto'"]:
+    for s in [
+        "d_model=64",
+        "n_heads=8",
+        "n_kv_heads=2",
+        "head_dim=8",
+        "causal=True",
+        "window=16",
+        "positional='rope'",
+        "dropout=0.1",
+        "backend='auto'",
+    ]:
         assert s in r, s
     assert m.qkv_proj.weight.shape == ((8 + 2 * 2) * 8, 64)
     assert m.out_proj.weight.shape == (64, 64)
@@ -355,12 +370,17 @@ def _variants_registry():
 
 
 VARIANTS = _variants_registry()
-needs_variants = pytest.mark.skipif(VARIANTS is None,
-                                    reason="attnkit.attention.variants registry not available")
+needs_variants = pytest.mark.skipif(
+    VARIANTS is None, reason="attnkit.attention.variants registry not available"
+)
 # small blocks/chunks so that T=8 or 16 spans several of them
-SMALL_PARAMS = {"bigbird": dict(block_size=2, num_random_blocks=1), "local": dict(block_size=4),
-                "lsh": dict(chunk_size=4), "linear": dict(chunk_size=4),
-                "performer": dict(chunk_size=4)}
+SMALL_PARAMS = {
+    "bigbird": dict(block_size=2, num_random_blocks=1),
+    "local": dict(block_size=4),
+    "lsh": dict(chunk_size=4),
+    "linear": dict(chunk_size=4),
+    "performer": dict(chunk_size=4),
+}
 
 
 def _variant_names():
@@ -369,14 +389,20 @@ def _variant_names():
 
 @needs_variants
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("name", [n for n in _variant_names()
-                                  if VARIANTS.variant_class(n).exact])
+@pytest.mark.parametrize("name", [n for n in _variant_names() if VARIANTS.variant_class(n).exact])
 def test_exact_variant_matches_reference_with_its_mask(name, causal):
     """Exact variants are softmax attention under a fixed mask: compare the whole layer
     (with GQA) against the float64 reference restricted to that mask."""
     torch.manual_seed(0)
-    m = MultiHeadAttention(32, 8, n_kv_heads=2, causal=causal, positional="rope",
-                           variant=name, variant_params=SMALL_PARAMS.get(name, {}))
+    m = MultiHeadAttention(
+        32,
+        8,
+        n_kv_heads=2,
+        causal=causal,
+        positional="rope",
+        variant=name,
+        variant_params=SMALL_PARAMS.get(name, {}),
+    )
     m = m.double().eval()
     T = 16
     x = torch.randn(2, T, 32, dtype=torch.float64)
@@ -394,16 +420,27 @@ def test_exact_variant_matches_reference_with_its_mask(name, causal):
 def test_variant_path_wiring(name):
     """Projections, RoPE, kv-head repetition and the output projection around the variant."""
     torch.manual_seed(0)
-    m = MultiHeadAttention(32, 8, n_kv_heads=2, causal=True, positional="rope", variant=name,
-                           variant_params=SMALL_PARAMS.get(name, {})).double().eval()
+    m = (
+        MultiHeadAttention(
+            32,
+            8,
+            n_kv_heads=2,
+            causal=True,
+            positional="rope",
+            variant=name,
+            variant_params=SMALL_PARAMS.get(name, {}),
+        )
+        .double()
+        .eval()
+    )
     x = torch.randn(2, 8, 32, dtype=torch.float64)
     torch.manual_seed(1)  # same random stream for both calls, in case the variant samples
     out = m(x)
     B, T, H, D = 2, 8, 8, 4
     qkv = m.qkv_proj(x)
-    q = qkv[..., :H * D].reshape(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-    k = qkv[..., H * D:H * D + 2 * D].reshape(B, T, 2, D).transpose(1, 2)  # (B, 2, T, D)
-    v = qkv[..., H * D + 2 * D:].reshape(B, T, 2, D).transpose(1, 2)
+    q = qkv[..., : H * D].reshape(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+    k = qkv[..., H * D : H * D + 2 * D].reshape(B, T, 2, D).transpose(1, 2)  # (B, 2, T, D)
+    v = qkv[..., H * D + 2 * D :].reshape(B, T, 2, D).transpose(1, 2)
     q, k = ref_rope_half(q, torch.arange(T)), ref_rope_half(k, torch.arange(T))
     k, v = k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1)  # head h -> kv h // 4
     torch.manual_seed(1)

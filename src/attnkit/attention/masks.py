@@ -16,10 +16,11 @@ Sliding window `w`: with causal=True query p sees keys p-w+1 .. p (the w most re
 itself included).  With causal=False it sees p-w+1 .. p+w-1 (the same reach in both
 directions).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -41,10 +42,10 @@ class MaskSpec:
     q_len: int
     k_len: int
     causal: bool = False
-    window: Optional[int] = None
-    key_padding_mask: Optional[Tensor] = None  # (B, Tk) bool, True = real token
-    document_ids: Optional[Tensor] = None  # (B, Tk) int
-    mask: Optional[Tensor] = None  # bool, broadcastable to (B, H, Tq, Tk)
+    window: int | None = None
+    key_padding_mask: Tensor | None = None  # (B, Tk) bool, True = real token
+    document_ids: Tensor | None = None  # (B, Tk) int
+    mask: Tensor | None = None  # bool, broadcastable to (B, H, Tq, Tk)
 
     @property
     def offset(self) -> int:
@@ -67,7 +68,7 @@ class MaskSpec:
         return self.key_padding_mask is None and self.document_ids is None and self.mask is None
 
     # ------------------------------------------------------------------ dense rendering
-    def positional(self, q_idx: Tensor, k_idx: Tensor) -> Optional[Tensor]:
+    def positional(self, q_idx: Tensor, k_idx: Tensor) -> Tensor | None:
         """Causal/window part of the mask on broadcastable index tensors (None if unrestricted)."""
         rel = q_idx + self.offset - k_idx  # query position minus key position
         allowed = None
@@ -81,7 +82,7 @@ class MaskSpec:
             allowed = win if allowed is None else allowed & win
         return allowed
 
-    def dense(self, device: torch.device | str | None = None) -> Optional[Tensor]:
+    def dense(self, device: torch.device | str | None = None) -> Tensor | None:
         """Boolean mask broadcastable to (B, H, Tq, Tk), True = may attend; None = no mask."""
         if self.is_empty:
             return None
@@ -111,7 +112,7 @@ class MaskSpec:
         return torch.device("cpu")
 
     # ------------------------------------------------------------------ FlexAttention
-    def mask_mod(self) -> Optional[Callable]:
+    def mask_mod(self) -> Callable | None:
         """A FlexAttention mask_mod(b, h, q_idx, kv_idx) -> bool, or None if unrestricted."""
         if self.is_empty:
             return None
@@ -138,9 +139,15 @@ class MaskSpec:
                 ok = ok & (doc[b, q_idx + offset] == doc[b, kv_idx])
             if user is not None:
                 zero = q_idx * 0
-                ok = ok & user4[
-                    b if ub else zero, h if uh else zero, q_idx if uq else zero, kv_idx if uk else zero
-                ]
+                ok = (
+                    ok
+                    & user4[
+                        b if ub else zero,
+                        h if uh else zero,
+                        q_idx if uq else zero,
+                        kv_idx if uk else zero,
+                    ]
+                )
             return ok
 
         return mod
@@ -205,8 +212,12 @@ class MaskSpec:
             qvalid = torch.arange(nq * q_block, device=device).view(nq, q_block) < self.q_len
             q_min = torch.where(qvalid, qview, big).amin(-1)  # (B, nQ)
             q_max = torch.where(qvalid, qview, -big).amax(-1)
-            overlap = (q_min[:, :, None] <= k_max[:, None, :]) & (k_min[:, None, :] <= q_max[:, :, None])
-            single = (q_min[:, :, None] == q_max[:, :, None]) & (k_min[:, None, :] == k_max[:, None, :])
+            overlap = (q_min[:, :, None] <= k_max[:, None, :]) & (
+                k_min[:, None, :] <= q_max[:, :, None]
+            )
+            single = (q_min[:, :, None] == q_max[:, :, None]) & (
+                k_min[:, None, :] == k_max[:, None, :]
+            )
             same = single & (q_min[:, :, None] == k_min[:, None, :])
             any_ok = any_ok & overlap[:, None]
             all_ok = all_ok & same[:, None]
@@ -214,7 +225,9 @@ class MaskSpec:
             m = self.mask
             m4 = m.reshape((1,) * (4 - m.dim()) + tuple(m.shape))
             m4 = m4.expand(m4.shape[0], m4.shape[1], self.q_len, self.k_len)
-            m4 = torch.nn.functional.pad(m4, (0, nk * k_block - self.k_len, 0, nq * q_block - self.q_len))
+            m4 = torch.nn.functional.pad(
+                m4, (0, nk * k_block - self.k_len, 0, nq * q_block - self.q_len)
+            )
             blocks = m4.reshape(m4.shape[0], m4.shape[1], nq, q_block, nk, k_block)
             any_ok = any_ok & blocks.any(-1).any(-2)
             all_ok = all_ok & blocks.all(-1).all(-2)
@@ -223,19 +236,21 @@ class MaskSpec:
 
 
 # ---------------------------------------------------------------------- public builders
-def causal_mask(q_len: int, k_len: Optional[int] = None, device=None) -> Tensor:
+def causal_mask(q_len: int, k_len: int | None = None, device=None) -> Tensor:
     """(Tq, Tk) bool: query i (at position Tk - Tq + i) sees keys 0..its own position."""
     k_len = q_len if k_len is None else k_len
     return MaskSpec(q_len, k_len, causal=True).dense(device)[0, 0]
 
 
-def sliding_window_mask(q_len: int, window: int, causal: bool = True, k_len: Optional[int] = None, device=None) -> Tensor:
+def sliding_window_mask(
+    q_len: int, window: int, causal: bool = True, k_len: int | None = None, device=None
+) -> Tensor:
     """(Tq, Tk) bool sliding-window mask (see the module docstring for the convention)."""
     k_len = q_len if k_len is None else k_len
     return MaskSpec(q_len, k_len, causal=causal, window=window).dense(device)[0, 0]
 
 
-def padding_mask(lengths: Tensor, max_len: Optional[int] = None) -> Tensor:
+def padding_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
     """(B, T) bool key-padding mask from sequence lengths, True = real token."""
     lengths = torch.as_tensor(lengths)
     max_len = int(lengths.max()) if max_len is None else max_len

@@ -11,15 +11,16 @@ Fused QKV weight layout (rows of ``qkv_proj.weight``, shape ((Hq + 2 Hkv) * D, C
 ``[q heads 0..Hq-1 | k heads 0..Hkv-1 | v heads 0..Hkv-1]``, each head D consecutive rows.
 Query head h reads key/value head ``h // (Hq // Hkv)``.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attnkit.positional import ROPE_LAYOUTS, RotaryEmbedding
 from attnkit.attention.functional import attention
 from attnkit.attention.kv_cache import KVCache
+from attnkit.positional import ROPE_LAYOUTS, RotaryEmbedding
 
 POSITIONAL_KINDS = (None, "rope", "alibi")
 
@@ -52,12 +53,23 @@ class MultiHeadAttention(nn.Module):
     ``forward(x)`` maps (B, T, C) -> (B, T, C).
     """
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None,
-                 causal: bool = False, window: int | None = None,
-                 positional: str | None = None, dropout: float = 0.0, bias: bool = True,
-                 backend: str = "auto", rope_base: float = 10000.0, rope_layout: str = "half",
-                 head_dim: int | None = None, variant: str | None = None,
-                 variant_params: dict | None = None):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        causal: bool = False,
+        window: int | None = None,
+        positional: str | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        backend: str = "auto",
+        rope_base: float = 10000.0,
+        rope_layout: str = "half",
+        head_dim: int | None = None,
+        variant: str | None = None,
+        variant_params: dict | None = None,
+    ):
         super().__init__()
         _positive_int("d_model", d_model)
         _positive_int("n_heads", n_heads)
@@ -65,21 +77,27 @@ class MultiHeadAttention(nn.Module):
             n_kv_heads = n_heads
         _positive_int("n_kv_heads", n_kv_heads)
         if n_heads % n_kv_heads:
-            raise ValueError(f"n_heads must be a multiple of n_kv_heads, got n_heads={n_heads}"
-                             f", n_kv_heads={n_kv_heads}")
+            raise ValueError(
+                f"n_heads must be a multiple of n_kv_heads, got n_heads={n_heads}"
+                f", n_kv_heads={n_kv_heads}"
+            )
         if head_dim is None:
             if d_model % n_heads:
-                raise ValueError(f"d_model must be divisible by n_heads when head_dim is not "
-                                 f"given, got d_model={d_model}, n_heads={n_heads}")
+                raise ValueError(
+                    f"d_model must be divisible by n_heads when head_dim is not "
+                    f"given, got d_model={d_model}, n_heads={n_heads}"
+                )
             head_dim = d_model // n_heads
         _positive_int("head_dim", head_dim)
         if window is not None:
             _positive_int("window", window)
         if positional not in POSITIONAL_KINDS:
-            raise ValueError(f"positional must be one of {POSITIONAL_KINDS}, got "
-                             f"{positional!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or \
-                not 0.0 <= dropout < 1.0:
+            raise ValueError(f"positional must be one of {POSITIONAL_KINDS}, got {positional!r}")
+        if (
+            isinstance(dropout, bool)
+            or not isinstance(dropout, (int, float))
+            or not 0.0 <= dropout < 1.0
+        ):
             raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
         if not isinstance(causal, bool):
             raise TypeError(f"causal must be a bool, got {causal!r}")
@@ -102,27 +120,37 @@ class MultiHeadAttention(nn.Module):
         self.qkv_proj = nn.Linear(d_model, q_dim + 2 * kv_dim, bias=bias)
         self.out_proj = nn.Linear(q_dim, d_model, bias=bias)
         self.out_dropout = nn.Dropout(self.dropout)
-        self.rotary = (RotaryEmbedding(head_dim, base=rope_base, layout=rope_layout)
-                       if positional == "rope" else None)
+        self.rotary = (
+            RotaryEmbedding(head_dim, base=rope_base, layout=rope_layout)
+            if positional == "rope"
+            else None
+        )
 
         self.variant = variant
         self.variant_attn = None
         if variant is not None:
             if positional == "alibi":
-                raise ValueError(f"variant={variant!r} cannot be combined with "
-                                 f"positional='alibi' (variants take no score bias)")
+                raise ValueError(
+                    f"variant={variant!r} cannot be combined with "
+                    f"positional='alibi' (variants take no score bias)"
+                )
             if window is not None:
-                raise ValueError(f"variant={variant!r} cannot be combined with "
-                                 f"window={window}")
+                raise ValueError(f"variant={variant!r} cannot be combined with window={window}")
             try:
-                from attnkit.attention import variants as _variants  # imported here: optional at import time
+                from attnkit.attention import (
+                    variants as _variants,
+                )  # imported here: optional at import time
             except ImportError as e:
-                raise ImportError(f"variant={variant!r} needs attnkit.attention.variants, "
-                                  f"which could not be imported: {e}") from e
+                raise ImportError(
+                    f"variant={variant!r} needs attnkit.attention.variants, "
+                    f"which could not be imported: {e}"
+                ) from e
             get = getattr(_variants, "get", None)
             if get is None:
-                raise ImportError(f"variant={variant!r} needs attnkit.attention.variants.get, "
-                                  f"which is not available")
+                raise ImportError(
+                    f"variant={variant!r} needs attnkit.attention.variants.get, "
+                    f"which is not available"
+                )
             self.variant_attn = get(variant, **(variant_params or {}))
         elif variant_params:
             raise ValueError(f"variant_params given without a variant: {variant_params!r}")
@@ -132,10 +160,17 @@ class MultiHeadAttention(nn.Module):
         self.capture_hook = None
 
     # ----------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, *, key_padding_mask: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None, document_ids: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, cache: KVCache | None = None,
-                return_weights: bool = False):
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        key_padding_mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        return_weights: bool = False,
+    ):
         """x (B, T, C) -> (B, T, C), or (out, weights (B, Hq, T, Tk)) with return_weights.
 
         key_padding_mask (B, Tk) bool, True = real token; mask bool broadcastable to
@@ -144,22 +179,29 @@ class MultiHeadAttention(nn.Module):
         With a cache, Tk = cache.length + T and the masks must cover all Tk keys.
         """
         if x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x must be (B, T, d_model={self.d_model}), got shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"x must be (B, T, d_model={self.d_model}), got shape {tuple(x.shape)}"
+            )
         if positions is not None and self.rotary is None:
-            raise ValueError(f"positions are only used with positional='rope', this layer has "
-                             f"positional={self.positional!r}")
+            raise ValueError(
+                f"positions are only used with positional='rope', this layer has "
+                f"positional={self.positional!r}"
+            )
         if cache is not None and not isinstance(cache, KVCache):
             raise TypeError(f"cache must be a KVCache, got {type(cache).__name__}")
         if self.variant_attn is not None:
-            bad = [name for name, val in (("cache", cache), ("mask", mask),
-                                          ("document_ids", document_ids))
-                   if val is not None]
+            bad = [
+                name
+                for name, val in (("cache", cache), ("mask", mask), ("document_ids", document_ids))
+                if val is not None
+            ]
             if return_weights:
                 bad.append("return_weights")
             if bad:
-                raise ValueError(f"variant={self.variant!r} does not support "
-                                 f"{', '.join(bad)}; use the exact attention for those")
+                raise ValueError(
+                    f"variant={self.variant!r} does not support "
+                    f"{', '.join(bad)}; use the exact attention for those"
+                )
 
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
@@ -174,24 +216,40 @@ class MultiHeadAttention(nn.Module):
             q, k = self.rotary(q, k, offset=offset, positions=positions)
         if cache is not None:
             tk = cache.length + T
-            for name, t in (("key_padding_mask", key_padding_mask),
-                            ("document_ids", document_ids)):
+            for name, t in (("key_padding_mask", key_padding_mask), ("document_ids", document_ids)):
                 if t is not None and (t.dim() != 2 or t.shape[-1] != tk):
                     raise ValueError(
                         f"with a KV cache, {name} must cover all keys: shape (B, {tk}) = "
-                        f"(B, cache.length={cache.length} + T={T}), got {tuple(t.shape)}")
+                        f"(B, cache.length={cache.length} + T={T}), got {tuple(t.shape)}"
+                    )
             k, v = cache.update(k, v)  # (B, Hkv, Tk, D) each, Tk = old length + T
 
         if k.dtype != q.dtype:  # a cache stored in another dtype: attention runs in that one
             q = q.to(k.dtype)
         if self.capture_hook is not None:
-            self.capture_hook(self, q, k, v, key_padding_mask=key_padding_mask, mask=mask,
-                              document_ids=document_ids)
+            self.capture_hook(
+                self,
+                q,
+                k,
+                v,
+                key_padding_mask=key_padding_mask,
+                mask=mask,
+                document_ids=document_ids,
+            )
         weights = None
-        if (T == 1 and cache is not None and self.variant_attn is None and mask is None
-                and document_ids is None and self.window is None and self.positional != "alibi"
-                and not return_weights and not (self.training and self.dropout)
-                and self.backend in ("auto", "sdpa") and not torch.is_grad_enabled()):
+        if (
+            T == 1
+            and cache is not None
+            and self.variant_attn is None
+            and mask is None
+            and document_ids is None
+            and self.window is None
+            and self.positional != "alibi"
+            and not return_weights
+            and not (self.training and self.dropout)
+            and self.backend in ("auto", "sdpa")
+            and not torch.is_grad_enabled()
+        ):
             # decoding one token: every cached key is visible (up to padding), so this is plain
             # SDPA; going straight to it saves the general planner's checks on every step
             am = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
@@ -201,17 +259,25 @@ class MultiHeadAttention(nn.Module):
             if rep > 1:  # query head h reads key/value head h // rep
                 k = k.repeat_interleave(rep, dim=1)  # (B, H, T, D)
                 v = v.repeat_interleave(rep, dim=1)  # (B, H, T, D)
-            y = self.variant_attn(q, k, v, causal=self.causal,
-                                  key_padding_mask=key_padding_mask)  # (B, H, T, D)
+            y = self.variant_attn(
+                q, k, v, causal=self.causal, key_padding_mask=key_padding_mask
+            )  # (B, H, T, D)
         else:
             # a single query (decoding) is the last position, so causal masks nothing there
             res = attention(
-                q, k, v, causal=self.causal and T > 1, mask=mask,
+                q,
+                k,
+                v,
+                causal=self.causal and T > 1,
+                mask=mask,
                 key_padding_mask=key_padding_mask,
-                window=self.window, bias="alibi" if self.positional == "alibi" else None,
+                window=self.window,
+                bias="alibi" if self.positional == "alibi" else None,
                 document_ids=document_ids,
                 dropout_p=self.dropout if self.training else 0.0,
-                backend=self.backend, return_weights=return_weights)
+                backend=self.backend,
+                return_weights=return_weights,
+            )
             y, weights = res if return_weights else (res, None)  # y: (B, H, T, D)
 
         y = y.transpose(1, 2).reshape(B, T, H * D).to(x.dtype)  # (B, T, H * D)

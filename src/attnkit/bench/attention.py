@@ -18,15 +18,16 @@ Shapes are (B, H, N, D) = (1, 8, N, 64) by default. FLOPs count the two matmuls 
 (query, key) pairs the mask allows, 4 * B * H * D per pair forward; forward+backward counts 3.5
 times that (the backward does 2.5 times the forward's matmul work).
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,14 +56,35 @@ WINDOW_BACKENDS = ("auto", "windowed", "flex", "naive")
 
 # Defaults of the options left unset: the full run, and --quick (a few minutes on a CPU, still
 # reaching every target's N). "window_sizes": None means the same as "sizes".
-FULL = dict(sizes=[1024 * 2**i for i in range(7)], window_sizes=None, dense_max=None,
-            backends=list(DENSE_BACKENDS), window_backends=["auto", "flex", "naive"], reference_max=None,
-            repeat=5, min_seconds=1.0, max_seconds=10.0)
-QUICK = dict(sizes=[1024, 2048, 4096], window_sizes=[16384, 65536], dense_max=16384,
-             backends=["auto", "sdpa", "naive"], window_backends=["auto"], reference_max=2048,
-             repeat=3, min_seconds=0.5, max_seconds=3.0)
+FULL = dict(
+    sizes=[1024 * 2**i for i in range(7)],
+    window_sizes=None,
+    dense_max=None,
+    backends=list(DENSE_BACKENDS),
+    window_backends=["auto", "flex", "naive"],
+    reference_max=None,
+    repeat=5,
+    min_seconds=1.0,
+    max_seconds=10.0,
+)
+QUICK = dict(
+    sizes=[1024, 2048, 4096],
+    window_sizes=[16384, 65536],
+    dense_max=16384,
+    backends=["auto", "sdpa", "naive"],
+    window_backends=["auto"],
+    reference_max=2048,
+    repeat=3,
+    min_seconds=0.5,
+    max_seconds=3.0,
+)
 SLOW_REFERENCES = ("naive", "math")  # what --reference-max limits
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
 MODES = ("fwd", "fwd_bwd")
 BWD_FLOP_FACTOR = 3.5  # forward + backward FLOPs relative to forward
 
@@ -86,7 +108,9 @@ TARGETS = {
 # --------------------------------------------------------------------------------------------
 
 
-def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: int | None = None):
+def naive_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: int | None = None
+):
     """matmul -> mask -> softmax -> matmul, materialising the (B, H, N, N) scores."""
     n_q, n_k = q.shape[-2], k.shape[-2]
     scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (B, H, Tq, Tk)
@@ -115,20 +139,28 @@ def _impl_fn(impl: str, causal: bool, window: int | None) -> Callable[..., torch
     return lambda q, k, v: attention(q, k, v, causal=causal, window=window, backend=impl)
 
 
-def _inputs(n: int, shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device, seed: int):
+def _inputs(
+    n: int, shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device, seed: int
+):
     b, h, d = shape
     gen = torch.Generator(device="cpu").manual_seed(seed + n)
-    q, k, v = (torch.randn(b, h, n, d, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
-               for _ in range(3))  # (B, H, N, D)
-    grad_out = torch.randn(b, h, n, d, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+    q, k, v = (
+        torch.randn(b, h, n, d, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+        for _ in range(3)
+    )  # (B, H, N, D)
+    grad_out = torch.randn(b, h, n, d, generator=gen, dtype=torch.float32).to(
+        device=device, dtype=dtype
+    )
     return q, k, v, grad_out
 
 
 def _make_op(fn: Callable, mode: str, q, k, v, grad_out) -> Callable[[], Any]:
     if mode == "fwd":
+
         def forward():
             with torch.no_grad():
                 return fn(q, k, v)
+
         return forward
     qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
 
@@ -139,8 +171,17 @@ def _make_op(fn: Callable, mode: str, q, k, v, grad_out) -> Callable[[], Any]:
     return forward_backward
 
 
-def memory_case(impl: str, n: int, shape: tuple[int, int, int], dtype: str, device: str,
-                causal: bool, window: int | None, mode: str, seed: int) -> Callable[[], Any]:
+def memory_case(
+    impl: str,
+    n: int,
+    shape: tuple[int, int, int],
+    dtype: str,
+    device: str,
+    causal: bool,
+    window: int | None,
+    mode: str,
+    seed: int,
+) -> Callable[[], Any]:
     """Build the inputs of one measurement in a memory-probe process; returns the operation."""
     q, k, v, grad_out = _inputs(n, shape, DTYPES[dtype], torch.device(device), seed)
     return _make_op(_impl_fn(impl, causal, window), mode, q, k, v, grad_out)
@@ -162,13 +203,17 @@ def allowed_pairs(n: int, causal: bool, window: int | None) -> int:
     return n * (2 * w - 1) - w * (w - 1)
 
 
-def flops(n: int, shape: tuple[int, int, int], causal: bool, window: int | None, mode: str) -> float:
+def flops(
+    n: int, shape: tuple[int, int, int], causal: bool, window: int | None, mode: str
+) -> float:
     b, h, d = shape
     fwd = 4.0 * b * h * d * allowed_pairs(n, causal, window)
     return fwd if mode == "fwd" else fwd * BWD_FLOP_FACTOR
 
 
-def score_bytes_estimate(impl: str, n: int, shape: tuple[int, int, int], dtype: torch.dtype, mode: str) -> int:
+def score_bytes_estimate(
+    impl: str, n: int, shape: tuple[int, int, int], dtype: torch.dtype, mode: str
+) -> int:
     """Rough peak bytes of the N x N tensors an impl materialises; 0 for fused kernels."""
     b, h, _ = shape
     elem = torch.empty((), dtype=dtype).element_size()
@@ -225,7 +270,9 @@ class Row:
         return f"{name} w={self.window}" if self.window is not None else name
 
 
-def _plan_backend(impl: str, q: torch.Tensor, causal: bool, window: int | None, grad: bool) -> str | None:
+def _plan_backend(
+    impl: str, q: torch.Tensor, causal: bool, window: int | None, grad: bool
+) -> str | None:
     if impl in (REFERENCE, "naive"):
         return None
     from attnkit.attention import explain
@@ -263,8 +310,15 @@ class Settings:
         return str(self.dtype).removeprefix("torch.")
 
 
-def _skip_reason(impl: str, n: int, mode: str, s: Settings, budget: int, dense_max: int | None,
-                 window: int | None) -> str | None:
+def _skip_reason(
+    impl: str,
+    n: int,
+    mode: str,
+    s: Settings,
+    budget: int,
+    dense_max: int | None,
+    window: int | None,
+) -> str | None:
     if impl == "flex" and mode == "fwd_bwd" and s.device.type == "cpu":
         return "FlexAttention has no backward on CPU"
     if impl == REFERENCE and window is not None and dense_max is not None and n > dense_max:
@@ -277,9 +331,17 @@ def _skip_reason(impl: str, n: int, mode: str, s: Settings, budget: int, dense_m
     return None
 
 
-def run_point(section: str, n: int, impls: list[str], causal: bool, window: int | None, s: Settings,
-              dense_max: int | None = None, log: Callable[[str], None] = print,
-              known_reference: Row | None = None) -> list[Row]:
+def run_point(
+    section: str,
+    n: int,
+    impls: list[str],
+    causal: bool,
+    window: int | None,
+    s: Settings,
+    dense_max: int | None = None,
+    log: Callable[[str], None] = print,
+    known_reference: Row | None = None,
+) -> list[Row]:
     """Measure every impl at one N. The first impl is the reference for ratios and errors;
     ``known_reference`` is its row measured earlier (same inputs), reused instead of re-run."""
     budget = int(MEMORY_SHARE.get(s.device.type, 0.5) * available_memory_bytes(s.device))
@@ -290,8 +352,10 @@ def run_point(section: str, n: int, impls: list[str], causal: bool, window: int 
         rows.append(Row(section, n, impl, w, causal))
     if known_reference is not None:
         if known_reference.impl != rows[0].impl or known_reference.n != n:
-            raise ValueError(f"known_reference must be the {rows[0].impl} row at N={n}, got "
-                             f"{known_reference.impl} at N={known_reference.n}")
+            raise ValueError(
+                f"known_reference must be the {rows[0].impl} row at N={n}, got "
+                f"{known_reference.impl} at N={known_reference.n}"
+            )
         rows[0] = dataclasses.replace(known_reference, section=section, max_abs_err=None)
     todo = rows[1:] if known_reference is not None else rows
     ops: dict[str, dict[str, Callable]] = {m: {} for m in MODES}
@@ -321,7 +385,9 @@ def run_point(section: str, n: int, impls: list[str], causal: bool, window: int 
                 del result
                 ops[mode][row.impl] = op
                 if s.warmup == 0 and "flex" not in (row.backend or ""):
-                    first_calls[mode][row.impl] = [first]  # nothing compiled: a sample like the rest
+                    first_calls[mode][row.impl] = [
+                        first
+                    ]  # nothing compiled: a sample like the rest
             except Exception as e:  # a backend that cannot run here: reported, not fatal
                 p.skipped = f"error: {_short(e)}"
     # errors against the reference, or (window section) against naive when it ran
@@ -336,9 +402,18 @@ def run_point(section: str, n: int, impls: list[str], causal: bool, window: int 
         if not ops[mode]:
             continue
         log(f"  [{section} N={n}] timing {mode.replace('_', '+')}: {', '.join(ops[mode])}")
-        times = time_interleaved(ops[mode], warmup=s.warmup, repeat=s.repeat, device=s.device,
-                                 min_seconds=s.min_seconds, max_seconds=s.max_seconds, samples=first_calls[mode])
-        ref_time = rows[0].get(mode).seconds if known_reference is not None else times.get(rows[0].impl)
+        times = time_interleaved(
+            ops[mode],
+            warmup=s.warmup,
+            repeat=s.repeat,
+            device=s.device,
+            min_seconds=s.min_seconds,
+            max_seconds=s.max_seconds,
+            samples=first_calls[mode],
+        )
+        ref_time = (
+            rows[0].get(mode).seconds if known_reference is not None else times.get(rows[0].impl)
+        )
         for row in todo:
             p = row.get(mode)
             if row.impl not in times:
@@ -354,7 +429,9 @@ def run_point(section: str, n: int, impls: list[str], causal: bool, window: int 
     return rows
 
 
-def _measure_memory(rows: list[Row], n: int, causal: bool, s: Settings, log: Callable[[str], None]) -> None:
+def _measure_memory(
+    rows: list[Row], n: int, causal: bool, s: Settings, log: Callable[[str], None]
+) -> None:
     cases, slots = [], []
     # Priming: each operation once at a small N, so lazy set-up (autograd threads, kernel
     # dispatch, allocator pools) lands in no one's reading; these readings are dropped.
@@ -364,8 +441,17 @@ def _measure_memory(rows: list[Row], n: int, causal: bool, s: Settings, log: Cal
             if row.get(mode).skipped or (row.impl, mode) in primed:
                 continue
             primed.add((row.impl, mode))
-            kwargs = dict(impl=row.impl, n=min(n, 256), shape=s.shape, dtype=s.dtype_name,
-                          device=str(s.device), causal=causal, window=row.window, mode=mode, seed=s.seed)
+            kwargs = dict(
+                impl=row.impl,
+                n=min(n, 256),
+                shape=s.shape,
+                dtype=s.dtype_name,
+                device=str(s.device),
+                causal=causal,
+                window=row.window,
+                mode=mode,
+                seed=s.seed,
+            )
             cases.append(ProbeCase(memory_case, kwargs=kwargs, warmup=False))
             slots.append(None)
     for row in rows:
@@ -374,14 +460,25 @@ def _measure_memory(rows: list[Row], n: int, causal: bool, s: Settings, log: Cal
             if p.skipped:
                 continue
             compiled = "flex" in (row.backend or "")
-            kwargs = dict(impl=row.impl, n=n, shape=s.shape, dtype=s.dtype_name, device=str(s.device),
-                          causal=causal, window=row.window, mode=mode, seed=s.seed)
+            kwargs = dict(
+                impl=row.impl,
+                n=n,
+                shape=s.shape,
+                dtype=s.dtype_name,
+                device=str(s.device),
+                causal=causal,
+                window=row.window,
+                mode=mode,
+                seed=s.seed,
+            )
             cases.append(ProbeCase(memory_case, kwargs=kwargs, warmup=compiled))
             slots.append(p)
     if not cases:
         return
-    log(f"  [{rows[0].section} N={n}] peak memory of {sum(p is not None for p in slots)} operations "
-        "(separate process)")
+    log(
+        f"  [{rows[0].section} N={n}] peak memory of {sum(p is not None for p in slots)} operations "
+        "(separate process)"
+    )
     try:
         readings = measure_peak_memories(cases, device=s.device, timeout=s.probe_timeout)
     except Exception as e:  # the probe process died (out of memory, timeout)
@@ -417,9 +514,16 @@ class Check:
         return {True: "PASS", False: "FAIL", None: "n/a"}[self.passed]
 
 
-def _find(rows: list[Row], section: str, n: int, impl: str, window: int | None = None) -> Row | None:
+def _find(
+    rows: list[Row], section: str, n: int, impl: str, window: int | None = None
+) -> Row | None:
     for r in rows:
-        if r.section == section and r.n == n and r.impl == impl and (window is None or r.window == window):
+        if (
+            r.section == section
+            and r.n == n
+            and r.impl == impl
+            and (window is None or r.window == window)
+        ):
             return r
     return None
 
@@ -438,8 +542,16 @@ def evaluate_checks(rows: list[Row], window: int, causal: bool) -> list[Check]:
             checks.append(missing(key, "N=4096 not in the dense sizes, or auto not run"))
         else:
             r = row.get(mode).vs_reference
-            checks.append(Check(key, TARGETS[key], fmt_seconds(row.get(mode).seconds),
-                                fmt_seconds(ref.get(mode).seconds), fmt_ratio(r), r >= 0.95))
+            checks.append(
+                Check(
+                    key,
+                    TARGETS[key],
+                    fmt_seconds(row.get(mode).seconds),
+                    fmt_seconds(ref.get(mode).seconds),
+                    fmt_ratio(r),
+                    r >= 0.95,
+                )
+            )
     for key, mode, need in (("window_fwd", "fwd", 8.0), ("window_fwd_bwd", "fwd_bwd", 5.0)):
         row = _find(rows, "window", 16384, "auto", window)
         ref = _find(rows, "window", 16384, REFERENCE)
@@ -449,16 +561,28 @@ def evaluate_checks(rows: list[Row], window: int, causal: bool) -> list[Check]:
             checks.append(missing(key, "N=16384 not in the window sizes, or a side was skipped"))
         else:
             r = row.get(mode).vs_reference
-            checks.append(Check(key, TARGETS[key], fmt_seconds(row.get(mode).seconds),
-                                fmt_seconds(ref.get(mode).seconds), fmt_ratio(r), r >= need))
+            checks.append(
+                Check(
+                    key,
+                    TARGETS[key],
+                    fmt_seconds(row.get(mode).seconds),
+                    fmt_seconds(ref.get(mode).seconds),
+                    fmt_ratio(r),
+                    r >= need,
+                )
+            )
     row = _find(rows, "window", 65536, "auto", window)
     if window != 512:
         checks.append(missing("window_mem", f"run used window {window}, the target is for 512"))
     elif row is None or row.fwd_bwd.peak_bytes is None:
-        checks.append(missing("window_mem", "N=65536 not in the window sizes, or memory not measured"))
+        checks.append(
+            missing("window_mem", "N=65536 not in the window sizes, or memory not measured")
+        )
     else:
         b = row.fwd_bwd.peak_bytes
-        checks.append(Check("window_mem", TARGETS["window_mem"], fmt_bytes(b), "-", fmt_bytes(b), b < 2 * GiB))
+        checks.append(
+            Check("window_mem", TARGETS["window_mem"], fmt_bytes(b), "-", fmt_bytes(b), b < 2 * GiB)
+        )
     row = _find(rows, "dense", 16384, "auto") or _find(rows, "window", 16384, "auto-dense")
     if not causal and row is not None and row.section == "dense":
         row = _find(rows, "window", 16384, "auto-dense")
@@ -467,8 +591,16 @@ def evaluate_checks(rows: list[Row], window: int, causal: bool) -> list[Check]:
         checks.append(missing("exact_mem", "N=16384 not measured, or memory not measured"))
     else:
         b = row.fwd.peak_bytes
-        ref_b = fmt_bytes(ref.fwd.peak_bytes) if ref is not None and ref.fwd.peak_bytes is not None else "-"
-        checks.append(Check("exact_mem", TARGETS["exact_mem"], fmt_bytes(b), ref_b, fmt_bytes(b), b < 300 * MiB))
+        ref_b = (
+            fmt_bytes(ref.fwd.peak_bytes)
+            if ref is not None and ref.fwd.peak_bytes is not None
+            else "-"
+        )
+        checks.append(
+            Check(
+                "exact_mem", TARGETS["exact_mem"], fmt_bytes(b), ref_b, fmt_bytes(b), b < 300 * MiB
+            )
+        )
     return checks
 
 
@@ -492,40 +624,91 @@ def _cell_num(x: float | None, fmt: str = "{:.1f}") -> str:
 
 
 def render_dense(rows: list[Row], title: str) -> str:
-    t = Table(["N", "impl", "runs", "fwd", "vs SDPA", "GFLOP/s", "fwd+bwd", "vs SDPA", "GFLOP/s",
-               "peak fwd", "peak fwd+bwd", "max|err|"], title=title, align="rllrrrrrrrrr")
+    t = Table(
+        [
+            "N",
+            "impl",
+            "runs",
+            "fwd",
+            "vs SDPA",
+            "GFLOP/s",
+            "fwd+bwd",
+            "vs SDPA",
+            "GFLOP/s",
+            "peak fwd",
+            "peak fwd+bwd",
+            "max|err|",
+        ],
+        title=title,
+        align="rllrrrrrrrrr",
+    )
     last_n = None
     for r in rows:
         if last_n is not None and r.n != last_n:
             t.add_separator()
         last_n = r.n
-        t.add_row(r.n, r.label, r.backend or "-",
-                  _cell_time(r.fwd), fmt_ratio(r.fwd.vs_reference), _cell_num(r.fwd.gflops),
-                  _cell_time(r.fwd_bwd), fmt_ratio(r.fwd_bwd.vs_reference), _cell_num(r.fwd_bwd.gflops),
-                  _cell_mem(r.fwd), _cell_mem(r.fwd_bwd),
-                  "-" if r.max_abs_err is None else f"{r.max_abs_err:.1e}")
+        t.add_row(
+            r.n,
+            r.label,
+            r.backend or "-",
+            _cell_time(r.fwd),
+            fmt_ratio(r.fwd.vs_reference),
+            _cell_num(r.fwd.gflops),
+            _cell_time(r.fwd_bwd),
+            fmt_ratio(r.fwd_bwd.vs_reference),
+            _cell_num(r.fwd_bwd.gflops),
+            _cell_mem(r.fwd),
+            _cell_mem(r.fwd_bwd),
+            "-" if r.max_abs_err is None else f"{r.max_abs_err:.1e}",
+        )
     return t.render()
 
 
 def render_window(rows: list[Row], title: str) -> str:
-    t = Table(["N", "impl", "runs", "fwd", "speed-up", "fwd+bwd", "speed-up", "peak fwd", "peak fwd+bwd",
-               "max|err|"], title=title, align="rllrrrrrrr")
+    t = Table(
+        [
+            "N",
+            "impl",
+            "runs",
+            "fwd",
+            "speed-up",
+            "fwd+bwd",
+            "speed-up",
+            "peak fwd",
+            "peak fwd+bwd",
+            "max|err|",
+        ],
+        title=title,
+        align="rllrrrrrrr",
+    )
     last_n = None
     for r in rows:
         if last_n is not None and r.n != last_n:
             t.add_separator()
         last_n = r.n
-        t.add_row(r.n, r.label, r.backend or "-", _cell_time(r.fwd), fmt_ratio(r.fwd.vs_reference),
-                  _cell_time(r.fwd_bwd), fmt_ratio(r.fwd_bwd.vs_reference), _cell_mem(r.fwd),
-                  _cell_mem(r.fwd_bwd), "-" if r.max_abs_err is None else f"{r.max_abs_err:.1e}")
+        t.add_row(
+            r.n,
+            r.label,
+            r.backend or "-",
+            _cell_time(r.fwd),
+            fmt_ratio(r.fwd.vs_reference),
+            _cell_time(r.fwd_bwd),
+            fmt_ratio(r.fwd_bwd.vs_reference),
+            _cell_mem(r.fwd),
+            _cell_mem(r.fwd_bwd),
+            "-" if r.max_abs_err is None else f"{r.max_abs_err:.1e}",
+        )
     return t.render()
 
 
 def render_checks(checks: list[Check]) -> str:
-    t = Table(["target", "attnkit", "reference", "measured", "result"], title="Targets",
-              align="lrrrl")
+    t = Table(
+        ["target", "attnkit", "reference", "measured", "result"], title="Targets", align="lrrrl"
+    )
     for c in checks:
-        t.add_row(c.target, c.attnkit, c.reference, c.value, c.mark + (f" ({c.note})" if c.note else ""))
+        t.add_row(
+            c.target, c.attnkit, c.reference, c.value, c.mark + (f" ({c.note})" if c.note else "")
+        )
     return t.render()
 
 
@@ -538,7 +721,9 @@ def _notes(rows: list[Row]) -> list[str]:
             p = r.get(mode)
             for why in (p.skipped, p.memory_skipped):
                 if why:
-                    seen.setdefault(f"{r.label} {mode.replace('_', '+')}: {why}", []).append(str(r.n))
+                    seen.setdefault(f"{r.label} {mode.replace('_', '+')}: {why}", []).append(
+                        str(r.n)
+                    )
     return [f"  skipped {what} (N={','.join(ns)})" for what, ns in seen.items()]
 
 
@@ -548,7 +733,9 @@ def plot(rows: list[Row], path: Path, device: str) -> Path:
         for r in rows:
             if r.impl == "auto-dense":
                 continue
-            name = REFERENCE if r.impl == REFERENCE else r.label  # one line for SDPA over both sections
+            name = (
+                REFERENCE if r.impl == REFERENCE else r.label
+            )  # one line for SDPA over both sections
             value = getattr(r.get(mode), attr)
             if attr == "peak_bytes" and value is not None:
                 value = value / MiB
@@ -586,6 +773,7 @@ def _names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
                 f"expected a comma-separated subset of {','.join(allowed)}; got {text!r}"
             )
         return names
+
     return parse
 
 
@@ -594,45 +782,102 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     def default(key: str) -> str:
         full, quick = FULL[key], QUICK[key]
-        show = lambda v: ",".join(map(str, v)) if isinstance(v, list) else ("none" if v is None else str(v))
+        show = lambda v: (
+            ",".join(map(str, v)) if isinstance(v, list) else ("none" if v is None else str(v))
+        )
         return f"(default {show(full)}; --quick: {show(quick)})"
 
-    parser.add_argument("--quick", action="store_true",
-                        help="a small run that still reaches every target's N: a few minutes on a CPU")
-    parser.add_argument("--sizes", type=_sizes, metavar="N,N,...",
-                        help=f"dense section sequence lengths, e.g. 1k,2k,4k {default('sizes')}")
-    parser.add_argument("--window-sizes", type=_sizes, metavar="N,N,...",
-                        help="sliding-window section lengths (default: --sizes; --quick: 16k,64k)")
-    parser.add_argument("--out", type=Path, default=Path("bench_out"), metavar="DIR",
-                        help="where attention.json and attention.png go (default: bench_out)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda if available)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small run that still reaches every target's N: a few minutes on a CPU",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=_sizes,
+        metavar="N,N,...",
+        help=f"dense section sequence lengths, e.g. 1k,2k,4k {default('sizes')}",
+    )
+    parser.add_argument(
+        "--window-sizes",
+        type=_sizes,
+        metavar="N,N,...",
+        help="sliding-window section lengths (default: --sizes; --quick: 16k,64k)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench_out"),
+        metavar="DIR",
+        help="where attention.json and attention.png go (default: bench_out)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda or auto (default: cuda if available)"
+    )
     parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
-    parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True,
-                        help="causal masking in the dense section (default: causal)")
-    parser.add_argument("--window", type=positive_int, default=512, metavar="W",
-                        help="window of the sliding-window section (default 512)")
-    parser.add_argument("--backends", type=_names(DENSE_BACKENDS),
-                        help=f"dense section, each next to raw SDPA {default('backends')}")
-    parser.add_argument("--window-backends", type=_names(WINDOW_BACKENDS),
-                        help=f"window section, each next to dense causal SDPA {default('window_backends')}")
-    parser.add_argument("--dense-max", type=positive_int, metavar="N",
-                        help=f"longest N at which the window section runs dense SDPA {default('dense_max')}")
-    parser.add_argument("--reference-max", type=positive_int, metavar="N",
-                        help="longest N for the slow N x N references, naive and math; they are also "
-                             f"skipped where their scores would not fit in memory {default('reference_max')}")
+    parser.add_argument(
+        "--causal",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="causal masking in the dense section (default: causal)",
+    )
+    parser.add_argument(
+        "--window",
+        type=positive_int,
+        default=512,
+        metavar="W",
+        help="window of the sliding-window section (default 512)",
+    )
+    parser.add_argument(
+        "--backends",
+        type=_names(DENSE_BACKENDS),
+        help=f"dense section, each next to raw SDPA {default('backends')}",
+    )
+    parser.add_argument(
+        "--window-backends",
+        type=_names(WINDOW_BACKENDS),
+        help=f"window section, each next to dense causal SDPA {default('window_backends')}",
+    )
+    parser.add_argument(
+        "--dense-max",
+        type=positive_int,
+        metavar="N",
+        help=f"longest N at which the window section runs dense SDPA {default('dense_max')}",
+    )
+    parser.add_argument(
+        "--reference-max",
+        type=positive_int,
+        metavar="N",
+        help="longest N for the slow N x N references, naive and math; they are also "
+        f"skipped where their scores would not fit in memory {default('reference_max')}",
+    )
     parser.add_argument("--batch", type=positive_int, default=1, metavar="B")
     parser.add_argument("--heads", type=positive_int, default=8, metavar="H")
     parser.add_argument("--head-dim", type=positive_int, default=64, metavar="D")
-    parser.add_argument("--repeat", type=positive_int, help=f"timed rounds per measurement {default('repeat')}")
-    parser.add_argument("--warmup", type=int, default=0,
-                        help="untimed calls before timing, besides the first call that checks the output "
-                             "(default 0)")
-    parser.add_argument("--min-seconds", type=float,
-                        help=f"keep timing a measurement at least this long {default('min_seconds')}")
-    parser.add_argument("--max-seconds", type=float,
-                        help="stop timing a measurement after this long; there is always one timed "
-                             f"round besides the first, checking call {default('max_seconds')}")
-    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak-memory probes")
+    parser.add_argument(
+        "--repeat", type=positive_int, help=f"timed rounds per measurement {default('repeat')}"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="untimed calls before timing, besides the first call that checks the output "
+        "(default 0)",
+    )
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        help=f"keep timing a measurement at least this long {default('min_seconds')}",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        help="stop timing a measurement after this long; there is always one timed "
+        f"round besides the first, checking call {default('max_seconds')}",
+    )
+    parser.add_argument(
+        "--no-memory", dest="memory", action="store_false", help="skip peak-memory probes"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
 
@@ -640,7 +885,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """Every preset option: the value given, else the --quick or full default."""
     preset = QUICK if args.quick else FULL
-    got = {key: getattr(args, key) if getattr(args, key) is not None else preset[key] for key in FULL}
+    got = {
+        key: getattr(args, key) if getattr(args, key) is not None else preset[key] for key in FULL
+    }
     if args.window_sizes is None and (args.sizes is not None or not args.quick):
         got["window_sizes"] = got["sizes"]
     return got
@@ -654,12 +901,23 @@ def run(args: argparse.Namespace) -> int:
     if not opt["max_seconds"] > 0:
         raise ValueError(f"--max-seconds must be > 0, got {opt['max_seconds']}")
     if not 0 <= opt["min_seconds"] <= opt["max_seconds"]:
-        raise ValueError(f"--min-seconds must be in [0, --max-seconds={opt['max_seconds']}], got {opt['min_seconds']}")
+        raise ValueError(
+            f"--min-seconds must be in [0, --max-seconds={opt['max_seconds']}], got {opt['min_seconds']}"
+        )
     sizes, window_sizes, dense_max = opt["sizes"], opt["window_sizes"], opt["dense_max"]
-    s = Settings(shape=(args.batch, args.heads, args.head_dim), dtype=DTYPES[args.dtype], device=device,
-                 warmup=args.warmup, repeat=opt["repeat"], min_seconds=opt["min_seconds"],
-                 max_seconds=opt["max_seconds"], memory=args.memory, seed=args.seed, probe_timeout=None,
-                 reference_max=opt["reference_max"])
+    s = Settings(
+        shape=(args.batch, args.heads, args.head_dim),
+        dtype=DTYPES[args.dtype],
+        device=device,
+        warmup=args.warmup,
+        repeat=opt["repeat"],
+        min_seconds=opt["min_seconds"],
+        max_seconds=opt["max_seconds"],
+        memory=args.memory,
+        seed=args.seed,
+        probe_timeout=None,
+        reference_max=opt["reference_max"],
+    )
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -674,8 +932,17 @@ def run(args: argparse.Namespace) -> int:
     for n in window_sizes:
         # dense causal SDPA at this N was measured already when the dense section was causal
         known = _find(rows, "dense", n, REFERENCE) if args.causal else None
-        rows += run_point("window", n, window_impls, True, args.window, s, dense_max=dense_max, log=log,
-                          known_reference=known)
+        rows += run_point(
+            "window",
+            n,
+            window_impls,
+            True,
+            args.window,
+            s,
+            dense_max=dense_max,
+            log=log,
+            known_reference=known,
+        )
         if s.memory and n <= (dense_max or n) and _find(rows, "dense", n, "auto") is None:
             rows.append(_exact_memory_row(n, s, log))
     checks = evaluate_checks(rows, args.window, args.causal)
@@ -684,14 +951,25 @@ def run(args: argparse.Namespace) -> int:
     window_rows = [r for r in rows if r.section == "window" and r.impl != "auto-dense"]
     mask = "causal" if args.causal else "no mask"
     print()
-    print(render_dense(dense_rows, f"Dense attention ({mask}), {shape_text}; ratios: raw SDPA time / time"))
+    print(
+        render_dense(
+            dense_rows, f"Dense attention ({mask}), {shape_text}; ratios: raw SDPA time / time"
+        )
+    )
     print()
-    print(render_window(window_rows, f"Sliding window {args.window} (causal) vs dense causal SDPA, "
-                                     f"{shape_text}; speed-up: SDPA time / time"))
+    print(
+        render_window(
+            window_rows,
+            f"Sliding window {args.window} (causal) vs dense causal SDPA, "
+            f"{shape_text}; speed-up: SDPA time / time",
+        )
+    )
     extra = [r for r in rows if r.impl == "auto-dense"]
     if extra:
-        print("exact attention (attnkit auto, dense causal), peak memory of the forward: " + ", ".join(
-            f"N={r.n}: {_cell_mem(r.fwd)}" for r in extra))
+        print(
+            "exact attention (attnkit auto, dense causal), peak memory of the forward: "
+            + ", ".join(f"N={r.n}: {_cell_mem(r.fwd)}" for r in extra)
+        )
     notes = _notes(rows)
     if notes:
         print("\n".join(notes))
@@ -701,10 +979,20 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     result = {
         "benchmark": "attention",
-        "config": {"batch": args.batch, "heads": args.heads, "head_dim": args.head_dim, "dtype": args.dtype,
-                   "device": str(device), "causal": args.causal, "window": args.window, "quick": args.quick,
-                   **opt, "warmup": args.warmup, "memory": args.memory,
-                   "flops": "4*B*H*D per allowed (query, key) pair forward; fwd+bwd = 3.5x forward"},
+        "config": {
+            "batch": args.batch,
+            "heads": args.heads,
+            "head_dim": args.head_dim,
+            "dtype": args.dtype,
+            "device": str(device),
+            "causal": args.causal,
+            "window": args.window,
+            "quick": args.quick,
+            **opt,
+            "warmup": args.warmup,
+            "memory": args.memory,
+            "flops": "4*B*H*D per allowed (query, key) pair forward; fwd+bwd = 3.5x forward",
+        },
         "environment": environment(),
         "rows": [dataclasses.asdict(r) | {"label": r.label} for r in rows],
         "checks": [dataclasses.asdict(c) | {"result": c.mark} for c in checks],
@@ -722,8 +1010,17 @@ def _exact_memory_row(n: int, s: Settings, log: Callable[[str], None]) -> Row:
     row = Row("window", n, "auto-dense", None, True, backend="auto")
     cases = []
     for size in (min(n, 256), n):  # the first primes lazy set-up and is dropped
-        kwargs = dict(impl="auto", n=size, shape=s.shape, dtype=s.dtype_name, device=str(s.device),
-                      causal=True, window=None, mode="fwd", seed=s.seed)
+        kwargs = dict(
+            impl="auto",
+            n=size,
+            shape=s.shape,
+            dtype=s.dtype_name,
+            device=str(s.device),
+            causal=True,
+            window=None,
+            mode="fwd",
+            seed=s.seed,
+        )
         cases.append(ProbeCase(memory_case, kwargs=kwargs, warmup=False))
     row.fwd_bwd.memory_skipped = "forward only"
     log(f"  [exact N={n}] peak memory of attnkit auto, dense causal forward (separate process)")

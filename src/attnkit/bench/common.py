@@ -12,6 +12,7 @@
 Only the standard library and torch are imported at module level; matplotlib is imported by
 :func:`plot_loglog` when a plot is asked for.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -44,9 +46,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:<index>' or 'auto', got {device!r}") from None
+        raise ValueError(
+            f"device must be 'cpu', 'cuda', 'cuda:<index>' or 'auto', got {device!r}"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here; expected 'cpu'")
+        raise ValueError(
+            f"device {str(device)!r} was asked for but CUDA is not available here; expected 'cpu'"
+        )
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     return dev
@@ -111,8 +117,9 @@ def time_fn(
     is always at least one timed call). On CUDA the device is synchronised before and after
     each call, so queued kernels are counted.
     """
-    return time_interleaved({"fn": fn}, warmup, repeat, device=device, min_seconds=min_seconds,
-                            max_seconds=max_seconds)["fn"]
+    return time_interleaved(
+        {"fn": fn}, warmup, repeat, device=device, min_seconds=min_seconds, max_seconds=max_seconds
+    )["fn"]
 
 
 MAX_ROUNDS = 10_000
@@ -140,7 +147,9 @@ def time_interleaved(
         return {}
     unknown = set(samples or {}) - set(fns)
     if unknown:
-        raise ValueError(f"samples given for {sorted(unknown)}, which are not among the callables {list(fns)}")
+        raise ValueError(
+            f"samples given for {sorted(unknown)}, which are not among the callables {list(fns)}"
+        )
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -211,7 +220,9 @@ def peak_memory(
     timeout: float | None = None,
 ) -> int:
     """Peak memory in bytes that one call of an operation adds; see :func:`measure_peak_memory`."""
-    return measure_peak_memory(make_op, args, kwargs, device=device, warmup=warmup, timeout=timeout).peak_bytes
+    return measure_peak_memory(
+        make_op, args, kwargs, device=device, warmup=warmup, timeout=timeout
+    ).peak_bytes
 
 
 def measure_peak_memory(
@@ -262,9 +273,15 @@ def measure_peak_memories(
         return []
     dev = resolve_device(device)
     wire = [
-        [_target_ref(c.make_op), _encode(list(c.args)), _encode(dict(c.kwargs)), bool(c.warmup)] for c in cases
+        [_target_ref(c.make_op), _encode(list(c.args)), _encode(dict(c.kwargs)), bool(c.warmup)]
+        for c in cases
     ]
-    payload = {"cases": wire, "device": str(dev), "threads": torch.get_num_threads(), "sys_path": list(sys.path)}
+    payload = {
+        "cases": wire,
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "sys_path": list(sys.path),
+    }
     env = dict(os.environ)
     # The child must find the same modules as this process (tests, scripts on sys.path).
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
@@ -279,13 +296,17 @@ def measure_peak_memories(
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise TimeoutError(f"memory probe of {names} ran past its timeout of {timeout} s") from None
+            raise TimeoutError(
+                f"memory probe of {names} ran past its timeout of {timeout} s"
+            ) from None
         if proc.returncode != 0 or not out.exists():
             lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
             why = lines[-1] if lines else "no error output"
             if proc.returncode < 0:
                 why = f"killed by signal {-proc.returncode} (out of memory?); {why}"
-            raise RuntimeError(f"memory probe of {names} failed with exit code {proc.returncode}: {why}")
+            raise RuntimeError(
+                f"memory probe of {names} failed with exit code {proc.returncode}: {why}"
+            )
         results = json.loads(out.read_text())
     readings: list[MemoryReading | Exception] = []
     for case, r in zip(cases, results):
@@ -353,7 +374,9 @@ def _encode(x: Any) -> Any:
         return {"__dtype__": str(x).removeprefix("torch.")}
     if isinstance(x, torch.device):
         return {"__device__": str(x)}
-    raise TypeError(f"probe arguments must be plain values, tuples, dtypes or devices; got {type(x).__name__}")
+    raise TypeError(
+        f"probe arguments must be plain values, tuples, dtypes or devices; got {type(x).__name__}"
+    )
 
 
 def _decode(x: Any) -> Any:
@@ -413,12 +436,16 @@ def _current_rss_bytes() -> int:
     return _maxrss_bytes()  # best available elsewhere
 
 
-def _measure_one(make_op: Callable, args: tuple, kwargs: dict, warmup: bool, dev: torch.device) -> MemoryReading:
+def _measure_one(
+    make_op: Callable, args: tuple, kwargs: dict, warmup: bool, dev: torch.device
+) -> MemoryReading:
     import gc
 
     op = make_op(*args, **kwargs)
     if not callable(op):
-        raise TypeError(f"{_name(make_op)} must return a zero-argument callable, got {type(op).__name__}")
+        raise TypeError(
+            f"{_name(make_op)} must return a zero-argument callable, got {type(op).__name__}"
+        )
     if warmup:
         result = op()
         synchronize(dev)
@@ -432,7 +459,9 @@ def _measure_one(make_op: Callable, args: tuple, kwargs: dict, warmup: bool, dev
         base = torch.cuda.memory_allocated(dev)
         result = op()
         synchronize(dev)
-        reading = MemoryReading(torch.cuda.max_memory_allocated(dev) - base, base, "cuda_max_allocated")
+        reading = MemoryReading(
+            torch.cuda.max_memory_allocated(dev) - base, base, "cuda_max_allocated"
+        )
     elif _reset_peak_rss():
         base = _current_rss_bytes()
         result = op()
@@ -460,7 +489,9 @@ def _probe_child(in_path: str, out_path: str) -> None:
     results: list[dict[str, Any]] = []
     for target, args, kwargs, warmup in payload["cases"]:
         try:
-            reading = _measure_one(_resolve_target(target), _decode(args), _decode(kwargs), warmup, dev)
+            reading = _measure_one(
+                _resolve_target(target), _decode(args), _decode(kwargs), warmup, dev
+            )
             results.append(dataclasses.asdict(reading))
         except Exception as e:  # reported per case; the next case still runs
             results.append({"error": f"{type(e).__name__}: {e}".splitlines()[0][:500]})
@@ -524,11 +555,15 @@ class Table:
     left-aligned and numeric ones right-aligned, judged by their first value.
     """
 
-    def __init__(self, columns: Sequence[str], title: str | None = None, align: str | None = None) -> None:
+    def __init__(
+        self, columns: Sequence[str], title: str | None = None, align: str | None = None
+    ) -> None:
         if not columns:
             raise ValueError("a Table needs at least one column, got none")
         if align is not None and (len(align) != len(columns) or set(align) - {"l", "r"}):
-            raise ValueError(f"align must be one of 'l'/'r' per column ({len(columns)} letters), got {align!r}")
+            raise ValueError(
+                f"align must be one of 'l'/'r' per column ({len(columns)} letters), got {align!r}"
+            )
         self.columns = [str(c) for c in columns]
         self.title = title
         self.align = align
@@ -539,10 +574,14 @@ class Table:
             mapping = values[0]
             unknown = set(mapping) - set(self.columns)
             if unknown:
-                raise ValueError(f"unknown column(s) {sorted(unknown)}; expected some of {self.columns}")
+                raise ValueError(
+                    f"unknown column(s) {sorted(unknown)}; expected some of {self.columns}"
+                )
             values = tuple(mapping.get(c) for c in self.columns)
         if len(values) != len(self.columns):
-            raise ValueError(f"row has {len(values)} values, expected {len(self.columns)} ({self.columns})")
+            raise ValueError(
+                f"row has {len(values)} values, expected {len(self.columns)} ({self.columns})"
+            )
         self.rows.append(list(values))
 
     def add_separator(self) -> None:
@@ -563,7 +602,9 @@ class Table:
             numeric.append(isinstance(first, (int, float)) and not isinstance(first, bool))
 
         def line(values: Sequence[str]) -> str:
-            parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+            parts = [
+                v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)
+            ]
             return "  ".join(parts).rstrip()
 
         out = [self.title] if self.title else []
@@ -708,7 +749,12 @@ def plot_loglog(
             if not pts:
                 continue
             xs, ys = zip(*pts)
-            style = {"marker": "o", "markersize": 3, "color": colors[name], **dict((styles or {}).get(name, {}))}
+            style = {
+                "marker": "o",
+                "markersize": 3,
+                "color": colors[name],
+                **dict((styles or {}).get(name, {})),
+            }
             ax.plot(xs, ys, label=name, **style)
             drawn += 1
         ax.set_xscale("log", base=2)

@@ -17,6 +17,7 @@ the time includes the prompt). Cases:
 Greedy agreement is the share of new tokens where attnkit's output equals HF's (float32 cases
 must agree on every token). Prints a table and writes ``generate.json`` in ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,15 +43,28 @@ INT8_AGREEMENT = 0.99
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from attnkit.cli import positive_int
 
-    parser.add_argument("--quick", action="store_true",
-                        help="a tiny GPT-2 and few tokens (a test of the benchmark itself)")
-    parser.add_argument("--cases", default=",".join(CASES),
-                        help=f"comma-separated cases (default all: {','.join(CASES)})")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny GPT-2 and few tokens (a test of the benchmark itself)",
+    )
+    parser.add_argument(
+        "--cases",
+        default=",".join(CASES),
+        help=f"comma-separated cases (default all: {','.join(CASES)})",
+    )
     parser.add_argument("--prompt-len", type=positive_int, default=32, help="prompt tokens (32)")
-    parser.add_argument("--new-tokens", type=positive_int,
-                        help="new tokens for every case (default: 256 at batch 1, 128 at batch 8)")
-    parser.add_argument("--rounds", type=positive_int, default=2,
-                        help="timed runs per side, alternating; the best counts (default 2)")
+    parser.add_argument(
+        "--new-tokens",
+        type=positive_int,
+        help="new tokens for every case (default: 256 at batch 1, 128 at batch 8)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=2,
+        help="timed runs per side, alternating; the best counts (default 2)",
+    )
     parser.add_argument("--threads", type=positive_int, help="torch threads (default: as is)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and prompts")
     parser.add_argument("--out", default="bench_out", help="directory for generate.json")
@@ -60,8 +74,7 @@ def _cases(text: str) -> list[str]:
     names = [c.strip() for c in text.split(",") if c.strip()]
     bad = [c for c in names if c not in CASES]
     if bad or not names:
-        raise ValueError(f"--cases must be a comma-separated subset of {list(CASES)}, got "
-                         f"{text!r}")
+        raise ValueError(f"--cases must be a comma-separated subset of {list(CASES)}, got {text!r}")
     return names
 
 
@@ -76,9 +89,14 @@ def _best(fn, rounds: int) -> tuple[float, Any]:
 
 def _hf_generate(hf, ids: torch.Tensor, n: int) -> list[list[int]]:
     with torch.inference_mode():
-        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                          do_sample=False, pad_token_id=0)
-    return out[:, ids.shape[1]:].tolist()
+        out = hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    return out[:, ids.shape[1] :].tolist()
 
 
 def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
@@ -91,8 +109,8 @@ def _teacher_forced_agreement(model, prompt: torch.Tensor, new: list[list[int]])
     reference sequence (prompt + new) in one forward pass."""
     seq = torch.cat([prompt, torch.tensor(new, dtype=torch.long)], dim=1)  # (B, P + N)
     with torch.inference_mode():
-        logits = model(seq[:, :-1])[:, prompt.shape[1] - 1:]  # (B, N, V)
-    return (logits.argmax(-1) == seq[:, prompt.shape[1]:]).float().mean().item()
+        logits = model(seq[:, :-1])[:, prompt.shape[1] - 1 :]  # (B, N, V)
+    return (logits.argmax(-1) == seq[:, prompt.shape[1] :]).float().mean().item()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,15 +142,16 @@ def run(args: argparse.Namespace) -> int:
         n = args.new_tokens or (8 if args.quick else n)
         if weights not in variants:
             fresh = convert_from_hf(hf.state_dict(), hf_cfg.to_dict()).eval()
-            variants[weights] = (fresh.to(torch.bfloat16) if weights == "bfloat16"
-                                 else quantize_int8(fresh))
+            variants[weights] = (
+                fresh.to(torch.bfloat16) if weights == "bfloat16" else quantize_int8(fresh)
+            )
         model = variants[weights]
         if batch not in prompts:
             prompts[batch] = torch.randint(0, vocab, (batch, args.prompt_len), generator=g)
         prompt = prompts[batch]
 
         def ours_fn():
-            return [r[args.prompt_len:] for r in generate(model, prompt, n, temperature=0)]
+            return [r[args.prompt_len :] for r in generate(model, prompt, n, temperature=0)]
 
         generate(model, prompt, 2, temperature=0)  # warm-up
         _hf_generate(hf, prompt, 2)
@@ -144,10 +163,17 @@ def run(args: argparse.Namespace) -> int:
             t, hf_out = _best(lambda: _hf_generate(hf, prompt, n), 1)
             hf_best = min(hf_best, t)
         ours_rate, hf_rate = batch * n / ours_best, batch * n / hf_best
-        row = dict(case=name, batch=batch, new_tokens=n, dtype=weights,
-                   attnkit_tokens_per_s=ours_rate, hf_fp32_tokens_per_s=hf_rate,
-                   ratio=ours_rate / hf_rate, greedy_agreement=_agreement(ours_out, hf_out),
-                   target=target)
+        row = dict(
+            case=name,
+            batch=batch,
+            new_tokens=n,
+            dtype=weights,
+            attnkit_tokens_per_s=ours_rate,
+            hf_fp32_tokens_per_s=hf_rate,
+            ratio=ours_rate / hf_rate,
+            greedy_agreement=_agreement(ours_out, hf_out),
+            target=target,
+        )
         met = row["ratio"] >= target
         if weights == "float32":
             met = met and row["greedy_agreement"] == 1.0
@@ -158,30 +184,66 @@ def run(args: argparse.Namespace) -> int:
                 met = met and row["top1_vs_fp32"] >= INT8_AGREEMENT
         row["met"] = bool(met)
         rows.append(row)
-        print(f"{name}: attnkit {ours_rate:.1f} tokens/s, HF float32 {hf_rate:.1f} tokens/s, "
-              f"{row['ratio']:.2f}x", flush=True)
+        print(
+            f"{name}: attnkit {ours_rate:.1f} tokens/s, HF float32 {hf_rate:.1f} tokens/s, "
+            f"{row['ratio']:.2f}x",
+            flush=True,
+        )
     load_after = os.getloadavg()
 
-    title = (f"greedy decoding, GPT-2 {'tiny (--quick)' if args.quick else '124M'} shape, "
-             f"random weights shared by both sides, prompt {args.prompt_len} tokens, "
-             f"{torch.get_num_threads()} threads, best of {args.rounds} round(s)")
-    table = Table(["case", "batch", "new", "attnkit weights", "attnkit tokens/s",
-                   "HF fp32 tokens/s", "ratio", "target", "greedy = HF", "top-1 = fp32", "met"],
-                  title=title)
+    title = (
+        f"greedy decoding, GPT-2 {'tiny (--quick)' if args.quick else '124M'} shape, "
+        f"random weights shared by both sides, prompt {args.prompt_len} tokens, "
+        f"{torch.get_num_threads()} threads, best of {args.rounds} round(s)"
+    )
+    table = Table(
+        [
+            "case",
+            "batch",
+            "new",
+            "attnkit weights",
+            "attnkit tokens/s",
+            "HF fp32 tokens/s",
+            "ratio",
+            "target",
+            "greedy = HF",
+            "top-1 = fp32",
+            "met",
+        ],
+        title=title,
+    )
     for row in rows:
-        table.add_row(row["case"], row["batch"], row["new_tokens"], row["dtype"],
-                      f"{row['attnkit_tokens_per_s']:.1f}", f"{row['hf_fp32_tokens_per_s']:.1f}",
-                      f"{row['ratio']:.2f}x", f">= {row['target']}x",
-                      f"{100 * row['greedy_agreement']:.1f}%",
-                      f"{100 * row['top1_vs_fp32']:.1f}%" if "top1_vs_fp32" in row else "-",
-                      "yes" if row["met"] else "NO")
+        table.add_row(
+            row["case"],
+            row["batch"],
+            row["new_tokens"],
+            row["dtype"],
+            f"{row['attnkit_tokens_per_s']:.1f}",
+            f"{row['hf_fp32_tokens_per_s']:.1f}",
+            f"{row['ratio']:.2f}x",
+            f">= {row['target']}x",
+            f"{100 * row['greedy_agreement']:.1f}%",
+            f"{100 * row['top1_vs_fp32']:.1f}%" if "top1_vs_fp32" in row else "-",
+            "yes" if row["met"] else "NO",
+        )
     print(table)
-    print(f"load average (1, 5, 15 min): before {tuple(round(x, 2) for x in load_before)}, "
-          f"after {tuple(round(x, 2) for x in load_after)} on {os.cpu_count()} CPUs")
+    print(
+        f"load average (1, 5, 15 min): before {tuple(round(x, 2) for x in load_before)}, "
+        f"after {tuple(round(x, 2) for x in load_after)} on {os.cpu_count()} CPUs"
+    )
     out = Path(args.out)
-    write_json(out / "generate.json", {
-        "rows": rows, "environment": environment(), "quick": bool(args.quick),
-        "prompt_len": args.prompt_len, "rounds": args.rounds, "config": hf_cfg.to_dict(),
-        "load_before": load_before, "load_after": load_after})
+    write_json(
+        out / "generate.json",
+        {
+            "rows": rows,
+            "environment": environment(),
+            "quick": bool(args.quick),
+            "prompt_len": args.prompt_len,
+            "rounds": args.rounds,
+            "config": hf_cfg.to_dict(),
+            "load_before": load_before,
+            "load_after": load_after,
+        },
+    )
     print(f"wrote {out / 'generate.json'}")
     return 0

@@ -7,6 +7,7 @@ dense matmul throughput in the same dtype (or given with ``--peak-tflops``). Mod
 token are ``6 N + 6 L T C`` (N weights in matmuls incl. the LM head, L layers, T block, C
 width; the second term is causal attention's score and value products, forward and backward).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,16 +20,26 @@ from attnkit.bench.common import environment, write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="gpt-shakespeare-char", help="run config (name or TOML file)")
-    parser.add_argument("--vocab", type=int, default=65, help="vocabulary size (default 65, the char set)")
+    parser.add_argument(
+        "--config", default="gpt-shakespeare-char", help="run config (name or TOML file)"
+    )
+    parser.add_argument(
+        "--vocab", type=int, default=65, help="vocabulary size (default 65, the char set)"
+    )
     parser.add_argument("--iters", type=int, default=40, help="timed optimizer steps (default 40)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: the config's")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), help="default: the config's"
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--threads", type=int, help="torch threads (default: as is)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--peak-tflops", type=float, help="device peak in TFLOP/s (default: measured)")
-    parser.add_argument("--out", default="bench_out", help="directory for train.json (default bench_out)")
+    parser.add_argument(
+        "--peak-tflops", type=float, help="device peak in TFLOP/s (default: measured)"
+    )
+    parser.add_argument(
+        "--out", default="bench_out", help="directory for train.json (default bench_out)"
+    )
 
 
 def model_flops_per_token(cfg, block_size: int) -> float:
@@ -63,11 +74,16 @@ def run(args: argparse.Namespace) -> int:
     from attnkit.training.loop import loss_sums
 
     if args.iters < 1 or args.warmup < 0:
-        raise ValueError(f"--iters must be >= 1 and --warmup >= 0, got {args.iters} and {args.warmup}")
+        raise ValueError(
+            f"--iters must be >= 1 and --warmup >= 0, got {args.iters} and {args.warmup}"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     cfg = run_config.build(run_config.read_file(run_config.find_config(args.config)), [])
     tc = cfg.train
     dtype_name = args.dtype or tc.dtype
@@ -80,11 +96,14 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     raw = build_model(mcfg).to(device)
     model = torch.compile(raw) if args.compile else raw
-    opt = optim.make_optimizer(raw, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), device,
-                               fused=tc.fused_adamw)
+    opt = optim.make_optimizer(
+        raw, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), device, fused=tc.fused_adamw
+    )
     B, T = tc.batch_size, tc.block_size
     g = torch.Generator().manual_seed(0)
-    data = torch.randint(0, args.vocab, (args.warmup + args.iters, B, T + 1), generator=g).to(device)
+    data = torch.randint(0, args.vocab, (args.warmup + args.iters, B, T + 1), generator=g).to(
+        device
+    )
 
     def step(i: int) -> None:
         x, y = data[i, :, :-1], data[i, :, 1:]
@@ -109,19 +128,32 @@ def run(args: argparse.Namespace) -> int:
     flops = model_flops_per_token(mcfg, T) * tokens_per_second
     peak = args.peak_tflops * 1e12 if args.peak_tflops else measured_peak(device, dtype)
     result = {
-        "config": args.config, "device": str(device), "dtype": dtype_name, "compile": args.compile,
-        "threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in raw.parameters()),
-        "batch_size": B, "block_size": T, "iters": args.iters,
-        "seconds_per_iter": seconds / args.iters, "tokens_per_second": tokens_per_second,
-        "model_tflops": flops / 1e12, "peak_tflops": peak / 1e12,
-        "peak_source": "given" if args.peak_tflops else "measured matmul", "mfu": flops / peak,
+        "config": args.config,
+        "device": str(device),
+        "dtype": dtype_name,
+        "compile": args.compile,
+        "threads": torch.get_num_threads(),
+        "parameters": sum(p.numel() for p in raw.parameters()),
+        "batch_size": B,
+        "block_size": T,
+        "iters": args.iters,
+        "seconds_per_iter": seconds / args.iters,
+        "tokens_per_second": tokens_per_second,
+        "model_tflops": flops / 1e12,
+        "peak_tflops": peak / 1e12,
+        "peak_source": "given" if args.peak_tflops else "measured matmul",
+        "mfu": flops / peak,
         "environment": environment(),
     }
-    print(f"bench train: {args.config} ({result['parameters']:,} parameters) on {device}, "
-          f"{dtype_name}{', compiled' if args.compile else ''}, {result['threads']} threads")
-    print(f"  {seconds / args.iters * 1e3:.1f} ms/iter  {tokens_per_second:,.0f} tokens/s  "
-          f"{flops / 1e9:.1f} GFLOP/s  MFU {result['mfu'] * 100:.1f}% of {peak / 1e9:.1f} GFLOP/s "
-          f"({result['peak_source']})")
+    print(
+        f"bench train: {args.config} ({result['parameters']:,} parameters) on {device}, "
+        f"{dtype_name}{', compiled' if args.compile else ''}, {result['threads']} threads"
+    )
+    print(
+        f"  {seconds / args.iters * 1e3:.1f} ms/iter  {tokens_per_second:,.0f} tokens/s  "
+        f"{flops / 1e9:.1f} GFLOP/s  MFU {result['mfu'] * 100:.1f}% of {peak / 1e9:.1f} GFLOP/s "
+        f"({result['peak_source']})"
+    )
     path = write_json(Path(args.out) / "train.json", result)
     print(f"  wrote {path}")
     return 0

@@ -29,6 +29,7 @@ It prints a table per mode, checks the figures the variants promise (:data:`TARG
 writes ``<out>/variants.json`` and ``<out>/variants.png`` (time and memory against N, error
 against cost; log-log).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,9 @@ import dataclasses
 import math
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,9 +64,22 @@ from attnkit.bench.common import (
 EXACT = "exact"  # exact attention: torch SDPA
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 MODES = ("fwd", "fwd_bwd")
-FULL = dict(sizes=[1024 * 2**i for i in range(7)], exact_max=16384, repeat=5, max_seconds=60.0, sweep=True,
-            minilm_windows=8)
-QUICK = dict(sizes=[1024, 2048, 4096], exact_max=4096, repeat=2, max_seconds=3.0, sweep=False, minilm_windows=4)
+FULL = dict(
+    sizes=[1024 * 2**i for i in range(7)],
+    exact_max=16384,
+    repeat=5,
+    max_seconds=60.0,
+    sweep=True,
+    minilm_windows=8,
+)
+QUICK = dict(
+    sizes=[1024, 2048, 4096],
+    exact_max=4096,
+    repeat=2,
+    max_seconds=3.0,
+    sweep=False,
+    minilm_windows=4,
+)
 
 # Variant parameters for MiniLM's windows of T=512 tokens. The defaults are sized for long
 # inputs: BigBird's 64-token blocks would make 8 blocks of which every query sees 6 (nearly
@@ -112,19 +127,24 @@ def make_fn(name: str, params: dict[str, Any], causal: bool) -> Callable[..., to
     return lambda q, k, v: mod(q, k, v, causal=causal)
 
 
-def make_inputs(n: int, shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device, seed: int):
+def make_inputs(
+    n: int, shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device, seed: int
+):
     b, h, d = shape
     gen = torch.Generator().manual_seed(seed + n)
-    q, k, v, grad_out = (torch.randn(b, h, n, d, generator=gen).to(device=device, dtype=dtype)
-                         for _ in range(4))  # (B, H, N, D) each
+    q, k, v, grad_out = (
+        torch.randn(b, h, n, d, generator=gen).to(device=device, dtype=dtype) for _ in range(4)
+    )  # (B, H, N, D) each
     return q, k, v, grad_out
 
 
 def make_op(fn: Callable, mode: str, q, k, v, grad_out) -> Callable[[], Any]:
     if mode == "fwd":
+
         def forward():
             with torch.no_grad():
                 return fn(q, k, v)
+
         return forward
     qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
 
@@ -136,8 +156,17 @@ def make_op(fn: Callable, mode: str, q, k, v, grad_out) -> Callable[[], Any]:
     return forward_backward
 
 
-def memory_case(name: str, params: dict[str, Any], n: int, shape: tuple[int, int, int], dtype: str,
-                device: str, causal: bool, mode: str, seed: int) -> Callable[[], Any]:
+def memory_case(
+    name: str,
+    params: dict[str, Any],
+    n: int,
+    shape: tuple[int, int, int],
+    dtype: str,
+    device: str,
+    causal: bool,
+    mode: str,
+    seed: int,
+) -> Callable[[], Any]:
     """Build one measurement inside a memory-probe process; returns the operation."""
     q, k, v, grad_out = make_inputs(n, shape, DTYPES[dtype], torch.device(device), seed)
     return make_op(make_fn(name, params, causal), mode, q, k, v, grad_out)
@@ -156,12 +185,18 @@ class Row:
     n: int
     causal: bool
     exact: bool
-    seconds: dict[str, Optional[float]] = dataclasses.field(default_factory=lambda: dict.fromkeys(MODES))
-    peak_bytes: dict[str, Optional[int]] = dataclasses.field(default_factory=lambda: dict.fromkeys(MODES))
-    samples: dict[str, list[float]] = dataclasses.field(default_factory=lambda: {m: [] for m in MODES})
-    speedup: Optional[float] = None  # exact fwd+bwd time / this fwd+bwd time
-    skipped: Optional[str] = None
-    memory_note: Optional[str] = None
+    seconds: dict[str, float | None] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(MODES)
+    )
+    peak_bytes: dict[str, int | None] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(MODES)
+    )
+    samples: dict[str, list[float]] = dataclasses.field(
+        default_factory=lambda: {m: [] for m in MODES}
+    )
+    speedup: float | None = None  # exact fwd+bwd time / this fwd+bwd time
+    skipped: str | None = None
+    memory_note: str | None = None
 
 
 @dataclasses.dataclass
@@ -189,7 +224,7 @@ def _short(e: BaseException) -> str:
     return text[:160]
 
 
-def exact_skip_reason(n: int, s: Settings) -> Optional[str]:
+def exact_skip_reason(n: int, s: Settings) -> str | None:
     if n > s.exact_max:
         return f"N > --exact-max {s.exact_max} (time grows as N^2)"
     b, h, _ = s.shape
@@ -207,7 +242,9 @@ def prepare_point(n: int, causal: bool, s: Settings, log: Callable[[str], None])
     """Rows and ready-to-time operations {mode: {name: op}} of every variant and exact
     attention at one N; each operation has been called once (lazy set-up, and proof it runs)."""
     q, k, v, grad_out = make_inputs(n, s.shape, DTYPES[s.dtype], s.device, s.seed)
-    rows = [Row(EXACT, n, causal, True)] + [Row(name, n, causal, V.variant_class(name).exact) for name in s.names]
+    rows = [Row(EXACT, n, causal, True)] + [
+        Row(name, n, causal, V.variant_class(name).exact) for name in s.names
+    ]
     rows[0].skipped = exact_skip_reason(n, s)
     ops: dict[str, dict[str, Callable[[], Any]]] = {mode: {} for mode in MODES}
     for mode in MODES:
@@ -215,7 +252,9 @@ def prepare_point(n: int, causal: bool, s: Settings, log: Callable[[str], None])
             if row.skipped:
                 continue
             try:
-                op = make_op(make_fn(row.name, s.params.get(row.name, {}), causal), mode, q, k, v, grad_out)
+                op = make_op(
+                    make_fn(row.name, s.params.get(row.name, {}), causal), mode, q, k, v, grad_out
+                )
                 op()
                 synchronize(s.device)
                 ops[mode][row.name] = op
@@ -249,9 +288,10 @@ def time_points(points: list, s: Settings) -> None:
     budget = s.max_seconds * max(1, len(points))
     for round_ in range(s.repeat):
         for group in groups:
-            for row, mode, op in (group if round_ % 2 == 0 else reversed(group)):
+            for row, mode, op in group if round_ % 2 == 0 else reversed(group):
                 row.samples[mode].append(
-                    time_interleaved({row.name: op}, warmup=0, repeat=1, device=s.device)[row.name])
+                    time_interleaved({row.name: op}, warmup=0, repeat=1, device=s.device)[row.name]
+                )
         if time.perf_counter() - start >= budget:
             break
     for rows, _ in points:
@@ -291,9 +331,16 @@ def measure_mode(causal: bool, s: Settings, log: Callable[[str], None]) -> list[
         if s.memory:
             memory_point(rows_n, s, log)
         for row in rows_n:
-            log(f"  {'causal' if causal else 'full  '} N={n:>6} {row.name:>9}: " + (row.skipped or (
-                f"fwd {_ms(row.seconds['fwd'])} ms, fwd+bwd {_ms(row.seconds['fwd_bwd'])} ms, "
-                f"peak {_mib(row.peak_bytes['fwd_bwd'])} MiB")))
+            log(
+                f"  {'causal' if causal else 'full  '} N={n:>6} {row.name:>9}: "
+                + (
+                    row.skipped
+                    or (
+                        f"fwd {_ms(row.seconds['fwd'])} ms, fwd+bwd {_ms(row.seconds['fwd_bwd'])} ms, "
+                        f"peak {_mib(row.peak_bytes['fwd_bwd'])} MiB"
+                    )
+                )
+            )
     return rows
 
 
@@ -304,9 +351,23 @@ def memory_point(rows: list[Row], s: Settings, log: Callable[[str], None]) -> No
         if row.skipped:
             continue
         for mode in MODES:
-            cases.append(ProbeCase(memory_case, (row.name, s.params.get(row.name, {}), row.n, s.shape, s.dtype,
-                                                 str(s.device), row.causal, mode, s.seed),
-                                   warmup=row.n <= 8192))  # a warm-up call costs little at small N
+            cases.append(
+                ProbeCase(
+                    memory_case,
+                    (
+                        row.name,
+                        s.params.get(row.name, {}),
+                        row.n,
+                        s.shape,
+                        s.dtype,
+                        str(s.device),
+                        row.causal,
+                        mode,
+                        s.seed,
+                    ),
+                    warmup=row.n <= 8192,
+                )
+            )  # a warm-up call costs little at small N
             slots.append((row, mode))
     try:
         readings = measure_peak_memories(cases, device=s.device)
@@ -345,7 +406,9 @@ def shared_qk_reference(q: torch.Tensor, v: torch.Tensor, causal: bool) -> torch
     allowed = torch.ones(n, n, dtype=torch.bool, device=q.device)
     if causal:
         allowed = allowed.tril()
-    s = s.masked_fill(eye & (allowed.sum(-1, keepdim=True) > 1), float("-inf"))  # self only if alone
+    s = s.masked_fill(
+        eye & (allowed.sum(-1, keepdim=True) > 1), float("-inf")
+    )  # self only if alone
     s = s.masked_fill(~allowed, float("-inf"))
     return torch.softmax(s, -1) @ v.double()
 
@@ -367,12 +430,16 @@ def error_point(causal: bool, s: Settings, log: Callable[[str], None]) -> dict[s
             out[name] = {"n": n, "rel_err": rel, "cos": cos}
             if name == "lsh":  # also against the dense attention it approximates
                 out[name]["rel_err_shared_qk"] = rows_error(o, shared_qk_reference(q, v, causal))[0]
-    log(f"  error at N={n} ({'causal' if causal else 'full'}): " + ", ".join(
-        f"{k_}={r['rel_err']:.3f}" for k_, r in out.items() if "rel_err" in r))
+    log(
+        f"  error at N={n} ({'causal' if causal else 'full'}): "
+        + ", ".join(f"{k_}={r['rel_err']:.3f}" for k_, r in out.items() if "rel_err" in r)
+    )
     return out
 
 
-def minilm_windows(tokenizer: Any, text: str, n: int, T: int = MINILM_T) -> tuple[torch.Tensor, torch.Tensor]:
+def minilm_windows(
+    tokenizer: Any, text: str, n: int, T: int = MINILM_T
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` windows of consecutive tokens of ``text`` (its non-empty lines joined), each framed
     by the tokenizer's special tokens ([CLS] ... [SEP]) and 512, 448, 384, 320, 512, ... tokens
     long: ids (n, T) right-padded with 0 and an attention mask (n, T), 1 = real token."""
@@ -387,7 +454,7 @@ def minilm_windows(tokenizer: Any, text: str, n: int, T: int = MINILM_T) -> tupl
     lines = [line for line in text.splitlines() if line.strip()]
     content: list[int] = []
     for start in range(0, len(lines), 512):
-        for e in tok.encode_batch(lines[start:start + 512], add_special_tokens=False):
+        for e in tok.encode_batch(lines[start : start + 512], add_special_tokens=False):
             content += e.ids
         if len(content) >= need:
             break
@@ -397,7 +464,7 @@ def minilm_windows(tokenizer: Any, text: str, n: int, T: int = MINILM_T) -> tupl
     mask = torch.zeros(n, T, dtype=torch.long)
     pos = 0
     for i, L in enumerate(lengths):
-        body = content[pos:pos + L - len(special)]
+        body = content[pos : pos + L - len(special)]
         pos += len(body)
         seq = special[:1] + body + special[1:]
         ids[i, :L] = torch.tensor(seq)
@@ -420,7 +487,9 @@ def minilm_error(s: Settings, log: Callable[[str], None]) -> dict[str, Any]:
     try:
         model = load("minilm", device=s.device)
         text = load_corpus(s.minilm_text).text
-        ids, mask = minilm_windows(model.tokenizer, text, s.minilm_windows, min(MINILM_T, model.config.max_seq_len))
+        ids, mask = minilm_windows(
+            model.tokenizer, text, s.minilm_windows, min(MINILM_T, model.config.max_seq_len)
+        )
     except Exception as e:  # no checkpoint package, no text: reported, not fatal
         log(f"  MiniLM activations skipped: {_short(e)}")
         return {"skipped": _short(e)}
@@ -428,22 +497,38 @@ def minilm_error(s: Settings, log: Callable[[str], None]) -> dict[str, Any]:
         layers = capture_qkv(model, ids.to(s.device), mask.to(s.device))
     B, H, T, D = layers[0].q.shape
     lengths = mask.sum(1).tolist()
-    log(f"  MiniLM activations: {len(layers)} layers, {B} windows of {lengths} tokens (T={T}), {H} heads, D={D}")
-    out: dict[str, Any] = {"model": "all-MiniLM-L6-v2", "text": s.minilm_text, "windows": B, "lengths": lengths,
-                           "layers": len(layers), "heads": H, "head_dim": D, "variants": {}}
+    log(
+        f"  MiniLM activations: {len(layers)} layers, {B} windows of {lengths} tokens (T={T}), {H} heads, D={D}"
+    )
+    out: dict[str, Any] = {
+        "model": "all-MiniLM-L6-v2",
+        "text": s.minilm_text,
+        "windows": B,
+        "lengths": lengths,
+        "layers": len(layers),
+        "heads": H,
+        "head_dim": D,
+        "variants": {},
+    }
     real = mask.bool().to(s.device)[:, None, :].expand(B, H, T)  # (B, H, T) real query rows
     refs = []
     with torch.no_grad():
         for L in layers:
             keep = L.key_padding_mask[:, None, None, :]  # (B, 1, 1, T)
-            refs.append(F.scaled_dot_product_attention(L.q.double(), L.k.double(), L.v.double(), attn_mask=keep))
+            refs.append(
+                F.scaled_dot_product_attention(
+                    L.q.double(), L.k.double(), L.v.double(), attn_mask=keep
+                )
+            )
         for name in s.names:
             params = minilm_params(name, s)
             try:
                 mod = V.get(name, **params)
                 rels, coss = [], []
                 for L, ref in zip(layers, refs):
-                    o = mod(L.q, L.k, L.v, causal=False, key_padding_mask=L.key_padding_mask)  # (B, H, T, D)
+                    o = mod(
+                        L.q, L.k, L.v, causal=False, key_padding_mask=L.key_padding_mask
+                    )  # (B, H, T, D)
                     rel, cos = row_errors(o, ref)
                     rels.append(rel[real])
                     coss.append(cos[real])
@@ -453,11 +538,18 @@ def minilm_error(s: Settings, log: Callable[[str], None]) -> dict[str, Any]:
                 continue
             out["variants"][name] = {
                 "params": params,
-                "rel_err": torch.cat(rels).mean().item(), "cos": torch.cat(coss).mean().item(),
-                "per_layer": [{"rel_err": r.mean().item(), "cos": c.mean().item()} for r, c in zip(rels, coss)],
+                "rel_err": torch.cat(rels).mean().item(),
+                "cos": torch.cat(coss).mean().item(),
+                "per_layer": [
+                    {"rel_err": r.mean().item(), "cos": c.mean().item()} for r, c in zip(rels, coss)
+                ],
             }
-    log("  error on MiniLM activations (full): " + ", ".join(
-        f"{k_}={r['rel_err']:.3f}" for k_, r in out["variants"].items() if "rel_err" in r))
+    log(
+        "  error on MiniLM activations (full): "
+        + ", ".join(
+            f"{k_}={r['rel_err']:.3f}" for k_, r in out["variants"].items() if "rel_err" in r
+        )
+    )
     return out
 
 
@@ -484,8 +576,17 @@ def sweep_point(causal: bool, s: Settings, log: Callable[[str], None]) -> list[d
             except Exception as e:
                 log(f"  sweep {name} {knob}={value}: {_short(e)}")
                 continue
-            points.append({"name": name, "knob": knob, "value": value, "n": n, "fwd_seconds": seconds,
-                           "rel_err": rel, "cos": cos})
+            points.append(
+                {
+                    "name": name,
+                    "knob": knob,
+                    "value": value,
+                    "n": n,
+                    "fwd_seconds": seconds,
+                    "rel_err": rel,
+                    "cos": cos,
+                }
+            )
     return points
 
 
@@ -499,14 +600,14 @@ class Check:
     key: str
     what: str
     measured: str
-    ok: Optional[bool]  # None: not measured in this run
+    ok: bool | None  # None: not measured in this run
 
 
-def _find(rows: list[Row], name: str, n: int, causal: bool) -> Optional[Row]:
+def _find(rows: list[Row], name: str, n: int, causal: bool) -> Row | None:
     return next((r for r in rows if r.name == name and r.n == n and r.causal == causal), None)
 
 
-def growth(lo: Optional[Row], hi: Optional[Row], mode: str) -> Optional[float]:
+def growth(lo: Row | None, hi: Row | None, mode: str) -> float | None:
     """Time at the larger N over time at the smaller one. Rounds time both sizes back to back,
     so the ratio is taken within each round (a slow spell of a shared machine then cancels)
     and the median over rounds is returned; without paired rounds, the ratio of the bests."""
@@ -518,7 +619,7 @@ def growth(lo: Optional[Row], hi: Optional[Row], mode: str) -> Optional[float]:
     return hi.seconds[mode] / lo.seconds[mode]
 
 
-def _verdict(results: list[bool]) -> Optional[bool]:
+def _verdict(results: list[bool]) -> bool | None:
     return None if not results else all(results)
 
 
@@ -563,17 +664,31 @@ def evaluate_checks(rows: list[Row], s: Settings) -> list[Check]:
 # --------------------------------------------------------------------------------------------
 
 
-def _ms(x: Optional[float]) -> str:
+def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1e3:.1f}"
 
 
-def _mib(x: Optional[int]) -> str:
+def _mib(x: int | None) -> str:
     return "-" if x is None else f"{x / MiB:.1f}"
 
 
 def render_rows(rows: list[Row], errors: dict[str, dict[str, Any]], title: str) -> str:
-    t = Table(["variant", "N", "fwd ms", "fwd+bwd ms", "fwd MiB", "fwd+bwd MiB", "vs exact", "error", "cos",
-               "kind"], title=title, align="lrrrrrrrrl")
+    t = Table(
+        [
+            "variant",
+            "N",
+            "fwd ms",
+            "fwd+bwd ms",
+            "fwd MiB",
+            "fwd+bwd MiB",
+            "vs exact",
+            "error",
+            "cos",
+            "kind",
+        ],
+        title=title,
+        align="lrrrrrrrrl",
+    )
     last_n = None
     for row in sorted(rows, key=lambda r: (r.n, r.name != EXACT, r.name)):
         if last_n is not None and row.n != last_n:
@@ -581,18 +696,28 @@ def render_rows(rows: list[Row], errors: dict[str, dict[str, Any]], title: str) 
         last_n = row.n
         err = errors.get(row.name, {})
         if row.skipped:
-            t.add_row(row.name, str(row.n), "-", "-", "-", "-", "-", "-", "-", f"skipped: {row.skipped}")
+            t.add_row(
+                row.name, str(row.n), "-", "-", "-", "-", "-", "-", "-", f"skipped: {row.skipped}"
+            )
             continue
-        t.add_row(row.name, str(row.n), _ms(row.seconds["fwd"]), _ms(row.seconds["fwd_bwd"]),
-                  _mib(row.peak_bytes["fwd"]), _mib(row.peak_bytes["fwd_bwd"]),
-                  "-" if row.speedup is None else f"{row.speedup:.2f}x",
-                  "0" if row.name == EXACT else (f"{err['rel_err']:.3f}" if "rel_err" in err else "-"),
-                  "1" if row.name == EXACT else (f"{err['cos']:.3f}" if "cos" in err else "-"),
-                  "exact" if row.exact else "approx")
+        t.add_row(
+            row.name,
+            str(row.n),
+            _ms(row.seconds["fwd"]),
+            _ms(row.seconds["fwd_bwd"]),
+            _mib(row.peak_bytes["fwd"]),
+            _mib(row.peak_bytes["fwd_bwd"]),
+            "-" if row.speedup is None else f"{row.speedup:.2f}x",
+            "0" if row.name == EXACT else (f"{err['rel_err']:.3f}" if "rel_err" in err else "-"),
+            "1" if row.name == EXACT else (f"{err['cos']:.3f}" if "cos" in err else "-"),
+            "exact" if row.exact else "approx",
+        )
     return t.render()
 
 
-def render_errors(errors: dict[bool, dict[str, dict[str, Any]]], minilm: Optional[dict[str, Any]], s: Settings) -> str:
+def render_errors(
+    errors: dict[bool, dict[str, dict[str, Any]]], minilm: dict[str, Any] | None, s: Settings
+) -> str:
     """Approximation error of every variant on random inputs and on MiniLM activations."""
     random_mode = False if False in errors else True
     rand = errors.get(random_mode, {})
@@ -600,16 +725,26 @@ def render_errors(errors: dict[bool, dict[str, dict[str, Any]]], minilm: Optiona
     variants = (minilm or {}).get("variants", {})
     title = f"Approximation error vs exact attention: random inputs (N={s.error_n}, {mode})"
     if variants:
-        title += (f" and all-MiniLM-L6-v2 activations ({minilm['windows']} windows of {minilm['lengths']} tokens, "
-                  f"{minilm['layers']} layers x {minilm['heads']} heads, bidirectional with padding)")
-    t = Table(["variant", "random err", "random cos", "MiniLM err", "MiniLM cos", "MiniLM params"],
-              title=title, align="lrrrrl")
+        title += (
+            f" and all-MiniLM-L6-v2 activations ({minilm['windows']} windows of {minilm['lengths']} tokens, "
+            f"{minilm['layers']} layers x {minilm['heads']} heads, bidirectional with padding)"
+        )
+    t = Table(
+        ["variant", "random err", "random cos", "MiniLM err", "MiniLM cos", "MiniLM params"],
+        title=title,
+        align="lrrrrl",
+    )
     for name in s.names:
         r, m = rand.get(name, {}), variants.get(name, {})
         params = ", ".join(f"{k}={v}" for k, v in m.get("params", {}).items()) or "defaults"
-        t.add_row(name, f"{r['rel_err']:.3f}" if "rel_err" in r else "-", f"{r['cos']:.3f}" if "cos" in r else "-",
-                  f"{m['rel_err']:.3f}" if "rel_err" in m else "-", f"{m['cos']:.3f}" if "cos" in m else "-",
-                  params if m else "-")
+        t.add_row(
+            name,
+            f"{r['rel_err']:.3f}" if "rel_err" in r else "-",
+            f"{r['cos']:.3f}" if "cos" in r else "-",
+            f"{m['rel_err']:.3f}" if "rel_err" in m else "-",
+            f"{m['cos']:.3f}" if "cos" in m else "-",
+            params if m else "-",
+        )
     text = t.render()
     if minilm and minilm.get("skipped"):
         text += f"\nMiniLM activations not measured: {minilm['skipped']}"
@@ -623,18 +758,31 @@ def render_checks(checks: list[Check]) -> str:
     return t.render()
 
 
-def plot(rows: list[Row], sweeps: list[dict[str, Any]], errors: dict[str, dict[str, Any]], causal: bool,
-         path: Path, device: str) -> Path:
+def plot(
+    rows: list[Row],
+    sweeps: list[dict[str, Any]],
+    errors: dict[str, dict[str, Any]],
+    causal: bool,
+    path: Path,
+    device: str,
+) -> Path:
     names = list(dict.fromkeys(r.name for r in rows))
 
-    def series(mode: str, field: str) -> dict[str, list[tuple[float, Optional[float]]]]:
+    def series(mode: str, field: str) -> dict[str, list[tuple[float, float | None]]]:
         out = {}
         for name in names:
             pts = []
             for r in rows:
                 if r.name == name and r.causal == causal:
                     val = getattr(r, field)[mode]
-                    pts.append((r.n, None if val is None else (val * 1e3 if field == "seconds" else val / MiB)))
+                    pts.append(
+                        (
+                            r.n,
+                            None
+                            if val is None
+                            else (val * 1e3 if field == "seconds" else val / MiB),
+                        )
+                    )
             out[name] = pts
         return out
 
@@ -643,7 +791,10 @@ def plot(rows: list[Row], sweeps: list[dict[str, Any]], errors: dict[str, dict[s
         cost.setdefault(p["name"], []).append((p["fwd_seconds"] * 1e3, p["rel_err"]))
     if not cost:  # no sweep: one point per variant, from the timed run at the error N
         for name, e in errors.items():
-            r = next((r for r in rows if r.name == name and r.causal == causal and r.n == e.get("n")), None)
+            r = next(
+                (r for r in rows if r.name == name and r.causal == causal and r.n == e.get("n")),
+                None,
+            )
             if r is not None and r.seconds["fwd"] and "rel_err" in e:
                 cost[name] = [(r.seconds["fwd"] * 1e3, e["rel_err"])]
     mask = "causal" if causal else "bidirectional"
@@ -652,13 +803,22 @@ def plot(rows: list[Row], sweeps: list[dict[str, Any]], errors: dict[str, dict[s
         (f"forward + backward time ({mask})", "ms", series("fwd_bwd", "seconds")),
         (f"peak memory added, forward + backward ({mask})", "MiB", series("fwd_bwd", "peak_bytes")),
     ]
-    path = plot_loglog(path, panels, title=f"attnkit attention variants on {device}",
-                       styles={EXACT: {"color": "black", "linestyle": "--"}})
+    path = plot_loglog(
+        path,
+        panels,
+        title=f"attnkit attention variants on {device}",
+        styles={EXACT: {"color": "black", "linestyle": "--"}},
+    )
     if cost:
-        n = next(iter(sweeps), {}).get("n") or next((e.get("n") for e in errors.values() if "n" in e), None)
-        plot_loglog(path.with_name(path.stem + "_error.png"),
-                    [(f"error vs cost at N={n} ({mask})", "mean relative row error", cost)],
-                    xlabel="forward time (ms)", title="accuracy against cost")
+        n = next(iter(sweeps), {}).get("n") or next(
+            (e.get("n") for e in errors.values() if "n" in e), None
+        )
+        plot_loglog(
+            path.with_name(path.stem + "_error.png"),
+            [(f"error vs cost at N={n} ({mask})", "mean relative row error", cost)],
+            xlabel="forward time (ms)",
+            title="accuracy against cost",
+        )
     return path
 
 
@@ -681,8 +841,10 @@ def parse_params(items: list[str]) -> dict[str, dict[str, Any]]:
         V.variant_class(name)  # names the valid variants when wrong
         valid = V.params(name)
         if param not in valid:
-            raise ValueError(f"unknown parameter {param!r} for variant {name!r} in --param {item!r}; "
-                             f"valid parameters: {sorted(valid)}")
+            raise ValueError(
+                f"unknown parameter {param!r} for variant {name!r} in --param {item!r}; "
+                f"valid parameters: {sorted(valid)}"
+            )
         out.setdefault(name, {})[param] = parse_value(value)
     for name, params in out.items():
         V.get(name, **params)  # bad values fail here, before any measurement
@@ -699,7 +861,9 @@ def _variant_names(text: str) -> list[str]:
     names = [x.strip() for x in text.split(",") if x.strip()]
     bad = [x for x in names if x not in V.names()]
     if bad or not names:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(V.names())}; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated subset of {','.join(V.names())}; got {text!r}"
+        )
     return names
 
 
@@ -711,42 +875,97 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         return f"(default {show(FULL[key])}; --quick: {show(QUICK[key])})"
 
     parser.add_argument("--quick", action="store_true", help="small sizes, a few minutes on a CPU")
-    parser.add_argument("--sizes", type=_sizes, metavar="N,N,...", help=f"sequence lengths {default('sizes')}")
-    parser.add_argument("--variants", type=_variant_names, metavar="NAME,...",
-                        help=f"variants to run (default: all of {','.join(V.names())})")
-    parser.add_argument("--param", action="append", metavar="VARIANT.NAME=VALUE",
-                        help="a variant parameter, e.g. --param lsh.n_hashes=4 (repeatable)")
-    parser.add_argument("--causal", choices=("both", "yes", "no"), default="both",
-                        help="causal, bidirectional or both (default both)")
-    parser.add_argument("--exact-max", type=positive_int, metavar="N",
-                        help=f"longest N at which exact SDPA is timed {default('exact_max')}")
-    parser.add_argument("--error-n", type=positive_int, default=2048, metavar="N",
-                        help="sequence length of the error measurement (default 2048)")
-    parser.add_argument("--minilm-windows", type=int, metavar="N",
-                        help=f"windows of up to {MINILM_T} tokens for the error on MiniLM activations, 0 to skip "
-                             f"{default('minilm_windows')}")
-    parser.add_argument("--minilm-text", default=MINILM_TEXT, metavar="NAME|FILE",
-                        help=f"text for the MiniLM windows: a corpus name or a file (default {MINILM_TEXT})")
-    parser.add_argument("--no-sweep", dest="sweep", action="store_false", default=None,
-                        help="skip the error-versus-cost sweep (skipped by --quick)")
-    parser.add_argument("--out", type=Path, default=Path("bench_out"), metavar="DIR",
-                        help="where variants.json and the plots go (default: bench_out)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda if available)")
+    parser.add_argument(
+        "--sizes", type=_sizes, metavar="N,N,...", help=f"sequence lengths {default('sizes')}"
+    )
+    parser.add_argument(
+        "--variants",
+        type=_variant_names,
+        metavar="NAME,...",
+        help=f"variants to run (default: all of {','.join(V.names())})",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        metavar="VARIANT.NAME=VALUE",
+        help="a variant parameter, e.g. --param lsh.n_hashes=4 (repeatable)",
+    )
+    parser.add_argument(
+        "--causal",
+        choices=("both", "yes", "no"),
+        default="both",
+        help="causal, bidirectional or both (default both)",
+    )
+    parser.add_argument(
+        "--exact-max",
+        type=positive_int,
+        metavar="N",
+        help=f"longest N at which exact SDPA is timed {default('exact_max')}",
+    )
+    parser.add_argument(
+        "--error-n",
+        type=positive_int,
+        default=2048,
+        metavar="N",
+        help="sequence length of the error measurement (default 2048)",
+    )
+    parser.add_argument(
+        "--minilm-windows",
+        type=int,
+        metavar="N",
+        help=f"windows of up to {MINILM_T} tokens for the error on MiniLM activations, 0 to skip "
+        f"{default('minilm_windows')}",
+    )
+    parser.add_argument(
+        "--minilm-text",
+        default=MINILM_TEXT,
+        metavar="NAME|FILE",
+        help=f"text for the MiniLM windows: a corpus name or a file (default {MINILM_TEXT})",
+    )
+    parser.add_argument(
+        "--no-sweep",
+        dest="sweep",
+        action="store_false",
+        default=None,
+        help="skip the error-versus-cost sweep (skipped by --quick)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench_out"),
+        metavar="DIR",
+        help="where variants.json and the plots go (default: bench_out)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda or auto (default: cuda if available)"
+    )
     parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
     parser.add_argument("--batch", type=positive_int, default=1, metavar="B")
     parser.add_argument("--heads", type=positive_int, default=8, metavar="H")
     parser.add_argument("--head-dim", type=positive_int, default=64, metavar="D")
-    parser.add_argument("--repeat", type=positive_int, help=f"timed rounds per measurement {default('repeat')}")
-    parser.add_argument("--max-seconds", type=float,
-                        help=f"no new timing round once this many seconds per N have been spent "
-                             f"{default('max_seconds')}")
-    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probes")
-    parser.add_argument("--system-malloc", action="store_true",
-                        help="time with glibc's default malloc settings; by default the timing process keeps "
-                             "freed memory for reuse (attnkit.bench.common.keep_freed_memory), so a large "
-                             "tensor costs the same whatever the process freed before")
+    parser.add_argument(
+        "--repeat", type=positive_int, help=f"timed rounds per measurement {default('repeat')}"
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        help=f"no new timing round once this many seconds per N have been spent "
+        f"{default('max_seconds')}",
+    )
+    parser.add_argument(
+        "--no-memory", dest="memory", action="store_false", help="skip the peak-memory probes"
+    )
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="time with glibc's default malloc settings; by default the timing process keeps "
+        "freed memory for reuse (attnkit.bench.common.keep_freed_memory), so a large "
+        "tensor costs the same whatever the process freed before",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a measured target is missed")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 when a measured target is missed"
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -759,12 +978,23 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if windows < 0:
         raise ValueError(f"--minilm-windows must be >= 0 (0 skips the MiniLM error), got {windows}")
     return Settings(
-        sizes=pick("sizes", args.sizes), names=args.variants or V.names(), params=parse_params(args.param),
-        shape=(args.batch, args.heads, args.head_dim), dtype=args.dtype, device=resolve_device(args.device),
+        sizes=pick("sizes", args.sizes),
+        names=args.variants or V.names(),
+        params=parse_params(args.param),
+        shape=(args.batch, args.heads, args.head_dim),
+        dtype=args.dtype,
+        device=resolve_device(args.device),
         causal_modes={"both": [True, False], "yes": [True], "no": [False]}[args.causal],
-        exact_max=pick("exact_max", args.exact_max), error_n=args.error_n, repeat=pick("repeat", args.repeat),
-        max_seconds=max_seconds, memory=args.memory, sweep=pick("sweep", args.sweep), seed=args.seed,
-        minilm_windows=windows, minilm_text=args.minilm_text)
+        exact_max=pick("exact_max", args.exact_max),
+        error_n=args.error_n,
+        repeat=pick("repeat", args.repeat),
+        max_seconds=max_seconds,
+        memory=args.memory,
+        sweep=pick("sweep", args.sweep),
+        seed=args.seed,
+        minilm_windows=windows,
+        minilm_text=args.minilm_text,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -778,8 +1008,10 @@ def run(args: argparse.Namespace) -> int:
         malloc = keep_freed_memory()
     b, h, d = s.shape
     shape_text = f"B={b} H={h} D={d} {s.dtype} on {s.device}"
-    log(f"attnkit bench variants: {shape_text}, {torch.get_num_threads()} threads, variants {','.join(s.names)}"
-        + (f"; timing process: {malloc}" if malloc else ""))
+    log(
+        f"attnkit bench variants: {shape_text}, {torch.get_num_threads()} threads, variants {','.join(s.names)}"
+        + (f"; timing process: {malloc}" if malloc else "")
+    )
     rows: list[Row] = []
     errors: dict[bool, dict[str, dict[str, Any]]] = {}
     sweeps: dict[bool, list[dict[str, Any]]] = {}
@@ -794,16 +1026,25 @@ def run(args: argparse.Namespace) -> int:
     for causal in s.causal_modes:
         mask = "causal" if causal else "bidirectional"
         print()
-        print(render_rows([r for r in rows if r.causal == causal], errors[causal],
-                          f"Attention variants ({mask}), {shape_text}; times: best of {s.repeat} rounds; "
-                          f"vs exact: exact SDPA fwd+bwd time / fwd+bwd time; error, cos: mean relative row error and cosine vs exact "
-                          f"attention at N={s.error_n}"))
-    notes = sorted({f"{r.name} N={r.n}: memory not measured ({r.memory_note})" for r in rows if r.memory_note})
+        print(
+            render_rows(
+                [r for r in rows if r.causal == causal],
+                errors[causal],
+                f"Attention variants ({mask}), {shape_text}; times: best of {s.repeat} rounds; "
+                f"vs exact: exact SDPA fwd+bwd time / fwd+bwd time; error, cos: mean relative row error and cosine vs exact "
+                f"attention at N={s.error_n}",
+            )
+        )
+    notes = sorted(
+        {f"{r.name} N={r.n}: memory not measured ({r.memory_note})" for r in rows if r.memory_note}
+    )
     if notes:
         print("\n".join(notes))
     if errors.get(True, {}).get("lsh", {}).get("rel_err_shared_qk") is not None:
-        print(f"lsh shares queries and keys: against dense shared-QK attention its causal error is "
-              f"{errors[True]['lsh']['rel_err_shared_qk']:.3f}")
+        print(
+            f"lsh shares queries and keys: against dense shared-QK attention its causal error is "
+            f"{errors[True]['lsh']['rel_err_shared_qk']:.3f}"
+        )
     print()
     print(render_errors(errors, minilm, s))
     print()
@@ -813,12 +1054,23 @@ def run(args: argparse.Namespace) -> int:
     data = {
         "benchmark": "variants",
         "environment": {**environment(), "malloc": malloc or "system default"},
-        "settings": {"sizes": s.sizes, "variants": s.names, "params": s.params, "shape": s.shape,
-                     "dtype": s.dtype, "device": str(s.device), "causal": s.causal_modes,
-                     "exact_max": s.exact_max, "error_n": s.error_n, "repeat": s.repeat,
-                     "max_seconds": s.max_seconds, "seed": s.seed, "minilm_windows": s.minilm_windows,
-                     "minilm_text": s.minilm_text,
-                     "defaults": {name: V.params(name) for name in s.names}},
+        "settings": {
+            "sizes": s.sizes,
+            "variants": s.names,
+            "params": s.params,
+            "shape": s.shape,
+            "dtype": s.dtype,
+            "device": str(s.device),
+            "causal": s.causal_modes,
+            "exact_max": s.exact_max,
+            "error_n": s.error_n,
+            "repeat": s.repeat,
+            "max_seconds": s.max_seconds,
+            "seed": s.seed,
+            "minilm_windows": s.minilm_windows,
+            "minilm_text": s.minilm_text,
+            "defaults": {name: V.params(name) for name in s.names},
+        },
         "rows": [dataclasses.asdict(r) for r in rows],
         "errors": {("causal" if c else "bidirectional"): e for c, e in errors.items()},
         "sweeps": {("causal" if c else "bidirectional"): p for c, p in sweeps.items()},
@@ -827,15 +1079,24 @@ def run(args: argparse.Namespace) -> int:
     }
     json_path = write_json(args.out / "variants.json", data)
     causal = s.causal_modes[0]
-    png = plot(rows, sweeps.get(causal, []), errors[causal], causal, args.out / "variants.png", str(s.device))
+    png = plot(
+        rows,
+        sweeps.get(causal, []),
+        errors[causal],
+        causal,
+        args.out / "variants.png",
+        str(s.device),
+    )
     print(f"\nwrote {json_path}, {png} and {png.with_name(png.stem + '_error.png')}")
     if args.strict and any(c.ok is False for c in checks):
         return 1
     return 0
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="attnkit bench variants", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="attnkit bench variants", description=__doc__.splitlines()[0]
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

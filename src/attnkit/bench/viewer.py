@@ -20,6 +20,7 @@ driven by playwright) to measure:
 Every request the page makes is routed through playwright; one that does not stay in the file
 is counted and fails the run. Results go to ``viewer.json`` in ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,7 +62,9 @@ def sample_tokens(n: int) -> list[str]:
     return [f"w{i}" for i in range(n)]
 
 
-def synthetic_attention(n_tokens: int, n_layers: int, n_heads: int, seed: int = 0) -> list[torch.Tensor]:
+def synthetic_attention(
+    n_tokens: int, n_layers: int, n_heads: int, seed: int = 0
+) -> list[torch.Tensor]:
     """One (H, T, T) float32 map per layer; every row a softmax, so it sums to 1.
 
     Each head is a softmax of Gaussian scores at a random sharpness plus one structure (see
@@ -71,8 +74,11 @@ def synthetic_attention(n_tokens: int, n_layers: int, n_heads: int, seed: int = 
     pos = torch.arange(n_tokens)
     dist = (pos[None, :] - pos[:, None]).float()  # (T, T) key - query
     shapes = {  # (T, T) score bias of each kind, scaled by the head's strength
-        "previous": (dist == -1).float(), "next": (dist == 1).float(), "self": (dist == 0).float(),
-        "sink": (pos[None, :] == 0).float().expand(n_tokens, n_tokens), "local": -dist.abs() / 8,
+        "previous": (dist == -1).float(),
+        "next": (dist == 1).float(),
+        "self": (dist == 0).float(),
+        "sink": (pos[None, :] == 0).float().expand(n_tokens, n_tokens),
+        "local": -dist.abs() / 8,
         "none": torch.zeros(n_tokens, n_tokens),
     }
     bias = torch.stack([shapes[k] for k in KINDS])  # (kinds, T, T)
@@ -106,8 +112,17 @@ def head_stats(weights: list[torch.Tensor]) -> list[dict[str, Any]]:
                 labels.append("previous token")
             if entropy[h] > 0.8 * math.log(n):
                 labels.append("broad")
-            rows.append({"layer": layer, "head": h, "entropy": float(entropy[h]), "distance": float(distance[h]),
-                         "sink_mass": float(sink[h]), "previous_mass": float(prev[h]), "labels": labels})
+            rows.append(
+                {
+                    "layer": layer,
+                    "head": h,
+                    "entropy": float(entropy[h]),
+                    "distance": float(distance[h]),
+                    "sink_mass": float(sink[h]),
+                    "previous_mass": float(prev[h]),
+                    "labels": labels,
+                }
+            )
     return rows
 
 
@@ -178,8 +193,10 @@ _MODEL_VIEW = """async () => {
 def find_chromium(path: str | None = None) -> str:
     exe = path or shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None or not Path(exe).is_file():
-        raise ValueError(f"Chromium not found ({path or 'chromium on PATH'}); expected Debian's chromium "
-                         "(apt-get install chromium) or --chromium PATH")
+        raise ValueError(
+            f"Chromium not found ({path or 'chromium on PATH'}); expected Debian's chromium "
+            "(apt-get install chromium) or --chromium PATH"
+        )
     return exe
 
 
@@ -187,12 +204,16 @@ def _playwright() -> Any:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        raise ValueError("the playwright package is not installed; expected `pip install playwright` "
-                         "(Chromium itself comes from the system; never `playwright install`)") from None
+        raise ValueError(
+            "the playwright package is not installed; expected `pip install playwright` "
+            "(Chromium itself comes from the system; never `playwright install`)"
+        ) from None
     return sync_playwright
 
 
-def measure(html_path: Path, chromium: str | None, loads: int, switches: int, browser: Any = None) -> dict[str, Any]:
+def measure(
+    html_path: Path, chromium: str | None, loads: int, switches: int, browser: Any = None
+) -> dict[str, Any]:
     """Open ``html_path`` in headless Chromium ``loads`` times and time it; see the module docstring.
 
     ``browser``: a playwright ``Browser`` already launched, used instead of launching ``chromium``.
@@ -244,8 +265,10 @@ def _measure(html_path: Path, browser: Any, loads: int, switches: int) -> dict[s
     finally:
         context.close()
     if outside:
-        raise RuntimeError(f"the viewer made {len(outside)} request(s) outside the file, e.g. {outside[0]!r}; "
-                           "expected none")
+        raise RuntimeError(
+            f"the viewer made {len(outside)} request(s) outside the file, e.g. {outside[0]!r}; "
+            "expected none"
+        )
     if errors:
         raise RuntimeError(f"the viewer raised in the browser: {errors[0]}")
 
@@ -254,12 +277,19 @@ def _measure(html_path: Path, browser: Any, loads: int, switches: int) -> dict[s
         return statistics.median(vals) if vals else None
 
     return {
-        "chromium": version, "loads": loads_out,
-        "fcp_ms": med("fcp_ms"), "head_view_ms": med("head_view_ms"), "wall_load_ms": med("wall_ms"),
-        "switch_cold_ms": statistics.median(cold["times"]), "switch_warm_ms": statistics.median(warm["times"]),
-        "switch_cold_max_ms": max(cold["times"]), "switch_times_cold": cold["times"],
-        "switch_times_warm": warm["times"], "switched_to": cold["shown"],
-        "model_view_ms": model["ms"], "thumbnails": model["thumbs"],
+        "chromium": version,
+        "loads": loads_out,
+        "fcp_ms": med("fcp_ms"),
+        "head_view_ms": med("head_view_ms"),
+        "wall_load_ms": med("wall_ms"),
+        "switch_cold_ms": statistics.median(cold["times"]),
+        "switch_warm_ms": statistics.median(warm["times"]),
+        "switch_cold_max_ms": max(cold["times"]),
+        "switch_times_cold": cold["times"],
+        "switch_times_warm": warm["times"],
+        "switched_to": cold["shown"],
+        "model_view_ms": model["ms"],
+        "thumbnails": model["thumbs"],
     }
 
 
@@ -271,16 +301,29 @@ def _measure(html_path: Path, browser: Any, loads: int, switches: int) -> dict[s
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from attnkit.cli import positive_int
 
-    parser.add_argument("--tokens", type=positive_int, default=512, help="input length (default 512)")
+    parser.add_argument(
+        "--tokens", type=positive_int, default=512, help="input length (default 512)"
+    )
     parser.add_argument("--layers", type=positive_int, default=12, help="layers (default 12)")
-    parser.add_argument("--heads", type=positive_int, default=12, help="heads per layer (default 12)")
-    parser.add_argument("--switches", type=positive_int, default=20, help="timed head switches (default 20)")
-    parser.add_argument("--loads", type=positive_int, default=3, help="page loads timed (default 3)")
+    parser.add_argument(
+        "--heads", type=positive_int, default=12, help="heads per layer (default 12)"
+    )
+    parser.add_argument(
+        "--switches", type=positive_int, default=20, help="timed head switches (default 20)"
+    )
+    parser.add_argument(
+        "--loads", type=positive_int, default=3, help="page loads timed (default 3)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="a small check: 64 tokens, 2 layers x 4 heads, 5 switches, 1 load")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small check: 64 tokens, 2 layers x 4 heads, 5 switches, 1 load",
+    )
     parser.add_argument("--chromium", help="Chromium executable (default: chromium on PATH)")
-    parser.add_argument("--out", default="bench_out", help="directory for viewer.html and viewer.json")
+    parser.add_argument(
+        "--out", default="bench_out", help="directory for viewer.html and viewer.json"
+    )
 
 
 def _ms(x: float | None) -> str:
@@ -310,9 +353,16 @@ def run(args: argparse.Namespace, browser: Any = None) -> int:
     stats = head_stats(weights)
     roll = rollout(weights)
     t0 = time.perf_counter()
-    path = write_viewer(out / "viewer.html", tokens, weights, list(range(n_layers)), list(range(n_heads)),
-                        stats=stats, rollout=roll, title=f"attnkit bench viewer: {t} tokens, "
-                                                         f"{n_layers} x {n_heads} heads")
+    path = write_viewer(
+        out / "viewer.html",
+        tokens,
+        weights,
+        list(range(n_layers)),
+        list(range(n_heads)),
+        stats=stats,
+        rollout=roll,
+        title=f"attnkit bench viewer: {t} tokens, {n_layers} x {n_heads} heads",
+    )
     write_s = time.perf_counter() - t0
     size = path.stat().st_size
     del weights
@@ -320,32 +370,64 @@ def run(args: argparse.Namespace, browser: Any = None) -> int:
     m = measure(path, chromium, args.loads, args.switches, browser)
     load_after = os.getloadavg()
 
-    table = Table(["metric", "value", "target", "met"], align="llll",
-                  title=f"HTML viewer, {t} tokens x {n_layers} layers x {n_heads} heads, {m['chromium']} "
-                        f"(headless), median of {args.loads} load(s), {args.switches} switches")
+    table = Table(
+        ["metric", "value", "target", "met"],
+        align="llll",
+        title=f"HTML viewer, {t} tokens x {n_layers} layers x {n_heads} heads, {m['chromium']} "
+        f"(headless), median of {args.loads} load(s), {args.switches} switches",
+    )
     table.add_row("file size", f"{size / 1e6:.2f} MB", "< 8 MB", _met(size, TARGETS["size_bytes"]))
     table.add_row("write_viewer (Python)", _ms(write_s * 1000), "-", "-")
     table.add_row("first contentful paint", _ms(m["fcp_ms"]), "-", "-")
-    table.add_row("first head view drawn", _ms(m["head_view_ms"]), "< 2 s", _met(m["head_view_ms"], TARGETS["head_view_ms"]))
+    table.add_row(
+        "first head view drawn",
+        _ms(m["head_view_ms"]),
+        "< 2 s",
+        _met(m["head_view_ms"], TARGETS["head_view_ms"]),
+    )
     table.add_row("load, as seen by the driver", _ms(m["wall_load_ms"]), "-", "-")
-    table.add_row("head switch, new map (median)", _ms(m["switch_cold_ms"]), "< 100 ms",
-                  _met(m["switch_cold_ms"], TARGETS["switch_ms"]))
+    table.add_row(
+        "head switch, new map (median)",
+        _ms(m["switch_cold_ms"]),
+        "< 100 ms",
+        _met(m["switch_cold_ms"], TARGETS["switch_ms"]),
+    )
     table.add_row("head switch, new map (max)", _ms(m["switch_cold_max_ms"]), "-", "-")
-    table.add_row("head switch, seen map (median)", _ms(m["switch_warm_ms"]), "< 100 ms",
-                  _met(m["switch_warm_ms"], TARGETS["switch_ms"]))
+    table.add_row(
+        "head switch, seen map (median)",
+        _ms(m["switch_warm_ms"]),
+        "< 100 ms",
+        _met(m["switch_warm_ms"], TARGETS["switch_ms"]),
+    )
     table.add_row(f"model view, {m['thumbnails']} thumbnails", _ms(m["model_view_ms"]), "-", "-")
     print(table)
-    print(f"load average (1, 5, 15 min): before {tuple(round(x, 2) for x in load_before)}, after "
-          f"{tuple(round(x, 2) for x in load_after)} on {os.cpu_count()} CPUs")
+    print(
+        f"load average (1, 5, 15 min): before {tuple(round(x, 2) for x in load_before)}, after "
+        f"{tuple(round(x, 2) for x in load_after)} on {os.cpu_count()} CPUs"
+    )
     met = {
         "size": size < TARGETS["size_bytes"],
         "head_view": m["head_view_ms"] is not None and m["head_view_ms"] < TARGETS["head_view_ms"],
-        "switch": m["switch_cold_ms"] < TARGETS["switch_ms"] and m["switch_warm_ms"] < TARGETS["switch_ms"],
+        "switch": m["switch_cold_ms"] < TARGETS["switch_ms"]
+        and m["switch_warm_ms"] < TARGETS["switch_ms"],
     }
-    write_json(out / "viewer.json", {
-        "tokens": t, "layers": n_layers, "heads": n_heads, "seed": args.seed, "size_bytes": size,
-        "write_s": write_s, "targets": TARGETS, "met": met, "browser": m, "environment": environment(),
-        "load_before": load_before, "load_after": load_after, "html": str(path),
-    })
+    write_json(
+        out / "viewer.json",
+        {
+            "tokens": t,
+            "layers": n_layers,
+            "heads": n_heads,
+            "seed": args.seed,
+            "size_bytes": size,
+            "write_s": write_s,
+            "targets": TARGETS,
+            "met": met,
+            "browser": m,
+            "environment": environment(),
+            "load_before": load_before,
+            "load_after": load_after,
+            "html": str(path),
+        },
+    )
     print(f"wrote {path} and {out / 'viewer.json'}")
     return 0

@@ -1,4 +1,5 @@
 """Checkpoints: attnkit directories (safetensors, atomic writes) and Hugging Face conversion."""
+
 from attnkit.checkpoints.io import CheckpointError, load, save
 
 __all__ = ["CheckpointError", "load", "save"]

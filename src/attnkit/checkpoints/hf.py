@@ -17,17 +17,28 @@ build) are skipped, and only those.
 Supported: ``model_type`` "bert" (BertModel, BertForMaskedLM, BertForSequenceClassification,
 sentence-transformers BERT models) and "gpt2" (GPT2Model, GPT2LMHeadModel).
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from attnkit.checkpoints.io import CONFIG_NAME, CheckpointError, atomic_write_bytes, atomic_write_json, check_and_load, load_tokenizer, read_json, read_tensors, save_tensors
+from attnkit._util.fs import atomic_write_bytes, atomic_write_json
+from attnkit.checkpoints.io import (
+    CONFIG_NAME,
+    CheckpointError,
+    check_and_load,
+    load_tokenizer,
+    read_json,
+    read_tensors,
+    save_tensors,
+)
 
 
 @dataclass(frozen=True)
@@ -63,9 +74,16 @@ class KeyMap:
         """Rules for the backbone (HF names under ``prefix`` in task models)."""
         out = list(self.model)
         for i in range(n_layer):
-            out += [Rule(tuple(n.format(i=i) for n in r.hf_names) if r.op == "concat"
-                         else r.hf.format(i=i), r.ours.format(i=i), r.transpose)
-                    for r in self.layer]
+            out += [
+                Rule(
+                    tuple(n.format(i=i) for n in r.hf_names)
+                    if r.op == "concat"
+                    else r.hf.format(i=i),
+                    r.ours.format(i=i),
+                    r.transpose,
+                )
+                for r in self.layer
+            ]
         if has_pooler:
             out += list(self.heads.get("pooler", ()))
         return out
@@ -104,17 +122,25 @@ BERT = KeyMap(
     ),
     heads={
         "pooler": _linear("pooler.dense", "pooler.dense"),
-        "mlm": (*_linear("cls.predictions.transform.dense", "mlm.dense"),
-                *_norm("cls.predictions.transform.LayerNorm", "mlm.norm"),
-                Rule("cls.predictions.bias", "mlm.bias"),
-                Rule("cls.predictions.decoder.weight", "mlm.decoder.weight")),
+        "mlm": (
+            *_linear("cls.predictions.transform.dense", "mlm.dense"),
+            *_norm("cls.predictions.transform.LayerNorm", "mlm.norm"),
+            Rule("cls.predictions.bias", "mlm.bias"),
+            Rule("cls.predictions.decoder.weight", "mlm.decoder.weight"),
+        ),
         "classification": _linear("classifier", "classifier.proj"),
     },
-    ignore=(r"embeddings\.position_ids", r"cls\.predictions\.decoder\.bias",
-            r"cls\.seq_relationship\..*"),
+    ignore=(
+        r"embeddings\.position_ids",
+        r"cls\.predictions\.decoder\.bias",
+        r"cls\.seq_relationship\..*",
+    ),
     prefix="bert.",
-    hf_class={"none": "BertModel", "mlm": "BertForMaskedLM",
-              "classification": "BertForSequenceClassification"},
+    hf_class={
+        "none": "BertModel",
+        "mlm": "BertForMaskedLM",
+        "classification": "BertForSequenceClassification",
+    },
 )
 
 _H = "h.{i}"
@@ -142,8 +168,12 @@ GPT2 = KeyMap(
 # --------------------------------------------------------------------------------------------
 # configs
 # --------------------------------------------------------------------------------------------
-_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                "relu": "relu"}
+_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+}
 _ACT_BACK = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 
 
@@ -157,8 +187,9 @@ def _get(hf: Mapping[str, Any], key: str, path: Path, default: Any = ...) -> Any
 
 def _activation(name: Any, key: str, path: Path) -> str:
     if name not in _ACTIVATIONS:
-        raise CheckpointError(f"{path}: {key}={name!r} is not supported; expected one of "
-                              f"{sorted(_ACTIVATIONS)}")
+        raise CheckpointError(
+            f"{path}: {key}={name!r} is not supported; expected one of {sorted(_ACTIVATIONS)}"
+        )
     return _ACTIVATIONS[name]
 
 
@@ -167,19 +198,33 @@ def bert_config(hf: Mapping[str, Any], path: Path, head: str, has_pooler: bool):
 
     pet = hf.get("position_embedding_type", "absolute")
     if pet != "absolute":
-        raise CheckpointError(f"{path}: position_embedding_type={pet!r} is not supported; "
-                              f"expected 'absolute'")
+        raise CheckpointError(
+            f"{path}: position_embedding_type={pet!r} is not supported; expected 'absolute'"
+        )
     return ModelConfig(
-        arch="bert", vocab_size=_get(hf, "vocab_size", path), n_layer=_get(hf, "num_hidden_layers", path),
-        n_head=_get(hf, "num_attention_heads", path), d_model=_get(hf, "hidden_size", path),
-        d_ff=_get(hf, "intermediate_size", path), max_seq_len=_get(hf, "max_position_embeddings", path),
-        positional="learned", norm="layernorm", norm_eps=float(_get(hf, "layer_norm_eps", path, 1e-12)),
-        norm_placement="post", mlp=_activation(_get(hf, "hidden_act", path, "gelu"), "hidden_act", path),
+        arch="bert",
+        vocab_size=_get(hf, "vocab_size", path),
+        n_layer=_get(hf, "num_hidden_layers", path),
+        n_head=_get(hf, "num_attention_heads", path),
+        d_model=_get(hf, "hidden_size", path),
+        d_ff=_get(hf, "intermediate_size", path),
+        max_seq_len=_get(hf, "max_position_embeddings", path),
+        positional="learned",
+        norm="layernorm",
+        norm_eps=float(_get(hf, "layer_norm_eps", path, 1e-12)),
+        norm_placement="post",
+        mlp=_activation(_get(hf, "hidden_act", path, "gelu"), "hidden_act", path),
         dropout=float(hf.get("hidden_dropout_prob", 0.1)),
         attn_dropout=float(hf.get("attention_probs_dropout_prob", 0.1)),
-        head=head, type_vocab_size=_get(hf, "type_vocab_size", path, 2), embed_norm=True,
-        final_norm=False, pooler=has_pooler, pad_token_id=hf.get("pad_token_id", 0),
-        num_labels=len(hf["id2label"]) if isinstance(hf.get("id2label"), dict) else hf.get("num_labels", 2),
+        head=head,
+        type_vocab_size=_get(hf, "type_vocab_size", path, 2),
+        embed_norm=True,
+        final_norm=False,
+        pooler=has_pooler,
+        pad_token_id=hf.get("pad_token_id", 0),
+        num_labels=len(hf["id2label"])
+        if isinstance(hf.get("id2label"), dict)
+        else hf.get("num_labels", 2),
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
         initializer_range=float(hf.get("initializer_range", 0.02)),
     )
@@ -194,27 +239,44 @@ def gpt2_config(hf: Mapping[str, Any], path: Path, head: str, has_pooler: bool):
     if hf.get("scale_attn_weights", True) is False:
         raise CheckpointError(f"{path}: scale_attn_weights=False is not supported; expected True")
     return ModelConfig(
-        arch="gpt", vocab_size=_get(hf, "vocab_size", path), n_layer=_get(hf, "n_layer", path),
-        n_head=_get(hf, "n_head", path), d_model=_get(hf, "n_embd", path), d_ff=hf.get("n_inner"),
-        max_seq_len=_get(hf, "n_positions", path), positional="learned", norm="layernorm",
-        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)), norm_placement="pre",
+        arch="gpt",
+        vocab_size=_get(hf, "vocab_size", path),
+        n_layer=_get(hf, "n_layer", path),
+        n_head=_get(hf, "n_head", path),
+        d_model=_get(hf, "n_embd", path),
+        d_ff=hf.get("n_inner"),
+        max_seq_len=_get(hf, "n_positions", path),
+        positional="learned",
+        norm="layernorm",
+        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+        norm_placement="pre",
         mlp=_activation(hf.get("activation_function", "gelu_new"), "activation_function", path),
-        dropout=float(hf.get("resid_pdrop", 0.1)), attn_dropout=float(hf.get("attn_pdrop", 0.1)),
-        head=head, tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        dropout=float(hf.get("resid_pdrop", 0.1)),
+        attn_dropout=float(hf.get("attn_pdrop", 0.1)),
+        head=head,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
         initializer_range=float(hf.get("initializer_range", 0.02)),
     )
 
 
 def bert_config_to_hf(cfg) -> dict[str, Any]:
     out = {
-        "model_type": "bert", "architectures": [BERT.hf_class[cfg.head]],
-        "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head, "intermediate_size": cfg.ff_dim,
-        "hidden_act": _ACT_BACK[cfg.mlp], "max_position_embeddings": cfg.max_seq_len,
-        "type_vocab_size": cfg.type_vocab_size, "layer_norm_eps": cfg.norm_eps,
-        "hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.attn_dropout,
+        "model_type": "bert",
+        "architectures": [BERT.hf_class[cfg.head]],
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "intermediate_size": cfg.ff_dim,
+        "hidden_act": _ACT_BACK[cfg.mlp],
+        "max_position_embeddings": cfg.max_seq_len,
+        "type_vocab_size": cfg.type_vocab_size,
+        "layer_norm_eps": cfg.norm_eps,
+        "hidden_dropout_prob": cfg.dropout,
+        "attention_probs_dropout_prob": cfg.attn_dropout,
         "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else 0,
-        "position_embedding_type": "absolute", "initializer_range": cfg.initializer_range,
+        "position_embedding_type": "absolute",
+        "initializer_range": cfg.initializer_range,
         "tie_word_embeddings": cfg.tie_embeddings,
     }
     if cfg.head == "classification":
@@ -225,12 +287,21 @@ def bert_config_to_hf(cfg) -> dict[str, Any]:
 
 def gpt2_config_to_hf(cfg) -> dict[str, Any]:
     return {
-        "model_type": "gpt2", "architectures": [GPT2.hf_class[cfg.head]],
-        "vocab_size": cfg.vocab_size, "n_embd": cfg.d_model, "n_layer": cfg.n_layer,
-        "n_head": cfg.n_head, "n_inner": cfg.d_ff, "n_positions": cfg.max_seq_len,
-        "activation_function": _ACT_BACK[cfg.mlp], "layer_norm_epsilon": cfg.norm_eps,
-        "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.attn_dropout,
-        "initializer_range": cfg.initializer_range, "tie_word_embeddings": cfg.tie_embeddings,
+        "model_type": "gpt2",
+        "architectures": [GPT2.hf_class[cfg.head]],
+        "vocab_size": cfg.vocab_size,
+        "n_embd": cfg.d_model,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": cfg.d_ff,
+        "n_positions": cfg.max_seq_len,
+        "activation_function": _ACT_BACK[cfg.mlp],
+        "layer_norm_epsilon": cfg.norm_eps,
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.attn_dropout,
+        "initializer_range": cfg.initializer_range,
+        "tie_word_embeddings": cfg.tie_embeddings,
     }
 
 
@@ -244,14 +315,41 @@ class Architecture:
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "bert": Architecture(BERT, bert_config, bert_config_to_hf, dict(
-        arch="bert", positional="learned", norm="layernorm", norm_placement="post",
-        embed_norm=True, final_norm=False, bias=True, attention="exact", window=None,
-        n_kv_head=None)),
-    "gpt2": Architecture(GPT2, gpt2_config, gpt2_config_to_hf, dict(
-        arch="gpt", positional="learned", norm="layernorm", norm_placement="pre",
-        embed_norm=False, final_norm=True, bias=True, attention="exact", window=None,
-        n_kv_head=None, type_vocab_size=0)),
+    "bert": Architecture(
+        BERT,
+        bert_config,
+        bert_config_to_hf,
+        dict(
+            arch="bert",
+            positional="learned",
+            norm="layernorm",
+            norm_placement="post",
+            embed_norm=True,
+            final_norm=False,
+            bias=True,
+            attention="exact",
+            window=None,
+            n_kv_head=None,
+        ),
+    ),
+    "gpt2": Architecture(
+        GPT2,
+        gpt2_config,
+        gpt2_config_to_hf,
+        dict(
+            arch="gpt",
+            positional="learned",
+            norm="layernorm",
+            norm_placement="pre",
+            embed_norm=False,
+            final_norm=True,
+            bias=True,
+            attention="exact",
+            window=None,
+            n_kv_head=None,
+            type_vocab_size=0,
+        ),
+    ),
 }
 _BY_ARCH = {"bert": "bert", "gpt": "gpt2"}
 
@@ -273,26 +371,32 @@ def _detect_head(model_type: str, hf_cfg: Mapping[str, Any], keys: set[str]) -> 
         if cls in classes and head != "none":
             return head
     for head, rules in keymap.heads.items():  # no class named: look at the keys
-        if head != "pooler" and head in keymap.hf_class and any(
-                r.hf_names[0] in keys for r in rules):
+        if (
+            head != "pooler"
+            and head in keymap.hf_class
+            and any(r.hf_names[0] in keys for r in rules)
+        ):
             return head
     return "none"
 
 
-def convert_from_hf(tensors: Mapping[str, torch.Tensor], hf_cfg: Mapping[str, Any],
-                    source: str | Path = "<tensors>") -> nn.Module:
+def convert_from_hf(
+    tensors: Mapping[str, torch.Tensor], hf_cfg: Mapping[str, Any], source: str | Path = "<tensors>"
+) -> nn.Module:
     """Build the attnkit model described by an HF config and fill it from HF tensors."""
     from attnkit.models import build_model
 
     source = Path(source)
     model_type = hf_cfg.get("model_type")
     if model_type not in ARCHITECTURES:
-        raise CheckpointError(f"{source}: model_type={model_type!r} is not supported; expected one "
-                              f"of {sorted(ARCHITECTURES)}")
+        raise CheckpointError(
+            f"{source}: model_type={model_type!r} is not supported; expected one "
+            f"of {sorted(ARCHITECTURES)}"
+        )
     arch = ARCHITECTURES[model_type]
     keymap = arch.keymap
     # strip the backbone prefix of task models ("bert.encoder..." -> "encoder...")
-    original = {(k[len(keymap.prefix):] if k.startswith(keymap.prefix) else k): k for k in tensors}
+    original = {(k[len(keymap.prefix) :] if k.startswith(keymap.prefix) else k): k for k in tensors}
     stripped = {name: tensors[k] for name, k in original.items()}
     keys = set(stripped)
     uses_prefix = any(k.startswith(keymap.prefix) for k in tensors)
@@ -336,9 +440,13 @@ def convert_from_hf(tensors: Mapping[str, torch.Tensor], hf_cfg: Mapping[str, An
         want = tuple(own[rule.ours].shape)
         if tuple(t.shape) != want:
             got = ", ".join(f"{file_name(n)!r} {tuple(stripped[n].shape)}" for n in rule.hf_names)
-            how = " (transposed)" if rule.transpose else (" (stacked)" if rule.op == "concat" else "")
-            raise CheckpointError(f"{source}: key {got} gives {rule.ours!r} shape {tuple(t.shape)}{how}; "
-                                  f"the config (model_type={model_type!r}) implies {want}")
+            how = (
+                " (transposed)" if rule.transpose else (" (stacked)" if rule.op == "concat" else "")
+            )
+            raise CheckpointError(
+                f"{source}: key {got} gives {rule.ours!r} shape {tuple(t.shape)}{how}; "
+                f"the config (model_type={model_type!r}) implies {want}"
+            )
         ours[rule.ours] = t
         used.update(rule.hf_names)
     ignored = {k for k in keys if any(re.fullmatch(p, k) for p in keymap.ignore)}
@@ -350,10 +458,16 @@ def convert_from_hf(tensors: Mapping[str, torch.Tensor], hf_cfg: Mapping[str, An
             parts.append(f"missing key(s) {sorted(missing)}")
         if unknown:
             parts.append(f"unexpected key(s) {unknown}")
-        raise CheckpointError(f"{source}: {'; '.join(parts)} for a {keymap.hf_class.get(head, model_type)}")
+        raise CheckpointError(
+            f"{source}: {'; '.join(parts)} for a {keymap.hf_class.get(head, model_type)}"
+        )
     # shapes, dtypes and completeness are checked before anything is copied
-    check_and_load(model, {k: v.float() if v.is_floating_point() else v for k, v in ours.items()},
-                   source, skip=tuple(tied))
+    check_and_load(
+        model,
+        {k: v.float() if v.is_floating_point() else v for k, v in ours.items()},
+        source,
+        skip=tuple(tied),
+    )
     return model
 
 
@@ -375,8 +489,10 @@ def _sentence_config(directory: Path) -> dict[str, Any]:
                 out["pooling"] = "cls"
             else:
                 modes = sorted(k for k, v in pcfg.items() if k.startswith("pooling_mode") and v)
-                raise CheckpointError(f"{directory / m.get('path', '')}/config.json: pooling "
-                                      f"{modes} is not supported; expected mean or cls tokens")
+                raise CheckpointError(
+                    f"{directory / m.get('path', '')}/config.json: pooling "
+                    f"{modes} is not supported; expected mean or cls tokens"
+                )
     sbert = directory / "sentence_bert_config.json"
     if sbert.is_file():
         out["max_seq_length"] = read_json(sbert).get("max_seq_length")
@@ -409,7 +525,9 @@ def load_hf_tokenizer(directory: Path, max_length: int | None):
     elif (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
         from tokenizers.implementations import ByteLevelBPETokenizer
 
-        tok = ByteLevelBPETokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))._tokenizer
+        tok = ByteLevelBPETokenizer(
+            str(directory / "vocab.json"), str(directory / "merges.txt")
+        )._tokenizer
     else:
         return None
     if max_length is not None:
@@ -444,23 +562,31 @@ def to_hf_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[st
     arch = ARCHITECTURES[model_type]
     bad = {k: getattr(cfg, k) for k, v in arch.exportable.items() if getattr(cfg, k) != v}
     if bad:
-        raise ValueError(f"this model cannot be exported as HF {model_type}: config fields "
-                         f"{bad} must be {{{', '.join(f'{k}: {arch.exportable[k]!r}' for k in bad)}}}")
+        raise ValueError(
+            f"this model cannot be exported as HF {model_type}: config fields "
+            f"{bad} must be {{{', '.join(f'{k}: {arch.exportable[k]!r}' for k in bad)}}}"
+        )
     if cfg.arch == "bert" and cfg.head == "classification" and not cfg.pooler:
-        raise ValueError("a classification model without a pooler cannot be exported as HF "
-                         "BertForSequenceClassification (which classifies the pooled first "
-                         "token); expected config.pooler=True")
+        raise ValueError(
+            "a classification model without a pooler cannot be exported as HF "
+            "BertForSequenceClassification (which classifies the pooled first "
+            "token); expected config.pooler=True"
+        )
     if cfg.mlp not in _ACT_BACK:
-        raise ValueError(f"mlp={cfg.mlp!r} cannot be exported as HF {model_type}; expected one "
-                         f"of {sorted(_ACT_BACK)}")
+        raise ValueError(
+            f"mlp={cfg.mlp!r} cannot be exported as HF {model_type}; expected one "
+            f"of {sorted(_ACT_BACK)}"
+        )
     keymap = arch.keymap
     own = model.state_dict()
     tied = set(model.tied_keys())
     prefix = keymap.prefix if cfg.head != "none" else ""
     has_pooler = bool(cfg.pooler) if cfg.arch == "bert" else False
     out: dict[str, torch.Tensor] = {}
-    for rules, pre in ((keymap.backbone_rules(cfg.n_layer, has_pooler), prefix),
-                       (keymap.head_rules(cfg.head), "")):
+    for rules, pre in (
+        (keymap.backbone_rules(cfg.n_layer, has_pooler), prefix),
+        (keymap.head_rules(cfg.head), ""),
+    ):
         for rule in rules:
             if rule.ours in tied:
                 continue

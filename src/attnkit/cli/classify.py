@@ -1,5 +1,6 @@
 """`attnkit finetune`, `attnkit classify` and `attnkit genre`: the command-line side of
 :mod:`attnkit.tasks.classification` and :mod:`attnkit.text.genre`."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,36 +12,83 @@ from pathlib import Path
 from attnkit.cli import non_negative_int, positive_float, positive_int, probability
 
 
-def _training_arguments(parser: argparse.ArgumentParser, epochs: int, lr: float, max_length: int) -> None:
+def _training_arguments(
+    parser: argparse.ArgumentParser, epochs: int, lr: float, max_length: int
+) -> None:
     parser.add_argument("--epochs", type=positive_int, default=epochs, metavar="N")
     parser.add_argument("--batch-size", type=positive_int, default=16, metavar="B")
-    parser.add_argument("--lr", type=positive_float, default=lr, metavar="LR", help="peak learning rate")
-    parser.add_argument("--max-length", type=positive_int, default=max_length, metavar="T",
-                        help="tokens kept per text")
-    parser.add_argument("--patience", type=positive_int, default=2, metavar="N",
-                        help="stop after N evaluations without a better --metric")
-    parser.add_argument("--metric", default="macro_f1", choices=("macro_f1", "accuracy", "loss"),
-                        help="eval score that picks the kept state and drives early stopping")
-    parser.add_argument("--eval-every", type=non_negative_int, default=0, metavar="STEPS",
-                        help="evaluate every STEPS steps (default 0: after every epoch)")
-    parser.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=True,
-                        help="weight the loss by N / (K * n_class) (default on)")
-    parser.add_argument("--pooling", choices=("pooler", "mean", "cls"),
-                        help="pooled vector under the head (default: the checkpoint's)")
-    parser.add_argument("--dropout", type=probability, metavar="P",
-                        help="dropout in the model (default: the checkpoint's)")
+    parser.add_argument(
+        "--lr", type=positive_float, default=lr, metavar="LR", help="peak learning rate"
+    )
+    parser.add_argument(
+        "--max-length",
+        type=positive_int,
+        default=max_length,
+        metavar="T",
+        help="tokens kept per text",
+    )
+    parser.add_argument(
+        "--patience",
+        type=positive_int,
+        default=2,
+        metavar="N",
+        help="stop after N evaluations without a better --metric",
+    )
+    parser.add_argument(
+        "--metric",
+        default="macro_f1",
+        choices=("macro_f1", "accuracy", "loss"),
+        help="eval score that picks the kept state and drives early stopping",
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=non_negative_int,
+        default=0,
+        metavar="STEPS",
+        help="evaluate every STEPS steps (default 0: after every epoch)",
+    )
+    parser.add_argument(
+        "--class-weights",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="weight the loss by N / (K * n_class) (default on)",
+    )
+    parser.add_argument(
+        "--pooling",
+        choices=("pooler", "mean", "cls"),
+        help="pooled vector under the head (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--dropout",
+        type=probability,
+        metavar="P",
+        help="dropout in the model (default: the checkpoint's)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                        help="progress bar on stderr")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="progress bar on stderr",
+    )
 
 
 def _config(args: argparse.Namespace):
     from attnkit.tasks.classification import FinetuneConfig
 
-    return FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          max_length=args.max_length, patience=args.patience, metric=args.metric,
-                          eval_every=args.eval_every, use_class_weights=args.class_weights,
-                          pooling=args.pooling, dropout=args.dropout, seed=args.seed)
+    return FinetuneConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_length=args.max_length,
+        patience=args.patience,
+        metric=args.metric,
+        eval_every=args.eval_every,
+        use_class_weights=args.class_weights,
+        pooling=args.pooling,
+        dropout=args.dropout,
+        seed=args.seed,
+    )
 
 
 def _passive_openmp() -> None:
@@ -58,14 +106,22 @@ def _log(message: str) -> None:
 # finetune
 # --------------------------------------------------------------------------------------------
 def finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="minilm", metavar="DIR",
-                        help="attnkit or Hugging Face BERT-family checkpoint, or 'minilm' (default)")
+    parser.add_argument(
+        "--model",
+        default="minilm",
+        metavar="DIR",
+        help="attnkit or Hugging Face BERT-family checkpoint, or 'minilm' (default)",
+    )
     parser.add_argument("--train", required=True, metavar="FILE", help="training CSV/TSV/JSONL")
     parser.add_argument("--eval", required=True, metavar="FILE", help="evaluation CSV/TSV/JSONL")
     parser.add_argument("--text-column", default="text", metavar="NAME")
     parser.add_argument("--label-column", default="label", metavar="NAME")
-    parser.add_argument("--out", default="runs/finetune", metavar="DIR",
-                        help="where the checkpoint, metrics.json and confusion.png go")
+    parser.add_argument(
+        "--out",
+        default="runs/finetune",
+        metavar="DIR",
+        help="where the checkpoint, metrics.json and confusion.png go",
+    )
     _training_arguments(parser, epochs=3, lr=5e-5, max_length=128)
 
 
@@ -82,13 +138,25 @@ def finetune_command(args: argparse.Namespace) -> int:
 
     train = read_examples(args.train, args.text_column, args.label_column)
     eval_ = read_examples(args.eval, args.text_column, args.label_column)
-    result = finetune(args.model, train, eval_, text_column=args.text_column,
-                      label_column=args.label_column, out=args.out, config=_config(args),
-                      log=_log, progress=args.progress)
+    result = finetune(
+        args.model,
+        train,
+        eval_,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        out=args.out,
+        config=_config(args),
+        log=_log,
+        progress=args.progress,
+    )
     print(_score_table(result.best, result.baseline))
-    print(f"majority baseline predicts {result.baseline['predicts']!r}; kept the state of step "
-          f"{result.best['step']} of {result.steps}{' (stopped early)' if result.stopped_early else ''}")
-    print(f"wrote {result.out} (checkpoint with labels {result.labels}, metrics.json, confusion.png)")
+    print(
+        f"majority baseline predicts {result.baseline['predicts']!r}; kept the state of step "
+        f"{result.best['step']} of {result.steps}{' (stopped early)' if result.stopped_early else ''}"
+    )
+    print(
+        f"wrote {result.out} (checkpoint with labels {result.labels}, metrics.json, confusion.png)"
+    )
     return 0
 
 
@@ -96,13 +164,24 @@ def finetune_command(args: argparse.Namespace) -> int:
 # classify
 # --------------------------------------------------------------------------------------------
 def classify_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("texts", nargs="*", metavar="TEXT",
-                        help="texts to classify (else one per line of --file or stdin)")
-    parser.add_argument("--model", required=True, metavar="DIR",
-                        help="a checkpoint written by 'attnkit finetune' (or an HF classifier)")
+    parser.add_argument(
+        "texts",
+        nargs="*",
+        metavar="TEXT",
+        help="texts to classify (else one per line of --file or stdin)",
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="DIR",
+        help="a checkpoint written by 'attnkit finetune' (or an HF classifier)",
+    )
     parser.add_argument("--file", metavar="FILE", help="texts, one per non-empty line")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object per text instead of tab-separated lines")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per text instead of tab-separated lines",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=32, metavar="B")
 
 
@@ -115,14 +194,17 @@ def classify_command(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         raise ValueError(f"--file {args.file!r} does not exist; expected a text file") from None
     except UnicodeDecodeError as e:
-        raise ValueError(f"--file {args.file!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise ValueError(
+            f"--file {args.file!r} is not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
     if not texts:
         raise ValueError("no texts to classify; expected TEXT arguments, --file or lines on stdin")
     clf = Classifier(args.model)
     for text, pred in zip(texts, clf.predict(texts, args.batch_size)):
         if args.json:
-            print(json.dumps({"text": text, "label": pred.label,
-                              "probabilities": pred.probabilities}))
+            print(
+                json.dumps({"text": text, "label": pred.label, "probabilities": pred.probabilities})
+            )
         else:
             probs = " ".join(f"{name}={p:.4f}" for name, p in pred.probabilities.items())
             print(f"{pred.label}\t{probs}\t{text}")
@@ -133,68 +215,125 @@ def classify_command(args: argparse.Namespace) -> int:
 # genre
 # --------------------------------------------------------------------------------------------
 def genre_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/genre", metavar="DIR",
-                        help="data/ (train.csv, eval.csv), model/ (checkpoint, metrics, "
-                             "confusion.png), genre.json and genre.png go here")
-    parser.add_argument("--model", default="minilm", metavar="DIR",
-                        help="checkpoint to fine-tune (default: all-MiniLM-L6-v2)")
-    parser.add_argument("--words", type=positive_int, default=60, metavar="N",
-                        help="words per passage (at least; cut at a line end)")
+    parser.add_argument(
+        "--out",
+        default="runs/genre",
+        metavar="DIR",
+        help="data/ (train.csv, eval.csv), model/ (checkpoint, metrics, "
+        "confusion.png), genre.json and genre.png go here",
+    )
+    parser.add_argument(
+        "--model",
+        default="minilm",
+        metavar="DIR",
+        help="checkpoint to fine-tune (default: all-MiniLM-L6-v2)",
+    )
+    parser.add_argument(
+        "--words",
+        type=positive_int,
+        default=60,
+        metavar="N",
+        help="words per passage (at least; cut at a line end)",
+    )
     parser.add_argument("--train-per-play", type=positive_int, default=20, metavar="N")
     parser.add_argument("--eval-per-play", type=positive_int, default=15, metavar="N")
-    parser.add_argument("--eval-fraction", type=probability, default=0.25, metavar="F",
-                        help="share of each genre's plays held out for evaluation")
+    parser.add_argument(
+        "--eval-fraction",
+        type=probability,
+        default=0.25,
+        metavar="F",
+        help="share of each genre's plays held out for evaluation",
+    )
     _training_arguments(parser, epochs=2, lr=1e-4, max_length=96)
 
 
 def genre_command(args: argparse.Namespace) -> int:
     _passive_openmp()
-    from attnkit.checkpoints.io import atomic_write_json
+    from attnkit._util.fs import atomic_write_json
     from attnkit.tasks.classification import LabelledTexts, finetune
     from attnkit.text.genre import FOLIO_GENRES, LEFT_OUT, build_genre_dataset, write_csv
 
     if args.eval_fraction <= 0:
         raise ValueError(f"--eval-fraction must be in (0, 1), got {args.eval_fraction!r}")
     out = Path(args.out)
-    data = build_genre_dataset(words=args.words, train_per_play=args.train_per_play,
-                               eval_per_play=args.eval_per_play, eval_fraction=args.eval_fraction,
-                               seed=args.seed)
+    data = build_genre_dataset(
+        words=args.words,
+        train_per_play=args.train_per_play,
+        eval_per_play=args.eval_per_play,
+        eval_fraction=args.eval_fraction,
+        seed=args.seed,
+    )
     write_csv(data.train, out / "data" / "train.csv")
     write_csv(data.eval, out / "data" / "eval.csv")
     title = lambda name: FOLIO_GENRES[name][0]  # noqa: E731
-    _log(f"genre data: {len(data.train)} training passages from {len(data.train_plays)} plays "
-         f"{data.counts('train')}, {len(data.eval)} evaluation passages from "
-         f"{len(data.eval_plays)} other plays {data.counts('eval')}")
-    _log("held-out plays: " + "; ".join(f"{title(p)} ({FOLIO_GENRES[p][1]})" for p in data.eval_plays))
+    _log(
+        f"genre data: {len(data.train)} training passages from {len(data.train_plays)} plays "
+        f"{data.counts('train')}, {len(data.eval)} evaluation passages from "
+        f"{len(data.eval_plays)} other plays {data.counts('eval')}"
+    )
+    _log(
+        "held-out plays: "
+        + "; ".join(f"{title(p)} ({FOLIO_GENRES[p][1]})" for p in data.eval_plays)
+    )
     _log("left out: " + "; ".join(f"{k} ({v})" for k, v in LEFT_OUT.items()))
-    train = LabelledTexts([p.text for p in data.train], [p.label for p in data.train],
-                          str(out / "data" / "train.csv"))
-    eval_ = LabelledTexts([p.text for p in data.eval], [p.label for p in data.eval],
-                          str(out / "data" / "eval.csv"))
-    result = finetune(args.model, train, eval_, out=out / "model", config=_config(args), log=_log,
-                      progress=args.progress)
+    train = LabelledTexts(
+        [p.text for p in data.train], [p.label for p in data.train], str(out / "data" / "train.csv")
+    )
+    eval_ = LabelledTexts(
+        [p.text for p in data.eval], [p.label for p in data.eval], str(out / "data" / "eval.csv")
+    )
+    result = finetune(
+        args.model,
+        train,
+        eval_,
+        out=out / "model",
+        config=_config(args),
+        log=_log,
+        progress=args.progress,
+    )
     best, base = result.best, result.baseline
     summary = {
-        "model": args.model, "train_passages": len(data.train), "eval_passages": len(data.eval),
-        "train_plays": data.train_plays, "eval_plays": data.eval_plays,
-        "train_counts": data.counts("train"), "eval_counts": data.counts("eval"),
-        "finetuned": {"accuracy": best["accuracy"], "macro_f1": best["macro_f1"],
-                      "per_class": best["per_class"], "confusion": best["confusion"]},
-        "majority_baseline": {"predicts": base["predicts"], "accuracy": base["accuracy"],
-                              "macro_f1": base["macro_f1"]},
+        "model": args.model,
+        "train_passages": len(data.train),
+        "eval_passages": len(data.eval),
+        "train_plays": data.train_plays,
+        "eval_plays": data.eval_plays,
+        "train_counts": data.counts("train"),
+        "eval_counts": data.counts("eval"),
+        "finetuned": {
+            "accuracy": best["accuracy"],
+            "macro_f1": best["macro_f1"],
+            "per_class": best["per_class"],
+            "confusion": best["confusion"],
+        },
+        "majority_baseline": {
+            "predicts": base["predicts"],
+            "accuracy": base["accuracy"],
+            "macro_f1": base["macro_f1"],
+        },
         "macro_f1_gain_points": round(100 * (best["macro_f1"] - base["macro_f1"]), 2),
-        "steps": result.steps, "seconds": result.seconds, "stopped_early": result.stopped_early,
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "stopped_early": result.stopped_early,
     }
     atomic_write_json(out / "genre.json", summary)
-    _plot_scores(best, base, out / "genre.png", f"{args.model} on {len(data.eval)} passages of "
-                 f"{len(data.eval_plays)} held-out plays")
-    print(f"Shakespeare genre (First Folio: comedy / history / tragedy), {args.model} fine-tuned "
-          f"on {len(data.train)} passages of {len(data.train_plays)} plays, evaluated on "
-          f"{len(data.eval)} passages of {len(data.eval_plays)} held-out plays")
+    _plot_scores(
+        best,
+        base,
+        out / "genre.png",
+        f"{args.model} on {len(data.eval)} passages of {len(data.eval_plays)} held-out plays",
+    )
+    print(
+        f"Shakespeare genre (First Folio: comedy / history / tragedy), {args.model} fine-tuned "
+        f"on {len(data.train)} passages of {len(data.train_plays)} plays, evaluated on "
+        f"{len(data.eval)} passages of {len(data.eval_plays)} held-out plays"
+    )
     print(_score_table(best, base))
-    print(f"macro-F1 gain over the majority baseline (always {base['predicts']!r}): "
-          f"{summary['macro_f1_gain_points']:+.1f} points; {result.steps} steps in "
-          f"{result.seconds:.0f} s")
+    print(
+        f"macro-F1 gain over the majority baseline (always {base['predicts']!r}): "
+        f"{summary['macro_f1_gain_points']:+.1f} points; {result.steps} steps in "
+        f"{result.seconds:.0f} s"
+    )
     print(f"wrote {out / 'genre.json'}, {out / 'genre.png'}, {out / 'model' / 'confusion.png'}")
     return 0
 
@@ -206,7 +345,7 @@ def _plot_scores(best: dict, base: dict, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from attnkit.checkpoints.io import atomic_write
+    from attnkit._util.fs import atomic_write
 
     names = ["accuracy", "macro-F1"]
     keys = ["accuracy", "macro_f1"]

@@ -8,6 +8,7 @@ The checkpoint is an attnkit directory (``attnkit pretrain --out``) or a Hugging
 directory; it needs a tokenizer. One prompt is streamed token by token as it is generated;
 several prompts are decoded together as one batch and printed one after the other.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,31 +24,68 @@ def _positive_int(text: str) -> int:
 
 
 def generate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="a checkpoint directory: attnkit (pretrain --out) or HF GPT-2")
-    parser.add_argument("--prompt", action="append",
-                        help="text to continue; repeat for a batch (default: a newline)")
-    parser.add_argument("--max-new-tokens", "--tokens", dest="max_new_tokens",
-                        type=_positive_int, default=100, metavar="N",
-                        help="new tokens per prompt (default 100)")
-    parser.add_argument("--temperature", type=float, default=0.8,
-                        help="0 = greedy; otherwise sampling temperature (default 0.8)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a checkpoint directory: attnkit (pretrain --out) or HF GPT-2",
+    )
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        help="text to continue; repeat for a batch (default: a newline)",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        "--tokens",
+        dest="max_new_tokens",
+        type=_positive_int,
+        default=100,
+        metavar="N",
+        help="new tokens per prompt (default 100)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        help="0 = greedy; otherwise sampling temperature (default 0.8)",
+    )
     parser.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
     parser.add_argument("--top-p", type=float, help="nucleus sampling: smallest set of mass >= p")
-    parser.add_argument("--repetition-penalty", type=float, default=1.0,
-                        help="> 1 discourages tokens already in the text (default 1: off)")
-    parser.add_argument("--stop", action="append", metavar="TEXT",
-                        help="stop a prompt's output once it contains TEXT (repeatable)")
-    parser.add_argument("--eos-id", type=int, action="append", metavar="ID",
-                        help="token id that ends a prompt's output (repeatable)")
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="> 1 discourages tokens already in the text (default 1: off)",
+    )
+    parser.add_argument(
+        "--stop",
+        action="append",
+        metavar="TEXT",
+        help="stop a prompt's output once it contains TEXT (repeatable)",
+    )
+    parser.add_argument(
+        "--eos-id",
+        type=int,
+        action="append",
+        metavar="ID",
+        help="token id that ends a prompt's output (repeatable)",
+    )
     parser.add_argument("--seed", type=int, help="seed for sampling (default: fresh randomness)")
-    parser.add_argument("--context", choices=("slide", "error"), default="slide",
-                        help="past the model's context: drop the oldest half and go on (slide, "
-                             "default) or stop with an error")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32",
-                        help="weight dtype (default float32)")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="recompute the whole sequence every step (slow; for checking)")
+    parser.add_argument(
+        "--context",
+        choices=("slide", "error"),
+        default="slide",
+        help="past the model's context: drop the oldest half and go on (slide, "
+        "default) or stop with an error",
+    )
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="weight dtype (default float32)"
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute the whole sequence every step (slow; for checking)",
+    )
 
 
 def generate_command(args: argparse.Namespace) -> int:
@@ -58,18 +96,31 @@ def generate_command(args: argparse.Namespace) -> int:
 
     model = load(args.model, dtype=getattr(torch, args.dtype))
     if getattr(model.config, "arch", None) != "gpt":
-        raise ValueError(f"--model {args.model!r} is a {model.config.arch!r} model; 'generate' "
-                         f"needs a GPT checkpoint")
+        raise ValueError(
+            f"--model {args.model!r} is a {model.config.arch!r} model; 'generate' "
+            f"needs a GPT checkpoint"
+        )
     tok = getattr(model, "tokenizer", None)
     if tok is None:
-        raise ValueError(f"--model {args.model!r} has no tokenizer (tokenizer.json, or vocab.json"
-                         f" + merges.txt); 'generate' needs one to read the prompt")
+        raise ValueError(
+            f"--model {args.model!r} has no tokenizer (tokenizer.json, or vocab.json"
+            f" + merges.txt); 'generate' needs one to read the prompt"
+        )
     prompts = args.prompt or ["\n"]
-    events = stream(model, prompts if len(prompts) > 1 else prompts[0], args.max_new_tokens,
-                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                    repetition_penalty=args.repetition_penalty, stop=args.stop,
-                    eos_token_id=args.eos_id, seed=args.seed, use_cache=not args.no_cache,
-                    context=args.context)
+    events = stream(
+        model,
+        prompts if len(prompts) > 1 else prompts[0],
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        stop=args.stop,
+        eos_token_id=args.eos_id,
+        seed=args.seed,
+        use_cache=not args.no_cache,
+        context=args.context,
+    )
     out = sys.stdout
     if len(prompts) == 1:
         out.write(prompts[0])

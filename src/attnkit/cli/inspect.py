@@ -17,6 +17,7 @@ Writes into ``--out``:
 and prints the flagged heads. ``--timing`` also times the plain forward pass against the
 forward pass with every layer captured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,22 +38,36 @@ def index_list(text: str) -> list[int]:
         item = part.strip()
         if not item.isdigit():
             raise argparse.ArgumentTypeError(
-                f"expected comma-separated indices >= 0 such as 0,3; got {text!r}")
+                f"expected comma-separated indices >= 0 such as 0,3; got {text!r}"
+            )
         out.append(int(item))
     return out
 
 
 def inspect_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="minilm",
-                        help="known name (minilm), attnkit or Hugging Face directory (default: minilm)")
+    parser.add_argument(
+        "--model",
+        default="minilm",
+        help="known name (minilm), attnkit or Hugging Face directory (default: minilm)",
+    )
     parser.add_argument("--text", required=True, help="the text to inspect")
-    parser.add_argument("--layers", type=index_list, help="layers to capture, e.g. 0,3 (default: all)")
-    parser.add_argument("--heads", type=index_list, help="heads to capture, e.g. 0,5 (default: all)")
+    parser.add_argument(
+        "--layers", type=index_list, help="layers to capture, e.g. 0,3 (default: all)"
+    )
+    parser.add_argument(
+        "--heads", type=index_list, help="heads to capture, e.g. 0,5 (default: all)"
+    )
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--flow", action="store_true",
-                        help="also compute attention flow (max-flow; short texts only)")
-    parser.add_argument("--timing", action="store_true",
-                        help="time the forward pass with and without capturing every layer")
+    parser.add_argument(
+        "--flow",
+        action="store_true",
+        help="also compute attention flow (max-flow; short texts only)",
+    )
+    parser.add_argument(
+        "--timing",
+        action="store_true",
+        help="time the forward pass with and without capturing every layer",
+    )
     parser.add_argument("--rounds", type=positive_int, default=7, help="timing rounds (default: 7)")
     parser.add_argument("--title", default=None, help="title of the viewer page")
 
@@ -62,7 +77,9 @@ def _tokenize(model, text: str):
 
     tok = getattr(model, "tokenizer", None)
     if tok is None:
-        raise UsageError("the model has no tokenizer (tokenizer.json); expected a checkpoint with one")
+        raise UsageError(
+            "the model has no tokenizer (tokenizer.json); expected a checkpoint with one"
+        )
     if not text.strip():
         raise UsageError(f"--text {text!r} is empty; expected some text")
     enc = tok.encode(text)
@@ -80,7 +97,6 @@ def inspect_command(args: argparse.Namespace) -> int:
     import torch
 
     import attnkit
-
     from attnkit.inspect import render, stats
     from attnkit.inspect.capture import attention_layers, capture, capture_overhead
 
@@ -88,7 +104,10 @@ def inspect_command(args: argparse.Namespace) -> int:
     input_ids, tokens = _tokenize(model, args.text)
     n_layers = len(attention_layers(model))
     n_heads = model.config.n_head
-    with torch.no_grad(), capture(model, layers=args.layers, heads=args.heads, tokens=tokens) as maps:
+    with (
+        torch.no_grad(),
+        capture(model, layers=args.layers, heads=args.heads, tokens=tokens) as maps,
+    ):
         model(input_ids)
     weights = [w.float() for w in maps.stacked(0)]  # one (H, T, T) per captured layer
     rows = stats.head_stats(maps)
@@ -104,22 +123,35 @@ def inspect_command(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for layer, w in zip(maps.layers, weights):
-        written.append(render.plot_layer(w, tokens, out / f"layer_{layer}.png",
-                                         title=f"layer {layer}", heads=maps.heads))
+        written.append(
+            render.plot_layer(
+                w, tokens, out / f"layer_{layer}.png", title=f"layer {layer}", heads=maps.heads
+            )
+        )
     flagged = [r for r in rows if r["labels"]]
-    picked = [(r["layer"], r["head"]) for r in rows] if args.heads is not None else \
-        [(r["layer"], r["head"]) for r in flagged]
+    picked = (
+        [(r["layer"], r["head"]) for r in rows]
+        if args.heads is not None
+        else [(r["layer"], r["head"]) for r in flagged]
+    )
     for layer, head in picked[:MAX_HEAD_PNGS]:
         w = weights[maps.layers.index(layer)][maps.heads.index(head)]
-        written.append(render.plot_head(w, tokens, out / f"head_{layer}_{head}.png",
-                                        title=f"layer {layer} head {head}"))
+        written.append(
+            render.plot_head(
+                w, tokens, out / f"head_{layer}_{head}.png", title=f"layer {layer} head {head}"
+            )
+        )
     if roll is not None:
         written.append(render.plot_rollout(roll, tokens, out / "rollout.png"))
     if flow is not None:
         written.append(render.plot_rollout(flow, tokens, out / "flow.png", title="attention flow"))
 
-    arrays = {"tokens": np.array(tokens, dtype=str), "input_ids": input_ids[0].numpy(),
-              "layers": np.array(maps.layers), "heads": np.array(maps.heads)}
+    arrays = {
+        "tokens": np.array(tokens, dtype=str),
+        "input_ids": input_ids[0].numpy(),
+        "layers": np.array(maps.layers),
+        "heads": np.array(maps.heads),
+    }
     for layer, w in zip(maps.layers, weights):
         arrays[f"layer_{layer}"] = w.numpy().astype(np.float32)
     if roll is not None:
@@ -128,9 +160,16 @@ def inspect_command(args: argparse.Namespace) -> int:
         arrays["flow"] = flow.numpy()
     np.savez(out / "maps.npz", **arrays)
     written.append(out / "maps.npz")
-    report = {"model": str(args.model), "text": args.text, "tokens": tokens, "layers": maps.layers,
-              "heads": maps.heads, "sources": maps.sources,
-              "rules": [dataclasses.asdict(r) for r in stats.RULES], "stats": rows}
+    report = {
+        "model": str(args.model),
+        "text": args.text,
+        "tokens": tokens,
+        "layers": maps.layers,
+        "heads": maps.heads,
+        "sources": maps.sources,
+        "rules": [dataclasses.asdict(r) for r in stats.RULES],
+        "stats": rows,
+    }
     (out / "stats.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     written.append(out / "stats.json")
 
@@ -141,11 +180,23 @@ def inspect_command(args: argparse.Namespace) -> int:
         viewer_error = f"the HTML viewer (attnkit.inspect.html.write_viewer) is not available: {e}"
     else:
         title = args.title if args.title is not None else f"{args.model}: {args.text[:60]}"
-        written.append(write_viewer(out / "viewer.html", tokens, weights, maps.layers, maps.heads,
-                                    stats=rows, rollout=roll, title=title))
+        written.append(
+            write_viewer(
+                out / "viewer.html",
+                tokens,
+                weights,
+                maps.layers,
+                maps.heads,
+                stats=rows,
+                rollout=roll,
+                title=title,
+            )
+        )
 
-    print(f"{len(tokens)} tokens, {len(maps.layers)} layers x {len(maps.heads)} heads captured; "
-          f"wrote {len(written)} files to {out}")
+    print(
+        f"{len(tokens)} tokens, {len(maps.layers)} layers x {len(maps.heads)} heads captured; "
+        f"wrote {len(written)} files to {out}"
+    )
     if flagged:
         print("flagged heads:")
         for r in flagged:
@@ -154,9 +205,11 @@ def inspect_command(args: argparse.Namespace) -> int:
         print("flagged heads: none")
     if args.timing:
         t = capture_overhead(model, input_ids, rounds=args.rounds)
-        print(f"capture overhead ({n_layers} layers x {n_heads} heads, {len(tokens)} tokens, best of "
-              f"{t['rounds']} rounds): plain forward {t['plain_s'] * 1e3:.2f} ms, with capture "
-              f"{t['capture_s'] * 1e3:.2f} ms, ratio {t['ratio']:.2f}x")
+        print(
+            f"capture overhead ({n_layers} layers x {n_heads} heads, {len(tokens)} tokens, best of "
+            f"{t['rounds']} rounds): plain forward {t['plain_s'] * 1e3:.2f} ms, with capture "
+            f"{t['capture_s'] * 1e3:.2f} ms, ratio {t['ratio']:.2f}x"
+        )
     if viewer_error is not None:
         sys.stderr.write(f"attnkit: error: {viewer_error}\n")
         return 1

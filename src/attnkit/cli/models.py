@@ -3,6 +3,7 @@
 Each command is a pair ``<name>_arguments(parser)`` / ``<name>_command(args)`` named by a row
 of ``attnkit.cli.COMMANDS``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,9 @@ from attnkit.cli import UsageError, positive_int
 # --------------------------------------------------------------------------------------------
 def convert_arguments(parser: argparse.ArgumentParser) -> None:
     way = parser.add_mutually_exclusive_group(required=True)
-    way.add_argument("--from-hf", metavar="DIR", help="Hugging Face directory to convert to attnkit")
+    way.add_argument(
+        "--from-hf", metavar="DIR", help="Hugging Face directory to convert to attnkit"
+    )
     way.add_argument("--to-hf", metavar="DIR", help="attnkit directory to convert to Hugging Face")
     parser.add_argument("out", metavar="OUT", help="output directory")
 
@@ -38,8 +41,10 @@ def convert_command(args: argparse.Namespace) -> int:
         hf.export_hf(model, args.out)
         kind = "Hugging Face"
     cfg = model.config
-    print(f"wrote {kind} checkpoint {args.out}: {cfg.arch} {cfg.n_layer}x{cfg.d_model}, "
-          f"head={cfg.head}, {model.num_parameters():,} parameters")
+    print(
+        f"wrote {kind} checkpoint {args.out}: {cfg.arch} {cfg.n_layer}x{cfg.d_model}, "
+        f"head={cfg.head}, {model.num_parameters():,} parameters"
+    )
     return 0
 
 
@@ -47,17 +52,24 @@ def convert_command(args: argparse.Namespace) -> int:
 # embed / similarity
 # --------------------------------------------------------------------------------------------
 def _model_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="minilm",
-                        help="known name (minilm), attnkit or Hugging Face directory (default: minilm)")
+    parser.add_argument(
+        "--model",
+        default="minilm",
+        help="known name (minilm), attnkit or Hugging Face directory (default: minilm)",
+    )
 
 
 def embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="*", help="texts to embed (default: --file, else stdin)")
     parser.add_argument("--file", help="read texts from this file, one per non-empty line")
-    parser.add_argument("--out", help="write a .npy matrix or a .jsonl file (default: JSONL on stdout)")
+    parser.add_argument(
+        "--out", help="write a .npy matrix or a .jsonl file (default: JSONL on stdout)"
+    )
     _model_argument(parser)
     parser.add_argument("--batch-size", type=positive_int, default=32)
-    parser.add_argument("--no-normalize", action="store_true", help="keep raw (unnormalised) vectors")
+    parser.add_argument(
+        "--no-normalize", action="store_true", help="keep raw (unnormalised) vectors"
+    )
 
 
 def embed_command(args: argparse.Namespace) -> int:
@@ -76,20 +88,23 @@ def embed_command(args: argparse.Namespace) -> int:
     if not texts:
         raise UsageError("no texts to embed: expected texts as arguments, --file or lines on stdin")
     enc = Encoder.load(args.model)
-    vecs = enc.encode(texts, batch_size=args.batch_size,
-                      normalize=not args.no_normalize)
+    vecs = enc.encode(texts, batch_size=args.batch_size, normalize=not args.no_normalize)
     if args.out and args.out.endswith(".npy"):
         np.save(args.out, vecs.astype(np.float32))
     else:
-        lines = (json.dumps({"text": t, "embedding": [round(float(x), 7) for x in v]})
-                 for t, v in zip(texts, vecs))
+        lines = (
+            json.dumps({"text": t, "embedding": [round(float(x), 7) for x in v]})
+            for t, v in zip(texts, vecs)
+        )
         if args.out:
             Path(args.out).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         else:
             for line in lines:
                 print(line)
             return 0
-    print(f"wrote {len(texts)} embeddings of dimension {vecs.shape[1]} to {args.out}", file=sys.stderr)
+    print(
+        f"wrote {len(texts)} embeddings of dimension {vecs.shape[1]} to {args.out}", file=sys.stderr
+    )
     return 0
 
 

@@ -5,6 +5,7 @@
 
 The library side is :mod:`attnkit.surgery` (``swap_attention`` + ``compare``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,27 +18,52 @@ from attnkit.cli import UsageError, positive_int
 
 def swap_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="*", help="texts to run (or --text-file)")
-    parser.add_argument("--model", default="minilm",
-                        help="known name (minilm), attnkit or Hugging Face directory (default: minilm)")
+    parser.add_argument(
+        "--model",
+        default="minilm",
+        help="known name (minilm), attnkit or Hugging Face directory (default: minilm)",
+    )
     from attnkit.surgery import variant_names
 
-    parser.add_argument("--variant", required=True,
-                        help=f"attention to put in: one of {', '.join(variant_names())}")
-    parser.add_argument("--variant-param", action="append", default=[], metavar="NAME=VALUE",
-                        help="a parameter of the variant, e.g. n_hashes=4 (repeatable; values are "
-                             "read as int, float, true/false or none)")
-    parser.add_argument("--text-file", metavar="FILE",
-                        help="one text per non-empty line ('-' reads stdin)")
-    parser.add_argument("--layers", metavar="I,J-K",
-                        help="swap only these layers, 0-based, e.g. 0,2-3 (default: all)")
+    parser.add_argument(
+        "--variant", required=True, help=f"attention to put in: one of {', '.join(variant_names())}"
+    )
+    parser.add_argument(
+        "--variant-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a parameter of the variant, e.g. n_hashes=4 (repeatable; values are "
+        "read as int, float, true/false or none)",
+    )
+    parser.add_argument(
+        "--text-file", metavar="FILE", help="one text per non-empty line ('-' reads stdin)"
+    )
+    parser.add_argument(
+        "--layers",
+        metavar="I,J-K",
+        help="swap only these layers, 0-based, e.g. 0,2-3 (default: all)",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=32)
-    parser.add_argument("--max-length", type=positive_int, metavar="N",
-                        help="tokens per text (default: the model's sentence length, else its positions)")
-    parser.add_argument("--rounds", type=positive_int, default=3,
-                        help="timed passes of each model; the fastest counts (default 3)")
+    parser.add_argument(
+        "--max-length",
+        type=positive_int,
+        metavar="N",
+        help="tokens per text (default: the model's sentence length, else its positions)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=3,
+        help="timed passes of each model; the fastest counts (default 3)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    parser.add_argument("--threads", type=positive_int, metavar="N",
-                        help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="CPU threads for torch (default: torch's choice)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -54,12 +80,16 @@ def _texts(args: argparse.Namespace) -> list[str]:
         else:
             lines = Path(args.text_file).read_text(encoding="utf-8").splitlines()
     except OSError as e:
-        raise UsageError(f"--text-file {args.text_file!r}: {e.strerror}; expected a readable text file") from None
+        raise UsageError(
+            f"--text-file {args.text_file!r}: {e.strerror}; expected a readable text file"
+        ) from None
     except UnicodeDecodeError:
         raise UsageError(f"--text-file {args.text_file!r} is not UTF-8 text") from None
     texts = [line for line in lines if line.strip()]
     if not texts:
-        raise UsageError(f"--text-file {args.text_file!r} has no non-empty lines; expected one text per line")
+        raise UsageError(
+            f"--text-file {args.text_file!r} has no non-empty lines; expected one text per line"
+        )
     return texts
 
 
@@ -77,15 +107,27 @@ def swap_command(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model = load(args.model, device=device)
-    layers = None if args.layers is None else surgery.parse_layers(args.layers, model.config.n_layer)
+    layers = (
+        None if args.layers is None else surgery.parse_layers(args.layers, model.config.n_layer)
+    )
     swapped = surgery.swap_attention(model, args.variant, layers=layers, **params)
-    report = surgery.compare(model, swapped, texts, batch_size=args.batch_size,
-                             max_length=args.max_length, rounds=args.rounds)
+    report = surgery.compare(
+        model,
+        swapped,
+        texts,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        rounds=args.rounds,
+    )
     cfg = model.config
     if args.json:
-        print(json.dumps({"model": str(args.model), "arch": cfg.arch, **report.to_dict()}, indent=2))
+        print(
+            json.dumps({"model": str(args.model), "arch": cfg.arch, **report.to_dict()}, indent=2)
+        )
     else:
-        title = (f"attnkit swap: {args.model} ({cfg.arch}, {cfg.n_layer} layers x {cfg.d_model}, "
-                 f"{cfg.n_head} heads)")
+        title = (
+            f"attnkit swap: {args.model} ({cfg.arch}, {cfg.n_layer} layers x {cfg.d_model}, "
+            f"{cfg.n_head} heads)"
+        )
         print(report.format(title))
     return 0

@@ -43,17 +43,18 @@ read from its last max_seq_len tokens; the returned ids still hold all of it).
 Int8: :func:`quantize_int8` turns a model's block and LM-head linears into weight-only int8
 (per-row scales) for faster memory-bound decoding on CPU.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
 from attnkit import native as kernels
-
 
 CONTEXT_MODES = ("error", "slide")
 
@@ -73,8 +74,9 @@ class GeneratedToken:
 # --------------------------------------------------------------------------------------------
 # token choice
 # --------------------------------------------------------------------------------------------
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor,
-                             penalty: float) -> torch.Tensor:
+def apply_repetition_penalty(
+    logits: torch.Tensor, seen: torch.Tensor, penalty: float
+) -> torch.Tensor:
     """logits (B, V); seen (B, V) bool, True for ids already in the row. Returns new logits:
     seen positive logits / penalty, seen negative logits * penalty."""
     if penalty == 1.0:
@@ -83,8 +85,9 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor,
     return torch.where(seen, scaled, logits)
 
 
-def filter_logits(logits: torch.Tensor, top_k: int | None = None,
-                  top_p: float | None = None) -> torch.Tensor:
+def filter_logits(
+    logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
     """logits (B, V) -> logits with the tokens outside top-k / top-p set to -inf."""
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
@@ -100,9 +103,13 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None,
     return logits
 
 
-def choose_tokens(logits: torch.Tensor, temperature: float, top_k: int | None = None,
-                  top_p: float | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def choose_tokens(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """(B, V) logits -> (B,) token ids: arg-max for temperature 0, else a draw from the
     filtered, tempered softmax."""
     if temperature == 0:
@@ -121,12 +128,20 @@ def _int(name: str, value: Any, low: int) -> int:
     return value
 
 
-def _float(name: str, value: Any, low: float, high: float = math.inf, *,
-           low_open: bool = False, high_open: bool = False) -> float:
+def _float(
+    name: str,
+    value: Any,
+    low: float,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
-        ok = (value > low if low_open else value >= low) and \
-            (value < high if high_open else value <= high)
+        ok = (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high
+        )
     if not ok:
         lo = "(" if low_open else "["
         hi = ")" if high_open or high == math.inf else "]"
@@ -137,9 +152,11 @@ def _float(name: str, value: Any, low: float, high: float = math.inf, *,
 def _check_model(model: Any) -> None:
     cfg = getattr(model, "config", None)
     if cfg is None or getattr(cfg, "arch", None) != "gpt" or not hasattr(model, "hidden_states"):
-        raise TypeError(f"model must be an attnkit GPT (attnkit.load(DIR) of a GPT or HF GPT-2 "
-                        f"checkpoint), got {type(model).__name__}"
-                        + (f" with arch={cfg.arch!r}" if cfg is not None else ""))
+        raise TypeError(
+            f"model must be an attnkit GPT (attnkit.load(DIR) of a GPT or HF GPT-2 "
+            f"checkpoint), got {type(model).__name__}"
+            + (f" with arch={cfg.arch!r}" if cfg is not None else "")
+        )
     if getattr(model, "lm_head", None) is None:
         raise ValueError("model has no LM head (config.head='none'); generation needs head='lm'")
 
@@ -147,10 +164,15 @@ def _check_model(model: Any) -> None:
 def _prompt_rows(prompt: Any, tokenizer: Any, vocab: int) -> tuple[list[list[int]], bool]:
     """The prompt as token-id rows, and whether it was a batch."""
     if isinstance(prompt, torch.Tensor):
-        if prompt.dtype.is_floating_point or prompt.dtype == torch.bool or \
-                prompt.dim() not in (1, 2):
-            raise ValueError(f"prompt tensor must hold integer token ids, shape (T,) or (B, T); "
-                             f"got shape {tuple(prompt.shape)} dtype {prompt.dtype}")
+        if (
+            prompt.dtype.is_floating_point
+            or prompt.dtype == torch.bool
+            or prompt.dim() not in (1, 2)
+        ):
+            raise ValueError(
+                f"prompt tensor must hold integer token ids, shape (T,) or (B, T); "
+                f"got shape {tuple(prompt.shape)} dtype {prompt.dtype}"
+            )
         batched = prompt.dim() == 2
         rows = prompt.tolist() if batched else [prompt.tolist()]
     elif isinstance(prompt, str):
@@ -165,26 +187,32 @@ def _prompt_rows(prompt: Any, tokenizer: Any, vocab: int) -> tuple[list[list[int
         elif all(isinstance(p, (list, tuple)) for p in prompt):
             batched, rows = True, [list(p) for p in prompt]
         else:
-            raise ValueError(f"prompt must be a str, a list of token ids, a list of str or a "
-                             f"list of token-id lists, got a list of "
-                             f"{sorted({type(p).__name__ for p in prompt})}")
+            raise ValueError(
+                f"prompt must be a str, a list of token ids, a list of str or a "
+                f"list of token-id lists, got a list of "
+                f"{sorted({type(p).__name__ for p in prompt})}"
+            )
     else:
-        raise ValueError(f"prompt must be text, token ids (list or tensor) or a list of them, got "
-                         f"{type(prompt).__name__}")
+        raise ValueError(
+            f"prompt must be text, token ids (list or tensor) or a list of them, got "
+            f"{type(prompt).__name__}"
+        )
     out = []
     for i, row in enumerate(rows):
         if isinstance(row, str):
             if tokenizer is None:
-                raise ValueError("a text prompt needs a tokenizer: the model has none "
-                                 "(model.tokenizer) and no tokenizer= was given")
+                raise ValueError(
+                    "a text prompt needs a tokenizer: the model has none "
+                    "(model.tokenizer) and no tokenizer= was given"
+                )
             row = tokenizer.encode(row, add_special_tokens=False).ids
         if not row:
             raise ValueError(f"prompt {i} is empty (no tokens); expected at least one token")
-        bad = [t for t in row
-               if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
+        bad = [
+            t for t in row if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab
+        ]
         if bad:
-            raise ValueError(f"prompt {i} holds token id {bad[0]!r}, expected ints in "
-                             f"[0, {vocab})")
+            raise ValueError(f"prompt {i} holds token id {bad[0]!r}, expected ints in [0, {vocab})")
         out.append(list(row))
     return out, batched
 
@@ -195,8 +223,9 @@ def _eos_set(eos_token_id: Any, vocab: int) -> set[int]:
     ids = [eos_token_id] if not isinstance(eos_token_id, (list, tuple, set)) else list(eos_token_id)
     for t in ids:
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
-            raise ValueError(f"eos_token_id must be an int or list of ints in [0, {vocab}), got "
-                             f"{eos_token_id!r}")
+            raise ValueError(
+                f"eos_token_id must be an int or list of ints in [0, {vocab}), got {eos_token_id!r}"
+            )
     return set(ids)
 
 
@@ -205,12 +234,17 @@ def _stop_list(stop: Any, vocab: int) -> tuple[list[str], list[tuple[int, ...]]]
     a list mixing strings and lists of token ids."""
     if stop is None:
         return [], []
-    bad = ValueError(f"stop must be a non-empty string, a non-empty list of token ids in "
-                     f"[0, {vocab}), or a list of those, got {stop!r}")
+    bad = ValueError(
+        f"stop must be a non-empty string, a non-empty list of token ids in "
+        f"[0, {vocab}), or a list of those, got {stop!r}"
+    )
     if isinstance(stop, str):
         items = [stop]
-    elif isinstance(stop, (list, tuple)) and stop and all(
-            isinstance(t, int) and not isinstance(t, bool) for t in stop):
+    elif (
+        isinstance(stop, (list, tuple))
+        and stop
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in stop)
+    ):
         items = [tuple(stop)]  # one token-id sequence
     elif isinstance(stop, (list, tuple)):
         items = list(stop)
@@ -220,8 +254,11 @@ def _stop_list(stop: Any, vocab: int) -> tuple[list[str], list[tuple[int, ...]]]
     for item in items:
         if isinstance(item, str) and item:
             strings.append(item)
-        elif isinstance(item, (list, tuple)) and item and all(
-                isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in item):
+        elif (
+            isinstance(item, (list, tuple))
+            and item
+            and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in item)
+        ):
             sequences.append(tuple(item))
         else:
             raise bad
@@ -245,10 +282,10 @@ class _TextTail:
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        before = self.tok.decode(self.ids[self.prefix:self.read])
-        now = self.tok.decode(self.ids[self.prefix:])
+        before = self.tok.decode(self.ids[self.prefix : self.read])
+        now = self.tok.decode(self.ids[self.prefix :])
         if len(now) > len(before) and not now.endswith("\ufffd"):
-            new = now[len(before):]
+            new = now[len(before) :]
             self.prefix, self.read = self.read, len(self.ids)
             self.text += new
             return new
@@ -272,8 +309,8 @@ class _Batch:
         self.ids = torch.full((B, capacity), pad, dtype=torch.long, device=device)  # (B, cap)
         self.mask = torch.ones(B, capacity, dtype=torch.long, device=device)  # (B, cap)
         for i, r in enumerate(rows):
-            self.ids[i, P - len(r):P] = torch.tensor(r, dtype=torch.long)
-            self.mask[i, :P - len(r)] = 0
+            self.ids[i, P - len(r) : P] = torch.tensor(r, dtype=torch.long)
+            self.mask[i, : P - len(r)] = 0
         self.length = P
         self.row_len = torch.tensor([len(r) for r in rows], dtype=torch.long, device=device)
         self.padded = any(len(r) != P for r in rows)
@@ -298,13 +335,17 @@ class _Decoder:
         param = next(model.parameters())
         # a half-precision model on the CPU keeps its cache in float32: the CPU's attention
         # kernels are several times faster in float32 than in bfloat16 at one query
-        dtype = (torch.float32 if param.device.type == "cpu"
-                 and param.dtype in (torch.bfloat16, torch.float16) else None)
+        dtype = (
+            torch.float32
+            if param.device.type == "cpu" and param.dtype in (torch.bfloat16, torch.float16)
+            else None
+        )
         self.cache = model.new_cache(max_len=batch.capacity, dtype=dtype) if use_cache else None
 
     def _logits(self, ids, mask, positions, cache) -> torch.Tensor:
-        h = self.model.hidden_states(ids, attention_mask=mask, position_ids=positions,
-                                     cache=cache)  # (B, T, C)
+        h = self.model.hidden_states(
+            ids, attention_mask=mask, position_ids=positions, cache=cache
+        )  # (B, T, C)
         return self.model.lm_head(h[:, -1]).float()  # (B, V), last position only
 
     def prefill(self) -> torch.Tensor:
@@ -329,8 +370,8 @@ class _Decoder:
         T = b.length
         if b.padded:
             pos = (b.row_len - 1)[:, None]  # (B, 1)
-            return self._logits(b.ids[:, T - 1:T], b.mask[:, :T], pos, self.cache)
-        return self._logits(b.ids[:, T - 1:T], None, None, self.cache)
+            return self._logits(b.ids[:, T - 1 : T], b.mask[:, :T], pos, self.cache)
+        return self._logits(b.ids[:, T - 1 : T], None, None, self.cache)
 
 
 def _capacity(model, rows: list[list[int]], max_new_tokens: int, context: str) -> int:
@@ -340,18 +381,30 @@ def _capacity(model, rows: list[list[int]], max_new_tokens: int, context: str) -
     if context == "slide":  # longer prompts are cut to their last max_seq_len tokens
         return min(need, cfg.max_seq_len)
     if limited and need > cfg.max_seq_len:
-        raise ValueError(f"prompt ({max(len(r) for r in rows)} tokens, padded) + max_new_tokens="
-                         f"{max_new_tokens} = {need} exceeds the model's max_seq_len="
-                         f"{cfg.max_seq_len}; shorten them or pass context='slide'")
+        raise ValueError(
+            f"prompt ({max(len(r) for r in rows)} tokens, padded) + max_new_tokens="
+            f"{max_new_tokens} = {need} exceeds the model's max_seq_len="
+            f"{cfg.max_seq_len}; shorten them or pass context='slide'"
+        )
     return need
 
 
-def stream(model, prompt, max_new_tokens: int = 64, *, temperature: float = 1.0,
-           top_k: int | None = None, top_p: float | None = None,
-           repetition_penalty: float = 1.0, stop: str | Sequence[Any] | None = None,
-           eos_token_id: int | Sequence[int] | None = None, seed: int | None = None,
-           tokenizer: Any = None, use_cache: bool = True,
-           context: str = "error") -> Iterator[GeneratedToken]:
+def stream(
+    model,
+    prompt,
+    max_new_tokens: int = 64,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    stop: str | Sequence[Any] | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    seed: int | None = None,
+    tokenizer: Any = None,
+    use_cache: bool = True,
+    context: str = "error",
+) -> Iterator[GeneratedToken]:
     """Like :func:`generate`, but an iterator over the new tokens as they are made: one
     :class:`GeneratedToken` per live row per step, rows in order. Arguments are checked when
     this is called, before the first token."""
@@ -374,16 +427,48 @@ def stream(model, prompt, max_new_tokens: int = 64, *, temperature: float = 1.0,
     eos = _eos_set(eos_token_id, vocab)
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if stops and tok is None:
-        raise ValueError(f"stop={stops!r} needs a tokenizer to decode the output: the model has "
-                         f"none (model.tokenizer) and no tokenizer= was given")
+        raise ValueError(
+            f"stop={stops!r} needs a tokenizer to decode the output: the model has "
+            f"none (model.tokenizer) and no tokenizer= was given"
+        )
     rows, _ = _prompt_rows(prompt, tok, vocab)
     capacity = _capacity(model, rows, max_new_tokens, context)
-    return _run(model, rows, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                stops, stop_ids, eos, seed, tok, use_cache, context, capacity)
+    return _run(
+        model,
+        rows,
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        repetition_penalty,
+        stops,
+        stop_ids,
+        eos,
+        seed,
+        tok,
+        use_cache,
+        context,
+        capacity,
+    )
 
 
-def _run(model, rows, max_new_tokens, temperature, top_k, top_p, penalty, stops, stop_ids, eos,
-         seed, tok, use_cache, context, capacity) -> Iterator[GeneratedToken]:
+def _run(
+    model,
+    rows,
+    max_new_tokens,
+    temperature,
+    top_k,
+    top_p,
+    penalty,
+    stops,
+    stop_ids,
+    eos,
+    seed,
+    tok,
+    use_cache,
+    context,
+    capacity,
+) -> Iterator[GeneratedToken]:
     param = next(model.parameters())
     device = param.device
     B = len(rows)
@@ -424,11 +509,13 @@ def _run(model, rows, max_new_tokens, temperature, top_k, top_p, penalty, stops,
                 events.append(GeneratedToken(i, step, t, text))
                 if t in eos:
                     live[i] = False
-                elif stop_ids and any(len(q) <= len(generated[i]) and tuple(generated[i][-len(q):]) == q
-                                      for q in stop_ids):
+                elif stop_ids and any(
+                    len(q) <= len(generated[i]) and tuple(generated[i][-len(q) :]) == q
+                    for q in stop_ids
+                ):
                     live[i] = False
                 elif stops:
-                    tail = tails[i].text[-(longest_stop + len(text)):]
+                    tail = tails[i].text[-(longest_stop + len(text)) :]
                     if any(s in tail for s in stops):
                         live[i] = False
             yield from events
@@ -436,8 +523,9 @@ def _run(model, rows, max_new_tokens, temperature, top_k, top_p, penalty, stops,
                 break
             with torch.inference_mode():
                 if not all(live):  # finished rows keep decoding a pad token, unread
-                    nxt = torch.where(torch.tensor(live, device=device), nxt,
-                                      torch.full_like(nxt, pad))
+                    nxt = torch.where(
+                        torch.tensor(live, device=device), nxt, torch.full_like(nxt, pad)
+                    )
                 if batch.length == batch.capacity:  # only with context="slide"
                     _slide(batch, rows, generated, pad)
                     logits = dec.prefill()
@@ -483,8 +571,9 @@ def _native_product(native: kernels.SkinnyLinear, x: torch.Tensor, rows: int) ->
     if rows <= _NATIVE_PREFILL_ROWS:
         y = native(x2)
     else:
-        y = torch.cat([native(x2[i:i + _NATIVE_PREFILL_ROWS])
-                       for i in range(0, rows, _NATIVE_PREFILL_ROWS)])
+        y = torch.cat(
+            [native(x2[i : i + _NATIVE_PREFILL_ROWS]) for i in range(0, rows, _NATIVE_PREFILL_ROWS)]
+        )
     return y.to(x.dtype).view(*x.shape[:-1], native.M)
 
 
@@ -492,8 +581,11 @@ def _can_pack() -> bool:
     return bool(getattr(torch._C, "has_mkl", False)) and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
-def _skinny_forward(module: torch.nn.Linear, packed: torch.Tensor | None = None,
-                    native: kernels.SkinnyLinear | None = None):
+def _skinny_forward(
+    module: torch.nn.Linear,
+    packed: torch.Tensor | None = None,
+    native: kernels.SkinnyLinear | None = None,
+):
     plain = torch.nn.Linear.forward
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -518,6 +610,7 @@ def _skinny_forward(module: torch.nn.Linear, packed: torch.Tensor | None = None,
         else:
             y = torch.addmm(module.bias[:, None], w, x2.t())  # (N, M)
         return y.t().contiguous().view(*x.shape[:-1], w.shape[0])  # (..., N)
+
     return forward
 
 
@@ -526,13 +619,19 @@ def _skinny_linears(model, pack: bool = False):
     """Route the plain ``nn.Linear`` layers of ``model`` through the skinny product while
     decoding (with ``pack``, one-row products through MKL's packed GEMM); the layers are
     restored on exit."""
-    patched = [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in vars(m)]
+    patched = [
+        m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in vars(m)
+    ]
     pack = pack and _can_pack()
     for m in patched:
         packed = None
         native = kernels.SkinnyLinear.create(m.weight, m.bias)
-        if (native is None and pack and m.weight.device.type == "cpu"
-                and m.weight.dtype == torch.float32):
+        if (
+            native is None
+            and pack
+            and m.weight.device.type == "cpu"
+            and m.weight.dtype == torch.float32
+        ):
             with torch.no_grad():
                 packed = torch.ops.mkl._mkl_reorder_linear_weight(m.weight.detach(), 1)
         m.forward = _skinny_forward(m, packed, native)
@@ -551,12 +650,23 @@ def _slide(batch: _Batch, rows, generated, pad) -> None:
     batch.__dict__.update(fresh.__dict__)
 
 
-def generate(model, prompt, max_new_tokens: int = 64, *, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None,
-             repetition_penalty: float = 1.0, stop: str | Sequence[Any] | None = None,
-             eos_token_id: int | Sequence[int] | None = None, seed: int | None = None,
-             tokenizer: Any = None, callback: Callable[[GeneratedToken], Any] | None = None,
-             use_cache: bool = True, context: str = "error") -> list[int] | list[list[int]]:
+def generate(
+    model,
+    prompt,
+    max_new_tokens: int = 64,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    stop: str | Sequence[Any] | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    seed: int | None = None,
+    tokenizer: Any = None,
+    callback: Callable[[GeneratedToken], Any] | None = None,
+    use_cache: bool = True,
+    context: str = "error",
+) -> list[int] | list[list[int]]:
     """Continue ``prompt`` with up to ``max_new_tokens`` tokens from a GPT ``model``.
 
     prompt: text (needs ``tokenizer`` or ``model.tokenizer``), token ids (list or 1-D tensor),
@@ -576,10 +686,21 @@ def generate(model, prompt, max_new_tokens: int = 64, *, temperature: float = 1.
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     rows, batched = _prompt_rows(prompt, tok, model.config.vocab_size)
     out = [list(r) for r in rows]
-    for event in stream(model, rows, max_new_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, repetition_penalty=repetition_penalty, stop=stop,
-                        eos_token_id=eos_token_id, seed=seed, tokenizer=tokenizer,
-                        use_cache=use_cache, context=context):
+    for event in stream(
+        model,
+        rows,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        stop=stop,
+        eos_token_id=eos_token_id,
+        seed=seed,
+        tokenizer=tokenizer,
+        use_cache=use_cache,
+        context=context,
+    ):
         out[event.row].append(event.token_id)
         if callback is not None:
             callback(event)
@@ -615,8 +736,11 @@ class Int8Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if x.device.type == "cpu" and 1 <= rows <= _NATIVE_MAX_ROWS and not (
-                torch.is_grad_enabled() and x.requires_grad):
+        if (
+            x.device.type == "cpu"
+            and 1 <= rows <= _NATIVE_MAX_ROWS
+            and not (torch.is_grad_enabled() and x.requires_grad)
+        ):
             native = self._native()
             if native is not None:
                 return _native_product(native, x, rows)
@@ -633,8 +757,11 @@ class Int8Linear(torch.nn.Module):
 
     def _native(self) -> kernels.SkinnyLinear | None:
         """The native product for the current tensors (rebuilt when they were moved)."""
-        key = (self.weight.data_ptr(), self.scale_f32.data_ptr(),
-               None if self.bias is None else self.bias.data_ptr())
+        key = (
+            self.weight.data_ptr(),
+            self.scale_f32.data_ptr(),
+            None if self.bias is None else self.bias.data_ptr(),
+        )
         cached = self.__dict__.get("_native_cache")
         if cached is None or cached[0] != key:
             cached = (key, kernels.SkinnyLinear.create(self.weight, self.bias, self.scale_f32))
@@ -651,14 +778,20 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     norms and the KV cache keep their dtype; a tied LM head gets its own int8 copy.
     Linears whose input width is not a multiple of 8 stay as they are."""
     if not hasattr(torch, "_weight_int8pack_mm"):
-        raise RuntimeError(f"int8 decoding needs torch._weight_int8pack_mm, which torch "
-                           f"{torch.__version__} lacks")
-    targets = [(name, mod) for name, mod in model.named_modules()
-               if isinstance(mod, torch.nn.Linear) and mod.in_features % 8 == 0
-               and (name.startswith("blocks.") or name.startswith("lm_head."))]
+        raise RuntimeError(
+            f"int8 decoding needs torch._weight_int8pack_mm, which torch {torch.__version__} lacks"
+        )
+    targets = [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear)
+        and mod.in_features % 8 == 0
+        and (name.startswith("blocks.") or name.startswith("lm_head."))
+    ]
     if not targets:
-        raise ValueError(f"{type(model).__name__} has no linear layers to quantize in blocks.* "
-                         f"or lm_head.*")
+        raise ValueError(
+            f"{type(model).__name__} has no linear layers to quantize in blocks.* or lm_head.*"
+        )
     for name, mod in targets:
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, Int8Linear(mod))

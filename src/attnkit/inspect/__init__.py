@@ -9,6 +9,7 @@ PNG heatmaps, and (``attnkit.inspect.html``) a self-contained HTML viewer.
 ``capture`` is imported here, so the name is the function (importing the submodule of the
 same name later does not rebind it); the statistics and rendering are resolved lazily.
 """
+
 from __future__ import annotations
 
 import importlib

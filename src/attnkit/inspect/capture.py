@@ -33,13 +33,15 @@ If a layer runs more than once inside the context (a KV-cached decoding loop), t
 last call are kept; ``maps.calls`` counts the calls per captured layer. Weights are those
 before attention dropout (dropout is off in eval mode).
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -48,8 +50,14 @@ from attnkit.attention.masks import MaskSpec
 from attnkit.attention.module import MultiHeadAttention
 from attnkit.positional import alibi_slopes
 
-__all__ = ["AttentionMaps", "capture", "attention_layers", "unavailable_layers", "layer_weights",
-           "capture_overhead"]
+__all__ = [
+    "AttentionMaps",
+    "capture",
+    "attention_layers",
+    "unavailable_layers",
+    "layer_weights",
+    "capture_overhead",
+]
 
 # scores per block of query rows (B * H * rows * Tk); bounds the memory of one recomputation
 ROW_BLOCK_SCORES = 1 << 22
@@ -74,11 +82,11 @@ class AttentionMaps:
 
     layers: list[int]
     heads: list[int]
-    tokens: Optional[list[str]] = None
-    top_k: Optional[int] = None
-    weights: list[Optional[Tensor]] = field(default_factory=list)
-    topk_values: list[Optional[Tensor]] = field(default_factory=list)
-    topk_indices: list[Optional[Tensor]] = field(default_factory=list)
+    tokens: list[str] | None = None
+    top_k: int | None = None
+    weights: list[Tensor | None] = field(default_factory=list)
+    topk_values: list[Tensor | None] = field(default_factory=list)
+    topk_indices: list[Tensor | None] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     info: list[dict] = field(default_factory=list)
     calls: list[int] = field(default_factory=list)
@@ -100,7 +108,9 @@ class AttentionMaps:
         """(B, H, Tq, Tk) dense weights of model layer ``layer`` (zeros where top-k dropped)."""
         w = self.weights[self.index(layer)]
         if w is None:
-            raise ValueError(f"layer {layer} was captured but did not run inside the capture context")
+            raise ValueError(
+                f"layer {layer} was captured but did not run inside the capture context"
+            )
         return w.to_dense() if w.is_sparse else w
 
     def stacked(self, batch: int = 0) -> list[Tensor]:
@@ -123,25 +133,31 @@ def _unwrap(model: Any) -> nn.Module:
     inner = getattr(model, "model", None)  # an Encoder
     if isinstance(inner, nn.Module):
         return inner
-    raise ValueError(f"model must be an attnkit model (torch.nn.Module) or an Encoder, got "
-                     f"{type(model).__name__}")
+    raise ValueError(
+        f"model must be an attnkit model (torch.nn.Module) or an Encoder, got "
+        f"{type(model).__name__}"
+    )
 
 
 def attention_layers(model: Any) -> list[MultiHeadAttention]:
     """The model's attention layers in module order; index i is layer i."""
     layers = [m for m in _unwrap(model).modules() if isinstance(m, MultiHeadAttention)]
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no MultiHeadAttention layer; expected an "
-                         f"attnkit model (GPT, Bert or a module built from MultiHeadAttention)")
+        raise ValueError(
+            f"{type(model).__name__} has no MultiHeadAttention layer; expected an "
+            f"attnkit model (GPT, Bert or a module built from MultiHeadAttention)"
+        )
     return layers
 
 
-def _unavailable_reason(layer: MultiHeadAttention) -> Optional[str]:
+def _unavailable_reason(layer: MultiHeadAttention) -> str | None:
     var = layer.variant_attn
     if var is None or hasattr(var, "dense_mask") or _is_lsh(var):
         return None
-    return (f"variant {layer.variant!r} ({var.description}) forms no attention weights: it "
-            f"multiplies feature maps phi(q) (phi(k)^T v) and never takes a softmax over keys")
+    return (
+        f"variant {layer.variant!r} ({var.description}) forms no attention weights: it "
+        f"multiplies feature maps phi(q) (phi(k)^T v) and never takes a softmax over keys"
+    )
 
 
 def unavailable_layers(model: Any) -> dict[int, str]:
@@ -160,15 +176,16 @@ def _is_lsh(var) -> bool:
     return isinstance(var, LSHAttention)
 
 
-def _index_list(name: str, values, limit: int, what: str) -> Optional[list[int]]:
+def _index_list(name: str, values, limit: int, what: str) -> list[int] | None:
     if values is None:
         return None
     if isinstance(values, (int, str)) or not isinstance(values, Sequence):
         if isinstance(values, int) and not isinstance(values, bool):
             values = [values]
         else:
-            raise ValueError(f"{name} must be a list of {what} indices in [0, {limit}) or None, "
-                             f"got {values!r}")
+            raise ValueError(
+                f"{name} must be a list of {what} indices in [0, {limit}) or None, got {values!r}"
+            )
     out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < limit:
@@ -184,7 +201,7 @@ def _index_list(name: str, values, limit: int, what: str) -> Optional[list[int]]
 # --------------------------------------------------------------------------------------------
 # recomputing the weights
 # --------------------------------------------------------------------------------------------
-def _softmax_rows(scores: Tensor, allowed: Optional[Tensor]) -> Tensor:
+def _softmax_rows(scores: Tensor, allowed: Tensor | None) -> Tensor:
     """Softmax over the last dim; rows with no allowed key give zeros."""
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
@@ -195,7 +212,7 @@ def _softmax_rows(scores: Tensor, allowed: Optional[Tensor]) -> Tensor:
     return p / torch.where(den > 0, den, torch.ones_like(den))
 
 
-def _row_slice(t: Optional[Tensor], r0: int, r1: int, heads: Optional[Tensor]) -> Optional[Tensor]:
+def _row_slice(t: Tensor | None, r0: int, r1: int, heads: Tensor | None) -> Tensor | None:
     """A mask broadcastable to (B, H, Tq, Tk) restricted to query rows r0:r1 and ``heads``."""
     if t is None:
         return None
@@ -207,11 +224,20 @@ def _row_slice(t: Optional[Tensor], r0: int, r1: int, heads: Optional[Tensor]) -
     return t4
 
 
-def layer_weights(q: Tensor, k: Tensor, *, causal: bool = False, window: Optional[int] = None,
-                  alibi: bool = False, key_padding_mask: Optional[Tensor] = None,
-                  document_ids: Optional[Tensor] = None, mask: Optional[Tensor] = None,
-                  heads: Optional[Sequence[int]] = None, top_k: Optional[int] = None,
-                  scale: Optional[float] = None):
+def layer_weights(
+    q: Tensor,
+    k: Tensor,
+    *,
+    causal: bool = False,
+    window: int | None = None,
+    alibi: bool = False,
+    key_padding_mask: Tensor | None = None,
+    document_ids: Tensor | None = None,
+    mask: Tensor | None = None,
+    heads: Sequence[int] | None = None,
+    top_k: int | None = None,
+    scale: float | None = None,
+):
     """Softmax attention weights for q (B, H, Tq, D), k (B, Hkv, Tk, D) under the given masks,
     with the conventions of :func:`attnkit.attention.attention` (queries are the last Tq of the
     Tk positions; ALiBi slopes of H heads). ``heads`` selects query heads.
@@ -223,14 +249,19 @@ def layer_weights(q: Tensor, k: Tensor, *, causal: bool = False, window: Optiona
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     rep = H // Hkv
-    head_idx = torch.arange(H, device=q.device) if heads is None else \
-        torch.as_tensor(list(heads), dtype=torch.long, device=q.device)
+    head_idx = (
+        torch.arange(H, device=q.device)
+        if heads is None
+        else torch.as_tensor(list(heads), dtype=torch.long, device=q.device)
+    )
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
     qs = q.index_select(1, head_idx).to(ct)  # (B, H', Tq, D)
     ks = k.index_select(1, head_idx // rep).to(ct)  # (B, H', Tk, D)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     spec = MaskSpec(q_len=Tq, k_len=Tk, causal=causal, window=window)
-    slopes = alibi_slopes(H).to(device=q.device, dtype=ct).index_select(0, head_idx) if alibi else None
+    slopes = (
+        alibi_slopes(H).to(device=q.device, dtype=ct).index_select(0, head_idx) if alibi else None
+    )
     k_pos = torch.arange(Tk, device=q.device)
     Hs = qs.shape[1]
     rows = max(1, ROW_BLOCK_SCORES // max(1, B * Hs * Tk))
@@ -250,8 +281,10 @@ def layer_weights(q: Tensor, k: Tensor, *, causal: bool = False, window: Optiona
             kpm = key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
             allowed = kpm if allowed is None else allowed & kpm
         if document_ids is not None:
-            same = (document_ids[:, spec.offset + r0:spec.offset + r1, None]
-                    == document_ids[:, None, :])[:, None]  # (B, 1, r, Tk)
+            same = (
+                document_ids[:, spec.offset + r0 : spec.offset + r1, None]
+                == document_ids[:, None, :]
+            )[:, None]  # (B, 1, r, Tk)
             allowed = same if allowed is None else allowed & same
         user = _row_slice(mask, r0, r1, head_idx if heads is not None else None)
         if user is not None:
@@ -268,8 +301,14 @@ def layer_weights(q: Tensor, k: Tensor, *, causal: bool = False, window: Optiona
     return torch.cat(vals, dim=2), torch.cat(idxs, dim=2)
 
 
-def _lsh_weights(var, q: Tensor, key_padding_mask: Optional[Tensor], causal: bool,
-                 head_idx: Tensor, top_k: Optional[int]):
+def _lsh_weights(
+    var,
+    q: Tensor,
+    key_padding_mask: Tensor | None,
+    causal: bool,
+    head_idx: Tensor,
+    top_k: int | None,
+):
     """The weights LSH attention uses: shared-QK softmax over the union of the keys each query
     sees in any hash round. Returns (weights or (values, indices), buckets (B, H', nh, T))."""
     B, _, T, D = q.shape
@@ -281,8 +320,10 @@ def _lsh_weights(var, q: Tensor, key_padding_mask: Optional[Tensor], causal: boo
     buckets = var.hash(qs.reshape(B * Hs, T, D), n_buckets)  # (N, nh, T)
     padded = torch.nn.functional.pad(buckets, (0, Tp - T), value=n_buckets)
     perm = torch.sort(padded, dim=-1, stable=True).indices  # (N, nh, Tp) sorted slot -> position
-    rank = torch.empty_like(perm).scatter_(-1, perm, torch.arange(Tp, device=q.device).expand_as(perm))
-    chunk = (rank[..., :T] // C)  # (N, nh, T) chunk of every position in every round
+    rank = torch.empty_like(perm).scatter_(
+        -1, perm, torch.arange(Tp, device=q.device).expand_as(perm)
+    )
+    chunk = rank[..., :T] // C  # (N, nh, T) chunk of every position in every round
     seen = torch.zeros(B * Hs, T, T, dtype=torch.bool, device=q.device)  # (N, Tq, Tk)
     for r in range(chunk.shape[1]):
         cq, ck = chunk[:, r, :, None], chunk[:, r, None, :]
@@ -312,41 +353,73 @@ def _lsh_weights(var, q: Tensor, key_padding_mask: Optional[Tensor], causal: boo
 def _to_sparse(values: Tensor, indices: Tensor, tk: int) -> Tensor:
     """(B, H, Tq, k) values and key indices -> sparse COO (B, H, Tq, Tk)."""
     B, H, Tq, kk = values.shape
-    grid = torch.meshgrid(*(torch.arange(n, device=values.device) for n in (B, H, Tq, kk)), indexing="ij")
-    idx = torch.stack([grid[0].reshape(-1), grid[1].reshape(-1), grid[2].reshape(-1), indices.reshape(-1)])
-    return torch.sparse_coo_tensor(idx, values.reshape(-1), (B, H, Tq, tk),
-                                   check_invariants=False).coalesce()
+    grid = torch.meshgrid(
+        *(torch.arange(n, device=values.device) for n in (B, H, Tq, kk)), indexing="ij"
+    )
+    idx = torch.stack(
+        [grid[0].reshape(-1), grid[1].reshape(-1), grid[2].reshape(-1), indices.reshape(-1)]
+    )
+    return torch.sparse_coo_tensor(
+        idx, values.reshape(-1), (B, H, Tq, tk), check_invariants=False
+    ).coalesce()
 
 
 class _Recorder:
-    def __init__(self, maps: AttentionMaps, slot: int, heads: Optional[list[int]]):
+    def __init__(self, maps: AttentionMaps, slot: int, heads: list[int] | None):
         self.maps, self.slot, self.heads = maps, slot, heads
 
     @torch.no_grad()
-    def __call__(self, layer: MultiHeadAttention, q: Tensor, k: Tensor, v: Tensor, *,
-                 key_padding_mask=None, mask=None, document_ids=None) -> None:
+    def __call__(
+        self,
+        layer: MultiHeadAttention,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        key_padding_mask=None,
+        mask=None,
+        document_ids=None,
+    ) -> None:
         maps, i = self.maps, self.slot
         q, k = q.detach(), k.detach()
-        head_idx = torch.arange(q.shape[1], device=q.device) if self.heads is None else \
-            torch.as_tensor(self.heads, dtype=torch.long, device=q.device)
+        head_idx = (
+            torch.arange(q.shape[1], device=q.device)
+            if self.heads is None
+            else torch.as_tensor(self.heads, dtype=torch.long, device=q.device)
+        )
         var = layer.variant_attn
         info: dict = {}
         if var is None:
-            res = layer_weights(q, k, causal=layer.causal, window=layer.window,
-                                alibi=layer.positional == "alibi", key_padding_mask=key_padding_mask,
-                                document_ids=document_ids, mask=mask, heads=self.heads,
-                                top_k=maps.top_k)
+            res = layer_weights(
+                q,
+                k,
+                causal=layer.causal,
+                window=layer.window,
+                alibi=layer.positional == "alibi",
+                key_padding_mask=key_padding_mask,
+                document_ids=document_ids,
+                mask=mask,
+                heads=self.heads,
+                top_k=maps.top_k,
+            )
             source = "exact"
         elif _is_lsh(var):
-            res, info["buckets"] = _lsh_weights(var, q, key_padding_mask, layer.causal, head_idx,
-                                                maps.top_k)
+            res, info["buckets"] = _lsh_weights(
+                var, q, key_padding_mask, layer.causal, head_idx, maps.top_k
+            )
             source = "lsh"
         elif hasattr(var, "dense_mask"):
             T = q.shape[2]
             pattern = var.dense_mask(T, layer.causal, device=q.device)  # (T, T)
             rep = q.shape[1] // k.shape[1]
-            res = layer_weights(q, k.repeat_interleave(rep, dim=1), key_padding_mask=key_padding_mask,
-                                mask=pattern, heads=self.heads, top_k=maps.top_k)
+            res = layer_weights(
+                q,
+                k.repeat_interleave(rep, dim=1),
+                key_padding_mask=key_padding_mask,
+                mask=pattern,
+                heads=self.heads,
+                top_k=maps.top_k,
+            )
             source = layer.variant
         else:  # pragma: no cover - refused when the context opens
             raise ValueError(_unavailable_reason(layer))
@@ -362,8 +435,13 @@ class _Recorder:
 
 
 @contextlib.contextmanager
-def capture(model: Any, layers: Optional[Sequence[int]] = None, heads: Optional[Sequence[int]] = None,
-            top_k: Optional[int] = None, tokens: Optional[Sequence[str]] = None) -> Iterator[AttentionMaps]:
+def capture(
+    model: Any,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    top_k: int | None = None,
+    tokens: Sequence[str] | None = None,
+) -> Iterator[AttentionMaps]:
     """Record the attention weights of ``layers`` (default all) and ``heads`` (default all) of
     ``model`` during the forward passes run inside the context. See the module docstring."""
     all_layers = attention_layers(model)
@@ -373,7 +451,9 @@ def capture(model: Any, layers: Optional[Sequence[int]] = None, heads: Optional[
     n_heads = {all_layers[i].n_heads for i in layer_ids}
     head_ids = _index_list("heads", heads, min(n_heads), "head")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int (weights kept per query row) or None, got {top_k!r}")
+        raise ValueError(
+            f"top_k must be a positive int (weights kept per query row) or None, got {top_k!r}"
+        )
     if tokens is not None:
         if isinstance(tokens, str) or not all(isinstance(t, str) for t in tokens):
             raise ValueError(f"tokens must be a list of str, got {tokens!r:.80}")
@@ -383,11 +463,16 @@ def capture(model: Any, layers: Optional[Sequence[int]] = None, heads: Optional[
         if reason is not None:
             raise ValueError(f"layer {i} has no attention weights to capture: {reason}")
         if all_layers[i].capture_hook is not None:
-            raise ValueError(f"layer {i} is already being captured; nested capture() of the same "
-                             f"layer is not supported")
-    maps = AttentionMaps(layers=layer_ids,
-                         heads=head_ids if head_ids is not None else list(range(min(n_heads))),
-                         tokens=tokens, top_k=top_k)
+            raise ValueError(
+                f"layer {i} is already being captured; nested capture() of the same "
+                f"layer is not supported"
+            )
+    maps = AttentionMaps(
+        layers=layer_ids,
+        heads=head_ids if head_ids is not None else list(range(min(n_heads))),
+        tokens=tokens,
+        top_k=top_k,
+    )
     hooked = []
     try:
         for slot, i in enumerate(layer_ids):

@@ -25,6 +25,7 @@ Encoded map layout (one base64 string per layer x head, ``T`` rows, ``n`` kept w
 little-endian): ``rowmax`` uint16[T] (largest weight of the row x 65535), ``key`` uint16[n],
 ``count`` uint8[T] (weights kept per row), ``q`` uint8[n] (weight = q / 255 x rowmax / 65535).
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,11 +35,12 @@ import json
 import math
 import os
 import re
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
 from numbers import Real
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,17 +57,27 @@ _HEADROOM = 0.97  # keep this share of max_bytes as the target, for the JSON aro
 @lru_cache(maxsize=1)
 def _template() -> tuple[str, str]:
     """The page template and its Content-Security-Policy (hashes of the inline style and script)."""
-    text = resources.files("attnkit.inspect").joinpath("viewer_template.html").read_text(encoding="utf-8")
+    text = (
+        resources.files("attnkit.inspect")
+        .joinpath("viewer_template.html")
+        .read_text(encoding="utf-8")
+    )
     style = re.search(r"<style>(.*?)</style>", text, re.S)
     script = re.search(r"<script>(.*?)</script>", text, re.S)
     if style is None or script is None:  # pragma: no cover - the template ships with both
         raise RuntimeError("viewer_template.html lacks its <style> or <script> block")
 
     def digest(s: str) -> str:
-        return "'sha256-" + base64.b64encode(hashlib.sha256(s.encode("utf-8")).digest()).decode("ascii") + "'"
+        return (
+            "'sha256-"
+            + base64.b64encode(hashlib.sha256(s.encode("utf-8")).digest()).decode("ascii")
+            + "'"
+        )
 
-    csp = (f"default-src 'none'; script-src {digest(script.group(1))}; style-src {digest(style.group(1))}; "
-           "img-src data:; base-uri 'none'; form-action 'none'")
+    csp = (
+        f"default-src 'none'; script-src {digest(script.group(1))}; style-src {digest(style.group(1))}; "
+        "img-src data:; base-uri 'none'; form-action 'none'"
+    )
     return text, csp
 
 
@@ -107,13 +119,19 @@ def _check_tokens(tokens: Any) -> list[str]:
     return list(tokens)
 
 
-def _check_maps(weights: Any, n_tokens: int, layers: list[int], heads: list[int]) -> list[torch.Tensor]:
+def _check_maps(
+    weights: Any, n_tokens: int, layers: list[int], heads: list[int]
+) -> list[torch.Tensor]:
     """Float32 (len(heads), T, T) maps, one per layer, on the CPU."""
     if isinstance(weights, torch.Tensor) or not isinstance(weights, Sequence):
-        raise ValueError(f"weights must be a list of (H, T, T) tensors, one per layer; got {type(weights).__name__}")
+        raise ValueError(
+            f"weights must be a list of (H, T, T) tensors, one per layer; got {type(weights).__name__}"
+        )
     if len(weights) != len(layers):
-        raise ValueError(f"weights has {len(weights)} layers but layers names {len(layers)} ({layers}); "
-                         "expected one (H, T, T) tensor per entry of layers")
+        raise ValueError(
+            f"weights has {len(weights)} layers but layers names {len(layers)} ({layers}); "
+            "expected one (H, T, T) tensor per entry of layers"
+        )
     if not layers:
         raise ValueError("layers must not be empty; expected at least one layer to show")
     if not heads:
@@ -121,29 +139,41 @@ def _check_maps(weights: Any, n_tokens: int, layers: list[int], heads: list[int]
     out = []
     for pos, (layer, w) in enumerate(zip(layers, weights)):
         if not isinstance(w, torch.Tensor):
-            raise ValueError(f"weights[{pos}] (layer {layer}) must be a tensor, got {type(w).__name__}")
+            raise ValueError(
+                f"weights[{pos}] (layer {layer}) must be a tensor, got {type(w).__name__}"
+            )
         if w.dim() == 4 and w.shape[0] == 1:
             w = w[0]
         if w.dim() != 3 or w.shape[1] != n_tokens or w.shape[2] != n_tokens:
-            raise ValueError(f"weights[{pos}] (layer {layer}) has shape {tuple(w.shape)}; "
-                             f"expected (H, {n_tokens}, {n_tokens}) for {n_tokens} tokens")
+            raise ValueError(
+                f"weights[{pos}] (layer {layer}) has shape {tuple(w.shape)}; "
+                f"expected (H, {n_tokens}, {n_tokens}) for {n_tokens} tokens"
+            )
         if not (w.is_floating_point()):
-            raise ValueError(f"weights[{pos}] (layer {layer}) has dtype {w.dtype}; expected a float tensor")
+            raise ValueError(
+                f"weights[{pos}] (layer {layer}) has dtype {w.dtype}; expected a float tensor"
+            )
         n_heads = w.shape[0]
         if n_heads != len(heads):
             # All of the layer's heads were given: pick the ones named.
             bad = [h for h in heads if not 0 <= h < n_heads]
             if bad:
-                raise ValueError(f"weights[{pos}] (layer {layer}) has {n_heads} heads, so heads {heads} must "
-                                 f"either list {n_heads} heads or index into range({n_heads}); {bad} do not")
+                raise ValueError(
+                    f"weights[{pos}] (layer {layer}) has {n_heads} heads, so heads {heads} must "
+                    f"either list {n_heads} heads or index into range({n_heads}); {bad} do not"
+                )
             w = w[heads]
         w = w.detach().to("cpu", torch.float32)
         lo, hi = (float(x) for x in torch.aminmax(w))  # NaN propagates into both
         if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError(f"weights[{pos}] (layer {layer}) holds NaN or infinite values; expected finite weights")
+            raise ValueError(
+                f"weights[{pos}] (layer {layer}) holds NaN or infinite values; expected finite weights"
+            )
         if lo < 0:
-            raise ValueError(f"weights[{pos}] (layer {layer}) holds a negative weight ({lo:.4g}); "
-                             "expected attention probabilities >= 0")
+            raise ValueError(
+                f"weights[{pos}] (layer {layer}) holds a negative weight ({lo:.4g}); "
+                "expected attention probabilities >= 0"
+            )
         out.append(w)
     return out
 
@@ -170,11 +200,15 @@ def _check_stats(stats: Any) -> list[dict[str, Any]] | None:
     if stats is None:
         return None
     if isinstance(stats, (str, bytes, Mapping)) or not isinstance(stats, Sequence):
-        raise ValueError(f"stats must be a list of dicts (one per head), got {type(stats).__name__}")
+        raise ValueError(
+            f"stats must be a list of dicts (one per head), got {type(stats).__name__}"
+        )
     rows = []
     for n, row in enumerate(stats):
         if not isinstance(row, Mapping):
-            raise ValueError(f"stats[{n}] must be a dict with 'layer', 'head' and metrics, got {type(row).__name__}")
+            raise ValueError(
+                f"stats[{n}] must be a dict with 'layer', 'head' and metrics, got {type(row).__name__}"
+            )
         for key in ("layer", "head"):
             v = row.get(key)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
@@ -184,7 +218,11 @@ def _check_stats(stats: Any) -> list[dict[str, Any]] | None:
             if not isinstance(key, str):
                 raise ValueError(f"stats[{n}] has key {key!r}; expected str keys")
             if key == "labels":
-                if isinstance(v, str) or not isinstance(v, Sequence) or not all(isinstance(s, str) for s in v):
+                if (
+                    isinstance(v, str)
+                    or not isinstance(v, Sequence)
+                    or not all(isinstance(s, str) for s in v)
+                ):
                     raise ValueError(f"stats[{n}]['labels'] must be a list of str, got {v!r}")
                 out[key] = list(v)
             else:
@@ -202,7 +240,9 @@ def _b64(*arrays: np.ndarray) -> str:
     return base64.b64encode(b"".join(a.tobytes() for a in arrays)).decode("ascii")
 
 
-def _encode_layer(w: torch.Tensor, mass: float, k: int) -> tuple[list[str], list[int], list[float], list[float]]:
+def _encode_layer(
+    w: torch.Tensor, mass: float, k: int
+) -> tuple[list[str], list[int], list[float], list[float]]:
     """Encode one (H, T, T) map; returns per head: base64 data, kept count, dropped mass mean, max."""
     n_heads, n_tok, _ = w.shape
     top, idx = torch.topk(w, k, dim=-1, sorted=True)  # (H, T, k) largest first
@@ -216,7 +256,9 @@ def _encode_layer(w: torch.Tensor, mass: float, k: int) -> tuple[list[str], list
     keep &= q > 0  # rounds to nothing: nothing to draw
     kept_mass = (top * keep).sum(-1)  # (H, T)
     dropped = (rowsum[..., 0] - kept_mass).clamp(min=0)
-    dropped = torch.where(rowsum[..., 0] > 0, dropped / rowsum[..., 0].clamp(min=1e-30), torch.zeros_like(dropped))
+    dropped = torch.where(
+        rowsum[..., 0] > 0, dropped / rowsum[..., 0].clamp(min=1e-30), torch.zeros_like(dropped)
+    )
     counts = keep.sum(-1).numpy().astype(np.uint8)  # (H, T)
     keep_np, idx_np = keep.numpy(), idx.numpy().astype("<u2")
     q_np, rowmax_np = q.numpy().astype(np.uint8), rowmax_q[..., 0].numpy().astype("<u2")
@@ -235,15 +277,21 @@ def _encode_rollout(rollout: Any, n_tokens: int) -> dict[str, Any] | None:
     if rollout is None:
         return None
     if not isinstance(rollout, torch.Tensor):
-        raise ValueError(f"rollout must be a ({n_tokens}, {n_tokens}) tensor or None, got {type(rollout).__name__}")
+        raise ValueError(
+            f"rollout must be a ({n_tokens}, {n_tokens}) tensor or None, got {type(rollout).__name__}"
+        )
     r = rollout.detach().to("cpu", torch.float32)
     while r.dim() > 2 and r.shape[0] == 1:
         r = r[0]
     if r.shape != (n_tokens, n_tokens):
-        raise ValueError(f"rollout has shape {tuple(rollout.shape)}; expected ({n_tokens}, {n_tokens}) for "
-                         f"{n_tokens} tokens")
+        raise ValueError(
+            f"rollout has shape {tuple(rollout.shape)}; expected ({n_tokens}, {n_tokens}) for "
+            f"{n_tokens} tokens"
+        )
     if not bool(torch.isfinite(r).all()) or float(r.min()) < 0:
-        raise ValueError("rollout must hold finite values >= 0; it has NaN, infinite or negative values")
+        raise ValueError(
+            "rollout must hold finite values >= 0; it has NaN, infinite or negative values"
+        )
     rowmax = r.max(-1, keepdim=True).values
     top = float(rowmax.max())
     # Rows are stored relative to their largest value; that largest value in 16 bits of the
@@ -252,7 +300,10 @@ def _encode_rollout(rollout: Any, n_tokens: int) -> dict[str, Any] | None:
     rowmax_q = torch.round(rowmax / unit * 65535).clamp(0, 65535)
     scale = torch.where(rowmax_q > 0, rowmax_q / 65535 * unit, torch.ones_like(rowmax))
     q = torch.round(r / scale * 255).clamp(0, 255)
-    return {"data": _b64(rowmax_q[:, 0].numpy().astype("<u2"), q.numpy().astype(np.uint8)), "unit": unit}
+    return {
+        "data": _b64(rowmax_q[:, 0].numpy().astype("<u2"), q.numpy().astype(np.uint8)),
+        "unit": unit,
+    }
 
 
 def _fmt_pct(x: float) -> str:
@@ -303,8 +354,18 @@ def render_viewer(
     n_maps = len(layers) * len(heads)
 
     data: dict[str, Any] = {
-        "title": title, "tokens": tokens, "layers": layers, "heads": heads, "stats": rows_stats,
-        "rollout": roll, "note": "", "encoding": {}, "maps": [], "nnz": [], "dropped_mean": [], "dropped_max": [],
+        "title": title,
+        "tokens": tokens,
+        "layers": layers,
+        "heads": heads,
+        "stats": rows_stats,
+        "rollout": roll,
+        "note": "",
+        "encoding": {},
+        "maps": [],
+        "nnz": [],
+        "dropped_mean": [],
+        "dropped_max": [],
     }
     cap = min(n, _MAX_PER_ROW)
     if max_entries is None:
@@ -315,8 +376,14 @@ def render_viewer(
         k = int((_HEADROOM * max_bytes - fixed) // per_entry)
         k = max(1, min(cap, k))
     else:
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or not 1 <= max_entries <= _MAX_PER_ROW:
-            raise ValueError(f"max_entries must be an int in [1, {_MAX_PER_ROW}], got {max_entries!r}")
+        if (
+            isinstance(max_entries, bool)
+            or not isinstance(max_entries, int)
+            or not 1 <= max_entries <= _MAX_PER_ROW
+        ):
+            raise ValueError(
+                f"max_entries must be an int in [1, {_MAX_PER_ROW}], got {max_entries!r}"
+            )
         k = min(cap, max_entries)
 
     for w in maps:
@@ -330,8 +397,11 @@ def render_viewer(
     if k >= n and mass >= 1:
         kept = "Every nonzero weight is kept"
     else:
-        kept = (f"Each row keeps its largest weights until they hold {_fmt_pct(mass)} of the row" if mass < 1
-                else "Each row keeps its largest weights")
+        kept = (
+            f"Each row keeps its largest weights until they hold {_fmt_pct(mass)} of the row"
+            if mass < 1
+            else "Each row keeps its largest weights"
+        )
         if k < n:
             kept += f", at most {k} of {n} per row"
     data["note"] = (
@@ -342,8 +412,11 @@ def render_viewer(
     )
     data["encoding"] = {"mass": float(mass), "max_entries": k, "value_bits": 8, "key_bits": 16}
     block = f'<script type="application/json" id="attnkit-data">{_script_safe_json(data)}</script>'
-    fill = {"CSP": html.escape(csp, quote=False), "DATA": block,  # the CSP holds no double quote
-            "TITLE": html.escape(title or "attnkit attention viewer", quote=False)}
+    fill = {
+        "CSP": html.escape(csp, quote=False),
+        "DATA": block,  # the CSP holds no double quote
+        "TITLE": html.escape(title or "attnkit attention viewer", quote=False),
+    }
     # One pass, so text put in (a title holding "{{DATA}}", say) is never substituted again.
     return re.sub(r"\{\{(CSP|TITLE|DATA)\}\}", lambda m: fill[m.group(1)], template)
 
@@ -366,7 +439,9 @@ def write_viewer(
     """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"path {str(path)!r} is a directory; expected a file path such as {str(path / 'viewer.html')!r}")
+        raise ValueError(
+            f"path {str(path)!r} is a directory; expected a file path such as {str(path / 'viewer.html')!r}"
+        )
     page = render_viewer(tokens, weights, layers, heads, stats, rollout, title, **options)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -7,11 +7,12 @@
 Each writes a PNG and returns its path. Figures are made with ``matplotlib.figure.Figure`` and
 the Agg canvas directly, so no pyplot state is touched and nothing needs a display.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -45,19 +46,23 @@ def _matrix(w, name: str, dims: int) -> Tensor:
     return w
 
 
-def _check_tokens(tokens, n: int, what: str) -> Optional[list[str]]:
+def _check_tokens(tokens, n: int, what: str) -> list[str] | None:
     if tokens is None:
         return None
     if isinstance(tokens, str) or not all(isinstance(t, str) for t in tokens):
         raise ValueError(f"{what} tokens must be a list of str, got {tokens!r:.80}")
     if len(tokens) != n:
-        raise ValueError(f"{what} tokens has {len(tokens)} entries; expected {n} (one per {what} position)")
+        raise ValueError(
+            f"{what} tokens has {len(tokens)} entries; expected {n} (one per {what} position)"
+        )
     return list(tokens)
 
 
 def _label_axes(ax, q_tokens, k_tokens, fontsize: float) -> None:
-    for setter, ticks, labels, rot in ((ax.set_xticks, ax.set_xticklabels, k_tokens, 90),
-                                       (ax.set_yticks, ax.set_yticklabels, q_tokens, 0)):
+    for setter, ticks, labels, rot in (
+        (ax.set_xticks, ax.set_xticklabels, k_tokens, 90),
+        (ax.set_yticks, ax.set_yticklabels, q_tokens, 0),
+    ):
         if labels is None or len(labels) > MAX_LABELS:
             setter([])
             continue
@@ -77,18 +82,28 @@ def _size(tq: int, tk: int) -> tuple[float, float]:
     return side * min(1.6, max(0.6, tk / max(tq, 1))) + 1.0, side
 
 
-def plot_head(weights: Tensor, tokens: Optional[Sequence[str]] = None, path="head.png",
-              title: str = "", query_tokens: Optional[Sequence[str]] = None) -> Path:
+def plot_head(
+    weights: Tensor,
+    tokens: Sequence[str] | None = None,
+    path="head.png",
+    title: str = "",
+    query_tokens: Sequence[str] | None = None,
+) -> Path:
     """Heatmap of one head: ``weights`` (Tq, Tk), ``tokens`` the Tk keys (and the queries, the
     last Tq of them, unless ``query_tokens`` is given)."""
     w = _matrix(weights, "weights", 2)
     tq, tk = w.shape
     k_tok = _check_tokens(tokens, tk, "key")
-    q_tok = _check_tokens(query_tokens, tq, "query") if query_tokens is not None else \
-        (k_tok[tk - tq:] if k_tok is not None else None)
+    q_tok = (
+        _check_tokens(query_tokens, tq, "query")
+        if query_tokens is not None
+        else (k_tok[tk - tq :] if k_tok is not None else None)
+    )
     fig = _figure(*_size(tq, tk))
     ax = fig.add_subplot()
-    im = ax.imshow(w.numpy(), cmap="viridis", vmin=0.0, vmax=max(float(w.max()), 1e-9), aspect="auto")
+    im = ax.imshow(
+        w.numpy(), cmap="viridis", vmin=0.0, vmax=max(float(w.max()), 1e-9), aspect="auto"
+    )
     _label_axes(ax, q_tok, k_tok, 8)
     ax.set_xlabel("key")
     ax.set_ylabel("query")
@@ -99,14 +114,19 @@ def plot_head(weights: Tensor, tokens: Optional[Sequence[str]] = None, path="hea
     return _save(fig, path)
 
 
-def plot_layer(weights: Tensor, tokens: Optional[Sequence[str]] = None, path="layer.png",
-               title: str = "", heads: Optional[Sequence[int]] = None) -> Path:
+def plot_layer(
+    weights: Tensor,
+    tokens: Sequence[str] | None = None,
+    path="layer.png",
+    title: str = "",
+    heads: Sequence[int] | None = None,
+) -> Path:
     """Every head of one layer, ``weights`` (H, Tq, Tk), as a grid; ``heads`` names the panels
     (default 0..H-1)."""
     w = _matrix(weights, "weights", 3)
     H, tq, tk = w.shape
     k_tok = _check_tokens(tokens, tk, "key")
-    q_tok = k_tok[tk - tq:] if k_tok is not None else None
+    q_tok = k_tok[tk - tq :] if k_tok is not None else None
     names = list(range(H)) if heads is None else list(heads)
     if len(names) != H:
         raise ValueError(f"heads has {len(names)} entries; expected {H} (one per map)")
@@ -117,8 +137,9 @@ def plot_layer(weights: Tensor, tokens: Optional[Sequence[str]] = None, path="la
     small = len(k_tok) <= 24 if k_tok is not None else False
     for h in range(H):
         ax = fig.add_subplot(rows, cols, h + 1)
-        ax.imshow(w[h].numpy(), cmap="viridis", vmin=0.0, vmax=max(float(w[h].max()), 1e-9),
-                  aspect="auto")
+        ax.imshow(
+            w[h].numpy(), cmap="viridis", vmin=0.0, vmax=max(float(w[h].max()), 1e-9), aspect="auto"
+        )
         _label_axes(ax, q_tok if small else None, k_tok if small else None, 5)
         ax.set_title(f"head {names[h]}", fontsize=8)
     if title:
@@ -127,15 +148,19 @@ def plot_layer(weights: Tensor, tokens: Optional[Sequence[str]] = None, path="la
     return _save(fig, path)
 
 
-def plot_rollout(matrix: Tensor, tokens: Optional[Sequence[str]] = None, path="rollout.png",
-                 title: str = "attention rollout") -> Path:
+def plot_rollout(
+    matrix: Tensor,
+    tokens: Sequence[str] | None = None,
+    path="rollout.png",
+    title: str = "attention rollout",
+) -> Path:
     """Heatmap of a (T, T) rollout or flow matrix: row i = output token, column j = input token."""
     m = _matrix(matrix, "matrix", 2)
     t = _check_tokens(tokens, m.shape[1], "input")
     fig = _figure(*_size(*m.shape))
     ax = fig.add_subplot()
     im = ax.imshow(m.numpy(), cmap="magma", vmin=0.0, aspect="auto")
-    _label_axes(ax, t[m.shape[1] - m.shape[0]:] if t is not None else None, t, 8)
+    _label_axes(ax, t[m.shape[1] - m.shape[0] :] if t is not None else None, t, 8)
     ax.set_xlabel("input token")
     ax.set_ylabel("output token")
     ax.set_title(title)

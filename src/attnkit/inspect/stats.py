@@ -25,24 +25,46 @@ A_l = 0.5 * mean_h(W_l) + 0.5 * I, rows renormalised. Rollout multiplies them,
 R = A_L ... A_1; flow is the maximum flow from input token j to output token i through the
 layered graph whose edges (layer l-1, token j) -> (layer l, token i) have capacity A_l[i, j].
 """
+
 from __future__ import annotations
 
 import math
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["RULES", "Rule", "SPECIAL_TOKENS", "SEPARATOR_TOKENS", "head_stats", "label_head",
-           "rollout", "attention_flow", "max_flow", "residual_attention"]
+__all__ = [
+    "RULES",
+    "Rule",
+    "SPECIAL_TOKENS",
+    "SEPARATOR_TOKENS",
+    "head_stats",
+    "label_head",
+    "rollout",
+    "attention_flow",
+    "max_flow",
+    "residual_attention",
+]
 
 SPECIAL_TOKENS = frozenset({"[CLS]", "[SEP]", "<s>", "</s>", "<|endoftext|>", "<cls>", "<sep>"})
 SEPARATOR_TOKENS = frozenset({"[SEP]", "</s>", "<|endoftext|>", "<sep>"})
-METRICS = ("entropy", "entropy_norm", "distance", "first", "prev", "self", "near", "special",
-           "sep", "punct")
+METRICS = (
+    "entropy",
+    "entropy_norm",
+    "distance",
+    "first",
+    "prev",
+    "self",
+    "near",
+    "special",
+    "sep",
+    "punct",
+)
 
 # flow: at most this many tokens and graph nodes ((layers + 1) * tokens)
 FLOW_MAX_TOKENS = 32
@@ -58,7 +80,7 @@ class Rule:
     label: str
     metric: str
     threshold: float
-    over_uniform: Optional[float] = None
+    over_uniform: float | None = None
     unless: tuple[str, ...] = ()
 
 
@@ -80,17 +102,21 @@ def _bare(token: str) -> str:
     t = token
     for prefix in ("##", "\u0120", "\u2581", "\u010a"):
         if t.startswith(prefix):
-            t = t[len(prefix):]
+            t = t[len(prefix) :]
     return t.strip()
 
 
 def is_punctuation(token: str) -> bool:
     """True for a token made only of punctuation characters (after subword markers)."""
     t = _bare(token)
-    return bool(t) and token not in SPECIAL_TOKENS and all(unicodedata.category(c).startswith("P") for c in t)
+    return (
+        bool(t)
+        and token not in SPECIAL_TOKENS
+        and all(unicodedata.category(c).startswith("P") for c in t)
+    )
 
 
-def _token_mask(tokens: Optional[Sequence[str]], tk: int, pick) -> Optional[Tensor]:
+def _token_mask(tokens: Sequence[str] | None, tk: int, pick) -> Tensor | None:
     if tokens is None:
         return None
     return torch.tensor([bool(pick(t)) for t in tokens], dtype=torch.bool)
@@ -110,7 +136,7 @@ def _check_map(w: Any, where: str) -> Tensor:
     return w.detach().to("cpu", torch.float64)
 
 
-def _per_head(w: Tensor, tokens: Optional[Sequence[str]]) -> dict[str, Tensor]:
+def _per_head(w: Tensor, tokens: Sequence[str] | None) -> dict[str, Tensor]:
     """Statistics of every head of one layer: w (H, Tq, Tk) -> {metric: (H,) tensor}, plus the
     uniform-attention values of the mass metrics under the key '<metric>_uniform'."""
     H, Tq, Tk = w.shape
@@ -127,7 +153,9 @@ def _per_head(w: Tensor, tokens: Optional[Sequence[str]]) -> dict[str, Tensor]:
     if causal:
         seen = seen & ~future
     n_seen = seen.sum(-1)  # (H, Tq)
-    uniform = torch.where(seen, 1.0 / n_seen.clamp_min(1)[..., None].to(w.dtype), torch.zeros_like(w))
+    uniform = torch.where(
+        seen, 1.0 / n_seen.clamp_min(1)[..., None].to(w.dtype), torch.zeros_like(w)
+    )
 
     def mean(x: Tensor, rows: Tensor) -> Tensor:  # x (H, Tq) -> (H,), over the selected rows
         cnt = rows.sum(-1)
@@ -188,9 +216,14 @@ def label_head(row: dict, rules: Sequence[Rule] = RULES) -> tuple[list[str], lis
     return labels, why
 
 
-def head_stats(weights: Any, tokens: Optional[Sequence[str]] = None,
-               layers: Optional[Sequence[int]] = None, heads: Optional[Sequence[int]] = None,
-               batch: int = 0, rules: Sequence[Rule] = RULES) -> list[dict]:
+def head_stats(
+    weights: Any,
+    tokens: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    batch: int = 0,
+    rules: Sequence[Rule] = RULES,
+) -> list[dict]:
     """One row per (layer, head): its statistics (see the module docstring), ``labels`` and
     ``why`` (the numbers and thresholds behind each label, '; '-separated).
 
@@ -207,11 +240,15 @@ def head_stats(weights: Any, tokens: Optional[Sequence[str]] = None,
         heads = weights.heads if heads is None else heads
         weights = weights.stacked(batch)
     if isinstance(weights, Tensor) or not isinstance(weights, Sequence) or not weights:
-        raise ValueError(f"weights must be AttentionMaps or a non-empty list of (H, Tq, Tk) tensors, "
-                         f"got {type(weights).__name__}")
+        raise ValueError(
+            f"weights must be AttentionMaps or a non-empty list of (H, Tq, Tk) tensors, "
+            f"got {type(weights).__name__}"
+        )
     layers = list(range(len(weights))) if layers is None else list(layers)
     if len(layers) != len(weights):
-        raise ValueError(f"layers has {len(layers)} entries for {len(weights)} maps; expected one per map")
+        raise ValueError(
+            f"layers has {len(layers)} entries for {len(weights)} maps; expected one per map"
+        )
     rows = []
     for li, (layer, w) in enumerate(zip(layers, weights)):
         w = _check_map(w, f"weights[{li}]")
@@ -243,14 +280,18 @@ def _layer_maps(weights: Any, batch: int) -> list[Tensor]:
     if isinstance(weights, AttentionMaps):
         weights = weights.stacked(batch)
     if isinstance(weights, Tensor) or not isinstance(weights, Sequence) or not weights:
-        raise ValueError(f"weights must be AttentionMaps or a non-empty list of (H, T, T) tensors "
-                         f"(one per layer, first layer first), got {type(weights).__name__}")
+        raise ValueError(
+            f"weights must be AttentionMaps or a non-empty list of (H, T, T) tensors "
+            f"(one per layer, first layer first), got {type(weights).__name__}"
+        )
     out = []
     for i, w in enumerate(weights):
         w = _check_map(w, f"weights[{i}]")
         if w.shape[1] != w.shape[2] or (out and w.shape[1:] != out[0].shape[1:]):
-            raise ValueError(f"weights[{i}] has shape {tuple(w.shape)}; expected (H, T, T) maps of one "
-                             f"length T for every layer")
+            raise ValueError(
+                f"weights[{i}] has shape {tuple(w.shape)}; expected (H, T, T) maps of one "
+                f"length T for every layer"
+            )
         out.append(w)
     return out
 
@@ -263,7 +304,11 @@ def residual_attention(w: Tensor, residual: float = 0.5) -> Tensor:
 
 
 def _check_residual(residual: float) -> float:
-    if isinstance(residual, bool) or not isinstance(residual, (int, float)) or not 0 <= residual <= 1:
+    if (
+        isinstance(residual, bool)
+        or not isinstance(residual, (int, float))
+        or not 0 <= residual <= 1
+    ):
         raise ValueError(f"residual must be a float in [0, 1], got {residual!r}")
     return float(residual)
 
@@ -286,7 +331,9 @@ def rollout(weights: Any, residual: float = 0.5, batch: int = 0) -> Tensor:
 def max_flow(capacity: Any, source: int, sink: int) -> float:
     """Maximum flow from ``source`` to ``sink`` in the graph whose (V, V) ``capacity`` matrix holds
     the capacity of edge u -> v at [u, v] (Dinic's algorithm)."""
-    cap = np.array(capacity.detach().cpu() if isinstance(capacity, Tensor) else capacity, dtype=np.float64)
+    cap = np.array(
+        capacity.detach().cpu() if isinstance(capacity, Tensor) else capacity, dtype=np.float64
+    )
     if cap.ndim != 2 or cap.shape[0] != cap.shape[1]:
         raise ValueError(f"capacity must be a square (V, V) matrix, got shape {cap.shape}")
     if not np.isfinite(cap).all() or (cap < 0).any():
@@ -349,8 +396,13 @@ def _augment(res, adj, level, pointer, source, sink, eps) -> float:
     return 0.0
 
 
-def attention_flow(weights: Any, residual: float = 0.5, batch: int = 0,
-                   max_tokens: int = FLOW_MAX_TOKENS, max_nodes: int = FLOW_MAX_NODES) -> Tensor:
+def attention_flow(
+    weights: Any,
+    residual: float = 0.5,
+    batch: int = 0,
+    max_tokens: int = FLOW_MAX_TOKENS,
+    max_nodes: int = FLOW_MAX_NODES,
+) -> Tensor:
     """Attention flow (T, T) float32: [i, j] is the maximum flow from input token j to output
     token i through the layered graph of the residual-mixed maps (see the module docstring).
 
@@ -362,14 +414,16 @@ def attention_flow(weights: Any, residual: float = 0.5, batch: int = 0,
     L, T = len(maps), maps[0].shape[-1]
     nodes = (L + 1) * T
     if T > max_tokens or nodes > max_nodes:
-        raise ValueError(f"attention flow of {T} tokens over {L} layers needs a graph of {nodes} nodes "
-                         f"and {T * T} max-flow runs; expected at most {max_tokens} tokens and "
-                         f"{max_nodes} nodes (use rollout for longer inputs)")
+        raise ValueError(
+            f"attention flow of {T} tokens over {L} layers needs a graph of {nodes} nodes "
+            f"and {T * T} max-flow runs; expected at most {max_tokens} tokens and "
+            f"{max_nodes} nodes (use rollout for longer inputs)"
+        )
     cap = np.zeros((nodes, nodes))
     for l, w in enumerate(maps):
         a = residual_attention(w, residual).numpy()  # (T, T): output i <- input j
         # node of (layer l, token j) is l * T + j; edge (l, j) -> (l + 1, i) has capacity a[i, j]
-        cap[l * T:(l + 1) * T, (l + 1) * T:(l + 2) * T] = a.T
+        cap[l * T : (l + 1) * T, (l + 1) * T : (l + 2) * T] = a.T
     flow = torch.zeros(T, T, dtype=torch.float64)
     for i in range(T):
         for j in range(T):

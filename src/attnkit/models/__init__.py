@@ -1,9 +1,10 @@
 """GPT and BERT models built from a :class:`ModelConfig`.
 
-    >>> from attnkit.models import build_model, get_preset
-    >>> model = build_model(get_preset("tiny"))
-    >>> logits = model(torch.randint(0, 256, (2, 16)))   # (B, T, V)
+>>> from attnkit.models import build_model, get_preset
+>>> model = build_model(get_preset("tiny"))
+>>> logits = model(torch.randint(0, 256, (2, 16)))   # (B, T, V)
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -23,7 +24,9 @@ def build_model(config: ModelConfig | str, **overrides) -> nn.Module:
     elif overrides:
         config = config.replace(**overrides)
     if not isinstance(config, ModelConfig):
-        raise TypeError(f"config must be a ModelConfig or a preset name, got {type(config).__name__}")
+        raise TypeError(
+            f"config must be a ModelConfig or a preset name, got {type(config).__name__}"
+        )
     return _ARCH_CLASSES[config.arch](config)
 
 

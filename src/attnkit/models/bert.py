@@ -8,12 +8,20 @@ What ``forward`` returns depends on ``config.head``:
 * ``"mlm"``: masked-token logits (B, T, V),
 * ``"classification"``: class logits (B, num_labels) from the pooled first token.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from attnkit.models.common import Embeddings, ModelBase, check_ids, key_padding, make_block, positions_from_documents
+from attnkit.models.common import (
+    Embeddings,
+    ModelBase,
+    check_ids,
+    key_padding,
+    make_block,
+    positions_from_documents,
+)
 from attnkit.models.config import ModelConfig
 from attnkit.models.heads import POOLERS, ClassificationHead, MLMHead, Pooler
 from attnkit.models.layers import make_norm
@@ -28,21 +36,34 @@ class Bert(ModelBase):
         self.embed = Embeddings(config)
         self.blocks = nn.ModuleList(make_block(config) for _ in range(config.n_layer))
         # post-norm blocks end normalised; a pre-norm encoder needs a final norm
-        self.norm = make_norm(config.norm, config.d_model, config.norm_eps, bias=config.bias) \
-            if config.final_norm else nn.Identity()
+        self.norm = (
+            make_norm(config.norm, config.d_model, config.norm_eps, bias=config.bias)
+            if config.final_norm
+            else nn.Identity()
+        )
         self.pooler = Pooler(config.d_model) if config.pooler else None
-        self.mlm = MLMHead(config.d_model, config.vocab_size, config.norm_eps,
-                           config.mlp) if config.head == "mlm" else None
-        self.classifier = ClassificationHead(config.d_model, config.num_labels, config.dropout) \
-            if config.head == "classification" else None
+        self.mlm = (
+            MLMHead(config.d_model, config.vocab_size, config.norm_eps, config.mlp)
+            if config.head == "mlm"
+            else None
+        )
+        self.classifier = (
+            ClassificationHead(config.d_model, config.num_labels, config.dropout)
+            if config.head == "classification"
+            else None
+        )
         self.init_weights()
         if self.mlm is not None and config.tie_embeddings:
             self.mlm.decoder.weight = self.embed.tok.weight  # (V, C), shared
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      token_type_ids: torch.Tensor | None = None,
-                      position_ids: torch.Tensor | None = None,
-                      document_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """input_ids (B, T) -> last hidden states (B, T, C).
 
         attention_mask (B, T) 1 = real token; document_ids (B, T) packs several sequences into
@@ -57,30 +78,43 @@ class Bert(ModelBase):
             check_ids("token_type_ids", token_type_ids, max(cfg.type_vocab_size, 1))
         if position_ids is None and document_ids is not None:
             if tuple(document_ids.shape) != (B, T):
-                raise ValueError(f"document_ids must have shape (B, T) = {(B, T)}, got "
-                                 f"{tuple(document_ids.shape)}")
+                raise ValueError(
+                    f"document_ids must have shape (B, T) = {(B, T)}, got "
+                    f"{tuple(document_ids.shape)}"
+                )
             position_ids = positions_from_documents(document_ids)  # (B, T)
         kpm = key_padding(attention_mask, (B, T))
-        x = self.embed(input_ids, position_ids=position_ids, token_type_ids=token_type_ids)  # (B, T, C)
+        x = self.embed(
+            input_ids, position_ids=position_ids, token_type_ids=token_type_ids
+        )  # (B, T, C)
         rope_pos = position_ids if cfg.positional == "rope" else None
         for block in self.blocks:
             x = block(x, key_padding_mask=kpm, document_ids=document_ids, positions=rope_pos)
         return self.norm(x)  # (B, T, C)
 
-    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
-             pooling: str | None = None) -> torch.Tensor:
+    def pool(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pooling: str | None = None,
+    ) -> torch.Tensor:
         """(B, T, C) -> (B, C) by ``pooling`` ("mean" or "cls"; default config.pooling)."""
         pooling = pooling or self.config.pooling
         if pooling not in POOLERS:
             raise ValueError(f"pooling must be one of {sorted(POOLERS)}, got {pooling!r}")
         return POOLERS[pooling](hidden, attention_mask)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None,
-                document_ids: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.hidden_states(input_ids, attention_mask, token_type_ids, position_ids,
-                               document_ids)  # (B, T, C)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = self.hidden_states(
+            input_ids, attention_mask, token_type_ids, position_ids, document_ids
+        )  # (B, T, C)
         if self.mlm is not None:
             return self.mlm(h)  # (B, T, V)
         if self.classifier is not None:

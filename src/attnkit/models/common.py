@@ -1,4 +1,5 @@
 """What GPT and BERT share: embeddings, block construction from a config, masks, counts."""
+
 from __future__ import annotations
 
 import math
@@ -7,9 +8,9 @@ import torch
 from torch import nn
 
 from attnkit.attention.module import MultiHeadAttention
+from attnkit.models.config import ModelConfig
 from attnkit.models.layers import TransformerBlock, make_mlp, make_norm
 from attnkit.positional import LearnedPositionalEmbedding, SinusoidalPositionalEmbedding
-from attnkit.models.config import ModelConfig
 
 
 class Embeddings(nn.Module):
@@ -31,8 +32,13 @@ class Embeddings(nn.Module):
         self.norm = make_norm(cfg.norm, C, cfg.norm_eps) if cfg.embed_norm else None
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        offset: int = 0,
+    ) -> torch.Tensor:
         x = self.tok(input_ids)  # (B, T, C)
         if self.pos is not None:
             if position_ids is None:
@@ -45,8 +51,10 @@ class Embeddings(nn.Module):
             else:
                 x = x + self.types(token_type_ids)
         elif token_type_ids is not None:
-            raise ValueError("token_type_ids were given but this model has type_vocab_size=0; "
-                             "expected no token_type_ids")
+            raise ValueError(
+                "token_type_ids were given but this model has type_vocab_size=0; "
+                "expected no token_type_ids"
+            )
         if self.norm is not None:
             x = self.norm(x)
         return self.drop(x)
@@ -56,15 +64,25 @@ def make_block(cfg: ModelConfig) -> TransformerBlock:
     positional = cfg.positional if cfg.positional in ("rope", "alibi") else None
     variant = None if cfg.attention == "exact" else cfg.attention
     attn = MultiHeadAttention(
-        cfg.d_model, cfg.n_head, cfg.kv_heads, causal=cfg.causal, window=cfg.window,
-        positional=positional, dropout=cfg.attn_dropout, bias=cfg.bias, backend=cfg.backend,
-        rope_base=cfg.rope_base, variant=variant,
-        variant_params=dict(cfg.attention_params) if variant else None)
+        cfg.d_model,
+        cfg.n_head,
+        cfg.kv_heads,
+        causal=cfg.causal,
+        window=cfg.window,
+        positional=positional,
+        dropout=cfg.attn_dropout,
+        bias=cfg.bias,
+        backend=cfg.backend,
+        rope_base=cfg.rope_base,
+        variant=variant,
+        variant_params=dict(cfg.attention_params) if variant else None,
+    )
     mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.ff_dim, bias=cfg.bias)
     norm1 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, bias=cfg.bias)
     norm2 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, bias=cfg.bias)
-    return TransformerBlock(attn, mlp, norm1, norm2, placement=cfg.norm_placement,
-                            dropout=cfg.dropout)
+    return TransformerBlock(
+        attn, mlp, norm1, norm2, placement=cfg.norm_placement, dropout=cfg.dropout
+    )
 
 
 def positions_from_documents(document_ids: torch.Tensor) -> torch.Tensor:
@@ -82,16 +100,20 @@ def key_padding(attention_mask: torch.Tensor | None, shape: tuple[int, int]) -> 
     if attention_mask is None:
         return None
     if attention_mask.dim() != 2 or tuple(attention_mask.shape) != shape:
-        raise ValueError(f"attention_mask must have shape (B, Tk) = {shape}, got "
-                         f"{tuple(attention_mask.shape)}")
+        raise ValueError(
+            f"attention_mask must have shape (B, Tk) = {shape}, got {tuple(attention_mask.shape)}"
+        )
     mask = attention_mask.bool()
     return None if bool(mask.all()) else mask
 
 
 def check_ids(name: str, ids: torch.Tensor, limit: int) -> None:
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point:
-        what = f"shape {tuple(ids.shape)} dtype {ids.dtype}" if isinstance(ids, torch.Tensor) \
+        what = (
+            f"shape {tuple(ids.shape)} dtype {ids.dtype}"
+            if isinstance(ids, torch.Tensor)
             else type(ids).__name__
+        )
         raise ValueError(f"{name} must be an integer tensor of shape (B, T), got {what}")
     if ids.numel():
         lo, hi = int(ids.min()), int(ids.max())
@@ -110,8 +132,11 @@ class ModelBase(nn.Module):
         std = self.config.initializer_range
         for name, mod in self.named_modules():
             if isinstance(mod, (nn.Linear, nn.Embedding)):
-                s = std / math.sqrt(2 * self.config.n_layer) if name.endswith(
-                    ("attn.out_proj", "mlp.down")) else std
+                s = (
+                    std / math.sqrt(2 * self.config.n_layer)
+                    if name.endswith(("attn.out_proj", "mlp.down"))
+                    else std
+                )
                 nn.init.normal_(mod.weight, 0.0, s)
                 if getattr(mod, "bias", None) is not None:
                     nn.init.zeros_(mod.bias)

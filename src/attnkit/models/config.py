@@ -5,6 +5,7 @@ the same model by :func:`attnkit.models.build_model`. ``__post_init__`` checks e
 a bad value fails here, with the field's name, the value and what was expected, rather than as
 a shape error deep inside a forward pass.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -113,12 +114,19 @@ class ModelConfig:
             _pos_int("d_ff", self.d_ff)
         _choice("positional", self.positional, POSITIONALS)
         if self.positional == "rope" and self.head_dim % 2:
-            _fail("positional", self.positional,
-                  f"not 'rope' with an odd head_dim={self.head_dim} (RoPE rotates channel pairs)")
+            _fail(
+                "positional",
+                self.positional,
+                f"not 'rope' with an odd head_dim={self.head_dim} (RoPE rotates channel pairs)",
+            )
         for name in ("rope_base", "norm_eps", "initializer_range"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                    not math.isfinite(value) or value <= 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
                 _fail(name, value, "a finite number > 0")
         _choice("norm", self.norm, NORMS)
         _choice("norm_placement", self.norm_placement, NORM_PLACEMENTS)
@@ -133,22 +141,34 @@ class ModelConfig:
         if not isinstance(self.backend, str):
             _fail("backend", self.backend, "a backend name such as 'auto', 'sdpa' or 'math'")
         _choice("head", self.head, HEADS[self.arch])
-        if isinstance(self.type_vocab_size, bool) or not isinstance(self.type_vocab_size, int) \
-                or self.type_vocab_size < 0:
+        if (
+            isinstance(self.type_vocab_size, bool)
+            or not isinstance(self.type_vocab_size, int)
+            or self.type_vocab_size < 0
+        ):
             _fail("type_vocab_size", self.type_vocab_size, "an int >= 0 (0: no segment embeddings)")
         _choice("pooling", self.pooling, POOLINGS)
         if self.pad_token_id is not None and (
-                isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int)
-                or not 0 <= self.pad_token_id < self.vocab_size):
-            _fail("pad_token_id", self.pad_token_id, f"None or an int in [0, vocab_size={self.vocab_size})")
+            isinstance(self.pad_token_id, bool)
+            or not isinstance(self.pad_token_id, int)
+            or not 0 <= self.pad_token_id < self.vocab_size
+        ):
+            _fail(
+                "pad_token_id",
+                self.pad_token_id,
+                f"None or an int in [0, vocab_size={self.vocab_size})",
+            )
 
     def _check_attention(self) -> None:
         if not isinstance(self.attention_params, dict):
             _fail("attention_params", self.attention_params, "a dict of keyword arguments")
         if self.attention == "exact":
             if self.attention_params:
-                _fail("attention_params", self.attention_params,
-                      "empty when attention='exact' (parameters belong to a variant)")
+                _fail(
+                    "attention_params",
+                    self.attention_params,
+                    "empty when attention='exact' (parameters belong to a variant)",
+                )
             return
         from attnkit.attention import variants
 
@@ -157,11 +177,17 @@ class ModelConfig:
         valid = variants.params(self.attention)
         unknown = sorted(set(self.attention_params) - set(valid))
         if unknown:
-            _fail("attention_params", self.attention_params,
-                  f"keyword arguments of variant {self.attention!r}: {sorted(valid)} (unknown: {unknown})")
+            _fail(
+                "attention_params",
+                self.attention_params,
+                f"keyword arguments of variant {self.attention!r}: {sorted(valid)} (unknown: {unknown})",
+            )
         if self.positional == "alibi":
-            _fail("positional", self.positional, f"not 'alibi' with attention={self.attention!r} "
-                  "(variants take no score bias)")
+            _fail(
+                "positional",
+                self.positional,
+                f"not 'alibi' with attention={self.attention!r} (variants take no score bias)",
+            )
         if self.window is not None:
             _fail("window", self.window, f"None with attention={self.attention!r}")
 
@@ -186,16 +212,18 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Build from a dict (e.g. a config.json); unknown keys are an error naming them."""
         if not isinstance(data, dict):
             raise TypeError(f"ModelConfig.from_dict expects a dict, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown ModelConfig field(s) {unknown}; valid fields: {sorted(names)}")
+            raise ValueError(
+                f"unknown ModelConfig field(s) {unknown}; valid fields: {sorted(names)}"
+            )
         return cls(**data)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)

@@ -6,13 +6,21 @@
 Generation passes a list of :class:`~attnkit.attention.kv_cache.KVCache`, one per block
 (``model.new_cache()``); each call then feeds only the new tokens.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from attnkit.attention.kv_cache import KVCache
-from attnkit.models.common import Embeddings, ModelBase, check_ids, key_padding, make_block, positions_from_documents
+from attnkit.models.common import (
+    Embeddings,
+    ModelBase,
+    check_ids,
+    key_padding,
+    make_block,
+    positions_from_documents,
+)
 from attnkit.models.config import ModelConfig
 from attnkit.models.heads import LMHead
 from attnkit.models.layers import make_norm
@@ -26,24 +34,32 @@ class GPT(ModelBase):
         self.config = config
         self.embed = Embeddings(config)
         self.blocks = nn.ModuleList(make_block(config) for _ in range(config.n_layer))
-        self.norm = make_norm(config.norm, config.d_model, config.norm_eps, bias=config.bias) \
-            if config.final_norm else nn.Identity()
+        self.norm = (
+            make_norm(config.norm, config.d_model, config.norm_eps, bias=config.bias)
+            if config.final_norm
+            else nn.Identity()
+        )
         self.lm_head = LMHead(config.d_model, config.vocab_size) if config.head == "lm" else None
         self.init_weights()
         if self.lm_head is not None and config.tie_embeddings:
             self.lm_head.proj.weight = self.embed.tok.weight  # (V, C), shared
 
-    def new_cache(self, max_len: int | None = None,
-                  dtype: torch.dtype | None = None) -> list[KVCache]:
+    def new_cache(
+        self, max_len: int | None = None, dtype: torch.dtype | None = None
+    ) -> list[KVCache]:
         """One empty KV cache per block, for incremental decoding (``dtype``: storage dtype,
         default the model's)."""
         return KVCache.for_layers(self.config.n_layer, max_len, dtype)
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      position_ids: torch.Tensor | None = None,
-                      document_ids: torch.Tensor | None = None,
-                      cache: list[KVCache] | None = None,
-                      token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        cache: list[KVCache] | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """input_ids (B, T) -> final hidden states (B, T, C), after the final norm.
 
         attention_mask (B, Tk) 1 = real token, Tk = tokens already cached + T; position_ids
@@ -56,36 +72,54 @@ class GPT(ModelBase):
         past = 0
         if cache is not None:
             if len(cache) != cfg.n_layer or not all(isinstance(c, KVCache) for c in cache):
-                raise ValueError(f"cache must be a list of {cfg.n_layer} KVCache (one per block; "
-                                 f"model.new_cache()), got {type(cache).__name__} of "
-                                 f"{len(cache) if isinstance(cache, (list, tuple)) else '?'}")
+                raise ValueError(
+                    f"cache must be a list of {cfg.n_layer} KVCache (one per block; "
+                    f"model.new_cache()), got {type(cache).__name__} of "
+                    f"{len(cache) if isinstance(cache, (list, tuple)) else '?'}"
+                )
             if document_ids is not None:
                 raise ValueError("document_ids cannot be combined with a KV cache")
             past = cache[0].length
         if position_ids is None and document_ids is not None:
             if tuple(document_ids.shape) != (B, T):
-                raise ValueError(f"document_ids must have shape (B, T) = {(B, T)}, got "
-                                 f"{tuple(document_ids.shape)}")
+                raise ValueError(
+                    f"document_ids must have shape (B, T) = {(B, T)}, got "
+                    f"{tuple(document_ids.shape)}"
+                )
             position_ids = positions_from_documents(document_ids)  # (B, T)
         if past + T > cfg.max_seq_len and cfg.positional in ("learned", "sinusoidal"):
-            raise ValueError(f"sequence of {past + T} tokens (cached {past} + new {T}) exceeds "
-                             f"max_seq_len={cfg.max_seq_len}")
+            raise ValueError(
+                f"sequence of {past + T} tokens (cached {past} + new {T}) exceeds "
+                f"max_seq_len={cfg.max_seq_len}"
+            )
         kpm = key_padding(attention_mask, (B, past + T))
-        x = self.embed(input_ids, position_ids=position_ids, token_type_ids=token_type_ids,
-                       offset=past)  # (B, T, C)
+        x = self.embed(
+            input_ids, position_ids=position_ids, token_type_ids=token_type_ids, offset=past
+        )  # (B, T, C)
         rope_pos = position_ids if cfg.positional == "rope" else None
         for i, block in enumerate(self.blocks):
-            x = block(x, key_padding_mask=kpm, document_ids=document_ids, positions=rope_pos,
-                      cache=None if cache is None else cache[i])  # (B, T, C)
+            x = block(
+                x,
+                key_padding_mask=kpm,
+                document_ids=document_ids,
+                positions=rope_pos,
+                cache=None if cache is None else cache[i],
+            )  # (B, T, C)
         return self.norm(x)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, document_ids: torch.Tensor | None = None,
-                cache: list[KVCache] | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        cache: list[KVCache] | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits (B, T, V) for head='lm', hidden states (B, T, C) for head='none'."""
-        h = self.hidden_states(input_ids, attention_mask, position_ids, document_ids, cache,
-                               token_type_ids)
+        h = self.hidden_states(
+            input_ids, attention_mask, position_ids, document_ids, cache, token_type_ids
+        )
         return h if self.lm_head is None else self.lm_head(h)
 
     def tied_keys(self) -> list[str]:

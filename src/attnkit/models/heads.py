@@ -6,6 +6,7 @@
 * :class:`ClassificationHead`: dropout + linear over a pooled vector.
 * :func:`mean_pool`, :func:`cls_pool`: sentence vectors from hidden states.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,7 @@ class LMHead(nn.Module):
 class MLMHead(nn.Module):
     """(B, T, C) -> (B, T, V): dense -> GELU -> LayerNorm -> decoder (+ its own bias)."""
 
-    def __init__(self, d_model: int, vocab_size: int, eps: float = 1e-12,
-                 activation: str = "gelu"):
+    def __init__(self, d_model: int, vocab_size: int, eps: float = 1e-12, activation: str = "gelu"):
         super().__init__()
         self.approximate = "tanh" if activation == "gelu_tanh" else "none"
         self.dense = nn.Linear(d_model, d_model)

@@ -5,6 +5,7 @@ A block is ``attention -> MLP`` with residual connections, normalised before eac
 Transformer and BERT). Attention is always :class:`attnkit.attention.module.MultiHeadAttention`,
 so masks, backends, variants and the KV cache work the same in every model.
 """
+
 from __future__ import annotations
 
 import torch
@@ -80,8 +81,9 @@ class MLP(nn.Module):
     def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", bias: bool = True):
         super().__init__()
         if activation not in ("gelu", "gelu_tanh", "relu", "relu2"):
-            raise ValueError(f"activation must be 'gelu', 'gelu_tanh', 'relu' or 'relu2', got "
-                             f"{activation!r}")
+            raise ValueError(
+                f"activation must be 'gelu', 'gelu_tanh', 'relu' or 'relu2', got {activation!r}"
+            )
         self.activation = activation
         self.up = nn.Linear(d_model, d_ff, bias=bias)
         self.down = nn.Linear(d_ff, d_model, bias=bias)
@@ -132,8 +134,15 @@ class TransformerBlock(nn.Module):
     (the attention layer applies its own dropout to its output).
     """
 
-    def __init__(self, attn: MultiHeadAttention, mlp: nn.Module, norm1: nn.Module,
-                 norm2: nn.Module, placement: str = "pre", dropout: float = 0.0):
+    def __init__(
+        self,
+        attn: MultiHeadAttention,
+        mlp: nn.Module,
+        norm1: nn.Module,
+        norm2: nn.Module,
+        placement: str = "pre",
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if placement not in ("pre", "post"):
             raise ValueError(f"placement must be 'pre' or 'post', got {placement!r}")
@@ -144,13 +153,25 @@ class TransformerBlock(nn.Module):
         self.norm2 = norm2
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, *, key_padding_mask: torch.Tensor | None = None,
-                document_ids: torch.Tensor | None = None, positions: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        key_padding_mask: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); the keyword arguments go to the attention layer."""
+
         def attend(h: torch.Tensor) -> torch.Tensor:
-            return self.attn(h, key_padding_mask=key_padding_mask, document_ids=document_ids,
-                             positions=positions, cache=cache)
+            return self.attn(
+                h,
+                key_padding_mask=key_padding_mask,
+                document_ids=document_ids,
+                positions=positions,
+                cache=cache,
+            )
 
         if self.placement == "pre":
             x = x + attend(self.norm1(x))  # (B, T, C)

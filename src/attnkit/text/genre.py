@@ -24,15 +24,16 @@ score measures generalisation to unseen plays. Each play gives at most ``train_p
 ``eval_per_play`` passages, drawn at random (seeded) across the whole play, so the classes are
 as unbalanced as the Folio's sections are (14 comedies, 10 histories, 12 tragedies).
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 GENRES = ("comedy", "history", "tragedy")
 
@@ -90,8 +91,10 @@ LEFT_OUT: dict[str, str] = {
 }
 
 _ACT = re.compile(r"^(ACT|Act)\b")
-_HEADING = re.compile(r"^\s*(ACT|Act|SCENE|Scene|PROLOGUE|Prologue|EPILOGUE|Epilogue|"
-                      r"INDUCTION|Induction|CHORUS|Chorus)\b[^a-z]*$|^\s*(SCENE|Scene)\b")
+_HEADING = re.compile(
+    r"^\s*(ACT|Act|SCENE|Scene|PROLOGUE|Prologue|EPILOGUE|Epilogue|"
+    r"INDUCTION|Induction|CHORUS|Chorus)\b[^a-z]*$|^\s*(SCENE|Scene)\b"
+)
 _BRACKETS = re.compile(r"\[[^\]\[]{0,400}\]")
 # a speaker line: a few words ending in a full stop ("Ber.", "KING HENRY.", "First Lord."), or
 # in capitals without one ("THESEUS")
@@ -167,13 +170,17 @@ def passages(play: str, words: int = 60) -> list[str]:
     return out
 
 
-def split_plays(genres: Mapping[str, str], eval_fraction: float = 0.25,
-                seed: int = 0) -> tuple[list[str], list[str]]:
+def split_plays(
+    genres: Mapping[str, str], eval_fraction: float = 0.25, seed: int = 0
+) -> tuple[list[str], list[str]]:
     """(train plays, eval plays): per genre, a seeded shuffle of its plays (sorted first), the
     first ``max(1, round(n * eval_fraction))`` of them for evaluation. Every genre needs two
     plays or more."""
-    if isinstance(eval_fraction, bool) or not isinstance(eval_fraction, (int, float)) \
-            or not 0.0 < eval_fraction < 1.0:
+    if (
+        isinstance(eval_fraction, bool)
+        or not isinstance(eval_fraction, (int, float))
+        or not 0.0 < eval_fraction < 1.0
+    ):
         raise ValueError(f"eval_fraction must be a number in (0, 1), got {eval_fraction!r}")
     rng = random.Random(seed)
     train: list[str] = []
@@ -181,8 +188,10 @@ def split_plays(genres: Mapping[str, str], eval_fraction: float = 0.25,
     for genre in sorted(set(genres.values())):
         plays = sorted(p for p, g in genres.items() if g == genre)
         if len(plays) < 2:
-            raise ValueError(f"genre {genre!r} has {len(plays)} play(s) {plays}; expected at least "
-                             f"2 so that one trains and one evaluates")
+            raise ValueError(
+                f"genre {genre!r} has {len(plays)} play(s) {plays}; expected at least "
+                f"2 so that one trains and one evaluates"
+            )
         rng.shuffle(plays)
         n_eval = min(len(plays) - 1, max(1, int(len(plays) * eval_fraction + 0.5)))
         held += sorted(plays[:n_eval])
@@ -196,9 +205,15 @@ def _sample(items: list[str], k: int, rng: random.Random) -> list[str]:
     return [items[i] for i in sorted(rng.sample(range(len(items)), k))]
 
 
-def build_genre_dataset(works: Mapping[str, str] | None = None, *, words: int = 60,
-                        train_per_play: int = 20, eval_per_play: int = 15,
-                        eval_fraction: float = 0.25, seed: int = 0) -> GenreDataset:
+def build_genre_dataset(
+    works: Mapping[str, str] | None = None,
+    *,
+    words: int = 60,
+    train_per_play: int = 20,
+    eval_per_play: int = 15,
+    eval_fraction: float = 0.25,
+    seed: int = 0,
+) -> GenreDataset:
     """The genre data set from ``works`` (work name -> text, as
     :func:`attnkit.text.corpora.shakespeare_works` gives; default: that corpus, fetched once).
 
@@ -214,25 +229,33 @@ def build_genre_dataset(works: Mapping[str, str] | None = None, *, words: int = 
         works = shakespeare_works(shakespeare_archive())
     genres = {name: FOLIO_GENRES[name][1] for name in works if name in FOLIO_GENRES}
     if not genres:
-        raise ValueError(f"none of the works {sorted(works)[:8]} is a First Folio play; expected "
-                         f"names such as {sorted(FOLIO_GENRES)[:3]}")
+        raise ValueError(
+            f"none of the works {sorted(works)[:8]} is a First Folio play; expected "
+            f"names such as {sorted(FOLIO_GENRES)[:3]}"
+        )
     train_plays, eval_plays = split_plays(genres, eval_fraction, seed)
     rng = random.Random(seed + 1)
     splits: dict[str, list[Passage]] = {"train": [], "eval": []}
-    for split, plays, per_play in (("train", train_plays, train_per_play),
-                                   ("eval", eval_plays, eval_per_play)):
+    for split, plays, per_play in (
+        ("train", train_plays, train_per_play),
+        ("eval", eval_plays, eval_per_play),
+    ):
         for name in plays:
             pieces = passages(works[name], words)
             if not pieces:
-                raise ValueError(f"play {name!r} gave no passages; expected spoken lines after an "
-                                 f"act heading (is it a Project Gutenberg play text?)")
-            splits[split] += [Passage(t, genres[name], name) for t in _sample(pieces, per_play, rng)]
+                raise ValueError(
+                    f"play {name!r} gave no passages; expected spoken lines after an "
+                    f"act heading (is it a Project Gutenberg play text?)"
+                )
+            splits[split] += [
+                Passage(t, genres[name], name) for t in _sample(pieces, per_play, rng)
+            ]
     return GenreDataset(splits["train"], splits["eval"], train_plays, eval_plays)
 
 
 def write_csv(rows: list[Passage], path: str | Path) -> Path:
     """Passages as a CSV file with columns text, label, play (written atomically)."""
-    from attnkit.checkpoints.io import atomic_write_bytes
+    from attnkit._util.fs import atomic_write_bytes
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -7,6 +7,7 @@
 Trained tokenizers are cached under the attnkit cache directory by (corpus checksum, kind,
 vocab size), so a second run does not train again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,9 +47,12 @@ def train_bpe(text: str, vocab_size: int) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=BPE_SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=BPE_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(_chunks(text), trainer=trainer, length=None)
     return tok
 
@@ -58,8 +62,9 @@ def train_wordpiece(text: str, vocab_size: int) -> Tokenizer:
     tok.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=WORDPIECE_SPECIALS,
-                                        show_progress=False)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=WORDPIECE_SPECIALS, show_progress=False
+    )
     tok.train_from_iterator(_chunks(text), trainer=trainer)
     return tok
 
@@ -71,13 +76,15 @@ def train_tokenizer(kind: str, text: str, vocab_size: int | None = None) -> Toke
         return train_char(text)
     least = 300 if kind == "bpe" else 10
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < least:
-        raise ValueError(f"data.vocab_size for a {kind} tokenizer must be an int >= {least}, "
-                         f"got {vocab_size!r}")
+        raise ValueError(
+            f"data.vocab_size for a {kind} tokenizer must be an int >= {least}, got {vocab_size!r}"
+        )
     return train_bpe(text, vocab_size) if kind == "bpe" else train_wordpiece(text, vocab_size)
 
 
-def build_tokenizer(kind: str, text: str, corpus_checksum: str, vocab_size: int | None,
-                    cache: Path | None) -> Tokenizer:
+def build_tokenizer(
+    kind: str, text: str, corpus_checksum: str, vocab_size: int | None, cache: Path | None
+) -> Tokenizer:
     """A tokenizer of ``kind`` for this corpus, from the cache when one was trained before."""
     key = f"{kind}-{vocab_size if kind != 'char' else 0}-{corpus_checksum[:16]}"
     path = cache / "tokenizers" / f"{key}.json" if cache is not None else None
@@ -88,9 +95,9 @@ def build_tokenizer(kind: str, text: str, corpus_checksum: str, vocab_size: int 
             pass
     tok = train_tokenizer(kind, text, vocab_size)
     if path is not None:
-        from attnkit.text.corpora import _write_atomic
+        from attnkit._util.fs import atomic_write_bytes
 
-        _write_atomic(path, tok.to_str().encode("utf-8"))
+        atomic_write_bytes(path, tok.to_str().encode("utf-8"))
     return tok
 
 

@@ -7,6 +7,7 @@ overridden as ``section.key=value`` (the command line's ``--model.n_layer 4``); 
 parsed as TOML literals (``4``, ``1e-3``, ``true``, ``"text"``), bare words as strings. An
 unknown section or key is an error naming it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,38 +26,38 @@ else:  # pragma: no cover - Python 3.10
 
 @dataclass
 class DataConfig:
-    corpus: str = "shakespeare"      # a corpus name or a .txt/.jsonl file or directory
-    tokenizer: str = "char"          # char | bpe | wordpiece
-    vocab_size: int = 0              # for bpe/wordpiece (char: the corpus's characters)
+    corpus: str = "shakespeare"  # a corpus name or a .txt/.jsonl file or directory
+    tokenizer: str = "char"  # char | bpe | wordpiece
+    vocab_size: int = 0  # for bpe/wordpiece (char: the corpus's characters)
     val_fraction: float = 0.1
 
 
 @dataclass
 class TrainConfig:
     max_iters: int = 2000
-    batch_size: int = 12             # sequences per process per micro-step
-    block_size: int = 64             # tokens per sequence
-    grad_accum: int = 1              # micro-steps per optimizer step
+    batch_size: int = 12  # sequences per process per micro-step
+    block_size: int = 64  # tokens per sequence
+    grad_accum: int = 1  # micro-steps per optimizer step
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_iters: int = 100
-    lr_decay_iters: int = 0          # 0: max_iters
+    lr_decay_iters: int = 0  # 0: max_iters
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
-    grad_clip: float = 1.0           # 0: no clipping
+    grad_clip: float = 1.0  # 0: no clipping
     eval_interval: int = 250
     eval_iters: int = 20
     log_interval: int = 10
-    checkpoint_interval: int = 0     # 0: at every eval
+    checkpoint_interval: int = 0  # 0: at every eval
     keep_checkpoints: int = 2
     mlm_probability: float = 0.15
     seed: int = 1337
-    device: str = "auto"             # auto | cpu | cuda
-    dtype: str = "float32"           # float32 | bfloat16 | float16 (CUDA)
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (CUDA)
     compile: bool = False
     fused_adamw: bool = True
-    threads: int = 0                 # torch threads per process; 0: leave as is
+    threads: int = 0  # torch threads per process; 0: leave as is
     progress: bool = True
 
 
@@ -67,8 +68,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": dict(self.model), "data": dataclasses.asdict(self.data),
-                "train": dataclasses.asdict(self.train)}
+        return {
+            "model": dict(self.model),
+            "data": dataclasses.asdict(self.data),
+            "train": dataclasses.asdict(self.train),
+        }
 
 
 def _model_fields() -> dict[str, Any]:
@@ -134,27 +138,36 @@ def build(base: dict[str, Any], overrides: list[tuple[str, Any]]) -> RunConfig:
             raise ValueError(f"unknown config key {key!r}; expected model.*, data.* or train.*")
         fields = _section_fields(section)
         if name not in fields:
-            raise ValueError(f"unknown config key {key!r}; valid {section} keys: {', '.join(sorted(fields))}")
+            raise ValueError(
+                f"unknown config key {key!r}; valid {section} keys: {', '.join(sorted(fields))}"
+            )
         tree[section][name] = _coerce(key, value, fields[name])
     for name in ("vocab_size",):
         if name in tree["model"]:
-            raise ValueError(f"config key 'model.{name}' is set by the tokenizer; use data.vocab_size")
-    return RunConfig(model=tree["model"], data=DataConfig(**tree["data"]),
-                     train=TrainConfig(**tree["train"]))
+            raise ValueError(
+                f"config key 'model.{name}' is set by the tokenizer; use data.vocab_size"
+            )
+    return RunConfig(
+        model=tree["model"], data=DataConfig(**tree["data"]), train=TrainConfig(**tree["train"])
+    )
 
 
 def read_file(path: str | Path) -> dict[str, Any]:
     """A config file: TOML, or the JSON a run saves as ``run_config.json``."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist; expected a .toml file such "
-                         f"as configs/gpt-shakespeare-char.toml")
+        raise ValueError(
+            f"config file {str(path)!r} does not exist; expected a .toml file such "
+            f"as configs/gpt-shakespeare-char.toml"
+        )
     try:
         if path.suffix == ".json":
             return json.loads(path.read_text())
         return tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"config file {str(path)!r} is not valid {path.suffix[1:].upper()}: {e}") from None
+        raise ValueError(
+            f"config file {str(path)!r} is not valid {path.suffix[1:].upper()}: {e}"
+        ) from None
 
 
 def find_config(name: str) -> Path:
@@ -166,5 +179,7 @@ def find_config(name: str) -> Path:
     for cand in (root / name, root / f"{name}.toml"):
         if cand.is_file():
             return cand
-    raise ValueError(f"config {name!r} not found; expected a TOML file path or one of "
-                     f"{sorted(p.stem for p in root.glob('*.toml'))}")
+    raise ValueError(
+        f"config {name!r} not found; expected a TOML file path or one of "
+        f"{sorted(p.stem for p in root.glob('*.toml'))}"
+    )

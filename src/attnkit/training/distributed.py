@@ -4,6 +4,7 @@ Under ``torchrun`` the variables RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and M
 set; :func:`init` then joins the process group (gloo on CPU, nccl on CUDA). Without them it is
 a single process and every helper here is a no-op.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,7 +38,9 @@ def init(device: str = "auto") -> Dist:
     if want not in ("cpu", "cuda") and not want.startswith("cuda:"):
         raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if want.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"train.device is {device!r} but CUDA is not available here; expected 'cpu'")
+        raise ValueError(
+            f"train.device is {device!r} but CUDA is not available here; expected 'cpu'"
+        )
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Dist(device=torch.device(want))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

@@ -21,6 +21,7 @@ Output directory:
 * ``run_config.json`` (the resolved config), ``metrics.jsonl``/``metrics.csv``,
   ``loss.png`` and ``summary.json``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,6 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from attnkit._util.fs import atomic_write, atomic_write_json
 from attnkit.checkpoints import io as ckpt_io
 from attnkit.training import distributed, metrics, optim, precision
 from attnkit.training.config import RunConfig
@@ -49,7 +51,8 @@ MANIFEST_NAME = "manifest.json"
 # --------------------------------------------------------------------------------------------
 def prepare_data(cfg: RunConfig, d: distributed.Dist):
     """(tokenizer, {"train", "val"} streams); rank 0 builds the caches, the others wait."""
-    from attnkit.text.corpora import cache_dir, load_corpus
+    from attnkit._util.fs import cache_dir
+    from attnkit.text.corpora import load_corpus
     from attnkit.text.datasets import build_streams
     from attnkit.text.tokenizers import build_tokenizer
 
@@ -77,16 +80,22 @@ def model_config(cfg: RunConfig, tok) -> Any:
     if fields.get("arch", "gpt") == "bert":
         fields.setdefault("head", "mlm")
         if tok.token_to_id("[MASK]") is None:
-            raise ValueError(f"a BERT (masked LM) run needs a tokenizer with a [MASK] token; "
-                             f"data.tokenizer is {cfg.data.tokenizer!r}, expected 'wordpiece'")
+            raise ValueError(
+                f"a BERT (masked LM) run needs a tokenizer with a [MASK] token; "
+                f"data.tokenizer is {cfg.data.tokenizer!r}, expected 'wordpiece'"
+            )
         fields.setdefault("pad_token_id", tok.token_to_id("[PAD]"))
         if fields["head"] != "mlm":
-            raise ValueError(f"model.head must be 'mlm' for pre-training a BERT, got {fields['head']!r}")
+            raise ValueError(
+                f"model.head must be 'mlm' for pre-training a BERT, got {fields['head']!r}"
+            )
     elif fields.get("head", "lm") != "lm":
         raise ValueError(f"model.head must be 'lm' for pre-training a GPT, got {fields['head']!r}")
     if fields["max_seq_len"] < cfg.train.block_size:
-        raise ValueError(f"train.block_size={cfg.train.block_size} exceeds model.max_seq_len="
-                         f"{fields['max_seq_len']}")
+        raise ValueError(
+            f"train.block_size={cfg.train.block_size} exceeds model.max_seq_len="
+            f"{fields['max_seq_len']}"
+        )
     return ModelConfig(**fields)
 
 
@@ -99,8 +108,13 @@ class Batches:
         self.rows = cfg.train.batch_size
         if objective == "mlm":
             self.mask_id = tok.token_to_id("[MASK]")
-            self.special = tuple(i for i in (tok.token_to_id(t) for t in
-                                 ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")) if i is not None)
+            self.special = tuple(
+                i
+                for i in (
+                    tok.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+                )
+                if i is not None
+            )
             self.vocab = tok.get_vocab_size()
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -115,12 +129,18 @@ class Batches:
             count = y.numel()
         else:
             w = self.stream.windows(n, T, self.gen)  # (n, T)
-            x, y = mask_tokens(w, mask_id=self.mask_id, vocab_size=self.vocab, generator=self.gen,
-                               special_ids=self.special, prob=self.cfg.train.mlm_probability)
+            x, y = mask_tokens(
+                w,
+                mask_id=self.mask_id,
+                vocab_size=self.vocab,
+                generator=self.gen,
+                special_ids=self.special,
+                prob=self.cfg.train.mlm_probability,
+            )
             count = int((y != -100).sum())
         lo = self.d.rank * self.rows
         dev = self.d.device
-        return x[lo:lo + self.rows].to(dev), y[lo:lo + self.rows].to(dev), count
+        return x[lo : lo + self.rows].to(dev), y[lo : lo + self.rows].to(dev), count
 
 
 def loss_sums(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,7 +156,9 @@ def loss_sums(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 @torch.no_grad()
-def evaluate(model, batches: Batches, iters: int, d: distributed.Dist, dtype: str, seed: int) -> dict:
+def evaluate(
+    model, batches: Batches, iters: int, d: distributed.Dist, dtype: str, seed: int
+) -> dict:
     """Mean loss, perplexity and accuracy over ``iters`` fixed validation batches (no autograd).
     The loop passes the uncompiled model: a compiled one would compile a second graph for
     evaluation, which costs more than the few evaluation batches gain from it."""
@@ -153,7 +175,11 @@ def evaluate(model, batches: Batches, iters: int, d: distributed.Dist, dtype: st
         torch.distributed.all_reduce(total)
     model.train(was)
     loss = float(total[0] / total[2])
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "accuracy": float(total[1] / total[2])}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "accuracy": float(total[1] / total[2]),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,10 +203,13 @@ def save_checkpoint(out: Path, raw_model, tok, optimizer, state: dict[str, Any],
     payload = dict(state, optimizer=optimizer.state_dict(), rng_cpu=torch.get_rng_state())
     if torch.cuda.is_available():
         payload["rng_cuda"] = torch.cuda.get_rng_state_all()
-    ckpt_io.atomic_write(directory / STATE_NAME, lambda tmp: torch.save(payload, tmp))
-    files = {p.name: _sha256(p) for p in sorted(directory.iterdir())
-             if p.is_file() and not p.name.startswith(".")}
-    ckpt_io.atomic_write_json(directory / MANIFEST_NAME, {"step": state["step"], "files": files})
+    atomic_write(directory / STATE_NAME, lambda tmp: torch.save(payload, tmp))
+    files = {
+        p.name: _sha256(p)
+        for p in sorted(directory.iterdir())
+        if p.is_file() and not p.name.startswith(".")
+    }
+    atomic_write_json(directory / MANIFEST_NAME, {"step": state["step"], "files": files})
     for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return directory
@@ -216,8 +245,9 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 def load_checkpoint(directory: Path, raw_model, optimizer) -> dict[str, Any]:
     weights = directory / ckpt_io.WEIGHTS_NAME
-    ckpt_io.check_and_load(raw_model, ckpt_io.read_tensors(weights), weights,
-                           skip=tuple(raw_model.tied_keys()))
+    ckpt_io.check_and_load(
+        raw_model, ckpt_io.read_tensors(weights), weights, skip=tuple(raw_model.tied_keys())
+    )
     state = torch.load(directory / STATE_NAME, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state.pop("optimizer"))
     torch.set_rng_state(state.pop("rng_cpu"))
@@ -251,8 +281,9 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str,
         objective = "clm" if mcfg.arch == "gpt" else "mlm"
         torch.manual_seed(tc.seed)  # same initial weights on every rank
         raw = build_model(mcfg).to(d.device)
-        optimizer = optim.make_optimizer(raw, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2),
-                                         d.device, fused=tc.fused_adamw)
+        optimizer = optim.make_optimizer(
+            raw, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), d.device, fused=tc.fused_adamw
+        )
         train_batches = Batches(streams["train"], cfg, d, objective, tok, tc.seed + 1)
         val_batches = Batches(streams["val"], cfg, d, objective, tok, tc.seed + 2)
         start, best, tokens_before, elapsed_before = 0, math.inf, 0, 0.0
@@ -260,8 +291,11 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str,
             found = latest_checkpoint(out)
             if found is None:
                 if d.is_main:
-                    print(f"attnkit: --resume: no complete checkpoint in {out / 'checkpoints'}; "
-                          f"starting from step 0", file=sys.stderr)
+                    print(
+                        f"attnkit: --resume: no complete checkpoint in {out / 'checkpoints'}; "
+                        f"starting from step 0",
+                        file=sys.stderr,
+                    )
             else:
                 state = load_checkpoint(found, raw, optimizer)
                 train_batches.gen.set_state(state["data_rng"])
@@ -272,23 +306,41 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str,
         elif d.is_main and (out / "checkpoints").is_dir():
             old = sorted((out / "checkpoints").glob("step-*"))
             if old:
-                print(f"attnkit: starting a new run in {out}: removing its {len(old)} earlier "
-                      f"checkpoint(s) (pass --resume to continue them instead)", file=sys.stderr)
+                print(
+                    f"attnkit: starting a new run in {out}: removing its {len(old)} earlier "
+                    f"checkpoint(s) (pass --resume to continue them instead)",
+                    file=sys.stderr,
+                )
             shutil.rmtree(out / "checkpoints")
         resolved = cfg.to_dict()
         resolved["model"] = mcfg.to_dict()
         if d.is_main:
-            ckpt_io.atomic_write_json(out / "run_config.json", resolved)
+            atomic_write_json(out / "run_config.json", resolved)
         model = torch.compile(raw) if tc.compile else raw
         if d.enabled:
             model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+                model, device_ids=[d.local_rank] if d.device.type == "cuda" else None
+            )
         log = metrics.MetricsLog(out, resume_step=start if resume else None) if d.is_main else None
-        summary = _train(cfg, d, out, raw, model, tok, optimizer, train_batches, val_batches,
-                         start, best, tokens_before, elapsed_before, log)
+        summary = _train(
+            cfg,
+            d,
+            out,
+            raw,
+            model,
+            tok,
+            optimizer,
+            train_batches,
+            val_batches,
+            start,
+            best,
+            tokens_before,
+            elapsed_before,
+            log,
+        )
         summary["setup_seconds"] = round(time.perf_counter() - t_start - summary["loop_seconds"], 3)
         if d.is_main:
-            ckpt_io.atomic_write_json(out / "summary.json", summary)
+            atomic_write_json(out / "summary.json", summary)
             metrics.plot_loss(out / "metrics.jsonl", out / "loss.png")
             _print_summary(summary, out)
         return summary
@@ -298,23 +350,50 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str,
 
 def _check_train(cfg: RunConfig) -> None:
     tc = cfg.train
-    for name in ("max_iters", "batch_size", "block_size", "grad_accum", "eval_interval",
-                 "eval_iters", "log_interval"):
+    for name in (
+        "max_iters",
+        "batch_size",
+        "block_size",
+        "grad_accum",
+        "eval_interval",
+        "eval_iters",
+        "log_interval",
+    ):
         if getattr(tc, name) < 1:
             raise ValueError(f"train.{name} must be >= 1, got {getattr(tc, name)!r}")
-    for name in ("warmup_iters", "lr_decay_iters", "checkpoint_interval", "keep_checkpoints",
-                 "threads"):
+    for name in (
+        "warmup_iters",
+        "lr_decay_iters",
+        "checkpoint_interval",
+        "keep_checkpoints",
+        "threads",
+    ):
         if getattr(tc, name) < 0:
             raise ValueError(f"train.{name} must be >= 0, got {getattr(tc, name)!r}")
     if not (tc.lr > 0 and 0 <= tc.min_lr <= tc.lr):
-        raise ValueError(f"train.lr must be > 0 and train.min_lr in [0, lr]; got lr={tc.lr}, "
-                         f"min_lr={tc.min_lr}")
+        raise ValueError(
+            f"train.lr must be > 0 and train.min_lr in [0, lr]; got lr={tc.lr}, min_lr={tc.min_lr}"
+        )
     if not 0.0 < tc.mlm_probability < 1.0:
         raise ValueError(f"train.mlm_probability must be in (0, 1), got {tc.mlm_probability}")
 
 
-def _train(cfg, d, out, raw, model, tok, optimizer, train_batches, val_batches, start, best,
-           tokens_before, elapsed_before, log) -> dict[str, Any]:
+def _train(
+    cfg,
+    d,
+    out,
+    raw,
+    model,
+    tok,
+    optimizer,
+    train_batches,
+    val_batches,
+    start,
+    best,
+    tokens_before,
+    elapsed_before,
+    log,
+) -> dict[str, Any]:
     tc = cfg.train
     decay_iters = tc.lr_decay_iters or tc.max_iters
     ckpt_every = tc.checkpoint_interval or tc.eval_interval
@@ -324,8 +403,14 @@ def _train(cfg, d, out, raw, model, tok, optimizer, train_batches, val_batches, 
     if d.is_main and tc.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=tc.max_iters, initial=start, desc="pretrain", unit="step",
-                   dynamic_ncols=True, mininterval=0.5)
+        bar = tqdm(
+            total=tc.max_iters,
+            initial=start,
+            desc="pretrain",
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
     last_val: dict[str, Any] | None = None
     loop_t0 = time.perf_counter()
     train_seconds = 0.0
@@ -333,8 +418,9 @@ def _train(cfg, d, out, raw, model, tok, optimizer, train_batches, val_batches, 
     model.train()
     while step < tc.max_iters:
         t0 = time.perf_counter()
-        lr = optim.lr_at(step, lr=tc.lr, min_lr=tc.min_lr, warmup=tc.warmup_iters,
-                         decay_iters=decay_iters)
+        lr = optim.lr_at(
+            step, lr=tc.lr, min_lr=tc.min_lr, warmup=tc.warmup_iters, decay_iters=decay_iters
+        )
         optim.set_lr(optimizer, lr)
         step_loss = torch.zeros((), dtype=torch.float64, device=d.device)
         for micro in range(tc.grad_accum):
@@ -367,32 +453,55 @@ def _train(cfg, d, out, raw, model, tok, optimizer, train_batches, val_batches, 
             loss_value = float(total)
             tps = (step - start) * tokens_per_step / max(train_seconds, 1e-9)
             if log is not None:
-                log.log(step=step, split="train", loss=loss_value, perplexity=math.exp(min(loss_value, 700)),
-                        lr=lr, tokens_per_second=round(tps, 1),
-                        elapsed_seconds=round(elapsed_before + time.perf_counter() - loop_t0, 3))
+                log.log(
+                    step=step,
+                    split="train",
+                    loss=loss_value,
+                    perplexity=math.exp(min(loss_value, 700)),
+                    lr=lr,
+                    tokens_per_second=round(tps, 1),
+                    elapsed_seconds=round(elapsed_before + time.perf_counter() - loop_t0, 3),
+                )
             if bar is not None:
-                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{loss_value:.4f}", tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}", refresh=False
+                )
         if bar is not None:
             bar.update(1)
         if step % tc.eval_interval == 0 or step == tc.max_iters:
             last_val = evaluate(raw, val_batches, tc.eval_iters, d, tc.dtype, tc.seed + 2)
             last_val["step"] = step
             if log is not None:
-                log.log(step=step, split="val", loss=last_val["loss"], perplexity=last_val["perplexity"],
-                        accuracy=last_val["accuracy"] if raw.config.arch == "bert" else "",
-                        elapsed_seconds=round(elapsed_before + time.perf_counter() - loop_t0, 3))
+                log.log(
+                    step=step,
+                    split="val",
+                    loss=last_val["loss"],
+                    perplexity=last_val["perplexity"],
+                    accuracy=last_val["accuracy"] if raw.config.arch == "bert" else "",
+                    elapsed_seconds=round(elapsed_before + time.perf_counter() - loop_t0, 3),
+                )
             if bar is not None:
-                bar.write(f"step {step}: val loss {last_val['loss']:.4f}, ppl {last_val['perplexity']:.2f}"
-                          + (f", masked acc {last_val['accuracy']:.3f}" if raw.config.arch == "bert" else ""))
+                bar.write(
+                    f"step {step}: val loss {last_val['loss']:.4f}, ppl {last_val['perplexity']:.2f}"
+                    + (
+                        f", masked acc {last_val['accuracy']:.3f}"
+                        if raw.config.arch == "bert"
+                        else ""
+                    )
+                )
             if last_val["loss"] < best:
                 best = last_val["loss"]
                 if d.is_main:
                     ckpt_io.save(raw, out, tokenizer=tok)
         if step % ckpt_every == 0 or step == tc.max_iters:
             if d.is_main:
-                state = {"step": step, "best_val_loss": best, "tokens": tokens_now,
-                         "elapsed": elapsed_before + time.perf_counter() - loop_t0,
-                         "data_rng": train_batches.gen.get_state()}
+                state = {
+                    "step": step,
+                    "best_val_loss": best,
+                    "tokens": tokens_now,
+                    "elapsed": elapsed_before + time.perf_counter() - loop_t0,
+                    "data_rng": train_batches.gen.get_state(),
+                }
                 save_checkpoint(out, raw, tok, optimizer, state, tc.keep_checkpoints)
             distributed.barrier(d)
     if bar is not None:
@@ -423,11 +532,15 @@ def _train(cfg, d, out, raw, model, tok, optimizer, train_batches, val_batches, 
 
 
 def _print_summary(s: dict[str, Any], out: Path) -> None:
-    lines = [f"pre-training done: {s['objective']}, {s['parameters']:,} parameters, vocab {s['vocab_size']}",
-             f"  iters {s['iters']}  wall {s['wall_seconds']:.1f}s  {s['tokens_per_second']:,.0f} tokens/s"]
+    lines = [
+        f"pre-training done: {s['objective']}, {s['parameters']:,} parameters, vocab {s['vocab_size']}",
+        f"  iters {s['iters']}  wall {s['wall_seconds']:.1f}s  {s['tokens_per_second']:,.0f} tokens/s",
+    ]
     if s["val_loss"] is not None:
-        lines.append(f"  val loss {s['val_loss']:.4f} (best {s['best_val_loss']:.4f}), "
-                     f"perplexity {s['val_perplexity']:.2f}")
+        lines.append(
+            f"  val loss {s['val_loss']:.4f} (best {s['best_val_loss']:.4f}), "
+            f"perplexity {s['val_perplexity']:.2f}"
+        )
     if "val_masked_accuracy" in s:
         lines.append(f"  masked-token accuracy {s['val_masked_accuracy']:.3f}")
     lines.append(f"  model: {out}  checkpoints: {out / 'checkpoints'}")

@@ -1,4 +1,5 @@
 """Training metrics: JSON lines and CSV as they come, and a loss-curve PNG at the end."""
+
 from __future__ import annotations
 
 import csv
@@ -7,8 +8,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-FIELDS = ("step", "split", "loss", "perplexity", "accuracy", "lr", "tokens_per_second",
-          "elapsed_seconds")
+FIELDS = (
+    "step",
+    "split",
+    "loss",
+    "perplexity",
+    "accuracy",
+    "lr",
+    "tokens_per_second",
+    "elapsed_seconds",
+)
 
 
 class MetricsLog:
@@ -53,8 +62,10 @@ def plot_loss(jsonl: Path, png: Path) -> Path | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("attnkit: matplotlib is not installed; no loss curve (pip install attnkit[viz])",
-              file=sys.stderr)
+        print(
+            "attnkit: matplotlib is not installed; no loss curve (pip install attnkit[viz])",
+            file=sys.stderr,
+        )
         return None
     rows = read_rows(jsonl)
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -1,4 +1,5 @@
 """AdamW with weight-decay groups, and the warmup + cosine learning-rate schedule."""
+
 from __future__ import annotations
 
 import math
@@ -15,12 +16,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             continue
         seen.add(id(p))
         (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
-                   device: torch.device, fused: bool = True) -> torch.optim.AdamW:
+def make_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    device: torch.device,
+    fused: bool = True,
+) -> torch.optim.AdamW:
     """AdamW, fused (one kernel for all parameters) where this build supports it."""
     groups = param_groups(model, weight_decay)
     if fused:

@@ -1,4 +1,5 @@
 """Where mixed precision is decided: one autocast context for CPU and CUDA."""
+
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,9 @@ def check_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"train.dtype must be one of {list(DTYPES)}, got {name!r}")
     if name == "float16" and device.type != "cuda":
-        raise ValueError("train.dtype 'float16' needs CUDA; expected 'bfloat16' or 'float32' on CPU")
+        raise ValueError(
+            "train.dtype 'float16' needs CUDA; expected 'bfloat16' or 'float32' on CPU"
+        )
     return DTYPES[name]
 
 

@@ -10,6 +10,7 @@ True when the output is exact softmax attention under a fixed, input-independent
 module exposes as ``dense_mask(T, causal)`` (bigbird, local), False when it approximates the
 softmax (lsh, performer, linear). A new variant is a new class plus an entry in ``_REGISTRY``.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -59,8 +60,10 @@ def get(name: str, **kwargs: Any) -> VariantAttention:
     valid = params(name)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
-        raise TypeError(f"unknown parameter(s) {unknown} for attention variant {name!r}; "
-                        f"valid parameters: {sorted(valid)}")
+        raise TypeError(
+            f"unknown parameter(s) {unknown} for attention variant {name!r}; "
+            f"valid parameters: {sorted(valid)}"
+        )
     return cls(**kwargs)
 
 
@@ -69,13 +72,25 @@ def register(name: str, cls: type[VariantAttention]) -> None:
     if not isinstance(name, str) or not name:
         raise ValueError(f"variant name must be a non-empty str, got {name!r}")
     if name in _REGISTRY:
-        raise ValueError(f"attention variant {name!r} is already registered (as {_REGISTRY[name].__name__})")
+        raise ValueError(
+            f"attention variant {name!r} is already registered (as {_REGISTRY[name].__name__})"
+        )
     if not (isinstance(cls, type) and issubclass(cls, VariantAttention)):
         raise TypeError(f"cls must be a VariantAttention subclass, got {cls!r}")
     _REGISTRY[name] = cls
 
 
 __all__ = [
-    "get", "names", "params", "register", "variant_class", "VariantAttention", "FeatureMapAttention",
-    "BigBirdAttention", "LinearAttention", "LocalAttention", "LSHAttention", "PerformerAttention",
+    "get",
+    "names",
+    "params",
+    "register",
+    "variant_class",
+    "VariantAttention",
+    "FeatureMapAttention",
+    "BigBirdAttention",
+    "LinearAttention",
+    "LocalAttention",
+    "LSHAttention",
+    "PerformerAttention",
 ]

@@ -1,8 +1,9 @@
 """Pieces shared by the attention variants: the base class and input checks."""
+
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -11,17 +12,21 @@ from torch import Tensor, nn
 def check_positive_int(name: str, value, *, minimum: int = 1) -> int:
     """Return ``value`` if it is an int >= ``minimum``; raise naming the bad value otherwise."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})"
+        )
     if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
 
 
-def check_optional_int(name: str, value, *, minimum: int = 1) -> Optional[int]:
+def check_optional_int(name: str, value, *, minimum: int = 1) -> int | None:
     return None if value is None else check_positive_int(name, value, minimum=minimum)
 
 
-def check_inputs(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor]) -> Optional[Tensor]:
+def check_inputs(
+    q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None
+) -> Tensor | None:
     """Validate (B, H, T, D) inputs; return the key mask as a (B, T) bool tensor on q's device.
 
     q and k must have the same shape, v the same (B, H, T) with its own last dim. The mask is
@@ -29,7 +34,9 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Ten
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (B, H, T, D), got {type(t).__name__}")
+            raise TypeError(
+                f"{name} must be a torch.Tensor of shape (B, H, T, D), got {type(t).__name__}"
+            )
         if t.dim() != 4:
             raise ValueError(f"{name} must have shape (B, H, T, D), got {tuple(t.shape)}")
         if not t.is_floating_point():
@@ -37,7 +44,9 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Ten
     if k.shape != q.shape:
         raise ValueError(f"k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
     if v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"v must have shape (B, H, T, Dv) = {tuple(q.shape[:3])} + (Dv,), got {tuple(v.shape)}")
+        raise ValueError(
+            f"v must have shape (B, H, T, Dv) = {tuple(q.shape[:3])} + (Dv,), got {tuple(v.shape)}"
+        )
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
@@ -47,11 +56,17 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Ten
     if key_padding_mask is None:
         return None
     if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
-        got = key_padding_mask.dtype if isinstance(key_padding_mask, Tensor) else type(key_padding_mask).__name__
+        got = (
+            key_padding_mask.dtype
+            if isinstance(key_padding_mask, Tensor)
+            else type(key_padding_mask).__name__
+        )
         raise TypeError(f"key_padding_mask must be a bool tensor (True = real token), got {got}")
     B, _, T, _ = q.shape
     if tuple(key_padding_mask.shape) != (B, T):
-        raise ValueError(f"key_padding_mask must have shape (B, T) = {(B, T)}, got {tuple(key_padding_mask.shape)}")
+        raise ValueError(
+            f"key_padding_mask must have shape (B, T) = {(B, T)}, got {tuple(key_padding_mask.shape)}"
+        )
     return key_padding_mask.to(q.device)
 
 
@@ -66,14 +81,23 @@ class VariantAttention(nn.Module):
     exact: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
-                key_padding_mask: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        causal: bool = False,
+        key_padding_mask: Tensor | None = None,
+    ) -> Tensor:
         if not isinstance(causal, bool):
             raise TypeError(f"causal must be a bool, got {causal!r}")
         key_valid = check_inputs(q, k, v, key_padding_mask)
         return self._attend(q, k, v, causal, key_valid)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, causal: bool, key_valid: Optional[Tensor]) -> Tensor:
+    def _attend(
+        self, q: Tensor, k: Tensor, v: Tensor, causal: bool, key_valid: Tensor | None
+    ) -> Tensor:
         raise NotImplementedError
 
     def extra_repr(self) -> str:

@@ -9,10 +9,11 @@ recomputes the scores group by group (as flash attention does) instead of keepin
 Besides the normalised output of every group it returns the group's log-sum-exp, with its
 gradient, so a caller can merge several groups that hold the same query (LSH hash rounds).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -20,7 +21,7 @@ from torch.autograd.function import once_differentiable
 
 # mask_fn(g0, g1, qpos, kpos) -> extra bool mask (True = masked) broadcastable to
 # (N, g1 - g0, Cq, Ck), or None; qpos/kpos are that batch's (P, g, Cq) / (P, g, Ck) positions.
-MaskFn = Callable[[int, int, Tensor, Tensor], Optional[Tensor]]
+MaskFn = Callable[[int, int, Tensor, Tensor], Tensor | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +38,19 @@ class GatherSpec:
     scale: float
     causal: bool = False
     exclude_self: bool = False
-    mask_fn: Optional[MaskFn] = None
+    mask_fn: MaskFn | None = None
     budget: int = 1 << 23
 
 
-def gathered_attention(q: Tensor, k: Tensor, v: Tensor, qpos: Tensor, kpos: Tensor,
-                       key_valid: Optional[Tensor], spec: GatherSpec) -> tuple[Tensor, Tensor]:
+def gathered_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    qpos: Tensor,
+    kpos: Tensor,
+    key_valid: Tensor | None,
+    spec: GatherSpec,
+) -> tuple[Tensor, Tensor]:
     """Attention of gathered query groups over gathered key groups.
 
     q, k: (N, T, D) and v: (N, T, Dv), N = batch * heads.
@@ -58,8 +66,14 @@ def gathered_attention(q: Tensor, k: Tensor, v: Tensor, qpos: Tensor, kpos: Tens
     return gathered_attention_parts(q, k, v, [(qpos, kpos)], key_valid, spec)[0]
 
 
-def gathered_attention_parts(q: Tensor, k: Tensor, v: Tensor, parts: Sequence[tuple[Tensor, Tensor]],
-                             key_valid: Optional[Tensor], spec: GatherSpec) -> list[tuple[Tensor, Tensor]]:
+def gathered_attention_parts(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    parts: Sequence[tuple[Tensor, Tensor]],
+    key_valid: Tensor | None,
+    spec: GatherSpec,
+) -> list[tuple[Tensor, Tensor]]:
     """:func:`gathered_attention` for several group layouts of the same q, k, v at once
     (e.g. BigBird's global query blocks, which see every key, and its other blocks): one
     (o, lse) per (qpos, kpos) part. The backward pass adds every part's gradients into one set of
@@ -68,10 +82,17 @@ def gathered_attention_parts(q: Tensor, k: Tensor, v: Tensor, parts: Sequence[tu
         raise ValueError("parts must hold at least one (qpos, kpos) pair")
     flat = []
     for qpos, kpos in parts:
-        if qpos.dtype not in (torch.int32, torch.int64) or kpos.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"qpos and kpos must be int32 or int64, got {qpos.dtype} and {kpos.dtype}")
+        if qpos.dtype not in (torch.int32, torch.int64) or kpos.dtype not in (
+            torch.int32,
+            torch.int64,
+        ):
+            raise TypeError(
+                f"qpos and kpos must be int32 or int64, got {qpos.dtype} and {kpos.dtype}"
+            )
         if qpos.dim() != 3 or kpos.dim() != 3 or qpos.shape[:2] != kpos.shape[:2]:
-            raise ValueError(f"qpos (P, G, Cq) and kpos (P, G, Ck) must agree, got {tuple(qpos.shape)}, {tuple(kpos.shape)}")
+            raise ValueError(
+                f"qpos (P, G, Cq) and kpos (P, G, Ck) must agree, got {tuple(qpos.shape)}, {tuple(kpos.shape)}"
+            )
         flat += [qpos.to(torch.int32), kpos.to(torch.int32)]
     if q.shape[1] >= 2**31:
         raise ValueError(f"sequence length must be < 2**31, got {q.shape[1]}")
@@ -94,8 +115,16 @@ def _flat(pos: Tensor, n: int, t: int) -> Tensor:
 class _Groups:
     """Gathers one batch of groups and forms its masked scores."""
 
-    def __init__(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor, kpos: Tensor,
-                 key_valid: Optional[Tensor], spec: GatherSpec):
+    def __init__(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        qpos: Tensor,
+        kpos: Tensor,
+        key_valid: Tensor | None,
+        spec: GatherSpec,
+    ):
         self.n, self.t, self.d = q.shape
         self.dv = v.shape[-1]
         self.q3, self.k3, self.v3 = q, k, v
@@ -144,7 +173,9 @@ class _Groups:
         if slot.shape[0] == 1 and self.n > 1:
             bad_key = ~self.valid_ext[:, slot[0]]  # (N, g, Ck)
         else:
-            bad_key = ~torch.gather(self.valid_ext, 1, slot.reshape(slot.shape[0], -1)).view(slot.shape)
+            bad_key = ~torch.gather(self.valid_ext, 1, slot.reshape(slot.shape[0], -1)).view(
+                slot.shape
+            )
         bad = bad_key.unsqueeze(-2)  # (N, g, 1, Ck)
         kq = kp.unsqueeze(-2), qp.unsqueeze(-1)
         if spec.causal:
@@ -162,7 +193,7 @@ class _Groups:
         return s.masked_fill_(bad, float("-inf"))
 
 
-def _forward_part(groups: "_Groups", spec: GatherSpec):
+def _forward_part(groups: _Groups, spec: GatherSpec):
     q, qpos, kpos = groups.q3, groups.qpos, groups.kpos
     n, (_, n_groups, cq), ck = groups.n, qpos.shape, kpos.shape[-1]
     o = q.new_empty(n, n_groups, cq, groups.dv)  # (N, G, Cq, Dv)
@@ -183,7 +214,9 @@ def _forward_part(groups: "_Groups", spec: GatherSpec):
     return o, lse, masks
 
 
-def _backward_part(groups: "_Groups", spec: GatherSpec, masks, o, lse, do, dlse, dqf, dkf, dvf) -> None:
+def _backward_part(
+    groups: _Groups, spec: GatherSpec, masks, o, lse, do, dlse, dqf, dkf, dvf
+) -> None:
     qpos, kpos = groups.qpos, groups.kpos
     n, (_, n_groups, cq), ck = groups.n, qpos.shape, kpos.shape[-1]
     lse_safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
@@ -216,13 +249,23 @@ class _GatheredAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, *grads):
         q, k, v, key_valid, *rest = ctx.saved_tensors
-        pos, outs = rest[: ctx.n_pos], rest[ctx.n_pos:]
+        pos, outs = rest[: ctx.n_pos], rest[ctx.n_pos :]
         spec = ctx.spec
         dqf = q.new_zeros(q.numel() // q.shape[-1], q.shape[-1])  # (N*T, D)
         dkf = k.new_zeros(k.numel() // k.shape[-1], k.shape[-1])  # (N*T, D)
         dvf = v.new_zeros(v.numel() // v.shape[-1], v.shape[-1])  # (N*T, Dv)
         for i in range(0, len(pos), 2):  # unused outputs get zero gradients (materialize_grads)
             groups = _Groups(q, k, v, pos[i], pos[i + 1], key_valid, spec)
-            _backward_part(groups, spec, ctx.masks[i // 2], outs[i], outs[i + 1], grads[i],
-                           grads[i + 1], dqf, dkf, dvf)
+            _backward_part(
+                groups,
+                spec,
+                ctx.masks[i // 2],
+                outs[i],
+                outs[i + 1],
+                grads[i],
+                grads[i + 1],
+                dqf,
+                dkf,
+                dvf,
+            )
         return (dqf.view_as(q), dkf.view_as(k), dvf.view_as(v), None, None) + (None,) * len(pos)

@@ -17,9 +17,10 @@ they divided out for stability. The state is kept relative to the running maximu
 factors, so the stabiliser only ever uses keys at or before the current position; the factors
 are constants (no gradient flows through them), as the result does not depend on them.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +29,11 @@ from torch.autograd.function import once_differentiable
 
 # query_features(x) -> phi: (..., t, m); key_features(x, valid) -> (phi, log_scale or None)
 QueryFeatures = Callable[[Tensor], Tensor]
-KeyFeatures = Callable[[Tensor, Optional[Tensor]], tuple[Tensor, Optional[Tensor]]]
+KeyFeatures = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]
 # key_features must return exactly zero features for padded keys (valid False).
 
 
-def _scales(ref: Optional[Tensor], log_scale: Optional[Tensor]):
+def _scales(ref: Tensor | None, log_scale: Tensor | None):
     """Factors that bring the carried state (relative to exp(ref)) and this group's key
     features (relative to exp(log_scale)) to the new common reference: (a, b, new_ref), each
     (N,) or None for a factor of 1."""
@@ -45,7 +46,7 @@ def _scales(ref: Optional[Tensor], log_scale: Optional[Tensor]):
     return a, torch.exp(own), new_ref
 
 
-def _scaled(x: Tensor, f: Optional[Tensor]) -> Tensor:
+def _scaled(x: Tensor, f: Tensor | None) -> Tensor:
     """x (..., N, r, c) times the per-row factor f (N,)."""
     return x if f is None else x * f.view(-1, 1, 1)
 
@@ -71,8 +72,15 @@ def _d_acc(d_out: Tensor, out: Tensor, acc: Tensor, den: Tensor) -> Tensor:
     return torch.cat([d_num, d_den], -1)
 
 
-def _feature_grads(fq: QueryFeatures, fk: KeyFeatures, x_q: Optional[Tensor], d_pq: Optional[Tensor],
-                   x_k: Optional[Tensor], valid: Optional[Tensor], d_pk: Optional[Tensor]):
+def _feature_grads(
+    fq: QueryFeatures,
+    fk: KeyFeatures,
+    x_q: Tensor | None,
+    d_pq: Tensor | None,
+    x_k: Tensor | None,
+    valid: Tensor | None,
+    d_pk: Tensor | None,
+):
     """Recompute the feature maps with autograd and pull d_phi back to the inputs."""
     outs, ins, grads = [], [], []
     with torch.enable_grad():
@@ -138,7 +146,9 @@ class _CausalScan(torch.autograd.Function):
         fq, fk = ctx.fq, ctx.fk
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dSz = None  # gradient of the state leaving the current group
-        for (g0, g1), (a, b, before, A, den, has_key) in reversed(list(zip(ctx.groups, ctx.states))):
+        for (g0, g1), (a, b, before, A, den, has_key) in reversed(
+            list(zip(ctx.groups, ctx.states))
+        ):
             va = None if valid is None else valid[g0:g1]
             with torch.no_grad():
                 pq = fq(q[g0:g1])  # (n, N, C, m)
@@ -209,10 +219,12 @@ class _GlobalScan(torch.autograd.Function):
             with torch.no_grad():
                 pq = fq(q[g0:g1])  # (n, N, C, m)
                 acc = torch.matmul(pq, Sz)
-                d_acc = _d_acc(d_out[g0:g1], out_all[g0:g1], acc, _finish(acc)[1])  # (n, N, C, Dv+1)
+                d_acc = _d_acc(
+                    d_out[g0:g1], out_all[g0:g1], acc, _finish(acc)[1]
+                )  # (n, N, C, Dv+1)
                 dSz += torch.matmul(pq.transpose(-1, -2), d_acc).sum(0)
                 d_pq = torch.matmul(d_acc, Sz.transpose(-1, -2))
-            dq[g0:g1], = _feature_grads(fq, fk, q[g0:g1], d_pq, None, None, None)
+            (dq[g0:g1],) = _feature_grads(fq, fk, q[g0:g1], d_pq, None, None, None)
         for (g0, g1), f in zip(ctx.groups, ctx.final):  # Sz = sum over groups of f phi(k)^T v1
             va = None if valid is None else valid[g0:g1]
             with torch.no_grad():
@@ -220,12 +232,21 @@ class _GlobalScan(torch.autograd.Function):
                 d_kv = _scaled(dSz, f)  # (N, m, Dv+1)
                 d_pk = torch.matmul(_with_ones(v[g0:g1]), d_kv.transpose(-1, -2))  # (n, N, C, m)
                 dv[g0:g1] = torch.matmul(pk, d_kv[..., :-1])
-            dk[g0:g1], = _feature_grads(fq, fk, None, None, k[g0:g1], va, d_pk)
+            (dk[g0:g1],) = _feature_grads(fq, fk, None, None, k[g0:g1], va, d_pk)
         return dq, dk, dv, None, None, None, None
 
 
-def kernel_attention(fq: QueryFeatures, fk: KeyFeatures, q: Tensor, k: Tensor, v: Tensor,
-                     key_valid: Optional[Tensor], causal: bool, chunk: int, group: int) -> Tensor:
+def kernel_attention(
+    fq: QueryFeatures,
+    fk: KeyFeatures,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_valid: Tensor | None,
+    causal: bool,
+    chunk: int,
+    group: int,
+) -> Tensor:
     """Kernelised attention on (N, T, D) q, k and (N, T, Dv) v; returns (N, T, Dv).
 
     key_valid: (N, T) bool, False for padded keys, or None. chunk: tokens per causal chunk;

@@ -19,11 +19,11 @@ that need no gradient run through ``torch.nn.attention.flex_attention`` instead,
 BlockMask built directly from the block layout; the compiled kernel is made once per process
 (the first call of a new shape compiles, which takes tens of seconds on a CPU).
 """
+
 from __future__ import annotations
 
 import math
 import threading
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,14 +39,27 @@ class BigBirdAttention(VariantAttention):
     exact = True
     description = "BigBird block-sparse attention: global, sliding-window and random blocks (exact on its pattern)"
 
-    def __init__(self, block_size: int = 64, num_global_blocks: int = 1, window_radius: int = 1,
-                 num_random_blocks: int = 2, seed: int = 0, flex_min_len: Optional[int] = None):
+    def __init__(
+        self,
+        block_size: int = 64,
+        num_global_blocks: int = 1,
+        window_radius: int = 1,
+        num_random_blocks: int = 2,
+        seed: int = 0,
+        flex_min_len: int | None = None,
+    ):
         super().__init__()
-        self.flex_min_len = None if flex_min_len is None else check_positive_int("flex_min_len", flex_min_len)
+        self.flex_min_len = (
+            None if flex_min_len is None else check_positive_int("flex_min_len", flex_min_len)
+        )
         self.block_size = check_positive_int("block_size", block_size)
-        self.num_global_blocks = check_positive_int("num_global_blocks", num_global_blocks, minimum=0)
+        self.num_global_blocks = check_positive_int(
+            "num_global_blocks", num_global_blocks, minimum=0
+        )
         self.window_radius = check_positive_int("window_radius", window_radius, minimum=0)
-        self.num_random_blocks = check_positive_int("num_random_blocks", num_random_blocks, minimum=0)
+        self.num_random_blocks = check_positive_int(
+            "num_random_blocks", num_random_blocks, minimum=0
+        )
         self.seed = check_positive_int("seed", seed, minimum=0)
         self._layouts: dict[tuple[int, bool], Tensor] = {}
         self._key_blocks: dict[tuple[int, bool], Tensor] = {}
@@ -100,7 +113,7 @@ class BigBirdAttention(VariantAttention):
         key = (nb, bool(causal))
         if key not in self._key_blocks:
             layout = self.pattern(T, causal)
-            rows = layout[min(self.num_global_blocks, nb):]  # (nb - g, nb)
+            rows = layout[min(self.num_global_blocks, nb) :]  # (nb - g, nb)
             width = int(rows.sum(-1).max()) if len(rows) else 0
             # stable sort puts the allowed blocks first, in increasing order
             order = torch.sort((~rows).to(torch.int8), dim=-1, stable=True).indices[:, :width]
@@ -115,13 +128,15 @@ class BigBirdAttention(VariantAttention):
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         return self.flex_min_len is not None and q.shape[2] >= self.flex_min_len and not needs_grad
 
-    def block_mask(self, T: int, causal: bool, key_valid: Optional[Tensor], device=None):
+    def block_mask(self, T: int, causal: bool, key_valid: Tensor | None, device=None):
         """FlexAttention BlockMask of this pattern, built from the block indices."""
         from torch.nn.attention.flex_attention import BlockMask
 
         layout = self.pattern(T, causal).to(device)  # (nb, nb)
         counts = layout.sum(-1, dtype=torch.int32)[None, None]  # (1, 1, nb)
-        order = torch.sort((~layout).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)[None, None]
+        order = torch.sort((~layout).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)[
+            None, None
+        ]
         # (every block goes in as a partial block with a mask function: listing blocks as
         # "full" hits an Inductor C++ code generation error on CPU in torch 2.13)
 
@@ -131,8 +146,9 @@ class BigBirdAttention(VariantAttention):
                 ok = ok & key_valid[b, kv_idx]
             return ok
 
-        return BlockMask.from_kv_blocks(counts, order, BLOCK_SIZE=self.block_size, mask_mod=mask_mod,
-                                        seq_lengths=(T, T))
+        return BlockMask.from_kv_blocks(
+            counts, order, BLOCK_SIZE=self.block_size, mask_mod=mask_mod, seq_lengths=(T, T)
+        )
 
     def _attend_flex(self, q, k, v, causal, key_valid):
         mask = self.block_mask(q.shape[2], causal, key_valid, q.device)
@@ -150,7 +166,9 @@ class BigBirdAttention(VariantAttention):
         qf = q.reshape(N, T, D)  # (N, T, D)
         kf = k.reshape(N, T, D)  # (N, T, D)
         vf = v.reshape(N, T, Dv)  # (N, T, Dv)
-        kv = None if key_valid is None else key_valid[:, None, :].expand(B, H, T).reshape(N, T)  # (N, T)
+        kv = (
+            None if key_valid is None else key_valid[:, None, :].expand(B, H, T).reshape(N, T)
+        )  # (N, T)
         offs = torch.arange(bs, device=dev)  # (bs,)
 
         def clip(pos: Tensor) -> Tensor:
@@ -163,7 +181,9 @@ class BigBirdAttention(VariantAttention):
             # SDPA's flash kernel runs over blocks of keys in O(T) memory (a gathered group
             # would hold g*bs x T scores at once)
             ng = min(T, g * bs)
-            dense_global = F.scaled_dot_product_attention(q[:, :, :ng], k, v, scale=spec.scale)  # (B, H, ng, Dv)
+            dense_global = F.scaled_dot_product_attention(
+                q[:, :, :ng], k, v, scale=spec.scale
+            )  # (B, H, ng, Dv)
             dense_global = dense_global.reshape(N, ng, Dv)
         elif g:  # global query blocks attend to every key (every earlier key when causal)
             # causal: the global queries (the first g*bs tokens) see no key after them

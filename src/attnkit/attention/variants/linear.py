@@ -5,10 +5,10 @@ o_i = phi(q_i) . sum_j phi(k_j) v_j^T / phi(q_i) . sum_j phi(k_j): O(T * D * Dv)
 memory. Causal attention uses prefix sums over chunks (see ``_scan``). The feature map is not a
 softmax kernel, so q is not scaled by 1/sqrt(D) here (a scale would change phi, not cancel).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -37,7 +37,9 @@ class FeatureMapAttention(VariantAttention):
         """phi(q) for (..., t, D) queries -> (..., t, m)."""
         raise NotImplementedError
 
-    def key_features(self, x: Tensor, valid: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+    def key_features(
+        self, x: Tensor, valid: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """phi(k) for (N, ..., t, D) keys -> ((N, ..., t, m), log_scale (N,) or None): the
         features were divided by exp(log_scale) for numerical stability; ``valid`` (N, ..., t)
         marks the real keys: padded keys must get exactly zero features."""
@@ -47,12 +49,22 @@ class FeatureMapAttention(VariantAttention):
         B, H, T, D = q.shape
         Dv = v.shape[-1]
         N = B * H
-        kv = None if key_valid is None else key_valid[:, None, :].expand(B, H, T).reshape(N, T)  # (N, T)
+        kv = (
+            None if key_valid is None else key_valid[:, None, :].expand(B, H, T).reshape(N, T)
+        )  # (N, T)
         group = min(self.max_group_tokens, max(self.group_tokens, math.ceil(T / self.max_groups)))
         group = math.ceil(group / self.chunk_size) * self.chunk_size
-        out = kernel_attention(self.query_features, self.key_features,
-                               q.reshape(N, T, D), k.reshape(N, T, D), v.reshape(N, T, Dv),
-                               kv, causal, self.chunk_size, group)  # (N, T, Dv)
+        out = kernel_attention(
+            self.query_features,
+            self.key_features,
+            q.reshape(N, T, D),
+            k.reshape(N, T, D),
+            v.reshape(N, T, Dv),
+            kv,
+            causal,
+            self.chunk_size,
+            group,
+        )  # (N, T, Dv)
         return out.reshape(B, H, T, Dv)
 
 
@@ -69,7 +81,7 @@ class LinearAttention(FeatureMapAttention):
     def query_features(self, x: Tensor) -> Tensor:
         return F.elu(x).add_(1.0)
 
-    def key_features(self, x: Tensor, valid: Optional[Tensor] = None):
+    def key_features(self, x: Tensor, valid: Tensor | None = None):
         phi = F.elu(x).add_(1.0)
         if valid is not None:
             phi = phi.masked_fill_(~valid.unsqueeze(-1), 0.0)

@@ -5,10 +5,10 @@ Exact softmax attention within every block, computed by
 ``torch.nn.functional.scaled_dot_product_attention`` on the (blocks, block, D) view, so time
 and memory grow linearly with T.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F

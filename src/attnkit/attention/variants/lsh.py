@@ -18,17 +18,22 @@ backward pass (written out in ``_LSHCore``) recomputes them block by block, keep
 masks between the passes. The rotations are drawn from a generator seeded with ``seed``, round
 by round, so the first rounds do not depend on ``n_hashes`` and the module is deterministic.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from attnkit.attention.variants._common import VariantAttention, check_optional_int, check_positive_int, default_scale
+from attnkit.attention.variants._common import (
+    VariantAttention,
+    check_optional_int,
+    check_positive_int,
+    default_scale,
+)
 
 
 class LSHAttention(VariantAttention):
@@ -43,11 +48,19 @@ class LSHAttention(VariantAttention):
     description = "Reformer LSH attention: shared-QK, hashed into buckets, chunked, multi-round"
     max_auto_buckets = 64
 
-    def __init__(self, n_buckets: Optional[int] = None, n_hashes: int = 2, chunk_size: int = 64, seed: int = 0):
+    def __init__(
+        self,
+        n_buckets: int | None = None,
+        n_hashes: int = 2,
+        chunk_size: int = 64,
+        seed: int = 0,
+    ):
         super().__init__()
         self.n_buckets = check_optional_int("n_buckets", n_buckets)
         if self.n_buckets is not None and self.n_buckets > 1 and self.n_buckets % 2:
-            raise ValueError(f"n_buckets must be 1 or an even number (buckets come in +/- pairs), got {n_buckets}")
+            raise ValueError(
+                f"n_buckets must be 1 or an even number (buckets come in +/- pairs), got {n_buckets}"
+            )
         self.n_hashes = check_positive_int("n_hashes", n_hashes)
         self.chunk_size = check_positive_int("chunk_size", chunk_size)
         self.seed = check_positive_int("seed", seed, minimum=0)
@@ -64,12 +77,15 @@ class LSHAttention(VariantAttention):
         key = (d, n_buckets)
         if key not in self._rotations:
             gen = torch.Generator().manual_seed(self.seed)
-            rounds = [torch.randn(d, n_buckets // 2, generator=gen, dtype=torch.float64) for _ in range(self.n_hashes)]
+            rounds = [
+                torch.randn(d, n_buckets // 2, generator=gen, dtype=torch.float64)
+                for _ in range(self.n_hashes)
+            ]
             self._rotations[key] = torch.stack(rounds)
         return self._rotations[key]
 
     @torch.no_grad()
-    def hash(self, x: Tensor, n_buckets: Optional[int] = None) -> Tensor:
+    def hash(self, x: Tensor, n_buckets: int | None = None) -> Tensor:
         """Bucket of every vector in every round: (..., T, D) -> (..., n_hashes, T) int64."""
         T, d = x.shape[-2], x.shape[-1]
         n_buckets = self.buckets_for(T) if n_buckets is None else n_buckets
@@ -92,14 +108,20 @@ class LSHAttention(VariantAttention):
         qf = q.reshape(N, T, D)  # (N, T, D) queries
         kf = F.normalize(qf, dim=-1)  # (N, T, D) unit-length shared keys
         vf = v.reshape(N, T, Dv)  # (N, T, Dv)
-        kv = None if key_valid is None else key_valid[:, None, :].expand(B, H, T).reshape(N, T)  # (N, T)
+        kv = (
+            None if key_valid is None else key_valid[:, None, :].expand(B, H, T).reshape(N, T)
+        )  # (N, T)
 
         with torch.no_grad():
             n_buckets = self.buckets_for(T)
             buckets = self.hash(qf.detach(), n_buckets)  # (N, nh, T)
             buckets = F.pad(buckets, (0, Tp - T), value=n_buckets)  # padding slots sort last
-            perm = torch.sort(buckets, dim=-1, stable=True).indices  # (N, nh, Tp) sorted slot -> position
-            rank = torch.empty_like(perm).scatter_(-1, perm, torch.arange(Tp, device=dev).expand_as(perm))
+            perm = torch.sort(
+                buckets, dim=-1, stable=True
+            ).indices  # (N, nh, Tp) sorted slot -> position
+            rank = torch.empty_like(perm).scatter_(
+                -1, perm, torch.arange(Tp, device=dev).expand_as(perm)
+            )
             rank = rank[..., :T].contiguous()  # (N, nh, T) position -> sorted slot
             perm = perm.clamp_max_(T)  # every padding slot holds position T
         # one softmax over the union of every round's keys: (N, T, Dv) and its log-sum-exp (N, T)
@@ -146,7 +168,9 @@ class _LSHCore(torch.autograd.Function):
         nC, N = x.shape[0], x.shape[1]
         n = torch.arange(N, device=x.device).view(N, 1)
         idx = (rank_r // C) * (N * C) + n * C + rank_r % C  # (N, T)
-        return x.reshape(nC * N * C, -1).index_select(0, idx.reshape(-1)).view(N, rank_r.shape[1], -1)
+        return (
+            x.reshape(nC * N * C, -1).index_select(0, idx.reshape(-1)).view(N, rank_r.shape[1], -1)
+        )
 
     @staticmethod
     def _block_inputs(c0, c1, kslots, q, k, v, C, scale):
@@ -154,8 +178,8 @@ class _LSHCore(torch.autograd.Function):
         c0-1..c1 as (g+1, N, C, *); kslots holds a dummy chunk then every sorted slot."""
         N, T, D = q.shape
         g = c1 - c0
-        rows = _LSHCore._rows(kslots[:, c0 * C:(c1 + 1) * C], T, C)  # ((g+1)*N*C,)
-        qs = q.reshape(N * T, D).index_select(0, rows[N * C:]).mul_(scale).view(g, N, C, D)
+        rows = _LSHCore._rows(kslots[:, c0 * C : (c1 + 1) * C], T, C)  # ((g+1)*N*C,)
+        qs = q.reshape(N * T, D).index_select(0, rows[N * C :]).mul_(scale).view(g, N, C, D)
         ks = k.reshape(N * T, D).index_select(0, rows).view(g + 1, N, C, D)
         vs = v.reshape(N * T, -1).index_select(0, rows).view(g + 1, N, C, -1)
         return qs, ks, vs
@@ -164,22 +188,28 @@ class _LSHCore(torch.autograd.Function):
     def _masks(c0, c1, r, kslots, valid, chunk_of, causal, T, C):
         """(previous, own) bool masks (g, N, C, C), True = not allowed, for chunks c0..c1."""
         N, g = kslots.shape[0], c1 - c0
-        kp = kslots[:, c0 * C:(c1 + 1) * C]  # (N, (g+1)*C) positions, T = dummy/padding
-        kok = torch.gather(valid, 1, kp).view(N, g + 1, C).transpose(0, 1).unsqueeze(-2)  # (g+1, N, 1, C)
-        cids = [torch.gather(chunk_of[:, rp], 1, kp).view(N, g + 1, C).transpose(0, 1).unsqueeze(-2)
-                for rp in range(r)]  # chunk of each key slot in the earlier rounds
+        kp = kslots[:, c0 * C : (c1 + 1) * C]  # (N, (g+1)*C) positions, T = dummy/padding
+        kok = (
+            torch.gather(valid, 1, kp).view(N, g + 1, C).transpose(0, 1).unsqueeze(-2)
+        )  # (g+1, N, 1, C)
+        cids = [
+            torch.gather(chunk_of[:, rp], 1, kp).view(N, g + 1, C).transpose(0, 1).unsqueeze(-2)
+            for rp in range(r)
+        ]  # chunk of each key slot in the earlier rounds
         kp = kp.to(torch.int32).view(N, g + 1, C).transpose(0, 1).unsqueeze(-2)  # (g+1, N, 1, C)
         qp = kp[1:].transpose(-1, -2)  # (g, N, C, 1)
         out = []
         for h in (0, 1):  # previous chunk, own chunk
-            kh = kp[h:h + g]  # (g, N, 1, C)
+            kh = kp[h : h + g]  # (g, N, 1, C)
             bad = (kh >= qp) if causal else (kh == qp)  # later keys / the query itself
-            bad |= ~kok[h:h + g]
+            bad |= ~kok[h : h + g]
             for cid in cids:  # keys already seen in an earlier round
                 cq = cid[1:].transpose(-1, -2) - 0.5  # (g, N, C, 1)
-                bad |= (cid[h:h + g] - cq).abs_() < 1  # key chunk == query chunk or the one before
+                bad |= (
+                    cid[h : h + g] - cq
+                ).abs_() < 1  # key chunk == query chunk or the one before
             if c1 * C > T:  # padding slots as queries: nothing allowed
-                bad[-1, :, T - (c1 - 1) * C:] = True
+                bad[-1, :, T - (c1 - 1) * C :] = True
             out.append(bad)
         return out
 
@@ -218,7 +248,9 @@ class _LSHCore(torch.autograd.Function):
                 bad = _LSHCore._masks(c0, c1, r, ks_r, valid, chunk_of, causal, T, C)
                 s0 = torch.matmul(qs, ks[:g].transpose(-1, -2)).masked_fill_(bad[0], float("-inf"))
                 s1 = torch.matmul(qs, ks[1:].transpose(-1, -2)).masked_fill_(bad[1], float("-inf"))
-                m = torch.maximum(s0.amax(-1, keepdim=True), s1.amax(-1, keepdim=True))  # (g, N, C, 1)
+                m = torch.maximum(
+                    s0.amax(-1, keepdim=True), s1.amax(-1, keepdim=True)
+                )  # (g, N, C, 1)
                 m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
                 p0, p1 = torch.exp_(s0.sub_(m)), torch.exp_(s1.sub_(m))
                 den = p0.sum(-1, keepdim=True).add_(p1.sum(-1, keepdim=True))
@@ -249,7 +281,9 @@ class _LSHCore(torch.autograd.Function):
         # every round's probabilities are relative to the merged log-sum-exp
         delta = (do * o).sum(-1) - dlse  # (N, T)
         lse_safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-        aux = torch.cat([do, lse_safe.unsqueeze(-1), delta.unsqueeze(-1)], -1).reshape(N * T, Dv + 2)
+        aux = torch.cat([do, lse_safe.unsqueeze(-1), delta.unsqueeze(-1)], -1).reshape(
+            N * T, Dv + 2
+        )
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         for r in range(nh):
             ks_r = kslots[:, r]  # (N, C + Tp)
@@ -260,21 +294,25 @@ class _LSHCore(torch.autograd.Function):
                 g = c1 - c0
                 bad = next(masks)
                 qs, ks, vs = _LSHCore._block_inputs(c0, c1, ks_r, q, k, v, C, scale)
-                aux_c = aux.index_select(0, _LSHCore._rows(ks_r[:, (c0 + 1) * C:(c1 + 1) * C], T, C))
+                aux_c = aux.index_select(
+                    0, _LSHCore._rows(ks_r[:, (c0 + 1) * C : (c1 + 1) * C], T, C)
+                )
                 aux_c = aux_c.view(g, N, C, Dv + 2)
-                doc, lse_c, delta_c = aux_c[..., :Dv], aux_c[..., Dv:Dv + 1], aux_c[..., Dv + 1:]
+                doc, lse_c, delta_c = aux_c[..., :Dv], aux_c[..., Dv : Dv + 1], aux_c[..., Dv + 1 :]
                 dq_c = dqs[c0:c1]
                 for h in (0, 1):  # previous chunk, own chunk
-                    kh, vh = ks[h:h + g], vs[h:h + g]
+                    kh, vh = ks[h : h + g], vs[h : h + g]
                     s = torch.matmul(qs, kh.transpose(-1, -2)).masked_fill_(bad[h], float("-inf"))
                     p = torch.exp_(s.sub_(lse_c))  # (g, N, C, C)
-                    dvs[c0 + h:c1 + h] += torch.matmul(p.transpose(-1, -2), doc)
+                    dvs[c0 + h : c1 + h] += torch.matmul(p.transpose(-1, -2), doc)
                     ds = p.mul_(torch.matmul(doc, vh.transpose(-1, -2)).sub_(delta_c))  # dL/ds
-                    dks[c0 + h:c1 + h] += torch.matmul(ds.transpose(-1, -2), qs)
+                    dks[c0 + h : c1 + h] += torch.matmul(ds.transpose(-1, -2), qs)
                     if h == 0:
                         torch.matmul(ds, kh, out=dq_c)
                     else:
-                        dq_c.view(g * N, C, D).baddbmm_(ds.view(g * N, C, C), kh.reshape(g * N, C, D))
+                        dq_c.view(g * N, C, D).baddbmm_(
+                            ds.view(g * N, C, C), kh.reshape(g * N, C, D)
+                        )
                 dq_c.mul_(scale)
             dq += _LSHCore._unsort(dqs, rank[:, r], C)
             dk += _LSHCore._unsort(dks[1:], rank[:, r], C)

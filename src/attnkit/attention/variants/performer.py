@@ -12,10 +12,10 @@ cancels in the normalisation); the key features are divided by exp of the runnin
 their exponents over the keys seen so far, which also cancels and, in causal mode, never looks
 at a later key.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -31,7 +31,9 @@ def orthogonal_random_features(m: int, d: int, generator: torch.Generator) -> Te
     for _ in range(math.ceil(m / d)):
         g = torch.randn(d, d, generator=generator, dtype=torch.float64)
         qmat, r = torch.linalg.qr(g)
-        qmat = qmat * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(d, dtype=torch.float64))
+        qmat = qmat * torch.sign(torch.diagonal(r)).where(
+            torch.diagonal(r) != 0, torch.ones(d, dtype=torch.float64)
+        )
         blocks.append(qmat.T)
     w = torch.cat(blocks)[:m]  # (m, d)
     norms = torch.randn(m, d, generator=generator, dtype=torch.float64).norm(dim=1)  # (m,)
@@ -47,10 +49,18 @@ class PerformerAttention(FeatureMapAttention):
     head_dim: draw the features now for this D instead of at the first forward call.
     """
 
-    description = "Performer FAVOR+: positive orthogonal random features approximating softmax attention"
+    description = (
+        "Performer FAVOR+: positive orthogonal random features approximating softmax attention"
+    )
 
-    def __init__(self, nb_features: Optional[int] = None, redraw_interval: Optional[int] = None,
-                 seed: int = 0, chunk_size: int = 128, head_dim: Optional[int] = None):
+    def __init__(
+        self,
+        nb_features: int | None = None,
+        redraw_interval: int | None = None,
+        seed: int = 0,
+        chunk_size: int = 128,
+        head_dim: int | None = None,
+    ):
         super().__init__(chunk_size)
         self.nb_features = check_optional_int("nb_features", nb_features)
         self.redraw_interval = check_optional_int("redraw_interval", redraw_interval)
@@ -66,7 +76,7 @@ class PerformerAttention(FeatureMapAttention):
         return self.nb_features if self.nb_features is not None else max(1, int(d * math.log(d)))
 
     @torch.no_grad()
-    def redraw(self, head_dim: Optional[int] = None) -> None:
+    def redraw(self, head_dim: int | None = None) -> None:
         """Draw a new feature matrix (for ``head_dim``, default the current one)."""
         if head_dim is None:
             if self.projection is None:
@@ -86,7 +96,9 @@ class PerformerAttention(FeatureMapAttention):
     def _projection(self, d: int, like: Tensor) -> Tensor:
         if self.projection is None or self.projection.shape[1] != d:
             if self.projection is not None and self.head_dim is not None:
-                raise ValueError(f"this module was built for head_dim={self.projection.shape[1]}, got D={d}")
+                raise ValueError(
+                    f"this module was built for head_dim={self.projection.shape[1]}, got D={d}"
+                )
             self.redraw(d)
         return self.projection.to(device=like.device, dtype=like.dtype)
 
@@ -94,7 +106,7 @@ class PerformerAttention(FeatureMapAttention):
         """W x / D^(1/4): (..., t, D) -> (..., t, m'), where m' rounds m up to a multiple of 16
         (matrix products run faster) and the extra columns are -inf, so their features are 0."""
         d = x.shape[-1]
-        w = self._projection(d, x) * d ** -0.25  # (m, D)
+        w = self._projection(d, x) * d**-0.25  # (m, D)
         m = w.shape[0]
         m_pad = -(-m // 16) * 16
         if m_pad > m:
@@ -110,19 +122,21 @@ class PerformerAttention(FeatureMapAttention):
         e = self._proj(x)  # (..., t, m)
         return e.sub_(e.detach().amax(-1, keepdim=True)).exp_()
 
-    def key_features(self, x: Tensor, valid: Optional[Tensor] = None):
+    def key_features(self, x: Tensor, valid: Tensor | None = None):
         """phi(k) = exp(Wx - |x|^2 / 2) / exp(log_scale), one factor for all keys of a row (it
         cancels); log_scale (one per row, the row index being dim -3 of x) is the largest
         exponent among the row's real keys. 1/sqrt(m) is dropped (it cancels with the queries')."""
         d = x.shape[-1]
         e = self._proj(x)  # (..., N, t, m)
-        half_sq = 0.5 * d ** -0.5 * (x * x).sum(-1)  # (..., N, t): |x / D^(1/4)|^2 / 2
+        half_sq = 0.5 * d**-0.5 * (x * x).sum(-1)  # (..., N, t): |x / D^(1/4)|^2 / 2
         n = x.shape[-3]
         with torch.no_grad():
             top = e.amax(-1) - half_sq  # (..., N, t) largest exponent of each key
             if valid is not None:
                 top = top.masked_fill(~valid, float("-inf"))
-            log_scale = top.movedim(-2, 0).reshape(n, -1).amax(-1)  # (N,), -inf if every key is padded
+            log_scale = (
+                top.movedim(-2, 0).reshape(n, -1).amax(-1)
+            )  # (N,), -inf if every key is padded
             finite = torch.where(torch.isfinite(log_scale), log_scale, torch.zeros_like(log_scale))
         shift = half_sq + finite.view(n, 1)  # (..., N, t)
         if valid is not None:  # padded keys: exactly zero features, and no overflow
