@@ -171,12 +171,17 @@ def read_file(path: str | Path) -> dict[str, Any]:
 
 
 def find_config(name: str) -> Path:
-    """``name`` as a path, or ``configs/<name>.toml`` in this checkout."""
+    """``name`` as a path, or ``<name>.toml`` among the configs shipped in ``attnkit/configs``
+    (package data, so it works from an installed wheel); ``configs/<name>.toml``, the old
+    checkout path, names the shipped file too."""
     path = Path(name)
     if path.is_file():
         return path
-    root = Path(__file__).resolve().parents[3] / "configs"
-    for cand in (root / name, root / f"{name}.toml"):
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cands = [root / name, root / f"{name}.toml"]
+    if path.parent.name == "configs":
+        cands.append(root / path.name)
+    for cand in cands:
         if cand.is_file():
             return cand
     raise ValueError(
