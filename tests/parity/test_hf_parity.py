@@ -243,7 +243,7 @@ def test_gpt2_directory_with_bpe_files_loads_with_its_tokenizer(tmp_path):
     )
     (tmp_path / "merges.txt").write_text("#version: 0.2\na b\n\u0120 a\n")
     model = attnkit.load(tmp_path)
-    enc = model.tokenizer.encode("ab a")
+    enc = model.meta.tokenizer.encode("ab a")
     assert enc.tokens == ["ab", "\u0120a"]
     ids = torch.tensor([enc.ids])
     with torch.no_grad():

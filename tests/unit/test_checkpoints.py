@@ -59,7 +59,9 @@ def test_save_load_round_trip(tmp_path, arch):
     assert meta["format"] == "attnkit" and meta["model"] == model.config.to_dict()
     loaded = attnkit.load(tmp_path)
     assert not loaded.training and loaded.config == model.config
-    assert loaded.tokenizer.encode("he swung the bat").ids == tok.encode("he swung the bat").ids
+    assert (
+        loaded.meta.tokenizer.encode("he swung the bat").ids == tok.encode("he swung the bat").ids
+    )
     ids = torch.randint(0, 80, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids), model(ids), atol=0, rtol=0)
@@ -190,3 +192,52 @@ def test_pickled_weights_are_read_with_weights_only(tmp_path):
         io.read_tensors(path)
     torch.save({"w": torch.zeros(2)}, path)
     assert set(io.read_tensors(path)) == {"w"}
+
+
+def test_meta_is_saved_and_loaded_with_the_labels_in_the_config(tmp_path):
+    from attnkit.models.meta import ModelMeta, SwapRecord
+
+    model = build_model(
+        get_preset("tiny-bert", vocab_size=80, head="classification", id2label=("neg", "pos"))
+    ).eval()
+    model.meta = ModelMeta(
+        tokenizer=word_tokenizer(),
+        max_length=24,
+        swaps=(SwapRecord("performer", {"nb_features": 8}, (1,)),),
+        finetune={"base_model": "x"},
+    )
+    attnkit.save(model, tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    assert sorted(data) == ["format", "format_version", "meta", "model"]
+    assert data["model"]["id2label"] == ["neg", "pos"]
+    loaded = attnkit.load(tmp_path)
+    assert loaded.config.id2label == ("neg", "pos") and dict(loaded.config.label2id) == {
+        "neg": 0,
+        "pos": 1,
+    }
+    assert loaded.meta.source == str(tmp_path) and loaded.meta.max_length == 24
+    assert loaded.meta.swaps == model.meta.swaps and loaded.meta.finetune == {"base_model": "x"}
+    assert loaded.meta.tokenizer is not None
+
+
+def test_older_config_json_with_top_level_keys_still_loads(tmp_path):
+    model = build_model(get_preset("tiny-bert", vocab_size=80, head="classification")).eval()
+    attnkit.save(model, tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    del data["meta"]
+    del data["model"]["id2label"]
+    data.update(
+        labels=["a", "b"],
+        max_length=16,
+        classification={"pooling": "pooler"},
+        sentence={"pooling": "mean", "normalize": True},
+    )
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    loaded = attnkit.load(tmp_path)
+    assert loaded.config.id2label == ("a", "b") and loaded.config.pooling == "mean"
+    assert loaded.meta.max_length == 16 and loaded.meta.normalize
+    assert loaded.meta.finetune == {"pooling": "pooler"}
+    data["bogus"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"unknown top-level key\(s\) \['bogus'\]"):
+        attnkit.load(tmp_path)

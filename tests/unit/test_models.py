@@ -326,3 +326,22 @@ def test_sliding_window_limits_what_a_token_sees():
     # one layer, window 3: position p sees p-2..p, so token 0 reaches positions 0..2 only
     assert (a[0, :3] - b[0, :3]).abs().max() > 1e-4
     torch.testing.assert_close(a[0, 3:], b[0, 3:], atol=0, rtol=0)
+
+
+def test_config_is_frozen_and_holds_the_class_labels():
+    import dataclasses
+
+    cfg = get_preset("tiny-bert", head="classification", id2label=["neg", "neu", "pos"])
+    assert cfg.num_labels == 3 and cfg.id2label == ("neg", "neu", "pos")
+    assert dict(cfg.label2id) == {"neg": 0, "neu": 1, "pos": 2}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.pooling = "mean"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cfg.label2id["neg"] = 5  # type: ignore[index]
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.replace(id2label=("a", "b")).num_labels == 2
+    with pytest.raises(ValueError, match=r"ModelConfig.num_labels must be 3, the number of labels"):
+        cfg.replace(num_labels=4)
+    with pytest.raises(ValueError, match="ModelConfig.id2label must be distinct non-empty"):
+        cfg.replace(id2label=("a", "a"))
+    assert ModelConfig().label2id == {}

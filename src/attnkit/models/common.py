@@ -10,6 +10,7 @@ from torch import nn
 from attnkit.attention.module import MultiHeadAttention
 from attnkit.models.config import ModelConfig
 from attnkit.models.layers import TransformerBlock, make_mlp, make_norm
+from attnkit.models.meta import ModelMeta
 from attnkit.positional import LearnedPositionalEmbedding, SinusoidalPositionalEmbedding
 
 
@@ -122,9 +123,20 @@ def check_ids(name: str, ids: torch.Tensor, limit: int) -> None:
 
 
 class ModelBase(nn.Module):
-    """Counting and initialisation shared by the models."""
+    """Counting and initialisation shared by the models.
+
+    ``config`` is the architecture (frozen); ``meta`` what the model carries besides it
+    (tokenizer, source, swaps, ...; see :mod:`attnkit.models.meta`), set by the loader and
+    replaced whole by code that makes a new model from an old one.
+    """
 
     config: ModelConfig
+    meta: ModelMeta = ModelMeta()
+    embed: Embeddings
+
+    def tied_keys(self) -> list[str]:
+        """state_dict keys that alias another key (not stored in checkpoints)."""
+        return []
 
     def init_weights(self) -> None:
         """Normal(0, initializer_range) weights, zero biases, unit norms; residual output
@@ -138,7 +150,7 @@ class ModelBase(nn.Module):
                     else std
                 )
                 nn.init.normal_(mod.weight, 0.0, s)
-                if getattr(mod, "bias", None) is not None:
+                if isinstance(mod, nn.Linear) and mod.bias is not None:
                     nn.init.zeros_(mod.bias)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:

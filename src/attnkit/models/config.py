@@ -3,14 +3,20 @@
 A config is plain data: it is saved as ``config.json`` next to the weights and turned back into
 the same model by :func:`attnkit.models.build_model`. ``__post_init__`` checks every field, so
 a bad value fails here, with the field's name, the value and what was expected, rather than as
-a shape error deep inside a forward pass.
+a shape error deep inside a forward pass. A config is frozen once checked: :meth:`replace`
+returns a new, checked copy.
+
+Class labels live here, as in Hugging Face configs: ``id2label`` (label names, index = class
+id) and the derived ``label2id``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 ARCHS = ("gpt", "bert")
@@ -46,7 +52,7 @@ def _flag(name: str, value: Any) -> None:
         _fail(name, value, "a bool")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a decoder (``arch="gpt"``) or encoder (``arch="bert"``).
 
@@ -65,7 +71,10 @@ class ModelConfig:
 
     BERT parts: ``type_vocab_size`` segment embeddings, ``embed_norm`` LayerNorm after the
     embeddings, ``pooler`` dense+tanh on the first token, ``pooling`` (cls or mean) for
-    sentence vectors, ``head`` (none, mlm, classification) with ``num_labels`` classes.
+    sentence vectors, ``head`` (none, mlm, classification) with ``num_labels`` classes named
+    by ``id2label`` (a tuple of label names, index = class id; None: unnamed classes). When
+    ``id2label`` is given, ``num_labels`` is its length (a different ``num_labels`` is an
+    error); ``label2id`` is the derived read-only mapping.
     """
 
     arch: str = "gpt"
@@ -97,6 +106,7 @@ class ModelConfig:
     pooler: bool = False
     pooling: str = "cls"
     num_labels: int = 2
+    id2label: tuple[str, ...] | None = None
     pad_token_id: int | None = None
     initializer_range: float = 0.02
 
@@ -148,6 +158,7 @@ class ModelConfig:
         ):
             _fail("type_vocab_size", self.type_vocab_size, "an int >= 0 (0: no segment embeddings)")
         _choice("pooling", self.pooling, POOLINGS)
+        self._check_labels()
         if self.pad_token_id is not None and (
             isinstance(self.pad_token_id, bool)
             or not isinstance(self.pad_token_id, int)
@@ -159,9 +170,28 @@ class ModelConfig:
                 f"None or an int in [0, vocab_size={self.vocab_size})",
             )
 
+    def _check_labels(self) -> None:
+        if self.id2label is None:
+            return
+        if isinstance(self.id2label, (str, bytes, Mapping)) or not isinstance(
+            self.id2label, (list, tuple)
+        ):
+            _fail("id2label", self.id2label, "None or a sequence of label names")
+        labels = tuple(self.id2label)
+        if not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels):
+            _fail("id2label", self.id2label, "distinct non-empty label names")
+        if len(labels) != self.num_labels:
+            _fail(
+                "num_labels",
+                self.num_labels,
+                f"{len(labels)}, the number of labels in id2label={list(labels)}",
+            )
+        object.__setattr__(self, "id2label", labels)
+
     def _check_attention(self) -> None:
         if not isinstance(self.attention_params, dict):
             _fail("attention_params", self.attention_params, "a dict of keyword arguments")
+        object.__setattr__(self, "attention_params", dict(self.attention_params))
         if self.attention == "exact":
             if self.attention_params:
                 _fail(
@@ -208,8 +238,17 @@ class ModelConfig:
     def causal(self) -> bool:
         return self.arch == "gpt"
 
+    @property
+    def label2id(self) -> Mapping[str, int]:
+        """label name -> class id (read-only; empty when ``id2label`` is None)."""
+        return MappingProxyType({name: i for i, name in enumerate(self.id2label or ())})
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON-ready fields (``id2label`` as a list)."""
+        out = dataclasses.asdict(self)
+        if self.id2label is not None:
+            out["id2label"] = list(self.id2label)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -222,8 +261,16 @@ class ModelConfig:
             raise ValueError(
                 f"unknown ModelConfig field(s) {unknown}; valid fields: {sorted(names)}"
             )
+        data = dict(data)
+        if data.get("id2label") is not None and "num_labels" not in data:
+            data["num_labels"] = len(data["id2label"])
         return cls(**data)
 
     def replace(self, **changes: Any) -> ModelConfig:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again).
+
+        New ``id2label`` without ``num_labels`` sets ``num_labels`` to its length.
+        """
+        if changes.get("id2label") is not None and "num_labels" not in changes:
+            changes["num_labels"] = len(changes["id2label"])
         return dataclasses.replace(self, **changes)
