@@ -84,7 +84,7 @@ def test_encode_shapes_and_options(encoder, st_model):
 def test_attnkit_load_by_name_gives_an_eval_model_with_a_tokenizer():
     model = attnkit.load("minilm")
     assert not model.training and model.config.n_layer == 6 and model.config.d_model == 384
-    assert model.tokenizer.encode("hello world").tokens == ["[CLS]", "hello", "world", "[SEP]"]
+    assert model.meta.tokenizer.encode("hello world").tokens == ["[CLS]", "hello", "world", "[SEP]"]
     with pytest.raises(
         ValueError,
         match=r"'no-such-model' is neither a checkpoint directory nor a known model name",

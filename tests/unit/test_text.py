@@ -137,7 +137,7 @@ def test_split_is_deterministic_and_cut_at_a_line_break():
     assert train + val == TEXT and train.endswith("\n")
     assert abs(len(val) / len(TEXT) - 0.1) < 0.01
     assert split_text(TEXT, 0.1) == (train, val)
-    with pytest.raises(ValueError, match="val_fraction must be in"):
+    with pytest.raises(ValueError, match=r"val_fraction must be a float in \(0, 1\)"):
         split_text(TEXT, 1.5)
 
 

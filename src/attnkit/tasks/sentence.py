@@ -17,13 +17,20 @@ import contextlib
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from attnkit._util import checks
+from attnkit.models.bert import Bert
 from attnkit.models.heads import POOLERS
+from attnkit.text.batching import Batch, map_batches
+from attnkit.text.pooling import resolve_pooling
+from attnkit.text.tokenizers import encode_texts, pad_token_id
+
+if TYPE_CHECKING:  # pragma: no cover - for static tools only
+    from tokenizers import Tokenizer
 
 
 def cpu_has_native_bf16() -> bool:
@@ -39,36 +46,42 @@ def cpu_has_native_bf16() -> bool:
 
 
 class Encoder:
-    """Turns texts into vectors with a BERT-family ``model`` and its ``tokenizer``."""
+    """Turns texts into vectors with a BERT-family ``model`` and its ``tokenizer`` (default:
+    ``model.meta.tokenizer``).
+
+    ``pooling``: "mean" or "cls" (default: ``model.config.pooling``, see
+    :func:`attnkit.text.pooling.resolve_pooling`); ``max_length``: tokens kept per text
+    (default: ``model.meta.max_length``, else ``config.max_seq_len``).
+    """
 
     def __init__(
         self,
-        model: nn.Module,
-        tokenizer: Any,
+        model: Bert,
+        tokenizer: Tokenizer | None = None,
         pooling: str | None = None,
         max_length: int | None = None,
         device: str | torch.device | None = None,
         autocast: torch.dtype | None = None,
     ):
-        if getattr(model, "config", None) is None or model.config.arch != "bert":
+        if not isinstance(model, Bert):
             raise ValueError(
                 f"Encoder needs a BERT-family attnkit model (config.arch='bert'), "
                 f"got {type(model).__name__}"
             )
+        tokenizer = tokenizer if tokenizer is not None else model.meta.tokenizer
         if tokenizer is None:
             raise ValueError("Encoder needs a tokenizer; the checkpoint has no tokenizer.json")
+        checks.optional_positive_int("max_length", max_length)
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.pooling = pooling or model.config.pooling
-        if self.pooling not in POOLERS:
-            raise ValueError(f"pooling must be one of {sorted(POOLERS)}, got {self.pooling!r}")
-        self.max_length = min(max_length or model.config.max_seq_len, model.config.max_seq_len)
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(self.max_length)
+        self.pooling = resolve_pooling(model, pooling)
+        limit = model.config.max_seq_len
+        self.max_length = min(max_length or model.meta.max_length or limit, limit)
         self.device = (
             torch.device(device) if device is not None else next(model.parameters()).device
         )
         self.model.to(self.device)
+        self.pad_id = pad_token_id(tokenizer, model.config.pad_token_id)
         # mixed precision for the forward pass (e.g. torch.bfloat16); pooling stays float32
         self.autocast_dtype: torch.dtype | None = autocast
         if autocast == torch.bfloat16 and self.device.type == "cpu" and not cpu_has_native_bf16():
@@ -84,14 +97,16 @@ class Encoder:
         cls, name_or_dir: str | os.PathLike, device: str | torch.device | None = None, **kwargs: Any
     ) -> Encoder:
         """From a known name ("minilm"), an attnkit directory or a (sentence-transformers)
-        Hugging Face directory."""
+        Hugging Face directory; its pooling and length are the ones the checkpoint declares."""
         from attnkit.checkpoints.io import load
 
         model = load(name_or_dir, device=device)
-        sentence = (getattr(model, "extra_config", None) or {}).get("sentence", {})
-        kwargs.setdefault("pooling", sentence.get("pooling"))
-        kwargs.setdefault("max_length", sentence.get("max_seq_length"))
-        return cls(model, model.tokenizer, device=device, **kwargs)
+        if not isinstance(model, Bert):
+            raise ValueError(
+                f"{name_or_dir}: Encoder needs a BERT-family attnkit model "
+                f"(config.arch='bert'), got {type(model).__name__}"
+            )
+        return cls(model, device=device, **kwargs)
 
     @property
     def dim(self) -> int:
@@ -99,19 +114,10 @@ class Encoder:
 
     # ---------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+        """Token ids of each text, cut at ``max_length``."""
+        return encode_texts(self.tokenizer, texts, self.max_length)
 
-    def _batch(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Right-padded ids (B, T) and a mask (B, T), or None when no sequence is padded."""
-        T = max(len(s) for s in seqs)
-        # one tensor from padded lists: a copy per sequence costs ~5% of a MiniLM batch
-        ids = torch.tensor([s + [0] * (T - len(s)) for s in seqs], dtype=torch.long)  # (B, T)
-        if all(len(s) == T for s in seqs):
-            return ids, None
-        mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs], dtype=torch.long)
-        return ids, mask
-
-    def _autocast(self):
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
@@ -120,23 +126,21 @@ class Encoder:
     def _embed_sorted(
         self, ids_list: list[list[int]], batch_size: int, show_progress: bool
     ) -> torch.Tensor:
-        order = sorted(range(len(ids_list)), key=lambda i: -len(ids_list[i]))
-        out = torch.empty(len(ids_list), self.dim, dtype=torch.float32, device=self.device)
-        starts = range(0, len(order), batch_size)
-        if show_progress:
-            from tqdm.auto import tqdm
+        pool = POOLERS[self.pooling]
 
-            starts = tqdm(starts, desc="encode", unit="batch")
-        for start in starts:
-            idx = order[start : start + batch_size]
-            ids, mask = self._batch([ids_list[i] for i in idx])
-            ids = ids.to(self.device)
-            mask = None if mask is None else mask.to(self.device)
+        def embed(batch: Batch) -> torch.Tensor:
             with self._autocast():
-                h = self.model.hidden_states(ids, attention_mask=mask)  # (B, T, C)
-            pooled = POOLERS[self.pooling](h.float(), mask)  # (B, C)
-            out[torch.tensor(idx, device=self.device)] = pooled
-        return out
+                h = self.model.hidden_states(batch.ids, attention_mask=batch.attention_mask)
+            return pool(h.float(), batch.attention_mask)  # (B, C)
+
+        return map_batches(
+            ids_list,
+            batch_size,
+            embed,
+            self.pad_id,
+            device=self.device,
+            progress="encode" if show_progress else None,
+        )
 
     def encode(
         self,
@@ -153,10 +157,9 @@ class Encoder:
         """
         if convert_to not in ("numpy", "torch"):
             raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        checks.positive_int("batch_size", batch_size)
         single = isinstance(texts, str)
-        items = [texts] if single else list(texts)
+        items: list[str] = [texts] if isinstance(texts, str) else list(texts)
         bad = [i for i, t in enumerate(items) if not isinstance(t, str)]
         if bad:
             raise TypeError(
@@ -183,7 +186,7 @@ class Encoder:
             if wid is not None:
                 spans.setdefault(wid, []).append(t)
         hits = []
-        for wid, toks in spans.items():
+        for toks in spans.values():
             start, end = enc.offsets[toks[0]][0], enc.offsets[toks[-1]][1]
             if sentence[start:end].lower() == target:
                 hits.append(toks)
@@ -207,7 +210,7 @@ class Encoder:
         return float(F.cosine_similarity(va, vb, dim=0))
 
 
-def read_texts(args_texts: Iterable[str], file: str | None, stdin) -> list[str]:
+def read_texts(args_texts: Iterable[str], file: str | None, stdin: Iterable[str]) -> list[str]:
     """Texts from arguments, else one per non-empty line of --file, else of stdin."""
     texts = list(args_texts)
     if texts:

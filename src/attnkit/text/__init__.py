@@ -1,10 +1,25 @@
-"""Text for pre-training: corpora, tokenizers and memmapped token streams."""
+"""Text for models: corpora, tokenizers, memmapped token streams, and the batcher that pads
+or packs tokenised texts."""
 
+from attnkit.text.batching import (
+    Batch,
+    length_batches,
+    map_batches,
+    pack_sequences,
+    pad_batch,
+    padded_batches,
+)
 from attnkit.text.corpora import Corpus, load_corpus, split_text
 from attnkit.text.datasets import TokenStream, build_streams, mask_tokens
 from attnkit.text.tokenizers import build_tokenizer, tokenizer_hash
 
 __all__ = [
+    "Batch",
+    "length_batches",
+    "map_batches",
+    "pack_sequences",
+    "pad_batch",
+    "padded_batches",
     "Corpus",
     "load_corpus",
     "split_text",

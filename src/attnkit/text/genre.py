@@ -35,6 +35,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from attnkit._util import checks
+
 GENRES = ("comedy", "history", "tragedy")
 
 # corpus work name -> (title, section of the First Folio)
@@ -156,8 +158,7 @@ def spoken_lines(play: str) -> list[str]:
 def passages(play: str, words: int = 60) -> list[str]:
     """Consecutive pieces of the play's spoken lines, each of at least ``words`` words and
     ending at a line end (the last, shorter piece is dropped)."""
-    if isinstance(words, bool) or not isinstance(words, int) or words < 1:
-        raise ValueError(f"words must be a positive int, got {words!r}")
+    checks.positive_int("words", words)
     out: list[str] = []
     piece: list[str] = []
     count = 0
@@ -176,12 +177,7 @@ def split_plays(
     """(train plays, eval plays): per genre, a seeded shuffle of its plays (sorted first), the
     first ``max(1, round(n * eval_fraction))`` of them for evaluation. Every genre needs two
     plays or more."""
-    if (
-        isinstance(eval_fraction, bool)
-        or not isinstance(eval_fraction, (int, float))
-        or not 0.0 < eval_fraction < 1.0
-    ):
-        raise ValueError(f"eval_fraction must be a number in (0, 1), got {eval_fraction!r}")
+    checks.in_range("eval_fraction", eval_fraction, 0.0, 1.0, low_open=True)
     rng = random.Random(seed)
     train: list[str] = []
     held: list[str] = []
@@ -221,8 +217,7 @@ def build_genre_dataset(
     own); a Folio play without passages is an error.
     """
     for name, value in (("train_per_play", train_per_play), ("eval_per_play", eval_per_play)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        checks.positive_int(name, value)
     if works is None:
         from attnkit.text.corpora import shakespeare_archive, shakespeare_works
 

@@ -11,9 +11,12 @@ vocab size), so a second run does not train again.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from attnkit._util import checks
 
 KINDS = ("char", "bpe", "wordpiece")
 WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -70,15 +73,11 @@ def train_wordpiece(text: str, vocab_size: int) -> Tokenizer:
 
 
 def train_tokenizer(kind: str, text: str, vocab_size: int | None = None) -> Tokenizer:
-    if kind not in KINDS:
-        raise ValueError(f"data.tokenizer must be one of {list(KINDS)}, got {kind!r}")
+    checks.choice("data.tokenizer", kind, KINDS)
     if kind == "char":
         return train_char(text)
     least = 300 if kind == "bpe" else 10
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < least:
-        raise ValueError(
-            f"data.vocab_size for a {kind} tokenizer must be an int >= {least}, got {vocab_size!r}"
-        )
+    vocab_size = checks.int_at_least(f"data.vocab_size for a {kind} tokenizer", vocab_size, least)
     return train_bpe(text, vocab_size) if kind == "bpe" else train_wordpiece(text, vocab_size)
 
 
@@ -107,3 +106,22 @@ def encode(tok: Tokenizer, text: str) -> list[int]:
     for enc in tok.encode_batch(list(_chunks(text)), add_special_tokens=False):
         ids.extend(enc.ids)
     return ids
+
+
+def encode_texts(tok: Tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids of each text, special tokens included, cut at ``max_length`` tokens, no
+    padding (batches are padded later, see :mod:`attnkit.text.batching`). Sets the
+    tokenizer's padding off and its truncation to ``max_length``."""
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    return [e.ids for e in tok.encode_batch(list(texts))]
+
+
+def pad_token_id(tok: Tokenizer, default: int | None = None) -> int:
+    """The id of ``[PAD]`` (BERT) or ``<pad>``, else ``default`` (a config's pad_token_id),
+    else 0."""
+    for name in ("[PAD]", "<pad>"):
+        pid = tok.token_to_id(name)
+        if pid is not None:
+            return int(pid)
+    return int(default or 0)
