@@ -21,8 +21,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "attention": ("attnkit.attention", None),
     "explain": ("attnkit.attention", "explain"),
     "MultiHeadAttention": ("attnkit.attention.module", "MultiHeadAttention"),
-    "load": ("attnkit.checkpoints.io", "load"),
-    "save": ("attnkit.checkpoints.io", "save"),
+    "load": ("attnkit.checkpoints", "load"),
+    "save": ("attnkit.checkpoints", "save"),
     "Encoder": ("attnkit.tasks.sentence", "Encoder"),
     "ModelConfig": ("attnkit.models.config", "ModelConfig"),
     "build_model": ("attnkit.models", "build_model"),
@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from attnkit import attention
     from attnkit.attention import explain
     from attnkit.attention.module import MultiHeadAttention
-    from attnkit.checkpoints.io import load, save
+    from attnkit.checkpoints import load, save
     from attnkit.generation import generate
     from attnkit.models import build_model
     from attnkit.models.bert import Bert

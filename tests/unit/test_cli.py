@@ -1,6 +1,7 @@
 """The attnkit command line, in-process and as a real process, and `attnkit bench attention`."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -127,40 +128,151 @@ def test_a_table_row_is_a_command(capsys):
     rows = (
         Command(
             "hello world",
-            "attnkit.cli:version_command",
+            "attnkit.cli.explain:version_command",
+            "attnkit.cli.explain:no_arguments",
             "say the version",
-            arguments="attnkit.cli:no_arguments",
         ),
     )
     assert main(["hello", "world"], commands=rows) == 0
     assert capsys.readouterr().out.startswith("attnkit ")
 
 
-def test_a_module_with_only_main_gets_the_rest_of_the_line(tmp_path, monkeypatch, capsys):
-    (tmp_path / "fake_cmd_mod.py").write_text(
-        textwrap.dedent("""
-        import argparse
+# ---------------------------------------------------------------- failures: one line, a status
 
-        def main(argv):
-            p = argparse.ArgumentParser(prog="fake")
-            p.add_argument("--n", type=int, required=True)
-            args = p.parse_args(argv)
-            print("n is", args.n)
-            return 3
-    """)
-    )
+FAILING = textwrap.dedent("""
+    import sys
+
+
+    def add_arguments(parser):
+        parser.add_argument("--n", type=int, default=1)
+
+
+    def value_error(args):
+        raise ValueError(f"n must be >= 2, got {args.n}")
+
+
+    def type_error(args):
+        raise TypeError("weights must be a Tensor, got list")
+
+
+    def missing_extra(args):
+        from attnkit._util.optional import require
+
+        require("attnkit_no_such_package", "viz", "plots")
+
+
+    def missing_matplotlib(args):
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+
+
+    def missing_file(args):
+        open("/no/such/dir/data.txt")
+
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+
+    def crashes(args):
+        raise RuntimeError("something broke")
+
+
+    def prints_lines(args):
+        for i in range(200000):
+            print(f"line {i}")
+        return 0
+""")
+
+
+@pytest.fixture
+def failing(tmp_path, monkeypatch):
+    (tmp_path / "attnkit_failing_cmds.py").write_text(FAILING)
     monkeypatch.syspath_prepend(str(tmp_path))
-    rows = (Command("fake", "fake_cmd_mod:run", "a delegated command"),)
-    assert main(["fake", "--n", "7"], commands=rows) == 3
-    assert capsys.readouterr().out == "n is 7\n"
-    with pytest.raises(SystemExit) as exc:  # its own argparse errors are one line too
-        main(["fake", "--n", "x"], commands=rows)
-    assert exc.value.code == 2
-    assert "'x'" in one_line_error(capsys.readouterr().err)
+    return tmp_path
+
+
+def _failing_row(name: str) -> tuple[Command, ...]:
+    return (
+        Command(
+            "fail", f"attnkit_failing_cmds:{name}", "attnkit_failing_cmds:add_arguments", "fails"
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    "name, status, named",
+    [
+        ("value_error", 2, ["n must be >= 2, got 1"]),
+        ("type_error", 2, ["weights must be a Tensor, got list"]),
+        ("missing_extra", 1, ["attnkit_no_such_package", "pip install 'attnkit[viz]'"]),
+        ("missing_matplotlib", 1, ["matplotlib", "pip install 'attnkit[viz]'"]),
+        ("missing_file", 1, ["/no/such/dir/data.txt", "No such file or directory"]),
+        ("crashes", 1, ["RuntimeError: something broke", "ATTNKIT_DEBUG=1"]),
+    ],
+)
+def test_a_failing_command_is_one_line_and_a_status(
+    failing, capsys, monkeypatch, name, status, named
+):
+    monkeypatch.delenv("ATTNKIT_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["fail"], commands=_failing_row(name))
+    assert exc.value.code == status
+    line = one_line_error(capsys.readouterr().err)
+    for text in named:
+        assert text in line, f"{text!r} not in {line!r}"
+
+
+def test_ctrl_c_is_one_line_and_130(failing, capsys, monkeypatch):
+    monkeypatch.delenv("ATTNKIT_DEBUG", raising=False)
+    assert main(["fail"], commands=_failing_row("interrupted")) == 130
+    assert capsys.readouterr().err == "attnkit: interrupted\n"
+
+
+def _run_failing(tmp_path, name: str, env_extra: dict[str, str]) -> subprocess.Popen:
+    code = (
+        "import sys; from attnkit.cli import Command, main; "
+        f"sys.exit(main(['fail'], commands=(Command('fail', 'attnkit_failing_cmds:{name}', "
+        "'attnkit_failing_cmds:add_arguments', 'fails'),)))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ATTNKIT_DEBUG"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    env.update(env_extra)
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_a_closed_pipe_exits_141_quietly(failing):
+    proc = _run_failing(failing, "prints_lines", {})
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == "line 0\n"  # like `attnkit ... | head -1`
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141
+    assert proc.stderr.read() == ""
+
+
+@pytest.mark.parametrize("name, status", [("value_error", 2), ("interrupted", 130)])
+def test_a_real_process_gives_one_line_and_debug_shows_the_traceback(failing, name, status):
+    quiet = _run_failing(failing, name, {})
+    _, err = quiet.communicate(timeout=120)
+    assert quiet.returncode == status
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    loud = _run_failing(failing, name, {"ATTNKIT_DEBUG": "1"})
+    _, err = loud.communicate(timeout=120)
+    assert loud.returncode != 0
+    assert "Traceback (most recent call last)" in err
 
 
 def test_a_missing_module_is_a_one_line_error(capsys):
-    rows = (Command("gone", "attnkit.no_such_module:run", "not written yet"),)
+    rows = (
+        Command(
+            "gone", "attnkit.no_such_module:run", "attnkit.no_such_module:arguments", "not written"
+        ),
+    )
     with pytest.raises(SystemExit) as exc:
         main(["gone"], commands=rows)
     assert exc.value.code == 2
@@ -170,6 +282,21 @@ def test_a_missing_module_is_a_one_line_error(capsys):
 def test_every_listed_command_has_a_row():
     words = {c.words for c in cli.COMMANDS}
     assert {"bench attention", "bench variants", "explain", "version"} <= words
+
+
+def test_every_row_names_functions_that_exist():
+    from attnkit.cli.dispatch import resolve
+
+    for cmd in cli.COMMANDS:
+        assert callable(resolve(cmd.arguments)), cmd.words
+        assert callable(resolve(cmd.target)), cmd.words
+
+
+def test_unrecognized_words_are_an_error_unless_the_command_takes_them(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["explain", "--seq-len", "8", "--model.n_layer", "2"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --model.n_layer 2" in one_line_error(capsys.readouterr().err)
 
 
 # ------------------------------------------------------------------------------ bench attention

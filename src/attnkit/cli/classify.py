@@ -8,8 +8,12 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from attnkit.cli import non_negative_int, positive_float, positive_int, probability
+from attnkit.cli.types import non_negative_int, positive_float, positive_int, probability
+
+if TYPE_CHECKING:  # pragma: no cover
+    from attnkit.tasks.classification import FinetuneConfig
 
 
 def _training_arguments(
@@ -73,7 +77,7 @@ def _training_arguments(
     )
 
 
-def _config(args: argparse.Namespace):
+def _config(args: argparse.Namespace) -> FinetuneConfig:
     from attnkit.tasks.classification import FinetuneConfig
 
     return FinetuneConfig(
@@ -125,7 +129,7 @@ def finetune_arguments(parser: argparse.ArgumentParser) -> None:
     _training_arguments(parser, epochs=3, lr=5e-5, max_length=128)
 
 
-def _score_table(best: dict, baseline: dict) -> str:
+def _score_table(best: dict[str, Any], baseline: dict[str, Any]) -> str:
     rows = [f"{'':12s}{'fine-tuned':>12s}{'majority baseline':>20s}"]
     for key, name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
         rows.append(f"{name:12s}{best[key]:12.4f}{baseline[key]:20.4f}")
@@ -338,19 +342,17 @@ def genre_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plot_scores(best: dict, base: dict, path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+def _plot_scores(best: dict[str, Any], base: dict[str, Any], path: Path, title: str) -> Path:
     import numpy as np
 
     from attnkit._util.fs import atomic_write
+    from attnkit._util.optional import figure
 
     names = ["accuracy", "macro-F1"]
     keys = ["accuracy", "macro_f1"]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = figure(6, 4)
+    ax = fig.add_subplot()
     for offset, scores_, label in ((-0.2, best, "fine-tuned"), (0.2, base, "majority baseline")):
         bars = ax.bar(x + offset, [scores_[k] for k in keys], 0.4, label=label)
         ax.bar_label(bars, fmt="%.3f")
@@ -359,7 +361,4 @@ def _plot_scores(best: dict, base: dict, path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    finally:
-        plt.close(fig)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))

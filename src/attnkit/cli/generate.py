@@ -7,6 +7,9 @@
 The checkpoint is an attnkit directory (``attnkit pretrain --out``) or a Hugging Face GPT-2
 directory; it needs a tokenizer. One prompt is streamed token by token as it is generated;
 several prompts are decoded together as one batch and printed one after the other.
+
+``attnkit sample`` is the same command with the defaults the old ``sample`` had
+(``--max-new-tokens 300 --top-k 200 --seed 1337``).
 """
 
 from __future__ import annotations
@@ -14,13 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from attnkit.cli.types import positive_int
+
 DTYPES = ("float32", "bfloat16")
-
-
-def _positive_int(text: str) -> int:
-    from attnkit.cli import positive_int
-
-    return positive_int(text)
 
 
 def generate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +37,7 @@ def generate_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-new-tokens",
         "--tokens",
         dest="max_new_tokens",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         metavar="N",
         help="new tokens per prompt (default 100)",
@@ -88,19 +87,28 @@ def generate_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def sample_arguments(parser: argparse.ArgumentParser) -> None:
+    """``generate``'s options with the defaults of the old ``sample`` command."""
+    generate_arguments(parser)
+    parser.set_defaults(max_new_tokens=300, top_k=200, seed=1337)
+    parser.epilog = (
+        "the same as 'attnkit generate', with --max-new-tokens 300 --top-k 200 --seed 1337"
+    )
+
+
 def generate_command(args: argparse.Namespace) -> int:
     import torch
 
-    from attnkit.checkpoints.io import load
+    from attnkit.checkpoints import load
     from attnkit.generation import stream
 
     model = load(args.model, dtype=getattr(torch, args.dtype))
-    if getattr(model.config, "arch", None) != "gpt":
+    if model.config.arch != "gpt":
         raise ValueError(
             f"--model {args.model!r} is a {model.config.arch!r} model; 'generate' "
             f"needs a GPT checkpoint"
         )
-    tok = getattr(model, "tokenizer", None)
+    tok = model.meta.tokenizer
     if tok is None:
         raise ValueError(
             f"--model {args.model!r} has no tokenizer (tokenizer.json, or vocab.json"
@@ -126,13 +134,13 @@ def generate_command(args: argparse.Namespace) -> int:
         out.write(prompts[0])
         out.flush()
         for event in events:
-            out.write(event.text)
+            out.write(event.text or "")
             out.flush()
         out.write("\n")
         return 0
     texts = list(prompts)
     for event in events:
-        texts[event.row] += event.text
+        texts[event.row] += event.text or ""
     for i, text in enumerate(texts):
         if i:
             out.write("\n" + "-" * 40 + "\n")

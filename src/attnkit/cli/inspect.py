@@ -23,25 +23,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from attnkit.cli import UsageError, positive_int
+from attnkit.cli.types import UsageError, index_list, positive_int
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import torch
+
+    from attnkit.models.common import ModelBase
 
 MAX_HEAD_PNGS = 16
-
-
-def index_list(text: str) -> list[int]:
-    """``"0,3"`` -> ``[0, 3]``."""
-    out = []
-    for part in text.split(","):
-        item = part.strip()
-        if not item.isdigit():
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated indices >= 0 such as 0,3; got {text!r}"
-            )
-        out.append(int(item))
-    return out
 
 
 def inspect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,10 +65,10 @@ def inspect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", default=None, help="title of the viewer page")
 
 
-def _tokenize(model, text: str):
+def _tokenize(model: ModelBase, text: str) -> tuple[torch.Tensor, list[str]]:
     import torch
 
-    tok = getattr(model, "tokenizer", None)
+    tok = model.meta.tokenizer
     if tok is None:
         raise UsageError(
             "the model has no tokenizer (tokenizer.json); expected a checkpoint with one"
@@ -97,8 +90,11 @@ def inspect_command(args: argparse.Namespace) -> int:
     import torch
 
     import attnkit
+    from attnkit._util.fs import atomic_write, atomic_write_text
+    from attnkit._util.optional import MissingDependency
     from attnkit.inspect import render, stats
     from attnkit.inspect.capture import attention_layers, capture, capture_overhead
+    from attnkit.inspect.html import write_viewer
 
     model = attnkit.load(args.model)
     input_ids, tokens = _tokenize(model, args.text)
@@ -121,30 +117,36 @@ def inspect_command(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for layer, w in zip(maps.layers, weights):
-        written.append(
-            render.plot_layer(
-                w, tokens, out / f"layer_{layer}.png", title=f"layer {layer}", heads=maps.heads
-            )
-        )
     flagged = [r for r in rows if r["labels"]]
     picked = (
         [(r["layer"], r["head"]) for r in rows]
         if args.heads is not None
         else [(r["layer"], r["head"]) for r in flagged]
     )
-    for layer, head in picked[:MAX_HEAD_PNGS]:
-        w = weights[maps.layers.index(layer)][maps.heads.index(head)]
-        written.append(
-            render.plot_head(
-                w, tokens, out / f"head_{layer}_{head}.png", title=f"layer {layer} head {head}"
+    written: list[Path] = []
+    no_plots: MissingDependency | None = None
+    try:  # the PNGs need matplotlib; everything else is written without it
+        for layer, w in zip(maps.layers, weights):
+            written.append(
+                render.plot_layer(
+                    w, tokens, out / f"layer_{layer}.png", title=f"layer {layer}", heads=maps.heads
+                )
             )
-        )
-    if roll is not None:
-        written.append(render.plot_rollout(roll, tokens, out / "rollout.png"))
-    if flow is not None:
-        written.append(render.plot_rollout(flow, tokens, out / "flow.png", title="attention flow"))
+        for layer, head in picked[:MAX_HEAD_PNGS]:
+            w = weights[maps.layers.index(layer)][maps.heads.index(head)]
+            written.append(
+                render.plot_head(
+                    w, tokens, out / f"head_{layer}_{head}.png", title=f"layer {layer} head {head}"
+                )
+            )
+        if roll is not None:
+            written.append(render.plot_rollout(roll, tokens, out / "rollout.png"))
+        if flow is not None:
+            written.append(
+                render.plot_rollout(flow, tokens, out / "flow.png", title="attention flow")
+            )
+    except MissingDependency as e:
+        no_plots = e
 
     arrays = {
         "tokens": np.array(tokens, dtype=str),
@@ -158,8 +160,7 @@ def inspect_command(args: argparse.Namespace) -> int:
         arrays["rollout"] = roll.numpy()
     if flow is not None:
         arrays["flow"] = flow.numpy()
-    np.savez(out / "maps.npz", **arrays)
-    written.append(out / "maps.npz")
+    written.append(atomic_write(out / "maps.npz", lambda tmp: _save_npz(tmp, arrays)))
     report = {
         "model": str(args.model),
         "text": args.text,
@@ -170,28 +171,20 @@ def inspect_command(args: argparse.Namespace) -> int:
         "rules": [dataclasses.asdict(r) for r in stats.RULES],
         "stats": rows,
     }
-    (out / "stats.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    written.append(out / "stats.json")
-
-    viewer_error = None
-    try:
-        from attnkit.inspect.html import write_viewer
-    except ImportError as e:
-        viewer_error = f"the HTML viewer (attnkit.inspect.html.write_viewer) is not available: {e}"
-    else:
-        title = args.title if args.title is not None else f"{args.model}: {args.text[:60]}"
-        written.append(
-            write_viewer(
-                out / "viewer.html",
-                tokens,
-                weights,
-                maps.layers,
-                maps.heads,
-                stats=rows,
-                rollout=roll,
-                title=title,
-            )
+    written.append(atomic_write_text(out / "stats.json", json.dumps(report, indent=1) + "\n"))
+    title = args.title if args.title is not None else f"{args.model}: {args.text[:60]}"
+    written.append(
+        write_viewer(
+            out / "viewer.html",
+            tokens,
+            weights,
+            maps.layers,
+            maps.heads,
+            stats=rows,
+            rollout=roll,
+            title=title,
         )
+    )
 
     print(
         f"{len(tokens)} tokens, {len(maps.layers)} layers x {len(maps.heads)} heads captured; "
@@ -210,7 +203,11 @@ def inspect_command(args: argparse.Namespace) -> int:
             f"{t['rounds']} rounds): plain forward {t['plain_s'] * 1e3:.2f} ms, with capture "
             f"{t['capture_s'] * 1e3:.2f} ms, ratio {t['ratio']:.2f}x"
         )
-    if viewer_error is not None:
-        sys.stderr.write(f"attnkit: error: {viewer_error}\n")
-        return 1
+    if no_plots is not None:
+        raise no_plots  # one line naming the extra to install; the other files are written
     return 0
+
+
+def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would add .npz to a path
+        np.savez(f, **arrays)  # type: ignore[arg-type]

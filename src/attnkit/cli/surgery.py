@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from attnkit.cli import UsageError, positive_int
+from attnkit.cli.types import UsageError, positive_int
 
 
 def swap_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +96,7 @@ def _texts(args: argparse.Namespace) -> list[str]:
 def swap_command(args: argparse.Namespace) -> int:
     from attnkit import surgery
     from attnkit.bench.common import resolve_device
-    from attnkit.checkpoints.io import load
+    from attnkit.checkpoints import load
 
     params = surgery.parse_params(args.variant_param)
     surgery.resolve_params(args.variant, params)  # bad names fail before the model loads

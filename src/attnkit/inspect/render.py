@@ -4,36 +4,40 @@
 * :func:`plot_layer`: every head of one layer as a grid of small maps;
 * :func:`plot_rollout`: an attention-rollout (or flow) matrix.
 
-Each writes a PNG and returns its path. Figures are made with ``matplotlib.figure.Figure`` and
-the Agg canvas directly, so no pyplot state is touched and nothing needs a display.
+Each writes a PNG (atomically) and returns its path. Figures are made with
+``matplotlib.figure.Figure`` and the Agg canvas directly (:func:`attnkit._util.optional.figure`),
+so no pyplot state is touched and nothing needs a display; without matplotlib each raises
+:class:`~attnkit._util.optional.MissingDependency` naming ``attnkit[viz]``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+from attnkit._util.fs import atomic_write
+from attnkit._util.optional import figure
+
+if TYPE_CHECKING:  # pragma: no cover - for static tools only
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["plot_head", "plot_layer", "plot_rollout"]
 
 MAX_LABELS = 64  # tokens labelled on an axis; longer inputs get no tick labels
 
 
-def _figure(width: float, height: float, dpi: int = 100):
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as e:  # pragma: no cover - matplotlib is in the [viz] extra
-        raise ImportError("rendering needs matplotlib: pip install 'attnkit[viz]'") from e
-    fig = Figure(figsize=(width, height), dpi=dpi)
-    FigureCanvasAgg(fig)
-    return fig
+def _figure(width: float, height: float, dpi: int = 100) -> Figure:
+    return figure(width, height, dpi)  # MissingDependency (attnkit[viz]) without matplotlib
 
 
-def _matrix(w, name: str, dims: int) -> Tensor:
+def _matrix(w: object, name: str, dims: int) -> Tensor:
     if not isinstance(w, Tensor) or w.dim() != dims:
         what = tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__
         shape = "(Tq, Tk)" if dims == 2 else "(H, Tq, Tk)"
@@ -46,7 +50,7 @@ def _matrix(w, name: str, dims: int) -> Tensor:
     return w
 
 
-def _check_tokens(tokens, n: int, what: str) -> list[str] | None:
+def _check_tokens(tokens: Sequence[str] | None, n: int, what: str) -> list[str] | None:
     if tokens is None:
         return None
     if isinstance(tokens, str) or not all(isinstance(t, str) for t in tokens):
@@ -58,7 +62,9 @@ def _check_tokens(tokens, n: int, what: str) -> list[str] | None:
     return list(tokens)
 
 
-def _label_axes(ax, q_tokens, k_tokens, fontsize: float) -> None:
+def _label_axes(
+    ax: Axes, q_tokens: list[str] | None, k_tokens: list[str] | None, fontsize: float
+) -> None:
     for setter, ticks, labels, rot in (
         (ax.set_xticks, ax.set_xticklabels, k_tokens, 90),
         (ax.set_yticks, ax.set_yticklabels, q_tokens, 0),
@@ -70,11 +76,8 @@ def _label_axes(ax, q_tokens, k_tokens, fontsize: float) -> None:
         ticks(labels, rotation=rot, fontsize=fontsize)
 
 
-def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _size(tq: int, tk: int) -> tuple[float, float]:
@@ -85,7 +88,7 @@ def _size(tq: int, tk: int) -> tuple[float, float]:
 def plot_head(
     weights: Tensor,
     tokens: Sequence[str] | None = None,
-    path="head.png",
+    path: str | os.PathLike[str] = "head.png",
     title: str = "",
     query_tokens: Sequence[str] | None = None,
 ) -> Path:
@@ -117,7 +120,7 @@ def plot_head(
 def plot_layer(
     weights: Tensor,
     tokens: Sequence[str] | None = None,
-    path="layer.png",
+    path: str | os.PathLike[str] = "layer.png",
     title: str = "",
     heads: Sequence[int] | None = None,
 ) -> Path:
@@ -151,7 +154,7 @@ def plot_layer(
 def plot_rollout(
     matrix: Tensor,
     tokens: Sequence[str] | None = None,
-    path="rollout.png",
+    path: str | os.PathLike[str] = "rollout.png",
     title: str = "attention rollout",
 ) -> Path:
     """Heatmap of a (T, T) rollout or flow matrix: row i = output token, column j = input token."""

@@ -1,7 +1,9 @@
-"""Command-line front ends for models and checkpoints: ``convert``, ``embed``, ``similarity``.
+"""``attnkit embed`` (sentence embeddings of texts) and ``attnkit similarity`` (of two texts,
+or of one word's contextual vectors in them).
 
-Each command is a pair ``<name>_arguments(parser)`` / ``<name>_command(args)`` named by a row
-of ``attnkit.cli.COMMANDS``.
+    attnkit embed "a first text" "a second" --out vecs.npy
+    attnkit embed --file texts.txt | head -1
+    attnkit similarity "The bank raised rates." "We sat on the river bank." --word bank
 """
 
 from __future__ import annotations
@@ -10,47 +12,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from attnkit.cli import UsageError, positive_int
+from attnkit.cli.types import UsageError, positive_int
 
-
-# --------------------------------------------------------------------------------------------
-# convert
-# --------------------------------------------------------------------------------------------
-def convert_arguments(parser: argparse.ArgumentParser) -> None:
-    way = parser.add_mutually_exclusive_group(required=True)
-    way.add_argument(
-        "--from-hf", metavar="DIR", help="Hugging Face directory to convert to attnkit"
-    )
-    way.add_argument("--to-hf", metavar="DIR", help="attnkit directory to convert to Hugging Face")
-    parser.add_argument("out", metavar="OUT", help="output directory")
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 
-def convert_command(args: argparse.Namespace) -> int:
-    from attnkit.checkpoints import hf, io
-
-    src = Path(args.from_hf or args.to_hf)
-    if not src.is_dir():
-        raise UsageError(f"{src}: not a directory; expected a checkpoint directory")
-    if args.from_hf:
-        model = hf.load_hf_dir(src)
-        io.save(model, args.out)
-        kind = "attnkit"
-    else:
-        model = io.load(src)
-        hf.export_hf(model, args.out)
-        kind = "Hugging Face"
-    cfg = model.config
-    print(
-        f"wrote {kind} checkpoint {args.out}: {cfg.arch} {cfg.n_layer}x{cfg.d_model}, "
-        f"head={cfg.head}, {model.num_parameters():,} parameters"
-    )
-    return 0
-
-
-# --------------------------------------------------------------------------------------------
-# embed / similarity
-# --------------------------------------------------------------------------------------------
 def _model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -75,6 +44,7 @@ def embed_arguments(parser: argparse.ArgumentParser) -> None:
 def embed_command(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from attnkit._util.fs import atomic_write, atomic_write_text
     from attnkit.tasks.sentence import Encoder, read_texts
 
     if args.texts and args.file:
@@ -90,14 +60,15 @@ def embed_command(args: argparse.Namespace) -> int:
     enc = Encoder.load(args.model)
     vecs = enc.encode(texts, batch_size=args.batch_size, normalize=not args.no_normalize)
     if args.out and args.out.endswith(".npy"):
-        np.save(args.out, vecs.astype(np.float32))
+        matrix = vecs.astype(np.float32)
+        atomic_write(args.out, lambda tmp: _save_npy(tmp, matrix))
     else:
         lines = (
             json.dumps({"text": t, "embedding": [round(float(x), 7) for x in v]})
             for t, v in zip(texts, vecs)
         )
         if args.out:
-            Path(args.out).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            atomic_write_text(args.out, "".join(line + "\n" for line in lines))
         else:
             for line in lines:
                 print(line)
@@ -106,6 +77,11 @@ def embed_command(args: argparse.Namespace) -> int:
         f"wrote {len(texts)} embeddings of dimension {vecs.shape[1]} to {args.out}", file=sys.stderr
     )
     return 0
+
+
+def _save_npy(path: str, matrix: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would add .npy to a path
+        np.save(f, matrix)
 
 
 def similarity_arguments(parser: argparse.ArgumentParser) -> None:
