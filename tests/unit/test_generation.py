@@ -44,7 +44,7 @@ def char_model():
             initializer_range=0.2
         )
     ).eval()
-    model.tokenizer = tok
+    model.meta = model.meta.replace(tokenizer=tok)
     return model
 
 
@@ -209,7 +209,7 @@ def test_eos_ends_a_row_and_is_kept():
 
 
 def test_stop_strings_end_at_the_token_that_completes_them(char_model):
-    tok = char_model.tokenizer
+    tok = char_model.meta.tokenizer
     plain = generate(char_model, "to be", 30, temperature=0)
     new = plain[len(tok.encode("to be").ids) :]
     text = tok.decode(new)
@@ -265,7 +265,7 @@ def test_stream_yields_tokens_as_they_are_made(char_model):
     assert [e.step for e in events] == list(range(10))
     ids = generate(char_model, "to be", 10, temperature=0)
     assert [e.token_id for e in events] == ids[-10:]
-    assert "".join(e.text for e in events) == char_model.tokenizer.decode(ids[-10:])
+    assert "".join(e.text for e in events) == char_model.meta.tokenizer.decode(ids[-10:])
     got = []
     assert generate(char_model, ["to", "be or"], 6, temperature=0, callback=got.append) == generate(
         char_model, ["to", "be or"], 6, temperature=0
@@ -346,12 +346,12 @@ def test_greedy_matches_transformers_generate(direction, tmp_path):
     [
         (dict(max_new_tokens=0), "max_new_tokens must be an int >= 1, got 0"),
         (dict(max_new_tokens=2.5), "max_new_tokens must be an int >= 1, got 2.5"),
-        (dict(temperature=-0.1), r"temperature must be a number in \[0, inf\), got -0.1"),
+        (dict(temperature=-0.1), r"temperature must be a float in \[0, inf\), got -0.1"),
         (dict(temperature=float("nan")), "temperature .* got nan"),
         (dict(top_k=0), "top_k must be an int >= 1, got 0"),
-        (dict(top_p=0.0), r"top_p must be a number in \(0, 1\], got 0.0"),
+        (dict(top_p=0.0), r"top_p must be a float in \(0, 1\], got 0.0"),
         (dict(top_p=1.5), r"top_p .* got 1.5"),
-        (dict(repetition_penalty=0), r"repetition_penalty must be a number in \(0, inf\), got 0"),
+        (dict(repetition_penalty=0), r"repetition_penalty must be a float in \(0, inf\), got 0"),
         (dict(seed=-1), "seed must be an int >= 0, got -1"),
         (dict(eos_token_id=256), r"eos_token_id must be .* \[0, 256\), got 256"),
         (dict(stop=[""]), r"stop must be a non-empty string, .* got \[''\]"),
@@ -397,7 +397,7 @@ class Recorder(io.StringIO):
 
 
 def test_cli_generate_streams_the_text(char_model, tmp_path, monkeypatch):
-    attnkit.save(char_model, tmp_path / "m", tokenizer=char_model.tokenizer)
+    attnkit.save(char_model, tmp_path / "m", tokenizer=char_model.meta.tokenizer)
     ids = generate(char_model, "to be", 12, temperature=0)
     rec = Recorder()
     monkeypatch.setattr("sys.stdout", rec)
@@ -417,7 +417,7 @@ def test_cli_generate_streams_the_text(char_model, tmp_path, monkeypatch):
         )
         == 0
     )
-    assert rec.getvalue() == char_model.tokenizer.decode(ids) + "\n"
+    assert rec.getvalue() == char_model.meta.tokenizer.decode(ids) + "\n"
     assert len(set(rec.flushed)) >= 12  # the text grew token by token, flushed each time
     rec2 = Recorder()
     monkeypatch.setattr("sys.stdout", rec2)
@@ -445,12 +445,12 @@ def test_cli_generate_streams_the_text(char_model, tmp_path, monkeypatch):
 
 
 def test_cli_generate_bad_value_is_one_line(char_model, tmp_path, capsys):
-    attnkit.save(char_model, tmp_path / "m", tokenizer=char_model.tokenizer)
+    attnkit.save(char_model, tmp_path / "m", tokenizer=char_model.meta.tokenizer)
     with pytest.raises(SystemExit) as e:
         main(["generate", "--model", str(tmp_path / "m"), "--top-p", "2"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["attnkit: error: top_p must be a number in (0, 1], got 2.0"]
+    assert err == ["attnkit: error: top_p must be a float in (0, 1], got 2.0"]
 
 
 def test_bench_generate_quick(tmp_path, capsys):
@@ -468,7 +468,7 @@ def test_bench_generate_quick(tmp_path, capsys):
 
 
 def test_skinny_linears_match_f_linear_and_are_restored():
-    from attnkit.generation import _skinny_linears
+    from attnkit.native.linear import DecodingLinear, decoding_linears
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(48, 200)
@@ -479,24 +479,30 @@ def test_skinny_linears_match_f_linear_and_are_restored():
         torch.nn.functional.linear(x, lin.weight.double(), lin.bias.double()),
         torch.nn.functional.linear(x, plain.weight.double()),
     ]
-    with _skinny_linears(model):
-        assert "forward" in vars(lin)
+    with decoding_linears(model):
+        fast_lin, fast_plain = model[0], model[3]
+        assert isinstance(fast_lin, DecodingLinear) and fast_lin.linear is lin
+        assert isinstance(fast_plain, DecodingLinear) and fast_plain.linear is plain
         for i in (2, 6, 32, 33):  # 33 rows goes back to F.linear
             xi = x.reshape(-1, 48)[:1].expand(i, 48).float().contiguous()
             torch.testing.assert_close(
-                lin(xi), torch.nn.functional.linear(xi, lin.weight, lin.bias), rtol=1e-5, atol=1e-5
+                fast_lin(xi),
+                torch.nn.functional.linear(xi, lin.weight, lin.bias),
+                rtol=1e-5,
+                atol=1e-5,
             )
-        torch.testing.assert_close(lin(x.float()).double(), ref[0], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(plain(x.float()).double(), ref[1], rtol=1e-5, atol=1e-5)
-        assert lin(x.float()).shape == (3, 2, 200)
-    assert "forward" not in vars(lin) and "forward" not in vars(plain)
+        torch.testing.assert_close(fast_lin(x.float()).double(), ref[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast_plain(x.float()).double(), ref[1], rtol=1e-5, atol=1e-5)
+        assert fast_lin(x.float()).shape == (3, 2, 200)
+    assert model[0] is lin and model[3] is plain  # restored
+    assert "forward" not in vars(lin) and "forward" not in vars(plain)  # never written onto
 
 
 @pytest.mark.parametrize("pack", [False, True])
 def test_skinny_linears_match_linear_for_every_row_count(pack, monkeypatch):
     """The torch paths (the native kernel switched off): W @ x^T, and MKL's packed GEMM."""
     from attnkit import native as kernels
-    from attnkit.generation import _can_pack, _skinny_linears
+    from attnkit.native.linear import DecodingLinear, can_pack, decoding_linears
 
     monkeypatch.setattr(kernels.SkinnyLinear, "create", classmethod(lambda cls, *a, **k: None))
 
@@ -507,38 +513,39 @@ def test_skinny_linears_match_linear_for_every_row_count(pack, monkeypatch):
         ref = {rows: model.double()(x) for rows, x in xs.items()}
         model.float()
         packed_calls = []
-        if _can_pack():  # count the packed GEMM calls
+        if can_pack():  # count the packed GEMM calls
             real = torch.ops.mkl._mkl_linear
             spy = lambda *a: packed_calls.append(a[0].shape) or real(*a)  # noqa: E731
             monkeypatch.setattr(torch.ops.mkl, "_mkl_linear", spy)
-        with _skinny_linears(model, pack=pack):
-            assert all("forward" in vars(m) for m in model)
+        layers = list(model)
+        with decoding_linears(model, pack=pack):
+            assert all(isinstance(m, DecodingLinear) for m in model)
             got = {rows: model(x.float()) for rows, x in xs.items()}
             got[1.5] = model(xs[1].float().view(1, 1, 48)).view(1, 24)  # (B, T, C) input
     # batch-1 rows take MKL's packed GEMM (2 linears x 2 one-row inputs), and only when packing
-    assert len(packed_calls) == (4 if pack and _can_pack() else 0)
-    assert not any("forward" in vars(m) for m in model)  # restored
+    assert len(packed_calls) == (4 if pack and can_pack() else 0)
+    assert list(model) == layers  # restored
     for rows in xs:
         torch.testing.assert_close(got[rows].double(), ref[rows], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[1.5].double(), ref[1], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(
-    not __import__("attnkit.native").kernels.available(),
+    not __import__("attnkit.native").native.available(),
     reason="the native kernel is not available here (see attnkit.native.status())",
 )
 def test_skinny_linears_use_the_native_kernel_up_to_its_row_limit(kernel_calls):
-    from attnkit.generation import _NATIVE_MAX_ROWS, _skinny_linears
+    from attnkit.native.linear import NATIVE_MAX_ROWS, decoding_linears
 
     calls = kernel_calls
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(48, 81), torch.nn.Linear(81, 24, bias=False))
-    rows = (1, 5, _NATIVE_MAX_ROWS, _NATIVE_MAX_ROWS + 1)
+    rows = (1, 5, NATIVE_MAX_ROWS, NATIVE_MAX_ROWS + 1)
     xs = {r: torch.randn(r, 48, dtype=torch.float64) for r in rows}
     with torch.no_grad():
         ref = {r: model.double()(x) for r, x in xs.items()}
         model.float()
-        with _skinny_linears(model, pack=True):
+        with decoding_linears(model, pack=True):
             got = {r: model(x.float()) for r, x in xs.items()}
     # two linears per input, for every row count up to the limit; beyond it torch's product
     assert calls == [r for r in rows[:-1] for _ in range(2)]

@@ -131,7 +131,8 @@ def test_native_kernel_can_be_switched_off():
 
 @needs_kernel
 def test_int8_linear_native_path_matches_dequantized_float64():
-    from attnkit.generation import _NATIVE_MAX_ROWS, Int8Linear
+    from attnkit.native.int8 import Int8Linear
+    from attnkit.native.linear import NATIVE_MAX_ROWS
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 40)
@@ -140,11 +141,11 @@ def test_int8_linear_native_path_matches_dequantized_float64():
     x = torch.randn(3, 2, 64)  # 6 rows
     with torch.no_grad():
         got = q(x)
-        many = q(torch.randn(_NATIVE_MAX_ROWS + 1, 64))  # torch's bfloat16 path
+        many = q(torch.randn(NATIVE_MAX_ROWS + 1, 64))  # torch's bfloat16 path
     ref = x.double() @ deq.T + lin.bias.double()
     assert got.shape == (3, 2, 40)
     assert (got.double() - ref).abs().max().item() < 1e-5
-    assert many.shape == (_NATIVE_MAX_ROWS + 1, 40)
+    assert many.shape == (NATIVE_MAX_ROWS + 1, 40)
     # the cached native plan holds raw pointers: copies must build their own
     clone = copy.deepcopy(q)
     assert "_native_cache" not in vars(clone)
@@ -177,19 +178,19 @@ def test_one_query_decoding_matches_the_full_forward(n_kv_heads, padded):
     if padded:
         kpm[1, :3] = False  # row 1 starts with 3 pad tokens
     with torch.no_grad():
-        full = mha(x, key_padding_mask=kpm if padded else None)  # (B, T, C)
+        full = mha(x, valid_key_mask=kpm if padded else None)  # (B, T, C)
         cache = KVCache()
         pos = (kpm.cumsum(1) - 1).clamp(min=0)  # positions count real tokens only
         mha(
             x[:, :4],
-            key_padding_mask=kpm[:, :4] if padded else None,
+            valid_key_mask=kpm[:, :4] if padded else None,
             positions=pos[:, :4] if padded else None,
             cache=cache,
         )
         for t in range(4, T):
             step = mha(
                 x[:, t : t + 1],
-                key_padding_mask=kpm[:, : t + 1] if padded else None,
+                valid_key_mask=kpm[:, : t + 1] if padded else None,
                 positions=pos[:, t : t + 1] if padded else None,
                 cache=cache,
             )
@@ -213,16 +214,16 @@ def test_half_precision_layer_with_a_float32_cache():
 
 @needs_kernel
 def test_bfloat16_prompts_go_through_the_kernel_in_blocks(kernel_calls):
-    from attnkit.generation import _NATIVE_PREFILL_ROWS, _skinny_linears
+    from attnkit.native.linear import NATIVE_PREFILL_ROWS, decoding_linears
 
     calls = kernel_calls
     torch.manual_seed(0)
     lin = torch.nn.Linear(40, 24).to(torch.bfloat16)
-    rows = 2 * _NATIVE_PREFILL_ROWS + 5
+    rows = 2 * NATIVE_PREFILL_ROWS + 5
     x = torch.randn(1, rows, 40).to(torch.bfloat16)
-    with torch.no_grad(), _skinny_linears(lin):
-        got = lin(x)
-    assert calls == [_NATIVE_PREFILL_ROWS, _NATIVE_PREFILL_ROWS, 5]
+    with torch.no_grad(), decoding_linears(torch.nn.Sequential(lin)) as model:
+        got = model(x)
+    assert calls == [NATIVE_PREFILL_ROWS, NATIVE_PREFILL_ROWS, 5]
     assert got.dtype == torch.bfloat16 and got.shape == (1, rows, 24)
     ref = x.double() @ lin.weight.double().T + lin.bias.double()
     # float32 sums, then one rounding to bfloat16 (relative 2^-8)

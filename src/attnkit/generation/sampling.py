@@ -1,0 +1,52 @@
+"""Choosing the next token from a step's logits: repetition penalty, temperature, top-k, top-p."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["apply_repetition_penalty", "choose_tokens", "filter_logits"]
+
+
+def apply_repetition_penalty(
+    logits: torch.Tensor, seen: torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """logits (B, V); seen (B, V) bool, True for ids already in the row. Returns new logits:
+    seen positive logits / penalty, seen negative logits * penalty."""
+    if penalty == 1.0:
+        return logits
+    scaled = torch.where(logits > 0, logits / penalty, logits * penalty)  # (B, V)
+    return torch.where(seen, scaled, logits)
+
+
+def filter_logits(
+    logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """logits (B, V) -> logits with the tokens outside top-k / top-p set to -inf."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs  # mass of the more likely tokens
+        drop_sorted = before >= top_p
+        drop_sorted[:, 0] = False  # the most likely token always stays
+        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def choose_tokens(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(B, V) logits -> (B,) token ids: arg-max for temperature 0, else a draw from the
+    filtered, tempered softmax."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits / temperature, top_k, top_p)
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
