@@ -53,14 +53,15 @@ def require(module_name: str, extra: str, purpose: str = "") -> ModuleType:
         raise MissingDependency(package, extra, purpose) from e
 
 
-def figure(width: float, height: float, dpi: float = 100) -> Figure:
+def figure(width: float, height: float, dpi: float = 100, layout: str | None = None) -> Figure:
     """A matplotlib ``Figure`` of ``width`` x ``height`` inches on its own Agg canvas.
 
-    Save it with ``fig.savefig(path_or_file, format="png")``; nothing global is touched.
+    ``layout`` is matplotlib's (``"constrained"``, ``"tight"``). Save it with
+    ``fig.savefig(path_or_file, format="png")``; nothing global is touched.
     Raises :class:`MissingDependency` (extra ``viz``) when matplotlib is not installed.
     """
     mfigure = require("matplotlib.figure", "viz", "plots")
     agg = require("matplotlib.backends.backend_agg", "viz", "plots")
-    fig = mfigure.Figure(figsize=(width, height), dpi=dpi)
+    fig = mfigure.Figure(figsize=(width, height), dpi=dpi, layout=layout)
     agg.FigureCanvasAgg(fig)
     return fig
