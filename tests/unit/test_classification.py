@@ -16,7 +16,7 @@ import attnkit
 from attnkit.cli import main
 from attnkit.models import build_model, get_preset
 from attnkit.tasks import classification as clf
-from attnkit.text import genre
+from attnkit.text import batching, genre
 
 
 @pytest.fixture(autouse=True)
@@ -73,12 +73,12 @@ def test_majority_baseline_and_class_weights():
 
 def test_length_batches_cover_everything_and_group_lengths():
     lengths = [random.randint(1, 200) for _ in range(1000)]
-    plain = clf.length_batches(lengths, 16)
+    plain = batching.length_batches(lengths, 16)
     assert sorted(i for b in plain for i in b) == list(range(1000))
     flat = [lengths[i] for b in plain for i in b]
     assert flat == sorted(lengths, reverse=True)
     gen = torch.Generator().manual_seed(0)
-    shuffled = clf.length_batches(lengths, 16, shuffle=True, generator=gen, pool=50)
+    shuffled = batching.length_batches(lengths, 16, shuffle=True, generator=gen, pool=50)
     assert sorted(i for b in shuffled for i in b) == list(range(1000))
 
     # padding: tokens spent on padding against a random batching of the same items
@@ -91,9 +91,9 @@ def test_length_batches_cover_everything_and_group_lengths():
     random.shuffle(perm)
     random_batches = [perm[s : s + 16] for s in range(0, 1000, 16)]
     assert waste(shuffled) < 0.1 * waste(random_batches)
-    ids, mask = clf.pad_batch([[5, 6, 7], [8]], pad_id=0)
+    ids, mask = batching.pad_batch([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert clf.pad_batch([[1, 2], [3, 4]], 0)[1] is None
+    assert batching.pad_batch([[1, 2], [3, 4]], 0)[1] is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,7 +190,8 @@ def test_finetune_tiny_model_reaches_100_percent_and_saves_a_classifier(tiny_dir
     assert result.baseline["accuracy"] == pytest.approx(1 / 3)
     assert result.class_weights == pytest.approx([1.0, 1.0, 1.0])
     meta = json.loads((out / "config.json").read_text())
-    assert meta["labels"] == ["ball", "bat", "cave"] and meta["model"]["head"] == "classification"
+    assert meta["model"]["id2label"] == ["ball", "bat", "cave"]
+    assert meta["model"]["head"] == "classification"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["best"]["macro_f1"] == 1.0 and len(metrics["history"]) == len(result.history)
     assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -204,7 +205,7 @@ def test_finetune_tiny_model_reaches_100_percent_and_saves_a_classifier(tiny_dir
     np.testing.assert_allclose(batch, one_by_one, atol=1e-5)  # padding masks are right
     np.testing.assert_allclose(batch.sum(axis=1), 1.0, atol=1e-6)
     model = result.model.eval()
-    ids = torch.tensor([model.tokenizer.encode(texts[0]).ids])
+    ids = torch.tensor([model.meta.tokenizer.encode(texts[0]).ids])
     with torch.no_grad():
         ref = torch.softmax(model(ids), -1)[0].numpy()
     np.testing.assert_allclose(batch[0], ref, atol=1e-5)
@@ -221,7 +222,7 @@ def test_class_weights_enter_the_loss(tiny_dir):
     model = result.model.eval()
     y = torch.tensor([result.labels.index(t) for t in labels])
     with torch.no_grad():
-        logits = torch.cat([model(torch.tensor([model.tokenizer.encode(t).ids])) for t in texts])
+        logits = torch.cat([model(torch.tensor([model.meta.tokenizer.encode(t).ids])) for t in texts])
     nll = -torch.log_softmax(logits, -1)[torch.arange(n), y]
     w = torch.tensor(want)[y]
     assert result.history[0]["eval_loss"] == pytest.approx(

@@ -66,6 +66,21 @@ def mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
     return value / d.world_size
 
 
+def total(value: torch.Tensor, d: Dist) -> torch.Tensor:
+    """The sum of ``value`` over all processes (itself when single); every process gets the
+    same result, so decisions made from it agree."""
+    if not d.enabled:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def shard(n: int, d: Dist) -> list[int]:
+    """This process's share of ``n`` items: every ``world_size``-th, from its rank."""
+    return list(range(d.rank, n, d.world_size))
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

@@ -37,8 +37,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from attnkit import checkpoints as ckpt_io
 from attnkit._util.fs import atomic_write, atomic_write_json
-from attnkit.checkpoints import io as ckpt_io
 from attnkit.training import distributed, metrics, optim, precision
 from attnkit.training.config import RunConfig
 
@@ -174,10 +174,10 @@ def evaluate(
     if d.enabled:
         torch.distributed.all_reduce(total)
     model.train(was)
-    loss = float(total[0] / total[2])
+    mean_loss = float(total[0] / total[2])
     return {
-        "loss": loss,
-        "perplexity": math.exp(min(loss, 700.0)),
+        "loss": mean_loss,
+        "perplexity": math.exp(min(mean_loss, 700.0)),
         "accuracy": float(total[1] / total[2]),
     }
 

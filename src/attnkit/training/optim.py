@@ -1,16 +1,20 @@
-"""AdamW with weight-decay groups, and the warmup + cosine learning-rate schedule."""
+"""AdamW with weight-decay groups, and the learning-rate schedule: linear warmup, then cosine
+(pre-training) or linear (fine-tuning) decay."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Matrices (embeddings, projections) decay; biases and norm gains (1-D) do not."""
-    decay, no_decay, seen = [], [], set()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
     for _, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:  # tied weights appear once
             continue
@@ -40,14 +44,24 @@ def make_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=device.type == "cuda")
 
 
-def lr_at(step: int, *, lr: float, min_lr: float, warmup: int, decay_iters: int) -> float:
-    """Linear warmup for ``warmup`` steps, cosine decay to ``min_lr`` at ``decay_iters``, flat
-    after. ``step`` counts from 0 (the step about to be taken)."""
+DECAYS = ("cosine", "linear")
+
+
+def lr_at(
+    step: int, *, lr: float, min_lr: float, warmup: int, decay_iters: int, decay: str = "cosine"
+) -> float:
+    """Linear warmup for ``warmup`` steps, then ``decay`` ("cosine", or "linear" as BERT
+    fine-tuning does) to ``min_lr`` at ``decay_iters``, flat after. ``step`` counts from 0
+    (the step about to be taken)."""
     if step < warmup:
         return lr * (step + 1) / (warmup + 1)
     if step >= decay_iters:
         return min_lr
     progress = (step - warmup) / max(1, decay_iters - warmup)
+    if decay == "linear":
+        return min_lr + (1.0 - progress) * (lr - min_lr)
+    if decay != "cosine":
+        raise ValueError(f"decay must be one of {list(DECAYS)}, got {decay!r}")
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 

@@ -1,0 +1,453 @@
+"""Fine-tuning a BERT-family model for sequence classification, on the training package.
+
+    >>> result = finetune("minilm", "train.csv", "eval.csv", out="runs/clf")
+    >>> result.best["macro_f1"], result.baseline["macro_f1"]
+
+* **Training**: AdamW with weight decay on matrices only (:mod:`attnkit.training.optim`), linear
+  warm-up then linear (or cosine) decay to 0, gradient clipping, the forward pass under
+  ``dtype`` autocast (:mod:`attnkit.training.precision`), cross-entropy with class weights
+  ``w_c = N / (K * n_c)`` (:func:`class_weights`: N training rows, K classes, n_c rows of class
+  c; 1 for every class of a balanced set, so the loss counts each class as much in total).
+  Batches are length-sorted with dynamic padding (:mod:`attnkit.text.batching`): texts of
+  about the same token count go together and are padded only to the longest of their batch.
+* **Devices and processes**: ``device`` "auto", "cpu" or "cuda"; under ``torchrun`` each
+  process joins the group (:mod:`attnkit.training.distributed`), the model is wrapped in DDP,
+  every process draws the same global batch of ``batch_size`` texts and runs its share
+  (every ``world_size``-th row); the loss is normalised by the whole batch's class weights,
+  so N processes take the same steps as one. Evaluation is shared the same way and its logits
+  summed, so every process makes the same early-stopping decision; only rank 0 writes.
+* **Early stopping**: the eval set is scored after every epoch (or every ``eval_every``
+  steps); the best state by ``metric`` (macro-F1, accuracy or eval loss) is kept, and training
+  stops after ``patience`` evaluations without improvement.
+* **Outputs** in ``out``: the best model as an attnkit checkpoint (``config.json`` holds the
+  label names as ``id2label`` and the provenance as ``meta.finetune``), ``metrics.json``
+  (every evaluation, the best scores, the majority-class baseline, the class weights) and
+  ``confusion.png`` (when matplotlib is installed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from attnkit._util import checks
+from attnkit.models.bert import Bert
+from attnkit.models.common import ModelBase
+from attnkit.tasks.classification.data import LabelledTexts, as_examples, label_names
+from attnkit.tasks.classification.metrics import majority_baseline, plot_confusion, scores
+from attnkit.tasks.classification.model import (
+    class_logits,
+    classifier_from,
+    forward_logits,
+)
+from attnkit.text.batching import Batch, length_batches, pad_batch
+from attnkit.text.pooling import CLASSIFIER_POOLINGS, resolve_pooling
+from attnkit.text.tokenizers import encode_texts, pad_token_id
+from attnkit.training import distributed, optim, precision
+
+__all__ = [
+    "METRICS",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "class_weights",
+    "finetune",
+    "save_result",
+]
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("macro_f1", "accuracy", "loss")
+Data = LabelledTexts | str | os.PathLike[str] | tuple[Sequence[str], Sequence[object]]
+
+
+def class_weights(y: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Weights ``w_c = N / (K * n_c)`` for the cross-entropy: N rows, K classes, n_c rows of
+    class c. Every class of a balanced set gets 1; a class absent from ``y`` is an error."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=num_classes)
+    if len(counts) > num_classes or (counts == 0).any():
+        raise ValueError(
+            f"class counts {counts.tolist()} for {num_classes} classes; expected every "
+            f"class in 0..{num_classes - 1} at least once"
+        )
+    return torch.tensor(len(y) / (num_classes * counts), dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Hyper-parameters of :func:`finetune` (every one checked)."""
+
+    epochs: int = 3
+    batch_size: int = 16  # texts per optimizer step, over all processes
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    lr_decay: str = "linear"  # linear | cosine, to 0 at the last step
+    grad_clip: float = 1.0  # 0: no clipping
+    max_length: int = 128
+    use_class_weights: bool = True
+    metric: str = "macro_f1"
+    patience: int = 2
+    eval_every: int = 0  # steps between evaluations; 0: after every epoch
+    eval_batch_size: int = 64
+    pooling: str | None = None
+    dropout: float | None = None
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda (one GPU per process under torchrun)
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (CUDA)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "max_length", "patience", "eval_batch_size"):
+            checks.positive_int(name, getattr(self, name))
+        checks.non_negative_int("eval_every", self.eval_every)
+        for name in ("lr", "weight_decay", "grad_clip"):
+            checks.non_negative_float(name, getattr(self, name))
+        checks.probability("warmup_fraction", self.warmup_fraction)
+        checks.choice("lr_decay", self.lr_decay, optim.DECAYS)
+        checks.flag("use_class_weights", self.use_class_weights)
+        checks.choice("metric", self.metric, METRICS)
+        if self.pooling is not None:
+            checks.choice("pooling", self.pooling, CLASSIFIER_POOLINGS)
+        if self.dropout is not None:
+            checks.probability("dropout", self.dropout)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            checks.fail("seed", self.seed, "an int", wrong_type=True)
+        checks.choice("dtype", self.dtype, tuple(precision.DTYPES))
+        if not isinstance(self.device, str):
+            checks.fail("device", self.device, "'auto', 'cpu' or 'cuda'", wrong_type=True)
+
+
+@dataclass
+class FinetuneResult:
+    model: Bert
+    labels: list[str]
+    best: dict[str, Any]  # scores of the kept (best) state on the eval set
+    baseline: dict[str, Any]  # majority-class scores on the same eval set
+    history: list[dict[str, Any]] = field(default_factory=list)
+    class_weights: list[float] = field(default_factory=list)
+    steps: int = 0
+    epochs: float = 0.0
+    stopped_early: bool = False
+    seconds: float = 0.0
+    out: Path | None = None
+    world_size: int = 1
+
+
+def _better(metric: str, new: float, old: float | None) -> bool:
+    if old is None:
+        return True
+    return new < old - 1e-12 if metric == "loss" else new > old + 1e-12
+
+
+def _config(config: FinetuneConfig | None, overrides: dict[str, Any]) -> FinetuneConfig:
+    cfg = config or FinetuneConfig()
+    if not overrides:
+        return cfg
+    names = sorted(f.name for f in fields(FinetuneConfig))
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(
+            f"unknown finetune option(s) {unknown}; expected fields of FinetuneConfig: {names}"
+        )
+    return FinetuneConfig(**{**asdict(cfg), **overrides})
+
+
+def finetune(
+    model: ModelBase | str | os.PathLike[str],
+    train: Data,
+    eval: Data,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    out: str | os.PathLike[str] | None = None,
+    config: FinetuneConfig | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> FinetuneResult:
+    """Fine-tune ``model`` (a checkpoint directory, ``"minilm"`` or a loaded BERT-family model)
+    to classify ``train`` (a CSV/JSONL path, a :class:`LabelledTexts` or (texts, labels)),
+    choosing the kept state by its score on ``eval``; write the checkpoint and metrics to
+    ``out`` when given (rank 0 only). ``overrides`` set :class:`FinetuneConfig` fields;
+    ``log`` receives one line per evaluation (rank 0 only)."""
+    cfg = _config(config, overrides)
+    train_set = as_examples(train, text_column, label_column, "train")
+    eval_set = as_examples(eval, text_column, label_column, "eval")
+    labels = label_names(train_set.labels)
+    if len(labels) < 2:
+        raise ValueError(
+            f"{train_set.source}: every row has label {labels[0]!r}; expected at least "
+            f"2 classes to classify"
+        )
+    unseen = sorted(set(eval_set.labels) - set(labels))
+    if unseen:
+        raise ValueError(
+            f"{eval_set.source}: label(s) {unseen} do not occur in {train_set.source}; "
+            f"expected eval labels among the training labels {labels}"
+        )
+    d = distributed.init(cfg.device)
+    try:
+        precision.check_dtype(cfg.dtype, d.device)
+        say = (log or (lambda message: None)) if d.is_main else (lambda message: None)
+        result = _run(cfg, d, model, train_set, eval_set, labels, say, progress and d.is_main)
+        result.model.meta = result.model.meta.replace(
+            max_length=min(cfg.max_length, result.model.config.max_seq_len),
+            finetune={
+                "text_column": text_column,
+                "label_column": label_column,
+                "pooling": resolve_pooling(result.model, for_classifier=True),
+                "best": {
+                    k: result.best.get(k) for k in ("accuracy", "macro_f1", "eval_loss", "step")
+                },
+                "base_model": str(result.model.meta.source),
+                "train": train_set.source,
+                "eval": eval_set.source,
+            },
+        )
+        if out is not None:
+            result.out = Path(out)
+            if d.is_main:
+                save_result(result, out, cfg, train_set.source, eval_set.source)
+            distributed.barrier(d)
+        return result
+    finally:
+        distributed.shutdown(d)
+
+
+def _run(
+    cfg: FinetuneConfig,
+    d: distributed.Dist,
+    model: ModelBase | str | os.PathLike[str],
+    train_set: LabelledTexts,
+    eval_set: LabelledTexts,
+    labels: list[str],
+    say: Callable[[str], None],
+    progress: bool,
+) -> FinetuneResult:
+    index = {name: i for i, name in enumerate(labels)}
+    y_train = [index[y] for y in train_set.labels]
+    y_eval = [index[y] for y in eval_set.labels]
+
+    torch.manual_seed(cfg.seed)  # the same new head in every process
+    net = classifier_from(model, labels, cfg.pooling, cfg.dropout).to(d.device)
+    tok = net.meta.tokenizer
+    assert tok is not None  # classifier_from checked
+    max_length = min(cfg.max_length, net.config.max_seq_len)
+    pad_id = pad_token_id(tok, net.config.pad_token_id)
+    train_ids = encode_texts(tok, train_set.texts, max_length)
+    eval_ids = encode_texts(tok, eval_set.texts, max_length)
+    weights = (
+        class_weights(y_train, len(labels)) if cfg.use_class_weights else torch.ones(len(labels))
+    )
+    baseline = majority_baseline(y_train, y_eval, labels)
+    y_train_t = torch.tensor(y_train)
+    y_eval_t = torch.tensor(y_eval)
+    optimizer = optim.make_optimizer(
+        net, cfg.lr, cfg.weight_decay, (0.9, 0.999), d.device, fused=False
+    )
+    scaler = precision.grad_scaler(d.device, cfg.dtype)
+    wrapped: torch.nn.Module = net
+    if d.enabled:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[d.local_rank] if d.device.type == "cuda" else None
+        )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    lengths = [len(s) for s in train_ids]
+    per_epoch = -(-len(train_ids) // cfg.batch_size)
+    total = per_epoch * cfg.epochs
+    warmup = int(total * cfg.warmup_fraction)
+    w_dev = weights.to(d.device)
+
+    def evaluate() -> tuple[dict[str, Any], float]:
+        mine = distributed.shard(len(eval_ids), d)
+        logits = torch.zeros(len(eval_ids), len(labels))  # (N, K)
+        if mine:
+            part = class_logits(
+                net, [eval_ids[i] for i in mine], cfg.eval_batch_size, pad_id, cfg.dtype
+            )
+            logits[torch.tensor(mine)] = part
+        logits = distributed.total(logits.to(d.device), d).cpu()  # every process: all rows
+        loss = float(F.cross_entropy(logits, y_eval_t, weight=weights))
+        return scores(y_eval, logits.argmax(-1).tolist(), labels), loss
+
+    counts = ", ".join(f"{n} {y_train.count(i)}" for i, n in enumerate(labels))
+    say(
+        f"fine-tuning on {len(train_ids)} texts ({counts}), evaluating on {len(eval_ids)}; "
+        f"{cfg.epochs} epoch(s) of {per_epoch} batches of {cfg.batch_size}"
+        f"{f' over {d.world_size} processes' if d.enabled else ''} on {d.device}; "
+        f"class weights {[round(float(w), 3) for w in weights]}"
+    )
+    history: list[dict[str, Any]] = []
+    best_value: float | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    best_scores: dict[str, Any] = {}
+    bad = 0
+    step = 0
+    stopped = False
+    run_loss = torch.zeros((), dtype=torch.float64, device=d.device)  # sum of loss x rows
+    run_n = 0
+    start = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="finetune", unit="batch")
+    wrapped.train()
+    for epoch in range(cfg.epochs):
+        batches = length_batches(lengths, cfg.batch_size, shuffle=True, generator=gen)
+        for b, idx in enumerate(batches):
+            optim.set_lr(
+                optimizer,
+                optim.lr_at(
+                    step,
+                    lr=cfg.lr,
+                    min_lr=0.0,
+                    warmup=warmup,
+                    decay_iters=total,
+                    decay=cfg.lr_decay,
+                ),
+            )
+            # this process's rows of the global batch; the loss is normalised by the whole
+            # batch's weight, and DDP averages over processes, hence the world_size factor
+            denom = weights[y_train_t[idx]].sum()
+            mine = idx[d.rank :: d.world_size]
+            scale = d.world_size / float(denom)
+            if not mine:  # fewer rows than processes: run one row with no weight
+                mine, scale = idx[:1], 0.0
+            ids, mask = pad_batch([train_ids[i] for i in mine], pad_id)
+            batch = Batch(mine, ids, mask).to(d.device)
+            with precision.autocast(d.device, cfg.dtype):
+                logits = forward_logits(wrapped, batch)  # (b, K)
+            loss_sum = F.cross_entropy(
+                logits.float(), y_train_t[mine].to(d.device), weight=w_dev, reduction="sum"
+            )
+            loss = loss_sum * scale
+            optimizer.zero_grad(set_to_none=True)
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.unscale_(optimizer)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            step += 1
+            run_loss += loss.detach().double() * (len(idx) / d.world_size)
+            run_n += len(idx)
+            if bar is not None:
+                bar.update(1)
+            last = b == len(batches) - 1
+            final = last and epoch == cfg.epochs - 1  # the last step is always evaluated
+            if not (
+                (cfg.eval_every and step % cfg.eval_every == 0)
+                or (not cfg.eval_every and last)
+                or final
+            ):
+                continue
+            sc, eval_loss = evaluate()
+            row = {
+                "step": step,
+                "epoch": round(step / per_epoch, 3),
+                "train_loss": float(distributed.total(run_loss, d)) / max(run_n, 1),
+                "eval_loss": eval_loss,
+                "accuracy": sc["accuracy"],
+                "macro_f1": sc["macro_f1"],
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+            history.append(row)
+            run_loss.zero_()
+            run_n = 0
+            value = eval_loss if cfg.metric == "loss" else sc[cfg.metric]
+            improved = _better(cfg.metric, value, best_value)
+            say(
+                f"step {step} (epoch {row['epoch']:g}): train loss {row['train_loss']:.4f}, "
+                f"eval loss {eval_loss:.4f}, accuracy {sc['accuracy']:.4f}, macro-F1 "
+                f"{sc['macro_f1']:.4f}{' (best)' if improved else ''}"
+            )
+            if improved:
+                best_value, bad = value, 0
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                best_scores = {**sc, "eval_loss": eval_loss, "step": step}
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    stopped = True
+                    say(f"early stop: no better {cfg.metric} in {bad} evaluation(s)")
+                    break
+        if stopped:
+            break
+    if bar is not None:
+        bar.close()
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.eval()
+    return FinetuneResult(
+        net,
+        labels,
+        best_scores,
+        baseline,
+        history,
+        [float(w) for w in weights],
+        step,
+        round(step / per_epoch, 3),
+        stopped,
+        round(time.perf_counter() - start, 2),
+        world_size=d.world_size,
+    )
+
+
+def save_result(
+    result: FinetuneResult,
+    out: str | os.PathLike[str],
+    cfg: FinetuneConfig,
+    train_source: str = "",
+    eval_source: str = "",
+) -> Path:
+    """Write the model checkpoint, ``metrics.json`` and ``confusion.png`` into ``out``.
+    Without matplotlib the plot is left out with a one-line warning naming the extra."""
+    from attnkit._util.fs import atomic_write_json
+    from attnkit._util.optional import MissingDependency
+    from attnkit.checkpoints import save
+
+    path = Path(out)
+    save(result.model, path)
+    atomic_write_json(
+        path / "metrics.json",
+        {
+            "labels": result.labels,
+            "best": result.best,
+            "baseline": result.baseline,
+            "history": result.history,
+            "class_weights": result.class_weights,
+            "steps": result.steps,
+            "epochs": result.epochs,
+            "stopped_early": result.stopped_early,
+            "seconds": result.seconds,
+            "world_size": result.world_size,
+            "config": asdict(cfg),
+            "train": train_source,
+            "eval": eval_source,
+        },
+    )
+    if result.best.get("confusion") is not None:
+        try:
+            plot_confusion(
+                np.array(result.best["confusion"]),
+                result.labels,
+                path / "confusion.png",
+                title=f"eval: accuracy {result.best['accuracy']:.3f}, "
+                f"macro-F1 {result.best['macro_f1']:.3f}",
+            )
+        except MissingDependency as e:
+            logger.warning("no confusion.png: %s", e)
+    return path

@@ -1,0 +1,221 @@
+"""Classification models: a BERT-family encoder with a classification head, and predictions.
+
+* :func:`classifier_from`: any attnkit or Hugging Face BERT-family checkpoint, or ``"minilm"``,
+  with a new classification head (dropout + linear) on a pooled vector. The pooling is
+  :func:`attnkit.text.pooling.resolve_pooling`'s (``for_classifier``): the checkpoint's pooler
+  for a Hugging Face BERT (as ``BertForSequenceClassification``), else ``config.pooling``
+  (mean for MiniLM). A checkpoint that already classifies the same labels keeps its head.
+* The class names are the config's ``id2label``; how the model was fine-tuned is
+  ``model.meta.finetune`` and the length it was trained with ``model.meta.max_length``.
+* :class:`Classifier` and :func:`predict`: labels and class probabilities of texts, in
+  length-sorted padded batches (:mod:`attnkit.text.batching`), returned in the input order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attnkit.models.bert import Bert
+from attnkit.models.common import ModelBase
+from attnkit.text.batching import Batch, map_batches
+from attnkit.text.pooling import resolve_pooling
+from attnkit.text.tokenizers import encode_texts, pad_token_id
+from attnkit.training import precision
+
+__all__ = [
+    "Classifier",
+    "Prediction",
+    "class_logits",
+    "classifier_from",
+    "load_bert",
+    "model_labels",
+    "predict",
+]
+
+
+def load_bert(model: ModelBase | str | os.PathLike[str], what: str = "classification") -> Bert:
+    """``model`` itself, or the checkpoint it names, as a BERT-family model with a tokenizer."""
+    if isinstance(model, (str, os.PathLike)):
+        from attnkit.checkpoints import load
+
+        model = load(model)
+    if not isinstance(model, ModelBase):
+        raise ValueError(
+            f"model must be a checkpoint directory, a known name such as 'minilm' or a "
+            f"loaded attnkit model, got {type(model).__name__}"
+        )
+    if not isinstance(model, Bert):
+        raise ValueError(
+            f"{what} needs a BERT-family model (config.arch='bert'), got {model.config.arch!r}"
+        )
+    if model.meta.tokenizer is None:
+        raise ValueError(
+            "the model has no tokenizer (tokenizer.json or vocab.txt); expected a "
+            "checkpoint directory with one"
+        )
+    return model
+
+
+def classifier_from(
+    model: ModelBase | str | os.PathLike[str],
+    labels: Sequence[str],
+    pooling: str | None = None,
+    dropout: float | None = None,
+) -> Bert:
+    """A BERT-family model with a classification head for ``labels`` (``config.id2label``).
+
+    The encoder (and the pooler, when it is used) come from ``model``; the head is new, unless
+    ``model`` already classifies exactly these labels with this pooling. ``pooling``: "pooler"
+    (dense + tanh on the first token), "mean" or "cls"; default as the module docstring says.
+    The new model carries ``model.meta`` (tokenizer, source, length).
+    """
+    from attnkit.models import build_model
+
+    base = load_bert(model, "fine-tuning for classification")
+    cfg = base.config
+    names = [str(x) for x in labels]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ValueError(f"labels must be 2 or more distinct names, got {names}")
+    current = resolve_pooling(base, for_classifier=True)
+    pooling = resolve_pooling(base, pooling, for_classifier=True)
+    if pooling == "pooler" and not cfg.pooler:
+        raise ValueError(
+            "pooling 'pooler' needs a checkpoint with a pooler (dense + tanh); this "
+            "one has none; expected 'mean' or 'cls'"
+        )
+    if (
+        cfg.head == "classification"
+        and list(cfg.id2label or ()) == names
+        and current == pooling
+        and dropout is None
+    ):
+        return base
+    new_cfg = cfg.replace(
+        head="classification",
+        num_labels=len(names),
+        id2label=tuple(names),
+        pooler=pooling == "pooler",
+        pooling=cfg.pooling if pooling == "pooler" else pooling,
+        **({} if dropout is None else {"dropout": dropout}),
+    )
+    new = build_model(new_cfg)
+    assert isinstance(new, Bert)
+    drop = ("mlm.", "classifier.") + (() if pooling == "pooler" else ("pooler.",))
+    state = {k: v for k, v in base.state_dict().items() if not k.startswith(drop)}
+    result = new.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("classifier.")]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"cannot move the encoder into a classifier: missing {missing}, "
+            f"unexpected {result.unexpected_keys}"
+        )
+    new.meta = base.meta
+    return new.to(next(base.parameters()).device)
+
+
+def model_labels(model: ModelBase) -> list[str]:
+    """The class names of a classification model: its ``config.id2label``, else
+    ``LABEL_<i>``."""
+    cfg = model.config
+    if cfg.head != "classification":
+        raise ValueError(
+            f"model {model.meta.source or type(model).__name__!r} has no classification head "
+            f"(config.head={cfg.head!r}); expected a checkpoint written by finetune"
+        )
+    if cfg.id2label is not None:
+        return list(cfg.id2label)
+    return [f"LABEL_{i}" for i in range(cfg.num_labels)]
+
+
+def forward_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """(B, K) class logits of one padded batch (``model`` may be wrapped, e.g. by DDP)."""
+    return model(batch.ids, attention_mask=batch.attention_mask)  # (B, K)
+
+
+@torch.no_grad()
+def class_logits(
+    model: Bert,
+    ids_list: Sequence[Sequence[int]],
+    batch_size: int,
+    pad_id: int,
+    dtype: str = "float32",
+) -> torch.Tensor:
+    """(N, K) float32 logits on the CPU in the input order: length-sorted batches, eval mode,
+    the forward pass under ``dtype`` autocast."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+
+        def run(batch: Batch) -> torch.Tensor:
+            with precision.autocast(device, dtype):
+                return forward_logits(model, batch).float()  # (B, K)
+
+        return map_batches(ids_list, batch_size, run, pad_id, device=device).cpu()
+    finally:
+        model.train(was_training)
+
+
+@dataclass
+class Prediction:
+    label: str
+    probabilities: dict[str, float]
+
+
+class Classifier:
+    """A loaded classification checkpoint: ``predict`` and ``predict_proba`` on texts."""
+
+    def __init__(
+        self, model: ModelBase | str | os.PathLike[str], max_length: int | None = None
+    ) -> None:
+        self.model = load_bert(model, "Classifier").eval()
+        self.labels = model_labels(self.model)
+        tok = self.model.meta.tokenizer
+        if tok is None:  # load_bert checked; for the type checker
+            raise ValueError("the classification checkpoint has no tokenizer")
+        self.tokenizer = tok
+        limit = self.model.config.max_seq_len
+        self.max_length = min(max_length or self.model.meta.max_length or limit, limit)
+        self.pad_id = pad_token_id(tok, self.model.config.pad_token_id)
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """(N, K) class probabilities, columns in the order of ``self.labels``."""
+        items = check_texts(texts)
+        if not items:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        ids = encode_texts(self.tokenizer, items, self.max_length)
+        logits = class_logits(self.model, ids, batch_size, self.pad_id)
+        return torch.softmax(logits, dim=-1).numpy()
+
+    def predict(self, texts: str | Sequence[str], batch_size: int = 32) -> list[Prediction]:
+        items = [texts] if isinstance(texts, str) else list(texts)
+        probs = self.predict_proba(items, batch_size)
+        return [
+            Prediction(
+                self.labels[int(p.argmax())], {name: float(v) for name, v in zip(self.labels, p)}
+            )
+            for p in probs
+        ]
+
+
+def check_texts(texts: str | Sequence[str]) -> list[str]:
+    """``texts`` as a list of strings; an item that is not one is a ValueError naming it."""
+    items = [texts] if isinstance(texts, str) else list(texts)
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            raise ValueError(f"text {i} is a {type(t).__name__}; expected a string")
+    return items
+
+
+def predict(
+    model: ModelBase | str | os.PathLike[str], texts: str | Sequence[str], batch_size: int = 32
+) -> list[Prediction]:
+    """Label and class probabilities of each text with a classification checkpoint (a
+    directory written by :func:`~attnkit.tasks.classification.finetune`, a Hugging Face
+    BertForSequenceClassification directory or a loaded model)."""
+    return Classifier(model).predict(texts, batch_size)
