@@ -70,6 +70,11 @@ def _training_arguments(
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto | cpu | cuda; under torchrun each process takes its share of each batch",
+    )
+    parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -92,6 +97,7 @@ def _config(args: argparse.Namespace) -> FinetuneConfig:
         pooling=args.pooling,
         dropout=args.dropout,
         seed=args.seed,
+        device=args.device,
     )
 
 
@@ -153,6 +159,8 @@ def finetune_command(args: argparse.Namespace) -> int:
         log=_log,
         progress=args.progress,
     )
+    if not result.is_main:  # under torchrun, rank 0 reports
+        return 0
     print(_score_table(result.best, result.baseline))
     print(
         f"majority baseline predicts {result.baseline['predicts']!r}; kept the state of step "

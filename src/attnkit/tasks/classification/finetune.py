@@ -139,6 +139,7 @@ class FinetuneResult:
     seconds: float = 0.0
     out: Path | None = None
     world_size: int = 1
+    is_main: bool = True  # rank 0 (or a single process): the one that wrote ``out``
 
 
 def _better(metric: str, new: float, old: float | None) -> bool:
@@ -403,6 +404,7 @@ def _run(
         stopped,
         round(time.perf_counter() - start, 2),
         world_size=d.world_size,
+        is_main=d.is_main,
     )
 
 
