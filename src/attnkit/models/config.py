@@ -13,11 +13,12 @@ id) and the derived ``label2id``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn
+
+from attnkit._util import checks
 
 ARCHS = ("gpt", "bert")
 HEADS = {"gpt": ("lm", "none"), "bert": ("none", "mlm", "classification")}
@@ -28,37 +29,46 @@ MLPS = ("gelu", "gelu_tanh", "relu", "relu2", "swiglu")
 POOLINGS = ("cls", "mean")
 
 
-def _fail(name: str, value: Any, expected: str) -> None:
-    raise ValueError(f"ModelConfig.{name} must be {expected}, got {value!r}")
+# the default of a field that is derived from others when the config is checked: a checked
+# config holds an int there (typed ``Any`` so that the field itself is typed ``int``)
+DERIVED: Any = None
+
+# names of fields before they were renamed -> their names now (old config.json / TOML files)
+RENAMED_FIELDS = {"n_head": "n_heads", "n_kv_head": "n_kv_heads"}
 
 
-def _pos_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        _fail(name, value, "a positive int")
+def _name(field_name: str) -> str:
+    return f"ModelConfig.{field_name}"
 
 
-def _prob(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        _fail(name, value, "a float in [0, 1)")
+def _fail(field_name: str, value: Any, expected: str) -> NoReturn:
+    checks.fail(_name(field_name), value, expected)
 
 
-def _choice(name: str, value: Any, options: tuple) -> None:
-    if value not in options:
-        _fail(name, value, f"one of {list(options)}")
-
-
-def _flag(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        _fail(name, value, "a bool")
+def translate_old_names(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with fields of their old names renamed (``n_head`` -> ``n_heads``, ``n_kv_head``
+    -> ``n_kv_heads``), so config.json and TOML files written before the rename still load.
+    Giving both the old and the new name is an error naming them."""
+    out = dict(data)
+    for old, new in RENAMED_FIELDS.items():
+        if old in out:
+            if new in out:
+                raise ValueError(
+                    f"config has both {old!r} (the old name) and {new!r}; expected only {new!r}"
+                )
+            out[new] = out.pop(old)
+    return out
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a decoder (``arch="gpt"``) or encoder (``arch="bert"``).
 
-    Sizes: ``vocab_size``, ``n_layer`` blocks of width ``d_model`` with ``n_head`` query heads
-    and ``n_kv_head`` key/value heads (None: same as ``n_head``; fewer gives GQA/MQA),
-    ``d_ff`` MLP width (None: 4 * d_model), ``max_seq_len`` positions.
+    Sizes: ``vocab_size``, ``n_layer`` blocks of width ``d_model`` with ``n_heads`` query
+    heads and ``n_kv_heads`` key/value heads (fewer gives GQA/MQA), ``d_ff`` MLP width,
+    ``max_seq_len`` positions. ``n_kv_heads`` and ``d_ff`` may be given as None and are then
+    resolved when the config is checked: ``n_kv_heads = n_heads`` and ``d_ff = 4 * d_model``,
+    so a checked config always holds ints there.
 
     Choices: ``positional`` (learned, sinusoidal, rope, alibi, none), ``norm`` (layernorm,
     rmsnorm) placed ``norm_placement`` "pre" (GPT-2) or "post" (BERT) the sublayer, ``mlp``
@@ -75,15 +85,19 @@ class ModelConfig:
     by ``id2label`` (a tuple of label names, index = class id; None: unnamed classes). When
     ``id2label`` is given, ``num_labels`` is its length (a different ``num_labels`` is an
     error); ``label2id`` is the derived read-only mapping.
+
+    Old names: ``n_head`` and ``n_kv_head`` (before they were renamed ``n_heads`` and
+    ``n_kv_heads``) are accepted by :meth:`from_dict`, so older config.json files still load
+    (see :func:`translate_old_names`).
     """
 
     arch: str = "gpt"
     vocab_size: int = 50257
     n_layer: int = 12
-    n_head: int = 12
-    n_kv_head: int | None = None
+    n_heads: int = 12
+    n_kv_heads: int = DERIVED  # None: n_heads
     d_model: int = 768
-    d_ff: int | None = None
+    d_ff: int = DERIVED  # None: 4 * d_model
     max_seq_len: int = 1024
     positional: str = "learned"
     rope_base: float = 10000.0
@@ -111,18 +125,20 @@ class ModelConfig:
     initializer_range: float = 0.02
 
     def __post_init__(self) -> None:
-        _choice("arch", self.arch, ARCHS)
-        for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len", "num_labels"):
-            _pos_int(name, getattr(self, name))
-        if self.n_kv_head is not None:
-            _pos_int("n_kv_head", self.n_kv_head)
-            if self.n_head % self.n_kv_head:
-                _fail("n_kv_head", self.n_kv_head, f"a divisor of n_head={self.n_head}")
-        if self.d_model % self.n_head:
-            _fail("d_model", self.d_model, f"a multiple of n_head={self.n_head}")
-        if self.d_ff is not None:
-            _pos_int("d_ff", self.d_ff)
-        _choice("positional", self.positional, POSITIONALS)
+        checks.choice(_name("arch"), self.arch, ARCHS)
+        for name in ("vocab_size", "n_layer", "n_heads", "d_model", "max_seq_len", "num_labels"):
+            checks.positive_int(_name(name), getattr(self, name))
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        checks.positive_int(_name("n_kv_heads"), self.n_kv_heads)
+        if self.n_heads % self.n_kv_heads:
+            _fail("n_kv_heads", self.n_kv_heads, f"a divisor of n_heads={self.n_heads}")
+        if self.d_model % self.n_heads:
+            _fail("d_model", self.d_model, f"a multiple of n_heads={self.n_heads}")
+        if self.d_ff is None:
+            object.__setattr__(self, "d_ff", 4 * self.d_model)
+        checks.positive_int(_name("d_ff"), self.d_ff)
+        checks.choice(_name("positional"), self.positional, POSITIONALS)
         if self.positional == "rope" and self.head_dim % 2:
             _fail(
                 "positional",
@@ -130,34 +146,26 @@ class ModelConfig:
                 f"not 'rope' with an odd head_dim={self.head_dim} (RoPE rotates channel pairs)",
             )
         for name in ("rope_base", "norm_eps", "initializer_range"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                _fail(name, value, "a finite number > 0")
-        _choice("norm", self.norm, NORMS)
-        _choice("norm_placement", self.norm_placement, NORM_PLACEMENTS)
-        _choice("mlp", self.mlp, MLPS)
+            checks.positive_float(_name(name), getattr(self, name))
+        checks.choice(_name("norm"), self.norm, NORMS)
+        checks.choice(_name("norm_placement"), self.norm_placement, NORM_PLACEMENTS)
+        checks.choice(_name("mlp"), self.mlp, MLPS)
         for name in ("bias", "tie_embeddings", "embed_norm", "final_norm", "pooler"):
-            _flag(name, getattr(self, name))
-        _prob("dropout", self.dropout)
-        _prob("attn_dropout", self.attn_dropout)
+            checks.flag(_name(name), getattr(self, name))
+        checks.probability(_name("dropout"), self.dropout)
+        checks.probability(_name("attn_dropout"), self.attn_dropout)
         self._check_attention()
-        if self.window is not None:
-            _pos_int("window", self.window)
+        checks.optional_positive_int(_name("window"), self.window)
         if not isinstance(self.backend, str):
             _fail("backend", self.backend, "a backend name such as 'auto', 'sdpa' or 'math'")
-        _choice("head", self.head, HEADS[self.arch])
-        if (
-            isinstance(self.type_vocab_size, bool)
-            or not isinstance(self.type_vocab_size, int)
-            or self.type_vocab_size < 0
-        ):
-            _fail("type_vocab_size", self.type_vocab_size, "an int >= 0 (0: no segment embeddings)")
-        _choice("pooling", self.pooling, POOLINGS)
+        checks.choice(_name("head"), self.head, HEADS[self.arch])
+        checks.int_at_least(
+            _name("type_vocab_size"),
+            self.type_vocab_size,
+            0,
+            "an int >= 0 (0: no segment embeddings)",
+        )
+        checks.choice(_name("pooling"), self.pooling, POOLINGS)
         self._check_labels()
         if self.pad_token_id is not None and (
             isinstance(self.pad_token_id, bool)
@@ -224,15 +232,7 @@ class ModelConfig:
     # ---------------------------------------------------------------------------------------
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_head or self.n_head
-
-    @property
-    def ff_dim(self) -> int:
-        return self.d_ff or 4 * self.d_model
+        return self.d_model // self.n_heads
 
     @property
     def causal(self) -> bool:
@@ -251,10 +251,12 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build from a dict (e.g. a config.json); unknown keys are an error naming them."""
-        if not isinstance(data, dict):
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """Build from a dict (e.g. a config.json); unknown keys are an error naming them. Old
+        field names are translated (:func:`translate_old_names`)."""
+        if not isinstance(data, Mapping):
             raise TypeError(f"ModelConfig.from_dict expects a dict, got {type(data).__name__}")
+        data = translate_old_names(data)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -269,8 +271,15 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (validated again).
 
-        New ``id2label`` without ``num_labels`` sets ``num_labels`` to its length.
+        Resolved defaults follow the fields they derive from: new ``n_heads`` without
+        ``n_kv_heads`` keeps a config with ``n_kv_heads == n_heads`` so (and keeps a grouped
+        one's ``n_kv_heads``); new ``d_model`` without ``d_ff`` keeps ``d_ff == 4 * d_model``
+        so. New ``id2label`` without ``num_labels`` sets ``num_labels`` to its length.
         """
+        if "n_heads" in changes and "n_kv_heads" not in changes and self.n_kv_heads == self.n_heads:
+            changes["n_kv_heads"] = None
+        if "d_model" in changes and "d_ff" not in changes and self.d_ff == 4 * self.d_model:
+            changes["d_ff"] = None
         if changes.get("id2label") is not None and "num_labels" not in changes:
             changes["num_labels"] = len(changes["id2label"])
         return dataclasses.replace(self, **changes)

@@ -9,15 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from attnkit.models.config import ModelConfig
+from attnkit.models.config import DERIVED, ModelConfig
 
 
-def _gpt2(n_layer: int, n_head: int, d_model: int) -> ModelConfig:
+def _gpt2(n_layer: int, n_heads: int, d_model: int) -> ModelConfig:
     return ModelConfig(
         arch="gpt",
         vocab_size=50257,
         n_layer=n_layer,
-        n_head=n_head,
+        n_heads=n_heads,
         d_model=d_model,
         max_seq_len=1024,
         positional="learned",
@@ -32,12 +32,12 @@ def _gpt2(n_layer: int, n_head: int, d_model: int) -> ModelConfig:
     )
 
 
-def _bert(n_layer: int, n_head: int, d_model: int, d_ff: int | None = None) -> ModelConfig:
+def _bert(n_layer: int, n_heads: int, d_model: int, d_ff: int = DERIVED) -> ModelConfig:
     return ModelConfig(
         arch="bert",
         vocab_size=30522,
         n_layer=n_layer,
-        n_head=n_head,
+        n_heads=n_heads,
         d_model=d_model,
         d_ff=d_ff,
         max_seq_len=512,
@@ -61,15 +61,15 @@ def _bert(n_layer: int, n_head: int, d_model: int, d_ff: int | None = None) -> M
 PRESETS: dict[str, Callable[[], ModelConfig]] = {
     # a few-thousand-parameter decoder for tests and demos
     "tiny": lambda: ModelConfig(
-        arch="gpt", vocab_size=256, n_layer=2, n_head=4, d_model=64, max_seq_len=256
+        arch="gpt", vocab_size=256, n_layer=2, n_heads=4, d_model=64, max_seq_len=256
     ),
     # the same size with the modern recipe: RoPE, RMSNorm, SwiGLU, grouped-query attention
     "tiny-llama": lambda: ModelConfig(
         arch="gpt",
         vocab_size=256,
         n_layer=2,
-        n_head=4,
-        n_kv_head=2,
+        n_heads=4,
+        n_kv_heads=2,
         d_model=64,
         d_ff=172,
         max_seq_len=256,

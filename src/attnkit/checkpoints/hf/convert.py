@@ -1,0 +1,309 @@
+"""Hugging Face <-> attnkit conversion, driven by one declarative key map per architecture.
+
+The maps live in :mod:`attnkit.checkpoints.hf.bert` and :mod:`attnkit.checkpoints.hf.gpt2`
+(parts in :mod:`attnkit.checkpoints.hf.keymap`); this module applies them. Every tensor is
+checked by shape against the model built from the converted config; a missing or unknown key
+is reported by name, with the file it came from. Keys in a map's ``ignore`` (buffers, tied
+copies, pre-training heads attnkit does not build) are skipped, and only those.
+
+Supported: ``model_type`` "bert" (BertModel, BertForMaskedLM, BertForSequenceClassification,
+sentence-transformers BERT models) and "gpt2" (GPT2Model, GPT2LMHeadModel).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from attnkit._util.fs import atomic_write_bytes, atomic_write_json
+from attnkit.checkpoints.format import (
+    CONFIG_NAME,
+    CheckpointError,
+    check_and_load,
+    load_tokenizer,
+    read_json,
+    read_tensors,
+    save_tensors,
+)
+from attnkit.checkpoints.hf import bert, gpt2
+from attnkit.checkpoints.hf.keymap import ACTIVATIONS_TO_HF, Architecture
+from attnkit.models.common import ModelBase
+
+if TYPE_CHECKING:  # pragma: no cover - for static tools only
+    from tokenizers import Tokenizer
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.model_type: a for a in (bert.ARCHITECTURE, gpt2.ARCHITECTURE)
+}
+_BY_ARCH = {a.arch: a.model_type for a in ARCHITECTURES.values()}
+
+
+# --------------------------------------------------------------------------------------------
+# HF -> attnkit
+# --------------------------------------------------------------------------------------------
+def _find_weights(directory: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return directory / name
+    raise CheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin found")
+
+
+def _detect_head(model_type: str, hf_cfg: Mapping[str, Any], keys: set[str]) -> str:
+    classes = hf_cfg.get("architectures") or []
+    keymap = ARCHITECTURES[model_type].keymap
+    for head, cls in keymap.hf_class.items():
+        if cls in classes and head != "none":
+            return head
+    for head, rules in keymap.heads.items():  # no class named: look at the keys
+        if (
+            head != "pooler"
+            and head in keymap.hf_class
+            and any(r.hf_names[0] in keys for r in rules)
+        ):
+            return head
+    return "none"
+
+
+def convert_from_hf(
+    tensors: Mapping[str, torch.Tensor],
+    hf_cfg: Mapping[str, Any],
+    source: str | Path = "<tensors>",
+    pooling: str | None = None,
+) -> ModelBase:
+    """Build the attnkit model described by an HF config and fill it from HF tensors
+    (``pooling``: the sentence pooling rule, when the directory names one)."""
+    from attnkit.models import build_model
+
+    source = Path(source)
+    model_type = hf_cfg.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{source}: model_type={model_type!r} is not supported; expected one "
+            f"of {sorted(ARCHITECTURES)}"
+        )
+    arch = ARCHITECTURES[model_type]
+    keymap = arch.keymap
+    # strip the backbone prefix of task models ("bert.encoder..." -> "encoder...")
+    original = {(k[len(keymap.prefix) :] if k.startswith(keymap.prefix) else k): k for k in tensors}
+    stripped = {name: tensors[k] for name, k in original.items()}
+    keys = set(stripped)
+    uses_prefix = any(k.startswith(keymap.prefix) for k in tensors)
+    head = _detect_head(model_type, hf_cfg, keys)
+    has_pooler = any(r.hf_names[0] in keys for r in keymap.heads.get("pooler", ()))
+    try:
+        cfg = arch.config_from_hf(hf_cfg, source, head, has_pooler)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{source}: config cannot be converted: {e}") from e
+    if pooling is not None:
+        cfg = cfg.replace(pooling=pooling)
+    model = build_model(cfg)
+    backbone = keymap.backbone_rules(cfg.n_layer, has_pooler)
+    rules = backbone + keymap.head_rules(head)
+    in_backbone = {n for r in backbone for n in r.hf_names}
+
+    def file_name(n: str) -> str:  # a name as the file spells it
+        if n in original:
+            return original[n]
+        return keymap.prefix + n if uses_prefix and n in in_backbone else n
+
+    own = model.state_dict()
+    tied = set(model.tied_keys())
+    ours: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    missing: list[str] = []
+    for rule in rules:
+        if rule.ours in tied:  # the tied copy is the embedding matrix; use it if present
+            used.update(n for n in rule.hf_names if n in keys)
+            continue
+        absent = [n for n in rule.hf_names if n not in keys]
+        if absent:
+            missing += absent
+            used.update(n for n in rule.hf_names if n in keys)  # known, just incomplete
+            continue
+        parts = [stripped[n].t() if rule.transpose else stripped[n] for n in rule.hf_names]
+        if rule.op == "concat" and len({tuple(p.shape[1:]) for p in parts}) > 1:
+            shapes = {file_name(n): tuple(stripped[n].shape) for n in rule.hf_names}
+            raise CheckpointError(f"{source}: keys {shapes} cannot be stacked into {rule.ours!r}")
+        t = torch.cat(parts, dim=0) if rule.op == "concat" else parts[0]
+        want = tuple(own[rule.ours].shape)
+        if tuple(t.shape) != want:
+            got = ", ".join(f"{file_name(n)!r} {tuple(stripped[n].shape)}" for n in rule.hf_names)
+            how = (
+                " (transposed)" if rule.transpose else (" (stacked)" if rule.op == "concat" else "")
+            )
+            raise CheckpointError(
+                f"{source}: key {got} gives {rule.ours!r} shape {tuple(t.shape)}{how}; "
+                f"the config (model_type={model_type!r}) implies {want}"
+            )
+        ours[rule.ours] = t
+        used.update(rule.hf_names)
+    ignored = {k for k in keys if any(re.fullmatch(p, k) for p in keymap.ignore)}
+    unknown = sorted(file_name(k) for k in keys - used - ignored)
+    missing = [file_name(n) for n in missing]
+    if missing or unknown:
+        problems = []
+        if missing:
+            problems.append(f"missing key(s) {sorted(missing)}")
+        if unknown:
+            problems.append(f"unexpected key(s) {unknown}")
+        raise CheckpointError(
+            f"{source}: {'; '.join(problems)} for a {keymap.hf_class.get(head, model_type)}"
+        )
+    # shapes, dtypes and completeness are checked before anything is copied
+    check_and_load(
+        model,
+        {k: v.float() if v.is_floating_point() else v for k, v in ours.items()},
+        source,
+        skip=tuple(tied),
+    )
+    return model
+
+
+def _sentence_config(directory: Path) -> dict[str, Any]:
+    """Pooling, normalisation and length of a sentence-transformers directory, if it is one."""
+    out: dict[str, Any] = {}
+    modules = directory / "modules.json"
+    if not modules.is_file():
+        return out
+    mods = read_json_list(modules)
+    types = [m.get("type", "") for m in mods]
+    out["normalize"] = any(t.endswith("Normalize") for t in types)
+    for m in mods:
+        if m.get("type", "").endswith("Pooling"):
+            pcfg = read_json(directory / m.get("path", "") / "config.json")
+            if pcfg.get("pooling_mode_mean_tokens"):
+                out["pooling"] = "mean"
+            elif pcfg.get("pooling_mode_cls_token"):
+                out["pooling"] = "cls"
+            else:
+                modes = sorted(k for k, v in pcfg.items() if k.startswith("pooling_mode") and v)
+                raise CheckpointError(
+                    f"{directory / m.get('path', '')}/config.json: pooling "
+                    f"{modes} is not supported; expected mean or cls tokens"
+                )
+    sbert = directory / "sentence_bert_config.json"
+    if sbert.is_file():
+        out["max_seq_length"] = read_json(sbert).get("max_seq_length")
+    return out
+
+
+def read_json_list(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot be read as JSON: {e}") from e
+    if not isinstance(data, list):
+        raise CheckpointError(f"{path}: expected a JSON list, got {type(data).__name__}")
+    return data
+
+
+def load_hf_tokenizer(directory: Path, max_length: int | None) -> Tokenizer | None:
+    """tokenizer.json if present; else WordPiece from vocab.txt (BERT) or byte-level BPE from
+    vocab.json + merges.txt (GPT-2); None when the directory has none of them."""
+    if (directory / "tokenizer.json").is_file():
+        return load_tokenizer(directory / "tokenizer.json", max_length)
+    if (directory / "vocab.txt").is_file():
+        from tokenizers.implementations import BertWordPieceTokenizer
+
+        tcfg = directory / "tokenizer_config.json"
+        lower = read_json(tcfg).get("do_lower_case", True) if tcfg.is_file() else True
+        tok = BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=lower)._tokenizer
+    elif (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+        from tokenizers.implementations import ByteLevelBPETokenizer
+
+        tok = ByteLevelBPETokenizer(
+            str(directory / "vocab.json"), str(directory / "merges.txt")
+        )._tokenizer
+    else:
+        return None
+    if max_length is not None:
+        tok.enable_truncation(max_length)
+    return tok
+
+
+def load_hf_dir(directory: str | Path) -> tuple[ModelBase, dict[str, Any], Tokenizer | None]:
+    """(model, meta dict, tokenizer) of a Hugging Face directory (config.json + weights); for
+    a sentence-transformers directory the pooling goes into the config and the meta dict holds
+    the maximum length and the normalisation."""
+    directory = Path(directory)
+    hf_cfg = read_json(directory / CONFIG_NAME)
+    weights = _find_weights(directory)
+    sentence = _sentence_config(directory)
+    model = convert_from_hf(read_tensors(weights), hf_cfg, weights, sentence.get("pooling"))
+    meta: dict[str, Any] = {}
+    if sentence.get("max_seq_length"):
+        meta["max_length"] = sentence["max_seq_length"]
+    if "normalize" in sentence:
+        meta["normalize"] = sentence["normalize"]
+    max_len = meta.get("max_length") or model.config.max_seq_len
+    return model, meta, load_hf_tokenizer(directory, max_len)
+
+
+# --------------------------------------------------------------------------------------------
+# attnkit -> HF
+# --------------------------------------------------------------------------------------------
+def to_hf_state_dict(model: ModelBase) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(HF tensors, HF config) for an attnkit model of an exportable layout."""
+    cfg = model.config
+    model_type = _BY_ARCH[cfg.arch]
+    arch = ARCHITECTURES[model_type]
+    # HF BERT and GPT-2 have as many key/value heads as query heads
+    need = {**arch.exportable, "n_kv_heads": cfg.n_heads}
+    bad = {k: getattr(cfg, k) for k, v in need.items() if getattr(cfg, k) != v}
+    if bad:
+        raise ValueError(
+            f"this model cannot be exported as HF {model_type}: config fields "
+            f"{bad} must be {{{', '.join(f'{k}: {need[k]!r}' for k in bad)}}}"
+        )
+    if cfg.arch == "bert" and cfg.head == "classification" and not cfg.pooler:
+        raise ValueError(
+            "a classification model without a pooler cannot be exported as HF "
+            "BertForSequenceClassification (which classifies the pooled first "
+            "token); expected config.pooler=True"
+        )
+    if cfg.mlp not in ACTIVATIONS_TO_HF:
+        raise ValueError(
+            f"mlp={cfg.mlp!r} cannot be exported as HF {model_type}; expected one "
+            f"of {sorted(ACTIVATIONS_TO_HF)}"
+        )
+    keymap = arch.keymap
+    own = model.state_dict()
+    tied = set(model.tied_keys())
+    prefix = keymap.prefix if cfg.head != "none" else ""
+    has_pooler = bool(cfg.pooler) if cfg.arch == "bert" else False
+    out: dict[str, torch.Tensor] = {}
+    for rules, pre in (
+        (keymap.backbone_rules(cfg.n_layer, has_pooler), prefix),
+        (keymap.head_rules(cfg.head), ""),
+    ):
+        for rule in rules:
+            if rule.ours in tied:
+                continue
+            t = own[rule.ours]
+            names = rule.hf_names
+            pieces = t.chunk(len(names), dim=0) if rule.op == "concat" else (t,)  # [q | k | v]
+            for name, piece in zip(names, pieces):
+                piece = piece.t() if rule.transpose else piece
+                out[pre + name] = piece.contiguous().clone()
+    return out, arch.config_to_hf(cfg)
+
+
+def export_hf(model: ModelBase, directory: str | Path) -> Path:
+    """Write ``model`` as a Hugging Face directory that ``transformers`` loads."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors, hf_cfg = to_hf_state_dict(model)
+    save_tensors(directory / "model.safetensors", tensors, metadata={"format": "pt"})
+    tok = model.meta.tokenizer
+    if tok is not None:
+        atomic_write_bytes(directory / "tokenizer.json", tok.to_str().encode())
+    atomic_write_json(directory / CONFIG_NAME, hf_cfg)
+    return directory
