@@ -20,7 +20,7 @@ TEXTS = ["To be, or not to be, that is the question:", "Now is the winter of our
 @pytest.fixture(scope="module")
 def batch():
     model = attnkit.load("minilm")
-    tok = model.tokenizer
+    tok = model.meta.tokenizer
     encs = tok.encode_batch(TEXTS)
     T = max(len(e.ids) for e in encs)
     ids = torch.zeros(len(encs), T, dtype=torch.long)

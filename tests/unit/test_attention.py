@@ -29,7 +29,7 @@ def ref_slopes(h: int) -> torch.Tensor:
 
 
 def ref_allowed(
-    B, H, Tq, Tk, causal=False, window=None, key_padding_mask=None, document_ids=None, mask=None
+    B, H, Tq, Tk, causal=False, window=None, valid_key_mask=None, document_ids=None, mask=None
 ):
     off = Tk - Tq
     p = torch.arange(Tq)[:, None] + off  # query positions
@@ -40,8 +40,8 @@ def ref_allowed(
     if window is not None:
         allowed &= (p - j < window) if causal else ((p - j).abs() < window)
     allowed = allowed.expand(B, H, Tq, Tk).clone()
-    if key_padding_mask is not None:
-        allowed &= key_padding_mask[:, None, None, :]
+    if valid_key_mask is not None:
+        allowed &= valid_key_mask[:, None, None, :]
     if document_ids is not None:
         allowed &= (document_ids[:, off:, None] == document_ids[:, None, :])[:, None]
     if mask is not None:
@@ -56,7 +56,7 @@ def reference(
     *,
     causal=False,
     window=None,
-    key_padding_mask=None,
+    valid_key_mask=None,
     document_ids=None,
     mask=None,
     bias=None,
@@ -77,7 +77,7 @@ def reference(
         s = s - ref_slopes(H)[:, None, None] * (qpos - kpos).abs()
     elif bias is not None:
         s = s + bias.double()
-    allowed = ref_allowed(B, H, Tq, Tk, causal, window, key_padding_mask, document_ids, mask)
+    allowed = ref_allowed(B, H, Tq, Tk, causal, window, valid_key_mask, document_ids, mask)
     s = s.masked_fill(~allowed, float("-inf"))
     w = torch.softmax(s, dim=-1)
     w = torch.where(allowed.any(-1, keepdim=True), w, torch.zeros_like(w))
@@ -126,7 +126,7 @@ def _extra(kind, B, Tq, Tk, H, seed=1):
     if kind == "padding":
         kpm = torch.rand(B, Tk, generator=g) > 0.25
         kpm[:, -1] = True
-        return dict(key_padding_mask=kpm)
+        return dict(valid_key_mask=kpm)
     if kind == "documents":
         doc = torch.sort(torch.randint(0, 4, (B, Tk), generator=g), dim=-1).values
         return dict(document_ids=doc)
@@ -182,8 +182,8 @@ def test_custom_scale():
 def test_return_weights():
     q, k, v = make(2, 4, 2, 17, 30, 8)
     kpm = torch.rand(2, 30, generator=torch.Generator().manual_seed(3)) > 0.3
-    out, w = attention(q, k, v, causal=True, key_padding_mask=kpm, return_weights=True)
-    ref, ref_w = reference(q, k, v, causal=True, key_padding_mask=kpm)
+    out, w = attention(q, k, v, causal=True, valid_key_mask=kpm, return_weights=True)
+    ref, ref_w = reference(q, k, v, causal=True, valid_key_mask=kpm)
     assert w.shape == (2, 4, 17, 30)
     assert (w.double() - ref_w).abs().max().item() <= 1e-6
     assert (out.double() - ref).abs().max().item() <= 1e-5
@@ -260,17 +260,17 @@ GRADCHECK_KW = [
 def test_gradcheck_float64(kw, backend):
     q, k, v = make(1, 2, 1, 9, 9, 5, torch.float64, requires_grad=True)
     kpm = torch.tensor([[True] * 8 + [False]])
-    fn = lambda q, k, v: attention(q, k, v, key_padding_mask=kpm, backend=backend, **kw)  # noqa: E731
+    fn = lambda q, k, v: attention(q, k, v, valid_key_mask=kpm, backend=backend, **kw)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (q, k, v))
 
 
 def test_gradcheck_windowed_fast_path_float64():
     """Long enough for the fused interior blocks: window >= 2 blocks of 16 queries."""
-    import attnkit.attention.backends as b
+    import attnkit.attention.backends.windowed as b
 
     q, k, v = make(1, 1, 1, 80, 80, 4, torch.float64, requires_grad=True)
     for causal in (True, False):
-        fn = lambda q, k, v: b.windowed_attention(  # noqa: E731
+        fn = lambda q, k, v, causal=causal: b.windowed_attention(  # noqa: E731
             q,
             k,
             v,
@@ -292,7 +292,7 @@ def test_fully_masked_rows_are_zero_with_zero_gradients(backend):
     kpm = torch.ones(2, 40, dtype=torch.bool)
     kpm[1] = False  # batch 1: every key is padding
     kpm[0, :10] = False  # batch 0: the first 10 queries (causal) see only padding
-    out = attention(q, k, v, causal=True, window=20, key_padding_mask=kpm, backend=backend)
+    out = attention(q, k, v, causal=True, window=20, valid_key_mask=kpm, backend=backend)
     assert not torch.isnan(out).any()
     assert torch.equal(out[1], torch.zeros_like(out[1]))
     assert torch.equal(out[0, :, :10], torch.zeros_like(out[0, :, :10]))
@@ -360,16 +360,16 @@ def flex_inputs():
     "kw",
     [
         dict(causal=True, window=40),
-        dict(causal=False, bias="alibi", key_padding_mask="pad"),
+        dict(causal=False, bias="alibi", valid_key_mask="pad"),
     ],
 )
 def test_flex_matches_reference(flex_inputs, kw):
     q, k, v = flex_inputs
     kw = dict(kw)
-    if kw.get("key_padding_mask") == "pad":
+    if kw.get("valid_key_mask") == "pad":
         kpm = torch.rand(2, 300, generator=torch.Generator().manual_seed(5)) > 0.2
         kpm[1] = False  # a fully padded sequence: zeros, not NaN
-        kw["key_padding_mask"] = kpm
+        kw["valid_key_mask"] = kpm
     with torch.no_grad():
         out = attention(q, k, v, backend="flex", **kw)
     ref, _ = reference(q, k, v, **kw)
@@ -399,7 +399,7 @@ def test_property_backends_agree_with_reference(
     q, k, v = make(B, hkv * rep, hkv, tq, tk, D, seed=seed)
     kw = dict(causal=causal, window=window, bias="alibi" if alibi else None)
     if use_pad:
-        kw["key_padding_mask"] = (
+        kw["valid_key_mask"] = (
             torch.rand(B, tk, generator=torch.Generator().manual_seed(seed)) > 0.3
         )
     ref, _ = reference(q, k, v, **kw)
@@ -448,19 +448,19 @@ def test_errors_name_the_bad_value():
     )
     _err(
         ValueError,
-        r"key_padding_mask must have shape \(B, Tk\) = \(2, 5\).*\(2, 4\)",
+        r"valid_key_mask must have shape \(B, Tk\) = \(2, 5\).*\(2, 4\)",
         q,
         k,
         v,
-        key_padding_mask=torch.ones(2, 4, dtype=torch.bool),
+        valid_key_mask=torch.ones(2, 4, dtype=torch.bool),
     )
     _err(
         TypeError,
-        "key_padding_mask must be a bool tensor",
+        "valid_key_mask must be a bool tensor",
         q,
         k,
         v,
-        key_padding_mask=torch.ones(2, 5),
+        valid_key_mask=torch.ones(2, 5),
     )
     _err(
         TypeError, "document_ids must be an integer tensor", q, k, v, document_ids=torch.ones(2, 5)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from attnkit.attention.kernel import ExactKernel
+from attnkit.attention.recording import is_recording
 from attnkit.cli import main
 from attnkit.inspect import capture, render, stats, unavailable_layers
 from attnkit.models import build_model, get_preset
@@ -35,19 +37,19 @@ def math_reference(model, *args, **kwargs):
             h.remove()
     weights = []
     for mod, a, kw in seen:
-        old, mod.backend = mod.backend, "math"
+        old = mod.set_kernel(ExactKernel("math"))
         try:
             with torch.no_grad():
                 _, w = mod(*a, **{**kw, "return_weights": True})
         finally:
-            mod.backend = old
+            mod.set_kernel(old)
         weights.append(w)
     return out, weights
 
 
 def tiny_gpt(**kw):
     kw = {"d_model": 32, "max_seq_len": 64, **kw}
-    cfg = get_preset("tiny", vocab_size=64, n_head=4, **kw)
+    cfg = get_preset("tiny", vocab_size=64, n_heads=4, **kw)
     return build_model(cfg).eval()
 
 
@@ -60,7 +62,7 @@ def padded_batch(T=12, vocab=64, lengths=(12, 9)):
 
 
 CASES = {
-    "sdpa-rope-gqa": dict(positional="rope", n_kv_head=2, backend="sdpa"),
+    "sdpa-rope-gqa": dict(positional="rope", n_kv_heads=2, backend="sdpa"),
     "windowed-alibi": dict(positional="alibi", window=4, backend="windowed"),
     "sdpa-learned-window": dict(window=5, backend="sdpa"),
 }
@@ -87,7 +89,7 @@ def test_capture_equals_math_backend_and_keeps_outputs(case):
 
 
 def test_capture_bert_with_documents_and_padding():
-    cfg = get_preset("tiny-bert", vocab_size=64, d_model=32, n_head=4, backend="sdpa")
+    cfg = get_preset("tiny-bert", vocab_size=64, d_model=32, n_heads=4, backend="sdpa")
     model = build_model(cfg).eval()
     ids = torch.randint(0, 64, (2, 10))
     docs = torch.tensor([[0] * 4 + [1] * 6, [0] * 7 + [1] * 3])
@@ -148,7 +150,7 @@ def test_capture_rejects_bad_arguments():
     with pytest.raises(RuntimeError):
         with capture(model):
             raise RuntimeError("inside")
-    assert all(blk.attn.capture_hook is None for blk in model.blocks)
+    assert all(not is_recording(blk.attn) for blk in model.blocks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,7 +171,7 @@ def test_variant_weights_reproduce_the_variant_output(name, causal):
         arch,
         vocab_size=64,
         d_model=32,
-        n_head=4,
+        n_heads=4,
         max_seq_len=64,
         attention=name,
         attention_params=VARIANTS[name],
@@ -178,7 +180,7 @@ def test_variant_weights_reproduce_the_variant_output(name, causal):
     ids, mask = padded_batch(T=24, lengths=(24, 17))
     calls = []
     hooks = [
-        blk.attn.variant_attn.register_forward_hook(
+        blk.attn.kernel.register_forward_hook(
             lambda mod, a, kw, out: calls.append((a[2], out)), with_kwargs=True
         )
         for blk in model.blocks
@@ -195,7 +197,7 @@ def test_variant_weights_reproduce_the_variant_output(name, causal):
         if causal:
             assert torch.equal(w.triu(1), torch.zeros_like(w))
     if name in ("local", "bigbird"):
-        pattern = model.blocks[0].attn.variant_attn.dense_mask(24, causal)
+        pattern = model.blocks[0].attn.kernel.dense_mask(24, causal)
         assert bool((~pattern).any()) and maps.weights[0][0][:, ~pattern].abs().max().item() == 0.0
     if name == "lsh":
         assert maps.info[0]["buckets"].shape == (2, 4, 2, 24)
@@ -203,7 +205,7 @@ def test_variant_weights_reproduce_the_variant_output(name, causal):
 
 @pytest.mark.parametrize("name", ["linear", "performer"])
 def test_feature_map_variants_say_they_have_no_weights(name):
-    cfg = get_preset("tiny", vocab_size=64, d_model=32, n_head=4, attention=name)
+    cfg = get_preset("tiny", vocab_size=64, d_model=32, n_heads=4, attention=name)
     model = build_model(cfg).eval()
     reasons = unavailable_layers(model)
     assert sorted(reasons) == [0, 1] and "never takes a softmax" in reasons[0]
@@ -406,7 +408,7 @@ def test_inspect_command_on_minilm(tmp_path, capsys):
 
 
 def test_inspect_command_rollout_and_bad_layers(tmp_path, capsys):
-    cfg = get_preset("tiny-bert", vocab_size=80, d_model=32, n_head=4)
+    cfg = get_preset("tiny-bert", vocab_size=80, d_model=32, n_heads=4)
     model = build_model(cfg).eval()
     from test_checkpoints import word_tokenizer
 
@@ -464,7 +466,9 @@ def test_inspect_command_rollout_and_bad_layers(tmp_path, capsys):
 def test_capture_equals_math_backend_on_flex():
     # the shape and mask of test_attention's flex test (B=2, 4 query / 2 key heads of 16 channels,
     # 300 tokens, causal window 40), so Inductor's on-disk cache usually serves the kernel
-    model = tiny_gpt(n_layer=1, d_model=64, n_kv_head=2, window=40, backend="flex", max_seq_len=320)
+    model = tiny_gpt(
+        n_layer=1, d_model=64, n_kv_heads=2, window=40, backend="flex", max_seq_len=320
+    )
     ids = torch.randint(0, 64, (2, 300))
     ref_out, ref_w = math_reference(model, ids)
     with torch.no_grad(), capture(model, heads=[0, 3]) as maps:
@@ -475,7 +479,7 @@ def test_capture_equals_math_backend_on_flex():
 
 
 def test_capture_during_kv_cached_decoding_matches_the_full_pass():
-    model = tiny_gpt(positional="rope", n_kv_head=2, backend="sdpa")
+    model = tiny_gpt(positional="rope", n_kv_heads=2, backend="sdpa")
     ids = torch.randint(0, 64, (2, 10))
     with torch.no_grad():
         with capture(model) as full:

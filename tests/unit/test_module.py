@@ -38,9 +38,7 @@ def ref_alibi_slopes(h):
     return torch.tensor([2.0 ** (-8.0 * (i + 1) / h) for i in range(h)], dtype=torch.float64)
 
 
-def reference_mha(
-    m, x, *, key_padding_mask=None, positions=None, document_ids=None, extra_mask=None
-):
+def reference_mha(m, x, *, valid_key_mask=None, positions=None, document_ids=None, extra_mask=None):
     """Explicit float64 attention with the module's own weights and RoPE settings."""
     x = x.double()
     B, T, _ = x.shape
@@ -69,8 +67,8 @@ def reference_mha(
         allowed &= j <= i
     if m.window is not None:
         allowed &= ((i - j) < m.window) if m.causal else ((i - j).abs() < m.window)
-    if key_padding_mask is not None:
-        allowed &= key_padding_mask[:, None, None, :]
+    if valid_key_mask is not None:
+        allowed &= valid_key_mask[:, None, None, :]
     if document_ids is not None:
         allowed &= (document_ids[:, :, None] == document_ids[:, None, :])[:, None]
     if extra_mask is not None:
@@ -127,19 +125,19 @@ def test_forward_matches_reference_float32(cfg):
 
 
 @pytest.mark.parametrize("cfg", ["plain", "causal", "gqa", "alibi"])
-def test_key_padding_mask_matches_reference(cfg):
+def test_valid_key_mask_matches_reference(cfg):
     m = make(cfg).double()
     x = torch.randn(3, 9, 32, dtype=torch.float64)
     kpm = torch.ones(3, 9, dtype=torch.bool)
     kpm[0, 6:] = False  # right padding
     kpm[1, :2] = False  # left padding
-    out = m(x, key_padding_mask=kpm)
-    ref, _ = reference_mha(m, x, key_padding_mask=kpm)
+    out = m(x, valid_key_mask=kpm)
+    ref, _ = reference_mha(m, x, valid_key_mask=kpm)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
     # padded keys really are ignored: changing them leaves the real positions unchanged
     x2 = x.clone()
     x2[0, 6:] += 5.0
-    out2 = m(x2, key_padding_mask=kpm)
+    out2 = m(x2, valid_key_mask=kpm)
     torch.testing.assert_close(out2[0, :6], out[0, :6], atol=1e-10, rtol=0)
 
 
@@ -215,11 +213,11 @@ def test_incremental_decoding_with_left_padding():
     kpm = torch.ones(2, T, dtype=torch.bool)
     kpm[1, :3] = False  # second sequence is left padded
     with torch.no_grad():
-        full = m(x, key_padding_mask=kpm)
+        full = m(x, valid_key_mask=kpm)
         cache = KVCache()
-        steps = [m(x[:, :4], cache=cache, key_padding_mask=kpm[:, :4])]  # prompt
+        steps = [m(x[:, :4], cache=cache, valid_key_mask=kpm[:, :4])]  # prompt
         for t in range(4, T):  # then one token at a time; the mask covers all keys so far
-            steps.append(m(x[:, t : t + 1], cache=cache, key_padding_mask=kpm[:, : t + 1]))
+            steps.append(m(x[:, t : t + 1], cache=cache, valid_key_mask=kpm[:, : t + 1]))
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
 
 
@@ -335,7 +333,7 @@ def test_bad_forward_args_raise():
         m(torch.randn(1, 5, 32), cache=cache)
     m(torch.randn(1, 2, 32), cache=cache)
     with pytest.raises(ValueError, match=r"cover all keys.*\(B, 3\).*\(1, 1\)"):
-        m(torch.randn(1, 1, 32), cache=cache, key_padding_mask=torch.ones(1, 1, dtype=torch.bool))
+        m(torch.randn(1, 1, 32), cache=cache, valid_key_mask=torch.ones(1, 1, dtype=torch.bool))
     assert cache.length == 2  # a rejected call leaves the cache as it was
 
 
@@ -408,9 +406,9 @@ def test_exact_variant_matches_reference_with_its_mask(name, causal):
     x = torch.randn(2, T, 32, dtype=torch.float64)
     kpm = torch.ones(2, T, dtype=torch.bool)
     kpm[1, 13:] = False
-    out = m(x, key_padding_mask=kpm)
-    pattern = m.variant_attn.dense_mask(T, causal)  # (T, T)
-    ref, _ = reference_mha(m, x, key_padding_mask=kpm, extra_mask=pattern)
+    out = m(x, valid_key_mask=kpm)
+    pattern = m.kernel.dense_mask(T, causal)  # (T, T)
+    ref, _ = reference_mha(m, x, valid_key_mask=kpm, extra_mask=pattern)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
     assert not pattern.all()  # the pattern really restricts something
 
@@ -444,7 +442,7 @@ def test_variant_path_wiring(name):
     q, k = ref_rope_half(q, torch.arange(T)), ref_rope_half(k, torch.arange(T))
     k, v = k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1)  # head h -> kv h // 4
     torch.manual_seed(1)
-    y = m.variant_attn(q, k, v, causal=True, key_padding_mask=None)
+    y = m.kernel(q, k, v, causal=True, valid_key_mask=None)
     ref = m.out_proj(y.transpose(1, 2).reshape(B, T, H * D))
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
 

@@ -15,6 +15,7 @@ from test_checkpoints import word_tokenizer
 import attnkit
 from attnkit import surgery
 from attnkit.attention import variants
+from attnkit.attention.kernel import ExactKernel
 from attnkit.cli import main
 from attnkit.models import build_model, get_preset
 
@@ -51,7 +52,7 @@ def hidden(model, ids, mask):
 
 
 def batch(model, texts):
-    enc = model.tokenizer.encode_batch(texts)
+    enc = model.meta.tokenizer.encode_batch(texts)
     T = max(len(e.ids) for e in enc)
     ids = torch.zeros(len(texts), T, dtype=torch.long)
     mask = torch.zeros(len(texts), T, dtype=torch.long)
@@ -63,11 +64,11 @@ def batch(model, texts):
 
 def tiny_gpt(**overrides):
     cfg = get_preset(
-        "tiny", vocab_size=80, d_model=32, n_head=4, dropout=0.0, attn_dropout=0.0, **overrides
+        "tiny", vocab_size=80, d_model=32, n_heads=4, dropout=0.0, attn_dropout=0.0, **overrides
     )
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    model.tokenizer = word_tokenizer()
+    model.meta = model.meta.replace(tokenizer=word_tokenizer())
     return model
 
 
@@ -125,14 +126,10 @@ def test_original_is_untouched_unless_in_place(minilm):
     before = hidden(minilm, ids, mask)
     lsh = surgery.swap_attention(minilm, "lsh", n_hashes=2)
     assert lsh is not minilm
-    assert all(
-        a.variant is None and a.variant_attn is None for a in surgery.attention_layers(minilm)
-    )
-    assert minilm.config.attention == "exact" and not hasattr(minilm, "attention_swap")
-    assert all(
-        isinstance(a.variant_attn, variants.LSHAttention) for a in surgery.attention_layers(lsh)
-    )
-    assert len({id(a.variant_attn) for a in surgery.attention_layers(lsh)}) == 6  # one per layer
+    assert all(isinstance(a.kernel, ExactKernel) for a in surgery.attention_layers(minilm))
+    assert minilm.config.attention == "exact" and minilm.meta.swaps == ()
+    assert all(isinstance(a.kernel, variants.LSHAttention) for a in surgery.attention_layers(lsh))
+    assert len({id(a.kernel) for a in surgery.attention_layers(lsh)}) == 6  # one per layer
     assert lsh.config.attention == "lsh" and lsh.config.attention_params["n_hashes"] == 2
     assert (
         lsh.blocks[0].attn.qkv_proj.weight.data_ptr()
@@ -142,15 +139,13 @@ def test_original_is_untouched_unless_in_place(minilm):
     assert not torch.allclose(hidden(lsh, ids, mask), before, atol=1e-2)
 
     with surgery.swapped(minilm, "performer", layers=[1], nb_features=64) as m:
-        assert m is minilm and isinstance(
-            m.blocks[1].attn.variant_attn, variants.PerformerAttention
-        )
+        assert m is minilm and isinstance(m.blocks[1].attn.kernel, variants.PerformerAttention)
         assert (
-            m.blocks[0].attn.variant_attn is None and m.config.attention == "exact"
+            isinstance(m.blocks[0].attn.kernel, ExactKernel) and m.config.attention == "exact"
         )  # not every layer
-        assert m.attention_swap.layers == (1,)
+        assert m.meta.swaps[-1].layers == (1,)
         assert not torch.allclose(hidden(m, ids, mask), before, atol=1e-2)
-    assert minilm.blocks[1].attn.variant_attn is None and not hasattr(minilm, "attention_swap")
+    assert isinstance(minilm.blocks[1].attn.kernel, ExactKernel) and minilm.meta.swaps == ()
     torch.testing.assert_close(hidden(minilm, ids, mask), before, rtol=0, atol=0)
 
 
@@ -159,10 +154,12 @@ def test_in_place_swap_and_back_to_exact():
     ids = torch.randint(0, 80, (2, 20))
     ref = hidden(model, ids, None)
     same = surgery.swap_attention(model, "linear", in_place=True)
-    assert same is model and model.blocks[1].attn.variant == "linear"
+    assert same is model and model.blocks[1].attn.kernel.name == "linear"
     assert not torch.allclose(hidden(model, ids, None), ref, atol=1e-3)
     surgery.swap_attention(model, "exact", in_place=True)
-    assert model.config.attention == "exact" and model.blocks[1].attn.variant_attn is None
+    assert model.config.attention == "exact" and isinstance(
+        model.blocks[1].attn.kernel, ExactKernel
+    )
     torch.testing.assert_close(hidden(model, ids, None), ref, rtol=0, atol=0)
 
 
@@ -195,7 +192,7 @@ def test_capture_qkv_gives_each_layers_projections():
     ref = hidden(model, ids, mask)
     got = surgery.capture_qkv(model, ids, mask)
     assert len(got) == 2 and all(g.causal for g in got)
-    assert torch.equal(got[0].key_padding_mask, mask.bool())
+    assert torch.equal(got[0].valid_key_mask, mask.bool())
     with torch.no_grad():  # layer 0 by hand: pre-norm, fused projection, RoPE
         attn = model.blocks[0].attn
         x = model.blocks[0].norm1(model.embed(ids))  # (B, T, C)
@@ -204,7 +201,7 @@ def test_capture_qkv_gives_each_layers_projections():
         q, k = attn.rotary(q, k)
     for a, b in ((got[0].q, q), (got[0].k, k), (got[0].v, v)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-    assert all(a.variant is None for a in surgery.attention_layers(model))
+    assert all(isinstance(a.kernel, ExactKernel) for a in surgery.attention_layers(model))
     torch.testing.assert_close(hidden(model, ids, mask), ref, rtol=0, atol=0)  # restored
 
 
@@ -272,7 +269,7 @@ def test_compare_rejects_bad_input(minilm):
 def test_truncation_is_counted(minilm):
     swapped = surgery.swap_attention(minilm, "local", block_size=512)
     report = surgery.compare(minilm, swapped, TEXTS, max_length=12, rounds=1)
-    n_long = sum(len(e.ids) > 12 for e in minilm.tokenizer.encode_batch(TEXTS))
+    n_long = sum(len(e.ids) > 12 for e in minilm.meta.tokenizer.encode_batch(TEXTS))
     assert report.truncated == n_long > 0 and report.longest == 12
 
 
@@ -315,7 +312,7 @@ def test_swap_command_on_minilm_prints_the_report(tmp_path, capsys):
 
 def test_swap_command_json_on_a_gpt_directory(tmp_path, capsys):
     model = tiny_gpt()
-    attnkit.save(model, tmp_path / "gpt", tokenizer=model.tokenizer)
+    attnkit.save(model, tmp_path / "gpt", tokenizer=model.meta.tokenizer)
     assert (
         main(
             [

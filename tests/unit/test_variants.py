@@ -158,9 +158,9 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="must have shape"):
         mod(q[0], k[0], v[0])
     with pytest.raises(ValueError, match=r"\(B, T\) = \(2, 8\)"):
-        mod(q, k, v, key_padding_mask=torch.ones(2, 7, dtype=torch.bool))
+        mod(q, k, v, valid_key_mask=torch.ones(2, 7, dtype=torch.bool))
     with pytest.raises(TypeError, match="bool"):
-        mod(q, k, v, key_padding_mask=torch.ones(2, 8))
+        mod(q, k, v, valid_key_mask=torch.ones(2, 8))
     with pytest.raises(TypeError, match="dtype"):
         mod(q, k.float(), v)
 
@@ -203,7 +203,7 @@ def test_bigbird_equals_exact_masked_attention(causal, padded):
     )
     q, k, v = qkv(B=B, T=T, dtype=torch.float32)
     kpm = padding(B, T, [T, 30]) if padded else None
-    out = mod(q, k, v, causal=causal, key_padding_mask=kpm)
+    out = mod(q, k, v, causal=causal, valid_key_mask=kpm)
     allowed = mod.dense_mask(T, causal)[None, None] & full_allowed(B, T, causal, kpm)
     torch.testing.assert_close(out.double(), ref_attention(q, k, v, allowed), atol=1e-5, rtol=0)
 
@@ -258,8 +258,8 @@ def test_bigbird_flex_equals_blocked_path():
     flex = variants.get("bigbird", block_size=32, num_random_blocks=1, flex_min_len=128)
     blocked = variants.get("bigbird", block_size=32, num_random_blocks=1)
     with torch.no_grad():
-        out = flex(q, k, v, causal=True, key_padding_mask=kpm)
-        ref = blocked(q, k, v, causal=True, key_padding_mask=kpm)
+        out = flex(q, k, v, causal=True, valid_key_mask=kpm)
+        ref = blocked(q, k, v, causal=True, valid_key_mask=kpm)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
 
@@ -268,7 +268,7 @@ def test_local_equals_exact_block_attention(causal):
     B, T, bs = 2, 30, 8
     q, k, v = qkv(B=B, T=T, dtype=torch.float32)
     kpm = padding(B, T, [T, 17])
-    out = variants.get("local", block_size=bs)(q, k, v, causal=causal, key_padding_mask=kpm)
+    out = variants.get("local", block_size=bs)(q, k, v, causal=causal, valid_key_mask=kpm)
     blocks = torch.arange(T) // bs
     allowed = (blocks[:, None] == blocks[None, :]) & full_allowed(B, T, causal, kpm)
     torch.testing.assert_close(out.double(), ref_attention(q, k, v, allowed), atol=1e-5, rtol=0)
@@ -285,7 +285,7 @@ def test_lsh_one_bucket_or_one_chunk_is_dense_shared_qk(causal, params):
         params = dict(params, chunk_size=T)  # one bucket and one chunk: every key is seen
     q, k, v = qkv(B=B, T=T)
     kpm = padding(B, T, [T, 11])
-    out = variants.get("lsh", **params)(q, k, v, causal=causal, key_padding_mask=kpm)
+    out = variants.get("lsh", **params)(q, k, v, causal=causal, valid_key_mask=kpm)
     ref = ref_shared_qk(q, v, full_allowed(B, T, causal, kpm))
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
 
@@ -315,7 +315,7 @@ def test_lsh_is_attention_over_the_union_of_its_buckets(causal):
     mod = variants.get("lsh", n_buckets=4, n_hashes=3, chunk_size=4, seed=5)
     q, k, v = qkv(B=B, H=H, T=T)
     kpm = padding(B, T, [T, 20])
-    out = mod(q, k, v, causal=causal, key_padding_mask=kpm)
+    out = mod(q, k, v, causal=causal, valid_key_mask=kpm)
     ref = ref_shared_qk(q, v, lsh_union_allowed(mod, q, causal, kpm))
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
 
@@ -365,7 +365,7 @@ def test_performer_equals_its_quadratic_form(causal):
     # keys grow along the sequence, so the running stabiliser is raised group after group
     k = k * torch.linspace(0.5, 3.0, T)[:, None]
     kpm = padding(B, T, [T, 25])
-    out = mod(q, k, v, causal=causal, key_padding_mask=kpm)
+    out = mod(q, k, v, causal=causal, valid_key_mask=kpm)
     phi_q, phi_k = performer_phi(mod, q.double(), k.double(), kpm)
     ref = ref_kernelised(phi_q, phi_k, v, full_allowed(B, T, causal, kpm))
     torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)
@@ -382,7 +382,7 @@ def test_performer_features_estimate_the_softmax_kernel():
     mod.redraw(D)
     W = mod.projection.double()
     xs, ys = x * D**-0.25, y * D**-0.25
-    phi = lambda z: torch.exp(z @ W.T - 0.5 * (z * z).sum(-1, keepdim=True)) / math.sqrt(W.shape[0])
+    phi = lambda z: torch.exp(z @ W.T - 0.5 * (z * z).sum(-1, keepdim=True)) / math.sqrt(W.shape[0])  # noqa: E731
     est = phi(xs) @ phi(ys).T
     torch.testing.assert_close(est, torch.exp(x @ y.T / math.sqrt(D)), rtol=0.1, atol=0)
     # rows of one block are orthogonal
@@ -449,8 +449,8 @@ def test_linear_equals_its_quadratic_form(causal):
     B, T = 2, 29
     q, k, v = qkv(B=B, T=T, dtype=torch.float32)
     kpm = padding(B, T, [T, 14])
-    out = small("linear")(q, k, v, causal=causal, key_padding_mask=kpm)
-    phi = lambda x: torch.where(x > 0, x + 1.0, torch.exp(x))  # elu(x) + 1
+    out = small("linear")(q, k, v, causal=causal, valid_key_mask=kpm)
+    phi = lambda x: torch.where(x > 0, x + 1.0, torch.exp(x))  # elu(x) + 1  # noqa: E731
     ref = ref_kernelised(phi(q.double()), phi(k.double()), v, full_allowed(B, T, causal, kpm))
     torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)
 
@@ -463,7 +463,7 @@ def test_gradcheck(name, causal):
     mod = small(name)
     q, k, v = (t.requires_grad_() for t in qkv(B=1, H=1, T=10, D=3))
     kpm = padding(1, 10, [8])
-    f = lambda q, k, v: mod(q, k, v, causal=causal, key_padding_mask=kpm)
+    f = lambda q, k, v: mod(q, k, v, causal=causal, valid_key_mask=kpm)  # noqa: E731
     assert torch.autograd.gradcheck(f, (q, k, v), eps=1e-6, atol=1e-5)
 
 
@@ -473,7 +473,7 @@ def test_gradcheck_bigbird_unpadded(causal):
         "bigbird", block_size=3, num_global_blocks=2, window_radius=1, num_random_blocks=1, seed=1
     )
     q, k, v = (t.requires_grad_() for t in qkv(B=2, H=2, T=13, D=3))
-    f = lambda q, k, v: mod(q, k, v, causal=causal)
+    f = lambda q, k, v: mod(q, k, v, causal=causal)  # noqa: E731
     assert torch.autograd.gradcheck(f, (q, k, v), eps=1e-6, atol=1e-5)
 
 
@@ -484,7 +484,7 @@ def test_rows_without_keys_give_zeros_and_zero_gradients(name, causal):
     B, T = 2, 14
     q, k, v = (t.requires_grad_() for t in qkv(B=B, T=T, dtype=torch.float32))
     kpm = padding(B, T, [0, T])  # the first sequence is all padding
-    out = mod(q, k, v, causal=causal, key_padding_mask=kpm)
+    out = mod(q, k, v, causal=causal, valid_key_mask=kpm)
     assert torch.isfinite(out).all()
     assert torch.equal(out[0], torch.zeros_like(out[0]))
     (out * torch.randn_like(out)).sum().backward()
@@ -501,7 +501,7 @@ def test_causal_left_padding_rows_before_any_key_are_zero(name):
     T = 12
     q, k, v = qkv(B=1, T=T, dtype=torch.float32)
     kpm = torch.arange(T)[None] >= 5  # left padding: keys 0..4 are padding
-    out = mod(q, k, v, causal=True, key_padding_mask=kpm)
+    out = mod(q, k, v, causal=True, valid_key_mask=kpm)
     assert torch.equal(out[0, :, :5], torch.zeros_like(out[0, :, :5]))
     assert torch.isfinite(out).all()
 
@@ -516,8 +516,8 @@ def test_cuda_matches_cpu(name):
     cpu = small(name)
     gpu = small(name).cuda()
     for causal in (False, True):
-        ref = cpu(q, k, v, causal=causal, key_padding_mask=kpm)
-        out = gpu(q.cuda(), k.cuda(), v.cuda(), causal=causal, key_padding_mask=kpm.cuda())
+        ref = cpu(q, k, v, causal=causal, valid_key_mask=kpm)
+        out = gpu(q.cuda(), k.cuda(), v.cuda(), causal=causal, valid_key_mask=kpm.cuda())
         torch.testing.assert_close(out.cpu(), ref, atol=1e-4, rtol=1e-4)
 
 
@@ -735,7 +735,7 @@ def test_minilm_error_against_hand_computed_layer_zero(tmp_path):
     block = torch.arange(512) // 128
     allowed = (block[:, None] == block[None, :]) & real[:, None, None, :]  # (B, 1, T, T)
     ref = ref_attention(q, k, val, allowed)
-    out = variants.get("local", block_size=128)(q, k, val, key_padding_mask=real)
+    out = variants.get("local", block_size=128)(q, k, val, valid_key_mask=real)
     rows = real[:, None, :].expand(2, 12, 512)
     exact = ref_attention(q, k, val, real[:, None, None, :])
     torch.testing.assert_close(

@@ -1,40 +1,42 @@
 """`attention(q, k, v, ...)`: the single entry point for exact attention in attnkit.
 
-It validates its inputs (errors name the bad value and what was expected), describes the
-mask once as a `MaskSpec`, picks a backend and calls it.  `explain(...)` takes the same
-arguments and says which backend `backend="auto"` would pick, and why.
+It validates its inputs (errors name the bad value and what was expected), describes the mask
+once as a `MaskSpec`, asks `attnkit.attention.planner` for a backend and calls it. `explain(...)`
+takes the same arguments and says which backend `backend="auto"` would pick, and why.
+
+Hot path: the validation and the plan are remembered by call signature (shapes, dtypes, devices,
+flags and the types of the scalar arguments; see `_signature`), so a call like one made before
+(each layer of a decoding step, each step of a training loop) runs no checks beyond building that
+signature, and planning it is a dict lookup. A new signature is validated in full before its plan
+is stored, so an invalid call always raises. With ``ATTNKIT_DEBUG=1`` in the environment (read at
+import) every call is validated and planned afresh.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from collections.abc import Hashable
 
 import torch
 from torch import Tensor
 
-from attnkit.attention import backends as _b
+from attnkit.attention.backends._common import alibi_bias
+from attnkit.attention.backends.flex import flex_attention_call
+from attnkit.attention.backends.math import math_attention
+from attnkit.attention.backends.sdpa import sdpa_attention
+from attnkit.attention.backends.windowed import windowed_attention
 from attnkit.attention.masks import MaskSpec
+from attnkit.attention.planner import DENSE_MASK_BUDGET, PLANS, Plan, plan
 from attnkit.positional import alibi_slopes
 
-__all__ = ["attention", "explain", "Plan", "BACKENDS"]
+__all__ = ["attention", "explain", "Plan", "BACKENDS", "DENSE_MASK_BUDGET"]
 
 BACKENDS = ("auto", "math", "sdpa", "flex", "windowed")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-# auto: a dense mask/bias larger than this goes to FlexAttention when it can run there
-DENSE_MASK_BUDGET = 256 * 2**20
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The backend `attention` will use for a call, and the reason."""
-
-    backend: str
-    reason: str
-
-    def __str__(self) -> str:  # pragma: no cover - formatting only
-        return f"{self.backend}: {self.reason}"
+# every call validated and planned afresh (no signature cache)
+DEBUG = os.environ.get("ATTNKIT_DEBUG", "") not in ("", "0")
 
 
 def _shape(t: Tensor) -> str:
@@ -51,8 +53,9 @@ def _broadcastable(shape, target) -> bool:
 
 
 def _validate(
-    q, k, v, causal, mask, key_padding_mask, window, bias, document_ids, dropout_p, scale, backend
-):
+    q, k, v, causal, mask, valid_key_mask, window, bias, document_ids, dropout_p, scale, backend
+) -> None:
+    """Every check of the arguments, each error naming the bad value and what was expected."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise TypeError(
@@ -116,24 +119,20 @@ def _validate(
             )
         if mask.device != q.device:
             raise ValueError(f"mask is on {mask.device} but q is on {q.device}")
-    if key_padding_mask is not None:
-        if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
+    if valid_key_mask is not None:
+        if not isinstance(valid_key_mask, Tensor) or valid_key_mask.dtype != torch.bool:
             what = (
-                key_padding_mask.dtype
-                if isinstance(key_padding_mask, Tensor)
-                else type(key_padding_mask).__name__
+                valid_key_mask.dtype
+                if isinstance(valid_key_mask, Tensor)
+                else type(valid_key_mask).__name__
             )
-            raise TypeError(
-                f"key_padding_mask must be a bool tensor (True = real token), got {what}"
-            )
-        if tuple(key_padding_mask.shape) != (B, Tk):
+            raise TypeError(f"valid_key_mask must be a bool tensor (True = real token), got {what}")
+        if tuple(valid_key_mask.shape) != (B, Tk):
             raise ValueError(
-                f"key_padding_mask must have shape (B, Tk) = ({B}, {Tk}), got {_shape(key_padding_mask)}"
+                f"valid_key_mask must have shape (B, Tk) = ({B}, {Tk}), got {_shape(valid_key_mask)}"
             )
-        if key_padding_mask.device != q.device:
-            raise ValueError(
-                f"key_padding_mask is on {key_padding_mask.device} but q is on {q.device}"
-            )
+        if valid_key_mask.device != q.device:
+            raise ValueError(f"valid_key_mask is on {valid_key_mask.device} but q is on {q.device}")
     if document_ids is not None:
         if (
             not isinstance(document_ids, Tensor)
@@ -175,89 +174,69 @@ def _validate(
         )
 
 
-def _needs_grad(*ts) -> bool:
-    return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in ts)
+def _tensor_sig(t) -> Hashable:
+    return None if t is None else (t.shape, t.dtype, t.device)
 
 
-def _flex_available(device: torch.device) -> bool:
-    if device.type == "meta":
-        return True
+def _signature(
+    q,
+    k,
+    v,
+    causal,
+    mask,
+    valid_key_mask,
+    window,
+    bias,
+    document_ids,
+    dropout_p,
+    scale,
+    backend,
+    return_weights,
+    grad,
+) -> Hashable:
+    """What validation and planning depend on: equal signatures get equal answers. Scalars go in
+    with their types (``True == 1``, but ``window=True`` is an error and ``window=1`` is not);
+    None when an argument is not even tensor-like (validation then says what is wrong)."""
     try:
-        import torch.nn.attention.flex_attention  # noqa: F401
-    except Exception:  # pragma: no cover - old torch
+        return (
+            q.shape,
+            q.dtype,
+            q.device,
+            k.shape,
+            k.dtype,
+            k.device,
+            v.shape,
+            v.dtype,
+            v.device,
+            causal,
+            type(causal),
+            window,
+            type(window),
+            dropout_p,
+            type(dropout_p),
+            scale,
+            type(scale),
+            backend,
+            bool(return_weights),
+            grad,
+            _tensor_sig(mask),
+            _tensor_sig(valid_key_mask),
+            _tensor_sig(document_ids),
+            bias if bias is None or isinstance(bias, str) else ("tensor", *_tensor_sig(bias)),
+        )
+    except (AttributeError, TypeError):
+        return None
+
+
+def _needs_grad(q, k, v, bias) -> bool:
+    if not torch.is_grad_enabled():
         return False
-    return device.type in ("cpu", "cuda")
-
-
-def _plan(q, k, spec: MaskSpec, bias, dropout_p, return_weights, backend, grad: bool) -> Plan:
-    Tq, Tk = spec.q_len, spec.k_len
-    cpu_like = q.device.type in ("cpu", "meta")
-    if backend != "auto":
-        return _check_explicit(q, spec, bias, dropout_p, return_weights, backend, grad, cpu_like)
-    if return_weights:
-        return Plan(
-            "math", "attention weights were requested; only the math backend materialises them"
-        )
-    tensor_bias = isinstance(bias, Tensor)
-    if spec.window is not None and spec.mask is None and not tensor_bias and 2 * spec.window < Tk:
-        return Plan(
-            "windowed",
-            f"sliding window {spec.window} << {Tk} keys: blocked band kernel, O(N*w) time and memory, "
-            "with its own backward",
-        )
-    dense_bytes = 0
-    if not spec.structural_only or spec.window is not None or (spec.causal and Tq != Tk):
-        b = (
-            q.shape[0]
-            if (spec.key_padding_mask is not None or spec.document_ids is not None)
-            else 1
-        )
-        dense_bytes += b * Tq * Tk
-    if bias is not None:
-        dense_bytes += q.shape[1] * Tq * Tk * 4
-    if dense_bytes > DENSE_MASK_BUDGET and spec.mask is None and not tensor_bias:
-        if dropout_p == 0 and (not grad or not cpu_like) and _flex_available(q.device):
-            return Plan(
-                "flex",
-                f"a dense mask/bias would take {dense_bytes / 2**20:.0f} MiB; FlexAttention skips empty "
-                "blocks and computes the mask per block",
-            )
-    if spec.is_empty and bias is None:
-        return Plan("sdpa", "no mask: fused scaled_dot_product_attention")
-    if spec.structural_only and spec.window is None and bias is None and Tq == Tk:
-        return Plan("sdpa", "plain causal mask: fused scaled_dot_product_attention with is_causal")
-    return Plan(
-        "sdpa",
-        f"fused scaled_dot_product_attention with a dense mask/bias ({max(dense_bytes, 1) / 2**20:.1f} MiB)",
+    return bool(
+        q.requires_grad
+        or k.requires_grad
+        or v.requires_grad
+        or (isinstance(bias, Tensor) and bias.requires_grad)
     )
-
-
-def _check_explicit(q, spec, bias, dropout_p, return_weights, backend, grad, cpu_like) -> Plan:
-    if return_weights and backend != "math":
-        raise ValueError(
-            f"backend={backend!r} is a fused kernel and does not materialise attention weights; "
-            "use backend='math' (or 'auto') with return_weights=True"
-        )
-    if backend == "flex":
-        if dropout_p > 0:
-            raise ValueError(
-                f"backend='flex' does not support dropout_p={dropout_p}; use 'sdpa', 'math' or 'windowed'"
-            )
-        if grad and cpu_like:
-            raise ValueError(
-                "backend='flex' has no backward pass on CPU in this PyTorch; use backend='auto' "
-                "(or 'windowed' for sliding windows, 'sdpa' otherwise) for training"
-            )
-        if not _flex_available(q.device):
-            raise ValueError(f"backend='flex' is not available on device {q.device}")
-    if backend == "windowed":
-        if spec.window is None:
-            raise ValueError("backend='windowed' needs window=<int>")
-        if spec.mask is not None or isinstance(bias, Tensor):
-            raise ValueError(
-                "backend='windowed' supports causal/window/key_padding_mask/document_ids/alibi, not a dense mask or bias tensor"
-            )
-    return Plan(backend, "requested explicitly")
 
 
 def _prepare(
@@ -266,7 +245,7 @@ def _prepare(
     v,
     causal,
     mask,
-    key_padding_mask,
+    valid_key_mask,
     window,
     bias,
     document_ids,
@@ -274,33 +253,60 @@ def _prepare(
     scale,
     backend,
     return_weights,
-):
-    _validate(
-        q,
-        k,
-        v,
-        causal,
-        mask,
-        key_padding_mask,
-        window,
-        bias,
-        document_ids,
-        dropout_p,
-        scale,
-        backend,
-    )
+) -> tuple[MaskSpec, Plan]:
+    try:
+        grad = _needs_grad(q, k, v, bias)
+    except AttributeError:
+        grad = False  # not tensors: validation says so below
+    key = None
+    found = None
+    if not DEBUG:
+        key = _signature(
+            q,
+            k,
+            v,
+            causal,
+            mask,
+            valid_key_mask,
+            window,
+            bias,
+            document_ids,
+            dropout_p,
+            scale,
+            backend,
+            return_weights,
+            grad,
+        )
+        found = None if key is None else PLANS.get(key)
+    if found is None:
+        _validate(
+            q,
+            k,
+            v,
+            causal,
+            mask,
+            valid_key_mask,
+            window,
+            bias,
+            document_ids,
+            dropout_p,
+            scale,
+            backend,
+        )
     spec = MaskSpec(
         q_len=q.shape[2],
         k_len=k.shape[2],
         causal=causal,
         window=window,
-        key_padding_mask=key_padding_mask,
+        valid_key_mask=valid_key_mask,
         document_ids=document_ids,
         mask=mask,
     )
-    grad = _needs_grad(q, k, v, bias)
-    plan = _plan(q, k, spec, bias, dropout_p, return_weights, backend, grad)
-    return spec, plan
+    if found is None:
+        found = plan(q, spec, bias, dropout_p, return_weights, backend, grad)
+        if key is not None:
+            PLANS.put(key, found)
+    return spec, found
 
 
 def attention(
@@ -310,7 +316,7 @@ def attention(
     *,
     causal: bool = False,
     mask: Tensor | None = None,
-    key_padding_mask: Tensor | None = None,
+    valid_key_mask: Tensor | None = None,
     window: int | None = None,
     bias: None | str | Tensor = None,
     document_ids: Tensor | None = None,
@@ -318,7 +324,7 @@ def attention(
     scale: float | None = None,
     backend: str = "auto",
     return_weights: bool = False,
-):
+) -> Tensor | tuple[Tensor, Tensor]:
     """Exact scaled dot-product attention.
 
     Args:
@@ -327,7 +333,8 @@ def attention(
             Tq < Tk the queries are the last Tq positions (KV-cache decoding).
         causal: query at position p sees keys 0..p.
         mask: bool, broadcastable to (B, Hq, Tq, Tk); True = may attend.
-        key_padding_mask: bool (B, Tk); True = real token, False = padding.
+        valid_key_mask: bool (B, Tk); True = real token (attend to it), False = padding.
+            (The opposite polarity of torch.nn.MultiheadAttention's ``key_padding_mask``.)
         window: sliding window: each query sees the `window` most recent keys, itself
             included; with causal=False the same reach on both sides (|p - j| < window).
         bias: "alibi" (per-head linear distance penalty) or a float tensor broadcastable to
@@ -343,13 +350,13 @@ def attention(
         out (B, Hq, Tq, Dv), or (out, weights) with return_weights=True.  A query that may
         attend to nothing gets zeros (and zero gradients) in every backend.
     """
-    spec, plan = _prepare(
+    spec, found = _prepare(
         q,
         k,
         v,
         causal,
         mask,
-        key_padding_mask,
+        valid_key_mask,
         window,
         bias,
         document_ids,
@@ -359,14 +366,16 @@ def attention(
         return_weights,
     )
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    name = found.backend
+    if name == "sdpa" and bias is None:
+        return sdpa_attention(q, k, v, spec, bias=None, scale=scale, dropout_p=dropout_p)
     slopes = alibi_slopes(q.shape[1]).to(q.device) if isinstance(bias, str) else None
-    name = plan.backend
     if name == "windowed":
-        return _b.windowed_attention(
+        return windowed_attention(
             q, k, v, spec, alibi_slopes=slopes, scale=scale, dropout_p=dropout_p
         )
     if name == "flex":
-        return _b.flex_attention_call(
+        return flex_attention_call(
             q,
             k,
             v,
@@ -375,10 +384,10 @@ def attention(
             bias=bias if isinstance(bias, Tensor) else None,
             scale=scale,
         )
-    dense_bias = _b.alibi_bias(slopes, spec, q.device) if slopes is not None else bias
+    dense_bias = alibi_bias(slopes, spec, q.device) if slopes is not None else bias
     if name == "sdpa":
-        return _b.sdpa_attention(q, k, v, spec, bias=dense_bias, scale=scale, dropout_p=dropout_p)
-    return _b.math_attention(
+        return sdpa_attention(q, k, v, spec, bias=dense_bias, scale=scale, dropout_p=dropout_p)
+    return math_attention(
         q,
         k,
         v,
@@ -397,7 +406,7 @@ def explain(
     *,
     causal: bool = False,
     mask: Tensor | None = None,
-    key_padding_mask: Tensor | None = None,
+    valid_key_mask: Tensor | None = None,
     window: int | None = None,
     bias: None | str | Tensor = None,
     document_ids: Tensor | None = None,
@@ -411,13 +420,13 @@ def explain(
     Accepts the same arguments as `attention`; tensors may live on the "meta" device, so a
     plan can be asked for without allocating anything.
     """
-    _, plan = _prepare(
+    _, found = _prepare(
         q,
         k,
         v,
         causal,
         mask,
-        key_padding_mask,
+        valid_key_mask,
         window,
         bias,
         document_ids,
@@ -426,4 +435,4 @@ def explain(
         backend,
         return_weights,
     )
-    return plan
+    return found

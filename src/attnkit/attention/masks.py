@@ -29,7 +29,7 @@ __all__ = [
     "MaskSpec",
     "causal_mask",
     "sliding_window_mask",
-    "padding_mask",
+    "valid_key_mask_from_lengths",
     "document_mask",
     "prefix_lm_mask",
 ]
@@ -43,7 +43,7 @@ class MaskSpec:
     k_len: int
     causal: bool = False
     window: int | None = None
-    key_padding_mask: Tensor | None = None  # (B, Tk) bool, True = real token
+    valid_key_mask: Tensor | None = None  # (B, Tk) bool, True = real token (attend to it)
     document_ids: Tensor | None = None  # (B, Tk) int
     mask: Tensor | None = None  # bool, broadcastable to (B, H, Tq, Tk)
 
@@ -57,7 +57,7 @@ class MaskSpec:
         return (
             not self.causal
             and self.window is None
-            and self.key_padding_mask is None
+            and self.valid_key_mask is None
             and self.document_ids is None
             and self.mask is None
         )
@@ -65,7 +65,7 @@ class MaskSpec:
     @property
     def structural_only(self) -> bool:
         """Only causal/window restrictions: the same (Tq, Tk) pattern for every batch and head."""
-        return self.key_padding_mask is None and self.document_ids is None and self.mask is None
+        return self.valid_key_mask is None and self.document_ids is None and self.mask is None
 
     # ------------------------------------------------------------------ dense rendering
     def positional(self, q_idx: Tensor, k_idx: Tensor) -> Tensor | None:
@@ -92,9 +92,9 @@ class MaskSpec:
         allowed = self.positional(q_idx, k_idx)
         if allowed is not None:
             allowed = allowed[None, None]  # (1, 1, Tq, Tk)
-        if self.key_padding_mask is not None:
-            kpm = self.key_padding_mask.to(device)[:, None, None, :]  # (B, 1, 1, Tk)
-            allowed = kpm if allowed is None else allowed & kpm
+        if self.valid_key_mask is not None:
+            vkm = self.valid_key_mask.to(device)[:, None, None, :]  # (B, 1, 1, Tk)
+            allowed = vkm if allowed is None else allowed & vkm
         if self.document_ids is not None:
             doc = self.document_ids.to(device)
             same = doc[:, self.offset :, None] == doc[:, None, :]  # (B, Tq, Tk)
@@ -106,7 +106,7 @@ class MaskSpec:
         return allowed
 
     def _device(self) -> torch.device:
-        for t in (self.key_padding_mask, self.document_ids, self.mask):
+        for t in (self.valid_key_mask, self.document_ids, self.mask):
             if t is not None:
                 return t.device
         return torch.device("cpu")
@@ -117,7 +117,7 @@ class MaskSpec:
         if self.is_empty:
             return None
         causal, window, offset = self.causal, self.window, self.offset
-        kpm, doc, user = self.key_padding_mask, self.document_ids, self.mask
+        vkm, doc, user = self.valid_key_mask, self.document_ids, self.mask
         if user is not None:
             # index a broadcastable user mask without materialising the broadcast
             ub = user.dim() >= 4 and user.shape[-4] != 1
@@ -133,8 +133,8 @@ class MaskSpec:
                 ok = ok & (rel >= 0)
             if window is not None:
                 ok = ok & ((rel < window) if causal else (rel.abs() < window))
-            if kpm is not None:
-                ok = ok & kpm[b, kv_idx]
+            if vkm is not None:
+                ok = ok & vkm[b, kv_idx]
             if doc is not None:
                 ok = ok & (doc[b, q_idx + offset] == doc[b, kv_idx])
             if user is not None:
@@ -187,10 +187,10 @@ class MaskSpec:
                 all_ok &= (q_hi - k_lo < w) & (k_hi - q_lo < w)
         any_ok = any_ok[None, None]  # (1, 1, nQ, nK)
         all_ok = all_ok[None, None]
-        if self.key_padding_mask is not None:
-            kpm = self.key_padding_mask
-            pad = torch.nn.functional.pad(kpm, (0, nk * k_block - self.k_len), value=False)
-            blocks = pad.view(kpm.shape[0], nk, k_block)
+        if self.valid_key_mask is not None:
+            vkm = self.valid_key_mask
+            pad = torch.nn.functional.pad(vkm, (0, nk * k_block - self.k_len), value=False)
+            blocks = pad.view(vkm.shape[0], nk, k_block)
             valid = torch.ones(nk, k_block, dtype=torch.bool, device=device)
             valid.view(-1)[self.k_len :] = False
             k_any = blocks.any(-1)  # (B, nK)
@@ -250,8 +250,8 @@ def sliding_window_mask(
     return MaskSpec(q_len, k_len, causal=causal, window=window).dense(device)[0, 0]
 
 
-def padding_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
-    """(B, T) bool key-padding mask from sequence lengths, True = real token."""
+def valid_key_mask_from_lengths(lengths: Tensor, max_len: int | None = None) -> Tensor:
+    """(B, T) bool valid-key mask from sequence lengths, True = real token (attend to it)."""
     lengths = torch.as_tensor(lengths)
     max_len = int(lengths.max()) if max_len is None else max_len
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]

@@ -1,11 +1,12 @@
 """MultiHeadAttention: the layer around the attention kernel.
 
 The layer owns the projections (one fused QKV linear and an output linear), grouped-query
-heads, positions (RoPE rotation of q/k, or ALiBi passed to the kernel as ``bias="alibi"``),
-dropout and the KV cache. The score -> softmax -> values step is always
-``attnkit.attention.functional.attention`` (or an approximate variant from
-``attnkit.attention.variants``), so masks, backends and weight capture behave the same in
-every model.
+heads, positions (RoPE rotation of q/k, or ALiBi, which the kernel adds as a score bias),
+dropout and the KV cache. The score -> softmax -> values step is one kernel object,
+``layer.kernel`` (see :mod:`attnkit.attention.kernel`): exact attention through
+``attnkit.attention.functional.attention`` by default, or an approximate variant from
+``attnkit.attention.variants``; so masks, backends and weight capture behave the same in every
+model. ``set_kernel`` is the only way to replace it (attention surgery swaps it, capture wraps it).
 
 Fused QKV weight layout (rows of ``qkv_proj.weight``, shape ((Hq + 2 Hkv) * D, C)):
 ``[q heads 0..Hq-1 | k heads 0..Hkv-1 | v heads 0..Hkv-1]``, each head D consecutive rows.
@@ -14,21 +15,30 @@ Query head h reads key/value head ``h // (Hq // Hkv)``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from attnkit.attention.functional import attention
+from attnkit.attention.kernel import AttentionKernel, ExactKernel
 from attnkit.attention.kv_cache import KVCache
 from attnkit.positional import ROPE_LAYOUTS, RotaryEmbedding
 
 POSITIONAL_KINDS = (None, "rope", "alibi")
 
 
-def _positive_int(name: str, value) -> int:
+def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
+
+
+def _variant_kernel(variant: str, params: Mapping[str, Any] | None) -> AttentionKernel:
+    """The registered variant ``variant`` built with ``params``."""
+    from attnkit.attention import variants  # imported here: building one needs the registry
+
+    return variants.get(variant, **dict(params or {}))
 
 
 class MultiHeadAttention(nn.Module):
@@ -48,7 +58,9 @@ class MultiHeadAttention(nn.Module):
         rope_base, rope_layout: RoPE base and channel layout (``"half"`` or ``"interleaved"``).
         head_dim: per-head width D (default d_model // n_heads).
         variant, variant_params: name and keyword arguments of an approximate attention from
-            ``attnkit.attention.variants``; replaces the exact kernel.
+            ``attnkit.attention.variants`` (resolved through its registry): the kernel.
+        kernel: the kernel object itself (an ``AttentionKernel``); default
+            ``ExactKernel(backend)``. Give ``kernel`` or ``variant``, not both.
 
     ``forward(x)`` maps (B, T, C) -> (B, T, C).
     """
@@ -68,7 +80,8 @@ class MultiHeadAttention(nn.Module):
         rope_layout: str = "half",
         head_dim: int | None = None,
         variant: str | None = None,
-        variant_params: dict | None = None,
+        variant_params: Mapping[str, Any] | None = None,
+        kernel: AttentionKernel | None = None,
     ):
         super().__init__()
         _positive_int("d_model", d_model)
@@ -126,58 +139,64 @@ class MultiHeadAttention(nn.Module):
             else None
         )
 
-        self.variant = variant
-        self.variant_attn = None
         if variant is not None:
-            if positional == "alibi":
+            if kernel is not None:
                 raise ValueError(
-                    f"variant={variant!r} cannot be combined with "
-                    f"positional='alibi' (variants take no score bias)"
+                    f"give kernel= or variant=, not both; got kernel={type(kernel).__name__} "
+                    f"and variant={variant!r}"
                 )
-            if window is not None:
-                raise ValueError(f"variant={variant!r} cannot be combined with window={window}")
-            try:
-                from attnkit.attention import (
-                    variants as _variants,
-                )  # imported here: optional at import time
-            except ImportError as e:
-                raise ImportError(
-                    f"variant={variant!r} needs attnkit.attention.variants, "
-                    f"which could not be imported: {e}"
-                ) from e
-            get = getattr(_variants, "get", None)
-            if get is None:
-                raise ImportError(
-                    f"variant={variant!r} needs attnkit.attention.variants.get, "
-                    f"which is not available"
-                )
-            self.variant_attn = get(variant, **(variant_params or {}))
+            kernel = _variant_kernel(variant, variant_params)
         elif variant_params:
             raise ValueError(f"variant_params given without a variant: {variant_params!r}")
-        # called as capture_hook(self, q, k, v, key_padding_mask=, mask=, document_ids=) with
-        # the q (B, H, T, D) and k, v (B, Hkv, Tk, D) the kernel receives (after RoPE and the
-        # cache); set by attnkit.inspect.capture, None otherwise
-        self.capture_hook = None
+        chosen = ExactKernel(backend) if kernel is None else kernel
+        self._check_kernel(chosen)
+        self.kernel: AttentionKernel = chosen
+        self._register_load_state_dict_pre_hook(_rename_variant_keys)
+
+    def set_kernel(self, kernel: AttentionKernel) -> AttentionKernel:
+        """Make ``kernel`` this layer's attention kernel; returns the one it replaces.
+
+        ValueError if the kernel cannot serve this layer (a variant with a sliding window or
+        ALiBi), TypeError if it is not an ``AttentionKernel``."""
+        self._check_kernel(kernel)
+        previous = self.kernel
+        self.kernel = kernel
+        return previous
+
+    def _check_kernel(self, kernel: AttentionKernel) -> None:
+        if not isinstance(kernel, AttentionKernel):
+            raise TypeError(
+                f"kernel must be an attnkit.attention.kernel.AttentionKernel, "
+                f"got {type(kernel).__name__}"
+            )
+        kernel.check_layer(window=self.window, alibi=self.positional == "alibi")
 
     # ----------------------------------------------------------------------------------------
     def forward(
         self,
         x: torch.Tensor,
         *,
-        key_padding_mask: torch.Tensor | None = None,
+        valid_key_mask: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
         return_weights: bool = False,
-    ):
+        key_padding_mask: torch.Tensor | None = None,  # alias until the models are renamed
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, C) -> (B, T, C), or (out, weights (B, Hq, T, Tk)) with return_weights.
 
-        key_padding_mask (B, Tk) bool, True = real token; mask bool broadcastable to
+        valid_key_mask (B, Tk) bool, True = real token (attend to it; the opposite polarity of
+        torch.nn.MultiheadAttention's key_padding_mask); mask bool broadcastable to
         (B, Hq, T, Tk), True = may attend; document_ids (B, Tk) int for packed sequences;
         positions (T,) or (B, T) int positions for RoPE (default: cache.length + 0..T-1).
         With a cache, Tk = cache.length + T and the masks must cover all Tk keys.
+        ``key_padding_mask`` is an alias of ``valid_key_mask`` (same polarity).
         """
+        if key_padding_mask is not None:  # alias until the models are renamed
+            if valid_key_mask is not None:
+                raise TypeError("give valid_key_mask or its alias key_padding_mask, not both")
+            valid_key_mask = key_padding_mask
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(
                 f"x must be (B, T, d_model={self.d_model}), got shape {tuple(x.shape)}"
@@ -189,19 +208,13 @@ class MultiHeadAttention(nn.Module):
             )
         if cache is not None and not isinstance(cache, KVCache):
             raise TypeError(f"cache must be a KVCache, got {type(cache).__name__}")
-        if self.variant_attn is not None:
-            bad = [
-                name
-                for name, val in (("cache", cache), ("mask", mask), ("document_ids", document_ids))
-                if val is not None
-            ]
-            if return_weights:
-                bad.append("return_weights")
-            if bad:
-                raise ValueError(
-                    f"variant={self.variant!r} does not support "
-                    f"{', '.join(bad)}; use the exact attention for those"
-                )
+        kernel = self.kernel
+        kernel.check_call(
+            cache=cache is not None,
+            mask=mask is not None,
+            document_ids=document_ids is not None,
+            return_weights=return_weights,
+        )
 
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
@@ -216,7 +229,7 @@ class MultiHeadAttention(nn.Module):
             q, k = self.rotary(q, k, offset=offset, positions=positions)
         if cache is not None:
             tk = cache.length + T
-            for name, t in (("key_padding_mask", key_padding_mask), ("document_ids", document_ids)):
+            for name, t in (("valid_key_mask", valid_key_mask), ("document_ids", document_ids)):
                 if t is not None and (t.dim() != 2 or t.shape[-1] != tk):
                     raise ValueError(
                         f"with a KV cache, {name} must cover all keys: shape (B, {tk}) = "
@@ -226,59 +239,20 @@ class MultiHeadAttention(nn.Module):
 
         if k.dtype != q.dtype:  # a cache stored in another dtype: attention runs in that one
             q = q.to(k.dtype)
-        if self.capture_hook is not None:
-            self.capture_hook(
-                self,
-                q,
-                k,
-                v,
-                key_padding_mask=key_padding_mask,
-                mask=mask,
-                document_ids=document_ids,
-            )
-        weights = None
-        if (
-            T == 1
-            and cache is not None
-            and self.variant_attn is None
-            and mask is None
-            and document_ids is None
-            and self.window is None
-            and self.positional != "alibi"
-            and not return_weights
-            and not (self.training and self.dropout)
-            and self.backend in ("auto", "sdpa")
-            and not torch.is_grad_enabled()
-        ):
-            # decoding one token: every cached key is visible (up to padding), so this is plain
-            # SDPA; going straight to it saves the general planner's checks on every step
-            am = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=am, enable_gqa=Hkv != H)
-        elif self.variant_attn is not None:
-            rep = H // Hkv
-            if rep > 1:  # query head h reads key/value head h // rep
-                k = k.repeat_interleave(rep, dim=1)  # (B, H, T, D)
-                v = v.repeat_interleave(rep, dim=1)  # (B, H, T, D)
-            y = self.variant_attn(
-                q, k, v, causal=self.causal, key_padding_mask=key_padding_mask
-            )  # (B, H, T, D)
-        else:
-            # a single query (decoding) is the last position, so causal masks nothing there
-            res = attention(
-                q,
-                k,
-                v,
-                causal=self.causal and T > 1,
-                mask=mask,
-                key_padding_mask=key_padding_mask,
-                window=self.window,
-                bias="alibi" if self.positional == "alibi" else None,
-                document_ids=document_ids,
-                dropout_p=self.dropout if self.training else 0.0,
-                backend=self.backend,
-                return_weights=return_weights,
-            )
-            y, weights = res if return_weights else (res, None)  # y: (B, H, T, D)
+        res = kernel(
+            q,
+            k,
+            v,
+            causal=self.causal,
+            window=self.window,
+            alibi=self.positional == "alibi",
+            valid_key_mask=valid_key_mask,
+            mask=mask,
+            document_ids=document_ids,
+            dropout_p=self.dropout if self.training else 0.0,
+            return_weights=return_weights,
+        )
+        y, weights = res if return_weights else (res, None)  # y: (B, H, T, D)
 
         y = y.transpose(1, 2).reshape(B, T, H * D).to(x.dtype)  # (B, T, H * D)
         out = self.out_dropout(self.out_proj(y))  # (B, T, C)
@@ -297,6 +271,14 @@ class MultiHeadAttention(nn.Module):
             parts.append(f"dropout={self.dropout:g}")
         parts.append(f"bias={self.qkv_proj.bias is not None}")
         parts.append(f"backend={self.backend!r}")
-        if self.variant is not None:
-            parts.append(f"variant={self.variant!r}")
         return ", ".join(parts)
+
+
+def _rename_variant_keys(
+    state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+) -> None:
+    """Checkpoints written before the kernel seam keep a variant's buffers under
+    ``<layer>.variant_attn.``; they live under ``<layer>.kernel.`` now."""
+    old = prefix + "variant_attn."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + "kernel." + key[len(old) :]] = state_dict.pop(key)

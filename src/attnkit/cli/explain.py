@@ -87,7 +87,7 @@ def explain_command(args: argparse.Namespace) -> int:
     if args.mask:
         extra["mask"] = empty(args.batch, 1, args.seq_len, kv_len, dt=torch.bool)
     if args.padding:
-        extra["key_padding_mask"] = empty(args.batch, kv_len, dt=torch.bool)
+        extra["valid_key_mask"] = empty(args.batch, kv_len, dt=torch.bool)
     if args.documents:
         extra["document_ids"] = empty(args.batch, kv_len, dt=torch.long)
     plan = explain(

@@ -5,8 +5,9 @@
     >>> maps.weights[0].shape        # (B, H, Tq, Tk) for layer maps.layers[0]
 
 Each :class:`~attnkit.attention.module.MultiHeadAttention` of the model is a layer, numbered in
-module order (block 0's attention is layer 0). While the context is open, every captured layer
-hands the q and k its kernel receives (after RoPE, with the KV cache prepended) and its masks to
+module order (block 0's attention is layer 0). While the context is open, the kernel of every
+captured layer is wrapped in a recording kernel (:mod:`attnkit.attention.recording`), which
+hands the q and k the kernel receives (after RoPE, with the KV cache prepended) and the masks to
 this module, which recomputes the weights from them in float32 (float64 for float64 models):
 softmax(q k^T / sqrt(D) + ALiBi) over the keys the layer may see (causal, sliding window, key
 padding, packed documents, a user mask). The forward pass itself is untouched: the fast kernel
@@ -46,8 +47,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from attnkit.attention.kernel import AttentionKernel, ExactKernel
 from attnkit.attention.masks import MaskSpec
 from attnkit.attention.module import MultiHeadAttention
+from attnkit.attention.recording import (
+    AttentionCall,
+    RecordingKernel,
+    attention_layers,
+    is_recording,
+    recording,
+)
+from attnkit.attention.variants import FeatureMapAttention, LSHAttention, VariantAttention
 from attnkit.positional import alibi_slopes
 
 __all__ = [
@@ -128,9 +138,13 @@ class AttentionMaps:
 # the model's layers
 # --------------------------------------------------------------------------------------------
 def _unwrap(model: Any) -> nn.Module:
+    """The model itself, or the model inside an Encoder (its ``model``)."""
     if isinstance(model, nn.Module):
         return model
-    inner = getattr(model, "model", None)  # an Encoder
+    try:
+        inner = model.model  # an Encoder
+    except AttributeError:
+        inner = None
     if isinstance(inner, nn.Module):
         return inner
     raise ValueError(
@@ -139,41 +153,38 @@ def _unwrap(model: Any) -> nn.Module:
     )
 
 
-def attention_layers(model: Any) -> list[MultiHeadAttention]:
-    """The model's attention layers in module order; index i is layer i."""
-    layers = [m for m in _unwrap(model).modules() if isinstance(m, MultiHeadAttention)]
-    if not layers:
-        raise ValueError(
-            f"{type(model).__name__} has no MultiHeadAttention layer; expected an "
-            f"attnkit model (GPT, Bert or a module built from MultiHeadAttention)"
-        )
-    return layers
+def _kernel(layer: MultiHeadAttention) -> AttentionKernel:
+    """The layer's kernel, under any recording wrappers."""
+    kernel = layer.kernel
+    while isinstance(kernel, RecordingKernel):
+        kernel = kernel.inner
+    return kernel
 
 
 def _unavailable_reason(layer: MultiHeadAttention) -> str | None:
-    var = layer.variant_attn
-    if var is None or hasattr(var, "dense_mask") or _is_lsh(var):
+    kernel = _kernel(layer)
+    if isinstance(kernel, (ExactKernel, LSHAttention)) or hasattr(kernel, "dense_mask"):
         return None
+    if isinstance(kernel, FeatureMapAttention):
+        return (
+            f"variant {kernel.name!r} ({kernel.description}) forms no attention weights: it "
+            f"multiplies feature maps phi(q) (phi(k)^T v) and never takes a softmax over keys"
+        )
+    what = kernel.description if isinstance(kernel, VariantAttention) else "not exact attention"
     return (
-        f"variant {layer.variant!r} ({var.description}) forms no attention weights: it "
-        f"multiplies feature maps phi(q) (phi(k)^T v) and never takes a softmax over keys"
+        f"kernel {kernel.name!r} ({what}) has no softmax weights this module can recompute; "
+        f"expected exact attention or a variant with a dense_mask or LSH buckets"
     )
 
 
 def unavailable_layers(model: Any) -> dict[int, str]:
     """Layers whose attention has no weights to capture (linear, performer), with the reason."""
     out = {}
-    for i, layer in enumerate(attention_layers(model)):
+    for i, layer in enumerate(attention_layers(_unwrap(model))):
         reason = _unavailable_reason(layer)
         if reason is not None:
             out[i] = reason
     return out
-
-
-def _is_lsh(var) -> bool:
-    from attnkit.attention.variants.lsh import LSHAttention
-
-    return isinstance(var, LSHAttention)
 
 
 def _index_list(name: str, values, limit: int, what: str) -> list[int] | None:
@@ -231,7 +242,7 @@ def layer_weights(
     causal: bool = False,
     window: int | None = None,
     alibi: bool = False,
-    key_padding_mask: Tensor | None = None,
+    valid_key_mask: Tensor | None = None,
     document_ids: Tensor | None = None,
     mask: Tensor | None = None,
     heads: Sequence[int] | None = None,
@@ -277,9 +288,9 @@ def layer_weights(
         allowed = spec.positional(q_pos[:, None], k_pos[None, :])  # (r, Tk) or None
         if allowed is not None:
             allowed = allowed[None, None]
-        if key_padding_mask is not None:
-            kpm = key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
-            allowed = kpm if allowed is None else allowed & kpm
+        if valid_key_mask is not None:
+            vkm = valid_key_mask[:, None, None, :]  # (B, 1, 1, Tk)
+            allowed = vkm if allowed is None else allowed & vkm
         if document_ids is not None:
             same = (
                 document_ids[:, spec.offset + r0 : spec.offset + r1, None]
@@ -302,9 +313,9 @@ def layer_weights(
 
 
 def _lsh_weights(
-    var,
+    var: LSHAttention,
     q: Tensor,
-    key_padding_mask: Tensor | None,
+    valid_key_mask: Tensor | None,
     causal: bool,
     head_idx: Tensor,
     top_k: int | None,
@@ -331,8 +342,8 @@ def _lsh_weights(
     pos = torch.arange(T, device=q.device)
     seen &= (pos[None, :] < pos[:, None]) if causal else (pos[None, :] != pos[:, None])
     seen = seen.view(B, Hs, T, T)
-    if key_padding_mask is not None:
-        seen &= key_padding_mask[:, None, None, :]
+    if valid_key_mask is not None:
+        seen &= valid_key_mask[:, None, None, :]
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
     x = qs.to(ct)
     keys = torch.nn.functional.normalize(x, dim=-1)
@@ -340,8 +351,8 @@ def _lsh_weights(
     w = _softmax_rows(scores, seen)
     # a real query that sees no other key attends to itself
     alone = ~seen.any(-1)  # (B, H', T)
-    if key_padding_mask is not None:
-        alone &= key_padding_mask[:, None, :]
+    if valid_key_mask is not None:
+        alone &= valid_key_mask[:, None, :]
     eye = torch.eye(T, dtype=ct, device=q.device)
     w = torch.where(alone[..., None], eye, w)
     buckets = buckets.view(B, Hs, -1, T)
@@ -365,64 +376,58 @@ def _to_sparse(values: Tensor, indices: Tensor, tk: int) -> Tensor:
 
 
 class _Recorder:
+    """Turns the kernel calls of one captured layer into its entry of ``maps``."""
+
     def __init__(self, maps: AttentionMaps, slot: int, heads: list[int] | None):
         self.maps, self.slot, self.heads = maps, slot, heads
 
     @torch.no_grad()
-    def __call__(
-        self,
-        layer: MultiHeadAttention,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        key_padding_mask=None,
-        mask=None,
-        document_ids=None,
-    ) -> None:
+    def __call__(self, call: AttentionCall) -> None:
         maps, i = self.maps, self.slot
-        q, k = q.detach(), k.detach()
+        q, k = call.q.detach(), call.k.detach()
         head_idx = (
             torch.arange(q.shape[1], device=q.device)
             if self.heads is None
             else torch.as_tensor(self.heads, dtype=torch.long, device=q.device)
         )
-        var = layer.variant_attn
+        kernel = call.kernel
+        while isinstance(kernel, RecordingKernel):
+            kernel = kernel.inner
         info: dict = {}
-        if var is None:
+        if isinstance(kernel, ExactKernel):
             res = layer_weights(
                 q,
                 k,
-                causal=layer.causal,
-                window=layer.window,
-                alibi=layer.positional == "alibi",
-                key_padding_mask=key_padding_mask,
-                document_ids=document_ids,
-                mask=mask,
+                causal=call.causal,
+                window=call.window,
+                alibi=call.alibi,
+                valid_key_mask=call.valid_key_mask,
+                document_ids=call.document_ids,
+                mask=call.mask,
                 heads=self.heads,
                 top_k=maps.top_k,
             )
             source = "exact"
-        elif _is_lsh(var):
+        elif isinstance(kernel, LSHAttention):
             res, info["buckets"] = _lsh_weights(
-                var, q, key_padding_mask, layer.causal, head_idx, maps.top_k
+                kernel, q, call.valid_key_mask, call.causal, head_idx, maps.top_k
             )
             source = "lsh"
-        elif hasattr(var, "dense_mask"):
+        elif hasattr(kernel, "dense_mask"):
             T = q.shape[2]
-            pattern = var.dense_mask(T, layer.causal, device=q.device)  # (T, T)
+            pattern = kernel.dense_mask(T, call.causal, device=q.device)  # (T, T)
             rep = q.shape[1] // k.shape[1]
             res = layer_weights(
                 q,
                 k.repeat_interleave(rep, dim=1),
-                key_padding_mask=key_padding_mask,
+                valid_key_mask=call.valid_key_mask,
                 mask=pattern,
                 heads=self.heads,
                 top_k=maps.top_k,
             )
-            source = layer.variant
+            source = kernel.name
         else:  # pragma: no cover - refused when the context opens
-            raise ValueError(_unavailable_reason(layer))
+            raise ValueError(f"kernel {kernel.name!r} has no attention weights to capture")
         maps.sources[i] = source
         maps.info[i] = info
         maps.calls[i] += 1
@@ -444,7 +449,7 @@ def capture(
 ) -> Iterator[AttentionMaps]:
     """Record the attention weights of ``layers`` (default all) and ``heads`` (default all) of
     ``model`` during the forward passes run inside the context. See the module docstring."""
-    all_layers = attention_layers(model)
+    all_layers = attention_layers(_unwrap(model))
     layer_ids = _index_list("layers", layers, len(all_layers), "layer")
     if layer_ids is None:
         layer_ids = list(range(len(all_layers)))
@@ -462,7 +467,7 @@ def capture(
         reason = _unavailable_reason(all_layers[i])
         if reason is not None:
             raise ValueError(f"layer {i} has no attention weights to capture: {reason}")
-        if all_layers[i].capture_hook is not None:
+        if is_recording(all_layers[i]):
             raise ValueError(
                 f"layer {i} is already being captured; nested capture() of the same "
                 f"layer is not supported"
@@ -473,15 +478,9 @@ def capture(
         tokens=tokens,
         top_k=top_k,
     )
-    hooked = []
-    try:
-        for slot, i in enumerate(layer_ids):
-            all_layers[i].capture_hook = _Recorder(maps, slot, head_ids)
-            hooked.append(all_layers[i])
+    recorders = [_Recorder(maps, slot, head_ids) for slot in range(len(layer_ids))]
+    with recording([all_layers[i] for i in layer_ids], lambda slot, call: recorders[slot](call)):
         yield maps
-    finally:
-        for layer in hooked:
-            layer.capture_hook = None
 
 
 # --------------------------------------------------------------------------------------------

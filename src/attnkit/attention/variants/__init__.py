@@ -4,8 +4,10 @@
     >>> attn = variants.get("lsh", n_hashes=4)
     >>> out = attn(q, k, v, causal=True)  # q, k, v: (B, H, T, D) -> (B, H, T, D)
 
-Every variant is an ``nn.Module`` with ``forward(q, k, v, *, causal=False,
-key_padding_mask=None)``, a class attribute ``description`` and a class attribute ``exact``:
+Every variant is an attention kernel (``attnkit.attention.kernel.AttentionKernel``, so a
+``MultiHeadAttention`` layer can hold it) with ``forward(q, k, v, *, causal=False,
+valid_key_mask=None)``, a class attribute ``name`` (its registry name), a class attribute
+``description`` and a class attribute ``exact``:
 True when the output is exact softmax attention under a fixed, input-independent mask that the
 module exposes as ``dense_mask(T, causal)`` (bigbird, local), False when it approximates the
 softmax (lsh, performer, linear). A new variant is a new class plus an entry in ``_REGISTRY``.

@@ -1,4 +1,4 @@
-"""Pieces shared by the attention variants: the base class and input checks."""
+"""Pieces shared by the attention variants: the base class (a kernel) and input checks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import math
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from attnkit.attention.kernel import AttentionKernel
 
 
 def check_positive_int(name: str, value, *, minimum: int = 1) -> int:
@@ -24,9 +26,7 @@ def check_optional_int(name: str, value, *, minimum: int = 1) -> int | None:
     return None if value is None else check_positive_int(name, value, minimum=minimum)
 
 
-def check_inputs(
-    q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None
-) -> Tensor | None:
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, valid_key_mask: Tensor | None) -> Tensor | None:
     """Validate (B, H, T, D) inputs; return the key mask as a (B, T) bool tensor on q's device.
 
     q and k must have the same shape, v the same (B, H, T) with its own last dim. The mask is
@@ -53,33 +53,70 @@ def check_inputs(
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if q.shape[-1] == 0 or v.shape[-1] == 0:
         raise ValueError(f"head dims must be >= 1, got D={q.shape[-1]}, Dv={v.shape[-1]}")
-    if key_padding_mask is None:
+    if valid_key_mask is None:
         return None
-    if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
+    if not isinstance(valid_key_mask, Tensor) or valid_key_mask.dtype != torch.bool:
         got = (
-            key_padding_mask.dtype
-            if isinstance(key_padding_mask, Tensor)
-            else type(key_padding_mask).__name__
+            valid_key_mask.dtype
+            if isinstance(valid_key_mask, Tensor)
+            else type(valid_key_mask).__name__
         )
-        raise TypeError(f"key_padding_mask must be a bool tensor (True = real token), got {got}")
+        raise TypeError(f"valid_key_mask must be a bool tensor (True = real token), got {got}")
     B, _, T, _ = q.shape
-    if tuple(key_padding_mask.shape) != (B, T):
+    if tuple(valid_key_mask.shape) != (B, T):
         raise ValueError(
-            f"key_padding_mask must have shape (B, T) = {(B, T)}, got {tuple(key_padding_mask.shape)}"
+            f"valid_key_mask must have shape (B, T) = {(B, T)}, got {tuple(valid_key_mask.shape)}"
         )
-    return key_padding_mask.to(q.device)
+    return valid_key_mask.to(q.device)
 
 
-class VariantAttention(nn.Module):
-    """Base class of the attention variants.
+class VariantAttention(AttentionKernel):
+    """Base class of the attention variants: each is an attention kernel (see
+    :mod:`attnkit.attention.kernel`) under its registry ``name``.
 
-    ``forward(q, k, v, *, causal=False, key_padding_mask=None)`` takes (B, H, T, D) tensors and
-    returns (B, H, T, Dv). ``key_padding_mask`` is (B, T) bool with True for real tokens. A query
-    that has no key to attend to gets a zero output (never NaN), and no gradient.
+    ``forward(q, k, v, *, causal=False, valid_key_mask=None)`` takes (B, H, T, D) tensors and
+    returns (B, H, T, Dv); k and v may have fewer heads than q (grouped-query: query head h reads
+    key/value head h // (H // Hkv)). ``valid_key_mask`` is (B, T) bool with True for real
+    tokens. A query that has no key to attend to gets a zero output (never NaN), and no
+    gradient. Variants take no sliding window, ALiBi, KV cache, user mask, packed documents or
+    weight request (ValueError naming it), and apply no dropout to their attention.
     """
 
     exact: ClassVar[bool] = False
     description: ClassVar[str] = ""
+
+    def check_layer(self, *, window: int | None, alibi: bool) -> None:
+        if alibi:
+            raise ValueError(
+                f"variant={self.name!r} cannot be combined with positional='alibi' "
+                f"(variants take no score bias)"
+            )
+        if window is not None:
+            raise ValueError(f"variant={self.name!r} cannot be combined with window={window}")
+
+    def check_call(
+        self,
+        *,
+        cache: bool = False,
+        mask: bool = False,
+        document_ids: bool = False,
+        return_weights: bool = False,
+    ) -> None:
+        bad = [
+            name
+            for name, used in (
+                ("cache", cache),
+                ("mask", mask),
+                ("document_ids", document_ids),
+                ("return_weights", return_weights),
+            )
+            if used
+        ]
+        if bad:
+            raise ValueError(
+                f"variant={self.name!r} does not support {', '.join(bad)}; "
+                f"use the exact attention for those"
+            )
 
     def forward(
         self,
@@ -88,11 +125,30 @@ class VariantAttention(nn.Module):
         v: Tensor,
         *,
         causal: bool = False,
-        key_padding_mask: Tensor | None = None,
+        window: int | None = None,
+        alibi: bool = False,
+        valid_key_mask: Tensor | None = None,
+        mask: Tensor | None = None,
+        document_ids: Tensor | None = None,
+        dropout_p: float = 0.0,
+        return_weights: bool = False,
     ) -> Tensor:
         if not isinstance(causal, bool):
             raise TypeError(f"causal must be a bool, got {causal!r}")
-        key_valid = check_inputs(q, k, v, key_padding_mask)
+        if window is not None or alibi:
+            self.check_layer(window=window, alibi=alibi)
+        if mask is not None or document_ids is not None or return_weights:
+            self.check_call(
+                mask=mask is not None,
+                document_ids=document_ids is not None,
+                return_weights=return_weights,
+            )
+        if isinstance(k, Tensor) and isinstance(q, Tensor) and k.dim() == q.dim() == 4:
+            hq, hkv = q.shape[1], k.shape[1]
+            if hkv != hq and hkv > 0 and hq % hkv == 0:  # query head h reads kv head h // rep
+                k = k.repeat_interleave(hq // hkv, dim=1)  # (B, H, T, D)
+                v = v.repeat_interleave(hq // hkv, dim=1)  # (B, H, T, Dv)
+        key_valid = check_inputs(q, k, v, valid_key_mask)
         return self._attend(q, k, v, causal, key_valid)
 
     def _attend(

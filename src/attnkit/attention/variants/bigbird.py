@@ -23,12 +23,12 @@ BlockMask built directly from the block layout; the compiled kernel is made once
 from __future__ import annotations
 
 import math
-import threading
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from attnkit.attention.backends.flex import compiled_flex
+from attnkit.attention.backends.sdpa import fused
 from attnkit.attention.variants._common import VariantAttention, check_positive_int, default_scale
 from attnkit.attention.variants._gathered import GatherSpec, gathered_attention_parts
 
@@ -36,6 +36,7 @@ from attnkit.attention.variants._gathered import GatherSpec, gathered_attention_
 class BigBirdAttention(VariantAttention):
     """Block-sparse attention: global + sliding-window + random blocks."""
 
+    name = "bigbird"
     exact = True
     description = "BigBird block-sparse attention: global, sliding-window and random blocks (exact on its pattern)"
 
@@ -152,7 +153,7 @@ class BigBirdAttention(VariantAttention):
 
     def _attend_flex(self, q, k, v, causal, key_valid):
         mask = self.block_mask(q.shape[2], causal, key_valid, q.device)
-        return _compiled_flex()(q, k, v, block_mask=mask, scale=default_scale(q.shape[-1]))
+        return compiled_flex()(q, k, v, block_mask=mask, scale=default_scale(q.shape[-1]))
 
     def _attend(self, q, k, v, causal, key_valid):
         if self.uses_flex(q, k, v):
@@ -181,9 +182,7 @@ class BigBirdAttention(VariantAttention):
             # SDPA's flash kernel runs over blocks of keys in O(T) memory (a gathered group
             # would hold g*bs x T scores at once)
             ng = min(T, g * bs)
-            dense_global = F.scaled_dot_product_attention(
-                q[:, :, :ng], k, v, scale=spec.scale
-            )  # (B, H, ng, Dv)
+            dense_global = fused(q[:, :, :ng], k, v, scale=spec.scale)  # (B, H, ng, Dv)
             dense_global = dense_global.reshape(N, ng, Dv)
         elif g:  # global query blocks attend to every key (every earlier key when causal)
             # causal: the global queries (the first g*bs tokens) see no key after them
@@ -204,23 +203,3 @@ class BigBirdAttention(VariantAttention):
             parts.insert(0, dense_global)
         out = torch.cat(parts, dim=1)[:, :T]  # (N, T, Dv)
         return out.reshape(B, H, T, Dv)
-
-
-_FLEX = {}
-_FLEX_LOCK = threading.Lock()
-
-
-def _compiled_flex():
-    """The compiled FlexAttention kernel: the one attnkit's flex backend keeps, else our own,
-    created once per process."""
-    with _FLEX_LOCK:
-        if "fn" not in _FLEX:
-            try:
-                from attnkit.attention.backends import _compiled_flex as shared
-
-                _FLEX["fn"] = shared()
-            except ImportError:
-                from torch.nn.attention.flex_attention import flex_attention
-
-                _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
-        return _FLEX["fn"]

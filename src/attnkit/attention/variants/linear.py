@@ -37,9 +37,7 @@ class FeatureMapAttention(VariantAttention):
         """phi(q) for (..., t, D) queries -> (..., t, m)."""
         raise NotImplementedError
 
-    def key_features(
-        self, x: Tensor, valid: Tensor | None = None
-    ) -> tuple[Tensor, Tensor | None]:
+    def key_features(self, x: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """phi(k) for (N, ..., t, D) keys -> ((N, ..., t, m), log_scale (N,) or None): the
         features were divided by exp(log_scale) for numerical stability; ``valid`` (N, ..., t)
         marks the real keys: padded keys must get exactly zero features."""
@@ -71,6 +69,7 @@ class FeatureMapAttention(VariantAttention):
 class LinearAttention(FeatureMapAttention):
     """Linear attention, phi(x) = elu(x) + 1."""
 
+    name = "linear"
     description = "linear attention with the elu(x)+1 feature map (Katharopoulos et al. 2020)"
 
     def __init__(self, chunk_size: int = 64):

@@ -2,7 +2,7 @@
 only to the keys of its own block (causally within the block when ``causal``).
 
 Exact softmax attention within every block, computed by
-``torch.nn.functional.scaled_dot_product_attention`` on the (blocks, block, D) view, so time
+SDPA (``attnkit.attention.backends.sdpa.fused``) on the (blocks, block, D) view, so time
 and memory grow linearly with T.
 """
 
@@ -14,12 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnkit.attention.backends.sdpa import fused
 from attnkit.attention.variants._common import VariantAttention, check_positive_int
 
 
 class LocalAttention(VariantAttention):
     """Non-overlapping block-local attention; ``block_size`` tokens per block."""
 
+    name = "local"
     exact = True
     description = "non-overlapping block-local softmax attention (exact within each block)"
 
@@ -48,7 +50,7 @@ class LocalAttention(VariantAttention):
         kb = k.reshape(B, H * nb, bs, D)  # (B, H*nb, bs, D)
         vb = v.reshape(B, H * nb, bs, Dv)  # (B, H*nb, bs, Dv)
         if key_valid is None and not pad:
-            out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=causal)
+            out = fused(qb, kb, vb, is_causal=causal)
             return out.view(B, H, nb * bs, Dv)[:, :, :T]
         valid = torch.ones(B, nb * bs, dtype=torch.bool, device=q.device)  # (B, Tp)
         valid[:, :T] = True if key_valid is None else key_valid
@@ -63,6 +65,6 @@ class LocalAttention(VariantAttention):
         if bool(empty.any()):
             mask = mask.clone()
             mask[..., :1] |= empty
-        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)  # (B, H*nb, bs, Dv)
+        out = fused(qb, kb, vb, attn_mask=mask)  # (B, H*nb, bs, Dv)
         out = out.masked_fill(empty, 0.0)
         return out.view(B, H, nb * bs, Dv)[:, :, :T]

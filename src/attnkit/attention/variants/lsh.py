@@ -44,6 +44,7 @@ class LSHAttention(VariantAttention):
     tokens per chunk. seed: seeds the rotations.
     """
 
+    name = "lsh"
     exact = False
     description = "Reformer LSH attention: shared-QK, hashed into buckets, chunked, multi-round"
     max_auto_buckets = 64
@@ -101,7 +102,7 @@ class LSHAttention(VariantAttention):
     def _attend(self, q, k, v, causal, key_valid):
         B, H, T, D = q.shape
         Dv = v.shape[-1]
-        N, nh, dev = B * H, self.n_hashes, q.device
+        N, dev = B * H, q.device
         C = min(self.chunk_size, T)
         nC = math.ceil(T / C)
         Tp = nC * C

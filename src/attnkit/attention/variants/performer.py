@@ -49,6 +49,7 @@ class PerformerAttention(FeatureMapAttention):
     head_dim: draw the features now for this D instead of at the first forward call.
     """
 
+    name = "performer"
     description = (
         "Performer FAVOR+: positive orthogonal random features approximating softmax attention"
     )

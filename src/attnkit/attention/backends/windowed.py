@@ -1,231 +1,20 @@
-"""Attention kernels.  Each takes validated (B, H, T, D) tensors and a `MaskSpec`.
+"""The windowed backend: a blocked band kernel for sliding windows with its own backward
+(flash-style recomputation), so memory is O(N * w) in training as well as inference.
 
-* `math_attention`: the readable reference; the only kernel that returns the weights.
-* `sdpa_attention`: `torch.nn.functional.scaled_dot_product_attention` (fused, O(N) memory for
-  causal or unmasked inputs).
-* `flex_attention_call`: FlexAttention with a BlockMask built from block-level bounds; the
-  compiled kernel is created once per process and reused (Inductor's on-disk cache makes later
-  processes fast too).
-* `windowed_attention`: a blocked band kernel for sliding windows with its own backward
-  (flash-style recomputation), so memory is O(N * w) in training as well as inference.
-
-Every kernel returns zeros (and zero gradients) for a query that may attend to nothing.
+One cohesive job kept whole (about 420 lines): the band geometry, the fused interior blocks, the
+masked edge blocks and the forward and backward passes share their data structures.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnkit.attention.backends._common import NEG_INF, repeat_kv, softmax_dtype
 from attnkit.attention.masks import MaskSpec
-
-NEG_INF = float("-inf")
-
-
-def _softmax_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
-    """(B, Hkv, T, D) -> (B, Hkv * n_rep, T, D); query head h uses key head h // n_rep."""
-    if n_rep == 1:
-        return x
-    b, h, t, d = x.shape
-    return x[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
-
-
-def alibi_bias(slopes: Tensor, spec: MaskSpec, device=None) -> Tensor:
-    """(1, H, Tq, Tk) ALiBi bias -slope_h * |query position - key position|."""
-    device = slopes.device if device is None else device
-    q_pos = torch.arange(spec.q_len, device=device)[:, None] + spec.offset
-    k_pos = torch.arange(spec.k_len, device=device)[None, :]
-    dist = (q_pos - k_pos).abs().to(slopes.dtype)  # (Tq, Tk)
-    return -(slopes.to(device)[:, None, None] * dist)[None]
-
-
-def _masked_softmax(scores: Tensor, allowed: Tensor | None) -> Tensor:
-    """Softmax over the last dim that gives exact zeros (and zero gradients) for empty rows."""
-    if allowed is not None:
-        scores = scores.masked_fill(~allowed, NEG_INF)
-    row_max = scores.amax(dim=-1, keepdim=True)
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max)).detach()
-    p = torch.exp(scores - row_max)
-    denom = p.sum(dim=-1, keepdim=True)
-    return p / torch.where(denom > 0, denom, torch.ones_like(denom))
-
-
-# ---------------------------------------------------------------------------- math
-def math_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    spec: MaskSpec,
-    *,
-    bias: Tensor | None,
-    scale: float,
-    dropout_p: float,
-    return_weights: bool,
-):
-    """Reference: scores -> masked softmax -> (dropout) -> weighted sum, in float32/float64."""
-    n_rep = q.shape[1] // k.shape[1]
-    k = _repeat_kv(k, n_rep)
-    v = _repeat_kv(v, n_rep)
-    ct = _softmax_dtype(q.dtype)
-    scores = torch.matmul(q.to(ct), k.to(ct).transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
-    if bias is not None:
-        scores = scores + bias.to(ct)
-    weights = _masked_softmax(scores, spec.dense(q.device))
-    used = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
-    out = torch.matmul(used, v.to(ct)).to(q.dtype)  # (B, H, Tq, Dv)
-    if return_weights:
-        return out, weights.to(q.dtype)
-    return out
-
-
-# ---------------------------------------------------------------------------- sdpa
-def sdpa_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    spec: MaskSpec,
-    *,
-    bias: Tensor | None,
-    scale: float,
-    dropout_p: float,
-) -> Tensor:
-    """torch SDPA.  Causal self-attention without other masks takes the is_causal fast path."""
-    gqa = q.shape[1] != k.shape[1]
-    if (
-        bias is None
-        and spec.structural_only
-        and spec.window is None
-        and (not spec.causal or spec.q_len == spec.k_len)
-    ):
-        return F.scaled_dot_product_attention(
-            q, k, v, dropout_p=dropout_p, is_causal=spec.causal, scale=scale, enable_gqa=gqa
-        )
-    allowed = spec.dense(q.device)
-    empty_rows = None
-    if allowed is not None:
-        empty = ~allowed.any(dim=-1, keepdim=True)  # (B?, H?, Tq, 1)
-        if bool(empty.any()):
-            # give empty rows something finite to attend to, then zero them below
-            allowed = allowed | empty
-            empty_rows = empty
-    if bias is not None:
-        attn_mask = bias.to(q.dtype)
-        if allowed is not None:
-            attn_mask = attn_mask.masked_fill(~allowed, NEG_INF)
-    else:
-        attn_mask = allowed
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa
-    )
-    if empty_rows is not None:
-        out = out.masked_fill(empty_rows, 0.0)
-    return out
-
-
-# ---------------------------------------------------------------------------- flex
-_FLEX_LOCK = threading.Lock()
-_FLEX_COMPILED = {}
-
-
-def _compiled_flex():
-    """The compiled FlexAttention kernel, created once per process and reused.
-
-    Compiled with static shapes: each new (shape, mask kind) costs one Inductor compile, and
-    Inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR) serves it to later processes.  Dynamic
-    shapes would save the recompiles, but Inductor's CPU code generation for FlexAttention
-    fails to compile (C++ errors) for padding and ALiBi score/mask functions with symbolic
-    sizes in torch 2.13, so they are not used on CPU.
-    """
-    with _FLEX_LOCK:
-        fn = _FLEX_COMPILED.get("fn")
-        if fn is None:
-            from torch.nn.attention.flex_attention import flex_attention
-
-            fn = torch.compile(flex_attention, dynamic=False)
-            _FLEX_COMPILED["fn"] = fn
-        return fn
-
-
-FLEX_BLOCK = 128
-
-
-def build_block_mask(spec: MaskSpec, batch: int, heads: int, device, block: int = FLEX_BLOCK):
-    """A FlexAttention BlockMask from the block-level layout (no N x N evaluation)."""
-    from torch.nn.attention.flex_attention import BlockMask
-
-    layout = spec.block_layout(batch, heads, block, block).to(device)  # (B', H', nQ, nK)
-    partial = layout == 1
-    full = layout == 2
-    nk = layout.shape[-1]
-
-    def to_indices(sel: Tensor):
-        counts = sel.sum(-1, dtype=torch.int32)
-        order = torch.argsort((~sel).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-        return counts, order
-
-    kv_num, kv_idx = to_indices(partial)
-    full_num, full_idx = to_indices(full)
-    mod = spec.mask_mod()
-    if mod is None:
-        from torch.nn.attention.flex_attention import noop_mask
-
-        mod = noop_mask
-    del nk
-    return BlockMask.from_kv_blocks(
-        kv_num,
-        kv_idx,
-        full_num,
-        full_idx,
-        BLOCK_SIZE=block,
-        mask_mod=mod,
-        seq_lengths=(spec.q_len, spec.k_len),
-    )
-
-
-def flex_attention_call(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    spec: MaskSpec,
-    *,
-    alibi_slopes: Tensor | None,
-    bias: Tensor | None,
-    scale: float,
-) -> Tensor:
-    """FlexAttention with a structured BlockMask and an optional ALiBi/tensor score_mod."""
-    block_mask = build_block_mask(spec, q.shape[0], q.shape[1], q.device)
-    score_mod = None
-    offset = spec.offset
-    if alibi_slopes is not None:
-        slopes = alibi_slopes.to(device=q.device, dtype=torch.float32)
-
-        def score_mod(score, b, h, q_idx, kv_idx):
-            return score - slopes[h] * (q_idx + offset - kv_idx).abs()
-
-    elif bias is not None:
-        b4 = bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))
-        sb, sh, sq, sk = (d != 1 for d in b4.shape)
-
-        def score_mod(score, b, h, q_idx, kv_idx):
-            z = q_idx * 0
-            return (
-                score + b4[b if sb else z, h if sh else z, q_idx if sq else z, kv_idx if sk else z]
-            )
-
-    gqa = q.shape[1] != k.shape[1]
-    out = _compiled_flex()(
-        q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa
-    )
-    return out
-
 
 # ---------------------------------------------------------------------------- windowed
 WINDOW_QUERY_BLOCK = 128
@@ -394,16 +183,16 @@ class _FastBand:
         qv, kvs = self.views(q3, k3, v3)
         outs, lses = [], []
         for (kv, vv), (_, _, causal, m) in zip(kvs, self.parts):
-            o, l = _FLASH_CPU(qv, kv, vv, 0.0, causal, attn_mask=m, scale=scale)
+            o, part_lse = _FLASH_CPU(qv, kv, vv, 0.0, causal, attn_mask=m, scale=scale)
             outs.append(o)
-            lses.append(l)
+            lses.append(part_lse)
         lse = lses[0]
-        for l in lses[1:]:
-            lse = torch.logaddexp(lse, l)  # (BH, n, c)
-        acc = _softmax_dtype(q3.dtype)
+        for part_lse in lses[1:]:
+            lse = torch.logaddexp(lse, part_lse)  # (BH, n, c)
+        acc = softmax_dtype(q3.dtype)
         out = None
-        for o, l in zip(outs, lses):
-            w = torch.exp(l - lse).unsqueeze(-1)  # (BH, n, c, 1) share of this part
+        for o, part_lse in zip(outs, lses):
+            w = torch.exp(part_lse - lse).unsqueeze(-1)  # (BH, n, c, 1) share of this part
             if out is None:
                 out = o.to(acc).mul_(w) if o.dtype != acc else o.mul_(w)
             else:
@@ -465,8 +254,8 @@ class _BandContext:
         device = q.device
         self.static = _band_static(spec, band, device)  # (c, L)
         kvalid = torch.ones(k.shape[0], spec.k_len, dtype=torch.bool, device=device)
-        if spec.key_padding_mask is not None:
-            kvalid = kvalid & spec.key_padding_mask.to(device)
+        if spec.valid_key_mask is not None:
+            kvalid = kvalid & spec.valid_key_mask.to(device)
         self.kvalid = F.pad(kvalid, (band.left, band.pad_right), value=False)  # (B, Tk')
         self.doc_k = self.doc_q = None
         if spec.document_ids is not None:
@@ -501,7 +290,7 @@ def _dropout_keep(shape, p: float, seed: int, chunk: int, device) -> Tensor:
 
 def _chunk_probs(ctx_t: _BandContext, band, qb, kw, b0, b1, scale, lse=None):
     """Scores -> probabilities for one chunk.  Returns (p, lse) in float32/64."""
-    ct = _softmax_dtype(qb.dtype)
+    ct = softmax_dtype(qb.dtype)
     s = torch.matmul(qb, kw.transpose(-1, -2)).to(ct) * scale  # (B, H, n, c, L)
     if ctx_t.bias is not None:
         s = s + ctx_t.bias[None, :, None].to(ct)
@@ -523,11 +312,11 @@ def _chunk_probs(ctx_t: _BandContext, band, qb, kw, b0, b1, scale, lse=None):
 def _windowed_forward(q, k, v, spec, band, slopes, scale, dropout_p, seed, fast):
     B, H, _, D = q.shape
     n_rep = H // k.shape[1]
-    k_rep = _repeat_kv(k, n_rep).contiguous()
-    v_rep = _repeat_kv(v, n_rep).contiguous()
+    k_rep = repeat_kv(k, n_rep).contiguous()
+    v_rep = repeat_kv(v, n_rep).contiguous()
     dv = v.shape[-1]
     out = torch.empty(B, H, band.nb, band.c, dv, dtype=q.dtype, device=q.device)
-    lse = torch.empty(B, H, band.nb, band.c, 1, dtype=_softmax_dtype(q.dtype), device=q.device)
+    lse = torch.empty(B, H, band.nb, band.c, 1, dtype=softmax_dtype(q.dtype), device=q.device)
     ranges = [(0, band.nb)]
     if fast is not None:
         q3 = q.contiguous().view(B * H, band.tq, D)
@@ -541,11 +330,11 @@ def _windowed_forward(q, k, v, spec, band, slopes, scale, dropout_p, seed, fast)
             kw = band.windows(k_rep, b0, b1)  # (B, H, n, L, D)
             vw = band.windows(v_rep, b0, b1)
             qb = band.query_blocks(q, b0, b1)  # (B, H, n, c, D)
-            p, l = _chunk_probs(ctx_t, band, qb, kw, b0, b1, scale)
+            p, chunk_lse = _chunk_probs(ctx_t, band, qb, kw, b0, b1, scale)
             if dropout_p > 0:
                 p = p * _dropout_keep(p.shape, dropout_p, seed, b0, q.device) / (1 - dropout_p)
             out[:, :, b0:b1] = torch.matmul(p.to(v.dtype), vw)
-            lse[:, :, b0:b1] = l
+            lse[:, :, b0:b1] = chunk_lse
     out = out.view(B, H, band.nb * band.c, dv)[:, :, : band.tq]
     return out, lse
 
@@ -555,9 +344,9 @@ def _windowed_backward(q, k, v, out, lse, dout, spec, band, slopes, scale, dropo
     hkv = k.shape[1]
     n_rep = H // hkv
     dvd = v.shape[-1]
-    ct = _softmax_dtype(q.dtype)
-    k_rep = _repeat_kv(k, n_rep).contiguous()
-    v_rep = _repeat_kv(v, n_rep).contiguous()
+    ct = softmax_dtype(q.dtype)
+    k_rep = repeat_kv(k, n_rep).contiguous()
+    v_rep = repeat_kv(v, n_rep).contiguous()
     left = band.left
     # gradients w.r.t. the padded keys: [left zeros | keys | right zeros]
     dkp = torch.zeros(B, H, left + spec.k_len + band.pad_right, D, dtype=ct, device=q.device)

@@ -1,0 +1,81 @@
+"""The SDPA backend: ``torch.nn.functional.scaled_dot_product_attention`` (fused; O(N) memory for
+causal or unmasked inputs). Every call of SDPA in attnkit goes through this module: the variants
+that run SDPA on blocks of their own use :func:`fused`.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from attnkit.attention.backends._common import NEG_INF
+from attnkit.attention.masks import MaskSpec
+
+
+def fused(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> Tensor:
+    """SDPA as torch defines it, for inputs already checked by the caller: q (..., Tq, D),
+    k (..., Tk, D), v (..., Tk, Dv) -> (..., Tq, Dv); ``attn_mask`` bool (True = may attend)
+    or float (added to the scores)."""
+    return F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=attn_mask,
+        dropout_p=dropout_p,
+        is_causal=is_causal,
+        scale=scale,
+        enable_gqa=enable_gqa,
+    )
+
+
+def sdpa_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    spec: MaskSpec,
+    *,
+    bias: Tensor | None,
+    scale: float,
+    dropout_p: float,
+) -> Tensor:
+    """torch SDPA.  Causal self-attention without other masks takes the is_causal fast path."""
+    gqa = q.shape[1] != k.shape[1]
+    if (
+        bias is None
+        and spec.structural_only
+        and spec.window is None
+        and (not spec.causal or spec.q_len == spec.k_len)
+    ):
+        return F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout_p, is_causal=spec.causal, scale=scale, enable_gqa=gqa
+        )
+    allowed = spec.dense(q.device)
+    empty_rows = None
+    if allowed is not None:
+        empty = ~allowed.any(dim=-1, keepdim=True)  # (B?, H?, Tq, 1)
+        if bool(empty.any()):
+            # give empty rows something finite to attend to, then zero them below
+            allowed = allowed | empty
+            empty_rows = empty
+    if bias is not None:
+        attn_mask = bias.to(q.dtype)
+        if allowed is not None:
+            attn_mask = attn_mask.masked_fill(~allowed, NEG_INF)
+    else:
+        attn_mask = allowed
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa
+    )
+    if empty_rows is not None:
+        out = out.masked_fill(empty_rows, 0.0)
+    return out

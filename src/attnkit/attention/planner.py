@@ -1,0 +1,150 @@
+"""Which backend runs an attention call, and why: `Plan`, chosen once per call signature.
+
+`plan(...)` decides from shapes and flags (never from tensor contents, so it costs no host
+sync). `PlanCache` remembers the decision by call signature (shapes, dtypes, devices, flags),
+so that a repeated call (every layer of a decoding step, every step of a training loop) is a
+dict lookup: `attnkit.attention.functional` validates and plans only on a miss.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from attnkit.attention.masks import MaskSpec
+
+__all__ = ["Plan", "PlanCache", "plan", "PLANS", "DENSE_MASK_BUDGET"]
+
+# auto: a dense mask/bias larger than this goes to FlexAttention when it can run there
+DENSE_MASK_BUDGET = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The backend `attention` will use for a call, and the reason."""
+
+    backend: str
+    reason: str
+
+    def __str__(self) -> str:  # pragma: no cover - formatting only
+        return f"{self.backend}: {self.reason}"
+
+
+class PlanCache:
+    """Plans by call signature, at most ``max_size`` of them (the oldest go first)."""
+
+    def __init__(self, max_size: int = 4096):
+        self.max_size = max_size
+        self._plans: dict[Hashable, Plan] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Plan | None:
+        return self._plans.get(key)
+
+    def put(self, key: Hashable, value: Plan) -> None:
+        with self._lock:
+            if len(self._plans) >= self.max_size:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._plans.clear()
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+
+# the plans of this process's attention calls
+PLANS = PlanCache()
+
+
+def _flex_available(device: torch.device) -> bool:
+    if device.type == "meta":
+        return True
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except Exception:  # pragma: no cover - old torch
+        return False
+    return device.type in ("cpu", "cuda")
+
+
+def plan(
+    q: Tensor,
+    spec: MaskSpec,
+    bias: None | str | Tensor,
+    dropout_p: float,
+    return_weights: bool,
+    backend: str,
+    grad: bool,
+) -> Plan:
+    """The backend for validated inputs: ``backend`` itself when it is not ``"auto"`` (after
+    checking that it can run the call), else the cheapest one that can."""
+    Tq, Tk = spec.q_len, spec.k_len
+    cpu_like = q.device.type in ("cpu", "meta")
+    if backend != "auto":
+        return _check_explicit(q, spec, bias, dropout_p, return_weights, backend, grad, cpu_like)
+    if return_weights:
+        return Plan(
+            "math", "attention weights were requested; only the math backend materialises them"
+        )
+    tensor_bias = isinstance(bias, Tensor)
+    if spec.window is not None and spec.mask is None and not tensor_bias and 2 * spec.window < Tk:
+        return Plan(
+            "windowed",
+            f"sliding window {spec.window} << {Tk} keys: blocked band kernel, O(N*w) time and memory, "
+            "with its own backward",
+        )
+    dense_bytes = 0
+    if not spec.structural_only or spec.window is not None or (spec.causal and Tq != Tk):
+        b = q.shape[0] if (spec.valid_key_mask is not None or spec.document_ids is not None) else 1
+        dense_bytes += b * Tq * Tk
+    if bias is not None:
+        dense_bytes += q.shape[1] * Tq * Tk * 4
+    if dense_bytes > DENSE_MASK_BUDGET and spec.mask is None and not tensor_bias:
+        if dropout_p == 0 and (not grad or not cpu_like) and _flex_available(q.device):
+            return Plan(
+                "flex",
+                f"a dense mask/bias would take {dense_bytes / 2**20:.0f} MiB; FlexAttention skips empty "
+                "blocks and computes the mask per block",
+            )
+    if spec.is_empty and bias is None:
+        return Plan("sdpa", "no mask: fused scaled_dot_product_attention")
+    if spec.structural_only and spec.window is None and bias is None and Tq == Tk:
+        return Plan("sdpa", "plain causal mask: fused scaled_dot_product_attention with is_causal")
+    return Plan(
+        "sdpa",
+        f"fused scaled_dot_product_attention with a dense mask/bias ({max(dense_bytes, 1) / 2**20:.1f} MiB)",
+    )
+
+
+def _check_explicit(q, spec, bias, dropout_p, return_weights, backend, grad, cpu_like) -> Plan:
+    if return_weights and backend != "math":
+        raise ValueError(
+            f"backend={backend!r} is a fused kernel and does not materialise attention weights; "
+            "use backend='math' (or 'auto') with return_weights=True"
+        )
+    if backend == "flex":
+        if dropout_p > 0:
+            raise ValueError(
+                f"backend='flex' does not support dropout_p={dropout_p}; use 'sdpa', 'math' or 'windowed'"
+            )
+        if grad and cpu_like:
+            raise ValueError(
+                "backend='flex' has no backward pass on CPU in this PyTorch; use backend='auto' "
+                "(or 'windowed' for sliding windows, 'sdpa' otherwise) for training"
+            )
+        if not _flex_available(q.device):
+            raise ValueError(f"backend='flex' is not available on device {q.device}")
+    if backend == "windowed":
+        if spec.window is None:
+            raise ValueError("backend='windowed' needs window=<int>")
+        if spec.mask is not None or isinstance(bias, Tensor):
+            raise ValueError(
+                "backend='windowed' supports causal/window/valid_key_mask/document_ids/alibi, not a dense mask or bias tensor"
+            )
+    return Plan(backend, "requested explicitly")
