@@ -153,7 +153,7 @@ def synthetic(n: int, seed: int) -> tuple[list[str], list[str]]:
 @pytest.fixture()
 def tiny_dir(tmp_path) -> Path:
     cfg = get_preset(
-        "tiny-bert", vocab_size=80, d_model=32, n_head=4, n_layer=2, pooling="mean", pooler=False
+        "tiny-bert", vocab_size=80, d_model=32, n_heads=4, n_layer=2, pooling="mean", pooler=False
     )
     out = tmp_path / "tiny-bert"
     attnkit.save(build_model(cfg).eval(), out, tokenizer=word_tokenizer())
@@ -207,7 +207,7 @@ def test_finetune_tiny_model_reaches_100_percent_and_saves_a_classifier(tiny_dir
     model = result.model.eval()
     ids = torch.tensor([model.meta.tokenizer.encode(texts[0]).ids])
     with torch.no_grad():
-        ref = torch.softmax(model(ids), -1)[0].numpy()
+        ref = torch.softmax(model(ids).logits, -1)[0].numpy()
     np.testing.assert_allclose(batch[0], ref, atol=1e-5)
 
 

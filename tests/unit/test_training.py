@@ -27,7 +27,7 @@ def test_warmup_then_cosine_to_min_lr():
 
 def test_weight_decay_groups_cover_each_parameter_once():
     model = build_model(
-        ModelConfig(arch="gpt", vocab_size=50, n_layer=2, n_head=2, d_model=16, max_seq_len=8)
+        ModelConfig(arch="gpt", vocab_size=50, n_layer=2, n_heads=2, d_model=16, max_seq_len=8)
     )
     decay, no_decay = optim.param_groups(model, 0.1)
     ids = [id(p) for p in decay["params"] + no_decay["params"]]
@@ -88,11 +88,11 @@ def test_loss_sums_match_cross_entropy_reference():
     )
 
 
-def test_checkpoints_round_trip_and_damaged_ones_are_skipped(tmp_path, capsys):
+def test_checkpoints_round_trip_and_damaged_ones_are_skipped(tmp_path, caplog):
     from tokenizers import Tokenizer, models
 
     tok = Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token=None))
-    cfg = ModelConfig(arch="gpt", vocab_size=7, n_layer=1, n_head=2, d_model=8, max_seq_len=4)
+    cfg = ModelConfig(arch="gpt", vocab_size=7, n_layer=1, n_heads=2, d_model=8, max_seq_len=4)
     model = build_model(cfg)
     opt = optim.make_optimizer(model, 1e-2, 0.1, (0.9, 0.99), torch.device("cpu"))
     gen = torch.Generator().manual_seed(3)
@@ -132,12 +132,12 @@ def test_checkpoints_round_trip_and_damaged_ones_are_skipped(tmp_path, capsys):
     data[len(data) // 2] ^= 1
     state_file.write_bytes(bytes(data))
     assert latest_checkpoint(tmp_path).name == "step-000001"
-    err = capsys.readouterr().err
+    err = caplog.text  # reported through logging (the command line shows it on stderr)
     assert "step-000003: no manifest.json" in err
     assert "state.pt does not match its SHA-256" in err
 
 
-@pytest.mark.parametrize("extra", [{}, {"mlp": "swiglu", "n_kv_head": 2}])
+@pytest.mark.parametrize("extra", [{}, {"mlp": "swiglu", "n_kv_heads": 2}])
 def test_bench_train_flops_match_torch_flop_counter(extra):
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -148,7 +148,7 @@ def test_bench_train_flops_match_torch_flop_counter(extra):
         arch="gpt",
         vocab_size=65,
         n_layer=L,
-        n_head=4,
+        n_heads=4,
         d_model=C,
         max_seq_len=T,
         bias=False,

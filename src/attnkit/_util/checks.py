@@ -1,6 +1,6 @@
 """Validators: one check per kind of value, each returning the value it accepts.
 
-Every check takes the field's ``name`` as the user knows it (``"ModelConfig.n_head"``,
+Every check takes the field's ``name`` as the user knows it (``"ModelConfig.n_heads"``,
 ``"train.batch_size"``, ``"--top-k"``) and raises with one message shape::
 
     {name} must be {what was expected}, got {the value!r}

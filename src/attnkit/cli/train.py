@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from attnkit.cli.types import UsageError
@@ -80,7 +81,9 @@ def pretrain_command(args: argparse.Namespace) -> int:
     if args.data:
         overrides.append(("data.corpus", args.data))
     cfg = run_config.build(base, overrides)
-    from attnkit.training.loop import pretrain
+    from attnkit.training.loop import format_summary, pretrain
 
-    pretrain(cfg, out, resume=args.resume)
+    summary = pretrain(cfg, out, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
+        print(format_summary(summary, out))
     return 0

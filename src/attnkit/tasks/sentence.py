@@ -98,7 +98,7 @@ class Encoder:
     ) -> Encoder:
         """From a known name ("minilm"), an attnkit directory or a (sentence-transformers)
         Hugging Face directory; its pooling and length are the ones the checkpoint declares."""
-        from attnkit.checkpoints.io import load
+        from attnkit.checkpoints import load
 
         model = load(name_or_dir, device=device)
         if not isinstance(model, Bert):

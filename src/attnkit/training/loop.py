@@ -27,9 +27,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,9 +38,12 @@ import torch
 import torch.nn.functional as F
 
 from attnkit import checkpoints as ckpt_io
+from attnkit._util import checks
 from attnkit._util.fs import atomic_write, atomic_write_json
 from attnkit.training import distributed, metrics, optim, precision
 from attnkit.training.config import RunConfig
+
+logger = logging.getLogger(__name__)
 
 STATE_NAME = "state.pt"
 MANIFEST_NAME = "manifest.json"
@@ -145,7 +148,7 @@ class Batches:
 
 def loss_sums(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross entropy over target tokens, number of correct predictions)."""
-    logits = model(x)  # (B, T, V)
+    logits = model(x).logits  # (B, T, V)
     flat = logits.float().reshape(-1, logits.shape[-1])
     target = y.reshape(-1)
     loss = F.cross_entropy(flat, target, ignore_index=-100, reduction="sum")
@@ -239,7 +242,7 @@ def latest_checkpoint(out: Path) -> Path | None:
         problem = verify_checkpoint(directory)
         if problem is None:
             return directory
-        print(f"attnkit: skipping checkpoint {directory}: {problem}", file=sys.stderr)
+        logger.warning("attnkit: skipping checkpoint %s: %s", directory, problem)
     return None
 
 
@@ -291,10 +294,9 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str,
             found = latest_checkpoint(out)
             if found is None:
                 if d.is_main:
-                    print(
-                        f"attnkit: --resume: no complete checkpoint in {out / 'checkpoints'}; "
-                        f"starting from step 0",
-                        file=sys.stderr,
+                    logger.warning(
+                        "attnkit: --resume: no complete checkpoint in %s; starting from step 0",
+                        out / "checkpoints",
                     )
             else:
                 state = load_checkpoint(found, raw, optimizer)
@@ -302,14 +304,15 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str,
                 start, best = int(state["step"]), float(state["best_val_loss"])
                 tokens_before, elapsed_before = int(state["tokens"]), float(state["elapsed"])
                 if d.is_main:
-                    print(f"attnkit: resumed from {found} (step {start})", file=sys.stderr)
+                    logger.info("attnkit: resumed from %s (step %d)", found, start)
         elif d.is_main and (out / "checkpoints").is_dir():
             old = sorted((out / "checkpoints").glob("step-*"))
             if old:
-                print(
-                    f"attnkit: starting a new run in {out}: removing its {len(old)} earlier "
-                    f"checkpoint(s) (pass --resume to continue them instead)",
-                    file=sys.stderr,
+                logger.warning(
+                    "attnkit: starting a new run in %s: removing its %d earlier checkpoint(s) "
+                    "(pass --resume to continue them instead)",
+                    out,
+                    len(old),
                 )
             shutil.rmtree(out / "checkpoints")
         resolved = cfg.to_dict()
@@ -342,7 +345,6 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str,
         if d.is_main:
             atomic_write_json(out / "summary.json", summary)
             metrics.plot_loss(out / "metrics.jsonl", out / "loss.png")
-            _print_summary(summary, out)
         return summary
     finally:
         distributed.shutdown(d)
@@ -359,8 +361,7 @@ def _check_train(cfg: RunConfig) -> None:
         "eval_iters",
         "log_interval",
     ):
-        if getattr(tc, name) < 1:
-            raise ValueError(f"train.{name} must be >= 1, got {getattr(tc, name)!r}")
+        checks.int_at_least(f"train.{name}", getattr(tc, name), 1, ">= 1")
     for name in (
         "warmup_iters",
         "lr_decay_iters",
@@ -368,14 +369,16 @@ def _check_train(cfg: RunConfig) -> None:
         "keep_checkpoints",
         "threads",
     ):
-        if getattr(tc, name) < 0:
-            raise ValueError(f"train.{name} must be >= 0, got {getattr(tc, name)!r}")
-    if not (tc.lr > 0 and 0 <= tc.min_lr <= tc.lr):
-        raise ValueError(
-            f"train.lr must be > 0 and train.min_lr in [0, lr]; got lr={tc.lr}, min_lr={tc.min_lr}"
-        )
-    if not 0.0 < tc.mlm_probability < 1.0:
-        raise ValueError(f"train.mlm_probability must be in (0, 1), got {tc.mlm_probability}")
+        checks.int_at_least(f"train.{name}", getattr(tc, name), 0, ">= 0")
+    checks.positive_float("train.lr", tc.lr)
+    checks.in_range("train.min_lr", tc.min_lr, 0.0, tc.lr, high_open=False)
+    checks.in_range("train.mlm_probability", tc.mlm_probability, 0.0, 1.0, low_open=True)
+    for name in ("weight_decay", "grad_clip"):
+        checks.non_negative_float(f"train.{name}", getattr(tc, name))
+    for name in ("beta1", "beta2"):
+        checks.probability(f"train.{name}", getattr(tc, name))
+    for name in ("compile", "fused_adamw", "progress"):
+        checks.flag(f"train.{name}", getattr(tc, name))
 
 
 def _train(
@@ -531,7 +534,8 @@ def _train(
     return summary
 
 
-def _print_summary(s: dict[str, Any], out: Path) -> None:
+def format_summary(s: dict[str, Any], out: Path) -> str:
+    """The lines a finished run reports (what ``attnkit pretrain`` prints)."""
     lines = [
         f"pre-training done: {s['objective']}, {s['parameters']:,} parameters, vocab {s['vocab_size']}",
         f"  iters {s['iters']}  wall {s['wall_seconds']:.1f}s  {s['tokens_per_second']:,.0f} tokens/s",
@@ -544,4 +548,4 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
     if "val_masked_accuracy" in s:
         lines.append(f"  masked-token accuracy {s['val_masked_accuracy']:.3f}")
     lines.append(f"  model: {out}  checkpoints: {out / 'checkpoints'}")
-    print("\n".join(lines))
+    return "\n".join(lines)

@@ -134,7 +134,7 @@ def model_labels(model: ModelBase) -> list[str]:
 
 def forward_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """(B, K) class logits of one padded batch (``model`` may be wrapped, e.g. by DDP)."""
-    return model(batch.ids, attention_mask=batch.attention_mask)  # (B, K)
+    return model(batch.ids, attention_mask=batch.attention_mask).logits  # (B, K)
 
 
 @torch.no_grad()
