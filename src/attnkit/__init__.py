@@ -32,7 +32,21 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "generate": ("attnkit.generation", "generate"),
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [  # the names of _LAZY, spelled out for static tools
+    "__version__",
+    "attention",
+    "explain",
+    "MultiHeadAttention",
+    "load",
+    "save",
+    "Encoder",
+    "ModelConfig",
+    "build_model",
+    "get_preset",
+    "GPT",
+    "Bert",
+    "generate",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from attnkit import attention

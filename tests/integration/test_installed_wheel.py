@@ -10,6 +10,7 @@ checkout's editable install is not seen).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -61,6 +62,8 @@ def venv(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("wheel")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ATTNKIT_DEBUG")}
     wheels = root / "dist"
+    # with setuptools here already, no index is needed to build
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
     run(
         [
             sys.executable,
@@ -69,7 +72,7 @@ def venv(tmp_path_factory) -> Path:
             "wheel",
             str(ROOT),
             "--no-deps",
-            "--no-build-isolation",  # setuptools is here already; no index needed
+            *isolation,
             "-q",
             "-w",
             str(wheels),

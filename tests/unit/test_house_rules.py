@@ -210,3 +210,9 @@ def test_floors():
 @pytest.mark.parametrize("name", sorted(FLOORS))
 def test_every_floor_exists(name):
     assert (PACKAGE / name).is_dir() or (PACKAGE / f"{name}.py").is_file(), name
+
+
+def test_the_public_names_are_all_listed():
+    import attnkit
+
+    assert set(attnkit.__all__) == {"__version__", *attnkit._LAZY}

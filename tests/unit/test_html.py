@@ -163,14 +163,14 @@ def test_512_tokens_12_layers_12_heads_fit_in_8_mb(tmp_path):
     uniform = torch.full((n, t, t), 1.0 / t)
     stats = [
         {
-            "layer": l,
+            "layer": layer,
             "head": h,
             "entropy": math.log(t),
             "distance": 170.6,
             "sink_mass": 1 / t,
             "labels": ["broad"],
         }
-        for l in range(n)
+        for layer in range(n)
         for h in range(n)
     ]
     path = write_viewer(

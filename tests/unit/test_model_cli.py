@@ -19,7 +19,7 @@ CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinys
 
 @pytest.fixture()
 def bert_dir(tmp_path):
-    cfg = get_preset("tiny-bert", vocab_size=80, d_model=32, n_head=4, pooling="mean")
+    cfg = get_preset("tiny-bert", vocab_size=80, d_model=32, n_heads=4, pooling="mean")
     model = build_model(cfg).eval()
     out = tmp_path / "tiny-bert"
     attnkit.save(model, out, tokenizer=word_tokenizer())
@@ -81,7 +81,7 @@ def test_similarity_of_texts_and_of_a_word(bert_dir, capsys):
     model = enc.model
     ids_a, ids_b = (torch.tensor([enc.tokenizer.encode(t).ids]) for t in (a, b))
     with torch.no_grad():  # "bat" is token 4 of [CLS] he swung the bat [SEP], token 2 of the other
-        ha, hb = model(ids_a)[0, 4], model(ids_b)[0, 2]
+        ha, hb = model(ids_a).hidden_states[0, 4], model(ids_b).hidden_states[0, 2]
     ref = torch.nn.functional.cosine_similarity(ha, hb, dim=0).item()
     assert float(capsys.readouterr().out) == pytest.approx(ref, abs=1e-5)
 
@@ -95,8 +95,10 @@ def test_convert_to_hf_and_back(bert_dir, tmp_path, capsys):
     a, b = attnkit.load(bert_dir), attnkit.load(back)
     ids = torch.randint(0, 80, (2, 7))
     with torch.no_grad():
-        torch.testing.assert_close(a(ids), b(ids), atol=0, rtol=0)
-    assert b.tokenizer.encode("the bat").ids == a.tokenizer.encode("the bat").ids
+        out_a, out_b = a(ids), b(ids)
+    torch.testing.assert_close(out_a.hidden_states, out_b.hidden_states, atol=0, rtol=0)
+    torch.testing.assert_close(out_a.logits, out_b.logits, atol=0, rtol=0)
+    assert b.meta.tokenizer.encode("the bat").ids == a.meta.tokenizer.encode("the bat").ids
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,8 @@ def embed_command(args: argparse.Namespace) -> int:
 
 
 def _save_npy(path: str, matrix: np.ndarray) -> None:
+    import numpy as np
+
     with open(path, "wb") as f:  # a file object: np.save would add .npy to a path
         np.save(f, matrix)
 

@@ -101,9 +101,10 @@ def generate_command(args: argparse.Namespace) -> int:
 
     from attnkit.checkpoints import load
     from attnkit.generation import stream
+    from attnkit.models.gpt import GPT
 
     model = load(args.model, dtype=getattr(torch, args.dtype))
-    if model.config.arch != "gpt":
+    if not isinstance(model, GPT):
         raise ValueError(
             f"--model {args.model!r} is a {model.config.arch!r} model; 'generate' "
             f"needs a GPT checkpoint"

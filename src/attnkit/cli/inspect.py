@@ -99,7 +99,7 @@ def inspect_command(args: argparse.Namespace) -> int:
     model = attnkit.load(args.model)
     input_ids, tokens = _tokenize(model, args.text)
     n_layers = len(attention_layers(model))
-    n_heads = model.config.n_head
+    n_heads = model.config.n_heads
     with (
         torch.no_grad(),
         capture(model, layers=args.layers, heads=args.heads, tokens=tokens) as maps,
@@ -209,5 +209,7 @@ def inspect_command(args: argparse.Namespace) -> int:
 
 
 def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    import numpy as np
+
     with open(path, "wb") as f:  # a file object: np.savez would add .npz to a path
         np.savez(f, **arrays)  # type: ignore[arg-type]

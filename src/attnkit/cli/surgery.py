@@ -127,7 +127,7 @@ def swap_command(args: argparse.Namespace) -> int:
     else:
         title = (
             f"attnkit swap: {args.model} ({cfg.arch}, {cfg.n_layer} layers x {cfg.d_model}, "
-            f"{cfg.n_head} heads)"
+            f"{cfg.n_heads} heads)"
         )
         print(report.format(title))
     return 0

@@ -27,7 +27,7 @@ __all__ = ["AttentionMaps", "capture", "capture_overhead", "unavailable_layers",
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("stats", "render", "html", "commands"):
+    if name in ("stats", "render", "html"):
         return importlib.import_module(f"attnkit.inspect.{name}")
     try:
         module_name, attr = _LAZY[name]

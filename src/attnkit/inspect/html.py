@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from attnkit._util.fs import atomic_write_text
+
 __all__ = ["render_viewer", "write_viewer", "DEFAULT_MASS", "DEFAULT_MAX_BYTES"]
 
 DEFAULT_MASS = 0.99
@@ -443,8 +445,4 @@ def write_viewer(
             f"path {str(path)!r} is a directory; expected a file path such as {str(path / 'viewer.html')!r}"
         )
     page = render_viewer(tokens, weights, layers, heads, stats, rollout, title, **options)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, page)

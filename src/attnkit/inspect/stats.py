@@ -284,7 +284,7 @@ def _layer_maps(weights: Any, batch: int) -> list[Tensor]:
             f"weights must be AttentionMaps or a non-empty list of (H, T, T) tensors "
             f"(one per layer, first layer first), got {type(weights).__name__}"
         )
-    out = []
+    out: list[Tensor] = []
     for i, w in enumerate(weights):
         w = _check_map(w, f"weights[{i}]")
         if w.shape[1] != w.shape[2] or (out and w.shape[1:] != out[0].shape[1:]):
@@ -320,11 +320,10 @@ def rollout(weights: Any, residual: float = 0.5, batch: int = 0) -> Tensor:
     (H, T, T) maps, one per layer.
     """
     residual = _check_residual(residual)
-    maps = _layer_maps(weights, batch)
-    r = None
-    for w in maps:
-        a = residual_attention(w, residual)
-        r = a if r is None else a @ r
+    maps = _layer_maps(weights, batch)  # not empty
+    r = residual_attention(maps[0], residual)
+    for w in maps[1:]:
+        r = residual_attention(w, residual) @ r
     return r.to(torch.float32)
 
 
@@ -420,10 +419,10 @@ def attention_flow(
             f"{max_nodes} nodes (use rollout for longer inputs)"
         )
     cap = np.zeros((nodes, nodes))
-    for l, w in enumerate(maps):
+    for layer, w in enumerate(maps):
         a = residual_attention(w, residual).numpy()  # (T, T): output i <- input j
         # node of (layer l, token j) is l * T + j; edge (l, j) -> (l + 1, i) has capacity a[i, j]
-        cap[l * T : (l + 1) * T, (l + 1) * T : (l + 2) * T] = a.T
+        cap[layer * T : (layer + 1) * T, (layer + 1) * T : (layer + 2) * T] = a.T
     flow = torch.zeros(T, T, dtype=torch.float64)
     for i in range(T):
         for j in range(T):
