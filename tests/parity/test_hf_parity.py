@@ -63,6 +63,11 @@ def batch(padded: bool):
     return ids, mask, types
 
 
+def head_output(out):
+    """The logits, or the hidden states of a model without a head."""
+    return out.hidden_states if out.logits is None else out.logits
+
+
 def max_diff_on_real_tokens(ref, got, mask):
     if ref.dim() == 3:
         return (ref - got)[mask.bool()].abs().max().item()
@@ -81,12 +86,23 @@ def test_bert_family_conversion_matches_transformers(cls_name, padded):
     with torch.no_grad():
         out = hf(input_ids=ids, attention_mask=mask, token_type_ids=types)
         ref = out.last_hidden_state if cls_name == "BertModel" else out.logits
-        got = ours(ids, attention_mask=mask, token_type_ids=types)
+        got = head_output(ours(ids, attention_mask=mask, token_type_ids=types))
     assert got.shape == ref.shape
     assert ref.abs().max() > 0.1  # a real signal, not near-zero outputs
     assert max_diff_on_real_tokens(ref, got, mask) <= TOL
     if cls_name == "BertModel":
         torch.testing.assert_close(ours.pooler(got), out.pooler_output, atol=TOL, rtol=0)
+        return
+    # the loss, with HF's label conventions (-100 ignored; class ids)
+    if cls_name == "BertForMaskedLM":
+        labels = torch.where(torch.rand(ids.shape) < 0.3, ids, torch.full_like(ids, -100))
+        labels[0, 1] = ids[0, 1]  # at least one counted position
+    else:
+        labels = torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        want = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels).loss
+        loss = ours(ids, attention_mask=mask, token_type_ids=types, labels=labels).loss
+    assert abs(loss.item() - want.item()) <= TOL
 
 
 @pytest.mark.parametrize("padded", [False, True])
@@ -97,9 +113,14 @@ def test_gpt2_conversion_matches_transformers(padded):
     ids, mask, _ = batch(padded)
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask).logits
-        got = ours(ids, attention_mask=mask)
+        got = ours(ids, attention_mask=mask).logits
     assert ref.abs().max() > 0.1
     assert max_diff_on_real_tokens(ref, got, mask) <= TOL
+    labels = ids.masked_fill(mask == 0, -100)  # HF's convention: labels = input ids
+    with torch.no_grad():
+        want = hf(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = ours(ids, attention_mask=mask, labels=labels).loss
+    assert abs(loss.item() - want.item()) <= TOL
 
 
 def test_gpt2_kv_cache_decoding_matches_transformers_full_forward():
@@ -109,8 +130,8 @@ def test_gpt2_kv_cache_decoding_matches_transformers_full_forward():
     with torch.no_grad():
         ref = hf(input_ids=ids).logits
         cache = ours.new_cache()
-        steps = [ours(ids[:, :5], cache=cache)] + [
-            ours(ids[:, t : t + 1], cache=cache) for t in range(5, 12)
+        steps = [ours(ids[:, :5], cache=cache).logits] + [
+            ours(ids[:, t : t + 1], cache=cache).logits for t in range(5, 12)
         ]
     assert (torch.cat(steps, 1) - ref).abs().max().item() <= TOL
 
@@ -133,7 +154,7 @@ def test_attnkit_load_reads_hf_directories(tmp_path, fmt):
     ids, mask, types = batch(True)
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
-        got = model(ids, attention_mask=mask, token_type_ids=types)
+        got = model(ids, attention_mask=mask, token_type_ids=types).logits
     assert max_diff_on_real_tokens(ref, got, mask) <= TOL
 
 
@@ -172,12 +193,14 @@ def test_export_loads_in_transformers_with_the_same_outputs(tmp_path, kind):
     with torch.no_grad():
         out = hf(input_ids=ids, attention_mask=mask, **extra)
         ref = out.last_hidden_state if kind == "BertModel" else out.logits
-        got = ours(ids, attention_mask=mask, **extra)
+        got = head_output(ours(ids, attention_mask=mask, **extra))
     assert max_diff_on_real_tokens(ref, got, mask) <= TOL
     # and back: HF directory -> attnkit gives the same model
     again = attnkit.load(tmp_path)
     with torch.no_grad():
-        torch.testing.assert_close(again(ids, attention_mask=mask, **extra), got, atol=0, rtol=0)
+        torch.testing.assert_close(
+            head_output(again(ids, attention_mask=mask, **extra)), got, atol=0, rtol=0
+        )
 
 
 def test_missing_key_of_a_task_model_is_named_as_in_the_file(tmp_path):
@@ -247,7 +270,7 @@ def test_gpt2_directory_with_bpe_files_loads_with_its_tokenizer(tmp_path):
     assert enc.tokens == ["ab", "\u0120a"]
     ids = torch.tensor([enc.ids])
     with torch.no_grad():
-        assert (model(ids) - hf(input_ids=ids).logits).abs().max().item() <= TOL
+        assert (model(ids).logits - hf(input_ids=ids).logits).abs().max().item() <= TOL
 
 
 def test_export_refuses_a_classifier_without_pooler(tmp_path):

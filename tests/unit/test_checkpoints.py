@@ -66,7 +66,10 @@ def test_save_load_round_trip(tmp_path, arch):
     )
     ids = torch.randint(0, 80, (2, 9))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids), model(ids), atol=0, rtol=0)
+        got, want = loaded(ids), model(ids)
+        torch.testing.assert_close(got.hidden_states, want.hidden_states, atol=0, rtol=0)
+        if arch == "gpt":
+            torch.testing.assert_close(got.logits, want.logits, atol=0, rtol=0)
     if arch == "gpt":
         assert loaded.lm_head.proj.weight is loaded.embed.tok.weight
         assert "lm_head.proj.weight" not in ckpt_format.read_tensors(tmp_path / "model.safetensors")

@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from attnkit.attention import variants
-from attnkit.models import GPT, Bert, ModelConfig, build_model, get_preset, preset_names
+from attnkit.models import (
+    GPT,
+    Bert,
+    ModelConfig,
+    ModelOutput,
+    build_model,
+    get_preset,
+    preset_names,
+)
 from attnkit.models.common import positions_from_documents
 from attnkit.models.layers import MLP, RMSNorm, SwiGLU, TransformerBlock, make_mlp, make_norm
 
@@ -20,6 +28,11 @@ def tiny_gpt(**kw) -> GPT:
     return build_model(
         get_preset("tiny", n_layer=2, d_model=32, n_heads=4, vocab_size=97, **kw)
     ).eval()
+
+
+def head_output(out: ModelOutput) -> torch.Tensor:
+    """The logits, or the hidden states of a model without a head."""
+    return out.hidden_states if out.logits is None else out.logits
 
 
 def tiny_bert(**kw) -> Bert:
@@ -174,10 +187,10 @@ def test_gpt_is_causal_for_every_layout(overrides):
     model = tiny_gpt(**overrides)
     ids = torch.randint(0, 97, (2, 12))
     with torch.no_grad():
-        full = model(ids)  # (B, T, V)
+        full = model(ids).logits  # (B, T, V)
         changed = ids.clone()
         changed[:, 8:] = (changed[:, 8:] + 1) % 97
-        other = model(changed)
+        other = model(changed).logits
     assert full.shape == (2, 12, 97)
     torch.testing.assert_close(full[:, :8], other[:, :8], atol=1e-5, rtol=0)
     assert (full[:, 8:] - other[:, 8:]).abs().max() > 1e-4
@@ -190,11 +203,11 @@ def test_gpt_kv_cache_reproduces_the_full_forward(overrides):
     model = tiny_gpt(**overrides)
     ids = torch.randint(0, 97, (2, 10))
     with torch.no_grad():
-        full = model(ids)
+        full = model(ids).logits
         cache = model.new_cache()
-        step = [model(ids[:, :4], cache=cache)]
+        step = [model(ids[:, :4], cache=cache).logits]
         for t in range(4, 10):
-            step.append(model(ids[:, t : t + 1], cache=cache))
+            step.append(model(ids[:, t : t + 1], cache=cache).logits)
     torch.testing.assert_close(torch.cat(step, dim=1), full, atol=1e-5, rtol=1e-5)
     assert cache[0].length == 10
     with pytest.raises(ValueError, match="cache must be a list of 2 KVCache"):
@@ -209,9 +222,9 @@ def test_gpt_padding_leaves_real_tokens_unchanged():
     mask = torch.zeros(2, 9, dtype=torch.long)
     mask[0], mask[1, :5] = 1, 1
     with torch.no_grad():
-        out = model(batch, attention_mask=mask)
-        torch.testing.assert_close(out[0], model(a)[0], atol=1e-5, rtol=0)
-        torch.testing.assert_close(out[1, :5], model(b)[0], atol=1e-5, rtol=0)
+        out = model(batch, attention_mask=mask).logits
+        torch.testing.assert_close(out[0], model(a).logits[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out[1, :5], model(b).logits[0], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("positional", ["learned", "rope", "alibi"])
@@ -221,9 +234,9 @@ def test_packed_documents_equal_separate_runs(positional):
         packed = torch.cat([a, b], dim=1)  # (1, 10), no padding
         docs = torch.tensor([[0] * 6 + [1] * 4])
         with torch.no_grad():
-            out = model(packed, document_ids=docs)
-            torch.testing.assert_close(out[:, :6], model(a), atol=1e-5, rtol=0)
-            torch.testing.assert_close(out[:, 6:], model(b), atol=1e-5, rtol=0)
+            out = head_output(model(packed, document_ids=docs))
+            torch.testing.assert_close(out[:, :6], head_output(model(a)), atol=1e-5, rtol=0)
+            torch.testing.assert_close(out[:, 6:], head_output(model(b)), atol=1e-5, rtol=0)
 
 
 def test_positions_restart_per_document():
@@ -237,7 +250,9 @@ def test_gpt_matches_a_float64_math_reference():
     ref.load_state_dict(model.state_dict())
     ids = torch.randint(0, 97, (2, 16))
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).double(), ref(ids), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            model(ids).logits.double(), ref(ids).logits, atol=1e-5, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("name", variants.names())
@@ -251,7 +266,7 @@ def test_gpt_and_bert_run_with_every_attention_variant(name):
     ):
         ids = torch.randint(1, 97, (2, 16))
         with torch.no_grad():
-            out = model(ids)
+            out = head_output(model(ids))
         assert torch.isfinite(out).all() and out.shape[:2] == (2, 16)
 
 
@@ -280,7 +295,7 @@ def test_tied_embeddings_are_one_tensor_and_training_lowers_the_loss():
     ids = torch.randint(0, 97, (2, 17))
     losses = []
     for _ in range(40):  # plain gradient descent: gradients reach every parameter
-        logits = model(ids[:, :-1])
+        logits = model(ids[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 97), ids[:, 1:].reshape(-1))
         model.zero_grad()
         loss.backward()
@@ -292,7 +307,7 @@ def test_tied_embeddings_are_one_tensor_and_training_lowers_the_loss():
     assert losses[-1] < 0.3 * losses[0], losses
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(ids), model(ids))  # dropout is off in eval
+        torch.testing.assert_close(model(ids).logits, model(ids).logits)  # dropout is off in eval
 
 
 # ------------------------------------------------------------------------------- BERT
@@ -302,18 +317,21 @@ def test_bert_heads_and_pooling():
     mask[1, 5:] = 0
     enc = tiny_bert()
     with torch.no_grad():
-        h = enc(ids, attention_mask=mask)
+        h = enc(ids, attention_mask=mask).hidden_states
         assert h.shape == (3, 8, 32)
         mean = enc.pool(h, mask, "mean")
         torch.testing.assert_close(mean[1], h[1, :5].mean(0))
         torch.testing.assert_close(enc.pool(h, mask, "cls"), h[:, 0])
         mlm = tiny_bert(head="mlm")
-        assert mlm(ids).shape == (3, 8, 97) and mlm.mlm.decoder.weight is mlm.embed.tok.weight
+        assert (
+            mlm(ids).logits.shape == (3, 8, 97) and mlm.mlm.decoder.weight is mlm.embed.tok.weight
+        )
         cls = tiny_bert(head="classification", num_labels=5)
-        assert cls(ids, attention_mask=mask).shape == (3, 5)
+        assert cls(ids, attention_mask=mask).logits.shape == (3, 5)
         types = torch.zeros(3, 8, dtype=torch.long)
         types[:, 4:] = 1
-        assert (enc(ids, token_type_ids=types) - enc(ids)).abs().max() > 1e-4
+        diff = enc(ids, token_type_ids=types).hidden_states - enc(ids).hidden_states
+        assert diff.abs().max() > 1e-4
     with pytest.raises(ValueError, match="pooling must be one of.*'max'"):
         enc.pool(h, mask, "max")
 
@@ -328,7 +346,7 @@ def test_sliding_window_limits_what_a_token_sees():
     changed = ids.clone()
     changed[0, 0] = (changed[0, 0] + 1) % 97
     with torch.no_grad():
-        a, b = model(ids), model(changed)
+        a, b = model(ids).logits, model(changed).logits
     # one layer, window 3: position p sees p-2..p, so token 0 reaches positions 0..2 only
     assert (a[0, :3] - b[0, :3]).abs().max() > 1e-4
     torch.testing.assert_close(a[0, 3:], b[0, 3:], atol=0, rtol=0)
@@ -364,3 +382,47 @@ def test_old_field_names_still_load_and_derived_fields_are_resolved():
     assert mha.replace(n_heads=8).n_kv_heads == 8 and mha.replace(d_model=64).d_ff == 256
     assert cfg.replace(n_heads=8).n_kv_heads == 2
     assert mha.replace(d_ff=100, d_model=64).d_ff == 100
+
+
+def _xent64(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the targets that are not -100, in float64, written out."""
+    logits, keep = logits.double(), target != -100
+    logp = logits - logits.exp().sum(-1, keepdim=True).log()  # (N, K)
+    picked = logp[keep].gather(1, target[keep][:, None])[:, 0]  # (n,)
+    return -picked.sum() / keep.sum()
+
+
+def test_models_take_labels_and_return_the_loss_of_their_head():
+    ids = torch.randint(1, 97, (3, 10))
+    gpt = tiny_gpt()
+    labels = ids.clone()
+    labels[0, 4:] = -100  # ignored positions
+    with torch.no_grad():
+        out = gpt(ids, labels=labels)
+    assert isinstance(out, ModelOutput) and out.logits.shape == (3, 10, 97)
+    assert out.hidden_states.shape == (3, 10, 32) and gpt(ids).loss is None
+    # position t predicts token t + 1
+    want = _xent64(out.logits[:, :-1].reshape(-1, 97), labels[:, 1:].reshape(-1))
+    assert abs(out.loss.item() - want.item()) < 1e-5
+
+    mlm = tiny_bert(head="mlm")
+    labels = torch.full_like(ids, -100)
+    labels[:, [2, 5]] = ids[:, [2, 5]]
+    with torch.no_grad():
+        out = mlm(ids, labels=labels)
+    want = _xent64(out.logits.reshape(-1, 97), labels.reshape(-1))
+    assert abs(out.loss.item() - want.item()) < 1e-5
+
+    cls = tiny_bert(head="classification", num_labels=4)
+    classes = torch.tensor([0, 3, 1])
+    with torch.no_grad():
+        out = cls(ids, labels=classes)
+    assert out.logits.shape == (3, 4)
+    assert abs(out.loss.item() - _xent64(out.logits, classes).item()) < 1e-5
+
+    with pytest.raises(ValueError, match=r"labels must have shape \(3,\)"):
+        cls(ids, labels=ids)
+    with pytest.raises(ValueError, match="labels need a head"):
+        tiny_bert()(ids, labels=ids)
+    with pytest.raises(ValueError, match="labels must be an integer tensor"):
+        gpt(ids, labels=ids.float())

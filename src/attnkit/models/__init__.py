@@ -2,7 +2,9 @@
 
 >>> from attnkit.models import build_model, get_preset
 >>> model = build_model(get_preset("tiny"))
->>> logits = model(torch.randint(0, 256, (2, 16)))   # (B, T, V)
+>>> ids = torch.randint(0, 256, (2, 16))
+>>> out = model(ids, labels=ids)           # ModelOutput
+>>> out.logits.shape, out.loss             # (B, T, V), next-token cross-entropy
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from attnkit.models.common import ModelBase
 from attnkit.models.config import ModelConfig
 from attnkit.models.gpt import GPT
 from attnkit.models.meta import ModelMeta, SwapRecord
+from attnkit.models.outputs import ModelOutput
 from attnkit.models.presets import PRESETS, get_preset, preset_names
 
 _ARCH_CLASSES: dict[str, type[ModelBase]] = {"gpt": GPT, "bert": Bert}
@@ -36,6 +39,7 @@ __all__ = [
     "ModelConfig",
     "ModelBase",
     "ModelMeta",
+    "ModelOutput",
     "SwapRecord",
     "GPT",
     "Bert",

@@ -2,11 +2,15 @@
 
     tokens (B, T) + segments -> embeddings -> LayerNorm -> N post-norm blocks -> hidden (B, T, C)
 
-What ``forward`` returns depends on ``config.head``:
+``forward`` returns a :class:`~attnkit.models.outputs.ModelOutput` whose ``logits`` depend
+on ``config.head``:
 
-* ``"none"``: the hidden states (B, T, C) (see :meth:`Bert.pool` for sentence vectors),
-* ``"mlm"``: masked-token logits (B, T, V),
-* ``"classification"``: class logits (B, num_labels) from the pooled first token.
+* ``"none"``: no logits; ``hidden_states`` (B, T, C) (see :meth:`Bert.pool` for sentence
+  vectors),
+* ``"mlm"``: masked-token logits (B, T, V); ``labels`` (B, T) hold the original ids at masked
+  positions and -100 elsewhere,
+* ``"classification"``: class logits (B, num_labels) from the pooled first token; ``labels``
+  (B,) are class ids.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from attnkit.models.common import (
 from attnkit.models.config import ModelConfig
 from attnkit.models.heads import POOLERS, ClassificationHead, MLMHead, Pooler
 from attnkit.models.layers import make_norm
+from attnkit.models.outputs import ModelOutput, classification_loss, mlm_loss
 
 
 class Bert(ModelBase):
@@ -111,16 +116,25 @@ class Bert(ModelBase):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        labels: torch.Tensor | None = None,
+    ) -> ModelOutput:
         h = self.hidden_states(
             input_ids, attention_mask, token_type_ids, position_ids, document_ids
         )  # (B, T, C)
         if self.mlm is not None:
-            return self.mlm(h)  # (B, T, V)
+            logits = self.mlm(h)  # (B, T, V)
+            loss = None if labels is None else mlm_loss(logits, labels)
+            return ModelOutput(loss=loss, logits=logits, hidden_states=h)
         if self.classifier is not None:
             pooled = self.pooler(h) if self.pooler is not None else self.pool(h, attention_mask)
-            return self.classifier(pooled)  # (B, num_labels)
-        return h
+            logits = self.classifier(pooled)  # (B, num_labels)
+            loss = None if labels is None else classification_loss(logits, labels)
+            return ModelOutput(loss=loss, logits=logits, hidden_states=h)
+        if labels is not None:
+            raise ValueError(
+                "labels need a head; this model has head='none', expected 'mlm' or 'classification'"
+            )
+        return ModelOutput(hidden_states=h)
 
     def tied_keys(self) -> list[str]:
         if self.mlm is not None and self.mlm.decoder.weight is self.embed.tok.weight:

@@ -3,6 +3,9 @@
     tokens (B, T) -> embeddings (+ learned/sinusoidal positions) -> N causal blocks
     -> final norm -> LM head (sharing the token embedding matrix) -> logits (B, T, V)
 
+``model(ids)`` returns a :class:`~attnkit.models.outputs.ModelOutput`; with ``labels=ids`` its
+``loss`` is the next-token cross-entropy (shifted inside, -100 ignored).
+
 Generation passes a list of :class:`~attnkit.attention.kv_cache.KVCache`, one per block
 (``model.new_cache()``); each call then feeds only the new tokens.
 """
@@ -24,6 +27,7 @@ from attnkit.models.common import (
 from attnkit.models.config import ModelConfig
 from attnkit.models.heads import LMHead
 from attnkit.models.layers import make_norm
+from attnkit.models.outputs import ModelOutput, lm_loss
 
 
 class GPT(ModelBase):
@@ -115,12 +119,21 @@ class GPT(ModelBase):
         document_ids: torch.Tensor | None = None,
         cache: list[KVCache] | None = None,
         token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits (B, T, V) for head='lm', hidden states (B, T, C) for head='none'."""
+        labels: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        """Logits (B, T, V) for head='lm' (None for head='none'), the final hidden states
+        (B, T, C), and with ``labels`` (B, T) (the input ids; -100 ignored) the next-token
+        loss."""
         h = self.hidden_states(
             input_ids, attention_mask, position_ids, document_ids, cache, token_type_ids
-        )
-        return h if self.lm_head is None else self.lm_head(h)
+        )  # (B, T, C)
+        if self.lm_head is None:
+            if labels is not None:
+                raise ValueError("labels need a head; this GPT has head='none', expected 'lm'")
+            return ModelOutput(hidden_states=h)
+        logits = self.lm_head(h)  # (B, T, V)
+        loss = None if labels is None else lm_loss(logits, labels)
+        return ModelOutput(loss=loss, logits=logits, hidden_states=h)
 
     def tied_keys(self) -> list[str]:
         """state_dict keys that alias another key (not stored in checkpoints)."""
