@@ -24,10 +24,11 @@ __all__ = ["COMMANDS", "Command", "main"]
 
 
 def _bench(name: str, help: str) -> Command:
+    """``attnkit bench <name>``: its two functions are in attnkit/cli/bench.py."""
     return Command(
         f"bench {name}",
-        f"attnkit.bench.{name}:run",
-        f"attnkit.bench.{name}:add_arguments",
+        f"attnkit.cli.bench:{name}_command",
+        f"attnkit.cli.bench:{name}_arguments",
         help,
     )
 
@@ -42,8 +43,11 @@ COMMANDS: tuple[Command, ...] = (
     _bench(
         "generate", "KV-cached decoding speed of attnkit next to HF transformers (GPT-2 124M shape)"
     ),
-    _bench(
-        "viewer", "size, first paint and head-switch time of the HTML attention viewer in Chromium"
+    Command(
+        "bench viewer",
+        "attnkit.bench.viewer:run",
+        "attnkit.bench.viewer:add_arguments",
+        "size, first paint and head-switch time of the HTML attention viewer in Chromium",
     ),
     Command(
         "convert",
