@@ -216,3 +216,21 @@ def test_the_public_names_are_all_listed():
     import attnkit
 
     assert set(attnkit.__all__) == {"__version__", *attnkit._LAZY}
+
+
+def test_no_process_state_changed_outside_cli():
+    pattern = re.compile(
+        r"os\.environ\[[^\]]*\]\s*=(?!=)|os\.environ\.(setdefault|update|pop)\(|os\.putenv\(|"
+        r"set_num_threads\(|set_num_interop_threads\(|mallopt\("
+    )
+
+    def check(path: Path):
+        if in_cli(path):
+            return
+        for line, code in source_lines(path):
+            if pattern.search(code):
+                yield line, code.strip()
+
+    assert_none(
+        findings(check), "only cli/ sets environment variables, thread pools or malloc options"
+    )
