@@ -222,7 +222,9 @@ def test_class_weights_enter_the_loss(tiny_dir):
     model = result.model.eval()
     y = torch.tensor([result.labels.index(t) for t in labels])
     with torch.no_grad():
-        logits = torch.cat([model(torch.tensor([model.meta.tokenizer.encode(t).ids])) for t in texts])
+        logits = torch.cat(
+            [model(torch.tensor([model.meta.tokenizer.encode(t).ids])).logits for t in texts]
+        )
     nll = -torch.log_softmax(logits, -1)[torch.arange(n), y]
     w = torch.tensor(want)[y]
     assert result.history[0]["eval_loss"] == pytest.approx(

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from attnkit.models import ModelConfig, build_model
+from attnkit.models.outputs import ModelOutput
 from attnkit.training import config as run_config
 from attnkit.training import optim
 from attnkit.training.loop import latest_checkpoint, load_checkpoint, loss_sums, save_checkpoint
@@ -74,7 +75,7 @@ def test_loss_sums_match_cross_entropy_reference():
             self.logits = logits
 
         def forward(self, x):
-            return self.logits
+            return ModelOutput(logits=self.logits)
 
     logits = torch.randn(2, 3, 5, dtype=torch.float64)
     y = torch.tensor([[1, -100, 4], [0, 2, -100]])
@@ -97,7 +98,7 @@ def test_checkpoints_round_trip_and_damaged_ones_are_skipped(tmp_path, caplog):
     opt = optim.make_optimizer(model, 1e-2, 0.1, (0.9, 0.99), torch.device("cpu"))
     gen = torch.Generator().manual_seed(3)
     for step in (1, 2):
-        loss = model(torch.tensor([[1, 2, 3]])).square().mean()
+        loss = model(torch.tensor([[1, 2, 3]])).logits.square().mean()
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -157,7 +158,7 @@ def test_bench_train_flops_match_torch_flop_counter(extra):
     )
     model = build_model(cfg)
     with FlopCounterMode(display=False) as counter:
-        model(torch.randint(0, 65, (3, T))).sum().backward()
+        model(torch.randint(0, 65, (3, T))).logits.sum().backward()
     per_token = counter.get_total_flops() / (3 * T)
     # the math backend computes the full T x T scores; the formula counts the causal half
     assert model_flops_per_token(cfg, T) == per_token - 6 * L * T * C

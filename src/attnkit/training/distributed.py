@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from attnkit._util import checks
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -20,6 +22,7 @@ class Dist:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # init() made the process group (so shutdown() ends it)
 
     @property
     def is_main(self) -> bool:
@@ -30,17 +33,16 @@ class Dist:
         return self.world_size > 1
 
 
-def init(device: str = "auto") -> Dist:
-    """Join the torchrun process group if there is one; pick this process's device."""
+def init(device: str = "auto", field: str = "train.device") -> Dist:
+    """Join the torchrun process group if there is one; pick this process's device
+    (``field``: the setting's name in messages)."""
     want = device
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want not in ("cpu", "cuda") and not want.startswith("cuda:"):
-        raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if not isinstance(want, str) or (want not in ("cpu", "cuda") and not want.startswith("cuda:")):
+        checks.fail(field, device, "'auto', 'cpu' or 'cuda'")
     if want.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            f"train.device is {device!r} but CUDA is not available here; expected 'cpu'"
-        )
+        raise ValueError(f"{field} is {device!r} but CUDA is not available here; expected 'cpu'")
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Dist(device=torch.device(want))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -52,9 +54,10 @@ def init(device: str = "auto") -> Dist:
     else:
         dev = torch.device("cpu")
         backend = "gloo"
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
-    return Dist(rank=rank, world_size=world, local_rank=local, device=dev)
+    return Dist(rank=rank, world_size=world, local_rank=local, device=dev, owns_group=owns)
 
 
 def mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
@@ -87,5 +90,6 @@ def barrier(d: Dist) -> None:
 
 
 def shutdown(d: Dist) -> None:
-    if d.enabled and dist.is_initialized():
+    """End the process group :func:`init` made (one the caller made is left to it)."""
+    if d.enabled and d.owns_group and dist.is_initialized():
         dist.destroy_process_group()

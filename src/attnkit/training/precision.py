@@ -6,20 +6,21 @@ import contextlib
 
 import torch
 
+from attnkit._util import checks
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def check_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"train.dtype must be one of {list(DTYPES)}, got {name!r}")
+def check_dtype(name: str, device: torch.device, field: str = "train.dtype") -> torch.dtype:
+    """The torch dtype called ``name``, if ``device`` runs it (``field``: the setting's name
+    in messages)."""
+    checks.choice(field, name, tuple(DTYPES))
     if name == "float16" and device.type != "cuda":
-        raise ValueError(
-            "train.dtype 'float16' needs CUDA; expected 'bfloat16' or 'float32' on CPU"
-        )
+        raise ValueError(f"{field} 'float16' needs CUDA; expected 'bfloat16' or 'float32' on CPU")
     return DTYPES[name]
 
 
-def autocast(device: torch.device, dtype_name: str):
+def autocast(device: torch.device, dtype_name: str) -> contextlib.AbstractContextManager[None]:
     """``torch.autocast`` in ``dtype_name`` (bf16/fp16), or nothing for float32. Weights and
     optimizer state stay float32 either way."""
     dtype = check_dtype(dtype_name, device)

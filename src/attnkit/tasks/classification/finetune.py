@@ -123,6 +123,7 @@ class FinetuneConfig:
         checks.choice("dtype", self.dtype, tuple(precision.DTYPES))
         if not isinstance(self.device, str):
             checks.fail("device", self.device, "'auto', 'cpu' or 'cuda'", wrong_type=True)
+        # a device or dtype this machine lacks is found when finetune() starts
 
 
 @dataclass
@@ -194,9 +195,9 @@ def finetune(
             f"{eval_set.source}: label(s) {unseen} do not occur in {train_set.source}; "
             f"expected eval labels among the training labels {labels}"
         )
-    d = distributed.init(cfg.device)
+    d = distributed.init(cfg.device, "device")
     try:
-        precision.check_dtype(cfg.dtype, d.device)
+        precision.check_dtype(cfg.dtype, d.device, "dtype")
         say = (log or (lambda message: None)) if d.is_main else (lambda message: None)
         result = _run(cfg, d, model, train_set, eval_set, labels, say, progress and d.is_main)
         result.model.meta = result.model.meta.replace(
