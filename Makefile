@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 # The house checks: lint and format (ruff, configured in pyproject.toml) and types (mypy over
-# src/), then the test suite. `make test-slow` runs the tests marked slow (the installed-wheel
-# test, the genre fine-tune, FlexAttention compiles).
+# src/), then the test suite (the installed-wheel test among them). `make test-slow` runs the
+# tests marked slow (the genre fine-tune, FlexAttention compiles).
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
