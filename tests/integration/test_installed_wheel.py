@@ -63,10 +63,17 @@ def venv(tmp_path_factory) -> Path:
     # build from a copy of the tree (tracked and unignored files): a build/ folder left in the
     # checkout by an earlier build could put modules that no longer exist into the wheel
     tree = root / "tree"
-    listed = subprocess.check_output(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, text=True
-    )
-    for name in filter(None, listed.split("\0")):
+    try:
+        listed = subprocess.check_output(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, text=True
+        ).split("\0")
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout
+        listed = ["pyproject.toml", "README.md", "LICENSE"] + [
+            p.relative_to(ROOT).as_posix()
+            for p in (ROOT / "src" / "attnkit").rglob("*")
+            if "__pycache__" not in p.parts
+        ]
+    for name in filter(None, listed):
         if (ROOT / name).is_file():
             (tree / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, tree / name)
