@@ -426,3 +426,51 @@ def test_models_take_labels_and_return_the_loss_of_their_head():
         tiny_bert()(ids, labels=ids)
     with pytest.raises(ValueError, match="labels must be an integer tensor"):
         gpt(ids, labels=ids.float())
+
+
+def _graph_breaks(model: torch.nn.Module, *args, **kwargs) -> tuple[int, list[str]]:
+    """(how many graph breaks torch.compile makes in ``model(*args, **kwargs)``, their
+    reasons as ``"reason | file:line <- file:line"``)."""
+    import torch._dynamo
+
+    from attnkit.attention.planner import PLANS
+
+    PLANS.clear()  # as on the first call of a shape: nothing planned yet
+    torch._dynamo.reset()
+    try:
+        explained = torch._dynamo.explain(model)(*args, **kwargs)
+    finally:
+        torch._dynamo.reset()
+    out = []
+    for b in explained.break_reasons:
+        where = [f"{f.filename.rsplit('/src/', 1)[-1]}:{f.lineno}" for f in b.user_stack[-2:]]
+        out.append(f"{str(b.reason).splitlines()[0]} | {' <- '.join(reversed(where))}")
+    return explained.graph_break_count, out
+
+
+TRACED = [("tiny", False), ("tiny", True), ("tiny-bert", False), ("tiny-bert", True)]
+
+
+def _traced(preset: str, masked: bool):
+    model = build_model(get_preset(preset, vocab_size=97)).eval()
+    ids = torch.randint(1, 97, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[1, 10:] = 0
+    return model, ids, (mask if masked else None)
+
+
+@pytest.mark.parametrize("preset, masked", TRACED)
+def test_forward_compiles_without_graph_breaks(preset, masked):
+    """No host sync in a forward pass (the ids range and all-real mask checks run only under
+    ATTNKIT_DEBUG=1), so torch.compile makes one graph. A break inside the model code fails;
+    one inside the attention package is reported as an expected failure, naming it."""
+    from attnkit.models import common
+
+    if common.DEBUG:
+        pytest.skip("ATTNKIT_DEBUG=1 asks for the checks that sync")
+    model, ids, mask = _traced(preset, masked)
+    count, breaks = _graph_breaks(model, ids, attention_mask=mask)
+    ours = [b for b in breaks if "attnkit/attention/" not in b.split("|")[1].split("<-")[0]]
+    assert not ours, ours
+    if count:
+        pytest.xfail(f"{count} graph break(s) inside attnkit/attention: {sorted(set(breaks))}")
