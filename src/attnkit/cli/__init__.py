@@ -43,11 +43,8 @@ COMMANDS: tuple[Command, ...] = (
     _bench(
         "generate", "KV-cached decoding speed of attnkit next to HF transformers (GPT-2 124M shape)"
     ),
-    Command(
-        "bench viewer",
-        "attnkit.bench.viewer:run",
-        "attnkit.bench.viewer:add_arguments",
-        "size, first paint and head-switch time of the HTML attention viewer in Chromium",
+    _bench(
+        "viewer", "size, first paint and head-switch time of the HTML attention viewer in Chromium"
     ),
     Command(
         "convert",
