@@ -11,7 +11,8 @@ from attnkit.models import ModelConfig, build_model
 from attnkit.models.outputs import ModelOutput
 from attnkit.training import config as run_config
 from attnkit.training import optim
-from attnkit.training.loop import latest_checkpoint, load_checkpoint, loss_sums, save_checkpoint
+from attnkit.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from attnkit.training.objectives import loss_sums
 
 
 def test_warmup_then_cosine_to_min_lr():

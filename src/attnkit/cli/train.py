@@ -83,6 +83,10 @@ def pretrain_command(args: argparse.Namespace) -> int:
     cfg = run_config.build(base, overrides)
     from attnkit.training.loop import format_summary, pretrain
 
+    if cfg.train.threads:  # torch threads per process: process state, set here
+        import torch
+
+        torch.set_num_threads(cfg.train.threads)
     summary = pretrain(cfg, out, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
         print(format_summary(summary, out))

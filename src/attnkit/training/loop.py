@@ -4,7 +4,7 @@
     summary = pretrain(cfg, "runs/char")            # or resume=True
 
 Objectives follow the model: a GPT learns causal LM (next token), a BERT masked LM (15% of
-tokens chosen, 80/10/10 mask/random/keep). Each optimizer step sees ``batch_size x world x
+tokens chosen, 80/10/10 mask/random/keep; :mod:`attnkit.training.objectives`). Each optimizer step sees ``batch_size x world x
 grad_accum`` sequences. Every process draws the same global batch from one seeded generator
 and takes its rows, and losses are normalised by the global token count, so a 2-process run
 takes the same steps as one process with twice the batch.
@@ -13,11 +13,9 @@ Output directory:
 
 * ``config.json``, ``model.safetensors``, ``tokenizer.json``: the best model so far (lowest
   val loss), loadable with ``attnkit.load(out)``;
-* ``checkpoints/step-NNNNNN/``: the latest checkpoints (model, ``state.pt`` with optimizer,
-  step, RNG states and data position, all tensors and plain values so
-  ``torch.load(weights_only=True)`` reads it) and a ``manifest.json`` with the SHA-256 of every
-  file, written last: a checkpoint without one, or whose files do not match it, is skipped on
-  resume with a warning and the previous one is used;
+* ``checkpoints/step-NNNNNN/``: the latest checkpoints, with optimizer and RNG states and a
+  manifest of SHA-256 digests (:mod:`attnkit.training.checkpointing`); a damaged one is
+  skipped on resume;
 * ``run_config.json`` (the resolved config), ``metrics.jsonl``/``metrics.csv``,
   ``loss.png`` and ``summary.json``.
 """
@@ -25,8 +23,6 @@ Output directory:
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import shutil
@@ -35,18 +31,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from attnkit import checkpoints as ckpt_io
 from attnkit._util import checks
-from attnkit._util.fs import atomic_write, atomic_write_json
+from attnkit._util.fs import atomic_write_json
 from attnkit.training import distributed, metrics, optim, precision
+from attnkit.training.checkpointing import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from attnkit.training.config import RunConfig
+from attnkit.training.objectives import Batches, loss_sums
 
 logger = logging.getLogger(__name__)
-
-STATE_NAME = "state.pt"
-MANIFEST_NAME = "manifest.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,62 +100,6 @@ def model_config(cfg: RunConfig, tok) -> Any:
     return ModelConfig(**fields)
 
 
-class Batches:
-    """Global batches drawn from a stream with one generator; each rank keeps its rows."""
-
-    def __init__(self, stream, cfg: RunConfig, d: distributed.Dist, objective: str, tok, seed: int):
-        self.stream, self.cfg, self.d, self.objective = stream, cfg, d, objective
-        self.gen = torch.Generator().manual_seed(seed)
-        self.rows = cfg.train.batch_size
-        if objective == "mlm":
-            self.mask_id = tok.token_to_id("[MASK]")
-            self.special = tuple(
-                i
-                for i in (
-                    tok.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-                )
-                if i is not None
-            )
-            self.vocab = tok.get_vocab_size()
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(inputs, targets) for this rank and the number of target tokens in the global batch."""
-        from attnkit.text.datasets import mask_tokens
-
-        T = self.cfg.train.block_size
-        n = self.rows * self.d.world_size
-        if self.objective == "clm":
-            w = self.stream.windows(n, T + 1, self.gen)  # (n, T+1)
-            x, y = w[:, :-1], w[:, 1:]
-            count = y.numel()
-        else:
-            w = self.stream.windows(n, T, self.gen)  # (n, T)
-            x, y = mask_tokens(
-                w,
-                mask_id=self.mask_id,
-                vocab_size=self.vocab,
-                generator=self.gen,
-                special_ids=self.special,
-                prob=self.cfg.train.mlm_probability,
-            )
-            count = int((y != -100).sum())
-        lo = self.d.rank * self.rows
-        dev = self.d.device
-        return x[lo : lo + self.rows].to(dev), y[lo : lo + self.rows].to(dev), count
-
-
-def loss_sums(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed cross entropy over target tokens, number of correct predictions)."""
-    logits = model(x).logits  # (B, T, V)
-    flat = logits.float().reshape(-1, logits.shape[-1])
-    target = y.reshape(-1)
-    loss = F.cross_entropy(flat, target, ignore_index=-100, reduction="sum")
-    with torch.no_grad():
-        keep = target != -100
-        correct = (flat.argmax(-1)[keep] == target[keep]).sum()
-    return loss, correct
-
-
 @torch.no_grad()
 def evaluate(
     model, batches: Batches, iters: int, d: distributed.Dist, dtype: str, seed: int
@@ -186,86 +128,12 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------------------------
-# checkpoints
-# --------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def save_checkpoint(out: Path, raw_model, tok, optimizer, state: dict[str, Any], keep: int) -> Path:
-    """Write ``checkpoints/step-N/`` (each file atomically, manifest last); prune old ones."""
-    root = out / "checkpoints"
-    directory = root / f"step-{state['step']:06d}"
-    if directory.exists():
-        shutil.rmtree(directory)
-    ckpt_io.save(raw_model, directory, tokenizer=tok)
-    payload = dict(state, optimizer=optimizer.state_dict(), rng_cpu=torch.get_rng_state())
-    if torch.cuda.is_available():
-        payload["rng_cuda"] = torch.cuda.get_rng_state_all()
-    atomic_write(directory / STATE_NAME, lambda tmp: torch.save(payload, tmp))
-    files = {
-        p.name: _sha256(p)
-        for p in sorted(directory.iterdir())
-        if p.is_file() and not p.name.startswith(".")
-    }
-    atomic_write_json(directory / MANIFEST_NAME, {"step": state["step"], "files": files})
-    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return directory
-
-
-def verify_checkpoint(directory: Path) -> str | None:
-    """None when the checkpoint is complete and intact, else why not."""
-    manifest = directory / MANIFEST_NAME
-    if not manifest.is_file():
-        return "no manifest.json (the write did not finish)"
-    try:
-        files = json.loads(manifest.read_text())["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        return f"unreadable manifest.json ({e})"
-    for name, digest in files.items():
-        p = directory / name
-        if not p.is_file():
-            return f"{name} is missing"
-        if _sha256(p) != digest:
-            return f"{name} does not match its SHA-256 in manifest.json"
-    return None
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete, intact checkpoint; damaged newer ones are reported and skipped."""
-    for directory in sorted((out / "checkpoints").glob("step-*"), reverse=True):
-        problem = verify_checkpoint(directory)
-        if problem is None:
-            return directory
-        logger.warning("attnkit: skipping checkpoint %s: %s", directory, problem)
-    return None
-
-
-def load_checkpoint(directory: Path, raw_model, optimizer) -> dict[str, Any]:
-    weights = directory / ckpt_io.WEIGHTS_NAME
-    ckpt_io.check_and_load(
-        raw_model, ckpt_io.read_tensors(weights), weights, skip=tuple(raw_model.tied_keys())
-    )
-    state = torch.load(directory / STATE_NAME, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state.pop("optimizer"))
-    torch.set_rng_state(state.pop("rng_cpu"))
-    cuda_states = state.pop("rng_cuda", None)
-    if cuda_states is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
-    return state
-
-
-# --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
 def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]:
     """Train, evaluate and checkpoint as ``cfg`` says; returns the summary (also written to
-    ``out/summary.json``)."""
+    ``out/summary.json``). ``train.threads`` is applied by the command line (a library never
+    changes the process's thread pool; a caller sets its own)."""
     from attnkit.models import build_model
 
     t_start = time.perf_counter()
@@ -274,8 +142,6 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str,
     _check_train(cfg)
     d = distributed.init(tc.device)
     try:
-        if tc.threads:
-            torch.set_num_threads(tc.threads)
         precision.check_dtype(tc.dtype, d.device)
         if d.is_main:
             out.mkdir(parents=True, exist_ok=True)

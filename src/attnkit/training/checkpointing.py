@@ -1,0 +1,123 @@
+"""Training checkpoints: ``checkpoints/step-NNNNNN/`` directories that a run resumes from.
+
+Each holds the model (an attnkit checkpoint: weights, ``config.json``, ``tokenizer.json``),
+``state.pt`` (optimizer, step, RNG states and data position, all tensors and plain values so
+``torch.load(weights_only=True)`` reads it) and a ``manifest.json`` with the SHA-256 of every
+file, written last: a checkpoint without one, or whose files do not match it, is skipped on
+resume with a warning and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from attnkit import checkpoints as ckpt_io
+from attnkit._util.fs import atomic_write, atomic_write_json
+from attnkit.models.common import ModelBase
+
+if TYPE_CHECKING:  # pragma: no cover - for static tools only
+    from tokenizers import Tokenizer
+
+__all__ = [
+    "MANIFEST_NAME",
+    "STATE_NAME",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+    "verify_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "state.pt"
+MANIFEST_NAME = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(
+    out: Path,
+    raw_model: ModelBase,
+    tok: Tokenizer | None,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write ``checkpoints/step-N/`` (each file atomically, manifest last); prune old ones."""
+    root = out / "checkpoints"
+    directory = root / f"step-{state['step']:06d}"
+    if directory.exists():
+        shutil.rmtree(directory)
+    ckpt_io.save(raw_model, directory, tokenizer=tok)
+    payload = dict(state, optimizer=optimizer.state_dict(), rng_cpu=torch.get_rng_state())
+    if torch.cuda.is_available():
+        payload["rng_cuda"] = torch.cuda.get_rng_state_all()
+    atomic_write(directory / STATE_NAME, lambda tmp: torch.save(payload, tmp))
+    files = {
+        p.name: _sha256(p)
+        for p in sorted(directory.iterdir())
+        if p.is_file() and not p.name.startswith(".")
+    }
+    atomic_write_json(directory / MANIFEST_NAME, {"step": state["step"], "files": files})
+    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def verify_checkpoint(directory: Path) -> str | None:
+    """None when the checkpoint is complete and intact, else why not."""
+    manifest = directory / MANIFEST_NAME
+    if not manifest.is_file():
+        return "no manifest.json (the write did not finish)"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        return f"unreadable manifest.json ({e})"
+    for name, digest in files.items():
+        p = directory / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if _sha256(p) != digest:
+            return f"{name} does not match its SHA-256 in manifest.json"
+    return None
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete, intact checkpoint; damaged newer ones are reported and skipped."""
+    for directory in sorted((out / "checkpoints").glob("step-*"), reverse=True):
+        problem = verify_checkpoint(directory)
+        if problem is None:
+            return directory
+        logger.warning("attnkit: skipping checkpoint %s: %s", directory, problem)
+    return None
+
+
+def load_checkpoint(
+    directory: Path, raw_model: ModelBase, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """Weights into ``raw_model``, optimizer state and RNG states restored; the rest of
+    ``state.pt`` (step, data RNG, ...) returned."""
+    weights = directory / ckpt_io.WEIGHTS_NAME
+    ckpt_io.check_and_load(
+        raw_model, ckpt_io.read_tensors(weights), weights, skip=tuple(raw_model.tied_keys())
+    )
+    state = torch.load(directory / STATE_NAME, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state.pop("optimizer"))
+    torch.set_rng_state(state.pop("rng_cpu"))
+    cuda_states = state.pop("rng_cuda", None)
+    if cuda_states is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    return state
