@@ -304,15 +304,7 @@ def _train(
                 loss = loss_sum * (d.world_size / (count * tc.grad_accum))
                 (scaler.scale(loss) if scaler else loss).backward()
             step_loss += loss.detach().double() / d.world_size
-        if scaler:
-            scaler.unscale_(optimizer)
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(raw.parameters(), tc.grad_clip)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        optim.clip_and_step(optimizer, raw.parameters(), tc.grad_clip, scaler)
         optimizer.zero_grad(set_to_none=True)
         step += 1
         train_seconds += time.perf_counter() - t0

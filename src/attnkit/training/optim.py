@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -63,6 +64,25 @@ def lr_at(
     if decay != "cosine":
         raise ValueError(f"decay must be one of {list(DECAYS)}, got {decay!r}")
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def clip_and_step(
+    optimizer: torch.optim.Optimizer,
+    parameters: Iterable[nn.Parameter],
+    grad_clip: float,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    """One optimizer step: unscale the gradients (float16's ``scaler``), clip their norm to
+    ``grad_clip`` (0: no clipping), step (through the scaler, which skips non-finite steps)."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
