@@ -24,7 +24,7 @@ def lines() -> list[str]:
         pytest.skip(
             f"real-text corpus {CORPUS} is absent (expected ../shared/data next to the repo)"
         )
-    all_lines = [l.strip() for l in CORPUS.read_text(encoding="utf-8").splitlines() if l.strip()]
+    all_lines = [s.strip() for s in CORPUS.read_text(encoding="utf-8").splitlines() if s.strip()]
     picked = all_lines[::150][:200]  # 200 lines spread over the whole play text
     return picked + ["", "a", "Hello, World!  Ünïcödé façade — naïve café 123."]
 
