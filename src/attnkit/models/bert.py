@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from attnkit.models.common import (
-    Embeddings,
     ModelBase,
     check_ids,
     key_padding,
@@ -27,6 +26,7 @@ from attnkit.models.common import (
     positions_from_documents,
 )
 from attnkit.models.config import ModelConfig
+from attnkit.models.embeddings import Embeddings
 from attnkit.models.heads import POOLERS, ClassificationHead, MLMHead, Pooler
 from attnkit.models.layers import make_norm
 from attnkit.models.outputs import ModelOutput, classification_loss, mlm_loss

@@ -263,7 +263,6 @@ class ModelConfig:
             raise ValueError(
                 f"unknown ModelConfig field(s) {unknown}; valid fields: {sorted(names)}"
             )
-        data = dict(data)
         if data.get("id2label") is not None and "num_labels" not in data:
             data["num_labels"] = len(data["id2label"])
         return cls(**data)

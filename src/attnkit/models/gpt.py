@@ -17,7 +17,6 @@ from torch import nn
 
 from attnkit.attention.kv_cache import KVCache
 from attnkit.models.common import (
-    Embeddings,
     ModelBase,
     check_ids,
     key_padding,
@@ -25,6 +24,7 @@ from attnkit.models.common import (
     positions_from_documents,
 )
 from attnkit.models.config import ModelConfig
+from attnkit.models.embeddings import Embeddings
 from attnkit.models.heads import LMHead
 from attnkit.models.layers import make_norm
 from attnkit.models.outputs import ModelOutput, lm_loss
