@@ -262,6 +262,7 @@ def genre_arguments(parser: argparse.ArgumentParser) -> None:
 def genre_command(args: argparse.Namespace) -> int:
     _passive_openmp()
     from attnkit._util.fs import atomic_write_json
+    from attnkit._util.optional import MissingDependency
     from attnkit.tasks.classification import LabelledTexts, finetune
     from attnkit.text.genre import FOLIO_GENRES, LEFT_OUT, build_genre_dataset, write_csv
 
@@ -329,12 +330,16 @@ def genre_command(args: argparse.Namespace) -> int:
         "stopped_early": result.stopped_early,
     }
     atomic_write_json(out / "genre.json", summary)
-    _plot_scores(
-        best,
-        base,
-        out / "genre.png",
-        f"{args.model} on {len(data.eval)} passages of {len(data.eval_plays)} held-out plays",
-    )
+    no_plot: MissingDependency | None = None
+    try:
+        _plot_scores(
+            best,
+            base,
+            out / "genre.png",
+            f"{args.model} on {len(data.eval)} passages of {len(data.eval_plays)} held-out plays",
+        )
+    except MissingDependency as e:  # the scores are still printed and in genre.json
+        no_plot = e
     print(
         f"Shakespeare genre (First Folio: comedy / history / tragedy), {args.model} fine-tuned "
         f"on {len(data.train)} passages of {len(data.train_plays)} plays, evaluated on "
@@ -346,7 +351,10 @@ def genre_command(args: argparse.Namespace) -> int:
         f"{summary['macro_f1_gain_points']:+.1f} points; {result.steps} steps in "
         f"{result.seconds:.0f} s"
     )
-    print(f"wrote {out / 'genre.json'}, {out / 'genre.png'}, {out / 'model' / 'confusion.png'}")
+    written = [out / "genre.json", out / "genre.png", out / "model" / "confusion.png"]
+    print("wrote " + ", ".join(str(path) for path in written if path.is_file()))
+    if no_plot is not None:
+        raise no_plot  # one line naming the extra to install
     return 0
 
 
