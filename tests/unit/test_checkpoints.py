@@ -231,6 +231,7 @@ def test_older_config_json_with_top_level_keys_still_loads(tmp_path):
     data = json.loads((tmp_path / "config.json").read_text())
     del data["meta"]
     del data["model"]["id2label"]
+    data["format_version"] = 1
     data.update(
         labels=["a", "b"],
         max_length=16,
@@ -245,6 +246,11 @@ def test_older_config_json_with_top_level_keys_still_loads(tmp_path):
     data["bogus"] = 1
     (tmp_path / "config.json").write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match=r"unknown top-level key\(s\) \['bogus'\]"):
+        attnkit.load(tmp_path)
+    data.pop("bogus")
+    data["format_version"] = 99
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="format_version 99 is not supported; expected 1..2"):
         attnkit.load(tmp_path)
 
 

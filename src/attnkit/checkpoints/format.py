@@ -9,9 +9,9 @@ Loading checks everything before touching the model: every expected key present,
 key, every shape and dtype right. A bad checkpoint raises :class:`CheckpointError` naming the
 file and the key; no half-loaded model is ever returned.
 
-``config.json`` holds ``{"format": "attnkit", "format_version": 1, "model": <ModelConfig>,
-"meta": <ModelMeta>}``; older layouts (labels, max_length, sentence settings at the top level)
-are migrated on load (:func:`migrate`). The front door is :func:`attnkit.checkpoints.load`.
+``config.json`` holds ``{"format": "attnkit", "format_version": 2, "model": <ModelConfig>,
+"meta": <ModelMeta>}``; version 1 (labels, max_length, fine-tuning and sentence settings at the
+top level, ``n_head``/``n_kv_head``) is migrated on load (:func:`migrate`). The front door is :func:`attnkit.checkpoints.load`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from tokenizers import Tokenizer
 
 FORMAT = "attnkit"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: no "meta"; what a model carried sat at the top level
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
@@ -283,6 +283,12 @@ def load_dir(directory: Path) -> tuple[ModelBase, dict[str, Any], Tokenizer | No
         raise CheckpointError(
             f"{cfg_path}: not an attnkit config (expected keys 'format': "
             f"'attnkit' and 'model'), got keys {sorted(data)}"
+        )
+    version = data.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{cfg_path}: format_version {version!r} is not supported; expected 1..{FORMAT_VERSION} "
+            f"(a checkpoint written by a newer attnkit?)"
         )
     model_dict, meta = migrate(data, cfg_path)
     try:
