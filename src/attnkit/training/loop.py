@@ -28,9 +28,10 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from attnkit import checkpoints as ckpt_io
 from attnkit._util import checks
@@ -44,13 +45,20 @@ from attnkit.training.checkpointing import (
 from attnkit.training.config import RunConfig
 from attnkit.training.objectives import Batches, loss_sums
 
+if TYPE_CHECKING:  # pragma: no cover - for static tools only
+    from tokenizers import Tokenizer
+
+    from attnkit.models.common import ModelBase
+    from attnkit.models.config import ModelConfig
+    from attnkit.text.datasets import TokenStream
+
 logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
 # data and model
 # --------------------------------------------------------------------------------------------
-def prepare_data(cfg: RunConfig, d: distributed.Dist):
+def prepare_data(cfg: RunConfig, d: distributed.Dist) -> tuple[Tokenizer, dict[str, TokenStream]]:
     """(tokenizer, {"train", "val"} streams); rank 0 builds the caches, the others wait."""
     from attnkit._util.fs import cache_dir
     from attnkit.text.corpora import load_corpus
@@ -72,7 +80,7 @@ def prepare_data(cfg: RunConfig, d: distributed.Dist):
     return result
 
 
-def model_config(cfg: RunConfig, tok) -> Any:
+def model_config(cfg: RunConfig, tok: Tokenizer) -> ModelConfig:
     from attnkit.models import ModelConfig
 
     fields = dict(cfg.model)
@@ -102,8 +110,8 @@ def model_config(cfg: RunConfig, tok) -> Any:
 
 @torch.no_grad()
 def evaluate(
-    model, batches: Batches, iters: int, d: distributed.Dist, dtype: str, seed: int
-) -> dict:
+    model: torch.nn.Module, batches: Batches, iters: int, d: distributed.Dist, dtype: str, seed: int
+) -> dict[str, float]:
     """Mean loss, perplexity and accuracy over ``iters`` fixed validation batches (no autograd).
     The loop passes the uncompiled model: a compiled one would compile a second graph for
     evaluation, which costs more than the few evaluation batches gain from it."""
@@ -185,11 +193,11 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str,
         resolved["model"] = mcfg.to_dict()
         if d.is_main:
             atomic_write_json(out / "run_config.json", resolved)
-        model = torch.compile(raw) if tc.compile else raw
+        model: torch.nn.Module = raw
+        if tc.compile:
+            model = torch.compile(raw)  # type: ignore[assignment]  # an OptimizedModule
         if d.enabled:
-            model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[d.local_rank] if d.device.type == "cuda" else None
-            )
+            model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
         log = metrics.MetricsLog(out, resume_step=start if resume else None) if d.is_main else None
         summary = _train(
             cfg,
@@ -248,20 +256,20 @@ def _check_train(cfg: RunConfig) -> None:
 
 
 def _train(
-    cfg,
-    d,
-    out,
-    raw,
-    model,
-    tok,
-    optimizer,
-    train_batches,
-    val_batches,
-    start,
-    best,
-    tokens_before,
-    elapsed_before,
-    log,
+    cfg: RunConfig,
+    d: distributed.Dist,
+    out: Path,
+    raw: ModelBase,
+    model: torch.nn.Module,
+    tok: Tokenizer,
+    optimizer: torch.optim.Optimizer,
+    train_batches: Batches,
+    val_batches: Batches,
+    start: int,
+    best: float,
+    tokens_before: int,
+    elapsed_before: float,
+    log: metrics.MetricsLog | None,
 ) -> dict[str, Any]:
     tc = cfg.train
     decay_iters = tc.lr_decay_iters or tc.max_iters
@@ -294,8 +302,8 @@ def _train(
         step_loss = torch.zeros((), dtype=torch.float64, device=d.device)
         for micro in range(tc.grad_accum):
             x, y, count = train_batches.next()
-            sync = contextlib.nullcontext()
-            if d.enabled and micro < tc.grad_accum - 1:
+            sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+            if isinstance(model, DDP) and micro < tc.grad_accum - 1:
                 sync = model.no_sync()
             with sync:
                 with precision.autocast(d.device, tc.dtype):
