@@ -333,3 +333,19 @@ def test_hf_sequence_classifier_directory_predicts_with_its_id2label(tmp_path):
     preds = predict(str(tmp_path), texts)
     assert [p.label for p in preds] == [id2label[int(r.argmax())] for r in got]
     assert set(preds[0].probabilities) == {"billing", "refund", "greeting"}
+
+
+def test_classifier_labels_travel_through_hf_id2label_both_ways(tmp_path):
+    from attnkit.models import build_model, get_preset
+
+    names = ("billing", "refund", "greeting")
+    cfg = get_preset("tiny-bert", vocab_size=VOCAB, head="classification", id2label=names)
+    export_hf(build_model(cfg), tmp_path)
+    hf_cfg = json.loads((tmp_path / "config.json").read_text())
+    assert hf_cfg["id2label"] == {"0": "billing", "1": "refund", "2": "greeting"}
+    assert hf_cfg["label2id"] == {"billing": 0, "refund": 1, "greeting": 2}
+    hf = transformers.BertForSequenceClassification.from_pretrained(tmp_path)
+    assert hf.config.id2label == {0: "billing", 1: "refund", 2: "greeting"}
+    back = attnkit.load(tmp_path)
+    assert back.config.id2label == names and back.config.num_labels == 3
+    assert dict(back.config.label2id) == {"billing": 0, "refund": 1, "greeting": 2}
