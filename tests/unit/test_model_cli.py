@@ -169,3 +169,26 @@ def test_bench_embed_runs_and_reports_both_sides(tmp_path, capsys):
     paired = json.loads((out / "embed.json").read_text())["paired_model"]
     assert paired["batches"] == 2 and paired["attnkit_s"] > 0 and paired["transformers_s"] > 0
     assert "model only, same 2 length-sorted batches" in text
+
+
+def test_embed_into_a_closed_pipe_exits_141_quietly(bert_dir):
+    """`attnkit embed ... | head -1`: the reader goes away, attnkit stops without a traceback."""
+    import subprocess
+    import sys
+
+    texts = "".join(f"the bat {i}\n" for i in range(3000))  # far more than a pipe buffer holds
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "attnkit", "embed", "--model", str(bert_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdin.write(texts)
+    proc.stdin.close()
+    first = json.loads(proc.stdout.readline())
+    assert first["text"] == "the bat 0"
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 141
+    assert proc.stderr.read() == ""
