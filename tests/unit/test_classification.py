@@ -465,3 +465,26 @@ def test_genre_finetune_beats_the_majority_baseline(tmp_path, capsys):
     assert main(["genre", "--out", str(tmp_path / "genre"), "--no-progress"]) == 0
     summary = json.loads((tmp_path / "genre" / "genre.json").read_text())
     assert summary["finetuned"]["macro_f1"] >= summary["majority_baseline"]["macro_f1"] + 0.20
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"batch_size": 0}, "batch_size must be a positive int, got 0"),
+        ({"eval_every": -1}, "eval_every must be an int >= 0, got -1"),
+        ({"warmup_fraction": 1.0}, r"warmup_fraction must be a float in \[0, 1\), got 1.0"),
+        ({"lr": float("nan")}, "lr must be a finite number >= 0, got nan"),
+        ({"lr_decay": "step"}, r"lr_decay must be one of \['cosine', 'linear'\], got 'step'"),
+        ({"pooling": "max"}, r"pooling must be one of \['pooler', 'cls', 'mean'\], got 'max'"),
+        ({"dtype": "int8"}, "dtype must be one of"),
+    ],
+)
+def test_finetune_config_names_the_bad_setting(change, message):
+    with pytest.raises(ValueError, match=message):
+        clf.FinetuneConfig(**change)
+
+
+def test_finetune_device_is_checked(tiny_dir):
+    data = synthetic(12, seed=8)
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu' or 'cuda', got 'tpu'"):
+        clf.finetune(tiny_dir, data, data, device="tpu")

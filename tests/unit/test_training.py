@@ -27,6 +27,34 @@ def test_warmup_then_cosine_to_min_lr():
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
+@pytest.mark.parametrize("total, warmup", [(40, 4), (7, 0), (3, 3)])
+def test_linear_decay_is_the_fine_tuning_schedule(total, warmup):
+    """warmup, then a straight line to 0 at the last step: BERT fine-tuning's schedule."""
+    lr = 5e-5
+
+    def reference(step):
+        if step < warmup:
+            return lr * (step + 1) / (warmup + 1)
+        return lr * max(0.0, (total - step) / max(1, total - warmup))
+
+    for step in range(total + 2):
+        got = optim.lr_at(step, lr=lr, min_lr=0.0, warmup=warmup, decay_iters=total, decay="linear")
+        assert got == pytest.approx(reference(step), abs=1e-15), step
+    with pytest.raises(ValueError, match=r"decay must be one of \['cosine', 'linear'\]"):
+        optim.lr_at(5, lr=lr, min_lr=0.0, warmup=0, decay_iters=9, decay="step")
+
+
+def test_clip_and_step_clips_the_gradient_norm():
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = torch.optim.SGD([w], lr=1.0)
+    w.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])  # norm 5
+    optim.clip_and_step(opt, [w], grad_clip=1.0)
+    torch.testing.assert_close(w.detach(), torch.tensor([-0.6, -0.8, 0.0, 0.0]))
+    w.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])
+    optim.clip_and_step(opt, [w], grad_clip=0.0)  # 0: no clipping
+    torch.testing.assert_close(w.detach(), torch.tensor([-3.6, -4.8, 0.0, 0.0]))
+
+
 def test_weight_decay_groups_cover_each_parameter_once():
     model = build_model(
         ModelConfig(arch="gpt", vocab_size=50, n_layer=2, n_heads=2, d_model=16, max_seq_len=8)
