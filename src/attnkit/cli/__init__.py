@@ -13,12 +13,11 @@ optional package (naming the extra to install), a missing file or any other fail
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from attnkit.cli.dispatch import Command, run
+from attnkit.cli.dispatch import Command, log_to_stderr, run
 
 __all__ = ["COMMANDS", "Command", "main"]
 
@@ -134,26 +133,8 @@ def main(argv: Sequence[str] | None = None, commands: Sequence[Command] = COMMAN
     # allocates): tensors over glibc's 32 MiB mmap threshold are otherwise faulted in 4 KiB
     # pages at every allocation, which made long-sequence attention up to 1.8x slower here.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    _log_to_stderr()
+    log_to_stderr()
     return run(list(sys.argv[1:] if argv is None else argv), commands)
-
-
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
-    """Writes to whatever ``sys.stderr`` is at the time of the record."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr
-        super().emit(record)
-
-
-def _log_to_stderr() -> None:
-    """The library reports through ``logging`` (logger ``attnkit``): INFO and up go to stderr."""
-    logger = logging.getLogger("attnkit")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
 
 
 if __name__ == "__main__":
