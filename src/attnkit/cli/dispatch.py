@@ -183,6 +183,8 @@ def _run(argv: list[str], commands: Sequence[Command]) -> int:
     try:
         parser = build_parser(commands, chosen)
     except ImportError as e:
+        if debugging():
+            raise
         if _missing_extra(e) is not None:
             _report(e)
         words = chosen.words if chosen else " ".join(path)
@@ -201,6 +203,8 @@ def _run(argv: list[str], commands: Sequence[Command]) -> int:
     try:
         fn = resolve(cmd.target)
     except ImportError as e:
+        if debugging():
+            raise
         if _missing_extra(e) is not None:
             _report(e)
         fail(f"command '{cmd.words}' is not available: {e}")
