@@ -351,15 +351,11 @@ def test_rollout_shades_tokens_by_the_hovered_row(page, viewer):
 
 
 def test_bench_viewer_quick_run(browser, tmp_path, capsys):
-    import argparse
-
     from attnkit.bench import viewer as bench_viewer
 
-    parser = argparse.ArgumentParser()
-    bench_viewer.add_arguments(parser)
-    args = parser.parse_args(["--quick", "--out", str(tmp_path)])
-    assert bench_viewer.run(args, browser=browser) == 0  # this session's Chromium
-    printed = capsys.readouterr().out
+    settings = bench_viewer.ViewerSettings(quick=True, out=tmp_path)
+    report = bench_viewer.run(settings, browser=browser)  # this session's Chromium
+    printed = report.text
     for row in (
         "file size",
         "first head view drawn",

@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from attnkit.bench import common
-from attnkit.bench.common import (
+from attnkit.bench import harness
+from attnkit.bench.harness import (
     MiB,
     ProbeCase,
     Table,
@@ -184,11 +184,11 @@ def test_table_alignment_and_errors():
 
 
 def test_formatters():
-    assert common.fmt_bytes(200 * MiB) == "200 MiB"
-    assert common.fmt_bytes(3 * 1024**3) == "3 GiB"
-    assert common.fmt_seconds(0.0123) == "12.3 ms"
-    assert common.fmt_seconds(None) == "-"
-    assert common.fmt_ratio(0.951) == "0.951x"
+    assert harness.fmt_bytes(200 * MiB) == "200 MiB"
+    assert harness.fmt_bytes(3 * 1024**3) == "3 GiB"
+    assert harness.fmt_seconds(0.0123) == "12.3 ms"
+    assert harness.fmt_seconds(None) == "-"
+    assert harness.fmt_ratio(0.951) == "0.951x"
 
 
 def test_write_json(tmp_path):
@@ -214,7 +214,7 @@ def test_plot_loglog_writes_png(tmp_path):
 
 _REFAULT = r"""
 import resource, sys, torch
-from attnkit.bench.common import keep_freed_memory
+from attnkit.bench.harness import keep_freed_memory
 what = keep_freed_memory() if sys.argv[1] == "keep" else "default"
 x = torch.randn(16 * 2**20)  # 64 MiB: above glibc's largest mmap threshold (32 MiB)
 for _ in range(12):  # until the heap has settled (small allocations split freed blocks at first)
@@ -226,7 +226,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, what)
 """
 
 
-@pytest.mark.skipif(common.platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+@pytest.mark.skipif(harness.platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_keep_freed_memory_reuses_large_blocks_without_page_faults():
     import os
     import subprocess

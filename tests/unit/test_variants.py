@@ -525,10 +525,12 @@ def test_cuda_matches_cpu(name):
 def test_bench_variants_runs_and_writes_results(tmp_path, capsys):
     import json
 
-    from attnkit.bench import variants as bench
+    from attnkit.cli import main
 
-    status = bench.main(
+    status = main(
         [
+            "bench",
+            "variants",
             "--sizes",
             "64,128",
             "--variants",
@@ -574,7 +576,7 @@ def test_bench_variants_runs_and_writes_results(tmp_path, capsys):
 def test_bench_targets_pass_and_fail():
     from attnkit.bench import variants as bench
 
-    s = bench.Settings(
+    s = bench.VariantsSettings(
         sizes=[16384, 65536],
         names=["lsh", "linear", "performer"],
         params={},
@@ -601,13 +603,13 @@ def test_bench_targets_pass_and_fail():
     good = [row(n, 16384, 1.0, 2.0, 100, 5.0) for n in s.names] + [
         row(n, 65536, 4.0, 8.0, 2**30) for n in s.names
     ]
-    assert [c.ok for c in bench.evaluate_checks(good, s)] == [True, True, True]
+    assert [c.passed for c in bench.evaluate_checks(good, s)] == [True, True, True]
     slow = good[:-1] + [row("performer", 65536, 4.0, 11.0, 2**30)]  # fwd+bwd grew 5.5x
-    assert [c.ok for c in bench.evaluate_checks(slow, s)] == [False, True, True]
+    assert [c.passed for c in bench.evaluate_checks(slow, s)] == [False, True, True]
     big = good[:-1] + [row("performer", 65536, 4.0, 8.0, 3 * 2**30)]
-    assert [c.ok for c in bench.evaluate_checks(big, s)] == [True, False, True]
+    assert [c.passed for c in bench.evaluate_checks(big, s)] == [True, False, True]
     lagging = [row("lsh", 16384, 1.0, 2.0, 100, 3.9)] + good[1:]
-    assert [c.ok for c in bench.evaluate_checks(lagging, s)] == [True, True, False]
+    assert [c.passed for c in bench.evaluate_checks(lagging, s)] == [True, True, False]
     # growth is the median of per-round ratios: one quiet round at the small N does not fail it
     lo, hi = row("linear", 16384, 1.0, 2.0, 100), row("linear", 65536, 5.5, 11.0, 2**30)
     lo.samples = {"fwd": [1.0, 2.0, 2.0], "fwd_bwd": [2.0, 4.0, 4.0]}
@@ -621,7 +623,7 @@ def test_bench_targets_pass_and_fail():
 def test_bench_rounds_alternate_the_size_order():
     from attnkit.bench import variants as bench
 
-    s = bench.Settings(
+    s = bench.VariantsSettings(
         sizes=[64, 128, 256],
         names=["local"],
         params={},
@@ -668,7 +670,7 @@ def test_minilm_windows_are_consecutive_text_with_padding():
         "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
         * 200
     )
-    tok = attnkit.load("minilm").tokenizer
+    tok = attnkit.load("minilm").meta.tokenizer
     ids, mask = bench.minilm_windows(tok, text, 5)
     assert ids.shape == (5, 512) and mask.sum(1).tolist() == [512, 448, 384, 320, 512]
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
@@ -694,7 +696,7 @@ def test_minilm_error_against_hand_computed_layer_zero(tmp_path):
         "Before we proceed any further, hear me speak.\nYou are all resolved rather to die "
         "than to famish?\n" * 60
     )
-    s = bench.Settings(
+    s = bench.VariantsSettings(
         sizes=[64],
         names=["bigbird", "local", "lsh"],
         shape=(1, 2, 8),
@@ -726,7 +728,7 @@ def test_minilm_error_against_hand_computed_layer_zero(tmp_path):
         assert v[name]["rel_err"] == pytest.approx(sum(p["rel_err"] for p in per) / 6, rel=1e-9)
 
     model = attnkit.load("minilm")
-    ids, mask = bench.minilm_windows(model.tokenizer, text.read_text(), 2)
+    ids, mask = bench.minilm_windows(model.meta.tokenizer, text.read_text(), 2)
     with torch.no_grad():
         x = model.embed(ids)  # (B, T, C): the input of layer 0
         q, k, val = model.blocks[0].attn.qkv_proj(x).split(384, dim=-1)
@@ -751,7 +753,7 @@ def test_minilm_error_against_hand_computed_layer_zero(tmp_path):
 def test_error_table_puts_minilm_next_to_random():
     from attnkit.bench import variants as bench
 
-    s = bench.Settings(
+    s = bench.VariantsSettings(
         sizes=[64],
         names=["local", "lsh"],
         params={},

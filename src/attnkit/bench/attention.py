@@ -21,9 +21,8 @@ times that (the backward does 2.5 times the forward's matmul work).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,23 +31,32 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from attnkit.bench.common import (
+from attnkit.bench.harness import (
+    DTYPES,
+    MODES,
     GiB,
     MiB,
     ProbeCase,
+    Report,
+    Shape,
     Table,
     available_memory_bytes,
     environment,
     fmt_bytes,
     fmt_ratio,
     fmt_seconds,
+    make_op,
     measure_peak_memories,
     plot_loglog,
-    resolve_device,
+    random_qkv,
+    short_error,
     synchronize,
     time_interleaved,
     write_json,
 )
+from attnkit.bench.harness import Check as Check
+
+logger = logging.getLogger(__name__)
 
 REFERENCE = "sdpa (raw)"
 DENSE_BACKENDS = ("auto", "sdpa", "math", "flex", "naive")
@@ -56,7 +64,7 @@ WINDOW_BACKENDS = ("auto", "windowed", "flex", "naive")
 
 # Defaults of the options left unset: the full run, and --quick (a few minutes on a CPU, still
 # reaching every target's N). "window_sizes": None means the same as "sizes".
-FULL = dict(
+FULL: dict[str, Any] = dict(
     sizes=[1024 * 2**i for i in range(7)],
     window_sizes=None,
     dense_max=None,
@@ -67,7 +75,7 @@ FULL = dict(
     min_seconds=1.0,
     max_seconds=10.0,
 )
-QUICK = dict(
+QUICK: dict[str, Any] = dict(
     sizes=[1024, 2048, 4096],
     window_sizes=[16384, 65536],
     dense_max=16384,
@@ -79,13 +87,6 @@ QUICK = dict(
     max_seconds=3.0,
 )
 SLOW_REFERENCES = ("naive", "math")  # what --reference-max limits
-DTYPES = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float64": torch.float64,
-}
-MODES = ("fwd", "fwd_bwd")
 BWD_FLOP_FACTOR = 3.5  # forward + backward FLOPs relative to forward
 
 # Share of the free memory a run may plan to use for N x N scores (naive, math): the rest is
@@ -136,45 +137,18 @@ def _impl_fn(impl: str, causal: bool, window: int | None) -> Callable[..., torch
         return lambda q, k, v: naive_attention(q, k, v, causal, window)
     from attnkit.attention import attention
 
-    return lambda q, k, v: attention(q, k, v, causal=causal, window=window, backend=impl)
+    def attnkit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = attention(q, k, v, causal=causal, window=window, backend=impl)
+        assert isinstance(out, torch.Tensor)  # no weights asked for
+        return out
 
-
-def _inputs(
-    n: int, shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device, seed: int
-):
-    b, h, d = shape
-    gen = torch.Generator(device="cpu").manual_seed(seed + n)
-    q, k, v = (
-        torch.randn(b, h, n, d, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
-        for _ in range(3)
-    )  # (B, H, N, D)
-    grad_out = torch.randn(b, h, n, d, generator=gen, dtype=torch.float32).to(
-        device=device, dtype=dtype
-    )
-    return q, k, v, grad_out
-
-
-def _make_op(fn: Callable, mode: str, q, k, v, grad_out) -> Callable[[], Any]:
-    if mode == "fwd":
-
-        def forward():
-            with torch.no_grad():
-                return fn(q, k, v)
-
-        return forward
-    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
-
-    def forward_backward():
-        out = fn(qg, kg, vg)
-        return torch.autograd.grad(out, (qg, kg, vg), grad_out)  # fresh gradients each call
-
-    return forward_backward
+    return attnkit_attention
 
 
 def memory_case(
     impl: str,
     n: int,
-    shape: tuple[int, int, int],
+    shape: Shape,
     dtype: str,
     device: str,
     causal: bool,
@@ -183,8 +157,8 @@ def memory_case(
     seed: int,
 ) -> Callable[[], Any]:
     """Build the inputs of one measurement in a memory-probe process; returns the operation."""
-    q, k, v, grad_out = _inputs(n, shape, DTYPES[dtype], torch.device(device), seed)
-    return _make_op(_impl_fn(impl, causal, window), mode, q, k, v, grad_out)
+    q, k, v, grad_out = random_qkv(n, shape, DTYPES[dtype], torch.device(device), seed)
+    return make_op(_impl_fn(impl, causal, window), mode, q, k, v, grad_out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,17 +177,13 @@ def allowed_pairs(n: int, causal: bool, window: int | None) -> int:
     return n * (2 * w - 1) - w * (w - 1)
 
 
-def flops(
-    n: int, shape: tuple[int, int, int], causal: bool, window: int | None, mode: str
-) -> float:
+def flops(n: int, shape: Shape, causal: bool, window: int | None, mode: str) -> float:
     b, h, d = shape
     fwd = 4.0 * b * h * d * allowed_pairs(n, causal, window)
     return fwd if mode == "fwd" else fwd * BWD_FLOP_FACTOR
 
 
-def score_bytes_estimate(
-    impl: str, n: int, shape: tuple[int, int, int], dtype: torch.dtype, mode: str
-) -> int:
+def score_bytes_estimate(impl: str, n: int, shape: Shape, dtype: torch.dtype, mode: str) -> int:
     """Rough peak bytes of the N x N tensors an impl materialises; 0 for fused kernels."""
     b, h, _ = shape
     elem = torch.empty((), dtype=dtype).element_size()
@@ -281,40 +251,72 @@ def _plan_backend(
     return explain(t, t, t, causal=causal, window=window, backend=impl).backend
 
 
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
-
-
 # --------------------------------------------------------------------------------------------
 # running a section at one N
 # --------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Settings:
-    shape: tuple[int, int, int]
-    dtype: torch.dtype
-    device: torch.device
-    warmup: int
+@dataclasses.dataclass(frozen=True)
+class AttentionSettings:
+    """One run of ``attnkit bench attention``: every option, defaults resolved (see
+    :func:`preset` for those of the full and the --quick run)."""
+
+    sizes: list[int]
+    window_sizes: list[int]
+    dense_max: int | None
+    backends: list[str]
+    window_backends: list[str]
+    reference_max: int | None
     repeat: int
     min_seconds: float
     max_seconds: float
-    memory: bool
-    seed: int
-    probe_timeout: float | None
-    reference_max: int | None = None
+    batch: int = 1
+    heads: int = 8
+    head_dim: int = 64
+    dtype: str = "float32"
+    device: torch.device = torch.device("cpu")
+    causal: bool = True
+    window: int = 512
+    warmup: int = 0
+    memory: bool = True
+    seed: int = 0
+    quick: bool = False
+    out: Path = Path("bench_out")
+    probe_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.warmup < 0:
+            raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
+        if not self.max_seconds > 0:
+            raise ValueError(f"--max-seconds must be > 0, got {self.max_seconds}")
+        if not 0 <= self.min_seconds <= self.max_seconds:
+            raise ValueError(
+                f"--min-seconds must be in [0, --max-seconds={self.max_seconds}], "
+                f"got {self.min_seconds}"
+            )
 
     @property
-    def dtype_name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
+    def shape(self) -> Shape:
+        return (self.batch, self.heads, self.head_dim)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+def preset(quick: bool) -> dict[str, Any]:
+    """The defaults of the options a run leaves unset: :data:`QUICK` or :data:`FULL`
+    (``window_sizes`` None: the same as ``sizes``)."""
+    return dict(QUICK if quick else FULL)
 
 
 def _skip_reason(
     impl: str,
     n: int,
     mode: str,
-    s: Settings,
+    s: AttentionSettings,
     budget: int,
     dense_max: int | None,
     window: int | None,
@@ -325,7 +327,7 @@ def _skip_reason(
         return f"dense reference not run above N={dense_max} (--dense-max)"
     if impl in SLOW_REFERENCES and s.reference_max is not None and n > s.reference_max:
         return f"not run above N={s.reference_max} (--reference-max)"
-    need = score_bytes_estimate(impl, n, s.shape, s.dtype, mode)
+    need = score_bytes_estimate(impl, n, s.shape, s.torch_dtype, mode)
     if need > budget:
         return f"N x N scores need ~{fmt_bytes(need)}, over the {fmt_bytes(budget)} budget"
     return None
@@ -337,15 +339,15 @@ def run_point(
     impls: list[str],
     causal: bool,
     window: int | None,
-    s: Settings,
+    s: AttentionSettings,
     dense_max: int | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.info,
     known_reference: Row | None = None,
 ) -> list[Row]:
     """Measure every impl at one N. The first impl is the reference for ratios and errors;
     ``known_reference`` is its row measured earlier (same inputs), reused instead of re-run."""
     budget = int(MEMORY_SHARE.get(s.device.type, 0.5) * available_memory_bytes(s.device))
-    q, k, v, grad_out = _inputs(n, s.shape, s.dtype, s.device, s.seed)
+    q, k, v, grad_out = random_qkv(n, s.shape, s.torch_dtype, s.device, s.seed)
     rows = []
     for impl in impls:
         w = None if impl == REFERENCE else window
@@ -374,7 +376,7 @@ def run_point(
                     row.backend = plan
                 elif plan is not None and plan != row.backend:
                     row.backend = f"{row.backend}/{plan}"  # forward / training choice differ
-                op = _make_op(fn, mode, q, k, v, grad_out)
+                op = make_op(fn, mode, q, k, v, grad_out)
                 synchronize(s.device)
                 t0 = time.perf_counter()
                 result = op()  # first call: checks it runs, compiles what needs compiling
@@ -389,7 +391,7 @@ def run_point(
                         first
                     ]  # nothing compiled: a sample like the rest
             except Exception as e:  # a backend that cannot run here: reported, not fatal
-                p.skipped = f"error: {_short(e)}"
+                p.skipped = f"error: {short_error(e)}"
     # errors against the reference, or (window section) against naive when it ran
     ref_impl = rows[0].impl if section == "dense" else "naive"
     ref_out = outputs.get(ref_impl)
@@ -430,9 +432,10 @@ def run_point(
 
 
 def _measure_memory(
-    rows: list[Row], n: int, causal: bool, s: Settings, log: Callable[[str], None]
+    rows: list[Row], n: int, causal: bool, s: AttentionSettings, log: Callable[[str], None]
 ) -> None:
-    cases, slots = [], []
+    cases: list[ProbeCase] = []
+    slots: list[Pass | None] = []
     # Priming: each operation once at a small N, so lazy set-up (autograd threads, kernel
     # dispatch, allocator pools) lands in no one's reading; these readings are dropped.
     primed = set()
@@ -445,7 +448,7 @@ def _measure_memory(
                 impl=row.impl,
                 n=min(n, 256),
                 shape=s.shape,
-                dtype=s.dtype_name,
+                dtype=s.dtype,
                 device=str(s.device),
                 causal=causal,
                 window=row.window,
@@ -464,7 +467,7 @@ def _measure_memory(
                 impl=row.impl,
                 n=n,
                 shape=s.shape,
-                dtype=s.dtype_name,
+                dtype=s.dtype,
                 device=str(s.device),
                 causal=causal,
                 window=row.window,
@@ -482,36 +485,22 @@ def _measure_memory(
     try:
         readings = measure_peak_memories(cases, device=s.device, timeout=s.probe_timeout)
     except Exception as e:  # the probe process died (out of memory, timeout)
-        for p in slots:
-            p.memory_skipped = f"memory probe failed: {_short(e)}"
+        for slot in slots:
+            if slot is not None:  # priming slots have no row
+                slot.memory_skipped = f"memory probe failed: {short_error(e)}"
         return
-    for p, r in zip(slots, readings):
-        if p is None:
+    for slot, r in zip(slots, readings):
+        if slot is None:
             continue
         if isinstance(r, Exception):
-            p.memory_skipped = _short(r)
+            slot.memory_skipped = short_error(r)
         else:
-            p.peak_bytes = r.peak_bytes
+            slot.peak_bytes = r.peak_bytes
 
 
 # --------------------------------------------------------------------------------------------
 # checks against the targets
 # --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Check:
-    key: str
-    target: str
-    attnkit: str
-    reference: str
-    value: str
-    passed: bool | None  # None: not measured in this run
-    note: str = ""
-
-    @property
-    def mark(self) -> str:
-        return {True: "PASS", False: "FAIL", None: "n/a"}[self.passed]
 
 
 def _find(
@@ -528,11 +517,23 @@ def _find(
     return None
 
 
+def _compared(key: str, p: Pass, ref: Pass, passed: bool) -> Check:
+    """A speed target: both times and their ratio."""
+    return Check(
+        key,
+        TARGETS[key],
+        fmt_ratio(p.vs_reference),
+        passed,
+        attnkit=fmt_seconds(p.seconds),
+        reference=fmt_seconds(ref.seconds),
+    )
+
+
 def evaluate_checks(rows: list[Row], window: int, causal: bool) -> list[Check]:
     checks = []
 
     def missing(key: str, why: str) -> Check:
-        return Check(key, TARGETS[key], "-", "-", "-", None, why)
+        return Check(key, TARGETS[key], "-", None, note=why)
 
     for key, mode in (("dense_fwd", "fwd"), ("dense_fwd_bwd", "fwd_bwd")):
         row, ref = _find(rows, "dense", 4096, "auto"), _find(rows, "dense", 4096, REFERENCE)
@@ -542,16 +543,8 @@ def evaluate_checks(rows: list[Row], window: int, causal: bool) -> list[Check]:
             checks.append(missing(key, "N=4096 not in the dense sizes, or auto not run"))
         else:
             r = row.get(mode).vs_reference
-            checks.append(
-                Check(
-                    key,
-                    TARGETS[key],
-                    fmt_seconds(row.get(mode).seconds),
-                    fmt_seconds(ref.get(mode).seconds),
-                    fmt_ratio(r),
-                    r >= 0.95,
-                )
-            )
+            assert r is not None
+            checks.append(_compared(key, row.get(mode), ref.get(mode), r >= 0.95))
     for key, mode, need in (("window_fwd", "fwd", 8.0), ("window_fwd_bwd", "fwd_bwd", 5.0)):
         row = _find(rows, "window", 16384, "auto", window)
         ref = _find(rows, "window", 16384, REFERENCE)
@@ -561,16 +554,8 @@ def evaluate_checks(rows: list[Row], window: int, causal: bool) -> list[Check]:
             checks.append(missing(key, "N=16384 not in the window sizes, or a side was skipped"))
         else:
             r = row.get(mode).vs_reference
-            checks.append(
-                Check(
-                    key,
-                    TARGETS[key],
-                    fmt_seconds(row.get(mode).seconds),
-                    fmt_seconds(ref.get(mode).seconds),
-                    fmt_ratio(r),
-                    r >= need,
-                )
-            )
+            assert r is not None
+            checks.append(_compared(key, row.get(mode), ref.get(mode), r >= need))
     row = _find(rows, "window", 65536, "auto", window)
     if window != 512:
         checks.append(missing("window_mem", f"run used window {window}, the target is for 512"))
@@ -581,7 +566,9 @@ def evaluate_checks(rows: list[Row], window: int, causal: bool) -> list[Check]:
     else:
         b = row.fwd_bwd.peak_bytes
         checks.append(
-            Check("window_mem", TARGETS["window_mem"], fmt_bytes(b), "-", fmt_bytes(b), b < 2 * GiB)
+            Check(
+                "window_mem", TARGETS["window_mem"], fmt_bytes(b), b < 2 * GiB, attnkit=fmt_bytes(b)
+            )
         )
     row = _find(rows, "dense", 16384, "auto") or _find(rows, "window", 16384, "auto-dense")
     if not causal and row is not None and row.section == "dense":
@@ -598,7 +585,12 @@ def evaluate_checks(rows: list[Row], window: int, causal: bool) -> list[Check]:
         )
         checks.append(
             Check(
-                "exact_mem", TARGETS["exact_mem"], fmt_bytes(b), ref_b, fmt_bytes(b), b < 300 * MiB
+                "exact_mem",
+                TARGETS["exact_mem"],
+                fmt_bytes(b),
+                b < 300 * MiB,
+                attnkit=fmt_bytes(b),
+                reference=ref_b,
             )
         )
     return checks
@@ -623,82 +615,38 @@ def _cell_num(x: float | None, fmt: str = "{:.1f}") -> str:
     return fmt.format(x) if x is not None else "-"
 
 
-def render_dense(rows: list[Row], title: str) -> str:
-    t = Table(
-        [
-            "N",
-            "impl",
-            "runs",
-            "fwd",
-            "vs SDPA",
-            "GFLOP/s",
-            "fwd+bwd",
-            "vs SDPA",
-            "GFLOP/s",
-            "peak fwd",
-            "peak fwd+bwd",
-            "max|err|",
-        ],
-        title=title,
-        align="rllrrrrrrrrr",
-    )
+def _render(rows: list[Row], title: str, dense: bool) -> str:
+    """The table of one section: dense has GFLOP/s and "vs SDPA", window "speed-up"."""
+    ratio = "vs SDPA" if dense else "speed-up"
+    per_mode = [ratio, "GFLOP/s"] if dense else [ratio]
+    columns = ["N", "impl", "runs", "fwd", *per_mode, "fwd+bwd", *per_mode]
+    columns += ["peak fwd", "peak fwd+bwd", "max|err|"]
+    t = Table(columns, title=title, align="rll" + "r" * (len(columns) - 3))
     last_n = None
     for r in rows:
         if last_n is not None and r.n != last_n:
             t.add_separator()
         last_n = r.n
-        t.add_row(
-            r.n,
-            r.label,
-            r.backend or "-",
-            _cell_time(r.fwd),
-            fmt_ratio(r.fwd.vs_reference),
-            _cell_num(r.fwd.gflops),
-            _cell_time(r.fwd_bwd),
-            fmt_ratio(r.fwd_bwd.vs_reference),
-            _cell_num(r.fwd_bwd.gflops),
+        cells: list[Any] = [r.n, r.label, r.backend or "-"]
+        for p in (r.fwd, r.fwd_bwd):
+            cells += [_cell_time(p), fmt_ratio(p.vs_reference)]
+            if dense:
+                cells.append(_cell_num(p.gflops))
+        cells += [
             _cell_mem(r.fwd),
             _cell_mem(r.fwd_bwd),
             "-" if r.max_abs_err is None else f"{r.max_abs_err:.1e}",
-        )
+        ]
+        t.add_row(*cells)
     return t.render()
+
+
+def render_dense(rows: list[Row], title: str) -> str:
+    return _render(rows, title, dense=True)
 
 
 def render_window(rows: list[Row], title: str) -> str:
-    t = Table(
-        [
-            "N",
-            "impl",
-            "runs",
-            "fwd",
-            "speed-up",
-            "fwd+bwd",
-            "speed-up",
-            "peak fwd",
-            "peak fwd+bwd",
-            "max|err|",
-        ],
-        title=title,
-        align="rllrrrrrrr",
-    )
-    last_n = None
-    for r in rows:
-        if last_n is not None and r.n != last_n:
-            t.add_separator()
-        last_n = r.n
-        t.add_row(
-            r.n,
-            r.label,
-            r.backend or "-",
-            _cell_time(r.fwd),
-            fmt_ratio(r.fwd.vs_reference),
-            _cell_time(r.fwd_bwd),
-            fmt_ratio(r.fwd_bwd.vs_reference),
-            _cell_mem(r.fwd),
-            _cell_mem(r.fwd_bwd),
-            "-" if r.max_abs_err is None else f"{r.max_abs_err:.1e}",
-        )
-    return t.render()
+    return _render(rows, title, dense=False)
 
 
 def render_checks(checks: list[Check]) -> str:
@@ -707,7 +655,11 @@ def render_checks(checks: list[Check]) -> str:
     )
     for c in checks:
         t.add_row(
-            c.target, c.attnkit, c.reference, c.value, c.mark + (f" ({c.note})" if c.note else "")
+            c.target,
+            c.attnkit,
+            c.reference,
+            c.measured,
+            c.mark + (f" ({c.note})" if c.note else ""),
         )
     return t.render()
 
@@ -754,258 +706,107 @@ def plot(rows: list[Row], path: Path, device: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# command line
+# the run
 # --------------------------------------------------------------------------------------------
 
 
-def _sizes(text: str) -> list[int]:
-    from attnkit.cli import size_list  # the same parsing as every other size option
-
-    return size_list(text)
-
-
-def _names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        names = [x.strip() for x in text.split(",") if x.strip()]
-        bad = [x for x in names if x not in allowed]
-        if bad or not names:
-            raise argparse.ArgumentTypeError(
-                f"expected a comma-separated subset of {','.join(allowed)}; got {text!r}"
-            )
-        return names
-
-    return parse
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from attnkit.cli import positive_int
-
-    def default(key: str) -> str:
-        full, quick = FULL[key], QUICK[key]
-        show = lambda v: (
-            ",".join(map(str, v)) if isinstance(v, list) else ("none" if v is None else str(v))
-        )
-        return f"(default {show(full)}; --quick: {show(quick)})"
-
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a small run that still reaches every target's N: a few minutes on a CPU",
-    )
-    parser.add_argument(
-        "--sizes",
-        type=_sizes,
-        metavar="N,N,...",
-        help=f"dense section sequence lengths, e.g. 1k,2k,4k {default('sizes')}",
-    )
-    parser.add_argument(
-        "--window-sizes",
-        type=_sizes,
-        metavar="N,N,...",
-        help="sliding-window section lengths (default: --sizes; --quick: 16k,64k)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("bench_out"),
-        metavar="DIR",
-        help="where attention.json and attention.png go (default: bench_out)",
-    )
-    parser.add_argument(
-        "--device", default="auto", help="cpu, cuda or auto (default: cuda if available)"
-    )
-    parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
-    parser.add_argument(
-        "--causal",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="causal masking in the dense section (default: causal)",
-    )
-    parser.add_argument(
-        "--window",
-        type=positive_int,
-        default=512,
-        metavar="W",
-        help="window of the sliding-window section (default 512)",
-    )
-    parser.add_argument(
-        "--backends",
-        type=_names(DENSE_BACKENDS),
-        help=f"dense section, each next to raw SDPA {default('backends')}",
-    )
-    parser.add_argument(
-        "--window-backends",
-        type=_names(WINDOW_BACKENDS),
-        help=f"window section, each next to dense causal SDPA {default('window_backends')}",
-    )
-    parser.add_argument(
-        "--dense-max",
-        type=positive_int,
-        metavar="N",
-        help=f"longest N at which the window section runs dense SDPA {default('dense_max')}",
-    )
-    parser.add_argument(
-        "--reference-max",
-        type=positive_int,
-        metavar="N",
-        help="longest N for the slow N x N references, naive and math; they are also "
-        f"skipped where their scores would not fit in memory {default('reference_max')}",
-    )
-    parser.add_argument("--batch", type=positive_int, default=1, metavar="B")
-    parser.add_argument("--heads", type=positive_int, default=8, metavar="H")
-    parser.add_argument("--head-dim", type=positive_int, default=64, metavar="D")
-    parser.add_argument(
-        "--repeat", type=positive_int, help=f"timed rounds per measurement {default('repeat')}"
-    )
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=0,
-        help="untimed calls before timing, besides the first call that checks the output "
-        "(default 0)",
-    )
-    parser.add_argument(
-        "--min-seconds",
-        type=float,
-        help=f"keep timing a measurement at least this long {default('min_seconds')}",
-    )
-    parser.add_argument(
-        "--max-seconds",
-        type=float,
-        help="stop timing a measurement after this long; there is always one timed "
-        f"round besides the first, checking call {default('max_seconds')}",
-    )
-    parser.add_argument(
-        "--no-memory", dest="memory", action="store_false", help="skip peak-memory probes"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-
-
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Every preset option: the value given, else the --quick or full default."""
-    preset = QUICK if args.quick else FULL
-    got = {
-        key: getattr(args, key) if getattr(args, key) is not None else preset[key] for key in FULL
-    }
-    if args.window_sizes is None and (args.sizes is not None or not args.quick):
-        got["window_sizes"] = got["sizes"]
-    return got
-
-
-def run(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
-    opt = _settings(args)
-    if args.warmup < 0:
-        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
-    if not opt["max_seconds"] > 0:
-        raise ValueError(f"--max-seconds must be > 0, got {opt['max_seconds']}")
-    if not 0 <= opt["min_seconds"] <= opt["max_seconds"]:
-        raise ValueError(
-            f"--min-seconds must be in [0, --max-seconds={opt['max_seconds']}], got {opt['min_seconds']}"
-        )
-    sizes, window_sizes, dense_max = opt["sizes"], opt["window_sizes"], opt["dense_max"]
-    s = Settings(
-        shape=(args.batch, args.heads, args.head_dim),
-        dtype=DTYPES[args.dtype],
-        device=device,
-        warmup=args.warmup,
-        repeat=opt["repeat"],
-        min_seconds=opt["min_seconds"],
-        max_seconds=opt["max_seconds"],
-        memory=args.memory,
-        seed=args.seed,
-        probe_timeout=None,
-        reference_max=opt["reference_max"],
-    )
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    shape_text = f"B={args.batch} H={args.heads} D={args.head_dim} {args.dtype} on {device}"
+def run(s: AttentionSettings) -> Report:
+    """Run both sections and the checks; writes attention.json and attention.png in
+    ``s.out``. Progress goes to the log; the report holds the tables."""
+    log = logger.info
+    shape_text = f"B={s.batch} H={s.heads} D={s.head_dim} {s.dtype} on {s.device}"
     log(f"attnkit bench attention: {shape_text}, {torch.get_num_threads()} threads")
     rows: list[Row] = []
-    dense_impls = [REFERENCE] + list(opt["backends"])
-    for n in sizes:
-        rows += run_point("dense", n, dense_impls, args.causal, None, s, log=log)
-    window_impls = [REFERENCE] + list(opt["window_backends"])
-    for n in window_sizes:
+    dense_impls = [REFERENCE] + list(s.backends)
+    for n in s.sizes:
+        rows += run_point("dense", n, dense_impls, s.causal, None, s, log=log)
+    window_impls = [REFERENCE] + list(s.window_backends)
+    for n in s.window_sizes:
         # dense causal SDPA at this N was measured already when the dense section was causal
-        known = _find(rows, "dense", n, REFERENCE) if args.causal else None
+        known = _find(rows, "dense", n, REFERENCE) if s.causal else None
         rows += run_point(
             "window",
             n,
             window_impls,
             True,
-            args.window,
+            s.window,
             s,
-            dense_max=dense_max,
+            dense_max=s.dense_max,
             log=log,
             known_reference=known,
         )
-        if s.memory and n <= (dense_max or n) and _find(rows, "dense", n, "auto") is None:
+        if s.memory and n <= (s.dense_max or n) and _find(rows, "dense", n, "auto") is None:
             rows.append(_exact_memory_row(n, s, log))
-    checks = evaluate_checks(rows, args.window, args.causal)
+    checks = evaluate_checks(rows, s.window, s.causal)
 
     dense_rows = [r for r in rows if r.section == "dense"]
     window_rows = [r for r in rows if r.section == "window" and r.impl != "auto-dense"]
-    mask = "causal" if args.causal else "no mask"
-    print()
-    print(
+    mask = "causal" if s.causal else "no mask"
+    parts = [
+        "",
         render_dense(
             dense_rows, f"Dense attention ({mask}), {shape_text}; ratios: raw SDPA time / time"
-        )
-    )
-    print()
-    print(
+        ),
+        "",
         render_window(
             window_rows,
-            f"Sliding window {args.window} (causal) vs dense causal SDPA, "
+            f"Sliding window {s.window} (causal) vs dense causal SDPA, "
             f"{shape_text}; speed-up: SDPA time / time",
-        )
-    )
+        ),
+    ]
     extra = [r for r in rows if r.impl == "auto-dense"]
     if extra:
-        print(
+        parts.append(
             "exact attention (attnkit auto, dense causal), peak memory of the forward: "
             + ", ".join(f"N={r.n}: {_cell_mem(r.fwd)}" for r in extra)
         )
-    notes = _notes(rows)
-    if notes:
-        print("\n".join(notes))
-    print()
-    print(render_checks(checks))
+    parts += _notes(rows)
+    parts += ["", render_checks(checks)]
 
-    out_dir = Path(args.out)
     result = {
         "benchmark": "attention",
         "config": {
-            "batch": args.batch,
-            "heads": args.heads,
-            "head_dim": args.head_dim,
-            "dtype": args.dtype,
-            "device": str(device),
-            "causal": args.causal,
-            "window": args.window,
-            "quick": args.quick,
-            **opt,
-            "warmup": args.warmup,
-            "memory": args.memory,
+            "batch": s.batch,
+            "heads": s.heads,
+            "head_dim": s.head_dim,
+            "dtype": s.dtype,
+            "device": str(s.device),
+            "causal": s.causal,
+            "window": s.window,
+            "quick": s.quick,
+            **{key: getattr(s, key) for key in FULL},
+            "warmup": s.warmup,
+            "memory": s.memory,
             "flops": "4*B*H*D per allowed (query, key) pair forward; fwd+bwd = 3.5x forward",
         },
         "environment": environment(),
         "rows": [dataclasses.asdict(r) | {"label": r.label} for r in rows],
-        "checks": [dataclasses.asdict(c) | {"result": c.mark} for c in checks],
+        "checks": [_check_json(c) for c in checks],
     }
-    json_path = write_json(out_dir / "attention.json", result)
-    png_path = plot(rows, out_dir / "attention.png", str(device))
-    print(f"\nwrote {json_path} and {png_path}")
-    if args.strict and any(c.passed is False for c in checks):
-        return 1
-    return 0
+    json_path = write_json(s.out / "attention.json", result)
+    png_path = plot(rows, s.out / "attention.png", str(s.device))
+    parts.append(f"\nwrote {json_path} and {png_path}")
+    return Report(
+        "\n".join(parts),
+        (json_path, png_path),
+        missed=any(c.passed is False for c in checks),
+    )
 
 
-def _exact_memory_row(n: int, s: Settings, log: Callable[[str], None]) -> Row:
+def _check_json(c: Check) -> dict[str, Any]:
+    return {
+        "key": c.key,
+        "target": c.target,
+        "attnkit": c.attnkit,
+        "reference": c.reference,
+        "value": c.measured,
+        "passed": c.passed,
+        "note": c.note,
+        "result": c.mark,
+    }
+
+
+def _exact_memory_row(n: int, s: AttentionSettings, log: Callable[[str], None]) -> Row:
     """Peak memory of attnkit's exact causal attention at N, for the exact-memory target."""
     row = Row("window", n, "auto-dense", None, True, backend="auto")
     cases = []
@@ -1014,7 +815,7 @@ def _exact_memory_row(n: int, s: Settings, log: Callable[[str], None]) -> Row:
             impl="auto",
             n=size,
             shape=s.shape,
-            dtype=s.dtype_name,
+            dtype=s.dtype,
             device=str(s.device),
             causal=True,
             window=None,
@@ -1027,21 +828,10 @@ def _exact_memory_row(n: int, s: Settings, log: Callable[[str], None]) -> Row:
     try:
         readings = measure_peak_memories(cases, device=s.device, timeout=s.probe_timeout)
     except Exception as e:
-        row.fwd.memory_skipped = f"memory probe failed: {_short(e)}"
+        row.fwd.memory_skipped = f"memory probe failed: {short_error(e)}"
         return row
     if isinstance(readings[-1], Exception):
-        row.fwd.memory_skipped = _short(readings[-1])
+        row.fwd.memory_skipped = short_error(readings[-1])
     else:
         row.fwd.peak_bytes = readings[-1].peak_bytes
     return row
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run as ``python -m attnkit.bench.attention``; same options as ``attnkit bench attention``."""
-    from attnkit.cli import main as cli_main
-
-    return cli_main(["bench", "attention", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

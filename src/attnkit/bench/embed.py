@@ -23,32 +23,62 @@ on, and measures bf16 on ``--bf16-lines`` lines there (default 512) to keep the 
 
 from __future__ import annotations
 
-import argparse
+import logging
 import os
-import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from attnkit.bench.common import Table, environment, write_json
+from attnkit.bench.harness import (
+    Report,
+    Table,
+    environment,
+    in_turns,
+    load_text,
+    shared_data_file,
+    timed,
+    write_json,
+)
+
+if TYPE_CHECKING:  # pragma: no cover - for static tools only
+    from attnkit.tasks.sentence import Encoder
+
+logger = logging.getLogger(__name__)
 
 TARGETS = {"float32": (1.3, 0.99999), "bfloat16": (2.5, 0.999)}  # (x sentence-transformers, cosine)
 CORPUS_NAME = "tinyshakespeare.txt"
 
 
+@dataclass(frozen=True)
+class EmbedSettings:
+    """One run of ``attnkit bench embed``."""
+
+    lines: int = 4096
+    min_chars: int = 20
+    batch_size: int = 64
+    corpus: Path | None = None  # None: ../shared/data/tinyshakespeare.txt
+    model: str = "minilm"
+    rounds: int = 1
+    interleave: int = 1
+    bf16: str = "auto"  # "auto", "on" or "off"
+    bf16_lines: int | None = None
+    paired_model: bool = False
+    out: Path = Path("bench_out")
+
+    def __post_init__(self) -> None:
+        if self.bf16 not in ("auto", "on", "off"):
+            raise ValueError(f"bf16 must be 'auto', 'on' or 'off', got {self.bf16!r}")
+
+
 def default_corpus() -> Path | None:
     """../shared/data/tinyshakespeare.txt next to the repository (or the working directory)."""
-    repo = Path(__file__).resolve().parents[3]
-    for base in (repo, Path.cwd()):
-        p = base.parent / "shared" / "data" / CORPUS_NAME
-        if p.is_file():
-            return p
-    return None
+    return shared_data_file(CORPUS_NAME)
 
 
-def read_lines(path: str | os.PathLike, n: int, min_chars: int = 20) -> list[str]:
+def read_lines(path: str | os.PathLike[str], n: int, min_chars: int = 20) -> list[str]:
     """The first ``n`` stripped lines of ``path`` longer than ``min_chars`` characters."""
     out = []
     with open(path, encoding="utf-8") as f:
@@ -67,31 +97,35 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum(axis=1).min())
 
 
-def _timed(fn) -> tuple[float, Any]:
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
-
-
-def _paired_model_times(enc, lines: list[str], bs: int) -> dict[str, float]:
+def _paired_model_times(enc: Encoder, lines: list[str], bs: int) -> dict[str, float]:
     """attnkit's model vs transformers' BertModel on identical batches, alternating per batch."""
     from transformers import AutoModel
 
-    hf = AutoModel.from_pretrained(enc.model.source).eval()
+    from attnkit.text.batching import pad_batch
+
+    source = enc.model.meta.source
+    if source is None:
+        raise ValueError(
+            "--paired-model needs the model's source directory (model.meta.source), got None"
+        )
+    hf = AutoModel.from_pretrained(source).eval()
     ids_list = enc.tokenize(lines)
     order = sorted(range(len(ids_list)), key=lambda i: -len(ids_list[i]))
     ours = theirs = 0.0
     n = 0
     with torch.inference_mode():
         for n, start in enumerate(range(0, len(order), bs)):
-            ids, mask = enc._batch([ids_list[i] for i in order[start : start + bs]])
+            ids, mask = pad_batch([ids_list[i] for i in order[start : start + bs]], enc.pad_id)
             full = mask if mask is not None else torch.ones_like(ids)
             pair = [
-                (True, lambda: enc.model.hidden_states(ids, attention_mask=mask)),
-                (False, lambda: hf(input_ids=ids, attention_mask=full)),
+                (
+                    True,
+                    lambda ids=ids, mask=mask: enc.model.hidden_states(ids, attention_mask=mask),
+                ),
+                (False, lambda ids=ids, full=full: hf(input_ids=ids, attention_mask=full)),
             ]
-            for is_ours, fn in pair if n % 2 else pair[::-1]:
-                t, _ = _timed(fn)
+            for is_ours, fn in in_turns(pair, n + 1):
+                t, _ = timed(fn)
                 if is_ours:
                     ours += t
                 else:
@@ -99,58 +133,8 @@ def _paired_model_times(enc, lines: list[str], bs: int) -> dict[str, float]:
     return {"batches": n + 1, "attnkit_s": ours, "transformers_s": theirs}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from attnkit.cli import positive_int
-
-    parser.add_argument(
-        "--lines", type=positive_int, default=4096, help="sentences to embed (default 4096)"
-    )
-    parser.add_argument(
-        "--min-chars", type=int, default=20, help="use lines longer than this (default 20)"
-    )
-    parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--corpus", help=f"text file (default: ../shared/data/{CORPUS_NAME})")
-    parser.add_argument(
-        "--model", default="minilm", help="model name or directory (default minilm)"
-    )
-    parser.add_argument(
-        "--rounds", type=positive_int, default=1, help="timed rounds per side (best counts)"
-    )
-    parser.add_argument(
-        "--interleave",
-        type=positive_int,
-        default=1,
-        help="slices embedded by both sides back to back, against load noise (default 1: "
-        "one call per side with all lines, as a user would make)",
-    )
-    parser.add_argument(
-        "--bf16",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="measure bf16 autocast: on, off, or auto (on; fewer lines without native bf16)",
-    )
-    parser.add_argument(
-        "--bf16-lines",
-        type=positive_int,
-        help="lines for the bf16 run (default: --lines with native bf16, else 512)",
-    )
-    parser.add_argument(
-        "--paired-model",
-        action="store_true",
-        help="also time attnkit's model and transformers' BertModel on the same "
-        "length-sorted batches, batch by batch (model cost alone, robust to load)",
-    )
-    parser.add_argument("--threads", type=positive_int, help="torch threads (default: as is)")
-    parser.add_argument(
-        "--out", default="bench_out", help="directory for embed.json (default bench_out)"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def run(args: EmbedSettings) -> Report:
+    """Both sides on the same lines, in turns (see the module docstring); writes embed.json."""
     corpus = Path(args.corpus) if args.corpus else default_corpus()
     if corpus is None or not corpus.is_file():
         raise ValueError(
@@ -159,11 +143,13 @@ def run(args: argparse.Namespace) -> int:
         )
     lines = read_lines(corpus, args.lines, args.min_chars)
     if len(lines) < args.lines:
-        print(f"note: {corpus} has only {len(lines)} lines longer than {args.min_chars} characters")
+        logger.warning(
+            f"note: {corpus} has only {len(lines)} lines longer than {args.min_chars} characters"
+        )
 
     from sentence_transformers import SentenceTransformer
 
-    from attnkit.checkpoints.io import resolve
+    from attnkit.checkpoints import resolve
     from attnkit.tasks.sentence import Encoder
 
     load_before = os.getloadavg()
@@ -188,13 +174,11 @@ def run(args: argparse.Namespace) -> int:
         ref_parts, our_parts = [], []
         for i, part in enumerate(slices):
             sides = [
-                ("st", lambda: st.encode(part, batch_size=bs, convert_to_numpy=True)),
-                ("ours", lambda: enc.encode(part, batch_size=bs)),
+                ("st", lambda part=part: st.encode(part, batch_size=bs, convert_to_numpy=True)),
+                ("ours", lambda part=part: enc.encode(part, batch_size=bs)),
             ]
-            if (r + i) % 2:
-                sides.reverse()
-            for name, fn in sides:
-                t, out = _timed(fn)
+            for name, fn in in_turns(sides, r + i):
+                t, out = timed(fn)
                 if name == "st":
                     st_t += t
                     ref_parts.append(out)
@@ -235,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
         sub = lines[:n16]
         enc.autocast_dtype = torch.bfloat16
         enc.encode(warm[:bs], batch_size=bs)
-        t, out16 = _timed(lambda: enc.encode(sub, batch_size=bs))
+        t, out16 = timed(lambda: enc.encode(sub, batch_size=bs))
         enc.autocast_dtype = None
         rows.append(
             dict(
@@ -274,20 +258,19 @@ def run(args: argparse.Namespace) -> int:
             row["target"] or "-",
             "-" if row["met"] is None else ("yes" if row["met"] else "NO"),
         )
-    print(table)
-    print(
-        f"load average (1, 5, 15 min): before {tuple(round(x, 2) for x in load_before)}, after "
-        f"{tuple(round(x, 2) for x in load_after)} on {os.cpu_count()} CPUs; native bf16: "
-        f"{'yes' if native else 'no (bf16 is emulated and slower than fp32 here)'}"
-    )
+    text = [
+        table.render(),
+        f"{load_text(load_before, load_after)}; native bf16: "
+        f"{'yes' if native else 'no (bf16 is emulated and slower than fp32 here)'}",
+    ]
     if paired is not None:
-        print(
+        text.append(
             f"model only, same {paired['batches']} length-sorted batches, timed batch by batch: "
             f"attnkit {paired['attnkit_s']:.2f} s, transformers BertModel {paired['transformers_s']:.2f} s "
             f"({paired['transformers_s'] / paired['attnkit_s']:.2f}x)"
         )
     out = Path(args.out)
-    write_json(
+    path = write_json(
         out / "embed.json",
         {
             "rows": rows,
@@ -302,5 +285,5 @@ def run(args: argparse.Namespace) -> int:
             "paired_model": paired,
         },
     )
-    print(f"wrote {out / 'embed.json'}")
-    return 0
+    text.append(f"wrote {path}")
+    return Report("\n".join(text), (path,))

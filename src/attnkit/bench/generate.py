@@ -20,74 +20,52 @@ must agree on every token). Prints a table and writes ``generate.json`` in ``--o
 
 from __future__ import annotations
 
-import argparse
+import logging
 import os
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from attnkit.bench.common import Table, environment, write_json
+from attnkit.bench.harness import Report, Table, environment, load_text, timed, write_json
+from attnkit.models.gpt import GPT
 
-CASES = {  # name: (batch, new tokens, attnkit weights, target speed-up over HF float32)
+logger = logging.getLogger(__name__)
+
+CASES: dict[
+    str, tuple[int, int, str, float]
+] = {  # name: (batch, new tokens, attnkit weights, target speed-up over HF float32)
     "b1-fp32": (1, 256, "float32", 0.95),
     "b1-bf16": (1, 256, "bfloat16", 1.8),
     "b8-fp32": (8, 128, "float32", 2.0),
     "b1-int8": (1, 256, "int8", 3.0),
 }
-QUICK = dict(n_layer=2, n_head=4, n_embd=64, vocab_size=512, n_positions=128)
+QUICK: dict[str, Any] = dict(n_layer=2, n_head=4, n_embd=64, vocab_size=512, n_positions=128)
 INT8_AGREEMENT = 0.99
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from attnkit.cli import positive_int
+@dataclass(frozen=True)
+class GenerateSettings:
+    """One run of ``attnkit bench generate``."""
 
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a tiny GPT-2 and few tokens (a test of the benchmark itself)",
-    )
-    parser.add_argument(
-        "--cases",
-        default=",".join(CASES),
-        help=f"comma-separated cases (default all: {','.join(CASES)})",
-    )
-    parser.add_argument("--prompt-len", type=positive_int, default=32, help="prompt tokens (32)")
-    parser.add_argument(
-        "--new-tokens",
-        type=positive_int,
-        help="new tokens for every case (default: 256 at batch 1, 128 at batch 8)",
-    )
-    parser.add_argument(
-        "--rounds",
-        type=positive_int,
-        default=2,
-        help="timed runs per side, alternating; the best counts (default 2)",
-    )
-    parser.add_argument("--threads", type=positive_int, help="torch threads (default: as is)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights and prompts")
-    parser.add_argument("--out", default="bench_out", help="directory for generate.json")
+    quick: bool = False
+    cases: list[str] = field(default_factory=lambda: list(CASES))
+    prompt_len: int = 32
+    new_tokens: int | None = None  # None: each case's own (8 with quick)
+    rounds: int = 2
+    seed: int = 0
+    out: Path = Path("bench_out")
+
+    def __post_init__(self) -> None:
+        bad = [c for c in self.cases if c not in CASES]
+        if bad or not self.cases:
+            raise ValueError(
+                f"--cases must be a comma-separated subset of {list(CASES)}, got {self.cases!r}"
+            )
 
 
-def _cases(text: str) -> list[str]:
-    names = [c.strip() for c in text.split(",") if c.strip()]
-    bad = [c for c in names if c not in CASES]
-    if bad or not names:
-        raise ValueError(f"--cases must be a comma-separated subset of {list(CASES)}, got {text!r}")
-    return names
-
-
-def _best(fn, rounds: int) -> tuple[float, Any]:
-    best, out = float("inf"), None
-    for _ in range(rounds):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
-
-
-def _hf_generate(hf, ids: torch.Tensor, n: int) -> list[list[int]]:
+def _hf_generate(hf: Any, ids: torch.Tensor, n: int) -> list[list[int]]:
     with torch.inference_mode():
         out = hf.generate(
             ids,
@@ -104,34 +82,31 @@ def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
     return sum(x == y for x, y in pairs) / max(1, len(pairs))
 
 
-def _teacher_forced_agreement(model, prompt: torch.Tensor, new: list[list[int]]) -> float:
+def _teacher_forced_agreement(model: GPT, prompt: torch.Tensor, new: list[list[int]]) -> float:
     """Share of steps where ``model``'s arg-max equals the reference next token, reading the
     reference sequence (prompt + new) in one forward pass."""
     seq = torch.cat([prompt, torch.tensor(new, dtype=torch.long)], dim=1)  # (B, P + N)
     with torch.inference_mode():
-        logits = model(seq[:, :-1])[:, prompt.shape[1] - 1 :]  # (B, N, V)
+        logits = model(seq[:, :-1]).logits[:, prompt.shape[1] - 1 :]  # (B, N, V)
     return (logits.argmax(-1) == seq[:, prompt.shape[1] :]).float().mean().item()
 
 
-def run(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    names = _cases(args.cases)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def run(args: GenerateSettings) -> Report:
+    """Every case of the module docstring, both sides in turns; writes generate.json."""
+    names = args.cases
     import transformers
-    from transformers.utils import logging as hf_logging
 
     from attnkit.checkpoints.hf import convert_from_hf
     from attnkit.generation import generate, quantize_int8
 
-    hf_logging.set_verbosity_error()
     torch.manual_seed(args.seed)
     shape = QUICK if args.quick else {}
     hf_cfg = transformers.GPT2Config(**shape)
     hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
     hf.generation_config.eos_token_id = None  # always the full number of new tokens
     ours = convert_from_hf(hf.state_dict(), hf_cfg.to_dict()).eval()
-    variants = {"float32": ours}
+    assert isinstance(ours, GPT)
+    variants: dict[str, GPT] = {"float32": ours}
     vocab = hf_cfg.vocab_size
     g = torch.Generator().manual_seed(args.seed + 1)
     prompts: dict[int, torch.Tensor] = {}
@@ -142,28 +117,39 @@ def run(args: argparse.Namespace) -> int:
         n = args.new_tokens or (8 if args.quick else n)
         if weights not in variants:
             fresh = convert_from_hf(hf.state_dict(), hf_cfg.to_dict()).eval()
-            variants[weights] = (
-                fresh.to(torch.bfloat16) if weights == "bfloat16" else quantize_int8(fresh)
-            )
+            assert isinstance(fresh, GPT)
+            if weights == "bfloat16":
+                variants[weights] = fresh.to(torch.bfloat16)
+            else:
+                quantize_int8(fresh)  # in place
+                variants[weights] = fresh
         model = variants[weights]
         if batch not in prompts:
             prompts[batch] = torch.randint(0, vocab, (batch, args.prompt_len), generator=g)
         prompt = prompts[batch]
 
-        def ours_fn():
-            return [r[args.prompt_len :] for r in generate(model, prompt, n, temperature=0)]
+        def ours_fn(
+            model: GPT = model, prompt: torch.Tensor = prompt, n: int = n
+        ) -> list[list[int]]:
+            seqs = cast(list[list[int]], generate(model, prompt, n, temperature=0))
+            return [r[args.prompt_len :] for r in seqs]
 
         generate(model, prompt, 2, temperature=0)  # warm-up
         _hf_generate(hf, prompt, 2)
         ours_best = hf_best = float("inf")
-        ours_out = hf_out = None
+        ours_out: list[list[int]] = []
+        hf_out: list[list[int]] = []
+
+        def hf_fn(prompt: torch.Tensor = prompt, n: int = n) -> list[list[int]]:
+            return _hf_generate(hf, prompt, n)
+
         for _ in range(args.rounds):  # in turns, so load from elsewhere hits both sides alike
-            t, ours_out = _best(ours_fn, 1)
+            t, ours_out = timed(ours_fn)
             ours_best = min(ours_best, t)
-            t, hf_out = _best(lambda: _hf_generate(hf, prompt, n), 1)
+            t, hf_out = timed(hf_fn)
             hf_best = min(hf_best, t)
         ours_rate, hf_rate = batch * n / ours_best, batch * n / hf_best
-        row = dict(
+        row: dict[str, Any] = dict(
             case=name,
             batch=batch,
             new_tokens=n,
@@ -184,10 +170,9 @@ def run(args: argparse.Namespace) -> int:
                 met = met and row["top1_vs_fp32"] >= INT8_AGREEMENT
         row["met"] = bool(met)
         rows.append(row)
-        print(
+        logger.info(
             f"{name}: attnkit {ours_rate:.1f} tokens/s, HF float32 {hf_rate:.1f} tokens/s, "
-            f"{row['ratio']:.2f}x",
-            flush=True,
+            f"{row['ratio']:.2f}x"
         )
     load_after = os.getloadavg()
 
@@ -226,13 +211,8 @@ def run(args: argparse.Namespace) -> int:
             f"{100 * row['top1_vs_fp32']:.1f}%" if "top1_vs_fp32" in row else "-",
             "yes" if row["met"] else "NO",
         )
-    print(table)
-    print(
-        f"load average (1, 5, 15 min): before {tuple(round(x, 2) for x in load_before)}, "
-        f"after {tuple(round(x, 2) for x in load_after)} on {os.cpu_count()} CPUs"
-    )
     out = Path(args.out)
-    write_json(
+    path = write_json(
         out / "generate.json",
         {
             "rows": rows,
@@ -245,5 +225,5 @@ def run(args: argparse.Namespace) -> int:
             "load_after": load_after,
         },
     )
-    print(f"wrote {out / 'generate.json'}")
-    return 0
+    text = "\n".join([table.render(), load_text(load_before, load_after), f"wrote {path}"])
+    return Report(text, (path,))

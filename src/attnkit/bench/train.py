@@ -10,41 +10,40 @@ width; the second term is causal attention's score and value products, forward a
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
-from attnkit.bench.common import environment, write_json
+from attnkit.bench.harness import Report, environment, write_json
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", default="gpt-shakespeare-char", help="run config (name or TOML file)"
-    )
-    parser.add_argument(
-        "--vocab", type=int, default=65, help="vocabulary size (default 65, the char set)"
-    )
-    parser.add_argument("--iters", type=int, default=40, help="timed optimizer steps (default 40)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
-    parser.add_argument(
-        "--dtype", choices=("float32", "bfloat16", "float16"), help="default: the config's"
-    )
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--threads", type=int, help="torch threads (default: as is)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument(
-        "--peak-tflops", type=float, help="device peak in TFLOP/s (default: measured)"
-    )
-    parser.add_argument(
-        "--out", default="bench_out", help="directory for train.json (default bench_out)"
-    )
+@dataclass(frozen=True)
+class TrainSettings:
+    """One run of ``attnkit bench train``."""
+
+    config: str = "gpt-shakespeare-char"
+    vocab: int = 65
+    iters: int = 40
+    warmup: int = 5
+    dtype: str | None = None  # None: the config's
+    compile: bool = False
+    device: torch.device = torch.device("cpu")
+    peak_tflops: float | None = None  # None: measured
+    out: Path = Path("bench_out")
+
+    def __post_init__(self) -> None:
+        if self.iters < 1 or self.warmup < 0:
+            raise ValueError(
+                f"--iters must be >= 1 and --warmup >= 0, got {self.iters} and {self.warmup}"
+            )
 
 
-def model_flops_per_token(cfg, block_size: int) -> float:
-    C, L, T, V, F = cfg.d_model, cfg.n_layer, block_size, cfg.vocab_size, cfg.ff_dim
-    attention = 2 * C * C + 2 * C * cfg.kv_heads * cfg.head_dim  # q, o and k, v projections
+def model_flops_per_token(cfg: Any, block_size: int) -> float:
+    C, L, T, V, F = cfg.d_model, cfg.n_layer, block_size, cfg.vocab_size, cfg.d_ff
+    attention = 2 * C * C + 2 * C * cfg.n_kv_heads * cfg.head_dim  # q, o and k, v projections
     mlp = (3 if cfg.mlp == "swiglu" else 2) * C * F
     matmul_weights = L * (attention + mlp) + V * C  # the blocks, then the LM head
     return 6.0 * matmul_weights + 6.0 * L * T * C
@@ -67,23 +66,14 @@ def measured_peak(device: torch.device, dtype: torch.dtype, n: int | None = None
     return 2.0 * n**3 / best
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: TrainSettings) -> Report:
+    """Time ``args.iters`` optimizer steps after ``args.warmup``; writes train.json."""
     from attnkit.models import build_model
     from attnkit.training import config as run_config
     from attnkit.training import optim, precision
     from attnkit.training.loop import loss_sums
 
-    if args.iters < 1 or args.warmup < 0:
-        raise ValueError(
-            f"--iters must be >= 1 and --warmup >= 0, got {args.iters} and {args.warmup}"
-        )
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
+    device = args.device
     cfg = run_config.build(run_config.read_file(run_config.find_config(args.config)), [])
     tc = cfg.train
     dtype_name = args.dtype or tc.dtype
@@ -95,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     mcfg = ModelConfig(**fields)
     torch.manual_seed(0)
     raw = build_model(mcfg).to(device)
-    model = torch.compile(raw) if args.compile else raw
+    model = cast(torch.nn.Module, torch.compile(raw)) if args.compile else raw
     opt = optim.make_optimizer(
         raw, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), device, fused=tc.fused_adamw
     )
@@ -127,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     tokens_per_second = args.iters * B * T / seconds
     flops = model_flops_per_token(mcfg, T) * tokens_per_second
     peak = args.peak_tflops * 1e12 if args.peak_tflops else measured_peak(device, dtype)
-    result = {
+    mfu = flops / peak
+    result: dict[str, Any] = {
         "config": args.config,
         "device": str(device),
         "dtype": dtype_name,
@@ -142,18 +133,16 @@ def run(args: argparse.Namespace) -> int:
         "model_tflops": flops / 1e12,
         "peak_tflops": peak / 1e12,
         "peak_source": "given" if args.peak_tflops else "measured matmul",
-        "mfu": flops / peak,
+        "mfu": mfu,
         "environment": environment(),
     }
-    print(
+    lines = [
         f"bench train: {args.config} ({result['parameters']:,} parameters) on {device}, "
-        f"{dtype_name}{', compiled' if args.compile else ''}, {result['threads']} threads"
-    )
-    print(
+        f"{dtype_name}{', compiled' if args.compile else ''}, {result['threads']} threads",
         f"  {seconds / args.iters * 1e3:.1f} ms/iter  {tokens_per_second:,.0f} tokens/s  "
-        f"{flops / 1e9:.1f} GFLOP/s  MFU {result['mfu'] * 100:.1f}% of {peak / 1e9:.1f} GFLOP/s "
-        f"({result['peak_source']})"
-    )
+        f"{flops / 1e9:.1f} GFLOP/s  MFU {mfu * 100:.1f}% of {peak / 1e9:.1f} GFLOP/s "
+        f"({result['peak_source']})",
+    ]
     path = write_json(Path(args.out) / "train.json", result)
-    print(f"  wrote {path}")
-    return 0
+    lines.append(f"  wrote {path}")
+    return Report("\n".join(lines), (path,))

@@ -32,11 +32,11 @@ against cost; log-log).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import logging
 import math
 import statistics
-import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,26 +45,36 @@ import torch
 import torch.nn.functional as F
 
 from attnkit.attention import variants as V
-from attnkit.bench.common import (
+from attnkit.bench.harness import (
+    DTYPES,
+    MODES,
+    Check,
     GiB,
     MiB,
     ProbeCase,
+    Report,
+    Shape,
     Table,
     available_memory_bytes,
     environment,
-    keep_freed_memory,
+    in_turns,
+    make_op,
     measure_peak_memories,
     plot_loglog,
-    resolve_device,
+    random_qkv,
+    short_error,
     synchronize,
     time_interleaved,
+    timed_rounds,
+    verdict,
     write_json,
 )
 
+logger = logging.getLogger(__name__)
+
 EXACT = "exact"  # exact attention: torch SDPA
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
-MODES = ("fwd", "fwd_bwd")
-FULL = dict(
+DTYPE_CHOICES = ("float32", "bfloat16", "float64")
+FULL: dict[str, Any] = dict(
     sizes=[1024 * 2**i for i in range(7)],
     exact_max=16384,
     repeat=5,
@@ -72,7 +82,7 @@ FULL = dict(
     sweep=True,
     minilm_windows=8,
 )
-QUICK = dict(
+QUICK: dict[str, Any] = dict(
     sizes=[1024, 2048, 4096],
     exact_max=4096,
     repeat=2,
@@ -98,7 +108,7 @@ MINILM_PARAMS: dict[str, dict[str, Any]] = {
 MINILM_TEXT = "tinyshakespeare"
 
 # error-versus-cost sweep: the knob of each variant and the values tried
-SWEEP = {
+SWEEP: dict[str, tuple[str | None, list[Any]]] = {
     "bigbird": ("num_random_blocks", [0, 2, 4, 8]),
     "linear": (None, [None]),  # nothing to trade: one point
     "local": ("block_size", [64, 128, 256, 512]),
@@ -127,40 +137,11 @@ def make_fn(name: str, params: dict[str, Any], causal: bool) -> Callable[..., to
     return lambda q, k, v: mod(q, k, v, causal=causal)
 
 
-def make_inputs(
-    n: int, shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device, seed: int
-):
-    b, h, d = shape
-    gen = torch.Generator().manual_seed(seed + n)
-    q, k, v, grad_out = (
-        torch.randn(b, h, n, d, generator=gen).to(device=device, dtype=dtype) for _ in range(4)
-    )  # (B, H, N, D) each
-    return q, k, v, grad_out
-
-
-def make_op(fn: Callable, mode: str, q, k, v, grad_out) -> Callable[[], Any]:
-    if mode == "fwd":
-
-        def forward():
-            with torch.no_grad():
-                return fn(q, k, v)
-
-        return forward
-    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
-
-    def forward_backward():
-        out = fn(qg, kg, vg)
-        # fresh gradients each call; allow_unused: lsh takes its keys from q and ignores k
-        return torch.autograd.grad(out, (qg, kg, vg), grad_out, allow_unused=True)
-
-    return forward_backward
-
-
 def memory_case(
     name: str,
     params: dict[str, Any],
     n: int,
-    shape: tuple[int, int, int],
+    shape: Shape,
     dtype: str,
     device: str,
     causal: bool,
@@ -168,7 +149,7 @@ def memory_case(
     seed: int,
 ) -> Callable[[], Any]:
     """Build one measurement inside a memory-probe process; returns the operation."""
-    q, k, v, grad_out = make_inputs(n, shape, DTYPES[dtype], torch.device(device), seed)
+    q, k, v, grad_out = random_qkv(n, shape, DTYPES[dtype], torch.device(device), seed)
     return make_op(make_fn(name, params, causal), mode, q, k, v, grad_out)
 
 
@@ -199,12 +180,15 @@ class Row:
     memory_note: str | None = None
 
 
-@dataclasses.dataclass
-class Settings:
+@dataclasses.dataclass(frozen=True)
+class VariantsSettings:
+    """One run of ``attnkit bench variants``; :func:`preset` has the defaults of the full and
+    the --quick run."""
+
     sizes: list[int]
     names: list[str]
     params: dict[str, dict[str, Any]]
-    shape: tuple[int, int, int]
+    shape: Shape
     dtype: str
     device: torch.device
     causal_modes: list[bool]
@@ -217,14 +201,23 @@ class Settings:
     seed: int
     minilm_windows: int = 0  # 0: no error on MiniLM activations
     minilm_text: str = MINILM_TEXT
+    out: Path = Path("bench_out")
+
+    def __post_init__(self) -> None:
+        if not self.max_seconds > 0:
+            raise ValueError(f"--max-seconds must be > 0, got {self.max_seconds}")
+        if self.minilm_windows < 0:
+            raise ValueError(
+                f"--minilm-windows must be >= 0 (0 skips the MiniLM error), got {self.minilm_windows}"
+            )
 
 
-def _short(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}".splitlines()[0]
-    return text[:160]
+def preset(quick: bool) -> dict[str, Any]:
+    """The defaults of the options a run leaves unset: :data:`QUICK` or :data:`FULL`."""
+    return dict(QUICK if quick else FULL)
 
 
-def exact_skip_reason(n: int, s: Settings) -> str | None:
+def exact_skip_reason(n: int, s: VariantsSettings) -> str | None:
     if n > s.exact_max:
         return f"N > --exact-max {s.exact_max} (time grows as N^2)"
     b, h, _ = s.shape
@@ -238,10 +231,10 @@ def exact_skip_reason(n: int, s: Settings) -> str | None:
     return None
 
 
-def prepare_point(n: int, causal: bool, s: Settings, log: Callable[[str], None]):
+def prepare_point(n: int, causal: bool, s: VariantsSettings, log: Callable[[str], None]):
     """Rows and ready-to-time operations {mode: {name: op}} of every variant and exact
     attention at one N; each operation has been called once (lazy set-up, and proof it runs)."""
-    q, k, v, grad_out = make_inputs(n, s.shape, DTYPES[s.dtype], s.device, s.seed)
+    q, k, v, grad_out = random_qkv(n, s.shape, DTYPES[s.dtype], s.device, s.seed)
     rows = [Row(EXACT, n, causal, True)] + [
         Row(name, n, causal, V.variant_class(name).exact) for name in s.names
     ]
@@ -259,12 +252,12 @@ def prepare_point(n: int, causal: bool, s: Settings, log: Callable[[str], None])
                 synchronize(s.device)
                 ops[mode][row.name] = op
             except Exception as e:  # a variant that fails is reported, not fatal
-                row.skipped = _short(e)
+                row.skipped = short_error(e, with_type=True)
                 log(f"  {row.name} N={n}: {row.skipped}")
     return rows, ops
 
 
-def time_points(points: list, s: Settings) -> None:
+def time_points(points: list, s: VariantsSettings) -> None:
     """Time every prepared point in rounds. A round calls every operation once, each variant's
     sizes back to back (variant by variant, mode by mode), so a slow spell of a shared machine
     hits the sizes of one variant alike and their ratio holds; the sizes go up in even rounds
@@ -272,7 +265,6 @@ def time_points(points: list, s: Settings) -> None:
     always favour the same end of the size range. Up to ``s.repeat`` rounds, fewer once
     ``s.max_seconds`` per N have been spent (at least one). A row's time is its fastest round
     (other work on the machine only ever adds time); every round is kept in ``Row.samples``."""
-    import time
 
     groups = []  # [(row, mode, op) of every size], by mode and variant
     for mode in MODES:
@@ -288,7 +280,7 @@ def time_points(points: list, s: Settings) -> None:
     budget = s.max_seconds * max(1, len(points))
     for round_ in range(s.repeat):
         for group in groups:
-            for row, mode, op in group if round_ % 2 == 0 else reversed(group):
+            for row, mode, op in in_turns(group, round_):
                 row.samples[mode].append(
                     time_interleaved({row.name: op}, warmup=0, repeat=1, device=s.device)[row.name]
                 )
@@ -305,21 +297,7 @@ def time_points(points: list, s: Settings) -> None:
                 row.speedup = exact_fb / row.seconds["fwd_bwd"]
 
 
-def best_of(fns: dict[str, Callable[[], Any]], s: Settings) -> dict[str, list[float]]:
-    """Every timed round of the callables, round-robin (see :func:`time_points`)."""
-    import time
-
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    start = time.perf_counter()
-    for _ in range(s.repeat):
-        for name, t in time_interleaved(fns, warmup=0, repeat=1, device=s.device).items():
-            samples[name].append(t)
-        if time.perf_counter() - start >= s.max_seconds:
-            break
-    return samples
-
-
-def measure_mode(causal: bool, s: Settings, log: Callable[[str], None]) -> list[Row]:
+def measure_mode(causal: bool, s: VariantsSettings, log: Callable[[str], None]) -> list[Row]:
     """Time every variant and exact attention at every N (in rounds, see :func:`time_points`),
     then probe the peak memory of each, N by N."""
     points = [prepare_point(n, causal, s, log) for n in s.sizes]
@@ -344,7 +322,7 @@ def measure_mode(causal: bool, s: Settings, log: Callable[[str], None]) -> list[
     return rows
 
 
-def memory_point(rows: list[Row], s: Settings, log: Callable[[str], None]) -> None:
+def memory_point(rows: list[Row], s: VariantsSettings, log: Callable[[str], None]) -> None:
     """Peak memory of every measured row, each case in a fresh child process."""
     cases, slots = [], []
     for row in rows:
@@ -373,12 +351,12 @@ def memory_point(rows: list[Row], s: Settings, log: Callable[[str], None]) -> No
         readings = measure_peak_memories(cases, device=s.device)
     except Exception as e:  # the probe process died (out of memory, say)
         for row, _ in slots:
-            row.memory_note = _short(e)
-        log(f"  memory probe failed: {_short(e)}")
+            row.memory_note = short_error(e, with_type=True)
+        log(f"  memory probe failed: {short_error(e, with_type=True)}")
         return
     for (row, mode), reading in zip(slots, readings):
         if isinstance(reading, Exception):
-            row.memory_note = _short(reading)
+            row.memory_note = short_error(reading, with_type=True)
         else:
             row.peak_bytes[mode] = reading.peak_bytes
 
@@ -413,10 +391,12 @@ def shared_qk_reference(q: torch.Tensor, v: torch.Tensor, causal: bool) -> torch
     return torch.softmax(s, -1) @ v.double()
 
 
-def error_point(causal: bool, s: Settings, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+def error_point(
+    causal: bool, s: VariantsSettings, log: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
     """Error of every variant against exact attention (float64) on the same inputs."""
     n = s.error_n
-    q, k, v, _ = make_inputs(n, s.shape, DTYPES[s.dtype], s.device, s.seed + 1)
+    q, k, v, _ = random_qkv(n, s.shape, DTYPES[s.dtype], s.device, s.seed + 1)
     with torch.no_grad():
         ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=causal)
         out: dict[str, dict[str, Any]] = {}
@@ -424,7 +404,7 @@ def error_point(causal: bool, s: Settings, log: Callable[[str], None]) -> dict[s
             try:
                 o = make_fn(name, s.params.get(name, {}), causal)(q, k, v)
             except Exception as e:
-                out[name] = {"skipped": _short(e)}
+                out[name] = {"skipped": short_error(e, with_type=True)}
                 continue
             rel, cos = rows_error(o, ref)
             out[name] = {"n": n, "rel_err": rel, "cos": cos}
@@ -472,15 +452,17 @@ def minilm_windows(
     return ids, mask
 
 
-def minilm_params(name: str, s: Settings) -> dict[str, Any]:
+def minilm_params(name: str, s: VariantsSettings) -> dict[str, Any]:
     return {**MINILM_PARAMS.get(name, {}), **s.params.get(name, {})}
 
 
-def minilm_error(s: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+def minilm_error(s: VariantsSettings, log: Callable[[str], None]) -> dict[str, Any]:
     """Error of every variant against exact attention on the q, k, v that each MiniLM layer
     computes on real text (bidirectional, with the batch's padding); errors are over the real
     query rows of every layer and head."""
-    from attnkit.checkpoints.io import load
+    from attnkit.checkpoints import load
+    from attnkit.models.bert import Bert
+    from attnkit.models.gpt import GPT
     from attnkit.surgery import capture_qkv
     from attnkit.text.corpora import load_corpus
 
@@ -488,11 +470,13 @@ def minilm_error(s: Settings, log: Callable[[str], None]) -> dict[str, Any]:
         model = load("minilm", device=s.device)
         text = load_corpus(s.minilm_text).text
         ids, mask = minilm_windows(
-            model.tokenizer, text, s.minilm_windows, min(MINILM_T, model.config.max_seq_len)
+            model.meta.tokenizer, text, s.minilm_windows, min(MINILM_T, model.config.max_seq_len)
         )
     except Exception as e:  # no checkpoint package, no text: reported, not fatal
-        log(f"  MiniLM activations skipped: {_short(e)}")
-        return {"skipped": _short(e)}
+        log(f"  MiniLM activations skipped: {short_error(e, with_type=True)}")
+        return {"skipped": short_error(e, with_type=True)}
+    if not isinstance(model, (GPT, Bert)):
+        raise TypeError(f"minilm must load as an attnkit Bert, got {type(model).__name__}")
     with torch.no_grad():
         layers = capture_qkv(model, ids.to(s.device), mask.to(s.device))
     B, H, T, D = layers[0].q.shape
@@ -514,7 +498,9 @@ def minilm_error(s: Settings, log: Callable[[str], None]) -> dict[str, Any]:
     refs = []
     with torch.no_grad():
         for L in layers:
-            keep = L.key_padding_mask[:, None, None, :]  # (B, 1, 1, T)
+            keep = (
+                L.valid_key_mask[:, None, None, :] if L.valid_key_mask is not None else None
+            )  # (B, 1, 1, T)
             refs.append(
                 F.scaled_dot_product_attention(
                     L.q.double(), L.k.double(), L.v.double(), attn_mask=keep
@@ -527,14 +513,17 @@ def minilm_error(s: Settings, log: Callable[[str], None]) -> dict[str, Any]:
                 rels, coss = [], []
                 for L, ref in zip(layers, refs):
                     o = mod(
-                        L.q, L.k, L.v, causal=False, key_padding_mask=L.key_padding_mask
+                        L.q, L.k, L.v, causal=False, valid_key_mask=L.valid_key_mask
                     )  # (B, H, T, D)
                     rel, cos = row_errors(o, ref)
                     rels.append(rel[real])
                     coss.append(cos[real])
             except Exception as e:
-                out["variants"][name] = {"params": params, "skipped": _short(e)}
-                log(f"  MiniLM {name}: {_short(e)}")
+                out["variants"][name] = {
+                    "params": params,
+                    "skipped": short_error(e, with_type=True),
+                }
+                log(f"  MiniLM {name}: {short_error(e, with_type=True)}")
                 continue
             out["variants"][name] = {
                 "params": params,
@@ -553,10 +542,12 @@ def minilm_error(s: Settings, log: Callable[[str], None]) -> dict[str, Any]:
     return out
 
 
-def sweep_point(causal: bool, s: Settings, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def sweep_point(
+    causal: bool, s: VariantsSettings, log: Callable[[str], None]
+) -> list[dict[str, Any]]:
     """Error and forward time at N=error_n along each variant's accuracy knob."""
     n = s.error_n
-    q, k, v, grad_out = make_inputs(n, s.shape, DTYPES[s.dtype], s.device, s.seed + 1)
+    q, k, v, grad_out = random_qkv(n, s.shape, DTYPES[s.dtype], s.device, s.seed + 1)
     with torch.no_grad():
         ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=causal)
     points = []
@@ -570,11 +561,13 @@ def sweep_point(causal: bool, s: Settings, log: Callable[[str], None]) -> list[d
                 fn = make_fn(name, params, causal)
                 op = make_op(fn, "fwd", q, k, v, grad_out)
                 op()  # warm-up
-                seconds = min(best_of({name: op}, s)[name])
+                seconds = min(
+                    timed_rounds({name: op}, s.repeat, s.max_seconds, device=s.device)[name]
+                )
                 with torch.no_grad():
                     rel, cos = rows_error(fn(q, k, v), ref)
             except Exception as e:
-                log(f"  sweep {name} {knob}={value}: {_short(e)}")
+                log(f"  sweep {name} {knob}={value}: {short_error(e, with_type=True)}")
                 continue
             points.append(
                 {
@@ -595,14 +588,6 @@ def sweep_point(causal: bool, s: Settings, log: Callable[[str], None]) -> list[d
 # --------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Check:
-    key: str
-    what: str
-    measured: str
-    ok: bool | None  # None: not measured in this run
-
-
 def _find(rows: list[Row], name: str, n: int, causal: bool) -> Row | None:
     return next((r for r in rows if r.name == name and r.n == n and r.causal == causal), None)
 
@@ -616,17 +601,18 @@ def growth(lo: Row | None, hi: Row | None, mode: str) -> float | None:
     a, b = lo.samples.get(mode) or [], hi.samples.get(mode) or []
     if a and len(a) == len(b):
         return statistics.median(y / x for x, y in zip(a, b))
-    return hi.seconds[mode] / lo.seconds[mode]
+    lo_s, hi_s = lo.seconds[mode], hi.seconds[mode]
+    assert lo_s is not None and hi_s is not None  # checked above
+    return hi_s / lo_s
 
 
-def _verdict(results: list[bool]) -> bool | None:
-    return None if not results else all(results)
-
-
-def evaluate_checks(rows: list[Row], s: Settings) -> list[Check]:
+def evaluate_checks(rows: list[Row], s: VariantsSettings) -> list[Check]:
     """Each target against this run's rows; a target none of whose N was run is 'not measured'."""
     checks = []
-    label = lambda name, causal: name if causal else f"{name} (bidirectional)"
+
+    def label(name: str, causal: bool) -> str:
+        return name if causal else f"{name} (bidirectional)"
+
     # scaling
     parts, results = [], []
     for causal in s.causal_modes:
@@ -637,7 +623,7 @@ def evaluate_checks(rows: list[Row], s: Settings) -> list[Check]:
                 if ratio is not None:
                     results.append(ratio <= 5)
                     parts.append(f"{label(name, causal)} {mode} {ratio:.2f}")
-    checks.append(Check("scaling", TARGETS["scaling"], "; ".join(parts) or "-", _verdict(results)))
+    checks.append(Check("scaling", TARGETS["scaling"], "; ".join(parts) or "-", verdict(results)))
     # memory
     parts, results = [], []
     for causal in s.causal_modes:
@@ -647,7 +633,7 @@ def evaluate_checks(rows: list[Row], s: Settings) -> list[Check]:
             if peak is not None:
                 results.append(peak < 3 * GiB)
                 parts.append(f"{label(name, causal)} {peak / MiB:.0f} MiB")
-    checks.append(Check("memory", TARGETS["memory"], "; ".join(parts) or "-", _verdict(results)))
+    checks.append(Check("memory", TARGETS["memory"], "; ".join(parts) or "-", verdict(results)))
     # speed
     parts, results = [], []
     for name in SPEED_VARIANTS:
@@ -655,7 +641,7 @@ def evaluate_checks(rows: list[Row], s: Settings) -> list[Check]:
         if row is not None and row.speedup is not None:
             results.append(row.speedup >= 4)
             parts.append(f"{name} {row.speedup:.1f}x")
-    checks.append(Check("speed", TARGETS["speed"], "; ".join(parts) or "-", _verdict(results)))
+    checks.append(Check("speed", TARGETS["speed"], "; ".join(parts) or "-", verdict(results)))
     return checks
 
 
@@ -716,7 +702,9 @@ def render_rows(rows: list[Row], errors: dict[str, dict[str, Any]], title: str) 
 
 
 def render_errors(
-    errors: dict[bool, dict[str, dict[str, Any]]], minilm: dict[str, Any] | None, s: Settings
+    errors: dict[bool, dict[str, dict[str, Any]]],
+    minilm: dict[str, Any] | None,
+    s: VariantsSettings,
 ) -> str:
     """Approximation error of every variant on random inputs and on MiniLM activations."""
     random_mode = False if False in errors else True
@@ -724,7 +712,7 @@ def render_errors(
     mode = "bidirectional" if random_mode is False else "causal"
     variants = (minilm or {}).get("variants", {})
     title = f"Approximation error vs exact attention: random inputs (N={s.error_n}, {mode})"
-    if variants:
+    if variants and minilm is not None:
         title += (
             f" and all-MiniLM-L6-v2 activations ({minilm['windows']} windows of {minilm['lengths']} tokens, "
             f"{minilm['layers']} layers x {minilm['heads']} heads, bidirectional with padding)"
@@ -754,7 +742,8 @@ def render_errors(
 def render_checks(checks: list[Check]) -> str:
     t = Table(["target", "result", "measured"], title="Targets", align="lll")
     for c in checks:
-        t.add_row(c.what, {True: "pass", False: "FAIL", None: "not measured"}[c.ok], c.measured)
+        mark = {True: "pass", False: "FAIL", None: "not measured"}[c.passed]
+        t.add_row(c.target, mark, c.measured)
     return t.render()
 
 
@@ -769,9 +758,9 @@ def plot(
     names = list(dict.fromkeys(r.name for r in rows))
 
     def series(mode: str, field: str) -> dict[str, list[tuple[float, float | None]]]:
-        out = {}
+        out: dict[str, list[tuple[float, float | None]]] = {}
         for name in names:
-            pts = []
+            pts: list[tuple[float, float | None]] = []
             for r in rows:
                 if r.name == name and r.causal == causal:
                     val = getattr(r, field)[mode]
@@ -786,7 +775,7 @@ def plot(
             out[name] = pts
         return out
 
-    cost = {}
+    cost: dict[str, list[tuple[float, float | None]]] = {}
     for p in sweeps:
         cost.setdefault(p["name"], []).append((p["fwd_seconds"] * 1e3, p["rel_err"]))
     if not cost:  # no sweep: one point per variant, from the timed run at the error N
@@ -851,161 +840,11 @@ def parse_params(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _sizes(text: str) -> list[int]:
-    from attnkit.cli import size_list
-
-    return size_list(text)
-
-
-def _variant_names(text: str) -> list[str]:
-    names = [x.strip() for x in text.split(",") if x.strip()]
-    bad = [x for x in names if x not in V.names()]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(
-            f"expected a comma-separated subset of {','.join(V.names())}; got {text!r}"
-        )
-    return names
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from attnkit.cli import positive_int
-
-    def default(key: str) -> str:
-        show = lambda v: ",".join(map(str, v)) if isinstance(v, list) else str(v)
-        return f"(default {show(FULL[key])}; --quick: {show(QUICK[key])})"
-
-    parser.add_argument("--quick", action="store_true", help="small sizes, a few minutes on a CPU")
-    parser.add_argument(
-        "--sizes", type=_sizes, metavar="N,N,...", help=f"sequence lengths {default('sizes')}"
-    )
-    parser.add_argument(
-        "--variants",
-        type=_variant_names,
-        metavar="NAME,...",
-        help=f"variants to run (default: all of {','.join(V.names())})",
-    )
-    parser.add_argument(
-        "--param",
-        action="append",
-        metavar="VARIANT.NAME=VALUE",
-        help="a variant parameter, e.g. --param lsh.n_hashes=4 (repeatable)",
-    )
-    parser.add_argument(
-        "--causal",
-        choices=("both", "yes", "no"),
-        default="both",
-        help="causal, bidirectional or both (default both)",
-    )
-    parser.add_argument(
-        "--exact-max",
-        type=positive_int,
-        metavar="N",
-        help=f"longest N at which exact SDPA is timed {default('exact_max')}",
-    )
-    parser.add_argument(
-        "--error-n",
-        type=positive_int,
-        default=2048,
-        metavar="N",
-        help="sequence length of the error measurement (default 2048)",
-    )
-    parser.add_argument(
-        "--minilm-windows",
-        type=int,
-        metavar="N",
-        help=f"windows of up to {MINILM_T} tokens for the error on MiniLM activations, 0 to skip "
-        f"{default('minilm_windows')}",
-    )
-    parser.add_argument(
-        "--minilm-text",
-        default=MINILM_TEXT,
-        metavar="NAME|FILE",
-        help=f"text for the MiniLM windows: a corpus name or a file (default {MINILM_TEXT})",
-    )
-    parser.add_argument(
-        "--no-sweep",
-        dest="sweep",
-        action="store_false",
-        default=None,
-        help="skip the error-versus-cost sweep (skipped by --quick)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("bench_out"),
-        metavar="DIR",
-        help="where variants.json and the plots go (default: bench_out)",
-    )
-    parser.add_argument(
-        "--device", default="auto", help="cpu, cuda or auto (default: cuda if available)"
-    )
-    parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
-    parser.add_argument("--batch", type=positive_int, default=1, metavar="B")
-    parser.add_argument("--heads", type=positive_int, default=8, metavar="H")
-    parser.add_argument("--head-dim", type=positive_int, default=64, metavar="D")
-    parser.add_argument(
-        "--repeat", type=positive_int, help=f"timed rounds per measurement {default('repeat')}"
-    )
-    parser.add_argument(
-        "--max-seconds",
-        type=float,
-        help=f"no new timing round once this many seconds per N have been spent "
-        f"{default('max_seconds')}",
-    )
-    parser.add_argument(
-        "--no-memory", dest="memory", action="store_false", help="skip the peak-memory probes"
-    )
-    parser.add_argument(
-        "--system-malloc",
-        action="store_true",
-        help="time with glibc's default malloc settings; by default the timing process keeps "
-        "freed memory for reuse (attnkit.bench.common.keep_freed_memory), so a large "
-        "tensor costs the same whatever the process freed before",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--strict", action="store_true", help="exit 1 when a measured target is missed"
-    )
-
-
-def settings_from(args: argparse.Namespace) -> Settings:
-    preset = QUICK if args.quick else FULL
-    pick = lambda key, value: preset[key] if value is None else value
-    max_seconds = pick("max_seconds", args.max_seconds)
-    if not max_seconds > 0:
-        raise ValueError(f"--max-seconds must be > 0, got {max_seconds}")
-    windows = pick("minilm_windows", args.minilm_windows)
-    if windows < 0:
-        raise ValueError(f"--minilm-windows must be >= 0 (0 skips the MiniLM error), got {windows}")
-    return Settings(
-        sizes=pick("sizes", args.sizes),
-        names=args.variants or V.names(),
-        params=parse_params(args.param),
-        shape=(args.batch, args.heads, args.head_dim),
-        dtype=args.dtype,
-        device=resolve_device(args.device),
-        causal_modes={"both": [True, False], "yes": [True], "no": [False]}[args.causal],
-        exact_max=pick("exact_max", args.exact_max),
-        error_n=args.error_n,
-        repeat=pick("repeat", args.repeat),
-        max_seconds=max_seconds,
-        memory=args.memory,
-        sweep=pick("sweep", args.sweep),
-        seed=args.seed,
-        minilm_windows=windows,
-        minilm_text=args.minilm_text,
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    s = settings_from(args)
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    malloc = None
-    if s.device.type == "cpu" and not args.system_malloc:
-        malloc = keep_freed_memory()
+def run(s: VariantsSettings, malloc: str | None = None) -> Report:
+    """Every measurement of the module docstring; writes variants.json and the plots in
+    ``s.out``. ``malloc`` says how the timing process's malloc was set (for the record).
+    Progress goes to the log; the report holds the tables."""
+    log = logger.info
     b, h, d = s.shape
     shape_text = f"B={b} H={h} D={d} {s.dtype} on {s.device}"
     log(
@@ -1023,34 +862,31 @@ def run(args: argparse.Namespace) -> int:
     minilm = minilm_error(s, log) if s.minilm_windows else None
     checks = evaluate_checks(rows, s)
 
+    parts: list[str] = []
     for causal in s.causal_modes:
         mask = "causal" if causal else "bidirectional"
-        print()
-        print(
+        parts += [
+            "",
             render_rows(
                 [r for r in rows if r.causal == causal],
                 errors[causal],
                 f"Attention variants ({mask}), {shape_text}; times: best of {s.repeat} rounds; "
                 f"vs exact: exact SDPA fwd+bwd time / fwd+bwd time; error, cos: mean relative row error and cosine vs exact "
                 f"attention at N={s.error_n}",
-            )
-        )
+            ),
+        ]
     notes = sorted(
         {f"{r.name} N={r.n}: memory not measured ({r.memory_note})" for r in rows if r.memory_note}
     )
     if notes:
-        print("\n".join(notes))
+        parts.append("\n".join(notes))
     if errors.get(True, {}).get("lsh", {}).get("rel_err_shared_qk") is not None:
-        print(
+        parts.append(
             f"lsh shares queries and keys: against dense shared-QK attention its causal error is "
             f"{errors[True]['lsh']['rel_err_shared_qk']:.3f}"
         )
-    print()
-    print(render_errors(errors, minilm, s))
-    print()
-    print(render_checks(checks))
+    parts += ["", render_errors(errors, minilm, s), "", render_checks(checks)]
 
-    args.out.mkdir(parents=True, exist_ok=True)
     data = {
         "benchmark": "variants",
         "environment": {**environment(), "malloc": malloc or "system default"},
@@ -1075,31 +911,20 @@ def run(args: argparse.Namespace) -> int:
         "errors": {("causal" if c else "bidirectional"): e for c, e in errors.items()},
         "sweeps": {("causal" if c else "bidirectional"): p for c, p in sweeps.items()},
         "minilm_errors": minilm,
-        "targets": [dataclasses.asdict(c) for c in checks],
+        "targets": [
+            {"key": c.key, "what": c.target, "measured": c.measured, "ok": c.passed} for c in checks
+        ],
     }
-    json_path = write_json(args.out / "variants.json", data)
+    json_path = write_json(s.out / "variants.json", data)
     causal = s.causal_modes[0]
     png = plot(
         rows,
         sweeps.get(causal, []),
         errors[causal],
         causal,
-        args.out / "variants.png",
+        s.out / "variants.png",
         str(s.device),
     )
-    print(f"\nwrote {json_path}, {png} and {png.with_name(png.stem + '_error.png')}")
-    if args.strict and any(c.ok is False for c in checks):
-        return 1
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="attnkit bench variants", description=__doc__.splitlines()[0]
-    )
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    error_png = png.with_name(png.stem + "_error.png")
+    parts.append(f"\nwrote {json_path}, {png} and {error_png}")
+    return Report("\n".join(parts), (json_path, png), missed=any(c.passed is False for c in checks))

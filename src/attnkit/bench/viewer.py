@@ -23,18 +23,25 @@ is counted and fails the run. Results go to ``viewer.json`` in ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import shutil
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from attnkit.bench.common import Table, environment, write_json
+from attnkit.bench.harness import (
+    Report,
+    Table,
+    environment,
+    load_text,
+    shared_data_file,
+    write_json,
+)
 
 TARGETS = {"size_bytes": 8_000_000, "head_view_ms": 2000.0, "switch_ms": 100.0}
 CORPUS_NAME = "tinyshakespeare.txt"
@@ -49,16 +56,14 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]
 
 def sample_tokens(n: int) -> list[str]:
     """``n`` words of Shakespeare (../shared/data/tinyshakespeare.txt) when it is there, else w0, w1, ..."""
-    repo = Path(__file__).resolve().parents[3]
-    for base in (repo, Path.cwd()):
-        path = base.parent / "shared" / "data" / CORPUS_NAME
-        if path.is_file():
-            words: list[str] = []
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    words += [" " + w if words else w for w in line.split()]
-                    if len(words) >= n:
-                        return words[:n]
+    path = shared_data_file(CORPUS_NAME)
+    if path is not None:
+        words: list[str] = []
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                words += [" " + w if words else w for w in line.split()]
+                if len(words) >= n:
+                    return words[:n]
     return [f"w{i}" for i in range(n)]
 
 
@@ -234,24 +239,29 @@ def _measure(html_path: Path, browser: Any, loads: int, switches: int) -> dict[s
     outside: list[str] = []
     errors: list[str] = []
 
-    def route(r) -> None:
+    def route(r: Any) -> None:
         if r.request.url.startswith("file:"):
             r.continue_()
         else:
             outside.append(r.request.url)
             r.abort()
 
-    loads_out = []
+    loads_out: list[dict[str, Any]] = []
+    page: Any = None
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     try:
         context.route("**/*", route)
-        page = None
         for _ in range(loads):
             if page is not None:
                 page.close()
             page = context.new_page()
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
+
+            def dialog(d: Any) -> None:
+                errors.append(f"dialog: {d.message}")
+                d.dismiss()
+
+            page.on("dialog", dialog)
             t0 = time.perf_counter()
             page.goto(url)
             page.wait_for_selector("body[data-ready='1']", timeout=60_000)
@@ -298,34 +308,6 @@ def _measure(html_path: Path, browser: Any, loads: int, switches: int) -> dict[s
 # --------------------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from attnkit.cli import positive_int
-
-    parser.add_argument(
-        "--tokens", type=positive_int, default=512, help="input length (default 512)"
-    )
-    parser.add_argument("--layers", type=positive_int, default=12, help="layers (default 12)")
-    parser.add_argument(
-        "--heads", type=positive_int, default=12, help="heads per layer (default 12)"
-    )
-    parser.add_argument(
-        "--switches", type=positive_int, default=20, help="timed head switches (default 20)"
-    )
-    parser.add_argument(
-        "--loads", type=positive_int, default=3, help="page loads timed (default 3)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a small check: 64 tokens, 2 layers x 4 heads, 5 switches, 1 load",
-    )
-    parser.add_argument("--chromium", help="Chromium executable (default: chromium on PATH)")
-    parser.add_argument(
-        "--out", default="bench_out", help="directory for viewer.html and viewer.json"
-    )
-
-
 def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f} ms" if x >= 10 else f"{x:.1f} ms"
 
@@ -334,10 +316,36 @@ def _met(value: float | None, target: float) -> str:
     return "-" if value is None else ("yes" if value < target else "NO")
 
 
-def run(args: argparse.Namespace, browser: Any = None) -> int:
-    """The command; ``browser``, a playwright ``Browser`` already launched, replaces launching one."""
-    if args.quick:
-        args.tokens, args.layers, args.heads, args.switches, args.loads = 64, 2, 4, 5, 1
+@dataclass(frozen=True)
+class ViewerSettings:
+    """One run of ``attnkit bench viewer``; ``quick`` replaces the sizes by a small check
+    (64 tokens, 2 layers x 4 heads, 5 switches, 1 load)."""
+
+    tokens: int = 512
+    layers: int = 12
+    heads: int = 12
+    switches: int = 20
+    loads: int = 3
+    seed: int = 0
+    quick: bool = False
+    chromium: str | None = None  # None: chromium on PATH
+    out: Path = Path("bench_out")
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            for name, value in (
+                ("tokens", 64),
+                ("layers", 2),
+                ("heads", 4),
+                ("switches", 5),
+                ("loads", 1),
+            ):
+                object.__setattr__(self, name, value)
+
+
+def run(args: ViewerSettings, browser: Any = None) -> Report:
+    """Write the viewer and time it in Chromium; writes viewer.html and viewer.json.
+    ``browser``, a playwright ``Browser`` already launched, replaces launching one."""
     chromium = None
     if browser is None:
         chromium = find_chromium(args.chromium)
@@ -379,39 +387,24 @@ def run(args: argparse.Namespace, browser: Any = None) -> int:
     table.add_row("file size", f"{size / 1e6:.2f} MB", "< 8 MB", _met(size, TARGETS["size_bytes"]))
     table.add_row("write_viewer (Python)", _ms(write_s * 1000), "-", "-")
     table.add_row("first contentful paint", _ms(m["fcp_ms"]), "-", "-")
-    table.add_row(
-        "first head view drawn",
-        _ms(m["head_view_ms"]),
-        "< 2 s",
-        _met(m["head_view_ms"], TARGETS["head_view_ms"]),
+    timed_rows = (  # (metric, key in m, target text or None, target in ms)
+        ("first head view drawn", "head_view_ms", "< 2 s", TARGETS["head_view_ms"]),
+        ("load, as seen by the driver", "wall_load_ms", None, 0.0),
+        ("head switch, new map (median)", "switch_cold_ms", "< 100 ms", TARGETS["switch_ms"]),
+        ("head switch, new map (max)", "switch_cold_max_ms", None, 0.0),
+        ("head switch, seen map (median)", "switch_warm_ms", "< 100 ms", TARGETS["switch_ms"]),
     )
-    table.add_row("load, as seen by the driver", _ms(m["wall_load_ms"]), "-", "-")
-    table.add_row(
-        "head switch, new map (median)",
-        _ms(m["switch_cold_ms"]),
-        "< 100 ms",
-        _met(m["switch_cold_ms"], TARGETS["switch_ms"]),
-    )
-    table.add_row("head switch, new map (max)", _ms(m["switch_cold_max_ms"]), "-", "-")
-    table.add_row(
-        "head switch, seen map (median)",
-        _ms(m["switch_warm_ms"]),
-        "< 100 ms",
-        _met(m["switch_warm_ms"], TARGETS["switch_ms"]),
-    )
+    for metric, key, target_text, target in timed_rows:
+        met_cell = _met(m[key], target) if target_text else "-"
+        table.add_row(metric, _ms(m[key]), target_text or "-", met_cell)
     table.add_row(f"model view, {m['thumbnails']} thumbnails", _ms(m["model_view_ms"]), "-", "-")
-    print(table)
-    print(
-        f"load average (1, 5, 15 min): before {tuple(round(x, 2) for x in load_before)}, after "
-        f"{tuple(round(x, 2) for x in load_after)} on {os.cpu_count()} CPUs"
-    )
     met = {
         "size": size < TARGETS["size_bytes"],
         "head_view": m["head_view_ms"] is not None and m["head_view_ms"] < TARGETS["head_view_ms"],
         "switch": m["switch_cold_ms"] < TARGETS["switch_ms"]
         and m["switch_warm_ms"] < TARGETS["switch_ms"],
     }
-    write_json(
+    json_path = write_json(
         out / "viewer.json",
         {
             "tokens": t,
@@ -429,5 +422,5 @@ def run(args: argparse.Namespace, browser: Any = None) -> int:
             "html": str(path),
         },
     )
-    print(f"wrote {path} and {out / 'viewer.json'}")
-    return 0
+    lines = [table.render(), load_text(load_before, load_after), f"wrote {path} and {json_path}"]
+    return Report("\n".join(lines), (path, json_path))

@@ -1,16 +1,23 @@
-"""Measurement tools shared by the benchmarks.
+"""The benchmark harness shared by every ``attnkit bench`` command.
 
-* :func:`time_fn`, :func:`time_interleaved`: median wall time of a callable, synchronising
-  CUDA around every call so queued kernels are counted.
-* :func:`peak_memory`: the peak memory an operation adds, measured in a fresh Python process so
-  earlier work in this process (allocator caches, freed-but-kept heap pages, compiled kernels)
-  cannot hide or inflate it.
-* :func:`keep_freed_memory`: makes glibc's malloc reuse freed large blocks, so the timings of
-  large CPU tensors do not depend on the process's allocation history (see there).
-* :class:`Table`: fixed-width text tables; :func:`write_json`; :func:`plot_loglog`.
+One cohesive job (so past 400 lines): measuring and reporting, never what is measured.
 
-Only the standard library and torch are imported at module level; matplotlib is imported by
-:func:`plot_loglog` when a plot is asked for.
+* Devices: :func:`resolve_device`, :func:`synchronize`, :func:`available_memory_bytes`.
+* Timing: :func:`time_fn`, :func:`time_interleaved` (round-robin medians), :func:`timed_rounds`
+  (every round kept), :func:`in_turns` (the order of a round flips every other round),
+  :func:`timed`; CUDA is synchronised around every call so queued kernels are counted.
+* Operations: :data:`MODES`, :data:`DTYPES`, :func:`random_qkv` and :func:`make_op` (forward, or
+  forward + backward with fresh gradients), the one op maker of the attention benchmarks.
+* Peak memory: :func:`peak_memory`, :func:`measure_peak_memories`, each operation measured in a
+  fresh child process so earlier work in this process (allocator caches, freed-but-kept heap
+  pages, compiled kernels) cannot hide or inflate it. :func:`keep_freed_memory` makes glibc's
+  malloc reuse freed large blocks in a timing process (see there).
+* Results: :class:`Check` (a target and whether it was met), :class:`Report` (the text a
+  command prints, and whether a target was missed); :class:`Table`, the ``fmt_*`` cells,
+  :func:`write_json` (atomic), :func:`plot_loglog` (matplotlib's object API; needs the
+  ``viz`` extra), :func:`environment`, :func:`load_text`, :func:`shared_data_file`.
+
+Only the standard library and torch are imported at module level.
 """
 
 from __future__ import annotations
@@ -27,10 +34,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+T = TypeVar("T")
 MiB = 1024**2
 GiB = 1024**3
 
@@ -173,6 +181,105 @@ def time_interleaved(
     return {name: statistics.median(s) for name, s in taken.items()}
 
 
+def timed(fn: Callable[[], T]) -> tuple[float, T]:
+    """Wall seconds of one call of ``fn`` (no synchronisation), and what it returned."""
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def in_turns(items: Sequence[T], turn: int) -> list[T]:
+    """``items`` in order on even turns and reversed on odd ones: alternating the order of a
+    round means a machine that speeds up or slows down over a round does not always favour
+    the same item."""
+    return list(items) if turn % 2 == 0 else list(reversed(items))
+
+
+def timed_rounds(
+    fns: Mapping[str, Callable[[], Any]],
+    repeat: int,
+    max_seconds: float,
+    *,
+    device: str | torch.device | None = None,
+) -> dict[str, list[float]]:
+    """Every timed round of the callables, one call of each per round (round-robin): up to
+    ``repeat`` rounds, no new round once ``max_seconds`` have been spent (at least one)."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    for _ in range(repeat):
+        for name, t in time_interleaved(fns, warmup=0, repeat=1, device=device).items():
+            samples[name].append(t)
+        if time.perf_counter() - start >= max_seconds:
+            break
+    return samples
+
+
+# --------------------------------------------------------------------------------------------
+# the operations of the attention benchmarks
+# --------------------------------------------------------------------------------------------
+
+MODES = ("fwd", "fwd_bwd")
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
+Shape = tuple[int, int, int]  # (B, H, D): batch, heads, head width
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def random_qkv(
+    n: int, shape: Shape, dtype: torch.dtype, device: torch.device, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v and an output gradient, each (B, H, N, D), drawn in float32 on the CPU from a
+    generator seeded with ``seed + n`` (the same numbers on every device and dtype)."""
+    b, h, d = shape
+    gen = torch.Generator(device="cpu").manual_seed(seed + n)
+    q, k, v, grad_out = (
+        torch.randn(b, h, n, d, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+        for _ in range(4)
+    )  # (B, H, N, D) each
+    return q, k, v, grad_out
+
+
+def make_op(
+    fn: AttentionFn,
+    mode: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    grad_out: torch.Tensor,
+) -> Callable[[], Any]:
+    """The zero-argument operation to time: ``fn(q, k, v)`` without gradients ("fwd"), or
+    forward and backward with fresh gradients each call ("fwd_bwd"; inputs ``fn`` ignores,
+    such as LSH's keys, get no gradient)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "fwd":
+
+        def forward() -> torch.Tensor:
+            with torch.no_grad():
+                return fn(q, k, v)
+
+        return forward
+    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+
+    def forward_backward() -> tuple[torch.Tensor | None, ...]:
+        out = fn(qg, kg, vg)
+        return torch.autograd.grad(out, (qg, kg, vg), grad_out, allow_unused=True)
+
+    return forward_backward
+
+
+def short_error(e: BaseException, with_type: bool = False) -> str:
+    """The first line of an error, for a table cell or a skip reason (160 characters)."""
+    if with_type:
+        return f"{type(e).__name__}: {e}".splitlines()[0][:160]
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 # --------------------------------------------------------------------------------------------
 # peak memory, measured in a fresh process
 # --------------------------------------------------------------------------------------------
@@ -214,15 +321,11 @@ def peak_memory(
     make_op: Callable[..., Callable[[], Any]],
     args: Sequence[Any] = (),
     kwargs: Mapping[str, Any] | None = None,
-    *,
-    device: str | torch.device = "cpu",
-    warmup: bool = True,
-    timeout: float | None = None,
+    **options: Any,
 ) -> int:
-    """Peak memory in bytes that one call of an operation adds; see :func:`measure_peak_memory`."""
-    return measure_peak_memory(
-        make_op, args, kwargs, device=device, warmup=warmup, timeout=timeout
-    ).peak_bytes
+    """Peak memory in bytes that one call of an operation adds; the arguments and ``options``
+    (``device``, ``warmup``, ``timeout``) as for :func:`measure_peak_memory`."""
+    return measure_peak_memory(make_op, args, kwargs, **options).peak_bytes
 
 
 def measure_peak_memory(
@@ -292,7 +395,7 @@ def measure_peak_memories(
     with tempfile.TemporaryDirectory(prefix="attnkit-probe-") as tmp:
         inp, out = Path(tmp, "in.json"), Path(tmp, "out.json")
         inp.write_text(json.dumps(payload))
-        cmd = [sys.executable, "-m", "attnkit.bench.common", "--probe", str(inp), str(out)]
+        cmd = [sys.executable, "-m", "attnkit.bench.harness", "--probe", str(inp), str(out)]
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -347,6 +450,8 @@ def _resolve_target(ref: list) -> Callable:
         module = sys.modules.get("__probe_main__")
         if module is None:
             spec = importlib.util.spec_from_file_location("__probe_main__", main_file)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"cannot load the script {main_file!r} in the probe process")
             module = importlib.util.module_from_spec(spec)
             sys.modules["__probe_main__"] = module
             spec.loader.exec_module(module)
@@ -446,12 +551,12 @@ def _measure_one(
         raise TypeError(
             f"{_name(make_op)} must return a zero-argument callable, got {type(op).__name__}"
         )
+    result: Any = None
     if warmup:
         result = op()
         synchronize(dev)
-        del result
+        result = None
     gc.collect()
-    result: Any = None
     if dev.type == "cuda":
         synchronize(dev)
         torch.cuda.empty_cache()
@@ -619,6 +724,43 @@ class Table:
         return self.render()
 
 
+@dataclasses.dataclass
+class Check:
+    """One target of a benchmark against this run.
+
+    key: the target's name; target: what is promised; measured: what this run saw;
+    passed: met or not, None when this run did not measure it; attnkit, reference: the two
+    sides compared, where there are two; note: why it was not measured.
+    """
+
+    key: str
+    target: str
+    measured: str
+    passed: bool | None
+    attnkit: str = "-"
+    reference: str = "-"
+    note: str = ""
+
+    @property
+    def mark(self) -> str:
+        return {True: "PASS", False: "FAIL", None: "n/a"}[self.passed]
+
+
+def verdict(results: Sequence[bool]) -> bool | None:
+    """All met, or None when nothing was measured."""
+    return None if not results else all(results)
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What a benchmark run gives its command: the text to print, the files it wrote and
+    whether a measured target was missed."""
+
+    text: str
+    paths: tuple[Path, ...] = ()
+    missed: bool = False
+
+
 # --------------------------------------------------------------------------------------------
 # JSON and plots
 # --------------------------------------------------------------------------------------------
@@ -700,25 +842,41 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: str | os.PathLike, data: Any) -> Path:
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     """Write ``data`` as indented JSON, atomically (readers never see half a file).
 
-    Non-finite floats become null, dtypes/devices/paths strings, dataclasses dicts.
+    Non-finite floats become null, dtypes/devices/paths strings, dataclasses dicts; keys keep
+    their order.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from attnkit._util.fs import atomic_write_text
+
     text = json.dumps(_jsonable(data), indent=2, allow_nan=False)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(path), text + "\n")
+
+
+def load_text(before: Sequence[float], after: Sequence[float]) -> str:
+    """The machine's load average before and after a run, for a report."""
+    return (
+        f"load average (1, 5, 15 min): before {tuple(round(x, 2) for x in before)}, "
+        f"after {tuple(round(x, 2) for x in after)} on {os.cpu_count()} CPUs"
+    )
+
+
+def shared_data_file(name: str) -> Path | None:
+    """``../shared/data/<name>`` next to the repository (or the working directory), if there."""
+    repo = Path(__file__).resolve().parents[3]
+    for base in (repo, Path.cwd()):
+        p = base.parent / "shared" / "data" / name
+        if p.is_file():
+            return p
+    return None
 
 
 Series = Mapping[str, Iterable[tuple[float, float | None]]]
 
 
 def plot_loglog(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     panels: Sequence[tuple[str, str, Series]],
     *,
     xlabel: str = "sequence length N",
@@ -732,13 +890,11 @@ def plot_loglog(
     measurement), and a series with no points is not drawn. ``styles`` maps a series name to
     extra keyword arguments for matplotlib's ``plot`` (``linestyle``, ``color``, ...).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from attnkit._util.optional import figure
 
     if not panels:
         raise ValueError("plot_loglog needs at least one panel, got none")
-    fig = Figure(figsize=(6.0 * len(panels), 4.6), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = figure(6.0 * len(panels), 4.6, layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     names = list(dict.fromkeys(name for _, _, series in panels for name in series))
     colors = {name: f"C{i % 10}" if len(names) <= 10 else _tab20(i) for i, name in enumerate(names)}
@@ -774,13 +930,13 @@ def plot_loglog(
 
 
 def _tab20(i: int) -> Any:
-    from matplotlib import colormaps
+    from attnkit._util.optional import require
 
-    return colormaps["tab20"](i % 20)
+    return require("matplotlib", "viz", "plots").colormaps["tab20"](i % 20)
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--probe":
         _probe_child(sys.argv[2], sys.argv[3])
     else:
-        sys.exit("usage: python -m attnkit.bench.common --probe IN OUT (used by peak_memory)")
+        sys.exit("usage: python -m attnkit.bench.harness --probe IN OUT (used by peak_memory)")
