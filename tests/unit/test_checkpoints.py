@@ -203,12 +203,19 @@ def test_meta_is_saved_and_loaded_with_the_labels_in_the_config(tmp_path):
     from attnkit.models.meta import ModelMeta, SwapRecord
 
     model = build_model(
-        get_preset("tiny-bert", vocab_size=80, head="classification", id2label=("neg", "pos"))
+        get_preset(
+            "tiny-bert",
+            vocab_size=80,
+            head="classification",
+            id2label=("neg", "pos"),
+            attention="performer",
+            attention_params={"nb_features": 8},
+        )
     ).eval()
     model.meta = ModelMeta(
         tokenizer=word_tokenizer(),
         max_length=24,
-        swaps=(SwapRecord("performer", {"nb_features": 8}, (1,)),),
+        swaps=(SwapRecord("performer", {"nb_features": 8}, (0, 1)),),  # every layer
         finetune={"base_model": "x"},
     )
     attnkit.save(model, tmp_path)
@@ -223,6 +230,18 @@ def test_meta_is_saved_and_loaded_with_the_labels_in_the_config(tmp_path):
     assert loaded.meta.source == str(tmp_path) and loaded.meta.max_length == 24
     assert loaded.meta.swaps == model.meta.swaps and loaded.meta.finetune == {"base_model": "x"}
     assert loaded.meta.tokenizer is not None
+
+
+def test_a_swap_of_some_layers_is_not_claimed_after_loading(tmp_path, caplog):
+    from attnkit.models.meta import ModelMeta, SwapRecord
+
+    model = tiny("bert")
+    model.meta = ModelMeta(swaps=(SwapRecord("performer", {"nb_features": 8}, (1,)),))
+    attnkit.save(model, tmp_path)
+    with caplog.at_level("WARNING", logger="attnkit.checkpoints"):
+        loaded = attnkit.load(tmp_path)
+    assert loaded.meta.swaps == () and loaded.config.attention == "exact"
+    assert "performer(nb_features=8) on layers [1]" in caplog.text
 
 
 def test_older_config_json_with_top_level_keys_still_loads(tmp_path):

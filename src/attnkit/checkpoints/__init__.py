@@ -9,6 +9,7 @@ writes a Hugging Face directory.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,8 @@ from attnkit.checkpoints.format import (
 )
 from attnkit.checkpoints.hf import load_hf_dir
 from attnkit.models.common import ModelBase
-from attnkit.models.meta import ModelMeta
+from attnkit.models.config import ModelConfig
+from attnkit.models.meta import ModelMeta, SwapRecord
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from tokenizers import Tokenizer
@@ -50,6 +52,8 @@ __all__ = [
 ]
 
 KINDS = ("attnkit", "hf")
+
+log = logging.getLogger(__name__)
 
 
 def resolve(name_or_dir: str | os.PathLike[str]) -> Path:
@@ -93,12 +97,29 @@ def load(
     else:
         model, saved, tokenizer = load_hf_dir(directory)
     try:
-        model.meta = ModelMeta.from_dict(saved, tokenizer=tokenizer, source=str(directory))
+        meta = ModelMeta.from_dict(saved, tokenizer=tokenizer, source=str(directory))
     except ValueError as e:
         raise CheckpointError(f"{directory / CONFIG_NAME}: bad model meta: {e}") from e
+    if meta.swaps and not _swaps_rebuilt(meta.swaps, model.config):
+        log.warning(
+            "%s: the attention swaps %s covered only some layers; they are not rebuilt on "
+            "load (every layer uses config.attention=%r), so the loaded model records none",
+            directory,
+            [f"{s.describe()} on layers {list(s.layers)}" for s in meta.swaps],
+            model.config.attention,
+        )
+        meta = meta.replace(swaps=())
+    model.meta = meta
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model.eval()
+
+
+def _swaps_rebuilt(swaps: tuple[SwapRecord, ...], config: ModelConfig) -> bool:
+    """Building ``config`` rebuilds what ``swaps`` did: every swap covered every layer (the
+    config then names the last one's variant)."""
+    every = tuple(range(config.n_layer))
+    return all(s.layers == every for s in swaps) and swaps[-1].variant == config.attention
 
 
 def save(model: ModelBase, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
