@@ -190,17 +190,17 @@ def main(argv=None) -> int:
     for what, measured, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {what}: {measured}")
     print(f"load average after {os.getloadavg()}")
-    (args.out / "nanogpt_side_by_side.json").write_text(
-        json.dumps(
-            {
-                "rows": rows,
-                "checks": [{"target": w, "measured": m, "ok": o} for w, m, o in checks],
-                "nanogpt_args": NANOGPT_ARGS,
-            },
-            indent=2,
-        )
+    from attnkit.bench.harness import write_json
+
+    path = write_json(
+        args.out / "nanogpt_side_by_side.json",
+        {
+            "rows": rows,
+            "checks": [{"target": w, "measured": m, "ok": o} for w, m, o in checks],
+            "nanogpt_args": NANOGPT_ARGS,
+        },
     )
-    print(f"wrote {args.out / 'nanogpt_side_by_side.json'}")
+    print(f"wrote {path}")
     return 0
 
 

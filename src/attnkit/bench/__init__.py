@@ -4,6 +4,6 @@
 turns, timing, peak memory in a fresh process, checks, tables, JSON, plots, the environment);
 each other module is one benchmark: a frozen settings dataclass and ``run(settings)``, which
 reports progress through :mod:`logging` and returns a :class:`~attnkit.bench.harness.Report`.
-The command line (``attnkit bench <name>``, :mod:`attnkit.cli.bench`) builds the settings from
-its options and prints the report.
+The command line (``attnkit bench <name>``) builds the settings from its options and prints
+the report.
 """

@@ -12,7 +12,7 @@ bidirectional attention, one run measures
   turns that off), so a large CPU tensor does not cost page faults in one call and none in the
   next;
 * peak memory added by the forward and by forward+backward, each case measured in a fresh
-  child process (``attnkit.bench.common.measure_peak_memories``: peak RSS over the RSS with the
+  child process (``attnkit.bench.harness.measure_peak_memories``: peak RSS over the RSS with the
   inputs allocated);
 * the approximation error of every variant against exact attention on the same random inputs
   at a moderate N (``--error-n``): the mean over output rows of ||o - o_ref|| / ||o_ref|| and
@@ -28,6 +28,8 @@ bidirectional attention, one run measures
 It prints a table per mode, checks the figures the variants promise (:data:`TARGETS`), and
 writes ``<out>/variants.json`` and ``<out>/variants.png`` (time and memory against N, error
 against cost; log-log).
+
+One benchmark, one cohesive job, so the module stays whole past 400 lines.
 """
 
 from __future__ import annotations
