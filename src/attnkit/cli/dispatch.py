@@ -241,7 +241,10 @@ def _report(e: BaseException) -> NoReturn:
         if extra is not None and e.name is not None:
             package = e.name.partition(".")[0]
             fail(f"{package} is not installed: pip install 'attnkit[{extra}]'", FAILURE)
-        fail(f"{e}; expected it installed (pip install {e.name or 'it'})", FAILURE)
+        if e.name is not None and e.name.partition(".")[0] == "attnkit":  # a bug, not a package
+            fail(f"{e} (ATTNKIT_DEBUG=1 shows the traceback)", FAILURE)
+        package = (e.name or "").partition(".")[0]
+        fail(f"{e}; expected it installed (pip install {package or 'it'})", FAILURE)
     if isinstance(e, OSError):
         where = f"{e.filename}: " if e.filename is not None else ""
         fail(f"{where}{e.strerror or e}", FAILURE)

@@ -95,7 +95,7 @@ def _texts(args: argparse.Namespace) -> list[str]:
 
 def swap_command(args: argparse.Namespace) -> int:
     from attnkit import surgery
-    from attnkit.bench.common import resolve_device
+    from attnkit.bench.harness import resolve_device
     from attnkit.checkpoints import load
 
     params = surgery.parse_params(args.variant_param)
