@@ -124,6 +124,8 @@ class SinusoidalPositionalEmbedding(nn.Module):
     ``forward(positions)`` with an integer tensor of any shape (...,) returns (..., dim).
     """
 
+    table: torch.Tensor  # (max_len, dim) buffer
+
     def __init__(self, max_len: int, dim: int, base: float = 10000.0):
         super().__init__()
         self.max_len = _check_positive_int("max_len", max_len)

@@ -507,3 +507,76 @@ def test_explain_picks_the_documented_backend():
     plan = explain(*meta(1, 8, 64), causal=True, window=512)
     assert plan.backend == "sdpa" and "mask" in plan.reason
     assert "fused" in str(explain(*meta(1, 8, 64)))
+
+
+# ----------------------------------------------------------------------------- plan cache
+def test_plan_cache_returns_the_same_plan_for_a_repeated_decode_step():
+    from attnkit.attention import functional, planner
+
+    if functional.DEBUG:
+        pytest.skip("ATTNKIT_DEBUG=1 plans every call afresh")
+    q, k, v = make(1, 12, 12, 1, 257, 64)  # one query against 257 cached keys
+    with torch.no_grad():
+        first = explain(q, k, v)
+        out = attention(q, k, v)
+        again = explain(q, k, v)
+    assert first is again and first.backend == "sdpa"
+    assert first == planner.Plan("sdpa", "no mask: fused scaled_dot_product_attention")
+    ref, _ = reference(q, k, v)
+    assert (out.double() - ref).abs().max().item() <= 1e-5
+    # a different flag is a different signature, and a bad call is never served from the cache
+    assert explain(q, k, v, causal=True) is not first
+    _err(ValueError, "window must be a positive int.*True", q, k, v, window=True)
+    explain(q, k, v, window=1)
+    _err(ValueError, "window must be a positive int.*True", q, k, v, window=True)
+
+
+def test_explain_gives_the_same_plans_as_before():
+    """Backend and reason of the documented cases, as the planner gave them before plans were
+    cached (asked twice: planned, then from the cache)."""
+    cases = [
+        (
+            meta(1, 8, 4096),
+            dict(causal=True),
+            "sdpa",
+            "plain causal mask: fused scaled_dot_product_attention with is_causal",
+        ),
+        (
+            meta(1, 8, 16384),
+            dict(causal=True, window=512),
+            "windowed",
+            "sliding window 512 << "
+            "16384 keys: blocked band kernel, O(N*w) time and memory, with its own backward",
+        ),
+        (
+            meta(1, 8, 128),
+            dict(causal=True, return_weights=True),
+            "math",
+            "attention weights were requested; only the math backend materialises them",
+        ),
+        (
+            meta(1, 8, 16384),
+            dict(causal=True, bias="alibi"),
+            "flex",
+            "a dense mask/bias would "
+            "take 8192 MiB; FlexAttention skips empty blocks and computes the mask per block",
+        ),
+        (
+            meta(1, 8, 16384, grad=True),
+            dict(causal=True, bias="alibi"),
+            "sdpa",
+            "fused scaled_dot_product_attention with a dense mask/bias (8192.0 MiB)",
+        ),
+        (
+            meta(1, 8, 64),
+            dict(causal=True, window=512),
+            "sdpa",
+            "fused scaled_dot_product_attention with a dense mask/bias (0.0 MiB)",
+        ),
+        (meta(1, 8, 64), dict(), "sdpa", "no mask: fused scaled_dot_product_attention"),
+        (meta(1, 8, 64), dict(backend="math"), "math", "requested explicitly"),
+    ]
+    for args, kw, backend, reason in cases:
+        for _ in range(2):
+            plan = explain(*args, **kw)
+            assert (plan.backend, plan.reason) == (backend, reason), kw

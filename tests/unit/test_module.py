@@ -464,3 +464,82 @@ def test_variant_rejects_unsupported_options():
         MultiHeadAttention(32, 8, variant=name, positional="alibi")
     with pytest.raises(ValueError, match="'no-such-variant'"):
         MultiHeadAttention(32, 8, variant="no-such-variant")
+
+
+# ------------------------------------------------------------------------------- the kernel seam
+def test_set_kernel_and_recording_leave_no_new_attributes():
+    """Swapping and capturing go through set_kernel: the module's attribute set is unchanged."""
+    from attnkit.attention import variants
+    from attnkit.attention.kernel import ExactKernel
+    from attnkit.attention.recording import RecordingKernel, recording
+
+    m = MultiHeadAttention(32, 4, causal=True, positional="rope").eval()
+    keys, children = set(vars(m)), set(m._modules)
+    x = torch.randn(2, 8, 32)
+    old = m.set_kernel(variants.get("local", block_size=4))
+    assert isinstance(old, ExactKernel) and m.kernel.name == "local"
+    assert set(vars(m)) == keys and set(m._modules) == children
+    calls = []
+    with torch.no_grad(), recording([m], lambda i, call: calls.append((i, call))):
+        assert isinstance(m.kernel, RecordingKernel) and m.kernel.inner.name == "local"
+        m(x)
+        assert set(vars(m)) == keys and set(m._modules) == children
+    assert m.kernel.name == "local" and not isinstance(m.kernel, RecordingKernel)
+    assert len(calls) == 1 and calls[0][0] == 0 and calls[0][1].q.shape == (2, 4, 8, 8)
+    assert m.set_kernel(old).name == "local" and m.kernel is old
+    assert set(vars(m)) == keys and set(m._modules) == children
+    for gone in ("variant", "variant_attn", "capture_hook"):
+        assert not hasattr(m, gone), gone
+    with pytest.raises(TypeError, match="AttentionKernel"):
+        m.set_kernel(torch.nn.Identity())
+    alibi = MultiHeadAttention(32, 4, positional="alibi")
+    with pytest.raises(ValueError, match="alibi"):
+        alibi.set_kernel(variants.get("local"))
+    assert isinstance(alibi.kernel, ExactKernel)  # a refused kernel leaves the old one
+
+
+def test_kernel_argument_and_key_padding_alias():
+    from attnkit.attention.kernel import ExactKernel
+
+    torch.manual_seed(0)
+    a = MultiHeadAttention(32, 4, causal=True, kernel=ExactKernel("math")).eval()
+    assert a.kernel.backend == "math"
+    x = torch.randn(2, 6, 32)
+    vkm = torch.ones(2, 6, dtype=torch.bool)
+    vkm[1, 4:] = False
+    with torch.no_grad():
+        assert torch.equal(a(x, valid_key_mask=vkm), a(x, key_padding_mask=vkm))
+    with pytest.raises(TypeError, match="not both"):
+        a(x, valid_key_mask=vkm, key_padding_mask=vkm)
+    with pytest.raises(ValueError, match="not both"):
+        MultiHeadAttention(32, 4, kernel=ExactKernel(), variant="local")
+    with pytest.raises(ValueError, match="backend must be one of.*'fast'"):
+        ExactKernel("fast")
+
+
+@pytest.mark.parametrize("n_kv_heads, padded", [(4, False), (2, True), (1, False)])
+def test_one_token_decoding_matches_the_float64_reference(n_kv_heads, padded):
+    """Prefill, then one token at a time through the kernel (SDPA, planned once per shape):
+    every step equals the float64 reference of the full sequence at that position."""
+    from attnkit.attention.functional import explain
+
+    torch.manual_seed(0)
+    m = MultiHeadAttention(32, 4, n_kv_heads=n_kv_heads, causal=True, positional="rope").eval()
+    T = 9
+    x = torch.randn(2, T, 32)
+    vkm = torch.ones(2, T, dtype=torch.bool)
+    if padded:
+        vkm[1, :2] = False  # left padding
+    ref, _ = reference_mha(m, x, valid_key_mask=vkm if padded else None)
+    cache = KVCache()
+    with torch.no_grad():
+        m(x[:, :5], cache=cache, valid_key_mask=vkm[:, :5] if padded else None)
+        for t in range(5, T):
+            kw = {"valid_key_mask": vkm[:, : t + 1]} if padded else {}
+            y = m(x[:, t : t + 1], cache=cache, **kw)  # (B, 1, C)
+            real = vkm[:, t]
+            assert (y[:, 0][real].double() - ref[:, t][real]).abs().max() <= 1e-5
+    q = torch.empty(2, 4, 1, 8, device="meta")
+    k = torch.empty(2, n_kv_heads, T, 8, device="meta")
+    plan = explain(q, k, k, valid_key_mask=vkm.to("meta") if padded else None)
+    assert plan.backend == "sdpa"

@@ -370,3 +370,28 @@ def test_swap_command_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("attnkit: error: ") and message in err[0], err
+
+
+def test_swap_capture_and_qkv_recording_leave_no_new_attributes():
+    """Surgery and capture replace or wrap the kernel through set_kernel; nothing is written
+    onto the attention modules or the model besides the kernel and model.meta."""
+    from attnkit.inspect import capture
+
+    model = tiny_gpt(positional="rope")
+    attns = surgery.attention_layers(model)
+    keys = [set(vars(a)) for a in attns]
+    ids = torch.randint(0, 80, (2, 9))
+    surgery.swap_attention(model, "local", in_place=True, block_size=4)
+    assert [set(vars(a)) for a in attns] == keys
+    assert [a.kernel.name for a in attns] == ["local", "local"]
+    assert model.meta.swaps[-1].describe() == "local(block_size=4)"
+    with torch.no_grad(), capture(model) as maps:
+        model(ids)
+        assert [set(vars(a)) for a in attns] == keys
+    assert maps.sources == ["local", "local"]
+    got = surgery.capture_qkv(model, ids)
+    assert len(got) == 2 and [set(vars(a)) for a in attns] == keys
+    assert [a.kernel.name for a in attns] == ["local", "local"]  # restored after recording
+    surgery.swap_attention(model, "exact", in_place=True)
+    assert [set(vars(a)) for a in attns] == keys
+    assert [r.variant for r in model.meta.swaps] == ["local", "exact"]

@@ -24,10 +24,10 @@ from torch import Tensor
 from attnkit.attention.backends._common import alibi_bias
 from attnkit.attention.backends.flex import flex_attention_call
 from attnkit.attention.backends.math import math_attention
-from attnkit.attention.backends.sdpa import sdpa_attention
+from attnkit.attention.backends.sdpa import fused, sdpa_attention
 from attnkit.attention.backends.windowed import windowed_attention
 from attnkit.attention.masks import MaskSpec
-from attnkit.attention.planner import DENSE_MASK_BUDGET, PLANS, Plan, plan
+from attnkit.attention.planner import DENSE_MASK_BUDGET, PLANS, Plan, Planned, planned
 from attnkit.positional import alibi_slopes
 
 __all__ = ["attention", "explain", "Plan", "BACKENDS", "DENSE_MASK_BUDGET"]
@@ -196,36 +196,33 @@ def _signature(
 ) -> Hashable:
     """What validation and planning depend on: equal signatures get equal answers. Scalars go in
     with their types (``True == 1``, but ``window=True`` is an error and ``window=1`` is not);
-    None when an argument is not even tensor-like (validation then says what is wrong)."""
-    try:
-        return (
-            q.shape,
-            q.dtype,
-            q.device,
-            k.shape,
-            k.dtype,
-            k.device,
-            v.shape,
-            v.dtype,
-            v.device,
-            causal,
-            type(causal),
-            window,
-            type(window),
-            dropout_p,
-            type(dropout_p),
-            scale,
-            type(scale),
-            backend,
-            bool(return_weights),
-            grad,
-            _tensor_sig(mask),
-            _tensor_sig(valid_key_mask),
-            _tensor_sig(document_ids),
-            bias if bias is None or isinstance(bias, str) else ("tensor", *_tensor_sig(bias)),
-        )
-    except (AttributeError, TypeError):
-        return None
+    AttributeError when an argument is not even tensor-like."""
+    return (
+        q.shape,
+        q.dtype,
+        q.device,
+        k.shape,
+        k.dtype,
+        k.device,
+        v.shape,
+        v.dtype,
+        v.device,
+        causal,
+        type(causal),
+        window,
+        type(window),
+        dropout_p,
+        type(dropout_p),
+        scale,
+        type(scale),
+        backend,
+        bool(return_weights),
+        grad,
+        _tensor_sig(mask),
+        _tensor_sig(valid_key_mask),
+        _tensor_sig(document_ids),
+        bias if bias is None or isinstance(bias, str) else ("tensor", _tensor_sig(bias)),
+    )
 
 
 def _needs_grad(q, k, v, bias) -> bool:
@@ -239,7 +236,19 @@ def _needs_grad(q, k, v, bias) -> bool:
     )
 
 
-def _prepare(
+def _spec(q, k, causal, mask, valid_key_mask, window, document_ids) -> MaskSpec:
+    return MaskSpec(
+        q_len=q.shape[2],
+        k_len=k.shape[2],
+        causal=causal,
+        window=window,
+        valid_key_mask=valid_key_mask,
+        document_ids=document_ids,
+        mask=mask,
+    )
+
+
+def _lookup(
     q,
     k,
     v,
@@ -253,60 +262,60 @@ def _prepare(
     scale,
     backend,
     return_weights,
-) -> tuple[MaskSpec, Plan]:
-    try:
-        grad = _needs_grad(q, k, v, bias)
-    except AttributeError:
-        grad = False  # not tensors: validation says so below
+) -> Planned:
+    """The plan of this call: from the cache when its signature was seen before, else
+    validated (raising for a bad argument), planned and stored."""
     key = None
-    found = None
+    grad = False
     if not DEBUG:
-        key = _signature(
-            q,
-            k,
-            v,
-            causal,
-            mask,
-            valid_key_mask,
-            window,
-            bias,
-            document_ids,
-            dropout_p,
-            scale,
-            backend,
-            return_weights,
-            grad,
-        )
-        found = None if key is None else PLANS.get(key)
-    if found is None:
-        _validate(
-            q,
-            k,
-            v,
-            causal,
-            mask,
-            valid_key_mask,
-            window,
-            bias,
-            document_ids,
-            dropout_p,
-            scale,
-            backend,
-        )
-    spec = MaskSpec(
-        q_len=q.shape[2],
-        k_len=k.shape[2],
-        causal=causal,
-        window=window,
-        valid_key_mask=valid_key_mask,
-        document_ids=document_ids,
-        mask=mask,
+        try:
+            grad = torch.is_grad_enabled() and _needs_grad(q, k, v, bias)
+            key = _signature(
+                q,
+                k,
+                v,
+                causal,
+                mask,
+                valid_key_mask,
+                window,
+                bias,
+                document_ids,
+                dropout_p,
+                scale,
+                backend,
+                return_weights,
+                grad,
+            )
+            found = PLANS.get(key)
+        except (AttributeError, TypeError):  # not tensors, or unhashable: validation says why
+            key = found = None
+        if found is not None:
+            return found
+    else:
+        try:
+            grad = _needs_grad(q, k, v, bias)
+        except AttributeError:
+            grad = False
+    _validate(
+        q,
+        k,
+        v,
+        causal,
+        mask,
+        valid_key_mask,
+        window,
+        bias,
+        document_ids,
+        dropout_p,
+        scale,
+        backend,
     )
-    if found is None:
-        found = plan(q, spec, bias, dropout_p, return_weights, backend, grad)
-        if key is not None:
-            PLANS.put(key, found)
-    return spec, found
+    spec = _spec(q, k, causal, mask, valid_key_mask, window, document_ids)
+    resolved = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    entry = planned(q, k, spec, bias, dropout_p, return_weights, backend, grad, resolved)
+    if key is not None:
+        PLANS.put(key, entry)
+    return entry
 
 
 def attention(
@@ -350,7 +359,7 @@ def attention(
         out (B, Hq, Tq, Dv), or (out, weights) with return_weights=True.  A query that may
         attend to nothing gets zeros (and zero gradients) in every backend.
     """
-    spec, found = _prepare(
+    entry = _lookup(
         q,
         k,
         v,
@@ -365,10 +374,14 @@ def attention(
         backend,
         return_weights,
     )
+    if entry.fused is not None:  # one plain SDPA call: no mask to describe
+        is_causal, fused_scale, gqa = entry.fused
+        return fused(
+            q, k, v, is_causal=is_causal, dropout_p=dropout_p, scale=fused_scale, enable_gqa=gqa
+        )
+    spec = _spec(q, k, causal, mask, valid_key_mask, window, document_ids)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    name = found.backend
-    if name == "sdpa" and bias is None:
-        return sdpa_attention(q, k, v, spec, bias=None, scale=scale, dropout_p=dropout_p)
+    name = entry.plan.backend
     slopes = alibi_slopes(q.shape[1]).to(q.device) if isinstance(bias, str) else None
     if name == "windowed":
         return windowed_attention(
@@ -384,7 +397,11 @@ def attention(
             bias=bias if isinstance(bias, Tensor) else None,
             scale=scale,
         )
-    dense_bias = alibi_bias(slopes, spec, q.device) if slopes is not None else bias
+    dense_bias = (
+        alibi_bias(slopes, spec, q.device)
+        if slopes is not None
+        else (bias if isinstance(bias, Tensor) else None)
+    )
     if name == "sdpa":
         return sdpa_attention(q, k, v, spec, bias=dense_bias, scale=scale, dropout_p=dropout_p)
     return math_attention(
@@ -420,7 +437,7 @@ def explain(
     Accepts the same arguments as `attention`; tensors may live on the "meta" device, so a
     plan can be asked for without allocating anything.
     """
-    _, found = _prepare(
+    return _lookup(
         q,
         k,
         v,
@@ -434,5 +451,4 @@ def explain(
         scale,
         backend,
         return_weights,
-    )
-    return found
+    ).plan

@@ -71,6 +71,7 @@ class KVCache:
         store = self.dtype or k_new.dtype
         if (
             self.k is not None
+            and self.v is not None
             and self.length == 0
             and (
                 self.k.shape[:2] != k_new.shape[:2]
@@ -81,7 +82,7 @@ class KVCache:
             )
         ):
             self.k = self.v = None  # empty cache reused for other shapes: drop the storage
-        if self.k is not None:
+        if self.k is not None and self.v is not None:
             want = (self.k.shape[0], self.k.shape[1], self.k.shape[3], self.v.shape[3])
             got = (k_new.shape[0], k_new.shape[1], k_new.shape[3], v_new.shape[3])
             if want != got:
@@ -100,7 +101,7 @@ class KVCache:
         dtype = self.dtype or like_k.dtype
         k = like_k.new_zeros(b, h, capacity, like_k.shape[3], dtype=dtype)  # (B, Hkv, capacity, D)
         v = like_v.new_zeros(b, h, capacity, like_v.shape[3], dtype=dtype)  # (B, Hkv, capacity, Dv)
-        if self.k is not None and self.length:
+        if self.k is not None and self.v is not None and self.length:
             k[:, :, : self.length] = self.k[:, :, : self.length]
             v[:, :, : self.length] = self.v[:, :, : self.length]
         self.k, self.v = k, v
@@ -124,10 +125,13 @@ class KVCache:
                 while cap < end:
                     cap *= 2
             self._allocate(k_new, v_new, cap)
-        self.k[:, :, self.length : end] = k_new
-        self.v[:, :, self.length : end] = v_new
+        k, v = self.k, self.v
+        if k is None or v is None:  # pragma: no cover - allocated above
+            raise RuntimeError("KVCache storage is missing after allocation")
+        k[:, :, self.length : end] = k_new
+        v[:, :, self.length : end] = v_new
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return k[:, :, :end], v[:, :, :end]
 
     def truncate(self, length: int) -> None:
         """Forget every token from ``length`` on (e.g. after rejected speculative tokens)."""

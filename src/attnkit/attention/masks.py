@@ -239,7 +239,9 @@ class MaskSpec:
 def causal_mask(q_len: int, k_len: int | None = None, device=None) -> Tensor:
     """(Tq, Tk) bool: query i (at position Tk - Tq + i) sees keys 0..its own position."""
     k_len = q_len if k_len is None else k_len
-    return MaskSpec(q_len, k_len, causal=True).dense(device)[0, 0]
+    dense = MaskSpec(q_len, k_len, causal=True).dense(device)
+    assert dense is not None  # a causal spec is never empty
+    return dense[0, 0]
 
 
 def sliding_window_mask(
@@ -247,7 +249,9 @@ def sliding_window_mask(
 ) -> Tensor:
     """(Tq, Tk) bool sliding-window mask (see the module docstring for the convention)."""
     k_len = q_len if k_len is None else k_len
-    return MaskSpec(q_len, k_len, causal=causal, window=window).dense(device)[0, 0]
+    dense = MaskSpec(q_len, k_len, causal=causal, window=window).dense(device)
+    assert dense is not None  # a windowed spec is never empty
+    return dense[0, 0]
 
 
 def valid_key_mask_from_lengths(lengths: Tensor, max_len: int | None = None) -> Tensor:
@@ -260,7 +264,9 @@ def valid_key_mask_from_lengths(lengths: Tensor, max_len: int | None = None) -> 
 def document_mask(document_ids: Tensor, causal: bool = False) -> Tensor:
     """(B, 1, T, T) bool mask keeping attention inside each packed document."""
     t = document_ids.shape[-1]
-    return MaskSpec(t, t, causal=causal, document_ids=document_ids).dense()
+    dense = MaskSpec(t, t, causal=causal, document_ids=document_ids).dense()
+    assert dense is not None  # a document spec is never empty
+    return dense
 
 
 def prefix_lm_mask(prefix_lengths: Tensor, seq_len: int) -> Tensor:

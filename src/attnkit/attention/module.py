@@ -252,11 +252,21 @@ class MultiHeadAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             return_weights=return_weights,
         )
-        y, weights = res if return_weights else (res, None)  # y: (B, H, T, D)
+        if isinstance(res, tuple):
+            y, weights = res  # (B, H, T, D), (B, H, T, Tk)
+        else:
+            y, weights = res, None  # (B, H, T, D)
 
         y = y.transpose(1, 2).reshape(B, T, H * D).to(x.dtype)  # (B, T, H * D)
         out = self.out_dropout(self.out_proj(y))  # (B, T, C)
-        return (out, weights) if return_weights else out
+        if not return_weights:
+            return out
+        if weights is None:
+            raise ValueError(
+                f"kernel {kernel.name!r} returned no attention weights for return_weights=True; "
+                f"expected (out, weights)"
+            )
+        return out, weights
 
     def extra_repr(self) -> str:
         parts = [f"d_model={self.d_model}", f"n_heads={self.n_heads}"]

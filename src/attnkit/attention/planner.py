@@ -17,7 +17,7 @@ from torch import Tensor
 
 from attnkit.attention.masks import MaskSpec
 
-__all__ = ["Plan", "PlanCache", "plan", "PLANS", "DENSE_MASK_BUDGET"]
+__all__ = ["Plan", "Planned", "PlanCache", "plan", "PLANS", "DENSE_MASK_BUDGET"]
 
 # auto: a dense mask/bias larger than this goes to FlexAttention when it can run there
 DENSE_MASK_BUDGET = 256 * 2**20
@@ -34,18 +34,28 @@ class Plan:
         return f"{self.backend}: {self.reason}"
 
 
+@dataclass(frozen=True)
+class Planned:
+    """A plan as the cache keeps it: the `Plan`, and for a call that is one plain fused SDPA
+    call (no mask tensor, no bias) its arguments ``(is_causal, scale, enable_gqa)``, so that
+    running it needs no `MaskSpec`."""
+
+    plan: Plan
+    fused: tuple[bool, float, bool] | None = None
+
+
 class PlanCache:
     """Plans by call signature, at most ``max_size`` of them (the oldest go first)."""
 
     def __init__(self, max_size: int = 4096):
         self.max_size = max_size
-        self._plans: dict[Hashable, Plan] = {}
+        self._plans: dict[Hashable, Planned] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable) -> Plan | None:
+    def get(self, key: Hashable) -> Planned | None:
         return self._plans.get(key)
 
-    def put(self, key: Hashable, value: Plan) -> None:
+    def put(self, key: Hashable, value: Planned) -> None:
         with self._lock:
             if len(self._plans) >= self.max_size:
                 self._plans.pop(next(iter(self._plans)))
@@ -148,3 +158,28 @@ def _check_explicit(q, spec, bias, dropout_p, return_weights, backend, grad, cpu
                 "backend='windowed' supports causal/window/valid_key_mask/document_ids/alibi, not a dense mask or bias tensor"
             )
     return Plan(backend, "requested explicitly")
+
+
+def planned(
+    q: Tensor,
+    k: Tensor,
+    spec: MaskSpec,
+    bias: None | str | Tensor,
+    dropout_p: float,
+    return_weights: bool,
+    backend: str,
+    grad: bool,
+    scale: float,
+) -> Planned:
+    """`plan` with the arguments of a plain fused SDPA call when the plan is one."""
+    chosen = plan(q, spec, bias, dropout_p, return_weights, backend, grad)
+    fused = None
+    if (
+        chosen.backend == "sdpa"
+        and bias is None
+        and spec.structural_only
+        and spec.window is None
+        and (not spec.causal or spec.q_len == spec.k_len)
+    ):
+        fused = (spec.causal, scale, q.shape[1] != k.shape[1])
+    return Planned(chosen, fused)

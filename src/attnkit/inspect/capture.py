@@ -413,9 +413,9 @@ class _Recorder:
                 kernel, q, call.valid_key_mask, call.causal, head_idx, maps.top_k
             )
             source = "lsh"
-        elif hasattr(kernel, "dense_mask"):
+        elif callable(dense_mask := getattr(kernel, "dense_mask", None)):
             T = q.shape[2]
-            pattern = kernel.dense_mask(T, call.causal, device=q.device)  # (T, T)
+            pattern = dense_mask(T, call.causal, device=q.device)  # (T, T)
             rep = q.shape[1] // k.shape[1]
             res = layer_weights(
                 q,

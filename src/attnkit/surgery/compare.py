@@ -30,11 +30,15 @@ from tokenizers import Tokenizer
 
 from attnkit.attention.kernel import ExactKernel
 from attnkit.attention.recording import AttentionCall, attention_layers, recording
-from attnkit.models.common import ModelBase
+from attnkit.models.bert import Bert
+from attnkit.models.gpt import GPT
 from attnkit.models.heads import POOLERS
 from attnkit.surgery.swap import EXACT, check_swappable
 from attnkit.text.batching import padded_batches
 from attnkit.text.pooling import resolve_pooling
+
+# the models compare and capture_qkv run: both have blocks and hidden_states
+Model = GPT | Bert
 
 __all__ = [
     "LayerDrift",
@@ -75,7 +79,7 @@ def _layer_qkv(call: AttentionCall) -> LayerQKV:
 
 @torch.no_grad()
 def capture_qkv(
-    model: ModelBase, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    model: Model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> list[LayerQKV]:
     """Run ``model.hidden_states(input_ids, attention_mask)`` once and return what every
     attention layer received, in layer order. The layers attend exactly while recording, so
@@ -161,14 +165,14 @@ class SwapReport:
         return "\n".join(lines)
 
 
-def sentence_pooling(model: ModelBase) -> str:
+def sentence_pooling(model: Model) -> str:
     """How the model makes sentence vectors: an encoder's declared pooling
     (``config.pooling``, via :func:`attnkit.text.pooling.resolve_pooling`), mean pooling for a
     decoder."""
     return resolve_pooling(model) if model.config.arch == "bert" else "mean"
 
 
-def default_max_length(model: ModelBase) -> int:
+def default_max_length(model: Model) -> int:
     """The longest input the model's tokenizer keeps (``meta.max_length``), within its
     positions."""
     limit = model.config.max_seq_len
@@ -187,7 +191,7 @@ def _batches(
 
 
 def _run_with_layers(
-    model: ModelBase, ids: torch.Tensor, mask: torch.Tensor | None
+    model: Model, ids: torch.Tensor, mask: torch.Tensor | None
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Every block's output (B, T, C) and the final hidden states (B, T, C)."""
     outs: list[torch.Tensor] = []
@@ -205,7 +209,7 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _check_models(original: ModelBase, swapped: ModelBase) -> None:
+def _check_models(original: Model, swapped: Model) -> None:
     a, b = attention_layers(original), attention_layers(swapped)
     if len(a) != len(b) or original.config.d_model != swapped.config.d_model:
         raise ValueError(
@@ -221,8 +225,8 @@ def _check_models(original: ModelBase, swapped: ModelBase) -> None:
 
 @torch.no_grad()
 def compare(
-    original: ModelBase,
-    swapped: ModelBase,
+    original: Model,
+    swapped: Model,
     texts: Sequence[str],
     *,
     batch_size: int = 32,

@@ -6,6 +6,7 @@ per process and reused (Inductor's on-disk cache makes later processes fast too)
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -13,7 +14,7 @@ from torch import Tensor
 from attnkit.attention.masks import MaskSpec
 
 _FLEX_LOCK = threading.Lock()
-_FLEX_COMPILED = {}
+_FLEX_COMPILED: dict[str, Callable[..., Tensor]] = {}
 
 
 def compiled_flex():

@@ -67,6 +67,7 @@ def sdpa_attention(
             # give empty rows something finite to attend to, then zero them below
             allowed = allowed | empty
             empty_rows = empty
+    attn_mask: Tensor | None
     if bias is not None:
         attn_mask = bias.to(q.dtype)
         if allowed is not None:

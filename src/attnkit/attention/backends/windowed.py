@@ -26,6 +26,9 @@ class _Band:
 
     def __init__(self, spec: MaskSpec, block: int):
         w = spec.window
+        if w is None:
+            raise ValueError("the windowed backend needs window=<int>, got window=None")
+        self.w = w
         self.c = block
         self.left = w - 1
         self.right = 0 if spec.causal else w - 1
@@ -68,8 +71,8 @@ def _band_static(spec: MaskSpec, band: _Band, device) -> Tensor:
     j = torch.arange(band.L, device=device)[None, :]
     rel = i + band.left - j  # query position minus key position
     if spec.causal:
-        return (rel >= 0) & (rel < spec.window)
-    return rel.abs() < spec.window
+        return (rel >= 0) & (rel < band.w)
+    return rel.abs() < band.w
 
 
 class _WindowedFn(torch.autograd.Function):
@@ -115,7 +118,7 @@ class _FastBand:
     """
 
     def __init__(self, spec: MaskSpec, band: _Band, lo: int, hi: int, device, dtype):
-        c, w, off = band.c, spec.window, spec.offset
+        c, w, off = band.c, band.w, spec.offset
         self.lo, self.hi, self.c = lo, hi, c
         i = torch.arange(c, device=device)[:, None]
         j = torch.arange(c, device=device)[None, :]
@@ -124,7 +127,7 @@ class _FastBand:
         upper = torch.where(j >= i, zero, neg)
         lower = torch.where(j <= i, zero, neg)
         # (relative start, length, is_causal, additive mask)
-        parts = [(-w + 1, c, False, upper)]
+        parts: list[tuple[int, int, bool, Tensor | None]] = [(-w + 1, c, False, upper)]
         if spec.causal:
             if w - c - 1 > 0:
                 parts.append((-w + c + 1, w - c - 1, False, None))
@@ -143,10 +146,10 @@ class _FastBand:
             or not spec.structural_only
             or slopes is not None
             or dropout_p > 0
-            or spec.window < 2 * band.c
+            or band.w < 2 * band.c
         ):
             return None
-        c, w, off, tq, tk = band.c, spec.window, spec.offset, spec.q_len, spec.k_len
+        c, w, off, tq, tk = band.c, band.w, spec.offset, spec.q_len, spec.k_len
         lo = max(0, -(-(w - 1 - off) // c))
         hi = tq // c
         if not spec.causal:
@@ -275,7 +278,7 @@ class _BandContext:
         """(B, 1, n, c, L) bool."""
         idx = band.key_index(b0, b1, self.kvalid.device)  # (n, L)
         ok = self.static[None, None] & self.kvalid[:, idx][:, :, None, :]  # (B, n, c, L)
-        if self.doc_k is not None:
+        if self.doc_k is not None and self.doc_q is not None:
             dk = self.doc_k[:, idx]  # (B, n, L)
             dq = self.doc_q[:, b0 * band.c : b1 * band.c].reshape(dk.shape[0], b1 - b0, band.c)
             ok = ok & (dq[..., :, None] == dk[..., None, :])

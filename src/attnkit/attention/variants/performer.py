@@ -49,6 +49,7 @@ class PerformerAttention(FeatureMapAttention):
     head_dim: draw the features now for this D instead of at the first forward call.
     """
 
+    projection: Tensor | None  # (m, D) buffer
     name = "performer"
     description = (
         "Performer FAVOR+: positive orthogonal random features approximating softmax attention"
@@ -101,7 +102,10 @@ class PerformerAttention(FeatureMapAttention):
                     f"this module was built for head_dim={self.projection.shape[1]}, got D={d}"
                 )
             self.redraw(d)
-        return self.projection.to(device=like.device, dtype=like.dtype)
+        projection = self.projection
+        if projection is None:  # pragma: no cover - redraw sets it
+            raise RuntimeError("PerformerAttention has no projection after redraw()")
+        return projection.to(device=like.device, dtype=like.dtype)
 
     def _proj(self, x: Tensor) -> Tensor:
         """W x / D^(1/4): (..., t, D) -> (..., t, m'), where m' rounds m up to a multiple of 16
