@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from attnkit._util import checks
+from attnkit._util.env import cpu_has_native_bf16
 from attnkit.models.bert import Bert
 from attnkit.models.heads import POOLERS
 from attnkit.text.batching import Batch, map_batches
@@ -31,18 +32,6 @@ from attnkit.text.tokenizers import encode_texts, pad_token_id
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from tokenizers import Tokenizer
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU has bf16 arithmetic (AVX-512 BF16 or AMX-BF16; Linux only)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return bool(set(line.split(":", 1)[1].split()) & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
 
 
 class Encoder:
