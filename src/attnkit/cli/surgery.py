@@ -97,6 +97,8 @@ def swap_command(args: argparse.Namespace) -> int:
     from attnkit import surgery
     from attnkit.bench.harness import resolve_device
     from attnkit.checkpoints import load
+    from attnkit.models.bert import Bert
+    from attnkit.models.gpt import GPT
 
     params = surgery.parse_params(args.variant_param)
     surgery.resolve_params(args.variant, params)  # bad names fail before the model loads
@@ -107,10 +109,15 @@ def swap_command(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model = load(args.model, device=device)
+    if not isinstance(model, (GPT, Bert)):
+        raise UsageError(
+            f"--model {args.model!r} is a {type(model).__name__}; expected a GPT or BERT model"
+        )
     layers = (
         None if args.layers is None else surgery.parse_layers(args.layers, model.config.n_layer)
     )
     swapped = surgery.swap_attention(model, args.variant, layers=layers, **params)
+    assert isinstance(swapped, (GPT, Bert))  # a copy of the same class
     report = surgery.compare(
         model,
         swapped,
