@@ -5,7 +5,7 @@ once as a `MaskSpec`, asks `attnkit.attention.planner` for a backend and calls i
 takes the same arguments and says which backend `backend="auto"` would pick, and why.
 
 Hot path: the validation and the plan are remembered by call signature (shapes, dtypes, devices,
-flags and the types of the scalar arguments; see `_signature`), so a call like one made before
+flags and the types of the scalar arguments; see `attnkit.attention.planner.signature`), so a call like one made before
 (each layer of a decoding step, each step of a training loop) runs no checks beyond building that
 signature, and planning it is a dict lookup. A new signature is validated in full before its plan
 is stored, so an invalid call always raises. With ``ATTNKIT_DEBUG=1`` in the environment (read at
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Hashable
 
 import torch
 from torch import Tensor
@@ -27,7 +26,7 @@ from attnkit.attention.backends.math import math_attention
 from attnkit.attention.backends.sdpa import fused, sdpa_attention
 from attnkit.attention.backends.windowed import windowed_attention
 from attnkit.attention.masks import MaskSpec
-from attnkit.attention.planner import DENSE_MASK_BUDGET, PLANS, Plan, Planned, planned
+from attnkit.attention.planner import DENSE_MASK_BUDGET, PLANS, Plan, Planned, planned, signature
 from attnkit.positional import alibi_slopes
 
 __all__ = ["attention", "explain", "Plan", "BACKENDS", "DENSE_MASK_BUDGET"]
@@ -174,57 +173,6 @@ def _validate(
         )
 
 
-def _tensor_sig(t) -> Hashable:
-    return None if t is None else (t.shape, t.dtype, t.device)
-
-
-def _signature(
-    q,
-    k,
-    v,
-    causal,
-    mask,
-    valid_key_mask,
-    window,
-    bias,
-    document_ids,
-    dropout_p,
-    scale,
-    backend,
-    return_weights,
-    grad,
-) -> Hashable:
-    """What validation and planning depend on: equal signatures get equal answers. Scalars go in
-    with their types (``True == 1``, but ``window=True`` is an error and ``window=1`` is not);
-    AttributeError when an argument is not even tensor-like."""
-    return (
-        q.shape,
-        q.dtype,
-        q.device,
-        k.shape,
-        k.dtype,
-        k.device,
-        v.shape,
-        v.dtype,
-        v.device,
-        causal,
-        type(causal),
-        window,
-        type(window),
-        dropout_p,
-        type(dropout_p),
-        scale,
-        type(scale),
-        backend,
-        bool(return_weights),
-        grad,
-        _tensor_sig(mask),
-        _tensor_sig(valid_key_mask),
-        _tensor_sig(document_ids),
-        bias if bias is None or isinstance(bias, str) else ("tensor", _tensor_sig(bias)),
-    )
-
-
 def _needs_grad(q, k, v, bias) -> bool:
     if not torch.is_grad_enabled():
         return False
@@ -270,7 +218,7 @@ def _lookup(
     if not DEBUG:
         try:
             grad = torch.is_grad_enabled() and _needs_grad(q, k, v, bias)
-            key = _signature(
+            key = signature(
                 q,
                 k,
                 v,

@@ -11,13 +11,23 @@ from __future__ import annotations
 import threading
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from attnkit.attention.masks import MaskSpec
 
-__all__ = ["Plan", "Planned", "PlanCache", "plan", "PLANS", "DENSE_MASK_BUDGET"]
+__all__ = [
+    "Plan",
+    "Planned",
+    "PlanCache",
+    "plan",
+    "planned",
+    "signature",
+    "PLANS",
+    "DENSE_MASK_BUDGET",
+]
 
 # auto: a dense mask/bias larger than this goes to FlexAttention when it can run there
 DENSE_MASK_BUDGET = 256 * 2**20
@@ -71,6 +81,57 @@ class PlanCache:
 
 # the plans of this process's attention calls
 PLANS = PlanCache()
+
+
+def _tensor_sig(t: Any) -> Hashable:
+    return None if t is None else (t.shape, t.dtype, t.device)
+
+
+def signature(
+    q,
+    k,
+    v,
+    causal,
+    mask,
+    valid_key_mask,
+    window,
+    bias,
+    document_ids,
+    dropout_p,
+    scale,
+    backend,
+    return_weights,
+    grad,
+) -> Hashable:
+    """What validation and planning depend on: equal signatures get equal answers. Scalars go in
+    with their types (``True == 1``, but ``window=True`` is an error and ``window=1`` is not);
+    AttributeError when an argument is not even tensor-like."""
+    return (
+        q.shape,
+        q.dtype,
+        q.device,
+        k.shape,
+        k.dtype,
+        k.device,
+        v.shape,
+        v.dtype,
+        v.device,
+        causal,
+        type(causal),
+        window,
+        type(window),
+        dropout_p,
+        type(dropout_p),
+        scale,
+        type(scale),
+        backend,
+        bool(return_weights),
+        grad,
+        _tensor_sig(mask),
+        _tensor_sig(valid_key_mask),
+        _tensor_sig(document_ids),
+        bias if bias is None or isinstance(bias, str) else ("tensor", _tensor_sig(bias)),
+    )
 
 
 def _flex_available(device: torch.device) -> bool:
