@@ -51,7 +51,7 @@ def char_model():
 def full_logits(model, ids):
     """Next-token logits of the plain (uncached) model for one row of ids."""
     with torch.no_grad():
-        return model(torch.tensor([ids]))[0, -1].double()
+        return model(torch.tensor([ids])).logits[0, -1].double()
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,7 +317,7 @@ def test_greedy_matches_transformers_generate(direction, tmp_path):
             get_preset("gpt2").replace(
                 vocab_size=211,
                 n_layer=2,
-                n_head=4,
+                n_heads=4,
                 d_model=32,
                 max_seq_len=64,
                 dropout=0.0,

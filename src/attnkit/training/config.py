@@ -136,6 +136,10 @@ def build(base: dict[str, Any], overrides: list[tuple[str, Any]]) -> RunConfig:
         section, _, name = key.partition(".")
         if section not in tree or not name:
             raise ValueError(f"unknown config key {key!r}; expected model.*, data.* or train.*")
+        if section == "model":
+            from attnkit.models.config import RENAMED_FIELDS
+
+            name = RENAMED_FIELDS.get(name, name)  # older files' names (n_head, n_kv_head)
         fields = _section_fields(section)
         if name not in fields:
             raise ValueError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -55,20 +55,17 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def plot_loss(jsonl: Path, png: Path) -> Path | None:
-    """Train and val loss against step; None (with a note) when matplotlib is missing."""
-    try:
-        import matplotlib
+    """Train and val loss against step; None (with a logged note) when matplotlib is missing."""
+    from attnkit._util.fs import atomic_write
+    from attnkit._util.optional import MissingDependency, figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(
-            "attnkit: matplotlib is not installed; no loss curve (pip install attnkit[viz])",
-            file=sys.stderr,
-        )
+    try:
+        fig = figure(7, 4.5)
+    except MissingDependency as e:
+        logging.getLogger(__name__).warning("attnkit: no loss curve: %s", e)
         return None
     rows = read_rows(jsonl)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax = fig.add_subplot()
     for split, style in (("train", "-"), ("val", "o-")):
         pts = [(r["step"], r["loss"]) for r in rows if r.get("split") == split]
         if pts:
@@ -79,6 +76,4 @@ def plot_loss(jsonl: Path, png: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
+    return atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
