@@ -215,7 +215,7 @@ def _lookup(
     validated (raising for a bad argument), planned and stored."""
     key = None
     grad = False
-    if not DEBUG:
+    if not DEBUG and not torch.compiler.is_compiling():  # compiled: planned once, when traced
         try:
             grad = torch.is_grad_enabled() and _needs_grad(q, k, v, bias)
             key = signature(

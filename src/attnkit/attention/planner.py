@@ -8,7 +8,6 @@ dict lookup: `attnkit.attention.functional` validates and plans only on a miss.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -60,20 +59,22 @@ class PlanCache:
     def __init__(self, max_size: int = 4096):
         self.max_size = max_size
         self._plans: dict[Hashable, Planned] = {}
-        self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> Planned | None:
         return self._plans.get(key)
 
     def put(self, key: Hashable, value: Planned) -> None:
-        with self._lock:
-            if len(self._plans) >= self.max_size:
+        # no lock: each dict operation is atomic, and two threads evicting at once only
+        # evict one entry more (a lock would also break torch.compile's graph here)
+        if len(self._plans) >= self.max_size:
+            try:
                 self._plans.pop(next(iter(self._plans)))
-            self._plans[key] = value
+            except (KeyError, RuntimeError, StopIteration):
+                pass
+        self._plans[key] = value
 
     def clear(self) -> None:
-        with self._lock:
-            self._plans.clear()
+        self._plans.clear()
 
     def __len__(self) -> int:
         return len(self._plans)

@@ -62,11 +62,10 @@ def sdpa_attention(
     allowed = spec.dense(q.device)
     empty_rows = None
     if allowed is not None:
-        empty = ~allowed.any(dim=-1, keepdim=True)  # (B?, H?, Tq, 1)
-        if bool(empty.any()):
-            # give empty rows something finite to attend to, then zero them below
-            allowed = allowed | empty
-            empty_rows = empty
+        # give rows with no key something finite to attend to, then zero them below (always:
+        # asking whether there are any would be a host sync)
+        empty_rows = ~allowed.any(dim=-1, keepdim=True)  # (B?, H?, Tq, 1)
+        allowed = allowed | empty_rows
     attn_mask: Tensor | None
     if bias is not None:
         attn_mask = bias.to(q.dtype)
