@@ -31,7 +31,7 @@ def math_reference(model, *args, **kwargs):
     ]
     try:
         with torch.no_grad():
-            out = model(*args, **kwargs)
+            out = model(*args, **kwargs).logits
     finally:
         for h in hooks:
             h.remove()
@@ -74,9 +74,9 @@ def test_capture_equals_math_backend_and_keeps_outputs(case):
     ids, mask = padded_batch()
     ref_out, ref_w = math_reference(model, ids, attention_mask=mask)
     with torch.no_grad():
-        plain = model(ids, attention_mask=mask)
+        plain = model(ids, attention_mask=mask).logits
         with capture(model) as maps:
-            got_out = model(ids, attention_mask=mask)
+            got_out = model(ids, attention_mask=mask).logits
     assert torch.equal(got_out, plain)  # capturing leaves the forward pass as it was
     torch.testing.assert_close(got_out, ref_out, atol=1e-5, rtol=0)  # and it ran the fast kernel
     assert maps.layers == [0, 1] and maps.heads == [0, 1, 2, 3] and maps.sources == ["exact"] * 2
@@ -391,7 +391,7 @@ def test_inspect_command_on_minilm(tmp_path, capsys):
     } <= names
     assert "rollout.png" not in names  # rollout needs every layer and head
     model = attnkit.load("minilm")
-    enc = model.tokenizer.encode(text)
+    enc = model.meta.tokenizer.encode(text)
     data = np.load(out / "maps.npz", allow_pickle=False)
     assert list(data["tokens"]) == enc.tokens and list(data["input_ids"]) == enc.ids
     assert list(data["layers"]) == [0, 5] and list(data["heads"]) == [2, 7]
@@ -472,7 +472,7 @@ def test_capture_equals_math_backend_on_flex():
     ids = torch.randint(0, 64, (2, 300))
     ref_out, ref_w = math_reference(model, ids)
     with torch.no_grad(), capture(model, heads=[0, 3]) as maps:
-        out = model(ids)
+        out = model(ids).logits
     torch.testing.assert_close(out, ref_out, atol=1e-4, rtol=0)
     assert (maps.weights[0] - ref_w[0][:, [0, 3]]).abs().max().item() <= 1e-6
     assert maps.weights[0][:, :, 100, :61].abs().max().item() == 0.0  # outside the window
