@@ -543,3 +543,13 @@ def test_one_token_decoding_matches_the_float64_reference(n_kv_heads, padded):
     k = torch.empty(2, n_kv_heads, T, 8, device="meta")
     plan = explain(q, k, k, valid_key_mask=vkm.to("meta") if padded else None)
     assert plan.backend == "sdpa"
+
+
+def test_state_dicts_with_the_old_variant_key_still_load():
+    """A variant's buffers were saved under <layer>.variant_attn. before the kernel seam."""
+    m = MultiHeadAttention(32, 4, variant="performer", variant_params=dict(head_dim=8, seed=1))
+    old = {k.replace("kernel.", "variant_attn."): v for k, v in m.state_dict().items()}
+    assert "variant_attn.projection" in old
+    fresh = MultiHeadAttention(32, 4, variant="performer", variant_params=dict(head_dim=8, seed=2))
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.kernel.projection, m.kernel.projection)

@@ -151,7 +151,7 @@ class MultiHeadAttention(nn.Module):
         chosen = ExactKernel(backend) if kernel is None else kernel
         self._check_kernel(chosen)
         self.kernel: AttentionKernel = chosen
-        self._register_load_state_dict_pre_hook(_rename_variant_keys)
+        self.register_load_state_dict_pre_hook(_rename_variant_keys)
 
     def set_kernel(self, kernel: AttentionKernel) -> AttentionKernel:
         """Make ``kernel`` this layer's attention kernel; returns the one it replaces.
@@ -285,7 +285,7 @@ class MultiHeadAttention(nn.Module):
 
 
 def _rename_variant_keys(
-    state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
 ) -> None:
     """Checkpoints written before the kernel seam keep a variant's buffers under
     ``<layer>.variant_attn.``; they live under ``<layer>.kernel.`` now."""
