@@ -182,7 +182,6 @@ class MultiHeadAttention(nn.Module):
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
         return_weights: bool = False,
-        key_padding_mask: torch.Tensor | None = None,  # alias until the models are renamed
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, C) -> (B, T, C), or (out, weights (B, Hq, T, Tk)) with return_weights.
 
@@ -191,12 +190,7 @@ class MultiHeadAttention(nn.Module):
         (B, Hq, T, Tk), True = may attend; document_ids (B, Tk) int for packed sequences;
         positions (T,) or (B, T) int positions for RoPE (default: cache.length + 0..T-1).
         With a cache, Tk = cache.length + T and the masks must cover all Tk keys.
-        ``key_padding_mask`` is an alias of ``valid_key_mask`` (same polarity).
         """
-        if key_padding_mask is not None:  # alias until the models are renamed
-            if valid_key_mask is not None:
-                raise TypeError("give valid_key_mask or its alias key_padding_mask, not both")
-            valid_key_mask = key_padding_mask
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(
                 f"x must be (B, T, d_model={self.d_model}), got shape {tuple(x.shape)}"

@@ -21,7 +21,7 @@ from torch import nn
 from attnkit.models.common import (
     ModelBase,
     check_ids,
-    key_padding,
+    valid_key_mask_from,
     make_block,
     positions_from_documents,
 )
@@ -88,13 +88,13 @@ class Bert(ModelBase):
                     f"{tuple(document_ids.shape)}"
                 )
             position_ids = positions_from_documents(document_ids)  # (B, T)
-        kpm = key_padding(attention_mask, (B, T))
+        vkm = valid_key_mask_from(attention_mask, (B, T))
         x = self.embed(
             input_ids, position_ids=position_ids, token_type_ids=token_type_ids
         )  # (B, T, C)
         rope_pos = position_ids if cfg.positional == "rope" else None
         for block in self.blocks:
-            x = block(x, key_padding_mask=kpm, document_ids=document_ids, positions=rope_pos)
+            x = block(x, valid_key_mask=vkm, document_ids=document_ids, positions=rope_pos)
         return self.norm(x)  # (B, T, C)
 
     def pool(

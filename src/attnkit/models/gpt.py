@@ -19,7 +19,7 @@ from attnkit.attention.kv_cache import KVCache
 from attnkit.models.common import (
     ModelBase,
     check_ids,
-    key_padding,
+    valid_key_mask_from,
     make_block,
     positions_from_documents,
 )
@@ -96,7 +96,7 @@ class GPT(ModelBase):
                 f"sequence of {past + T} tokens (cached {past} + new {T}) exceeds "
                 f"max_seq_len={cfg.max_seq_len}"
             )
-        kpm = key_padding(attention_mask, (B, past + T))
+        vkm = valid_key_mask_from(attention_mask, (B, past + T))
         x = self.embed(
             input_ids, position_ids=position_ids, token_type_ids=token_type_ids, offset=past
         )  # (B, T, C)
@@ -104,7 +104,7 @@ class GPT(ModelBase):
         for i, block in enumerate(self.blocks):
             x = block(
                 x,
-                key_padding_mask=kpm,
+                valid_key_mask=vkm,
                 document_ids=document_ids,
                 positions=rope_pos,
                 cache=None if cache is None else cache[i],

@@ -157,7 +157,7 @@ class TransformerBlock(nn.Module):
         self,
         x: torch.Tensor,
         *,
-        key_padding_mask: torch.Tensor | None = None,
+        valid_key_mask: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
@@ -167,7 +167,7 @@ class TransformerBlock(nn.Module):
         def attend(h: torch.Tensor) -> torch.Tensor:
             return self.attn(
                 h,
-                key_padding_mask=key_padding_mask,
+                valid_key_mask=valid_key_mask,
                 document_ids=document_ids,
                 positions=positions,
                 cache=cache,
