@@ -21,9 +21,9 @@ from torch import nn
 from attnkit.models.common import (
     ModelBase,
     check_ids,
-    valid_key_mask_from,
     make_block,
     positions_from_documents,
+    valid_key_mask_from,
 )
 from attnkit.models.config import ModelConfig
 from attnkit.models.embeddings import Embeddings

@@ -55,7 +55,9 @@ def positions_from_documents(document_ids: torch.Tensor) -> torch.Tensor:
 DEBUG = os.environ.get("ATTNKIT_DEBUG", "") not in ("", "0")
 
 
-def valid_key_mask_from(attention_mask: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor | None:
+def valid_key_mask_from(
+    attention_mask: torch.Tensor | None, shape: tuple[int, int]
+) -> torch.Tensor | None:
     """attention_mask (B, Tk), 1 = real token -> bool mask (True = real token), or None.
 
     The shape is always checked. Only with ``DEBUG`` (``ATTNKIT_DEBUG=1``) is a mask of real tokens only

@@ -19,9 +19,9 @@ from attnkit.attention.kv_cache import KVCache
 from attnkit.models.common import (
     ModelBase,
     check_ids,
-    valid_key_mask_from,
     make_block,
     positions_from_documents,
+    valid_key_mask_from,
 )
 from attnkit.models.config import ModelConfig
 from attnkit.models.embeddings import Embeddings
