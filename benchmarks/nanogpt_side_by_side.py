@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     for what, measured, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {what}: {measured}")
     print(f"load average after {os.getloadavg()}")
-    from attnkit.bench.harness import write_json
+    from attnkit.bench.report import write_json
 
     path = write_json(
         args.out / "nanogpt_side_by_side.json",

@@ -2,23 +2,17 @@
 
 import json
 import math
+import platform
 import time
 
 import pytest
 import torch
 
-from attnkit.bench import harness
-from attnkit.bench.harness import (
-    MiB,
-    ProbeCase,
-    Table,
-    measure_peak_memories,
-    peak_memory,
-    plot_loglog,
-    time_fn,
-    time_interleaved,
-    write_json,
-)
+from attnkit.bench import report
+from attnkit.bench.harness import MiB, time_fn, time_interleaved
+from attnkit.bench.memory import ProbeCase, measure_peak_memories, peak_memory
+from attnkit.bench.plots import plot_loglog
+from attnkit.bench.report import Table, write_json
 
 # -------------------------------------------------------------------- operations for the probes
 # Module level, so the probe process can import them by name.
@@ -184,11 +178,11 @@ def test_table_alignment_and_errors():
 
 
 def test_formatters():
-    assert harness.fmt_bytes(200 * MiB) == "200 MiB"
-    assert harness.fmt_bytes(3 * 1024**3) == "3 GiB"
-    assert harness.fmt_seconds(0.0123) == "12.3 ms"
-    assert harness.fmt_seconds(None) == "-"
-    assert harness.fmt_ratio(0.951) == "0.951x"
+    assert report.fmt_bytes(200 * MiB) == "200 MiB"
+    assert report.fmt_bytes(3 * 1024**3) == "3 GiB"
+    assert report.fmt_seconds(0.0123) == "12.3 ms"
+    assert report.fmt_seconds(None) == "-"
+    assert report.fmt_ratio(0.951) == "0.951x"
 
 
 def test_write_json(tmp_path):
@@ -214,7 +208,7 @@ def test_plot_loglog_writes_png(tmp_path):
 
 _REFAULT = r"""
 import resource, sys, torch
-from attnkit.bench.harness import keep_freed_memory
+from attnkit.cli.bench import keep_freed_memory
 what = keep_freed_memory() if sys.argv[1] == "keep" else "default"
 x = torch.randn(16 * 2**20)  # 64 MiB: above glibc's largest mmap threshold (32 MiB)
 for _ in range(12):  # until the heap has settled (small allocations split freed blocks at first)
@@ -226,7 +220,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, what)
 """
 
 
-@pytest.mark.skipif(harness.platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_keep_freed_memory_reuses_large_blocks_without_page_faults():
     import os
     import subprocess
@@ -254,3 +248,16 @@ def test_keep_freed_memory_reuses_large_blocks_without_page_faults():
     assert default > pages // 2  # a fresh mmap each call: a fault per 4 KiB page
     assert kept < pages // 10, (what, kept)  # less than one call's worth: the freed block is reused
     assert "M_MMAP_MAX=0" in what
+
+
+def test_the_probe_process_refuses_a_bad_command_line():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "attnkit.cli.probe", "--probe", "only-one-path"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert "usage: python -m attnkit.cli.probe --probe IN OUT" in out.stderr

@@ -38,25 +38,19 @@ from attnkit.bench.harness import (
     MODES,
     GiB,
     MiB,
-    ProbeCase,
-    Report,
     Shape,
-    Table,
     available_memory_bytes,
     environment,
-    fmt_bytes,
-    fmt_ratio,
-    fmt_seconds,
     make_op,
-    measure_peak_memories,
-    plot_loglog,
     random_qkv,
     short_error,
     synchronize,
     time_interleaved,
-    write_json,
 )
-from attnkit.bench.harness import Check as Check
+from attnkit.bench.memory import ProbeCase, measure_peak_memories
+from attnkit.bench.plots import plot_loglog
+from attnkit.bench.report import Check as Check
+from attnkit.bench.report import Report, Table, fmt_bytes, fmt_ratio, fmt_seconds, write_json
 
 logger = logging.getLogger(__name__)
 

@@ -32,16 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from attnkit.bench.harness import (
-    Report,
-    Table,
-    environment,
-    in_turns,
-    load_text,
-    shared_data_file,
-    timed,
-    write_json,
-)
+from attnkit.bench.harness import environment, in_turns, load_text, shared_data_file, timed
+from attnkit.bench.report import Report, Table, write_json
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from attnkit.tasks.sentence import Encoder

@@ -28,7 +28,8 @@ from typing import Any, cast
 
 import torch
 
-from attnkit.bench.harness import Report, Table, environment, load_text, timed, write_json
+from attnkit.bench.harness import environment, load_text, timed
+from attnkit.bench.report import Report, Table, write_json
 from attnkit.models.gpt import GPT
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ from typing import Any, cast
 
 import torch
 
-from attnkit.bench.harness import Report, environment, write_json
+from attnkit.bench.harness import environment
+from attnkit.bench.report import Report, write_json
 
 
 @dataclass(frozen=True)

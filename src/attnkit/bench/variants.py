@@ -8,11 +8,11 @@ bidirectional attention, one run measures
   operation once, each variant's sizes back to back, so a slow spell of a shared machine hits
   them alike; the fastest of ``--repeat`` rounds is reported (all rounds are in the JSON); exact attention is skipped beyond ``--exact-max`` (it grows as
   N^2) and where its scores would not fit in memory;
-* the timing process keeps freed memory for reuse (``keep_freed_memory``; ``--system-malloc``
-  turns that off), so a large CPU tensor does not cost page faults in one call and none in the
-  next;
+* the timing process keeps freed memory for reuse (``attnkit.cli.bench.keep_freed_memory``;
+  ``--system-malloc`` turns that off), so a large CPU tensor does not cost page faults in one
+  call and none in the next;
 * peak memory added by the forward and by forward+backward, each case measured in a fresh
-  child process (``attnkit.bench.harness.measure_peak_memories``: peak RSS over the RSS with the
+  child process (``attnkit.bench.memory.measure_peak_memories``: peak RSS over the RSS with the
   inputs allocated);
 * the approximation error of every variant against exact attention on the same random inputs
   at a moderate N (``--error-n``): the mean over output rows of ||o - o_ref|| / ||o_ref|| and
@@ -50,27 +50,22 @@ from attnkit.attention import variants as V
 from attnkit.bench.harness import (
     DTYPES,
     MODES,
-    Check,
     GiB,
     MiB,
-    ProbeCase,
-    Report,
     Shape,
-    Table,
     available_memory_bytes,
     environment,
     in_turns,
     make_op,
-    measure_peak_memories,
-    plot_loglog,
     random_qkv,
     short_error,
     synchronize,
     time_interleaved,
     timed_rounds,
-    verdict,
-    write_json,
 )
+from attnkit.bench.memory import ProbeCase, measure_peak_memories
+from attnkit.bench.plots import plot_loglog
+from attnkit.bench.report import Check, Report, Table, verdict, write_json
 
 logger = logging.getLogger(__name__)
 

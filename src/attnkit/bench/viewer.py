@@ -34,14 +34,8 @@ from typing import Any
 
 import torch
 
-from attnkit.bench.harness import (
-    Report,
-    Table,
-    environment,
-    load_text,
-    shared_data_file,
-    write_json,
-)
+from attnkit.bench.harness import environment, load_text, shared_data_file
+from attnkit.bench.report import Report, Table, write_json
 
 TARGETS = {"size_bytes": 8_000_000, "head_view_ms": 2000.0, "switch_ms": 100.0}
 CORPUS_NAME = "tinyshakespeare.txt"

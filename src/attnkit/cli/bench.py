@@ -10,14 +10,17 @@ malloc) are made here, before a run.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import platform
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from attnkit.bench.harness import Report, keep_freed_memory, resolve_device
+from attnkit.bench.harness import resolve_device
+from attnkit.bench.report import Report
 from attnkit.cli.types import positive_int, size_list
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
@@ -31,6 +34,7 @@ __all__ = [
     "embed_command",
     "generate_arguments",
     "generate_command",
+    "keep_freed_memory",
     "train_arguments",
     "train_command",
     "variants_arguments",
@@ -43,6 +47,36 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # shared
 # --------------------------------------------------------------------------------------------
+
+
+def keep_freed_memory() -> str | None:
+    """Make glibc's malloc keep freed memory for reuse in this process; returns what was set,
+    or None where that is not possible (no glibc).
+
+    By default glibc serves a block above its mmap threshold (32 MiB at most) with a fresh
+    mmap, and every page of that is faulted in, zeroed, when first written; a smaller block comes
+    from the heap, reused with no page faults if a free block fits. A CPU tensor of 32 MiB or
+    more is therefore sometimes free to allocate and sometimes costs a page fault per 4 KiB,
+    depending on what the process freed before; in one benchmark process a 128 MiB tensor paid
+    the faults on every call while 32 MiB ones did not. With mmap off (M_MMAP_MAX = 0) and no
+    trimming of the heap (M_TRIM_THRESHOLD = -1), every freed block stays in the heap for the
+    next call, as in a caching allocator (jemalloc, tcmalloc, PyTorch's CUDA allocator), and the
+    time of an operation is its compute and memory traffic. Memory is not given back to the
+    system until the process ends: for timing processes only
+    (:func:`attnkit.bench.memory.peak_memory` measures in fresh processes whose glibc thresholds
+    are fixed so that large blocks go back on free).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    if mallopt(M_MMAP_MAX, 0) != 1 or mallopt(M_TRIM_THRESHOLD, -1) != 1:
+        return None
+    return "glibc malloc keeps freed blocks (M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1)"
 
 
 def _names(allowed: tuple[str, ...] | Callable[[], list[str]]) -> Callable[[str], list[str]]:
@@ -313,7 +347,7 @@ def variants_arguments(parser: argparse.ArgumentParser) -> None:
         "--system-malloc",
         action="store_true",
         help="time with glibc's default malloc settings; by default the timing process keeps "
-        "freed memory for reuse (attnkit.bench.harness.keep_freed_memory), so a large "
+        "freed memory for reuse (keep_freed_memory in attnkit.cli.bench), so a large "
         "tensor costs the same whatever the process freed before",
     )
     parser.add_argument("--seed", type=int, default=0)
