@@ -1,5 +1,6 @@
-"""Text for models: corpora, tokenizers, memmapped token streams, and the batcher that pads
-or packs tokenised texts."""
+"""Text for models: corpora, tokenizers, memmapped token streams, the batcher that pads or
+packs tokenised texts (:mod:`~attnkit.text.batching`), the pooling rule of text vectors
+(:mod:`~attnkit.text.pooling`) and the Shakespeare genre data set (:mod:`~attnkit.text.genre`)."""
 
 from attnkit.text.batching import (
     Batch,
