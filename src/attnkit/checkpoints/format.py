@@ -11,7 +11,8 @@ file and the key; no half-loaded model is ever returned.
 
 ``config.json`` holds ``{"format": "attnkit", "format_version": 2, "model": <ModelConfig>,
 "meta": <ModelMeta>}``; version 1 (labels, max_length, fine-tuning and sentence settings at the
-top level, ``n_head``/``n_kv_head``) is migrated on load (:func:`migrate`). The front door is :func:`attnkit.checkpoints.load`.
+top level, ``n_head``/``n_kv_head``) is migrated on load (:func:`migrate`). The front door is
+:func:`attnkit.checkpoints.load`.
 """
 
 from __future__ import annotations
