@@ -49,8 +49,7 @@ from attnkit.bench.harness import (
 )
 from attnkit.bench.memory import ProbeCase, measure_peak_memories
 from attnkit.bench.plots import plot_loglog
-from attnkit.bench.report import Check as Check
-from attnkit.bench.report import Report, Table, fmt_bytes, fmt_ratio, fmt_seconds, write_json
+from attnkit.bench.report import Check, Report, Table, fmt_bytes, fmt_ratio, fmt_seconds, write_json
 
 logger = logging.getLogger(__name__)
 
