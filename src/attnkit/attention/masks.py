@@ -4,9 +4,10 @@ A mask answers one question: may query i attend to key j?  `MaskSpec` holds ever
 the functional API accepts (causal, sliding window, key padding, packed documents, a user mask)
 and renders them as
 
-* a dense boolean tensor broadcastable to (B, H, Tq, Tk) for the math and SDPA backends,
-* a `mask_mod` plus a block-level layout for FlexAttention (`to_block_mask`), computed from
-  block-level bounds so that no N x N tensor is ever built for structured masks,
+* a dense boolean tensor broadcastable to (B, H, Tq, Tk) for the math and SDPA backends
+  (`dense`),
+* a `mask_mod` plus a block-level layout for FlexAttention (`mask_mod`, `block_layout`),
+  computed from block-level bounds so that no N x N tensor is ever built for structured masks,
 * the static (query-offset, key-offset) band used by the blocked windowed kernel.
 
 Positions: queries are the last Tq of the Tk key positions (offset = Tk - Tq), which is the
