@@ -2,9 +2,10 @@
 
 * :mod:`attnkit.native.build`: the AVX2 skinny product (``skinny.c``), compiled on first use and
   loaded safely; :class:`SkinnyLinear`, :func:`skinny_linear`, :func:`available`, :func:`status`.
-* :mod:`attnkit.native.linear`: :func:`decoding_linears`, which routes a model's linears through
-  the fastest product for a few rows while it decodes.
-* :mod:`attnkit.native.int8`: :class:`Int8Linear` and :func:`quantize_int8`.
+* :mod:`attnkit.native.linear`: :func:`~attnkit.native.linear.decoding_linears`, which routes a
+  model's linears through the fastest product for a few rows while it decodes.
+* :mod:`attnkit.native.int8`: :class:`~attnkit.native.int8.Int8Linear` and
+  :func:`~attnkit.native.int8.quantize_int8` (also importable from :mod:`attnkit.generation`).
 
 This package sits on ``attnkit._util`` and torch alone.
 """
