@@ -511,9 +511,10 @@ def test_explain_picks_the_documented_backend():
 
 # ----------------------------------------------------------------------------- plan cache
 def test_plan_cache_returns_the_same_plan_for_a_repeated_decode_step():
-    from attnkit.attention import functional, planner
+    from attnkit._util.env import debug
+    from attnkit.attention import planner
 
-    if functional.DEBUG:
+    if debug():
         pytest.skip("ATTNKIT_DEBUG=1 plans every call afresh")
     q, k, v = make(1, 12, 12, 1, 257, 64)  # one query against 257 cached keys
     with torch.no_grad():

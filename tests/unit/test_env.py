@@ -1,4 +1,5 @@
-"""attnkit._util.env: CPU flags and model read from the system, the same on every call."""
+"""attnkit._util.env: CPU flags and model read from the system, and ATTNKIT_DEBUG read once
+(again only on request)."""
 
 from __future__ import annotations
 
@@ -22,3 +23,19 @@ def test_without_cpuinfo_nothing_is_claimed(monkeypatch, tmp_path):
     finally:
         env.cpu_flags.cache_clear()
         env.cpu_model.cache_clear()
+
+
+def test_debug_is_read_once_and_refreshed_on_request(monkeypatch):
+    before = env.debug()
+    try:
+        monkeypatch.setenv("ATTNKIT_DEBUG", "1")
+        assert env.debug() is before  # not read again by itself
+        assert env.refresh_debug() is True and env.debug() is True
+        monkeypatch.setenv("ATTNKIT_DEBUG", "0")
+        assert env.debug() is True  # still the value read last
+        assert env.refresh_debug() is False and env.debug() is False
+        monkeypatch.delenv("ATTNKIT_DEBUG")
+        assert env.refresh_debug() is False
+    finally:
+        monkeypatch.undo()
+        env.refresh_debug()

@@ -1,18 +1,23 @@
-"""What this machine offers, read once from the system: CPU flags and model name.
+"""What this machine and process offer, read once: CPU flags and model name, and whether
+``ATTNKIT_DEBUG`` asks for the deep checks.
 
     >>> "avx2" in cpu_flags()
     >>> cpu_has_native_bf16()          # AVX-512 BF16 or AMX-BF16: bf16 arithmetic in hardware
+    >>> debug()                        # ATTNKIT_DEBUG set and not "0"
 
 Linux reads ``/proc/cpuinfo``; elsewhere the flags are empty and the model is what
-``platform.processor()`` says. Nothing here changes process state.
+``platform.processor()`` says. ``ATTNKIT_DEBUG`` is read once, when this module is imported;
+:func:`refresh_debug` reads it again (the command line does, once per command; tests do after
+changing it). Nothing here changes process state.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import platform
 
-__all__ = ["cpu_flags", "cpu_has_native_bf16", "cpu_model"]
+__all__ = ["cpu_flags", "cpu_has_native_bf16", "cpu_model", "debug", "refresh_debug"]
 
 _CPUINFO = "/proc/cpuinfo"
 
@@ -45,3 +50,25 @@ def cpu_has_native_bf16() -> bool:
 def cpu_model() -> str:
     """The CPU's model name, or ``platform.processor()``, or "unknown"."""
     return _cpuinfo_field("model name") or platform.processor() or "unknown"
+
+
+def _read_debug() -> bool:
+    return os.environ.get("ATTNKIT_DEBUG", "") not in ("", "0")
+
+
+_DEBUG = _read_debug()
+
+
+def debug() -> bool:
+    """``ATTNKIT_DEBUG`` is set and not ``"0"``: forward passes run the checks that sync with
+    the device, every attention call is validated and planned afresh, and the command line
+    shows tracebacks. The value read at import (or by the last :func:`refresh_debug`); a
+    plain global read, so compiled code guards on it instead of tracing the environment."""
+    return _DEBUG
+
+
+def refresh_debug() -> bool:
+    """Read ``ATTNKIT_DEBUG`` again and return the new :func:`debug`."""
+    global _DEBUG
+    _DEBUG = _read_debug()
+    return _DEBUG

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, Union
 
+from attnkit._util.env import debug, refresh_debug
 from attnkit._util.optional import MissingDependency
 from attnkit.cli.types import UsageError
 
@@ -82,11 +83,6 @@ def fail(message: str, status: int = USAGE_ERROR) -> NoReturn:
     """Write ``attnkit: error: <message>`` as one line on stderr and exit with ``status``."""
     sys.stderr.write(f"{PROG}: error: {' '.join(str(message).split())}\n")
     raise SystemExit(status)
-
-
-def debugging() -> bool:
-    """``ATTNKIT_DEBUG`` is set (and not 0): show tracebacks instead of one-line errors."""
-    return os.environ.get("ATTNKIT_DEBUG", "") not in ("", "0")
 
 
 def resolve(spec: str) -> Callable[..., object]:
@@ -165,11 +161,13 @@ def run(argv: Sequence[str], commands: Sequence[Command]) -> int:
     """Parse ``argv`` against ``commands`` and run the chosen one; returns the exit status.
 
     Every failure is turned into one line and a status here (see the module docstring).
+    ``ATTNKIT_DEBUG`` is read afresh for each run (:func:`attnkit._util.env.refresh_debug`).
     """
+    refresh_debug()
     try:
         return _run(list(argv), commands)
     except KeyboardInterrupt:
-        if debugging():
+        if debug():
             raise
         sys.stderr.write(f"{PROG}: interrupted\n")
         return INTERRUPTED
@@ -183,7 +181,7 @@ def _run(argv: list[str], commands: Sequence[Command]) -> int:
     try:
         parser = build_parser(commands, chosen)
     except ImportError as e:
-        if debugging():
+        if debug():
             raise
         if _missing_extra(e) is not None:
             _report(e)
@@ -203,7 +201,7 @@ def _run(argv: list[str], commands: Sequence[Command]) -> int:
     try:
         fn = resolve(cmd.target)
     except ImportError as e:
-        if debugging():
+        if debug():
             raise
         if _missing_extra(e) is not None:
             _report(e)
@@ -215,7 +213,7 @@ def _run(argv: list[str], commands: Sequence[Command]) -> int:
     except (KeyboardInterrupt, BrokenPipeError, SystemExit):
         raise
     except Exception as e:
-        if debugging():
+        if debug():
             raise
         _report(e)
     return int(status or 0)  # type: ignore[call-overload]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import nn
 
+from attnkit._util.env import debug
 from attnkit.attention.module import MultiHeadAttention
 from attnkit.models.config import ModelConfig
 from attnkit.models.embeddings import Embeddings
@@ -50,19 +50,14 @@ def positions_from_documents(document_ids: torch.Tensor) -> torch.Tensor:
     return idx - first
 
 
-# ATTNKIT_DEBUG set (and not 0), read once at import: forward passes also run the checks that
-# need a host sync (token ids in range; an all-real attention mask dropped)
-DEBUG = os.environ.get("ATTNKIT_DEBUG", "") not in ("", "0")
-
-
 def valid_key_mask_from(
     attention_mask: torch.Tensor | None, shape: tuple[int, int]
 ) -> torch.Tensor | None:
     """attention_mask (B, Tk), 1 = real token -> bool mask (True = real token), or None.
 
-    The shape is always checked. Only with ``DEBUG`` (``ATTNKIT_DEBUG=1``) is a mask of real tokens only
-    turned into None (that needs a host sync); otherwise callers that know a batch has no
-    padding pass no mask.
+    The shape is always checked. Only with ``ATTNKIT_DEBUG=1`` (:func:`attnkit._util.env.debug`)
+    is a mask of real tokens only turned into None (that needs a host sync); otherwise callers
+    that know a batch has no padding pass no mask.
     """
     if attention_mask is None:
         return None
@@ -71,14 +66,15 @@ def valid_key_mask_from(
             f"attention_mask must have shape (B, Tk) = {shape}, got {tuple(attention_mask.shape)}"
         )
     mask = attention_mask.bool()  # (B, Tk)
-    if DEBUG and bool(mask.all()):
+    if debug() and bool(mask.all()):
         return None
     return mask
 
 
 def check_ids(name: str, ids: torch.Tensor, limit: int) -> None:
-    """``ids`` is an integer (B, T) tensor; with ``DEBUG`` (``ATTNKIT_DEBUG=1``) also that every id is in
-    ``[0, limit)`` (a host sync; without it an id out of range fails in the embedding)."""
+    """``ids`` is an integer (B, T) tensor; with ``ATTNKIT_DEBUG=1``
+    (:func:`attnkit._util.env.debug`) also that every id is in ``[0, limit)`` (a host sync;
+    without it an id out of range fails in the embedding)."""
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point:
         what = (
             f"shape {tuple(ids.shape)} dtype {ids.dtype}"
@@ -86,7 +82,7 @@ def check_ids(name: str, ids: torch.Tensor, limit: int) -> None:
             else type(ids).__name__
         )
         raise ValueError(f"{name} must be an integer tensor of shape (B, T), got {what}")
-    if DEBUG and ids.numel():
+    if debug() and ids.numel():
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= limit:
             raise ValueError(f"{name} holds {lo if lo < 0 else hi}, outside [0, {limit})")
