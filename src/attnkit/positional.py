@@ -14,30 +14,9 @@ import math
 import torch
 from torch import nn
 
+from attnkit._util.checks import non_negative_int, positive_float, positive_int
+
 ROPE_LAYOUTS = ("half", "interleaved")
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_base(base) -> float:
-    if (
-        isinstance(base, bool)
-        or not isinstance(base, (int, float))
-        or not base > 0
-        or not math.isfinite(base)
-    ):
-        raise ValueError(f"base must be a finite number > 0, got {base!r}")
-    return float(base)
-
-
-def _check_offset(offset) -> int:
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValueError(f"offset must be a non-negative int, got {offset!r}")
-    return offset
 
 
 # --------------------------------------------------------------------------------------------
@@ -50,8 +29,7 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     For other head counts the slopes of the nearest lower power of two p are followed by every
     other slope of the sequence for 2p, as in the reference implementation.
     """
-    if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1:
-        raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
+    positive_int("n_heads", n_heads)
 
     def geometric(n: int) -> list[float]:
         start = 2.0 ** (-8.0 / n)
@@ -75,9 +53,9 @@ def sinusoidal_table(
     ``table[p, 2i] = sin(p / base^(2i/dim))`` and ``table[p, 2i+1] = cos(p / base^(2i/dim))``.
     An odd ``dim`` has one more sine column than cosine columns. Computed in float64 and cast.
     """
-    _check_positive_int("n_positions", n_positions)
-    _check_positive_int("dim", dim)
-    base = _check_base(base)
+    positive_int("n_positions", n_positions)
+    positive_int("dim", dim)
+    base = positive_float("base", base)
     pos = torch.arange(n_positions, dtype=torch.float64)  # (P,)
     even = torch.arange(0, dim, 2, dtype=torch.float64)  # (ceil(dim/2),) = 2i
     inv_freq = base ** (-even / dim)  # (ceil(dim/2),)
@@ -89,8 +67,8 @@ def sinusoidal_table(
 
 
 def _lookup_range(name: str, max_len: int, seq_len, offset) -> tuple[int, int]:
-    _check_positive_int("seq_len", seq_len)
-    _check_offset(offset)
+    positive_int("seq_len", seq_len)
+    non_negative_int("offset", offset)
     end = offset + seq_len
     if end > max_len:
         raise ValueError(
@@ -100,12 +78,13 @@ def _lookup_range(name: str, max_len: int, seq_len, offset) -> tuple[int, int]:
     return offset, end
 
 
+def _is_integer(t: torch.Tensor) -> bool:
+    """An integer dtype (not bool, float or complex)."""
+    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+
+
 def _check_positions_tensor(name: str, positions: torch.Tensor, max_len: int) -> None:
-    if (
-        positions.dtype.is_floating_point
-        or positions.dtype.is_complex
-        or positions.dtype == torch.bool
-    ):
+    if not _is_integer(positions):
         raise TypeError(f"{name}: positions must be an integer tensor, got dtype {positions.dtype}")
     if positions.numel():
         lo, hi = int(positions.min()), int(positions.max())
@@ -128,9 +107,9 @@ class SinusoidalPositionalEmbedding(nn.Module):
 
     def __init__(self, max_len: int, dim: int, base: float = 10000.0):
         super().__init__()
-        self.max_len = _check_positive_int("max_len", max_len)
-        self.dim = _check_positive_int("dim", dim)
-        self.base = _check_base(base)
+        self.max_len = positive_int("max_len", max_len)
+        self.dim = positive_int("dim", dim)
+        self.base = positive_float("base", base)
         # Not persistent: the table is a pure function of (max_len, dim, base).
         self.register_buffer("table", sinusoidal_table(max_len, dim, base), persistent=False)
 
@@ -156,8 +135,8 @@ class LearnedPositionalEmbedding(nn.Embedding):
     """
 
     def __init__(self, max_len: int, dim: int, **kwargs):
-        _check_positive_int("max_len", max_len)
-        _check_positive_int("dim", dim)
+        positive_int("max_len", max_len)
+        positive_int("dim", dim)
         super().__init__(max_len, dim, **kwargs)
         self.max_len = max_len
 
@@ -245,12 +224,12 @@ class RotaryEmbedding(nn.Module):
         rotary_dim: int | None = None,
     ):
         super().__init__()
-        _check_positive_int("head_dim", head_dim)
+        positive_int("head_dim", head_dim)
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got head_dim={head_dim}")
         if rotary_dim is None:
             rotary_dim = head_dim
-        _check_positive_int("rotary_dim", rotary_dim)
+        positive_int("rotary_dim", rotary_dim)
         if rotary_dim % 2 or rotary_dim > head_dim:
             raise ValueError(
                 f"rotary_dim must be even and <= head_dim={head_dim}, got rotary_dim={rotary_dim}"
@@ -259,9 +238,9 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"layout must be one of {ROPE_LAYOUTS}, got {layout!r}")
         self.head_dim = head_dim
         self.rotary_dim = rotary_dim
-        self.base = _check_base(base)
+        self.base = positive_float("base", base)
         self.layout = layout
-        self.max_seq_len = _check_positive_int("max_seq_len", max_seq_len)
+        self.max_seq_len = positive_int("max_seq_len", max_seq_len)
         # theta_i = base^(-2i/R), i = 0..R/2-1
         self.inv_freq = self.base ** (
             -torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim
@@ -331,7 +310,7 @@ class RotaryEmbedding(nn.Module):
                 f"q has more positions than k: Tq={tq} > Tk={tk}; queries are "
                 f"taken to be the last Tq key positions"
             )
-        _check_offset(offset)
+        non_negative_int("offset", offset)
         if positions is not None:
             if offset != 0:
                 raise ValueError(f"give either offset or positions, not both (offset={offset})")
@@ -339,11 +318,7 @@ class RotaryEmbedding(nn.Module):
                 raise TypeError(
                     f"positions must be an integer tensor, got {type(positions).__name__}"
                 )
-            if (
-                positions.dtype.is_floating_point
-                or positions.dtype.is_complex
-                or positions.dtype == torch.bool
-            ):
+            if not _is_integer(positions):
                 raise TypeError(f"positions must be an integer tensor, got dtype {positions.dtype}")
             ok = (positions.dim() == 1 and positions.shape[0] == tk) or (
                 positions.dim() == 2 and positions.shape == (k.shape[0], tk)

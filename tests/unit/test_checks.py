@@ -88,3 +88,18 @@ def test_rejections_name_the_field_the_value_and_what_was_expected(call, message
         call()
     assert str(info.value) == message
     assert isinstance(info.value, TypeError) is wrong_type
+
+
+def test_int_in_bounds_both_ends_and_numpy_reals_count_as_numbers():
+    import numpy as np
+
+    assert checks.int_in("length", 0, 0, 5) == 0 and checks.int_in("length", 5, 0, 5) == 5
+    with pytest.raises(ValueError) as info:
+        checks.int_in("length", 6, 0, 5)
+    assert str(info.value) == "length must be an int in 0..5, got 6"
+    assert not isinstance(info.value, TypeError)
+    with pytest.raises(TypeError, match=r"max_entries must be an int in \[1, 255\], got 2.0"):
+        checks.int_in("max_entries", 2.0, 1, 255, "an int in [1, 255]")
+    assert checks.in_range("mass", np.float32(0.5), 0, 1, low_open=True, high_open=False) == 0.5
+    with pytest.raises(TypeError):
+        checks.positive_float("lr", np.bool_(True))

@@ -19,6 +19,7 @@ catch either; a value of the right type outside its range raises ``ValueError``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Collection
 from typing import Any, NoReturn, TypeVar
 
@@ -29,6 +30,7 @@ __all__ = [
     "flag",
     "in_range",
     "int_at_least",
+    "int_in",
     "non_negative_float",
     "non_negative_int",
     "optional_positive_int",
@@ -55,7 +57,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A real number that is not a bool (int, float, or a numpy scalar of either)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def int_at_least(name: str, value: Any, minimum: int, expected: str | None = None) -> int:
@@ -65,6 +68,15 @@ def int_at_least(name: str, value: Any, minimum: int, expected: str | None = Non
     if not _is_int(value):
         fail(name, value, what, wrong_type=True)
     if value < minimum:
+        fail(name, value, what)
+    return value
+
+
+def int_in(name: str, value: Any, low: int, high: int, expected: str | None = None) -> int:
+    """``value`` if it is an int (not a bool) with ``low <= value <= high``. ``expected``
+    replaces the default wording ``"an int in {low}..{high}"`` in the message."""
+    what = expected or f"an int in {low}..{high}"
+    if int_at_least(name, value, low, what) > high:
         fail(name, value, what)
     return value
 
@@ -113,24 +125,23 @@ def probability(name: str, value: Any) -> float:
     return in_range(name, value, 0.0, 1.0)
 
 
-def positive_float(name: str, value: Any) -> float:
-    """A finite real number > 0 (ints accepted), as a float."""
-    what = "a finite number > 0"
+def _finite(name: str, value: Any, what: str, strict: bool) -> float:
+    """``float(value)`` if it is a finite real number > 0 (``strict``) or >= 0."""
     if not _is_number(value):
         fail(name, value, what, wrong_type=True)
-    if not (math.isfinite(value) and value > 0):
+    if not (math.isfinite(value) and (value > 0 if strict else value >= 0)):
         fail(name, value, what)
     return float(value)
+
+
+def positive_float(name: str, value: Any) -> float:
+    """A finite real number > 0 (ints accepted), as a float."""
+    return _finite(name, value, "a finite number > 0", strict=True)
 
 
 def non_negative_float(name: str, value: Any) -> float:
     """A finite real number >= 0 (ints accepted), as a float."""
-    what = "a finite number >= 0"
-    if not _is_number(value):
-        fail(name, value, what, wrong_type=True)
-    if not (math.isfinite(value) and value >= 0):
-        fail(name, value, what)
-    return float(value)
+    return _finite(name, value, "a finite number >= 0", strict=False)
 
 
 def choice(name: str, value: T, options: Collection[Any]) -> T:

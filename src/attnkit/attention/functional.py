@@ -8,18 +8,19 @@ Hot path: the validation and the plan are remembered by call signature (shapes, 
 flags and the types of the scalar arguments; see `attnkit.attention.planner.signature`), so a call like one made before
 (each layer of a decoding step, each step of a training loop) runs no checks beyond building that
 signature, and planning it is a dict lookup. A new signature is validated in full before its plan
-is stored, so an invalid call always raises. With ``ATTNKIT_DEBUG=1`` in the environment (read at
-import) every call is validated and planned afresh.
+is stored, so an invalid call always raises. With ``ATTNKIT_DEBUG=1`` in the environment
+(:func:`attnkit._util.env.debug`) every call is validated and planned afresh.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import Tensor
 
+from attnkit._util.checks import choice, flag, int_at_least, positive_float, probability
+from attnkit._util.env import debug
 from attnkit.attention.backends._common import alibi_bias
 from attnkit.attention.backends.flex import flex_attention_call
 from attnkit.attention.backends.math import math_attention
@@ -33,9 +34,6 @@ __all__ = ["attention", "explain", "Plan", "BACKENDS", "DENSE_MASK_BUDGET"]
 
 BACKENDS = ("auto", "math", "sdpa", "flex", "windowed")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-# every call validated and planned afresh (no signature cache)
-DEBUG = os.environ.get("ATTNKIT_DEBUG", "") not in ("", "0")
 
 
 def _shape(t: Tensor) -> str:
@@ -86,28 +84,13 @@ def _validate(
         raise ValueError(
             f"query heads ({Hq}) must be a multiple of key/value heads ({Hkv}) for grouped-query attention"
         )
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {causal!r}")
+    flag("causal", causal)
     if window is not None:
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(
-                f"window must be a positive int (keys each query may see), got {window!r}"
-            )
-    if (
-        not isinstance(dropout_p, (int, float))
-        or isinstance(dropout_p, bool)
-        or not 0.0 <= dropout_p < 1.0
-    ):
-        raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
-    if scale is not None and (
-        isinstance(scale, bool)
-        or not isinstance(scale, (int, float))
-        or not math.isfinite(scale)
-        or scale <= 0
-    ):
-        raise ValueError(f"scale must be a positive finite float or None, got {scale!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        int_at_least("window", window, 1, "a positive int (keys each query may see)")
+    probability("dropout_p", dropout_p)
+    if scale is not None:
+        positive_float("scale", scale)
+    choice("backend", backend, BACKENDS)
     if mask is not None:
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             what = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
@@ -215,7 +198,7 @@ def _lookup(
     validated (raising for a bad argument), planned and stored."""
     key = None
     grad = False
-    if not DEBUG and not torch.compiler.is_compiling():  # compiled: planned once, when traced
+    if not debug() and not torch.compiler.is_compiling():  # compiled: planned once, when traced
         try:
             grad = torch.is_grad_enabled() and _needs_grad(q, k, v, bias)
             key = signature(

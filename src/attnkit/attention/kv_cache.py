@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from attnkit._util.checks import int_in, optional_positive_int, positive_int
+
 
 class KVCache:
     """Per-layer key/value cache.
@@ -26,10 +28,7 @@ class KVCache:
     """
 
     def __init__(self, max_len: int | None = None, dtype: torch.dtype | None = None):
-        if max_len is not None and (
-            isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1
-        ):
-            raise ValueError(f"max_len must be a positive int or None, got {max_len!r}")
+        optional_positive_int("max_len", max_len)
         if dtype is not None and (
             not isinstance(dtype, torch.dtype) or not dtype.is_floating_point
         ):
@@ -45,8 +44,7 @@ class KVCache:
         cls, n_layers: int, max_len: int | None = None, dtype: torch.dtype | None = None
     ) -> list[KVCache]:
         """One empty cache per layer."""
-        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
-            raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
+        positive_int("n_layers", n_layers)
         return [cls(max_len, dtype) for _ in range(n_layers)]
 
     @property
@@ -135,12 +133,7 @@ class KVCache:
 
     def truncate(self, length: int) -> None:
         """Forget every token from ``length`` on (e.g. after rejected speculative tokens)."""
-        if (
-            isinstance(length, bool)
-            or not isinstance(length, int)
-            or not 0 <= length <= self.length
-        ):
-            raise ValueError(f"length must be an int in 0..{self.length}, got {length!r}")
+        int_in("length", length, 0, self.length)
         self.length = length
 
     def reset(self) -> None:

@@ -21,17 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from attnkit._util.checks import choice, fail, flag, positive_int, probability
 from attnkit.attention.kernel import AttentionKernel, ExactKernel
 from attnkit.attention.kv_cache import KVCache
 from attnkit.positional import ROPE_LAYOUTS, RotaryEmbedding
 
 POSITIONAL_KINDS = (None, "rope", "alibi")
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _variant_kernel(variant: str, params: Mapping[str, Any] | None) -> AttentionKernel:
@@ -84,11 +79,11 @@ class MultiHeadAttention(nn.Module):
         kernel: AttentionKernel | None = None,
     ):
         super().__init__()
-        _positive_int("d_model", d_model)
-        _positive_int("n_heads", n_heads)
+        positive_int("d_model", d_model)
+        positive_int("n_heads", n_heads)
         if n_kv_heads is None:
             n_kv_heads = n_heads
-        _positive_int("n_kv_heads", n_kv_heads)
+        positive_int("n_kv_heads", n_kv_heads)
         if n_heads % n_kv_heads:
             raise ValueError(
                 f"n_heads must be a multiple of n_kv_heads, got n_heads={n_heads}"
@@ -101,23 +96,16 @@ class MultiHeadAttention(nn.Module):
                     f"given, got d_model={d_model}, n_heads={n_heads}"
                 )
             head_dim = d_model // n_heads
-        _positive_int("head_dim", head_dim)
+        positive_int("head_dim", head_dim)
         if window is not None:
-            _positive_int("window", window)
-        if positional not in POSITIONAL_KINDS:
-            raise ValueError(f"positional must be one of {POSITIONAL_KINDS}, got {positional!r}")
-        if (
-            isinstance(dropout, bool)
-            or not isinstance(dropout, (int, float))
-            or not 0.0 <= dropout < 1.0
-        ):
-            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
-        if not isinstance(causal, bool):
-            raise TypeError(f"causal must be a bool, got {causal!r}")
+            positive_int("window", window)
+        choice("positional", positional, POSITIONAL_KINDS)
+        probability("dropout", dropout)
+        flag("causal", causal)
         if not isinstance(backend, str):
-            raise TypeError(f"backend must be a str, got {backend!r}")
-        if positional == "rope" and rope_layout not in ROPE_LAYOUTS:
-            raise ValueError(f"rope_layout must be one of {ROPE_LAYOUTS}, got {rope_layout!r}")
+            fail("backend", backend, "a str", wrong_type=True)
+        if positional == "rope":
+            choice("rope_layout", rope_layout, ROPE_LAYOUTS)
 
         self.d_model = d_model
         self.n_heads = n_heads

@@ -1,7 +1,8 @@
 """Argument types of the command line, and :class:`UsageError`.
 
-Each type is an argparse ``type=`` callable whose error names the text given and what was
-expected; argparse turns it into the one-line ``attnkit: error: ...`` and exit status 2.
+Each type is an argparse ``type=`` callable that converts the text and asks the library's
+validator (:mod:`attnkit._util.checks`) whether the value is allowed; its error names the text
+given and what was expected; argparse turns it into the one-line ``attnkit: error: ...`` and exit status 2.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from typing import TypeVar
+
+from attnkit._util import checks
 
 __all__ = [
     "UsageError",
@@ -27,31 +30,29 @@ class UsageError(Exception):
     """Bad input from the command line; printed as one line, exit status 2."""
 
 
-def _number(text: str, convert: Callable[[str], N], ok: Callable[[N], bool], expected: str) -> N:
-    """An argparse type: ``convert(text)`` when ``ok`` of it, else an error naming the text."""
-    try:
-        value = convert(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    if not ok(value):
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return value
+def _argument_type(
+    name: str, convert: Callable[[str], N], check: Callable[[str, N], N], expected: str
+) -> Callable[[str], N]:
+    """An argparse type called ``name``: ``convert(text)`` if the shared validator ``check``
+    accepts it, else an error naming the text (argparse names the option)."""
+
+    def parse(text: str) -> N:
+        try:
+            return check("value", convert(text))
+        except ValueError:  # not a number, or one ``check`` refuses
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+    parse.__name__ = parse.__qualname__ = name
+    parse.__doc__ = f"argparse type: {expected}."
+    return parse
 
 
-def positive_int(text: str) -> int:
-    return _number(text, int, lambda v: v >= 1, "a positive integer")
-
-
-def non_negative_int(text: str) -> int:
-    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
-
-
-def positive_float(text: str) -> float:
-    return _number(text, float, lambda v: 0 < v < float("inf"), "a positive number")
-
-
-def probability(text: str) -> float:
-    return _number(text, float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+positive_int = _argument_type("positive_int", int, checks.positive_int, "a positive integer")
+non_negative_int = _argument_type(
+    "non_negative_int", int, checks.non_negative_int, "an integer >= 0"
+)
+positive_float = _argument_type("positive_float", float, checks.positive_float, "a positive number")
+probability = _argument_type("probability", float, checks.probability, "a number in [0, 1)")
 
 
 def size_list(text: str) -> list[int]:

@@ -31,7 +31,7 @@ __all__ = [
 CONTEXT_MODES = ("error", "slide")
 
 
-def check_model(model: Any) -> GPT:
+def check_model(model: object) -> GPT:
     """``model`` if it is an attnkit GPT with an LM head."""
     if not isinstance(model, GPT):
         raise TypeError(

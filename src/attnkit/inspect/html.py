@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from attnkit._util.checks import fail, in_range, int_at_least, int_in
 from attnkit._util.fs import atomic_write_text
 
 __all__ = ["render_viewer", "write_viewer", "DEFAULT_MASS", "DEFAULT_MAX_BYTES"]
@@ -214,7 +215,7 @@ def _check_stats(stats: Any) -> list[dict[str, Any]] | None:
         for key in ("layer", "head"):
             v = row.get(key)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise ValueError(f"stats[{n}][{key!r}] must be an int, got {v!r}")
+                fail(f"stats[{n}][{key!r}]", v, "an int", wrong_type=True)
         out: dict[str, Any] = {}
         for key, v in row.items():
             if not isinstance(key, str):
@@ -344,10 +345,8 @@ def render_viewer(
     heads = _int_list("heads", heads)
     if not isinstance(title, str):
         raise ValueError(f"title must be a str, got {type(title).__name__}")
-    if isinstance(mass, bool) or not isinstance(mass, Real) or not 0 < mass <= 1:
-        raise ValueError(f"mass must be a number in (0, 1], got {mass!r}")
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
-        raise ValueError(f"max_bytes must be an int > 0, got {max_bytes!r}")
+    in_range("mass", mass, 0.0, 1.0, low_open=True, high_open=False)
+    int_at_least("max_bytes", max_bytes, 1, "an int > 0")
     n = len(tokens)
     maps = _check_maps(weights, n, layers, heads)
     rows_stats = _check_stats(stats)
@@ -378,15 +377,8 @@ def render_viewer(
         k = int((_HEADROOM * max_bytes - fixed) // per_entry)
         k = max(1, min(cap, k))
     else:
-        if (
-            isinstance(max_entries, bool)
-            or not isinstance(max_entries, int)
-            or not 1 <= max_entries <= _MAX_PER_ROW
-        ):
-            raise ValueError(
-                f"max_entries must be an int in [1, {_MAX_PER_ROW}], got {max_entries!r}"
-            )
-        k = min(cap, max_entries)
+        what = f"an int in [1, {_MAX_PER_ROW}]"
+        k = min(cap, int_in("max_entries", max_entries, 1, _MAX_PER_ROW, what))
 
     for w in maps:
         enc, nnz, d_mean, d_max = _encode_layer(w, float(mass), k)

@@ -32,11 +32,16 @@ import math
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from attnkit._util.checks import in_range
+
+if TYPE_CHECKING:  # pragma: no cover - a type only; capture is imported when used
+    from attnkit.inspect.capture import AttentionMaps
 
 __all__ = [
     "RULES",
@@ -217,7 +222,7 @@ def label_head(row: dict, rules: Sequence[Rule] = RULES) -> tuple[list[str], lis
 
 
 def head_stats(
-    weights: Any,
+    weights: AttentionMaps | Sequence[Tensor],
     tokens: Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
@@ -274,7 +279,7 @@ def head_stats(
 # --------------------------------------------------------------------------------------------
 # rollout and flow
 # --------------------------------------------------------------------------------------------
-def _layer_maps(weights: Any, batch: int) -> list[Tensor]:
+def _layer_maps(weights: AttentionMaps | Sequence[Tensor], batch: int) -> list[Tensor]:
     from attnkit.inspect.capture import AttentionMaps
 
     if isinstance(weights, AttentionMaps):
@@ -303,23 +308,15 @@ def residual_attention(w: Tensor, residual: float = 0.5) -> Tensor:
     return a / a.sum(-1, keepdim=True)
 
 
-def _check_residual(residual: float) -> float:
-    if (
-        isinstance(residual, bool)
-        or not isinstance(residual, (int, float))
-        or not 0 <= residual <= 1
-    ):
-        raise ValueError(f"residual must be a float in [0, 1], got {residual!r}")
-    return float(residual)
-
-
-def rollout(weights: Any, residual: float = 0.5, batch: int = 0) -> Tensor:
+def rollout(
+    weights: AttentionMaps | Sequence[Tensor], residual: float = 0.5, batch: int = 0
+) -> Tensor:
     """Attention rollout (T, T) float32: row i is how much output token i draws on input token j.
 
     weights: AttentionMaps (all heads of consecutive layers, first layer first) or a list of
     (H, T, T) maps, one per layer.
     """
-    residual = _check_residual(residual)
+    residual = in_range("residual", residual, 0.0, 1.0, high_open=False)
     maps = _layer_maps(weights, batch)  # not empty
     r = residual_attention(maps[0], residual)
     for w in maps[1:]:
@@ -396,7 +393,7 @@ def _augment(res, adj, level, pointer, source, sink, eps) -> float:
 
 
 def attention_flow(
-    weights: Any,
+    weights: AttentionMaps | Sequence[Tensor],
     residual: float = 0.5,
     batch: int = 0,
     max_tokens: int = FLOW_MAX_TOKENS,
@@ -408,7 +405,7 @@ def attention_flow(
     One max-flow per (i, j) pair: small inputs only; more than ``max_tokens`` tokens or
     ``max_nodes`` graph nodes is a ValueError.
     """
-    residual = _check_residual(residual)
+    residual = in_range("residual", residual, 0.0, 1.0, high_open=False)
     maps = _layer_maps(weights, batch)
     L, T = len(maps), maps[0].shape[-1]
     nodes = (L + 1) * T

@@ -19,14 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from attnkit._util.checks import fail, flag, optional_positive_int
+
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from tokenizers import Tokenizer
 
 __all__ = ["ModelMeta", "SwapRecord"]
-
-
-def _fail(owner: str, name: str, value: Any, expected: str) -> None:
-    raise ValueError(f"{owner}.{name} must be {expected}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -39,12 +37,12 @@ class SwapRecord:
 
     def __post_init__(self) -> None:
         if not isinstance(self.variant, str) or not self.variant:
-            _fail("SwapRecord", "variant", self.variant, "a variant name")
+            fail("SwapRecord.variant", self.variant, "a variant name")
         if not isinstance(self.params, Mapping):
-            _fail("SwapRecord", "params", self.params, "a mapping of parameter names to values")
+            fail("SwapRecord.params", self.params, "a mapping of parameter names to values")
         layers = tuple(self.layers)
         if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
-            _fail("SwapRecord", "layers", self.layers, "a sequence of layer indices >= 0")
+            fail("SwapRecord.layers", self.layers, "a sequence of layer indices >= 0")
         object.__setattr__(self, "params", dict(self.params))
         object.__setattr__(self, "layers", layers)
 
@@ -92,18 +90,15 @@ class ModelMeta:
 
     def __post_init__(self) -> None:
         if self.source is not None and not isinstance(self.source, str):
-            _fail("ModelMeta", "source", self.source, "a str or None")
-        ml = self.max_length
-        if ml is not None and (isinstance(ml, bool) or not isinstance(ml, int) or ml < 1):
-            _fail("ModelMeta", "max_length", ml, "a positive int or None")
-        if not isinstance(self.normalize, bool):
-            _fail("ModelMeta", "normalize", self.normalize, "a bool")
+            fail("ModelMeta.source", self.source, "a str or None")
+        optional_positive_int("ModelMeta.max_length", self.max_length)
+        flag("ModelMeta.normalize", self.normalize)
         swaps = tuple(self.swaps)
         if not all(isinstance(s, SwapRecord) for s in swaps):
-            _fail("ModelMeta", "swaps", self.swaps, "a sequence of SwapRecord")
+            fail("ModelMeta.swaps", self.swaps, "a sequence of SwapRecord")
         object.__setattr__(self, "swaps", swaps)
         if self.finetune is not None and not isinstance(self.finetune, Mapping):
-            _fail("ModelMeta", "finetune", self.finetune, "a mapping or None")
+            fail("ModelMeta.finetune", self.finetune, "a mapping or None")
 
     def replace(self, **changes: Any) -> ModelMeta:
         """A copy with ``changes`` applied (and checked)."""

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from attnkit._util.checks import choice, int_in, positive_int
 from attnkit.attention.kernel import ExactKernel
 from attnkit.attention.recording import AttentionCall, attention_layers, recording
 from attnkit.models.bert import Bert
@@ -252,22 +253,13 @@ def compare(
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
     if bad:
         raise ValueError(f"text {bad[0]} is {texts[bad[0]]!r}; expected non-empty strings")
-    for name, value in (("batch_size", batch_size), ("rounds", rounds)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    positive_int("batch_size", batch_size)
+    positive_int("rounds", rounds)
     limit = original.config.max_seq_len
     max_length = default_max_length(original) if max_length is None else max_length
-    if (
-        isinstance(max_length, bool)
-        or not isinstance(max_length, int)
-        or not 1 <= max_length <= limit
-    ):
-        raise ValueError(
-            f"max_length must be an int in 1..{limit} (the model's positions), got {max_length!r}"
-        )
+    int_in("max_length", max_length, 1, limit, f"an int in 1..{limit} (the model's positions)")
     pooling = pooling or sentence_pooling(original)
-    if pooling not in POOLERS:
-        raise ValueError(f"pooling must be one of {sorted(POOLERS)}, got {pooling!r}")
+    choice("pooling", pooling, sorted(POOLERS))
     tok = tokenizer if tokenizer is not None else original.meta.tokenizer
     if tok is None:
         raise ValueError(

@@ -195,6 +195,19 @@ def _record(model: ModelBase, record: SwapRecord) -> None:
     model.meta = model.meta.replace(swaps=(*model.meta.swaps, record))
 
 
+def _checked(
+    model: ModelBase, variant: str, layers: Sequence[int] | None, params: dict[str, Any]
+) -> tuple[dict[str, Any], list[int]]:
+    """Every parameter of the swap (defaults filled in) and the chosen layers, all checked
+    before the model is touched."""
+    full = resolve_params(variant, params)
+    attns = attention_layers(model)
+    chosen = check_layers(layers, len(attns))
+    if variant != EXACT:
+        check_swappable(attns, chosen)
+    return full, chosen
+
+
 def swap_attention(
     model: ModelBase,
     variant: str,
@@ -211,11 +224,7 @@ def swap_attention(
     variant kernel. Unknown names, unknown parameters and bad values raise ValueError naming
     them and the valid ones.
     """
-    full = resolve_params(variant, params)
-    attns = attention_layers(model)
-    chosen = check_layers(layers, len(attns))
-    if variant != EXACT:
-        check_swappable(attns, chosen)
+    full, chosen = _checked(model, variant, layers, params)
     target = model if in_place else _copy(model)
     _install(target, chosen, _maker(variant, params))
     _record(target, SwapRecord(variant, full, tuple(chosen)))
@@ -242,11 +251,7 @@ def swapped(
         >>> with swapped(model, "performer", nb_features=128) as m:
         ...     h = m.hidden_states(ids)
     """
-    full = resolve_params(variant, params)
-    attns = attention_layers(model)
-    chosen = check_layers(layers, len(attns))
-    if variant != EXACT:
-        check_swappable(attns, chosen)
+    full, chosen = _checked(model, variant, layers, params)
     config, meta = model.config, model.meta
     before = _install(model, chosen, _maker(variant, params))
     try:

@@ -11,21 +11,6 @@ from torch import Tensor
 from attnkit.attention.kernel import AttentionKernel
 
 
-def check_positive_int(name: str, value, *, minimum: int = 1) -> int:
-    """Return ``value`` if it is an int >= ``minimum``; raise naming the bad value otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})"
-        )
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def check_optional_int(name: str, value, *, minimum: int = 1) -> int | None:
-    return None if value is None else check_positive_int(name, value, minimum=minimum)
-
-
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, valid_key_mask: Tensor | None) -> Tensor | None:
     """Validate (B, H, T, D) inputs; return the key mask as a (B, T) bool tensor on q's device.
 

@@ -27,9 +27,10 @@ import math
 import torch
 from torch import Tensor
 
+from attnkit._util.checks import int_at_least, non_negative_int, optional_positive_int
 from attnkit.attention.backends.flex import compiled_flex
 from attnkit.attention.backends.sdpa import fused
-from attnkit.attention.variants._common import VariantAttention, check_positive_int, default_scale
+from attnkit.attention.variants._common import VariantAttention, default_scale
 from attnkit.attention.variants._gathered import GatherSpec, gathered_attention_parts
 
 
@@ -50,25 +51,19 @@ class BigBirdAttention(VariantAttention):
         flex_min_len: int | None = None,
     ):
         super().__init__()
-        self.flex_min_len = (
-            None if flex_min_len is None else check_positive_int("flex_min_len", flex_min_len)
-        )
-        self.block_size = check_positive_int("block_size", block_size)
-        self.num_global_blocks = check_positive_int(
-            "num_global_blocks", num_global_blocks, minimum=0
-        )
-        self.window_radius = check_positive_int("window_radius", window_radius, minimum=0)
-        self.num_random_blocks = check_positive_int(
-            "num_random_blocks", num_random_blocks, minimum=0
-        )
-        self.seed = check_positive_int("seed", seed, minimum=0)
+        self.flex_min_len = optional_positive_int("flex_min_len", flex_min_len)
+        self.block_size = int_at_least("block_size", block_size, 1)
+        self.num_global_blocks = non_negative_int("num_global_blocks", num_global_blocks)
+        self.window_radius = non_negative_int("window_radius", window_radius)
+        self.num_random_blocks = non_negative_int("num_random_blocks", num_random_blocks)
+        self.seed = non_negative_int("seed", seed)
         self._layouts: dict[tuple[int, bool], Tensor] = {}
         self._key_blocks: dict[tuple[int, bool], Tensor] = {}
 
     # ---- the pattern -------------------------------------------------------------------------
 
     def num_blocks(self, T: int) -> int:
-        return math.ceil(check_positive_int("T", T) / self.block_size)
+        return math.ceil(int_at_least("T", T, 1) / self.block_size)
 
     def pattern(self, T: int, causal: bool = False) -> Tensor:
         """Block layout for a length-T sequence: (nb, nb) bool, True where query block i

@@ -13,7 +13,8 @@ import math
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnkit.attention.variants._common import VariantAttention, check_positive_int
+from attnkit._util.checks import int_at_least
+from attnkit.attention.variants._common import VariantAttention
 from attnkit.attention.variants._scan import kernel_attention
 
 
@@ -31,7 +32,7 @@ class FeatureMapAttention(VariantAttention):
 
     def __init__(self, chunk_size: int = 64):
         super().__init__()
-        self.chunk_size = check_positive_int("chunk_size", chunk_size)
+        self.chunk_size = int_at_least("chunk_size", chunk_size, 1)
 
     def query_features(self, x: Tensor) -> Tensor:
         """phi(q) for (..., t, D) queries -> (..., t, m)."""

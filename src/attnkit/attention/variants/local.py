@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnkit._util.checks import int_at_least
 from attnkit.attention.backends.sdpa import fused
-from attnkit.attention.variants._common import VariantAttention, check_positive_int
+from attnkit.attention.variants._common import VariantAttention
 
 
 class LocalAttention(VariantAttention):
@@ -27,11 +28,11 @@ class LocalAttention(VariantAttention):
 
     def __init__(self, block_size: int = 128):
         super().__init__()
-        self.block_size = check_positive_int("block_size", block_size)
+        self.block_size = int_at_least("block_size", block_size, 1)
 
     def dense_mask(self, T: int, causal: bool = False, device=None) -> Tensor:
         """(T, T) bool: True where query i may attend key j under this pattern."""
-        T = check_positive_int("T", T)
+        T = int_at_least("T", T, 1)
         block = torch.arange(T, device=device) // self.block_size  # (T,)
         mask = block[:, None] == block[None, :]  # (T, T)
         if causal:
@@ -61,10 +62,10 @@ class LocalAttention(VariantAttention):
         mask = mask.reshape(B, H * nb, bs, bs)
         # A query row that has no key at all gets one dummy key, so every backend sees a finite
         # softmax (no NaN in forward or backward); its output is set to zero afterwards.
+        # Always applied (asking whether any row is empty would be a host sync).
         empty = ~mask.any(-1, keepdim=True)  # (B, H*nb, bs, 1)
-        if bool(empty.any()):
-            mask = mask.clone()
-            mask[..., :1] |= empty
+        first_key = torch.arange(bs, device=q.device) == 0  # (bs,)
+        mask = mask | (empty & first_key)  # (B, H*nb, bs, bs)
         out = fused(qb, kb, vb, attn_mask=mask)  # (B, H*nb, bs, Dv)
         out = out.masked_fill(empty, 0.0)
         return out.view(B, H, nb * bs, Dv)[:, :, :T]

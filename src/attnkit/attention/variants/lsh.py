@@ -28,12 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from attnkit.attention.variants._common import (
-    VariantAttention,
-    check_optional_int,
-    check_positive_int,
-    default_scale,
-)
+from attnkit._util.checks import int_at_least, non_negative_int, optional_positive_int
+from attnkit.attention.variants._common import VariantAttention, default_scale
 
 
 class LSHAttention(VariantAttention):
@@ -57,14 +53,14 @@ class LSHAttention(VariantAttention):
         seed: int = 0,
     ):
         super().__init__()
-        self.n_buckets = check_optional_int("n_buckets", n_buckets)
+        self.n_buckets = optional_positive_int("n_buckets", n_buckets)
         if self.n_buckets is not None and self.n_buckets > 1 and self.n_buckets % 2:
             raise ValueError(
                 f"n_buckets must be 1 or an even number (buckets come in +/- pairs), got {n_buckets}"
             )
-        self.n_hashes = check_positive_int("n_hashes", n_hashes)
-        self.chunk_size = check_positive_int("chunk_size", chunk_size)
-        self.seed = check_positive_int("seed", seed, minimum=0)
+        self.n_hashes = int_at_least("n_hashes", n_hashes, 1)
+        self.chunk_size = int_at_least("chunk_size", chunk_size, 1)
+        self.seed = non_negative_int("seed", seed)
         self._rotations: dict[tuple[int, int], Tensor] = {}
 
     def buckets_for(self, T: int) -> int:

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from attnkit.attention.variants._common import check_optional_int, check_positive_int
+from attnkit._util.checks import int_at_least, non_negative_int, optional_positive_int
 from attnkit.attention.variants.linear import FeatureMapAttention
 
 
@@ -64,10 +64,10 @@ class PerformerAttention(FeatureMapAttention):
         head_dim: int | None = None,
     ):
         super().__init__(chunk_size)
-        self.nb_features = check_optional_int("nb_features", nb_features)
-        self.redraw_interval = check_optional_int("redraw_interval", redraw_interval)
-        self.seed = check_positive_int("seed", seed, minimum=0)
-        self.head_dim = check_optional_int("head_dim", head_dim)
+        self.nb_features = optional_positive_int("nb_features", nb_features)
+        self.redraw_interval = optional_positive_int("redraw_interval", redraw_interval)
+        self.seed = non_negative_int("seed", seed)
+        self.head_dim = optional_positive_int("head_dim", head_dim)
         self._generator = torch.Generator().manual_seed(self.seed)
         self._calls = 0
         self.register_buffer("projection", None)  # (m, D), drawn lazily for the first D seen
@@ -84,7 +84,7 @@ class PerformerAttention(FeatureMapAttention):
             if self.projection is None:
                 raise ValueError("redraw() needs head_dim before the first forward call, got None")
             head_dim = self.projection.shape[1]
-        head_dim = check_positive_int("head_dim", head_dim)
+        head_dim = int_at_least("head_dim", head_dim, 1)
         w = orthogonal_random_features(self.features_for(head_dim), head_dim, self._generator)
         device = self.projection.device if self.projection is not None else None
         self.projection = w.to(device=device, dtype=torch.float32)
