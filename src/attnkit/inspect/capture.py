@@ -38,17 +38,16 @@ before attention dropout (dropout is off in eval mode).
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeAlias
 
 import torch
 from torch import Tensor, nn
 
+from attnkit._util.checks import int_at_least, positive_int
 from attnkit.attention.kernel import AttentionKernel, ExactKernel
-from attnkit.attention.masks import MaskSpec
 from attnkit.attention.module import MultiHeadAttention
 from attnkit.attention.recording import (
     AttentionCall,
@@ -58,10 +57,12 @@ from attnkit.attention.recording import (
     recording,
 )
 from attnkit.attention.variants import FeatureMapAttention, LSHAttention, VariantAttention
-from attnkit.positional import alibi_slopes
+from attnkit.inspect.weights import layer_weights, lsh_weights, to_sparse
 
 __all__ = [
     "AttentionMaps",
+    "HasModel",
+    "Inspectable",
     "capture",
     "attention_layers",
     "unavailable_layers",
@@ -69,8 +70,16 @@ __all__ = [
     "capture_overhead",
 ]
 
-# scores per block of query rows (B * H * rows * Tk); bounds the memory of one recomputation
-ROW_BLOCK_SCORES = 1 << 22
+
+class HasModel(Protocol):
+    """Anything that holds an attnkit model as ``.model`` (a sentence Encoder, say)."""
+
+    @property
+    def model(self) -> nn.Module: ...
+
+
+# what capture and the other functions here take: a model, or something holding one
+Inspectable: TypeAlias = nn.Module | HasModel
 
 
 @dataclass
@@ -137,7 +146,7 @@ class AttentionMaps:
 # --------------------------------------------------------------------------------------------
 # the model's layers
 # --------------------------------------------------------------------------------------------
-def _unwrap(model: Any) -> nn.Module:
+def _unwrap(model: Inspectable) -> nn.Module:
     """The model itself, or the model inside an Encoder (its ``model``)."""
     if isinstance(model, nn.Module):
         return model
@@ -177,7 +186,7 @@ def _unavailable_reason(layer: MultiHeadAttention) -> str | None:
     )
 
 
-def unavailable_layers(model: Any) -> dict[int, str]:
+def unavailable_layers(model: Inspectable) -> dict[int, str]:
     """Layers whose attention has no weights to capture (linear, performer), with the reason."""
     out = {}
     for i, layer in enumerate(attention_layers(_unwrap(model))):
@@ -207,172 +216,6 @@ def _index_list(name: str, values, limit: int, what: str) -> list[int] | None:
     if not out:
         raise ValueError(f"{name} is empty; expected at least one {what} index (or None for all)")
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# recomputing the weights
-# --------------------------------------------------------------------------------------------
-def _softmax_rows(scores: Tensor, allowed: Tensor | None) -> Tensor:
-    """Softmax over the last dim; rows with no allowed key give zeros."""
-    if allowed is not None:
-        scores = scores.masked_fill(~allowed, float("-inf"))
-    top = scores.amax(-1, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    p = torch.exp(scores - top)
-    den = p.sum(-1, keepdim=True)
-    return p / torch.where(den > 0, den, torch.ones_like(den))
-
-
-def _row_slice(t: Tensor | None, r0: int, r1: int, heads: Tensor | None) -> Tensor | None:
-    """A mask broadcastable to (B, H, Tq, Tk) restricted to query rows r0:r1 and ``heads``."""
-    if t is None:
-        return None
-    t4 = t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))
-    if heads is not None and t4.shape[1] != 1:
-        t4 = t4.index_select(1, heads)
-    if t4.shape[2] != 1:
-        t4 = t4[:, :, r0:r1]
-    return t4
-
-
-def layer_weights(
-    q: Tensor,
-    k: Tensor,
-    *,
-    causal: bool = False,
-    window: int | None = None,
-    alibi: bool = False,
-    valid_key_mask: Tensor | None = None,
-    document_ids: Tensor | None = None,
-    mask: Tensor | None = None,
-    heads: Sequence[int] | None = None,
-    top_k: int | None = None,
-    scale: float | None = None,
-):
-    """Softmax attention weights for q (B, H, Tq, D), k (B, Hkv, Tk, D) under the given masks,
-    with the conventions of :func:`attnkit.attention.attention` (queries are the last Tq of the
-    Tk positions; ALiBi slopes of H heads). ``heads`` selects query heads.
-
-    Returns (B, H', Tq, Tk) float32 (float64 for float64 inputs), or with ``top_k`` the pair
-    (values, indices), each (B, H', Tq, min(top_k, Tk)), largest first. Computed a block of query
-    rows at a time (at most ``ROW_BLOCK_SCORES`` scores alive).
-    """
-    B, H, Tq, D = q.shape
-    Hkv, Tk = k.shape[1], k.shape[2]
-    rep = H // Hkv
-    head_idx = (
-        torch.arange(H, device=q.device)
-        if heads is None
-        else torch.as_tensor(list(heads), dtype=torch.long, device=q.device)
-    )
-    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
-    qs = q.index_select(1, head_idx).to(ct)  # (B, H', Tq, D)
-    ks = k.index_select(1, head_idx // rep).to(ct)  # (B, H', Tk, D)
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
-    spec = MaskSpec(q_len=Tq, k_len=Tk, causal=causal, window=window)
-    slopes = (
-        alibi_slopes(H).to(device=q.device, dtype=ct).index_select(0, head_idx) if alibi else None
-    )
-    k_pos = torch.arange(Tk, device=q.device)
-    Hs = qs.shape[1]
-    rows = max(1, ROW_BLOCK_SCORES // max(1, B * Hs * Tk))
-    outs, vals, idxs = [], [], []
-    kt = ks.transpose(-2, -1)  # (B, H', D, Tk)
-    for r0 in range(0, Tq, rows):
-        r1 = min(Tq, r0 + rows)
-        scores = torch.matmul(qs[:, :, r0:r1], kt) * scale  # (B, H', r, Tk)
-        q_pos = torch.arange(r0, r1, device=q.device)
-        if slopes is not None:
-            dist = (q_pos[:, None] + spec.offset - k_pos[None, :]).abs().to(ct)  # (r, Tk)
-            scores = scores - slopes[:, None, None] * dist
-        allowed = spec.positional(q_pos[:, None], k_pos[None, :])  # (r, Tk) or None
-        if allowed is not None:
-            allowed = allowed[None, None]
-        if valid_key_mask is not None:
-            vkm = valid_key_mask[:, None, None, :]  # (B, 1, 1, Tk)
-            allowed = vkm if allowed is None else allowed & vkm
-        if document_ids is not None:
-            same = (
-                document_ids[:, spec.offset + r0 : spec.offset + r1, None]
-                == document_ids[:, None, :]
-            )[:, None]  # (B, 1, r, Tk)
-            allowed = same if allowed is None else allowed & same
-        user = _row_slice(mask, r0, r1, head_idx if heads is not None else None)
-        if user is not None:
-            allowed = user if allowed is None else allowed & user
-        w = _softmax_rows(scores, allowed)  # (B, H', r, Tk)
-        if top_k is None:
-            outs.append(w)
-        else:
-            v, i = torch.topk(w, min(top_k, Tk), dim=-1)
-            vals.append(v)
-            idxs.append(i)
-    if top_k is None:
-        return torch.cat(outs, dim=2)
-    return torch.cat(vals, dim=2), torch.cat(idxs, dim=2)
-
-
-def _lsh_weights(
-    var: LSHAttention,
-    q: Tensor,
-    valid_key_mask: Tensor | None,
-    causal: bool,
-    head_idx: Tensor,
-    top_k: int | None,
-):
-    """The weights LSH attention uses: shared-QK softmax over the union of the keys each query
-    sees in any hash round. Returns (weights or (values, indices), buckets (B, H', nh, T))."""
-    B, _, T, D = q.shape
-    qs = q.index_select(1, head_idx)  # (B, H', T, D), the model's dtype (as the variant hashes)
-    Hs = qs.shape[1]
-    n_buckets = var.buckets_for(T)
-    C = min(var.chunk_size, T)
-    Tp = math.ceil(T / C) * C
-    buckets = var.hash(qs.reshape(B * Hs, T, D), n_buckets)  # (N, nh, T)
-    padded = torch.nn.functional.pad(buckets, (0, Tp - T), value=n_buckets)
-    perm = torch.sort(padded, dim=-1, stable=True).indices  # (N, nh, Tp) sorted slot -> position
-    rank = torch.empty_like(perm).scatter_(
-        -1, perm, torch.arange(Tp, device=q.device).expand_as(perm)
-    )
-    chunk = rank[..., :T] // C  # (N, nh, T) chunk of every position in every round
-    seen = torch.zeros(B * Hs, T, T, dtype=torch.bool, device=q.device)  # (N, Tq, Tk)
-    for r in range(chunk.shape[1]):
-        cq, ck = chunk[:, r, :, None], chunk[:, r, None, :]
-        seen |= (ck == cq) | (ck == cq - 1)
-    pos = torch.arange(T, device=q.device)
-    seen &= (pos[None, :] < pos[:, None]) if causal else (pos[None, :] != pos[:, None])
-    seen = seen.view(B, Hs, T, T)
-    if valid_key_mask is not None:
-        seen &= valid_key_mask[:, None, None, :]
-    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
-    x = qs.to(ct)
-    keys = torch.nn.functional.normalize(x, dim=-1)
-    scores = torch.matmul(x, keys.transpose(-2, -1)) / math.sqrt(D)  # (B, H', T, T)
-    w = _softmax_rows(scores, seen)
-    # a real query that sees no other key attends to itself
-    alone = ~seen.any(-1)  # (B, H', T)
-    if valid_key_mask is not None:
-        alone &= valid_key_mask[:, None, :]
-    eye = torch.eye(T, dtype=ct, device=q.device)
-    w = torch.where(alone[..., None], eye, w)
-    buckets = buckets.view(B, Hs, -1, T)
-    if top_k is None:
-        return w, buckets
-    return torch.topk(w, min(top_k, T), dim=-1), buckets
-
-
-def _to_sparse(values: Tensor, indices: Tensor, tk: int) -> Tensor:
-    """(B, H, Tq, k) values and key indices -> sparse COO (B, H, Tq, Tk)."""
-    B, H, Tq, kk = values.shape
-    grid = torch.meshgrid(
-        *(torch.arange(n, device=values.device) for n in (B, H, Tq, kk)), indexing="ij"
-    )
-    idx = torch.stack(
-        [grid[0].reshape(-1), grid[1].reshape(-1), grid[2].reshape(-1), indices.reshape(-1)]
-    )
-    return torch.sparse_coo_tensor(
-        idx, values.reshape(-1), (B, H, Tq, tk), check_invariants=False
-    ).coalesce()
 
 
 class _Recorder:
@@ -409,7 +252,7 @@ class _Recorder:
             )
             source = "exact"
         elif isinstance(kernel, LSHAttention):
-            res, info["buckets"] = _lsh_weights(
+            res, info["buckets"] = lsh_weights(
                 kernel, q, call.valid_key_mask, call.causal, head_idx, maps.top_k
             )
             source = "lsh"
@@ -431,17 +274,17 @@ class _Recorder:
         maps.sources[i] = source
         maps.info[i] = info
         maps.calls[i] += 1
-        if maps.top_k is None:
+        if isinstance(res, Tensor):  # dense: no top_k
             maps.weights[i] = res
         else:
             values, indices = res
             maps.topk_values[i], maps.topk_indices[i] = values, indices
-            maps.weights[i] = _to_sparse(values, indices, k.shape[2])
+            maps.weights[i] = to_sparse(values, indices, k.shape[2])
 
 
 @contextlib.contextmanager
 def capture(
-    model: Any,
+    model: Inspectable,
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     top_k: int | None = None,
@@ -455,10 +298,8 @@ def capture(
         layer_ids = list(range(len(all_layers)))
     n_heads = {all_layers[i].n_heads for i in layer_ids}
     head_ids = _index_list("heads", heads, min(n_heads), "head")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(
-            f"top_k must be a positive int (weights kept per query row) or None, got {top_k!r}"
-        )
+    if top_k is not None:
+        int_at_least("top_k", top_k, 1, "a positive int (weights kept per query row) or None")
     if tokens is not None:
         if isinstance(tokens, str) or not all(isinstance(t, str) for t in tokens):
             raise ValueError(f"tokens must be a list of str, got {tokens!r:.80}")
@@ -486,14 +327,15 @@ def capture(
 # --------------------------------------------------------------------------------------------
 # overhead
 # --------------------------------------------------------------------------------------------
-def capture_overhead(model: Any, *args, rounds: int = 7, **kwargs) -> dict:
+def capture_overhead(
+    model: Inspectable, *args: Any, rounds: int = 7, **kwargs: Any
+) -> dict[str, float | int]:
     """Time ``model(*args, **kwargs)`` plain and inside ``capture(model)`` (all layers, all
     heads), interleaved, ``rounds`` times each after one warm-up, under ``torch.no_grad``.
 
     Returns {"plain_s", "capture_s" (best round of each), "ratio", "rounds"}.
     """
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
+    positive_int("rounds", rounds)
     net = _unwrap(model)
 
     def plain() -> float:
