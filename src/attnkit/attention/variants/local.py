@@ -56,16 +56,22 @@ class LocalAttention(VariantAttention):
         valid = torch.ones(B, nb * bs, dtype=torch.bool, device=q.device)  # (B, Tp)
         valid[:, :T] = True if key_valid is None else key_valid
         valid[:, T:] = False
-        mask = valid.view(B, 1, nb, 1, bs).expand(B, H, nb, bs, bs)  # (B, H, nb, bs, bs)
+        # A query row that has no key at all gets one dummy key (its block's first), so every
+        # backend sees a finite softmax (no NaN in forward or backward); its output is set to
+        # zero afterwards. Done on tensors made here, before the heads are expanded, and without
+        # asking whether any row is empty (that would be a host sync).
         if causal:
-            mask = mask & torch.ones(bs, bs, dtype=torch.bool, device=q.device).tril()
-        mask = mask.reshape(B, H * nb, bs, bs)
-        # A query row that has no key at all gets one dummy key, so every backend sees a finite
-        # softmax (no NaN in forward or backward); its output is set to zero afterwards.
-        # Always applied (asking whether any row is empty would be a host sync).
-        empty = ~mask.any(-1, keepdim=True)  # (B, H*nb, bs, 1)
-        first_key = torch.arange(bs, device=q.device) == 0  # (bs,)
-        mask = mask | (empty & first_key)  # (B, H*nb, bs, bs)
+            tril = torch.ones(bs, bs, dtype=torch.bool, device=q.device).tril()
+            per_block = valid.view(B, 1, nb, 1, bs) & tril  # (B, 1, nb, bs, bs)
+            empty = ~per_block.any(-1, keepdim=True)  # (B, 1, nb, bs, 1)
+            per_block[..., :1] |= empty
+        else:  # every row of a block sees the same keys: a block is empty or not
+            blocks = valid.view(B, nb, bs)  # (B, nb, bs)
+            empty = ~blocks.any(-1)  # (B, nb)
+            blocks[..., 0] |= empty
+            per_block = valid.view(B, 1, nb, 1, bs)
+            empty = empty.view(B, 1, nb, 1, 1)
+        mask = per_block.expand(B, H, nb, bs, bs).reshape(B, H * nb, bs, bs)
         out = fused(qb, kb, vb, attn_mask=mask)  # (B, H*nb, bs, Dv)
-        out = out.masked_fill(empty, 0.0)
+        out = out.view(B, H, nb, bs, Dv).masked_fill(empty, 0.0)  # (B, H, nb, bs, Dv)
         return out.view(B, H, nb * bs, Dv)[:, :, :T]
