@@ -88,8 +88,7 @@ def check_options(
         checks.int_at_least("seed", seed, 0)
     if context not in CONTEXT_MODES:
         raise ValueError(f"context must be one of {CONTEXT_MODES}, got {context!r}")
-    if not isinstance(use_cache, bool):
-        raise ValueError(f"use_cache must be a bool, got {use_cache!r}")
+    checks.flag("use_cache", use_cache)
     stops, stop_ids = stop_list(stop, vocab)
     return Options(
         max_new_tokens=max_new_tokens,

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attnkit._util.checks import in_range
+from attnkit._util.checks import in_range, int_in
 
 if TYPE_CHECKING:  # pragma: no cover - a type only; capture is imported when used
     from attnkit.inspect.capture import AttentionMaps
@@ -336,8 +336,8 @@ def max_flow(capacity: Any, source: int, sink: int) -> float:
         raise ValueError("capacity must hold finite values >= 0")
     V = cap.shape[0]
     for name, node in (("source", source), ("sink", sink)):
-        if isinstance(node, bool) or not isinstance(node, (int, np.integer)) or not 0 <= node < V:
-            raise ValueError(f"{name} must be a node index in [0, {V}), got {node!r}")
+        node = int(node) if isinstance(node, np.integer) else node
+        int_in(name, node, 0, V - 1, f"a node index in [0, {V})")
     if source == sink:
         raise ValueError(f"source and sink must differ, got both {source}")
     eps = 1e-12

@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from attnkit._util.checks import flag
 from attnkit.attention.kernel import AttentionKernel
 
 
@@ -118,8 +119,7 @@ class VariantAttention(AttentionKernel):
         dropout_p: float = 0.0,
         return_weights: bool = False,
     ) -> Tensor:
-        if not isinstance(causal, bool):
-            raise TypeError(f"causal must be a bool, got {causal!r}")
+        flag("causal", causal)
         if window is not None or alibi:
             self.check_layer(window=window, alibi=alibi)
         if mask is not None or document_ids is not None or return_weights:
