@@ -8,9 +8,9 @@ Each :class:`~attnkit.attention.module.MultiHeadAttention` of the model is a lay
 module order (block 0's attention is layer 0). While the context is open, the kernel of every
 captured layer is wrapped in a recording kernel (:mod:`attnkit.attention.recording`), which
 hands the q and k the kernel receives (after RoPE, with the KV cache prepended) and the masks to
-this module, which recomputes the weights from them in float32 (float64 for float64 models):
-softmax(q k^T / sqrt(D) + ALiBi) over the keys the layer may see (causal, sliding window, key
-padding, packed documents, a user mask). The forward pass itself is untouched: the fast kernel
+this module; the weights are recomputed from them (:mod:`attnkit.inspect.weights`) in float32
+(float64 for float64 models): softmax(q k^T / sqrt(D) + ALiBi) over the keys the layer may see
+(causal, sliding window, key padding, packed documents, a user mask). The forward pass itself is untouched: the fast kernel
 (SDPA, FlexAttention, windowed) still produces the layer's output.
 
 Approximate variants report the weights they actually use:
