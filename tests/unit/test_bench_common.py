@@ -211,7 +211,8 @@ import resource, sys, torch
 from attnkit.cli.bench import keep_freed_memory
 what = keep_freed_memory() if sys.argv[1] == "keep" else "default"
 x = torch.randn(16 * 2**20)  # 64 MiB: above glibc's largest mmap threshold (32 MiB)
-for _ in range(12):  # until the heap has settled (small allocations split freed blocks at first)
+for _ in range(40):  # until the heap has settled (small allocations split freed blocks at first;
+    # with the command modules imported, 12 rounds were not always enough on a loaded machine)
     (x * 2).exp_().sum()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):  # the same operation again and again, as a benchmark times it
