@@ -16,36 +16,17 @@ on ``config.head``:
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from attnkit.models.common import (
-    ModelBase,
-    check_ids,
-    make_block,
-    positions_from_documents,
-    valid_key_mask_from,
-)
+from attnkit.models.common import ModelBase, check_ids, document_positions, valid_key_mask_from
 from attnkit.models.config import ModelConfig
-from attnkit.models.embeddings import Embeddings
 from attnkit.models.heads import POOLERS, ClassificationHead, MLMHead, Pooler
-from attnkit.models.layers import make_norm
 from attnkit.models.outputs import ModelOutput, classification_loss, mlm_loss
 
 
 class Bert(ModelBase):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.arch != "bert":
-            raise ValueError(f"Bert needs config.arch='bert', got {config.arch!r}")
-        self.config = config
-        self.embed = Embeddings(config)
-        self.blocks = nn.ModuleList(make_block(config) for _ in range(config.n_layer))
-        # post-norm blocks end normalised; a pre-norm encoder needs a final norm
-        self.norm = (
-            make_norm(config.norm, config.d_model, config.norm_eps, bias=config.bias)
-            if config.final_norm
-            else nn.Identity()
-        )
+        self._build_trunk(config, "bert")  # post-norm blocks end normalised: no final norm
         self.pooler = Pooler(config.d_model) if config.pooler else None
         self.mlm = (
             MLMHead(config.d_model, config.vocab_size, config.norm_eps, config.mlp)
@@ -81,13 +62,7 @@ class Bert(ModelBase):
             raise ValueError(f"sequence of {T} tokens exceeds max_seq_len={cfg.max_seq_len}")
         if token_type_ids is not None:
             check_ids("token_type_ids", token_type_ids, max(cfg.type_vocab_size, 1))
-        if position_ids is None and document_ids is not None:
-            if tuple(document_ids.shape) != (B, T):
-                raise ValueError(
-                    f"document_ids must have shape (B, T) = {(B, T)}, got "
-                    f"{tuple(document_ids.shape)}"
-                )
-            position_ids = positions_from_documents(document_ids)  # (B, T)
+        position_ids = document_positions(position_ids, document_ids, (B, T))  # (B, T) or None
         vkm = valid_key_mask_from(attention_mask, (B, T))
         x = self.embed(
             input_ids, position_ids=position_ids, token_type_ids=token_type_ids

@@ -50,6 +50,20 @@ def positions_from_documents(document_ids: torch.Tensor) -> torch.Tensor:
     return idx - first
 
 
+def document_positions(
+    position_ids: torch.Tensor | None, document_ids: torch.Tensor | None, shape: tuple[int, int]
+) -> torch.Tensor | None:
+    """The positions a forward uses: ``position_ids`` when given, else with ``document_ids``
+    (B, T) = ``shape`` positions that restart at each document (B, T), else None."""
+    if position_ids is not None or document_ids is None:
+        return position_ids
+    if tuple(document_ids.shape) != shape:
+        raise ValueError(
+            f"document_ids must have shape (B, T) = {shape}, got {tuple(document_ids.shape)}"
+        )
+    return positions_from_documents(document_ids)  # (B, T)
+
+
 def valid_key_mask_from(
     attention_mask: torch.Tensor | None, shape: tuple[int, int]
 ) -> torch.Tensor | None:
@@ -99,6 +113,25 @@ class ModelBase(nn.Module):
     config: ModelConfig
     meta: ModelMeta = ModelMeta()
     embed: Embeddings
+    blocks: nn.ModuleList
+    norm: nn.Module
+
+    def _build_trunk(self, config: ModelConfig, arch: str) -> None:
+        """Check ``config.arch`` and make what every model has, in this order (the order of
+        the state dict and of initialisation): ``embed``, ``blocks``, ``norm`` (the final norm,
+        an identity without ``config.final_norm``: post-norm blocks end normalised)."""
+        if config.arch != arch:
+            raise ValueError(
+                f"{type(self).__name__} needs config.arch={arch!r}, got {config.arch!r}"
+            )
+        self.config = config
+        self.embed = Embeddings(config)
+        self.blocks = nn.ModuleList(make_block(config) for _ in range(config.n_layer))
+        self.norm = (
+            make_norm(config.norm, config.d_model, config.norm_eps, bias=config.bias)
+            if config.final_norm
+            else nn.Identity()
+        )
 
     def tied_keys(self) -> list[str]:
         """state_dict keys that alias another key (not stored in checkpoints)."""

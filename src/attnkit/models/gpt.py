@@ -13,36 +13,18 @@ Generation passes a list of :class:`~attnkit.attention.kv_cache.KVCache`, one pe
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from attnkit.attention.kv_cache import KVCache
-from attnkit.models.common import (
-    ModelBase,
-    check_ids,
-    make_block,
-    positions_from_documents,
-    valid_key_mask_from,
-)
+from attnkit.models.common import ModelBase, check_ids, document_positions, valid_key_mask_from
 from attnkit.models.config import ModelConfig
-from attnkit.models.embeddings import Embeddings
 from attnkit.models.heads import LMHead
-from attnkit.models.layers import make_norm
 from attnkit.models.outputs import ModelOutput, lm_loss
 
 
 class GPT(ModelBase):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.arch != "gpt":
-            raise ValueError(f"GPT needs config.arch='gpt', got {config.arch!r}")
-        self.config = config
-        self.embed = Embeddings(config)
-        self.blocks = nn.ModuleList(make_block(config) for _ in range(config.n_layer))
-        self.norm = (
-            make_norm(config.norm, config.d_model, config.norm_eps, bias=config.bias)
-            if config.final_norm
-            else nn.Identity()
-        )
+        self._build_trunk(config, "gpt")
         self.lm_head = LMHead(config.d_model, config.vocab_size) if config.head == "lm" else None
         self.init_weights()
         if self.lm_head is not None and config.tie_embeddings:
@@ -84,13 +66,7 @@ class GPT(ModelBase):
             if document_ids is not None:
                 raise ValueError("document_ids cannot be combined with a KV cache")
             past = cache[0].length
-        if position_ids is None and document_ids is not None:
-            if tuple(document_ids.shape) != (B, T):
-                raise ValueError(
-                    f"document_ids must have shape (B, T) = {(B, T)}, got "
-                    f"{tuple(document_ids.shape)}"
-                )
-            position_ids = positions_from_documents(document_ids)  # (B, T)
+        position_ids = document_positions(position_ids, document_ids, (B, T))  # (B, T) or None
         if past + T > cfg.max_seq_len and cfg.positional in ("learned", "sinusoidal"):
             raise ValueError(
                 f"sequence of {past + T} tokens (cached {past} + new {T}) exceeds "
