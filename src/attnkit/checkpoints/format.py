@@ -157,6 +157,16 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def key_mismatch(missing: list[str], unknown: list[str]) -> str:
+    """``"missing key(s) [...]; unexpected key(s) [...]"``, naming only what is not empty."""
+    parts = []
+    if missing:
+        parts.append(f"missing key(s) {missing}")
+    if unknown:
+        parts.append(f"unexpected key(s) {unknown}")
+    return "; ".join(parts)
+
+
 def check_and_load(
     model: nn.Module,
     tensors: Mapping[str, torch.Tensor],
@@ -172,12 +182,7 @@ def check_and_load(
     missing = sorted(set(own) - set(tensors))
     unknown = sorted(set(tensors) - set(own))
     if missing or unknown:
-        parts = []
-        if missing:
-            parts.append(f"missing key(s) {missing}")
-        if unknown:
-            parts.append(f"unexpected key(s) {unknown}")
-        raise CheckpointError(f"{source}: {'; '.join(parts)}")
+        raise CheckpointError(f"{source}: {key_mismatch(missing, unknown)}")
     for key, want in own.items():
         got = tensors[key]
         if tuple(got.shape) != tuple(want.shape):

@@ -25,6 +25,7 @@ from attnkit.checkpoints.format import (
     CONFIG_NAME,
     CheckpointError,
     check_and_load,
+    key_mismatch,
     load_tokenizer,
     read_json,
     read_tensors,
@@ -149,13 +150,9 @@ def convert_from_hf(
     unknown = sorted(file_name(k) for k in keys - used - ignored)
     missing = [file_name(n) for n in missing]
     if missing or unknown:
-        problems = []
-        if missing:
-            problems.append(f"missing key(s) {sorted(missing)}")
-        if unknown:
-            problems.append(f"unexpected key(s) {unknown}")
         raise CheckpointError(
-            f"{source}: {'; '.join(problems)} for a {keymap.hf_class.get(head, model_type)}"
+            f"{source}: {key_mismatch(sorted(missing), unknown)} for a "
+            f"{keymap.hf_class.get(head, model_type)}"
         )
     # shapes, dtypes and completeness are checked before anything is copied
     check_and_load(
