@@ -18,11 +18,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from attnkit.bench.harness import resolve_device
 from attnkit.bench.report import Report
-from attnkit.cli.types import positive_int, size_list
+from attnkit.cli.types import positive_int, set_threads, size_list, threads_argument
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from attnkit.bench.variants import VariantsSettings
@@ -115,11 +113,6 @@ def _given(args: argparse.Namespace, preset: Mapping[str, Any]) -> dict[str, Any
     }
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
-
-
 def _finish(report: Report, strict: bool = False) -> int:
     print(report.text, flush=True)
     return 1 if strict and report.missed else 0
@@ -132,6 +125,12 @@ def _out_argument(parser: argparse.ArgumentParser, what: str) -> None:
         default=Path("bench_out"),
         metavar="DIR",
         help=f"where {what} go (default: bench_out)",
+    )
+
+
+def _device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda or auto (default: cuda if available)"
     )
 
 
@@ -168,9 +167,7 @@ def attention_arguments(parser: argparse.ArgumentParser) -> None:
         help="sliding-window section lengths (default: --sizes; --quick: 16k,64k)",
     )
     _out_argument(parser, "attention.json and attention.png")
-    parser.add_argument(
-        "--device", default="auto", help="cpu, cuda or auto (default: cuda if available)"
-    )
+    _device_argument(parser)
     parser.add_argument("--dtype", default="float32", choices=tuple(bench.DTYPES))
     parser.add_argument(
         "--causal",
@@ -327,9 +324,7 @@ def variants_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip the error-versus-cost sweep (skipped by --quick)",
     )
     _out_argument(parser, "variants.json and the plots")
-    parser.add_argument(
-        "--device", default="auto", help="cpu, cuda or auto (default: cuda if available)"
-    )
+    _device_argument(parser)
     parser.add_argument("--dtype", default="float32", choices=bench.DTYPE_CHOICES)
     _shape_arguments(parser)
     parser.add_argument(
@@ -412,14 +407,12 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=("float32", "bfloat16", "float16"), help="default: the config's"
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--threads", type=int, help="torch threads (default: as is)")
+    threads_argument(parser)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument(
         "--peak-tflops", type=float, help="device peak in TFLOP/s (default: measured)"
     )
-    parser.add_argument(
-        "--out", default="bench_out", help="directory for train.json (default bench_out)"
-    )
+    _out_argument(parser, "train.json")
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -434,9 +427,9 @@ def train_command(args: argparse.Namespace) -> int:
         compile=args.compile,
         device=resolve_device(args.device),
         peak_tflops=args.peak_tflops,
-        out=Path(args.out),
+        out=args.out,
     )
-    _set_threads(args.threads)
+    set_threads(args.threads)
     return _finish(bench.run(settings))
 
 
@@ -471,9 +464,9 @@ def generate_arguments(parser: argparse.ArgumentParser) -> None:
         default=2,
         help="timed runs per side, alternating; the best counts (default 2)",
     )
-    parser.add_argument("--threads", type=positive_int, help="torch threads (default: as is)")
+    threads_argument(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and prompts")
-    parser.add_argument("--out", default="bench_out", help="directory for generate.json")
+    _out_argument(parser, "generate.json")
 
 
 def _quiet_transformers() -> None:
@@ -495,10 +488,10 @@ def generate_command(args: argparse.Namespace) -> int:
         new_tokens=args.new_tokens,
         rounds=args.rounds,
         seed=args.seed,
-        out=Path(args.out),
+        out=args.out,
     )
     _quiet_transformers()
-    _set_threads(args.threads)
+    set_threads(args.threads)
     return _finish(bench.run(settings))
 
 
@@ -548,10 +541,8 @@ def embed_arguments(parser: argparse.ArgumentParser) -> None:
         help="also time attnkit's model and transformers' BertModel on the same "
         "length-sorted batches, batch by batch (model cost alone, robust to load)",
     )
-    parser.add_argument("--threads", type=positive_int, help="torch threads (default: as is)")
-    parser.add_argument(
-        "--out", default="bench_out", help="directory for embed.json (default bench_out)"
-    )
+    threads_argument(parser)
+    _out_argument(parser, "embed.json")
 
 
 def embed_command(args: argparse.Namespace) -> int:
@@ -568,11 +559,11 @@ def embed_command(args: argparse.Namespace) -> int:
         bf16=args.bf16,
         bf16_lines=args.bf16_lines,
         paired_model=args.paired_model,
-        out=Path(args.out),
+        out=args.out,
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _quiet_transformers()
-    _set_threads(args.threads)
+    set_threads(args.threads)
     return _finish(bench.run(settings))
 
 
@@ -602,9 +593,7 @@ def viewer_arguments(parser: argparse.ArgumentParser) -> None:
         help="a small check: 64 tokens, 2 layers x 4 heads, 5 switches, 1 load",
     )
     parser.add_argument("--chromium", help="Chromium executable (default: chromium on PATH)")
-    parser.add_argument(
-        "--out", default="bench_out", help="directory for viewer.html and viewer.json"
-    )
+    _out_argument(parser, "viewer.html and viewer.json")
 
 
 def viewer_settings(args: argparse.Namespace) -> ViewerSettings:
@@ -620,7 +609,7 @@ def viewer_settings(args: argparse.Namespace) -> ViewerSettings:
         seed=args.seed,
         quick=args.quick,
         chromium=args.chromium,
-        out=Path(args.out),
+        out=args.out,
     )
 
 

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from attnkit.cli.types import UsageError, positive_int
+from attnkit.cli.types import UsageError, positive_int, set_threads, threads_argument
 
 
 def swap_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,12 +58,7 @@ def swap_arguments(parser: argparse.ArgumentParser) -> None:
         help="timed passes of each model; the fastest counts (default 3)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        metavar="N",
-        help="CPU threads for torch (default: torch's choice)",
-    )
+    threads_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -103,10 +98,7 @@ def swap_command(args: argparse.Namespace) -> int:
     params = surgery.parse_params(args.variant_param)
     surgery.resolve_params(args.variant, params)  # bad names fail before the model loads
     texts = _texts(args)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = resolve_device(args.device)
     model = load(args.model, device=device)
     if not isinstance(model, (GPT, Bert)):

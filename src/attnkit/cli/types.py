@@ -1,4 +1,5 @@
-"""Argument types of the command line, and :class:`UsageError`.
+"""Argument types of the command line, the option several commands declare alike
+(``--threads``, with :func:`set_threads`), and :class:`UsageError`.
 
 Each type is an argparse ``type=`` callable that converts the text and asks the library's
 validator (:mod:`attnkit._util.checks`) whether the value is allowed; its error names the text
@@ -20,7 +21,9 @@ __all__ = [
     "positive_float",
     "positive_int",
     "probability",
+    "set_threads",
     "size_list",
+    "threads_argument",
 ]
 
 N = TypeVar("N", int, float)
@@ -81,3 +84,18 @@ def index_list(text: str) -> list[int]:
             )
         out.append(int(item))
     return out
+
+
+def threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch's CPU threads for the run (applied by :func:`set_threads`)."""
+    parser.add_argument(
+        "--threads", type=positive_int, metavar="N", help="torch threads (default: as is)"
+    )
+
+
+def set_threads(threads: int | None) -> None:
+    """Give torch ``threads`` CPU threads; None leaves its choice."""
+    if threads:
+        import torch  # here: the command line starts without torch
+
+        torch.set_num_threads(threads)
