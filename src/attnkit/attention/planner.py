@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attnkit.attention.backends.sdpa import needs_no_mask
 from attnkit.attention.masks import MaskSpec
 
 __all__ = [
@@ -236,12 +237,6 @@ def planned(
     """`plan` with the arguments of a plain fused SDPA call when the plan is one."""
     chosen = plan(q, spec, bias, dropout_p, return_weights, backend, grad)
     fused = None
-    if (
-        chosen.backend == "sdpa"
-        and bias is None
-        and spec.structural_only
-        and spec.window is None
-        and (not spec.causal or spec.q_len == spec.k_len)
-    ):
+    if chosen.backend == "sdpa" and needs_no_mask(spec, bias):
         fused = (spec.causal, scale, q.shape[1] != k.shape[1])
     return Planned(chosen, fused)

@@ -38,6 +38,18 @@ def fused(
     )
 
 
+def needs_no_mask(spec: MaskSpec, bias: object) -> bool:
+    """Whether SDPA runs a call with no mask tensor at all: no bias, no per-batch or user mask,
+    no window, and causal only as ``is_causal`` (which aligns the queries with the first keys,
+    so it serves only Tq == Tk)."""
+    return (
+        bias is None
+        and spec.structural_only
+        and spec.window is None
+        and (not spec.causal or spec.q_len == spec.k_len)
+    )
+
+
 def sdpa_attention(
     q: Tensor,
     k: Tensor,
@@ -50,13 +62,8 @@ def sdpa_attention(
 ) -> Tensor:
     """torch SDPA.  Causal self-attention without other masks takes the is_causal fast path."""
     gqa = q.shape[1] != k.shape[1]
-    if (
-        bias is None
-        and spec.structural_only
-        and spec.window is None
-        and (not spec.causal or spec.q_len == spec.k_len)
-    ):
-        return F.scaled_dot_product_attention(
+    if needs_no_mask(spec, bias):
+        return fused(
             q, k, v, dropout_p=dropout_p, is_causal=spec.causal, scale=scale, enable_gqa=gqa
         )
     allowed = spec.dense(q.device)
@@ -73,9 +80,7 @@ def sdpa_attention(
             attn_mask = attn_mask.masked_fill(~allowed, NEG_INF)
     else:
         attn_mask = allowed
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa
-    )
+    out = fused(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
     if empty_rows is not None:
         out = out.masked_fill(empty_rows, 0.0)
     return out
