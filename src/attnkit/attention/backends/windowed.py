@@ -250,6 +250,15 @@ def _chunks(band: _Band, batch: int, heads: int, ranges):
             yield b0, min(hi, b0 + n)
 
 
+def _chunk_blocks(band: _Band, q: Tensor, k_rep: Tensor, v_rep: Tensor, ranges):
+    """For each chunk of ``_chunks``: its block range b0:b1, key and value windows
+    (B, H, n, L, D) and query blocks (B, H, n, c, D)."""
+    for b0, b1 in _chunks(band, q.shape[0], q.shape[1], ranges):
+        kw = band.windows(k_rep, b0, b1)  # (B, H, n, L, D)
+        vw = band.windows(v_rep, b0, b1)  # (B, H, n, L, Dv)
+        yield b0, b1, kw, vw, band.query_blocks(q, b0, b1)  # qb: (B, H, n, c, D)
+
+
 class _BandContext:
     """Per-call tensors shared by forward and backward: padded keys, validity, bias."""
 
@@ -329,10 +338,7 @@ def _windowed_forward(q, k, v, spec, band, slopes, scale, dropout_p, seed, fast)
         ranges = fast.ranges(band.nb)
     if ranges:
         ctx_t = _BandContext(q, k, spec, band, slopes)
-        for b0, b1 in _chunks(band, B, H, ranges):
-            kw = band.windows(k_rep, b0, b1)  # (B, H, n, L, D)
-            vw = band.windows(v_rep, b0, b1)
-            qb = band.query_blocks(q, b0, b1)  # (B, H, n, c, D)
+        for b0, b1, kw, vw, qb in _chunk_blocks(band, q, k_rep, v_rep, ranges):
             p, chunk_lse = _chunk_probs(ctx_t, band, qb, kw, b0, b1, scale)
             if dropout_p > 0:
                 p = p * _dropout_keep(p.shape, dropout_p, seed, b0, q.device) / (1 - dropout_p)
@@ -386,10 +392,7 @@ def _windowed_backward(q, k, v, out, lse, dout, spec, band, slopes, scale, dropo
         ranges = fast.ranges(band.nb)
     if ranges:
         ctx_t = _BandContext(q, k, spec, band, slopes)
-        for b0, b1 in _chunks(band, B, H, ranges):
-            kw = band.windows(k_rep, b0, b1)  # (B, H, n, L, D)
-            vw = band.windows(v_rep, b0, b1)
-            qb = band.query_blocks(q, b0, b1)  # (B, H, n, c, D)
+        for b0, b1, kw, vw, qb in _chunk_blocks(band, q, k_rep, v_rep, ranges):
             p, _ = _chunk_probs(ctx_t, band, qb, kw, b0, b1, scale, lse=lse[:, :, b0:b1])
             do = band.query_blocks(dout, b0, b1).to(ct)
             delta = (do * band.query_blocks(out, b0, b1).to(ct)).sum(
