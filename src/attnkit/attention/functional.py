@@ -49,17 +49,17 @@ def _broadcastable(shape, target) -> bool:
     return True
 
 
-def _validate(
-    q, k, v, causal, mask, valid_key_mask, window, bias, document_ids, dropout_p, scale, backend
-) -> None:
-    """Every check of the arguments, each error naming the bad value and what was expected."""
+def check_qkv(q, k, v) -> None:
+    """q, k, v are 4-D (B, H, T, D) floating tensors of one dtype on one device."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise TypeError(
                 f"{name} must be a torch.Tensor of shape (B, H, T, D), got {type(t).__name__}"
             )
         if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (B, H, T, D), got shape {_shape(t)}")
+            raise ValueError(
+                f"{name} must be 4-D (it must have shape (B, H, T, D)), got shape {_shape(t)}"
+            )
         if t.dtype not in _FLOAT_DTYPES:
             raise TypeError(
                 f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {t.dtype}"
@@ -70,6 +70,20 @@ def _validate(
         raise ValueError(
             f"q, k, v must be on one device, got q={q.device}, k={k.device}, v={v.device}"
         )
+
+
+def check_bool_mask(name: str, t, meaning: str) -> None:
+    """``t`` is a bool tensor; ``meaning`` says what True means, for the error."""
+    if not isinstance(t, Tensor) or t.dtype != torch.bool:
+        what = t.dtype if isinstance(t, Tensor) else type(t).__name__
+        raise TypeError(f"{name} must be a bool tensor ({meaning}), got {what}")
+
+
+def _validate(
+    q, k, v, causal, mask, valid_key_mask, window, bias, document_ids, dropout_p, scale, backend
+) -> None:
+    """Every check of the arguments, each error naming the bad value and what was expected."""
+    check_qkv(q, k, v)
     B, Hq, Tq, D = q.shape
     if k.shape[0] != B or v.shape[0] != B:
         raise ValueError(f"batch sizes differ: q {_shape(q)}, k {_shape(k)}, v {_shape(v)}")
@@ -92,9 +106,7 @@ def _validate(
         positive_float("scale", scale)
     choice("backend", backend, BACKENDS)
     if mask is not None:
-        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-            what = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
-            raise TypeError(f"mask must be a bool tensor (True = may attend), got {what}")
+        check_bool_mask("mask", mask, "True = may attend")
         if not _broadcastable(tuple(mask.shape), (B, Hq, Tq, Tk)):
             raise ValueError(
                 f"mask of shape {_shape(mask)} is not broadcastable to (B, Hq, Tq, Tk) = ({B}, {Hq}, {Tq}, {Tk})"
@@ -102,13 +114,7 @@ def _validate(
         if mask.device != q.device:
             raise ValueError(f"mask is on {mask.device} but q is on {q.device}")
     if valid_key_mask is not None:
-        if not isinstance(valid_key_mask, Tensor) or valid_key_mask.dtype != torch.bool:
-            what = (
-                valid_key_mask.dtype
-                if isinstance(valid_key_mask, Tensor)
-                else type(valid_key_mask).__name__
-            )
-            raise TypeError(f"valid_key_mask must be a bool tensor (True = real token), got {what}")
+        check_bool_mask("valid_key_mask", valid_key_mask, "True = real token")
         if tuple(valid_key_mask.shape) != (B, Tk):
             raise ValueError(
                 f"valid_key_mask must have shape (B, Tk) = ({B}, {Tk}), got {_shape(valid_key_mask)}"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
 from attnkit._util.checks import flag
+from attnkit.attention.functional import check_bool_mask, check_qkv
 from attnkit.attention.kernel import AttentionKernel
 
 
@@ -18,36 +18,18 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, valid_key_mask: Tensor | None)
     q and k must have the same shape, v the same (B, H, T) with its own last dim. The mask is
     True for real tokens and False for padding.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor):
-            raise TypeError(
-                f"{name} must be a torch.Tensor of shape (B, H, T, D), got {type(t).__name__}"
-            )
-        if t.dim() != 4:
-            raise ValueError(f"{name} must have shape (B, H, T, D), got {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating point tensor, got dtype {t.dtype}")
+    check_qkv(q, k, v)
     if k.shape != q.shape:
         raise ValueError(f"k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
     if v.shape[:3] != q.shape[:3]:
         raise ValueError(
             f"v must have shape (B, H, T, Dv) = {tuple(q.shape[:3])} + (Dv,), got {tuple(v.shape)}"
         )
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if q.shape[-1] == 0 or v.shape[-1] == 0:
         raise ValueError(f"head dims must be >= 1, got D={q.shape[-1]}, Dv={v.shape[-1]}")
     if valid_key_mask is None:
         return None
-    if not isinstance(valid_key_mask, Tensor) or valid_key_mask.dtype != torch.bool:
-        got = (
-            valid_key_mask.dtype
-            if isinstance(valid_key_mask, Tensor)
-            else type(valid_key_mask).__name__
-        )
-        raise TypeError(f"valid_key_mask must be a bool tensor (True = real token), got {got}")
+    check_bool_mask("valid_key_mask", valid_key_mask, "True = real token")
     B, _, T, _ = q.shape
     if tuple(valid_key_mask.shape) != (B, T):
         raise ValueError(
