@@ -102,14 +102,28 @@ def plot_head(
         if query_tokens is not None
         else (k_tok[tk - tq :] if k_tok is not None else None)
     )
-    fig = _figure(*_size(tq, tk))
+    vmax = max(float(w.max()), 1e-9)
+    return _heatmap(w, q_tok, k_tok, ("query", "key"), "viridis", vmax, title, path)
+
+
+def _heatmap(
+    m: Tensor,
+    row_tokens: list[str] | None,
+    col_tokens: list[str] | None,
+    labels: tuple[str, str],
+    cmap: str,
+    vmax: float | None,
+    title: str,
+    path: str | os.PathLike[str],
+) -> Path:
+    """One (rows, cols) matrix as a heatmap with a colour bar; ``labels`` name the rows and
+    the columns."""
+    fig = _figure(*_size(*m.shape))
     ax = fig.add_subplot()
-    im = ax.imshow(
-        w.numpy(), cmap="viridis", vmin=0.0, vmax=max(float(w.max()), 1e-9), aspect="auto"
-    )
-    _label_axes(ax, q_tok, k_tok, 8)
-    ax.set_xlabel("key")
-    ax.set_ylabel("query")
+    im = ax.imshow(m.numpy(), cmap=cmap, vmin=0.0, vmax=vmax, aspect="auto")
+    _label_axes(ax, row_tokens, col_tokens, 8)
+    ax.set_xlabel(labels[1])
+    ax.set_ylabel(labels[0])
     if title:
         ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
@@ -160,13 +174,5 @@ def plot_rollout(
     """Heatmap of a (T, T) rollout or flow matrix: row i = output token, column j = input token."""
     m = _matrix(matrix, "matrix", 2)
     t = _check_tokens(tokens, m.shape[1], "input")
-    fig = _figure(*_size(*m.shape))
-    ax = fig.add_subplot()
-    im = ax.imshow(m.numpy(), cmap="magma", vmin=0.0, aspect="auto")
-    _label_axes(ax, t[m.shape[1] - m.shape[0] :] if t is not None else None, t, 8)
-    ax.set_xlabel("input token")
-    ax.set_ylabel("output token")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    return _save(fig, path)
+    rows = t[m.shape[1] - m.shape[0] :] if t is not None else None
+    return _heatmap(m, rows, t, ("output token", "input token"), "magma", None, title, path)
