@@ -3,6 +3,7 @@ truncated or mismatched files (never a half-loaded model)."""
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,20 +129,25 @@ def test_corrupt_bytes_and_header_name_the_file_and_the_key(tmp_path):
         attnkit.load(tmp_path)
 
 
+def set_model_fields(directory: Path, **fields: object) -> Path:
+    """Overwrite fields of the model config in ``directory/config.json``; returns that path."""
+    cfg_path = directory / "config.json"
+    meta = json.loads(cfg_path.read_text())
+    meta["model"].update(fields)
+    cfg_path.write_text(json.dumps(meta))
+    return cfg_path
+
+
 def test_mismatched_config_and_keys_are_named(tmp_path):
     path = saved(tmp_path)
-    cfg_path = tmp_path / "config.json"
-    meta = json.loads(cfg_path.read_text())
-    meta["model"]["d_ff"] = 100
-    cfg_path.write_text(json.dumps(meta))
+    set_model_fields(tmp_path, d_ff=100)
     with pytest.raises(
         CheckpointError,
         match=r"model\.safetensors: key 'blocks\.0\.mlp\.up\.weight' has "
         r"shape \(128, 32\), the model expects \(100, 32\)",
     ):
         attnkit.load(tmp_path)
-    meta["model"]["d_ff"] = None
-    cfg_path.write_text(json.dumps(meta))
+    set_model_fields(tmp_path, d_ff=None)
     tensors = ckpt_format.read_tensors(path)
     tensors["blocks.9.extra"] = torch.zeros(1)
     del tensors["blocks.1.norm2.bias"]
@@ -155,10 +161,7 @@ def test_mismatched_config_and_keys_are_named(tmp_path):
 
 def test_bad_config_values_name_the_file_and_the_field(tmp_path):
     saved(tmp_path)
-    cfg_path = tmp_path / "config.json"
-    meta = json.loads(cfg_path.read_text())
-    meta["model"]["n_layer"] = 0
-    cfg_path.write_text(json.dumps(meta))
+    cfg_path = set_model_fields(tmp_path, n_layer=0)
     with pytest.raises(
         CheckpointError,
         match=r"config\.json: bad model config: ModelConfig\.n_layer must be "
