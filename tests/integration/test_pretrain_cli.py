@@ -430,6 +430,8 @@ def test_ctrl_c_stops_with_one_line_and_130(env, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate()
-            raise AssertionError(f"still running after two SIGINTs; stderr: {err[-3000:]}")
+            raise AssertionError(
+                f"still running after two SIGINTs; stderr: {err[-3000:]}"
+            ) from None
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "attnkit: interrupted"
