@@ -24,6 +24,9 @@ token cannot end the data block), and the title is HTML-escaped.
 Encoded map layout (one base64 string per layer x head, ``T`` rows, ``n`` kept weights, all
 little-endian): ``rowmax`` uint16[T] (largest weight of the row x 65535), ``key`` uint16[n],
 ``count`` uint8[T] (weights kept per row), ``q`` uint8[n] (weight = q / 255 x rowmax / 65535).
+
+One job, kept whole (about 440 lines): turning captured maps into the one viewer file
+(data checks, size limits, inline JSON and the page around it).
 """
 
 from __future__ import annotations

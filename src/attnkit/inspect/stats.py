@@ -24,6 +24,9 @@ each layer's head-averaged weights are mixed with the residual connection,
 A_l = 0.5 * mean_h(W_l) + 0.5 * I, rows renormalised. Rollout multiplies them,
 R = A_L ... A_1; flow is the maximum flow from input token j to output token i through the
 layered graph whose edges (layer l-1, token j) -> (layer l, token i) have capacity A_l[i, j].
+
+One job, kept whole (about 430 lines): the numbers read off attention maps (per-head
+statistics, the labels drawn from them, rollout and flow).
 """
 
 from __future__ import annotations
