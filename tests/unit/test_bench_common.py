@@ -247,7 +247,9 @@ def test_keep_freed_memory_reuses_large_blocks_without_page_faults():
     default, _ = faults("default")
     kept, what = faults("keep")
     assert default > pages // 2  # a fresh mmap each call: a fault per 4 KiB page
-    assert kept < pages // 10, (what, kept)  # less than one call's worth: the freed block is reused
+    # at most a call or two's worth (the heap may still move a block once, as seen in CI on a
+    # loaded machine: exactly one call's worth), against one call's worth on every call by default
+    assert kept <= 2 * pages // 10 < default // 3, (what, kept, default)
     assert "M_MMAP_MAX=0" in what
 
 
