@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -198,29 +199,47 @@ def classify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def classify_command(args: argparse.Namespace) -> int:
+    """Streams like ``attnkit embed``: a window of texts at a time, each window's lines
+    written and flushed before the next is read."""
+    from itertools import chain
+
     from attnkit.tasks.classification import Classifier
-    from attnkit.tasks.sentence import read_texts
+    from attnkit.text.batching import chunked
+
+    texts = _texts(args)
+    first = next(texts, None)
+    if first is None:
+        raise ValueError("no texts to classify; expected TEXT arguments, --file or lines on stdin")
+    clf = Classifier(args.model)
+    for window in chunked(chain([first], texts), args.batch_size * STREAM_BATCHES):
+        lines = []
+        for text, pred in zip(window, clf.predict(window, args.batch_size)):
+            if args.json:
+                row = {"text": text, "label": pred.label, "probabilities": pred.probabilities}
+                lines.append(json.dumps(row) + "\n")
+            else:
+                probs = " ".join(f"{name}={p:.4f}" for name, p in pred.probabilities.items())
+                lines.append(f"{pred.label}\t{probs}\t{text}\n")
+        sys.stdout.write("".join(lines))
+        sys.stdout.flush()
+    return 0
+
+
+def _texts(args: argparse.Namespace) -> Iterator[str]:
+    """The texts to classify, read lazily; a bad --file or stdin is a ValueError naming it."""
+    from attnkit.tasks.sentence import iter_texts
 
     try:
-        texts = read_texts(args.texts, args.file, sys.stdin)
+        yield from iter_texts(args.texts, args.file, sys.stdin)
     except FileNotFoundError:
         raise ValueError(f"--file {args.file!r} does not exist; expected a text file") from None
     except UnicodeDecodeError as e:
-        raise ValueError(
-            f"--file {args.file!r} is not UTF-8 text ({e.reason} at byte {e.start})"
-        ) from None
-    if not texts:
-        raise ValueError("no texts to classify; expected TEXT arguments, --file or lines on stdin")
-    clf = Classifier(args.model)
-    for text, pred in zip(texts, clf.predict(texts, args.batch_size)):
-        if args.json:
-            print(
-                json.dumps({"text": text, "label": pred.label, "probabilities": pred.probabilities})
-            )
-        else:
-            probs = " ".join(f"{name}={p:.4f}" for name, p in pred.probabilities.items())
-            print(f"{pred.label}\t{probs}\t{text}")
-    return 0
+        source = f"--file {args.file!r}" if args.file else "stdin"
+        raise ValueError(f"{source} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+# texts read (and lines written) per window, in batches of --batch-size
+STREAM_BATCHES = 16
 
 
 # --------------------------------------------------------------------------------------------

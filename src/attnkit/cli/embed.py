@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,48 +44,85 @@ def embed_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def embed_command(args: argparse.Namespace) -> int:
-    import numpy as np
+    """Streams: texts are read a window of ``STREAM_BATCHES`` batches at a time and each
+    window's vectors are written (and flushed) before the next is read, so any number of
+    lines passes through in bounded memory."""
+    from itertools import chain
 
-    from attnkit._util.fs import atomic_write, atomic_write_text
-    from attnkit.tasks.sentence import Encoder, read_texts
+    from attnkit._util.fs import atomic_write
+    from attnkit.tasks.sentence import Encoder, iter_texts
+    from attnkit.text.batching import chunked
 
     if args.texts and args.file:
         raise UsageError("give texts as arguments or --file, not both")
     if args.out and Path(args.out).suffix not in (".npy", ".jsonl"):
         raise UsageError(f"--out {args.out!r}: expected a file name ending in .npy or .jsonl")
     try:
-        texts = read_texts(args.texts, args.file, sys.stdin)
+        texts = iter_texts(args.texts, args.file, sys.stdin)
+        first = next(texts, None)
     except OSError as e:
         raise UsageError(f"--file {args.file!r}: {e.strerror}") from None
-    if not texts:
+    if first is None:
         raise UsageError("no texts to embed: expected texts as arguments, --file or lines on stdin")
     enc = Encoder.load(args.model)
-    vecs = enc.encode(texts, batch_size=args.batch_size, normalize=not args.no_normalize)
-    if args.out and args.out.endswith(".npy"):
-        matrix = vecs.astype(np.float32)
-        atomic_write(args.out, lambda tmp: _save_npy(tmp, matrix))
+
+    def windows() -> Iterator[tuple[list[str], np.ndarray]]:
+        for window in chunked(chain([first], texts), args.batch_size * STREAM_BATCHES):
+            vecs = enc.encode(window, batch_size=args.batch_size, normalize=not args.no_normalize)
+            yield window, vecs
+
+    if not args.out:
+        for window, vecs in windows():
+            sys.stdout.write("".join(_jsonl(window, vecs)))
+            sys.stdout.flush()
+        return 0
+    written: list[int] = []  # the row count, known once the stream ends
+    if args.out.endswith(".npy"):
+        atomic_write(args.out, lambda tmp: written.append(_stream_npy(tmp, windows(), enc.dim)))
     else:
-        lines = (
-            json.dumps({"text": t, "embedding": [round(float(x), 7) for x in v]})
-            for t, v in zip(texts, vecs)
-        )
-        if args.out:
-            atomic_write_text(args.out, "".join(line + "\n" for line in lines))
-        else:
-            for line in lines:
-                print(line)
-            return 0
-    print(
-        f"wrote {len(texts)} embeddings of dimension {vecs.shape[1]} to {args.out}", file=sys.stderr
-    )
+        atomic_write(args.out, lambda tmp: written.append(_stream_jsonl(tmp, windows())))
+    print(f"wrote {written[0]} embeddings of dimension {enc.dim} to {args.out}", file=sys.stderr)
     return 0
 
 
-def _save_npy(path: str, matrix: np.ndarray) -> None:
+# texts read (and vectors written) per window, in batches of --batch-size: enough for the
+# length-sorted batches to pad little, few enough that memory stays flat
+STREAM_BATCHES = 16
+
+
+def _jsonl(texts: list[str], vecs: np.ndarray) -> Iterator[str]:
+    for t, v in zip(texts, vecs):
+        yield json.dumps({"text": t, "embedding": [round(float(x), 7) for x in v]}) + "\n"
+
+
+def _stream_jsonl(path: str, windows: Iterator[tuple[list[str], np.ndarray]]) -> int:
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for window, vecs in windows:
+            f.writelines(_jsonl(window, vecs))
+            n += len(window)
+    return n
+
+
+def _stream_npy(path: str, windows: Iterator[tuple[list[str], np.ndarray]], dim: int) -> int:
+    """An (N, dim) float32 .npy file whose N is known only at the end: the rows go to an
+    unnamed temporary file beside ``path``, then the header and the rows into ``path``."""
+    import shutil
+    import tempfile
+
     import numpy as np
 
-    with open(path, "wb") as f:  # a file object: np.save would add .npy to a path
-        np.save(f, matrix)
+    n = 0
+    with tempfile.TemporaryFile(dir=os.path.dirname(path) or ".") as rows:
+        for _, vecs in windows:
+            rows.write(np.ascontiguousarray(vecs, dtype="<f4").tobytes())
+            n += len(vecs)
+        rows.seek(0)
+        with open(path, "wb") as f:
+            header = {"descr": "<f4", "fortran_order": False, "shape": (n, dim)}
+            np.lib.format.write_array_header_1_0(f, header)
+            shutil.copyfileobj(rows, f)
+    return n
 
 
 def similarity_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -201,10 +201,26 @@ class Encoder:
 
 def read_texts(args_texts: Iterable[str], file: str | None, stdin: Iterable[str]) -> list[str]:
     """Texts from arguments, else one per non-empty line of --file, else of stdin."""
+    return list(iter_texts(args_texts, file, stdin))
+
+
+def iter_texts(args_texts: Iterable[str], file: str | None, stdin: Iterable[str]) -> Iterator[str]:
+    """:func:`read_texts`, lazily: each line is read when the iterator reaches it, so a stream
+    of any length passes through in bounded memory. ``file`` is opened now (a missing file is
+    an OSError here); a line that is not UTF-8 is a UnicodeDecodeError when it is reached."""
     texts = list(args_texts)
     if texts:
-        return texts
+        return iter(texts)
     if file is not None:
-        with open(file, encoding="utf-8") as f:
-            return [line.rstrip("\n") for line in f if line.strip()]
-    return [line.rstrip("\n") for line in stdin if line.strip()]
+        return _nonblank_lines(open(file, encoding="utf-8"), close=True)
+    return _nonblank_lines(stdin, close=False)
+
+
+def _nonblank_lines(lines: Iterable[str], close: bool) -> Iterator[str]:
+    try:
+        for line in lines:
+            if line.strip():
+                yield line.rstrip("\n")
+    finally:
+        if close and hasattr(lines, "close"):
+            lines.close()

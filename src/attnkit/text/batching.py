@@ -18,14 +18,18 @@ The one batcher of attnkit (sentence embeddings, classification, attention surge
   back in the input order (the order is restored, whatever order the batches ran in).
 * :func:`pack_sequences`: several short sequences per row, first-fit by length, with
   ``document_ids`` (0 on padding) so attention stays inside each sequence and positions restart.
+* :func:`chunked`: an iterable (a stream of lines) as lists of at most ``size`` consecutive
+  items, read lazily, so a command handles input of any length in bounded memory.
 
 The padding and the mask are made from the Python lengths, so no host sync is needed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
+from typing import TypeVar
 
 import torch
 
@@ -34,12 +38,28 @@ from attnkit._util import checks
 __all__ = [
     "Batch",
     "PackedBatch",
+    "chunked",
     "length_batches",
     "map_batches",
     "pack_sequences",
     "pad_batch",
     "padded_batches",
 ]
+
+Item = TypeVar("Item")
+
+
+def chunked(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    """Lists of ``size`` consecutive items of ``items`` (the last may be shorter), in order.
+
+    Lazy: a list is yielded as soon as its ``size`` items have been read, and nothing beyond
+    them is read first, so a stream (``sys.stdin``) is handled a chunk at a time, in memory
+    bounded by ``size``, with results written while later input has not arrived yet.
+    """
+    checks.positive_int("size", size)
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
 
 
 @dataclass(frozen=True)
