@@ -551,3 +551,39 @@ def test_skinny_linears_use_the_native_kernel_up_to_its_row_limit(kernel_calls):
     assert calls == [r for r in rows[:-1] for _ in range(2)]
     for r in rows:
         torch.testing.assert_close(got[r].double(), ref[r], atol=1e-5, rtol=1e-5)
+
+
+def test_decoding_linear_wrappers_are_kept_between_calls_until_the_weights_change():
+    """Wrappers (and their native plans) are reused by the next call; replacing a layer, its
+    weight, or changing it in place (an optimizer step) makes a new one that reads the new
+    values: a bfloat16 bias is copied to float32 by the plan, so a stale plan would be wrong."""
+    from attnkit.native.linear import decoding_linears
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(8, 4)).to(torch.bfloat16)
+    x = torch.randn(2, 16, dtype=torch.bfloat16)
+
+    def wrappers_and_output():
+        with torch.no_grad(), decoding_linears(model):
+            return list(model), model(x).double()
+
+    def reference():
+        h = torch.nn.functional.linear(x.double(), model[0].weight.double(), model[0].bias.double())
+        return torch.nn.functional.linear(h, model[1].weight.double(), model[1].bias.double())
+
+    first, _ = wrappers_and_output()
+    again, _ = wrappers_and_output()
+    assert again[0] is first[0] and again[1] is first[1]  # reused
+    with torch.no_grad():
+        model[1].bias.add_(4.0)  # in place: same storage, a new version
+    changed, out = wrappers_and_output()
+    assert changed[1] is not first[1] and changed[0] is first[0]
+    torch.testing.assert_close(out, reference(), atol=0.1, rtol=0.02)
+    assert (out - reference()).abs().max() < 1.0  # the +4 was seen
+    model[0] = torch.nn.Linear(16, 8).to(torch.bfloat16)  # a new layer in the same slot
+    replaced, out = wrappers_and_output()
+    assert replaced[0].linear is model[0] and replaced[0] is not first[0]
+    torch.testing.assert_close(out, reference(), atol=0.1, rtol=0.02)
+    model[1].weight = torch.nn.Parameter(torch.zeros(4, 8, dtype=torch.bfloat16))
+    _, out = wrappers_and_output()
+    torch.testing.assert_close(out, model[1].bias.double().expand(2, 4))

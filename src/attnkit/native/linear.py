@@ -25,6 +25,7 @@ layer is not touched) and puts the originals back on exit. A wrapper picks, per 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -60,7 +61,9 @@ def native_product(native: SkinnyLinear, x: torch.Tensor, rows: int) -> torch.Te
         y = torch.cat(
             [native(x2[i : i + NATIVE_PREFILL_ROWS]) for i in range(0, rows, NATIVE_PREFILL_ROWS)]
         )
-    return y.to(x.dtype).view(*x.shape[:-1], native.M)
+    if y.dtype != x.dtype:
+        y = y.to(x.dtype)
+    return y.view(*x.shape[:-1], native.M)
 
 
 def can_pack() -> bool:
@@ -84,6 +87,13 @@ class DecodingLinear(nn.Module):
                 self.packed = torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the common decoding case first, with as few attribute reads as possible (this runs
+        # for every linear of every step)
+        native = self.native
+        if native is not None and x.dtype == native.weight.dtype and x.device.type == "cpu":
+            rows = x.numel() // native.K if native.K else 0
+            if rows and (rows <= NATIVE_MAX_ROWS or x.dtype == torch.bfloat16):
+                return native_product(native, x, rows)
         lin = self.linear
         w, bias = lin.weight, lin.bias
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
@@ -117,24 +127,65 @@ class DecodingLinear(nn.Module):
         return f"{path}"
 
 
+def _wrapper_key(linear: nn.Linear) -> tuple[object, ...]:
+    """What a :class:`DecodingLinear` made for ``linear`` depends on: the tensors it reads
+    (identity, storage, in-place version, dtype, device)."""
+    w, b = linear.weight, linear.bias
+    return (
+        id(w),
+        w.data_ptr(),
+        w._version,
+        w.dtype,
+        w.device,
+        id(b),
+        None if b is None else (b.data_ptr(), b._version, b.dtype),
+    )
+
+
+# model -> {(parent id, child name): (linear, key, wrapper)}: wrappers kept between decoding
+# calls (building them and their native plans costs about 40 us a layer, several ms for a
+# deep model, at every call). Keyed weakly on the model; the values hold the model's own
+# linears, never the model, so a dropped model drops its entry.
+_WRAPPERS: weakref.WeakKeyDictionary[
+    nn.Module, dict[tuple[int, str], tuple[nn.Linear, tuple[object, ...], DecodingLinear]]
+] = weakref.WeakKeyDictionary()
+
+
 @contextlib.contextmanager
 def decoding_linears(model: nn.Module, pack: bool = False) -> Iterator[nn.Module]:
     """Within the block, every plain ``nn.Linear`` of ``model`` (exactly that type, so
     :class:`~attnkit.native.int8.Int8Linear` and other subclasses keep their own forward) is
     replaced in its parent by a :class:`DecodingLinear` wrapping it; with ``pack``, one-row
     products go through MKL's packed GEMM where the native kernel is not available. The
-    original layers are put back on exit (the packed copies are dropped then). Yields
-    ``model``."""
-    names = [name for name, m in model.named_modules() if name and type(m) is nn.Linear]
+    original layers are put back on exit. Unpacked wrappers are kept for the next call while
+    the layer and its tensors stay the same (same objects, storage and in-place version);
+    packed ones are made for the call and dropped after it. Yields ``model``."""
     pack = pack and can_pack()
-    originals: list[tuple[str, nn.Module]] = []
+    slots = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent._modules.items()
+        if type(child) is nn.Linear
+    ]
+    kept = _WRAPPERS.get(model, {}) if not pack else {}
+    fresh: dict[tuple[int, str], tuple[nn.Linear, tuple[object, ...], DecodingLinear]] = {}
+    swapped: list[tuple[nn.Module, str, nn.Linear]] = []
     try:
-        for name in names:
-            linear = model.get_submodule(name)
+        for parent, name, linear in slots:
             assert isinstance(linear, nn.Linear)
-            model.set_submodule(name, DecodingLinear(linear, pack))
-            originals.append((name, linear))
+            slot = (id(parent), name)
+            key = _wrapper_key(linear)
+            entry = kept.get(slot)
+            if entry is not None and entry[0] is linear and entry[1] == key:
+                wrapper = entry[2]
+            else:
+                wrapper = DecodingLinear(linear, pack)
+            fresh[slot] = (linear, key, wrapper)
+            setattr(parent, name, wrapper)
+            swapped.append((parent, name, linear))
+        if not pack:
+            _WRAPPERS[model] = fresh
         yield model
     finally:
-        for name, linear in reversed(originals):
-            model.set_submodule(name, linear)
+        for parent, name, linear in reversed(swapped):
+            setattr(parent, name, linear)
