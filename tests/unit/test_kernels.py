@@ -41,7 +41,7 @@ needs_kernel = pytest.mark.skipif(
 @needs_kernel
 def test_kernel_builds_where_it_can():
     assert kernels.available(), kernels.status()
-    assert kernels.status().startswith("ready")
+    assert kernels.status().reason.startswith("ready")
 
 
 def _reference(x, w, bias=None, scale=None):

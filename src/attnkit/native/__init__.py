@@ -1,7 +1,8 @@
 """Optional native CPU kernels and the layers that use them.
 
 * :mod:`attnkit.native.build`: the AVX2 skinny product (``skinny.c``), compiled on first use and
-  loaded safely; :class:`SkinnyLinear`, :func:`skinny_linear`, :func:`available`, :func:`status`.
+  loaded safely; :class:`SkinnyLinear`, :func:`skinny_linear`, :func:`available`, and
+  :func:`status` (a :class:`NativeStatus`: available, and the reason), :func:`kernel_dir`.
 * :mod:`attnkit.native.linear`: :func:`~attnkit.native.linear.decoding_linears`, which routes a
   model's linears through the fastest product for a few rows while it decodes.
 * :mod:`attnkit.native.int8`: :class:`~attnkit.native.int8.Int8Linear` and
@@ -12,6 +13,13 @@ This package sits on ``attnkit._util`` and torch alone.
 
 from __future__ import annotations
 
-from attnkit.native.build import SkinnyLinear, available, skinny_linear, status
+from attnkit.native.build import (
+    NativeStatus,
+    SkinnyLinear,
+    available,
+    kernel_dir,
+    skinny_linear,
+    status,
+)
 
-__all__ = ["SkinnyLinear", "available", "skinny_linear", "status"]
+__all__ = ["NativeStatus", "SkinnyLinear", "available", "kernel_dir", "skinny_linear", "status"]

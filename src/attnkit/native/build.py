@@ -1,4 +1,4 @@
-"""Build and load the native skinny-product kernel; :class:`SkinnyLinear` calls it.
+"""Build and load the native skinny-product kernel, safely; :class:`SkinnyLinear` calls it.
 
 Decoding a few tokens at a time multiplies a handful of rows by every weight matrix of the
 model; the time goes into reading the weights from memory. BLAS libraries tune for large
@@ -7,126 +7,290 @@ has 2-16 rows. :func:`skinny_linear` is a small AVX2/FMA kernel (``skinny.c``) t
 weight once at close to full bandwidth.
 
 The kernel is compiled on first use with the system C compiler (``$CC``, else ``cc``/``gcc``)
-into ``<attnkit cache>/kernels`` and loaded with :mod:`ctypes`; it needs no PyTorch headers.
-When it cannot be had (not Linux on x86-64, no AVX2/FMA, no compiler, a failed build, or
-``ATTNKIT_NATIVE=0``) :func:`skinny_linear` returns ``None`` and callers use PyTorch's own
-products; :func:`status` says why.
+into :func:`kernel_dir` and loaded with :mod:`ctypes`; it needs no PyTorch headers. Loading a
+library runs its code, so every step is checked:
+
+* The folder is created with mode 0o700, opened without following a symlink, and its
+  descriptor checked with ``fstat``: a directory owned by this user that neither group nor
+  others may write. Everything after that is done relative to that descriptor, so renaming
+  the folder away afterwards changes nothing.
+* The compiler writes a temporary file in that folder; it is checked and loaded, then renamed
+  over the final name atomically: a killed or concurrent build leaves no half-written library
+  and a failed build leaves nothing behind.
+* A cached library is opened with ``O_NOFOLLOW`` (a symlink is refused), its descriptor checked
+  with ``fstat`` (a regular file owned by this user that neither group nor others may write),
+  and loaded through that descriptor (``/proc/self/fd/N``), so the file checked is the file
+  loaded even if the name is swapped in between. Where ``/proc/self/fd`` is missing the
+  library is not loaded at all: a load by name could not be tied to the checked file.
+
+When the kernel cannot be had (not Linux on x86-64, no AVX2/FMA, no compiler, a failed build,
+an unsafe folder or file, or ``ATTNKIT_NATIVE=0``) :func:`skinny_linear` returns ``None`` and
+callers use PyTorch's own products; :func:`status` says why.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import hashlib
+import logging
 import os
 import platform
+import secrets
+import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["available", "status", "skinny_linear", "SkinnyLinear"]
+from attnkit._util.env import cpu_flags
+from attnkit._util.fs import cache_dir
+
+__all__ = ["NativeStatus", "SkinnyLinear", "available", "kernel_dir", "skinny_linear", "status"]
+
+log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("skinny.c")
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+_SYMBOLS = tuple("attnkit_skinny_linear_" + t for t in ("f32", "bf16", "i8"))
+# O_NONBLOCK: a FIFO in the library's place cannot hang the open (the fstat check refuses it)
+_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_OPEN_DIR = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _lock = threading.Lock()
-_lib = None
-_status: str | None = None  # None until the first attempt
+_state: tuple[Any, NativeStatus] | None = None  # (library or None, status); None until tried
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+@dataclass(frozen=True)
+class NativeStatus:
+    """Whether the native kernel is in use, and why or why not; ``str()`` gives the reason.
+
+    available: the kernel is built and loaded. reason: ``"ready (<library path>)"``, or what
+    stopped it (the check that failed, naming the file or folder and what was expected).
+    library: the loaded library's path, else ``None``."""
+
+    available: bool
+    reason: str
+    library: Path | None = None
+
+    def __str__(self) -> str:
+        return self.reason
 
 
-def _compiler() -> str | None:
-    cc = os.environ.get("CC")
+class _Refused(Exception):
+    """The kernel cannot be used here; the message says why."""
+
+
+def kernel_dir() -> Path:
+    """The folder for the compiled kernel: ``$ATTNKIT_KERNEL_DIR``, else ``<attnkit
+    cache>/kernels`` (:func:`attnkit._util.fs.cache_dir`)."""
+    return Path(os.environ.get("ATTNKIT_KERNEL_DIR") or cache_dir() / "kernels")
+
+
+def _compiler() -> list[str]:
+    """The compiler's command line: ``$CC`` (which may carry arguments), else cc or gcc."""
+    cc = os.environ.get("CC", "").strip()
     if cc:
-        return shutil.which(cc) or (cc if os.path.isfile(cc) else None)
-    return shutil.which("cc") or shutil.which("gcc")
+        argv = shlex.split(cc)
+        exe = shutil.which(argv[0])
+        if exe is None:
+            raise _Refused(f"no C compiler: CC={cc!r} is not an executable file or on PATH")
+        return [exe, *argv[1:]]
+    exe = shutil.which("cc") or shutil.which("gcc")
+    if exe is None:
+        raise _Refused("no C compiler: $CC is not set and neither cc nor gcc is on PATH")
+    return [exe]
 
 
-def _build(cc: str) -> Path:
-    from attnkit._util.fs import cache_dir
+def _library_name(cc: list[str]) -> str:
+    """The library's file name: a hash of the source, the compiler and the flags."""
+    key = hashlib.sha256(_SOURCE.read_bytes() + "\0".join([*cc, *_FLAGS]).encode())
+    return f"skinny-{key.hexdigest()[:16]}.so"
 
-    source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + "\0".join([cc, *_FLAGS]).encode()).hexdigest()[:16]
-    name = f"skinny-{key}.so"
-    # the attnkit cache, or a private temporary directory where that is not writable
-    for folder in (
-        cache_dir() / "kernels",
-        Path(tempfile.gettempdir()) / f"attnkit-kernels-{os.getuid()}",
-    ):
-        try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            st = folder.stat()
-        except OSError:
-            continue
-        # a library is only loaded from a folder that nobody else could have written into
-        if st.st_uid != os.getuid() or st.st_mode & 0o022 or not os.access(folder, os.W_OK):
-            continue
-        if (folder / name).exists():
-            return folder / name
-        break
-    else:
-        raise RuntimeError("no writable directory for the compiled kernel")
-    out = folder / name
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        proc = subprocess.run(
-            [cc, *_FLAGS, "-o", tmp, str(_SOURCE)], capture_output=True, text=True, timeout=300
+
+def _check(fd: int, path: Path, what: str, is_kind: Callable[[int], bool], kind: str) -> None:
+    """Refuse unless the open descriptor ``fd`` is a ``kind`` owned by this user that neither
+    group nor others may write."""
+    st = os.fstat(fd)
+    uid = os.getuid()
+    if not is_kind(st.st_mode):
+        raise _Refused(f"{what} {path} is not a {kind}")
+    if st.st_uid != uid:
+        raise _Refused(
+            f"{what} {path} is owned by uid {st.st_uid}, not by this user (uid {uid}); "
+            f"expected a {kind} of this user's"
         )
-        if proc.returncode != 0:
-            raise RuntimeError(f"{cc} exited with {proc.returncode}: {proc.stderr.strip()[:500]}")
-        os.replace(tmp, out)  # atomic: a concurrent build or a kill leaves no half-written .so
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    if st.st_mode & 0o022:
+        who = {0o020: "group", 0o002: "others", 0o022: "group and others"}[st.st_mode & 0o022]
+        raise _Refused(
+            f"{what} {path} has mode {stat.S_IMODE(st.st_mode):04o}, writable by {who}; "
+            "expected no group or world write permission"
+        )
 
 
-def _load():
-    global _lib, _status
-    with _lock:
-        if _status is not None:
-            return _lib
-        if os.environ.get("ATTNKIT_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
-            _status = "disabled by ATTNKIT_NATIVE=0"
-            return None
-        if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
-            _status = f"needs Linux on x86-64 (this is {platform.system()} on {platform.machine()})"
-            return None
-        missing = {"avx2", "fma"} - _cpu_flags()
-        if missing:
-            _status = f"this CPU lacks {', '.join(sorted(missing))}"
-            return None
-        cc = _compiler()
-        if cc is None:
-            _status = "no C compiler found ($CC, cc or gcc)"
-            return None
+def _open_folder(folder: Path) -> int:
+    """``folder`` (created with mode 0o700 if missing), opened and checked; its descriptor.
+    OSError when it cannot be created; _Refused when it is not safe to load from."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(folder, _OPEN_DIR)
+    except OSError as e:
+        if os.path.islink(folder):
+            raise _Refused(f"kernel folder {folder} is a symlink; expected a directory") from None
+        raise _Refused(f"cannot open kernel folder {folder}: {e.strerror}") from None
+    try:
+        _check(fd, folder, "kernel folder", stat.S_ISDIR, "directory")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_any_folder() -> tuple[int, Path]:
+    """The kernel folder, or where it cannot be created (a read-only home) a private one in
+    the temporary directory; a folder that exists but is unsafe is refused, not skipped."""
+    folders = [kernel_dir()]
+    if not os.environ.get("ATTNKIT_KERNEL_DIR"):
+        folders.append(Path(tempfile.gettempdir()) / f"attnkit-kernels-{os.getuid()}")
+    failures = []
+    for folder in folders:
         try:
-            path = _build(cc)
-            lib = ctypes.CDLL(str(path))
-            fns = [getattr(lib, "attnkit_skinny_linear_" + t) for t in ("f32", "bf16", "i8")]
-        except (OSError, AttributeError, RuntimeError, subprocess.SubprocessError) as e:
-            _status = f"build failed: {e}"
-            return None
-        for fn in fns:
-            fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4
-            fn.restype = None
-        _lib = lib
-        _status = f"ready ({path})"
-        return _lib
+            return _open_folder(folder), folder
+        except OSError as e:
+            failures.append(f"{folder}: {e.strerror}")
+    raise _Refused(f"cannot create a folder for the compiled kernel ({'; '.join(failures)})")
+
+
+def _load_fd(fd: int, path: Path) -> Any:
+    """Check the open library ``fd`` and load it through the descriptor. On success the
+    descriptor stays open for the life of the process: the loader remembers libraries by
+    name, and ``/proc/self/fd/N`` must never name another file while this one is loaded."""
+    try:
+        _check(fd, path, "kernel library", stat.S_ISREG, "regular file")
+        st = os.fstat(fd)
+        by_fd = f"/proc/self/fd/{fd}"
+        try:
+            same = os.path.samestat(os.stat(by_fd), st)
+        except OSError:
+            same = False
+        if not same:
+            raise _Refused(
+                f"cannot load {path} through its checked descriptor: {by_fd} does not lead "
+                "to it (is /proc mounted?)"
+            )
+        try:
+            lib = ctypes.CDLL(by_fd)
+            fns = [getattr(lib, name) for name in _SYMBOLS]
+        except (OSError, AttributeError) as e:
+            raise _Refused(f"kernel library {path} could not be loaded: {e}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    for fn in fns:
+        fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4
+        fn.restype = None
+    return lib
+
+
+def _build(cc: list[str], dir_fd: int, folder: Path, name: str) -> Any:
+    """Compile into a temporary file in the folder, check and load it, then rename it to
+    ``name``; returns the loaded library."""
+    tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    os.close(os.open(tmp, flags, 0o600, dir_fd=dir_fd))
+    command = shlex.join(cc)
+    try:
+        try:
+            proc = subprocess.run(
+                [*cc, *_FLAGS, "-o", str(folder / tmp), str(_SOURCE)],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        except (OSError, subprocess.SubprocessError) as e:
+            raise _Refused(f"build failed: {command} could not be run: {e}") from None
+        if proc.returncode != 0:
+            detail = proc.stderr.strip()[-500:] or "no output"
+            raise _Refused(
+                f"build failed: {command} exited with status {proc.returncode}: {detail}"
+            )
+        fd = os.open(tmp, _OPEN_FILE, dir_fd=dir_fd)
+        try:
+            os.fchmod(fd, 0o500)  # the linker may have made the file anew with the umask's mode
+            os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        try:
+            lib = _load_fd(fd, folder / tmp)
+        except _Refused as e:
+            raise _Refused(f"build failed ({command}): {e}") from None
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return lib
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+
+
+def _find_or_build() -> tuple[Any, Path]:
+    if os.environ.get("ATTNKIT_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        raise _Refused("disabled by ATTNKIT_NATIVE=0")
+    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        raise _Refused(
+            f"needs Linux on x86-64 (this is {platform.system()} on {platform.machine()})"
+        )
+    missing = {"avx2", "fma"} - cpu_flags()
+    if missing:
+        raise _Refused(f"this CPU lacks {', '.join(sorted(missing))} (needs AVX2 and FMA)")
+    cc = _compiler()
+    name = _library_name(cc)
+    dir_fd, folder = _open_any_folder()
+    path = folder / name
+    try:
+        try:
+            fd = os.open(name, _OPEN_FILE, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return _build(cc, dir_fd, folder, name), path
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW met a symlink
+                raise _Refused(
+                    f"kernel library {path} is a symlink; expected a regular file "
+                    "(remove it to rebuild)"
+                ) from None
+            raise _Refused(f"cannot open kernel library {path}: {e.strerror}") from None
+        try:
+            return _load_fd(fd, path), path
+        except _Refused as e:
+            raise _Refused(f"{e} (remove it to rebuild)") from None
+    finally:
+        os.close(dir_fd)
+
+
+def _load() -> Any:
+    """The loaded library, or None; the first call builds or loads it."""
+    global _state
+    with _lock:
+        if _state is None:
+            try:
+                lib, path = _find_or_build()
+            except _Refused as e:
+                log.info("native kernel not used: %s", e)
+                _state = (None, NativeStatus(False, str(e)))
+            else:
+                _state = (lib, NativeStatus(True, f"ready ({path})", path))
+        return _state[0]
 
 
 def available() -> bool:
@@ -134,10 +298,12 @@ def available() -> bool:
     return _load() is not None
 
 
-def status() -> str:
-    """Why the native kernel is or is not in use."""
+def status() -> NativeStatus:
+    """Whether the native kernel is in use and why (building it on first call)."""
     _load()
-    return str(_status)
+    with _lock:
+        assert _state is not None
+        return _state[1]
 
 
 _INT_MAX = 2**31 - 1
