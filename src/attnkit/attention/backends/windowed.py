@@ -303,7 +303,10 @@ def _dropout_keep(shape, p: float, seed: int, chunk: int, device) -> Tensor:
 def _chunk_probs(ctx_t: _BandContext, band, qb, kw, b0, b1, scale, lse=None):
     """Scores -> probabilities for one chunk.  Returns (p, lse) in float32/64."""
     ct = softmax_dtype(qb.dtype)
-    s = torch.matmul(qb, kw.transpose(-1, -2)).to(ct) * scale  # (B, H, n, c, L)
+    # the products in float32 (as the math backend and the fused kernels do): a bf16/fp16
+    # product rounds large scores by far more than they differ (bf16 spacing at 1e4 is 64) and
+    # overflows fp16 before the scale is applied (|q.k| = 1e4 * sqrt(64) > 65504)
+    s = torch.matmul(qb.to(ct), kw.to(ct).transpose(-1, -2)) * scale  # (B, H, n, c, L)
     if ctx_t.bias is not None:
         s = s + ctx_t.bias[None, :, None].to(ct)
     allowed = ctx_t.allowed(band, b0, b1)
@@ -342,7 +345,9 @@ def _windowed_forward(q, k, v, spec, band, slopes, scale, dropout_p, seed, fast)
             p, chunk_lse = _chunk_probs(ctx_t, band, qb, kw, b0, b1, scale)
             if dropout_p > 0:
                 p = p * _dropout_keep(p.shape, dropout_p, seed, b0, q.device) / (1 - dropout_p)
-            out[:, :, b0:b1] = torch.matmul(p.to(v.dtype), vw)
+            out[:, :, b0:b1] = torch.matmul(
+                p, vw.to(p.dtype)
+            )  # float32 sums, like the math backend
             lse[:, :, b0:b1] = chunk_lse
     out = out.view(B, H, band.nb * band.c, dv)[:, :, : band.tq]
     return out, lse
