@@ -1,14 +1,27 @@
-"""Shared test set-up: every test starts from the same random state.
+"""Shared test set-up: every test starts from the same random state; the native kernel is
+built into a temporary folder.
 
 The number of torch threads is left as it is.
 """
 
+import os
 import random
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 SEED = 1234
+
+
+def pytest_configure(config):
+    """The native kernel compiles into a temporary folder for the run (subprocesses included),
+    never into the user's cache, unless ``ATTNKIT_KERNEL_DIR`` already names one."""
+    if not os.environ.get("ATTNKIT_KERNEL_DIR"):
+        folder = tempfile.mkdtemp(prefix="attnkit-test-kernels-")
+        os.environ["ATTNKIT_KERNEL_DIR"] = folder
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 @pytest.fixture(autouse=True)

@@ -138,11 +138,9 @@ def _check(fd: int, path: Path, what: str, is_kind: Callable[[int], bool], kind:
 def _open_folder(folder: Path) -> int:
     """``folder`` (created with mode 0o700 if missing), opened and checked; its descriptor.
     OSError when it cannot be created; _Refused when it is not safe to load from."""
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
         os.mkdir(folder, 0o700)
-    except FileExistsError:
-        pass
     try:
         fd = os.open(folder, _OPEN_DIR)
     except OSError as e:
@@ -168,7 +166,7 @@ def _open_any_folder() -> tuple[int, Path]:
         try:
             return _open_folder(folder), folder
         except OSError as e:
-            failures.append(f"{folder}: {e.strerror}")
+            failures.append(f"{folder}: {e}")
     raise _Refused(f"cannot create a folder for the compiled kernel ({'; '.join(failures)})")
 
 
@@ -208,7 +206,10 @@ def _build(cc: list[str], dir_fd: int, folder: Path, name: str) -> Any:
     ``name``; returns the loaded library."""
     tmp = f".{name}.{secrets.token_hex(8)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    os.close(os.open(tmp, flags, 0o600, dir_fd=dir_fd))
+    try:
+        os.close(os.open(tmp, flags, 0o600, dir_fd=dir_fd))
+    except OSError as e:
+        raise _Refused(f"cannot write into kernel folder {folder}: {e.strerror}") from None
     command = shlex.join(cc)
     try:
         try:
@@ -226,7 +227,10 @@ def _build(cc: list[str], dir_fd: int, folder: Path, name: str) -> Any:
             raise _Refused(
                 f"build failed: {command} exited with status {proc.returncode}: {detail}"
             )
-        fd = os.open(tmp, _OPEN_FILE, dir_fd=dir_fd)
+        try:
+            fd = os.open(tmp, _OPEN_FILE, dir_fd=dir_fd)
+        except OSError as e:
+            raise _Refused(f"build failed ({command}): cannot open its output: {e}") from None
         try:
             os.fchmod(fd, 0o500)  # the linker may have made the file anew with the umask's mode
             os.fsync(fd)
@@ -285,9 +289,10 @@ def _load() -> Any:
         if _state is None:
             try:
                 lib, path = _find_or_build()
-            except _Refused as e:
-                log.info("native kernel not used: %s", e)
-                _state = (None, NativeStatus(False, str(e)))
+            except (_Refused, OSError) as e:
+                reason = str(e) if isinstance(e, _Refused) else f"cannot build or load it: {e}"
+                log.info("native kernel not used: %s", reason)
+                _state = (None, NativeStatus(False, reason))
             else:
                 _state = (lib, NativeStatus(True, f"ready ({path})", path))
         return _state[0]
