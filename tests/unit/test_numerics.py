@@ -12,10 +12,12 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 
+from attnkit import native
 from attnkit.attention import attention, explain
 from attnkit.attention.backends import windowed
 
@@ -239,3 +241,70 @@ def test_fast_band_path_matches_float64(dtype, causal, window, fast_band_runs):
 def test_fast_band_path_with_large_scores(dtype, causal, fast_band_runs):
     q, k, v = _large_score_inputs(dtype, B=1, Hq=2, Hkv=2, T=1024, seed=3)
     _check_fast_band(q, k, v, causal, 256, fast_band_runs, exact_products=True)
+
+
+# ------------------------------------------------------------------- the native product
+EPS32 = torch.finfo(torch.float32).eps  # 2^-23
+
+
+def _native_or_skip() -> None:
+    """The compiled kernel, or: a failure under CI=true (a CI machine has a compiler, so a
+    missing kernel there is a broken build, not a reason to test less), a skip elsewhere."""
+    if native.available():
+        return
+    why = f"the native kernel is unavailable: {native.status()}"
+    if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+        pytest.fail(why + " (CI=true: the kernel must build here)")
+    pytest.skip(why)
+
+
+def native_tolerance(x, w, bias=None, scale=None):
+    """Per element (N, M): sqrt(K) * eps32 * (|x| |w|^T * |scale| + |bias|)_ij.
+
+    A float32 sum of K products errs by at most about K * eps32/2 times the sum of the
+    products' magnitudes, and, with rounding errors of either sign, typically by sqrt(K) of
+    them: the kernel's blocked FMA sums do (measured: 0.3 of this at K = 8, 0.002 at K = 16384).
+    The result rounded to bfloat16 errs by up to 2^-8 |y_ij|, at least 3.8 times this
+    everywhere tested (see the test), so this tolerance tells float32 sums from bfloat16 ones.
+    """
+    mag = x.double().abs() @ w.double().abs().T  # (N, M)
+    if scale is not None:
+        mag = mag * scale.double().abs()
+    if bias is not None:
+        mag = mag + bias.double().abs()
+    return math.sqrt(x.shape[1]) * EPS32 * mag
+
+
+def _within(got, ref, tol) -> bool:
+    return bool(((got.double() - ref).abs() <= tol).all())
+
+
+@pytest.mark.parametrize("K", [8, 13, 64, 771, 3072, 8192, 16384])
+@pytest.mark.parametrize("wtype", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("N", [1, 4, 9])
+def test_native_product_error_grows_like_float32(K, wtype, N):
+    _native_or_skip()
+    M = 67  # odd: the two-row blocks and the row left over
+    g = torch.Generator().manual_seed(K * 10 + N)
+    x = torch.randn(N, K, generator=g)
+    bias = torch.randn(M, generator=g)
+    scale = None
+    if wtype == "int8":  # weight-only int8: one scale per output row
+        w = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int8)
+        scale = torch.rand(M, generator=g) / 100 + 1e-3
+    else:
+        w = torch.randn(M, K, generator=g).to(getattr(torch, wtype))
+    got = native.skinny_linear(x, w, bias, scale)
+    assert got is not None and got.dtype == torch.float32 and got.shape == (N, M)
+    ref = x.double() @ w.double().T  # (N, M), from the same (rounded) weights
+    if scale is not None:
+        ref = ref * scale.double()
+    ref = ref + bias.double()
+    tol = native_tolerance(x, w, bias, scale)
+    err = (got.double() - ref).abs()
+    assert _within(got, ref, tol), f"worst error {(err / tol).max().item():.3g} x the tolerance"
+    # the check has teeth: float32 sums rounded through bfloat16 fail it at this K
+    through_bf16 = got.to(torch.bfloat16)
+    assert not _within(through_bf16, ref, tol), "a bfloat16-level result passed the tolerance"
+    # and so do the kernel's results with the bias left out
+    assert _within(native.skinny_linear(x, w, None, scale), ref - bias.double(), tol)

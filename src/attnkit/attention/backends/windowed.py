@@ -345,9 +345,8 @@ def _windowed_forward(q, k, v, spec, band, slopes, scale, dropout_p, seed, fast)
             p, chunk_lse = _chunk_probs(ctx_t, band, qb, kw, b0, b1, scale)
             if dropout_p > 0:
                 p = p * _dropout_keep(p.shape, dropout_p, seed, b0, q.device) / (1 - dropout_p)
-            out[:, :, b0:b1] = torch.matmul(
-                p, vw.to(p.dtype)
-            )  # float32 sums, like the math backend
+            # float32 sums, like the math backend
+            out[:, :, b0:b1] = torch.matmul(p, vw.to(p.dtype))
             lse[:, :, b0:b1] = chunk_lse
     out = out.view(B, H, band.nb * band.c, dv)[:, :, : band.tq]
     return out, lse
