@@ -263,6 +263,19 @@ def test_a_library_swapped_after_compile_is_refused_and_rebuilt_once_removed(
 
 
 @needs_kernel
+def test_a_library_without_the_kernels_symbols_is_refused(folder, library, tmp_path):
+    source = tmp_path / "other.c"
+    source.write_text("int attnkit_something_else(void) { return 1; }\n")
+    path = _private_dir(folder) / library.name
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(path), str(source)], check=True)
+    os.chmod(path, 0o500)
+    _assert_falls_back(
+        rf"^kernel library {re.escape(str(path))} could not be loaded: .*"
+        r"undefined symbol: attnkit_skinny_linear_f32 \(remove it to rebuild\)$"
+    )
+
+
+@needs_kernel
 def test_a_build_output_replaced_by_a_symlink_is_refused(folder, library, monkeypatch):
     def compile_then_swap(argv, **kwargs):
         out = Path(argv[argv.index("-o") + 1])
@@ -332,7 +345,7 @@ def test_without_proc_self_fd_the_library_is_not_loaded(folder, library, monkeyp
     monkeypatch.setattr(os, "stat", stat_without_proc)
     _assert_falls_back(
         rf"^cannot load {re.escape(str(path))} through its checked descriptor: "
-        r"/proc/self/fd/\d+ does not lead to it"
+        r"/proc/self/fd/\d+ does not lead to it \(is /proc mounted\?\)$"
     )
 
 

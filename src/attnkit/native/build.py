@@ -61,9 +61,14 @@ log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("skinny.c")
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 _SYMBOLS = tuple("attnkit_skinny_linear_" + t for t in ("f32", "bf16", "i8"))
-# O_NONBLOCK: a FIFO in the library's place cannot hang the open (the fstat check refuses it)
-_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_OPEN_DIR = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+# POSIX flags (Linux, the one platform the kernel is loaded on, has them all; the names are
+# looked up softly so that importing this module works everywhere). O_NONBLOCK: a FIFO in the
+# library's place cannot hang the open (the fstat check then refuses it).
+_NOFOLLOW, _NONBLOCK, _DIRECTORY, _CLOEXEC = (
+    getattr(os, f"O_{flag}", 0) for flag in ("NOFOLLOW", "NONBLOCK", "DIRECTORY", "CLOEXEC")
+)
+_OPEN_FILE = os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC
+_OPEN_DIR = os.O_RDONLY | _NOFOLLOW | _DIRECTORY | _CLOEXEC
 _lock = threading.Lock()
 _state: tuple[Any, NativeStatus] | None = None  # (library or None, status); None until tried
 
@@ -86,6 +91,10 @@ class NativeStatus:
 
 class _Refused(Exception):
     """The kernel cannot be used here; the message says why."""
+
+
+class _NoProc(_Refused):
+    """No ``/proc/self/fd`` to load a checked descriptor through."""
 
 
 def kernel_dir() -> Path:
@@ -171,30 +180,32 @@ def _open_any_folder() -> tuple[int, Path]:
 
 
 def _load_fd(fd: int, path: Path) -> Any:
-    """Check the open library ``fd`` and load it through the descriptor. On success the
-    descriptor stays open for the life of the process: the loader remembers libraries by
-    name, and ``/proc/self/fd/N`` must never name another file while this one is loaded."""
+    """Check the open library ``fd`` and load it through the descriptor. Once loaded, the
+    descriptor stays open for the life of the process: the loader remembers libraries by name,
+    and ``/proc/self/fd/N`` must never name another file while this one is loaded."""
+    by_fd = f"/proc/self/fd/{fd}"
     try:
         _check(fd, path, "kernel library", stat.S_ISREG, "regular file")
-        st = os.fstat(fd)
-        by_fd = f"/proc/self/fd/{fd}"
         try:
-            same = os.path.samestat(os.stat(by_fd), st)
+            same = os.path.samestat(os.stat(by_fd), os.fstat(fd))
         except OSError:
             same = False
         if not same:
-            raise _Refused(
+            raise _NoProc(
                 f"cannot load {path} through its checked descriptor: {by_fd} does not lead "
                 "to it (is /proc mounted?)"
             )
-        try:
-            lib = ctypes.CDLL(by_fd)
-            fns = [getattr(lib, name) for name in _SYMBOLS]
-        except (OSError, AttributeError) as e:
-            raise _Refused(f"kernel library {path} could not be loaded: {e}") from None
+        lib = ctypes.CDLL(by_fd)
+    except OSError as e:
+        os.close(fd)
+        raise _Refused(f"kernel library {path} could not be loaded: {e}") from None
     except BaseException:
         os.close(fd)
         raise
+    try:
+        fns = [getattr(lib, name) for name in _SYMBOLS]
+    except AttributeError as e:
+        raise _Refused(f"kernel library {path} could not be loaded: {e}") from None
     for fn in fns:
         fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4
         fn.restype = None
@@ -205,7 +216,7 @@ def _build(cc: list[str], dir_fd: int, folder: Path, name: str) -> Any:
     """Compile into a temporary file in the folder, check and load it, then rename it to
     ``name``; returns the loaded library."""
     tmp = f".{name}.{secrets.token_hex(8)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
     try:
         os.close(os.open(tmp, flags, 0o600, dir_fd=dir_fd))
     except OSError as e:
@@ -276,7 +287,9 @@ def _find_or_build() -> tuple[Any, Path]:
             raise _Refused(f"cannot open kernel library {path}: {e.strerror}") from None
         try:
             return _load_fd(fd, path), path
-        except _Refused as e:
+        except _NoProc:
+            raise
+        except _Refused as e:  # the file is at fault
             raise _Refused(f"{e} (remove it to rebuild)") from None
     finally:
         os.close(dir_fd)
