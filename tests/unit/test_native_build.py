@@ -13,6 +13,8 @@ import re
 import shutil
 import stat
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -294,6 +296,49 @@ def test_cc_false_is_a_failed_build_that_leaves_nothing_behind(folder, x86_linux
     assert os.listdir(folder) == []
 
 
+def test_a_build_removes_the_temporary_files_of_killed_builds(folder, x86_linux, monkeypatch):
+    monkeypatch.setenv("CC", "/bin/false")
+    _private_dir(folder)
+    old, recent, other = (
+        folder / n for n in (".skinny-a.so.1.tmp", ".skinny-b.so.2.tmp", ".x.tmp")
+    )
+    for path in (old, recent, other):
+        path.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    for path in (old, other):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    _assert_falls_back(r"^build failed: /bin/false")
+    assert sorted(os.listdir(folder)) == [recent.name, other.name]  # a build may be running
+
+
+@needs_kernel
+def test_concurrent_first_builds_leave_one_library(folder):
+    """Two builds at once (the in-process lock bypassed, as for two processes): both load,
+    and the folder holds one library and no temporary file."""
+    start = threading.Barrier(2)
+    results = []
+
+    def first_load():
+        start.wait()
+        results.append(build._find_or_build())
+
+    threads = [threading.Thread(target=first_load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and results[0][1] == results[1][1]
+    path = results[0][1]
+    assert os.listdir(folder) == [path.name]
+    for lib, _ in results:
+        x, w = torch.randn(2, 8), torch.randn(3, 8)
+        y = torch.empty(2, 3)
+        lib.attnkit_skinny_linear_f32(
+            x.data_ptr(), w.data_ptr(), None, None, y.data_ptr(), 2, 3, 8, 1
+        )
+        assert (y.double() - x.double() @ w.double().T).abs().max().item() <= _product_tol(x, w)
+
+
 def test_a_compiler_that_makes_no_library_leaves_nothing_behind(folder, x86_linux, monkeypatch):
     monkeypatch.setenv("CC", "/bin/true")
     _assert_falls_back(
@@ -307,6 +352,11 @@ def test_cc_naming_a_missing_file_means_no_compiler(folder, x86_linux, monkeypat
     monkeypatch.setenv("CC", str(missing))
     _assert_falls_back(rf"^no C compiler: CC='{re.escape(str(missing))}' is not an executable")
     assert not folder.exists()
+
+
+def test_cc_that_cannot_be_split_means_no_compiler(folder, x86_linux, monkeypatch):
+    monkeypatch.setenv("CC", "gcc '-O2")
+    _assert_falls_back(r"^no C compiler: CC=\"gcc '-O2\" cannot be split into words")
 
 
 def test_no_compiler_on_path_means_no_compiler(folder, x86_linux, monkeypatch, tmp_path):

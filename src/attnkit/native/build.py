@@ -16,7 +16,8 @@ library runs its code, so every step is checked:
   the folder away afterwards changes nothing.
 * The compiler writes a temporary file in that folder; it is checked and loaded, then renamed
   over the final name atomically: a killed or concurrent build leaves no half-written library
-  and a failed build leaves nothing behind.
+  and a failed build leaves nothing behind (a killed build's temporary file is removed by a
+  later build, an hour on).
 * A cached library is opened with ``O_NOFOLLOW`` (a symlink is refused), its descriptor checked
   with ``fstat`` (a regular file owned by this user that neither group nor others may write),
   and loaded through that descriptor (``/proc/self/fd/N``), so the file checked is the file
@@ -44,6 +45,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +109,10 @@ def _compiler() -> list[str]:
     """The compiler's command line: ``$CC`` (which may carry arguments), else cc or gcc."""
     cc = os.environ.get("CC", "").strip()
     if cc:
-        argv = shlex.split(cc)
+        try:
+            argv = shlex.split(cc)
+        except ValueError as e:
+            raise _Refused(f"no C compiler: CC={cc!r} cannot be split into words: {e}") from None
         exe = shutil.which(argv[0])
         if exe is None:
             raise _Refused(f"no C compiler: CC={cc!r} is not an executable file or on PATH")
@@ -212,9 +217,23 @@ def _load_fd(fd: int, path: Path) -> Any:
     return lib
 
 
+def _remove_stale(dir_fd: int, age_s: float = 3600.0) -> None:
+    """Remove temporary files of builds that were killed (older than ``age_s``)."""
+    now = time.time()
+    with os.scandir(dir_fd) as entries:
+        for entry in entries:
+            if not (entry.name.startswith(".skinny-") and entry.name.endswith(".tmp")):
+                continue
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and now - st.st_mtime > age_s:
+                    os.unlink(entry.name, dir_fd=dir_fd)
+
+
 def _build(cc: list[str], dir_fd: int, folder: Path, name: str) -> Any:
     """Compile into a temporary file in the folder, check and load it, then rename it to
     ``name``; returns the loaded library."""
+    _remove_stale(dir_fd)
     tmp = f".{name}.{secrets.token_hex(8)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
     try:
