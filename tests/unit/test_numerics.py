@@ -28,6 +28,7 @@ U = {
     torch.float32: 2.0**-24,
 }
 U32 = U[torch.float32]
+EPS32 = torch.finfo(torch.float32).eps  # 2^-23 = 2 * U32
 
 
 # ------------------------------------------------------------------------------- reference
@@ -224,16 +225,47 @@ def _check_fast_band(q, k, v, causal, window, runs, exact_products=False):
     return err, tol
 
 
+def _band_inputs(T, seed, D=64):
+    g = torch.Generator().manual_seed(seed)
+    # scores of a few units (std 2): attention spread over tens of keys, each of which counts
+    q = 2.0 * torch.randn(1, 2, T, D, generator=g)
+    k, v = torch.randn(1, 2, T, D, generator=g), torch.randn(1, 2, T, D, generator=g)
+    return q, k, v, torch.randn(1, 2, T, D, generator=g)
+
+
+BAND_SHAPES = [(1024, 256), (1024, 300), (1000, 280)]  # (T, window); 1000: a partial last block
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
-@pytest.mark.parametrize("window", [256, 300])
-def test_fast_band_path_matches_float64(dtype, causal, window, fast_band_runs):
-    g = torch.Generator().manual_seed(window + causal)
-    B, H, T, D = 1, 2, 1024, 64
-    # scores of a few units (std 2): attention spread over tens of keys, each of which counts
-    q = 2.0 * torch.randn(B, H, T, D, generator=g)
-    k, v = torch.randn(B, H, T, D, generator=g), torch.randn(B, H, T, D, generator=g)
+@pytest.mark.parametrize("T,window", BAND_SHAPES)
+def test_fast_band_path_matches_float64(dtype, causal, T, window, fast_band_runs):
+    q, k, v, _ = _band_inputs(T, window + causal)
     _check_fast_band(q.to(dtype), k.to(dtype), v.to(dtype), causal, window, fast_band_runs)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize("T,window", [(1024, 256), pytest.param(1000, 280, marks=pytest.mark.slow)])
+def test_fast_band_path_gradients_match_float64(causal, T, window, monkeypatch):
+    """The fast path's own backward (fused CPU flash backward on the band's parts) against
+    float64 autograd through the reference."""
+    runs = []
+    real = windowed._FastBand.backward
+    monkeypatch.setattr(
+        windowed._FastBand, "backward", lambda self, *a: runs.append(1) or real(self, *a)
+    )
+    q, k, v, dout = _band_inputs(T, window + causal)
+    mine = [t.clone().requires_grad_() for t in (q, k, v)]
+    attention(*mine, causal=causal, window=window).backward(dout)
+    assert len(runs) == 1, "the fast path's backward did not run"
+    exact = [t.double().requires_grad_() for t in (q, k, v)]
+    reference(*exact, causal=causal, window=window)[0].backward(dout.double())
+    for name, a, b in zip("qkv", mine, exact):
+        # each gradient entry sums about 2 * window float32 terms (keys for dq, queries for
+        # dk and dv): sqrt(2w) roundings of the largest, 4 for the chain of products
+        tol = 4.0 * math.sqrt(2 * window) * EPS32 * b.grad.abs().max().item()
+        err = (a.grad.double() - b.grad).abs().max().item()
+        assert err <= tol, f"d{name}: error {err:.3g} > {tol:.3g}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -244,9 +276,6 @@ def test_fast_band_path_with_large_scores(dtype, causal, fast_band_runs):
 
 
 # ------------------------------------------------------------------- the native product
-EPS32 = torch.finfo(torch.float32).eps  # 2^-23
-
-
 def _native_or_skip() -> None:
     """The compiled kernel, or: a failure under CI=true (a CI machine has a compiler, so a
     missing kernel there is a broken build, not a reason to test less), a skip elsewhere."""
