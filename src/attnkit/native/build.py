@@ -1,10 +1,10 @@
-"""Build and load the native skinny-product kernel, safely; :class:`SkinnyLinear` calls it.
+"""Build and load the native skinny-product kernel, safely (:mod:`attnkit.native.skinny` calls it).
 
 Decoding a few tokens at a time multiplies a handful of rows by every weight matrix of the
 model; the time goes into reading the weights from memory. BLAS libraries tune for large
 products and stream a weight at well under the machine's memory bandwidth when the other side
 has 2-16 rows. :func:`skinny_linear` is a small AVX2/FMA kernel (``skinny.c``) that reads each
-weight once at close to full bandwidth.
+weight once at close to full bandwidth (:func:`attnkit.native.skinny.skinny_linear`).
 
 The kernel is compiled on first use with the system C compiler (``$CC``, else ``cc``/``gcc``)
 into :func:`kernel_dir` and loaded with :mod:`ctypes`; it needs no PyTorch headers. Loading a
@@ -25,7 +25,7 @@ library runs its code, so every step is checked:
   library is not loaded at all: a load by name could not be tied to the checked file.
 
 When the kernel cannot be had (not Linux on x86-64, no AVX2/FMA, no compiler, a failed build,
-an unsafe folder or file, or ``ATTNKIT_NATIVE=0``) :func:`skinny_linear` returns ``None`` and
+an unsafe folder or file, or ``ATTNKIT_NATIVE=0``) :func:`library` returns ``None``, and
 callers use PyTorch's own products; :func:`status` says why.
 """
 
@@ -51,12 +51,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from attnkit._util.env import cpu_flags
 from attnkit._util.fs import cache_dir
 
-__all__ = ["NativeStatus", "SkinnyLinear", "available", "kernel_dir", "skinny_linear", "status"]
+__all__ = ["NativeStatus", "available", "kernel_dir", "library", "status"]
 
 log = logging.getLogger(__name__)
 
@@ -343,114 +341,7 @@ def status() -> NativeStatus:
         return _state[1]
 
 
-_INT_MAX = 2**31 - 1
-_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.int8: "i8"}
-
-
-class SkinnyLinear:
-    """``(x @ weight.T) * scale + bias`` through the native kernel, with everything about the
-    weight checked and converted once: calling it costs a few microseconds on top of the
-    product, which matters when a decoding step makes 50 of them.
-
-    weight: (M, K) contiguous CPU float32, bfloat16 or int8 (int8 needs ``scale``, one
-    factor per output row); bias, scale: (M,) of any floating dtype. Build it with
-    :meth:`create`, which returns ``None`` when the kernel or the weight is not supported. The
-    object keeps references to the tensors it reads; it does not follow later in-place
-    replacements of ``weight`` (build a new one). No autograd."""
-
-    __slots__ = ("weight", "bias", "scale", "M", "K", "_fn", "_args")
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-    scale: torch.Tensor | None
-    M: int
-    K: int
-    _fn: Any
-    _args: tuple[int, int | None, int | None]
-
-    @classmethod
-    def create(
-        cls,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None = None,
-        scale: torch.Tensor | None = None,
-    ) -> SkinnyLinear | None:
-        lib = _load()
-        if (
-            lib is None
-            or weight.device.type != "cpu"
-            or weight.dtype not in _SUFFIX
-            or weight.dim() != 2
-            or not weight.is_contiguous()
-            or max(weight.shape) > _INT_MAX
-            or (weight.dtype == torch.int8 and scale is None)
-        ):
-            return None
-        M = weight.shape[0]
-        extras = []
-        for t in (scale, bias):
-            if t is not None and (
-                t.device.type != "cpu" or t.numel() != M or not t.is_floating_point()
-            ):
-                return None
-            extras.append(
-                None if t is None else t.detach().reshape(M).to(torch.float32).contiguous()
-            )
-        self = cls.__new__(cls)
-        self.weight = weight.detach()
-        self.scale, self.bias = extras
-        self.M, self.K = M, weight.shape[1]
-        self._fn = getattr(lib, "attnkit_skinny_linear_" + _SUFFIX[weight.dtype])
-        self._args = (
-            self.weight.data_ptr(),
-            self.scale.data_ptr() if self.scale is not None else None,
-            self.bias.data_ptr() if self.bias is not None else None,
-        )
-        return self
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, K) on the CPU, any floating dtype; returns float32 (N, M)."""
-        if x.dim() != 2 or x.shape[1] != self.K or x.device.type != "cpu":
-            raise ValueError(
-                f"SkinnyLinear expects a (N, {self.K}) CPU tensor, got "
-                f"{tuple(x.shape)} on {x.device}"
-            )
-        if x.dtype != torch.float32 or not x.is_contiguous():
-            x = x.to(torch.float32).contiguous()
-        N = x.shape[0]
-        y = torch.empty(N, self.M, dtype=torch.float32)
-        if N and self.M:
-            w, s, b = self._args
-            self._fn(
-                x.data_ptr(), w, s, b, y.data_ptr(), N, self.M, self.K, torch.get_num_threads()
-            )
-        return y
-
-
-def skinny_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    scale: torch.Tensor | None = None,
-) -> torch.Tensor | None:
-    """``(x @ weight.T) * scale + bias`` in float32 for a 2-D CPU ``x`` (N, K) with few rows,
-    through the native kernel (a one-off :class:`SkinnyLinear`).
-
-    weight: (M, K), contiguous, float32, bfloat16 or int8 (int8 needs ``scale``, one factor per
-    output row). x, bias and scale may be any floating dtype; the products are summed in float32
-    and the result is float32 (N, M). Returns ``None`` when the kernel or these inputs are not
-    supported: the caller then computes the product itself. No autograd."""
-    if (
-        x.device.type != "cpu"
-        or not x.is_floating_point()
-        or x.dim() != 2
-        or weight.dim() != 2
-        or x.shape[1] != weight.shape[1]
-        or x.numel() > _INT_MAX
-    ):
-        return None
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias, scale)
-    ):
-        return None
-    plan = SkinnyLinear.create(weight, bias, scale)
-    return None if plan is None else plan(x)
+def library() -> Any:
+    """The loaded kernel library (a :class:`ctypes.CDLL`), or ``None`` when it cannot be had
+    (:func:`status` says why)."""
+    return _load()

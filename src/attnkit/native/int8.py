@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnkit.native.build import SkinnyLinear
 from attnkit.native.linear import NATIVE_MAX_ROWS, native_product
+from attnkit.native.skinny import SkinnyLinear
 
 __all__ = ["Int8Linear", "quantize_int8"]
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnkit.native.build import SkinnyLinear
+from attnkit.native.skinny import SkinnyLinear
 
 __all__ = [
     "NATIVE_MAX_ROWS",

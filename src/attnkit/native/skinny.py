@@ -1,0 +1,125 @@
+"""The skinny product through the native kernel: :class:`SkinnyLinear` (a weight checked and
+converted once, called for a few rows at a time) and :func:`skinny_linear` (a one-off call).
+The kernel itself is built and loaded by :mod:`attnkit.native.build`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from attnkit.native import build
+
+__all__ = ["SkinnyLinear", "skinny_linear"]
+
+_INT_MAX = 2**31 - 1
+_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.int8: "i8"}
+
+
+class SkinnyLinear:
+    """``(x @ weight.T) * scale + bias`` through the native kernel, with everything about the
+    weight checked and converted once: calling it costs a few microseconds on top of the
+    product, which matters when a decoding step makes 50 of them.
+
+    weight: (M, K) contiguous CPU float32, bfloat16 or int8 (int8 needs ``scale``, one
+    factor per output row); bias, scale: (M,) of any floating dtype. Build it with
+    :meth:`create`, which returns ``None`` when the kernel or the weight is not supported. The
+    object keeps references to the tensors it reads; it does not follow later in-place
+    replacements of ``weight`` (build a new one). No autograd."""
+
+    __slots__ = ("weight", "bias", "scale", "M", "K", "_fn", "_args")
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    scale: torch.Tensor | None
+    M: int
+    K: int
+    _fn: Any
+    _args: tuple[int, int | None, int | None]
+
+    @classmethod
+    def create(
+        cls,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+    ) -> SkinnyLinear | None:
+        lib = build.library()
+        if (
+            lib is None
+            or weight.device.type != "cpu"
+            or weight.dtype not in _SUFFIX
+            or weight.dim() != 2
+            or not weight.is_contiguous()
+            or max(weight.shape) > _INT_MAX
+            or (weight.dtype == torch.int8 and scale is None)
+        ):
+            return None
+        M = weight.shape[0]
+        extras = []
+        for t in (scale, bias):
+            if t is not None and (
+                t.device.type != "cpu" or t.numel() != M or not t.is_floating_point()
+            ):
+                return None
+            extras.append(
+                None if t is None else t.detach().reshape(M).to(torch.float32).contiguous()
+            )
+        self = cls.__new__(cls)
+        self.weight = weight.detach()
+        self.scale, self.bias = extras
+        self.M, self.K = M, weight.shape[1]
+        self._fn = getattr(lib, "attnkit_skinny_linear_" + _SUFFIX[weight.dtype])
+        self._args = (
+            self.weight.data_ptr(),
+            self.scale.data_ptr() if self.scale is not None else None,
+            self.bias.data_ptr() if self.bias is not None else None,
+        )
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, K) on the CPU, any floating dtype; returns float32 (N, M)."""
+        if x.dim() != 2 or x.shape[1] != self.K or x.device.type != "cpu":
+            raise ValueError(
+                f"SkinnyLinear expects a (N, {self.K}) CPU tensor, got "
+                f"{tuple(x.shape)} on {x.device}"
+            )
+        if x.dtype != torch.float32 or not x.is_contiguous():
+            x = x.to(torch.float32).contiguous()
+        N = x.shape[0]
+        y = torch.empty(N, self.M, dtype=torch.float32)
+        if N and self.M:
+            w, s, b = self._args
+            self._fn(
+                x.data_ptr(), w, s, b, y.data_ptr(), N, self.M, self.K, torch.get_num_threads()
+            )
+        return y
+
+
+def skinny_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """``(x @ weight.T) * scale + bias`` in float32 for a 2-D CPU ``x`` (N, K) with few rows,
+    through the native kernel (a one-off :class:`SkinnyLinear`).
+
+    weight: (M, K), contiguous, float32, bfloat16 or int8 (int8 needs ``scale``, one factor per
+    output row). x, bias and scale may be any floating dtype; the products are summed in float32
+    and the result is float32 (N, M). Returns ``None`` when the kernel or these inputs are not
+    supported: the caller then computes the product itself. No autograd."""
+    if (
+        x.device.type != "cpu"
+        or not x.is_floating_point()
+        or x.dim() != 2
+        or weight.dim() != 2
+        or x.shape[1] != weight.shape[1]
+        or x.numel() > _INT_MAX
+    ):
+        return None
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias, scale)
+    ):
+        return None
+    plan = SkinnyLinear.create(weight, bias, scale)
+    return None if plan is None else plan(x)
