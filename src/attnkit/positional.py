@@ -265,7 +265,7 @@ class RotaryEmbedding(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin tables, each (N, R/2) with N >= n_positions, on ``device`` in ``dtype``
         (float32 or float64)."""
-        if n_positions > self._cached_len:
+        if n_positions > self._cached_len or not self._tables:  # none built yet (n = 0)
             self._grow(n_positions)
         device = torch.device("cpu") if device is None else torch.device(device)
         key = (device, dtype)

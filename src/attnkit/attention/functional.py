@@ -94,6 +94,11 @@ def _validate(
     if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
         raise ValueError(f"k {_shape(k)} and v {_shape(v)} must have the same heads and length")
     Hkv, Tk = k.shape[1], k.shape[2]
+    if Hq == 0 or D == 0 or v.shape[3] == 0:
+        raise ValueError(
+            f"heads and head dims must be >= 1: q {_shape(q)}, k {_shape(k)}, v {_shape(v)} "
+            "(only B, Tq and Tk may be 0)"
+        )
     if Hkv == 0 or Hq % Hkv != 0:
         raise ValueError(
             f"query heads ({Hq}) must be a multiple of key/value heads ({Hkv}) for grouped-query attention"
@@ -104,12 +109,18 @@ def _validate(
     probability("dropout_p", dropout_p)
     if scale is not None:
         positive_float("scale", scale)
+        if float(scale) > torch.finfo(q.dtype).max:
+            raise ValueError(
+                f"scale must be a finite number > 0 in {q.dtype} (at most "
+                f"{torch.finfo(q.dtype).max:g}), got {scale!r}"
+            )
     choice("backend", backend, BACKENDS)
     if mask is not None:
         check_bool_mask("mask", mask, "True = may attend")
-        if not _broadcastable(tuple(mask.shape), (B, Hq, Tq, Tk)):
+        if not 2 <= mask.dim() <= 4 or not _broadcastable(tuple(mask.shape), (B, Hq, Tq, Tk)):
             raise ValueError(
-                f"mask of shape {_shape(mask)} is not broadcastable to (B, Hq, Tq, Tk) = ({B}, {Hq}, {Tq}, {Tk})"
+                f"mask of shape {_shape(mask)} is not broadcastable to (B, Hq, Tq, Tk) = ({B}, {Hq}, {Tq}, {Tk}) "
+                "with 2 to 4 dims"
             )
         if mask.device != q.device:
             raise ValueError(f"mask is on {mask.device} but q is on {q.device}")
@@ -146,20 +157,41 @@ def _validate(
         elif isinstance(bias, Tensor):
             if not bias.dtype.is_floating_point:
                 raise TypeError(f"bias tensor must be floating point, got {bias.dtype}")
-            if not _broadcastable(tuple(bias.shape), (B, Hq, Tq, Tk)):
+            if not 2 <= bias.dim() <= 4 or not _broadcastable(tuple(bias.shape), (B, Hq, Tq, Tk)):
                 raise ValueError(
-                    f"bias of shape {_shape(bias)} is not broadcastable to (B, Hq, Tq, Tk) = ({B}, {Hq}, {Tq}, {Tk})"
+                    f"bias of shape {_shape(bias)} is not broadcastable to (B, Hq, Tq, Tk) = ({B}, {Hq}, {Tq}, {Tk}) "
+                    "with 2 to 4 dims"
                 )
             if bias.device != q.device:
                 raise ValueError(f"bias is on {bias.device} but q is on {q.device}")
         else:
             raise TypeError(f"bias must be 'alibi' or a float tensor, got {type(bias).__name__}")
+    if debug():
+        _check_finite(q, k, v, bias)
     positional = causal or window is not None or isinstance(bias, str) or document_ids is not None
     if Tq > Tk and positional:
         raise ValueError(
             f"queries ({Tq}) longer than keys ({Tk}): with causal/window/alibi/document_ids the queries "
             "must be the last Tq of the Tk positions"
         )
+
+
+def _check_finite(q, k, v, bias) -> None:
+    """With ``ATTNKIT_DEBUG=1``: q, k and v hold no NaN or inf, a bias tensor no NaN or +inf
+    (-inf is a mask). Off by default: it costs a host sync, and IEEE arithmetic already
+    carries a non-finite input into the output."""
+    if q.device.type == "meta":
+        return
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            raise ValueError(
+                f"{name} holds NaN or inf (ATTNKIT_DEBUG=1 checks); expected finite values"
+            )
+    if isinstance(bias, Tensor) and bias.numel():
+        if bool((torch.isnan(bias) | (bias == math.inf)).any()):
+            raise ValueError(
+                "bias holds NaN or +inf (ATTNKIT_DEBUG=1 checks); expected -inf or finite values"
+            )
 
 
 def _needs_grad(q, k, v, bias) -> bool:
@@ -174,6 +206,8 @@ def _needs_grad(q, k, v, bias) -> bool:
 
 
 def _spec(q, k, causal, mask, valid_key_mask, window, document_ids) -> MaskSpec:
+    if window is not None:  # a window of Tk keys or more restricts nothing more than Tk does
+        window = min(window, max(k.shape[2], 1))
     return MaskSpec(
         q_len=q.shape[2],
         k_len=k.shape[2],
@@ -295,6 +329,16 @@ def attention(
     Returns:
         out (B, Hq, Tq, Dv), or (out, weights) with return_weights=True.  A query that may
         attend to nothing gets zeros (and zero gradients) in every backend.
+
+    Empty inputs: B, Tq and Tk may be 0 (an empty output; with Tk = 0 every query gets zeros);
+    heads and head dims must be >= 1. A window larger than Tk is the same as Tk.
+
+    Non-finite inputs follow IEEE arithmetic: NaN or inf in q, k or v gives NaN or inf in
+    the outputs it reaches (checking would cost a host sync on every call), except that
+    PyTorch's fused CPU kernel gives zeros for a query whose scores are all NaN, as for a
+    fully masked one. With ``ATTNKIT_DEBUG=1`` such inputs are refused with a ValueError.
+    The user-facing paths (``generate``, ``Encoder.encode``, the command line) refuse a
+    non-finite result instead of returning it.
     """
     entry = _lookup(
         q,
@@ -316,9 +360,11 @@ def attention(
         return fused(
             q, k, v, is_causal=is_causal, dropout_p=dropout_p, scale=fused_scale, enable_gqa=gqa
         )
+    name = entry.plan.backend
+    if name == "empty":
+        return _empty(q, k, v, bias, return_weights)
     spec = _spec(q, k, causal, mask, valid_key_mask, window, document_ids)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    name = entry.plan.backend
     slopes = alibi_slopes(q.shape[1]).to(q.device) if isinstance(bias, str) else None
     if name == "windowed":
         return windowed_attention(
@@ -351,6 +397,21 @@ def attention(
         dropout_p=dropout_p,
         return_weights=return_weights,
     )
+
+
+def _empty(q, k, v, bias, return_weights) -> Tensor | tuple[Tensor, Tensor]:
+    """No batch, no queries or no keys: an empty output, or zeros for queries that have no key
+    to attend to (zero gradients too)."""
+    B, Hq, Tq, _ = q.shape
+    out = q.new_zeros(B, Hq, Tq, v.shape[-1])  # (B, Hq, Tq, Dv)
+    if _needs_grad(q, k, v, bias):  # keep the graph: every input gets a zero gradient
+        tie = q.sum() + k.sum() + v.sum()
+        if isinstance(bias, Tensor):
+            tie = tie + bias.sum()
+        out = out + 0 * tie
+    if return_weights:
+        return out, q.new_zeros(B, Hq, Tq, k.shape[2])  # (B, Hq, Tq, Tk)
+    return out
 
 
 def explain(

@@ -115,7 +115,7 @@ class KVCache:
                 f"KVCache overflow: holds {self.length} tokens, adding {t_new} "
                 f"would make {end} > max_len={self.max_len}"
             )
-        if end > self.capacity:
+        if end > self.capacity or self.k is None:  # also a first update of 0 tokens
             if self.max_len is not None:
                 cap = self.max_len
             else:

@@ -179,6 +179,11 @@ class MultiHeadAttention(nn.Module):
         positions (T,) or (B, T) int positions for RoPE (default: cache.length + 0..T-1).
         With a cache, Tk = cache.length + T and the masks must cover all Tk keys.
         """
+        if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+            what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(
+                f"x must be a floating tensor (B, T, d_model={self.d_model}), got {what}"
+            )
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(
                 f"x must be (B, T, d_model={self.d_model}), got shape {tuple(x.shape)}"

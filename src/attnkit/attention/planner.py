@@ -160,7 +160,10 @@ def plan(
     Tq, Tk = spec.q_len, spec.k_len
     cpu_like = q.device.type in ("cpu", "meta")
     if backend != "auto":
-        return _check_explicit(q, spec, bias, dropout_p, return_weights, backend, grad, cpu_like)
+        chosen = _check_explicit(q, spec, bias, dropout_p, return_weights, backend, grad, cpu_like)
+        return _EMPTY if _is_empty(q, spec) else chosen
+    if _is_empty(q, spec):
+        return _EMPTY
     if return_weights:
         return Plan(
             "math", "attention weights were requested; only the math backend materialises them"
@@ -193,6 +196,13 @@ def plan(
         "sdpa",
         f"fused scaled_dot_product_attention with a dense mask/bias ({max(dense_bytes, 1) / 2**20:.1f} MiB)",
     )
+
+
+_EMPTY = Plan("empty", "no batch, no queries or no keys: an empty or all-zero output, no kernel")
+
+
+def _is_empty(q: Tensor, spec: MaskSpec) -> bool:
+    return q.shape[0] == 0 or spec.q_len == 0 or spec.k_len == 0
 
 
 def _check_explicit(q, spec, bias, dropout_p, return_weights, backend, grad, cpu_like) -> Plan:

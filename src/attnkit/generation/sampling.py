@@ -44,9 +44,23 @@ def choose_tokens(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """(B, V) logits -> (B,) token ids: arg-max for temperature 0, else a draw from the
-    filtered, tempered softmax."""
+    filtered, tempered softmax.
+
+    ValueError when a row's logits hold NaN or +inf (a model with non-finite weights or
+    activations): no token is chosen from them. The tempered logits are shifted by their row
+    maximum first, so that a tiny temperature (down to the smallest float) is a clean arg-max
+    instead of inf / inf."""
+    top = logits.amax(dim=-1, keepdim=True)  # (B, 1); NaN if the row holds one
+    if not bool(torch.isfinite(top).all()):  # one host sync; the chosen ids need one anyway
+        bad = int((~torch.isfinite(top[:, 0])).nonzero()[0, 0])
+        raise ValueError(
+            f"the model's logits for row {bad} hold NaN or inf (non-finite weights or "
+            f"activations); expected finite logits to choose a token from"
+        )
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits / temperature, top_k, top_p)
+    # a temperature below the dtype's smallest normal number would round to 0 in it
+    temperature = max(temperature, torch.finfo(logits.dtype).tiny)
+    logits = filter_logits((logits - top) / temperature, top_k, top_p)  # max is 0: no overflow
     probs = torch.softmax(logits, dim=-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -147,17 +147,14 @@ class Encoder:
         if convert_to not in ("numpy", "torch"):
             raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
         checks.positive_int("batch_size", batch_size)
+        checks.flag("normalize", normalize)
         single = isinstance(texts, str)
-        items: list[str] = [texts] if isinstance(texts, str) else list(texts)
-        bad = [i for i, t in enumerate(items) if not isinstance(t, str)]
-        if bad:
-            raise TypeError(
-                f"texts must be strings; item {bad[0]} is {type(items[bad[0]]).__name__}"
-            )
+        items = check_texts(texts)
         if items:
             vecs = self._embed_sorted(self.tokenize(items), batch_size, show_progress)
         else:
             vecs = torch.empty(0, self.dim, device=self.device)
+        check_finite(vecs)
         if normalize:
             vecs = F.normalize(vecs, p=2, dim=-1)
         vecs = vecs[0] if single else vecs
@@ -168,6 +165,7 @@ class Encoder:
     def word_vector(self, sentence: str, word: str, occurrence: int = 0) -> torch.Tensor:
         """The contextual vector of ``word`` in ``sentence``: the mean of the hidden states of
         its sub-word tokens (C,). Matching is case-insensitive on whole words."""
+        check_texts([sentence, word])
         enc = self.tokenizer.encode(sentence)
         target = word.lower()
         spans: dict[int, list[int]] = {}
@@ -188,7 +186,9 @@ class Encoder:
         ids = torch.tensor([enc.ids], device=self.device)
         with self._autocast():
             h = self.model.hidden_states(ids)[0].float()  # (T, C)
-        return h[hits[occurrence]].mean(dim=0)
+        vec = h[hits[occurrence]].mean(dim=0)
+        check_finite(vec[None])
+        return vec
 
     def similarity(self, a: str, b: str, word: str | None = None) -> float:
         """Cosine similarity of two texts, or of ``word``'s contextual vectors in them."""
@@ -197,6 +197,45 @@ class Encoder:
         else:
             va, vb = self.word_vector(a, word), self.word_vector(b, word)
         return float(F.cosine_similarity(va, vb, dim=0))
+
+
+def check_texts(texts: Any) -> list[str]:
+    """``texts`` (a str, or an iterable of str) as a list of valid Unicode strings; TypeError
+    for bytes, a mapping or a non-string item, ValueError for a lone surrogate (text that
+    cannot be written as UTF-8, so no tokenizer can read it)."""
+    if isinstance(texts, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"texts must be a str or a list of str, got {type(texts).__name__}; "
+            f"decode it first (for example data.decode('utf-8'))"
+        )
+    if isinstance(texts, str):
+        items = [texts]
+    elif isinstance(texts, Mapping) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
+    else:
+        items = list(texts)
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            raise TypeError(f"texts must be strings; item {i} is {type(t).__name__}")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(
+                f"text {i} is not valid Unicode: {t[e.start : e.end]!r} at offset {e.start} is a "
+                f"lone surrogate; expected text that can be written as UTF-8"
+            ) from None
+    return items
+
+
+def check_finite(vecs: torch.Tensor) -> None:
+    """ValueError if an embedding holds NaN or inf (a model with non-finite weights): such a
+    vector is never handed back as a result."""
+    if vecs.numel() and not bool(torch.isfinite(vecs).all()):
+        row = int((~torch.isfinite(vecs)).any(-1).nonzero()[0, 0])
+        raise ValueError(
+            f"the embedding of text {row} holds NaN or inf (the model's weights or activations "
+            f"are not finite); expected finite vectors"
+        )
 
 
 def read_texts(args_texts: Iterable[str], file: str | None, stdin: Iterable[str]) -> list[str]:

@@ -46,7 +46,7 @@ class VariantAttention(AttentionKernel):
     returns (B, H, T, Dv); k and v may have fewer heads than q (grouped-query: query head h reads
     key/value head h // (H // Hkv)). ``valid_key_mask`` is (B, T) bool with True for real
     tokens. A query that has no key to attend to gets a zero output (never NaN), and no
-    gradient. Variants take no sliding window, ALiBi, KV cache, user mask, packed documents or
+    gradient; an empty batch or sequence (B or T = 0) gives an empty output. Variants take no sliding window, ALiBi, KV cache, user mask, packed documents or
     weight request (ValueError naming it), and apply no dropout to their attention.
     """
 
@@ -116,6 +116,8 @@ class VariantAttention(AttentionKernel):
                 k = k.repeat_interleave(hq // hkv, dim=1)  # (B, H, T, D)
                 v = v.repeat_interleave(hq // hkv, dim=1)  # (B, H, T, Dv)
         key_valid = check_inputs(q, k, v, valid_key_mask)
+        if q.shape[0] == 0 or q.shape[2] == 0:  # no batch or no tokens: nothing to attend
+            return q.new_zeros(*q.shape[:3], v.shape[-1])  # (B, H, T, Dv)
         return self._attend(q, k, v, causal, key_valid)
 
     def _attend(
