@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -121,3 +122,40 @@ def test_torchrun_two_processes_match_one(tmp_path):
     saved = json.loads((tmp_path / "two" / "config.json").read_text())
     assert saved["model"]["id2label"] == ["ball", "bat", "cave"]
     assert saved["meta"]["finetune"]["label_column"] == "label"
+
+
+def test_finetune_into_an_earlier_model_is_refused_unless_overwrite(tmp_path, capsys):
+    import hashlib
+
+    from attnkit import cli
+
+    cfg = get_preset("tiny-bert", vocab_size=60, d_model=32, n_layer=1, pooling="mean")
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    attnkit.save(build_model(cfg).eval(), base, tokenizer=tokenizer())
+    train = write_data(tmp_path / "train.csv", 12, seed=1)
+    eval_ = write_data(tmp_path / "eval.csv", 6, seed=2)
+    out = tmp_path / "clf"
+    argv = ["finetune", "--model", str(base), "--train", str(train), "--eval", str(eval_)]
+    argv += ["--epochs", "1", "--batch-size", "4", "--device", "cpu", "--no-progress"]
+    argv += ["--out", str(out)]
+    assert cli.main(argv) == 0
+
+    def digests() -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
+
+    before = digests()
+    assert {"config.json", "model.safetensors", "metrics.json"} <= before.keys()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, "--lr", "1e-2"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out} already holds a fine-tuned model" in err, err
+    assert "--overwrite" in err and "--resume" not in err
+    assert digests() == before
+    assert cli.main([*argv, "--lr", "1e-2", "--overwrite"]) == 0
+    after = digests()
+    assert after["model.safetensors"] != before["model.safetensors"]
+    assert json.loads((out / "metrics.json").read_text())["config"]["lr"] == 1e-2
+    assert not (out / ".replaced-run").exists()

@@ -131,7 +131,13 @@ def finetune_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         default="runs/finetune",
         metavar="DIR",
-        help="where the checkpoint, metrics.json and confusion.png go",
+        help="where the checkpoint, metrics.json and confusion.png go (one that already "
+        "holds a model or a run is refused without --overwrite)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what --out holds; the old files are deleted once the new ones are written",
     )
     _training_arguments(parser, epochs=3, lr=5e-5, max_length=128)
 
@@ -159,6 +165,7 @@ def finetune_command(args: argparse.Namespace) -> int:
         config=_config(args),
         log=_log,
         progress=args.progress,
+        overwrite=args.overwrite,
     )
     if not result.is_main:  # under torchrun, rank 0 reports
         return 0
@@ -251,7 +258,11 @@ def genre_arguments(parser: argparse.ArgumentParser) -> None:
         default="runs/genre",
         metavar="DIR",
         help="data/ (train.csv, eval.csv), model/ (checkpoint, metrics, "
-        "confusion.png), genre.json and genre.png go here",
+        "confusion.png), genre.json and genre.png go here (a model/ already there is "
+        "refused without --overwrite)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the model/ of an earlier run"
     )
     parser.add_argument(
         "--model",
@@ -322,6 +333,7 @@ def genre_command(args: argparse.Namespace) -> int:
         config=_config(args),
         log=_log,
         progress=args.progress,
+        overwrite=args.overwrite,
     )
     best, base = result.best, result.baseline
     summary = {

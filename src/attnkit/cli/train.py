@@ -7,19 +7,30 @@
 
 ``--config`` is a TOML file or the name of one shipped in ``attnkit/configs``; any
 ``--section.key VALUE`` (or ``--section.key=VALUE``) overrides one key of it.
+
+An ``--out`` that already holds a run is refused (exit 2) unless ``--resume`` or
+``--overwrite`` says what to do with it (:mod:`attnkit.training.rundir` has the rules).
+
+Ctrl-C (SIGINT) stops a run with ``attnkit: interrupted`` and status 130, the latest complete
+checkpoint kept for ``--resume``. A process started with SIGINT ignored (what a
+non-interactive shell does to a command it starts with ``&``) would otherwise train on through
+every SIGINT without a word, because Python installs its KeyboardInterrupt handler only when
+SIGINT is not ignored at start-up; ``pretrain`` installs it in that case too.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import threading
 from pathlib import Path
 
 from attnkit.cli.types import UsageError
 from attnkit.training import config as run_config
 
 USAGE = (
-    "attnkit pretrain --config NAME|FILE [--data NAME|PATH] --out DIR [--resume] "
+    "attnkit pretrain --config NAME|FILE [--data NAME|PATH] --out DIR [--resume | --overwrite] "
     "[--section.key VALUE ...]"
 )
 
@@ -33,7 +44,7 @@ def split_overrides(rest: list[str]) -> list[tuple[str, object]]:
         if not word.startswith("--") or "." not in word.split("=", 1)[0]:
             raise UsageError(
                 f"unexpected argument {word!r}; expected --config, --data, --out, "
-                f"--resume or a dotted config key such as --train.max_iters 100"
+                f"--resume, --overwrite or a dotted config key such as --train.max_iters 100"
             )
         key = word[2:]
         if "=" in key:
@@ -57,17 +68,47 @@ def pretrain_arguments(parser: argparse.ArgumentParser) -> None:
         help="corpus name (shakespeare, kjv, tinyshakespeare) or a "
         ".txt/.jsonl file or directory; sets data.corpus",
     )
-    parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument(
+        "--out",
+        required=True,
+        help="output directory. One that already holds a run (checkpoints/, run_config.json, "
+        "the model, metrics...) is refused without --resume or --overwrite. A '..' is allowed "
+        "only at the start of DIR (../runs/x, not runs/x/../y); an entry of DIR that the run "
+        "writes (checkpoints/, step-* folders and their files, run_config.json, metrics, the "
+        "model files) may not be a symlink that leads outside DIR",
+    )
+    ways = parser.add_mutually_exclusive_group()
+    ways.add_argument(
         "--resume",
         action="store_true",
         help="continue from the latest complete checkpoint in --out",
     )
+    ways.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out: its files are set aside and deleted once the new "
+        "run's first checkpoint is complete (if the new run ends before that, the old one is "
+        "put back and --resume continues it)",
+    )
+
+
+def stop_on_sigint() -> None:
+    """Make SIGINT raise KeyboardInterrupt even if this process started with it ignored."""
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pretrain_command(args: argparse.Namespace) -> int:
+    stop_on_sigint()
     overrides = split_overrides(list(args.rest))
     out = Path(args.out)
+    from attnkit.training import rundir
+    from attnkit.training.loop import has_checkpoint
+
+    rundir.check_paths(out)
+    if args.resume and int(os.environ.get("RANK", "0")) == 0:
+        rundir.recover(out, has_checkpoint)  # an overwrite killed early: the old run returns
     if args.config:
         base = run_config.read_file(run_config.find_config(args.config))
     elif args.resume and (out / "run_config.json").is_file():
@@ -87,7 +128,7 @@ def pretrain_command(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(cfg.train.threads)
-    summary = pretrain(cfg, out, resume=args.resume)
+    summary = pretrain(cfg, out, resume=args.resume, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
         print(format_summary(summary, out))
     return 0

@@ -5,6 +5,12 @@ Each holds the model (an attnkit checkpoint: weights, ``config.json``, ``tokeniz
 ``torch.load(weights_only=True)`` reads it) and a ``manifest.json`` with the SHA-256 of every
 file, written last: a checkpoint without one, or whose files do not match it, is skipped on
 resume with a warning and the previous one is used.
+
+A checkpoint that goes (a stale one being rewritten, or an old one pruned) is first renamed
+to a hidden ``checkpoints/.step-NNNNNN.deleting`` and then deleted, so a kill in the middle of
+the deletion leaves no half-deleted ``step-*`` behind; the next write sweeps such leftovers.
+The named kill points of :mod:`attnkit._util.faults` (``after-weights``, ``after-optimizer``,
+``before-manifest``, ``after-manifest``, ``in-prune``) sit between the steps of a write.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from attnkit import checkpoints as ckpt_io
-from attnkit._util.fs import atomic_write, atomic_write_json
+from attnkit._util import faults
+from attnkit._util.fs import atomic_write, atomic_write_json, fsync_dir
 from attnkit.models.common import ModelBase
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
@@ -48,6 +56,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _discard(directory: Path, point: str | None = None) -> None:
+    """Rename ``directory`` to a hidden ``.NAME.deleting`` beside it, then delete it
+    (``point``: the kill point between the two)."""
+    gone = directory.with_name(f".{directory.name}.deleting")
+    if gone.exists():
+        shutil.rmtree(gone)
+    os.replace(directory, gone)
+    fsync_dir(directory.parent)
+    if point:
+        faults.point(point)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
 def save_checkpoint(
     out: Path,
     raw_model: ModelBase,
@@ -59,21 +80,27 @@ def save_checkpoint(
     """Write ``checkpoints/step-N/`` (each file atomically, manifest last); prune old ones."""
     root = out / "checkpoints"
     directory = root / f"step-{state['step']:06d}"
+    for leftover in root.glob(".step-*.deleting"):  # deletions a kill interrupted
+        shutil.rmtree(leftover, ignore_errors=True)
     if directory.exists():
-        shutil.rmtree(directory)
+        _discard(directory)
     ckpt_io.save(raw_model, directory, tokenizer=tok)
+    faults.point("after-weights")
     payload = dict(state, optimizer=optimizer.state_dict(), rng_cpu=torch.get_rng_state())
     if torch.cuda.is_available():
         payload["rng_cuda"] = torch.cuda.get_rng_state_all()
     atomic_write(directory / STATE_NAME, lambda tmp: torch.save(payload, tmp))
+    faults.point("after-optimizer")
     files = {
         p.name: _sha256(p)
         for p in sorted(directory.iterdir())
         if p.is_file() and not p.name.startswith(".")
     }
+    faults.point("before-manifest")
     atomic_write_json(directory / MANIFEST_NAME, {"step": state["step"], "files": files})
+    faults.point("after-manifest")
     for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old, "in-prune")
     return directory
 
 

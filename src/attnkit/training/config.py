@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attnkit._util import checks
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -192,3 +194,35 @@ def find_config(name: str) -> Path:
         f"config {name!r} not found; expected a TOML file path or one of "
         f"{sorted(p.stem for p in root.glob('*.toml'))}"
     )
+
+
+def check_train(cfg: RunConfig) -> None:
+    """ValueError naming the first ``train.*`` setting out of its range."""
+    tc = cfg.train
+    for name in (
+        "max_iters",
+        "batch_size",
+        "block_size",
+        "grad_accum",
+        "eval_interval",
+        "eval_iters",
+        "log_interval",
+    ):
+        checks.int_at_least(f"train.{name}", getattr(tc, name), 1, ">= 1")
+    for name in (
+        "warmup_iters",
+        "lr_decay_iters",
+        "checkpoint_interval",
+        "keep_checkpoints",
+        "threads",
+    ):
+        checks.int_at_least(f"train.{name}", getattr(tc, name), 0, ">= 0")
+    checks.positive_float("train.lr", tc.lr)
+    checks.in_range("train.min_lr", tc.min_lr, 0.0, tc.lr, high_open=False)
+    checks.in_range("train.mlm_probability", tc.mlm_probability, 0.0, 1.0, low_open=True)
+    for name in ("weight_decay", "grad_clip"):
+        checks.non_negative_float(f"train.{name}", getattr(tc, name))
+    for name in ("beta1", "beta2"):
+        checks.probability(f"train.{name}", getattr(tc, name))
+    for name in ("compile", "fused_adamw", "progress"):
+        checks.flag(f"train.{name}", getattr(tc, name))

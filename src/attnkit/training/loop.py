@@ -18,6 +18,11 @@ Output directory:
   skipped on resume;
 * ``run_config.json`` (the resolved config), ``metrics.jsonl``/``metrics.csv``,
   ``loss.png`` and ``summary.json``.
+
+A directory that already holds a run is refused unless ``resume`` (continue it) or
+``overwrite`` (replace it; the old run is kept aside until the new run's first checkpoint is
+complete) is given, and paths that lead out of the directory are refused
+(:mod:`attnkit.training.rundir`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,15 +38,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from attnkit import checkpoints as ckpt_io
-from attnkit._util import checks
+from attnkit._util import checks, faults
 from attnkit._util.fs import atomic_write_json
-from attnkit.training import distributed, metrics, optim, precision
+from attnkit.training import distributed, metrics, optim, precision, rundir
 from attnkit.training.checkpointing import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from attnkit.training.config import RunConfig
+from attnkit.training.config import RunConfig, check_train
 from attnkit.training.objectives import Batches, loss_sums
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
@@ -119,11 +123,13 @@ def evaluate(
     model.eval()
     batches.gen.manual_seed(seed)  # the same batches at every evaluation
     total = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss sum, correct, count
-    for _ in range(iters):
+    for i in range(iters):
         x, y, _count = batches.next()
         with precision.autocast(d.device, dtype):
             loss, correct = loss_sums(model, x, y)
         total += torch.stack([loss.double(), correct.double(), (y != -100).sum().double()])
+        if i == 0:
+            faults.point("in-eval")
     if d.enabled:
         torch.distributed.all_reduce(total)
     model.train(was)
@@ -138,21 +144,50 @@ def evaluate(
 # --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
-def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]:
+def has_checkpoint(out: Path) -> bool:
+    """True when ``out/checkpoints`` holds a complete, intact checkpoint."""
+    return latest_checkpoint(out) is not None
+
+
+def pretrain(
+    cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
     """Train, evaluate and checkpoint as ``cfg`` says; returns the summary (also written to
     ``out/summary.json``). ``train.threads`` is applied by the command line (a library never
-    changes the process's thread pool; a caller sets its own)."""
+    changes the process's thread pool; a caller sets its own).
+
+    ``out`` holding a run already is a ValueError (:class:`~attnkit.training.rundir.RunExistsError`)
+    unless ``resume=True`` (continue from its latest complete checkpoint) or ``overwrite=True``
+    (start afresh; its files are deleted once the new run's first checkpoint is complete, and
+    restored if the new run ends before that). Paths are checked as
+    :func:`attnkit.training.rundir.check_paths` says."""
     from attnkit.models import build_model
 
     t_start = time.perf_counter()
     out = Path(out)
     tc = cfg.train
-    _check_train(cfg)
+    checks.flag("resume", resume)
+    checks.flag("overwrite", overwrite)
+    if resume and overwrite:
+        raise ValueError(
+            "resume=True and overwrite=True ask for opposite things; expected at most one "
+            "(--resume continues the run in the directory, --overwrite replaces it)"
+        )
+    check_train(cfg)
     d = distributed.init(tc.device)
     try:
         precision.check_dtype(tc.dtype, d.device)
+        rundir.check_paths(out)
+        if d.is_main:
+            rundir.recover(out, has_checkpoint)
+        distributed.barrier(d)
+        if not resume and not overwrite:
+            rundir.refuse_existing(out, "a run")
+        distributed.barrier(d)
+        replacing = False
         if d.is_main:
             out.mkdir(parents=True, exist_ok=True)
+            replacing = overwrite and rundir.set_aside(out) is not None
         tok, streams = prepare_data(cfg, d)
         mcfg = model_config(cfg, tok)
         objective = "clm" if mcfg.arch == "gpt" else "mlm"
@@ -179,16 +214,6 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str,
                 tokens_before, elapsed_before = int(state["tokens"]), float(state["elapsed"])
                 if d.is_main:
                     logger.info("attnkit: resumed from %s (step %d)", found, start)
-        elif d.is_main and (out / "checkpoints").is_dir():
-            old = sorted((out / "checkpoints").glob("step-*"))
-            if old:
-                logger.warning(
-                    "attnkit: starting a new run in %s: removing its %d earlier checkpoint(s) "
-                    "(pass --resume to continue them instead)",
-                    out,
-                    len(old),
-                )
-            shutil.rmtree(out / "checkpoints")
         resolved = cfg.to_dict()
         resolved["model"] = mcfg.to_dict()
         if d.is_main:
@@ -214,6 +239,7 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str,
             tokens_before,
             elapsed_before,
             log,
+            replacing,
         )
         summary["setup_seconds"] = round(time.perf_counter() - t_start - summary["loop_seconds"], 3)
         if d.is_main:
@@ -222,37 +248,6 @@ def pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str,
         return summary
     finally:
         distributed.shutdown(d)
-
-
-def _check_train(cfg: RunConfig) -> None:
-    tc = cfg.train
-    for name in (
-        "max_iters",
-        "batch_size",
-        "block_size",
-        "grad_accum",
-        "eval_interval",
-        "eval_iters",
-        "log_interval",
-    ):
-        checks.int_at_least(f"train.{name}", getattr(tc, name), 1, ">= 1")
-    for name in (
-        "warmup_iters",
-        "lr_decay_iters",
-        "checkpoint_interval",
-        "keep_checkpoints",
-        "threads",
-    ):
-        checks.int_at_least(f"train.{name}", getattr(tc, name), 0, ">= 0")
-    checks.positive_float("train.lr", tc.lr)
-    checks.in_range("train.min_lr", tc.min_lr, 0.0, tc.lr, high_open=False)
-    checks.in_range("train.mlm_probability", tc.mlm_probability, 0.0, 1.0, low_open=True)
-    for name in ("weight_decay", "grad_clip"):
-        checks.non_negative_float(f"train.{name}", getattr(tc, name))
-    for name in ("beta1", "beta2"):
-        checks.probability(f"train.{name}", getattr(tc, name))
-    for name in ("compile", "fused_adamw", "progress"):
-        checks.flag(f"train.{name}", getattr(tc, name))
 
 
 def _train(
@@ -270,6 +265,7 @@ def _train(
     tokens_before: int,
     elapsed_before: float,
     log: metrics.MetricsLog | None,
+    replacing: bool = False,
 ) -> dict[str, Any]:
     tc = cfg.train
     decay_iters = tc.lr_decay_iters or tc.max_iters
@@ -372,6 +368,9 @@ def _train(
                     "data_rng": train_batches.gen.get_state(),
                 }
                 save_checkpoint(out, raw, tok, optimizer, state, tc.keep_checkpoints)
+                if replacing:  # the new run can be resumed now: the old one may go
+                    rundir.discard_replaced(out)
+                    replacing = False
             distributed.barrier(d)
     if bar is not None:
         bar.close()

@@ -54,7 +54,7 @@ from attnkit.tasks.classification.model import (
 from attnkit.text.batching import Batch, length_batches, pad_batch
 from attnkit.text.pooling import CLASSIFIER_POOLINGS, resolve_pooling
 from attnkit.text.tokenizers import encode_texts, pad_token_id
-from attnkit.training import distributed, optim, precision
+from attnkit.training import distributed, optim, precision, rundir
 
 __all__ = [
     "METRICS",
@@ -175,13 +175,21 @@ def finetune(
     config: FinetuneConfig | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = False,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> FinetuneResult:
     """Fine-tune ``model`` (a checkpoint directory, ``"minilm"`` or a loaded BERT-family model)
     to classify ``train`` (a CSV/JSONL path, a :class:`LabelledTexts` or (texts, labels)),
     choosing the kept state by its score on ``eval``; write the checkpoint and metrics to
     ``out`` when given (rank 0 only). ``overrides`` set :class:`FinetuneConfig` fields;
-    ``log`` receives one line per evaluation (rank 0 only)."""
+    ``log`` receives one line per evaluation (rank 0 only).
+
+    An ``out`` that already holds a model or a run is a ValueError before any training
+    (:class:`attnkit.training.rundir.RunExistsError`) unless ``overwrite=True``; then the old
+    files are set aside when the new ones are written and deleted once ``metrics.json`` (the
+    last file) is, or put back by the next call if the write was cut short. Paths follow
+    :func:`attnkit.training.rundir.check_paths`."""
+    checks.flag("overwrite", overwrite)
     cfg = _config(config, overrides)
     train_set = as_examples(train, text_column, label_column, "train")
     eval_set = as_examples(eval, text_column, label_column, "eval")
@@ -200,6 +208,8 @@ def finetune(
     d = distributed.init(cfg.device, "device")
     try:
         precision.check_dtype(cfg.dtype, d.device, "dtype")
+        if out is not None:
+            _check_out(Path(out), overwrite, d)
         say = (log or (lambda message: None)) if d.is_main else (lambda message: None)
         result = _run(cfg, d, model, train_set, eval_set, labels, say, progress and d.is_main)
         result.model.meta = result.model.meta.replace(
@@ -219,11 +229,24 @@ def finetune(
         if out is not None:
             result.out = Path(out)
             if d.is_main:
+                replacing = overwrite and rundir.set_aside(Path(out)) is not None
                 save_result(result, out, cfg, train_set.source, eval_set.source)
+                if replacing:
+                    rundir.discard_replaced(Path(out))
             distributed.barrier(d)
         return result
     finally:
         distributed.shutdown(d)
+
+
+def _check_out(out: Path, overwrite: bool, d: distributed.Dist) -> None:
+    """The output-directory rules of :mod:`attnkit.training.rundir`, before any training."""
+    rundir.check_paths(out)
+    if d.is_main:  # an overwrite cut short: the old model returns (metrics.json is written last)
+        rundir.recover(out, lambda o: (o / "metrics.json").is_file())
+    distributed.barrier(d)
+    if not overwrite:
+        rundir.refuse_existing(out, "a fine-tuned model or a run", resume_too=False)
 
 
 def _run(

@@ -1,0 +1,203 @@
+"""Run directories: what counts as a run already there, the path rules, and ``overwrite``
+that keeps the old run until the new one has something to resume from.
+
+A directory **holds a run** when any of :data:`RUN_FILES` is in it (``checkpoints/``,
+``run_config.json``, the best model's ``config.json``/``model.safetensors``, the metrics, ...);
+other files are left alone and do not count. Starting a run there without ``resume`` or
+``overwrite`` is refused (:class:`RunExistsError`, a ValueError naming the directory and the
+two ways on).
+
+**Path rules** (:func:`check_paths`), checked before anything is written:
+
+* the output path may start with ``..`` components (``../runs/x``), but a ``..`` after a named
+  component (``runs/x/../../y``) is refused: it leaves the directory the path has named;
+* no entry a run writes, moves or deletes (each of :data:`RUN_FILES`, ``checkpoints/step-*``
+  and the files in them) may be a symlink that resolves outside the output directory; a
+  symlink that stays inside it is allowed. The output directory itself may be a symlink: it
+  is the path the caller chose.
+
+**Overwrite** (:func:`set_aside`): the old run's files are moved into a hidden
+``.replaced-run/`` inside the directory (renames on one file system: nothing is copied). The
+new run deletes it (:func:`discard_replaced`) once its first checkpoint is complete
+(``complete(out)`` says so). A run killed before that leaves the old run set aside;
+:func:`recover`, which every start runs first, then removes the new run's partial files and
+moves the old run back, so ``--resume`` continues the old run. Each step is a rename that
+either happened or did not; a kill between any two leaves a state :func:`recover` finishes:
+
+1. ``.replacing-run/`` being filled with the old files (a kill here: they are moved back);
+2. renamed to ``.replaced-run/``: the new run may write (a kill here: the old run returns);
+3. the new run's first complete checkpoint: ``.replaced-run/`` is deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from attnkit._util import faults
+from attnkit._util.fs import fsync_dir
+
+__all__ = [
+    "REPLACED",
+    "RUN_FILES",
+    "RunExistsError",
+    "check_paths",
+    "discard_replaced",
+    "existing_run",
+    "recover",
+    "refuse_existing",
+    "set_aside",
+]
+
+logger = logging.getLogger(__name__)
+
+RUN_FILES = (
+    "checkpoints",
+    "run_config.json",
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "metrics.jsonl",
+    "metrics.csv",
+    "metrics.json",
+    "summary.json",
+    "loss.png",
+    "confusion.png",
+)
+REPLACED = ".replaced-run"  # the old run, set aside by overwrite
+_FILLING = ".replacing-run"  # being filled with the old run's files
+_RESTORING = ".restoring-run"  # being emptied back into the directory
+
+
+class RunExistsError(ValueError):
+    """The output directory holds a run and neither resume nor overwrite was asked for."""
+
+
+def existing_run(out: Path) -> list[str]:
+    """The names of :data:`RUN_FILES` present in ``out`` (empty: it holds no run)."""
+    return [name for name in RUN_FILES if os.path.lexists(out / name)]
+
+
+def refuse_existing(out: Path, what: str, resume_too: bool = True) -> None:
+    """RunExistsError when ``out`` holds a run; the message names the directory and the ways
+    on (``--resume``/``resume=True`` when ``resume_too``, and ``--overwrite``/``overwrite=True``)."""
+    found = existing_run(out)
+    if not found:
+        return
+    shown = ", ".join(f"{n}/" if (out / n).is_dir() else n for n in found[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    ways = "pass --resume (resume=True) to continue it or " if resume_too else "pass "
+    raise RunExistsError(
+        f"{out} already holds {what} ({shown}{more}); {ways}--overwrite (overwrite=True) to "
+        "replace it, or choose another directory"
+    )
+
+
+def _outside(link: Path, root: Path) -> str | None:
+    """Where ``link`` leads when it is a symlink resolving outside ``root``, else None."""
+    if not link.is_symlink():
+        return None
+    target = Path(os.path.realpath(link))
+    return None if target == root or root in target.parents else str(target)
+
+
+def check_paths(out: Path) -> None:
+    """ValueError when ``out`` breaks the path rules in this module's docstring."""
+    parts = out.parts
+    named = False
+    for part in parts:
+        if part == "..":
+            if named:
+                raise ValueError(
+                    f"output directory {str(out)!r} has a '..' after a named component; "
+                    f"expected a path without one (write {os.path.normpath(out)!r})"
+                )
+        elif part not in (".", out.anchor):
+            named = True
+    if not out.exists():
+        return
+    root = Path(os.path.realpath(out))
+    entries = [out / name for name in RUN_FILES]
+    ckpts = out / "checkpoints"
+    if ckpts.is_dir() and not ckpts.is_symlink():
+        for step in ckpts.iterdir():
+            entries.append(step)
+            if step.is_dir() and not step.is_symlink():
+                entries.extend(step.iterdir())
+    for entry in entries:
+        target = _outside(entry, root)
+        if target is not None:
+            raise ValueError(
+                f"{entry} is a symlink to {target}, outside the output directory {out}; "
+                "expected a file or folder inside it (a run writes and deletes there)"
+            )
+
+
+def _move_back(source: Path, out: Path) -> None:
+    for entry in sorted(source.iterdir()):
+        os.replace(entry, out / entry.name)
+    fsync_dir(out)
+    source.rmdir()
+    fsync_dir(out)
+
+
+def set_aside(out: Path) -> Path | None:
+    """Move the run in ``out`` into ``out/.replaced-run`` (None when it holds none)."""
+    found = existing_run(out)
+    if not found:
+        return None
+    filling = out / _FILLING
+    filling.mkdir()
+    for name in found:
+        os.replace(out / name, filling / name)
+    fsync_dir(out)
+    aside = out / REPLACED
+    os.replace(filling, aside)
+    fsync_dir(out)
+    logger.info(
+        "attnkit: --overwrite: the earlier run in %s is set aside in %s until the new run's "
+        "first checkpoint is complete",
+        out,
+        aside,
+    )
+    faults.point("after-set-aside")
+    return aside
+
+
+def discard_replaced(out: Path) -> None:
+    """Delete the set-aside old run (the new run has a complete checkpoint)."""
+    aside = out / REPLACED
+    if aside.exists():
+        shutil.rmtree(aside)
+        fsync_dir(out)
+        logger.info("attnkit: --overwrite: deleted the earlier run (the new run has a checkpoint)")
+
+
+def recover(out: Path, complete: Callable[[Path], bool]) -> None:
+    """Finish what a killed overwrite left: with the new run ``complete`` the old one is
+    deleted, else the new run's partial files go and the old run is moved back."""
+    filling, aside, restoring = out / _FILLING, out / REPLACED, out / _RESTORING
+    if filling.is_dir():  # killed while setting aside: nothing new was written yet
+        _move_back(filling, out)
+    if aside.is_dir():
+        if complete(out):
+            discard_replaced(out)
+        else:
+            for name in existing_run(out):  # the new run's files: it has nothing to resume
+                p = out / name
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+            os.replace(aside, restoring)
+            fsync_dir(out)
+            logger.warning(
+                "attnkit: the run that was to replace the one in %s ended before its first "
+                "checkpoint; the earlier run is back in place",
+                out,
+            )
+    if restoring.is_dir():
+        _move_back(restoring, out)
