@@ -61,11 +61,18 @@ def _skip_reason(longrepr: object) -> str:
     return str(longrepr)
 
 
+HOW_TO_RUN = {
+    "parity test": "pip install -c constraints.txt -e '.[test]' (the reference libraries) "
+    "and ../shared/data (the test corpus)",
+    "browser test": "apt-get install chromium, and the playwright package of the test extra",
+    "native-kernel test": "a C compiler (cc) on an x86-64 CPU with AVX2/FMA, ATTNKIT_NATIVE not 0",
+}
+
+
 def _ci_failure(kind: str, where: str, reason: str) -> str:
     return (
-        f"CI=true: {kind} {where} skipped ({reason}). {kind.capitalize()}s must run in CI: "
-        "install what the reason names (pip install -c constraints.txt -e '.[test]'; "
-        "apt-get install chromium), or run without CI set to allow the skip."
+        f"CI=true: {kind} {where} skipped ({reason}). {kind.capitalize()}s must run in CI; "
+        f"they need {HOW_TO_RUN[kind]}. Without CI set the skip is allowed."
     )
 
 
