@@ -584,3 +584,47 @@ def test_paths_leading_out_of_the_directory_are_refused(env, tmp_path, capsys):
     assert e.value.code == 2 and "'..' after a named component" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
     check_paths(Path("..") / "runs" / "x")
+
+
+def test_recover_finishes_each_interrupted_step_of_an_overwrite(tmp_path):
+    """The states a kill can leave between the renames of rundir.set_aside/recover, built by
+    hand: each is finished so that exactly one whole run is left."""
+    from attnkit.training import rundir
+
+    def old_run(out: Path) -> None:
+        (out / "checkpoints" / "step-000010").mkdir(parents=True)
+        (out / "checkpoints" / "step-000010" / "manifest.json").write_text("old")
+        (out / "run_config.json").write_text("old config")
+        (out / "metrics.jsonl").write_text("old rows")
+
+    def names(out: Path) -> dict[str, str]:
+        return {
+            str(p.relative_to(out)): p.read_text() for p in sorted(out.rglob("*")) if p.is_file()
+        }
+
+    # 1. killed while the old files were being moved into .replacing-run
+    out = tmp_path / "filling"
+    out.mkdir()
+    old_run(out)
+    want = names(out)
+    (out / ".replacing-run").mkdir()
+    (out / "checkpoints").rename(out / ".replacing-run" / "checkpoints")
+    rundir.recover(out, lambda o: pytest.fail("nothing new was written"))
+    assert names(out) == want and not (out / ".replacing-run").exists()
+    # 2. killed while the old files were being moved back from .restoring-run
+    (out / ".restoring-run").mkdir()
+    (out / "run_config.json").rename(out / ".restoring-run" / "run_config.json")
+    rundir.recover(out, lambda o: True)
+    assert names(out) == want and not (out / ".restoring-run").exists()
+    # 3. set aside, the new run wrote files but no checkpoint: the old run comes back
+    assert rundir.set_aside(out) == out / ".replaced-run"
+    assert rundir.existing_run(out) == []
+    (out / "run_config.json").write_text("new config")
+    (out / "checkpoints" / "step-000010").mkdir(parents=True)
+    rundir.recover(out, lambda o: False)
+    assert names(out) == want
+    # 4. the new run has a complete checkpoint: the old one is deleted, the new one kept
+    rundir.set_aside(out)
+    (out / "run_config.json").write_text("new config")
+    rundir.recover(out, lambda o: True)
+    assert names(out) == {"run_config.json": "new config"}

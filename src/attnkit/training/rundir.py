@@ -122,10 +122,10 @@ def check_paths(out: Path) -> None:
     root = Path(os.path.realpath(out))
     entries = [out / name for name in RUN_FILES]
     ckpts = out / "checkpoints"
-    if ckpts.is_dir() and not ckpts.is_symlink():
+    if ckpts.is_dir() and _outside(ckpts, root) is None:  # a symlink inside is followed
         for step in ckpts.iterdir():
             entries.append(step)
-            if step.is_dir() and not step.is_symlink():
+            if step.is_dir() and _outside(step, root) is None:
                 entries.extend(step.iterdir())
     for entry in entries:
         target = _outside(entry, root)
