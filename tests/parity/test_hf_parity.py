@@ -240,9 +240,10 @@ def test_hf_shape_mismatch_and_unsupported_configs_are_named(tmp_path):
         convert_from_hf(state, hf.config.to_dict(), tmp_path / "w.safetensors")
     with pytest.raises(
         CheckpointError,
-        match=r"model_type='t5' is not supported; expected one of \['bert', 'gpt2'\]",
+        match=r"model_type='xlnet' is not supported; expected one of "
+        r"\['bart', 'bert', 'gpt2', 'marian', 't5'\]",
     ):
-        convert_from_hf({}, {"model_type": "t5"})
+        convert_from_hf({}, {"model_type": "xlnet"})
     cfg = hf.config.to_dict()
     cfg["position_embedding_type"] = "relative_key"
     with pytest.raises(

@@ -281,7 +281,7 @@ def migrate(data: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str,
 def load_dir(directory: Path) -> tuple[ModelBase, dict[str, Any], Tokenizer | None]:
     """(model with its weights, meta dict, tokenizer or None) of an attnkit directory; the
     caller makes the :class:`~attnkit.models.meta.ModelMeta`."""
-    from attnkit.models import ModelConfig, build_model
+    from attnkit.models import build_model, config_from_dict
 
     cfg_path = directory / CONFIG_NAME
     data = read_json(cfg_path)
@@ -298,7 +298,7 @@ def load_dir(directory: Path) -> tuple[ModelBase, dict[str, Any], Tokenizer | No
         )
     model_dict, meta = migrate(data, cfg_path)
     try:
-        config = ModelConfig.from_dict(model_dict)
+        config = config_from_dict(model_dict)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{cfg_path}: bad model config: {e}") from e
     model = build_model(config)

@@ -16,7 +16,7 @@ from attnkit.attention.kv_cache import KVCache
 from attnkit.attention.module import MultiHeadAttention
 
 NORM_KINDS = ("layernorm", "rmsnorm")
-MLP_KINDS = ("gelu", "gelu_tanh", "relu", "relu2", "swiglu")
+MLP_KINDS = ("gelu", "gelu_tanh", "relu", "relu2", "silu", "swiglu")
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,15 +74,17 @@ def squared_relu(x: torch.Tensor) -> torch.Tensor:
 
 
 class MLP(nn.Module):
-    """C -> d_ff -> activation -> C. ``activation`` is gelu (erf), gelu_tanh, relu or relu2
-    (squared ReLU, So et al. 2021: about as good as GELU for small LMs and much cheaper on CPU,
-    where an erf/tanh GELU over (B, T, d_ff) costs as much as a tenth of a small model's step)."""
+    """C -> d_ff -> activation -> C. ``activation`` is gelu (erf), gelu_tanh, relu, silu (swish,
+    Marian's) or relu2 (squared ReLU, So et al. 2021: about as good as GELU for small LMs and much
+    cheaper on CPU, where an erf/tanh GELU over (B, T, d_ff) costs as much as a tenth of a small
+    model's step)."""
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", bias: bool = True):
         super().__init__()
-        if activation not in ("gelu", "gelu_tanh", "relu", "relu2"):
+        if activation not in ("gelu", "gelu_tanh", "relu", "relu2", "silu"):
             raise ValueError(
-                f"activation must be 'gelu', 'gelu_tanh', 'relu' or 'relu2', got {activation!r}"
+                f"activation must be 'gelu', 'gelu_tanh', 'relu', 'relu2' or 'silu', "
+                f"got {activation!r}"
             )
         self.activation = activation
         self.up = nn.Linear(d_model, d_ff, bias=bias)
@@ -94,6 +96,8 @@ class MLP(nn.Module):
             h = F.relu(h)
         elif self.activation == "relu2":
             h = squared_relu(h)
+        elif self.activation == "silu":
+            h = F.silu(h)
         else:
             h = F.gelu(h, approximate="tanh" if self.activation == "gelu_tanh" else "none")
         return self.down(h)  # (B, T, C)

@@ -7,7 +7,9 @@ is reported by name, with the file it came from. Keys in a map's ``ignore`` (buf
 copies, pre-training heads attnkit does not build) are skipped, and only those.
 
 Supported: ``model_type`` "bert" (BertModel, BertForMaskedLM, BertForSequenceClassification,
-sentence-transformers BERT models) and "gpt2" (GPT2Model, GPT2LMHeadModel).
+sentence-transformers BERT models) and "gpt2" (GPT2Model, GPT2LMHeadModel); the encoder-decoders
+"marian", "bart" and "t5" (their ForConditionalGeneration classes) through
+:mod:`attnkit.checkpoints.hf.seq2seq`.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from attnkit.checkpoints.format import (
     read_tensors,
     save_tensors,
 )
-from attnkit.checkpoints.hf import bert, gpt2
+from attnkit.checkpoints.hf import bart, bert, gpt2, marian, seq2seq, t5
 from attnkit.checkpoints.hf.keymap import ACTIVATIONS_TO_HF, Architecture
 from attnkit.models.common import ModelBase
+from attnkit.models.encdec import EncoderDecoder
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from tokenizers import Tokenizer
@@ -43,6 +46,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     a.model_type: a for a in (bert.ARCHITECTURE, gpt2.ARCHITECTURE)
 }
 _BY_ARCH = {a.arch: a.model_type for a in ARCHITECTURES.values()}
+SEQ2SEQ_ARCHITECTURES: dict[str, seq2seq.Seq2SeqArchitecture] = {
+    a.model_type: a for a in (marian.ARCHITECTURE, bart.ARCHITECTURE, t5.ARCHITECTURE)
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,10 +89,12 @@ def convert_from_hf(
 
     source = Path(source)
     model_type = hf_cfg.get("model_type")
+    if model_type in SEQ2SEQ_ARCHITECTURES:
+        return seq2seq.convert_from_hf(SEQ2SEQ_ARCHITECTURES[model_type], tensors, hf_cfg, source)
     if model_type not in ARCHITECTURES:
         raise CheckpointError(
             f"{source}: model_type={model_type!r} is not supported; expected one "
-            f"of {sorted(ARCHITECTURES)}"
+            f"of {sorted([*ARCHITECTURES, *SEQ2SEQ_ARCHITECTURES])}"
         )
     arch = ARCHITECTURES[model_type]
     keymap = arch.keymap
@@ -249,6 +257,9 @@ def load_hf_dir(directory: str | Path) -> tuple[ModelBase, dict[str, Any], Token
 # --------------------------------------------------------------------------------------------
 def to_hf_state_dict(model: ModelBase) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(HF tensors, HF config) for an attnkit model of an exportable layout."""
+    if isinstance(model, EncoderDecoder):
+        arch_s2s = seq2seq.architecture_for(SEQ2SEQ_ARCHITECTURES, model.config)
+        return seq2seq.to_hf_state_dict(arch_s2s, model)
     cfg = model.config
     model_type = _BY_ARCH[cfg.arch]
     arch = ARCHITECTURES[model_type]

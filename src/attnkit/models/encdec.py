@@ -1,0 +1,439 @@
+"""EncoderDecoder: the translation / summarisation transformer (Vaswani et al. 2017; Marian,
+BART and T5 are configurations of it, see :mod:`attnkit.models.encdec_config`).
+
+    source (B, S) -> embeddings -> N bidirectional blocks (padding masked) -> memory (B, S, C)
+    target (B, T) -> embeddings -> M blocks [causal self-attention, cross-attention to the
+                     memory, MLP] -> LM head -> logits (B, T, V)
+
+Every attention call goes through ``attnkit.attention.attention``: the self-attention layers are
+:class:`~attnkit.attention.module.MultiHeadAttention` (so variants, capture and the KV cache
+work as in GPT and BERT), cross-attention is
+:class:`~attnkit.models.encdec_layers.CrossAttention`.
+
+The calls follow Hugging Face's habits::
+
+    out = model(input_ids=src, attention_mask=src_mask, labels=tgt)   # decoder inputs made
+    out.loss, out.logits                                              # by shifting labels right
+
+Decoding encodes once and feeds the decoder a token (or a few) at a time; the cross-attention
+keys and values of the memory are computed once per source, in :meth:`EncoderDecoder.new_cache`::
+
+    memory = model.encode(src, src_mask)
+    cache = model.new_cache(memory, src_mask)
+    logits = model.decode_step(start_ids, cache)      # (B, 1, V); cache grows by one token
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnkit.attention.kv_cache import KVCache
+from attnkit.attention.module import MultiHeadAttention
+from attnkit.models.common import ModelBase, check_ids, valid_key_mask_from
+from attnkit.models.encdec_config import EncDecConfig
+from attnkit.models.encdec_layers import (
+    CrossAttention,
+    DecoderBlock,
+    RelativePositionBias,
+    StackEmbeddings,
+    make_kernel,
+)
+from attnkit.models.heads import LMHead
+from attnkit.models.layers import TransformerBlock, make_mlp, make_norm
+from attnkit.models.outputs import IGNORE_INDEX, ModelOutput
+
+__all__ = ["DecoderCache", "EncoderDecoder", "Seq2SeqOutput", "seq2seq_loss", "shift_right"]
+
+
+@dataclass
+class Seq2SeqOutput(ModelOutput):
+    """:class:`~attnkit.models.outputs.ModelOutput` (loss, logits (B, T, V), the decoder's final
+    hidden states (B, T, C)) plus the encoder's output (B, S, C)."""
+
+    encoder_hidden_states: Tensor | None = None
+
+
+@dataclass
+class DecoderCache:
+    """What decoding keeps between steps: one self-attention :class:`KVCache` per decoder
+    block, the cross-attention keys and values of the memory per block ((B, H, S, D) each,
+    computed once per source) and the source's valid-token mask (B, S) (None: no padding)."""
+
+    self_attn: list[KVCache]
+    cross: list[tuple[Tensor, Tensor]]
+    memory_mask: Tensor | None
+
+    @property
+    def length(self) -> int:
+        """Decoder tokens cached so far."""
+        return self.self_attn[0].length
+
+    @property
+    def batch_size(self) -> int:
+        return self.cross[0][0].shape[0]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep the rows ``index`` (B',) of every cache, in that order: beam search keeps its
+        surviving beams so, and ``index = arange(B).repeat_interleave(n)`` makes n rows of each."""
+        for c in self.self_attn:
+            if c.k is not None and c.v is not None:
+                c.k, c.v = c.k.index_select(0, index), c.v.index_select(0, index)
+        self.cross = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross]
+        if self.memory_mask is not None:
+            self.memory_mask = self.memory_mask.index_select(0, index)
+
+
+def seq2seq_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy of each position's logits (B, T, V) against its label (B, T) (the target
+    token, not shifted; IGNORE_INDEX (-100) takes no part): the mean over counted positions."""
+    B, T, V = logits.shape
+    if not isinstance(labels, Tensor) or labels.dtype.is_floating_point:
+        got = labels.dtype if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be an integer tensor (B, T), got {got}")
+    if tuple(labels.shape) != (B, T):
+        raise ValueError(
+            f"labels must have the decoder's shape (B, T) = {(B, T)}, got {tuple(labels.shape)}"
+        )
+    return F.cross_entropy(
+        logits.reshape(-1, V).float(),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        label_smoothing=label_smoothing,
+    )
+
+
+def shift_right(labels: Tensor, decoder_start_token_id: int, pad_token_id: int) -> Tensor:
+    """Decoder inputs for teacher forcing: the start token, then the labels but the last;
+    IGNORE_INDEX labels become the pad token (as HF's ``shift_tokens_right``)."""
+    if not isinstance(labels, Tensor) or labels.dim() != 2 or labels.dtype.is_floating_point:
+        got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be an integer tensor of shape (B, T), got {got}")
+    out = labels.new_full(labels.shape, decoder_start_token_id)  # (B, T)
+    out[:, 1:] = labels[:, :-1]
+    return out.masked_fill_(out == IGNORE_INDEX, pad_token_id)
+
+
+def _self_attention(cfg: EncDecConfig, causal: bool, relative, variant: str | None):
+    return MultiHeadAttention(
+        cfg.d_model,
+        cfg.n_heads,
+        causal=causal,
+        dropout=cfg.attn_dropout,
+        bias=cfg.bias,
+        backend=cfg.backend,
+        head_dim=cfg.head_dim,
+        variant=variant,
+        variant_params=dict(cfg.encoder_attention_params) if variant else None,
+        kernel=None if variant else make_kernel(cfg, relative),
+    )
+
+
+def _norm(cfg: EncDecConfig) -> nn.Module:
+    return make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, bias=cfg.bias)
+
+
+def _relative(cfg: EncDecConfig, bidirectional: bool) -> RelativePositionBias | None:
+    if cfg.positional != "relative":
+        return None
+    return RelativePositionBias(
+        cfg.n_heads, cfg.relative_buckets, cfg.relative_max_distance, bidirectional
+    )
+
+
+class Encoder(nn.Module):
+    """Embeddings, bidirectional blocks (:class:`TransformerBlock`), the final norm."""
+
+    def __init__(self, cfg: EncDecConfig):
+        super().__init__()
+        self.embed = StackEmbeddings(cfg)
+        self.rel_bias = _relative(cfg, bidirectional=True)
+        variant = None if cfg.encoder_attention == "exact" else cfg.encoder_attention
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                _self_attention(cfg, False, self.rel_bias, variant),
+                make_mlp(cfg.mlp, cfg.d_model, cfg.d_ff, bias=cfg.bias),
+                _norm(cfg),
+                _norm(cfg),
+                placement=cfg.norm_placement,
+                dropout=cfg.dropout,
+            )
+            for _ in range(cfg.n_encoder_layers)
+        )
+        self.norm = _norm(cfg) if cfg.final_norm else nn.Identity()
+        self.drop = nn.Dropout(cfg.dropout) if cfg.final_norm else nn.Identity()
+
+    def forward(self, input_ids: Tensor, valid_key_mask: Tensor | None) -> Tensor:
+        x = self.embed(input_ids)  # (B, S, C)
+        for block in self.blocks:
+            x = block(x, valid_key_mask=valid_key_mask)  # (B, S, C)
+        return self.drop(self.norm(x))
+
+
+class Decoder(nn.Module):
+    """Embeddings, :class:`DecoderBlock` s, the final norm."""
+
+    def __init__(self, cfg: EncDecConfig):
+        super().__init__()
+        self.embed = StackEmbeddings(cfg)
+        self.rel_bias = _relative(cfg, bidirectional=False)
+        self.blocks = nn.ModuleList(
+            DecoderBlock(
+                _self_attention(cfg, True, self.rel_bias, None),
+                CrossAttention(
+                    cfg.d_model,
+                    cfg.n_heads,
+                    cfg.head_dim,
+                    make_kernel(cfg, None),
+                    dropout=cfg.attn_dropout,
+                    bias=cfg.bias,
+                ),
+                make_mlp(cfg.mlp, cfg.d_model, cfg.d_ff, bias=cfg.bias),
+                (_norm(cfg), _norm(cfg), _norm(cfg)),
+                placement=cfg.norm_placement,
+                dropout=cfg.dropout,
+            )
+            for _ in range(cfg.n_decoder_layers)
+        )
+        self.norm = _norm(cfg) if cfg.final_norm else nn.Identity()
+        self.drop = nn.Dropout(cfg.dropout) if cfg.final_norm else nn.Identity()
+
+    def memory(self, states: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Each block's cross-attention keys and values of the encoder output (B, S, C)."""
+        return [cast(DecoderBlock, blk).cross_attn.memory(states) for blk in self.blocks]
+
+    def forward(
+        self,
+        ids: Tensor,
+        memory: list[tuple[Tensor, Tensor]],
+        memory_mask: Tensor | None,
+        valid_key_mask: Tensor | None,
+        caches: list[KVCache] | None,
+        past: int,
+    ) -> Tensor:
+        x = self.embed(ids, past=past)  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(
+                x,
+                memory[i],
+                memory_mask=memory_mask,
+                valid_key_mask=valid_key_mask,
+                cache=None if caches is None else caches[i],
+            )  # (B, T, C)
+        return self.drop(self.norm(x))
+
+
+class EncoderDecoder(ModelBase):
+    """An encoder-decoder transformer built from an :class:`EncDecConfig` (module docstring)."""
+
+    config: EncDecConfig  # type: ignore[assignment]
+
+    def __init__(self, config: EncDecConfig):
+        super().__init__()
+        if not isinstance(config, EncDecConfig):
+            raise TypeError(f"EncoderDecoder needs an EncDecConfig, got {type(config).__name__}")
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.lm_head = LMHead(config.d_model, config.vocab_size)
+        self.logits_bias = (
+            nn.Parameter(torch.zeros(1, config.vocab_size)) if config.logits_bias else None
+        )  # (1, V), HF's final_logits_bias
+        self.init_weights()
+        if config.share_embeddings:
+            self.decoder.embed.tok.weight = self.encoder.embed.tok.weight  # (V, C), shared
+        if config.tie_embeddings:
+            self.lm_head.proj.weight = self.decoder.embed.tok.weight  # (V, C), shared
+
+    # ---------------------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """ModelBase's initialisation (normal weights, residual projections scaled), normal
+        relative position tables, a zero logits bias."""
+        super().init_weights()
+        for stack in (self.encoder, self.decoder):
+            if stack.rel_bias is not None:
+                nn.init.normal_(stack.rel_bias.weight, 0.0, self.config.initializer_range)
+
+    def tied_keys(self) -> list[str]:
+        """state_dict keys that alias another key (not stored in checkpoints)."""
+        out = []
+        if self.decoder.embed.tok.weight is self.encoder.embed.tok.weight:
+            out.append("decoder.embed.tok.weight")
+        if self.lm_head.proj.weight is self.decoder.embed.tok.weight:
+            out.append("lm_head.proj.weight")
+        return out
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Distinct parameters (tied ones counted once); optionally without the token and
+        position embeddings."""
+        skip: set[int] = set()
+        if exclude_embeddings:
+            skip = {id(p) for s in (self.encoder, self.decoder) for p in s.embed.parameters()}
+        seen: dict[int, int] = {}
+        for p in self.parameters():
+            if id(p) not in skip:
+                seen[id(p)] = p.numel()
+        return sum(seen.values())
+
+    def flops_per_token(self, seq_len: int | None = None, training: bool = False) -> float:
+        """Estimated FLOPs of a forward pass per (source token, target token) pair, both
+        sequences ``seq_len`` long (default max_seq_len); x3 with ``training``. 2 FLOPs per
+        multiply-accumulate of every weight matrix (not the embedding look-ups), plus 4 * keys
+        * H * D per attention layer (the decoder's self-attention sees T/2 keys on average)."""
+        cfg = self.config
+        T = cfg.max_seq_len if seq_len is None else seq_len
+        matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        width = cfg.n_heads * cfg.head_dim
+        attn = 4 * width * (T * cfg.n_encoder_layers + (T / 2 + T) * cfg.n_decoder_layers)
+        fwd = 2 * matmul + attn
+        return float(3 * fwd if training else fwd)
+
+    # ---------------------------------------------------------------------------------------
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Source ids (B, S) -> the encoder's output (B, S, C). attention_mask (B, S), 1 = real
+        token (padded positions' outputs are not meaningful; nothing attends to them)."""
+        cfg = self.config
+        check_ids("input_ids", input_ids, cfg.vocab_size)
+        B, S = input_ids.shape
+        self._check_length("source", S)
+        return self.encoder(input_ids, valid_key_mask_from(attention_mask, (B, S)))
+
+    def new_cache(
+        self,
+        encoder_states: Tensor,
+        attention_mask: Tensor | None = None,
+        max_len: int | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> DecoderCache:
+        """An empty decoding cache for the memory ``encoder_states`` (B, S, C) of sources with
+        ``attention_mask`` (B, S): each decoder block's cross-attention keys and values are
+        computed here, once. ``max_len`` and ``dtype`` are the self-attention caches'."""
+        B, S = self._check_memory(encoder_states)
+        return DecoderCache(
+            self_attn=KVCache.for_layers(self.config.n_decoder_layers, max_len, dtype),
+            cross=self.decoder.memory(encoder_states),
+            memory_mask=valid_key_mask_from(attention_mask, (B, S)),
+        )
+
+    def decode(
+        self,
+        decoder_input_ids: Tensor,
+        encoder_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        decoder_attention_mask: Tensor | None = None,
+        cache: DecoderCache | None = None,
+    ) -> Tensor:
+        """Decoder ids (B, T) -> the decoder's final hidden states (B, T, C).
+
+        Without a cache, ``encoder_states`` (B, S, C) and the source ``attention_mask`` (B, S)
+        are attended to; with one (:meth:`new_cache`), its memory is, the ids continue the
+        cached tokens and are added to the cache. ``decoder_attention_mask`` (B, Tk), 1 = real
+        token, covers the cached tokens too (Tk = cache.length + T).
+        """
+        cfg = self.config
+        check_ids("decoder_input_ids", decoder_input_ids, cfg.vocab_size)
+        B, T = decoder_input_ids.shape
+        if cache is None:
+            if encoder_states is None:
+                raise ValueError("decode needs encoder_states (B, S, C) or a cache; got neither")
+            _, S = self._check_memory(encoder_states)
+            memory = self.decoder.memory(encoder_states)
+            memory_mask = valid_key_mask_from(attention_mask, (encoder_states.shape[0], S))
+            caches, past = None, 0
+        else:
+            if not isinstance(cache, DecoderCache):
+                raise TypeError(
+                    f"cache must be a DecoderCache (model.new_cache()), got {type(cache).__name__}"
+                )
+            memory, memory_mask = cache.cross, cache.memory_mask
+            caches, past = cache.self_attn, cache.length
+        if memory[0][0].shape[0] != B:
+            raise ValueError(
+                f"decoder_input_ids have batch size {B} but the memory has "
+                f"{memory[0][0].shape[0]}; expected the same"
+            )
+        self._check_length("target", past + T)
+        vkm = valid_key_mask_from(decoder_attention_mask, (B, past + T))
+        return self.decoder(decoder_input_ids, memory, memory_mask, vkm, caches, past)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """The decoder's final hidden states (B, T, C) -> logits (B, T, V)."""
+        if self.config.scale_decoder_output:
+            hidden = hidden * self.config.d_model**-0.5
+        out = self.lm_head(hidden)  # (B, T, V)
+        return out if self.logits_bias is None else out + self.logits_bias
+
+    def decode_step(
+        self,
+        decoder_input_ids: Tensor,
+        cache: DecoderCache,
+        decoder_attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """The next tokens (B, T) (T = 1 in greedy decoding) -> their logits (B, T, V); the
+        cache grows by T tokens."""
+        h = self.decode(
+            decoder_input_ids, cache=cache, decoder_attention_mask=decoder_attention_mask
+        )
+        return self.logits(h)
+
+    def shift_right(self, labels: Tensor) -> Tensor:
+        """Decoder inputs for ``labels`` (B, T): :func:`shift_right` with this config's start
+        and pad tokens."""
+        cfg = self.config
+        return shift_right(labels, cfg.decoder_start_token_id, cfg.pad_token_id)
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        decoder_input_ids: Tensor | None = None,
+        decoder_attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        encoder_states: Tensor | None = None,
+    ) -> Seq2SeqOutput:
+        """Teacher-forced logits (B, T, V) and, with ``labels`` (B, T) (the target ids, -100
+        ignored), the mean cross-entropy. Without ``decoder_input_ids`` they are the labels
+        shifted right behind ``decoder_start_token_id``. ``encoder_states`` (B, S, C) replace
+        the encoding of ``input_ids`` (encode once, decode several targets)."""
+        if encoder_states is None:
+            if input_ids is None:
+                raise ValueError("give input_ids (B, S) or encoder_states (B, S, C); got neither")
+            encoder_states = self.encode(input_ids, attention_mask)
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError(
+                    "give decoder_input_ids (B, T) or labels (B, T) to make them from; got neither"
+                )
+            decoder_input_ids = self.shift_right(labels)
+        h = self.decode(
+            decoder_input_ids,
+            encoder_states,
+            attention_mask,
+            decoder_attention_mask=decoder_attention_mask,
+        )  # (B, T, C)
+        logits = self.logits(h)  # (B, T, V)
+        loss = None if labels is None else seq2seq_loss(logits, labels)
+        return Seq2SeqOutput(
+            loss=loss, logits=logits, hidden_states=h, encoder_hidden_states=encoder_states
+        )
+
+    # ---------------------------------------------------------------------------------------
+    def _check_length(self, what: str, n: int) -> None:
+        cfg = self.config
+        if n > cfg.max_seq_len and cfg.positional in ("learned", "sinusoidal"):
+            raise ValueError(
+                f"{what} of {n} tokens exceeds max_seq_len={cfg.max_seq_len} "
+                f"(positional={cfg.positional!r})"
+            )
+
+    def _check_memory(self, states: Tensor) -> tuple[int, int]:
+        C = self.config.d_model
+        if not isinstance(states, Tensor) or states.dim() != 3 or states.shape[-1] != C:
+            got = tuple(states.shape) if isinstance(states, Tensor) else type(states).__name__
+            raise ValueError(f"encoder_states must be (B, S, d_model={C}), got {got}")
+        return states.shape[0], states.shape[1]
