@@ -316,6 +316,14 @@ def test_encoder_variant_runs_and_local_covering_all_keys_is_exact():
         a = exact(src, mask, decoder_input_ids=dec).logits
         b = local.eval()(src, mask, decoder_input_ids=dec).logits
     assert (a - b).abs().max().item() < 1e-10  # one block of 64 covers every key
+    # the same through attention surgery on the encoder's layers (the kernel seam)
+    from attnkit.surgery import swap_attention
+
+    swapped = swap_attention(exact, "local", layers=range(cfg.n_encoder_layers), block_size=64)
+    assert swapped.meta.swaps[0].layers == tuple(range(cfg.n_encoder_layers))
+    with torch.no_grad():
+        c = swapped(src, mask, decoder_input_ids=dec).logits
+    assert (a - c).abs().max().item() < 1e-10
     performer = EncoderDecoder(
         cfg.replace(encoder_attention="performer", encoder_attention_params={"nb_features": 16})
     ).eval()
