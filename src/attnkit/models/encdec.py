@@ -79,10 +79,18 @@ class DecoderCache:
 
     def reorder(self, index: Tensor) -> None:
         """Keep the rows ``index`` (B',) of every cache, in that order: beam search keeps its
-        surviving beams so, and ``index = arange(B).repeat_interleave(n)`` makes n rows of each."""
+        surviving beams so, and ``index = arange(B).repeat_interleave(n)`` makes n rows of each.
+        The self-attention caches are replaced by new ones holding the chosen rows."""
+        fresh = []
         for c in self.self_attn:
-            if c.k is not None and c.v is not None:
-                c.k, c.v = c.k.index_select(0, index), c.v.index_select(0, index)
+            new = KVCache(c.max_len, c.dtype)
+            if c.length and c.k is not None and c.v is not None:
+                n = c.length
+                new.update(
+                    c.k[:, :, :n].index_select(0, index), c.v[:, :, :n].index_select(0, index)
+                )
+            fresh.append(new)
+        self.self_attn = fresh
         self.cross = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross]
         if self.memory_mask is not None:
             self.memory_mask = self.memory_mask.index_select(0, index)
