@@ -66,7 +66,7 @@ class DecoderCache:
 
     self_attn: list[KVCache]
     cross: list[tuple[Tensor, Tensor]]
-    memory_mask: Tensor | None
+    source_valid_mask: Tensor | None
 
     @property
     def length(self) -> int:
@@ -92,8 +92,8 @@ class DecoderCache:
             fresh.append(new)
         self.self_attn = fresh
         self.cross = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross]
-        if self.memory_mask is not None:
-            self.memory_mask = self.memory_mask.index_select(0, index)
+        if self.source_valid_mask is not None:
+            self.source_valid_mask = self.source_valid_mask.index_select(0, index)
 
 
 def seq2seq_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -218,7 +218,7 @@ class Decoder(nn.Module):
         self,
         ids: Tensor,
         memory: list[tuple[Tensor, Tensor]],
-        memory_mask: Tensor | None,
+        source_valid_mask: Tensor | None,
         valid_key_mask: Tensor | None,
         caches: list[KVCache] | None,
         past: int,
@@ -228,7 +228,7 @@ class Decoder(nn.Module):
             x = block(
                 x,
                 memory[i],
-                memory_mask=memory_mask,
+                source_valid_mask=source_valid_mask,
                 valid_key_mask=valid_key_mask,
                 cache=None if caches is None else caches[i],
             )  # (B, T, C)
@@ -324,7 +324,7 @@ class EncoderDecoder(ModelBase):
         return DecoderCache(
             self_attn=KVCache.for_layers(self.config.n_decoder_layers, max_len, dtype),
             cross=self.decoder.memory(encoder_states),
-            memory_mask=valid_key_mask_from(attention_mask, (B, S)),
+            source_valid_mask=valid_key_mask_from(attention_mask, (B, S)),
         )
 
     def decode(
@@ -351,14 +351,14 @@ class EncoderDecoder(ModelBase):
                 raise ValueError("decode needs encoder_states (B, S, C) or a cache; got neither")
             _, S = self._check_memory(encoder_states)
             memory = self.decoder.memory(encoder_states)
-            memory_mask = valid_key_mask_from(attention_mask, (encoder_states.shape[0], S))
+            source_valid_mask = valid_key_mask_from(attention_mask, (encoder_states.shape[0], S))
             caches, past = None, 0
         else:
             if not isinstance(cache, DecoderCache):
                 raise TypeError(
                     f"cache must be a DecoderCache (model.new_cache()), got {type(cache).__name__}"
                 )
-            memory, memory_mask = cache.cross, cache.memory_mask
+            memory, source_valid_mask = cache.cross, cache.source_valid_mask
             caches, past = cache.self_attn, cache.length
         if memory[0][0].shape[0] != B:
             raise ValueError(
@@ -367,7 +367,7 @@ class EncoderDecoder(ModelBase):
             )
         self._check_length("target", past + T)
         vkm = valid_key_mask_from(decoder_attention_mask, (B, past + T))
-        return self.decoder(decoder_input_ids, memory, memory_mask, vkm, caches, past)
+        return self.decoder(decoder_input_ids, memory, source_valid_mask, vkm, caches, past)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """The decoder's final hidden states (B, T, C) -> logits (B, T, V)."""

@@ -282,11 +282,11 @@ class DecoderBlock(nn.Module):
         x: Tensor,
         memory: tuple[Tensor, Tensor],
         *,
-        memory_mask: Tensor | None = None,
+        source_valid_mask: Tensor | None = None,
         valid_key_mask: Tensor | None = None,
         cache: KVCache | None = None,
     ) -> Tensor:
-        """x (B, T, C); memory: this block's (k, v) of the encoder output; memory_mask (B, S)
+        """x (B, T, C); memory: this block's (k, v) of the encoder output; source_valid_mask (B, S)
         True = real source token; valid_key_mask (B, Tk) over the decoder's own tokens (cached
         ones included); cache: this block's self-attention KV cache."""
         k, v = memory
@@ -296,11 +296,11 @@ class DecoderBlock(nn.Module):
 
         if self.placement == "pre":
             x = x + attend(self.norm1(x))  # (B, T, C)
-            x = x + self.cross_attn(self.norm2(x), k, v, memory_mask)
+            x = x + self.cross_attn(self.norm2(x), k, v, source_valid_mask)
             x = x + self.dropout(self.mlp(self.norm3(x)))
         else:
             x = self.norm1(x + attend(x))  # (B, T, C)
-            x = self.norm2(x + self.cross_attn(x, k, v, memory_mask))
+            x = self.norm2(x + self.cross_attn(x, k, v, source_valid_mask))
             x = self.norm3(x + self.dropout(self.mlp(x)))
         return x
 
