@@ -20,6 +20,8 @@ import os
 from collections import defaultdict
 
 from hypothesis import HealthCheck, settings
+from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers.processors import TemplateProcessing
 
 SLOW = os.environ.get("ATTNKIT_FUZZ_PROFILE", "default") == "slow"
 SCALE = 20 if SLOW else 1
@@ -52,3 +54,18 @@ def record(surface: str, outcome: str) -> None:
 def one_line(message: str) -> bool:
     """A clear error message: not empty, one line."""
     return bool(message.strip()) and "\n" not in message.strip()
+
+
+CHARS = "abcdefghijklmnopqrstuvwxyz .,:;!?'\n"
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *CHARS]
+
+
+def char_tokenizer(specials: bool) -> Tokenizer:
+    """One token per character of CHARS; with ``specials``, [CLS] text [SEP] (for BERT)."""
+    tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(VOCAB)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    if specials:
+        tok.post_processor = TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        )
+    return tok

@@ -297,7 +297,7 @@ def run(q, k, v, kw):
 
 
 @given(calls())
-@fuzz_settings(150)
+@fuzz_settings(300)
 def test_attention_refuses_bad_arguments_and_computes_good_ones(call):
     shapes, kw, corruption, seed = call
     q, k, v, kw = build(shapes, kw, corruption, seed)

@@ -18,29 +18,13 @@ import math
 
 import pytest
 import torch
-from _fuzz import fuzz_settings, one_line, record
+from _fuzz import CHARS, VOCAB, char_tokenizer, fuzz_settings, one_line, record
 from hypothesis import given
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, models, pre_tokenizers
 
 from attnkit import Encoder
 from attnkit.generation import generate
 from attnkit.models import build_model, get_preset
-
-CHARS = "abcdefghijklmnopqrstuvwxyz .,:;!?'\n"
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *CHARS]
-
-
-def char_tokenizer(specials: bool) -> Tokenizer:
-    tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(VOCAB)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    if specials:
-        from tokenizers.processors import TemplateProcessing
-
-        tok.post_processor = TemplateProcessing(
-            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-        )
-    return tok
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +125,7 @@ def generate_calls(draw):
 
 
 @given(generate_calls())
-@fuzz_settings(150)
+@fuzz_settings(80)
 def test_generate(gpt, call):
     kw, bad = call
     prompt, max_new = kw.pop("prompt"), kw.pop("max_new_tokens")
@@ -178,7 +162,7 @@ BAD_TEXTS = st.one_of(
     normalize=st.booleans(),
     convert_to=mostly(st.sampled_from(["numpy", "torch"]), ["list", None, 1]),
 )
-@fuzz_settings(150)
+@fuzz_settings(80)
 def test_encode(encoder, texts, batch_size, normalize, convert_to):
     try:
         out = encoder.encode(

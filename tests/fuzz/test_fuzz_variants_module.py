@@ -113,7 +113,7 @@ FORWARD_BAD = [
     with_vkm=st.booleans(),
     bad=st.sampled_from(FORWARD_BAD),
 )
-@fuzz_settings(150)
+@fuzz_settings(100)
 def test_variant_forward(name, B, Hkv, rep, T, D, dtype, causal, with_vkm, bad):
     small = {"bigbird": {"block_size": 4}, "local": {"block_size": 4}, "lsh": {"chunk_size": 4}}
     kernel = variants.get(name, **small.get(name, {}))
@@ -222,7 +222,7 @@ def mha_kwargs(draw):
 
 
 @given(mha_kwargs())
-@fuzz_settings(200)
+@fuzz_settings(100)
 def test_multihead_attention_construction(kw):
     try:
         layer = MultiHeadAttention(**kw)
@@ -265,7 +265,7 @@ FORWARD_INPUTS = [
     use_cache=st.booleans(),
     bad=st.sampled_from(FORWARD_INPUTS),
 )
-@fuzz_settings(150)
+@fuzz_settings(100)
 def test_multihead_attention_forward(causal, positional, backend, B, T, use_cache, bad):
     layer = MultiHeadAttention(
         16, 4, n_kv_heads=2, causal=causal, positional=positional, backend=backend

@@ -206,7 +206,7 @@ def _failing_row(name: str) -> tuple[Command, ...]:
         ("type_error", 2, ["weights must be a Tensor, got list"]),
         ("missing_extra", 1, ["attnkit_no_such_package", "pip install 'attnkit[viz]'"]),
         ("missing_matplotlib", 1, ["matplotlib", "pip install 'attnkit[viz]'"]),
-        ("missing_file", 1, ["/no/such/dir/data.txt", "No such file or directory"]),
+        ("missing_file", 2, ["/no/such/dir/data.txt", "No such file or directory"]),
         ("crashes", 1, ["RuntimeError: something broke", "ATTNKIT_DEBUG=1"]),
     ],
 )

@@ -6,9 +6,9 @@ A command's module is imported only when that command runs, so ``attnkit version
 pay for the benchmarks, and a command whose module is missing or broken does not take the
 others down. Adding a command is adding a row and its module under ``attnkit/cli/``.
 
-Failures are one line on stderr (``attnkit: error: ...``): bad input exits 2, a missing
-optional package (naming the extra to install), a missing file or any other failure 1, Ctrl-C
-130 and a closed pipe 141. ``ATTNKIT_DEBUG=1`` shows the traceback instead.
+Failures are one line on stderr (``attnkit: error: ...``): bad input (a missing input file
+included) exits 2, a missing optional package (naming the extra to install) or any other
+failure 1, Ctrl-C 130 and a closed pipe 141. ``ATTNKIT_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations

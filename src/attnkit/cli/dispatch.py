@@ -14,7 +14,10 @@ raised                                    printed                               
 bad options, :class:`UsageError`,         ``attnkit: error: <message>``                  2
 ``ValueError``, ``TypeError``
 a missing optional package                ``attnkit: error: ... pip install 'attnkit[X]'``  1
-``FileNotFoundError`` (any ``OSError``)   ``attnkit: error: <file>: <reason>``           1
+a path that is not there or not of its    ``attnkit: error: <file>: <reason>``           2
+kind (``FileNotFoundError``,
+``NotADirectoryError``, ``IsADirectoryError``)
+any other ``OSError`` (permissions, disk)  ``attnkit: error: <file>: <reason>``           1
 ``KeyboardInterrupt`` (Ctrl-C)            ``attnkit: interrupted``                       130
 ``BrokenPipeError`` (``... | head -1``)   nothing                                        141
 anything else                             ``attnkit: error: <Type>: <message>``          1
@@ -245,7 +248,8 @@ def _report(e: BaseException) -> NoReturn:
         fail(f"{e}; expected it installed (pip install {package or 'it'})", FAILURE)
     if isinstance(e, OSError):
         where = f"{e.filename}: " if e.filename is not None else ""
-        fail(f"{where}{e.strerror or e}", FAILURE)
+        bad_path = isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError))
+        fail(f"{where}{e.strerror or e}", USAGE_ERROR if bad_path else FAILURE)
     fail(f"{type(e).__name__}: {e} (ATTNKIT_DEBUG=1 shows the traceback)", FAILURE)
 
 

@@ -73,6 +73,13 @@ def explain_command(args: argparse.Namespace) -> int:
         raise UsageError("--device 'cuda' was given but CUDA is not available here; expected 'cpu'")
     kv_len = args.kv_len or args.seq_len
     kv_heads = args.kv_heads or args.heads
+    for what, n in (
+        ("--batch x --heads x --seq-len x --head-dim", args.batch * args.heads * args.seq_len),
+        ("--batch x --kv-heads x --kv-len x --head-dim", args.batch * kv_heads * kv_len),
+        ("--batch x --seq-len x --kv-len", args.batch * args.seq_len * kv_len),
+    ):
+        if n * (args.head_dim if "head-dim" in what else 1) >= 2**62:
+            raise UsageError(f"{what} is too large for a tensor (over 2**62 elements)")
     # CPU plans are made on the meta device: shapes and dtypes only, nothing is allocated.
     device = torch.device("meta" if args.device == "cpu" else args.device)
     dtype = getattr(torch, args.dtype)

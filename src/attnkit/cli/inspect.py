@@ -16,6 +16,11 @@ Writes into ``--out``:
 
 and prints the flagged heads. ``--timing`` also times the plain forward pass against the
 forward pass with every layer captured.
+
+A text of more tokens than the model has positions (``max_seq_len``) is refused with one line
+naming both counts; ``--truncate`` keeps its first ``max_seq_len`` tokens instead. Attention
+maps that hold NaN or inf (a checkpoint with non-finite weights) are refused too: nothing is
+written.
 """
 
 from __future__ import annotations
@@ -63,9 +68,18 @@ def inspect_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rounds", type=positive_int, default=7, help="timing rounds (default: 7)")
     parser.add_argument("--title", default=None, help="title of the viewer page")
+    parser.add_argument(
+        "--truncate",
+        action="store_true",
+        help="keep the first max_seq_len tokens of a longer text (default: refuse it)",
+    )
 
 
-def _tokenize(model: ModelBase, text: str) -> tuple[torch.Tensor, list[str]]:
+def _tokenize(
+    model: ModelBase, text: str, truncate: bool = False
+) -> tuple[torch.Tensor, list[str]]:
+    """The text's token ids (1, T) and tokens. A text of more tokens than the model has
+    positions is refused, or cut to its first max_seq_len tokens with ``truncate``."""
     import torch
 
     tok = model.meta.tokenizer
@@ -79,6 +93,11 @@ def _tokenize(model: ModelBase, text: str) -> tuple[torch.Tensor, list[str]]:
     ids, tokens = list(enc.ids), list(enc.tokens)
     limit = model.config.max_seq_len
     if len(ids) > limit:
+        if not truncate:
+            raise UsageError(
+                f"--text is {len(ids)} tokens long, more than the model's {limit} positions "
+                f"(max_seq_len); shorten it, or pass --truncate to keep the first {limit} tokens"
+            )
         ids, tokens = ids[:limit], tokens[:limit]
     if not ids:
         raise UsageError(f"--text {text!r} gives no tokens")
@@ -97,7 +116,7 @@ def inspect_command(args: argparse.Namespace) -> int:
     from attnkit.inspect.html import write_viewer
 
     model = attnkit.load(args.model)
-    input_ids, tokens = _tokenize(model, args.text)
+    input_ids, tokens = _tokenize(model, args.text, args.truncate)
     n_layers = len(attention_layers(model))
     n_heads = model.config.n_heads
     with (
@@ -106,6 +125,12 @@ def inspect_command(args: argparse.Namespace) -> int:
     ):
         model(input_ids)
     weights = [w.float() for w in maps.stacked(0)]  # one (H, T, T) per captured layer
+    for layer, w in zip(maps.layers, weights):
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError(
+                f"--model {args.model!r}: the attention maps of layer {layer} hold NaN or inf "
+                f"(the checkpoint's weights are not finite); expected finite maps, wrote nothing"
+            )
     rows = stats.head_stats(maps)
     everything = maps.layers == list(range(n_layers)) and maps.heads == list(range(n_heads))
     roll = stats.rollout(weights) if everything else None

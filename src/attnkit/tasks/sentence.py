@@ -251,15 +251,21 @@ def iter_texts(args_texts: Iterable[str], file: str | None, stdin: Iterable[str]
     if texts:
         return iter(texts)
     if file is not None:
-        return _nonblank_lines(open(file, encoding="utf-8"), close=True)
-    return _nonblank_lines(stdin, close=False)
+        return _nonblank_lines(open(file, encoding="utf-8"), close=True, source=str(file))
+    return _nonblank_lines(stdin, close=False, source="stdin")
 
 
-def _nonblank_lines(lines: Iterable[str], close: bool) -> Iterator[str]:
+def _nonblank_lines(lines: Iterable[str], close: bool, source: str) -> Iterator[str]:
     try:
-        for line in lines:
-            if line.strip():
-                yield line.rstrip("\n")
+        try:
+            for line in lines:
+                if line.strip():
+                    yield line.rstrip("\n")
+        except UnicodeDecodeError as e:  # a ValueError: one line naming the source
+            raise ValueError(
+                f"{source}: holds bytes that are not UTF-8 ({e.object[e.start : e.start + 1]!r}); "
+                f"expected UTF-8 text"
+            ) from None
     finally:
         if close and hasattr(lines, "close"):
             lines.close()
