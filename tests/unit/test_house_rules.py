@@ -20,7 +20,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "attnkit"
 
 # DESIGN rule 4: _util < attention, positional < models < checkpoints < text <
-# training, generation, tasks, inspect, surgery < bench < cli; native sits on _util alone.
+# training, generation, tasks, inspect, surgery < bench, evaluation < cli; native sits
+# on _util alone.
 # One refinement: positional sits below attention, since the attention layer applies RoPE and
 # ALiBi (it takes positions from positional, which imports nothing of attnkit's).
 FLOORS = {
@@ -37,6 +38,7 @@ FLOORS = {
     "inspect": 6,
     "surgery": 6,
     "bench": 7,
+    "evaluation": 7,  # scores of a trained model: on models, text, tasks and training
     "cli": 8,
 }
 # what a package on a floor may import besides the floors below it

@@ -113,6 +113,24 @@ COMMANDS: tuple[Command, ...] = (
         "attention maps, head statistics, rollout, heatmaps and an HTML viewer for a text",
     ),
     Command(
+        "eval perplexity",
+        "attnkit.cli.eval:perplexity_command",
+        "attnkit.cli.eval:perplexity_arguments",
+        "perplexity of a GPT on a text file or corpus split, in training's windows (JSON)",
+    ),
+    Command(
+        "eval classification",
+        "attnkit.cli.eval:classification_command",
+        "attnkit.cli.eval:classification_arguments",
+        "accuracy, macro-F1 and confusion matrix of a classifier on a labelled file (JSON)",
+    ),
+    Command(
+        "eval sts",
+        "attnkit.cli.eval:sts_command",
+        "attnkit.cli.eval:sts_arguments",
+        "Spearman correlation of an encoder's cosine similarities on scored pairs (JSON)",
+    ),
+    Command(
         "explain",
         "attnkit.cli.explain:explain_command",
         "attnkit.cli.explain:explain_arguments",
