@@ -425,3 +425,13 @@ def test_bad_calls_are_named():
         model.new_cache(torch.zeros(2, 3))
     with pytest.raises(TypeError, match="cache must be a DecoderCache"):
         model.decode(dec, cache=[])
+
+
+def test_flops_per_token_counts_weights_and_attention_by_hand():
+    model = EncoderDecoder(CONFIGS["bart"])  # C = H*D = 32, d_ff 40, V 53, 2 + 3 layers
+    enc = 3 * 32 * 32 + 32 * 32 + 2 * 40 * 32  # qkv, out, MLP
+    dec = 4 * 32 * 32 + (32 + 64 + 32) * 32 + 2 * 40 * 32  # self, cross (q, kv, out), MLP
+    matmul = 2 * enc + 3 * dec + 53 * 32  # + the (tied) LM head, once
+    attn = 4 * 32 * (10 * 2 + (10 / 2 + 10) * 3)  # encoder keys, decoder self + cross keys
+    assert model.flops_per_token(seq_len=10) == 2 * matmul + attn
+    assert model.flops_per_token(seq_len=10, training=True) == 3 * (2 * matmul + attn)
