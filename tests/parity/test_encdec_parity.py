@@ -218,3 +218,33 @@ def test_unsupported_hf_layouts_are_named():
     cfg["decoder_ffn_dim"] = 64
     with pytest.raises(CheckpointError, match="encoder_ffn_dim=48 and decoder_ffn_dim=64"):
         convert_from_hf(bad.state_dict(), cfg)
+
+
+def test_t5_without_output_scaling_converts(tmp_path):
+    """``tie_word_embeddings=False`` (T5 v1.1's configs): no d_model^-0.5 before the head."""
+    hf = transformers.T5ForConditionalGeneration(
+        transformers.T5Config(
+            vocab_size=VOCAB,
+            d_model=32,
+            d_kv=8,
+            d_ff=48,
+            num_layers=2,
+            num_heads=4,
+            decoder_start_token_id=0,
+            tie_word_embeddings=False,
+        )
+    ).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0.0, 0.3)
+    ours = convert_from_hf(hf.state_dict(), hf.config.to_dict()).eval()
+    assert not ours.config.scale_decoder_output
+    src, mask, labels = batch(hf)
+    with torch.no_grad():
+        ref = hf(input_ids=src, attention_mask=mask, labels=labels).logits
+        got = ours(input_ids=src, attention_mask=mask, labels=labels).logits
+    assert ref.abs().max().item() > 1.0
+    assert (got - ref).abs().max().item() <= TOL
+    with pytest.raises(ValueError, match="scale_decoder_output"):
+        export_hf(ours, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -169,11 +169,8 @@ def bart_like_to_hf(cfg: EncDecConfig, model_type: str, hf_class: str) -> dict[s
 
 
 def config_from_hf(hf: Mapping[str, Any], path: Path) -> EncDecConfig:
-    if hf.get("normalize_before") or hf.get("add_final_layer_norm"):
-        raise CheckpointError(
-            f"{path}: a pre-norm BART (normalize_before/add_final_layer_norm) is not "
-            f"supported; expected post-norm"
-        )
+    # keys of older BART configs that HF's BART no longer reads (normalize_before,
+    # add_final_layer_norm, ...) are ignored here too: HF's BART is always this layout
     return EncDecConfig(
         **bart_like(hf, path), positional="learned", position_offset=2, embed_norm=True
     )

@@ -27,6 +27,7 @@ from attnkit.checkpoints.format import (
     CONFIG_NAME,
     CheckpointError,
     check_and_load,
+    check_tokenizer_fits,
     key_mismatch,
     load_tokenizer,
     read_json,
@@ -55,6 +56,8 @@ SEQ2SEQ_ARCHITECTURES: dict[str, seq2seq.Seq2SeqArchitecture] = {
 # HF -> attnkit
 # --------------------------------------------------------------------------------------------
 def _find_weights(directory: Path) -> Path:
+    """model.safetensors, else pytorch_model.bin (read only with ``weights_only=True``: a
+    pickle holding anything but tensors is refused unrun, asking for safetensors)."""
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (directory / name).is_file():
             return directory / name
@@ -113,7 +116,8 @@ def convert_from_hf(
         raise CheckpointError(f"{source}: config cannot be converted: {e}") from e
     if pooling is not None:
         cfg = cfg.replace(pooling=pooling)
-    model = build_model(cfg)
+    with torch.device("meta"):  # the shapes the config implies, checked before allocating
+        shapes = build_model(cfg)
     backbone = keymap.backbone_rules(cfg.n_layer, has_pooler)
     rules = backbone + keymap.head_rules(head)
     in_backbone = {n for r in backbone for n in r.hf_names}
@@ -123,8 +127,8 @@ def convert_from_hf(
             return original[n]
         return keymap.prefix + n if uses_prefix and n in in_backbone else n
 
-    own = model.state_dict()
-    tied = set(model.tied_keys())
+    own = shapes.state_dict()
+    tied = set(shapes.tied_keys())
     ours: dict[str, torch.Tensor] = {}
     used: set[str] = set()
     missing: list[str] = []
@@ -163,6 +167,7 @@ def convert_from_hf(
             f"{keymap.hf_class.get(head, model_type)}"
         )
     # shapes, dtypes and completeness are checked before anything is copied
+    model = build_model(cfg)
     check_and_load(
         model,
         {k: v.float() if v.is_floating_point() else v for k, v in ours.items()},
@@ -249,7 +254,18 @@ def load_hf_dir(directory: str | Path) -> tuple[ModelBase, dict[str, Any], Token
     if "normalize" in sentence:
         meta["normalize"] = sentence["normalize"]
     max_len = meta.get("max_length") or model.config.max_seq_len
-    return model, meta, load_hf_tokenizer(directory, max_len)
+    tokenizer = load_hf_tokenizer(directory, max_len)
+    if tokenizer is not None:
+        check_tokenizer_fits(tokenizer, model.config.vocab_size, _tokenizer_file(directory))
+    return model, meta, tokenizer
+
+
+def _tokenizer_file(directory: Path) -> Path:
+    """The file :func:`load_hf_tokenizer` read the tokenizer from (for messages)."""
+    for name in ("tokenizer.json", "vocab.txt", "vocab.json"):
+        if (directory / name).is_file():
+            return directory / name
+    return directory
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,8 +323,8 @@ def to_hf_state_dict(model: ModelBase) -> tuple[dict[str, torch.Tensor], dict[st
 def export_hf(model: ModelBase, directory: str | Path) -> Path:
     """Write ``model`` as a Hugging Face directory that ``transformers`` loads."""
     directory = Path(directory)
+    tensors, hf_cfg = to_hf_state_dict(model)  # a layout HF cannot express: nothing written
     directory.mkdir(parents=True, exist_ok=True)
-    tensors, hf_cfg = to_hf_state_dict(model)
     save_tensors(directory / "model.safetensors", tensors, metadata={"format": "pt"})
     tok = model.meta.tokenizer
     if tok is not None:

@@ -4,8 +4,9 @@ T5 is pre-norm with RMSNorm (``T5LayerNorm``), a final norm per stack, no biases
 attention scores and a bucketed relative position bias, one table per stack kept in its first
 layer (``block.0...relative_attention_bias``) and shared by every layer: attnkit keeps it once
 per stack (``encoder.rel_bias``, ``decoder.rel_bias``). The decoder output is scaled by
-d_model^-0.5 before the tied LM head (``scale_decoder_outputs``). Gated MLPs (T5 v1.1's
-``gated-gelu``) are not supported.
+d_model^-0.5 before the tied LM head (``scale_decoder_outputs``). A config with
+``tie_word_embeddings: false`` (T5 v1.1) converts to a separate LM head read from
+``lm_head.weight`` and no output scaling. Gated MLPs (v1.1's ``gated-gelu``) are not supported.
 """
 
 from __future__ import annotations
