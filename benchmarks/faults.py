@@ -29,8 +29,9 @@ What is printed, and what each figure means:
   the same checkpoint, matches.
 * **checkpoints lost**: after a kill, a checkpoint whose manifest was complete before the kill
   and that is not intact after it: a present ``manifest.json`` whose files do not match it, or
-  one of the ``keep`` newest checkpoints seen complete before the kill that is gone (pruning
-  never removes those). Must be 0.
+  one of the ``keep`` newest complete checkpoints that is gone (complete: seen complete while
+  the run went, or with its manifest there after the kill, the manifest being written last;
+  pruning only removes older ones). Must be 0.
 * **final weights**: every tensor of the last checkpoint against the uninterrupted run's.
 * **wall time** of each part, reference run included.
 
@@ -428,7 +429,9 @@ def faulted(
             if problem:
                 r.problems.append(f"kill {i + 1}: {problem}")
         now = complete(out)
-        newest = sorted(seen)[-KEEP:]
+        # the KEEP newest complete ones: seen before the kill, or with a manifest after it
+        # (written last, so complete before the kill); pruning only removes older ones
+        newest = sorted(seen | {s for s, why in now.items() if why is None})[-KEEP:]
         lost = [s for s, why in now.items() if why is not None]
         lost += [s for s in newest if s not in now]
         r.lost += [f"step {s} after kill {i + 1}" for s in lost]
@@ -446,8 +449,9 @@ def faulted(
                 r.matched += pending
             pending = 0
         latest = max(seen, default=0)
+        where = str(kill) if runner.nproc > 1 else str(kill).rsplit(" (rank", 1)[0]
         say(
-            f"  kill {r.kills:2d} at {str(kill):28s} newest complete checkpoint: step {latest:3d}"
+            f"  kill {r.kills:2d} at {where:28s} newest complete checkpoint: step {latest:3d}"
             f"{'  LOST: ' + str(lost) if lost else ''}"
         )
         resumed = True
