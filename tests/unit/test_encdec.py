@@ -394,6 +394,14 @@ def test_save_and_load_round_trip(tmp_path):
         ({"encoder_attention": "nope"}, r"encoder_attention must be 'exact' or one of"),
         ({"encoder_attention_params": {"block_size": 8}}, r"empty when encoder_attention='exact'"),
         ({"dropout": 1.0}, r"EncDecConfig.dropout must be"),
+        (
+            {"positional": "relative", "position_offset": 0, "relative_buckets": 2},
+            r"relative_buckets must be an int >= 4",
+        ),
+        (
+            {"positional": "relative", "position_offset": 0, "relative_max_distance": 16},
+            r"relative_max_distance must be an int > relative_buckets // 2 = 16, got 16",
+        ),
     ],
 )
 def test_config_errors_name_the_field(changes, message):

@@ -133,8 +133,17 @@ class EncDecConfig:
         checks.non_negative_int(_name("position_offset"), self.position_offset)
         if self.position_offset and self.positional != "learned":
             _fail("position_offset", self.position_offset, "0 unless positional='learned'")
-        if self.positional == "relative" and self.relative_buckets < 2:
-            _fail("relative_buckets", self.relative_buckets, "an int >= 2")
+        if self.positional == "relative":
+            # each direction's buckets start with at least one exact distance, and the
+            # logarithmic ones reach beyond the exact ones (decoder: buckets // 2 exact)
+            if self.relative_buckets < 4:
+                _fail("relative_buckets", self.relative_buckets, "an int >= 4")
+            if self.relative_max_distance <= self.relative_buckets // 2:
+                _fail(
+                    "relative_max_distance",
+                    self.relative_max_distance,
+                    f"an int > relative_buckets // 2 = {self.relative_buckets // 2}",
+                )
         checks.choice(_name("norm"), self.norm, NORMS)
         checks.positive_float(_name("norm_eps"), self.norm_eps)
         checks.choice(_name("norm_placement"), self.norm_placement, NORM_PLACEMENTS)
