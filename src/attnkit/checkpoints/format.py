@@ -5,9 +5,13 @@ fsynced, moved over the final name with ``os.replace`` and the directory fsynced
 leaves either the old file or the new one, never a torn one. ``config.json`` is written last:
 a directory with a config has complete weights.
 
-Loading checks everything before touching the model: every expected key present, no unknown
-key, every shape and dtype right. A bad checkpoint raises :class:`CheckpointError` naming the
-file and the key; no half-loaded model is ever returned.
+Loading checks everything before touching the model, in this order: the safetensors header
+(:mod:`attnkit.checkpoints.header`: layout, offsets, sizes), then its keys, shapes and dtypes
+against a model built from the config on the meta device (nothing allocated), then the
+tokenizer's ids against ``vocab_size``; only then is the model built and are the tensors read
+(CRC-32 and finiteness checked) and copied. A bad checkpoint raises :class:`CheckpointError`
+naming the file and the problem; no half-loaded model is ever returned. Pickles (``.bin``,
+``state.pt``) are read only with ``torch.load(weights_only=True)`` (:func:`read_pickle`).
 
 ``config.json`` holds ``{"format": "attnkit", "format_version": 2, "model": <ModelConfig>,
 "meta": <ModelMeta>}``; version 1 (labels, max_length, fine-tuning and sentence settings at the
@@ -18,7 +22,7 @@ top level, ``n_head``/``n_kv_head``) is migrated on load (:func:`migrate`). The 
 from __future__ import annotations
 
 import json
-import struct
+import warnings
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +32,7 @@ import torch
 from torch import nn
 
 from attnkit._util.fs import atomic_write, atomic_write_bytes, atomic_write_json
+from attnkit.checkpoints import header as header_mod
 from attnkit.models.common import ModelBase
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
@@ -75,86 +80,106 @@ def save_tensors(
     return atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=meta))
 
 
-def _check_layout(path: Path) -> None:
-    """Read the safetensors header and check that every tensor's bytes lie inside the file;
-    a truncated file is reported with the first tensor it cuts."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header)")
-        n = struct.unpack("<Q", head)[0]
-        if n > size - 8:
-            raise CheckpointError(
-                f"{path}: truncated or corrupt safetensors file: header of {n} "
-                f"bytes does not fit in {size} bytes"
-            )
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: corrupt safetensors header: {e}") from e
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
-    data = size - 8 - n
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            begin, end = info["data_offsets"]
-        except (TypeError, KeyError, ValueError):
-            raise CheckpointError(f"{path}: corrupt safetensors header at key {key!r}") from None
-        if end > data:
-            raise CheckpointError(
-                f"{path}: truncated safetensors file: key {key!r} needs bytes "
-                f"{begin}..{end} of the data section but only {data} remain"
-            )
-
-
-# --------------------------------------------------------------------------------------------
-# reading weights
-# --------------------------------------------------------------------------------------------
-def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file, or of a ``.bin``/``.pt`` file through
-    ``torch.load(weights_only=True)``. Unreadable files raise CheckpointError naming them."""
+def read_header(path: str | Path) -> header_mod.Header:
+    """The checked header of a safetensors file (:mod:`attnkit.checkpoints.header`); a bad one
+    raises CheckpointError naming the file and the problem."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        _check_layout(path)
-        out: dict[str, torch.Tensor] = {}
-        key = None
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                for key in f.keys():
-                    out[key] = f.get_tensor(key)
-        except Exception as e:  # safetensors raises its own error types for bad headers/data
-            where = f" at key {key!r}" if key is not None else ""
-            raise CheckpointError(
-                f"{path}: corrupt or truncated safetensors file{where}: {e}"
-            ) from e
-        for key, t in out.items():
-            want = meta.get(CHECKSUM_PREFIX + key)
-            if want is not None and _crc32(t) != want:
-                raise CheckpointError(
-                    f"{path}: key {key!r} is corrupt: its bytes have CRC-32 "
-                    f"{_crc32(t)}, the file recorded {want}"
-                )
-        return out
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return header_mod.read_header(path)
+    except header_mod.HeaderError as e:
+        msg = str(e) if str(e).startswith("truncated") else f"corrupt safetensors header: {e}"
+        raise CheckpointError(f"{path}: {msg}") from None
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, or of a ``.bin``/``.pt`` file through
+    ``torch.load(weights_only=True)``. Unreadable files raise CheckpointError naming them.
+
+    A safetensors header is checked in full (:func:`read_header`) before any tensor is read,
+    and each tensor's CRC-32, when the file records one, after."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    if path.suffix != ".safetensors":
+        obj = read_pickle(path, "a dict of name -> tensor (or the weights as model.safetensors)")
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise CheckpointError(
+                f"{path}: expected a dict of name -> tensor, got {type(obj).__name__}"
+            )
+        return dict(obj)
+    from safetensors import safe_open
+
+    header = read_header(path)
+    out: dict[str, torch.Tensor] = {}
+    key = None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in header.tensors:
+                out[key] = f.get_tensor(key)
+    except Exception as e:  # the file changed under us, or a case the header check missed
+        where = f" at key {key!r}" if key is not None else ""
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file{where}: {e}") from e
+    for key, t in out.items():
+        want = header.metadata.get(CHECKSUM_PREFIX + key)
+        if want is not None and _crc32(t) != want:
+            raise CheckpointError(
+                f"{path}: key {key!r} is corrupt: its bytes have CRC-32 "
+                f"{_crc32(t)}, the file recorded {want}"
+            )
+    return out
+
+
+def _pickle_reason(e: Exception) -> str:
+    """The line of a ``torch.load(weights_only=True)`` error that says what it refused (its
+    advice to load with ``weights_only=False`` is left out)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if "GLOBAL" in ln or "Unsupported" in ln:
+            ln = ln.removeprefix("WeightsUnpickler error:").strip()
+            return ln.split(" Please use ")[0].rstrip(".")  # not the advice to allow it
+    first = lines[0] if lines else type(e).__name__
+    return type(e).__name__ if first.startswith("Weights only load failed") else first
+
+
+def read_pickle(path: str | Path, what: str) -> Any:
+    """The object in the PyTorch file ``path`` (``what`` it should hold, for messages), read
+    with ``torch.load(weights_only=True)``: tensors and plain values only, so a pickle that
+    would run code (a ``__reduce__`` payload) is refused unrun, as a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file; expected {what}")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(
-            f"{path}: cannot be read as a PyTorch weights file "
-            f"(torch.load with weights_only=True): {e}"
-        ) from e
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(
-            f"{path}: expected a dict of name -> tensor, got {type(obj).__name__}"
-        )
-    return dict(obj)
+            f"{path}: cannot be read as a PyTorch weights file: torch.load(weights_only=True), "
+            f"which accepts only tensors and plain values, refused it ({_pickle_reason(e)}); "
+            f"nothing in it was run. Expected {what}"
+        ) from None
+
+
+def read_state(path: str | Path, required: Mapping[str, type]) -> dict[str, Any]:
+    """A training state dict (``state.pt``: optimizer, RNG states, step...) read as
+    :func:`read_pickle` does, with each key of ``required`` present and of its type."""
+    path = Path(path)
+    what = "a dict with " + ", ".join(f"{k!r} ({t.__name__})" for k, t in required.items())
+    obj = read_pickle(path, what)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}; expected {what}")
+    missing = sorted(set(required) - set(obj))
+    if missing:
+        raise CheckpointError(f"{path}: missing key(s) {missing}; expected {what}")
+    for key, kind in required.items():
+        value = obj[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise CheckpointError(
+                f"{path}: key {key!r} is a {type(value).__name__}; expected {kind.__name__}"
+            )
+    return obj
 
 
 def key_mismatch(missing: list[str], unknown: list[str]) -> str:
@@ -165,6 +190,45 @@ def key_mismatch(missing: list[str], unknown: list[str]) -> str:
     if unknown:
         parts.append(f"unexpected key(s) {unknown}")
     return "; ".join(parts)
+
+
+def _check_specs(
+    own: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+    got: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+    source: str | Path,
+) -> None:
+    """Every key of ``own`` in ``got`` and no other, each of the same shape and of a floating
+    dtype exactly where ``own`` has one."""
+    missing = sorted(set(own) - set(got))
+    unknown = sorted(set(got) - set(own))
+    if missing or unknown:
+        raise CheckpointError(f"{source}: {key_mismatch(missing, unknown)}")
+    for key, (want_shape, want_dtype) in own.items():
+        shape, dtype = got[key]
+        if tuple(shape) != tuple(want_shape):
+            raise CheckpointError(
+                f"{source}: key {key!r} has shape {tuple(shape)}, the model "
+                f"expects {tuple(want_shape)}"
+            )
+        if dtype.is_floating_point != want_dtype.is_floating_point:
+            raise CheckpointError(
+                f"{source}: key {key!r} has dtype {dtype}, the model expects {want_dtype}"
+            )
+
+
+def _specs(
+    model: nn.Module, skip: tuple[str, ...]
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items() if k not in skip}
+
+
+def check_header(
+    model: nn.Module, header: header_mod.Header, source: str | Path, skip: tuple[str, ...] = ()
+) -> None:
+    """The checks of :func:`check_and_load` on a file's header alone, before any tensor is
+    read (``model`` may live on the meta device)."""
+    got = {k: (t.shape, t.dtype) for k, t in header.tensors.items()}
+    _check_specs(_specs(model, skip), got, source)
 
 
 def check_and_load(
@@ -178,22 +242,10 @@ def check_and_load(
     ``skip`` lists state_dict keys that are not expected (tied aliases). Nothing is copied
     unless everything checks out.
     """
-    own = {k: v for k, v in model.state_dict().items() if k not in skip}
-    missing = sorted(set(own) - set(tensors))
-    unknown = sorted(set(tensors) - set(own))
-    if missing or unknown:
-        raise CheckpointError(f"{source}: {key_mismatch(missing, unknown)}")
-    for key, want in own.items():
+    own = _specs(model, skip)
+    _check_specs(own, {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}, source)
+    for key in own:
         got = tensors[key]
-        if tuple(got.shape) != tuple(want.shape):
-            raise CheckpointError(
-                f"{source}: key {key!r} has shape {tuple(got.shape)}, the model "
-                f"expects {tuple(want.shape)}"
-            )
-        if got.dtype.is_floating_point != want.dtype.is_floating_point:
-            raise CheckpointError(
-                f"{source}: key {key!r} has dtype {got.dtype}, the model expects {want.dtype}"
-            )
         if got.dtype.is_floating_point and not bool(torch.isfinite(got).all()):
             raise CheckpointError(f"{source}: key {key!r} holds NaN or infinite values")
     model.load_state_dict({k: tensors[k] for k in own}, strict=False, assign=False)
@@ -301,23 +353,52 @@ def load_dir(directory: Path) -> tuple[ModelBase, dict[str, Any], Tokenizer | No
         config = config_from_dict(model_dict)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{cfg_path}: bad model config: {e}") from e
-    model = build_model(config)
     weights = directory / WEIGHTS_NAME
-    check_and_load(model, read_tensors(weights), weights, skip=tuple(model.tied_keys()))
+    header = read_header(weights)
+    with torch.device("meta"):  # the shapes the config implies, without allocating them
+        skeleton = build_model(config)
+    check_header(skeleton, header, weights, skip=tuple(skeleton.tied_keys()))
     tok_path = directory / TOKENIZER_NAME
-    return model, meta, load_tokenizer(tok_path) if tok_path.is_file() else None
+    tokenizer = (
+        load_tokenizer(tok_path, vocab_size=config.vocab_size) if tok_path.is_file() else None
+    )
+    model = build_model(config)
+    check_and_load(model, read_tensors(weights), weights, skip=tuple(model.tied_keys()))
+    return model, meta, tokenizer
 
 
-def load_tokenizer(path: str | Path, max_length: int | None = None) -> Tokenizer:
+def load_tokenizer(
+    path: str | Path, max_length: int | None = None, vocab_size: int | None = None
+) -> Tokenizer:
     """A ``tokenizers.Tokenizer`` from a tokenizer.json, with padding off and truncation at
-    ``max_length`` (when given)."""
+    ``max_length`` (when given). With ``vocab_size`` (the model's), a tokenizer that can give
+    an id >= vocab_size is refused (:func:`check_tokenizer_fits`)."""
     from tokenizers import Tokenizer
 
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot be read as a tokenizer.json: {e}") from e
+        reason = " ".join(str(e).split())
+        raise CheckpointError(f"{path}: cannot be read as a tokenizer.json: {reason}") from None
+    if vocab_size is not None:
+        check_tokenizer_fits(tok, vocab_size, path)
     tok.no_padding()
     if max_length is not None:
         tok.enable_truncation(max_length)
     return tok
+
+
+def check_tokenizer_fits(tok: Tokenizer, vocab_size: int, source: str | Path) -> None:
+    """Every id ``tok`` can give (added tokens included) is < ``vocab_size``, else a
+    CheckpointError naming the largest one: such a tokenizer belongs to another model and would
+    index past its embeddings."""
+    vocab = tok.get_vocab(with_added_tokens=True)
+    if not vocab:
+        raise CheckpointError(f"{source}: the tokenizer has an empty vocabulary")
+    token, top = max(vocab.items(), key=lambda kv: kv[1])
+    if top >= vocab_size:
+        raise CheckpointError(
+            f"{source}: the tokenizer gives ids up to {top} (token {token!r}) but the model's "
+            f"vocab_size is {vocab_size}; expected every id < {vocab_size} (the tokenizer of "
+            f"another model?)"
+        )

@@ -156,8 +156,9 @@ class ModelConfig:
         checks.probability(_name("attn_dropout"), self.attn_dropout)
         self._check_attention()
         checks.optional_positive_int(_name("window"), self.window)
-        if not isinstance(self.backend, str):
-            _fail("backend", self.backend, "a backend name such as 'auto', 'sdpa' or 'math'")
+        from attnkit.attention.arguments import BACKENDS
+
+        checks.choice(_name("backend"), self.backend, BACKENDS)
         checks.choice(_name("head"), self.head, HEADS[self.arch])
         checks.int_at_least(
             _name("type_vocab_size"),

@@ -27,6 +27,7 @@ from attnkit.checkpoints.format import (
     CONFIG_NAME,
     CheckpointError,
     check_and_load,
+    check_tokenizer_fits,
     key_mismatch,
     load_tokenizer,
     read_json,
@@ -55,6 +56,8 @@ SEQ2SEQ_ARCHITECTURES: dict[str, seq2seq.Seq2SeqArchitecture] = {
 # HF -> attnkit
 # --------------------------------------------------------------------------------------------
 def _find_weights(directory: Path) -> Path:
+    """model.safetensors, else pytorch_model.bin (read only with ``weights_only=True``: a
+    pickle holding anything but tensors is refused unrun, asking for safetensors)."""
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (directory / name).is_file():
             return directory / name
@@ -113,7 +116,8 @@ def convert_from_hf(
         raise CheckpointError(f"{source}: config cannot be converted: {e}") from e
     if pooling is not None:
         cfg = cfg.replace(pooling=pooling)
-    model = build_model(cfg)
+    with torch.device("meta"):  # the shapes the config implies, checked before allocating
+        skeleton = build_model(cfg)
     backbone = keymap.backbone_rules(cfg.n_layer, has_pooler)
     rules = backbone + keymap.head_rules(head)
     in_backbone = {n for r in backbone for n in r.hf_names}
@@ -123,8 +127,8 @@ def convert_from_hf(
             return original[n]
         return keymap.prefix + n if uses_prefix and n in in_backbone else n
 
-    own = model.state_dict()
-    tied = set(model.tied_keys())
+    own = skeleton.state_dict()
+    tied = set(skeleton.tied_keys())
     ours: dict[str, torch.Tensor] = {}
     used: set[str] = set()
     missing: list[str] = []
@@ -163,6 +167,7 @@ def convert_from_hf(
             f"{keymap.hf_class.get(head, model_type)}"
         )
     # shapes, dtypes and completeness are checked before anything is copied
+    model = build_model(cfg)
     check_and_load(
         model,
         {k: v.float() if v.is_floating_point() else v for k, v in ours.items()},
@@ -249,7 +254,18 @@ def load_hf_dir(directory: str | Path) -> tuple[ModelBase, dict[str, Any], Token
     if "normalize" in sentence:
         meta["normalize"] = sentence["normalize"]
     max_len = meta.get("max_length") or model.config.max_seq_len
-    return model, meta, load_hf_tokenizer(directory, max_len)
+    tokenizer = load_hf_tokenizer(directory, max_len)
+    if tokenizer is not None:
+        check_tokenizer_fits(tokenizer, model.config.vocab_size, _tokenizer_file(directory))
+    return model, meta, tokenizer
+
+
+def _tokenizer_file(directory: Path) -> Path:
+    """The file :func:`load_hf_tokenizer` read the tokenizer from (for messages)."""
+    for name in ("tokenizer.json", "vocab.txt", "vocab.json"):
+        if (directory / name).is_file():
+            return directory / name
+    return directory
 
 
 # --------------------------------------------------------------------------------------------

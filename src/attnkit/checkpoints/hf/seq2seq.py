@@ -122,14 +122,15 @@ def convert_from_hf(
         if isinstance(e, CheckpointError):
             raise
         raise CheckpointError(f"{source}: config cannot be converted: {e}") from e
-    model = EncoderDecoder(cfg)
-    own = model.state_dict()
-    tied = set(model.tied_keys())
+    with torch.device("meta"):  # the shapes the config implies, checked before allocating
+        skeleton = EncoderDecoder(cfg)
+    own = skeleton.state_dict()
+    tied = set(skeleton.tied_keys())
     keys = set(tensors)
     ours: dict[str, torch.Tensor] = {}
     used: set[str] = set()
     missing: list[str] = []
-    for rule in _applicable(arch, model):
+    for rule in _applicable(arch, skeleton):
         names = rule.hf_names
         used.update(n for n in names if n in keys)
         if rule.ours in tied:  # a tied copy: the weight it aliases is read by its own rule
@@ -157,6 +158,7 @@ def convert_from_hf(
         raise CheckpointError(
             f"{source}: {key_mismatch(sorted(missing), unknown)} for a {arch.keymap.hf_class}"
         )
+    model = EncoderDecoder(cfg)
     check_and_load(
         model,
         {k: v.float() if v.is_floating_point() else v for k, v in ours.items()},
