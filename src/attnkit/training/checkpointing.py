@@ -138,11 +138,19 @@ def load_checkpoint(
     """Weights into ``raw_model``, optimizer state and RNG states restored; the rest of
     ``state.pt`` (step, data RNG, ...) returned."""
     weights = directory / ckpt_io.WEIGHTS_NAME
+    # state.pt first (weights_only: a pickle payload is refused unrun), then the weights
+    state = ckpt_io.read_state(
+        directory / STATE_NAME, {"optimizer": dict, "rng_cpu": torch.Tensor, "step": int}
+    )
     ckpt_io.check_and_load(
         raw_model, ckpt_io.read_tensors(weights), weights, skip=tuple(raw_model.tied_keys())
     )
-    state = torch.load(directory / STATE_NAME, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state.pop("optimizer"))
+    try:
+        optimizer.load_state_dict(state.pop("optimizer"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ckpt_io.CheckpointError(
+            f"{directory / STATE_NAME}: the optimizer state does not fit this model: {e}"
+        ) from None
     torch.set_rng_state(state.pop("rng_cpu"))
     cuda_states = state.pop("rng_cuda", None)
     if cuda_states is not None and torch.cuda.is_available():
