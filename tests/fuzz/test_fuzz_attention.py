@@ -388,3 +388,30 @@ def test_empty_batch_queries_or_keys_give_empty_or_zero_results(backend, shape):
         out.sum().backward()
         assert q.grad is not None and (q.grad == 0).all()
     record("attention() empty", "accepted")
+
+
+@pytest.mark.gpu
+@given(
+    where=st.sampled_from(["k", "v", "mask", "valid_key_mask", "document_ids", "bias"]),
+    backend=st.sampled_from(["auto", "math", "sdpa"]),
+)
+@fuzz_settings(20)
+def test_a_tensor_on_another_device_is_refused(where, backend):
+    if not torch.cuda.is_available():
+        pytest.fail("marked gpu: needs CUDA")
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    q, k, v = (torch.randn(1, 2, 4, 8, device=cuda) for _ in range(3))
+    kw = {
+        "mask": torch.ones(4, 4, dtype=torch.bool, device=cuda),
+        "valid_key_mask": torch.ones(1, 4, dtype=torch.bool, device=cuda),
+        "document_ids": torch.zeros(1, 4, dtype=torch.long, device=cuda),
+        "bias": torch.zeros(4, 4, device=cuda),
+    }
+    if where in ("k", "v"):
+        k, v = (k.to(cpu), v) if where == "k" else (k, v.to(cpu))
+        kw = {}
+    else:
+        kw = {where: kw[where].to(cpu)}
+    with pytest.raises(ValueError, match="device|is on"):
+        attention(q, k, v, backend=backend, **kw)
+    record("attention() devices", "refused")
