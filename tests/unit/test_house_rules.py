@@ -20,8 +20,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "attnkit"
 
 # DESIGN rule 4: _util < attention, positional < models < checkpoints < text <
-# training, generation, tasks, inspect, surgery < bench, evaluation < cli; native sits
-# on _util alone.
+# training, generation, tasks, inspect, surgery < bench, evaluation, serve < cli; native
+# sits on _util alone.
 # One refinement: positional sits below attention, since the attention layer applies RoPE and
 # ALiBi (it takes positions from positional, which imports nothing of attnkit's).
 FLOORS = {
@@ -39,6 +39,7 @@ FLOORS = {
     "surgery": 6,
     "bench": 7,
     "evaluation": 7,  # scores of a trained model: on models, text, tasks and training
+    "serve": 7,  # the HTTP server: on models, tasks, generation and text
     "cli": 8,
 }
 # what a package on a floor may import besides the floors below it

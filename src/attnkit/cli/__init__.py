@@ -131,6 +131,12 @@ COMMANDS: tuple[Command, ...] = (
         "Spearman correlation of an encoder's cosine similarities on scored pairs (JSON)",
     ),
     Command(
+        "serve",
+        "attnkit.cli.serve:serve_command",
+        "attnkit.cli.serve:serve_arguments",
+        "an OpenAI-compatible HTTP server: /v1/embeddings, /v1/completions, /v1/chat/completions",
+    ),
+    Command(
         "explain",
         "attnkit.cli.explain:explain_command",
         "attnkit.cli.explain:explain_arguments",
