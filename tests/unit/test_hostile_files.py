@@ -566,3 +566,43 @@ def test_a_broken_weights_file_from_generate_is_exit_2_and_one_line(tmp_path, ca
     assert str(weights) in line and "truncated safetensors file: key 'a'" in line
     assert digests(directory) == before
     assert not os.path.exists(directory / "model.safetensors.tmp")
+
+
+def test_resume_from_a_checkpoint_with_a_payload_is_exit_2_and_changes_nothing(
+    tmp_path, capsys, monkeypatch
+):
+    """`attnkit pretrain --resume` on a run whose latest state.pt holds a payload (with a
+    manifest rewritten to match): one line naming state.pt, exit 2, the payload unrun and
+    every file of the run unchanged."""
+    from attnkit.text.corpora import tinyshakespeare_path
+
+    monkeypatch.setenv("ATTNKIT_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(tinyshakespeare_path().read_text()[:20_000])
+    out = tmp_path / "run"
+    tiny = ["--model.n_layer", "1", "--model.n_heads", "2", "--model.d_model", "32"]
+    tiny += ["--model.max_seq_len", "32", "--train.block_size", "32", "--train.batch_size", "4"]
+    tiny += ["--train.max_iters", "4", "--train.eval_interval", "2", "--train.eval_iters", "1"]
+    tiny += ["--train.checkpoint_interval", "2", "--train.progress", "false"]
+    tiny += ["--train.warmup_iters", "0", "--train.threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        args = ["pretrain", "--config", "gpt-shakespeare-char", "--data", str(corpus)]
+        assert exit_status([*args, "--out", str(out), *tiny]) == 0
+        capsys.readouterr()
+        latest = out / "checkpoints" / "step-000004"
+        sentinel = tmp_path / "payload-ran"
+        torch.save(
+            {"step": 4, "optimizer": Payload(sentinel), "rng_cpu": torch.get_rng_state()},
+            latest / STATE_NAME,
+        )
+        _rewrite_manifest(latest)
+        before = digests(out)
+        assert exit_status(["pretrain", "--out", str(out), "--resume"]) == 2
+    finally:
+        torch.set_num_threads(threads)
+    line = one_line_error(capsys)
+    assert line.startswith(f"attnkit: error: {latest / STATE_NAME}: cannot be read"), line
+    assert "GLOBAL io.open" in line and "nothing in it was run" in line
+    assert not sentinel.exists()
+    assert digests(out) == before
