@@ -57,6 +57,20 @@ def gpt_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    """A tiny BERT encoder with a word-piece tokenizer of letters and a few words."""
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz"]
+    words += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"] + ["the", "to", "be", "or", "not"]
+    tok = BertWordPieceTokenizer({w: i for i, w in enumerate(words)}, lowercase=True)._tokenizer
+    cfg = get_preset("tiny-bert", vocab_size=len(words), d_model=32, n_heads=4, pooling="mean")
+    out = tmp_path_factory.mktemp("serve") / "tinybert"
+    attnkit.save(build_model(cfg).eval(), out, tokenizer=tok)
+    return out
+
+
+@pytest.fixture(scope="module")
 def server(gpt_dir):
     limits = Limits(max_body_bytes=64 << 10, max_inputs=16, max_tokens=32, queue_size=16)
     running = start(load_services(["minilm", str(gpt_dir)], limits), limits, api_key=KEY)
@@ -340,10 +354,10 @@ def test_the_worker_batches_what_waits_and_keys_apart():
     )
 
 
-def test_overload_is_answered_429_then_503_and_the_server_recovers():
+def test_overload_is_answered_429_then_503_and_the_server_recovers(bert_dir):
     limits = Limits(queue_size=1, batch_wait_ms=0, request_timeout_s=0.5)
-    services = load_services(["minilm"], limits)
-    svc = services["minilm"]
+    services = load_services([str(bert_dir)], limits)
+    svc = services["tinybert"]
     entered, release = threading.Event(), threading.Event()
     real = svc.encoder.encode
 
@@ -359,14 +373,14 @@ def test_overload_is_answered_429_then_503_and_the_server_recovers():
         c = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0, timeout=60)
         out = {}
         first = threading.Thread(
-            target=lambda: out.setdefault("first", c.embeddings.create(model="minilm", input="a"))
+            target=lambda: out.setdefault("first", c.embeddings.create(model="tinybert", input="a"))
         )
         first.start()
         assert entered.wait(30)
 
         def second():
             try:
-                c.embeddings.create(model="minilm", input="b")
+                c.embeddings.create(model="tinybert", input="b")
             except openai.APIStatusError as e:
                 out["second"] = e.status_code
 
@@ -376,14 +390,14 @@ def test_overload_is_answered_429_then_503_and_the_server_recovers():
         while svc.queue.depth() < 1 and time.monotonic() < until:
             time.sleep(0.01)
         with pytest.raises(openai.RateLimitError, match="busy"):
-            c.embeddings.create(model="minilm", input="c")
+            c.embeddings.create(model="tinybert", input="c")
         time.sleep(0.7)  # the waiting request is now older than request_timeout_s
         release.set()
         first.join(60)
         waiting.join(60)
         assert len(out["first"].data) == 1
         assert out["second"] == 503
-        assert len(c.embeddings.create(model="minilm", input=["d", "e"]).data) == 2
+        assert len(c.embeddings.create(model="tinybert", input=["d", "e"]).data) == 2
     finally:
         running.stop()
 

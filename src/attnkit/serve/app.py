@@ -263,11 +263,12 @@ def create_app(
         return model_card(name)
 
     @app.post("/v1/embeddings")
-    async def embeddings(req: EmbeddingRequest) -> dict[str, Any]:
+    async def embeddings(req: EmbeddingRequest) -> JSONResponse:
         svc = service(req.model, "embeddings")
         assert isinstance(svc, EmbeddingService)
         job = svc.prepare(req)
-        return svc.response(req, job, await result(svc, job))
+        # straight to json.dumps: FastAPI's encoder of a returned dict visits every float
+        return JSONResponse(svc.response(req, job, await result(svc, job)))
 
     async def complete(req: CompletionRequest | ChatRequest, chat: bool) -> Any:
         svc = service(req.model, "completions")
