@@ -606,3 +606,28 @@ def test_resume_from_a_checkpoint_with_a_payload_is_exit_2_and_changes_nothing(
     assert "GLOBAL io.open" in line and "nothing in it was run" in line
     assert not sentinel.exists()
     assert digests(out) == before
+
+
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("num_hidden_layers", "1", r"ModelConfig\.n_layer must be a positive int, got '1'"),
+        ("num_hidden_layers", True, r"ModelConfig\.n_layer must be a positive int, got True"),
+        ("hidden_size", 32.0, r"ModelConfig\.d_model must be a positive int, got 32\.0"),
+        ("vocab_size", -5, r"ModelConfig\.vocab_size must be a positive int, got -5"),
+    ],
+)
+def test_an_hf_config_json_with_wrong_types_is_refused_naming_it(tmp_path, field, value, needle):
+    """HF configs carry many fields attnkit does not use, so unknown keys there are ignored
+    (as transformers does); a used field of the wrong type is refused, naming config.json."""
+    cfg = get_preset("tiny-bert", vocab_size=VOCAB, d_model=32, n_layer=1, head="mlm")
+    hf = export_hf(build_model(cfg).eval(), tmp_path / "hf")
+    data = json.loads((hf / "config.json").read_text())
+    data[field] = value
+    (hf / "config.json").write_text(json.dumps(data))
+    before = digests(hf)
+    with pytest.raises(
+        CheckpointError, match=rf"{hf / 'config.json'}: config cannot be converted: {needle}"
+    ):
+        attnkit.load(hf)
+    assert digests(hf) == before

@@ -85,18 +85,23 @@ def convert_from_hf(
     hf_cfg: Mapping[str, Any],
     source: str | Path = "<tensors>",
     pooling: str | None = None,
+    config_path: str | Path | None = None,
 ) -> ModelBase:
     """Build the attnkit model described by an HF config and fill it from HF tensors
-    (``pooling``: the sentence pooling rule, when the directory names one)."""
+    (``pooling``: the sentence pooling rule, when the directory names one; ``config_path``:
+    the config's file, named by config errors, default ``source``)."""
     from attnkit.models import build_model
 
     source = Path(source)
+    cfg_source = Path(config_path) if config_path is not None else source  # config errors
     model_type = hf_cfg.get("model_type")
     if model_type in SEQ2SEQ_ARCHITECTURES:
-        return seq2seq.convert_from_hf(SEQ2SEQ_ARCHITECTURES[model_type], tensors, hf_cfg, source)
+        return seq2seq.convert_from_hf(
+            SEQ2SEQ_ARCHITECTURES[model_type], tensors, hf_cfg, source, cfg_source
+        )
     if model_type not in ARCHITECTURES:
         raise CheckpointError(
-            f"{source}: model_type={model_type!r} is not supported; expected one "
+            f"{cfg_source}: model_type={model_type!r} is not supported; expected one "
             f"of {sorted([*ARCHITECTURES, *SEQ2SEQ_ARCHITECTURES])}"
         )
     arch = ARCHITECTURES[model_type]
@@ -109,11 +114,11 @@ def convert_from_hf(
     head = _detect_head(model_type, hf_cfg, keys)
     has_pooler = any(r.hf_names[0] in keys for r in keymap.heads.get("pooler", ()))
     try:
-        cfg = arch.config_from_hf(hf_cfg, source, head, has_pooler)
+        cfg = arch.config_from_hf(hf_cfg, cfg_source, head, has_pooler)
     except (TypeError, ValueError) as e:
         if isinstance(e, CheckpointError):
             raise
-        raise CheckpointError(f"{source}: config cannot be converted: {e}") from e
+        raise CheckpointError(f"{cfg_source}: config cannot be converted: {e}") from e
     if pooling is not None:
         cfg = cfg.replace(pooling=pooling)
     with torch.device("meta"):  # the shapes the config implies, checked before allocating
@@ -247,7 +252,9 @@ def load_hf_dir(directory: str | Path) -> tuple[ModelBase, dict[str, Any], Token
     hf_cfg = read_json(directory / CONFIG_NAME)
     weights = _find_weights(directory)
     sentence = _sentence_config(directory)
-    model = convert_from_hf(read_tensors(weights), hf_cfg, weights, sentence.get("pooling"))
+    model = convert_from_hf(
+        read_tensors(weights), hf_cfg, weights, sentence.get("pooling"), directory / CONFIG_NAME
+    )
     meta: dict[str, Any] = {}
     if sentence.get("max_seq_length"):
         meta["max_length"] = sentence["max_seq_length"]

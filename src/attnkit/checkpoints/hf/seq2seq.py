@@ -113,15 +113,18 @@ def convert_from_hf(
     tensors: Mapping[str, torch.Tensor],
     hf_cfg: Mapping[str, Any],
     source: str | Path = "<tensors>",
+    config_path: str | Path | None = None,
 ) -> EncoderDecoder:
-    """The attnkit encoder-decoder described by an HF config, filled from HF tensors."""
+    """The attnkit encoder-decoder described by an HF config, filled from HF tensors
+    (``config_path``: the config's file, named by config errors; default ``source``)."""
     source = Path(source)
+    cfg_source = Path(config_path) if config_path is not None else source
     try:
-        cfg = arch.config_from_hf(hf_cfg, source)
+        cfg = arch.config_from_hf(hf_cfg, cfg_source)
     except (TypeError, ValueError) as e:
         if isinstance(e, CheckpointError):
             raise
-        raise CheckpointError(f"{source}: config cannot be converted: {e}") from e
+        raise CheckpointError(f"{cfg_source}: config cannot be converted: {e}") from e
     with torch.device("meta"):  # the shapes the config implies, checked before allocating
         skeleton = EncoderDecoder(cfg)
     own = skeleton.state_dict()
