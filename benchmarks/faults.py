@@ -36,7 +36,7 @@ What is printed, and what each figure means:
 * **wall time** of each part, reference run included.
 
 Exit status 1 when a figure misses its target. ``tests/integration/test_faults.py`` runs a
-short version (one kill at each named point and one at a random moment).
+short version (one kill at each named point).
 """
 
 from __future__ import annotations
