@@ -248,7 +248,10 @@ def test_truncation_at_any_offset_is_refused_before_a_tensor_is_read(tmp_path, m
     )
     others = {k: v for k, v in digests(directory).items() if k != "model.safetensors"}
 
-    def no_materialising(*args, **kwargs):
+    opened: list[str] = []
+
+    def no_materialising(path, *args, **kwargs):
+        opened.append(path)  # the library opened the file: tensors could be read
         raise AssertionError("a tensor was read from a file whose header failed")
 
     monkeypatch.setattr("safetensors.safe_open", no_materialising)
@@ -264,6 +267,7 @@ def test_truncation_at_any_offset_is_refused_before_a_tensor_is_read(tmp_path, m
         where["length" if cut < 8 else "header" if cut < 8 + n else "data"] += 1
         assert {k: v for k, v in digests(directory).items() if k != "model.safetensors"} == others
     assert min(where.values()) >= 3, where
+    assert not opened
     monkeypatch.undo()
     weights.write_bytes(data)
     attnkit.load(directory)  # the untouched bytes load
