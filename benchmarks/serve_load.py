@@ -9,7 +9,8 @@ Both servers run as child processes on a free loopback port, one at a time, serv
 
 1. Throughput: ``--lines`` real lines (non-empty lines of the complete works of Shakespeare,
    the corpus ``attnkit pretrain`` uses) cut into requests of 1-16 lines (seeded), sent by
-   ``--clients`` concurrent threads, each with its own ``openai`` client. Printed per server:
+   ``--clients`` concurrent threads, each with its own ``openai`` client (vectors asked for
+   as base64 float32, which the peer answers too). Printed per server:
    lines/s and requests/s over the whole run, and the p50/p99 latency of a request; then the
    ratio of the two throughputs. The embeddings attnkit served are compared with
    ``attnkit embed --file`` of the same lines (largest absolute difference printed).
@@ -28,6 +29,7 @@ after the overload).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import random
 import re
@@ -65,11 +67,14 @@ def run_baseline_server(port: int) -> None:
         texts = body["input"]
         texts = [texts] if isinstance(texts, str) else texts
         vecs = st.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+        if body.get("encoding_format") == "base64":
+            items = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vecs]
+        else:
+            items = [v.tolist() for v in vecs]
         return {
             "object": "list",
             "data": [
-                {"object": "embedding", "index": i, "embedding": v.tolist()}
-                for i, v in enumerate(vecs)
+                {"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(items)
             ],
             "model": body["model"],
             "usage": {"prompt_tokens": 0, "total_tokens": 0},
@@ -175,15 +180,15 @@ def throughput(url: str, lines: list[str], clients: int, seed: int) -> dict:
     def one(span: tuple[int, int]) -> None:
         a, b = span
         t0 = time.perf_counter()
-        r = pool.get().embeddings.create(model="minilm", input=lines[a:b], encoding_format="float")
+        r = pool.get().embeddings.create(model="minilm", input=lines[a:b], encoding_format="base64")
         dt = time.perf_counter() - t0
         with lock:
             latencies.append(dt)
             for i, d in enumerate(r.data):
-                vecs[a + i] = np.asarray(d.embedding, dtype=np.float32)
+                vecs[a + i] = np.frombuffer(base64.b64decode(d.embedding), dtype="<f4")
 
     warm = pool.get()
-    warm.embeddings.create(model="minilm", input=lines[:16], encoding_format="float")
+    warm.embeddings.create(model="minilm", input=lines[:16], encoding_format="base64")
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as ex:
         list(ex.map(one, reqs))
@@ -210,7 +215,7 @@ def overload(url: str, pid: int, lines: list[str], rate: float, seconds: float) 
 
     def one(a: int, b: int) -> None:
         try:
-            pool.get().embeddings.create(model="minilm", input=lines[a:b], encoding_format="float")
+            pool.get().embeddings.create(model="minilm", input=lines[a:b], encoding_format="base64")
             code = "200"
         except openai.APIStatusError as e:
             code = str(e.status_code)

@@ -2,6 +2,7 @@
 free loopback port (MiniLM for embeddings, a tiny character GPT for completions), the bad
 requests by raw HTTP, overload with a worker held still, and the command itself."""
 
+import base64
 import http.client
 import json
 import os
@@ -121,8 +122,11 @@ def test_embeddings_equal_attnkit_embed(client, tmp_path, capsys):
     vecs = np.array([d.embedding for d in got.data], dtype=np.float32)
     np.testing.assert_allclose(vecs, ref, atol=2e-6, rtol=0)
     assert got.model == "minilm" and got.usage.prompt_tokens > len(LINES)
-    one = client.embeddings.create(model="minilm", input=LINES[3])  # the client's base64
+    one = client.embeddings.create(model="minilm", input=LINES[3])  # float, the default
     np.testing.assert_allclose(np.array(one.data[0].embedding), ref[3], atol=2e-6, rtol=0)
+    packed = client.embeddings.create(model="minilm", input=LINES[:2], encoding_format="base64")
+    vecs = np.stack([np.frombuffer(base64.b64decode(d.embedding), "<f4") for d in packed.data])
+    np.testing.assert_allclose(vecs, ref[:2], atol=2e-6, rtol=0)
 
 
 def test_concurrent_embedding_requests_each_get_their_own_rows(client, server):
@@ -317,6 +321,24 @@ def test_a_chunked_body_over_the_limit_is_refused(server):
     conn.close()
 
 
+def test_a_client_that_leaves_mid_stream_does_not_disturb_the_server(server, client, gpt_dir):
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    body = {"model": "chargpt", "prompt": "ROMEO:", "max_tokens": 32, "stream": True}
+    conn.request(
+        "POST",
+        "/v1/completions",
+        body=json.dumps(body),
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("content-type").startswith("text/event-stream")
+    assert resp.readline().startswith(b"data: {")
+    conn.close()  # gone after the first event
+    got = client.completions.create(model="chargpt", prompt="To be", max_tokens=6, temperature=0)
+    assert got.choices[0].text == greedy_text(gpt_dir, "To be", 6)
+
+
 # --------------------------------------------------------------------------------------------
 # batching and overload
 # --------------------------------------------------------------------------------------------
@@ -452,3 +474,14 @@ def test_the_command_refuses_a_busy_port(gpt_dir, capsys):
         assert len(err) == 1 and "cannot listen on 127.0.0.1:" in err[0]
     finally:
         sock.close()
+
+
+def test_without_fastapi_the_command_names_the_extra(gpt_dir, monkeypatch, capsys):
+    for name in [m for m in sys.modules if m == "attnkit.serve" or m.startswith("attnkit.serve.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi now fails
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--model", str(gpt_dir), "--port", "0"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["attnkit: error: fastapi is not installed: pip install 'attnkit[serve]'"]
