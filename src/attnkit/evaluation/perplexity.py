@@ -90,6 +90,7 @@ def perplexity(
         raise ValueError(f"token id {bad} is outside the model's vocabulary 0..{vocab - 1}")
     spans = window_spans(flat.numel(), block, stride)
     device = next(model.parameters()).device
+    head = model.lm_head
     was_training = model.training
     model.eval()
     total = 0.0
@@ -97,11 +98,13 @@ def perplexity(
         for b in range(0, len(spans), batch_size):
             group = spans[b : b + batch_size]
             x = torch.stack([flat[s:e] for s, e, _ in group]).to(device)  # (B, T)
-            y = torch.stack([flat[s + 1 : e + 1] for s, e, _ in group]).to(device)  # (B, T)
-            logits = model(x).logits.float()  # (B, T, V)
-            nll = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (B, T)
-            for row, (_, _, scored) in enumerate(group):
-                total += float(nll[row, -scored:].double().sum())
+            h = model.hidden_states(x)  # (B, T, C)
+            for row, (_, e, scored) in enumerate(group):
+                # the LM head on the scored positions only: (scored, V) logits, not (B, T, V)
+                logits = head(h[row, -scored:]).float()  # (scored, V)
+                target = flat[e + 1 - scored : e + 1].to(device)  # (scored,)
+                nll = F.cross_entropy(logits, target, reduction="none")  # (scored,)
+                total += float(nll.double().sum())
     finally:
         model.train(was_training)
     n = flat.numel() - 1
