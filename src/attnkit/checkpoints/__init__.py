@@ -27,13 +27,12 @@ from attnkit.checkpoints.format import (
     load_dir,
     read_header,
     read_json,
-    read_pickle,
-    read_state,
     read_tensors,
     save_dir,
     save_tensors,
 )
 from attnkit.checkpoints.hf import load_hf_dir
+from attnkit.checkpoints.pickles import read_pickle, read_state
 from attnkit.models.common import ModelBase
 from attnkit.models.config import ModelConfig
 from attnkit.models.meta import ModelMeta, SwapRecord

@@ -11,7 +11,8 @@ against a model built from the config on the meta device (nothing allocated), th
 tokenizer's ids against ``vocab_size``; only then is the model built and are the tensors read
 (CRC-32 and finiteness checked) and copied. A bad checkpoint raises :class:`CheckpointError`
 naming the file and the problem; no half-loaded model is ever returned. Pickles (``.bin``,
-``state.pt``) are read only with ``torch.load(weights_only=True)`` (:func:`read_pickle`).
+``state.pt``) are read only with ``torch.load(weights_only=True)``
+(:mod:`attnkit.checkpoints.pickles`).
 
 ``config.json`` holds ``{"format": "attnkit", "format_version": 2, "model": <ModelConfig>,
 "meta": <ModelMeta>}``; version 1 (labels, max_length, fine-tuning and sentence settings at the
@@ -22,7 +23,6 @@ top level, ``n_head``/``n_kv_head``) is migrated on load (:func:`migrate`). The 
 from __future__ import annotations
 
 import json
-import warnings
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +33,8 @@ from torch import nn
 
 from attnkit._util.fs import atomic_write, atomic_write_bytes, atomic_write_json
 from attnkit.checkpoints import header as header_mod
+from attnkit.checkpoints.errors import CheckpointError
+from attnkit.checkpoints.pickles import read_pickle
 from attnkit.models.common import ModelBase
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
@@ -43,10 +45,6 @@ FORMAT_VERSION = 2  # 1: no "meta"; what a model carried sat at the top level
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the file and the key."""
 
 
 CHECKSUM_PREFIX = "crc32:"
@@ -129,57 +127,6 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
                 f"{_crc32(t)}, the file recorded {want}"
             )
     return out
-
-
-def _pickle_reason(e: Exception) -> str:
-    """The line of a ``torch.load(weights_only=True)`` error that says what it refused (its
-    advice to load with ``weights_only=False`` is left out)."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    for ln in lines:
-        if "GLOBAL" in ln or "Unsupported" in ln:
-            ln = ln.removeprefix("WeightsUnpickler error:").strip()
-            return ln.split(" Please use ")[0].rstrip(".")  # not the advice to allow it
-    first = lines[0] if lines else type(e).__name__
-    return type(e).__name__ if first.startswith("Weights only load failed") else first
-
-
-def read_pickle(path: str | Path, what: str) -> Any:
-    """The object in the PyTorch file ``path`` (``what`` it should hold, for messages), read
-    with ``torch.load(weights_only=True)``: tensors and plain values only, so a pickle that
-    would run code (a ``__reduce__`` payload) is refused unrun, as a CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file; expected {what}")
-    try:
-        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"{path}: cannot be read as a PyTorch weights file: torch.load(weights_only=True), "
-            f"which accepts only tensors and plain values, refused it ({_pickle_reason(e)}); "
-            f"nothing in it was run. Expected {what}"
-        ) from None
-
-
-def read_state(path: str | Path, required: Mapping[str, type]) -> dict[str, Any]:
-    """A training state dict (``state.pt``: optimizer, RNG states, step...) read as
-    :func:`read_pickle` does, with each key of ``required`` present and of its type."""
-    path = Path(path)
-    what = "a dict with " + ", ".join(f"{k!r} ({t.__name__})" for k, t in required.items())
-    obj = read_pickle(path, what)
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}; expected {what}")
-    missing = sorted(set(required) - set(obj))
-    if missing:
-        raise CheckpointError(f"{path}: missing key(s) {missing}; expected {what}")
-    for key, kind in required.items():
-        value = obj[key]
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise CheckpointError(
-                f"{path}: key {key!r} is a {type(value).__name__}; expected {kind.__name__}"
-            )
-    return obj
 
 
 def key_mismatch(missing: list[str], unknown: list[str]) -> str:
