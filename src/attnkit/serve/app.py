@@ -220,9 +220,7 @@ def create_app(
     async def result(svc: Service, job: Job) -> Any:
         svc.queue.submit(job)
         try:
-            return await asyncio.wait_for(
-                asyncio.wrap_future(job.future), limits.request_timeout_s * 2
-            )
+            return await asyncio.wait_for(asyncio.wrap_future(job.future), limits.answer_timeout_s)
         except asyncio.TimeoutError:
             raise APIError(
                 503,
@@ -342,7 +340,7 @@ async def _sse(
         if chat:
             for c in range(len(job.payload.rows)):
                 yield chunk(c, "", None, role=True)
-        deadline = time.monotonic() + limits.request_timeout_s * 2
+        deadline = time.monotonic() + limits.answer_timeout_s
         while True:
             getter = asyncio.ensure_future(events.get())
             finished, _ = await asyncio.wait(

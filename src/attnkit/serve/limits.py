@@ -25,6 +25,8 @@ class Limits:
     max_batch_texts: texts embedded in one batch of requests (length-sorted inside).
     max_batch_rows: completion rows decoded together.
     request_timeout_s: a request still waiting for the model after this is answered 503.
+    answer_timeout_s: a request not answered after this (waiting and running) is answered 503
+        (a guard against a model call that never returns; a stream gets an error event).
     """
 
     max_body_bytes: int = 2 << 20
@@ -37,6 +39,7 @@ class Limits:
     max_batch_texts: int = 256
     max_batch_rows: int = 16
     request_timeout_s: float = 30.0
+    answer_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -52,6 +55,7 @@ class Limits:
         checks.optional_positive_int("Limits.max_input_tokens", self.max_input_tokens)
         checks.non_negative_float("Limits.batch_wait_ms", self.batch_wait_ms)
         checks.positive_float("Limits.request_timeout_s", self.request_timeout_s)
+        checks.positive_float("Limits.answer_timeout_s", self.answer_timeout_s)
         if self.default_max_tokens > self.max_tokens:
             raise ValueError(
                 f"Limits.default_max_tokens={self.default_max_tokens} exceeds "
