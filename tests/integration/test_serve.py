@@ -173,6 +173,49 @@ def test_completions_equal_greedy_generate(client, gpt_dir):
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
+def test_concurrent_completions_share_batches_and_keep_their_rows(client, gpt_dir):
+    prompts = ["ROMEO:", "To be", "Now is the", "All", "Friends, Romans", "Or to take arms"]
+    want = {p: greedy_text(gpt_dir, p, 8) for p in prompts}
+    got, errors = {}, []
+
+    def ask(p):
+        try:
+            r = client.completions.create(model="chargpt", prompt=p, max_tokens=8, temperature=0)
+            got[p] = r.choices[0].text
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and got == want
+
+
+def test_the_event_stream_on_the_wire(server):
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    body = {"model": "chargpt", "prompt": "To be", "max_tokens": 4, "temperature": 0}
+    conn.request(
+        "POST",
+        "/v1/completions",
+        body=json.dumps({**body, "stream": True}),
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
+    resp = conn.getresponse()
+    events = [e for e in resp.read().decode().split("\n\n") if e]
+    conn.close()
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    assert {c["object"] for c in chunks} == {"text_completion"} and len(
+        {c["id"] for c in chunks}
+    ) == 1
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    _, plain = raw(server, "POST", "/v1/completions", body)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == plain["choices"][0]["text"]
+
+
 def test_stop_strings_cut_the_text_before_them(client, gpt_dir):
     full = greedy_text(gpt_dir, "To be", 20)
     stop = full[6:8]  # a string the greedy text is known to contain
