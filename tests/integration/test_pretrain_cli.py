@@ -254,6 +254,31 @@ def test_corrupt_checkpoint_falls_back_to_previous(env, tmp_path, uninterrupted,
         assert torch.equal(a[key], b[key]), key
 
 
+def test_resume_refuses_when_every_complete_checkpoint_is_damaged(
+    env, tmp_path, uninterrupted, capsys
+):
+    """Finished checkpoints that all fail their manifest are damage, not a cut-short write:
+    --resume refuses (exit 2, one line) instead of quietly starting over, and touches nothing."""
+    import shutil
+
+    out = tmp_path / "all-damaged"
+    shutil.copytree(uninterrupted, out)
+    for step in sorted((out / "checkpoints").glob("step-*")):
+        weights = step / "model.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[-3] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as e:
+        cli.main(_run_args(env, out, 300) + ["--resume"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    line = err[-1]
+    assert line.startswith("attnkit: error: --resume: every complete checkpoint in ")
+    assert "is damaged" in line and "--overwrite" in line and "step-000300" in line
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 # --------------------------------------------------------------------------------------------
 def test_torchrun_two_processes_match_one(env, tmp_path):
     common = [

@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover - for static tools only
 __all__ = [
     "MANIFEST_NAME",
     "STATE_NAME",
+    "damaged_checkpoints",
     "latest_checkpoint",
     "load_checkpoint",
     "save_checkpoint",
@@ -130,6 +131,18 @@ def latest_checkpoint(out: Path) -> Path | None:
             return directory
         logger.warning("attnkit: skipping checkpoint %s: %s", directory, problem)
     return None
+
+
+def damaged_checkpoints(out: Path) -> list[tuple[Path, str]]:
+    """Checkpoints whose manifest was written (so the write finished) but whose files no longer
+    match it, with the reason: real damage, unlike a write that a kill cut short."""
+    found = []
+    for directory in sorted((out / "checkpoints").glob("step-*")):
+        if (directory / MANIFEST_NAME).is_file():
+            problem = verify_checkpoint(directory)
+            if problem is not None:
+                found.append((directory, problem))
+    return found
 
 
 def load_checkpoint(

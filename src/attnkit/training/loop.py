@@ -42,6 +42,7 @@ from attnkit._util import checks, faults
 from attnkit._util.fs import atomic_write_json
 from attnkit.training import distributed, metrics, optim, precision, rundir
 from attnkit.training.checkpointing import (
+    damaged_checkpoints,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -201,6 +202,14 @@ def pretrain(
         start, best, tokens_before, elapsed_before = 0, math.inf, 0, 0.0
         if resume:
             found = latest_checkpoint(out)
+            damaged = damaged_checkpoints(out) if found is None else []
+            if damaged:  # finished checkpoints, all damaged: starting over would hide it
+                where, problem = damaged[-1]
+                raise ValueError(
+                    f"--resume: every complete checkpoint in {out / 'checkpoints'} is damaged "
+                    f"({len(damaged)}; the newest, {where.name}: {problem}); expected at least "
+                    f"one intact checkpoint: restore it, or pass --overwrite to start the run over"
+                )
             if found is None:
                 if d.is_main:
                     logger.warning(
