@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from tokenizers import Tokenizer
@@ -14,6 +14,8 @@ from attnkit.attention.kv_cache import KVCache
 from attnkit.generation.checks import Options, check_model, check_options, prompt_rows
 from attnkit.generation.detok import TextTail, hits_stop_ids, hits_stop_string
 from attnkit.generation.sampling import apply_repetition_penalty, choose_tokens
+from attnkit.generation.seq2seq import generate_seq2seq
+from attnkit.models.encdec import EncoderDecoder
 from attnkit.models.gpt import GPT
 from attnkit.native.linear import PACK_MIN_TOKENS, decoding_linears
 
@@ -257,7 +259,7 @@ def _run(
 
 
 def generate(
-    model: GPT,
+    model: GPT | EncoderDecoder,
     prompt: Any,
     max_new_tokens: int = 64,
     *,
@@ -272,8 +274,13 @@ def generate(
     callback: Callable[[GeneratedToken], Any] | None = None,
     use_cache: bool = True,
     context: str = "error",
-) -> list[int] | list[list[int]]:
+    **seq2seq_options: Any,
+) -> list[int] | list[list[int]] | torch.Tensor:
     """Continue ``prompt`` with up to ``max_new_tokens`` tokens from a GPT ``model``.
+
+    For an encoder-decoder ``model``, ``prompt`` is the source ids (B, S) and the call is
+    :func:`~attnkit.generation.seq2seq.generate_seq2seq` (``attention_mask=``, ``num_beams=``
+    and its other options in ``seq2seq_options``), which returns the decoder ids (B, L).
 
     prompt: text (needs ``tokenizer`` or ``model.meta.tokenizer``), token ids (list or 1-D
         tensor), or a batch: a list of texts, a list of id lists (any lengths) or a (B, T)
@@ -287,6 +294,27 @@ def generate(
     Returns the prompt's token ids followed by the new ones: a ``list[int]`` for one prompt, a
     list of them (one per prompt, without padding) for a batch.
     """
+    if isinstance(model, EncoderDecoder):
+        gpt_only: dict[str, Any] = dict(repetition_penalty=repetition_penalty, stop=stop)
+        gpt_only.update(tokenizer=tokenizer)
+        gpt_only.update(callback=callback, use_cache=use_cache, context=context)
+        return generate_seq2seq(
+            model,
+            prompt,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_token_id=cast(Any, eos_token_id),
+            seed=seed,
+            decoder_only=gpt_only,
+            **seq2seq_options,
+        )
+    if seq2seq_options:
+        raise TypeError(
+            f"generate() got {sorted(seq2seq_options)}: options of encoder-decoder models; "
+            f"this model is a {type(model).__name__}"
+        )
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be callable, got {callback!r}")
     gpt = check_model(model)

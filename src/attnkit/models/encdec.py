@@ -77,20 +77,35 @@ class DecoderCache:
     def batch_size(self) -> int:
         return self.cross[0][0].shape[0]
 
-    def reorder(self, index: Tensor) -> None:
+    def reorder(self, index: Tensor, memory: bool = True) -> None:
         """Keep the rows ``index`` (B',) of every cache, in that order: beam search keeps its
         surviving beams so, and ``index = arange(B).repeat_interleave(n)`` makes n rows of each.
-        The self-attention caches are replaced by new ones holding the chosen rows."""
+        With as many rows as before the self-attention caches are reordered in place, else
+        replaced by new ones holding the chosen rows. ``memory=False`` leaves the
+        cross-attention keys and values and the source mask as they are (beam search reorders
+        beams within each source, whose rows of them are equal)."""
+        same = index.shape[0] == self.batch_size
+        if not memory and not same:
+            raise ValueError(
+                f"memory=False keeps the batch size {self.batch_size}; got {index.shape[0]} rows"
+            )
         fresh = []
         for c in self.self_attn:
+            n = c.length
+            if same and c.k is not None and c.v is not None:
+                c.k[:, :, :n] = c.k[:, :, :n].index_select(0, index)
+                c.v[:, :, :n] = c.v[:, :, :n].index_select(0, index)
+                fresh.append(c)
+                continue
             new = KVCache(c.max_len, c.dtype)
-            if c.length and c.k is not None and c.v is not None:
-                n = c.length
+            if n and c.k is not None and c.v is not None:
                 new.update(
                     c.k[:, :, :n].index_select(0, index), c.v[:, :, :n].index_select(0, index)
                 )
             fresh.append(new)
         self.self_attn = fresh
+        if not memory:
+            return
         self.cross = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross]
         if self.source_valid_mask is not None:
             self.source_valid_mask = self.source_valid_mask.index_select(0, index)

@@ -1,0 +1,160 @@
+"""Beam search for encoder-decoder models, and the score rules shared with greedy decoding.
+
+The search follows Hugging Face's ``generate(num_beams=K)`` step for step, so that on the same
+weights the outputs are the same tokens. Per source, K running hypotheses (only the first is
+live at the start) and K finished ones are kept, each with a score:
+
+1. every running hypothesis is extended by every token: its score plus the token's log
+   probability (log-softmax of the step's float32 logits, then :func:`ban_repeated_ngrams` and
+   :func:`ban_eos_before`); the best 2K extensions (more with several eos ids) are taken;
+2. an extension that ends in an eos id, or reaches ``max_length``, is a candidate for the
+   finished set if it is among the K best: its score there is its summed log probability over
+   ``generated_tokens ** length_penalty``; the K best of the finished set and the candidates
+   are kept;
+3. the K best extensions that did not finish run on; their self-attention caches are reordered
+   in place (the cross-attention keys and values of a source are the same for all its beams
+   and are not touched);
+4. a source stops taking finished hypotheses when ``early_stopping`` is True and it has K, or
+   when no running hypothesis can beat its worst finished one: with ``early_stopping`` False
+   or True the best running score is judged at the current length, with "never" (and a
+   positive length penalty) at ``max_length``. The search ends when no source can improve,
+   or (``early_stopping`` True) when every source has K finished, or at ``max_length``.
+
+The returned rows are the best ``num_return_sequences`` finished hypotheses of each source,
+best first, padded with ``pad_token_id`` to the longest.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from attnkit.models.encdec import DecoderCache, EncoderDecoder
+
+__all__ = ["ban_eos_before", "ban_repeated_ngrams", "beam_search"]
+
+_NEG = -1.0e9  # the score of an impossible hypothesis
+
+
+def ban_repeated_ngrams(ids: Tensor, scores: Tensor, n: int) -> Tensor:
+    """Set to -inf the score (R, V) of every token that would repeat an n-gram already in the
+    row's ids (R, T) (the decoder start token included); n = 0 bans nothing."""
+    T = ids.shape[1]
+    if n == 0 or T < n:
+        return scores
+    tail = ids[:, T - n + 1 :]  # (R, n - 1): the n-gram the next token would complete
+    grams = ids.unfold(1, n, 1)  # (R, T - n + 1, n)
+    hit = (grams[..., :-1] == tail[:, None]).all(dim=-1)  # (R, T - n + 1)
+    V = scores.shape[-1]
+    banned = torch.zeros(scores.shape[0], V + 1, dtype=torch.bool, device=scores.device)
+    banned.scatter_(1, torch.where(hit, grams[..., -1], V), True)  # misses go to column V
+    return scores.masked_fill(banned[:, :V], float("-inf"))
+
+
+def ban_eos_before(ids: Tensor, scores: Tensor, min_length: int, eos: Tensor) -> Tensor:
+    """Set the eos ids' scores (R, V) to -inf while the rows (R, T) (start token included) are
+    shorter than ``min_length``."""
+    if ids.shape[1] >= min_length or eos.numel() == 0:
+        return scores
+    return scores.index_fill(1, eos, float("-inf"))
+
+
+def _gather(x: Tensor, index: Tensor) -> Tensor:
+    """x (B, N, ...) -> x[b, index[b, j], ...] (B, J, ...)."""
+    while index.dim() < x.dim():
+        index = index.unsqueeze(-1)
+    return torch.take_along_dim(x, index, dim=1)
+
+
+def beam_search(
+    model: EncoderDecoder,
+    cache: DecoderCache,
+    *,
+    num_beams: int,
+    max_length: int,
+    min_length: int,
+    length_penalty: float,
+    early_stopping: bool | str,
+    no_repeat_ngram_size: int,
+    num_return_sequences: int,
+    eos: Tensor,
+    pad_token_id: int,
+    decoder_start_token_id: int,
+) -> Tensor:
+    """Beam search (module docstring) from a cache of B sources repeated ``num_beams`` times
+    each (rows b * K .. b * K + K - 1 are source b). Returns (B * num_return_sequences, L)
+    decoder ids, each row starting with the decoder start token."""
+    K = num_beams
+    B = cache.batch_size // K
+    device = eos.device
+    wide = max(2, 1 + eos.numel()) * K  # extensions kept per source and step
+    top_k_mask = torch.arange(wide, device=device) < K  # (2K,): the K best may finish
+
+    running = torch.full((B, K, max_length), pad_token_id, dtype=torch.long, device=device)
+    running[:, :, 0] = decoder_start_token_id
+    running_scores = torch.zeros(B, K, device=device)
+    running_scores[:, 1:] = _NEG  # all beams start equal: only the first is live
+    done_seqs = running.clone()  # (B, K, max_length)
+    done_scores = torch.full((B, K), _NEG, device=device)
+    done_lens = torch.zeros(B, K, dtype=torch.long, device=device)
+    is_done = torch.zeros(B, K, dtype=torch.bool, device=device)
+    improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
+    rows = (torch.arange(B, device=device) * K)[:, None]  # (B, 1): first row of each source
+
+    cur = 1  # tokens in every running hypothesis
+    while True:
+        flat = running.view(B * K, max_length)
+        logits = model.decode_step(flat[:, cur - 1 : cur], cache)[:, -1].float()  # (BK, V)
+        V = logits.shape[-1]
+        logp = torch.log_softmax(logits, dim=-1)
+        logp = ban_eos_before(flat[:, :cur], logp, min_length, eos)
+        logp = ban_repeated_ngrams(flat[:, :cur], logp, no_repeat_ngram_size)
+        total = (logp.view(B, K, V) + running_scores[:, :, None]).view(B, K * V)
+
+        top_scores, top_index = torch.topk(total, wide)  # (B, 2K)
+        parent = top_index // V  # (B, 2K): the beam each extension continues
+        token = top_index % V
+        cand = _gather(running, parent)  # (B, 2K, max_length)
+        cand[:, :, cur] = token
+        ends = torch.isin(token, eos) | (cur + 1 >= max_length)  # (B, 2K)
+
+        # the K best extensions that go on
+        go_on = top_scores + ends.to(torch.float32) * _NEG
+        keep = torch.topk(go_on, K)[1]  # (B, K)
+        running = _gather(cand, keep)
+        running_scores = _gather(go_on, keep)
+        beam_parent = _gather(parent, keep)
+
+        # the finished set: the K best of the old one and the extensions that just ended
+        finishing = ends & top_k_mask[None, :]
+        scored = top_scores / ((cur + 1 - 1) ** length_penalty)
+        full = is_done.all(dim=-1, keepdim=True) & (early_stopping is True)
+        scored += full.to(torch.float32) * _NEG
+        scored += (~improvable).to(torch.float32) * _NEG
+        scored += (~finishing) * _NEG
+        merged_scores = torch.cat((done_scores, scored), dim=1)  # (B, 3K)
+        best = torch.topk(merged_scores, K)[1]  # (B, K)
+        done_seqs = _gather(torch.cat((done_seqs, cand), dim=1), best)
+        done_scores = _gather(merged_scores, best)
+        lens = torch.full_like(top_scores, cur, dtype=torch.long)  # generated tokens of each
+        done_lens = _gather(torch.cat((done_lens, lens), dim=1), best)
+        is_done = _gather(torch.cat((is_done, finishing), dim=1), best)
+
+        cache.reorder((beam_parent + rows).view(-1), memory=False)
+        cur += 1
+
+        if early_stopping == "never" and length_penalty > 0.0:
+            best_len = max_length - 1
+        else:
+            best_len = cur - 1
+        best_running = running_scores[:, :1] / (best_len**length_penalty)
+        worst_done = torch.where(is_done, done_scores.min(dim=1, keepdim=True)[0], _NEG)
+        improvable = improvable & (best_running > worst_done).any(dim=-1, keepdim=True)
+        go = improvable.any() & ~(is_done.all() & (early_stopping is True)) & ~ends.all()
+        if not bool(go):  # one host sync per step
+            break
+
+    n = num_return_sequences
+    out = done_seqs[:, :n].reshape(B * n, max_length)
+    length = 1 + int(done_lens[:, :n].max())
+    return out[:, :length]
