@@ -47,7 +47,6 @@ def encoder():
 
 
 V = len(VOCAB)
-BAD = [-1, 1.5, math.nan, math.inf, -math.inf, "3", True, None, [1], 2**70]
 
 
 def mostly(good, bad):
@@ -100,14 +99,15 @@ GOOD = {
     "use_cache": st.booleans(),
     "context": st.sampled_from(["error", "slide"]),
 }
+NOT_NUMBERS = ["3", True, None, [1]]
 BAD_GEN = {
     "prompt": BAD_PROMPTS,
-    "max_new_tokens": st.sampled_from([0, *BAD]),
-    "temperature": st.sampled_from([-1e-9, *BAD]),
-    "top_k": st.sampled_from([0, *BAD[:-3]]),
-    "top_p": st.sampled_from([0.0, 1.0001, *BAD[:6]]),
-    "repetition_penalty": st.sampled_from([0.0, *BAD[:7]]),
-    "stop": st.sampled_from(["", [], [V], 5, [[]]]),
+    "max_new_tokens": st.sampled_from([0, -1, 1.5, math.nan, math.inf, *NOT_NUMBERS]),
+    "temperature": st.sampled_from([-1e-9, -1, math.nan, math.inf, -math.inf, *NOT_NUMBERS]),
+    "top_k": st.sampled_from([0, -1, 1.5, math.nan, math.inf, *NOT_NUMBERS]),
+    "top_p": st.sampled_from([0.0, 1.0001, -1, 1.5, math.nan, math.inf, -math.inf, "3"]),
+    "repetition_penalty": st.sampled_from([0.0, -1, math.nan, math.inf, -math.inf, *NOT_NUMBERS]),
+    "stop": st.sampled_from(["", [V], 5, [[]], [""]]),  # [] is no stop, like None
     "eos_token_id": st.sampled_from([V, -1, "7", [1.5]]),
     "seed": st.sampled_from([-1, 1.5, "1"]),
     "use_cache": st.sampled_from([1, "no", None]),

@@ -182,7 +182,12 @@ def plan(
     if bias is not None:
         dense_bytes += q.shape[1] * Tq * Tk * 4
     if dense_bytes > DENSE_MASK_BUDGET and spec.mask is None and not tensor_bias:
-        if dropout_p == 0 and (not grad or not cpu_like) and _flex_available(q.device):
+        if (
+            dropout_p == 0
+            and (not grad or not cpu_like)
+            and _flex_available(q.device)
+            and not (cpu_like and q.dtype == torch.float64)
+        ):
             return Plan(
                 "flex",
                 f"a dense mask/bias would take {dense_bytes / 2**20:.0f} MiB; FlexAttention skips empty "
@@ -223,6 +228,11 @@ def _check_explicit(q, spec, bias, dropout_p, return_weights, backend, grad, cpu
             )
         if not _flex_available(q.device):
             raise ValueError(f"backend='flex' is not available on device {q.device}")
+        if cpu_like and q.dtype == torch.float64:
+            raise ValueError(
+                "backend='flex' on CPU takes float32, float16 or bfloat16 inputs, got "
+                "torch.float64; use backend='math' or 'sdpa' (or 'auto')"
+            )
     if backend == "windowed":
         if spec.window is None:
             raise ValueError("backend='windowed' needs window=<int>")
