@@ -45,7 +45,9 @@ Int8: :func:`quantize_int8` turns a model's block and LM-head linears into weigh
 
 The package by job: :mod:`~attnkit.generation.sampling` (choosing tokens),
 :mod:`~attnkit.generation.checks` (argument checks), :mod:`~attnkit.generation.detok`
-(streaming text, stop strings), :mod:`~attnkit.generation.decode` (the decoding loop). The
+(streaming text, stop strings), :mod:`~attnkit.generation.decode` (the decoding loop),
+:mod:`~attnkit.generation.seq2seq` and :mod:`~attnkit.generation.beam` (encoder-decoder models:
+greedy, sampling and beam search; ``generate`` hands them an ``EncoderDecoder``). The
 linears used while decoding and the int8 layers are in :mod:`attnkit.native`.
 """
 
@@ -54,6 +56,7 @@ from __future__ import annotations
 from attnkit.generation.checks import CONTEXT_MODES
 from attnkit.generation.decode import GeneratedToken, generate, stream
 from attnkit.generation.sampling import apply_repetition_penalty, choose_tokens, filter_logits
+from attnkit.generation.seq2seq import generate_seq2seq
 from attnkit.native.int8 import Int8Linear, quantize_int8
 
 __all__ = [
@@ -64,6 +67,7 @@ __all__ = [
     "choose_tokens",
     "filter_logits",
     "generate",
+    "generate_seq2seq",
     "quantize_int8",
     "stream",
 ]
