@@ -125,13 +125,14 @@ def pair(request, tmp_path_factory):
 
 def hf_generate(hf, src, mask, **kw):
     cfg = hf.config
+    eos = kw.pop("eos_token_id", cfg.eos_token_id)
     with torch.no_grad():
         out = hf.generate(
             input_ids=src,
             attention_mask=mask,
             do_sample=False,
             pad_token_id=cfg.pad_token_id,
-            eos_token_id=cfg.eos_token_id,
+            eos_token_id=eos,
             decoder_start_token_id=cfg.decoder_start_token_id,
             forced_bos_token_id=None,
             forced_eos_token_id=None,
@@ -142,9 +143,8 @@ def hf_generate(hf, src, mask, **kw):
             **kw,
         )
     # pad after each row's first eos with pad_token_id (HF's beam search pads with eos for T5)
-    ended = torch.cumsum((out == cfg.eos_token_id) & (torch.arange(out.shape[1]) > 0), dim=1)
-    after = (ended - (out == cfg.eos_token_id).long()) > 0
-    after[:, 0] = False
+    is_eos = torch.isin(out, torch.tensor(eos)) & (torch.arange(out.shape[1]) > 0)
+    after = (torch.cumsum(is_eos, dim=1) - is_eos.long()) > 0
     return out.masked_fill(after, cfg.pad_token_id)
 
 
@@ -200,3 +200,21 @@ def test_greedy_and_beam_match_hf_token_for_token(pair, seed):
             lengths.update(ends(got, cfg.eos_token_id))
     # the outputs are not degenerate: rows end at several different steps
     assert len(lengths) >= 3, lengths
+
+
+def test_several_eos_ids_match_hf(pair):
+    """Rows end at any of the eos ids (the second one a token the model emits early)."""
+    hf, ours = pair
+    cfg = hf.config
+    src, mask, _ = sources(cfg, 6, seed=20)
+    free = hf_generate(hf, src, mask, num_beams=1, max_new_tokens=8, eos_token_id=[])
+    counts = torch.bincount(free[:, 1:4].flatten(), minlength=VOCAB)
+    counts[[cfg.decoder_start_token_id, cfg.pad_token_id, cfg.eos_token_id]] = 0
+    eos = [cfg.eos_token_id, int(counts.argmax())]
+    for kw in (dict(num_beams=1), dict(num_beams=3, early_stopping=True)):
+        want = hf_generate(hf, src, mask, max_new_tokens=10, eos_token_id=eos, **kw)
+        got = attnkit.generate(
+            ours, src, attention_mask=mask, max_new_tokens=10, eos_token_id=eos, **kw
+        )
+        assert torch.equal(got, want), f"{kw}:\n{got}\n{want}"
+        assert torch.isin(got[:, 1:], torch.tensor(eos[1:])).any()
