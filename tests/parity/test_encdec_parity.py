@@ -7,6 +7,8 @@ caches (self-attention KV cache, cross-attention K/V computed once) must give th
 the export must load in transformers (``from_pretrained``) and give them again.
 """
 
+import re
+
 import pytest
 import torch
 
@@ -248,3 +250,25 @@ def test_t5_without_output_scaling_converts(tmp_path):
     with pytest.raises(ValueError, match="scale_decoder_output"):
         export_hf(ours, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "family, copy",
+    [
+        ("marian", "model.decoder.embed_tokens.weight"),
+        ("marian", "model.encoder.embed_tokens.weight"),
+        ("bart", "lm_head.weight"),
+        ("t5", "decoder.embed_tokens.weight"),
+        ("t5", "encoder.embed_tokens.weight"),
+    ],
+)
+def test_a_copy_of_the_token_table_that_differs_is_refused(family, copy):
+    """attnkit keeps one token table where HF may store several copies (untied checkpoints
+    save each): a copy that differs would convert to a model with other outputs."""
+    hf = random_hf(family)
+    tensors = {k: v.clone() for k, v in hf.state_dict().items()}
+    assert copy in tensors
+    convert_from_hf(tensors, hf.config.to_dict())  # equal copies convert
+    tensors[copy][3, 1] += 0.25
+    with pytest.raises(CheckpointError, match=rf"'{re.escape(copy)}' differs from the table"):
+        convert_from_hf(tensors, hf.config.to_dict())

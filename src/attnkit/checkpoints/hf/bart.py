@@ -79,6 +79,7 @@ KEYMAP = Seq2SeqKeyMap(
     decoder_layer=DECODER_LAYER,
     ignore=(r"model\.encoder\.embed_tokens\.weight", r"model\.(en|de)coder\.version"),
     hf_class="BartForConditionalGeneration",
+    copies=(("model.encoder.embed_tokens.weight", "model.shared.weight"),),
 )
 
 

@@ -33,6 +33,7 @@ KEYMAP = Seq2SeqKeyMap(
         r"model\.(en|de)coder\.version",
     ),
     hf_class="MarianMTModel",
+    copies=(("model.encoder.embed_tokens.weight", "model.shared.weight"),),
 )
 
 

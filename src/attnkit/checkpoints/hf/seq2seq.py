@@ -68,13 +68,16 @@ def activation_to_hf(mlp: str, model_type: str) -> str:
 @dataclass(frozen=True)
 class Seq2SeqKeyMap:
     """Per-model rules, per-encoder-layer and per-decoder-layer rules (``{i}``: the layer),
-    HF keys that are never converted (regular expressions), and the HF class."""
+    HF keys that are never converted (regular expressions), the HF class, and HF keys that
+    hold copies of another key (``(copy, original)``: read only to check that they are equal,
+    since attnkit keeps one table)."""
 
     model: tuple[Rule, ...]
     encoder_layer: tuple[Rule, ...]
     decoder_layer: tuple[Rule, ...]
     ignore: tuple[str, ...]
     hf_class: str
+    copies: tuple[tuple[str, str], ...] = ()
 
     def rules(self, n_encoder: int, n_decoder: int) -> list[Rule]:
         """Every rule, the layer rules written out for each layer."""
@@ -161,6 +164,7 @@ def convert_from_hf(
         raise CheckpointError(
             f"{source}: {key_mismatch(sorted(missing), unknown)} for a {arch.keymap.hf_class}"
         )
+    _check_copies(arch, skeleton, tensors, ours, source)
     model = EncoderDecoder(cfg)
     check_and_load(
         model,
@@ -169,6 +173,44 @@ def convert_from_hf(
         skip=tuple(tied),
     )
     return model
+
+
+def _check_copies(
+    arch: Seq2SeqArchitecture,
+    skeleton: EncoderDecoder,
+    tensors: Mapping[str, torch.Tensor],
+    ours: Mapping[str, torch.Tensor],
+    source: Path,
+) -> None:
+    """HF tensors that the attnkit model keeps once (a tied copy, or a key map's ``copies``)
+    must equal the tensor that is read: an untied checkpoint whose tables differ would
+    otherwise convert to a model with other outputs, silently."""
+    params = dict(skeleton.named_parameters(remove_duplicate=False))
+    pairs: list[tuple[str, str, torch.Tensor]] = [
+        (copy, original, tensors[original])
+        for copy, original in arch.keymap.copies
+        if copy in tensors and original in tensors
+    ]
+    tied = set(skeleton.tied_keys())
+    for rule in _applicable(arch, skeleton):
+        if rule.ours not in tied or len(rule.hf_names) != 1 or rule.hf_names[0] not in tensors:
+            continue
+        target = next((k for k in ours if params.get(k) is params[rule.ours]), None)
+        if target is not None:
+            pairs.append((rule.hf_names[0], target, ours[target]))
+    for copy, original, value in pairs:
+        t = tensors[copy]
+        if t.shape != value.shape or not torch.equal(t.to(value.dtype), value):
+            diff = (
+                f"max |difference| {(t.double() - value.double()).abs().max().item():.3g}"
+                if t.shape == value.shape
+                else f"shapes {tuple(t.shape)} and {tuple(value.shape)}"
+            )
+            raise CheckpointError(
+                f"{source}: {copy!r} differs from the table it should equal ({original!r}; "
+                f"{diff}); attnkit's {arch.model_type} keeps one table for both, so this "
+                f"untied checkpoint cannot be converted without changing its outputs"
+            )
 
 
 def to_hf_state_dict(

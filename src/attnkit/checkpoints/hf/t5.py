@@ -74,6 +74,7 @@ KEYMAP = Seq2SeqKeyMap(
     decoder_layer=DECODER_LAYER,
     ignore=(r"encoder\.embed_tokens\.weight",),
     hf_class="T5ForConditionalGeneration",
+    copies=(("encoder.embed_tokens.weight", "shared.weight"),),
 )
 
 
