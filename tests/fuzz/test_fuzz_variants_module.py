@@ -307,7 +307,7 @@ def test_multihead_attention_forward(causal, positional, backend, B, T, use_cach
         if cache is None:
             bad = None
         else:
-            kw["valid_key_mask"] = torch.ones(B, max(T - 1, 0), dtype=torch.bool)
+            kw["valid_key_mask"] = torch.ones(B, T + 1, dtype=torch.bool)  # Tk is T here
     elif bad == "weights_from_sdpa":
         kw["return_weights"] = True
         if backend != "sdpa":
