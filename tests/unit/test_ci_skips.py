@@ -81,7 +81,7 @@ def run(pytester, monkeypatch, ci: str | None) -> tuple[dict[str, str], str]:
     else:
         monkeypatch.setenv("CI", ci)
     xml = pytester.path / "report.xml"
-    result = pytester.runpytest_inprocess(
+    result = pytester.runpytest_subprocess(
         "-p",
         "no:cacheprovider",
         "-q",
