@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["apply_repetition_penalty", "choose_tokens", "filter_logits"]
@@ -36,6 +38,17 @@ def filter_logits(
     return logits
 
 
+def _refuse_non_finite(top: torch.Tensor) -> None:
+    """top (B,): each row's largest logit. One host sync (the chosen ids need one anyway),
+    and no tensor ops: this runs at every decoding step."""
+    for row, value in enumerate(top.tolist()):
+        if not math.isfinite(value):
+            raise ValueError(
+                f"the model's logits for row {row} hold NaN or inf (non-finite weights or "
+                f"activations); expected finite logits to choose a token from"
+            )
+
+
 def choose_tokens(
     logits: torch.Tensor,
     temperature: float,
@@ -50,15 +63,12 @@ def choose_tokens(
     activations): no token is chosen from them. The tempered logits are shifted by their row
     maximum first, so that a tiny temperature (down to the smallest float) is a clean arg-max
     instead of inf / inf."""
-    top = logits.amax(dim=-1, keepdim=True)  # (B, 1); NaN if the row holds one
-    if not bool(torch.isfinite(top).all()):  # one host sync; the chosen ids need one anyway
-        bad = int((~torch.isfinite(top[:, 0])).nonzero()[0, 0])
-        raise ValueError(
-            f"the model's logits for row {bad} hold NaN or inf (non-finite weights or "
-            f"activations); expected finite logits to choose a token from"
-        )
     if temperature == 0:
-        return logits.argmax(dim=-1)
+        top, ids = logits.max(dim=-1)  # (B,) each, in one pass; top is NaN if the row holds one
+        _refuse_non_finite(top)
+        return ids
+    top = logits.amax(dim=-1, keepdim=True)  # (B, 1)
+    _refuse_non_finite(top[:, 0])
     # a temperature below the dtype's smallest normal number would round to 0 in it
     temperature = max(temperature, torch.finfo(logits.dtype).tiny)
     logits = filter_logits((logits - top) / temperature, top_k, top_p)  # max is 0: no overflow
