@@ -92,6 +92,8 @@ def test_presets_and_unknown_preset_lists_the_names():
         assert name in preset_names()
     with pytest.raises(ValueError, match=r"unknown model preset 'gpt5'.*'bert-base'.*'gpt2'"):
         get_preset("gpt5")
+    with pytest.raises(ValueError, match=r"'tiny-marian' is an encoder-decoder.*build_model"):
+        get_preset("tiny-marian")
     assert get_preset("gpt2").n_layer == 12 and get_preset("gpt2-medium").d_model == 1024
 
 

@@ -104,6 +104,13 @@ def get_preset(name: str, **overrides: Any) -> ModelConfig:
     try:
         make = PRESETS[name]
     except (KeyError, TypeError):
+        from attnkit.models.encdec_config import ENCDEC_PRESETS
+
+        if isinstance(name, str) and name in ENCDEC_PRESETS:
+            raise ValueError(
+                f"model preset {name!r} is an encoder-decoder; expected one of "
+                f"{preset_names()} here, or get_encdec_preset({name!r}) / build_model({name!r})"
+            ) from None
         raise ValueError(
             f"unknown model preset {name!r}; expected one of {preset_names()}"
         ) from None
