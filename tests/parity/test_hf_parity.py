@@ -273,6 +273,16 @@ def test_gpt2_directory_with_bpe_files_loads_with_its_tokenizer(tmp_path):
     with torch.no_grad():
         assert (model(ids).logits - hf(input_ids=ids).logits).abs().max().item() <= TOL
 
+    # a text longer than the positions keeps every token (a GPT's tokenizer does not cut), and
+    # a prompt that long is refused with its real length instead of being cut at the wrong end
+    long = " ".join(["ab a"] * model.config.max_seq_len)
+    n = len(model.meta.tokenizer.encode(long).ids)
+    assert n > 2 * model.config.max_seq_len  # 3 tokens a repeat after the first
+    with pytest.raises(ValueError, match=rf"prompt \({n} tokens"):
+        attnkit.generate(model, long, max_new_tokens=1)
+    kept = attnkit.generate(model, long, max_new_tokens=2, context="slide")
+    assert kept[:n] == model.meta.tokenizer.encode(long).ids and len(kept) == n + 2
+
 
 def test_export_refuses_a_classifier_without_pooler(tmp_path):
     from attnkit.models import build_model, get_preset

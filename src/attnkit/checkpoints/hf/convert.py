@@ -38,6 +38,7 @@ from attnkit.checkpoints.hf import bart, bert, gpt2, marian, seq2seq, t5
 from attnkit.checkpoints.hf.keymap import ACTIVATIONS_TO_HF, Architecture
 from attnkit.models.common import ModelBase
 from attnkit.models.encdec import EncoderDecoder
+from attnkit.models.gpt import GPT
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from tokenizers import Tokenizer
@@ -260,7 +261,10 @@ def load_hf_dir(directory: str | Path) -> tuple[ModelBase, dict[str, Any], Token
         meta["max_length"] = sentence["max_seq_length"]
     if "normalize" in sentence:
         meta["normalize"] = sentence["normalize"]
-    max_len = meta.get("max_length") or model.config.max_seq_len
+    # an encoder's texts are cut at its positions, as sentence-transformers does; a GPT's are
+    # not: a prompt or a text to score that is too long is refused (or slid) by the code that
+    # uses it, never cut silently at the tokenizer (which would keep the wrong end of a prompt)
+    max_len = None if isinstance(model, GPT) else meta.get("max_length") or model.config.max_seq_len
     tokenizer = load_hf_tokenizer(directory, max_len)
     if tokenizer is not None:
         check_tokenizer_fits(tokenizer, model.config.vocab_size, _tokenizer_file(directory))
