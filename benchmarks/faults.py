@@ -60,6 +60,9 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tiny_run  # noqa: E402 (benchmarks/tiny_run.py, beside this script)
+
 sys.path.insert(0, str(ROOT / "src"))
 
 from attnkit.training.checkpointing import STATE_NAME, verify_checkpoint  # noqa: E402
@@ -70,30 +73,9 @@ CKPT_EVERY, EVAL_EVERY, KEEP = 10, 20, 3
 TIMEOUT = 300.0  # seconds any one child may take
 
 TINY_GPT = [
-    "--config",
-    "gpt-shakespeare-char",
-    "--model.n_layer",
-    "1",
-    "--model.n_heads",
-    "2",
-    "--model.d_model",
-    "32",
-    "--model.max_seq_len",
-    "32",
+    *tiny_run.TINY_GPT,
     "--model.dropout",
     "0.1",
-    "--train.batch_size",
-    "8",
-    "--train.block_size",
-    "32",
-    "--train.threads",
-    "1",
-    "--train.progress",
-    "false",
-    "--train.eval_iters",
-    "4",
-    "--train.warmup_iters",
-    "0",
     "--train.log_interval",
     "1",
     "--train.eval_interval",

@@ -40,34 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tiny_run  # noqa: E402 (benchmarks/tiny_run.py, beside this script)
+
 MIB = 1024 * 1024
 PAGE = 4096
 
-# the pretrain arguments of a tiny char-level GPT on tinyshakespeare (about 15k parameters)
-TINY_GPT = [
-    "--config",
-    "gpt-shakespeare-char",
-    "--model.n_layer",
-    "1",
-    "--model.n_heads",
-    "2",
-    "--model.d_model",
-    "32",
-    "--model.max_seq_len",
-    "32",
-    "--train.batch_size",
-    "8",
-    "--train.block_size",
-    "32",
-    "--train.threads",
-    "1",
-    "--train.progress",
-    "false",
-    "--train.eval_iters",
-    "4",
-    "--train.warmup_iters",
-    "0",
-]
+TINY_GPT = tiny_run.TINY_GPT
 
 WORDS = ["the", "bat", "he", "swung", "flew", "out", "of", "cave", "ball"]
 
