@@ -21,6 +21,10 @@ keys and values of the memory are computed once per source, in :meth:`EncoderDec
     memory = model.encode(src, src_mask)
     cache = model.new_cache(memory, src_mask)
     logits = model.decode_step(start_ids, cache)      # (B, 1, V); cache grows by one token
+
+One job, the model, in one module past the usual 400 lines: its forward pass, the decoding
+caches it hands out (:class:`DecoderCache`) and its loss read the same stacks and belong
+together; the layers and the config are in modules of their own.
 """
 
 from __future__ import annotations

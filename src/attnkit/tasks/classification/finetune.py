@@ -24,7 +24,8 @@
   (every evaluation, the best scores, the majority-class baseline, the class weights) and
   ``confusion.png`` (when matplotlib is installed).
 
-One job, kept whole (about 450 lines): the fine-tuning loop with its config and outputs.
+One job, kept whole (about 470 lines): the fine-tuning loop with its config and outputs (an
+existing model in ``out`` is refused or set aside through :mod:`attnkit.training.rundir`).
 """
 
 from __future__ import annotations
