@@ -395,3 +395,48 @@ def test_swap_capture_and_qkv_recording_leave_no_new_attributes():
     surgery.swap_attention(model, "exact", in_place=True)
     assert [set(vars(a)) for a in attns] == keys
     assert [r.variant for r in model.meta.swaps] == ["local", "exact"]
+
+
+def _noisy_encdec(preset: str):
+    from attnkit.models.encdec_config import get_encdec_preset
+
+    torch.manual_seed(0)
+    model = build_model(get_encdec_preset(preset)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)  # peaked attention, so a variant visibly changes the output
+    return model
+
+
+def test_swap_in_an_encoder_decoder_names_the_encoder_variant_and_reloads(tmp_path):
+    """Swapping every encoder layer sets config.encoder_attention (a saved model rebuilds it);
+    a swap that reaches the decoder stays in the record and is not rebuilt on load."""
+    model = _noisy_encdec("tiny-marian")
+    n_enc = model.config.n_encoder_layers
+    ids = torch.randint(5, 50, (2, 40))
+
+    def logits(m):
+        with torch.no_grad():
+            return m(input_ids=ids, decoder_input_ids=ids).logits
+
+    swapped = surgery.swap_attention(model, "local", layers=range(n_enc), block_size=4)
+    assert swapped.config.encoder_attention == "local"
+    assert swapped.config.encoder_attention_params == {"block_size": 4}
+    assert model.config.encoder_attention == "exact"  # the original is untouched
+    assert (logits(swapped) - logits(model)).abs().max() > 0.1  # the swap does something
+    attnkit.save(swapped, tmp_path / "enc")
+    back = attnkit.load(tmp_path / "enc")
+    assert torch.equal(logits(back), logits(swapped))
+    assert back.meta.swaps == swapped.meta.swaps
+
+    everywhere = surgery.swap_attention(model, "local", block_size=4)
+    assert everywhere.config.encoder_attention == "exact"
+    assert everywhere.meta.swaps[-1].layers == tuple(range(model.config.n_layer))
+    attnkit.save(everywhere, tmp_path / "all")
+    assert attnkit.load(tmp_path / "all").meta.swaps == ()
+
+
+def test_swap_refuses_t5_layers_whose_kernel_carries_a_relative_bias():
+    model = _noisy_encdec("tiny-t5")
+    with pytest.raises(ValueError, match=r"layer 0 has kernel 'exact-biased'.*relative"):
+        surgery.swap_attention(model, "local", block_size=4)

@@ -35,6 +35,7 @@ from attnkit.checkpoints.hf import load_hf_dir
 from attnkit.checkpoints.pickles import read_pickle, read_state
 from attnkit.models.common import ModelBase
 from attnkit.models.config import ModelConfig
+from attnkit.models.encdec_config import EncDecConfig
 from attnkit.models.meta import ModelMeta, SwapRecord
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
@@ -107,11 +108,11 @@ def load(
         raise CheckpointError(f"{directory / CONFIG_NAME}: bad model meta: {e}") from e
     if meta.swaps and not _swaps_rebuilt(meta.swaps, model.config):
         log.warning(
-            "%s: the attention swaps %s covered only some layers; they are not rebuilt on "
-            "load (every layer uses config.attention=%r), so the loaded model records none",
+            "%s: the attention swaps %s covered layers the config cannot name; they are not "
+            "rebuilt on load (the layers use %s), so the loaded model records none",
             directory,
             [f"{s.describe()} on layers {list(s.layers)}" for s in meta.swaps],
-            model.config.attention,
+            _config_attention(model.config),
         )
         meta = meta.replace(swaps=())
     model.meta = meta
@@ -120,11 +121,22 @@ def load(
     return model.eval()
 
 
-def _swaps_rebuilt(swaps: tuple[SwapRecord, ...], config: ModelConfig) -> bool:
-    """Building ``config`` rebuilds what ``swaps`` did: every swap covered every layer (the
-    config then names the last one's variant)."""
-    every = tuple(range(config.n_layer))
-    return all(s.layers == every for s in swaps) and swaps[-1].variant == config.attention
+def _config_attention(config: ModelConfig | EncDecConfig) -> str:
+    if isinstance(config, EncDecConfig):
+        return f"encoder_attention={config.encoder_attention!r}, exact in the decoder"
+    return f"config.attention={config.attention!r}"
+
+
+def _swaps_rebuilt(swaps: tuple[SwapRecord, ...], config: ModelConfig | EncDecConfig) -> bool:
+    """Building ``config`` rebuilds what ``swaps`` did: every swap covered every layer the
+    config can name (all of a GPT's or BERT's, an encoder-decoder's encoder layers), and the
+    config names the last one's variant."""
+    if isinstance(config, EncDecConfig):
+        every = tuple(range(config.n_encoder_layers))
+        named = config.encoder_attention
+    else:
+        every, named = tuple(range(config.n_layer)), config.attention
+    return all(s.layers == every for s in swaps) and swaps[-1].variant == named
 
 
 def save(model: ModelBase, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:

@@ -23,6 +23,7 @@ from attnkit.attention.kernel import AttentionKernel, ExactKernel
 from attnkit.attention.module import MultiHeadAttention
 from attnkit.attention.recording import attention_layers
 from attnkit.models.common import ModelBase
+from attnkit.models.encdec_config import EncDecConfig
 from attnkit.models.meta import SwapRecord
 
 __all__ = [
@@ -150,9 +151,18 @@ def parse_layers(text: str, n_layer: int) -> list[int]:
 
 
 def check_swappable(layers: Sequence[MultiHeadAttention], chosen: Sequence[int]) -> None:
-    """ValueError if a chosen layer uses ALiBi or a sliding window (variants take neither)."""
+    """ValueError if a chosen layer uses ALiBi or a sliding window (variants take neither), or
+    if its kernel carries a score bias or scale of its own (T5's relative position bias and
+    unscaled scores), which neither a variant nor plain exact attention would keep."""
     for i in chosen:
         a = layers[i]
+        kernel = a.kernel
+        if not isinstance(kernel, ExactKernel) and kernel.name not in variants.names():
+            raise ValueError(
+                f"layer {i} has kernel {kernel.name!r} ({type(kernel).__name__}), which adds "
+                f"its own score bias or scale (T5's relative positions); swapping it would drop "
+                f"them; expected a layer with exact attention or a variant kernel"
+            )
         if a.positional == "alibi" or a.window is not None:
             what = "positional='alibi'" if a.positional == "alibi" else f"window={a.window}"
             raise ValueError(
@@ -190,7 +200,15 @@ def _record(model: ModelBase, record: SwapRecord) -> None:
     swapped, ``config.attention`` names the variant (a saved model then reloads with it);
     otherwise the config is left alone and the per-layer choice lives only in the record."""
     cfg = model.config
-    if len(record.layers) == cfg.n_layer:
+    if isinstance(cfg, EncDecConfig):
+        # The config can only say "the encoder uses variant X"; any other choice of layers
+        # (decoder layers among them) lives in the record alone.
+        if record.layers == tuple(range(cfg.n_encoder_layers)):
+            model.config = cfg.replace(
+                encoder_attention=record.variant,
+                encoder_attention_params={} if record.variant == EXACT else dict(record.params),
+            )
+    elif len(record.layers) == cfg.n_layer:
         model.config = cfg.replace(attention=record.variant, attention_params=dict(record.params))
     model.meta = model.meta.replace(swaps=(*model.meta.swaps, record))
 
