@@ -61,6 +61,12 @@ class TrainConfig:
     fused_adamw: bool = True
     threads: int = 0  # torch threads per process; 0: leave as is
     progress: bool = True
+    # budgets: the run stops at the first step that spends one (0: no limit); floats, so that
+    # 2e6 is accepted. Seconds count the loop's wall time (evaluations included, resumed
+    # parts added); FLOPs are the model's training estimate (flops_per_token x tokens).
+    budget_seconds: float = 0.0
+    budget_tokens: float = 0.0
+    budget_flops: float = 0.0
 
 
 @dataclass
@@ -220,7 +226,7 @@ def check_train(cfg: RunConfig) -> None:
     checks.positive_float("train.lr", tc.lr)
     checks.in_range("train.min_lr", tc.min_lr, 0.0, tc.lr, high_open=False)
     checks.in_range("train.mlm_probability", tc.mlm_probability, 0.0, 1.0, low_open=True)
-    for name in ("weight_decay", "grad_clip"):
+    for name in ("weight_decay", "grad_clip", "budget_seconds", "budget_tokens", "budget_flops"):
         checks.non_negative_float(f"train.{name}", getattr(tc, name))
     for name in ("beta1", "beta2"):
         checks.probability(f"train.{name}", getattr(tc, name))

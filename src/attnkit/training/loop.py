@@ -47,7 +47,7 @@ from attnkit.training.checkpointing import (
     load_checkpoint,
     save_checkpoint,
 )
-from attnkit.training.config import RunConfig, check_train
+from attnkit.training.config import RunConfig, TrainConfig, check_train
 from attnkit.training.objectives import Batches, loss_sums
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
@@ -281,6 +281,8 @@ def _train(
     ckpt_every = tc.checkpoint_interval or tc.eval_interval
     scaler = precision.grad_scaler(d.device, tc.dtype)
     tokens_per_step = tc.batch_size * tc.block_size * tc.grad_accum * d.world_size
+    flops_per_token = raw.flops_per_token(seq_len=tc.block_size, training=True)
+    stopped_by: str | None = None
     bar = None
     if d.is_main and tc.progress:
         from tqdm.auto import tqdm
@@ -322,7 +324,15 @@ def _train(
         step += 1
         train_seconds += time.perf_counter() - t0
         tokens_now = tokens_before + (step - start) * tokens_per_step
-        if step % tc.log_interval == 0 or step == tc.max_iters:
+        stopped_by = budget_spent(
+            tc, tokens_now, elapsed_before + time.perf_counter() - loop_t0, flops_per_token
+        )
+        if d.enabled and tc.budget_seconds:  # clocks differ: every rank stops when one does
+            flag = torch.tensor(float(stopped_by is not None), device=d.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stopped_by = "budget_seconds" if flag.item() else None
+        last = step == tc.max_iters or stopped_by is not None
+        if step % tc.log_interval == 0 or last:
             total = distributed.mean(step_loss, d) * d.world_size if d.enabled else step_loss
             loss_value = float(total)
             tps = (step - start) * tokens_per_step / max(train_seconds, 1e-9)
@@ -342,7 +352,7 @@ def _train(
                 )
         if bar is not None:
             bar.update(1)
-        if step % tc.eval_interval == 0 or step == tc.max_iters:
+        if step % tc.eval_interval == 0 or last:
             last_val = evaluate(raw, val_batches, tc.eval_iters, d, tc.dtype, tc.seed + 2)
             last_val["step"] = step
             if log is not None:
@@ -367,7 +377,7 @@ def _train(
                 best = last_val["loss"]
                 if d.is_main:
                     ckpt_io.save(raw, out, tokenizer=tok)
-        if step % ckpt_every == 0 or step == tc.max_iters:
+        if step % ckpt_every == 0 or last:
             if d.is_main:
                 state = {
                     "step": step,
@@ -381,6 +391,8 @@ def _train(
                     rundir.discard_replaced(out)
                     replacing = False
             distributed.barrier(d)
+        if stopped_by is not None:
+            break
     if bar is not None:
         bar.close()
     loop_seconds = time.perf_counter() - loop_t0
@@ -398,6 +410,8 @@ def _train(
         "train_seconds": round(train_seconds, 3),
         "tokens_per_second": round(trained / max(train_seconds, 1e-9), 1),
         "tokens": tokens_before + trained,
+        "flops_per_token": flops_per_token,
+        "stopped_by": stopped_by or ("max_iters" if step >= tc.max_iters else None),
         "world_size": d.world_size,
         "parameters": sum(p.numel() for p in raw.parameters()),
         "vocab_size": raw.config.vocab_size,
@@ -406,6 +420,20 @@ def _train(
     if last_val and raw.config.arch == "bert":
         summary["val_masked_accuracy"] = last_val["accuracy"]
     return summary
+
+
+def budget_spent(
+    tc: TrainConfig, tokens: int, seconds: float, flops_per_token: float
+) -> str | None:
+    """The name of the first budget (``budget_seconds``, ``budget_tokens``, ``budget_flops``)
+    that ``tokens`` trained in ``seconds`` have spent, or None."""
+    if tc.budget_seconds and seconds >= tc.budget_seconds:
+        return "budget_seconds"
+    if tc.budget_tokens and tokens >= tc.budget_tokens:
+        return "budget_tokens"
+    if tc.budget_flops and tokens * flops_per_token >= tc.budget_flops:
+        return "budget_flops"
+    return None
 
 
 def format_summary(s: dict[str, Any], out: Path) -> str:
