@@ -486,5 +486,7 @@ def test_finetune_config_names_the_bad_setting(change, message):
 
 def test_finetune_device_is_checked(tiny_dir):
     data = synthetic(12, seed=8)
-    with pytest.raises(ValueError, match="device must be 'auto', 'cpu' or 'cuda', got 'tpu'"):
+    with pytest.raises(
+        ValueError, match="device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'tpu'"
+    ):
         clf.finetune(tiny_dir, data, data, device="tpu")

@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from attnkit._util import devices
+
 T = TypeVar("T")
 MiB = 1024**2
 GiB = 1024**3
@@ -37,22 +39,9 @@ GiB = 1024**3
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` -> cuda when available, else cpu; anything else is checked."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(
-            f"device must be 'cpu', 'cuda', 'cuda:<index>' or 'auto', got {device!r}"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {str(device)!r} was asked for but CUDA is not available here; expected 'cpu'"
-        )
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    return dev
+    """``None``/``"auto"`` -> cuda when available, else cpu; anything else is checked (by
+    :func:`attnkit._util.devices.resolve_device`, the one place devices are decided)."""
+    return devices.resolve_device(device, "device")
 
 
 def synchronize(device: str | torch.device | None = None) -> None:

@@ -11,7 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from attnkit.cli.types import non_negative_int, positive_float, positive_int, probability
+from attnkit.cli.types import (
+    add_device_args,
+    device_and_dtype,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from attnkit.tasks.classification import FinetuneConfig
@@ -70,11 +77,7 @@ def _training_arguments(
         help="dropout in the model (default: the checkpoint's)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="auto | cpu | cuda; under torchrun each process takes its share of each batch",
-    )
+    add_device_args(parser, dtype_help="autocast")  # under torchrun: one device per process
     parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -99,6 +102,7 @@ def _config(args: argparse.Namespace) -> FinetuneConfig:
         dropout=args.dropout,
         seed=args.seed,
         device=args.device,
+        dtype=args.dtype,
     )
 
 
@@ -203,6 +207,7 @@ def classify_arguments(parser: argparse.ArgumentParser) -> None:
         help="print one JSON object per text instead of tab-separated lines",
     )
     parser.add_argument("--batch-size", type=positive_int, default=32, metavar="B")
+    add_device_args(parser)
 
 
 def classify_command(args: argparse.Namespace) -> int:
@@ -210,6 +215,7 @@ def classify_command(args: argparse.Namespace) -> int:
     written and flushed before the next is read."""
     from itertools import chain
 
+    from attnkit.checkpoints import load
     from attnkit.tasks.classification import Classifier
     from attnkit.text.batching import chunked
 
@@ -217,7 +223,8 @@ def classify_command(args: argparse.Namespace) -> int:
     first = next(texts, None)
     if first is None:
         raise ValueError("no texts to classify; expected TEXT arguments, --file or lines on stdin")
-    clf = Classifier(args.model)
+    device, dtype = device_and_dtype(args)
+    clf = Classifier(load(args.model, device=device, dtype=dtype))
     for window in chunked(chain([first], texts), args.batch_size * STREAM_BATCHES):
         lines = []
         for text, pred in zip(window, clf.predict(window, args.batch_size)):

@@ -1,5 +1,6 @@
-"""Argument types of the command line, the option several commands declare alike
-(``--threads``, with :func:`set_threads`), and :class:`UsageError`.
+"""Argument types of the command line, the options several commands declare alike
+(``--threads`` with :func:`set_threads`; ``--device``/``--dtype`` with :func:`add_device_args`
+and :func:`device_and_dtype`), and :class:`UsageError`.
 
 Each type is an argparse ``type=`` callable that converts the text and asks the library's
 validator (:mod:`attnkit._util.checks`) whether the value is allowed; its error names the text
@@ -9,13 +10,19 @@ given and what was expected; argparse turns it into the one-line ``attnkit: erro
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from attnkit._util import checks
 
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
 __all__ = [
+    "DEVICE_DTYPES",
     "UsageError",
+    "add_device_args",
+    "device_and_dtype",
     "index_list",
     "non_negative_int",
     "positive_float",
@@ -99,3 +106,43 @@ def set_threads(threads: int | None) -> None:
         import torch  # here: the command line starts without torch
 
         torch.set_num_threads(threads)
+
+
+# the dtypes --dtype offers (attnkit._util.devices.DTYPES; listed here so that parsing the
+# command line does not import torch)
+DEVICE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_device_args(
+    parser: argparse.ArgumentParser,
+    *,
+    dtypes: Sequence[str] = DEVICE_DTYPES,
+    dtype_help: str = "weights and compute",
+) -> None:
+    """``--device auto|cpu|cuda[:N]|mps`` and ``--dtype float32|bfloat16|float16``, decided by
+    :func:`device_and_dtype` (through :mod:`attnkit._util.devices`, the one place devices and
+    dtypes are decided)."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        metavar="auto|cpu|cuda[:N]|mps",
+        help="where the model runs (default auto: CUDA when present, else MPS on macOS, "
+        "else the CPU)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=tuple(dtypes),
+        help=f"{dtype_help} dtype (default float32; float16 needs CUDA or MPS; bfloat16 on a "
+        f"CPU without native bf16 is emulated and slow)",
+    )
+
+
+def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    """The torch device and dtype that ``--device`` and ``--dtype`` name; a device this
+    machine lacks, or a dtype the device cannot run, is a ValueError naming it (one line on
+    stderr, exit status 2)."""
+    from attnkit._util.devices import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device, "--device")
+    return device, resolve_dtype(args.dtype, device, "--dtype")

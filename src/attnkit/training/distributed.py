@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from attnkit._util import checks
+from attnkit._util.devices import resolve_device
 
 
 @dataclass(frozen=True)
@@ -36,23 +36,16 @@ class Dist:
 def init(device: str = "auto", field: str = "train.device") -> Dist:
     """Join the torchrun process group if there is one; pick this process's device
     (``field``: the setting's name in messages)."""
-    want = device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if not isinstance(want, str) or (want not in ("cpu", "cuda") and not want.startswith("cuda:")):
-        checks.fail(field, device, "'auto', 'cpu' or 'cuda'")
-    if want.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"{field} is {device!r} but CUDA is not available here; expected 'cpu'")
+    dev = resolve_device(device, field)
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Dist(device=torch.device(want))
+        return Dist(device=dev)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if want.startswith("cuda"):
+    if dev.type == "cuda":
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
         backend = "nccl"
     else:
-        dev = torch.device("cpu")
         backend = "gloo"
     owns = not dist.is_initialized()
     if owns:

@@ -6,18 +6,15 @@ import contextlib
 
 import torch
 
-from attnkit._util import checks
+from attnkit._util.devices import DTYPES, resolve_dtype
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+__all__ = ["DTYPES", "autocast", "check_dtype", "grad_scaler"]
 
 
 def check_dtype(name: str, device: torch.device, field: str = "train.dtype") -> torch.dtype:
     """The torch dtype called ``name``, if ``device`` runs it (``field``: the setting's name
     in messages)."""
-    checks.choice(field, name, tuple(DTYPES))
-    if name == "float16" and device.type != "cuda":
-        raise ValueError(f"{field} 'float16' needs CUDA; expected 'bfloat16' or 'float32' on CPU")
-    return DTYPES[name]
+    return resolve_dtype(name, device, field)
 
 
 def autocast(device: torch.device, dtype_name: str) -> contextlib.AbstractContextManager[None]:
