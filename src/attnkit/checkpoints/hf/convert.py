@@ -1,15 +1,23 @@
 """Hugging Face <-> attnkit conversion, driven by one declarative key map per architecture.
 
-The maps live in :mod:`attnkit.checkpoints.hf.bert` and :mod:`attnkit.checkpoints.hf.gpt2`
-(parts in :mod:`attnkit.checkpoints.hf.keymap`); this module applies them. Every tensor is
+The maps live in :mod:`attnkit.checkpoints.hf.bert`, :mod:`attnkit.checkpoints.hf.gpt2` and
+:mod:`attnkit.checkpoints.hf.llama` (parts in :mod:`attnkit.checkpoints.hf.keymap`); this
+module applies them. Every tensor is
 checked by shape against the model built from the converted config; a missing or unknown key
 is reported by name, with the file it came from. Keys in a map's ``ignore`` (buffers, tied
 copies, pre-training heads attnkit does not build) are skipped, and only those.
 
 Supported: ``model_type`` "bert" (BertModel, BertForMaskedLM, BertForSequenceClassification,
-sentence-transformers BERT models) and "gpt2" (GPT2Model, GPT2LMHeadModel); the encoder-decoders
+sentence-transformers BERT models), "gpt2" (GPT2Model, GPT2LMHeadModel) and "llama" (LlamaModel,
+LlamaForCausalLM); the encoder-decoders
 "marian", "bart" and "t5" (their ForConditionalGeneration classes) through
 :mod:`attnkit.checkpoints.hf.seq2seq`.
+
+A model without biases (``config.bias=False``) has no tensor for a map's bias rules: an
+architecture without them (Llama) has none either; one whose every layer has a bias (GPT-2,
+``zero_bias``) gets zeros on export and must hold only zeros to be read as bias-free. Export
+picks the architecture that holds the model (:mod:`attnkit.checkpoints.hf.exportable`: GPT-2
+for learned positions, Llama for RoPE/RMSNorm/SwiGLU) and otherwise says what to change.
 """
 
 from __future__ import annotations
@@ -34,8 +42,8 @@ from attnkit.checkpoints.format import (
     read_tensors,
     save_tensors,
 )
-from attnkit.checkpoints.hf import bart, bert, gpt2, marian, seq2seq, t5
-from attnkit.checkpoints.hf.keymap import ACTIVATIONS_TO_HF, Architecture
+from attnkit.checkpoints.hf import bart, bert, exportable, gpt2, llama, marian, seq2seq, t5
+from attnkit.checkpoints.hf.keymap import ACTIVATIONS_TO_HF, Architecture, Rule
 from attnkit.models.common import ModelBase
 from attnkit.models.encdec import EncoderDecoder
 from attnkit.models.gpt import GPT
@@ -45,9 +53,8 @@ if TYPE_CHECKING:  # pragma: no cover - for static tools only
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    a.model_type: a for a in (bert.ARCHITECTURE, gpt2.ARCHITECTURE)
+    a.model_type: a for a in (bert.ARCHITECTURE, gpt2.ARCHITECTURE, llama.ARCHITECTURE)
 }
-_BY_ARCH = {a.arch: a.model_type for a in ARCHITECTURES.values()}
 SEQ2SEQ_ARCHITECTURES: dict[str, seq2seq.Seq2SeqArchitecture] = {
     a.model_type: a for a in (marian.ARCHITECTURE, bart.ARCHITECTURE, t5.ARCHITECTURE)
 }
@@ -142,6 +149,11 @@ def convert_from_hf(
         if rule.ours in tied:  # the tied copy is the embedding matrix; use it if present
             used.update(n for n in rule.hf_names if n in keys)
             continue
+        if rule.ours not in own:  # a bias of a bias-free model: none, or zeros in the file
+            if arch.zero_bias:
+                _check_zero(rule, stripped, file_name, source)
+                used.update(n for n in rule.hf_names if n in keys)
+            continue
         absent = [n for n in rule.hf_names if n not in keys]
         if absent:
             missing += absent
@@ -181,6 +193,18 @@ def convert_from_hf(
         skip=tuple(tied),
     )
     return model
+
+
+def _check_zero(
+    rule: Rule, tensors: Mapping[str, torch.Tensor], file_name: Any, source: Path
+) -> None:
+    """A bias the model does not have must be absent or all zeros in the file."""
+    for n in rule.hf_names:
+        if n in tensors and bool(tensors[n].ne(0).any()):
+            raise CheckpointError(
+                f"{source}: key {file_name(n)!r} holds non-zero values, but the config says "
+                f"bias=false (a bias-free model); expected zeros, or a config without bias=false"
+            )
 
 
 def _sentence_config(directory: Path) -> dict[str, Any]:
@@ -288,25 +312,16 @@ def to_hf_state_dict(model: ModelBase) -> tuple[dict[str, torch.Tensor], dict[st
         arch_s2s = seq2seq.architecture_for(SEQ2SEQ_ARCHITECTURES, model.config)
         return seq2seq.to_hf_state_dict(arch_s2s, model)
     cfg = model.config
-    model_type = _BY_ARCH[cfg.arch]
-    arch = ARCHITECTURES[model_type]
-    # HF BERT and GPT-2 have as many key/value heads as query heads
-    need = {**arch.exportable, "n_kv_heads": cfg.n_heads}
-    bad = {k: getattr(cfg, k) for k, v in need.items() if getattr(cfg, k) != v}
-    if bad:
-        raise ValueError(
-            f"this model cannot be exported as HF {model_type}: config fields "
-            f"{bad} must be {{{', '.join(f'{k}: {need[k]!r}' for k in bad)}}}"
-        )
+    arch = exportable.choose(cfg, list(ARCHITECTURES.values()))  # or a ValueError saying why
     if cfg.arch == "bert" and cfg.head == "classification" and not cfg.pooler:
         raise ValueError(
             "a classification model without a pooler cannot be exported as HF "
             "BertForSequenceClassification (which classifies the pooled first "
             "token); expected config.pooler=True"
         )
-    if cfg.mlp not in ACTIVATIONS_TO_HF:
+    if cfg.arch == "bert" and cfg.mlp not in ACTIVATIONS_TO_HF:
         raise ValueError(
-            f"mlp={cfg.mlp!r} cannot be exported as HF {model_type}; expected one "
+            f"mlp={cfg.mlp!r} cannot be exported as HF {arch.model_type}; expected one "
             f"of {sorted(ACTIVATIONS_TO_HF)}"
         )
     keymap = arch.keymap
@@ -322,13 +337,29 @@ def to_hf_state_dict(model: ModelBase) -> tuple[dict[str, torch.Tensor], dict[st
         for rule in rules:
             if rule.ours in tied:
                 continue
-            t = own[rule.ours]
+            if rule.ours in own:
+                t = own[rule.ours]
+            elif arch.zero_bias and rule.ours.endswith(".bias"):  # bias-free: zero biases
+                weight = own[rule.ours[: -len("bias")] + "weight"]
+                t = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+            else:
+                continue  # a bias the model and the architecture both go without
             names = rule.hf_names
-            pieces = t.chunk(len(names), dim=0) if rule.op == "concat" else (t,)  # [q | k | v]
+            pieces = t.split(_split_sizes(cfg, rule, t.shape[0]), dim=0)  # [q | k | v], ...
             for name, piece in zip(names, pieces):
                 piece = piece.t() if rule.transpose else piece
                 out[pre + name] = piece.contiguous().clone()
     return out, arch.config_to_hf(cfg)
+
+
+def _split_sizes(cfg: Any, rule: Rule, rows: int) -> list[int]:
+    """Rows of each HF tensor in the attnkit tensor of ``rule`` (equal parts, except a fused
+    qkv projection with fewer key/value heads: Hq*D, Hkv*D, Hkv*D)."""
+    n = len(rule.hf_names)
+    if n == 3 and ".qkv_proj." in rule.ours:
+        q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        return [q, kv, kv]
+    return [rows // n] * n
 
 
 def export_hf(model: ModelBase, directory: str | Path) -> Path:

@@ -2,6 +2,11 @@
 
 Covers GPT2Model and GPT2LMHeadModel. GPT-2's ``Conv1D`` weights are (in, out): every linear
 is transposed on the way in and out.
+
+Every GPT-2 linear and LayerNorm has a bias. A bias-free attnkit GPT (``bias=False``, the
+shipped character configs) is exported with zero biases, which computes the same function,
+and ``"bias": false`` in config.json says so: reading such a directory back gives a bias-free
+model again (and refuses one whose biases are not all zero).
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ def config_from_hf(hf: Mapping[str, Any], path: Path, head: str, has_pooler: boo
             raise CheckpointError(f"{path}: {key}=True is not supported; expected False")
     if hf.get("scale_attn_weights", True) is False:
         raise CheckpointError(f"{path}: scale_attn_weights=False is not supported; expected True")
+    bias = hf.get("bias", True)
+    if not isinstance(bias, bool):
+        raise CheckpointError(f"{path}: bias={bias!r} is not supported; expected true or false")
     return ModelConfig(
         arch="gpt",
         vocab_size=config_value(hf, "vocab_size", path),
@@ -65,6 +73,7 @@ def config_from_hf(hf: Mapping[str, Any], path: Path, head: str, has_pooler: boo
         norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
         norm_placement="pre",
         mlp=activation(hf.get("activation_function", "gelu_new"), "activation_function", path),
+        bias=bias,
         dropout=float(hf.get("resid_pdrop", 0.1)),
         attn_dropout=float(hf.get("attn_pdrop", 0.1)),
         head=head,
@@ -90,6 +99,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         "attn_pdrop": cfg.attn_dropout,
         "initializer_range": cfg.initializer_range,
         "tie_word_embeddings": cfg.tie_embeddings,
+        **({} if cfg.bias else {"bias": False}),  # zero biases in the file (module docstring)
     }
 
 
@@ -106,9 +116,11 @@ ARCHITECTURE = Architecture(
         norm_placement="pre",
         embed_norm=False,
         final_norm=True,
-        bias=True,
+        mlp=("gelu_tanh", "gelu", "relu"),  # those of ACTIVATIONS_TO_HF, its own first
         attention="exact",
         window=None,
         type_vocab_size=0,
     ),
+    name="GPT-2",
+    zero_bias=True,
 )

@@ -137,6 +137,11 @@ class Architecture:
     # (HF config, its path, head, has a pooler) -> ModelConfig
     config_from_hf: Callable[[Mapping[str, Any], Path, str, bool], ModelConfig]
     config_to_hf: Callable[[ModelConfig], dict[str, Any]]
-    # ModelConfig field -> the value a model must have to be exported (besides
-    # n_kv_heads == n_heads: HF BERT and GPT-2 have no grouped-query attention)
+    # ModelConfig field -> the value a model must have to be exported, or a tuple of the
+    # values it may have (besides n_kv_heads == n_heads unless ``grouped_kv``)
     exportable: dict[str, Any]
+    name: str = ""  # how messages name it ("GPT-2", "Llama")
+    grouped_kv: bool = False  # holds fewer key/value heads than query heads (GQA/MQA)
+    # every bias exists in HF: a model without biases (config.bias=False) is exported with
+    # zero biases, and an HF file read as bias=False must hold only zero biases
+    zero_bias: bool = False
