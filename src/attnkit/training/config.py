@@ -59,6 +59,7 @@ class TrainConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16 (CUDA)
     compile: bool = False
     fused_adamw: bool = True
+    parallel: str = "ddp"  # ddp (replicas) | fsdp (FSDP2 shards); used under torchrun
     threads: int = 0  # torch threads per process; 0: leave as is
     progress: bool = True
     # budgets: the run stops at the first step that spends one (0: no limit); floats, so that
