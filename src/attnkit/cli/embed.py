@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from attnkit.cli.types import UsageError, positive_int
+from attnkit.cli.types import UsageError, add_device_args, device_and_dtype, positive_int
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
+
+    from attnkit.tasks.sentence import Encoder
 
 
 def _model_argument(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +30,23 @@ def _model_argument(parser: argparse.ArgumentParser) -> None:
         default="minilm",
         help="known name (minilm), attnkit or Hugging Face directory (default: minilm)",
     )
+    add_device_args(parser)
+
+
+def load_encoder(args: argparse.Namespace) -> Encoder:
+    """The --model encoder on --device, its weights in --dtype."""
+    from attnkit.checkpoints import load
+    from attnkit.models.bert import Bert
+    from attnkit.tasks.sentence import Encoder
+
+    device, dtype = device_and_dtype(args)
+    model = load(args.model, device=device, dtype=dtype)
+    if not isinstance(model, Bert):
+        raise ValueError(
+            f"--model {args.model!r}: embeddings need a BERT-family encoder "
+            f"(config.arch='bert'), got {type(model).__name__}"
+        )
+    return Encoder(model, device=device)
 
 
 def embed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +69,7 @@ def embed_command(args: argparse.Namespace) -> int:
     from itertools import chain
 
     from attnkit._util.fs import atomic_write
-    from attnkit.tasks.sentence import Encoder, iter_texts
+    from attnkit.tasks.sentence import iter_texts
     from attnkit.text.batching import chunked
 
     if args.texts and args.file:
@@ -64,7 +83,7 @@ def embed_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--file {args.file!r}: {e.strerror}") from None
     if first is None:
         raise UsageError("no texts to embed: expected texts as arguments, --file or lines on stdin")
-    enc = Encoder.load(args.model)
+    enc = load_encoder(args)
 
     def windows() -> Iterator[tuple[list[str], np.ndarray]]:
         for window in chunked(chain([first], texts), args.batch_size * STREAM_BATCHES):
@@ -133,8 +152,6 @@ def similarity_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def similarity_command(args: argparse.Namespace) -> int:
-    from attnkit.tasks.sentence import Encoder
-
-    enc = Encoder.load(args.model)
+    enc = load_encoder(args)
     print(f"{enc.similarity(args.a, args.b, word=args.word):.6f}")
     return 0

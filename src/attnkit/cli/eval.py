@@ -19,12 +19,13 @@ import math
 import sys
 from typing import Any
 
-from attnkit.cli.types import UsageError, positive_int
+from attnkit.cli.types import UsageError, add_device_args, device_and_dtype, positive_int
 
 
 def _out_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="FILE", help="write the JSON here (default: stdout)")
     parser.add_argument("--batch-size", type=positive_int, default=32)
+    add_device_args(parser)
 
 
 def _finite(value: Any) -> Any:
@@ -105,7 +106,8 @@ def perplexity_command(args: argparse.Namespace) -> int:
     val_fraction = (
         args.val_fraction if args.val_fraction is not None else settings.get("val_fraction", 0.1)
     )
-    model = load(args.model)
+    device, dtype = device_and_dtype(args)
+    model = load(args.model, device=device, dtype=dtype)
     if not isinstance(model, GPT):
         raise ValueError(
             f"--model {args.model!r} is a {model.config.arch!r} model; perplexity needs a GPT"
@@ -137,10 +139,14 @@ def classification_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def classification_command(args: argparse.Namespace) -> int:
+    from attnkit.checkpoints import load
     from attnkit.evaluation import evaluate_classifier
+    from attnkit.tasks.classification import Classifier
 
+    device, dtype = device_and_dtype(args)
+    clf = Classifier(load(args.model, device=device, dtype=dtype))
     result = evaluate_classifier(
-        args.model, args.file, args.text_column, args.label_column, args.batch_size
+        clf, args.file, args.text_column, args.label_column, args.batch_size
     )
     return _emit({"model": str(args.model), "file": str(args.file), **result}, args.out)
 
@@ -156,8 +162,8 @@ def sts_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sts_command(args: argparse.Namespace) -> int:
+    from attnkit.cli.embed import load_encoder
     from attnkit.evaluation import evaluate_sts
-    from attnkit.tasks.sentence import Encoder
 
-    result = evaluate_sts(Encoder.load(args.model), args.file, args.batch_size)
+    result = evaluate_sts(load_encoder(args), args.file, args.batch_size)
     return _emit({"model": str(args.model), "file": str(args.file), **result}, args.out)

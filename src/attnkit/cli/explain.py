@@ -10,9 +10,9 @@ import argparse
 import sys
 from typing import Any
 
-from attnkit.cli.types import UsageError, positive_int, probability
+from attnkit.cli.types import DEVICE_DTYPES, UsageError, add_device_args, positive_int, probability
 
-DTYPES = ("float32", "bfloat16", "float16", "float64")
+DTYPES = (*DEVICE_DTYPES, "float64")
 
 
 def no_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,22 +55,20 @@ def explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend", default="auto", choices=("auto", "math", "sdpa", "flex", "windowed")
     )
-    parser.add_argument("--dtype", default="float32", choices=DTYPES)
-    parser.add_argument(
-        "--device",
-        default="cpu",
-        choices=("cpu", "cuda"),
-        help="device whose rules apply (cpu plans are made without allocating)",
-    )
+    add_device_args(parser, dtypes=DTYPES, dtype_help="the inputs'")
+    parser.set_defaults(device="cpu")  # the rules of the CPU unless asked (plans allocate there)
+    parser.epilog = "--device: the device whose rules apply; CPU plans are made without allocating"
 
 
 def explain_command(args: argparse.Namespace) -> int:
     import torch
 
+    from attnkit._util.devices import resolve_device
     from attnkit.attention import explain
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device 'cuda' was given but CUDA is not available here; expected 'cpu'")
+    where = resolve_device(args.device, "--device")
+    # any --dtype on any device: the question is which backend attention() would pick for it
+    dtype = getattr(torch, args.dtype)
     kv_len = args.kv_len or args.seq_len
     kv_heads = args.kv_heads or args.heads
     for what, n in (
@@ -81,8 +79,7 @@ def explain_command(args: argparse.Namespace) -> int:
         if n * (args.head_dim if "head-dim" in what else 1) >= 2**62:
             raise UsageError(f"{what} is too large for a tensor (over 2**62 elements)")
     # CPU plans are made on the meta device: shapes and dtypes only, nothing is allocated.
-    device = torch.device("meta" if args.device == "cpu" else args.device)
-    dtype = getattr(torch, args.dtype)
+    device = torch.device("meta") if where.type == "cpu" else where
 
     def empty(*shape: int, dt: torch.dtype = dtype, grad: bool = False) -> torch.Tensor:
         return torch.empty(*shape, dtype=dt, device=device, requires_grad=grad)

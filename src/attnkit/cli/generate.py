@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attnkit.cli.types import positive_int
-
-DTYPES = ("float32", "bfloat16")
+from attnkit.cli.types import add_device_args, device_and_dtype, positive_int
 
 
 def generate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,9 +75,7 @@ def generate_arguments(parser: argparse.ArgumentParser) -> None:
         help="past the model's context: drop the oldest half and go on (slide, "
         "default) or stop with an error",
     )
-    parser.add_argument(
-        "--dtype", choices=DTYPES, default="float32", help="weight dtype (default float32)"
-    )
+    add_device_args(parser)
     parser.add_argument(
         "--no-cache",
         action="store_true",
@@ -97,13 +93,12 @@ def sample_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def generate_command(args: argparse.Namespace) -> int:
-    import torch
-
     from attnkit.checkpoints import load
     from attnkit.generation import stream
     from attnkit.models.gpt import GPT
 
-    model = load(args.model, dtype=getattr(torch, args.dtype))
+    device, dtype = device_and_dtype(args)
+    model = load(args.model, device=device, dtype=dtype)
     if not isinstance(model, GPT):
         raise ValueError(
             f"--model {args.model!r} is a {model.config.arch!r} model; 'generate' "

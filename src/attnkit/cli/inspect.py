@@ -31,7 +31,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from attnkit.cli.types import UsageError, index_list, positive_int
+from attnkit.cli.types import (
+    UsageError,
+    add_device_args,
+    device_and_dtype,
+    index_list,
+    positive_int,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -73,6 +79,7 @@ def inspect_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep the first max_seq_len tokens of a longer text (default: refuse it)",
     )
+    add_device_args(parser)
 
 
 def _tokenize(
@@ -115,8 +122,10 @@ def inspect_command(args: argparse.Namespace) -> int:
     from attnkit.inspect.capture import attention_layers, capture, capture_overhead
     from attnkit.inspect.html import write_viewer
 
-    model = attnkit.load(args.model)
+    device, dtype = device_and_dtype(args)
+    model = attnkit.load(args.model, device=device, dtype=dtype)
     input_ids, tokens = _tokenize(model, args.text, args.truncate)
+    input_ids = input_ids.to(device)
     n_layers = len(attention_layers(model))
     n_heads = model.config.n_heads
     with (
@@ -124,7 +133,7 @@ def inspect_command(args: argparse.Namespace) -> int:
         capture(model, layers=args.layers, heads=args.heads, tokens=tokens) as maps,
     ):
         model(input_ids)
-    weights = [w.float() for w in maps.stacked(0)]  # one (H, T, T) per captured layer
+    weights = [w.float().cpu() for w in maps.stacked(0)]  # one (H, T, T) per captured layer
     for layer, w in zip(maps.layers, weights):
         if not bool(torch.isfinite(w).all()):
             raise ValueError(
@@ -175,7 +184,7 @@ def inspect_command(args: argparse.Namespace) -> int:
 
     arrays = {
         "tokens": np.array(tokens, dtype=str),
-        "input_ids": input_ids[0].numpy(),
+        "input_ids": input_ids[0].cpu().numpy(),
         "layers": np.array(maps.layers),
         "heads": np.array(maps.heads),
     }

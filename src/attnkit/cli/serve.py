@@ -14,7 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attnkit.cli.types import UsageError, non_negative_int, positive_float, positive_int
+from attnkit.cli.types import (
+    UsageError,
+    add_device_args,
+    device_and_dtype,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -65,6 +72,7 @@ def serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a request may wait for the model (then 503)",
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="warning")
+    add_device_args(parser)
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -75,6 +83,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
     if args.batch_wait_ms < 0:
         raise UsageError(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}")
+    device, dtype = device_and_dtype(args)  # before the socket: a bad one binds nothing
     api_key = args.api_key or os.environ.get("ATTNKIT_API_KEY") or None
     limits = Limits(
         max_body_bytes=args.max_body_bytes,
@@ -90,7 +99,7 @@ def serve_command(args: argparse.Namespace) -> int:
         sock = bind(args.host, args.port)
     except OSError as e:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
-    services = load_services(args.model, limits)
+    services = load_services(args.model, limits, device, dtype)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     routes = ", ".join(f"{name} ({s.kind})" for name, s in services.items())

@@ -13,7 +13,14 @@ import json
 import sys
 from pathlib import Path
 
-from attnkit.cli.types import UsageError, positive_int, set_threads, threads_argument
+from attnkit.cli.types import (
+    UsageError,
+    add_device_args,
+    device_and_dtype,
+    positive_int,
+    set_threads,
+    threads_argument,
+)
 
 
 def swap_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +64,7 @@ def swap_arguments(parser: argparse.ArgumentParser) -> None:
         default=3,
         help="timed passes of each model; the fastest counts (default 3)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    add_device_args(parser)
     threads_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -90,7 +97,6 @@ def _texts(args: argparse.Namespace) -> list[str]:
 
 def swap_command(args: argparse.Namespace) -> int:
     from attnkit import surgery
-    from attnkit.bench.harness import resolve_device
     from attnkit.checkpoints import load
     from attnkit.models.bert import Bert
     from attnkit.models.gpt import GPT
@@ -99,8 +105,8 @@ def swap_command(args: argparse.Namespace) -> int:
     surgery.resolve_params(args.variant, params)  # bad names fail before the model loads
     texts = _texts(args)
     set_threads(args.threads)
-    device = resolve_device(args.device)
-    model = load(args.model, device=device)
+    device, dtype = device_and_dtype(args)
+    model = load(args.model, device=device, dtype=dtype)
     if not isinstance(model, (GPT, Bert)):
         raise UsageError(
             f"--model {args.model!r} is a {type(model).__name__}; expected a GPT or BERT model"

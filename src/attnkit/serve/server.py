@@ -11,12 +11,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attnkit.serve.app import Service, create_app
 from attnkit.serve.completions import CompletionService
 from attnkit.serve.embeddings import EmbeddingService
 from attnkit.serve.limits import Limits
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 __all__ = ["RunningServer", "load_services", "model_id", "serve", "start"]
 
@@ -34,10 +37,14 @@ def model_id(name_or_dir: str | os.PathLike[str]) -> str:
 
 
 def load_services(
-    models: Sequence[str | os.PathLike[str]], limits: Limits, device: str | None = None
+    models: Sequence[str | os.PathLike[str]],
+    limits: Limits,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, Service]:
     """One service per model: an encoder (BERT family) for embeddings, a GPT for
-    completions. Two models with the same id are a ValueError."""
+    completions, on ``device`` with weights in ``dtype`` (default: as loaded, on the CPU).
+    Two models with the same id are a ValueError."""
     from attnkit.checkpoints import load
     from attnkit.models.bert import Bert
     from attnkit.models.gpt import GPT
@@ -51,7 +58,7 @@ def load_services(
                 raise ValueError(
                     f"two models would be served as {ident!r}; expected distinct names"
                 )
-            model = load(name, device=device)
+            model = load(name, device=device, dtype=dtype)
             if isinstance(model, GPT):
                 services[ident] = CompletionService(model, ident, limits)
             elif isinstance(model, Bert):
