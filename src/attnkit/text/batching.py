@@ -11,6 +11,8 @@ The one batcher of attnkit (sentence embeddings, classification, attention surge
 
 * :func:`length_batches`: batches of indices whose items have about the same length (longest
   first; with ``shuffle``, pools of similar lengths in random order, for training).
+* :func:`token_batches`: batches of indices holding at most ``max_tokens`` padded tokens, each
+  of items of about the same length (for training on pairs of different lengths).
 * :func:`pad_batch`: right padding to the longest sequence of one batch and the attention mask
   (``1`` = real token, ``0`` = padding, the polarity of Hugging Face's ``attention_mask``). A
   batch with no padding gets the mask ``None``, so attention takes its unmasked path.
@@ -44,6 +46,7 @@ __all__ = [
     "pack_sequences",
     "pad_batch",
     "padded_batches",
+    "token_batches",
 ]
 
 Item = TypeVar("Item")
@@ -104,6 +107,43 @@ def length_batches(
         batches += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
     order = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in order]
+
+
+def token_batches(
+    lengths: Sequence[tuple[int, ...]],
+    max_tokens: int,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """Batches of indices of items (each with one length per side, e.g. (source, target)) of
+    about the same lengths, each batch at most ``max_tokens`` padded tokens: rows times its
+    longest length on any side (an item longer than ``max_tokens`` is a batch of its own).
+
+    All items are sorted by their lengths (longest first; with ``shuffle``, items of equal
+    lengths in a random order drawn from ``generator``) and cut greedily, so neighbours in a
+    batch have equal or next-to-equal lengths and little padding; with ``shuffle`` the batches
+    are then put in random order (equal generators give equal batches in every process).
+    """
+    checks.positive_int("max_tokens", max_tokens)
+    n = len(lengths)
+    order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
+    order.sort(key=lambda i: tuple(-x for x in lengths[i]))  # stable: ties keep their draw
+    batches: list[list[int]] = []
+    current: list[int] = []
+    widths: tuple[int, ...] = ()
+    for i in order:
+        grown = tuple(max(a, b) for a, b in zip(widths, lengths[i])) if current else lengths[i]
+        if current and (len(current) + 1) * max(grown) > max_tokens:
+            batches.append(current)
+            current, grown = [], lengths[i]
+        current.append(i)
+        widths = grown
+    if current:
+        batches.append(current)
+    if shuffle:
+        perm = torch.randperm(len(batches), generator=generator).tolist()
+        batches = [batches[i] for i in perm]
+    return batches
 
 
 def pad_batch(

@@ -46,13 +46,14 @@ def train_char(text: str) -> Tokenizer:
     return tok
 
 
-def train_bpe(text: str, vocab_size: int) -> Tokenizer:
+def train_bpe(text: str, vocab_size: int, specials: Sequence[str] | None = None) -> Tokenizer:
+    """Byte-level BPE; ``specials`` (default ``<|endoftext|>``) take the first ids, in order."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=BPE_SPECIALS,
+        special_tokens=list(BPE_SPECIALS if specials is None else specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -72,27 +73,41 @@ def train_wordpiece(text: str, vocab_size: int) -> Tokenizer:
     return tok
 
 
-def train_tokenizer(kind: str, text: str, vocab_size: int | None = None) -> Tokenizer:
+def train_tokenizer(
+    kind: str, text: str, vocab_size: int | None = None, specials: Sequence[str] | None = None
+) -> Tokenizer:
+    """``specials``: the special tokens of a BPE tokenizer (default ``<|endoftext|>``)."""
     checks.choice("data.tokenizer", kind, KINDS)
+    if specials is not None and kind != "bpe":
+        raise ValueError(f"special tokens {list(specials)} are for a 'bpe' tokenizer, not {kind!r}")
     if kind == "char":
         return train_char(text)
     least = 300 if kind == "bpe" else 10
     vocab_size = checks.int_at_least(f"data.vocab_size for a {kind} tokenizer", vocab_size, least)
-    return train_bpe(text, vocab_size) if kind == "bpe" else train_wordpiece(text, vocab_size)
+    if kind == "bpe":
+        return train_bpe(text, vocab_size, specials)
+    return train_wordpiece(text, vocab_size)
 
 
 def build_tokenizer(
-    kind: str, text: str, corpus_checksum: str, vocab_size: int | None, cache: Path | None
+    kind: str,
+    text: str,
+    corpus_checksum: str,
+    vocab_size: int | None,
+    cache: Path | None,
+    specials: Sequence[str] | None = None,
 ) -> Tokenizer:
     """A tokenizer of ``kind`` for this corpus, from the cache when one was trained before."""
     key = f"{kind}-{vocab_size if kind != 'char' else 0}-{corpus_checksum[:16]}"
+    if specials is not None:
+        key += "-s" + hashlib.sha256("\n".join(specials).encode()).hexdigest()[:12]
     path = cache / "tokenizers" / f"{key}.json" if cache is not None else None
     if path is not None and path.is_file():
         try:
             return Tokenizer.from_file(str(path))
         except Exception:  # a damaged cache entry is trained again
             pass
-    tok = train_tokenizer(kind, text, vocab_size)
+    tok = train_tokenizer(kind, text, vocab_size, specials)
     if path is not None:
         from attnkit._util.fs import atomic_write_bytes
 

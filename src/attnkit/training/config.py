@@ -32,6 +32,13 @@ class DataConfig:
     tokenizer: str = "char"  # char | bpe | wordpiece
     vocab_size: int = 0  # for bpe/wordpiece (char: the corpus's characters)
     val_fraction: float = 0.1
+    # encoder-decoder runs (model.arch = "encdec"): the corpus is pairs (attnkit.text.parallel:
+    # "bible:en-es", a .tsv/.jsonl of pairs) for seq2seq, or plain text for span corruption
+    # tokens, eos included; longer training pairs are left out (0: model.max_seq_len)
+    max_source_len: int = 0
+    max_target_len: int = 0  # the same for targets
+    noise_density: float = 0.15  # span corruption: the fraction of tokens hidden
+    mean_span_length: float = 3.0  # span corruption: the mean length of a hidden span
 
 
 @dataclass
@@ -68,6 +75,15 @@ class TrainConfig:
     budget_seconds: float = 0.0
     budget_tokens: float = 0.0
     budget_flops: float = 0.0
+    # encoder-decoder runs: batches of at most batch_tokens padded tokens (source or target,
+    # whichever is longer; 0: batch_size x block_size), label smoothing, and at each
+    # evaluation eval_sentences held-out sources decoded (eval_num_beams; 0 sentences: none)
+    # and scored with BLEU and chrF
+    label_smoothing: float = 0.0
+    batch_tokens: int = 0
+    eval_sentences: int = 100
+    eval_num_beams: int = 1
+    eval_max_new_tokens: int = 0  # 0: data.max_target_len
 
 
 @dataclass
@@ -84,16 +100,21 @@ class RunConfig:
         }
 
 
-def _model_fields() -> dict[str, Any]:
+def _model_fields(arch: Any = None) -> dict[str, Any]:
     from attnkit.models import ModelConfig
 
-    hints = typing.get_type_hints(ModelConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(ModelConfig)}
+    cls: Any = ModelConfig
+    if arch == "encdec":
+        from attnkit.models.encdec_config import EncDecConfig
+
+        cls = EncDecConfig
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _section_fields(section: str) -> dict[str, Any]:
+def _section_fields(section: str, arch: Any = None) -> dict[str, Any]:
     if section == "model":
-        return _model_fields()
+        return _model_fields(arch)
     cls = {"data": DataConfig, "train": TrainConfig}[section]
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -141,6 +162,8 @@ def build(base: dict[str, Any], overrides: list[tuple[str, Any]]) -> RunConfig:
         if not isinstance(body, dict):
             raise ValueError(f"config section {section!r} must be a table, got {body!r}")
         items += [(f"{section}.{k}", v) for k, v in body.items()]
+    # the model's fields depend on its architecture (an encoder-decoder has its own config)
+    arch = next((v for k, v in reversed(items + list(overrides)) if k == "model.arch"), None)
     for key, value in items + list(overrides):
         section, _, name = key.partition(".")
         if section not in tree or not name:
@@ -149,7 +172,7 @@ def build(base: dict[str, Any], overrides: list[tuple[str, Any]]) -> RunConfig:
             from attnkit.models.config import RENAMED_FIELDS
 
             name = RENAMED_FIELDS.get(name, name)  # older files' names (n_head, n_kv_head)
-        fields = _section_fields(section)
+        fields = _section_fields(section, arch)
         if name not in fields:
             raise ValueError(
                 f"unknown config key {key!r}; valid {section} keys: {', '.join(sorted(fields))}"
@@ -227,6 +250,14 @@ def check_train(cfg: RunConfig) -> None:
     checks.positive_float("train.lr", tc.lr)
     checks.in_range("train.min_lr", tc.min_lr, 0.0, tc.lr, high_open=False)
     checks.in_range("train.mlm_probability", tc.mlm_probability, 0.0, 1.0, low_open=True)
+    for name in ("max_source_len", "max_target_len"):
+        checks.non_negative_int(f"data.{name}", getattr(cfg.data, name))
+    checks.in_range("data.noise_density", cfg.data.noise_density, 0.0, 1.0, low_open=True)
+    checks.positive_float("data.mean_span_length", cfg.data.mean_span_length)
+    checks.probability("train.label_smoothing", tc.label_smoothing)
+    for name in ("batch_tokens", "eval_sentences", "eval_max_new_tokens"):
+        checks.non_negative_int(f"train.{name}", getattr(tc, name))
+    checks.positive_int("train.eval_num_beams", tc.eval_num_beams)
     for name in ("weight_decay", "grad_clip", "budget_seconds", "budget_tokens", "budget_flops"):
         checks.non_negative_float(f"train.{name}", getattr(tc, name))
     for name in ("beta1", "beta2"):

@@ -1,0 +1,88 @@
+"""Texts in, texts out, for an encoder-decoder: sources encoded, batched by length, decoded.
+
+    >>> translate(model, tok, ["In the beginning God created the heaven."], num_beams=4)
+    ['En el principio crió Dios los cielos.']
+
+Each source is its tokens (no special tokens of the tokenizer's own) followed by the model's
+eos token, cut to ``max_source_len`` tokens, the eos kept. Sources are sorted by length and
+decoded ``batch_size`` at a time (:func:`attnkit.text.batching.length_batches`), so little of a
+batch is padding; the outputs come back in the input order, special tokens dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from attnkit._util import checks
+from attnkit.generation.seq2seq import generate_seq2seq
+from attnkit.models.encdec import EncoderDecoder
+from attnkit.text.batching import length_batches, pad_batch
+
+if TYPE_CHECKING:  # pragma: no cover - for static tools only
+    from tokenizers import Tokenizer
+
+__all__ = ["encode_sources", "translate"]
+
+
+def encode_sources(
+    tok: Tokenizer, texts: Sequence[str], eos_id: int, max_len: int | None = None
+) -> list[list[int]]:
+    """Token ids of each text then ``eos_id``, at most ``max_len`` ids in all."""
+    if max_len is not None:
+        checks.int_at_least("max_len", max_len, 2, ">= 2 (a token and the eos)")
+    rows = [e.ids for e in tok.encode_batch(list(texts), add_special_tokens=False)]
+    keep = None if max_len is None else max_len - 1
+    return [r[:keep] + [eos_id] for r in rows]
+
+
+@torch.no_grad()
+def translate(
+    model: EncoderDecoder,
+    tok: Tokenizer,
+    texts: Sequence[str],
+    *,
+    num_beams: int = 1,
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
+    max_source_len: int | None = None,
+    **options: Any,
+) -> list[str]:
+    """The decoded output of each of ``texts`` (greedy, or beam search with ``num_beams``; the
+    other ``options`` of :func:`~attnkit.generation.seq2seq.generate_seq2seq`, such as
+    ``length_penalty`` or ``no_repeat_ngram_size``, pass through)."""
+    if not isinstance(model, EncoderDecoder):
+        raise TypeError(f"model must be an attnkit EncoderDecoder, got {type(model).__name__}")
+    checks.positive_int("batch_size", batch_size)
+    if isinstance(texts, str):
+        raise TypeError("texts must be a sequence of strings, got one str; wrap it in a list")
+    if not texts:
+        return []
+    cfg = model.config
+    limit = max_source_len or (
+        cfg.max_seq_len if cfg.positional in ("learned", "sinusoidal") else None
+    )
+    sources = encode_sources(tok, texts, cfg.eos_token_id, limit)
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    out: list[str] = [""] * len(texts)
+    try:
+        for idx in length_batches([len(s) for s in sources], batch_size):
+            ids, mask = pad_batch([sources[i] for i in idx], cfg.pad_token_id, always_mask=True)
+            rows = generate_seq2seq(
+                model,
+                ids.to(device),
+                max_new_tokens,
+                attention_mask=None if mask is None else mask.to(device),
+                num_beams=num_beams,
+                **options,
+            )
+            texts_out = tok.decode_batch(rows[:, 1:].tolist(), skip_special_tokens=True)
+            for i, text in zip(idx, texts_out):
+                out[i] = text.strip()
+    finally:
+        model.train(was)
+    return out
