@@ -263,6 +263,64 @@ def test_reorder_is_in_place_for_beams():
         cache.reorder(torch.tensor([0, 1]), memory=False)
 
 
+def test_grouped_memory_equals_a_copy_per_row_and_select_drops_sources():
+    model = make("marian").double()
+    src, mask = batch(model, [5, 2, 4])
+    step1 = torch.tensor([[22]] * 6)
+    step2 = torch.tensor([[5], [6], [7], [8], [9], [10]])
+    with torch.no_grad():
+        memory = model.encode(src, mask)
+        grouped = model.new_cache(memory, mask, max_len=8)
+        grouped.repeat(2)  # memory held once per source
+        copied = model.new_cache(memory, mask, max_len=8)
+        copied.reorder(torch.arange(3).repeat_interleave(2))  # memory copied per row
+        assert grouped.group == 2 and grouped.cross[0][0].shape[0] == 3
+        assert copied.group == 1 and copied.cross[0][0].shape[0] == 6
+        assert grouped.batch_size == copied.batch_size == 6
+        for ids in (step1, step2):
+            a, b = model.decode_step(ids, grouped), model.decode_step(ids, copied)
+            assert (a - b).abs().max().item() < 1e-12
+        # keep sources 2 and 0, rows (5, 4) and (1, 1): equal to the copied cache's rows
+        grouped.select(torch.tensor([2, 0]), torch.tensor([5, 4, 1, 1]))
+        copied.reorder(torch.tensor([5, 4, 1, 1]))
+        assert grouped.batch_size == 4 and grouped.cross[0][0].shape[0] == 2
+        nxt = torch.tensor([[3], [4], [5], [6]])
+        a, b = model.decode_step(nxt, grouped), model.decode_step(nxt, copied)
+        assert (a - b).abs().max().item() < 1e-12
+        # with memory=True a grouped cache falls back to one memory row per decoder row
+        grouped.reorder(torch.tensor([3, 0]))
+        copied.reorder(torch.tensor([3, 0]))
+        assert grouped.group == 1 and grouped.cross[0][0].shape[0] == 2
+        nxt = torch.tensor([[7], [8]])
+        a, b = model.decode_step(nxt, grouped), model.decode_step(nxt, copied)
+        assert (a - b).abs().max().item() < 1e-12
+    with pytest.raises(ValueError, match="select keeps 2 sources of 1 rows each; got 3"):
+        grouped.select(torch.tensor([0, 1]), torch.tensor([0, 1, 1]))
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_beam_batch_with_sources_ending_apart_equals_each_source_alone(early_stopping):
+    """Sources that finish at different steps leave the batch; each row is the search of its
+    source alone."""
+    model = make("bart", seed=0)
+    eos = model.config.eos_token_id
+    with torch.no_grad():
+        model.logits_bias[0, eos] += 0.5  # eos likelier: rows end at different steps
+    src, mask = batch(model, [9, 1, 6, 3, 2, 7], seed=4)
+    kw = dict(num_beams=3, max_new_tokens=12, early_stopping=early_stopping)
+    out = attnkit.generate(model, src, attention_mask=mask, **kw)
+    ended = [next((j for j, t in enumerate(r) if j and t == eos), None) for r in out.tolist()]
+    assert len(set(ended)) >= 3, ended  # some end early, some late, some not at all
+    for i in range(6):
+        n = int(mask[i].sum())
+        alone = attnkit.generate(
+            model, src[i : i + 1, :n], attention_mask=mask[i : i + 1, :n], **kw
+        )
+        L = alone.shape[1]
+        assert out[i, :L].tolist() == alone[0].tolist()
+        assert (out[i, L:] == model.config.pad_token_id).all()
+
+
 BAD = [
     (dict(num_beams=0), ValueError, "num_beams must be an int >= 1, got 0"),
     (dict(num_beams=2.0), TypeError, "num_beams must be an int >= 1"),

@@ -12,13 +12,18 @@ live at the start) and K finished ones are kept, each with a score:
    ``generated_tokens ** length_penalty``; the K best of the finished set and the candidates
    are kept;
 3. the K best extensions that did not finish run on; their self-attention caches are reordered
-   in place (the cross-attention keys and values of a source are the same for all its beams
-   and are not touched);
-4. a source stops taking finished hypotheses when ``early_stopping`` is True and it has K, or
+   in place (the cross-attention keys and values of a source are held once for all its beams,
+   :attr:`DecoderCache.group`, and are not touched);
+4. a source is finished when ``early_stopping`` is True and it has K finished hypotheses, or
    when no running hypothesis can beat its worst finished one: with ``early_stopping`` False
    or True the best running score is judged at the current length, with "never" (and a
-   positive length penalty) at ``max_length``. The search ends when no source can improve,
-   or (``early_stopping`` True) when every source has K finished, or at ``max_length``.
+   positive length penalty) at ``max_length``. HF goes on running a finished source's beams
+   (without letting them into its finished set) until every source is finished; here a
+   finished source leaves the batch (:meth:`DecoderCache.select`), so a batch of sources of
+   different lengths runs each step on the sources still searched, with the same result. The
+   search ends when every source is finished, or at ``max_length``.
+
+One host sync per step reads how many sources finished.
 
 The returned rows are the best ``num_return_sequences`` finished hypotheses of each source,
 best first, padded with ``pad_token_id`` to the longest.
@@ -89,72 +94,93 @@ def beam_search(
     device = eos.device
     wide = max(2, 1 + eos.numel()) * K  # extensions kept per source and step
     top_k_mask = torch.arange(wide, device=device) < K  # (2K,): the K best may finish
+    early = early_stopping is True
+
+    # the finished sets of the sources that are done, by source
+    out_seqs = torch.full((B, K, max_length), pad_token_id, dtype=torch.long, device=device)
+    out_lens = torch.zeros(B, K, dtype=torch.long, device=device)
+    alive = torch.arange(B, device=device)  # (A,): the source of each source still searched
 
     running = torch.full((B, K, max_length), pad_token_id, dtype=torch.long, device=device)
     running[:, :, 0] = decoder_start_token_id
     running_scores = torch.zeros(B, K, device=device)
     running_scores[:, 1:] = _NEG  # all beams start equal: only the first is live
-    done_seqs = running.clone()  # (B, K, max_length)
+    done_seqs = running.clone()  # (A, K, max_length)
     done_scores = torch.full((B, K), _NEG, device=device)
     done_lens = torch.zeros(B, K, dtype=torch.long, device=device)
     is_done = torch.zeros(B, K, dtype=torch.bool, device=device)
     improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
-    rows = (torch.arange(B, device=device) * K)[:, None]  # (B, 1): first row of each source
+    lp_never = early_stopping == "never" and length_penalty > 0.0
 
     cur = 1  # tokens in every running hypothesis
     while True:
-        flat = running.view(B * K, max_length)
-        logits = model.decode_step(flat[:, cur - 1 : cur], cache)[:, -1].float()  # (BK, V)
+        A = running.shape[0]
+        flat = running.view(A * K, max_length)
+        logits = model.decode_step(flat[:, cur - 1 : cur], cache)[:, -1].float()  # (AK, V)
         V = logits.shape[-1]
         logp = torch.log_softmax(logits, dim=-1)
         logp = ban_eos_before(flat[:, :cur], logp, min_length, eos)
         logp = ban_repeated_ngrams(flat[:, :cur], logp, no_repeat_ngram_size)
-        total = (logp.view(B, K, V) + running_scores[:, :, None]).view(B, K * V)
+        total = (logp.view(A, K, V) + running_scores[:, :, None]).view(A, K * V)
 
-        top_scores, top_index = torch.topk(total, wide)  # (B, 2K)
-        parent = top_index // V  # (B, 2K): the beam each extension continues
+        top_scores, top_index = torch.topk(total, wide)  # (A, 2K)
+        parent = top_index // V  # (A, 2K): the beam each extension continues
         token = top_index % V
-        cand = _gather(running, parent)  # (B, 2K, max_length)
+        cand = _gather(running, parent)  # (A, 2K, max_length)
         cand[:, :, cur] = token
-        ends = torch.isin(token, eos) | (cur + 1 >= max_length)  # (B, 2K)
+        ends = torch.isin(token, eos) | (cur + 1 >= max_length)  # (A, 2K)
 
         # the K best extensions that go on
         go_on = top_scores + ends.to(torch.float32) * _NEG
-        keep = torch.topk(go_on, K)[1]  # (B, K)
+        keep = torch.topk(go_on, K)[1]  # (A, K)
         running = _gather(cand, keep)
         running_scores = _gather(go_on, keep)
         beam_parent = _gather(parent, keep)
 
         # the finished set: the K best of the old one and the extensions that just ended
+        # (a source whose set can no longer change has been dropped: see below)
         finishing = ends & top_k_mask[None, :]
-        scored = top_scores / ((cur + 1 - 1) ** length_penalty)
-        full = is_done.all(dim=-1, keepdim=True) & (early_stopping is True)
-        scored += full.to(torch.float32) * _NEG
-        scored += (~improvable).to(torch.float32) * _NEG
-        scored += (~finishing) * _NEG
-        merged_scores = torch.cat((done_scores, scored), dim=1)  # (B, 3K)
-        best = torch.topk(merged_scores, K)[1]  # (B, K)
+        scored = top_scores / (cur**length_penalty) + (~finishing) * _NEG
+        merged_scores = torch.cat((done_scores, scored), dim=1)  # (A, 3K)
+        best = torch.topk(merged_scores, K)[1]  # (A, K)
         done_seqs = _gather(torch.cat((done_seqs, cand), dim=1), best)
         done_scores = _gather(merged_scores, best)
         lens = torch.full_like(top_scores, cur, dtype=torch.long)  # generated tokens of each
         done_lens = _gather(torch.cat((done_lens, lens), dim=1), best)
         is_done = _gather(torch.cat((is_done, finishing), dim=1), best)
-
-        cache.reorder((beam_parent + rows).view(-1), memory=False)
         cur += 1
 
-        if early_stopping == "never" and length_penalty > 0.0:
-            best_len = max_length - 1
-        else:
-            best_len = cur - 1
+        # a source is finished when no running hypothesis can beat its worst finished one
+        # (judged at the current length, or with "never" at max_length), or, with
+        # early_stopping True, when it has K finished ones
+        best_len = max_length - 1 if lp_never else cur - 1
         best_running = running_scores[:, :1] / (best_len**length_penalty)
         worst_done = torch.where(is_done, done_scores.min(dim=1, keepdim=True)[0], _NEG)
         improvable = improvable & (best_running > worst_done).any(dim=-1, keepdim=True)
-        go = improvable.any() & ~(is_done.all() & (early_stopping is True)) & ~ends.all()
-        if not bool(go):  # one host sync per step
+        finished = ~improvable[:, 0]  # (A,)
+        if early:
+            finished |= is_done.all(dim=-1)
+        n_finished, last = torch.stack((finished.sum(), ends.all())).tolist()  # one host sync
+        if last or n_finished == A:
+            out_seqs[alive] = done_seqs
+            out_lens[alive] = done_lens
             break
+        index = (beam_parent + (torch.arange(A, device=device) * K)[:, None]).view(-1)  # (AK,)
+        if not n_finished:
+            cache.reorder(index, memory=False)  # in place
+            continue
+        # drop the finished sources: their sets are final, no more steps are run for them
+        gone = finished.nonzero()[:, 0]
+        out_seqs[alive[gone]] = done_seqs[gone]
+        out_lens[alive[gone]] = done_lens[gone]
+        kept = (~finished).nonzero()[:, 0]  # (A',)
+        cache.select(kept, index.view(A, K)[kept].view(-1))
+        alive = alive[kept]
+        running, running_scores = running[kept], running_scores[kept]
+        done_seqs, done_scores, done_lens = done_seqs[kept], done_scores[kept], done_lens[kept]
+        is_done, improvable = is_done[kept], improvable[kept]
 
     n = num_return_sequences
-    out = done_seqs[:, :n].reshape(B * n, max_length)
-    length = 1 + int(done_lens[:, :n].max())
+    out = out_seqs[:, :n].reshape(B * n, max_length)
+    length = 1 + int(out_lens[:, :n].max())
     return out[:, :length]

@@ -263,7 +263,6 @@ def generate_seq2seq(
 
     device = src.device
     eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
-    B = src.shape[0]
     copies = num_beams if num_beams > 1 else num_return_sequences
     param = next(model.parameters())
     cache_dtype = (
@@ -278,7 +277,7 @@ def generate_seq2seq(
             memory = model.encode(src, mask)  # (B, S, C), once per source
             cache = model.new_cache(memory, mask, max_len=total, dtype=cache_dtype)
             if copies > 1:
-                cache.reorder(torch.arange(B, device=device).repeat_interleave(copies))
+                cache.repeat(copies)
             if num_beams > 1:
                 return beam_search(
                     model,

@@ -65,12 +65,18 @@ class Seq2SeqOutput(ModelOutput):
 @dataclass
 class DecoderCache:
     """What decoding keeps between steps: one self-attention :class:`KVCache` per decoder
-    block, the cross-attention keys and values of the memory per block ((B, H, S, D) each,
-    computed once per source) and the source's valid-token mask (B, S) (None: no padding)."""
+    block, the cross-attention keys and values of the memory per block ((Bs, H, S, D) each,
+    computed once per source) and the source's valid-token mask (Bs, S) (None: no padding).
+
+    ``group``: decoder rows per source row. Beam search runs K rows per source
+    (:meth:`repeat`); the rows ``b * K .. b * K + K - 1`` all read source row ``b``, whose keys
+    and values are held once, not K times (cross-attention takes the K rows as K queries of
+    one source)."""
 
     self_attn: list[KVCache]
     cross: list[tuple[Tensor, Tensor]]
     source_valid_mask: Tensor | None
+    group: int = 1
 
     @property
     def length(self) -> int:
@@ -79,7 +85,17 @@ class DecoderCache:
 
     @property
     def batch_size(self) -> int:
-        return self.cross[0][0].shape[0]
+        """Decoder rows (sources times ``group``)."""
+        return self.cross[0][0].shape[0] * self.group
+
+    def repeat(self, n: int) -> None:
+        """Make n consecutive decoder rows of each row (``index = arange(B).repeat_interleave(n)``
+        for the self-attention caches); the memory is not copied: ``group`` grows n times."""
+        if n == 1:
+            return
+        index = torch.arange(self.batch_size, device=self.cross[0][0].device)
+        self._reorder_self(index.repeat_interleave(n))
+        self.group *= n
 
     def reorder(self, index: Tensor, memory: bool = True) -> None:
         """Keep the rows ``index`` (B',) of every cache, in that order: beam search keeps its
@@ -87,12 +103,41 @@ class DecoderCache:
         With as many rows as before the self-attention caches are reordered in place, else
         replaced by new ones holding the chosen rows. ``memory=False`` leaves the
         cross-attention keys and values and the source mask as they are (beam search reorders
-        beams within each source, whose rows of them are equal)."""
+        beams within each source, whose rows of them are equal). With ``memory`` and a
+        ``group`` above 1 the memory is first copied to one row per decoder row."""
         same = index.shape[0] == self.batch_size
         if not memory and not same:
             raise ValueError(
                 f"memory=False keeps the batch size {self.batch_size}; got {index.shape[0]} rows"
             )
+        self._reorder_self(index)
+        if not memory:
+            return
+        rows = index
+        if self.group > 1:  # decoder row r reads source row r // group
+            rows = torch.div(index, self.group, rounding_mode="floor")
+            self.group = 1
+        self._select_memory(rows)
+
+    def select(self, sources: Tensor, index: Tensor) -> None:
+        """Keep the source rows ``sources`` (Bs',) of the memory and the decoder rows ``index``
+        (Bs' * group,), rows ``j * group .. j * group + group - 1`` of them reading source
+        ``sources[j]``: beam search drops the sources it has finished so."""
+        if index.shape[0] != sources.shape[0] * self.group:
+            raise ValueError(
+                f"select keeps {sources.shape[0]} sources of {self.group} rows each; "
+                f"got {index.shape[0]} decoder rows"
+            )
+        self._reorder_self(index)
+        self._select_memory(sources)
+
+    def _select_memory(self, rows: Tensor) -> None:
+        self.cross = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.cross]
+        if self.source_valid_mask is not None:
+            self.source_valid_mask = self.source_valid_mask.index_select(0, rows)
+
+    def _reorder_self(self, index: Tensor) -> None:
+        same = index.shape[0] == self.batch_size
         fresh = []
         for c in self.self_attn:
             n = c.length
@@ -108,11 +153,6 @@ class DecoderCache:
                 )
             fresh.append(new)
         self.self_attn = fresh
-        if not memory:
-            return
-        self.cross = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross]
-        if self.source_valid_mask is not None:
-            self.source_valid_mask = self.source_valid_mask.index_select(0, index)
 
 
 def seq2seq_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -379,10 +419,11 @@ class EncoderDecoder(ModelBase):
                 )
             memory, source_valid_mask = cache.cross, cache.source_valid_mask
             caches, past = cache.self_attn, cache.length
-        if memory[0][0].shape[0] != B:
+        rows = memory[0][0].shape[0] * (1 if cache is None else cache.group)
+        if rows != B:
             raise ValueError(
-                f"decoder_input_ids have batch size {B} but the memory has "
-                f"{memory[0][0].shape[0]}; expected the same"
+                f"decoder_input_ids have batch size {B} but the memory has {rows}; "
+                f"expected the same"
             )
         self._check_length("target", past + T)
         vkm = valid_key_mask_from(decoder_attention_mask, (B, past + T))

@@ -226,11 +226,17 @@ class CrossAttention(nn.Module):
     def forward(
         self, x: Tensor, k: Tensor, v: Tensor, valid_key_mask: Tensor | None = None
     ) -> Tensor:
-        """x (B, T, C), k and v (B, H, S, D) from :meth:`memory`, valid_key_mask (B, S) bool
-        (True = real source token) -> (B, T, C)."""
+        """x (B, T, C), k and v (Bs, H, S, D) from :meth:`memory`, valid_key_mask (Bs, S) bool
+        (True = real source token) -> (B, T, C).
+
+        B may be a multiple g of Bs (beam search: g beams per source): rows ``b * g .. b * g +
+        g - 1`` of x read source ``b``, and their g * T queries attend to its keys together,
+        so the memory is held and read once per source, not once per beam."""
         B, T, _ = x.shape
         H, D = self.n_heads, self.head_dim
-        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        Bs = k.shape[0]
+        g = B // Bs  # rows per source
+        q = self.q_proj(x).view(Bs, g * T, H, D).transpose(1, 2)  # (Bs, H, g * T, D)
         if k.dtype != q.dtype:
             q = q.to(k.dtype)
         y = cast(
@@ -242,7 +248,7 @@ class CrossAttention(nn.Module):
                 valid_key_mask=valid_key_mask,
                 dropout_p=self.dropout if self.training else 0.0,
             ),
-        )  # (B, H, T, D)
+        )  # (Bs, H, g * T, D)
         y = y.transpose(1, 2).reshape(B, T, H * D).to(x.dtype)  # (B, T, H * D)
         return self.out_dropout(self.out_proj(y))  # (B, T, C)
 
