@@ -62,6 +62,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     mlm_probability: float = 0.15
     seed: int = 1337
+    init_from: str = ""  # a checkpoint dir (attnkit, HF GPT-2/Llama/BERT) to start from
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "float32"  # float32 | bfloat16 | float16 (CUDA)
     compile: bool = False
@@ -69,6 +70,7 @@ class TrainConfig:
     parallel: str = "ddp"  # ddp (replicas) | fsdp (FSDP2 shards); used under torchrun
     threads: int = 0  # torch threads per process; 0: leave as is
     progress: bool = True
+    logger: str = "csv"  # csv | tensorboard | wandb, or a list: "csv,tensorboard"
     # budgets: the run stops at the first step that spends one (0: no limit); floats, so that
     # 2e6 is accepted. Seconds count the loop's wall time (evaluations included, resumed
     # parts added); FLOPs are the model's training estimate (flops_per_token x tokens).

@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from attnkit import checkpoints as ckpt_io
 from attnkit._util import checks, faults
 from attnkit._util.fs import atomic_write_json
-from attnkit.training import distributed, metrics, optim, precision, rundir
+from attnkit.training import distributed, loggers, metrics, optim, precision, rundir
 from attnkit.training.checkpointing import (
     damaged_checkpoints,
     latest_checkpoint,
@@ -49,6 +49,7 @@ from attnkit.training.checkpointing import (
 )
 from attnkit.training.config import RunConfig, TrainConfig, check_train
 from attnkit.training.objectives import Batches, loss_sums
+from attnkit.training.warmstart import warm_start
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from tokenizers import Tokenizer
@@ -63,8 +64,11 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 # data and model
 # --------------------------------------------------------------------------------------------
-def prepare_data(cfg: RunConfig, d: distributed.Dist) -> tuple[Tokenizer, dict[str, TokenStream]]:
-    """(tokenizer, {"train", "val"} streams); rank 0 builds the caches, the others wait."""
+def prepare_data(
+    cfg: RunConfig, d: distributed.Dist, tokenizer: Tokenizer | None = None
+) -> tuple[Tokenizer, dict[str, TokenStream]]:
+    """(tokenizer, {"train", "val"} streams); rank 0 builds the caches, the others wait.
+    ``tokenizer`` (train.init_from's) replaces the one data.tokenizer would build."""
     from attnkit._util.fs import cache_dir
     from attnkit.text.corpora import load_corpus
     from attnkit.text.datasets import build_streams
@@ -73,7 +77,11 @@ def prepare_data(cfg: RunConfig, d: distributed.Dist) -> tuple[Tokenizer, dict[s
     def make():
         corpus = load_corpus(cfg.data.corpus)
         vocab = cfg.data.vocab_size or None
-        tok = build_tokenizer(cfg.data.tokenizer, corpus.text, corpus.checksum, vocab, cache_dir())
+        tok = tokenizer
+        if tok is None:
+            tok = build_tokenizer(
+                cfg.data.tokenizer, corpus.text, corpus.checksum, vocab, cache_dir()
+            )
         return tok, build_streams(corpus, tok, cfg.data.val_fraction, cache_dir())
 
     if d.is_main:
@@ -175,6 +183,7 @@ def pretrain(
             "(--resume continues the run in the directory, --overwrite replaces it)"
         )
     check_train(cfg)
+    loggers.parse_loggers(tc.logger)  # a missing extra is an error before any work
     d = distributed.init(tc.device)
     try:
         precision.check_dtype(tc.dtype, d.device)
@@ -189,16 +198,24 @@ def pretrain(
         if d.is_main:
             out.mkdir(parents=True, exist_ok=True)
             replacing = overwrite and rundir.set_aside(out) is not None
-        tok, streams = prepare_data(cfg, d)
-        mcfg = model_config(cfg, tok)
+        warm = warm_start(cfg, resume and has_checkpoint(out))  # train.init_from, or None
+        tok, streams = prepare_data(cfg, d, None if warm is None else warm.tokenizer)
+        mcfg = model_config(cfg, tok) if warm is None else warm.config
         objective = "clm" if mcfg.arch == "gpt" else "mlm"
         torch.manual_seed(tc.seed)  # same initial weights on every rank
         raw = build_model(mcfg).to(d.device)
+        if warm is not None:
+            warm.load_into(raw)
         optimizer = optim.make_optimizer(
             raw, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), d.device, fused=tc.fused_adamw
         )
         train_batches = Batches(streams["train"], cfg, d, objective, tok, tc.seed + 1)
         val_batches = Batches(streams["val"], cfg, d, objective, tok, tc.seed + 2)
+        init_val = None  # the warm start's loss on the windows every evaluation uses
+        if warm is not None:
+            init_val = evaluate(raw, val_batches, tc.eval_iters, d, tc.dtype, tc.seed + 2)
+            if d.is_main:
+                logger.info("attnkit: step 0 (train.init_from): val loss %.4f", init_val["loss"])
         start, best, tokens_before, elapsed_before = 0, math.inf, 0, 0.0
         if resume:
             found = latest_checkpoint(out)
@@ -232,25 +249,41 @@ def pretrain(
             model = torch.compile(raw)  # type: ignore[assignment]  # an OptimizedModule
         if d.enabled:
             model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
-        log = metrics.MetricsLog(out, resume_step=start if resume else None) if d.is_main else None
-        summary = _train(
-            cfg,
-            d,
-            out,
-            raw,
-            model,
-            tok,
-            optimizer,
-            train_batches,
-            val_batches,
-            start,
-            best,
-            tokens_before,
-            elapsed_before,
-            log,
-            replacing,
-        )
+        log = None
+        if d.is_main:
+            resume_step = start if resume else None
+            log = loggers.open_loggers(
+                tc.logger,
+                out,
+                metrics=metrics.MetricsLog(out, resume_step=resume_step),
+                resume_step=resume_step,
+                config=resolved,
+            )
+        try:
+            summary = _train(
+                cfg,
+                d,
+                out,
+                raw,
+                model,
+                tok,
+                optimizer,
+                train_batches,
+                val_batches,
+                start,
+                best,
+                tokens_before,
+                elapsed_before,
+                log,
+                replacing,
+            )
+        finally:
+            if log is not None:
+                log.close()
         summary["setup_seconds"] = round(time.perf_counter() - t_start - summary["loop_seconds"], 3)
+        if init_val is not None:
+            summary["init_from"] = str(warm.source) if warm is not None else None
+            summary["init_val_loss"] = init_val["loss"]
         if d.is_main:
             atomic_write_json(out / "summary.json", summary)
             metrics.plot_loss(out / "metrics.jsonl", out / "loss.png")
@@ -273,7 +306,7 @@ def _train(
     best: float,
     tokens_before: int,
     elapsed_before: float,
-    log: metrics.MetricsLog | None,
+    log: loggers.RunLog | None,
     replacing: bool = False,
 ) -> dict[str, Any]:
     tc = cfg.train
