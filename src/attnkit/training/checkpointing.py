@@ -11,6 +11,13 @@ to a hidden ``checkpoints/.step-NNNNNN.deleting`` and then deleted, so a kill in
 the deletion leaves no half-deleted ``step-*`` behind; the next write sweeps such leftovers.
 The named kill points of :mod:`attnkit._util.faults` (``after-weights``, ``after-optimizer``,
 ``before-manifest``, ``after-manifest``, ``in-prune``) sit between the steps of a write.
+
+A ``train.parallel='fsdp'`` run writes sharded checkpoints instead
+(:func:`save_sharded_checkpoint`, every process together): ``shards/`` (each process's part
+of the weights and optimizer state, through ``torch.distributed.checkpoint`` with JSON
+metadata, :mod:`attnkit.training.dcp_storage`), ``config.json`` and ``tokenizer.json`` (no
+weights file), ``state.pt`` without the optimizer, and the same manifest, which lists the
+shard files too. :func:`attnkit.training.fsdp.consolidate` turns one into a normal checkpoint.
 """
 
 from __future__ import annotations
@@ -33,13 +40,19 @@ from attnkit.models.common import ModelBase
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from tokenizers import Tokenizer
 
+    from attnkit.training.distributed import Dist
+
 __all__ = [
     "MANIFEST_NAME",
+    "SHARDS_DIR",
     "STATE_NAME",
     "damaged_checkpoints",
+    "is_sharded",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_sharded_checkpoint",
     "save_checkpoint",
+    "save_sharded_checkpoint",
     "verify_checkpoint",
 ]
 
@@ -47,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 STATE_NAME = "state.pt"
 MANIFEST_NAME = "manifest.json"
+SHARDS_DIR = "shards"
 
 
 def _sha256(path: Path) -> str:
@@ -97,12 +111,83 @@ def save_checkpoint(
         for p in sorted(directory.iterdir())
         if p.is_file() and not p.name.startswith(".")
     }
+    _finish(root, directory, state["step"], files, keep)
+    return directory
+
+
+def _finish(root: Path, directory: Path, step: int, files: dict[str, str], keep: int) -> None:
+    """The manifest (the checkpoint is complete once it is written), then pruning."""
     faults.point("before-manifest")
-    atomic_write_json(directory / MANIFEST_NAME, {"step": state["step"], "files": files})
+    atomic_write_json(directory / MANIFEST_NAME, {"step": step, "files": files})
     faults.point("after-manifest")
     for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
         _discard(old, "in-prune")
+
+
+def is_sharded(directory: Path) -> bool:
+    """True for a checkpoint a ``train.parallel='fsdp'`` run wrote."""
+    return (directory / SHARDS_DIR).is_dir()
+
+
+def save_sharded_checkpoint(
+    out: Path,
+    model: ModelBase,
+    tok: Tokenizer | None,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep: int,
+    d: Dist,
+) -> Path:
+    """Every process calls this: ``checkpoints/step-N/`` with each process's shards, then
+    (rank 0) the model config, ``state.pt`` and the manifest; old ones pruned."""
+    from attnkit.training import distributed, fsdp
+
+    root = out / "checkpoints"
+    directory = root / f"step-{state['step']:06d}"
+    if d.is_main:
+        for leftover in root.glob(".step-*.deleting"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        if directory.exists():
+            _discard(directory)
+        directory.mkdir(parents=True)
+    distributed.barrier(d)
+    fsdp.save_sharded(model, optimizer, directory / SHARDS_DIR)  # collective
+    if d.is_main:
+        fsdp.write_model_files(model, directory, tok)
+    faults.point("after-weights")
+    if d.is_main:
+        payload = dict(
+            state, rng_cpu=torch.get_rng_state(), parallel="fsdp", world_size=d.world_size
+        )
+        if torch.cuda.is_available():
+            payload["rng_cuda"] = torch.cuda.get_rng_state_all()
+        atomic_write(directory / STATE_NAME, lambda tmp: torch.save(payload, tmp))
+        faults.point("after-optimizer")
+        files = {
+            p.relative_to(directory).as_posix(): _sha256(p)
+            for p in sorted(directory.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")
+        }
+        _finish(root, directory, state["step"], files, keep)
+    distributed.barrier(d)
     return directory
+
+
+def load_sharded_checkpoint(
+    directory: Path, model: ModelBase, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """Every process calls this: the shards of ``directory`` into the sharded ``model`` and
+    ``optimizer`` (resharded when the world size differs), RNG states restored; the rest of
+    ``state.pt`` returned."""
+    from attnkit.training import fsdp
+
+    state = ckpt_io.read_state(directory / STATE_NAME, {"rng_cpu": torch.Tensor, "step": int})
+    fsdp.load_sharded(model, optimizer, directory / SHARDS_DIR)
+    torch.set_rng_state(state.pop("rng_cpu"))
+    cuda_states = state.pop("rng_cuda", None)
+    if cuda_states is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    return state
 
 
 def verify_checkpoint(directory: Path) -> str | None:

@@ -35,20 +35,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from attnkit import checkpoints as ckpt_io
 from attnkit._util import checks, faults
 from attnkit._util.fs import atomic_write_json
 from attnkit.training import distributed, loggers, metrics, optim, precision, rundir
-from attnkit.training.checkpointing import (
-    damaged_checkpoints,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from attnkit.training.checkpointing import damaged_checkpoints, latest_checkpoint
 from attnkit.training.config import RunConfig, TrainConfig, check_train
 from attnkit.training.objectives import Batches, loss_sums
+from attnkit.training.parallelism import Parallel
 from attnkit.training.warmstart import warm_start
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
@@ -187,6 +182,7 @@ def pretrain(
     d = distributed.init(tc.device)
     try:
         precision.check_dtype(tc.dtype, d.device)
+        par = Parallel(tc.parallel, d, compile=tc.compile)
         rundir.check_paths(out)
         if d.is_main:
             rundir.recover(out, has_checkpoint)
@@ -204,6 +200,7 @@ def pretrain(
         objective = "clm" if mcfg.arch == "gpt" else "mlm"
         torch.manual_seed(tc.seed)  # same initial weights on every rank
         raw = build_model(mcfg).to(d.device)
+        par.prepare(raw)  # FSDP shards it in place, before the optimizer takes its parameters
         if warm is not None:
             warm.load_into(raw)
         optimizer = optim.make_optimizer(
@@ -234,7 +231,7 @@ def pretrain(
                         out / "checkpoints",
                     )
             else:
-                state = load_checkpoint(found, raw, optimizer)
+                state = par.load_checkpoint(found, raw, optimizer)
                 train_batches.gen.set_state(state["data_rng"])
                 start, best = int(state["step"]), float(state["best_val_loss"])
                 tokens_before, elapsed_before = int(state["tokens"]), float(state["elapsed"])
@@ -247,8 +244,7 @@ def pretrain(
         model: torch.nn.Module = raw
         if tc.compile:
             model = torch.compile(raw)  # type: ignore[assignment]  # an OptimizedModule
-        if d.enabled:
-            model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+        model = par.wrap(model)
         log = None
         if d.is_main:
             resume_step = start if resume else None
@@ -276,6 +272,7 @@ def pretrain(
                 elapsed_before,
                 log,
                 replacing,
+                par,
             )
         finally:
             if log is not None:
@@ -308,8 +305,10 @@ def _train(
     elapsed_before: float,
     log: loggers.RunLog | None,
     replacing: bool = False,
+    par: Parallel | None = None,
 ) -> dict[str, Any]:
     tc = cfg.train
+    par = par or Parallel("ddp", d)
     decay_iters = tc.lr_decay_iters or tc.max_iters
     ckpt_every = tc.checkpoint_interval or tc.eval_interval
     scaler = precision.grad_scaler(d.device, tc.dtype)
@@ -343,8 +342,8 @@ def _train(
         for micro in range(tc.grad_accum):
             x, y, count = train_batches.next()
             sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-            if isinstance(model, DDP) and micro < tc.grad_accum - 1:
-                sync = model.no_sync()
+            if micro < tc.grad_accum - 1:
+                sync = par.no_sync(model)
             with sync:
                 with precision.autocast(d.device, tc.dtype):
                     loss_sum, _ = loss_sums(model, x, y)
@@ -408,29 +407,28 @@ def _train(
                 )
             if last_val["loss"] < best:
                 best = last_val["loss"]
-                if d.is_main:
-                    ckpt_io.save(raw, out, tokenizer=tok)
+                par.save_model(raw, out, tok)
         if step % ckpt_every == 0 or last:
-            if d.is_main:
-                state = {
-                    "step": step,
-                    "best_val_loss": best,
-                    "tokens": tokens_now,
-                    "elapsed": elapsed_before + time.perf_counter() - loop_t0,
-                    "data_rng": train_batches.gen.get_state(),
-                }
-                save_checkpoint(out, raw, tok, optimizer, state, tc.keep_checkpoints)
-                if replacing:  # the new run can be resumed now: the old one may go
-                    rundir.discard_replaced(out)
-                    replacing = False
+            state = {
+                "step": step,
+                "best_val_loss": best,
+                "tokens": tokens_now,
+                "elapsed": elapsed_before + time.perf_counter() - loop_t0,
+                "data_rng": train_batches.gen.get_state(),
+            }
+            par.save_checkpoint(out, raw, tok, optimizer, state, tc.keep_checkpoints)
+            if replacing:  # the new run can be resumed now: the old one may go
+                rundir.discard_replaced(out)
+                replacing = False
             distributed.barrier(d)
         if stopped_by is not None:
             break
     if bar is not None:
         bar.close()
     loop_seconds = time.perf_counter() - loop_t0
-    if d.is_main and not (out / ckpt_io.CONFIG_NAME).is_file():
-        ckpt_io.save(raw, out, tokenizer=tok)
+    missing = float(d.is_main and not (out / ckpt_io.CONFIG_NAME).is_file())
+    if distributed.total(torch.tensor(missing, device=d.device), d).item():  # every rank agrees
+        par.save_model(raw, out, tok)
     trained = (step - start) * tokens_per_step
     summary = {
         "val_loss": last_val["loss"] if last_val else None,
