@@ -4,9 +4,12 @@
         --model.n_layer 4 --train.max_iters 2000
     attnkit pretrain --out runs/char --resume           # continue from the latest checkpoint
     attnkit generate --model runs/char --prompt "ROMEO:" --max-new-tokens 300
+    attnkit pretrain --config gpt-shakespeare-char --train.lr 1e-3 --print-config
 
 ``--config`` is a TOML file or the name of one shipped in ``attnkit/configs``; any
 ``--section.key VALUE`` (or ``--section.key=VALUE``) overrides one key of it.
+``--print-config`` prints the config those give, every data and train key resolved, as TOML
+(a file ``--config`` reads back to the same run), and exits without training.
 
 An ``--out`` that already holds a run is refused (exit 2) unless ``--resume`` or
 ``--overwrite`` says what to do with it (:mod:`attnkit.training.rundir` has the rules).
@@ -30,8 +33,8 @@ from attnkit.cli.types import UsageError
 from attnkit.training import config as run_config
 
 USAGE = (
-    "attnkit pretrain --config NAME|FILE [--data NAME|PATH] --out DIR [--resume | --overwrite] "
-    "[--section.key VALUE ...]"
+    "attnkit pretrain --config NAME|FILE [--data NAME|PATH] (--out DIR [--resume | --overwrite] "
+    "| --print-config) [--section.key VALUE ...]"
 )
 
 
@@ -70,8 +73,7 @@ def pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--out",
-        required=True,
-        help="output directory. One that already holds a run (checkpoints/, run_config.json, "
+        help="output directory (required unless --print-config). One that already holds a run (checkpoints/, run_config.json, "
         "the model, metrics...) is refused without --resume or --overwrite. A '..' is allowed "
         "only at the start of DIR (../runs/x, not runs/x/../y); an entry of DIR that the run "
         "writes (checkpoints/, step-* folders and their files, run_config.json, metrics, the "
@@ -90,6 +92,12 @@ def pretrain_arguments(parser: argparse.ArgumentParser) -> None:
         "run's first checkpoint is complete (if the new run ends before that, the old one is "
         "put back and --resume continues it)",
     )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (after --data and the overrides) as TOML and exit "
+        "without training",
+    )
 
 
 def stop_on_sigint() -> None:
@@ -102,12 +110,15 @@ def stop_on_sigint() -> None:
 def pretrain_command(args: argparse.Namespace) -> int:
     stop_on_sigint()
     overrides = split_overrides(list(args.rest))
-    out = Path(args.out)
+    if args.out is None and not args.print_config:
+        raise UsageError("--out DIR is required (the run's directory), except with --print-config")
+    out = Path(args.out or ".")
     from attnkit.training import rundir
     from attnkit.training.loop import has_checkpoint
 
-    rundir.check_paths(out)
-    if args.resume and int(os.environ.get("RANK", "0")) == 0:
+    if not args.print_config:
+        rundir.check_paths(out)
+    if args.resume and not args.print_config and int(os.environ.get("RANK", "0")) == 0:
         rundir.recover(out, has_checkpoint)  # an overwrite killed early: the old run returns
     if args.config:
         base = run_config.read_file(run_config.find_config(args.config))
@@ -122,6 +133,12 @@ def pretrain_command(args: argparse.Namespace) -> int:
     if args.data:
         overrides.append(("data.corpus", args.data))
     cfg = run_config.build(base, overrides)
+    if args.print_config:
+        from attnkit.cli.catalog import config_toml
+
+        run_config.check_train(cfg)
+        print(config_toml(cfg), end="")
+        return 0
     from attnkit.training.loop import format_summary, pretrain
 
     if cfg.train.threads:  # torch threads per process: process state, set here
