@@ -52,6 +52,30 @@ COMMANDS: tuple[Command, ...] = (
         "convert a checkpoint: --from-hf DIR OUT (HF -> attnkit) or --to-hf DIR OUT",
     ),
     Command(
+        "models",
+        "attnkit.cli.catalog:models_command",
+        "attnkit.cli.catalog:models_arguments",
+        "known model names and every GPT/BERT/encoder-decoder preset, with their sizes",
+    ),
+    Command(
+        "configs ls",
+        "attnkit.cli.catalog:configs_ls_command",
+        "attnkit.cli.catalog:configs_ls_arguments",
+        "list the run configs shipped with attnkit (pretrain --config NAME)",
+    ),
+    Command(
+        "configs show",
+        "attnkit.cli.catalog:configs_show_command",
+        "attnkit.cli.catalog:configs_show_arguments",
+        "print a shipped run config",
+    ),
+    Command(
+        "configs cp",
+        "attnkit.cli.catalog:configs_cp_command",
+        "attnkit.cli.catalog:configs_cp_arguments",
+        "copy a shipped run config to a file to edit (refuses to overwrite without --force)",
+    ),
+    Command(
         "embed",
         "attnkit.cli.embed:embed_command",
         "attnkit.cli.embed:embed_arguments",
