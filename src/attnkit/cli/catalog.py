@@ -220,10 +220,10 @@ def _find(name: str) -> Path:
 
 def _summary(path: Path) -> dict[str, Any]:
     """A config's first comment line and the model/data keys that say what it trains."""
-    import tomllib
+    from attnkit.training import config as run_config
 
     text = path.read_text(encoding="utf-8")
-    data = tomllib.loads(text)
+    data = run_config.read_file(path)
     first = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#")), "")
     model, dat, train = data.get("model", {}), data.get("data", {}), data.get("train", {})
     return {
