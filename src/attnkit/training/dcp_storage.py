@@ -43,7 +43,15 @@ from torch.distributed.checkpoint.planner import ReadItem
 
 from attnkit._util.fs import atomic_write_json
 
-__all__ = ["METADATA_NAME", "JsonReader", "JsonWriter", "SafeLoadPlanner"]
+__all__ = [
+    "METADATA_NAME",
+    "JsonReader",
+    "JsonWriter",
+    "MetadataError",
+    "SafeLoadPlanner",
+    "load",
+    "save",
+]
 
 METADATA_NAME = "metadata.json"
 _FORMAT = "attnkit-dcp-metadata"
@@ -279,3 +287,28 @@ class SafeLoadPlanner(DefaultLoadPlanner):
             set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
         else:
             self.state_dict[read_item.dest_index.fqn] = obj
+
+
+def save(state: dict[str, Any], path: Path, no_dist: bool = False) -> None:
+    """``dcp.save`` of ``state`` into the directory ``path`` with :class:`JsonWriter`
+    (collective unless ``no_dist``)."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(state, storage_writer=JsonWriter(path), no_dist=no_dist)
+
+
+def load(state: dict[str, Any], path: Path, no_dist: bool = False) -> None:
+    """``dcp.load`` into ``state`` (in place) from ``path`` with :class:`JsonReader` and
+    :class:`SafeLoadPlanner` (collective unless ``no_dist``). A refused file raises its
+    :class:`MetadataError` (DCP would wrap it in a ``CheckpointException``, a BaseException)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        dcp.load(state, storage_reader=JsonReader(path), planner=SafeLoadPlanner(), no_dist=no_dist)
+    except CheckpointException as e:
+        for failure in e.failures.values():
+            exc = failure[0] if isinstance(failure, tuple) else failure
+            if isinstance(exc, MetadataError):
+                raise MetadataError(str(exc)) from None
+        raise

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from attnkit.training.dcp_storage import JsonReader, JsonWriter, SafeLoadPlanner
+from attnkit.training import dcp_storage
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from tokenizers import Tokenizer
@@ -118,19 +119,16 @@ def _states(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[s
 
 def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
     """Collective: every process writes its shards of the model and optimizer to ``path``."""
-    import torch.distributed.checkpoint as dcp
-
-    dcp.save(_states(model, optimizer), storage_writer=JsonWriter(path))
+    dcp_storage.save(_states(model, optimizer), path)
 
 
 def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
     """Collective: the model and optimizer state that :func:`save_sharded` wrote, resharded
     to this run's processes."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     states = _states(model, optimizer)
-    dcp.load(states, storage_reader=JsonReader(path), planner=SafeLoadPlanner())
+    dcp_storage.load(states, path)
     set_state_dict(
         model, optimizer, model_state_dict=states["model"], optim_state_dict=states["optim"]
     )
@@ -139,10 +137,10 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path)
 def load_weights(model: nn.Module, path: Path) -> None:
     """One process, no process group: the model weights of a sharded checkpoint ``path``
     into an unsharded ``model`` (DCP assembles each tensor from its shards)."""
-    import torch.distributed.checkpoint as dcp
-
     state = {"model": model.state_dict()}
-    dcp.load(state, storage_reader=JsonReader(path), planner=SafeLoadPlanner(), no_dist=True)
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message=".*single process", category=UserWarning)
+        dcp_storage.load(state, path, no_dist=True)
     model.load_state_dict(state["model"])
 
 
