@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import attnkit
 from attnkit import cli
 from attnkit.training import config as run_config
 from attnkit.training.loop import pretrain
@@ -133,6 +134,53 @@ def test_init_from_an_hf_gpt2_directory(corpus, tmp_path):
     assert abs(summary["init_val_loss"] - total / count) <= 1e-5
 
 
+def test_init_from_an_hf_llama_directory_exported_from_a_run(corpus, tmp_path):
+    """attnkit run (RoPE, RMSNorm, SwiGLU, GQA) -> HF Llama directory -> a run starting there
+    scores the same as the first run did on the same windows."""
+    pytest.importorskip("transformers")
+    from attnkit.checkpoints.hf import export_hf
+
+    llama = {"positional": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False,
+             "n_heads": 4, "n_kv_heads": 2}  # fmt: skip
+    base = {**TINY, "model": {**TINY["model"], **llama}}
+    a = tmp_path / "a"
+    first = run(corpus, a, base)
+    export_hf(attnkit.load(a), tmp_path / "hf")
+    assert json.loads((tmp_path / "hf/config.json").read_text())["model_type"] == "llama"
+    again = run(
+        corpus, tmp_path / "b", base, **{"train.init_from": str(tmp_path / "hf"),
+                                         "train.max_iters": 1}
+    )  # fmt: skip
+    assert abs(again["init_val_loss"] - first["val_loss"]) <= 1e-5
+
+
+def test_init_from_an_hf_bert_directory_continues_masked_lm(corpus, tmp_path):
+    """attnkit BERT run -> HF BertForMaskedLM directory (WordPiece vocab.txt-free: its
+    tokenizer.json) -> a masked-LM run starting there: the same step-0 loss, same masks."""
+    pytest.importorskip("transformers")
+    from attnkit.checkpoints.hf import export_hf
+
+    bert = {"arch": "bert", "n_layer": 1, "n_heads": 2, "d_model": 16, "max_seq_len": 16,
+            "norm_placement": "post", "embed_norm": True, "final_norm": False,
+            "type_vocab_size": 2, "mlp": "gelu", "norm_eps": 1e-12}  # fmt: skip
+    base = {
+        "model": bert,
+        "data": {"tokenizer": "wordpiece", "vocab_size": 200},
+        "train": TINY["train"],
+    }
+    a = tmp_path / "a"
+    first = run(corpus, a, base)
+    export_hf(attnkit.load(a), tmp_path / "hf")
+    hf_cfg = json.loads((tmp_path / "hf/config.json").read_text())
+    assert hf_cfg["architectures"] == ["BertForMaskedLM"]
+    again = run(
+        corpus, tmp_path / "b", base, **{"train.init_from": str(tmp_path / "hf"),
+                                         "train.max_iters": 1}
+    )  # fmt: skip
+    assert again["objective"] == "masked LM"
+    assert abs(again["init_val_loss"] - first["val_loss"]) <= 1e-5
+
+
 def test_a_config_that_contradicts_the_checkpoint_is_refused(corpus, tmp_path, trained):
     a, _ = trained
     with pytest.raises(ValueError, match=rf"model.d_model=32 but the checkpoint at {a} has 16"):
@@ -145,6 +193,17 @@ def test_a_config_that_contradicts_the_checkpoint_is_refused(corpus, tmp_path, t
         )
     with pytest.raises(ValueError, match=r"train.init_from: 'nowhere' is neither"):
         run(corpus, tmp_path / "d", **{"train.init_from": "nowhere"})
+    model = attnkit.load(a)
+    attnkit.save(model, tmp_path / "no-tok", tokenizer=None)
+    (tmp_path / "no-tok/tokenizer.json").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=r"the checkpoint at .*no-tok has no tokenizer"):
+        run(corpus, tmp_path / "f", **{"train.init_from": str(tmp_path / "no-tok")})
+    from attnkit.models import build_model
+
+    headless = build_model(model.config.replace(head="none"))
+    attnkit.save(headless, tmp_path / "headless", tokenizer=model.meta.tokenizer)
+    with pytest.raises(ValueError, match=r"a gpt with head='none'; pre-training from it needs "):
+        run(corpus, tmp_path / "g", **{"train.init_from": str(tmp_path / "headless")})
     # training-time fields may differ
     run(
         corpus,

@@ -100,6 +100,8 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         "initializer_range": cfg.initializer_range,
         "tie_word_embeddings": cfg.tie_embeddings,
         **({} if cfg.bias else {"bias": False}),  # zero biases in the file (module docstring)
+        # GPT2Config's default <|endoftext|> id, where the vocabulary has one that far
+        **({} if cfg.vocab_size > 50256 else {"bos_token_id": None, "eos_token_id": None}),
     }
 
 
