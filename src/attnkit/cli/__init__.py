@@ -107,6 +107,12 @@ COMMANDS: tuple[Command, ...] = (
         "the same as 'generate' with the old defaults of 'sample' (--top-k 200 --seed 1337)",
     ),
     Command(
+        "chat",
+        "attnkit.cli.chat:chat_command",
+        "attnkit.cli.chat:chat_arguments",
+        "talk with a GPT checkpoint turn by turn; one KV cache for the whole conversation",
+    ),
+    Command(
         "finetune",
         "attnkit.cli.classify:finetune_command",
         "attnkit.cli.classify:finetune_arguments",
@@ -159,6 +165,20 @@ COMMANDS: tuple[Command, ...] = (
         "attnkit.cli.serve:serve_command",
         "attnkit.cli.serve:serve_arguments",
         "an OpenAI-compatible HTTP server: /v1/embeddings, /v1/completions, /v1/chat/completions",
+    ),
+    Command(
+        "sweep",
+        "attnkit.cli.sweep:sweep_command",
+        "attnkit.cli.sweep:sweep_arguments",
+        "pre-train every point of a grid (or random draws) of config keys for one budget; "
+        "table, plots, power-law fit, HTML report",
+    ),
+    Command(
+        "compare-attention",
+        "attnkit.cli.sweep:compare_attention_command",
+        "attnkit.cli.sweep:compare_attention_arguments",
+        "pre-train one GPT with each attention variant at each length for one budget; loss, "
+        "tokens/s, memory, frontier",
     ),
     Command(
         "explain",
