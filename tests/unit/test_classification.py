@@ -263,6 +263,92 @@ def test_classifier_from_keeps_the_encoder(tiny_dir):
         clf.classifier_from(base, ["a", "b"], pooling="pooler")
 
 
+def test_frozen_encoder_trains_the_head_only_and_reports_the_tfidf_baseline(tiny_dir, tmp_path):
+    pytest.importorskip("sklearn")
+    from attnkit.evaluation.classification import evaluate_classifier
+    from attnkit.tasks.classification.baseline import tfidf_baseline
+    from attnkit.tasks.classification.head import pooled_vectors
+
+    train, eval_ = synthetic(60, seed=11), synthetic(30, seed=12)
+    base = attnkit.load(tiny_dir)
+    out = tmp_path / "frozen"
+    result = clf.finetune(
+        tiny_dir,
+        train,
+        eval_,
+        out=out,
+        freeze_encoder=True,
+        epochs=60,
+        batch_size=16,
+        lr=3e-2,
+        patience=60,
+        warmup_fraction=0.0,
+    )
+    assert result.best["accuracy"] == 1.0 and result.best["macro_f1"] == 1.0
+    trained = result.model.state_dict()
+    for name, value in base.state_dict().items():
+        if not name.startswith(("mlm.", "classifier.")):
+            assert torch.equal(trained[name], value), name  # the encoder is untouched
+    assert all(p.requires_grad for p in result.model.parameters())  # left trainable
+    # the head's logits on the vectors equal the whole model's forward pass
+    model = result.model.eval()
+    tok = model.meta.tokenizer
+    ids = [tok.encode(t).ids for t in eval_[0][:5]]
+    vectors = pooled_vectors(model, ids, 4, 0)  # (5, C)
+    with torch.no_grad():
+        for i, row in enumerate(ids):
+            want = model(torch.tensor([row])).logits[0]
+            torch.testing.assert_close(model.classifier(vectors[i]), want, atol=1e-5, rtol=1e-5)
+    # the TF-IDF baseline, fitted on the same training texts, beside the majority baseline
+    labels = result.labels
+    direct = tfidf_baseline(
+        train[0],
+        [labels.index(y) for y in train[1]],
+        eval_[0],
+        [labels.index(y) for y in eval_[1]],
+        labels,
+    )
+    assert result.tfidf is not None and result.tfidf["macro_f1"] == direct["macro_f1"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["tfidf_baseline"]["macro_f1"] == direct["macro_f1"]
+    assert metrics["config"]["freeze_encoder"] is True
+    # eval: the same scores again, the baselines fitted on the training texts given
+    scored = evaluate_classifier(out, clf.LabelledTexts(*eval_), train=clf.LabelledTexts(*train))
+    assert scored["macro_f1"] == result.best["macro_f1"]
+    assert scored["tfidf_baseline"]["macro_f1"] == direct["macro_f1"]
+    assert scored["majority_baseline"]["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_eval_command_fits_the_baselines_on_the_checkpoints_training_file(
+    tiny_dir, tmp_path, capsys, monkeypatch
+):
+    pytest.importorskip("sklearn")
+    from attnkit.tasks.classification.baseline import tfidf_baseline
+
+    monkeypatch.chdir(tmp_path)
+    write_csv(tmp_path / "train.csv", *synthetic(30, seed=13))
+    write_csv(tmp_path / "eval.csv", *synthetic(15, seed=14))
+    clf.finetune(tiny_dir, "train.csv", "eval.csv", out="run", epochs=1, lr=1e-3)
+    assert main(["eval", "classification", "--model", "run", "--file", "eval.csv"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["train"] == "train.csv"
+    train, eval_ = clf.read_examples("train.csv"), clf.read_examples("eval.csv")
+    labels = got["labels"]
+    direct = tfidf_baseline(
+        train.texts,
+        [labels.index(y) for y in train.labels],
+        eval_.texts,
+        [labels.index(y) for y in eval_.labels],
+        labels,
+    )
+    assert got["tfidf_baseline"]["macro_f1"] == direct["macro_f1"]
+    assert got["majority_baseline"]["predicts"] == "ball"  # 10 of each: the first name
+    (tmp_path / "train.csv").unlink()  # the training file is gone: no baselines
+    assert main(["eval", "classification", "--model", "run", "--file", "eval.csv"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["tfidf_baseline"] is None and got["majority_baseline"] is None
+
+
 # --------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------
@@ -443,6 +529,36 @@ def test_genre_dataset_labels_from_the_folio_split_by_play():
         )
 
 
+def test_genre_validation_plays_are_carved_from_the_training_plays():
+    names = ["tempest", "twelfth_night", "as_you_like_it", "winters_tale", "john", "henry_v"]
+    names += ["richard_ii", "hamlet", "lear", "othello", "macbeth"]
+    works = {n: fake_play(n, 40, n) for n in names}
+    kw = dict(words=10, train_per_play=5, eval_per_play=3, eval_fraction=0.25, seed=3)
+    data = genre.build_genre_dataset(works, **kw)
+    carved = genre.build_genre_dataset(works, **kw, val_fraction=0.4)
+    # the held-out plays and their passages do not move
+    assert carved.eval == data.eval and carved.eval_plays == data.eval_plays
+    assert sorted(carved.train_plays + carved.val_plays) == sorted(data.train_plays)
+    assert not set(carved.val_plays) & set(carved.train_plays)
+    assert sorted(carved.train + carved.val, key=str) == sorted(data.train, key=str)
+    assert {p.play for p in carved.val} == set(carved.val_plays)
+    assert {p.play for p in carved.train} == set(carved.train_plays)
+    # training plays per genre: 3 comedies, 2 histories, 3 tragedies; 40% of each, at least 1
+    # and never all: 1 + 1 + 1
+    assert sorted(genre.FOLIO_GENRES[p][1] for p in carved.val_plays) == list(genre.GENRES)
+    assert carved.counts("val") == {"comedy": 5, "history": 5, "tragedy": 5}
+    assert (
+        carved.val_plays
+        == genre.split_plays({p: genre.FOLIO_GENRES[p][1] for p in data.train_plays}, 0.4, 3)[1]
+    )
+    with pytest.raises(ValueError, match=r"val_fraction must be a float in \[0, 1\), got 1"):
+        genre.build_genre_dataset(works, **kw, val_fraction=1)
+    with pytest.raises(ValueError, match="genre 'history' has 1 play"):
+        genre.build_genre_dataset(
+            {n: works[n] for n in names if n != "richard_ii"}, **kw, val_fraction=0.4
+        )
+
+
 def test_genre_table_covers_the_corpus():
     from attnkit.text.corpora import shakespeare_archive, shakespeare_works
 
@@ -460,11 +576,13 @@ def test_genre_table_covers_the_corpus():
 
 
 @pytest.mark.slow
-def test_genre_finetune_beats_the_majority_baseline(tmp_path, capsys):
-    """MiniLM fine-tuned on the default genre set (several minutes on 2 CPU cores)."""
+def test_genre_recipe_beats_the_majority_and_tfidf_baselines(tmp_path, capsys):
+    """The genre demo's recipe on MiniLM, on the default genre set (minutes on 2 CPU cores)."""
     assert main(["genre", "--out", str(tmp_path / "genre"), "--no-progress"]) == 0
     summary = json.loads((tmp_path / "genre" / "genre.json").read_text())
     assert summary["finetuned"]["macro_f1"] >= summary["majority_baseline"]["macro_f1"] + 0.20
+    assert summary["finetuned"]["macro_f1"] >= summary["tfidf_baseline"]["macro_f1"] + 0.10
+    assert not set(summary["val_plays"]) & set(summary["eval_plays"])
 
 
 @pytest.mark.parametrize(

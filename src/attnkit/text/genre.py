@@ -20,7 +20,10 @@ cannot read the genre off the names of the speakers (``KING HENRY.``).
 
 The split is by play: a seeded shuffle of each genre's plays sends ``eval_fraction`` of them
 (at least one) to the evaluation split, so no play gives passages to both splits and the
-score measures generalisation to unseen plays. Each play gives at most ``train_per_play`` or
+score measures generalisation to unseen plays. A validation split for choosing the kept state
+(early stopping) and the recipe is carved the same way from the training plays
+(``val_fraction`` of each genre's training plays, 0: none); the held-out plays are never used
+for a choice. Each play gives at most ``train_per_play`` or
 ``eval_per_play`` passages, drawn at random (seeded) across the whole play, so the classes are
 as unbalanced as the Folio's sections are (14 comedies, 10 histories, 12 tragedies).
 """
@@ -32,7 +35,7 @@ import io
 import random
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from attnkit._util import checks
@@ -124,9 +127,11 @@ class GenreDataset:
     eval: list[Passage]
     train_plays: list[str]
     eval_plays: list[str]
+    val: list[Passage] = field(default_factory=list)  # from val_plays, carved from training
+    val_plays: list[str] = field(default_factory=list)
 
     def counts(self, split: str) -> dict[str, int]:
-        rows = self.train if split == "train" else self.eval
+        rows = {"train": self.train, "val": self.val, "eval": self.eval}[split]
         return {g: sum(p.label == g for p in rows) for g in GENRES}
 
 
@@ -209,13 +214,17 @@ def build_genre_dataset(
     eval_per_play: int = 15,
     eval_fraction: float = 0.25,
     seed: int = 0,
+    val_fraction: float = 0.0,
 ) -> GenreDataset:
     """The genre data set from ``works`` (work name -> text, as
     :func:`attnkit.text.corpora.shakespeare_works` gives; default: that corpus, fetched once).
 
     Works not in :data:`FOLIO_GENRES` are skipped (:data:`LEFT_OUT` says why for the corpus's
-    own); a Folio play without passages is an error.
+    own); a Folio play without passages is an error. ``val_fraction`` > 0 moves that share of
+    each genre's training plays (:func:`split_plays` with the same seed) and their passages to
+    ``val``; the passages drawn do not depend on it (the held-out ones stay the same).
     """
+    checks.in_range("val_fraction", val_fraction, 0.0, 1.0, high_open=True)
     for name, value in (("train_per_play", train_per_play), ("eval_per_play", eval_per_play)):
         checks.positive_int(name, value)
     if works is None:
@@ -245,7 +254,18 @@ def build_genre_dataset(
             splits[split] += [
                 Passage(t, genres[name], name) for t in _sample(pieces, per_play, rng)
             ]
-    return GenreDataset(splits["train"], splits["eval"], train_plays, eval_plays)
+    if val_fraction == 0:
+        return GenreDataset(splits["train"], splits["eval"], train_plays, eval_plays)
+    fit_plays, val_plays = split_plays({p: genres[p] for p in train_plays}, val_fraction, seed)
+    held = set(val_plays)
+    return GenreDataset(
+        [p for p in splits["train"] if p.play not in held],
+        splits["eval"],
+        fit_plays,
+        eval_plays,
+        [p for p in splits["train"] if p.play in held],
+        val_plays,
+    )
 
 
 def write_csv(rows: list[Passage], path: str | Path) -> Path:

@@ -9,11 +9,14 @@ One module per job: :mod:`~attnkit.tasks.classification.data` (reading CSV/TSV/J
 :class:`LabelledTexts`, label names), :mod:`~attnkit.tasks.classification.metrics` (accuracy,
 macro-F1, per-class scores, the confusion matrix and its plot),
 :mod:`~attnkit.tasks.classification.model` (building a classifier, :class:`Classifier` for
-predictions) and :mod:`~attnkit.tasks.classification.finetune` (:class:`FinetuneConfig`,
+predictions), :mod:`~attnkit.tasks.classification.finetune` (:class:`FinetuneConfig`,
 :func:`finetune`, on the optimizer, schedule, precision and torchrun helpers of
-:mod:`attnkit.training`). Batching is :mod:`attnkit.text.batching`'s.
+:mod:`attnkit.training`), :mod:`~attnkit.tasks.classification.head` (training the head on a
+frozen encoder) and :mod:`~attnkit.tasks.classification.baseline` (TF-IDF + logistic
+regression). Batching is :mod:`attnkit.text.batching`'s.
 """
 
+from attnkit.tasks.classification.baseline import tfidf_baseline
 from attnkit.tasks.classification.data import (
     LabelledTexts,
     as_examples,
@@ -70,4 +73,5 @@ __all__ = [
     "read_examples",
     "save_result",
     "scores",
+    "tfidf_baseline",
 ]

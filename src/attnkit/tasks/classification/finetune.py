@@ -21,10 +21,17 @@
   stops after ``patience`` evaluations without improvement.
 * **Outputs** in ``out``: the best model as an attnkit checkpoint (``config.json`` holds the
   label names as ``id2label`` and the provenance as ``meta.finetune``), ``metrics.json``
-  (every evaluation, the best scores, the majority-class baseline, the class weights) and
-  ``confusion.png`` (when matplotlib is installed).
+  (every evaluation, the best scores, the majority-class and TF-IDF baselines, the class
+  weights) and ``confusion.png`` (when matplotlib is installed); with ``logger`` naming
+  ``tensorboard`` or ``wandb``, the evaluations also go there as they come
+  (:mod:`attnkit.training.loggers`, files under ``out``).
+* **Baselines**, on the same eval set: the majority class, and TF-IDF + logistic regression
+  fitted on the same training texts (:mod:`~attnkit.tasks.classification.baseline`; left out
+  with a warning without scikit-learn).
+* **Frozen encoder** (``freeze_encoder=True``): only the head trains, on pooled vectors
+  computed once (:mod:`~attnkit.tasks.classification.head`); many epochs cost little.
 
-One job, kept whole (about 470 lines): the fine-tuning loop with its config and outputs (an
+One job, kept whole (about 520 lines): the fine-tuning loop with its config and outputs (an
 existing model in ``out`` is refused or set aside through :mod:`attnkit.training.rundir`).
 """
 
@@ -45,7 +52,9 @@ import torch.nn.functional as F
 from attnkit._util import checks
 from attnkit.models.bert import Bert
 from attnkit.models.common import ModelBase
+from attnkit.tasks.classification.baseline import tfidf_or_none
 from attnkit.tasks.classification.data import LabelledTexts, as_examples, label_names
+from attnkit.tasks.classification.head import train_head
 from attnkit.tasks.classification.metrics import majority_baseline, plot_confusion, scores
 from attnkit.tasks.classification.model import (
     class_logits,
@@ -55,7 +64,7 @@ from attnkit.tasks.classification.model import (
 from attnkit.text.batching import Batch, length_batches, pad_batch
 from attnkit.text.pooling import CLASSIFIER_POOLINGS, resolve_pooling
 from attnkit.text.tokenizers import encode_texts, pad_token_id
-from attnkit.training import distributed, optim, precision, rundir
+from attnkit.training import distributed, loggers, optim, precision, rundir
 
 __all__ = [
     "METRICS",
@@ -106,6 +115,8 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda (one GPU per process under torchrun)
     dtype: str = "float32"  # float32 | bfloat16 | float16 (CUDA)
+    freeze_encoder: bool = False  # train the head only, on pooled vectors computed once
+    logger: str = "csv"  # also "tensorboard", "wandb" or a list (attnkit.training.loggers)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "max_length", "patience", "eval_batch_size"):
@@ -116,6 +127,8 @@ class FinetuneConfig:
         checks.probability("warmup_fraction", self.warmup_fraction)
         checks.choice("lr_decay", self.lr_decay, optim.DECAYS)
         checks.flag("use_class_weights", self.use_class_weights)
+        checks.flag("freeze_encoder", self.freeze_encoder)
+        loggers.parse_loggers(self.logger, "logger")
         checks.choice("metric", self.metric, METRICS)
         if self.pooling is not None:
             checks.choice("pooling", self.pooling, CLASSIFIER_POOLINGS)
@@ -144,9 +157,11 @@ class FinetuneResult:
     out: Path | None = None
     world_size: int = 1
     is_main: bool = True  # rank 0 (or a single process): the one that wrote ``out``
+    # TF-IDF + logistic regression fitted on the same training texts (None: no scikit-learn)
+    tfidf: dict[str, Any] | None = None
 
 
-def _better(metric: str, new: float, old: float | None) -> bool:
+def better(metric: str, new: float, old: float | None) -> bool:
     if old is None:
         return True
     return new < old - 1e-12 if metric == "loss" else new > old + 1e-12
@@ -212,7 +227,22 @@ def finetune(
         if out is not None:
             _check_out(Path(out), overwrite, d)
         say = (log or (lambda message: None)) if d.is_main else (lambda message: None)
-        result = _run(cfg, d, model, train_set, eval_set, labels, say, progress and d.is_main)
+        extras = [n for n in loggers.parse_loggers(cfg.logger, "logger") if n != "csv"]
+        # metrics.json holds every evaluation; TensorBoard / W&B follow them live (rank 0)
+        with loggers.open_loggers(
+            extras if out is not None and d.is_main else [], Path(out or "."), config=asdict(cfg)
+        ) as run_log:
+            result = _run(
+                cfg,
+                d,
+                model,
+                train_set,
+                eval_set,
+                labels,
+                say,
+                progress and d.is_main,
+                lambda row: run_log.log(split="eval", **row),
+            )
         result.model.meta = result.model.meta.replace(
             max_length=min(cfg.max_length, result.model.config.max_seq_len),
             finetune={
@@ -259,6 +289,7 @@ def _run(
     labels: list[str],
     say: Callable[[str], None],
     progress: bool,
+    record: Callable[[dict[str, Any]], None] = lambda row: None,
 ) -> FinetuneResult:
     index = {name: i for i, name in enumerate(labels)}
     y_train = [index[y] for y in train_set.labels]
@@ -276,6 +307,26 @@ def _run(
         class_weights(y_train, len(labels)) if cfg.use_class_weights else torch.ones(len(labels))
     )
     baseline = majority_baseline(y_train, y_eval, labels)
+    tfidf = tfidf_or_none(train_set.texts, y_train, eval_set.texts, y_eval, labels, cfg.seed)
+    if cfg.freeze_encoder:
+        result = train_head(
+            cfg,
+            d,
+            net,
+            train_ids,
+            eval_ids,
+            y_train,
+            y_eval,
+            labels,
+            weights,
+            baseline,
+            pad_id,
+            say,
+            progress,
+            record,
+        )
+        result.tfidf = tfidf
+        return result
     y_train_t = torch.tensor(y_train)
     y_eval_t = torch.tensor(y_eval)
     optimizer = optim.make_optimizer(
@@ -385,10 +436,11 @@ def _run(
                 "seconds": round(time.perf_counter() - start, 2),
             }
             history.append(row)
+            record(row)
             run_loss.zero_()
             run_n = 0
             value = eval_loss if cfg.metric == "loss" else sc[cfg.metric]
-            improved = _better(cfg.metric, value, best_value)
+            improved = better(cfg.metric, value, best_value)
             say(
                 f"step {step} (epoch {row['epoch']:g}): train loss {row['train_loss']:.4f}, "
                 f"eval loss {eval_loss:.4f}, accuracy {sc['accuracy']:.4f}, macro-F1 "
@@ -424,6 +476,7 @@ def _run(
         round(time.perf_counter() - start, 2),
         world_size=d.world_size,
         is_main=d.is_main,
+        tfidf=tfidf,
     )
 
 
@@ -448,6 +501,7 @@ def save_result(
             "labels": result.labels,
             "best": result.best,
             "baseline": result.baseline,
+            "tfidf_baseline": result.tfidf,
             "history": result.history,
             "class_weights": result.class_weights,
             "steps": result.steps,
