@@ -84,6 +84,9 @@ def test_step0_loss_is_the_checkpoints_eval_loss_on_the_same_windows(
             },
         )
     assert abs(b["init_val_loss"] - summary_a["val_loss"]) <= 1e-6
+    rows = map(json.loads, (tmp_path / "b/metrics.jsonl").read_text().splitlines())
+    step0 = [r for r in rows if r["split"] == "val" and r["step"] == 0]
+    assert [r["loss"] for r in step0] == [b["init_val_loss"]]
     assert b["init_from"] == str(a)
     # its first step trains the trained model (a fresh one starts near ln(vocab))
     first = train_rows(tmp_path / "b")[0]["loss"]

@@ -177,6 +177,11 @@ def pretrain(
             "resume=True and overwrite=True ask for opposite things; expected at most one "
             "(--resume continues the run in the directory, --overwrite replaces it)"
         )
+    if cfg.model.get("arch") == "encdec":  # pairs or span corruption: its own batches and eval
+        from attnkit.training.seq2seq import pretrain_seq2seq
+
+        check_train(cfg)
+        return pretrain_seq2seq(cfg, out, resume=resume, overwrite=overwrite)
     check_train(cfg)
     loggers.parse_loggers(tc.logger)  # a missing extra is an error before any work
     d = distributed.init(tc.device)
@@ -254,6 +259,15 @@ def pretrain(
                 metrics=metrics.MetricsLog(out, resume_step=resume_step),
                 resume_step=resume_step,
                 config=resolved,
+            )
+        if log is not None and init_val is not None:  # train.init_from: the loss it starts at
+            log.log(
+                step=start,
+                split="val",
+                loss=init_val["loss"],
+                perplexity=init_val["perplexity"],
+                accuracy=init_val["accuracy"] if mcfg.arch == "bert" else "",
+                elapsed_seconds=0.0,
             )
         try:
             summary = _train(
@@ -478,6 +492,12 @@ def format_summary(s: dict[str, Any], out: Path) -> str:
             f"  val loss {s['val_loss']:.4f} (best {s['best_val_loss']:.4f}), "
             f"perplexity {s['val_perplexity']:.2f}"
         )
+    for split in ("val", "test"):
+        if f"{split}_bleu" in s:
+            lines.append(
+                f"  {split} BLEU {s[f'{split}_bleu']:.2f}, chrF {s[f'{split}_chrf']:.2f} "
+                f"({s[f'{split}_sentences']} sentences)"
+            )
     if "val_masked_accuracy" in s:
         lines.append(f"  masked-token accuracy {s['val_masked_accuracy']:.3f}")
     lines.append(f"  model: {out}  checkpoints: {out / 'checkpoints'}")
