@@ -10,7 +10,6 @@ left alone.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,92 +17,41 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_dist import (
+    TOLERANCE,
+    assert_same_losses,
+    common_args,
+    isolate,
+    make_env,
+    rows,
+    subprocess_env,
+)
 
 import attnkit
 from attnkit import cli
-from attnkit.text.corpora import tinyshakespeare_path
 from attnkit.training.fsdp import consolidate
-
-ROOT = Path(__file__).resolve().parents[2]
-TOLERANCE = 1e-5
-TINY = [
-    *("--model.n_layer", "2", "--model.n_heads", "2", "--model.d_model", "32"),
-    *("--train.block_size", "32", "--model.max_seq_len", "32", "--train.threads", "1"),
-    *("--train.progress", "false", "--train.eval_iters", "4", "--train.warmup_iters", "0"),
-]
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict:
-    """A cache directory and a 200k-character corpus shared by this module's runs."""
-    try:
-        source = tinyshakespeare_path()
-    except ValueError as e:
-        pytest.fail(f"tiny-shakespeare test data missing: {e}")
-    root = tmp_path_factory.mktemp("fsdp")
-    corpus = root / "shakespeare200k.txt"
-    corpus.write_text(source.read_text()[:200_000])
-    return {"cache": root / "cache", "corpus": corpus}
+    return make_env(tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)
 def _isolated(env, monkeypatch):
-    monkeypatch.setenv("ATTNKIT_CACHE", str(env["cache"]))
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def subprocess_env(env) -> dict:
-    e = dict(os.environ, ATTNKIT_CACHE=str(env["cache"]), OMP_NUM_THREADS="1")
-    e["OMP_WAIT_POLICY"] = "PASSIVE"
-    e["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + e.get("PYTHONPATH", "")
-    return e
-
-
-def rows(out: Path, split: str) -> list[dict]:
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["split"] == split]
-
-
-def _common(env) -> list[str]:
-    return [
-        "--config",
-        "gpt-shakespeare-char",
-        "--data",
-        str(env["corpus"]),
-        *TINY,
-        "--train.max_iters",
-        "6",
-        "--train.log_interval",
-        "1",
-        "--train.eval_interval",
-        "3",
-        "--train.lr",
-        "1e-2",
-        "--train.grad_accum",
-        "2",
-    ]
+    yield from isolate(env, monkeypatch)
 
 
 def torchrun_fsdp(env, out: Path, extra_env: dict | None = None, *args: str):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "attnkit", "pretrain", *_common(env), "--train.batch_size", "4"]
+    cmd += ["-m", "attnkit", "pretrain", *common_args(env), "--train.batch_size", "4"]
     cmd += ["--train.parallel", "fsdp", "--out", str(out), *args]
     e = dict(subprocess_env(env), **(extra_env or {}))
     return subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=300)
 
 
 def single(env, out: Path) -> None:
-    cli.main(["pretrain", *_common(env), "--train.batch_size", "8", "--out", str(out)])
-
-
-def assert_same_losses(a: Path, b: Path, tol: float) -> float:
-    ra, rb = rows(a, "train") + rows(a, "val"), rows(b, "train") + rows(b, "val")
-    assert [(r["split"], r["step"]) for r in ra] == [(r["split"], r["step"]) for r in rb]
-    worst = max(abs(x["loss"] - y["loss"]) for x, y in zip(ra, rb))
-    assert worst <= tol, (worst, ra, rb)
-    return worst
+    cli.main(["pretrain", *common_args(env), "--train.batch_size", "8", "--out", str(out)])
 
 
 def test_fsdp_two_processes_match_one_and_consolidate(env, tmp_path):
@@ -159,7 +107,14 @@ def test_fsdp_two_processes_match_one_and_consolidate(env, tmp_path):
 def test_fsdp_in_one_process_is_refused(env, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(
-            ["pretrain", *_common(env), "--train.parallel", "fsdp", "--out", str(tmp_path / "x")]
+            [
+                "pretrain",
+                *common_args(env),
+                "--train.parallel",
+                "fsdp",
+                "--out",
+                str(tmp_path / "x"),
+            ]
         )
     assert e.value.code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
