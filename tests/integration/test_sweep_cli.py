@@ -232,9 +232,9 @@ def _env(**extra: str) -> dict:
 def test_a_sweep_killed_mid_point_resumes_without_redoing_finished_points(corpus, tmp_path):
     out = tmp_path / "killed"
     args = _argv(corpus, out, "--budget", "tokens=2560", "--heartbeat", "1")  # 20 steps a point
-    # evaluations at steps 10 and 20 of each point: the 4th is point 1's second; killed there,
-    # point 1 keeps its checkpoint of step 10
-    first = _run_cli(args, _env(ATTNKIT_FAULT="in-eval@4"))
+    # evaluations at steps 8, 16 and 20 of each point: the 5th is point 1's second; killed
+    # there, point 1 keeps its checkpoint of step 8
+    first = _run_cli(args, _env(ATTNKIT_FAULT="in-eval@5"))
     _, err = first.communicate(timeout=300)
     assert first.returncode == -9, err
     done = _complete(out)
@@ -257,9 +257,9 @@ def test_a_sweep_killed_mid_point_resumes_without_redoing_finished_points(corpus
     retry = next(t for t in complete if t.user_attrs["point"] == 1)
     assert retry.system_attrs["failed_trial"] == failed[0].number
     p1 = out / retry.user_attrs["record"]["run_dir"]
-    assert json.loads((p1 / "summary.json").read_text())["resumed_from"] == 10
+    assert json.loads((p1 / "summary.json").read_text())["resumed_from"] == 8
     steps = [r["step"] for r in read_rows(p1 / "metrics.jsonl") if r["split"] == "val"]
-    assert steps == [10, 20]
+    assert steps == [8, 16, 20]
 
 
 @pytest.mark.slow
