@@ -47,6 +47,8 @@ ALSO_ALLOWED = {
     "native": set(),  # on _util alone (checked below)
     # fine-tuning runs on the training package's optimizer, schedule, precision and devices
     "tasks": {"training"},
+    # an encoder-decoder run decodes held-out sources at each evaluation (BLEU, chrF)
+    "training": {"generation"},
 }
 FACADE = {"__init__.py", "__main__.py"}  # attnkit/__init__.py (lazy public names), python -m
 

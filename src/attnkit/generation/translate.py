@@ -45,14 +45,15 @@ def translate(
     texts: Sequence[str],
     *,
     num_beams: int = 1,
-    max_new_tokens: int = 64,
+    max_new_tokens: int | None = None,
     batch_size: int = 32,
     max_source_len: int | None = None,
     **options: Any,
 ) -> list[str]:
     """The decoded output of each of ``texts`` (greedy, or beam search with ``num_beams``; the
     other ``options`` of :func:`~attnkit.generation.seq2seq.generate_seq2seq`, such as
-    ``length_penalty`` or ``no_repeat_ngram_size``, pass through)."""
+    ``length_penalty`` or ``no_repeat_ngram_size``, pass through). ``max_new_tokens`` None:
+    as many as the model's positions allow (``max_seq_len - 1``)."""
     if not isinstance(model, EncoderDecoder):
         raise TypeError(f"model must be an attnkit EncoderDecoder, got {type(model).__name__}")
     checks.positive_int("batch_size", batch_size)
@@ -64,6 +65,8 @@ def translate(
     limit = max_source_len or (
         cfg.max_seq_len if cfg.positional in ("learned", "sinusoidal") else None
     )
+    if max_new_tokens is None:
+        max_new_tokens = cfg.max_seq_len - 1
     sources = encode_sources(tok, texts, cfg.eos_token_id, limit)
     device = next(model.parameters()).device
     was = model.training
