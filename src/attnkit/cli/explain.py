@@ -55,8 +55,8 @@ def explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend", default="auto", choices=("auto", "math", "sdpa", "flex", "windowed")
     )
-    add_device_args(parser, dtypes=DTYPES, dtype_help="the inputs'")
-    parser.set_defaults(device="cpu")  # the rules of the CPU unless asked (plans allocate there)
+    # the CPU's rules unless asked: its plans are made on the meta device, allocating nothing
+    add_device_args(parser, dtypes=DTYPES, dtype_help="the inputs'", device_default="cpu")
     parser.epilog = "--device: the device whose rules apply; CPU plans are made without allocating"
 
 

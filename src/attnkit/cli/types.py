@@ -118,16 +118,17 @@ def add_device_args(
     *,
     dtypes: Sequence[str] = DEVICE_DTYPES,
     dtype_help: str = "weights and compute",
+    device_default: str = "auto",
 ) -> None:
     """``--device auto|cpu|cuda[:N]|mps`` and ``--dtype float32|bfloat16|float16``, decided by
     :func:`device_and_dtype` (through :mod:`attnkit._util.devices`, the one place devices and
     dtypes are decided)."""
     parser.add_argument(
         "--device",
-        default="auto",
+        default=device_default,
         metavar="auto|cpu|cuda[:N]|mps",
-        help="where the model runs (default auto: CUDA when present, else MPS on macOS, "
-        "else the CPU)",
+        help=f"where the model runs (default {device_default}; auto: CUDA when present, else "
+        f"MPS on macOS, else the CPU)",
     )
     parser.add_argument(
         "--dtype",
