@@ -43,6 +43,10 @@ COMMANDS: tuple[Command, ...] = (
         "generate", "KV-cached decoding speed of attnkit next to HF transformers (GPT-2 124M shape)"
     ),
     _bench(
+        "seq2seq",
+        "translation training tokens/s, BLEU/chrF and beam-search speed next to HF and CTranslate2",
+    ),
+    _bench(
         "viewer", "size, first paint and head-switch time of the HTML attention viewer in Chromium"
     ),
     Command(
@@ -99,6 +103,12 @@ COMMANDS: tuple[Command, ...] = (
         "attnkit.cli.generate:generate_command",
         "attnkit.cli.generate:generate_arguments",
         "generate text from a GPT checkpoint (attnkit or HF GPT-2 format), streaming tokens",
+    ),
+    Command(
+        "translate",
+        "attnkit.cli.translate:translate_command",
+        "attnkit.cli.translate:translate_arguments",
+        "translate (or summarise) texts with an encoder-decoder checkpoint; --file streams",
     ),
     Command(
         "sample",

@@ -34,6 +34,8 @@ __all__ = [
     "generate_arguments",
     "generate_command",
     "keep_freed_memory",
+    "seq2seq_arguments",
+    "seq2seq_command",
     "train_arguments",
     "train_command",
     "variants_arguments",
@@ -617,3 +619,65 @@ def viewer_command(args: argparse.Namespace) -> int:
     from attnkit.bench import viewer as bench
 
     return _finish(bench.run(viewer_settings(args)))
+
+
+# --------------------------------------------------------------------------------------------
+# bench seq2seq
+# --------------------------------------------------------------------------------------------
+
+
+def seq2seq_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny model, few pairs and sentences (a test of the benchmark itself)",
+    )
+    parser.add_argument(
+        "--data",
+        default="bible:en-es",
+        metavar="SPEC",
+        help="bible:SRC-TGT or a .tsv/.jsonl file of pairs (default bible:en-es)",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=300.0,
+        metavar="N",
+        help="training seconds per side (default 300)",
+    )
+    parser.add_argument("--rounds", type=positive_int, help="alternating training rounds")
+    parser.add_argument(
+        "--decode-rounds", type=positive_int, default=3, help="alternating decoding rounds (3)"
+    )
+    parser.add_argument("--sentences", type=positive_int, help="held-out sentences decoded")
+    parser.add_argument("--beams", type=positive_int, default=4, help="beams (default 4)")
+    parser.add_argument(
+        "--no-repeat-ngram", type=int, default=0, metavar="N", help="n-gram ban in decoding (0)"
+    )
+    parser.add_argument(
+        "--no-ctranslate2", action="store_true", help="leave the CTranslate2 reference out"
+    )
+    threads_argument(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights and batches")
+    _out_argument(parser, "seq2seq.json")
+
+
+def seq2seq_command(args: argparse.Namespace) -> int:
+    from attnkit.bench import seq2seq as bench
+
+    settings = bench.Seq2SeqSettings(
+        quick=args.quick,
+        data=args.data,
+        budget_s=args.budget_s,
+        rounds=args.rounds,
+        decode_rounds=args.decode_rounds,
+        sentences=args.sentences,
+        beams=args.beams,
+        no_repeat_ngram=args.no_repeat_ngram,
+        ctranslate2=not args.no_ctranslate2,
+        seed=args.seed,
+        out=args.out,
+    )
+    _quiet_transformers()
+    set_threads(args.threads)
+    return _finish(bench.run(settings), strict=True)

@@ -490,6 +490,25 @@ class EncoderDecoder(ModelBase):
             loss=loss, logits=logits, hidden_states=h, encoder_hidden_states=encoder_states
         )
 
+    def loss(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        labels: Tensor,
+        *,
+        label_smoothing: float = 0.0,
+    ) -> Tensor:
+        """The training objective: the mean cross-entropy of ``labels`` (B, T) (-100 takes no
+        part) under teacher forcing, with ``label_smoothing`` as ``F.cross_entropy``'s; equal
+        to :func:`seq2seq_loss` of :meth:`forward`'s logits, but the LM head runs on the
+        counted positions only ((N, V) logits, not (B, T, V): padded targets cost nothing
+        there)."""
+        memory = self.encode(input_ids, attention_mask)  # (B, S, C)
+        h = self.decode(self.shift_right(labels), memory, attention_mask)  # (B, T, C)
+        counted = labels != IGNORE_INDEX  # (B, T)
+        logits = self.logits(h[counted][None])[0]  # (N, V)
+        return F.cross_entropy(logits.float(), labels[counted], label_smoothing=label_smoothing)
+
     # ---------------------------------------------------------------------------------------
     def _check_length(self, what: str, n: int) -> None:
         cfg = self.config
