@@ -212,3 +212,16 @@ def test_toml_values_read_back():
     assert "# n: none" in text and "# a note" in text
     with pytest.raises(TypeError, match=r"t\.x: a object has no TOML form"):
         toml_out.dumps({"t": {"x": object()}})
+
+
+def test_print_config_names_the_model_defaults(capsys):
+    assert main(["pretrain", "--config", "gpt-shakespeare-char", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "#   vocab_size: from the tokenizer\n" in text
+    assert '#   positional = "learned"\n' in text  # ModelConfig's default, not in the file
+    assert "#   n_kv_heads: n_heads\n" in text
+    assert "\nbias = false\n" in text  # set by the file
+    assert main(["pretrain", "--config", "bert-shakespeare", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "#   pad_token_id: the tokenizer's [PAD]\n" in text
+    assert '\nhead = "mlm"\n' in text

@@ -297,18 +297,23 @@ def configs_cp_command(args: argparse.Namespace) -> int:
 # pretrain --print-config
 # --------------------------------------------------------------------------------------------
 # model keys whose unset value is worked out from others when the model is built
-DERIVED_FROM = {"n_kv_heads": "n_heads", "d_ff": "from d_model and mlp"}
+DERIVED_FROM = {
+    "n_kv_heads": "n_heads",
+    "d_ff": "from d_model and mlp",
+    "head_dim": "d_model // n_heads",
+}
 
 
 def config_toml(cfg: RunConfig) -> str:
     """``cfg`` as TOML that ``--config`` reads back to the same run: every data and train
     key; the model keys given, with comments naming the defaults of the others."""
     from attnkit._util import toml_out
-    from attnkit.models import ModelConfig
+    from attnkit.models import EncDecConfig, ModelConfig
 
     tree = cfg.to_dict()
     unset = []
-    for f in dataclasses.fields(ModelConfig):
+    encdec = tree["model"].get("arch") == EncDecConfig.arch
+    for f in dataclasses.fields(EncDecConfig if encdec else ModelConfig):
         if f.name in tree["model"] or not f.init:
             continue
         if f.name == "vocab_size":
