@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.attnkit-setup
 OUT    ?= bench_out
 
-.PHONY: setup lint test test-slow demo bench genre clean
+.PHONY: setup lint test test-slow demo bench genre gpu-check clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,12 @@ genre: setup
 bench: setup
 	$(VENV)/bin/attnkit bench attention --out $(OUT)
 	$(VENV)/bin/attnkit bench variants --out $(OUT)
+
+# The GPU check (scripts/gpu_check.py): the CUDA tests (pytest -m gpu) and the GPU rows of
+# bench attention, variants, generate, train and embed, under 8 minutes on one GPU, into
+# $(OUT)/gpu/gpu_check.json. Without a CUDA device it says so and exits 3, writing nothing.
+gpu-check: setup
+	OMP_WAIT_POLICY=PASSIVE $(PY) scripts/gpu_check.py --out $(OUT)/gpu
 
 clean:
 	rm -rf $(OUT) build dist src/*.egg-info $(STAMP)
