@@ -177,8 +177,7 @@ def load_sharded_checkpoint(
     directory: Path, model: ModelBase, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
     """Every process calls this: the shards of ``directory`` into the sharded ``model`` and
-    ``optimizer`` (resharded when the world size differs), RNG states restored; the rest of
-    ``state.pt`` returned."""
+    ``optimizer``, RNG states restored; the rest of ``state.pt`` returned."""
     from attnkit.training import fsdp
 
     state = ckpt_io.read_state(directory / STATE_NAME, {"rng_cpu": torch.Tensor, "step": int})

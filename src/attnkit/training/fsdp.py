@@ -3,7 +3,7 @@ split over the processes of a torchrun run, and the sharded checkpoints that go 
 
     shard(model, d)                     # every block, then the root; before the optimizer
     save_sharded(model, opt, path)      # collective: each process writes its shards (DCP)
-    load_sharded(model, opt, path)      # collective: reads them back, any world size
+    load_sharded(model, opt, path)      # collective: reads them back into the shards
     full_copy(model, d)                 # collective: rank 0 gets an unsharded CPU copy
     consolidate(step_dir, dest)         # one process, no process group: a normal checkpoint
 
@@ -15,8 +15,8 @@ averages them, so the loop's loss scaling is the same for both; the optimizer, m
 
 Sharded checkpoints go through ``torch.distributed.checkpoint`` (DCP) with the JSON metadata
 of :mod:`attnkit.training.dcp_storage`, so reading one unpickles nothing beyond
-``torch.load(weights_only=True)``. DCP reshards on load: a checkpoint of 2 processes resumes
-on 4, and :func:`consolidate` reads it into one process. Every process must see the same
+``torch.load(weights_only=True)``. DCP assembles each tensor from whichever shards hold it,
+which is how :func:`consolidate` reads one into a single process. Every process must see the same
 directory (one machine, or a file system all nodes share), as DCP requires.
 """
 
