@@ -128,6 +128,32 @@ def test_a_full_context_slides_and_keeps_the_system_text(model):
     assert two == cold_reply(model, kept, 20)
 
 
+def test_a_reply_stopped_inside_a_forward_pass_leaves_a_usable_conversation(model):
+    """Ctrl-C while the second block runs: the first block's cache has the step, the second's
+    not. The next turn cuts the caches back and continues as a cold run would."""
+    chat = ChatSession(model, max_new_tokens=6, temperature=0)
+    calls = {"n": 0}
+
+    def interrupt(mod, args):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second step of the reply
+            raise KeyboardInterrupt
+
+    handle = model.blocks[1].register_forward_pre_hook(interrupt)
+    made = []
+    with pytest.raises(KeyboardInterrupt):
+        for t in chat.send("abc\n").tokens:
+            made.append(t.token_id)
+    handle.remove()
+    assert [c.length for c in chat.cache] == [6, 5]  # one layer ran the step, one did not
+    second = [t.token_id for t in chat.send("de").tokens]
+    history = (
+        model.meta.tokenizer.encode("abc\n").ids + made + model.meta.tokenizer.encode("de").ids
+    )
+    assert chat.tokens[: len(history)] == history
+    assert second == cold_reply(model, history, 6)
+
+
 def test_reset_and_bad_settings(model):
     chat = ChatSession(model, system="ab", max_new_tokens=3, temperature=0)
     list(chat.send("cd").tokens)
