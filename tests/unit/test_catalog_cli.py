@@ -225,3 +225,25 @@ def test_print_config_names_the_model_defaults(capsys):
     text = capsys.readouterr().out
     assert "#   pad_token_id: the tokenizer's [PAD]\n" in text
     assert '\nhead = "mlm"\n' in text
+
+
+def test_pretrain_device_and_dtype_set_the_train_keys(capsys, tmp_path, monkeypatch):
+    argv = ["pretrain", "--config", "gpt-shakespeare-char", "--print-config"]
+    assert main([*argv, "--device", "cpu", "--dtype", "bfloat16"]) == 0
+    train = tomllib.loads(capsys.readouterr().out)["train"]
+    assert (train["device"], train["dtype"]) == ("cpu", "bfloat16")
+    # a run asked for a device this machine lacks stops before it reads any data
+    from attnkit._util import devices
+
+    monkeypatch.setattr(devices.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(devices, "_mps_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        main(
+            ["pretrain", "--config", "gpt-shakespeare-char", "--out", str(tmp_path / "r")]
+            + ["--device", "cuda", "--data", str(tmp_path / "no-such-corpus.txt")]
+        )
+    assert e.value.code == 2
+    assert error_line(capsys) == (
+        "attnkit: error: train.device 'cuda' needs CUDA, which is not available here; "
+        "available: cpu (or 'auto')"
+    )

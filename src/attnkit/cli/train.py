@@ -29,12 +29,12 @@ import signal
 import threading
 from pathlib import Path
 
-from attnkit.cli.types import UsageError
+from attnkit.cli.types import DEVICE_DTYPES, UsageError
 from attnkit.training import config as run_config
 
 USAGE = (
     "attnkit pretrain --config NAME|FILE [--data NAME|PATH] (--out DIR [--resume | --overwrite] "
-    "| --print-config) [--section.key VALUE ...]"
+    "| --print-config) [--device D] [--dtype T] [--section.key VALUE ...]"
 )
 
 
@@ -93,6 +93,16 @@ def pretrain_arguments(parser: argparse.ArgumentParser) -> None:
         "put back and --resume continues it)",
     )
     parser.add_argument(
+        "--device",
+        metavar="auto|cpu|cuda[:N]|mps",
+        help="sets train.device (default: the config's, else auto)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DEVICE_DTYPES,
+        help="sets train.dtype, the autocast dtype (default: the config's, else float32)",
+    )
+    parser.add_argument(
         "--print-config",
         action="store_true",
         help="print the resolved config (after --data and the overrides) as TOML and exit "
@@ -132,6 +142,10 @@ def pretrain_command(args: argparse.Namespace) -> int:
         )
     if args.data:
         overrides.append(("data.corpus", args.data))
+    if args.device:
+        overrides.append(("train.device", args.device))
+    if args.dtype:
+        overrides.append(("train.dtype", args.dtype))
     cfg = run_config.build(base, overrides)
     if args.print_config:
         from attnkit.cli.catalog import config_toml
