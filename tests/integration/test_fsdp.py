@@ -143,3 +143,59 @@ def test_fsdp_killed_after_a_checkpoint_resumes_exactly(env, tmp_path):
     a = load_file(tmp_path / "whole" / "model.safetensors")
     b = load_file(tmp_path / "cut" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+SHARDS_PROBE = """
+import json, sys, torch
+from attnkit.models import ModelConfig, build_model
+from attnkit.training import fsdp, optim
+from attnkit.training.distributed import init, shutdown
+d = init("cpu")
+torch.manual_seed(0)
+cfg = ModelConfig(arch="gpt", vocab_size=65, d_model=32, n_layer=2, n_heads=2, max_seq_len=32)
+model = build_model(cfg)
+full = {n: list(p.shape) for n, p in model.named_parameters()}
+fsdp.shard(model, d)
+opt = optim.make_optimizer(model, 1e-3, 0.1, (0.9, 0.99), d.device)
+ids = torch.randint(0, 65, (4, 16))
+model(ids, labels=ids).loss.backward()
+opt.step()
+report = {}
+for n, p in model.named_parameters():
+    s = opt.state[p]
+    report[n] = {
+        "full": full[n],
+        "param": list(p.to_local().shape),
+        "grad": list(p.grad.to_local().shape),
+        "exp_avg": list(s["exp_avg"].to_local().shape),
+        "exp_avg_sq": list(s["exp_avg_sq"].to_local().shape),
+    }
+with open(sys.argv[1] + f"/rank{d.rank}.json", "w") as f:
+    json.dump(report, f)
+shutdown(d)
+"""
+
+
+@pytest.mark.slow
+def test_fsdp_shards_parameters_gradients_and_optimizer_state(env, tmp_path):
+    """After a step under train.parallel's sharding, each of 2 processes holds half (dim 0) of
+    every parameter, of its gradient and of both AdamW moments."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(SHARDS_PROBE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    run = subprocess.run(
+        [*cmd, str(probe), str(tmp_path)],
+        env=subprocess_env(env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() and "blocks.1.mlp.up.weight" in ranks[0]
+    for name, r0 in ranks[0].items():
+        r1 = ranks[1][name]
+        for part in ("param", "grad", "exp_avg", "exp_avg_sq"):
+            assert r0[part][0] + r1[part][0] == r0["full"][0], (name, part, r0, r1)
+            assert r0[part][1:] == r0["full"][1:]
+            assert r0[part][0] == (r0["full"][0] + 1) // 2, (name, part, r0)
