@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import warnings
 
 import pytest
@@ -170,6 +171,23 @@ def test_parallel_refusals():
         Parallel("fsdp", two, compile=True)
     assert fsdp.available()  # torch 2.13: FSDP2 is there
     assert Parallel("ddp", Dist()).wrap(model := torch.nn.Linear(2, 2)) is model
+
+
+def test_fsdp_on_a_torch_without_fsdp2_is_refused(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_fully_shard(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "torch.distributed.fsdp" and "fully_shard" in (fromlist or ()):
+            raise ImportError("cannot import name 'fully_shard'")  # as torch < 2.6 says
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", without_fully_shard)
+    assert not fsdp.available()
+    version = re.escape(torch.__version__)
+    with pytest.raises(ValueError, match=rf"PyTorch >= 2.6\); this is torch {version}"):
+        Parallel("fsdp", Dist(rank=0, world_size=2))
 
 
 def test_consolidate_refuses_a_normal_checkpoint(tmp_path):
