@@ -185,8 +185,26 @@ def test_the_fit_refuses_too_few_points_and_flags_an_undetermined_exponent():
         fit_power_law([1e10, 1e10, 1e11], [2.0, 1.9, 1.8])
     with pytest.raises(ValueError, match="finite and > 0"):
         fit_power_law([0.0, 1e10, 1e11], [2.0, 1.9, 1.8])
-    fit = fit_power_law([1e10, 1e11, 1e12, 1e13], [2.0, 1.9, 1.8, 1.7])  # a straight line in log C
-    assert fit.at_edge and "do not determine it" in str(fit)
+    line = [2.0, 1.9, 1.8, 1.7]  # a straight line in log C: b -> 0 with a -> inf, c -> -inf
+    fit = fit_power_law([1e10, 1e11, 1e12, 1e13], line, c_min=None)
+    assert fit.at_edge and fit.c < 0 and "do not determine it" in str(fit)
+
+
+def test_the_floor_is_held_at_zero_when_the_free_fit_puts_it_below():
+    from scipy.optimize import curve_fit
+
+    rng = np.random.default_rng(1)
+    C = np.geomspace(1e10, 1e13, 12)
+    y = 3.0 * C**-0.05 - 0.4 + rng.normal(0, 0.002, C.shape)  # a floor below 0
+    free = fit_power_law(C, y, c_min=None)
+    assert free.c < 0
+    fit = fit_power_law(C, y)
+    assert fit.c == 0.0 and fit.c_err is None
+    s = 1e11
+    p, cov = curve_fit(lambda x, a_, b_: a_ * (x / s) ** -b_, C, y, p0=[1.0, 0.05], maxfev=50000)
+    assert fit.b == pytest.approx(p[1], rel=1e-5)
+    assert fit.a == pytest.approx(p[0] * s ** p[1], rel=1e-4)
+    assert fit.b_err == pytest.approx(math.sqrt(cov[1, 1]), rel=1e-3)  # 2 free parameters
 
 
 def test_frontier_is_the_lower_envelope_and_pareto_the_non_dominated_points():

@@ -5,10 +5,12 @@
 
 Least squares in float64 numpy. For a fixed exponent ``b`` the model is linear in ``a`` and
 ``c``, so ``b`` is searched on a grid (each ``b`` solved for ``a, c`` exactly) and the best
-refined by Gauss-Newton (Levenberg-damped) on all three. Compute is scaled by its geometric
+refined by Gauss-Newton (Levenberg-damped) on all three. The floor ``c`` is kept >= 0 by
+default (a loss is never negative): when the free optimum has c < 0, c is held at 0 and a, b
+refitted. Compute is scaled by its geometric
 mean inside the fit, which keeps the problem well conditioned at FLOP counts of 1e15.
 Standard errors come from the Jacobian at the optimum, ``s^2 (J^T J)^-1`` with
-``s^2 = RSS / (n - 3)``; the fit error is the residuals' RMS and R^2.
+``s^2 = RSS / (n - p)`` for p free parameters; the fit error is the residuals' RMS and R^2.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ __all__ = ["PowerLawFit", "compute_frontier", "fit_power_law"]
 
 @dataclass(frozen=True)
 class PowerLawFit:
-    """``loss = a * compute**-b + c``; ``*_err`` standard errors (None with 3 points), ``rmse``
+    """``loss = a * compute**-b + c``; ``*_err`` standard errors (None with as many points as
+    free parameters; ``c_err`` None when c was held at its bound), ``rmse``
     the residuals' RMS, ``r2`` the share of the loss variance explained, ``n`` the points,
     ``at_edge`` whether b stopped at a bound of its search range."""
 
@@ -52,7 +55,9 @@ class PowerLawFit:
 
         return (
             f"L(C) = a*C^-b + c: a = {pm(self.a, self.a_err)}, b = {pm(self.b, self.b_err)}, "
-            f"c = {pm(self.c, self.c_err)}; RMSE {self.rmse:.3g}, R^2 {self.r2:.4f}, {self.n} points"
+            f"c = {pm(self.c, self.c_err)}"
+            + (" (held at its bound)" if self.c_err is None and self.b_err is not None else "")
+            + f"; RMSE {self.rmse:.3g}, R^2 {self.r2:.4f}, {self.n} points"
             + (
                 "; b is at the edge of its search range: these points do not determine it"
                 if self.at_edge
@@ -61,21 +66,68 @@ class PowerLawFit:
         )
 
 
-def _solve_ac(x_b: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """Least-squares (a, c) of y = a * x_b + c; and the residual sum of squares."""
+def _solve_ac(x_b: np.ndarray, y: np.ndarray, c: float | None) -> tuple[float, float, float]:
+    """Least-squares (a, c) of y = a * x_b + c (``c`` given: a alone); and the residual sum
+    of squares."""
+    if c is not None:
+        a = float(x_b @ (y - c) / (x_b @ x_b))
+        r = y - (a * x_b + c)
+        return a, c, float(r @ r)
     A = np.stack([x_b, np.ones_like(x_b)], axis=1)
     coef, *_ = np.linalg.lstsq(A, y, rcond=None)
     r = y - A @ coef
     return float(coef[0]), float(coef[1]), float(r @ r)
 
 
+def _fit(
+    u: np.ndarray, y: np.ndarray, lo: float, hi: float, c_fixed: float | None
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """(a_s, b, c), the residual sum of squares and the Jacobian of the free parameters, for
+    y = a_s * exp(-b u) + c with c free or fixed at ``c_fixed``."""
+    grid = np.geomspace(lo, hi, 400)
+    rss = [_solve_ac(np.exp(-b * u), y, c_fixed)[2] for b in grid]
+    b = float(grid[int(np.argmin(rss))])
+    a_s, c, best = _solve_ac(np.exp(-b * u), y, c_fixed)
+    theta = np.array([a_s, b, c])
+    free = 3 if c_fixed is None else 2
+
+    def jac(t: np.ndarray) -> np.ndarray:
+        e = np.exp(-t[1] * u)
+        return np.stack([e, -t[0] * u * e, np.ones_like(u)], axis=1)[:, :free]
+
+    damping = 1e-3
+    for _ in range(200):  # Levenberg-damped Gauss-Newton on the free parameters
+        r = y - (theta[0] * np.exp(-theta[1] * u) + theta[2])
+        J = jac(theta)
+        JtJ = J.T @ J
+        step = np.linalg.solve(JtJ + damping * np.diag(np.diag(JtJ) + 1e-300), J.T @ r)
+        cand = theta.copy()
+        cand[:free] += step
+        cand[1] = min(max(cand[1], lo), hi)
+        rc = y - (cand[0] * np.exp(-cand[1] * u) + cand[2])
+        rss_c = float(rc @ rc)
+        if rss_c <= best:
+            small = best - rss_c <= 1e-15 * max(best, 1e-300) + 1e-30
+            theta, best, damping = cand, rss_c, damping / 10
+            if small and np.max(np.abs(step)) < 1e-12 * (1 + np.max(np.abs(theta))):
+                break
+        else:
+            damping *= 10
+            if damping > 1e12:
+                break
+    return theta, best, jac(theta)
+
+
 def fit_power_law(
     compute: Sequence[float] | np.ndarray,
     loss: Sequence[float] | np.ndarray,
     b_range: tuple[float, float] = (1e-3, 4.0),
+    c_min: float | None = 0.0,
 ) -> PowerLawFit:
-    """Fit ``loss = a * compute**-b + c`` (b in ``b_range``); needs 3 or more points at 2 or
-    more distinct compute values."""
+    """Fit ``loss = a * compute**-b + c`` (b in ``b_range``, c >= ``c_min``: a loss cannot
+    fall below 0, so by default neither can its floor; None: c free); needs 3 or more points
+    at 3 or more distinct compute values. When the best c is below ``c_min``, c is held at
+    ``c_min`` (``c_err`` None)."""
     x = np.asarray(compute, dtype=np.float64).ravel()
     y = np.asarray(loss, dtype=np.float64).ravel()
     if x.shape != y.shape:
@@ -94,45 +146,22 @@ def fit_power_law(
     scale = float(np.exp(np.mean(np.log(x))))
     u = np.log(x / scale)  # the fit uses (C / scale)^-b = exp(-b u)
 
-    grid = np.geomspace(lo, hi, 400)
-    rss = [_solve_ac(np.exp(-b * u), y)[2] for b in grid]
-    b = float(grid[int(np.argmin(rss))])
-    a_s, c, best = _solve_ac(np.exp(-b * u), y)
-    theta = np.array([a_s, b, c])
-    damping = 1e-3
-    for _ in range(200):  # Levenberg-damped Gauss-Newton on (a_s, b, c)
-        e = np.exp(-theta[1] * u)
-        r = y - (theta[0] * e + theta[2])
-        J = np.stack([e, -theta[0] * u * e, np.ones_like(u)], axis=1)
-        JtJ = J.T @ J
-        step = np.linalg.solve(JtJ + damping * np.diag(np.diag(JtJ) + 1e-300), J.T @ r)
-        cand = theta + step
-        cand[1] = min(max(cand[1], lo), hi)
-        rc = y - (cand[0] * np.exp(-cand[1] * u) + cand[2])
-        rss_c = float(rc @ rc)
-        if rss_c <= best:
-            small = best - rss_c <= 1e-15 * max(best, 1e-300) + 1e-30
-            theta, best, damping = cand, rss_c, damping / 10
-            if small and np.max(np.abs(step)) < 1e-12 * (1 + np.max(np.abs(theta))):
-                break
-        else:
-            damping *= 10
-            if damping > 1e12:
-                break
+    theta, best, J = _fit(u, y, lo, hi, None)
+    if c_min is not None and theta[2] < c_min:
+        theta, best, J = _fit(u, y, lo, hi, float(c_min))
     a_s, b, c = (float(v) for v in theta)
-    n = int(x.size)
-    e = np.exp(-b * u)
-    J = np.stack([e, -a_s * u * e, np.ones_like(u)], axis=1)
+    n, free = int(x.size), J.shape[1]
     errs: list[float | None] = [None, None, None]
-    if n > 3:
-        s2 = best / (n - 3)
-        cov = s2 * np.linalg.pinv(J.T @ J)
+    if n > free:
+        s2 = best / (n - free)
+        cov = np.zeros((3, 3))
+        cov[:free, :free] = s2 * np.linalg.pinv(J.T @ J)
         # a = a_s * scale^b: its variance by the delta method
         g = np.array([scale**b, a_s * scale**b * math.log(scale), 0.0])
         errs = [
             float(math.sqrt(max(g @ cov @ g, 0.0))),
             float(math.sqrt(max(cov[1, 1], 0.0))),
-            float(math.sqrt(max(cov[2, 2], 0.0))),
+            float(math.sqrt(max(cov[2, 2], 0.0))) if free == 3 else None,
         ]
     total = float(((y - y.mean()) ** 2).sum())
     at_edge = bool(np.isclose(b, lo, rtol=1e-6) or np.isclose(b, hi, rtol=1e-6))
