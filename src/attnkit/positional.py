@@ -1,10 +1,12 @@
-"""Positional encodings: sinusoidal, learned absolute, RoPE and ALiBi.
+"""Positional encodings: sinusoidal, learned absolute, RoPE, ALiBi and T5's relative buckets.
 
 Absolute encodings (sinusoidal, learned) produce a (T, C) table that a model adds to its token
 embeddings. Rotary embeddings (RoPE) rotate queries and keys inside attention, so the dot
 product of a query at position m and a key at position n depends only on m - n. ALiBi adds a
 per-head linear distance penalty to the attention scores; here we only provide the slopes, the
-bias itself is built by the attention function (``bias="alibi"``).
+bias itself is built by the attention function (``bias="alibi"``). T5's relative positions
+are a learned score bias per bucket of key-minus-query distance: :func:`relative_position_bucket`
+is the bucketing, the table is :class:`attnkit.models.encdec_layers.RelativePositionBias`.
 """
 
 from __future__ import annotations
@@ -341,3 +343,37 @@ class RotaryEmbedding(nn.Module):
         if self.rotary_dim != self.head_dim:
             s += f", rotary_dim={self.rotary_dim}"
         return s + f", max_seq_len={self.max_seq_len}"
+
+
+# --------------------------------------------------------------------------------------------
+# T5 relative position buckets
+# --------------------------------------------------------------------------------------------
+def relative_position_bucket(
+    relative_position: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int
+) -> torch.Tensor:
+    """The bucket (an int tensor of the same shape) of each key-minus-query distance, as T5
+    (Raffel et al. 2020) defines it.
+
+    Bidirectional (the encoder): half of the buckets are for keys after the query. Each
+    direction's buckets hold the distances below half their count one per bucket, and the
+    distances up to ``max_distance`` in logarithmically wider buckets; farther keys share the
+    last one. Unidirectional (the decoder): only keys at or before the query count; later keys
+    fall in bucket 0 (the causal mask hides them).
+    """
+    n = num_buckets
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        n //= 2
+        buckets = buckets + (relative_position > 0).to(relative_position.dtype) * n
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)
+    exact = n // 2
+    # log-spaced buckets from `exact` to `max_distance` (the float32 arithmetic T5 uses)
+    far = exact + (
+        torch.log(distance.float().clamp(min=1) / exact)
+        / math.log(max_distance / exact)
+        * (n - exact)
+    ).to(relative_position.dtype)
+    far = far.clamp(max=n - 1)
+    return buckets + torch.where(distance < exact, distance, far)

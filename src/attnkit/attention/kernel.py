@@ -16,6 +16,12 @@ The call, for q (B, Hq, Tq, D) and k, v (B, Hkv, Tk, D) after positions and the 
     kernel(q, k, v, causal=, window=, alibi=, valid_key_mask=, mask=, document_ids=,
            dropout_p=, return_weights=)  -> (B, Hq, Tq, Dv), or (out, weights) with return_weights
 
+:class:`ExactKernel` also takes ``bias=`` (an additive float score bias broadcastable to
+(B, Hq, Tq, Tk), e.g. T5's relative position bias; not with ``alibi``) and holds a fixed score
+``scale`` (None: 1/sqrt(D); T5 does not scale). A kernel that computes a bias of its own (the
+encoder-decoder's ``BiasedKernel``) makes it and calls an :class:`ExactKernel` with it, rather
+than repeating the call to ``attention``.
+
 A kernel says what it cannot do: :meth:`AttentionKernel.check_layer` (once, when it is put into a
 layer: a sliding window or ALiBi) and :meth:`AttentionKernel.check_call` (before a forward pass
 touches the KV cache: a cache, masks, weights) raise ValueError naming the option.
@@ -72,20 +78,26 @@ class ExactKernel(AttentionKernel):
     """Exact softmax attention through :func:`attnkit.attention.functional.attention`.
 
     ``backend`` is passed on (``"auto"`` lets the planner choose; see
-    :func:`attnkit.attention.functional.explain`). Supports everything a layer can ask for:
-    causal, sliding windows, ALiBi, key padding, packed documents, user masks, dropout, the KV
-    cache and returning the weights.
+    :func:`attnkit.attention.functional.explain`); ``scale`` multiplies the scores (None:
+    1/sqrt(D)). Supports everything a layer can ask for: causal, sliding windows, ALiBi, key
+    padding, packed documents, user masks, dropout, the KV cache and returning the weights;
+    and an additive score ``bias`` tensor given with the call.
     """
 
     name: ClassVar[str] = "exact"
 
-    def __init__(self, backend: str = "auto"):
+    def __init__(self, backend: str = "auto", scale: float | None = None):
         super().__init__()
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a str, got {backend!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        if scale is not None and (
+            isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0
+        ):
+            raise ValueError(f"scale must be a float > 0 or None (1/sqrt(D)), got {scale!r}")
         self.backend = backend
+        self.scale = None if scale is None else float(scale)
 
     def forward(
         self,
@@ -101,7 +113,14 @@ class ExactKernel(AttentionKernel):
         document_ids: Tensor | None = None,
         dropout_p: float = 0.0,
         return_weights: bool = False,
+        bias: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
+        """As the protocol (module docstring); ``bias``: an additive float score bias
+        broadcastable to (B, Hq, Tq, Tk), not with ``alibi``."""
+        if bias is not None and alibi:
+            raise ValueError(
+                "the exact kernel takes one score bias: alibi=True or a bias tensor, not both"
+            )
         # a single query is the last position (decoding), so causal masks nothing there
         return attention(
             q,
@@ -111,12 +130,14 @@ class ExactKernel(AttentionKernel):
             mask=mask,
             valid_key_mask=valid_key_mask,
             window=window,
-            bias="alibi" if alibi else None,
+            bias="alibi" if alibi else bias,
             document_ids=document_ids,
             dropout_p=dropout_p,
+            scale=self.scale,
             backend=self.backend,
             return_weights=return_weights,
         )
 
     def extra_repr(self) -> str:
-        return f"backend={self.backend!r}"
+        extra = "" if self.scale is None else f", scale={self.scale:g}"
+        return f"backend={self.backend!r}{extra}"

@@ -2,9 +2,11 @@
 the kernel that adds it, cross-attention, the decoder block and the stacks' embeddings.
 
 * :class:`RelativePositionBias`: T5's learned score bias by bucketed key-minus-query distance
-  (:func:`relative_position_bucket`), one table per stack shared by all its layers.
-* :class:`BiasedKernel`: exact attention (``attnkit.attention.attention``) with that bias and/or
-  a fixed score scale (T5 does not scale its scores). It is an attention kernel, so a
+  (:func:`attnkit.positional.relative_position_bucket`), one table per stack shared by all
+  its layers.
+* :class:`BiasedKernel`: exact attention with that bias (an
+  :class:`~attnkit.attention.kernel.ExactKernel` given it as ``bias``), with T5's unscaled
+  scores. It is an attention kernel, so a
   :class:`~attnkit.attention.module.MultiHeadAttention` layer holds it like any other: the
   projections, the causal mask and the KV cache stay the layer's.
 * :class:`CrossAttention`: queries from the decoder, keys and values from the encoder's output
@@ -19,18 +21,21 @@ the kernel that adds it, cross-attention, the decoder block and the stacks' embe
 from __future__ import annotations
 
 import math
-from typing import ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
 
-from attnkit.attention.functional import attention
 from attnkit.attention.kernel import AttentionKernel, ExactKernel
 from attnkit.attention.kv_cache import KVCache
 from attnkit.attention.module import MultiHeadAttention
 from attnkit.models.encdec_config import EncDecConfig
 from attnkit.models.layers import make_norm
-from attnkit.positional import LearnedPositionalEmbedding, sinusoidal_table
+from attnkit.positional import (
+    LearnedPositionalEmbedding,
+    relative_position_bucket,
+    sinusoidal_table,
+)
 
 __all__ = [
     "BiasedKernel",
@@ -44,39 +49,8 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------
-# T5 relative positions
+# T5 relative positions (the buckets: attnkit.positional.relative_position_bucket)
 # --------------------------------------------------------------------------------------------
-def relative_position_bucket(
-    relative_position: Tensor, bidirectional: bool, num_buckets: int, max_distance: int
-) -> Tensor:
-    """The bucket (an int tensor of the same shape) of each key-minus-query distance, as T5
-    (Raffel et al. 2020) defines it.
-
-    Bidirectional (the encoder): half of the buckets are for keys after the query. Each
-    direction's buckets hold the distances below half their count one per bucket, and the
-    distances up to ``max_distance`` in logarithmically wider buckets; farther keys share the
-    last one. Unidirectional (the decoder): only keys at or before the query count; later keys
-    fall in bucket 0 (the causal mask hides them).
-    """
-    n = num_buckets
-    buckets = torch.zeros_like(relative_position)
-    if bidirectional:
-        n //= 2
-        buckets = buckets + (relative_position > 0).to(relative_position.dtype) * n
-        distance = relative_position.abs()
-    else:
-        distance = (-relative_position).clamp(min=0)
-    exact = n // 2
-    # log-spaced buckets from `exact` to `max_distance` (the float32 arithmetic T5 uses)
-    far = exact + (
-        torch.log(distance.float().clamp(min=1) / exact)
-        / math.log(max_distance / exact)
-        * (n - exact)
-    ).to(relative_position.dtype)
-    far = far.clamp(max=n - 1)
-    return buckets + torch.where(distance < exact, distance, far)
-
-
 class RelativePositionBias(nn.Module):
     """T5's relative position bias: ``weight`` (num_buckets, n_heads), one score offset per
     bucket and head; ``forward(q_len, k_len)`` -> (1, H, Tq, Tk) for queries that are the last
@@ -108,13 +82,14 @@ class RelativePositionBias(nn.Module):
 
 
 class BiasedKernel(AttentionKernel):
-    """Exact attention through :func:`attnkit.attention.functional.attention` with a relative
-    position bias and/or a fixed score scale.
+    """Exact attention with a relative position bias: the bias of the queries' and keys'
+    positions, made at each call from ``relative`` (the stack's :class:`RelativePositionBias`),
+    is handed to an :class:`~attnkit.attention.kernel.ExactKernel` (``self.exact``) as its
+    ``bias``; ``scale`` is that kernel's score scale (None: 1/sqrt(D); T5: 1.0).
 
-    ``relative``: the stack's :class:`RelativePositionBias`; it is held as a reference, not as a
-    submodule (its table belongs to the stack and is shared by every layer of it, so it is
-    saved once). ``scale``: the score scale (None: 1/sqrt(D); T5: 1.0). Supports what
-    :class:`~attnkit.attention.kernel.ExactKernel` supports except ALiBi (a second bias).
+    The table is held as a reference, not as a submodule (it belongs to the stack and is
+    shared by every layer of it, so it is saved once). Supports what ``ExactKernel`` supports
+    except ALiBi (a second bias).
     """
 
     name: ClassVar[str] = "exact-biased"
@@ -126,9 +101,16 @@ class BiasedKernel(AttentionKernel):
         scale: float | None = None,
     ):
         super().__init__()
-        self.backend = ExactKernel(backend).backend  # checked there
+        self.exact = ExactKernel(backend, scale)  # checked there
         self._relative = () if relative is None else (relative,)
-        self.scale = scale
+
+    @property
+    def backend(self) -> str:
+        return self.exact.backend
+
+    @property
+    def scale(self) -> float | None:
+        return self.exact.scale
 
     def check_layer(self, *, window: int | None, alibi: bool) -> None:
         if alibi:
@@ -138,38 +120,13 @@ class BiasedKernel(AttentionKernel):
             )
 
     def forward(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        causal: bool = False,
-        window: int | None = None,
-        alibi: bool = False,
-        valid_key_mask: Tensor | None = None,
-        mask: Tensor | None = None,
-        document_ids: Tensor | None = None,
-        dropout_p: float = 0.0,
-        return_weights: bool = False,
+        self, q: Tensor, k: Tensor, v: Tensor, **options: Any
     ) -> Tensor | tuple[Tensor, Tensor]:
+        """The kernel call (:mod:`attnkit.attention.kernel`), the relative bias added."""
         bias = None
         if self._relative:
             bias = self._relative[0](q.shape[2], k.shape[2]).to(q.dtype)  # (1, H, Tq, Tk)
-        return attention(
-            q,
-            k,
-            v,
-            causal=causal and q.shape[2] > 1,
-            mask=mask,
-            valid_key_mask=valid_key_mask,
-            window=window,
-            bias=bias,
-            document_ids=document_ids,
-            dropout_p=dropout_p,
-            scale=self.scale,
-            backend=self.backend,
-            return_weights=return_weights,
-        )
+        return cast(Tensor | tuple[Tensor, Tensor], self.exact(q, k, v, bias=bias, **options))
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}, relative={bool(self._relative)}, scale={self.scale}"
@@ -178,8 +135,8 @@ class BiasedKernel(AttentionKernel):
 def make_kernel(cfg: EncDecConfig, relative: RelativePositionBias | None) -> AttentionKernel:
     """The exact kernel of a layer: plain, or biased/scaled as ``cfg`` asks."""
     scale = None if cfg.scale_attention else 1.0
-    if relative is None and scale is None:
-        return ExactKernel(cfg.backend)
+    if relative is None:
+        return ExactKernel(cfg.backend, scale)
     return BiasedKernel(cfg.backend, relative, scale)
 
 
