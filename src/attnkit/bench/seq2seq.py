@@ -166,6 +166,12 @@ def run(args: Seq2SeqSettings) -> Report:
     work = Path(tempfile.mkdtemp(prefix="attnkit-bench-seq2seq-"))
     export_hf(ours, work / "init")  # the same initial weights for HF
     hf = transformers.MarianMTModel.from_pretrained(work / "init")
+    # the same trainable weights on both sides: HF's final_logits_bias is a buffer, its
+    # sinusoidal position tables are fixed (attnkit computes them; they come back trainable)
+    assert ours.logits_bias is not None
+    ours.logits_bias.requires_grad_(False)
+    for stack in (hf.get_encoder(), hf.get_decoder()):
+        stack.embed_positions.weight.requires_grad_(False)
     schedule = parts.Schedule(
         lr=args.lr,
         warmup=max(10, min(200, len(data.batches) // 4)),
@@ -253,7 +259,7 @@ def run(args: Seq2SeqSettings) -> Report:
         "batches": len(data.batches),
         "held_out_sentences": n,
         "vocab_size": V,
-        "parameters": ours.num_parameters(),
+        "parameters": sum(p.numel() for p in ours.parameters() if p.requires_grad),
         "hf_parameters": sum(p.numel() for p in hf.parameters() if p.requires_grad),
         "model": cfg.to_dict(),
         "budget_s_per_side": args.budget_s,

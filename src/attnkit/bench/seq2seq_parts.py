@@ -208,6 +208,8 @@ def hf_side(hf: Any, data: Data, schedule: Schedule, start: int) -> TrainSide:
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for p in hf.parameters():
+        if not p.requires_grad:
+            continue
         (decay if p.dim() >= 2 else no_decay).append(p)
     opt = torch.optim.AdamW(
         [
