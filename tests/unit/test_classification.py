@@ -319,6 +319,28 @@ def test_frozen_encoder_trains_the_head_only_and_reports_the_tfidf_baseline(tiny
     assert scored["majority_baseline"]["accuracy"] == pytest.approx(1 / 3)
 
 
+def test_probe_epochs_train_the_head_first_then_the_whole_model(tiny_dir):
+    train, eval_ = synthetic(60, seed=15), synthetic(30, seed=16)
+    kw = dict(batch_size=16, warmup_fraction=0.0, probe_epochs=60, probe_lr=3e-2, patience=60)
+    # lr 0 after the probe: the model is the probe's, which already classifies everything
+    probed = clf.finetune(tiny_dir, train, eval_, epochs=1, lr=0.0, **kw)
+    assert probed.best["accuracy"] == 1.0 and probed.history[-1]["accuracy"] == 1.0
+    untrained = clf.finetune(tiny_dir, train, eval_, epochs=1, lr=0.0)
+    assert untrained.best["accuracy"] < 0.9  # the new head alone does not
+    base = attnkit.load(tiny_dir).state_dict()
+    for name, value in probed.model.state_dict().items():
+        if name in base and not name.startswith("classifier."):
+            assert torch.equal(value, base[name]), name
+    # with lr > 0 the encoder moves after the probe
+    tuned = clf.finetune(tiny_dir, train, eval_, epochs=1, lr=1e-3, **kw)
+    moved = [
+        n for n, v in tuned.model.state_dict().items() if n in base and not torch.equal(v, base[n])
+    ]
+    assert any(n.startswith("blocks.") for n in moved)
+    with pytest.raises(ValueError, match="probe_epochs must be an int >= 0, got -1"):
+        clf.FinetuneConfig(probe_epochs=-1)
+
+
 def test_eval_command_fits_the_baselines_on_the_checkpoints_training_file(
     tiny_dir, tmp_path, capsys, monkeypatch
 ):

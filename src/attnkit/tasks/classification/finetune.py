@@ -41,7 +41,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,12 +116,16 @@ class FinetuneConfig:
     device: str = "auto"  # auto | cpu | cuda (one GPU per process under torchrun)
     dtype: str = "float32"  # float32 | bfloat16 | float16 (CUDA)
     freeze_encoder: bool = False  # train the head only, on pooled vectors computed once
+    probe_epochs: int = 0  # >0: first the head alone (as freeze_encoder, at probe_lr), then all
+    probe_lr: float = 1e-2
     logger: str = "csv"  # also "tensorboard", "wandb" or a list (attnkit.training.loggers)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "max_length", "patience", "eval_batch_size"):
             checks.positive_int(name, getattr(self, name))
         checks.non_negative_int("eval_every", self.eval_every)
+        checks.non_negative_int("probe_epochs", self.probe_epochs)
+        checks.positive_float("probe_lr", self.probe_lr)
         for name in ("lr", "weight_decay", "grad_clip"):
             checks.non_negative_float(name, getattr(self, name))
         checks.probability("warmup_fraction", self.warmup_fraction)
@@ -327,6 +331,27 @@ def _run(
         )
         result.tfidf = tfidf
         return result
+    if cfg.probe_epochs:  # linear probe, then fine-tuning from the trained head
+        probe_cfg = replace(cfg, epochs=cfg.probe_epochs, lr=cfg.probe_lr, freeze_encoder=True)
+        probe = train_head(
+            probe_cfg,
+            d,
+            net,
+            train_ids,
+            eval_ids,
+            y_train,
+            y_eval,
+            labels,
+            weights,
+            baseline,
+            pad_id,
+            say,
+            progress,
+        )
+        say(
+            f"head trained alone: eval macro-F1 {probe.best['macro_f1']:.4f} at step "
+            f"{probe.best['step']}; now fine-tuning the whole model"
+        )
     y_train_t = torch.tensor(y_train)
     y_eval_t = torch.tensor(y_eval)
     optimizer = optim.make_optimizer(
