@@ -193,3 +193,29 @@ def test_hf_llama_configs_attnkit_cannot_hold_are_named(tmp_path, change, messag
     (tmp_path / "config.json").write_text(json.dumps(hf_cfg))
     with pytest.raises(CheckpointError, match=message):
         convert_from_hf({}, hf_cfg, tmp_path / "model.safetensors", config_path=tmp_path / "c")
+
+
+def test_attnkit_rope_is_hf_llamas_rotate_half_convention():
+    """Every attnkit model built from a config rotates channel i with i + D/2 (HF Llama's
+    rotate_half), so q/k weights convert unpermuted: the rotation itself matches HF's."""
+    from transformers.models.llama.modeling_llama import (
+        LlamaRotaryEmbedding,
+        apply_rotary_pos_emb,
+    )
+
+    from attnkit.checkpoints.hf import llama
+
+    cfg = attnkit_llama(n_layer=1)
+    ours = build_model(cfg)
+    rotary = ours.blocks[0].attn.rotary
+    assert rotary.layout == "half"
+    hf_cfg = transformers.LlamaConfig(**llama.config_to_hf(cfg))
+    q = torch.randn(2, cfg.n_heads, 11, cfg.head_dim)
+    k = torch.randn(2, cfg.n_kv_heads, 11, cfg.head_dim)
+    pos = torch.arange(11)[None].expand(2, -1)
+    cos, sin = LlamaRotaryEmbedding(hf_cfg)(q, pos)
+    want_q, want_k = apply_rotary_pos_emb(q, k, cos, sin)
+    got_q, got_k = rotary(q, k)
+    assert (got_q - want_q).abs().max().item() <= 1e-5
+    assert (got_k - want_k).abs().max().item() <= 1e-5
+    assert (got_q - q).abs().max().item() > 0.1  # it does rotate
