@@ -33,8 +33,8 @@ def _model_argument(parser: argparse.ArgumentParser) -> None:
     add_device_args(parser)
 
 
-def load_encoder(args: argparse.Namespace) -> Encoder:
-    """The --model encoder on --device, its weights in --dtype."""
+def load_encoder(args: argparse.Namespace, quantize: str | None = None) -> Encoder:
+    """The --model encoder on --device, its weights in --dtype (``quantize``: see Encoder)."""
     from attnkit.checkpoints import load
     from attnkit.models.bert import Bert
     from attnkit.tasks.sentence import Encoder
@@ -46,7 +46,7 @@ def load_encoder(args: argparse.Namespace) -> Encoder:
             f"--model {args.model!r}: embeddings need a BERT-family encoder "
             f"(config.arch='bert'), got {type(model).__name__}"
         )
-    return Encoder(model, device=device)
+    return Encoder(model, device=device, quantize=quantize)
 
 
 def embed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +59,11 @@ def embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument(
         "--no-normalize", action="store_true", help="keep raw (unnormalised) vectors"
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="dynamic int8 linears (int8 weights, per-token 8-bit activations; CPU, float32)",
     )
 
 
@@ -83,7 +88,7 @@ def embed_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--file {args.file!r}: {e.strerror}") from None
     if first is None:
         raise UsageError("no texts to embed: expected texts as arguments, --file or lines on stdin")
-    enc = load_encoder(args)
+    enc = load_encoder(args, quantize="int8" if args.int8 else None)
 
     def windows() -> Iterator[tuple[list[str], np.ndarray]]:
         for window in chunked(chain([first], texts), args.batch_size * STREAM_BATCHES):

@@ -41,6 +41,12 @@ class Encoder:
     ``pooling``: "mean" or "cls" (default: ``model.config.pooling``, see
     :func:`attnkit.text.pooling.resolve_pooling`); ``max_length``: tokens kept per text
     (default: ``model.meta.max_length``, else ``config.max_seq_len``).
+
+    ``quantize="int8"`` (CPU, float32 weights): the blocks' linears but the q/k/v projections
+    are replaced, in ``model`` itself, by dynamic int8 linears: int8 weights times 8-bit
+    activations with one scale per token
+    (:func:`attnkit.native.int8.quantize_dynamic_int8`). On all-MiniLM-L6-v2 the embeddings
+    of 2,048 Shakespeare lines keep a cosine of at least 0.99 to the float32 ones.
     """
 
     def __init__(
@@ -51,7 +57,9 @@ class Encoder:
         max_length: int | None = None,
         device: str | torch.device | None = None,
         autocast: torch.dtype | None = None,
+        quantize: str | None = None,
     ):
+        _check_quantize(quantize, device)
         if not isinstance(model, Bert):
             raise ValueError(
                 f"Encoder needs a BERT-family attnkit model (config.arch='bert'), "
@@ -70,6 +78,17 @@ class Encoder:
             torch.device(device) if device is not None else next(model.parameters()).device
         )
         self.model.to(self.device)
+        self.quantize = quantize
+        if quantize == "int8":
+            from attnkit.native.int8 import quantize_dynamic_int8
+
+            weight = next(model.parameters())
+            if weight.device.type != "cpu" or weight.dtype != torch.float32:
+                raise ValueError(
+                    f"quantize='int8' needs a float32 model on the CPU, got {weight.dtype} "
+                    f"on {weight.device}"
+                )
+            quantize_dynamic_int8(self.model)
         self.pad_id = pad_token_id(tokenizer, model.config.pad_token_id)
         # mixed precision for the forward pass (e.g. torch.bfloat16); pooling stays float32
         self.autocast_dtype: torch.dtype | None = autocast
@@ -83,19 +102,25 @@ class Encoder:
 
     @classmethod
     def load(
-        cls, name_or_dir: str | os.PathLike, device: str | torch.device | None = None, **kwargs: Any
+        cls,
+        name_or_dir: str | os.PathLike,
+        device: str | torch.device | None = None,
+        quantize: str | None = None,
+        **kwargs: Any,
     ) -> Encoder:
         """From a known name ("minilm"), an attnkit directory or a (sentence-transformers)
-        Hugging Face directory; its pooling and length are the ones the checkpoint declares."""
+        Hugging Face directory; its pooling and length are the ones the checkpoint declares.
+        ``quantize``: see the class docstring."""
         from attnkit.checkpoints import load
 
+        _check_quantize(quantize, device)
         model = load(name_or_dir, device=device)
         if not isinstance(model, Bert):
             raise ValueError(
                 f"{name_or_dir}: Encoder needs a BERT-family attnkit model "
                 f"(config.arch='bert'), got {type(model).__name__}"
             )
-        return cls(model, device=device, **kwargs)
+        return cls(model, device=device, quantize=quantize, **kwargs)
 
     @property
     def dim(self) -> int:
@@ -197,6 +222,13 @@ class Encoder:
         else:
             va, vb = self.word_vector(a, word), self.word_vector(b, word)
         return float(F.cosine_similarity(va, vb, dim=0))
+
+
+def _check_quantize(quantize: Any, device: str | torch.device | None) -> None:
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    if quantize is not None and device is not None and torch.device(device).type != "cpu":
+        raise ValueError(f"quantize='int8' runs on the CPU, got device={str(device)!r}")
 
 
 def check_texts(texts: Any) -> list[str]:
