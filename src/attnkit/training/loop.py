@@ -205,9 +205,9 @@ def pretrain(
         objective = "clm" if mcfg.arch == "gpt" else "mlm"
         torch.manual_seed(tc.seed)  # same initial weights on every rank
         raw = build_model(mcfg).to(d.device)
-        par.prepare(raw)  # FSDP shards it in place, before the optimizer takes its parameters
         if warm is not None:
             warm.load_into(raw)
+        par.prepare(raw)  # FSDP shards it in place, before the optimizer takes its parameters
         optimizer = optim.make_optimizer(
             raw, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), d.device, fused=tc.fused_adamw
         )
