@@ -40,6 +40,7 @@ FLOORS = {
     "bench": 7,
     "evaluation": 7,  # scores of a trained model: on models, text, tasks and training
     "serve": 7,  # the HTTP server: on models, tasks, generation and text
+    "experiments": 7,  # sweeps: on training, models, attention and bench's tables and probes
     "cli": 8,
 }
 # what a package on a floor may import besides the floors below it
@@ -49,6 +50,8 @@ ALSO_ALLOWED = {
     "tasks": {"training"},
     # an encoder-decoder run decodes held-out sources at each evaluation (BLEU, chrF)
     "training": {"generation"},
+    # a sweep's tables and its peak-memory probe are bench's (one implementation per job)
+    "experiments": {"bench"},
 }
 FACADE = {"__init__.py", "__main__.py"}  # attnkit/__init__.py (lazy public names), python -m
 
