@@ -360,3 +360,30 @@ def test_serve_loads_on_the_device_in_the_dtype(bert_dir, gpt_dir):
         assert dtypes == {torch.bfloat16}
     finally:
         close(services)
+
+
+# ----------------------------------------------------------------------------- on a GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_commands_on_cuda_agree_with_the_cpu(capsys, gpt_dir, bert_dir):
+    """--device cuda: embeddings within 1e-4 of the CPU's in float32 and within 1e-2 in
+    float16 and bfloat16 (unit vectors); greedy text the same in float32; a chat's cached
+    reply on the GPU equal to an uncached one there."""
+    from attnkit.generation.chat import ChatSession
+
+    embed = ["embed", *WORDS, "--model", str(bert_dir)]
+    cpu = np.array([json.loads(x)["embedding"] for x in run(capsys, [*embed, *CPU]).splitlines()])
+    for dtype, atol in (("float32", 1e-4), ("float16", 1e-2), ("bfloat16", 1e-2)):
+        out = run(capsys, [*embed, "--device", "cuda", "--dtype", dtype])
+        got = np.array([json.loads(x)["embedding"] for x in out.splitlines()])
+        np.testing.assert_allclose(got, cpu, atol=atol, err_msg=dtype)
+    gen = ["generate", "--model", str(gpt_dir), "--prompt", "to be", "--temperature", "0"]
+    gen += ["--max-new-tokens", "8"]
+    assert run(capsys, [*gen, "--device", "cuda"]) == run(capsys, [*gen, *CPU])
+    model = attnkit.load(gpt_dir, device="cuda")
+    chat = ChatSession(model, max_new_tokens=6, temperature=0)
+    first = [t.token_id for t in chat.send("to be").tokens]
+    second = [t.token_id for t in chat.send(" or").tokens]
+    ids = model.meta.tokenizer.encode("to be").ids + first + model.meta.tokenizer.encode(" or").ids
+    cold = attnkit.generate(model, ids, max_new_tokens=6, temperature=0, use_cache=False)
+    assert second == cold[len(ids) :]
