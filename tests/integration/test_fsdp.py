@@ -123,6 +123,18 @@ def test_fsdp_in_one_process_is_refused(env, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_fsdp_for_an_encoder_decoder_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(
+            ["pretrain", "--config", "t5-shakespeare-denoise", "--train.parallel", "fsdp"]
+            + ["--out", str(tmp_path / "x")]
+        )
+    assert e.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "train.parallel='fsdp' is not supported for an encoder-decoder run" in line, line
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.slow
 def test_fsdp_killed_after_a_checkpoint_resumes_exactly(env, tmp_path):
     """Rank 0 SIGKILLs itself right after the step-3 checkpoint is complete; torchrun ends the

@@ -181,6 +181,11 @@ def pretrain(
         from attnkit.training.seq2seq import pretrain_seq2seq
 
         check_train(cfg)
+        if tc.parallel != "ddp":  # its loop replicates the model (DDP) and shards nothing
+            raise ValueError(
+                f"train.parallel={tc.parallel!r} is not supported for an encoder-decoder run "
+                f"(model.arch='encdec'); expected 'ddp'"
+            )
         return pretrain_seq2seq(cfg, out, resume=resume, overwrite=overwrite)
     check_train(cfg)
     loggers.parse_loggers(tc.logger)  # a missing extra is an error before any work
