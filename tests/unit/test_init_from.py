@@ -257,3 +257,14 @@ def test_init_from_through_the_cli(corpus, tmp_path, capsys):
     assert cli.main([*args, *small]) == 0
     summary = json.loads((b / "summary.json").read_text())
     assert summary["init_from"] == str(a) and summary["iters"] == 2
+
+
+def test_init_from_needs_no_config_file_on_the_cli(corpus, tmp_path, trained):
+    a, summary_a = trained
+    out = tmp_path / "b"
+    argv = ["pretrain", "--data", str(corpus), "--out", str(out), "--train.init_from", str(a)]
+    keys = ["--train.block_size", "16", "--train.eval_iters", "3", "--train.batch_size", "4"]
+    keys += ["--train.max_iters", "1", "--train.progress", "false"]
+    assert cli.main([*argv, *keys]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert abs(summary["init_val_loss"] - summary_a["val_loss"]) <= 1e-6

@@ -3,6 +3,7 @@
     attnkit pretrain --config gpt-shakespeare-char --data shakespeare --out runs/char \\
         --model.n_layer 4 --train.max_iters 2000
     attnkit pretrain --out runs/char --resume           # continue from the latest checkpoint
+    attnkit pretrain --out runs/more --train.init_from runs/char --data more.txt  # start there
     attnkit generate --model runs/char --prompt "ROMEO:" --max-new-tokens 300
     attnkit pretrain --config gpt-shakespeare-char --train.lr 1e-3 --print-config
 
@@ -135,10 +136,12 @@ def pretrain_command(args: argparse.Namespace) -> int:
     elif args.resume and (out / "run_config.json").is_file():
         base = run_config.read_file(out / "run_config.json")
         base.get("model", {}).pop("vocab_size", None)
+    elif any(key == "train.init_from" for key, _ in overrides):
+        base = {}  # the model, its config and tokenizer come from the checkpoint
     else:
         raise UsageError(
             "--config is required (e.g. --config gpt-shakespeare-char), except with "
-            "--resume on a directory holding run_config.json"
+            "--resume on a directory holding run_config.json or with --train.init_from DIR"
         )
     if args.data:
         overrides.append(("data.corpus", args.data))
