@@ -29,6 +29,7 @@ from tiny_dist import (
 
 import attnkit
 from attnkit import cli
+from attnkit.training.checkpointing import latest_checkpoint
 from attnkit.training.fsdp import consolidate
 
 
@@ -102,6 +103,15 @@ def test_fsdp_two_processes_match_one_and_consolidate(env, tmp_path):
     with torch.no_grad():
         diff = (model(ids).logits - ref(ids).logits).abs().max().item()
     assert diff < 1e-4, diff
+
+    # the manifest covers the shards: a damaged one sends --resume to the previous checkpoint
+    shard = step / "shards" / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert latest_checkpoint(tmp_path / "fsdp") == step.with_name("step-000003")
+    with pytest.raises(ValueError, match="shards/__1_0.distcp does not match its SHA-256"):
+        consolidate(step, tmp_path / "cons2")
 
 
 def test_fsdp_in_one_process_is_refused(env, tmp_path, capsys):
