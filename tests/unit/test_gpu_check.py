@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -113,3 +114,34 @@ def test_embed_rows_on_the_cpu(gpu_check):
     # the float32 CPU rows are the reference itself; bf16 is close to it
     assert fp32["min_cosine_to_cpu_fp32"] == pytest.approx(1.0, abs=1e-5)
     assert 0.98 < bf16["min_cosine_to_cpu_fp32"] <= 1.0 + 1e-5
+
+
+def test_the_steps_run_in_order_into_one_json(gpu_check, tmp_path, monkeypatch):
+    """The driver itself, with stand-in commands in place of the CUDA steps (what they would
+    measure needs a GPU): each step's status, time and JSON land in gpu_check.json, a failed
+    step makes the exit status 1, and a spent budget skips the rest."""
+    monkeypatch.setattr(gpu_check, "cuda_state", lambda: (True, {"torch": "t", "cuda_build": "c"}))
+    write = "import json, sys; open(sys.argv[1], 'w').write(json.dumps({'rows': [1, 2]}))"
+
+    def stand_in(name, out):
+        produced = out / f"{name}.json"
+        if name == "tests":
+            return [sys.executable, "-c", "import sys; sys.exit(1)"], out / "pytest.xml"
+        return [sys.executable, "-c", write, str(produced)], produced
+
+    monkeypatch.setattr(gpu_check, "step_command", stand_in)
+    out = tmp_path / "gpu"
+    assert gpu_check.main(["--out", str(out), "--steps", "attention,tests,train"]) == 1
+    got = json.loads((out / "gpu_check.json").read_text())
+    assert list(got["steps"]) == ["attention", "tests", "train"]
+    assert got["steps"]["attention"]["status"] == "passed"
+    assert got["steps"]["attention"]["results"] == {"rows": [1, 2]}
+    assert got["steps"]["tests"]["status"] == "failed"
+    assert got["steps"]["tests"]["results"] == {"error": "pytest wrote no report"}
+    assert got["cuda"] == {"torch": "t", "cuda_build": "c"} and "environment" in got
+
+    assert gpu_check.main(["--out", str(out), "--steps", "attention", "--budget", "5"]) == 1
+    got = json.loads((out / "gpu_check.json").read_text())
+    assert got["steps"]["attention"] == {"status": "skipped", "reason": "the --budget was spent"}
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--out", str(out), "--steps", "attention,bogus"])
