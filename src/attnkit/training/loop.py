@@ -1,4 +1,5 @@
-"""The pre-training loop: one code path for a single process and for torchrun (DDP).
+"""The pre-training loop: one code path for a single process and for torchrun (DDP, or FSDP2
+shards with ``train.parallel = "fsdp"``; :mod:`attnkit.training.parallelism`).
 
     cfg = training.config.build(toml_dict, [("train.max_iters", 200)])
     summary = pretrain(cfg, "runs/char")            # or resume=True
