@@ -341,8 +341,10 @@ def genre_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# the genre demo's fine-tuning recipe, chosen by macro-F1 on validation plays carved from the
-# training plays (never on the held-out plays)
+# the genre demo's fine-tuning recipe, chosen by its macro-F1 margin over TF-IDF on validation
+# plays carved from the training plays (never on the held-out plays): a head on the frozen
+# encoder led TF-IDF there by about 15 points at any lr from 1e-3 to 3e-2, full fine-tuning
+# (also after such a head) by none; other layers' vectors or their concatenation did worse
 GENRE_RECIPE: dict[str, Any] = {
     "freeze_encoder": True,
     "epochs": 200,
