@@ -1,4 +1,5 @@
-"""train.logger: TensorBoard and W&B (offline) receive the rows of metrics.jsonl, read back
+"""train.logger: TensorBoard and W&B (offline) receive the rows of metrics.jsonl (and
+finetune its evaluations), read back
 with TensorBoard's own EventAccumulator and from the W&B run file; a missing extra or an
 unknown name is refused before any training; library messages go through logging."""
 
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_checkpoints import word_tokenizer
 
 from attnkit._util.optional import MissingDependency
 from attnkit.training import config as run_config
@@ -201,3 +203,44 @@ def test_library_messages_go_through_the_attnkit_logger(corpus, tmp_path, caplog
     finally:
         logging.getLogger("attnkit").setLevel(logging.NOTSET)
     assert not [r for r in caplog.records if r.name.startswith("attnkit")]
+
+
+def test_finetune_sends_its_evaluations_to_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    import random
+
+    import attnkit
+    from attnkit.models import build_model, get_preset
+    from attnkit.tasks.classification import finetune
+
+    cfg = get_preset(
+        "tiny-bert", vocab_size=80, d_model=32, n_heads=4, n_layer=2, pooling="mean", pooler=False
+    )
+    base = tmp_path / "tiny-bert"
+    attnkit.save(build_model(cfg).eval(), base, tokenizer=word_tokenizer())
+    rng = random.Random(0)
+    texts = [
+        " ".join(rng.choice(["cave", "ball", "bat", "the"]) for _ in range(5)) for _ in range(24)
+    ]
+    labels = ["cave" if "cave" in t else "other" for t in texts]
+    out = tmp_path / "clf"
+    result = finetune(
+        base,
+        (texts, labels),
+        (texts, labels),
+        out=out,
+        epochs=3,
+        batch_size=8,
+        lr=1e-3,
+        patience=3,
+        logger="csv,tensorboard",
+    )
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert len(history) == len(result.history) == 3
+    tb = _tensorboard_scalars(out / "tensorboard")
+    for key in ("macro_f1", "eval_loss", "train_loss", "accuracy"):
+        got = tb[f"eval/{key}"]
+        assert [s for s, _ in got] == [h["step"] for h in history], key
+        assert [v for _, v in got] == pytest.approx([h[key] for h in history], rel=1e-6), key
+    with pytest.raises(ValueError, match="logger names 'tb'"):
+        finetune(base, (texts, labels), (texts, labels), logger="tb")
