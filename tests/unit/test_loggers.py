@@ -1,7 +1,7 @@
 """train.logger: TensorBoard and W&B (offline) receive the rows of metrics.jsonl (and
-finetune its evaluations), read back
-with TensorBoard's own EventAccumulator and from the W&B run file; a missing extra or an
-unknown name is refused before any training; library messages go through logging."""
+finetune its evaluations), read back with TensorBoard's own EventAccumulator and from the W&B
+run file; a missing extra or an unknown name is refused before any training; library messages
+go through logging."""
 
 from __future__ import annotations
 
