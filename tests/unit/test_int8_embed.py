@@ -118,3 +118,45 @@ def test_embed_int8_cli_runs_close_to_float32(tmp_path, capsys):
     b = np.array([json.loads(line)["embedding"] for line in int8.read_text().splitlines()])
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() >= 0.99 and not np.array_equal(a, b), cos
+
+
+def test_passages_have_100_to_256_tokens(tmp_path):
+    from attnkit.bench.embed import read_passages
+
+    src = tmp_path / "c.txt"
+    src.write_text("\n".join(f"line {i} " + "word " * (i % 9) for i in range(3000)) + "\n")
+    passages = read_passages(src, 12, lambda t: len(t.split()))
+    assert len(passages) == 12
+    sizes = [len(p.split()) for p in passages]
+    assert all(100 <= n <= 256 for n in sizes) and max(sizes) - min(sizes) > 50, sizes
+    with pytest.raises(ValueError, match="passages must be an integer >= 0, got -1"):
+        from attnkit.bench.embed import EmbedSettings
+
+        EmbedSettings(passages=-1)
+
+
+@pytest.mark.slow
+def test_bench_embed_with_onnx_runtime_rows_on_both_text_sets(tmp_path, capsys):
+    from test_model_cli import CORPUS
+
+    if not CORPUS.is_file():
+        pytest.skip(f"real-text corpus {CORPUS} is absent")
+    out = tmp_path / "bench"
+    argv = ["bench", "embed", "--lines", "32", "--passages", "4", "--rounds", "2"]
+    assert main([*argv, "--bf16", "off", "--corpus", str(CORPUS), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    data = json.loads((out / "embed.json").read_text())
+    got = [(r["set"], r["impl"], r["dtype"]) for r in data["rows"]]
+    sides = [
+        ("sentence-transformers", "float32"),
+        ("onnxruntime", "float32"),
+        ("onnxruntime", "int8"),
+        ("attnkit", "float32"),
+        ("attnkit", "int8"),
+    ]
+    assert got == [(s, *side) for s in ("lines", "passages") for side in sides]
+    for r in data["rows"]:
+        assert len(r["seconds"]) == 2 and r["sentences_per_s"] > 0
+        # ONNX Runtime's float32 export embeds as sentence-transformers does
+        assert r["min_cosine"] >= (0.99999 if r["dtype"] == "float32" else 0.97), r
+    assert len(data["checks"]) == 4 and "vs ONNX Runtime" in text and "load average" in text

@@ -150,6 +150,9 @@ def test_bench_embed_runs_and_reports_both_sides(tmp_path, capsys):
                 "--corpus",
                 str(CORPUS),
                 "--paired-model",
+                "--passages",
+                "0",
+                "--no-onnx",
                 "--out",
                 str(out),
             ]
@@ -162,9 +165,11 @@ def test_bench_embed_runs_and_reports_both_sides(tmp_path, capsys):
     assert [(r["impl"], r["dtype"]) for r in rows] == [
         ("sentence-transformers", "float32"),
         ("attnkit", "float32"),
+        ("attnkit", "int8"),
         ("attnkit", "bfloat16"),
     ]
-    assert rows[1]["min_cosine"] >= 0.99999 and rows[2]["min_cosine"] >= 0.99
+    assert rows[1]["min_cosine"] >= 0.99999 and rows[3]["min_cosine"] >= 0.99
+    assert 0.99 <= rows[2]["min_cosine"] < 0.99999  # int8: close, and not float32
     assert all(r["sentences_per_s"] > 0 for r in rows)
     paired = json.loads((out / "embed.json").read_text())["paired_model"]
     assert paired["batches"] == 2 and paired["attnkit_s"] > 0 and paired["transformers_s"] > 0

@@ -1,13 +1,20 @@
-"""``attnkit bench embed``: MiniLM sentence-embedding throughput, attnkit vs sentence-transformers.
+"""``attnkit bench embed``: MiniLM sentence-embedding throughput, attnkit against
+sentence-transformers and ONNX Runtime, in float32 and int8.
 
-Both embed the same real lines (the first ``--lines`` lines longer than ``--min-chars``
-characters of the Shakespeare text) with the same batch size in the same process. On a shared
-machine the load changes from second to second, so the lines are cut into ``--interleave``
-slices and both sides embed each slice back to back (order alternating); each side's time is
-its sum over the slices, and with ``--rounds`` the best round counts. attnkit is
-measured in float32 and with bfloat16 autocast; each figure is printed next to
-sentence-transformers' float32 throughput with the smallest per-sentence cosine similarity
-between the two sets of embeddings.
+Every side embeds the same real texts with the same batch size and thread count in the same
+process, on two sets: short lines (the first ``--lines`` lines longer than ``--min-chars``
+characters of the Shakespeare text) and long passages (``--passages`` paragraphs of 100-256
+tokens, :func:`~attnkit.bench.embed_texts.read_passages`). The sides: sentence-transformers
+float32 (the reference for speed-ups and cosines), ONNX Runtime float32 and dynamic int8
+(:mod:`attnkit.bench.onnx_embed`), attnkit float32 and int8 (``Encoder(quantize="int8")``).
+On a shared machine the load changes from second to second, so the texts are cut into
+``--interleave`` slices and the sides embed each slice back to back, in an order that
+alternates by slice and round; each side's time is its sum over the slices, the best of
+``--rounds`` rounds counts, and the spread (slowest round over fastest, minus one) and the
+load at the start of each set are printed. attnkit is also measured with bfloat16 autocast on
+the lines. Each row shows the smallest and mean per-text cosine to sentence-transformers'
+embeddings; attnkit's rows are checked against ONNX Runtime's in the same precision (at
+least as fast, at an equal or better smallest cosine).
 
 Where attnkit's speed comes from: sequences are sorted by token count (sentence-transformers
 sorts by characters), so a batch of 64 holds sequences of one length and needs no padding
@@ -25,14 +32,23 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from attnkit.bench.harness import environment, in_turns, load_text, shared_data_file, timed
+from attnkit.bench.embed_texts import (
+    CORPUS_NAME,
+    cosines,
+    default_corpus,
+    read_lines,
+    read_passages,
+)
+from attnkit.bench.harness import environment, in_turns, load_text, timed
 from attnkit.bench.report import Report, Table, write_json
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
@@ -40,8 +56,8 @@ if TYPE_CHECKING:  # pragma: no cover - for static tools only
 
 logger = logging.getLogger(__name__)
 
-TARGETS = {"float32": (1.3, 0.99999), "bfloat16": (2.5, 0.999)}  # (x sentence-transformers, cosine)
-CORPUS_NAME = "tinyshakespeare.txt"
+# attnkit's rows: (x sentence-transformers float32, smallest cosine to its embeddings)
+TARGETS = {"float32": (1.3, 0.99999), "bfloat16": (2.5, 0.999), "int8": (2.5, 0.99)}
 
 
 @dataclass(frozen=True)
@@ -58,35 +74,16 @@ class EmbedSettings:
     bf16: str = "auto"  # "auto", "on" or "off"
     bf16_lines: int | None = None
     paired_model: bool = False
+    passages: int = 128  # long texts of 100-256 tokens; 0: short lines only
+    onnx: bool = True  # ONNX Runtime float32 and int8 rows
+    int8: bool = True  # attnkit's dynamic int8 row
     out: Path = Path("bench_out")
 
     def __post_init__(self) -> None:
         if self.bf16 not in ("auto", "on", "off"):
             raise ValueError(f"bf16 must be 'auto', 'on' or 'off', got {self.bf16!r}")
-
-
-def default_corpus() -> Path | None:
-    """../shared/data/tinyshakespeare.txt next to the repository (or the working directory)."""
-    return shared_data_file(CORPUS_NAME)
-
-
-def read_lines(path: str | os.PathLike[str], n: int, min_chars: int = 20) -> list[str]:
-    """The first ``n`` stripped lines of ``path`` longer than ``min_chars`` characters."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if len(line) > min_chars:
-                out.append(line)
-                if len(out) == n:
-                    break
-    return out
-
-
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return float((a * b).sum(axis=1).min())
+        if not isinstance(self.passages, int) or self.passages < 0:
+            raise ValueError(f"passages must be an integer >= 0, got {self.passages!r}")
 
 
 def _paired_model_times(enc: Encoder, lines: list[str], bs: int) -> dict[str, float]:
@@ -125,14 +122,101 @@ def _paired_model_times(enc: Encoder, lines: list[str], bs: int) -> dict[str, fl
     return {"batches": n + 1, "attnkit_s": ours, "transformers_s": theirs}
 
 
+Side = tuple[str, str, Callable[[list[str]], np.ndarray]]  # (impl, dtype, encode)
+
+
+def _measure(
+    sides: list[Side], texts: list[str], rounds: int, interleave: int
+) -> tuple[list[list[float]], list[np.ndarray]]:
+    """Every side's time per round (summed over the slices) and its embeddings of ``texts``
+    (from the last round). Within a slice the sides run back to back, in an order that
+    alternates from slice to slice and round to round."""
+    k = min(interleave, len(texts))
+    bounds = [len(texts) * i // k for i in range(k + 1)]
+    slices = [texts[a:b] for a, b in zip(bounds, bounds[1:])]
+    times = [[0.0] * rounds for _ in sides]
+    parts: list[list[np.ndarray]] = [[] for _ in sides]
+    for r in range(rounds):
+        parts = [[] for _ in sides]
+        for i, part in enumerate(slices):
+            for j in in_turns(range(len(sides)), r + i):
+                t, out = timed(partial(sides[j][2], part))
+                times[j][r] += t
+                parts[j].append(np.asarray(out, dtype=np.float32))
+    return times, [np.concatenate(p) for p in parts]
+
+
+def _rows(
+    text_set: str, sides: list[Side], times: list[list[float]], embs: list[np.ndarray], n: int
+) -> list[dict[str, Any]]:
+    """One row per side; the first side (sentence-transformers float32) is the reference for
+    speed-ups and cosines."""
+    ref_rate = n / min(times[0])
+    rows = []
+    for (impl, dtype, _), ts, emb in zip(sides, times, embs):
+        cos = cosines(embs[0], emb) if len(emb) else np.ones(1)
+        rate = n / min(ts)
+        rows.append(
+            dict(
+                set=text_set,
+                impl=impl,
+                dtype=dtype,
+                lines=n,
+                sentences_per_s=rate,
+                seconds=ts,
+                spread=max(ts) / min(ts) - 1.0,
+                speedup=rate / ref_rate,
+                min_cosine=float(cos.min()),
+                mean_cosine=float(cos.mean()),
+            )
+        )
+    return rows
+
+
+def _checks(rows: list[dict[str, Any]]) -> list[tuple[str, bool]]:
+    """attnkit against its targets and against ONNX Runtime in the same precision."""
+    by = {(r["set"], r["impl"], r["dtype"]): r for r in rows}
+    out = []
+    for r in rows:
+        target = TARGETS.get(r["dtype"]) if r["impl"] == "attnkit" else None
+        r["target"] = None if target is None else f">= {target[0]}x, cos >= {target[1]}"
+        r["met"] = (
+            None
+            if target is None
+            else bool(r["speedup"] >= target[0] and r["min_cosine"] >= target[1])
+        )
+        ort = by.get((r["set"], "onnxruntime", r["dtype"]))
+        if r["impl"] == "attnkit" and ort is not None:
+            ok = (
+                r["sentences_per_s"] >= ort["sentences_per_s"]
+                and r["min_cosine"] >= ort["min_cosine"] - 1e-6
+            )
+            out.append(
+                (
+                    f"{r['set']}: attnkit {r['dtype']} {r['sentences_per_s']:.1f}/s "
+                    f"(min cos {r['min_cosine']:.4f}) vs ONNX Runtime {ort['sentences_per_s']:.1f}/s "
+                    f"(min cos {ort['min_cosine']:.4f}): "
+                    f"{r['sentences_per_s'] / ort['sentences_per_s']:.2f}x",
+                    ok,
+                )
+            )
+    return out
+
+
 def run(args: EmbedSettings) -> Report:
-    """Both sides on the same lines, in turns (see the module docstring); writes embed.json."""
+    """Every side on the same texts, in turns (see the module docstring); writes embed.json."""
     corpus = Path(args.corpus) if args.corpus else default_corpus()
     if corpus is None or not corpus.is_file():
         raise ValueError(
             f"corpus {str(corpus or '../shared/data/' + CORPUS_NAME)!r} not found; "
             f"expected a text file (give --corpus PATH)"
         )
+    if args.onnx:
+        from attnkit.bench.onnx_embed import onnx_available
+
+        missing = onnx_available()
+        if missing is not None:
+            raise ValueError(missing)
     lines = read_lines(corpus, args.lines, args.min_chars)
     if len(lines) < args.lines:
         logger.warning(
@@ -145,61 +229,47 @@ def run(args: EmbedSettings) -> Report:
     from attnkit.tasks.sentence import Encoder
 
     load_before = os.getloadavg()
+    source = resolve(args.model)
     enc = Encoder.load(args.model)
-    st = SentenceTransformer(str(resolve(args.model)), device="cpu")
+    st = SentenceTransformer(str(source), device="cpu")
     bs = args.batch_size
-    warm = lines[: 2 * bs]
-    st.encode(warm, batch_size=bs)
-    enc.encode(warm, batch_size=bs)
-
-    # Paired measurement: the lines are cut into --interleave slices and each slice is embedded
-    # by both sides back to back (order alternating), so a burst of load from other processes
-    # hits both alike. Each side's time is the sum over slices; the best round counts.
-    k = min(args.interleave, len(lines))
-    bounds = [len(lines) * i // k for i in range(k + 1)]
-    slices = [lines[a:b] for a, b in zip(bounds, bounds[1:])]
-    st_times, ours_times = [], []
-    ref_parts: list[np.ndarray] = []
-    our_parts: list[np.ndarray] = []
-    for r in range(args.rounds):
-        st_t = ours_t = 0.0
-        ref_parts, our_parts = [], []
-        for i, part in enumerate(slices):
-            sides = [
-                ("st", lambda part=part: st.encode(part, batch_size=bs, convert_to_numpy=True)),
-                ("ours", lambda part=part: enc.encode(part, batch_size=bs)),
-            ]
-            for name, fn in in_turns(sides, r + i):
-                t, out = timed(fn)
-                if name == "st":
-                    st_t += t
-                    ref_parts.append(out)
-                else:
-                    ours_t += t
-                    our_parts.append(out)
-        st_times.append(st_t)
-        ours_times.append(ours_t)
-    ref, ours = np.concatenate(ref_parts), np.concatenate(our_parts)
-    st_rate = len(lines) / min(st_times)
-    rows: list[dict[str, Any]] = [
-        dict(
-            impl="sentence-transformers",
-            dtype="float32",
-            lines=len(lines),
-            sentences_per_s=st_rate,
-            speedup=1.0,
-            min_cosine=1.0,
-        )
+    sides: list[Side] = [
+        (
+            "sentence-transformers",
+            "float32",
+            lambda t: st.encode(t, batch_size=bs, convert_to_numpy=True),
+        ),
     ]
-    rows.append(
-        dict(
-            impl="attnkit",
-            dtype="float32",
-            lines=len(lines),
-            sentences_per_s=len(lines) / min(ours_times),
-            min_cosine=min_cosine(ref, ours),
-        )
-    )
+    onnx = None
+    if args.onnx:
+        from attnkit.bench.onnx_embed import OnnxEncoders
+
+        onnx = OnnxEncoders(st, source)
+        sides += [("onnxruntime", dt, onnx.encoder(dt, bs)) for dt in ("float32", "int8")]
+    sides.append(("attnkit", "float32", lambda t: enc.encode(t, batch_size=bs)))
+    if args.int8:
+        enc8 = Encoder.load(args.model, quantize="int8")
+        sides.append(("attnkit", "int8", lambda t: enc8.encode(t, batch_size=bs)))
+
+    sets = [("lines", lines)]
+    if args.passages:
+        passages = read_passages(corpus, args.passages, lambda t: len(enc.tokenize([t])[0]))
+        sets.append(("passages", passages))
+    rows: list[dict[str, Any]] = []
+    loads: dict[str, tuple[float, ...]] = {}
+    try:
+        for name, texts in sets:
+            warm = texts[: 2 * bs]
+            for side in sides:
+                side[2](warm)
+            loads[name] = os.getloadavg()
+            times, embs = _measure(sides, texts, args.rounds, args.interleave)
+            rows += _rows(name, sides, times, embs, len(texts))
+            if name == "lines":
+                ref = embs[0]
+    finally:
+        if onnx is not None:
+            onnx.close()
 
     from attnkit.tasks.sentence import cpu_has_native_bf16
 
@@ -210,51 +280,73 @@ def run(args: EmbedSettings) -> Report:
         )
         sub = lines[:n16]
         enc.autocast_dtype = torch.bfloat16
-        enc.encode(warm[:bs], batch_size=bs)
+        enc.encode(lines[:bs], batch_size=bs)
         t, out16 = timed(lambda: enc.encode(sub, batch_size=bs))
         enc.autocast_dtype = None
+        cos16 = cosines(ref[:n16], out16)
+        st_rate = rows[0]["sentences_per_s"]
         rows.append(
             dict(
+                set="lines",
                 impl="attnkit",
                 dtype="bfloat16",
                 lines=n16,
                 sentences_per_s=n16 / t,
-                min_cosine=min_cosine(ref[:n16], out16),
+                seconds=[t],
+                spread=0.0,
+                speedup=n16 / t / st_rate,
+                min_cosine=float(cos16.min()),
+                mean_cosine=float(cos16.mean()),
             )
         )
     paired = _paired_model_times(enc, lines, bs) if args.paired_model else None
     load_after = os.getloadavg()
+    checks = _checks(rows)
 
     table = Table(
-        ["impl", "dtype", "lines", "sentences/s", "vs ST fp32", "min cosine", "target", "met"],
+        [
+            "set",
+            "impl",
+            "dtype",
+            "texts",
+            "sentences/s",
+            "spread",
+            "vs ST fp32",
+            "min cos",
+            "mean cos",
+            "target",
+            "met",
+        ],
         title=f"MiniLM embeddings, batch {bs}, {torch.get_num_threads()} threads, "
-        f"{len(lines)} lines of {corpus.name} in {k} interleaved slices, "
-        f"best of {args.rounds} round(s)",
+        f"{len(lines)} lines of {corpus.name}"
+        + (f" and {len(sets[1][1])} passages of 100-256 tokens" if len(sets) > 1 else "")
+        + f", {min(args.interleave, len(lines))} interleaved slice(s), "
+        f"best of {args.rounds} alternating round(s)",
     )
     for row in rows:
-        row["speedup"] = row["sentences_per_s"] / st_rate
-        target = TARGETS.get(row["dtype"]) if row["impl"] == "attnkit" else None
-        row["target"] = None if target is None else f">= {target[0]}x, cos >= {target[1]}"
-        row["met"] = (
-            None
-            if target is None
-            else bool(row["speedup"] >= target[0] and row["min_cosine"] >= target[1])
-        )
         table.add_row(
+            row["set"],
             row["impl"],
             row["dtype"],
             row["lines"],
             f"{row['sentences_per_s']:.1f}",
+            f"{100 * row['spread']:.0f}%",
             f"{row['speedup']:.2f}x",
-            f"{row['min_cosine']:.7f}",
-            row["target"] or "-",
-            "-" if row["met"] is None else ("yes" if row["met"] else "NO"),
+            f"{row['min_cosine']:.5f}",
+            f"{row['mean_cosine']:.5f}",
+            row.get("target") or "-",
+            "-" if row.get("met") is None else ("yes" if row["met"] else "NO"),
         )
-    text = [
-        table.render(),
-        f"{load_text(load_before, load_after)}; native bf16: "
-        f"{'yes' if native else 'no (bf16 is emulated and slower than fp32 here)'}",
-    ]
+    text = [table.render()]
+    text += [f"{'met' if ok else 'NOT MET'}: {line}" for line, ok in checks]
+    text.append(
+        f"{load_text(load_before, load_after)}; at the start of each set: "
+        + ", ".join(f"{k} {v[0]:.2f}" for k, v in loads.items())
+        + f"; native bf16: "
+        f"{'yes' if native else 'no (bf16 is emulated and slower than fp32 here)'}; "
+        f"quantized engine {torch.backends.quantized.engine}"
+        + (f"; onnxruntime {onnx.version}" if onnx is not None else "")
+    )
     if paired is not None:
         text.append(
             f"model only, same {paired['batches']} length-sorted batches, timed batch by batch: "
@@ -266,14 +358,20 @@ def run(args: EmbedSettings) -> Report:
         out / "embed.json",
         {
             "rows": rows,
+            "checks": [{"check": line, "met": ok} for line, ok in checks],
             "environment": environment(),
             "corpus": str(corpus),
             "batch_size": bs,
-            "interleave": k,
+            "threads": torch.get_num_threads(),
+            "interleave": args.interleave,
             "rounds": args.rounds,
             "load_before": load_before,
             "load_after": load_after,
+            "load_at_sets": loads,
             "native_bf16": native,
+            "quantized_engine": torch.backends.quantized.engine,
+            "onnxruntime": None if onnx is None else onnx.version,
+            "onnx_bytes": None if onnx is None else onnx.sizes,
             "paired_model": paired,
         },
     )

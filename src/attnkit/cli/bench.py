@@ -543,6 +543,18 @@ def embed_arguments(parser: argparse.ArgumentParser) -> None:
         help="also time attnkit's model and transformers' BertModel on the same "
         "length-sorted batches, batch by batch (model cost alone, robust to load)",
     )
+    parser.add_argument(
+        "--passages",
+        type=int,
+        default=128,
+        help="also embed this many passages of 100-256 tokens from the corpus (default 128; 0: none)",
+    )
+    parser.add_argument(
+        "--no-onnx",
+        action="store_true",
+        help="leave out the ONNX Runtime float32 and int8 rows",
+    )
+    parser.add_argument("--no-int8", action="store_true", help="leave out attnkit's int8 row")
     threads_argument(parser)
     _out_argument(parser, "embed.json")
 
@@ -561,6 +573,9 @@ def embed_command(args: argparse.Namespace) -> int:
         bf16=args.bf16,
         bf16_lines=args.bf16_lines,
         paired_model=args.paired_model,
+        passages=args.passages,
+        onnx=not args.no_onnx,
+        int8=not args.no_int8,
         out=args.out,
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
