@@ -287,6 +287,29 @@ def test_swap_accepts_the_flags(capsys, bert_dir):
     assert mine["device"] == default["device"] == "cpu"
 
 
+@pytest.fixture(scope="module")
+def encdec_dir(tmp_path_factory):
+    from attnkit.models.encdec_config import get_encdec_preset
+
+    torch.manual_seed(4)
+    tok = train_char(TEXT)
+    V = tok.get_vocab_size()
+    ids = dict(pad_token_id=V - 1, decoder_start_token_id=V - 1, eos_token_id=0)
+    cfg = get_encdec_preset("tiny-marian", vocab_size=V, max_seq_len=64, **ids)
+    cfg = cfg.replace(initializer_range=0.5)
+    out = tmp_path_factory.mktemp("dev") / "encdec"
+    attnkit.save(build_model(cfg).eval(), out, tokenizer=tok)
+    return out
+
+
+def test_translate_accepts_the_flags(capsys, encdec_dir):
+    argv = ["translate", "to be", "or not", "--model", str(encdec_dir), "--max-new-tokens", "8"]
+    default = run(capsys, argv)
+    assert run(capsys, [*argv, *CPU]) == default
+    assert len(default.splitlines()) == 2
+    assert len(run(capsys, [*argv, *BF16]).splitlines()) == 2
+
+
 def test_explain_takes_the_device_flags(capsys):
     argv = ["explain", "--seq-len", "128", "--causal"]
     default = run(capsys, argv)
@@ -315,6 +338,7 @@ def one_error_line(capsys) -> str:
         ["serve", "--model", "{bert}", "--port", "0"],
         ["finetune", "--model", "{bert}", "--train", "{csv}", "--eval", "{csv}", "--out", "{tmp}"],
         ["chat", "--model", "{gpt}"],
+        ["translate", "a", "--model", "{gpt}"],
         ["explain", "--seq-len", "8"],
     ],
 )
