@@ -1,4 +1,5 @@
-"""``attnkit pretrain``: pre-train a GPT (causal LM) or BERT (masked LM) from a TOML config.
+"""``attnkit pretrain``: pre-train a GPT (causal LM), a BERT (masked LM) or an encoder-decoder
+(translation/summary pairs, or span corruption on plain text) from a TOML config.
 
     attnkit pretrain --config gpt-shakespeare-char --data shakespeare --out runs/char \\
         --model.n_layer 4 --train.max_iters 2000
@@ -70,7 +71,9 @@ def pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         help="corpus name (shakespeare, kjv, tinyshakespeare) or a "
-        ".txt/.jsonl file or directory; sets data.corpus",
+        ".txt/.jsonl file or directory; for an encoder-decoder (model.arch encdec) also "
+        "pairs: bible:en-es (en, en-web, es, fr, it) or a .tsv/.jsonl file of "
+        "source/target pairs; sets data.corpus",
     )
     parser.add_argument(
         "--out",
