@@ -176,7 +176,7 @@ def run(args: Seq2SeqSettings) -> Report:
         stack.embed_positions.weight.requires_grad_(False)
     schedule = parts.Schedule(
         lr=args.lr,
-        warmup=max(10, min(200, len(data.batches) // 4)),
+        warmup=4 if args.quick else 16,  # a budget of minutes is tens of steps on a CPU
         grad_clip=1.0,
         label_smoothing=args.label_smoothing,
     )
