@@ -66,7 +66,12 @@ def test_int8_rows_are_quantized_independently():
     x_big[2] *= 1e4  # one huge token
     together = layer(x_big)
     keep = [0, 1, 3, 4, 5]
-    torch.testing.assert_close(together[keep], alone[keep], rtol=1e-5, atol=1e-5)
+    # the same grid for every other row: equal up to a rounding flip of an activation or two
+    size = float(alone.abs().max())
+    torch.testing.assert_close(together[keep], alone[keep], rtol=0, atol=0.01 * size)
+    # where one scale for the whole input (fbgemm's own) loses them
+    plain = torch.ops.quantized.linear_dynamic(x_big, layer._packed, False) + layer.bias
+    assert (plain[keep] - alone[keep]).abs().max() > 0.3 * size
 
 
 def test_int8_linear_without_bias_dtype_and_copy():

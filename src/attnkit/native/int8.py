@@ -212,11 +212,14 @@ class DynamicInt8Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features)  # (M, K)
         if x2.dtype != torch.float32:
             x2 = x2.float()
-        lo, hi = torch.aminmax(x2, dim=1, keepdim=True)  # (M, 1) each
+        # (amax and amin apart, and one addcmul: torch.aminmax along rows and (x - c) / r took
+        # 5 ms and 8 ms for a (768, 1536) input here, against 0.2 and 0.85)
+        lo, hi = x2.amin(dim=1, keepdim=True), x2.amax(dim=1, keepdim=True)  # (M, 1) each
         c = (hi + lo) * 0.5  # each row's centre
-        r = ((hi - lo) * 0.5).clamp_(min=1e-30)  # and half-range
-        y = torch.ops.quantized.linear_dynamic((x2 - c) / r, self._packed, False)  # (M, N)
-        y = torch.addmm(self.bias, c, self.weight_rowsum).addcmul_(y, r)
+        inv = 2.0 / (hi - lo).clamp_(min=1e-30)  # and 1 / half-range
+        xs = torch.addcmul(-c * inv, x2, inv)  # (M, K): (x - c) / r, in [-1, 1]
+        y = torch.ops.quantized.linear_dynamic(xs, self._packed, False)  # (M, N)
+        y = torch.addmm(self.bias, c, self.weight_rowsum).addcmul_(y, inv.reciprocal_())
         if y.dtype != x.dtype:
             y = y.to(x.dtype)
         return y.view(*x.shape[:-1], self.out_features)
