@@ -87,3 +87,25 @@ def test_budget_spent_names_the_first_budget_and_bad_budgets_are_refused():
     assert budget_spent(run_config.TrainConfig(), 10**12, math.inf, 1e9) is None
     with pytest.raises(ValueError, match="train.budget_tokens"):
         run_config.check_train(run_config.build({}, [("train.budget_tokens", -1)]))
+
+
+def test_a_finished_point_is_reused_and_an_unfinished_one_resumed(corpus, tmp_path):
+    from attnkit.experiments import Budget, SweepSpec
+    from attnkit.experiments.run import run_point
+
+    base = {**TINY, "data": {"corpus": str(corpus)}}
+    spec = SweepSpec(base, ({"model.n_layer": 1},), Budget("tokens", 6 * 64))
+    out = tmp_path / "sweep"
+    first = run_point(spec, 0, out)
+    run = out / first["run_dir"]
+    assert (
+        first["iters"] == 6 and first["stopped_by"] == "budget_tokens"
+    )  # 6 steps, the schedule too
+    assert first["tokens"] == 6 * 64 and first["curve"] == [[6, 6 * 64, first["final_val_loss"]]]
+    stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    assert run_point(spec, 0, out) == first  # finished: reused, nothing written
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == stamps
+    (run / "summary.json").unlink()  # as if killed after the last checkpoint
+    again = run_point(spec, 0, out)
+    assert json.loads((run / "summary.json").read_text())["resumed_from"] == 6
+    assert again["best_val_loss"] == first["best_val_loss"] and again["iters"] == 6
