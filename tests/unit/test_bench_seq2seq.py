@@ -30,6 +30,7 @@ def pairs_file(path):
     return path
 
 
+@pytest.mark.slow  # about 20 s of CPU: two trainings, three decoders, a CTranslate2 conversion
 def test_quick_run_writes_consistent_numbers(tmp_path):
     data = pairs_file(tmp_path / "pairs.tsv")
     out = tmp_path / "out"
