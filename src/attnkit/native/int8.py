@@ -219,7 +219,8 @@ class DynamicInt8Linear(nn.Module):
         inv = 2.0 / (hi - lo).clamp_(min=1e-30)  # and 1 / half-range
         xs = torch.addcmul(-c * inv, x2, inv)  # (M, K): (x - c) / r, in [-1, 1]
         y = torch.ops.quantized.linear_dynamic(xs, self._packed, False)  # (M, N)
-        y = torch.addmm(self.bias, c, self.weight_rowsum).addcmul_(y, inv.reciprocal_())
+        # b + c * rowsum as a broadcast addcmul: addmm's rank-1 product copied the bias first
+        y = torch.addcmul(self.bias, c, self.weight_rowsum).addcmul_(y, inv.reciprocal_())
         if y.dtype != x.dtype:
             y = y.to(x.dtype)
         return y.view(*x.shape[:-1], self.out_features)
