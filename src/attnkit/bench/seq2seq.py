@@ -130,18 +130,20 @@ def _texts(data: parts.Data, outputs: list[list[int]]) -> list[str]:
 
 def run(args: Seq2SeqSettings) -> Report:
     """Parts 1-4 of the module docstring; writes seq2seq.json."""
+    from attnkit.text.parallel import load_pairs
+
+    load_before = os.getloadavg()
+    corpus = load_pairs(args.data, seed=args.seed)  # bad data is refused before the imports
+
     import transformers
 
     from attnkit import load as load_model
     from attnkit.checkpoints.hf.convert import export_hf
     from attnkit.models.encdec import EncoderDecoder
     from attnkit.models.encdec_config import get_encdec_preset
-    from attnkit.text.parallel import load_pairs
     from attnkit.text.scores import translation_scores
 
     preset = args.preset()
-    load_before = os.getloadavg()
-    corpus = load_pairs(args.data, seed=args.seed)
     data = parts.prepare_data(
         corpus.splits,
         vocab=preset["vocab"],
