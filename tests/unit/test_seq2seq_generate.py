@@ -244,7 +244,7 @@ def test_lists_of_ids_are_padded_and_the_mode_is_restored():
     )
 
 
-def test_reorder_is_in_place_for_beams():
+def test_reorder_for_beams_alternates_two_storages():
     model = make("bart")
     src, mask = batch(model, [4, 3])
     with torch.no_grad():
@@ -256,8 +256,11 @@ def test_reorder_is_in_place_for_beams():
     before = k[:, :, :2].clone()
     cross = cache.cross[0][0]
     cache.reorder(torch.tensor([1, 1, 3, 2]), memory=False)
-    assert cache.self_attn[0].k is k  # the same storage
-    assert torch.equal(k[:, :, :2], before[[1, 1, 3, 2]])
+    other = cache.self_attn[0].k  # the rows went to a second storage of the same shape
+    assert other.shape == k.shape and torch.equal(other[:, :, :2], before[[1, 1, 3, 2]])
+    cache.reorder(torch.tensor([0, 2, 1, 3]), memory=False)
+    assert cache.self_attn[0].k is k  # and back: two storages, no new allocation per step
+    assert torch.equal(k[:, :, :2], before[[1, 1, 3, 2]][[0, 2, 1, 3]])
     assert cache.cross[0][0] is cross
     with pytest.raises(ValueError, match="memory=False keeps the batch size 4"):
         cache.reorder(torch.tensor([0, 1]), memory=False)

@@ -12,8 +12,9 @@ live at the start) and K finished ones are kept, each with a score:
    ``generated_tokens ** length_penalty``; the K best of the finished set and the candidates
    are kept;
 3. the K best extensions that did not finish run on; their self-attention caches are reordered
-   in place (the cross-attention keys and values of a source are held once for all its beams,
-   :attr:`DecoderCache.group`, and are not touched);
+   into a second storage that then swaps with the first (the cross-attention keys and values
+   of a source are held once for all its beams, :attr:`DecoderCache.group`, and are not
+   touched);
 4. a source is finished when ``early_stopping`` is True and it has K finished hypotheses, or
    when no running hypothesis can beat its worst finished one: with ``early_stopping`` False
    or True the best running score is judged at the current length, with "never" (and a
@@ -167,7 +168,7 @@ def beam_search(
             break
         index = (beam_parent + (torch.arange(A, device=device) * K)[:, None]).view(-1)  # (AK,)
         if not n_finished:
-            cache.reorder(index, memory=False)  # in place
+            cache.reorder(index, memory=False)  # into the caches' second storages
             continue
         # drop the finished sources: their sets are final, no more steps are run for them
         gone = finished.nonzero()[:, 0]

@@ -29,7 +29,7 @@ together; the layers and the config are in modules of their own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import torch
@@ -77,6 +77,9 @@ class DecoderCache:
     cross: list[tuple[Tensor, Tensor]]
     source_valid_mask: Tensor | None
     group: int = 1
+    # a second storage per self-attention cache: a reorder writes the chosen rows there and
+    # the two swap, so no copy goes back (beam search reorders at every step)
+    _spare: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
 
     @property
     def length(self) -> int:
@@ -100,8 +103,9 @@ class DecoderCache:
     def reorder(self, index: Tensor, memory: bool = True) -> None:
         """Keep the rows ``index`` (B',) of every cache, in that order: beam search keeps its
         surviving beams so, and ``index = arange(B).repeat_interleave(n)`` makes n rows of each.
-        With as many rows as before the self-attention caches are reordered in place, else
-        replaced by new ones holding the chosen rows. ``memory=False`` leaves the
+        With as many rows as before the chosen rows of each self-attention cache are written
+        into its second storage and the two swap (no allocation, no copy back), else the
+        caches are replaced by new ones holding the chosen rows. ``memory=False`` leaves the
         cross-attention keys and values and the source mask as they are (beam search reorders
         beams within each source, whose rows of them are equal). With ``memory`` and a
         ``group`` above 1 the memory is first copied to one row per decoder row."""
@@ -139,13 +143,20 @@ class DecoderCache:
     def _reorder_self(self, index: Tensor) -> None:
         same = index.shape[0] == self.batch_size
         fresh = []
-        for c in self.self_attn:
+        spare = self._spare
+        for i, c in enumerate(self.self_attn):
             n = c.length
             if same and c.k is not None and c.v is not None:
-                c.k[:, :, :n] = c.k[:, :, :n].index_select(0, index)
-                c.v[:, :, :n] = c.v[:, :, :n].index_select(0, index)
+                sk, sv = spare.get(i, (None, None))
+                if sk is None or sv is None or sk.shape != c.k.shape or sv.shape != c.v.shape:
+                    sk, sv = torch.empty_like(c.k), torch.empty_like(c.v)
+                torch.index_select(c.k[:, :, :n], 0, index, out=sk[:, :, :n])
+                torch.index_select(c.v[:, :, :n], 0, index, out=sv[:, :, :n])
+                spare[i] = (c.k, c.v)
+                c.k, c.v = sk, sv  # the chosen rows, in the other storage
                 fresh.append(c)
                 continue
+            spare.pop(i, None)
             new = KVCache(c.max_len, c.dtype)
             if n and c.k is not None and c.v is not None:
                 new.update(
