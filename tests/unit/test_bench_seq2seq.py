@@ -54,6 +54,11 @@ def test_quick_run_writes_consistent_numbers(tmp_path):
         assert t["tokens_per_s_p10"] <= t["tokens_per_s"] <= t["tokens_per_s_p90"]
         assert 0 < t["train_seconds"] < 1 + 10  # the budget, plus the step that crossed it
         assert t["last_loss"] < t["first_loss"]  # it learned something
+        assert len(t["losses"]) == t["steps"]
+        assert t["losses"][0] == pytest.approx(t["first_loss"], abs=1e-4)
+    # the same weights, batches and optimizer: equal losses at the first steps
+    ours, theirs = r["train"]["attnkit"]["losses"][:2], r["train"]["HF"]["losses"][:2]
+    assert ours == pytest.approx(theirs, abs=1e-3)
     ratio = r["train"]["attnkit"]["tokens_per_s"] / r["train"]["HF"]["tokens_per_s"]
     assert r["train_ratio"] == pytest.approx(ratio)
     assert r["train_met"] == (ratio >= r["train_target"] == 1.3)

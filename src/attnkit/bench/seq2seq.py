@@ -121,6 +121,7 @@ def _rates(side: parts.TrainSide, rounds: list[tuple[int, int]]) -> dict[str, An
         "train_seconds": sum(side.step_seconds),
         "first_loss": side.losses[0],
         "last_loss": statistics.mean(side.losses[-5:]),
+        "losses": [round(x, 4) for x in side.losses],
     }
 
 
@@ -197,6 +198,11 @@ def run(args: Seq2SeqSettings) -> Report:
             spans[side.name].append((a, side.steps))
             logger.info(f"round {r + 1}/{n_rounds}: {side.name} at step {side.steps}")
     train = {s.name: _rates(s, spans[s.name]) for s in sides}
+    common = min(s.steps for s in sides)  # the loss where both have taken as many steps
+    for s in sides:
+        train[s.name]["loss_at_common_step"] = statistics.mean(
+            s.losses[max(0, common - 5) : common]
+        )
     train_ratio = train["attnkit"]["tokens_per_s"] / train["HF"]["tokens_per_s"]
     round_ratios = [
         a / b
@@ -299,8 +305,11 @@ def _text(r: dict[str, Any], path: Path) -> str:
         f"{r['threads']} threads"
     )
     train = Table(
-        ["training", "steps", "tokens/s (median)", "p10..p90", "per round", "last loss"],
-        title=f"{r['budget_s_per_side']:g} s per side in {r['rounds']} alternating rounds",
+        ["training", "steps", "tokens/s (median)", "p10..p90", "per round", "loss", "last loss"],
+        title=(
+            f"{r['budget_s_per_side']:g} s per side in {r['rounds']} alternating rounds; loss: "
+            f"the mean of the 5 steps up to the last step both sides took"
+        ),
     )
     for name in ("attnkit", "HF"):
         s = t[name]
@@ -310,6 +319,7 @@ def _text(r: dict[str, Any], path: Path) -> str:
             f"{s['tokens_per_s']:,.0f}",
             f"{s['tokens_per_s_p10']:,.0f}..{s['tokens_per_s_p90']:,.0f}",
             " ".join(f"{x:,.0f}" for x in s["round_tokens_per_s"]),
+            f"{s['loss_at_common_step']:.3f}",
             f"{s['last_loss']:.3f}",
         )
     ratios = " ".join(f"{x:.2f}" for x in r["train_round_ratios"])
