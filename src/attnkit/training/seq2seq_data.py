@@ -72,7 +72,9 @@ def sentinel_ids(tok: Tokenizer) -> list[int]:
 
 
 def is_pairs(spec: str) -> bool:
-    return spec.startswith("bible:") or spec.endswith((".tsv", ".jsonl")) and _has_pairs(spec)
+    """True for a parallel corpus (``bible:...``, a .tsv, a .jsonl of source/target objects);
+    False for plain text (a corpus name, .txt, a .jsonl of "text" objects, a directory)."""
+    return spec.startswith("bible:") or (spec.endswith((".tsv", ".jsonl")) and _has_pairs(spec))
 
 
 def _has_pairs(spec: str) -> bool:
