@@ -430,6 +430,9 @@ def test_configs_ship_with_the_package():
         "gpt-shakespeare-char",
         "gpt-shakespeare-char-best",
         "gpt-shakespeare-char-classic",
+        "sweep-char",
+        "t5-shakespeare-denoise",
+        "translate-bible-en-es",
     ]
 
 
