@@ -47,6 +47,15 @@ def _training_arguments(
         f"(default {'on' if freeze_encoder else 'off'})",
     )
     parser.add_argument(
+        "--probe-epochs",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="first train the head alone on the frozen encoder for up to N epochs (at "
+        "--probe-lr), then fine-tune everything (default 0: no probe)",
+    )
+    parser.add_argument("--probe-lr", type=positive_float, default=1e-2, metavar="LR")
+    parser.add_argument(
         "--logger",
         default="csv",
         metavar="NAMES",
@@ -125,6 +134,8 @@ def _config(args: argparse.Namespace) -> FinetuneConfig:
         device=args.device,
         dtype=args.dtype,
         freeze_encoder=args.freeze_encoder,
+        probe_epochs=args.probe_epochs,
+        probe_lr=args.probe_lr,
         logger=args.logger,
     )
 
