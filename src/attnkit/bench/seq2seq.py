@@ -138,7 +138,7 @@ def run(args: Seq2SeqSettings) -> Report:
 
     import transformers
 
-    from attnkit import load as load_model
+    from attnkit.checkpoints import load as load_model
     from attnkit.checkpoints.hf.convert import export_hf
     from attnkit.models.encdec import EncoderDecoder
     from attnkit.models.encdec_config import get_encdec_preset
