@@ -244,3 +244,25 @@ def test_finetune_sends_its_evaluations_to_tensorboard(tmp_path):
         assert [v for _, v in got] == pytest.approx([h[key] for h in history], rel=1e-6), key
     with pytest.raises(ValueError, match="logger names 'tb'"):
         finetune(base, (texts, labels), (texts, labels), logger="tb")
+
+
+def test_overwrite_sets_the_old_runs_logger_files_aside_with_the_rest(tmp_path):
+    """The TensorBoard and W&B directories belong to the run: --overwrite moves them aside
+    with the old checkpoints (new event files never sit beside the old run's), and a new run
+    that fails before its first checkpoint gets them back."""
+    from attnkit.training import rundir
+
+    out = tmp_path / "run"
+    for rel in ("checkpoints/step-000010/x", "tensorboard/events.out.1", "wandb/offline-run/f"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(rel)
+    assert sorted(rundir.existing_run(out)) == ["checkpoints", "tensorboard", "wandb"]
+    aside = rundir.set_aside(out)
+    assert (aside / "tensorboard" / "events.out.1").read_text() == "tensorboard/events.out.1"
+    assert not (out / "tensorboard").exists() and not (out / "wandb").exists()
+    (out / "tensorboard").mkdir()
+    (out / "tensorboard" / "events.out.2").write_text("new")
+    rundir.recover(out, lambda o: False)  # the new run left no checkpoint: the old one returns
+    assert (out / "tensorboard" / "events.out.1").read_text() == "tensorboard/events.out.1"
+    assert not (out / "tensorboard" / "events.out.2").exists()
+    assert (out / "wandb" / "offline-run" / "f").is_file()

@@ -66,6 +66,8 @@ RUN_FILES = (
     "summary.json",
     "loss.png",
     "confusion.png",
+    "tensorboard",  # train.logger = "tensorboard": event files
+    "wandb",  # train.logger = "wandb": the offline run
 )
 REPLACED = ".replaced-run"  # the old run, set aside by overwrite
 _FILLING = ".replacing-run"  # being filled with the old run's files
