@@ -256,3 +256,30 @@ def test_shipped_configs_build():
         cfg = run_config.build(run_config.read_file(run_config.find_config(name)), [])
         run_config.check_train(cfg)
         assert cfg.model["arch"] == "encdec"
+
+
+def test_the_shipped_t5_config_exports_to_hf_t5_with_equal_logits(tmp_path):
+    """t5-shakespeare-denoise has T5's layout, one dropout rate included, so the model it
+    trains leaves for transformers' T5ForConditionalGeneration with the same logits."""
+    import transformers
+
+    from attnkit.checkpoints.hf.convert import export_hf
+    from attnkit.models import build_model, config_from_dict
+
+    cfg = run_config.build(
+        run_config.read_file(run_config.find_config("t5-shakespeare-denoise")), []
+    )
+    fields = {**cfg.model, "vocab_size": 300, "pad_token_id": 0, "eos_token_id": 1}
+    fields.setdefault("decoder_start_token_id", 0)
+    torch.manual_seed(0)
+    model = build_model(config_from_dict(fields)).eval()
+    export_hf(model, tmp_path / "hf")
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    src = torch.randint(3, 300, (2, 11))
+    mask = torch.ones_like(src)
+    mask[1, 7:] = 0
+    dec = torch.randint(3, 300, (2, 6))
+    with torch.no_grad():
+        ours = model(input_ids=src, attention_mask=mask, decoder_input_ids=dec).logits
+        theirs = hf(input_ids=src, attention_mask=mask, decoder_input_ids=dec).logits
+    assert (ours - theirs).abs().max() <= 1e-5
