@@ -312,42 +312,21 @@ def _run(
     )
     baseline = majority_baseline(y_train, y_eval, labels)
     tfidf = tfidf_or_none(train_set.texts, y_train, eval_set.texts, y_eval, labels, cfg.seed)
+
+    def head_only(head_cfg: FinetuneConfig, **kw: Any) -> FinetuneResult:
+        """The head trained alone on vectors of the frozen encoder, under ``head_cfg``."""
+        return train_head(
+            head_cfg, d, net, train_ids, eval_ids, y_train, y_eval, labels, weights,
+            baseline, pad_id, say, progress, **kw,
+        )  # fmt: skip
+
     if cfg.freeze_encoder:
-        result = train_head(
-            cfg,
-            d,
-            net,
-            train_ids,
-            eval_ids,
-            y_train,
-            y_eval,
-            labels,
-            weights,
-            baseline,
-            pad_id,
-            say,
-            progress,
-            record,
-        )
+        result = head_only(cfg, record=record)
         result.tfidf = tfidf
         return result
     if cfg.probe_epochs:  # linear probe, then fine-tuning from the trained head
         probe_cfg = replace(cfg, epochs=cfg.probe_epochs, lr=cfg.probe_lr, freeze_encoder=True)
-        probe = train_head(
-            probe_cfg,
-            d,
-            net,
-            train_ids,
-            eval_ids,
-            y_train,
-            y_eval,
-            labels,
-            weights,
-            baseline,
-            pad_id,
-            say,
-            progress,
-        )
+        probe = head_only(probe_cfg)
         say(
             f"head trained alone: eval macro-F1 {probe.best['macro_f1']:.4f} at step "
             f"{probe.best['step']}; now fine-tuning the whole model"
