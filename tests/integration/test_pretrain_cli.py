@@ -317,6 +317,7 @@ def test_torchrun_two_processes_match_one(env, tmp_path):
         env=e,
         capture_output=True,
         text=True,
+        timeout=300,  # a hung rank fails the test, not the CI job
     )
     assert single.returncode == 0, single.stderr
     double = subprocess.run(
@@ -339,6 +340,7 @@ def test_torchrun_two_processes_match_one(env, tmp_path):
         env=e,
         capture_output=True,
         text=True,
+        timeout=300,  # a hung rank fails the test, not the CI job
     )
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = rows(tmp_path / "one", "train"), rows(tmp_path / "two", "train")

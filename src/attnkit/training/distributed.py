@@ -8,12 +8,18 @@ a single process and every helper here is a no-op.
 from __future__ import annotations
 
 import os
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from attnkit._util.devices import resolve_device
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True)
@@ -86,3 +92,24 @@ def shutdown(d: Dist) -> None:
     """End the process group :func:`init` made (one the caller made is left to it)."""
     if d.enabled and d.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_in_group(d: Dist, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    """``fn(*args, **kwargs)``, then :func:`shutdown`, with nothing of ``fn``'s left alive.
+
+    A DDP wrapper's reducer holds the process group. Freed after the group was destroyed, it
+    runs the gloo group's destructor, which joins the group's worker threads while holding the
+    GIL; a worker still releasing the last all-reduce's tensors waits for the GIL, and the
+    process hangs for ever (about one run in six on two cores, the other rank long gone).
+    Freed while the group is still registered, it only drops a reference, and
+    ``destroy_process_group`` then ends the group with the GIL released. So the work that
+    holds the wrapper runs in ``fn``, whose locals are gone once it returns; on an error the
+    traceback's frames are cleared first, for the same reason."""
+    try:
+        return fn(*args, **kwargs)
+    except BaseException as e:
+        if d.enabled:
+            traceback.clear_frames(e.__traceback__)
+        raise
+    finally:
+        shutdown(d)

@@ -166,7 +166,6 @@ def pretrain(
     (start afresh; its files are deleted once the new run's first checkpoint is complete, and
     restored if the new run ends before that). Paths are checked as
     :func:`attnkit.training.rundir.check_paths` says."""
-    from attnkit.models import build_model
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -191,122 +190,130 @@ def pretrain(
     check_train(cfg)
     loggers.parse_loggers(tc.logger)  # a missing extra is an error before any work
     d = distributed.init(tc.device)
-    try:
-        precision.check_dtype(tc.dtype, d.device)
-        par = Parallel(tc.parallel, d, compile=tc.compile)
-        rundir.check_paths(out)
+    return distributed.run_in_group(d, _pretrain_in_group, cfg, d, out, resume, overwrite, t_start)
+
+
+def _pretrain_in_group(
+    cfg: RunConfig, d: distributed.Dist, out: Path, resume: bool, overwrite: bool, t_start: float
+) -> dict[str, Any]:
+    """The body of :func:`pretrain` inside the process group (returning frees its DDP
+    wrapper before the group ends)."""
+    from attnkit.models import build_model
+
+    tc = cfg.train
+    precision.check_dtype(tc.dtype, d.device)
+    par = Parallel(tc.parallel, d, compile=tc.compile)
+    rundir.check_paths(out)
+    if d.is_main:
+        rundir.recover(out, has_checkpoint)
+    distributed.barrier(d)
+    if not resume and not overwrite:
+        rundir.refuse_existing(out, "a run")
+    distributed.barrier(d)
+    replacing = False
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        replacing = overwrite and rundir.set_aside(out) is not None
+    warm = warm_start(cfg, resume and has_checkpoint(out))  # train.init_from, or None
+    tok, streams = prepare_data(cfg, d, None if warm is None else warm.tokenizer)
+    mcfg = model_config(cfg, tok) if warm is None else warm.config
+    objective = "clm" if mcfg.arch == "gpt" else "mlm"
+    torch.manual_seed(tc.seed)  # same initial weights on every rank
+    raw = build_model(mcfg).to(d.device)
+    if warm is not None:
+        warm.load_into(raw)
+    par.prepare(raw)  # FSDP shards it in place, before the optimizer takes its parameters
+    optimizer = optim.make_optimizer(
+        raw, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), d.device, fused=tc.fused_adamw
+    )
+    train_batches = Batches(streams["train"], cfg, d, objective, tok, tc.seed + 1)
+    val_batches = Batches(streams["val"], cfg, d, objective, tok, tc.seed + 2)
+    init_val = None  # the warm start's loss on the windows every evaluation uses
+    if warm is not None:
+        init_val = evaluate(raw, val_batches, tc.eval_iters, d, tc.dtype, tc.seed + 2)
         if d.is_main:
-            rundir.recover(out, has_checkpoint)
-        distributed.barrier(d)
-        if not resume and not overwrite:
-            rundir.refuse_existing(out, "a run")
-        distributed.barrier(d)
-        replacing = False
-        if d.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            replacing = overwrite and rundir.set_aside(out) is not None
-        warm = warm_start(cfg, resume and has_checkpoint(out))  # train.init_from, or None
-        tok, streams = prepare_data(cfg, d, None if warm is None else warm.tokenizer)
-        mcfg = model_config(cfg, tok) if warm is None else warm.config
-        objective = "clm" if mcfg.arch == "gpt" else "mlm"
-        torch.manual_seed(tc.seed)  # same initial weights on every rank
-        raw = build_model(mcfg).to(d.device)
-        if warm is not None:
-            warm.load_into(raw)
-        par.prepare(raw)  # FSDP shards it in place, before the optimizer takes its parameters
-        optimizer = optim.make_optimizer(
-            raw, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), d.device, fused=tc.fused_adamw
-        )
-        train_batches = Batches(streams["train"], cfg, d, objective, tok, tc.seed + 1)
-        val_batches = Batches(streams["val"], cfg, d, objective, tok, tc.seed + 2)
-        init_val = None  # the warm start's loss on the windows every evaluation uses
-        if warm is not None:
-            init_val = evaluate(raw, val_batches, tc.eval_iters, d, tc.dtype, tc.seed + 2)
+            logger.info("attnkit: step 0 (train.init_from): val loss %.4f", init_val["loss"])
+    start, best, tokens_before, elapsed_before = 0, math.inf, 0, 0.0
+    if resume:
+        found = latest_checkpoint(out)
+        damaged = damaged_checkpoints(out) if found is None else []
+        if damaged:  # finished checkpoints, all damaged: starting over would hide it
+            where, problem = damaged[-1]
+            raise ValueError(
+                f"--resume: every complete checkpoint in {out / 'checkpoints'} is damaged "
+                f"({len(damaged)}; the newest, {where.name}: {problem}); expected at least "
+                f"one intact checkpoint: restore it, or pass --overwrite to start the run over"
+            )
+        if found is None:
             if d.is_main:
-                logger.info("attnkit: step 0 (train.init_from): val loss %.4f", init_val["loss"])
-        start, best, tokens_before, elapsed_before = 0, math.inf, 0, 0.0
-        if resume:
-            found = latest_checkpoint(out)
-            damaged = damaged_checkpoints(out) if found is None else []
-            if damaged:  # finished checkpoints, all damaged: starting over would hide it
-                where, problem = damaged[-1]
-                raise ValueError(
-                    f"--resume: every complete checkpoint in {out / 'checkpoints'} is damaged "
-                    f"({len(damaged)}; the newest, {where.name}: {problem}); expected at least "
-                    f"one intact checkpoint: restore it, or pass --overwrite to start the run over"
+                logger.warning(
+                    "attnkit: --resume: no complete checkpoint in %s; starting from step 0",
+                    out / "checkpoints",
                 )
-            if found is None:
-                if d.is_main:
-                    logger.warning(
-                        "attnkit: --resume: no complete checkpoint in %s; starting from step 0",
-                        out / "checkpoints",
-                    )
-            else:
-                state = par.load_checkpoint(found, raw, optimizer)
-                train_batches.gen.set_state(state["data_rng"])
-                start, best = int(state["step"]), float(state["best_val_loss"])
-                tokens_before, elapsed_before = int(state["tokens"]), float(state["elapsed"])
-                if d.is_main:
-                    logger.info("attnkit: resumed from %s (step %d)", found, start)
-        resolved = cfg.to_dict()
-        resolved["model"] = mcfg.to_dict()
-        if d.is_main:
-            atomic_write_json(out / "run_config.json", resolved)
-        model: torch.nn.Module = raw
-        if tc.compile:
-            model = torch.compile(raw)  # type: ignore[assignment]  # an OptimizedModule
-        model = par.wrap(model)
-        log = None
-        if d.is_main:
-            resume_step = start if resume else None
-            log = loggers.open_loggers(
-                tc.logger,
-                out,
-                metrics=metrics.MetricsLog(out, resume_step=resume_step),
-                resume_step=resume_step,
-                config=resolved,
-            )
-        if log is not None and init_val is not None:  # train.init_from: the loss it starts at
-            log.log(
-                step=start,
-                split="val",
-                loss=init_val["loss"],
-                perplexity=init_val["perplexity"],
-                accuracy=init_val["accuracy"] if mcfg.arch == "bert" else "",
-                elapsed_seconds=0.0,
-            )
-        try:
-            summary = _train(
-                cfg,
-                d,
-                out,
-                raw,
-                model,
-                tok,
-                optimizer,
-                train_batches,
-                val_batches,
-                start,
-                best,
-                tokens_before,
-                elapsed_before,
-                log,
-                replacing,
-                par,
-            )
-        finally:
-            if log is not None:
-                log.close()
-        summary["setup_seconds"] = round(time.perf_counter() - t_start - summary["loop_seconds"], 3)
-        if init_val is not None:
-            summary["init_from"] = str(warm.source) if warm is not None else None
-            summary["init_val_loss"] = init_val["loss"]
-        if d.is_main:
-            atomic_write_json(out / "summary.json", summary)
-            metrics.plot_loss(out / "metrics.jsonl", out / "loss.png")
-        return summary
+        else:
+            state = par.load_checkpoint(found, raw, optimizer)
+            train_batches.gen.set_state(state["data_rng"])
+            start, best = int(state["step"]), float(state["best_val_loss"])
+            tokens_before, elapsed_before = int(state["tokens"]), float(state["elapsed"])
+            if d.is_main:
+                logger.info("attnkit: resumed from %s (step %d)", found, start)
+    resolved = cfg.to_dict()
+    resolved["model"] = mcfg.to_dict()
+    if d.is_main:
+        atomic_write_json(out / "run_config.json", resolved)
+    model: torch.nn.Module = raw
+    if tc.compile:
+        model = torch.compile(raw)  # type: ignore[assignment]  # an OptimizedModule
+    model = par.wrap(model)
+    log = None
+    if d.is_main:
+        resume_step = start if resume else None
+        log = loggers.open_loggers(
+            tc.logger,
+            out,
+            metrics=metrics.MetricsLog(out, resume_step=resume_step),
+            resume_step=resume_step,
+            config=resolved,
+        )
+    if log is not None and init_val is not None:  # train.init_from: the loss it starts at
+        log.log(
+            step=start,
+            split="val",
+            loss=init_val["loss"],
+            perplexity=init_val["perplexity"],
+            accuracy=init_val["accuracy"] if mcfg.arch == "bert" else "",
+            elapsed_seconds=0.0,
+        )
+    try:
+        summary = _train(
+            cfg,
+            d,
+            out,
+            raw,
+            model,
+            tok,
+            optimizer,
+            train_batches,
+            val_batches,
+            start,
+            best,
+            tokens_before,
+            elapsed_before,
+            log,
+            replacing,
+            par,
+        )
     finally:
-        distributed.shutdown(d)
+        if log is not None:
+            log.close()
+    summary["setup_seconds"] = round(time.perf_counter() - t_start - summary["loop_seconds"], 3)
+    if init_val is not None:
+        summary["init_from"] = str(warm.source) if warm is not None else None
+        summary["init_val_loss"] = init_val["loss"]
+    if d.is_main:
+        atomic_write_json(out / "summary.json", summary)
+        metrics.plot_loss(out / "metrics.jsonl", out / "loss.png")
+    return summary
 
 
 def _train(

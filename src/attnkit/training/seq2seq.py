@@ -149,82 +149,91 @@ def pretrain_seq2seq(
 ) -> dict[str, Any]:
     """:func:`attnkit.training.loop.pretrain` for an encoder-decoder (same arguments, same
     output directory, the summary with BLEU/chrF added for pairs)."""
-    from attnkit._util.fs import cache_dir
-    from attnkit.models import build_model
 
     t_start = time.perf_counter()
     out = Path(out)
     tc = cfg.train
     d = distributed.init(tc.device)
-    try:
-        precision.check_dtype(tc.dtype, d.device)
-        rundir.check_paths(out)
-        if d.is_main:
-            rundir.recover(out, lambda o: latest_checkpoint(o) is not None)
+    return distributed.run_in_group(
+        d, _pretrain_seq2seq_in_group, cfg, d, out, resume, overwrite, t_start
+    )
+
+
+def _pretrain_seq2seq_in_group(
+    cfg: RunConfig, d: distributed.Dist, out: Path, resume: bool, overwrite: bool, t_start: float
+) -> dict[str, Any]:
+    """The body of :func:`pretrain_seq2seq` inside the process group (returning frees its DDP
+    wrapper before the group ends)."""
+    from attnkit._util.fs import cache_dir
+    from attnkit.models import build_model
+
+    tc = cfg.train
+    precision.check_dtype(tc.dtype, d.device)
+    rundir.check_paths(out)
+    if d.is_main:
+        rundir.recover(out, lambda o: latest_checkpoint(o) is not None)
+    distributed.barrier(d)
+    if not resume and not overwrite:
+        rundir.refuse_existing(out, "a run")
+    distributed.barrier(d)
+    replacing = False
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        replacing = overwrite and rundir.set_aside(out) is not None
+    if d.is_main:
+        data = prepare(cfg, cache_dir())
         distributed.barrier(d)
-        if not resume and not overwrite:
-            rundir.refuse_existing(out, "a run")
+    else:
         distributed.barrier(d)
-        replacing = False
-        if d.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            replacing = overwrite and rundir.set_aside(out) is not None
-        if d.is_main:
-            data = prepare(cfg, cache_dir())
-            distributed.barrier(d)
-        else:
-            distributed.barrier(d)
-            data = prepare(cfg, cache_dir())
-        mcfg = model_config(cfg, data)
-        torch.manual_seed(tc.seed)
-        raw: EncoderDecoder = build_model(mcfg).to(d.device)  # type: ignore[assignment]
-        optimizer = optim.make_optimizer(
-            raw, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), d.device, fused=tc.fused_adamw
-        )
-        max_tokens = tc.batch_tokens or tc.batch_size * tc.block_size
-        batches = ExampleBatches(data, max_tokens, tc.seed + 1, d.world_size * tc.grad_accum, cfg)
-        start, best, tokens_before, elapsed_before = 0, math.inf, 0, 0.0
-        if resume:
-            found = latest_checkpoint(out)
-            damaged = damaged_checkpoints(out) if found is None else []
-            if damaged:
-                where, problem = damaged[-1]
-                raise ValueError(
-                    f"--resume: every complete checkpoint in {out / 'checkpoints'} is damaged "
-                    f"({len(damaged)}; the newest, {where.name}: {problem}); expected at least "
-                    f"one intact checkpoint: restore it, or pass --overwrite to start the run over"
-                )
-            if found is not None:
-                state = load_checkpoint(found, raw, optimizer)
-                batches.seek(list(state["data_position"]))
-                start, best = int(state["step"]), float(state["best_val_loss"])
-                tokens_before, elapsed_before = int(state["tokens"]), float(state["elapsed"])
-                if d.is_main:
-                    logger.info("attnkit: resumed from %s (step %d)", found, start)
-            elif d.is_main:
-                logger.warning(
-                    "attnkit: --resume: no complete checkpoint in %s; starting from step 0",
-                    out / "checkpoints",
-                )
-        resolved = cfg.to_dict()
-        resolved["model"] = mcfg.to_dict()
-        if d.is_main:
-            atomic_write_json(out / "run_config.json", resolved)
-        model: torch.nn.Module = raw
-        if tc.compile:
-            model = torch.compile(raw)  # type: ignore[assignment]
-        if d.enabled:
-            model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
-        log = metrics.MetricsLog(out, resume_step=start if resume else None) if d.is_main else None
-        state_in = (start, best, tokens_before, elapsed_before, replacing)
-        summary = _train(cfg, d, out, raw, model, data, optimizer, batches, state_in, log)
-        summary["setup_seconds"] = round(time.perf_counter() - t_start - summary["loop_seconds"], 3)
-        if d.is_main:
-            atomic_write_json(out / "summary.json", summary)
-            metrics.plot_loss(out / "metrics.jsonl", out / "loss.png")
-        return summary
-    finally:
-        distributed.shutdown(d)
+        data = prepare(cfg, cache_dir())
+    mcfg = model_config(cfg, data)
+    torch.manual_seed(tc.seed)
+    raw: EncoderDecoder = build_model(mcfg).to(d.device)  # type: ignore[assignment]
+    optimizer = optim.make_optimizer(
+        raw, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), d.device, fused=tc.fused_adamw
+    )
+    max_tokens = tc.batch_tokens or tc.batch_size * tc.block_size
+    batches = ExampleBatches(data, max_tokens, tc.seed + 1, d.world_size * tc.grad_accum, cfg)
+    start, best, tokens_before, elapsed_before = 0, math.inf, 0, 0.0
+    if resume:
+        found = latest_checkpoint(out)
+        damaged = damaged_checkpoints(out) if found is None else []
+        if damaged:
+            where, problem = damaged[-1]
+            raise ValueError(
+                f"--resume: every complete checkpoint in {out / 'checkpoints'} is damaged "
+                f"({len(damaged)}; the newest, {where.name}: {problem}); expected at least "
+                f"one intact checkpoint: restore it, or pass --overwrite to start the run over"
+            )
+        if found is not None:
+            state = load_checkpoint(found, raw, optimizer)
+            batches.seek(list(state["data_position"]))
+            start, best = int(state["step"]), float(state["best_val_loss"])
+            tokens_before, elapsed_before = int(state["tokens"]), float(state["elapsed"])
+            if d.is_main:
+                logger.info("attnkit: resumed from %s (step %d)", found, start)
+        elif d.is_main:
+            logger.warning(
+                "attnkit: --resume: no complete checkpoint in %s; starting from step 0",
+                out / "checkpoints",
+            )
+    resolved = cfg.to_dict()
+    resolved["model"] = mcfg.to_dict()
+    if d.is_main:
+        atomic_write_json(out / "run_config.json", resolved)
+    model: torch.nn.Module = raw
+    if tc.compile:
+        model = torch.compile(raw)  # type: ignore[assignment]
+    if d.enabled:
+        model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+    log = metrics.MetricsLog(out, resume_step=start if resume else None) if d.is_main else None
+    state_in = (start, best, tokens_before, elapsed_before, replacing)
+    summary = _train(cfg, d, out, raw, model, data, optimizer, batches, state_in, log)
+    summary["setup_seconds"] = round(time.perf_counter() - t_start - summary["loop_seconds"], 3)
+    if d.is_main:
+        atomic_write_json(out / "summary.json", summary)
+        metrics.plot_loss(out / "metrics.jsonl", out / "loss.png")
+    return summary
 
 
 def _train(
