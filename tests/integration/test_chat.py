@@ -276,3 +276,10 @@ def test_chat_without_cuda_is_one_line_and_status_2(trained_dir, capsys, monkeyp
         "attnkit: error: --device 'cuda' needs CUDA, which is not available here; "
         "available: cpu (or 'auto')"
     ]
+
+
+def test_chat_session_is_exported_from_generation():
+    import attnkit.generation
+
+    assert attnkit.generation.ChatSession is ChatSession
+    assert "ChatSession" in attnkit.generation.__all__

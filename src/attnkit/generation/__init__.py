@@ -53,6 +53,7 @@ linears used while decoding and the int8 layers are in :mod:`attnkit.native`.
 
 from __future__ import annotations
 
+from attnkit.generation.chat import ChatSession
 from attnkit.generation.checks import CONTEXT_MODES
 from attnkit.generation.decode import GeneratedToken, generate, stream
 from attnkit.generation.sampling import apply_repetition_penalty, choose_tokens, filter_logits
@@ -61,6 +62,7 @@ from attnkit.native.int8 import Int8Linear, quantize_int8
 
 __all__ = [
     "CONTEXT_MODES",
+    "ChatSession",
     "GeneratedToken",
     "Int8Linear",
     "apply_repetition_penalty",
