@@ -154,6 +154,23 @@ def has_checkpoint(out: Path) -> bool:
     return latest_checkpoint(out) is not None
 
 
+def open_run_dir(out: Path, d: distributed.Dist, resume: bool, overwrite: bool) -> bool:
+    """Make ``out`` ready for a run, on every process: its paths checked, a killed overwrite
+    finished (rank 0), a run already there refused unless ``resume`` or ``overwrite``, and with
+    ``overwrite`` the old run set aside. True when a run was set aside (rank 0 only)."""
+    rundir.check_paths(out)
+    if d.is_main:
+        rundir.recover(out, has_checkpoint)
+    distributed.barrier(d)
+    if not resume and not overwrite:
+        rundir.refuse_existing(out, "a run")
+    distributed.barrier(d)
+    if not d.is_main:
+        return False
+    out.mkdir(parents=True, exist_ok=True)
+    return overwrite and rundir.set_aside(out) is not None
+
+
 def pretrain(
     cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -203,17 +220,7 @@ def _pretrain_in_group(
     tc = cfg.train
     precision.check_dtype(tc.dtype, d.device)
     par = Parallel(tc.parallel, d, compile=tc.compile)
-    rundir.check_paths(out)
-    if d.is_main:
-        rundir.recover(out, has_checkpoint)
-    distributed.barrier(d)
-    if not resume and not overwrite:
-        rundir.refuse_existing(out, "a run")
-    distributed.barrier(d)
-    replacing = False
-    if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        replacing = overwrite and rundir.set_aside(out) is not None
+    replacing = open_run_dir(out, d, resume, overwrite)
     warm = warm_start(cfg, resume and has_checkpoint(out))  # train.init_from, or None
     tok, streams = prepare_data(cfg, d, None if warm is None else warm.tokenizer)
     mcfg = model_config(cfg, tok) if warm is None else warm.config

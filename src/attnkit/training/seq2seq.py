@@ -42,6 +42,7 @@ from attnkit.training.checkpointing import (
     load_checkpoint,
     save_checkpoint,
 )
+from attnkit.training.loop import open_run_dir
 from attnkit.training.seq2seq_data import (
     EOS,
     PAD,
@@ -169,17 +170,7 @@ def _pretrain_seq2seq_in_group(
 
     tc = cfg.train
     precision.check_dtype(tc.dtype, d.device)
-    rundir.check_paths(out)
-    if d.is_main:
-        rundir.recover(out, lambda o: latest_checkpoint(o) is not None)
-    distributed.barrier(d)
-    if not resume and not overwrite:
-        rundir.refuse_existing(out, "a run")
-    distributed.barrier(d)
-    replacing = False
-    if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        replacing = overwrite and rundir.set_aside(out) is not None
+    replacing = open_run_dir(out, d, resume, overwrite)
     if d.is_main:
         data = prepare(cfg, cache_dir())
         distributed.barrier(d)
