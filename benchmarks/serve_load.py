@@ -220,7 +220,7 @@ def overload(url: str, pid: int, lines: list[str], rate: float, seconds: float) 
         except openai.APIStatusError as e:
             code = str(e.status_code)
         except openai.APIConnectionError as e:
-            code = f"connection error ({type(e).__name__})"
+            code = f"connection error ({type(e).__name__}: {e.__cause__!r})"
         with lock:
             statuses[code] += 1
 

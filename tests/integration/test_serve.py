@@ -424,7 +424,7 @@ def test_overload_is_answered_429_then_503_and_the_server_recovers(bert_dir):
     services = load_services([str(bert_dir)], limits)
     svc = services["tinybert"]
     entered, release = threading.Event(), threading.Event()
-    real = svc.encoder.encode
+    real = svc.encoder.encode_ids
 
     def held(*args, **kw):
         if not entered.is_set():
@@ -432,7 +432,7 @@ def test_overload_is_answered_429_then_503_and_the_server_recovers(bert_dir):
             release.wait(30)
         return real(*args, **kw)
 
-    svc.encoder.encode = held
+    svc.encoder.encode_ids = held
     running = start(services, limits)
     try:
         c = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0, timeout=60)

@@ -51,6 +51,22 @@ def test_minilm_embeddings_match_sentence_transformers(lines, st_model, encoder)
     assert np.abs(ref - got).max() < 1e-4
 
 
+def test_encode_ids_and_large_unpadded_batches_give_the_same_vectors(lines, st_model, encoder):
+    """The server's path (ids tokenised once, batches of 128 run on their real tokens only)
+    against sentence-transformers, and against one text at a time."""
+    texts = [t for t in lines if t]
+    ref = st_model.encode(texts, batch_size=32, convert_to_numpy=True)
+    got = encoder.encode_ids(encoder.tokenize(texts), batch_size=128).numpy()
+    assert np.abs(ref - got).max() < 1e-4
+    alone = np.stack([encoder.encode(t) for t in texts[:20]])
+    assert np.abs(alone - got[:20]).max() < 1e-5
+    np.testing.assert_array_equal(got, encoder.encode(texts, batch_size=128))
+    with pytest.raises(ValueError, match=r"ids\[1\] holds 0 tokens; expected 1 to max_length=256"):
+        encoder.encode_ids([[101, 102], []])
+    with pytest.raises(ValueError, match=r"ids\[0\] holds 300 tokens"):
+        encoder.encode_ids([[101] * 300])
+
+
 def test_long_text_is_truncated_like_sentence_transformers(st_model, encoder):
     text = " ".join(["Now is the winter of our discontent made glorious summer"] * 40)
     assert len(encoder.tokenizer.encode(text).ids) == 256  # truncated at max_seq_length

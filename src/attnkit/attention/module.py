@@ -24,6 +24,7 @@ from torch import nn
 from attnkit._util.checks import choice, fail, flag, positive_int, probability
 from attnkit.attention.kernel import AttentionKernel, ExactKernel
 from attnkit.attention.kv_cache import KVCache
+from attnkit.attention.unpad import TokenIndex
 from attnkit.positional import ROPE_LAYOUTS, RotaryEmbedding
 
 POSITIONAL_KINDS = (None, "rope", "alibi")
@@ -170,6 +171,7 @@ class MultiHeadAttention(nn.Module):
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
         return_weights: bool = False,
+        tokens: TokenIndex | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, C) -> (B, T, C), or (out, weights (B, Hq, T, Tk)) with return_weights.
 
@@ -178,13 +180,28 @@ class MultiHeadAttention(nn.Module):
         (B, Hq, T, Tk), True = may attend; document_ids (B, Tk) int for packed sequences;
         positions (T,) or (B, T) int positions for RoPE (default: cache.length + 0..T-1).
         With a cache, Tk = cache.length + T and the masks must cover all Tk keys.
+
+        tokens: x holds only the real tokens of a padded batch, packed as (N, C) (see
+        :class:`~attnkit.attention.unpad.TokenIndex`); the projections run on those N rows,
+        attention on them padded back to (B, T) with ``tokens.valid_key_mask``, and the
+        result is (N, C) (and weights (B, Hq, T, T)). Not with a cache.
         """
         if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
             what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
             raise TypeError(
                 f"x must be a floating tensor (B, T, d_model={self.d_model}), got {what}"
             )
-        if x.dim() != 3 or x.shape[-1] != self.d_model:
+        if tokens is not None:
+            if x.dim() != 2 or x.shape != (tokens.count, self.d_model):
+                raise ValueError(
+                    f"with tokens, x must be the packed real tokens (N={tokens.count}, "
+                    f"d_model={self.d_model}), got shape {tuple(x.shape)}"
+                )
+            if cache is not None:
+                raise ValueError("tokens (a packed batch) cannot be used with a KV cache")
+            if valid_key_mask is None:
+                valid_key_mask = tokens.valid_key_mask
+        elif x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(
                 f"x must be (B, T, d_model={self.d_model}), got shape {tuple(x.shape)}"
             )
@@ -203,9 +220,11 @@ class MultiHeadAttention(nn.Module):
             return_weights=return_weights,
         )
 
-        B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = self.qkv_proj(x)  # (B, T, (H + 2 Hkv) * D)
+        qkv = self.qkv_proj(x)  # (B, T, (H + 2 Hkv) * D), or (N, ...) with tokens
+        if tokens is not None:
+            qkv = tokens.unpack(qkv, reuse=True)  # (B, T, (H + 2 Hkv) * D), zeros at padding
+        B, T, _ = qkv.shape
         q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
@@ -245,6 +264,8 @@ class MultiHeadAttention(nn.Module):
             y, weights = res, None  # (B, H, T, D)
 
         y = y.transpose(1, 2).reshape(B, T, H * D).to(x.dtype)  # (B, T, H * D)
+        if tokens is not None:
+            y = tokens.pack(y)  # (N, H * D)
         out = self.out_dropout(self.out_proj(y))  # (B, T, C)
         if not return_weights:
             return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from attnkit.attention.unpad import TokenIndex
 from attnkit.models.common import ModelBase, check_ids, document_positions, valid_key_mask_from
 from attnkit.models.config import ModelConfig
 from attnkit.models.heads import POOLERS, ClassificationHead, MLMHead, Pooler
@@ -49,11 +50,17 @@ class Bert(ModelBase):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
+        unpad: bool = False,
     ) -> torch.Tensor:
         """input_ids (B, T) -> last hidden states (B, T, C).
 
         attention_mask (B, T) 1 = real token; document_ids (B, T) packs several sequences into
         one row (positions restart at each, attention stays inside each).
+
+        unpad: with an attention_mask, the blocks run their linears, norms and MLPs on the
+        real tokens only (:class:`~attnkit.attention.unpad.TokenIndex`; attention still sees
+        each row apart): the same values on real tokens, zeros at the padding, and no work
+        spent on it. For inference on batches of mixed lengths.
         """
         cfg = self.config
         check_ids("input_ids", input_ids, cfg.vocab_size)
@@ -68,6 +75,12 @@ class Bert(ModelBase):
             input_ids, position_ids=position_ids, token_type_ids=token_type_ids
         )  # (B, T, C)
         rope_pos = position_ids if cfg.positional == "rope" else None
+        if unpad and vkm is not None and document_ids is None:
+            tokens = TokenIndex.from_mask(vkm)
+            h = tokens.pack(x)  # (N, C)
+            for block in self.blocks:
+                h = block(h, tokens=tokens, positions=rope_pos)
+            return tokens.unpack(self.norm(h))  # (B, T, C), zeros at the padding
         for block in self.blocks:
             x = block(x, valid_key_mask=vkm, document_ids=document_ids, positions=rope_pos)
         return self.norm(x)  # (B, T, C)

@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from attnkit.models.layers import gelu
 
 
 class LMHead(nn.Module):
@@ -37,7 +38,7 @@ class MLMHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = self.norm(F.gelu(self.dense(h), approximate=self.approximate))  # (B, T, C)
+        h = self.norm(gelu(self.dense(h), approximate=self.approximate))  # (B, T, C)
         return self.decoder(h) + self.bias  # (B, T, V)
 
 

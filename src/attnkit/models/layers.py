@@ -14,6 +14,7 @@ from torch import nn
 
 from attnkit.attention.kv_cache import KVCache
 from attnkit.attention.module import MultiHeadAttention
+from attnkit.attention.unpad import TokenIndex
 
 NORM_KINDS = ("layernorm", "rmsnorm")
 MLP_KINDS = ("gelu", "gelu_tanh", "relu", "relu2", "silu", "swiglu")
@@ -73,6 +74,23 @@ def squared_relu(x: torch.Tensor) -> torch.Tensor:
     return _SquaredReLU.apply(x)
 
 
+def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """``F.gelu``, but in inference on a CPU the erf form runs PyTorch's own kernel rather than
+    oneDNN's. oneDNN compiles and keeps one kernel per input shape (up to 1,024 of them, about
+    100 MiB): a server or a stream whose batches all differ in size grows by that much before
+    it levels off, and pays a compile for each new shape. PyTorch sends only contiguous inputs
+    to oneDNN, so the transposed view takes the native kernel (the same values, in the same
+    layout). Training shapes repeat, so training keeps oneDNN, which is faster once compiled."""
+    if (
+        approximate == "none"
+        and x.dim() >= 2
+        and x.device.type == "cpu"
+        and not (torch.is_grad_enabled() and x.requires_grad)
+    ):
+        return F.gelu(x.mT).mT
+    return F.gelu(x, approximate=approximate)
+
+
 class MLP(nn.Module):
     """C -> d_ff -> activation -> C. ``activation`` is gelu (erf), gelu_tanh, relu, silu (swish,
     Marian's) or relu2 (squared ReLU, So et al. 2021: about as good as GELU for small LMs and much
@@ -99,7 +117,7 @@ class MLP(nn.Module):
         elif self.activation == "silu":
             h = F.silu(h)
         else:
-            h = F.gelu(h, approximate="tanh" if self.activation == "gelu_tanh" else "none")
+            h = gelu(h, approximate="tanh" if self.activation == "gelu_tanh" else "none")
         return self.down(h)  # (B, T, C)
 
 
@@ -165,8 +183,10 @@ class TransformerBlock(nn.Module):
         document_ids: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        tokens: TokenIndex | None = None,
     ) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C); the keyword arguments go to the attention layer."""
+        """x (B, T, C) -> (B, T, C), or (N, C) -> (N, C) with ``tokens`` (the real tokens of a
+        padded batch, packed); the keyword arguments go to the attention layer."""
 
         def attend(h: torch.Tensor) -> torch.Tensor:
             return self.attn(
@@ -175,6 +195,7 @@ class TransformerBlock(nn.Module):
                 document_ids=document_ids,
                 positions=positions,
                 cache=cache,
+                tokens=tokens,
             )
 
         if self.placement == "pre":

@@ -1,10 +1,11 @@
 """``/v1/embeddings`` on an :class:`~attnkit.tasks.sentence.Encoder`: requests checked and
 tokenised by the handler, embedded together by the worker.
 
-The worker concatenates the texts of every request in a batch and makes one
-:meth:`Encoder.encode` call, which sorts them by token count into batches of
-``batch_size`` (little padding) and L2-normalises them, as ``attnkit embed`` does; each
-request gets its own rows back. An input longer than ``max_input_tokens`` (default: the
+The handler tokenises each request once (to count and check its tokens); the worker
+concatenates the token ids of every request in a batch and makes one
+:meth:`Encoder.encode_ids` call, which sorts them by token count into batches of
+``batch_size`` (run on their real tokens only, see ``Bert.hidden_states(unpad=True)``) and
+L2-normalises them, as ``attnkit embed`` does; each request gets its own rows back. An input longer than ``max_input_tokens`` (default: the
 encoder's ``max_length``) is refused with a 400 rather than cut.
 """
 
@@ -28,7 +29,7 @@ __all__ = ["EmbeddingService"]
 
 @dataclass
 class _Work:
-    texts: list[str]
+    ids: list[list[int]]  # the token ids of each text, as Encoder.tokenize gives them
     tokens: int
 
 
@@ -37,7 +38,7 @@ class EmbeddingService:
 
     kind = "embeddings"
 
-    def __init__(self, encoder: Encoder, model_id: str, limits: Limits, batch_size: int = 32):
+    def __init__(self, encoder: Encoder, model_id: str, limits: Limits, batch_size: int = 128):
         self.encoder = encoder
         self.model_id = model_id
         self.limits = limits
@@ -96,9 +97,9 @@ class EmbeddingService:
                 raise APIError(
                     400, f"input[{i}] is not valid Unicode (a lone surrogate)", "input"
                 ) from None
-        counts = [len(e.ids) for e in self.counter.encode_batch(texts)]
-        for i, n in enumerate(counts):
-            if n > self.max_input_tokens:
+        ids = [e.ids for e in self.counter.encode_batch(texts)]
+        for i, seq in enumerate(ids):
+            if len(seq) > self.max_input_tokens:
                 raise APIError(
                     400,
                     f"input[{i}] has more than {self.max_input_tokens} tokens, the most model "
@@ -106,14 +107,15 @@ class EmbeddingService:
                     "input",
                     "context_length_exceeded",
                 )
-        return Job(_Work(texts, sum(counts)), size=len(texts))
+        # a text within the limit was not cut, so these are the ids Encoder.tokenize gives
+        return Job(_Work(ids, sum(map(len, ids))), size=len(texts))
 
     def _run(self, jobs: list[Job]) -> None:
-        texts = [t for job in jobs for t in job.payload.texts]
-        vecs = self.encoder.encode(texts, batch_size=self.batch_size, normalize=True)
+        ids = [seq for job in jobs for seq in job.payload.ids]
+        vecs = self.encoder.encode_ids(ids, batch_size=self.batch_size).cpu().numpy()
         start = 0
         for job in jobs:
-            n = len(job.payload.texts)
+            n = len(job.payload.ids)
             job.finish(vecs[start : start + n])
             start += n
 

@@ -36,7 +36,7 @@ class Limits:
     default_max_tokens: int = 16
     queue_size: int = 64
     batch_wait_ms: float = 5.0
-    max_batch_texts: int = 256
+    max_batch_texts: int = 128
     max_batch_rows: int = 16
     request_timeout_s: float = 30.0
     answer_timeout_s: float = 600.0

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 # connections handled at once; past it uvicorn answers 503 itself (a last line of defence:
 # the request queue refuses work long before)
 MAX_CONNECTIONS = 1024
+# seconds an idle keep-alive connection stays open
+KEEP_ALIVE_S = 30
 
 
 def model_id(name_or_dir: str | os.PathLike[str]) -> str:
@@ -88,6 +90,10 @@ def _config(app: Any, log_level: str) -> Any:
         access_log=False,
         limit_concurrency=MAX_CONNECTIONS,
         timeout_graceful_shutdown=5,
+        # longer than clients keep an idle connection (httpx, under the openai client: 5 s), so
+        # the client closes it first: with equal times a request sent just as the server
+        # closes finds the connection gone
+        timeout_keep_alive=KEEP_ALIVE_S,
         lifespan="off",
     )
 

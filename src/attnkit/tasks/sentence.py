@@ -138,13 +138,15 @@ class Encoder:
 
     @torch.no_grad()
     def _embed_sorted(
-        self, ids_list: list[list[int]], batch_size: int, show_progress: bool
+        self, ids_list: Sequence[Sequence[int]], batch_size: int, show_progress: bool
     ) -> torch.Tensor:
         pool = POOLERS[self.pooling]
 
         def embed(batch: Batch) -> torch.Tensor:
             with self._autocast():
-                h = self.model.hidden_states(batch.ids, attention_mask=batch.attention_mask)
+                h = self.model.hidden_states(
+                    batch.ids, attention_mask=batch.attention_mask, unpad=True
+                )
             return pool(h.float(), batch.attention_mask)  # (B, C)
 
         return map_batches(
@@ -175,15 +177,34 @@ class Encoder:
         checks.flag("normalize", normalize)
         single = isinstance(texts, str)
         items = check_texts(texts)
-        if items:
-            vecs = self._embed_sorted(self.tokenize(items), batch_size, show_progress)
+        vecs = self._vectors(self.tokenize(items), batch_size, normalize, show_progress)
+        vecs = vecs[0] if single else vecs
+        return vecs.cpu().numpy() if convert_to == "numpy" else vecs
+
+    def encode_ids(
+        self, ids: Sequence[Sequence[int]], batch_size: int = 32, normalize: bool = True
+    ) -> torch.Tensor:
+        """:meth:`encode` of texts already tokenised (each as :meth:`tokenize` gives it, at
+        most ``max_length`` ids): a float32 (N, C) tensor, in the input order. For a caller
+        that has the ids already (the server counts tokens before it queues a request)."""
+        checks.positive_int("batch_size", batch_size)
+        checks.flag("normalize", normalize)
+        for i, seq in enumerate(ids):
+            if not 0 < len(seq) <= self.max_length:
+                raise ValueError(
+                    f"ids[{i}] holds {len(seq)} tokens; expected 1 to max_length={self.max_length}"
+                )
+        return self._vectors(ids, batch_size, normalize, False)
+
+    def _vectors(
+        self, ids: Sequence[Sequence[int]], batch_size: int, normalize: bool, show_progress: bool
+    ) -> torch.Tensor:
+        if ids:
+            vecs = self._embed_sorted(ids, batch_size, show_progress)
         else:
             vecs = torch.empty(0, self.dim, device=self.device)
         check_finite(vecs)
-        if normalize:
-            vecs = F.normalize(vecs, p=2, dim=-1)
-        vecs = vecs[0] if single else vecs
-        return vecs.cpu().numpy() if convert_to == "numpy" else vecs
+        return F.normalize(vecs, p=2, dim=-1) if normalize else vecs
 
     # ---------------------------------------------------------------------------------------
     @torch.no_grad()
