@@ -18,7 +18,10 @@ Both servers run as child processes on a free loopback port, one at a time, serv
    sustained, open-loop (they keep coming whether answered or not), for
    ``--overload-seconds``. Every answer must be 200, 429 or 503 (a connection error or any
    other status fails the check); the server's resident memory (``VmRSS``) is sampled each
-   second, and its slope after the first quarter is printed in MiB per minute. Afterwards one
+   second, and its slope over the last ``--overload-seconds`` is printed in MiB per minute:
+   the first ``--overload-warmup`` seconds (default 20) at the same rate come before them, while
+   the clients open their connections (each held open by keep-alive, a few MiB in all) and the
+   allocator settles; their answers are checked too. Afterwards one
    normal request must be answered 200 with the same vectors as before.
 
 Exit status 1 when a check fails (an unexpected status, memory growing more than
@@ -204,8 +207,12 @@ def throughput(url: str, lines: list[str], clients: int, seed: int) -> dict:
     }
 
 
-def overload(url: str, pid: int, lines: list[str], rate: float, seconds: float) -> dict:
-    """Phase 2: open-loop arrivals at ``rate`` per second for ``seconds``."""
+def overload(
+    url: str, pid: int, lines: list[str], rate: float, seconds: float, warmup: float = 0.0
+) -> dict:
+    """Phase 2: open-loop arrivals at ``rate`` per second for ``warmup + seconds``; the
+    memory slope is fitted to the last ``seconds``."""
+    measured, seconds = seconds, warmup + seconds
     import openai
 
     pool = Clients(url)
@@ -246,7 +253,7 @@ def overload(url: str, pid: int, lines: list[str], rate: float, seconds: float) 
             time.sleep(max(0.0, (sent / rate) - (time.monotonic() - t0)))
     stop.set()
     sampler.join()
-    tail = [(t, m) for t, m in samples if t >= seconds / 4]
+    tail = [(t, m) for t, m in samples if t >= seconds - measured]
     slope = (
         float(np.polyfit([t for t, _ in tail], [m for _, m in tail], 1)[0]) * 60
         if len(tail) >= 3
@@ -260,6 +267,7 @@ def overload(url: str, pid: int, lines: list[str], rate: float, seconds: float) 
         "rss_last": samples[-1][1] if samples else float("nan"),
         "rss_max": max((m for _, m in samples), default=float("nan")),
         "rss_slope_mib_per_min": slope,
+        "samples": samples,
     }
 
 
@@ -270,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--overload", type=float, default=4.0, help="times the sustained rate")
     p.add_argument("--overload-seconds", type=float, default=60.0)
+    p.add_argument("--overload-warmup", type=float, default=20.0, help="seconds before those")
     p.add_argument("--max-rss-slope", type=float, default=5.0, help="MiB per minute")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="256 lines, 8 clients, 5 s overload")
@@ -279,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         run_baseline_server(args.baseline_server)
         return 0
     if args.quick:
-        args.lines, args.clients, args.overload_seconds = 256, 8, 5.0
+        args.lines, args.clients, args.overload_seconds, args.overload_warmup = 256, 8, 5.0, 1.0
 
     lines = shakespeare_lines(args.lines)
     failures: list[str] = []
@@ -348,13 +357,15 @@ def main(argv: list[str] | None = None) -> int:
 
         rate = args.overload * ours["requests_per_s"]
         print(
-            f"overload: {rate:.1f} requests/s ({args.overload:g}x) for {args.overload_seconds:g} s"
+            f"overload: {rate:.1f} requests/s ({args.overload:g}x) for {args.overload_warmup:g} s, "
+            f"then {args.overload_seconds:g} s measured"
         )
-        o = overload(url, server.pid, lines, rate, args.overload_seconds)
+        o = overload(url, server.pid, lines, rate, args.overload_seconds, args.overload_warmup)
+        print(f"  RSS every 5 s: {[round(m, 1) for _, m in o['samples'][::5]]}")
         print(f"  sent {o['sent']}; answers: {json.dumps(o['statuses'], sort_keys=True)}")
         print(
             f"  server RSS MiB: first {o['rss_first']:.1f}, last {o['rss_last']:.1f}, "
-            f"max {o['rss_max']:.1f}; slope after the first quarter "
+            f"max {o['rss_max']:.1f}; slope over the last {args.overload_seconds:g} s "
             f"{o['rss_slope_mib_per_min']:+.2f} MiB/min"
         )
         bad = {k: v for k, v in o["statuses"].items() if k not in ("200", "429", "503")}
