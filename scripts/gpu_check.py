@@ -175,7 +175,7 @@ def generate_rows(device: str = "cuda", new: int = 128, **shape: int) -> dict[st
                     "batch": batch,
                     "prompt_tokens": prompt_len,
                     "new_tokens": new,
-                    "seconds": round(seconds, 4),
+                    "seconds": round(seconds, 6),
                     "tokens_per_second": round(batch * new / seconds, 1),
                 }
             )
@@ -211,7 +211,7 @@ def embed_rows(device: str = "cuda", n: int = 2048) -> dict[str, Any]:
                 "precision": "bfloat16 autocast" if autocast else "float32",
                 "sentences": len(texts),
                 "batch_size": 128,
-                "seconds": round(seconds, 4),
+                "seconds": round(seconds, 6),
                 "sentences_per_second": round(len(texts) / seconds, 1),
                 "min_cosine_to_cpu_fp32": round(float(cosine.min()), 5),
             }
