@@ -126,3 +126,19 @@ def test_reused_unpack_buffers_keep_zero_padding_across_layers():
     x = torch.ones(3, 4, requires_grad=True)
     fresh = tokens.unpack(x, reuse=True)  # under autograd: a new tensor every time
     assert fresh.data_ptr() != first.data_ptr() and fresh.requires_grad
+
+
+def test_inference_gelu_matches_the_erf_formula_and_keeps_layout():
+    """attnkit.models.layers.gelu (the native-kernel route used outside autograd) against
+    x * Phi(x) computed in float64, for 2-D and 3-D inputs; with autograd it is F.gelu."""
+    from attnkit.models.layers import gelu
+
+    for shape in [(37, 64), (3, 11, 48)]:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(len(shape)))
+        ref = (x.double() * 0.5 * (1 + torch.erf(x.double() / 2**0.5))).float()
+        with torch.no_grad():
+            got = gelu(x)
+        assert got.shape == x.shape and got.is_contiguous()
+        torch.testing.assert_close(got, ref, rtol=0, atol=2e-6)
+    x = torch.randn(5, 8, requires_grad=True)
+    torch.testing.assert_close(gelu(x), torch.nn.functional.gelu(x), rtol=0, atol=0)

@@ -27,7 +27,7 @@ class TokenIndex:
     batch: int
     length: int
     valid_key_mask: torch.Tensor
-    # zero-padded buffers reused by unpack outside autograd, by (width, dtype, device): the
+    # zero-padded buffers reused by unpack outside autograd, by (shape, dtype, device): the
     # padding rows are never written, so they stay zero and need no fill per layer
     _buffers: dict = field(default_factory=dict, repr=False, compare=False)
 

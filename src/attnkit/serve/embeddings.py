@@ -5,8 +5,9 @@ The handler tokenises each request once (to count and check its tokens); the wor
 concatenates the token ids of every request in a batch and makes one
 :meth:`Encoder.encode_ids` call, which sorts them by token count into batches of
 ``batch_size`` (run on their real tokens only, see ``Bert.hidden_states(unpad=True)``) and
-L2-normalises them, as ``attnkit embed`` does; each request gets its own rows back. An input longer than ``max_input_tokens`` (default: the
-encoder's ``max_length``) is refused with a 400 rather than cut.
+L2-normalises them, as ``attnkit embed`` does; each request gets its own rows back. An
+input longer than ``max_input_tokens`` (default: the encoder's ``max_length``) is refused
+with a 400 rather than cut.
 """
 
 from __future__ import annotations
