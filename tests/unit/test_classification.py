@@ -250,6 +250,30 @@ def test_early_stopping_stops_after_patience(tiny_dir):
         clf.finetune(tiny_dir, data, data, metric="f2")
 
 
+def test_keep_last_runs_every_epoch_and_keeps_the_final_state(tiny_dir):
+    data = synthetic(24, seed=4)
+    # keep "best" with lr 0: the first evaluation (step 3 of 3 per epoch) is kept, 1.0 epoch
+    best = clf.finetune(tiny_dir, data, data, epochs=10, batch_size=8, lr=0.0, patience=2)
+    assert best.best["step"] == 3 and best.epochs_kept == 1.0
+    # keep "last": no early stop, every epoch runs, the scores are the last evaluation's
+    kw = dict(epochs=4, batch_size=8, patience=1, warmup_fraction=0.0, keep="last")
+    last = clf.finetune(tiny_dir, data, data, lr=0.0, **kw)
+    assert not last.stopped_early and last.steps == 12 and len(last.history) == 4
+    assert last.best["step"] == 12 and last.epochs_kept == 4.0
+    # with lr > 0 the model returned is the one after the last step: scoring it again gives
+    # the last evaluation's scores
+    moving = clf.finetune(tiny_dir, data, data, lr=3e-2, **kw)
+    from attnkit.evaluation.classification import evaluate_classifier
+
+    again = evaluate_classifier(clf.Classifier(moving.model), clf.LabelledTexts(*data))
+    assert again["macro_f1"] == pytest.approx(moving.history[-1]["macro_f1"])
+    assert moving.best["step"] == moving.steps
+    head = clf.finetune(tiny_dir, data, data, lr=3e-2, freeze_encoder=True, **{**kw, "epochs": 6})
+    assert not head.stopped_early and head.best["step"] == head.steps == 18
+    with pytest.raises(ValueError, match=r"keep must be one of \['best', 'last'\], got 'first'"):
+        clf.FinetuneConfig(keep="first")
+
+
 def test_classifier_from_keeps_the_encoder(tiny_dir):
     base = attnkit.load(tiny_dir)
     model = clf.classifier_from(base, ["a", "b"]).eval()

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -341,6 +341,16 @@ def genre_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of each genre's training plays set apart to choose the kept state "
         "(early stopping); the held-out plays are only scored",
     )
+    parser.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the run that chooses the kept epoch on the validation plays, train again "
+        "from the same start on the training and validation plays together for that many "
+        "epochs (rounded, at least 1) and keep the last state; the model written and scored "
+        "is the refit one, and the TF-IDF baseline beside it is fitted on the same plays "
+        "(default on)",
+    )
     # the recipe, chosen on the validation plays (docs: the genre demo)
     _training_arguments(
         parser,
@@ -382,9 +392,10 @@ def genre_command(args: argparse.Namespace) -> int:
     from attnkit._util.fs import atomic_write_json
     from attnkit._util.optional import MissingDependency
     from attnkit.evaluation.classification import evaluate_classifier
-    from attnkit.tasks.classification import Classifier, finetune
+    from attnkit.tasks.classification import Classifier, LabelledTexts, finetune
     from attnkit.tasks.classification.baseline import tfidf_or_none
     from attnkit.text.genre import FOLIO_GENRES, LEFT_OUT, build_genre_dataset, write_csv
+    from attnkit.training import rundir
 
     for name in ("eval_fraction", "val_fraction"):
         if getattr(args, name) <= 0:
@@ -419,28 +430,60 @@ def genre_command(args: argparse.Namespace) -> int:
     val = _texts_of(data.val, paths["val"])
     eval_ = _texts_of(data.eval, paths["eval"])
     cfg = _config(args)
-    result = finetune(
+    both = LabelledTexts(train.texts + val.texts, train.labels + val.labels, "train+val")
+    if args.refit:  # the refit writes model/: refuse an old one before the first run
+        rundir.check_paths(out / "model")
+        if not args.overwrite:
+            rundir.refuse_existing(out / "model", "a fine-tuned model or a run", resume_too=False)
+    chosen = finetune(
         args.model,
         train,
         val,
-        out=out / "model",
+        out=None if args.refit else out / "model",
         config=cfg,
         log=_log,
         progress=args.progress,
         overwrite=args.overwrite,
     )
+    result, fit_set, refit_cfg = chosen, train, None
+    if args.refit:
+        refit_cfg = replace(
+            cfg,
+            keep="last",
+            epochs=max(1, round(chosen.epochs_kept)),
+            probe_epochs=(max(1, round(chosen.probe_epochs_kept or 0)) if cfg.probe_epochs else 0),
+        )
+        _log(
+            f"refit on the training and validation plays ({len(both)} passages): "
+            f"{refit_cfg.epochs} epoch(s)"
+            + (f" after {refit_cfg.probe_epochs} of the head alone" if cfg.probe_epochs else "")
+            + " (the kept epochs on validation), the last state kept; its eval lines score "
+            "the validation plays, now part of its training"
+        )
+        result = finetune(
+            args.model,
+            both,
+            val,
+            out=out / "model",
+            config=refit_cfg,
+            log=_log,
+            progress=args.progress,
+            overwrite=args.overwrite,
+        )
+        fit_set = both
     if not result.is_main:  # under torchrun, rank 0 reports
         return 0
-    # the kept state (chosen on the validation plays) scored once on the held-out plays, beside
-    # the baselines fitted on the same training passages
-    held = evaluate_classifier(Classifier(result.model), eval_, train=train)
+    # the final model scored once on the held-out plays, beside the baselines fitted on the
+    # same training passages as it
+    held = evaluate_classifier(Classifier(result.model), eval_, train=fit_set)
     best, base, tfidf = held, held["majority_baseline"], held["tfidf_baseline"]
     pick = ("accuracy", "macro_f1")
-    # what TF-IDF reaches with the validation plays' passages too (the model never trains on them)
+    # TF-IDF on the other choice of training passages (with or without the validation plays)
+    other = train if args.refit else both
     index = {name: i for i, name in enumerate(held["labels"])}
-    tfidf_all = tfidf_or_none(
-        train.texts + val.texts,
-        [index[y] for y in train.labels + val.labels],
+    tfidf_other = tfidf_or_none(
+        other.texts,
+        [index[y] for y in other.labels],
         eval_.texts,
         [index[y] for y in eval_.labels],
         held["labels"],
@@ -464,14 +507,23 @@ def genre_command(args: argparse.Namespace) -> int:
         "macro_f1_gain_over_tfidf_points": (
             None if tfidf is None else round(100 * (best["macro_f1"] - tfidf["macro_f1"]), 2)
         ),
-        "tfidf_baseline_train_and_val_plays": (
-            None if tfidf_all is None else {k: tfidf_all[k] for k in pick}
+        "trained_on": "training and validation plays" if args.refit else "training plays",
+        "refit": None
+        if refit_cfg is None
+        else {
+            "epochs": refit_cfg.epochs,
+            "probe_epochs": refit_cfg.probe_epochs,
+        },
+        ("tfidf_baseline_train_plays" if args.refit else "tfidf_baseline_train_and_val_plays"): (
+            None if tfidf_other is None else {k: tfidf_other[k] for k in pick}
         ),
         "validation": {
-            "finetuned": {k: result.best[k] for k in pick},
-            "majority_baseline": {k: result.baseline[k] for k in pick},
-            "tfidf_baseline": None if result.tfidf is None else {k: result.tfidf[k] for k in pick},
-            "kept_step": result.best["step"],
+            "finetuned": {k: chosen.best[k] for k in pick},
+            "majority_baseline": {k: chosen.baseline[k] for k in pick},
+            "tfidf_baseline": None if chosen.tfidf is None else {k: chosen.tfidf[k] for k in pick},
+            "kept_step": chosen.best["step"],
+            "kept_epochs": chosen.epochs_kept,
+            "probe_kept_epochs": chosen.probe_epochs_kept,
         },
         "steps": result.steps,
         "epochs": result.epochs,
@@ -491,11 +543,18 @@ def genre_command(args: argparse.Namespace) -> int:
     except MissingDependency as e:  # the scores are still printed and in genre.json
         no_plot = e
     how = "a head trained on its frozen encoder" if cfg.freeze_encoder else "fine-tuned"
+    n_plays = len(data.train_plays) + len(data.val_plays)
+    on = (
+        f"on {len(both)} passages of {n_plays} plays (epochs chosen on {len(data.val)} passages "
+        f"of {len(data.val_plays)} of them, with the other {len(data.train_plays)} plays alone)"
+        if args.refit
+        else f"on {len(data.train)} passages of {len(data.train_plays)} plays (kept state chosen "
+        f"on {len(data.val)} passages of {len(data.val_plays)} other training plays)"
+    )
     print(
-        f"Shakespeare genre (First Folio: comedy / history / tragedy), {args.model} {how}, on "
-        f"{len(data.train)} passages of {len(data.train_plays)} plays (kept state chosen on "
-        f"{len(data.val)} passages of {len(data.val_plays)} other training plays), evaluated on "
-        f"{len(data.eval)} passages of {len(data.eval_plays)} held-out plays"
+        f"Shakespeare genre (First Folio: comedy / history / tragedy), {args.model} {how}, {on}, "
+        f"evaluated on {len(data.eval)} passages of {len(data.eval_plays)} held-out plays; "
+        f"TF-IDF + logistic regression fitted on the same passages"
     )
     print(_score_table(best, base, tfidf))
     gain_tfidf = summary["macro_f1_gain_over_tfidf_points"]
@@ -509,11 +568,12 @@ def genre_command(args: argparse.Namespace) -> int:
         )
         + f"; {result.steps} steps in {result.seconds:.0f} s"
     )
-    if tfidf_all is not None:
+    if tfidf_other is not None:
         print(
-            f"TF-IDF + logistic regression fitted on the training and validation plays "
-            f"({len(data.train) + len(data.val)} passages): macro-F1 {tfidf_all['macro_f1']:.4f}, "
-            f"accuracy {tfidf_all['accuracy']:.4f}"
+            f"TF-IDF + logistic regression fitted on the "
+            f"{'training plays alone' if args.refit else 'training and validation plays'} "
+            f"({len(other)} passages): macro-F1 {tfidf_other['macro_f1']:.4f}, "
+            f"accuracy {tfidf_other['accuracy']:.4f}"
         )
     written = [out / "genre.json", out / "genre.png", out / "model" / "confusion.png"]
     print("wrote " + ", ".join(str(path) for path in written if path.is_file()))

@@ -78,6 +78,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 METRICS = ("macro_f1", "accuracy", "loss")
+KEEPS = ("best", "last")
 Data = LabelledTexts | str | os.PathLike[str] | tuple[Sequence[str], Sequence[object]]
 
 
@@ -118,6 +119,10 @@ class FinetuneConfig:
     freeze_encoder: bool = False  # train the head only, on pooled vectors computed once
     probe_epochs: int = 0  # >0: first the head alone (as freeze_encoder, at probe_lr), then all
     probe_lr: float = 1e-2
+    # "best": the state with the best eval ``metric`` (early stopping after ``patience``
+    # evaluations without one); "last": the state after the last step, no early stopping (a
+    # refit for a number of epochs chosen earlier, on an eval set that may be in the training)
+    keep: str = "best"
     logger: str = "csv"  # also "tensorboard", "wandb" or a list (attnkit.training.loggers)
 
     def __post_init__(self) -> None:
@@ -132,6 +137,7 @@ class FinetuneConfig:
         checks.choice("lr_decay", self.lr_decay, optim.DECAYS)
         checks.flag("use_class_weights", self.use_class_weights)
         checks.flag("freeze_encoder", self.freeze_encoder)
+        checks.choice("keep", self.keep, KEEPS)
         loggers.parse_loggers(self.logger, "logger")
         checks.choice("metric", self.metric, METRICS)
         if self.pooling is not None:
@@ -163,6 +169,14 @@ class FinetuneResult:
     is_main: bool = True  # rank 0 (or a single process): the one that wrote ``out``
     # TF-IDF + logistic regression fitted on the same training texts (None: no scikit-learn)
     tfidf: dict[str, Any] | None = None
+    # with probe_epochs: the epoch (fractional) of the head-alone run's kept state
+    probe_epochs_kept: float | None = None
+
+    @property
+    def epochs_kept(self) -> float:
+        """Epochs up to the kept state: its step over the steps of one epoch."""
+        per_epoch = self.steps / self.epochs if self.epochs else 0.0
+        return round(self.best["step"] / per_epoch, 3) if per_epoch else 0.0
 
 
 def better(metric: str, new: float, old: float | None) -> bool:
@@ -331,6 +345,7 @@ def _run(
             f"head trained alone: eval macro-F1 {probe.best['macro_f1']:.4f} at step "
             f"{probe.best['step']}; now fine-tuning the whole model"
         )
+    probe_kept = probe.epochs_kept if cfg.probe_epochs else None
     y_train_t = torch.tensor(y_train)
     y_eval_t = torch.tensor(y_eval)
     optimizer = optim.make_optimizer(
@@ -444,13 +459,15 @@ def _run(
             run_loss.zero_()
             run_n = 0
             value = eval_loss if cfg.metric == "loss" else sc[cfg.metric]
-            improved = better(cfg.metric, value, best_value)
+            improved = cfg.keep == "best" and better(cfg.metric, value, best_value)
             say(
                 f"step {step} (epoch {row['epoch']:g}): train loss {row['train_loss']:.4f}, "
                 f"eval loss {eval_loss:.4f}, accuracy {sc['accuracy']:.4f}, macro-F1 "
                 f"{sc['macro_f1']:.4f}{' (best)' if improved else ''}"
             )
-            if improved:
+            if cfg.keep == "last":
+                best_scores = {**sc, "eval_loss": eval_loss, "step": step}
+            elif improved:
                 best_value, bad = value, 0
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
                 best_scores = {**sc, "eval_loss": eval_loss, "step": step}
@@ -481,6 +498,7 @@ def _run(
         world_size=d.world_size,
         is_main=d.is_main,
         tfidf=tfidf,
+        probe_epochs_kept=probe_kept,
     )
 
 

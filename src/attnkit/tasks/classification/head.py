@@ -170,7 +170,10 @@ def train_head(
             run_loss, run_n = 0.0, 0
             value = eval_loss if cfg.metric == "loss" else sc[cfg.metric]
             improved = better(cfg.metric, value, best_value)
-            if improved:
+            if cfg.keep == "last":  # no early stopping: the state after the last step
+                best_scores = {**sc, "eval_loss": eval_loss, "step": step}
+                improved = False
+            elif improved:
                 best_value, bad = value, 0
                 best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
                 best_scores = {**sc, "eval_loss": eval_loss, "step": step}
