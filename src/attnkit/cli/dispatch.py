@@ -62,7 +62,12 @@ class Command:
 
     ``arguments(parser)`` adds its options; ``target(args)`` runs it. With ``rest`` the words
     its options do not name (``--section.key VALUE`` overrides) are handed over unparsed as
-    ``args.rest``; otherwise they are an error.
+    ``args.rest``; otherwise they are an error. ``examples`` are whole invocations, shown
+    under "example:" at the end of the command's ``--help``.
+
+    Example:
+        >>> Command("version", "m:run", "m:options", "print versions", examples=("attnkit version",))
+        Command(words='version', ...)
     """
 
     words: str
@@ -70,6 +75,7 @@ class Command:
     arguments: str
     help: str
     rest: bool = False
+    examples: tuple[str, ...] = ()
 
 
 Tree = dict[str, Union["Tree", Command]]
@@ -130,10 +136,38 @@ def select(root: Tree, argv: Sequence[str]) -> tuple[Command | None, list[str]]:
     return (node if isinstance(node, Command) else None), path
 
 
+# shown at the end of ``attnkit --help``
+TOP_EXAMPLES: tuple[str, ...] = (
+    "attnkit similarity 'he swung the bat' 'a bat flew out of the cave' --word bat",
+    "attnkit pretrain --config gpt-shakespeare-char --out runs/char",
+)
+
+
+def epilog(examples: Sequence[str]) -> str | None:
+    """The "example:" block that ends a ``--help``, or None without examples.
+
+    Example:
+        >>> print(epilog(["attnkit version"]))
+        example:
+          attnkit version
+    """
+    if not examples:
+        return None
+    return "example:\n" + "\n".join(f"  {e}" for e in examples)
+
+
 def build_parser(commands: Sequence[Command], chosen: Command | None = None) -> ArgumentParser:
-    """The parser for all commands; only ``chosen`` gets its options (importing its module)."""
+    """The parser for all commands; only ``chosen`` gets its options (importing its module).
+
+    Example:
+        >>> build_parser([]).prog
+        'attnkit'
+    """
     parser = ArgumentParser(
-        prog=PROG, description="attnkit: self-attention kernels, models and tools."
+        prog=PROG,
+        description="attnkit: self-attention kernels, models and tools.",
+        epilog=epilog(TOP_EXAMPLES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
     def add(node: Tree, sub_parser: argparse.ArgumentParser, depth: int, prefix: str) -> None:
@@ -143,21 +177,42 @@ def build_parser(commands: Sequence[Command], chosen: Command | None = None) -> 
         for word, child in node.items():
             if isinstance(child, Command):
                 p = subs.add_parser(
-                    word, help=child.help, description=child.help, prog=f"{PROG} {child.words}"
+                    word,
+                    help=child.help,
+                    description=child.help,
+                    prog=f"{PROG} {child.words}",
+                    epilog=epilog(child.examples),
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
                 )
                 p.set_defaults(_command=child)
                 if child is chosen:
                     resolve(child.arguments)(p)
+                    if p.epilog and child.examples and p.epilog != epilog(child.examples):
+                        # the command wrote its own epilog: the examples come after it
+                        p.epilog = f"{p.epilog.rstrip()}\n\n{epilog(child.examples)}"
             else:
                 words = f"{prefix} {word}".strip()
+                group_examples = [e for c in _leaves(child) for e in c.examples[:1]]
                 p = subs.add_parser(
-                    word, help=f"{words} commands: " + ", ".join(child), prog=f"{PROG} {words}"
+                    word,
+                    help=f"{words} commands: " + ", ".join(child),
+                    prog=f"{PROG} {words}",
+                    epilog=epilog(group_examples[:2]),
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
                 )
                 p.set_defaults(_group=words, _group_node=child)
                 add(child, p, depth + 1, words)
 
     add(tree(commands), parser, 0, "")
     return parser
+
+
+def _leaves(node: Tree) -> list[Command]:
+    """Every Command under ``node``, in table order."""
+    out: list[Command] = []
+    for child in node.values():
+        out.extend([child] if isinstance(child, Command) else _leaves(child))
+    return out
 
 
 def run(argv: Sequence[str], commands: Sequence[Command]) -> int:
