@@ -153,10 +153,59 @@ def similarity_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("a", help="first text")
     parser.add_argument("b", help="second text")
     parser.add_argument("--word", help="compare this word's contextual vectors in the two texts")
+    depth = parser.add_mutually_exclusive_group()
+    depth.add_argument(
+        "--layer",
+        type=int,
+        help="with --word: the depth compared, 0 = embeddings, N = after block N "
+        "(default: the last block)",
+    )
+    depth.add_argument(
+        "--layers",
+        choices=["all"],
+        help="with --word: 'all' prints the cosine at every depth (embeddings + each block)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     _model_argument(parser)
 
 
 def similarity_command(args: argparse.Namespace) -> int:
+    if args.word is None and (args.layer is not None or args.layers is not None):
+        raise UsageError("--layer and --layers compare a word's vectors: give --word too")
     enc = load_encoder(args)
-    print(f"{enc.similarity(args.a, args.b, word=args.word):.6f}")
+    if args.word is None:
+        cos = enc.similarity(args.a, args.b)
+        if args.json:
+            print(json.dumps({"a": args.a, "b": args.b, "pooling": enc.pooling, "cosine": cos}))
+        else:
+            print(f"{cos:.6f}")
+        return 0
+    n_layers = len(enc.model.blocks)
+    layer = n_layers if args.layer is None else args.layer
+    if not 0 <= layer <= n_layers:
+        raise UsageError(f"--layer {layer}: expected 0 (embeddings) to {n_layers}")
+    curve = enc.word_similarity_by_layer(args.a, args.b, args.word)
+    pieces = [enc.word_pieces(t, args.word) for t in (args.a, args.b)]
+    if args.json:
+        record: dict[str, object] = {
+            "word": args.word,
+            "pieces": {"a": pieces[0], "b": pieces[1]},
+            "pooling": "mean of sub-word pieces",
+        }
+        if args.layers == "all":
+            record["cosine_by_layer"] = curve
+        else:
+            record.update(layer=layer, cosine=curve[layer])
+        print(json.dumps(record))
+        return 0
+    print(f"word {args.word!r}: pieces {pieces[0]} in a, {pieces[1]} in b (mean of pieces)")
+    if args.layers == "all":
+        for i, c in enumerate(curve):
+            print(f"{_layer_name(i):>11}  {c:.6f}")
+    else:
+        print(f"{_layer_name(layer)} of {n_layers}: cosine {curve[layer]:.6f}")
     return 0
+
+
+def _layer_name(i: int) -> str:
+    return "embeddings" if i == 0 else f"layer {i}"

@@ -207,12 +207,46 @@ class Encoder:
         return F.normalize(vecs, p=2, dim=-1) if normalize else vecs
 
     # ---------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def word_vector(self, sentence: str, word: str, occurrence: int = 0) -> torch.Tensor:
-        """The contextual vector of ``word`` in ``sentence``: the mean of the hidden states of
-        its sub-word tokens (C,). Matching is case-insensitive on whole words."""
+    def word_tokens(self, sentence: str, word: str, occurrence: int = 0) -> tuple[int, ...]:
+        """Positions (in ``sentence``'s token ids, [CLS] included) of the sub-word pieces of
+        ``word``'s ``occurrence``-th whole-word, case-insensitive match. ValueError naming the
+        word and the sentence when it is not there."""
         check_texts([sentence, word])
         enc = self.tokenizer.encode(sentence)
+        return tuple(self._word_hits(enc, sentence, word, occurrence))
+
+    def word_pieces(self, sentence: str, word: str, occurrence: int = 0) -> list[str]:
+        """The tokenizer's pieces of ``word`` in ``sentence`` (e.g. ["bat"] or ["swing", "##ing"])."""
+        enc = self.tokenizer.encode(sentence)
+        return [enc.tokens[t] for t in self.word_tokens(sentence, word, occurrence)]
+
+    @torch.no_grad()
+    def word_vectors_by_layer(self, sentence: str, word: str, occurrence: int = 0) -> torch.Tensor:
+        """``word``'s contextual vector after the embeddings and after each block: float32
+        (n_layers + 1, C), row 0 the embeddings' output, row i the output of block i. Each row
+        is the mean over the word's sub-word pieces (:meth:`word_tokens`)."""
+        toks = list(self.word_tokens(sentence, word, occurrence))
+        ids = torch.tensor([self.tokenizer.encode(sentence).ids], device=self.device)
+        with self._autocast():
+            x = self.model.embed(ids)  # (1, T, C)
+            rows = [x[0, toks].float().mean(dim=0)]
+            for block in self.model.blocks:
+                x = block(x)
+                rows.append(x[0, toks].float().mean(dim=0))
+        out = torch.stack(rows)  # (L + 1, C)
+        check_finite(out)
+        return out
+
+    def word_similarity_by_layer(
+        self, a: str, b: str, word: str, occurrence: int = 0
+    ) -> list[float]:
+        """Cosine of ``word``'s vectors in ``a`` and ``b`` at each depth: n_layers + 1 floats,
+        the first after the embeddings, the last the same as :meth:`similarity` with ``word``."""
+        va = self.word_vectors_by_layer(a, word, occurrence)
+        vb = self.word_vectors_by_layer(b, word, occurrence)
+        return [float(c) for c in F.cosine_similarity(va, vb, dim=-1)]
+
+    def _word_hits(self, enc: Any, sentence: str, word: str, occurrence: int) -> list[int]:
         target = word.lower()
         spans: dict[int, list[int]] = {}
         for t, wid in enumerate(enc.word_ids):
@@ -229,10 +263,17 @@ class Encoder:
                 f"word {word!r} (occurrence {occurrence}) not found in {sentence!r}; "
                 f"its words are {words}"
             )
-        ids = torch.tensor([enc.ids], device=self.device)
+        return hits[occurrence]
+
+    @torch.no_grad()
+    def word_vector(self, sentence: str, word: str, occurrence: int = 0) -> torch.Tensor:
+        """The contextual vector of ``word`` in ``sentence``: the mean of the hidden states of
+        its sub-word tokens (C,). Matching is case-insensitive on whole words."""
+        toks = list(self.word_tokens(sentence, word, occurrence))
+        ids = torch.tensor([self.tokenizer.encode(sentence).ids], device=self.device)
         with self._autocast():
             h = self.model.hidden_states(ids)[0].float()  # (T, C)
-        vec = h[hits[occurrence]].mean(dim=0)
+        vec = h[toks].mean(dim=0)
         check_finite(vec[None])
         return vec
 
