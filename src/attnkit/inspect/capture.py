@@ -132,6 +132,35 @@ class AttentionMaps:
             )
         return w.to_dense() if w.is_sparse else w
 
+    def viewer_page(self, batch: int = 0, title: str = "", with_stats: bool = True) -> str:
+        """The self-contained viewer page (:func:`attnkit.inspect.html.render_viewer`) of one
+        batch element, with the head statistics table unless ``with_stats`` is False.
+
+        Example: ``page = maps.viewer_page(title="layer 0")``
+        """
+        from attnkit.inspect.html import render_viewer
+        from attnkit.inspect.stats import head_stats
+
+        weights = self.stacked(batch)
+        tokens = self.tokens if self.tokens is not None else _positions(weights[0].shape[-1])
+        rows = head_stats(weights, tokens, self.layers, self.heads) if with_stats else None
+        return render_viewer(tokens, weights, self.layers, self.heads, stats=rows, title=title)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: the viewer inside an ``<iframe srcdoc>``."""
+        from attnkit.inspect.display import viewer_iframe
+
+        return viewer_iframe(self.viewer_page())
+
+    def show(self, batch: int = 0, title: str = "", height: int = 640) -> None:
+        """Display the viewer of one batch element inline in Jupyter (needs IPython).
+
+        Example: ``maps.show(title="he swung the bat")``
+        """
+        from attnkit.inspect.display import show_html, viewer_iframe
+
+        show_html(viewer_iframe(self.viewer_page(batch, title), height))
+
     def stacked(self, batch: int = 0) -> list[Tensor]:
         """Dense (H, Tq, Tk) maps of one batch element, one per captured layer."""
         out = []
@@ -141,6 +170,11 @@ class AttentionMaps:
                 raise ValueError(f"batch index {batch!r} is outside [0, {w.shape[0]})")
             out.append(w[batch])
         return out
+
+
+def _positions(n: int) -> list[str]:
+    """Stand-in token texts (the positions) for maps captured without tokens."""
+    return [str(i) for i in range(n)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@
 * :func:`plot_layer`: every head of one layer as a grid of small maps;
 * :func:`plot_rollout`: an attention-rollout (or flow) matrix.
 
-Each writes a PNG (atomically) and returns its path. Figures are made with
+Each writes a PNG (atomically) and returns its path; :func:`head_figure`, :func:`layer_figure`
+and :func:`rollout_figure` draw the same pictures and return the ``matplotlib.figure.Figure``
+(shown inline by Jupyter, or saved with ``fig.savefig``). Figures are made with
 ``matplotlib.figure.Figure`` and the Agg canvas directly (:func:`attnkit._util.optional.figure`),
 so no pyplot state is touched and nothing needs a display; without matplotlib each raises
 :class:`~attnkit._util.optional.MissingDependency` naming ``attnkit[viz]``.
@@ -28,7 +30,14 @@ if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["plot_head", "plot_layer", "plot_rollout"]
+__all__ = [
+    "head_figure",
+    "layer_figure",
+    "plot_head",
+    "plot_layer",
+    "plot_rollout",
+    "rollout_figure",
+]
 
 MAX_LABELS = 64  # tokens labelled on an axis; longer inputs get no tick labels
 
@@ -92,8 +101,24 @@ def plot_head(
     title: str = "",
     query_tokens: Sequence[str] | None = None,
 ) -> Path:
+    """Write :func:`head_figure` as a PNG at ``path``; returns the path.
+
+    Example: ``plot_head(maps.stacked()[0][3], tokens, "head.png")``
+    """
+    return _save(head_figure(weights, tokens, title, query_tokens), path)
+
+
+def head_figure(
+    weights: Tensor,
+    tokens: Sequence[str] | None = None,
+    title: str = "",
+    query_tokens: Sequence[str] | None = None,
+) -> Figure:
     """Heatmap of one head: ``weights`` (Tq, Tk), ``tokens`` the Tk keys (and the queries, the
-    last Tq of them, unless ``query_tokens`` is given)."""
+    last Tq of them, unless ``query_tokens`` is given). Returns the Figure.
+
+    Example: ``fig = head_figure(maps.stacked()[0][3], tokens)``
+    """
     w = _matrix(weights, "weights", 2)
     tq, tk = w.shape
     k_tok = _check_tokens(tokens, tk, "key")
@@ -103,7 +128,7 @@ def plot_head(
         else (k_tok[tk - tq :] if k_tok is not None else None)
     )
     vmax = max(float(w.max()), 1e-9)
-    return _heatmap(w, q_tok, k_tok, ("query", "key"), "viridis", vmax, title, path)
+    return _heatmap(w, q_tok, k_tok, ("query", "key"), "viridis", vmax, title)
 
 
 def _heatmap(
@@ -114,8 +139,7 @@ def _heatmap(
     cmap: str,
     vmax: float | None,
     title: str,
-    path: str | os.PathLike[str],
-) -> Path:
+) -> Figure:
     """One (rows, cols) matrix as a heatmap with a colour bar; ``labels`` name the rows and
     the columns."""
     fig = _figure(*_size(*m.shape))
@@ -128,7 +152,7 @@ def _heatmap(
         ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_layer(
@@ -138,8 +162,24 @@ def plot_layer(
     title: str = "",
     heads: Sequence[int] | None = None,
 ) -> Path:
+    """Write :func:`layer_figure` as a PNG at ``path``; returns the path.
+
+    Example: ``plot_layer(maps.stacked()[0], tokens, "layer0.png")``
+    """
+    return _save(layer_figure(weights, tokens, title, heads), path)
+
+
+def layer_figure(
+    weights: Tensor,
+    tokens: Sequence[str] | None = None,
+    title: str = "",
+    heads: Sequence[int] | None = None,
+) -> Figure:
     """Every head of one layer, ``weights`` (H, Tq, Tk), as a grid; ``heads`` names the panels
-    (default 0..H-1)."""
+    (default 0..H-1). Returns the Figure.
+
+    Example: ``fig = layer_figure(maps.stacked()[0], tokens)``
+    """
     w = _matrix(weights, "weights", 3)
     H, tq, tk = w.shape
     k_tok = _check_tokens(tokens, tk, "key")
@@ -162,7 +202,7 @@ def plot_layer(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_rollout(
@@ -171,8 +211,24 @@ def plot_rollout(
     path: str | os.PathLike[str] = "rollout.png",
     title: str = "attention rollout",
 ) -> Path:
-    """Heatmap of a (T, T) rollout or flow matrix: row i = output token, column j = input token."""
+    """Write :func:`rollout_figure` as a PNG at ``path``; returns the path.
+
+    Example: ``plot_rollout(inspect.rollout(maps), tokens, "rollout.png")``
+    """
+    return _save(rollout_figure(matrix, tokens, title), path)
+
+
+def rollout_figure(
+    matrix: Tensor,
+    tokens: Sequence[str] | None = None,
+    title: str = "attention rollout",
+) -> Figure:
+    """Heatmap of a (T, T) rollout or flow matrix: row i = output token, column j = input token.
+    Returns the Figure.
+
+    Example: ``fig = rollout_figure(inspect.rollout(maps), tokens)``
+    """
     m = _matrix(matrix, "matrix", 2)
     t = _check_tokens(tokens, m.shape[1], "input")
     rows = t[m.shape[1] - m.shape[0] :] if t is not None else None
-    return _heatmap(m, rows, t, ("output token", "input token"), "magma", None, title, path)
+    return _heatmap(m, rows, t, ("output token", "input token"), "magma", None, title)

@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover - a type only; capture is imported when us
 __all__ = [
     "RULES",
     "Rule",
+    "HeadStats",
     "SPECIAL_TOKENS",
     "SEPARATOR_TOKENS",
     "head_stats",
@@ -224,6 +225,57 @@ def label_head(row: dict, rules: Sequence[Rule] = RULES) -> tuple[list[str], lis
     return labels, why
 
 
+class HeadStats(list):
+    """The rows of :func:`head_stats` (a plain list of dicts), remembering the maps they were
+    computed from, so that Jupyter shows them in the viewer (``_repr_html_``, :meth:`show`).
+
+    Example: ``rows = head_stats(maps); rows.show()``
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[dict] = (),
+        maps: Sequence[Tensor] = (),
+        tokens: Sequence[str] | None = None,
+        layers: Sequence[int] = (),
+        heads: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(rows)
+        self.maps = list(maps)  # one (H, Tq, Tk) map per layer
+        self.tokens = None if tokens is None else list(tokens)
+        self.layers = list(layers)
+        self.heads = None if heads is None else list(heads)
+
+    def viewer_page(self, title: str = "") -> str:
+        """The viewer page of the maps, opened on its head statistics table.
+
+        Example: ``page = head_stats(maps).viewer_page()``
+        """
+        from attnkit.inspect.html import render_viewer
+
+        if not self.maps:
+            raise ValueError("these statistics hold no maps to show; compute them with head_stats")
+        n = self.maps[0].shape[-1]
+        tokens = self.tokens if self.tokens is not None else [str(i) for i in range(n)]
+        heads = self.heads if self.heads is not None else list(range(self.maps[0].shape[0]))
+        return render_viewer(tokens, self.maps, self.layers, heads, stats=list(self), title=title)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: the viewer inside an ``<iframe srcdoc>``."""
+        from attnkit.inspect.display import viewer_iframe
+
+        return viewer_iframe(self.viewer_page())
+
+    def show(self, title: str = "", height: int = 640) -> None:
+        """Display the viewer inline in Jupyter (needs IPython).
+
+        Example: ``head_stats(maps).show()``
+        """
+        from attnkit.inspect.display import show_html, viewer_iframe
+
+        show_html(viewer_iframe(self.viewer_page(title), height))
+
+
 def head_stats(
     weights: AttentionMaps | Sequence[Tensor],
     tokens: Sequence[str] | None = None,
@@ -231,7 +283,7 @@ def head_stats(
     heads: Sequence[int] | None = None,
     batch: int = 0,
     rules: Sequence[Rule] = RULES,
-) -> list[dict]:
+) -> HeadStats:
     """One row per (layer, head): its statistics (see the module docstring), ``labels`` and
     ``why`` (the numbers and thresholds behind each label, '; '-separated).
 
@@ -276,7 +328,7 @@ def head_stats(
             row["labels"] = labels
             row["why"] = "; ".join(why)
             rows.append(row)
-    return rows
+    return HeadStats(rows, [_check_map(w, "weights") for w in weights], tokens, layers, heads)
 
 
 # --------------------------------------------------------------------------------------------
