@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attnkit.bench import report
-from attnkit.bench.harness import MiB, time_fn, time_interleaved
+from attnkit.bench.harness import MiB, interleaved_samples, spread, time_fn, time_interleaved
 from attnkit.bench.memory import ProbeCase, measure_peak_memories, peak_memory
 from attnkit.bench.plots import plot_loglog
 from attnkit.bench.report import Table, write_json
@@ -144,6 +144,22 @@ def test_time_interleaved_counts_samples_taken_before():
     assert times["a"] == 1.0  # median of [1.0, 1.0, ~0]
     with pytest.raises(ValueError, match=r"samples given for \['b'\]"):
         time_interleaved({"a": lambda: None}, 0, 1, samples={"b": [1.0]})
+
+
+def test_interleaved_rounds_flip_their_order_every_other_round():
+    order: list[str] = []
+    taken = interleaved_samples(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 0, 4
+    )
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert [len(v) for v in taken.values()] == [4, 4]
+
+
+def test_spread_is_the_range_over_the_median():
+    assert spread([1.0, 1.1, 0.9]) == pytest.approx(0.2)
+    assert spread([2.0]) == 0.0
+    with pytest.raises(ValueError, match="no samples"):
+        spread([])
 
 
 @pytest.mark.parametrize("warmup, repeat", [(-1, 3), (0, 0), (1.5, 3)])

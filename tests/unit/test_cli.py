@@ -347,6 +347,7 @@ def test_checks_pass_and_fail_at_the_targets():
         _row("dense", 4096, "auto", fwd=0.96, fwd_bwd=0.90),
         _row("window", 16384, ref, fwd=1.0, fwd_bwd=1.0),
         _row("window", 16384, "auto", 512, fwd=8.5, fwd_bwd=4.5),
+        _row("window", 16384, "flex-band", 512, fwd=8.4),
         _row("window", 16384, "auto-dense", peak_fwd=310 * 2**20),
         _row("window", 65536, "auto", 512, peak_fwd_bwd=int(1.9 * 2**30)),
     ]
@@ -356,10 +357,26 @@ def test_checks_pass_and_fail_at_the_targets():
         "dense_fwd_bwd": False,
         "window_fwd": True,
         "window_fwd_bwd": False,
+        "window_vs_flex": True,
         "window_mem": True,
         "exact_mem": False,
     }
     assert all(c.passed is None for c in bench_attention.evaluate_checks([], 512, True))
+    # attnkit's forward must be at least as fast as FlexAttention's: 1.0 s against 0.99 s fails
+    rows[-3].fwd.seconds = 0.99
+    got = {c.key: c for c in bench_attention.evaluate_checks(rows, 512, True)}
+    assert got["window_vs_flex"].passed is False and got["window_vs_flex"].measured == "0.99x"
+
+
+@pytest.mark.slow  # compiles FlexAttention (tens of seconds on a CPU)
+@pytest.mark.parametrize("causal", [True, False])
+def test_band_baselines_compute_the_sliding_window(causal):
+    n, window = 256, 40
+    q, k, v = (torch.randn(1, 2, n, 16) for _ in range(3))
+    ref = bench_attention.naive_attention(q, k, v, causal, window)
+    for impl in bench_attention.BAND_BASELINES:
+        fn = bench_attention._impl_fn(impl, causal, window, n, torch.device("cpu"))
+        torch.testing.assert_close(fn(q, k, v), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_bench_attention_writes_sane_results(tmp_path, capsys):
@@ -377,7 +394,7 @@ def test_bench_attention_writes_sane_results(tmp_path, capsys):
             "--backends",
             "auto,sdpa,naive",
             "--window-backends",
-            "auto,naive",
+            "auto,sdpa-band,naive",
             "--repeat",
             "2",
             "--min-seconds",
@@ -399,6 +416,7 @@ def test_bench_attention_writes_sane_results(tmp_path, capsys):
         ("window", "sdpa (raw)"),
         ("window", "auto"),
         ("window", "naive"),
+        ("window", "sdpa-band"),
     } <= set(rows)
     scores_bytes = 1 * 8 * 256 * 256 * 4  # the (B, H, N, N) float32 scores naive must hold
     for (section, impl), r in rows.items():
@@ -419,8 +437,14 @@ def test_bench_attention_writes_sane_results(tmp_path, capsys):
         if impl == "naive":
             assert r["fwd"]["peak_bytes"] >= scores_bytes
     # every output agrees with raw SDPA (dense) / the naive windowed reference (window)
-    for key in [("dense", "auto"), ("dense", "sdpa"), ("dense", "naive"), ("window", "auto")]:
+    keys = [("dense", "auto"), ("dense", "sdpa"), ("dense", "naive"), ("window", "auto")]
+    for key in keys + [("window", "sdpa-band")]:
         assert rows[key]["max_abs_err"] is not None and rows[key]["max_abs_err"] < 1e-4, key
     assert rows[("dense", "sdpa (raw)")]["fwd"]["vs_reference"] == 1.0
+    for r in rows.values():  # every timing has its spread over at least the 2 rounds asked for
+        for mode in ("fwd", "fwd_bwd"):
+            if r[mode]["seconds"] is not None:
+                assert r[mode]["rounds"] >= 2 and 0 <= r[mode]["spread"] < 100, (r["impl"], mode)
+    assert "(slowest - fastest) / median" in printed
     assert {c["key"] for c in data["checks"]} == set(bench_attention.TARGETS)
     assert all(c["result"] == "n/a" for c in data["checks"])  # targets are for N=4096.., not 256

@@ -8,7 +8,14 @@ Two sections, one run:
   backend b and for a plain matmul-softmax-matmul ("naive"; skipped where its N x N scores
   would not fit in memory).
 * **window**: sliding-window attention (causal, window w) against dense causal SDPA at the
-  same N: speed-up and peak memory.
+  same N: speed-up and peak memory; beside attnkit's backends, two baselines doing the same
+  work written here with PyTorch alone: SDPA given the band as a dense bool mask
+  ("sdpa-band", built once outside the timing) and FlexAttention's compiled forward with the
+  band as a BlockMask ("flex-band", also built once), so attnkit's windowed path is compared
+  with what a user would write instead of it.
+
+Times are medians over interleaved rounds whose order flips every other round; the tables
+print each with its spread ((slowest - fastest) / median).
 
 A third table checks the figures attnkit promises (see :data:`TARGETS`), each marked pass or
 fail with both sides printed. Results go to ``<out>/attention.json`` and a log-log plot of time
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,11 +49,12 @@ from attnkit.bench.harness import (
     Shape,
     available_memory_bytes,
     environment,
+    interleaved_samples,
     make_op,
     random_qkv,
     short_error,
+    spread,
     synchronize,
-    time_interleaved,
 )
 from attnkit.bench.memory import ProbeCase, measure_peak_memories
 from attnkit.bench.plots import plot_loglog
@@ -55,7 +64,13 @@ logger = logging.getLogger(__name__)
 
 REFERENCE = "sdpa (raw)"
 DENSE_BACKENDS = ("auto", "sdpa", "math", "flex", "naive")
-WINDOW_BACKENDS = ("auto", "windowed", "flex", "naive")
+# sdpa-band, flex-band: the equal-work baselines written with PyTorch alone (module docstring)
+BAND_BASELINES = ("sdpa-band", "flex-band")
+WINDOW_BACKENDS = ("auto", "windowed", "flex", *BAND_BASELINES, "naive")
+LABELS = {
+    "sdpa-band": "sdpa (raw) band mask",
+    "flex-band": "flex_attention (raw, compiled) band",
+}
 
 # Defaults of the options left unset: the full run, and --quick (a few minutes on a CPU, still
 # reaching every target's N). "window_sizes": None means the same as "sizes".
@@ -64,7 +79,7 @@ FULL: dict[str, Any] = dict(
     window_sizes=None,
     dense_max=None,
     backends=list(DENSE_BACKENDS),
-    window_backends=["auto", "flex", "naive"],
+    window_backends=["auto", *BAND_BASELINES, "flex", "naive"],
     reference_max=None,
     repeat=5,
     min_seconds=1.0,
@@ -75,7 +90,7 @@ QUICK: dict[str, Any] = dict(
     window_sizes=[16384, 65536],
     dense_max=16384,
     backends=["auto", "sdpa", "naive"],
-    window_backends=["auto"],
+    window_backends=["auto", *BAND_BASELINES],
     reference_max=2048,
     repeat=3,
     min_seconds=0.5,
@@ -94,6 +109,7 @@ TARGETS = {
     "dense_fwd_bwd": "auto >= 0.95x raw SDPA throughput, dense causal fwd+bwd, N=4096",
     "window_fwd": "window 512 forward >= 8x faster than dense causal SDPA, N=16384",
     "window_fwd_bwd": "window 512 fwd+bwd >= 5x faster than dense causal SDPA, N=16384",
+    "window_vs_flex": "window 512 forward at least as fast as compiled FlexAttention, N=16384",
     "window_mem": "window 512 fwd+bwd peak memory < 2 GiB, N=65536",
     "exact_mem": "exact attention (auto, dense causal) forward adds < 300 MiB, N=16384",
 }
@@ -122,8 +138,47 @@ def naive_attention(
     return torch.softmax(scores, dim=-1) @ v  # (B, H, Tq, D)
 
 
-def _impl_fn(impl: str, causal: bool, window: int | None) -> Callable[..., torch.Tensor]:
-    """impl: "sdpa (raw)", "naive" or an attnkit backend name."""
+def band_mask(n: int, causal: bool, window: int, device: torch.device) -> torch.Tensor:
+    """(n, n) bool, True where query i may see key j: the sliding window of ``window`` keys."""
+    i = torch.arange(n, device=device)[:, None]
+    j = torch.arange(n, device=device)[None, :]
+    return ((j <= i) & (i - j < window)) if causal else ((i - j).abs() < window)
+
+
+def _band_fn(
+    impl: str, n: int, causal: bool, window: int, device: torch.device
+) -> Callable[..., torch.Tensor]:
+    """A baseline of :data:`BAND_BASELINES`, its mask built here, once, outside any timing."""
+    if impl == "sdpa-band":
+        mask = band_mask(n, causal, window, device)
+        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    def allowed(b: Any, h: Any, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        return ((j <= i) & (i - j < window)) if causal else ((i - j).abs() < window)
+
+    block_mask = create_block_mask(allowed, None, None, n, n, device=str(device))
+    compiled = torch.compile(flex_attention, dynamic=False)
+
+    def flex_band(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return compiled(q, k, v, block_mask=block_mask)
+
+    return flex_band
+
+
+def _impl_fn(
+    impl: str,
+    causal: bool,
+    window: int | None,
+    n: int | None = None,
+    device: torch.device | None = None,
+) -> Callable[..., torch.Tensor]:
+    """impl: "sdpa (raw)", "naive", a band baseline (needs ``n`` and ``device``) or an attnkit
+    backend name."""
+    if impl in BAND_BASELINES:
+        if window is None or n is None or device is None:
+            raise ValueError(f"{impl} needs the window, N and the device")
+        return _band_fn(impl, n, causal, window, device)
     if impl == REFERENCE:
         if window is not None:
             raise ValueError("raw SDPA is the dense reference; it takes no window")
@@ -152,8 +207,9 @@ def memory_case(
     seed: int,
 ) -> Callable[[], Any]:
     """Build the inputs of one measurement in a memory-probe process; returns the operation."""
-    q, k, v, grad_out = random_qkv(n, shape, DTYPES[dtype], torch.device(device), seed)
-    return make_op(_impl_fn(impl, causal, window), mode, q, k, v, grad_out)
+    dev = torch.device(device)
+    q, k, v, grad_out = random_qkv(n, shape, DTYPES[dtype], dev, seed)
+    return make_op(_impl_fn(impl, causal, window, n, dev), mode, q, k, v, grad_out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,6 +238,8 @@ def score_bytes_estimate(impl: str, n: int, shape: Shape, dtype: torch.dtype, mo
     """Rough peak bytes of the N x N tensors an impl materialises; 0 for fused kernels."""
     b, h, _ = shape
     elem = torch.empty((), dtype=dtype).element_size()
+    if impl == "sdpa-band":
+        return n * n * (1 + 4)  # the bool mask, and the float mask SDPA may make of it
     if impl == "naive":
         copies = 3 if mode == "fwd" else 5  # scores, masked scores, weights (+ their gradients)
     elif impl == "math":
@@ -205,6 +263,8 @@ class Pass:
     gflops: float | None = None
     vs_reference: float | None = None  # reference time / this time (>1 = faster)
     peak_bytes: int | None = None
+    spread: float | None = None  # (slowest - fastest) / median of the timed rounds
+    rounds: int | None = None  # how many timings the median is of
     skipped: str | None = None
     memory_skipped: str | None = None
 
@@ -225,11 +285,18 @@ class Row:
         return self.fwd if mode == "fwd" else self.fwd_bwd
 
     @property
+    def compiled(self) -> bool:
+        """Whether its first call compiles (FlexAttention): that call is no timing sample."""
+        return "flex" in self.impl or "flex" in (self.backend or "")
+
+    @property
     def label(self) -> str:
         if self.impl == REFERENCE and self.section == "window":
             name = "dense sdpa (raw)"
         elif self.impl in (REFERENCE, "naive"):
             name = self.impl
+        elif self.impl in LABELS:
+            name = LABELS[self.impl]
         else:
             name = f"attnkit {self.impl}"
         return f"{name} w={self.window}" if self.window is not None else name
@@ -238,7 +305,7 @@ class Row:
 def _plan_backend(
     impl: str, q: torch.Tensor, causal: bool, window: int | None, grad: bool
 ) -> str | None:
-    if impl in (REFERENCE, "naive"):
+    if impl in (REFERENCE, "naive", *BAND_BASELINES):
         return None
     from attnkit.attention import explain
 
@@ -316,10 +383,11 @@ def _skip_reason(
     dense_max: int | None,
     window: int | None,
 ) -> str | None:
-    if impl == "flex" and mode == "fwd_bwd" and s.device.type == "cpu":
+    if impl in ("flex", "flex-band") and mode == "fwd_bwd" and s.device.type == "cpu":
         return "FlexAttention has no backward on CPU"
-    if impl == REFERENCE and window is not None and dense_max is not None and n > dense_max:
-        return f"dense reference not run above N={dense_max} (--dense-max)"
+    dense_n = impl in (REFERENCE, "sdpa-band")  # N x N work, or an N x N mask
+    if dense_n and window is not None and dense_max is not None and n > dense_max:
+        return f"not run above N={dense_max} (--dense-max)"
     if impl in SLOW_REFERENCES and s.reference_max is not None and n > s.reference_max:
         return f"not run above N={s.reference_max} (--reference-max)"
     need = score_bytes_estimate(impl, n, s.shape, s.torch_dtype, mode)
@@ -359,7 +427,12 @@ def run_point(
     first_calls: dict[str, dict[str, list[float]]] = {m: {} for m in MODES}
     outputs: dict[str, torch.Tensor] = {}
     for row in todo:
-        fn = _impl_fn(row.impl, causal, row.window)
+        try:
+            fn = _impl_fn(row.impl, causal, row.window, n, s.device)
+        except Exception as e:  # a baseline that cannot be built here: reported, not fatal
+            for mode in MODES:
+                row.get(mode).skipped = f"error: {short_error(e)}"
+            continue
         for mode in MODES:
             p = row.get(mode)
             p.skipped = _skip_reason(row.impl, n, mode, s, budget, dense_max, window)
@@ -381,14 +454,15 @@ def run_point(
                     outputs[row.impl] = result
                 del result
                 ops[mode][row.impl] = op
-                if s.warmup == 0 and "flex" not in (row.backend or ""):
-                    first_calls[mode][row.impl] = [
-                        first
-                    ]  # nothing compiled: a sample like the rest
+                if s.warmup == 0 and not row.compiled:
+                    first_calls[mode][row.impl] = [first]  # nothing compiled: a sample too
             except Exception as e:  # a backend that cannot run here: reported, not fatal
                 p.skipped = f"error: {short_error(e)}"
-    # errors against the reference, or (window section) against naive when it ran
+    # errors against the reference, or (window section) against naive when it ran, else
+    # against SDPA with the band mask
     ref_impl = rows[0].impl if section == "dense" else "naive"
+    if section == "window" and ref_impl not in outputs:
+        ref_impl = "sdpa-band"
     ref_out = outputs.get(ref_impl)
     if ref_out is not None:
         for row in rows:
@@ -399,7 +473,7 @@ def run_point(
         if not ops[mode]:
             continue
         log(f"  [{section} N={n}] timing {mode.replace('_', '+')}: {', '.join(ops[mode])}")
-        times = time_interleaved(
+        taken = interleaved_samples(
             ops[mode],
             warmup=s.warmup,
             repeat=s.repeat,
@@ -408,6 +482,7 @@ def run_point(
             max_seconds=s.max_seconds,
             samples=first_calls[mode],
         )
+        times = {name: statistics.median(ts) for name, ts in taken.items()}
         ref_time = (
             rows[0].get(mode).seconds if known_reference is not None else times.get(rows[0].impl)
         )
@@ -416,6 +491,7 @@ def run_point(
             if row.impl not in times:
                 continue
             p.seconds = times[row.impl]
+            p.spread, p.rounds = spread(taken[row.impl]), len(taken[row.impl])
             p.gflops = flops(n, s.shape, causal, row.window, mode) / p.seconds / 1e9
             if ref_time is not None:
                 p.vs_reference = ref_time / p.seconds
@@ -470,8 +546,7 @@ def _measure_memory(
             p = row.get(mode)
             if p.skipped:
                 continue
-            compiled = "flex" in (row.backend or "")
-            cases.append(_probe_case(row.impl, n, s, causal, row.window, mode, compiled))
+            cases.append(_probe_case(row.impl, n, s, causal, row.window, mode, row.compiled))
             slots.append(p)
     if not cases:
         return
@@ -553,6 +628,26 @@ def evaluate_checks(rows: list[Row], window: int, causal: bool) -> list[Check]:
             r = row.get(mode).vs_reference
             assert r is not None
             checks.append(_compared(key, row.get(mode), ref.get(mode), r >= need))
+    row = _find(rows, "window", 16384, "auto", window)
+    flex = _find(rows, "window", 16384, "flex-band", window)
+    if window != 512:
+        checks.append(missing("window_vs_flex", f"run used window {window}, the target is for 512"))
+    elif row is None or flex is None or row.fwd.seconds is None or flex.fwd.seconds is None:
+        checks.append(
+            missing("window_vs_flex", "N=16384 not in the window sizes, or flex-band not run")
+        )
+    else:
+        ratio = flex.fwd.seconds / row.fwd.seconds
+        checks.append(
+            Check(
+                "window_vs_flex",
+                TARGETS["window_vs_flex"],
+                fmt_ratio(ratio),
+                ratio >= 1.0,
+                attnkit=fmt_seconds(row.fwd.seconds),
+                reference=fmt_seconds(flex.fwd.seconds),
+            )
+        )
     row = _find(rows, "window", 65536, "auto", window)
     if window != 512:
         checks.append(missing("window_mem", f"run used window {window}, the target is for 512"))
@@ -599,7 +694,11 @@ def evaluate_checks(rows: list[Row], window: int, causal: bool) -> list[Check]:
 
 
 def _cell_time(p: Pass) -> str:
-    return fmt_seconds(p.seconds) if p.seconds is not None else ("skip" if p.skipped else "-")
+    if p.seconds is None:
+        return "skip" if p.skipped else "-"
+    if p.spread is None or (p.rounds or 0) < 2:
+        return fmt_seconds(p.seconds)
+    return f"{fmt_seconds(p.seconds)} ({100 * p.spread:.0f}%)"
 
 
 def _cell_mem(p: Pass) -> str:
@@ -750,6 +849,8 @@ def run(s: AttentionSettings) -> Report:
             f"Sliding window {s.window} (causal) vs dense causal SDPA, "
             f"{shape_text}; speed-up: SDPA time / time",
         ),
+        "times: the median of interleaved rounds; in brackets their spread, "
+        "(slowest - fastest) / median",
     ]
     extra = [r for r in rows if r.impl == "auto-dense"]
     if extra:

@@ -1,9 +1,9 @@
 """Measuring, shared by every ``attnkit bench`` command: devices, rounds and the run's record.
 
 * Devices: :func:`resolve_device`, :func:`synchronize`, :func:`available_memory_bytes`.
-* Timing: :func:`time_fn`, :func:`time_interleaved` (round-robin medians), :func:`timed_rounds`
-  (every round kept), :func:`in_turns` (the order of a round flips every other round),
-  :func:`timed`; CUDA is synchronised around every call so queued kernels are counted.
+* Timing: :func:`time_fn`, :func:`time_interleaved` (round-robin medians),
+  :func:`interleaved_samples` and :func:`timed_rounds` (every round kept), :func:`spread`,
+  :func:`in_turns` (the order of a round flips every other round), :func:`timed`; CUDA is synchronised around every call so queued kernels are counted.
 * Operations: :data:`MODES`, :data:`DTYPES`, :func:`random_qkv` and :func:`make_op` (forward, or
   forward + backward with fresh gradients), the one op maker of the attention benchmarks;
   :func:`short_error` for a failed one.
@@ -124,9 +124,40 @@ def time_interleaved(
     """Median seconds per callable, timing them round-robin (one call of each per round).
 
     Interleaving means a slow spell of a shared machine hits every callable alike, so their
-    ratios are steadier than when each is timed in its own block. ``repeat``, ``min_seconds``
-    and ``max_seconds`` count rounds and time as in :func:`time_fn`. ``samples`` are timings
-    already taken (name -> seconds), counted in the medians too.
+    ratios are steadier than when each is timed in its own block; the order of a round is
+    reversed every other round (:func:`in_turns`), so no callable always runs first (just after
+    the previous round's last one freed its memory). ``repeat``, ``min_seconds`` and
+    ``max_seconds`` count rounds and time as in :func:`time_fn`. ``samples`` are timings
+    already taken (name -> seconds), counted in the medians too. :func:`interleaved_samples`
+    returns every timing instead of the medians.
+    """
+    taken = interleaved_samples(
+        fns,
+        warmup,
+        repeat,
+        device=device,
+        min_seconds=min_seconds,
+        max_seconds=max_seconds,
+        samples=samples,
+    )
+    return {name: statistics.median(s) for name, s in taken.items()}
+
+
+def interleaved_samples(
+    fns: Mapping[str, Callable[[], Any]],
+    warmup: int = 1,
+    repeat: int = 5,
+    *,
+    device: str | torch.device | None = None,
+    min_seconds: float = 0.0,
+    max_seconds: float | None = None,
+    samples: Mapping[str, Sequence[float]] | None = None,
+) -> dict[str, list[float]]:
+    """Every timing (seconds) of each callable, taken as :func:`time_interleaved` does.
+
+    Example:
+        >>> interleaved_samples({"a": lambda: None}, warmup=0, repeat=3)["a"]  # doctest: +SKIP
+        [2.1e-07, 1.2e-07, 1.1e-07]
     """
     _check_counts(warmup, repeat)
     if not fns:
@@ -141,13 +172,14 @@ def time_interleaved(
             fn()
         synchronize(device)
     taken: dict[str, list[float]] = {name: list((samples or {}).get(name, ())) for name in fns}
+    names = list(fns)
     start = time.perf_counter()
     rounds = 0
     while True:
-        for name, fn in fns.items():
+        for name in in_turns(names, rounds):
             synchronize(device)
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             synchronize(device)
             taken[name].append(time.perf_counter() - t0)
         rounds += 1
@@ -156,7 +188,20 @@ def time_interleaved(
             break
         if (rounds >= repeat and elapsed >= min_seconds) or rounds >= MAX_ROUNDS:
             break
-    return {name: statistics.median(s) for name, s in taken.items()}
+    return taken
+
+
+def spread(samples: Sequence[float]) -> float:
+    """(slowest - fastest) / median of some timings: 0.05 means they span 5% of the median.
+
+    Example:
+        >>> spread([1.0, 1.1, 0.9])
+        0.2
+    """
+    if not samples:
+        raise ValueError("spread of no samples")
+    mid = statistics.median(samples)
+    return (max(samples) - min(samples)) / mid if mid > 0 else 0.0
 
 
 def timed(fn: Callable[[], T]) -> tuple[float, T]:
@@ -182,14 +227,7 @@ def timed_rounds(
 ) -> dict[str, list[float]]:
     """Every timed round of the callables, one call of each per round (round-robin): up to
     ``repeat`` rounds, no new round once ``max_seconds`` have been spent (at least one)."""
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    start = time.perf_counter()
-    for _ in range(repeat):
-        for name, t in time_interleaved(fns, warmup=0, repeat=1, device=device).items():
-            samples[name].append(t)
-        if time.perf_counter() - start >= max_seconds:
-            break
-    return samples
+    return interleaved_samples(fns, 0, repeat, device=device, max_seconds=max_seconds)
 
 
 # --------------------------------------------------------------------------------------------
