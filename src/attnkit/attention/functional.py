@@ -189,6 +189,9 @@ def attention(
     fully masked one. With ``ATTNKIT_DEBUG=1`` such inputs are refused with a ValueError.
     The user-facing paths (``generate``, ``Encoder.encode``, the command line) refuse a
     non-finite result instead of returning it.
+
+    Example:
+        >>> out = attention(torch.randn(2, 4, 128, 32), torch.randn(2, 4, 128, 32), torch.randn(2, 4, 128, 32), causal=True)  # (2, 4, 128, 32)
     """
     entry = _lookup(
         q,
@@ -284,6 +287,9 @@ def explain(
 
     Accepts the same arguments as `attention`; tensors may live on the "meta" device, so a
     plan can be asked for without allocating anything.
+
+    Example:
+        >>> explain(*(torch.empty(1, 8, 16384, 64, device="meta"),) * 3, causal=True, window=512)
     """
     return _lookup(
         q,

@@ -59,6 +59,9 @@ class MultiHeadAttention(nn.Module):
             ``ExactKernel(backend)``. Give ``kernel`` or ``variant``, not both.
 
     ``forward(x)`` maps (B, T, C) -> (B, T, C).
+
+    Example:
+        >>> MultiHeadAttention(64, 4, causal=True)(torch.randn(2, 10, 64)).shape  # (B, T, C)
     """
 
     def __init__(
@@ -146,7 +149,11 @@ class MultiHeadAttention(nn.Module):
         """Make ``kernel`` this layer's attention kernel; returns the one it replaces.
 
         ValueError if the kernel cannot serve this layer (a variant with a sliding window or
-        ALiBi), TypeError if it is not an ``AttentionKernel``."""
+        ALiBi), TypeError if it is not an ``AttentionKernel``.
+
+        Example:
+            >>> old = layer.set_kernel(ExactKernel("math"))
+        """
         self._check_kernel(kernel)
         previous = self.kernel
         self.kernel = kernel
@@ -185,6 +192,9 @@ class MultiHeadAttention(nn.Module):
         :class:`~attnkit.attention.unpad.TokenIndex`); the projections run on those N rows,
         attention on them padded back to (B, T) with ``tokens.valid_key_mask``, and the
         result is (N, C) (and weights (B, Hq, T, T)). Not with a cache.
+
+        Example:
+            >>> out, weights = layer(torch.randn(2, 10, 64), return_weights=True)
         """
         if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
             what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
@@ -277,6 +287,11 @@ class MultiHeadAttention(nn.Module):
         return out, weights
 
     def extra_repr(self) -> str:
+        """The layer's sizes and options, shown inside ``repr(layer)``.
+
+        Example:
+            >>> print(MultiHeadAttention(64, 4))
+        """
         parts = [f"d_model={self.d_model}", f"n_heads={self.n_heads}"]
         if self.n_kv_heads != self.n_heads:
             parts.append(f"n_kv_heads={self.n_kv_heads}")

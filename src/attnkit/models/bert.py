@@ -25,6 +25,12 @@ from attnkit.models.outputs import ModelOutput, classification_loss, mlm_loss
 
 
 class Bert(ModelBase):
+    """A bidirectional (BERT-family) encoder: token ids (B, T) -> hidden states (B, T, C) and heads.
+
+    Example:
+        >>> Bert(get_preset("tiny-bert")).hidden_states(torch.randint(0, 100, (2, 16))).shape  # (2, 16, C)
+    """
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self._build_trunk(config, "bert")  # post-norm blocks end normalised: no final norm
@@ -61,6 +67,9 @@ class Bert(ModelBase):
         real tokens only (:class:`~attnkit.attention.unpad.TokenIndex`; attention still sees
         each row apart): the same values on real tokens, zeros at the padding, and no work
         spent on it. For inference on batches of mixed lengths.
+
+        Example:
+            >>> model.hidden_states(ids, attention_mask=mask)  # ids, mask (B, T) -> (B, T, C)
         """
         cfg = self.config
         check_ids("input_ids", input_ids, cfg.vocab_size)
@@ -91,7 +100,11 @@ class Bert(ModelBase):
         attention_mask: torch.Tensor | None = None,
         pooling: str | None = None,
     ) -> torch.Tensor:
-        """(B, T, C) -> (B, C) by ``pooling`` ("mean" or "cls"; default config.pooling)."""
+        """(B, T, C) -> (B, C) by ``pooling`` ("mean" or "cls"; default config.pooling).
+
+        Example:
+            >>> model.pool(model.hidden_states(ids, mask), mask, pooling="mean")  # (B, C)
+        """
         pooling = pooling or self.config.pooling
         if pooling not in POOLERS:
             raise ValueError(f"pooling must be one of {sorted(POOLERS)}, got {pooling!r}")
@@ -106,6 +119,11 @@ class Bert(ModelBase):
         document_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> ModelOutput:
+        """Token ids (B, T) -> a ModelOutput: hidden states (B, T, C), MLM logits (B, T, V) if the model has an MLM head, and the loss when ``labels`` (B, T) are given (-100 = ignored).
+
+        Example:
+            >>> out = model(ids, attention_mask=mask)  # ids, mask (B, T); out.hidden_states (B, T, C)
+        """
         h = self.hidden_states(
             input_ids, attention_mask, token_type_ids, position_ids, document_ids
         )  # (B, T, C)
@@ -125,6 +143,11 @@ class Bert(ModelBase):
         return ModelOutput(hidden_states=h)
 
     def tied_keys(self) -> list[str]:
+        """state_dict keys that alias another key (not stored in checkpoints): the MLM decoder tied to the token embedding.
+
+        Example:
+            >>> model.tied_keys()
+        """
         if self.mlm is not None and self.mlm.decoder.weight is self.embed.tok.weight:
             return ["mlm.decoder.weight"]
         return []

@@ -233,19 +233,37 @@ class ModelConfig:
     # ---------------------------------------------------------------------------------------
     @property
     def head_dim(self) -> int:
+        """Per-head width: ``d_model // n_heads``.
+
+        Example:
+            >>> get_preset("tiny").head_dim
+        """
         return self.d_model // self.n_heads
 
     @property
     def causal(self) -> bool:
+        """True for a GPT (each token sees only earlier tokens), False for a BERT.
+
+        Example:
+            >>> get_preset("tiny").causal
+        """
         return self.arch == "gpt"
 
     @property
     def label2id(self) -> Mapping[str, int]:
-        """label name -> class id (read-only; empty when ``id2label`` is None)."""
+        """label name -> class id (read-only; empty when ``id2label`` is None).
+
+        Example:
+            >>> get_preset("tiny-bert", id2label=("neg", "pos")).label2id["pos"]
+        """
         return MappingProxyType({name: i for i, name in enumerate(self.id2label or ())})
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (``id2label`` as a list)."""
+        """JSON-ready fields (``id2label`` as a list).
+
+        Example:
+            >>> ModelConfig.from_dict(get_preset("tiny").to_dict())
+        """
         out = dataclasses.asdict(self)
         if self.id2label is not None:
             out["id2label"] = list(self.id2label)
@@ -254,7 +272,11 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
         """Build from a dict (e.g. a config.json); unknown keys are an error naming them. Old
-        field names are translated (:func:`translate_old_names`)."""
+        field names are translated (:func:`translate_old_names`).
+
+        Example:
+            >>> ModelConfig.from_dict(json.loads(Path("runs/char/config.json").read_text())["model"])
+        """
         if not isinstance(data, Mapping):
             raise TypeError(f"ModelConfig.from_dict expects a dict, got {type(data).__name__}")
         data = translate_old_names(data)
@@ -275,6 +297,9 @@ class ModelConfig:
         ``n_kv_heads`` keeps a config with ``n_kv_heads == n_heads`` so (and keeps a grouped
         one's ``n_kv_heads``); new ``d_model`` without ``d_ff`` keeps ``d_ff == 4 * d_model``
         so. New ``id2label`` without ``num_labels`` sets ``num_labels`` to its length.
+
+        Example:
+            >>> get_preset("tiny").replace(n_layer=4).n_layer
         """
         if "n_heads" in changes and "n_kv_heads" not in changes and self.n_kv_heads == self.n_heads:
             changes["n_kv_heads"] = None

@@ -22,6 +22,12 @@ from attnkit.models.outputs import ModelOutput, lm_loss
 
 
 class GPT(ModelBase):
+    """A decoder-only transformer language model: token ids (B, T) -> logits (B, T, V).
+
+    Example:
+        >>> logits = GPT(get_preset("tiny"))(torch.randint(0, 256, (2, 16))).logits  # (2, 16, vocab_size)
+    """
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self._build_trunk(config, "gpt")
@@ -34,7 +40,11 @@ class GPT(ModelBase):
         self, max_len: int | None = None, dtype: torch.dtype | None = None
     ) -> list[KVCache]:
         """One empty KV cache per block, for incremental decoding (``dtype``: storage dtype,
-        default the model's)."""
+        default the model's).
+
+        Example:
+            >>> caches = model.new_cache(max_len=512)
+        """
         return KVCache.for_layers(self.config.n_layer, max_len, dtype)
 
     def hidden_states(
@@ -51,6 +61,9 @@ class GPT(ModelBase):
         attention_mask (B, Tk) 1 = real token, Tk = tokens already cached + T; position_ids
         (B, T) (default: cache length + 0..T-1, or restarting per document); document_ids
         (B, T) packs several documents in one row, attention stays inside each.
+
+        Example:
+            >>> model.hidden_states(torch.randint(0, 256, (2, 16))).shape  # (2, 16, d_model)
         """
         cfg = self.config
         check_ids("input_ids", input_ids, cfg.vocab_size)
@@ -99,7 +112,11 @@ class GPT(ModelBase):
     ) -> ModelOutput:
         """Logits (B, T, V) for head='lm' (None for head='none'), the final hidden states
         (B, T, C), and with ``labels`` (B, T) (the input ids; -100 ignored) the next-token
-        loss."""
+        loss.
+
+        Example:
+            >>> out = model(ids, labels=ids)  # ids (B, T); out.loss, out.logits (B, T, V)
+        """
         h = self.hidden_states(
             input_ids, attention_mask, position_ids, document_ids, cache, token_type_ids
         )  # (B, T, C)
@@ -112,7 +129,11 @@ class GPT(ModelBase):
         return ModelOutput(loss=loss, logits=logits, hidden_states=h)
 
     def tied_keys(self) -> list[str]:
-        """state_dict keys that alias another key (not stored in checkpoints)."""
+        """state_dict keys that alias another key (not stored in checkpoints).
+
+        Example:
+            >>> model.tied_keys()
+        """
         if self.lm_head is not None and self.lm_head.proj.weight is self.embed.tok.weight:
             return ["lm_head.proj.weight"]
         return []

@@ -100,7 +100,11 @@ def preset_names() -> list[str]:
 
 
 def get_preset(name: str, **overrides: Any) -> ModelConfig:
-    """The config called ``name``, with ``overrides`` applied (and validated)."""
+    """The config called ``name``, with ``overrides`` applied (and validated).
+
+    Example:
+        >>> get_preset("tiny-bert", n_layer=2).n_layer
+    """
     try:
         make = PRESETS[name]
     except (KeyError, TypeError):
