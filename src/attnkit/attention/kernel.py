@@ -39,12 +39,20 @@ __all__ = ["AttentionKernel", "ExactKernel"]
 
 
 class AttentionKernel(nn.Module):
-    """Base class of every attention kernel (see the module docstring for the call)."""
+    """Base class of every attention kernel (see the module docstring for the call).
+
+    Example:
+        >>> layer.set_kernel(MyKernel())  # a subclass that implements forward(q, k, v, ...)
+    """
 
     name: ClassVar[str] = "kernel"
 
     def check_layer(self, *, window: int | None, alibi: bool) -> None:
-        """Raise ValueError if this kernel cannot serve a layer with these settings."""
+        """Raise ValueError if this kernel cannot serve a layer with these settings.
+
+        Example:
+            >>> ExactKernel().check_layer(window=512, alibi=False)  # None: it can
+        """
 
     def check_call(
         self,
@@ -54,7 +62,11 @@ class AttentionKernel(nn.Module):
         document_ids: bool = False,
         return_weights: bool = False,
     ) -> None:
-        """Raise ValueError if this kernel cannot run a call that uses these options."""
+        """Raise ValueError if this kernel cannot run a call that uses these options.
+
+        Example:
+            >>> ExactKernel().check_call(cache=True, return_weights=True)
+        """
 
     def forward(
         self,
@@ -71,6 +83,11 @@ class AttentionKernel(nn.Module):
         dropout_p: float = 0.0,
         return_weights: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
+        """Attention of q (B, Hq, Tq, D) over k, v (B, Hkv, Tk, D): out (B, Hq, Tq, Dv), or (out, weights (B, Hq, Tq, Tk)) with ``return_weights``.
+
+        Example:
+            >>> out = kernel(q, k, v, causal=True)  # q (B, Hq, Tq, D), k, v (B, Hkv, Tk, D) -> (B, Hq, Tq, D)
+        """
         raise NotImplementedError
 
 
@@ -82,6 +99,9 @@ class ExactKernel(AttentionKernel):
     1/sqrt(D)). Supports everything a layer can ask for: causal, sliding windows, ALiBi, key
     padding, packed documents, user masks, dropout, the KV cache and returning the weights;
     and an additive score ``bias`` tensor given with the call.
+
+    Example:
+        >>> MultiHeadAttention(64, 4, kernel=ExactKernel("sdpa"))
     """
 
     name: ClassVar[str] = "exact"
@@ -116,7 +136,11 @@ class ExactKernel(AttentionKernel):
         bias: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """As the protocol (module docstring); ``bias``: an additive float score bias
-        broadcastable to (B, Hq, Tq, Tk), not with ``alibi``."""
+        broadcastable to (B, Hq, Tq, Tk), not with ``alibi``.
+
+        Example:
+            >>> out = ExactKernel("math")(q, k, v, causal=True)  # q, k, v (B, H, T, D)
+        """
         if bias is not None and alibi:
             raise ValueError(
                 "the exact kernel takes one score bias: alibi=True or a bias tensor, not both"
@@ -139,5 +163,10 @@ class ExactKernel(AttentionKernel):
         )
 
     def extra_repr(self) -> str:
+        """The backend (and scale), shown inside ``repr(kernel)``.
+
+        Example:
+            >>> print(ExactKernel("sdpa"))
+        """
         extra = "" if self.scale is None else f", scale={self.scale:g}"
         return f"backend={self.backend!r}{extra}"

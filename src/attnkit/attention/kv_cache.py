@@ -43,12 +43,21 @@ class KVCache:
     def for_layers(
         cls, n_layers: int, max_len: int | None = None, dtype: torch.dtype | None = None
     ) -> list[KVCache]:
-        """One empty cache per layer."""
+        """One empty cache per layer.
+
+        Example:
+            >>> caches = KVCache.for_layers(12, max_len=1024)
+        """
         positive_int("n_layers", n_layers)
         return [cls(max_len, dtype) for _ in range(n_layers)]
 
     @property
     def capacity(self) -> int:
+        """Tokens the allocated storage holds (0 before the first update).
+
+        Example:
+            >>> KVCache(max_len=64).capacity  # 0 until the first update
+        """
         return 0 if self.k is None else self.k.shape[2]
 
     def _check(self, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
@@ -106,7 +115,11 @@ class KVCache:
 
     def update(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append k_new, v_new (B, Hkv, T_new, D); return all keys and values so far,
-        (B, Hkv, length, D) each."""
+        (B, Hkv, length, D) each.
+
+        Example:
+            >>> k_all, v_all = cache.update(torch.randn(1, 4, 3, 16), torch.randn(1, 4, 3, 16))
+        """
         self._check(k_new, v_new)
         t_new = k_new.shape[2]
         end = self.length + t_new
@@ -132,12 +145,20 @@ class KVCache:
         return k[:, :, :end], v[:, :, :end]
 
     def truncate(self, length: int) -> None:
-        """Forget every token from ``length`` on (e.g. after rejected speculative tokens)."""
+        """Forget every token from ``length`` on (e.g. after rejected speculative tokens).
+
+        Example:
+            >>> cache.truncate(cache.length - 2)
+        """
         int_in("length", length, 0, self.length)
         self.length = length
 
     def reset(self) -> None:
-        """Empty the cache; the storage is kept for reuse."""
+        """Empty the cache; the storage is kept for reuse.
+
+        Example:
+            >>> cache.reset(); cache.length
+        """
         self.length = 0
 
     def __repr__(self) -> str:

@@ -38,7 +38,11 @@ __all__ = [
 
 @dataclass(frozen=True, eq=False)
 class MaskSpec:
-    """Every ingredient of an attention mask, validated by `attnkit.attention.functional`."""
+    """Every ingredient of an attention mask, validated by `attnkit.attention.functional`.
+
+    Example:
+        >>> MaskSpec(4, 4, causal=True).dense().shape  # (1, 1, Tq, Tk)
+    """
 
     q_len: int
     k_len: int
@@ -50,11 +54,20 @@ class MaskSpec:
 
     @property
     def offset(self) -> int:
+        """Position of the first query among the keys: ``k_len - q_len`` (cached keys come first).
+
+        Example:
+            >>> MaskSpec(1, 10, causal=True).offset  # 9: one new query after 9 cached keys
+        """
         return self.k_len - self.q_len
 
     @property
     def is_empty(self) -> bool:
-        """True when nothing restricts attention (every query sees every key)."""
+        """True when nothing restricts attention (every query sees every key).
+
+        Example:
+            >>> MaskSpec(4, 4).is_empty
+        """
         return (
             not self.causal
             and self.window is None
@@ -65,12 +78,20 @@ class MaskSpec:
 
     @property
     def structural_only(self) -> bool:
-        """Only causal/window restrictions: the same (Tq, Tk) pattern for every batch and head."""
+        """Only causal/window restrictions: the same (Tq, Tk) pattern for every batch and head.
+
+        Example:
+            >>> MaskSpec(8, 8, causal=True, window=4).structural_only
+        """
         return self.valid_key_mask is None and self.document_ids is None and self.mask is None
 
     # ------------------------------------------------------------------ dense rendering
     def positional(self, q_idx: Tensor, k_idx: Tensor) -> Tensor | None:
-        """Causal/window part of the mask on broadcastable index tensors (None if unrestricted)."""
+        """Causal/window part of the mask on broadcastable index tensors (None if unrestricted).
+
+        Example:
+            >>> spec.positional(torch.arange(4)[:, None], torch.arange(4)[None, :])  # (Tq, 1), (1, Tk) -> (Tq, Tk)
+        """
         rel = q_idx + self.offset - k_idx  # query position minus key position
         allowed = None
         if self.causal:
@@ -84,7 +105,11 @@ class MaskSpec:
         return allowed
 
     def dense(self, device: torch.device | str | None = None) -> Tensor | None:
-        """Boolean mask broadcastable to (B, H, Tq, Tk), True = may attend; None = no mask."""
+        """Boolean mask broadcastable to (B, H, Tq, Tk), True = may attend; None = no mask.
+
+        Example:
+            >>> MaskSpec(3, 3, causal=True).dense()[0, 0]
+        """
         if self.is_empty:
             return None
         device = torch.device(device) if device is not None else self._device()
@@ -114,7 +139,11 @@ class MaskSpec:
 
     # ------------------------------------------------------------------ FlexAttention
     def mask_mod(self) -> Callable | None:
-        """A FlexAttention mask_mod(b, h, q_idx, kv_idx) -> bool, or None if unrestricted."""
+        """A FlexAttention mask_mod(b, h, q_idx, kv_idx) -> bool, or None if unrestricted.
+
+        Example:
+            >>> block_mask = create_block_mask(spec.mask_mod(), B, H, Tq, Tk)
+        """
         if self.is_empty:
             return None
         causal, window, offset = self.causal, self.window, self.offset
@@ -159,6 +188,9 @@ class MaskSpec:
         Computed from per-block bounds (positions, padding counts, document id ranges), so
         the cost is O((Tq/q_block) * (Tk/k_block)), never O(Tq * Tk), for structured masks.
         B' and H' are 1 when the layout does not depend on them.
+
+        Example:
+            >>> MaskSpec(256, 256, causal=True).block_layout(1, 1, 128, 128)  # (B, H, 2, 2)
         """
         nq = -(-self.q_len // q_block)
         nk = -(-self.k_len // k_block)
@@ -238,7 +270,11 @@ class MaskSpec:
 
 # ---------------------------------------------------------------------- public builders
 def causal_mask(q_len: int, k_len: int | None = None, device=None) -> Tensor:
-    """(Tq, Tk) bool: query i (at position Tk - Tq + i) sees keys 0..its own position."""
+    """(Tq, Tk) bool: query i (at position Tk - Tq + i) sees keys 0..its own position.
+
+    Example:
+        >>> causal_mask(3)
+    """
     k_len = q_len if k_len is None else k_len
     dense = MaskSpec(q_len, k_len, causal=True).dense(device)
     assert dense is not None  # a causal spec is never empty
@@ -248,7 +284,11 @@ def causal_mask(q_len: int, k_len: int | None = None, device=None) -> Tensor:
 def sliding_window_mask(
     q_len: int, window: int, causal: bool = True, k_len: int | None = None, device=None
 ) -> Tensor:
-    """(Tq, Tk) bool sliding-window mask (see the module docstring for the convention)."""
+    """(Tq, Tk) bool sliding-window mask (see the module docstring for the convention).
+
+    Example:
+        >>> sliding_window_mask(6, window=2)
+    """
     k_len = q_len if k_len is None else k_len
     dense = MaskSpec(q_len, k_len, causal=causal, window=window).dense(device)
     assert dense is not None  # a windowed spec is never empty
@@ -256,14 +296,22 @@ def sliding_window_mask(
 
 
 def valid_key_mask_from_lengths(lengths: Tensor, max_len: int | None = None) -> Tensor:
-    """(B, T) bool valid-key mask from sequence lengths, True = real token (attend to it)."""
+    """(B, T) bool valid-key mask from sequence lengths, True = real token (attend to it).
+
+    Example:
+        >>> valid_key_mask_from_lengths(torch.tensor([2, 3]))  # (2, 3)
+    """
     lengths = torch.as_tensor(lengths)
     max_len = int(lengths.max()) if max_len is None else max_len
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def document_mask(document_ids: Tensor, causal: bool = False) -> Tensor:
-    """(B, 1, T, T) bool mask keeping attention inside each packed document."""
+    """(B, 1, T, T) bool mask keeping attention inside each packed document.
+
+    Example:
+        >>> document_mask(torch.tensor([[0, 0, 1, 1]]))  # ids (B, T) -> (1, 1, 4, 4)
+    """
     t = document_ids.shape[-1]
     dense = MaskSpec(t, t, causal=causal, document_ids=document_ids).dense()
     assert dense is not None  # a document spec is never empty
@@ -271,7 +319,11 @@ def document_mask(document_ids: Tensor, causal: bool = False) -> Tensor:
 
 
 def prefix_lm_mask(prefix_lengths: Tensor, seq_len: int) -> Tensor:
-    """(B, 1, T, T) bool prefix-LM mask: the prefix is bidirectional, the rest causal."""
+    """(B, 1, T, T) bool prefix-LM mask: the prefix is bidirectional, the rest causal.
+
+    Example:
+        >>> prefix_lm_mask(torch.tensor([2]), seq_len=4)  # lengths (B,) -> (1, 1, 4, 4)
+    """
     prefix_lengths = torch.as_tensor(prefix_lengths)
     i = torch.arange(seq_len, device=prefix_lengths.device)
     causal = i[:, None] >= i[None, :]  # (T, T)

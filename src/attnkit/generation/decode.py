@@ -293,6 +293,9 @@ def generate(
 
     Returns the prompt's token ids followed by the new ones: a ``list[int]`` for one prompt, a
     list of them (one per prompt, without padding) for a batch.
+
+    Example:
+        >>> ids = generate(attnkit.load("runs/char"), "ROMEO:", max_new_tokens=50, top_k=40, seed=0)
     """
     if isinstance(model, EncoderDecoder):
         gpt_only: dict[str, Any] = dict(repetition_penalty=repetition_penalty, stop=stop)

@@ -89,6 +89,9 @@ class ModelConfig:
     Old names: ``n_head`` and ``n_kv_head`` (before they were renamed ``n_heads`` and
     ``n_kv_heads``) are accepted by :meth:`from_dict`, so older config.json files still load
     (see :func:`translate_old_names`).
+
+    Example:
+        >>> ModelConfig(arch="gpt", vocab_size=256, n_layer=2, d_model=64, n_heads=4, max_seq_len=128)
     """
 
     arch: str = "gpt"
