@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.attnkit-setup
 OUT    ?= bench_out
 
-.PHONY: setup lint test test-slow demo bench genre gpu-check clean
+.PHONY: setup lint test test-slow demo bench genre gpu-check docs clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,8 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest -q
+	@start=$$(date +%s); $(VENV)/bin/mkdocs build --strict --quiet --site-dir build/docs-check \
+	  && echo "docs: mkdocs build --strict passed in $$(( $$(date +%s) - start )) s"
 
 test-slow: setup
 	$(PY) -m pytest -q -m 'slow and not gpu' --timeout 3600
@@ -58,6 +60,11 @@ bench: setup
 # $(OUT)/gpu/gpu_check.json. Without a CUDA device it says so and exits 3, writing nothing.
 gpu-check: setup
 	OMP_WAIT_POLICY=PASSIVE $(PY) scripts/gpu_check.py --out $(OUT)/gpu
+
+# The docs site (mkdocs-material + mkdocstrings-python, in the test extra), built with --strict
+# into site/; `make test` builds it too, into build/docs-check.
+docs: setup
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(OUT) build dist src/*.egg-info $(STAMP)
