@@ -48,7 +48,11 @@ def _fail(field_name: str, value: Any, expected: str) -> NoReturn:
 def translate_old_names(data: Mapping[str, Any]) -> dict[str, Any]:
     """``data`` with fields of their old names renamed (``n_head`` -> ``n_heads``, ``n_kv_head``
     -> ``n_kv_heads``), so config.json and TOML files written before the rename still load.
-    Giving both the old and the new name is an error naming them."""
+    Giving both the old and the new name is an error naming them.
+
+    Example:
+        >>> translate_old_names({"n_head": 4})  # {'n_heads': 4}
+    """
     out = dict(data)
     for old, new in RENAMED_FIELDS.items():
         if old in out:

@@ -96,6 +96,11 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
 
 
 def preset_names() -> list[str]:
+    """The names :func:`get_preset` accepts, sorted.
+
+    Example:
+        >>> "tiny" in preset_names()
+    """
     return sorted(PRESETS)
 
 
