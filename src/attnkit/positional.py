@@ -30,6 +30,9 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     For a power of two n the slopes are the geometric sequence 2^(-8/n), 2^(-16/n), ...
     For other head counts the slopes of the nearest lower power of two p are followed by every
     other slope of the sequence for 2p, as in the reference implementation.
+
+    Example:
+        >>> alibi_slopes(8)  # (8,): 1/2, 1/4, ..., 1/256
     """
     positive_int("n_heads", n_heads)
 
@@ -54,6 +57,9 @@ def sinusoidal_table(
 
     ``table[p, 2i] = sin(p / base^(2i/dim))`` and ``table[p, 2i+1] = cos(p / base^(2i/dim))``.
     An odd ``dim`` has one more sine column than cosine columns. Computed in float64 and cast.
+
+    Example:
+        >>> sinusoidal_table(512, 64).shape  # (512, 64)
     """
     positive_int("n_positions", n_positions)
     positive_int("dim", dim)
@@ -103,6 +109,9 @@ class SinusoidalPositionalEmbedding(nn.Module):
 
     ``forward(seq_len, offset=0)`` returns rows offset..offset+seq_len-1, shape (T, dim);
     ``forward(positions)`` with an integer tensor of any shape (...,) returns (..., dim).
+
+    Example:
+        >>> SinusoidalPositionalEmbedding(512, 64)(10).shape  # (10, 64)
     """
 
     table: torch.Tensor  # (max_len, dim) buffer
@@ -116,6 +125,11 @@ class SinusoidalPositionalEmbedding(nn.Module):
         self.register_buffer("table", sinusoidal_table(max_len, dim, base), persistent=False)
 
     def forward(self, positions_or_seq_len, offset: int = 0) -> torch.Tensor:
+        """The table rows for ``seq_len`` positions from ``offset`` (T, dim), or for an integer tensor of positions (...,) -> (..., dim).
+
+        Example:
+            >>> pe(10, offset=5)  # rows 5..14, (10, dim)
+        """
         if isinstance(positions_or_seq_len, torch.Tensor):
             if offset != 0:
                 raise ValueError(f"offset must be 0 when positions are given, got {offset!r}")
@@ -125,6 +139,11 @@ class SinusoidalPositionalEmbedding(nn.Module):
         return self.table[start:end]  # (T, dim)
 
     def extra_repr(self) -> str:
+        """The table's size and base, shown inside ``repr(module)``.
+
+        Example:
+            >>> print(SinusoidalPositionalEmbedding(512, 64))
+        """
         return f"max_len={self.max_len}, dim={self.dim}, base={self.base:g}"
 
 
@@ -134,6 +153,9 @@ class LearnedPositionalEmbedding(nn.Embedding):
     An ``nn.Embedding(max_len, dim)`` whose ``forward(seq_len, offset=0)`` returns the rows for
     positions offset..offset+seq_len-1, shape (T, dim). An integer tensor of positions (...,)
     is also accepted and gives (..., dim).
+
+    Example:
+        >>> LearnedPositionalEmbedding(1024, 768)(16).shape  # (16, 768)
     """
 
     def __init__(self, max_len: int, dim: int, **kwargs):
@@ -143,6 +165,11 @@ class LearnedPositionalEmbedding(nn.Embedding):
         self.max_len = max_len
 
     def forward(self, positions_or_seq_len, offset: int = 0) -> torch.Tensor:
+        """The embeddings of ``seq_len`` positions from ``offset`` (T, dim), or of an integer tensor of positions (...,) -> (..., dim).
+
+        Example:
+            >>> wpe(torch.tensor([[0, 1, 2, 0, 1]]))  # (1, 5) -> (1, 5, dim)
+        """
         if isinstance(positions_or_seq_len, torch.Tensor):
             if offset != 0:
                 raise ValueError(f"offset must be 0 when positions are given, got {offset!r}")
@@ -171,6 +198,9 @@ def apply_rotary(
     layout "interleaved" (GPT-J / RoFormer): channels (0, 1), (2, 3), ... are pairs.
     Each pair (a, b) becomes (a cos - b sin, b cos + a sin). The arithmetic runs in float32
     (float64 when x is float64) and the result is cast back to x.dtype.
+
+    Example:
+        >>> x_rot = apply_rotary(x, cos, sin)  # x (B, H, T, D), cos, sin (T, D/2)
     """
     if layout not in ROPE_LAYOUTS:
         raise ValueError(f"layout must be one of {ROPE_LAYOUTS}, got {layout!r}")
@@ -215,6 +245,9 @@ class RotaryEmbedding(nn.Module):
     The cos/sin table for positions 0..max_seq_len-1 is computed in float64 and kept per device
     and compute dtype; it grows (doubling) when a longer position is asked for. It is not a
     buffer, so ``module.half()`` cannot round it and ``state_dict`` does not carry it.
+
+    Example:
+        >>> q_rot, k_rot = RotaryEmbedding(64, max_seq_len=2048)(torch.randn(1, 8, 16, 64), torch.randn(1, 8, 16, 64))
     """
 
     def __init__(
@@ -266,7 +299,11 @@ class RotaryEmbedding(nn.Module):
         self, n_positions: int, device=None, dtype: torch.dtype = torch.float32
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin tables, each (N, R/2) with N >= n_positions, on ``device`` in ``dtype``
-        (float32 or float64)."""
+        (float32 or float64).
+
+        Example:
+            >>> cos, sin = rope.cos_sin(128)  # each (N >= 128, R/2)
+        """
         if n_positions > self._cached_len or not self._tables:  # none built yet (n = 0)
             self._grow(n_positions)
         device = torch.device("cpu") if device is None else torch.device(device)
@@ -300,6 +337,11 @@ class RotaryEmbedding(nn.Module):
         offset: int = 0,
         positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q (B, Hq, Tq, D) and k (B, Hkv, Tk, D) by their positions; returns (q_rot, k_rot), the same shapes.
+
+        Example:
+            >>> q_rot, k_rot = rope(q, k, offset=cache.length)  # q (B, Hq, Tq, D), k (B, Hkv, Tk, D)
+        """
         for name, t in (("q", q), ("k", k)):
             if t.dim() != 4 or t.shape[-1] != self.head_dim:
                 raise ValueError(
@@ -339,6 +381,11 @@ class RotaryEmbedding(nn.Module):
         return q_rot, k_rot
 
     def extra_repr(self) -> str:
+        """Head and rotary dims, base and layout, shown inside ``repr(module)``.
+
+        Example:
+            >>> print(RotaryEmbedding(64))
+        """
         s = f"head_dim={self.head_dim}, base={self.base:g}, layout={self.layout!r}"
         if self.rotary_dim != self.head_dim:
             s += f", rotary_dim={self.rotary_dim}"

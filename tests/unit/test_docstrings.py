@@ -138,6 +138,7 @@ DONE = (
     "attnkit.models.bert",
     "attnkit.models.config",
     "attnkit.models.presets",
+    "attnkit.positional",
 )
 # The top-level names, except Encoder (attnkit.tasks.sentence: not yet done).
 TOP_LEVEL = [n for n in attnkit.__all__ if n not in ("__version__", "attention", "Encoder")]
