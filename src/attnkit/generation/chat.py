@@ -40,7 +40,11 @@ __all__ = ["ChatSession", "Reply"]
 @dataclass
 class Reply:
     """One turn's answer: ``dropped`` oldest tokens left the context to make room (0 when it
-    fitted); ``tokens`` yields the new tokens as they are chosen."""
+    fitted); ``tokens`` yields the new tokens as they are chosen.
+
+    Example:
+        >>> "".join(t.text for t in session.send("You: hello\n").tokens)
+    """
 
     dropped: int
     tokens: Iterator[GeneratedToken]
@@ -52,7 +56,11 @@ class ChatSession:
     ``system``: text that opens the conversation (and stays when the context slides, if it
     takes less than half of it). Sampling options as in :func:`~attnkit.generation.generate`
     (``seed`` seeds one generator for the whole conversation); ``stop`` strings or id lists
-    and ``eos_token_id`` end a reply early."""
+    and ``eos_token_id`` end a reply early.
+
+    Example:
+        >>> session = ChatSession(attnkit.load("runs/char"), system="A play.\n", top_k=40, seed=0)
+    """
 
     def __init__(
         self,
@@ -112,11 +120,19 @@ class ChatSession:
     # ---------------------------------------------------------------------------------------
     @property
     def cached(self) -> int:
-        """Tokens of the conversation whose keys and values are in the cache."""
+        """Tokens of the conversation whose keys and values are in the cache.
+
+        Example:
+            >>> session.cached  # tokens in the KV cache
+        """
         return self.cache[0].length
 
     def reset(self) -> None:
-        """Forget the conversation: an empty cache and only the system text."""
+        """Forget the conversation: an empty cache and only the system text.
+
+        Example:
+            >>> session.reset()
+        """
         for c in self.cache:
             c.reset()
         self.tokens = list(self.system_ids)
@@ -163,7 +179,11 @@ class ChatSession:
 
     def send(self, text: str) -> Reply:
         """Add the turn ``text`` (as it should appear in the model's context, separators
-        included) and return the reply; its tokens are made as they are read."""
+        included) and return the reply; its tokens are made as they are read.
+
+        Example:
+            >>> for token in session.send("ROMEO: Hello.\nJULIET:").tokens: print(token.text, end="")
+        """
         self._repair()
         ids = self._encode(text)
         if not ids and len(self.tokens) == self.cached:

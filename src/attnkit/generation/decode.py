@@ -26,7 +26,11 @@ __all__ = ["GeneratedToken", "generate", "stream"]
 class GeneratedToken:
     """One new token of one row: its id, the step (0 = first new token) and the text it makes
     printable (``None`` without a tokenizer; may be "" while a multi-byte character is
-    incomplete, and then holds all of it at the token that completes it)."""
+    incomplete, and then holds all of it at the token that completes it).
+
+    Example:
+        >>> [t.text for t in stream(model, "ROMEO:", 5)]  # each a GeneratedToken
+    """
 
     row: int
     step: int
@@ -162,7 +166,11 @@ def stream(
 ) -> Iterator[GeneratedToken]:
     """Like :func:`generate`, but an iterator over the new tokens as they are made: one
     :class:`GeneratedToken` per live row per step, rows in order. Arguments are checked when
-    this is called, before the first token."""
+    this is called, before the first token.
+
+    Example:
+        >>> for t in stream(attnkit.load("runs/char"), "ROMEO:", 100, seed=0): print(t.text, end="")
+    """
     gpt = check_model(model)
     vocab = gpt.config.vocab_size
     opts = check_options(

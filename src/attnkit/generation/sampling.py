@@ -13,7 +13,11 @@ def apply_repetition_penalty(
     logits: torch.Tensor, seen: torch.Tensor, penalty: float
 ) -> torch.Tensor:
     """logits (B, V); seen (B, V) bool, True for ids already in the row. Returns new logits:
-    seen positive logits / penalty, seen negative logits * penalty."""
+    seen positive logits / penalty, seen negative logits * penalty.
+
+    Example:
+        >>> apply_repetition_penalty(torch.tensor([[2.0, -1.0]]), torch.tensor([[True, True]]), 2.0)  # [[1.0, -2.0]]
+    """
     if penalty == 1.0:
         return logits
     scaled = torch.where(logits > 0, logits / penalty, logits * penalty)  # (B, V)
@@ -23,7 +27,11 @@ def apply_repetition_penalty(
 def filter_logits(
     logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None
 ) -> torch.Tensor:
-    """logits (B, V) -> logits with the tokens outside top-k / top-p set to -inf."""
+    """logits (B, V) -> logits with the tokens outside top-k / top-p set to -inf.
+
+    Example:
+        >>> filter_logits(torch.tensor([[1.0, 3.0, 2.0]]), top_k=2)  # [[-inf, 3.0, 2.0]]
+    """
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -62,7 +70,11 @@ def choose_tokens(
     ValueError when a row's logits hold NaN or +inf (a model with non-finite weights or
     activations): no token is chosen from them. The tempered logits are shifted by their row
     maximum first, so that a tiny temperature (down to the smallest float) is a clean arg-max
-    instead of inf / inf."""
+    instead of inf / inf.
+
+    Example:
+        >>> choose_tokens(torch.tensor([[0.1, 2.0, 0.3]]), temperature=0.0)  # tensor([1])
+    """
     if temperature == 0:
         top, ids = logits.max(dim=-1)  # (B,) each, in one pass; top is NaN if the row holds one
         _refuse_non_finite(top)

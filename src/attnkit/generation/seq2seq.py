@@ -209,7 +209,11 @@ def generate_seq2seq(
     tensor with ``attention_mask``, or a list of id lists, padded here); the options are
     described in the module docstring. ``eos_token_id``, ``pad_token_id`` and
     ``decoder_start_token_id`` default to the model config's. ``decoder_only``: the options of
-    GPT generation this was called with (each must have its unused value)."""
+    GPT generation this was called with (each must have its unused value).
+
+    Example:
+        >>> out = generate_seq2seq(model, src_ids, attention_mask=src_mask, num_beams=4)  # (B, S) -> (B, L)
+    """
     if not isinstance(model, EncoderDecoder):
         raise TypeError(f"model must be an attnkit EncoderDecoder, got {type(model).__name__}")
     for name, value in (decoder_only or {}).items():
