@@ -43,7 +43,7 @@ class Reply:
     fitted); ``tokens`` yields the new tokens as they are chosen.
 
     Example:
-        >>> "".join(t.text for t in session.send("You: hello\n").tokens)
+        >>> "".join(t.text for t in session.send("You: hello\\n").tokens)
     """
 
     dropped: int
@@ -59,7 +59,7 @@ class ChatSession:
     and ``eos_token_id`` end a reply early.
 
     Example:
-        >>> session = ChatSession(attnkit.load("runs/char"), system="A play.\n", top_k=40, seed=0)
+        >>> session = ChatSession(attnkit.load("runs/char"), system="A play.\\n", top_k=40, seed=0)
     """
 
     def __init__(
@@ -182,7 +182,7 @@ class ChatSession:
         included) and return the reply; its tokens are made as they are read.
 
         Example:
-            >>> for token in session.send("ROMEO: Hello.\nJULIET:").tokens: print(token.text, end="")
+            >>> for token in session.send("ROMEO: Hello.\\nJULIET:").tokens: print(token.text, end="")
         """
         self._repair()
         ids = self._encode(text)
