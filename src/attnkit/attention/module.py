@@ -51,10 +51,12 @@ class MultiHeadAttention(nn.Module):
         dropout: probability for dropout on the attention weights and on the output.
         bias: bias terms in the projections.
         backend: passed to ``attention`` (``"auto"``, ``"math"``, ``"sdpa"``, ...).
-        rope_base, rope_layout: RoPE base and channel layout (``"half"`` or ``"interleaved"``).
+        rope_base: RoPE base.
+        rope_layout: RoPE channel layout (``"half"`` or ``"interleaved"``).
         head_dim: per-head width D (default d_model // n_heads).
-        variant, variant_params: name and keyword arguments of an approximate attention from
-            ``attnkit.attention.variants`` (resolved through its registry): the kernel.
+        variant: name of an approximate attention from ``attnkit.attention.variants``
+            (resolved through its registry): the kernel.
+        variant_params: keyword arguments of that variant.
         kernel: the kernel object itself (an ``AttentionKernel``); default
             ``ExactKernel(backend)``. Give ``kernel`` or ``variant``, not both.
 
