@@ -109,6 +109,8 @@ def main() -> None:
         q, k, v = (x @ W.T + bias).split(C, dim=-1)  # (T, C) each
         qh, kh, vh = (t.view(T, H, D).transpose(0, 1) for t in (q, k, v))  # (H, T, D)
     print("3. q head 0 [:, :6]\n", qh[0, :, :6])
+    check(tuple(W.shape) == (1152, 384), "one (1152, 384) matrix makes q, k and v")
+    check(model.embed.pos.weight.shape[0] == 512, "one learned row per position 0..511")
     check(tuple(qh.shape) == (12, 6, 32), "12 heads of 32 dims over 6 tokens")
 
     # 4-6. scores, scaling, softmax --------------------------------------------------------
@@ -203,6 +205,10 @@ def main() -> None:
         f"cos(with, words permuted) {cos_pp:.3f}"
     )
     check(cos_np < 0.999 and cos_pp < 0.999, "positions change the layer's output")
+    with torch.no_grad():  # without positions, attention is blind to order
+        hq = block(no_pos[perm][None])[0]
+    eq = float((hq - hn[perm]).abs().max())
+    check(eq <= 1e-5, f"no positions: permuted input gives permuted output ({eq:.1e})")
     heatmap(
         out / "positions.png",
         pos[:T, :32],
@@ -232,6 +238,12 @@ def main() -> None:
     check(gaps[0] < 0.02, "after the embeddings the senses are not apart yet")
     check(all(g > 0 for g in gaps[1:]), "same sense is closer than cross sense at every layer")
     check(gaps[best] > gaps[-1], "the senses part most in a middle layer, not the last")
+    check(min(cross) > 0.8, "every pair has a high cosine, cross-sense ones included")
+    with torch.no_grad():  # depth 0: the word's row plus the row of its position, no context
+        e0 = model.embed.norm(model.embed.tok.weight[ea.ids[4]] + pos[4] + typ)
+    d0 = float((vecs[0, 0] - e0).abs().max())
+    check(d0 <= 1e-5, f"depth 0 of 'bat' is its word + position + type embedding ({d0:.1e})")
+    check(0 < best < L1 - 1, "the largest gap is in a middle layer")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(range(L1), same, "o-", label="same sense")
     ax.plot(range(L1), cross, "s-", label="cross sense")
