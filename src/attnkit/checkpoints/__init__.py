@@ -63,7 +63,11 @@ log = logging.getLogger(__name__)
 
 
 def resolve(name_or_dir: str | os.PathLike[str]) -> Path:
-    """A directory for a path or a known model name (found in its installed package)."""
+    """A directory for a path or a known model name (found in its installed package).
+
+    Example:
+        >>> resolve("minilm")  # the installed package's model directory
+    """
     path = Path(name_or_dir)
     if path.is_dir():
         return path

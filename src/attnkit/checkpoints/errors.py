@@ -6,4 +6,9 @@ __all__ = ["CheckpointError"]
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the file and the problem."""
+    """A checkpoint that cannot be loaded; the message names the file and the problem.
+
+    Example:
+        >>> try: attnkit.load("runs/broken")
+        ... except CheckpointError as e: print(e)
+    """

@@ -68,6 +68,9 @@ def save_tensors(
 
     With ``checksums`` the metadata holds a CRC-32 of every tensor's bytes
     (``"crc32:<key>"``), so :func:`read_tensors` can name a tensor whose bytes were damaged.
+
+    Example:
+        >>> save_tensors("weights.safetensors", {"w": torch.zeros(2, 3)})
     """
     from safetensors.torch import save_file
 
@@ -80,7 +83,11 @@ def save_tensors(
 
 def read_header(path: str | Path) -> header_mod.Header:
     """The checked header of a safetensors file (:mod:`attnkit.checkpoints.header`); a bad one
-    raises CheckpointError naming the file and the problem."""
+    raises CheckpointError naming the file and the problem.
+
+    Example:
+        >>> read_header("runs/char/model.safetensors")
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")
@@ -96,7 +103,11 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     ``torch.load(weights_only=True)``. Unreadable files raise CheckpointError naming them.
 
     A safetensors header is checked in full (:func:`read_header`) before any tensor is read,
-    and each tensor's CRC-32, when the file records one, after."""
+    and each tensor's CRC-32, when the file records one, after.
+
+    Example:
+        >>> tensors = read_tensors("runs/char/model.safetensors")  # name -> tensor
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")
@@ -188,6 +199,9 @@ def check_and_load(
 
     ``skip`` lists state_dict keys that are not expected (tied aliases). Nothing is copied
     unless everything checks out.
+
+    Example:
+        >>> check_and_load(model, read_tensors(path), path)
     """
     own = _specs(model, skip)
     _check_specs(own, {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}, source)

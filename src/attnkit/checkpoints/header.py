@@ -163,7 +163,11 @@ def _parse(raw: bytes) -> dict[str, Any]:
 
 def read_header(path: str | Path) -> Header:
     """The checked header of the safetensors file ``path``; raises HeaderError (a ValueError)
-    whose message says what is wrong (the caller adds the file's name)."""
+    whose message says what is wrong (the caller adds the file's name).
+
+    Example:
+        >>> read_header(Path("runs/char/model.safetensors")).tensors
+    """
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:

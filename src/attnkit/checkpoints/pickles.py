@@ -36,7 +36,11 @@ def _pickle_reason(e: Exception) -> str:
 def read_pickle(path: str | Path, what: str) -> Any:
     """The object in the PyTorch file ``path`` (``what`` it should hold, for messages), read
     with ``torch.load(weights_only=True)``: tensors and plain values only, so a pickle that
-    would run code (a ``__reduce__`` payload) is refused unrun, as a CheckpointError."""
+    would run code (a ``__reduce__`` payload) is refused unrun, as a CheckpointError.
+
+    Example:
+        >>> read_pickle("pytorch_model.bin", "a state dict")
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file; expected {what}")
@@ -54,7 +58,11 @@ def read_pickle(path: str | Path, what: str) -> Any:
 
 def read_state(path: str | Path, required: Mapping[str, type]) -> dict[str, Any]:
     """A training state dict (``state.pt``: optimizer, RNG states, step...) read as
-    :func:`read_pickle` does, with each key of ``required`` present and of its type."""
+    :func:`read_pickle` does, with each key of ``required`` present and of its type.
+
+    Example:
+        >>> read_state("runs/char/state.pt", {"step": int})
+    """
     path = Path(path)
     what = "a dict with " + ", ".join(f"{k!r} ({t.__name__})" for k, t in required.items())
     obj = read_pickle(path, what)

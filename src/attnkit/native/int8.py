@@ -35,6 +35,9 @@ class Int8Linear(nn.Module):
     attnkit's native kernel (float32 activations and scales, sums in float32); other calls use
     ``torch._weight_int8pack_mm`` in bfloat16 (activations and scales rounded to bfloat16).
     Weights take a quarter of their float32 memory, which is what a decoding step mostly reads.
+
+    Example:
+        >>> Int8Linear(nn.Linear(768, 3072))(torch.randn(4, 768)).shape  # (4, 3072)
     """
 
     weight: torch.Tensor
@@ -57,6 +60,11 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in_features) -> x W^T + bias (..., out_features), in x's dtype.
+
+        Example:
+            >>> layer(torch.randn(2, 16, 768))  # (..., in_features) -> (..., out_features)
+        """
         rows = x.numel() // self.in_features
         if (
             x.device.type == "cpu"
@@ -91,6 +99,11 @@ class Int8Linear(nn.Module):
         return cached[1]
 
     def extra_repr(self) -> str:
+        """Sizes and the int8 marker, shown inside ``repr(layer)``.
+
+        Example:
+            >>> print(Int8Linear(nn.Linear(8, 4)))
+        """
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
@@ -98,7 +111,11 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace, in place, the linear layers of ``model``'s blocks and its LM head by
     :class:`Int8Linear` (weight-only int8, per-row scales); returns ``model``. Embeddings,
     norms and the KV cache keep their dtype; a tied LM head gets its own int8 copy.
-    Linears whose input width is not a multiple of 8 stay as they are."""
+    Linears whose input width is not a multiple of 8 stay as they are.
+
+    Example:
+        >>> model = quantize_int8(attnkit.load("runs/char"))
+    """
     if not hasattr(torch, "_weight_int8pack_mm"):
         raise RuntimeError(
             f"int8 decoding needs torch._weight_int8pack_mm, which torch {torch.__version__} lacks"
