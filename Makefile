@@ -29,7 +29,7 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest -q
-	@start=$$(date +%s); $(VENV)/bin/mkdocs build --strict --quiet --site-dir build/docs-check \
+	@start=$$(date +%s); NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir build/docs-check \
 	  && echo "docs: mkdocs build --strict passed in $$(( $$(date +%s) - start )) s"
 
 test-slow: setup
@@ -64,7 +64,7 @@ gpu-check: setup
 # The docs site (mkdocs-material + mkdocstrings-python, in the test extra), built with --strict
 # into site/; `make test` builds it too, into build/docs-check.
 docs: setup
-	$(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(OUT) build dist src/*.egg-info $(STAMP)
