@@ -406,6 +406,9 @@ def relative_position_bucket(
     distances up to ``max_distance`` in logarithmically wider buckets; farther keys share the
     last one. Unidirectional (the decoder): only keys at or before the query count; later keys
     fall in bucket 0 (the causal mask hides them).
+
+    Example:
+        >>> relative_position_bucket(torch.arange(-3, 4), True, 32, 128)  # (7,) -> (7,)
     """
     n = num_buckets
     buckets = torch.zeros_like(relative_position)
