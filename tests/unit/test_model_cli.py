@@ -83,7 +83,7 @@ def test_similarity_of_texts_and_of_a_word(bert_dir, capsys):
     with torch.no_grad():  # "bat" is token 4 of [CLS] he swung the bat [SEP], token 2 of the other
         ha, hb = model(ids_a).hidden_states[0, 4], model(ids_b).hidden_states[0, 2]
     ref = torch.nn.functional.cosine_similarity(ha, hb, dim=0).item()
-    assert float(capsys.readouterr().out) == pytest.approx(ref, abs=1e-5)
+    assert float(capsys.readouterr().out.split()[-1]) == pytest.approx(ref, abs=1e-5)
 
 
 def test_convert_to_hf_and_back(bert_dir, tmp_path, capsys):
