@@ -35,7 +35,11 @@ DENSE_MASK_BUDGET = 256 * 2**20
 
 @dataclass(frozen=True)
 class Plan:
-    """The backend `attention` will use for a call, and the reason."""
+    """The backend `attention` will use for a call, and the reason.
+
+    Example:
+        >>> explain(q, k, v, causal=True)  # Plan(backend='sdpa', reason='...')
+    """
 
     backend: str
     reason: str
@@ -48,25 +52,43 @@ class Plan:
 class Planned:
     """A plan as the cache keeps it: the `Plan`, and for a call that is one plain fused SDPA
     call (no mask tensor, no bias) its arguments ``(is_causal, scale, enable_gqa)``, so that
-    running it needs no `MaskSpec`."""
+    running it needs no `MaskSpec`.
+
+    Example:
+        >>> Planned(Plan("math", "weights requested"))
+    """
 
     plan: Plan
     fused: tuple[bool, float, bool] | None = None
 
 
 class PlanCache:
-    """Plans by call signature, at most ``max_size`` of them (the oldest go first)."""
+    """Plans by call signature, at most ``max_size`` of them (the oldest go first).
+
+    Example:
+        >>> cache = PlanCache(max_size=128); cache.get(key)  # None until put
+    """
 
     def __init__(self, max_size: int = 4096):
         self.max_size = max_size
         self._plans: dict[Hashable, Planned] = {}
 
     def get(self, key: Hashable) -> Planned | None:
+        """The plan stored under ``key``, or None.
+
+        Example:
+            >>> cache.get(signature(q, k, v, True, None, None, None, None, None, 0.0, None, "auto", False))
+        """
         return self._plans.get(key)
 
     def put(self, key: Hashable, value: Planned) -> None:
         # no lock: each dict operation is atomic, and two threads evicting at once only
         # evict one entry more (a lock would also break torch.compile's graph here)
+        """Store ``value`` under ``key``, dropping the oldest plan when full.
+
+        Example:
+            >>> cache.put(key, Planned(Plan("sdpa", "dense causal")))
+        """
         if len(self._plans) >= self.max_size:
             try:
                 self._plans.pop(next(iter(self._plans)))
@@ -75,6 +97,11 @@ class PlanCache:
         self._plans[key] = value
 
     def clear(self) -> None:
+        """Forget every plan.
+
+        Example:
+            >>> cache.clear()
+        """
         self._plans.clear()
 
     def __len__(self) -> int:
@@ -107,7 +134,11 @@ def signature(
 ) -> Hashable:
     """What validation and planning depend on: equal signatures get equal answers. Scalars go in
     with their types (``True == 1``, but ``window=True`` is an error and ``window=1`` is not);
-    AttributeError when an argument is not even tensor-like."""
+    AttributeError when an argument is not even tensor-like.
+
+    Example:
+        >>> signature(q, k, v, True, None, None, None, None, None, 0.0, None, "auto", False)
+    """
     return (
         q.shape,
         q.dtype,
@@ -156,7 +187,11 @@ def plan(
     grad: bool,
 ) -> Plan:
     """The backend for validated inputs: ``backend`` itself when it is not ``"auto"`` (after
-    checking that it can run the call), else the cheapest one that can."""
+    checking that it can run the call), else the cheapest one that can.
+
+    Example:
+        >>> plan(q, spec, None, 0.0, False, "auto", False)  # q (B, H, Tq, D) -> Plan
+    """
     Tq, Tk = spec.q_len, spec.k_len
     cpu_like = q.device.type in ("cpu", "meta")
     if backend != "auto":
@@ -254,7 +289,11 @@ def planned(
     grad: bool,
     scale: float,
 ) -> Planned:
-    """`plan` with the arguments of a plain fused SDPA call when the plan is one."""
+    """`plan` with the arguments of a plain fused SDPA call when the plan is one.
+
+    Example:
+        >>> planned(q, k, spec, None, 0.0, False, "auto", False, D**-0.5)  # q (B, Hq, Tq, D), k (B, Hkv, Tk, D)
+    """
     chosen = plan(q, spec, bias, dropout_p, return_weights, backend, grad)
     fused = None
     if chosen.backend == "sdpa" and needs_no_mask(spec, bias):

@@ -25,7 +25,11 @@ def fused(
 ) -> Tensor:
     """SDPA as torch defines it, for inputs already checked by the caller: q (..., Tq, D),
     k (..., Tk, D), v (..., Tk, Dv) -> (..., Tq, Dv); ``attn_mask`` bool (True = may attend)
-    or float (added to the scores)."""
+    or float (added to the scores).
+
+    Example:
+        >>> fused(q, k, v, is_causal=True)  # q (..., Tq, D), k, v (..., Tk, D)
+    """
     return F.scaled_dot_product_attention(
         q,
         k,
@@ -41,7 +45,11 @@ def fused(
 def needs_no_mask(spec: MaskSpec, bias: object) -> bool:
     """Whether SDPA runs a call with no mask tensor at all: no bias, no per-batch or user mask,
     no window, and causal only as ``is_causal`` (which aligns the queries with the first keys,
-    so it serves only Tq == Tk)."""
+    so it serves only Tq == Tk).
+
+    Example:
+        >>> needs_no_mask(MaskSpec(8, 8, causal=True), None)
+    """
     return (
         bias is None
         and spec.structural_only
@@ -60,7 +68,11 @@ def sdpa_attention(
     scale: float,
     dropout_p: float,
 ) -> Tensor:
-    """torch SDPA.  Causal self-attention without other masks takes the is_causal fast path."""
+    """torch SDPA.  Causal self-attention without other masks takes the is_causal fast path.
+
+    Example:
+        >>> out = sdpa_attention(q, k, v, MaskSpec(T, T, causal=True), bias=None, scale=D**-0.5, dropout_p=0.0)  # q (B, Hq, T, D), k, v (B, Hkv, T, D)
+    """
     gqa = q.shape[1] != k.shape[1]
     if needs_no_mask(spec, bias):
         return fused(

@@ -439,7 +439,11 @@ def windowed_attention(
     dropout_p: float,
     block: int = WINDOW_QUERY_BLOCK,
 ) -> Tensor:
-    """Sliding-window attention over blocks of queries; memory O(N * (window + block))."""
+    """Sliding-window attention over blocks of queries; memory O(N * (window + block)).
+
+    Example:
+        >>> out = windowed_attention(q, k, v, MaskSpec(T, T, causal=True, window=512), alibi_slopes=None, scale=D**-0.5, dropout_p=0.0)  # q, k, v (B, H, T, D)
+    """
     if spec.window is None or spec.mask is not None:
         raise ValueError("windowed backend needs window=int and no dense mask")
     seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout_p > 0 else 0

@@ -35,18 +35,31 @@ _REGISTRY: dict[str, type[VariantAttention]] = {
 
 
 def names() -> list[str]:
-    """Names of the registered variants, sorted."""
+    """Names of the registered variants, sorted.
+
+    Example:
+        >>> names()  # ['bigbird', 'linear', 'local', 'lsh', 'performer']
+    """
     return sorted(_REGISTRY)
 
 
 def variant_class(name: str) -> type[VariantAttention]:
+    """The class registered under ``name``; ValueError naming the known ones otherwise.
+
+    Example:
+        >>> variant_class("lsh")
+    """
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"unknown attention variant {name!r}; expected one of {names()}")
     return _REGISTRY[name]
 
 
 def params(name: str) -> dict[str, Any]:
-    """The constructor parameters of variant ``name`` with their defaults."""
+    """The constructor parameters of variant ``name`` with their defaults.
+
+    Example:
+        >>> params("lsh")  # {'n_buckets': None, 'n_hashes': 2, 'chunk_size': 64, 'seed': 0}
+    """
     sig = inspect.signature(variant_class(name).__init__)
     return {p.name: p.default for p in sig.parameters.values() if p.name != "self"}
 
@@ -57,6 +70,9 @@ def get(name: str, **kwargs: Any) -> VariantAttention:
     Raises ValueError for an unknown name (listing the valid names), TypeError for an unknown
     parameter (listing the valid ones), and the variant's own ValueError/TypeError for a bad
     value.
+
+    Example:
+        >>> get("performer", nb_features=128)
     """
     cls = variant_class(name)
     valid = params(name)
@@ -70,7 +86,11 @@ def get(name: str, **kwargs: Any) -> VariantAttention:
 
 
 def register(name: str, cls: type[VariantAttention]) -> None:
-    """Add a variant class under ``name`` (a new name only)."""
+    """Add a variant class under ``name`` (a new name only).
+
+    Example:
+        >>> register("mine", MyVariant)  # then MultiHeadAttention(..., variant="mine")
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"variant name must be a non-empty str, got {name!r}")
     if name in _REGISTRY:
