@@ -77,7 +77,7 @@ class PlanCache:
         """The plan stored under ``key``, or None.
 
         Example:
-            >>> cache.get(signature(q, k, v, True, None, None, None, None, None, 0.0, None, "auto", False))
+            >>> cache.get(signature(q, k, v, True, None, None, None, None, None, 0.0, None, "auto", False, False))
         """
         return self._plans.get(key)
 
@@ -137,7 +137,7 @@ def signature(
     AttributeError when an argument is not even tensor-like.
 
     Example:
-        >>> signature(q, k, v, True, None, None, None, None, None, 0.0, None, "auto", False)
+        >>> signature(q, k, v, True, None, None, None, None, None, 0.0, None, "auto", False, False)
     """
     return (
         q.shape,
