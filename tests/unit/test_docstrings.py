@@ -152,6 +152,8 @@ DONE = (
     "attnkit.models.gpt",
     "attnkit.models.presets",
     "attnkit.positional",
+    "attnkit.surgery.compare",
+    "attnkit.surgery.swap",
 )
 # The top-level names, except Encoder (attnkit.tasks.sentence: not yet done).
 TOP_LEVEL = [n for n in attnkit.__all__ if n not in ("__version__", "attention", "Encoder")]

@@ -59,7 +59,11 @@ __all__ = [
 class LayerQKV:
     """The inputs of one attention call: q, k, v (B, H, T, D) after positions (k and v with
     as many heads as q), the valid-key mask (B, T) bool (True = real token) or None, and
-    whether the layer is causal."""
+    whether the layer is causal.
+
+    Example:
+        >>> calls = capture_qkv(model, ids, mask); calls[0].q.shape  # (B, H, T, D)
+    """
 
     q: torch.Tensor
     k: torch.Tensor
@@ -85,7 +89,11 @@ def capture_qkv(
     """Run ``model.hidden_states(input_ids, attention_mask)`` once and return what every
     attention layer received, in layer order. The layers attend exactly while recording, so
     each layer sees the activations of the unmodified model; the model is restored afterwards.
-    Layers with ALiBi or a sliding window cannot be recorded (ValueError)."""
+    Layers with ALiBi or a sliding window cannot be recorded (ValueError).
+
+    Example:
+        >>> calls = capture_qkv(model, ids, mask)  # ids, mask (B, T); one LayerQKV per layer
+    """
     attns = attention_layers(model)
     check_swappable(attns, range(len(attns)))
     store: list[LayerQKV] = []
@@ -105,7 +113,11 @@ def capture_qkv(
 # --------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class LayerDrift:
-    """Cosine similarity of one layer's hidden states (swapped vs original), over real tokens."""
+    """Cosine similarity of one layer's hidden states (swapped vs original), over real tokens.
+
+    Example:
+        >>> [d.cos_min for d in report.layers]  # one LayerDrift per layer
+    """
 
     layer: int
     swapped: bool
@@ -116,7 +128,11 @@ class LayerDrift:
 @dataclasses.dataclass
 class SwapReport:
     """What :func:`compare` measured. Speeds are texts per second, the fastest of ``rounds``
-    timed passes over all texts; cosines compare the swapped model against the original."""
+    timed passes over all texts; cosines compare the swapped model against the original.
+
+    Example:
+        >>> print(compare(model, swap_attention(model, "lsh"), texts).format())
+    """
 
     attention: str  # e.g. "lsh(n_hashes=4, ...)"
     layers_swapped: list[int]
@@ -138,13 +154,27 @@ class SwapReport:
 
     @property
     def speedup(self) -> float:
+        """How many times faster the swapped model ran: its texts per second over the original's.
+
+        Example:
+            >>> report.speedup  # swapped texts/s over original texts/s
+        """
         return self.swapped_texts_per_s / self.original_texts_per_s
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values (what ``attnkit swap --json`` prints).
+
+        Example:
+            >>> json.dumps(report.to_dict())
+        """
         return {**dataclasses.asdict(self), "speedup": self.speedup}
 
     def format(self, title: str | None = None) -> str:
-        """The report as text: a summary and one line per layer."""
+        """The report as text: a summary and one line per layer.
+
+        Example:
+            >>> print(report.format("minilm, lsh"))
+        """
         lines = [title] if title else []
         swapped = ",".join(map(str, self.layers_swapped))
         lines += [
@@ -169,13 +199,21 @@ class SwapReport:
 def sentence_pooling(model: Model) -> str:
     """How the model makes sentence vectors: an encoder's declared pooling
     (``config.pooling``, via :func:`attnkit.text.pooling.resolve_pooling`), mean pooling for a
-    decoder."""
+    decoder.
+
+    Example:
+        >>> sentence_pooling(attnkit.load("minilm"))  # 'mean'
+    """
     return resolve_pooling(model) if model.config.arch == "bert" else "mean"
 
 
 def default_max_length(model: Model) -> int:
     """The longest input the model's tokenizer keeps (``meta.max_length``), within its
-    positions."""
+    positions.
+
+    Example:
+        >>> default_max_length(attnkit.load("minilm"))
+    """
     limit = model.config.max_seq_len
     return min(model.meta.max_length or limit, limit)
 
@@ -243,6 +281,9 @@ def compare(
     by length and batched with right padding, as an embedding model is run. Both models run in
     eval mode (their modes are restored afterwards). One untimed pass collects the hidden
     states of every block of both; then ``rounds`` timed passes alternate original and swapped.
+
+    Example:
+        >>> report = compare(model, swap_attention(model, "lsh", n_hashes=4), ["a text", "another"])
     """
     _check_models(original, swapped)
     if isinstance(texts, str):

@@ -47,13 +47,21 @@ EXACT = "exact"
 # variant names, parameters and layers
 # --------------------------------------------------------------------------------------------
 def variant_names() -> list[str]:
-    """Everything :func:`swap_attention` accepts: ``"exact"`` and the registered variants."""
+    """Everything :func:`swap_attention` accepts: ``"exact"`` and the registered variants.
+
+    Example:
+        >>> variant_names()  # ['exact', 'bigbird', ...]
+    """
     return [EXACT, *variants.names()]
 
 
 def parse_value(text: str) -> Any:
     """A parameter value from text: ``none`` -> None, ``true``/``false`` -> bool, then int,
-    then float; anything else stays a string."""
+    then float; anything else stays a string.
+
+    Example:
+        >>> parse_value("true")  # True
+    """
     low = text.strip().lower()
     if low in ("none", "null"):
         return None
@@ -69,7 +77,11 @@ def parse_value(text: str) -> Any:
 
 def parse_params(items: Sequence[str]) -> dict[str, Any]:
     """``["n_hashes=4", "seed=1"]`` -> ``{"n_hashes": 4, "seed": 1}`` (values typed by
-    :func:`parse_value`); a malformed or repeated item is a ValueError naming it."""
+    :func:`parse_value`); a malformed or repeated item is a ValueError naming it.
+
+    Example:
+        >>> parse_params(["n_hashes=4", "seed=1"])
+    """
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = str(item).partition("=")
@@ -89,7 +101,11 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
 
 def resolve_params(variant: str, params: dict[str, Any]) -> dict[str, Any]:
     """Check ``variant`` and ``params`` and return every parameter with its value (the defaults
-    filled in). Errors are ValueErrors naming the bad name or value and the valid ones."""
+    filled in). Errors are ValueErrors naming the bad name or value and the valid ones.
+
+    Example:
+        >>> resolve_params("lsh", {"n_hashes": 4})
+    """
     if variant not in variant_names():
         raise ValueError(
             f"unknown attention variant {variant!r}; expected one of {variant_names()}"
@@ -118,7 +134,11 @@ def _build(variant: str, params: dict[str, Any]) -> AttentionKernel:
 
 def check_layers(layers: Sequence[int] | None, n_layer: int) -> list[int]:
     """Sorted distinct layer indices, each in [0, n_layer) (negative ones count from the end);
-    None means every layer."""
+    None means every layer.
+
+    Example:
+        >>> check_layers([2, 0, -1], n_layer=6)  # [0, 2, 5]
+    """
     if layers is None:
         return list(range(n_layer))
     out = set()
@@ -135,7 +155,11 @@ def check_layers(layers: Sequence[int] | None, n_layer: int) -> list[int]:
 
 
 def parse_layers(text: str, n_layer: int) -> list[int]:
-    """``"0,2,4-5"`` -> ``[0, 2, 4, 5]``, checked against ``n_layer``."""
+    """``"0,2,4-5"`` -> ``[0, 2, 4, 5]``, checked against ``n_layer``.
+
+    Example:
+        >>> parse_layers("0,2,4-5", n_layer=6)
+    """
     picked: list[int] = []
     for part in str(text).split(","):
         part = part.strip()
@@ -153,7 +177,11 @@ def parse_layers(text: str, n_layer: int) -> list[int]:
 def check_swappable(layers: Sequence[MultiHeadAttention], chosen: Sequence[int]) -> None:
     """ValueError if a chosen layer uses ALiBi or a sliding window (variants take neither), or
     if its kernel carries a score bias or scale of its own (T5's relative position bias and
-    unscaled scores), which neither a variant nor plain exact attention would keep."""
+    unscaled scores), which neither a variant nor plain exact attention would keep.
+
+    Example:
+        >>> check_swappable(attention_layers(model), [0, 1])
+    """
     for i in chosen:
         a = layers[i]
         kernel = a.kernel
@@ -241,6 +269,9 @@ def swap_attention(
     ``in_place=True`` the given model is changed and returned. Each swapped layer gets its own
     variant kernel. Unknown names, unknown parameters and bad values raise ValueError naming
     them and the valid ones.
+
+    Example:
+        >>> fast = swap_attention(attnkit.load("minilm"), "lsh", layers=[0, 1], n_hashes=4)
     """
     full, chosen = _checked(model, variant, layers, params)
     target = model if in_place else _copy(model)
