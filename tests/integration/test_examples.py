@@ -94,3 +94,35 @@ def test_torchrun_example_runs_as_one_process(tmp_path):
     )
     assert "1 process(es), 3 steps" in out
     assert number(r"best val loss (\S+)", out) < 5.0
+
+
+def run_notebook(name: str, params: dict[str, str]):
+    """Execute examples/notebooks/NAME with nbclient after replacing the parameter cell's
+    ``KEY = ...`` lines; returns the executed notebook."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    nb = nbformat.read(EXAMPLES / "notebooks" / name, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "stored outputs"
+    cell = nb.cells[1]
+    for key, value in params.items():
+        cell.source, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", cell.source, flags=re.M)
+        assert n == 1, f"{key} is not a parameter of {name}"
+    client = nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    )
+    client.execute()
+    return nb
+
+
+def test_inspect_model_notebook_shows_the_viewer_inline():
+    nb = run_notebook("inspect_model.ipynb", {"LAYERS": "[0]"})
+    html = [
+        o["data"]["text/html"]
+        for c in nb.cells
+        for o in c.get("outputs", [])
+        if "text/html" in o.get("data", {})
+    ]
+    assert len(html) == 1 and html[0].startswith('<iframe id="attnkit-viewer-')
+    assert "srcdoc=" in html[0] and "Content-Security-Policy" in html[0]
+    assert any("image/png" in o.get("data", {}) for o in nb.cells[-1].outputs)
