@@ -126,3 +126,11 @@ def test_inspect_model_notebook_shows_the_viewer_inline():
     assert len(html) == 1 and html[0].startswith('<iframe id="attnkit-viewer-')
     assert "srcdoc=" in html[0] and "Content-Security-Policy" in html[0]
     assert any("image/png" in o.get("data", {}) for o in nb.cells[-1].outputs)
+
+
+def test_finetune_notebook_trains_and_predicts():
+    nb = run_notebook("finetune.ipynb", {"EPOCHS": "1"})
+    scores = nb.cells[3].outputs[-1]["data"]["text/plain"]
+    best, baseline = (float(x) for x in scores.strip("()").split(","))
+    assert baseline == pytest.approx(1 / 3, abs=1e-3) and 0.0 <= best <= 1.0
+    assert "pitcher" in nb.cells[4].outputs[-1]["data"]["text/plain"]
