@@ -134,3 +134,9 @@ def test_finetune_notebook_trains_and_predicts():
     best, baseline = (float(x) for x in scores.strip("()").split(","))
     assert baseline == pytest.approx(1 / 3, abs=1e-3) and 0.0 <= best <= 1.0
     assert "pitcher" in nb.cells[4].outputs[-1]["data"]["text/plain"]
+
+
+def test_from_scratch_notebook_matches_the_captured_weights():
+    nb = run_notebook("from_scratch.ipynb", {"HEAD": "3"})
+    text = nb.cells[4].outputs[-1]["text"]
+    assert number(r"captured weights: (\S+)", text) < 1e-5
