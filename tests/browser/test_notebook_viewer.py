@@ -75,7 +75,9 @@ def test_two_viewers_in_one_notebook_page_work_independently(browser, tmp_path):
     p.goto(page_path.as_uri())
     frames = []
     for name in names:
-        f = p.frame(name=name)
+        # the iframe element, then its frame: a loaded machine may attach the srcdoc frame
+        # after the page's own load event
+        f = p.wait_for_selector(f'iframe[name="{name}"]', timeout=20_000).content_frame()
         assert f is not None, name
         f.wait_for_selector("body[data-ready='1']", timeout=20_000)
         frames.append(f)
