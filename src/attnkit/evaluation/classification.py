@@ -24,7 +24,14 @@ Data = LabelledTexts | str | os.PathLike[str]
 
 def training_texts(clf: Classifier) -> LabelledTexts | None:
     """The training file a checkpoint written by ``finetune`` names in ``meta.finetune``
-    (read with its columns), or None when it names none or the file is not there."""
+    (read with its columns), or None when it names none or the file is not there.
+
+    Args:
+        clf: a loaded classifier; its ``model.meta.finetune`` is read.
+
+    Example:
+        >>> training_texts(Classifier("runs/clf")).source
+    """
     info = clf.model.meta.finetune or {}
     source = info.get("train")
     if not source or str(source).startswith("<") or not Path(source).is_file():
@@ -46,8 +53,23 @@ def evaluate_classifier(
     (a CSV/TSV/JSONL file or :class:`LabelledTexts`): ``{"examples", "labels", "accuracy",
     "macro_f1", "per_class", "confusion", "majority_baseline", "tfidf_baseline", "train"}``.
     The baselines are fitted on ``train`` (default: the training file the checkpoint names,
-    :func:`training_texts`); None when there is none (or, for TF-IDF, no scikit-learn). A label
-    of ``data`` that the model does not know is a ValueError naming it and the model's labels."""
+    :func:`training_texts`); None when there is none (or, for TF-IDF, no scikit-learn).
+
+    Args:
+        model: a checkpoint directory or name, a loaded model, or a :class:`Classifier`.
+        data: the labelled texts to score.
+        text_column: the column (or key) holding the texts.
+        label_column: the column (or key) holding the labels.
+        batch_size: texts classified at once.
+        train: the texts the baselines are fitted on (default: :func:`training_texts`).
+
+    Raises:
+        ValueError: ``data`` or ``train`` holds a label the model does not know (named with
+            the model's labels), or ``batch_size`` < 1.
+
+    Example:
+        >>> evaluate_classifier("runs/clf", "test.csv")["macro_f1"]
+    """
     checks.positive_int("batch_size", batch_size)
     clf = model if isinstance(model, Classifier) else Classifier(model)
     examples = as_examples(data, text_column, label_column)

@@ -42,7 +42,23 @@ def window_spans(
 ) -> list[tuple[int, int, int]]:
     """``(start, end, scored)`` of every window over a stream of ``n_tokens`` ids: inputs
     ``ids[start:end]``, targets ``ids[start + 1 : end + 1]``, of which the last ``scored`` are
-    counted. The ``scored`` of all windows add up to ``n_tokens - 1``."""
+    counted. The ``scored`` of all windows add up to ``n_tokens - 1``.
+
+    Args:
+        n_tokens: length of the token stream (at least 2).
+        block_size: input tokens per window.
+        stride: tokens each window moves by, 1..block_size (default: ``block_size``).
+
+    Returns:
+        One ``(start, end, scored)`` triple per window, in order.
+
+    Raises:
+        ValueError: ``n_tokens`` < 2, ``block_size`` < 1 or ``stride`` outside 1..block_size.
+
+    Example:
+        >>> window_spans(10, 4)
+        [(0, 4, 4), (4, 8, 4), (5, 9, 1)]
+    """
     checks.int_at_least("n_tokens", n_tokens, 2, "at least 2 tokens (one target)")
     checks.positive_int("block_size", block_size)
     stride = block_size if stride is None else stride
@@ -67,9 +83,23 @@ def perplexity(
 ) -> dict[str, Any]:
     """Loss and perplexity of ``model`` on the token ids ``ids`` (see the module docstring).
 
-    block_size: tokens per window (default: the model's ``max_seq_len``); stride: tokens the
-    window moves by (default: ``block_size``). Returns ``{"loss", "perplexity", "tokens"
-    (targets scored), "windows", "block_size", "stride"}``.
+    Args:
+        model: an attnkit GPT with an LM head; evaluated in eval mode, its mode restored after.
+        ids: the token stream, shape (n_tokens,) (any shape is flattened), ids in the vocabulary.
+        block_size: tokens per window (default: the model's ``max_seq_len``, at most that).
+        stride: tokens the window moves by (default: ``block_size``).
+        batch_size: windows run through the model at once.
+
+    Returns:
+        ``{"loss", "perplexity", "tokens" (targets scored), "windows", "block_size",
+        "stride"}``; ``loss`` in nats per target.
+
+    Raises:
+        ValueError: not a GPT with an LM head, ``block_size`` over the model's ``max_seq_len``,
+            a token id outside the vocabulary, or fewer than 2 tokens.
+
+    Example:
+        >>> perplexity(attnkit.load("runs/char"), ids, block_size=64, stride=32)["perplexity"]
     """
     if not isinstance(model, GPT) or model.lm_head is None:
         raise ValueError(
@@ -125,7 +155,23 @@ def eval_token_ids(
     """The token ids of a corpus (a name or a .txt/.jsonl file or directory, as
     :func:`attnkit.text.corpora.load_corpus` reads it): its ``"train"`` or ``"val"`` part as
     training splits it (:func:`attnkit.text.corpora.split_text` with ``val_fraction``), or
-    ``"all"`` of it, encoded as training encodes it."""
+    ``"all"`` of it, encoded as training encodes it (without truncation).
+
+    Args:
+        tokenizer: a ``tokenizers.Tokenizer`` (copied: its own settings are left alone).
+        data: a corpus name, or a .txt/.jsonl file or a directory of them.
+        split: ``"train"``, ``"val"`` or ``"all"``.
+        val_fraction: the fraction of the text that training held out for validation.
+
+    Returns:
+        The token ids of that part, at least 2 of them.
+
+    Raises:
+        ValueError: an unknown ``split``, or a text that encodes to fewer than 2 tokens.
+
+    Example:
+        >>> ids = eval_token_ids(model.meta.tokenizer, "shakespeare", "val", val_fraction=0.1)
+    """
     from tokenizers import Tokenizer
 
     from attnkit.text.corpora import load_corpus, split_text
@@ -146,7 +192,19 @@ def eval_token_ids(
 def run_settings(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """What the training run that wrote ``model_dir`` read: ``{"corpus", "val_fraction",
     "block_size"}`` from its ``run_config.json``, or ``{}`` when it has none (a Hugging Face
-    directory, a known model name)."""
+    directory, a known model name).
+
+    Args:
+        model_dir: the directory a training run saved the model in.
+
+    Raises:
+        ValueError: ``run_config.json`` lacks ``data.corpus``, ``data.val_fraction`` or
+            ``train.block_size``, or is not JSON.
+
+    Example:
+        >>> sorted(run_settings("runs/char"))
+        ['block_size', 'corpus', 'val_fraction']
+    """
     path = Path(model_dir) / "run_config.json"
     if not path.is_file():
         return {}

@@ -34,7 +34,18 @@ COLUMNS = ("sentence1", "sentence2", "score")
 
 
 def rank_average(values: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``values`` (float64), tied values sharing the mean of their ranks."""
+    """Ranks 1..n of ``values`` (float64), tied values sharing the mean of their ranks.
+
+    Args:
+        values: the numbers to rank, shape (n,) (any shape is flattened).
+
+    Returns:
+        The rank of each value, shape (n,), in the order of ``values``.
+
+    Example:
+        >>> rank_average([3.0, 1.0, 3.0, 2.0])
+        array([3.5, 1. , 3.5, 2. ])
+    """
     a = np.asarray(values, dtype=np.float64).reshape(-1)
     order = np.argsort(a, kind="mergesort")
     sorted_a = a[order]
@@ -48,7 +59,19 @@ def rank_average(values: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
-    """Spearman's rank correlation of two equally long sequences (NaN when one is constant)."""
+    """Spearman's rank correlation of two equally long sequences (NaN when one is constant).
+
+    Args:
+        x: the first values, shape (n,).
+        y: the second values, shape (n,).
+
+    Raises:
+        ValueError: lengths differ or are under 2, or a value is NaN or infinite.
+
+    Example:
+        >>> spearman([1, 2, 3], [10, 20, 40])
+        1.0
+    """
     a = np.asarray(x, dtype=np.float64).reshape(-1)
     b = np.asarray(y, dtype=np.float64).reshape(-1)
     if a.size != b.size or a.size < 2:
@@ -81,7 +104,22 @@ def _text(value: Any, where: str, column: str) -> str:
 
 
 def read_pairs(path: str | os.PathLike[str]) -> tuple[list[str], list[str], list[float]]:
-    """(sentences1, sentences2, scores) of an STS file (formats in the module docstring)."""
+    """(sentences1, sentences2, scores) of an STS file (formats in the module docstring).
+
+    Args:
+        path: a .jsonl, .tsv, .txt or .csv file of scored sentence pairs, UTF-8.
+
+    Returns:
+        Three equally long lists: first sentences, second sentences, gold scores.
+
+    Raises:
+        ValueError: the file is unreadable or not UTF-8, has an unsupported suffix, a row with
+            a missing or empty column or a score that is not a finite number, or fewer than 2
+            pairs.
+
+    Example:
+        >>> a, b, gold = read_pairs("sts-test.tsv")
+    """
     path = Path(path)
     try:
         content = path.read_bytes().decode("utf-8-sig")
@@ -158,7 +196,23 @@ def evaluate_sts(
     batch_size: int = 32,
 ) -> dict[str, Any]:
     """``{"pairs", "spearman", "pearson"}``: correlations of the cosine similarity of each
-    pair's embeddings with its gold score (``data``: an STS file or three sequences)."""
+    pair's embeddings with its gold score (``data``: an STS file or three sequences).
+
+    Args:
+        encoder: the sentence encoder whose normalized embeddings are compared.
+        data: a file :func:`read_pairs` reads, or ``(sentences1, sentences2, scores)``.
+        batch_size: sentences encoded at once.
+
+    Returns:
+        ``{"pairs": n, "spearman": rho, "pearson": r}`` (a correlation is NaN when the
+        similarities or the scores are constant).
+
+    Raises:
+        ValueError: the three sequences differ in length, or :func:`read_pairs` refuses the file.
+
+    Example:
+        >>> evaluate_sts(Encoder.load("minilm"), "sts-test.tsv")["spearman"]
+    """
     if isinstance(data, (str, os.PathLike)):
         a, b, gold = read_pairs(data)
     else:

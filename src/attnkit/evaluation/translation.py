@@ -33,7 +33,22 @@ def _pairs(pairs: Sequence[Pair], limit: int | None) -> list[Pair]:
 
 
 def copy_baseline(pairs: Sequence[Pair], limit: int | None = None) -> dict[str, Any]:
-    """BLEU and chrF of copying each source as its translation."""
+    """BLEU and chrF of copying each source as its translation.
+
+    Args:
+        pairs: ``(source, reference)`` pairs.
+        limit: score only the first ``limit`` pairs (None or 0: all).
+
+    Returns:
+        ``{"bleu", "chrf", "sentences"}``.
+
+    Raises:
+        ValueError: no pairs to score.
+
+    Example:
+        >>> copy_baseline([("hola", "hello"), ("adios", "goodbye")])["sentences"]
+        2
+    """
     picked = _pairs(pairs, limit)
     scores: dict[str, Any] = dict(
         translation_scores([s for s, _ in picked], [t for _, t in picked])
@@ -56,7 +71,31 @@ def evaluate_translation(
     **options: Any,
 ) -> dict[str, Any]:
     """Decode the sources of ``pairs`` (the first ``limit``) and score them against the
-    references; ``tokenizer`` defaults to the one the model was loaded with."""
+    references; ``tokenizer`` defaults to the one the model was loaded with.
+
+    Args:
+        model: the trained encoder-decoder.
+        pairs: ``(source, reference)`` pairs.
+        tokenizer: the tokenizer of both sides (default: ``model.meta.tokenizer``).
+        num_beams: 1 for greedy decoding, more for beam search.
+        max_new_tokens: the longest output (None: as many as the model's positions allow).
+        batch_size: sources decoded at once.
+        limit: score only the first ``limit`` pairs (None or 0: all).
+        max_source_len: sources longer than this many tokens are cut.
+        keep_outputs: also return the decoded texts under ``"outputs"``.
+        **options: passed on to :func:`attnkit.generation.translate.translate`.
+
+    Returns:
+        ``{"bleu", "chrf", "sentences", "seconds", "sentences_per_second"}`` (and
+        ``"outputs"`` with ``keep_outputs=True``).
+
+    Raises:
+        TypeError: ``model`` is not an :class:`EncoderDecoder`.
+        ValueError: no tokenizer given or carried by the model, or no pairs to score.
+
+    Example:
+        >>> evaluate_translation(model, corpus.splits["test"], num_beams=4)["bleu"]
+    """
     if not isinstance(model, EncoderDecoder):
         raise TypeError(f"model must be an attnkit EncoderDecoder, got {type(model).__name__}")
     tok = tokenizer if tokenizer is not None else model.meta.tokenizer
