@@ -32,7 +32,24 @@ def _broadcastable(shape, target) -> bool:
 
 
 def check_qkv(q, k, v) -> None:
-    """q, k, v are 4-D (B, H, T, D) floating tensors of one dtype on one device."""
+    """Check that q, k and v are 4-D floating tensors of one dtype on one device.
+
+    Only the rank, dtype and device are checked here; how the shapes must agree with each
+    other is checked by :func:`validate`.
+
+    Args:
+        q: queries, (B, Hq, Tq, D).
+        k: keys, (B, Hkv, Tk, D).
+        v: values, (B, Hkv, Tk, Dv).
+
+    Raises:
+        TypeError: if one is not a tensor, is not float16/bfloat16/float32/float64, or the
+            three dtypes differ.
+        ValueError: if one is not 4-D, or they are on different devices.
+
+    Example:
+        >>> check_qkv(torch.randn(2, 4, 8, 16), torch.randn(2, 4, 8, 16), torch.randn(2, 4, 8, 16))
+    """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise TypeError(
@@ -55,7 +72,19 @@ def check_qkv(q, k, v) -> None:
 
 
 def check_bool_mask(name: str, t, meaning: str) -> None:
-    """``t`` is a bool tensor; ``meaning`` says what True means, for the error."""
+    """Check that ``t`` is a bool tensor (any shape; the shape is the caller's to check).
+
+    Args:
+        name: the argument's name, for the error.
+        t: the mask to check, a bool tensor such as (B, Tk).
+        meaning: what True means (e.g. "True = real token"), for the error.
+
+    Raises:
+        TypeError: if ``t`` is not a tensor of dtype ``torch.bool``.
+
+    Example:
+        >>> check_bool_mask("valid_key_mask", torch.ones(2, 8, dtype=torch.bool), "True = real")
+    """
     if not isinstance(t, Tensor) or t.dtype != torch.bool:
         what = t.dtype if isinstance(t, Tensor) else type(t).__name__
         raise TypeError(f"{name} must be a bool tensor ({meaning}), got {what}")
@@ -64,7 +93,34 @@ def check_bool_mask(name: str, t, meaning: str) -> None:
 def validate(
     q, k, v, causal, mask, valid_key_mask, window, bias, document_ids, dropout_p, scale, backend
 ) -> None:
-    """Every check of the arguments, each error naming the bad value and what was expected."""
+    """Run every check of :func:`attnkit.attention.functional.attention`'s arguments.
+
+    Each error names the bad value and what was expected. With ``ATTNKIT_DEBUG=1`` it also
+    refuses NaN or inf in q, k and v (and NaN or +inf in a bias tensor).
+
+    Args:
+        q: queries, (B, Hq, Tq, D); Hq a multiple of Hkv.
+        k: keys, (B, Hkv, Tk, D).
+        v: values, (B, Hkv, Tk, Dv).
+        causal: a bool.
+        mask: None or a bool tensor broadcastable to (B, Hq, Tq, Tk), 2 to 4 dims.
+        valid_key_mask: None or a bool (B, Tk) tensor.
+        window: None or an int >= 1.
+        bias: None, "alibi" or a float tensor broadcastable to (B, Hq, Tq, Tk).
+        document_ids: None or an integer (B, Tk) tensor.
+        dropout_p: a float in [0, 1).
+        scale: None or a finite float > 0.
+        backend: one of :data:`BACKENDS`.
+
+    Raises:
+        TypeError: for an argument of the wrong type or dtype.
+        ValueError: for a bad shape, device or value; also when Tq > Tk with causal, window,
+            alibi or document_ids (the queries must then be the last Tq positions).
+
+    Example:
+        >>> q = torch.randn(2, 4, 8, 16)
+        >>> validate(q, q, q, True, None, None, None, None, None, 0.0, None, "auto")  # None
+    """
     check_qkv(q, k, v)
     B, Hq, Tq, D = q.shape
     if k.shape[0] != B or v.shape[0] != B:

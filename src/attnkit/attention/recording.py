@@ -34,7 +34,14 @@ __all__ = [
 class AttentionCall:
     """One kernel call: q (B, Hq, Tq, D) and k, v (B, Hkv, Tk, D) as the kernel received them
     (after RoPE, with the KV cache prepended; not detached), the layer's settings and masks
-    (``valid_key_mask`` (B, Tk) bool, True = real token), and the kernel that ran."""
+    (``valid_key_mask`` (B, Tk) bool, True = real token), and the kernel that ran.
+
+    Example:
+        >>> calls = []
+        >>> with recording(attention_layers(model), lambda i, call: calls.append(call)):
+        ...     model(input_ids)
+        >>> calls[0].q.shape  # (B, Hq, Tq, D) of layer 0
+    """
 
     q: Tensor
     k: Tensor
@@ -50,7 +57,19 @@ class AttentionCall:
 
 class RecordingKernel(AttentionKernel):
     """Wraps ``inner``: every call goes to ``on_call(AttentionCall)`` first, then to ``inner``,
-    whose result is returned. What ``inner`` supports is what this kernel supports."""
+    whose result is returned. What ``inner`` supports is what this kernel supports.
+
+    Args:
+        inner: the kernel that computes the attention.
+        on_call: called with each call's :class:`AttentionCall` before ``inner`` runs.
+
+    Raises:
+        TypeError: if ``inner`` is not an ``AttentionKernel``.
+
+    Example:
+        >>> calls = []
+        >>> layer.set_kernel(RecordingKernel(layer.kernel, calls.append))
+    """
 
     def __init__(self, inner: AttentionKernel, on_call: Callable[[AttentionCall], None]):
         super().__init__()
@@ -61,9 +80,23 @@ class RecordingKernel(AttentionKernel):
 
     @property
     def name(self) -> str:  # type: ignore[override]
+        """The wrapped kernel's name.
+
+        Example:
+            >>> RecordingKernel(ExactKernel(), print).name  # 'exact'
+        """
         return self.inner.name
 
     def check_layer(self, *, window: int | None, alibi: bool) -> None:
+        """Raise ValueError if the wrapped kernel cannot serve a layer with these settings.
+
+        Args:
+            window: the layer's sliding window, or None.
+            alibi: whether the layer uses ALiBi.
+
+        Example:
+            >>> RecordingKernel(ExactKernel(), print).check_layer(window=512, alibi=False)
+        """
         self.inner.check_layer(window=window, alibi=alibi)
 
     def check_call(
@@ -74,6 +107,17 @@ class RecordingKernel(AttentionKernel):
         document_ids: bool = False,
         return_weights: bool = False,
     ) -> None:
+        """Raise ValueError if the wrapped kernel cannot run a call that uses these options.
+
+        Args:
+            cache: the call uses a KV cache.
+            mask: the call passes a user mask.
+            document_ids: the call passes packed-document ids.
+            return_weights: the call asks for the attention weights.
+
+        Example:
+            >>> RecordingKernel(ExactKernel(), print).check_call(cache=True)
+        """
         self.inner.check_call(
             cache=cache, mask=mask, document_ids=document_ids, return_weights=return_weights
         )
@@ -93,6 +137,28 @@ class RecordingKernel(AttentionKernel):
         dropout_p: float = 0.0,
         return_weights: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
+        """Hand the call to ``on_call`` as an :class:`AttentionCall`, then return ``inner``'s
+        result for the same arguments.
+
+        Args:
+            q: queries, (B, Hq, Tq, D).
+            k: keys, (B, Hkv, Tk, D).
+            v: values, (B, Hkv, Tk, Dv).
+            causal: query at position p sees keys 0..p.
+            window: sliding window, or None.
+            alibi: add the ALiBi bias.
+            valid_key_mask: bool (B, Tk), True = real token; or None.
+            mask: bool, broadcastable to (B, Hq, Tq, Tk), True = may attend; or None.
+            document_ids: int (B, Tk) packed-document ids, or None.
+            dropout_p: dropout on the attention weights (``on_call`` does not see it).
+            return_weights: also return the (B, Hq, Tq, Tk) weights.
+
+        Returns:
+            ``inner``'s output, (B, Hq, Tq, Dv), or (out, weights) with ``return_weights``.
+
+        Example:
+            >>> out = RecordingKernel(ExactKernel(), calls.append)(q, k, v, causal=True)
+        """
         self.on_call(
             AttentionCall(
                 q, k, v, causal, window, alibi, valid_key_mask, mask, document_ids, self.inner
@@ -115,7 +181,17 @@ class RecordingKernel(AttentionKernel):
 
 def attention_layers(model: nn.Module) -> list[MultiHeadAttention]:
     """The model's attention layers in module order; index i is layer i (block i's attention
-    in GPT and BERT)."""
+    in GPT and BERT).
+
+    Args:
+        model: an attnkit model, or any module holding ``MultiHeadAttention`` layers.
+
+    Raises:
+        ValueError: if ``model`` is not an ``nn.Module`` or holds no ``MultiHeadAttention``.
+
+    Example:
+        >>> len(attention_layers(build_model("tiny", n_layer=2)))  # 2
+    """
     if not isinstance(model, nn.Module):
         raise ValueError(
             f"model must be an attnkit model (torch.nn.Module), got {type(model).__name__}"
@@ -130,7 +206,14 @@ def attention_layers(model: nn.Module) -> list[MultiHeadAttention]:
 
 
 def is_recording(layer: MultiHeadAttention) -> bool:
-    """Whether ``layer``'s kernel is being recorded."""
+    """Whether ``layer``'s kernel is being recorded (is a :class:`RecordingKernel`).
+
+    Args:
+        layer: an attention layer.
+
+    Example:
+        >>> is_recording(attention_layers(model)[0])  # False outside ``recording``
+    """
     return isinstance(layer.kernel, RecordingKernel)
 
 
@@ -139,7 +222,19 @@ def recording(
     layers: Sequence[MultiHeadAttention], on_call: Callable[[int, AttentionCall], None]
 ) -> Iterator[None]:
     """Record the kernel calls of ``layers`` for the ``with`` block: ``on_call(i, call)`` for
-    a call of ``layers[i]``. The layers' kernels are restored afterwards."""
+    a call of ``layers[i]``. The layers' kernels are restored afterwards, also after an error.
+
+    Args:
+        layers: the layers to record, e.g. :func:`attention_layers` of a model.
+        on_call: called with the layer's index in ``layers`` and the :class:`AttentionCall`.
+
+    Raises:
+        ValueError: if a layer is already being recorded (no nesting on one layer).
+
+    Example:
+        >>> with recording(attention_layers(model), lambda i, call: print(i, call.q.shape)):
+        ...     model(input_ids)
+    """
     installed: list[tuple[MultiHeadAttention, AttentionKernel]] = []
 
     def callback(i: int) -> Callable[[AttentionCall], None]:

@@ -21,7 +21,14 @@ __all__ = ["TokenIndex"]
 @dataclass(frozen=True)
 class TokenIndex:
     """The real tokens of a padded (``batch``, ``length``) batch: ``index`` (N,) their flat
-    positions ``b * length + t`` in order, and ``valid_key_mask`` (B, T) bool, True = real."""
+    positions ``b * length + t`` in order, and ``valid_key_mask`` (B, T) bool, True = real.
+
+    Build one with :meth:`from_mask`.
+
+    Example:
+        >>> idx = TokenIndex.from_mask(torch.tensor([[1, 1, 0], [1, 0, 0]]))
+        >>> idx.index  # tensor([0, 1, 3])
+    """
 
     index: torch.Tensor
     batch: int
@@ -33,7 +40,17 @@ class TokenIndex:
 
     @classmethod
     def from_mask(cls, valid_key_mask: torch.Tensor) -> TokenIndex:
-        """From a (B, T) mask, nonzero = real token (one host sync to count them)."""
+        """From a (B, T) mask, nonzero = real token (one host sync to count them).
+
+        Args:
+            valid_key_mask: (B, T) mask of any dtype; nonzero marks a real token.
+
+        Raises:
+            ValueError: if the mask is not 2-D.
+
+        Example:
+            >>> TokenIndex.from_mask(torch.tensor([[1, 1, 0], [1, 0, 0]])).count  # 3
+        """
         if valid_key_mask.dim() != 2:
             raise ValueError(
                 f"valid_key_mask must be (B, T), got shape {tuple(valid_key_mask.shape)}"
@@ -45,11 +62,25 @@ class TokenIndex:
 
     @property
     def count(self) -> int:
-        """N, the number of real tokens."""
+        """N, the number of real tokens.
+
+        Example:
+            >>> TokenIndex.from_mask(torch.tensor([[1, 1, 0], [1, 0, 0]])).count  # 3
+        """
         return self.index.numel()
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, ...) -> (N, ...): the rows of the real tokens."""
+        """(B, T, ...) -> (N, ...): the rows of the real tokens, in order.
+
+        Args:
+            x: a (B, T, ...) tensor, e.g. hidden states (B, T, C).
+
+        Raises:
+            ValueError: if x's first two dims are not (batch, length).
+
+        Example:
+            >>> idx.pack(torch.randn(2, 3, 8)).shape  # (3, 8) for the mask above
+        """
         if tuple(x.shape[:2]) != (self.batch, self.length):
             raise ValueError(
                 f"expected a (B, T, ...) = ({self.batch}, {self.length}, ...) tensor, got "
@@ -58,11 +89,21 @@ class TokenIndex:
         return x.reshape(self.batch * self.length, *x.shape[2:]).index_select(0, self.index)
 
     def unpack(self, x: torch.Tensor, reuse: bool = False) -> torch.Tensor:
-        """(N, ...) -> (B, T, ...), zeros at the padding.
+        """(N, ...) -> (B, T, ...), zeros at the padding; the inverse of :meth:`pack`.
 
-        reuse: outside autograd, write into a buffer kept for this shape and hand it back; the
-        next ``unpack(reuse=True)`` of the same shape overwrites it, so use the result before
-        then (one attention call: the layers of a forward run one after another)."""
+        Args:
+            x: (N, ...) packed rows, N = :attr:`count`.
+            reuse: outside autograd, write into a buffer kept for this shape and hand it back;
+                the next ``unpack(reuse=True)`` of the same shape overwrites it, so use the
+                result before then (one attention call: the layers of a forward run one after
+                another).
+
+        Raises:
+            ValueError: if x does not have N rows.
+
+        Example:
+            >>> idx.unpack(idx.pack(h)).shape  # h (B, T, C) -> (B, T, C), padding zeroed
+        """
         if x.shape[0] != self.count:
             raise ValueError(
                 f"expected {self.count} packed rows (N, ...), got shape {tuple(x.shape)}"

@@ -46,14 +46,35 @@ class VariantAttention(AttentionKernel):
     returns (B, H, T, Dv); k and v may have fewer heads than q (grouped-query: query head h reads
     key/value head h // (H // Hkv)). ``valid_key_mask`` is (B, T) bool with True for real
     tokens. A query that has no key to attend to gets a zero output (never NaN), and no
-    gradient; an empty batch or sequence (B or T = 0) gives an empty output. Variants take no sliding window, ALiBi, KV cache, user mask, packed documents or
-    weight request (ValueError naming it), and apply no dropout to their attention.
+    gradient; an empty batch or sequence (B or T = 0) gives an empty output. Variants take no
+    sliding window, ALiBi, KV cache, user mask, packed documents or weight request (ValueError
+    naming it), and apply no dropout to their attention.
+
+    A subclass sets ``name``, ``description`` and ``exact`` and implements
+    ``_attend(q, k, v, causal, key_valid)`` on checked inputs with as many key/value heads as
+    query heads.
+
+    Example:
+        >>> attn = LocalAttention(block_size=64)  # a VariantAttention
+        >>> attn(q, k, v, causal=True).shape  # q, k, v (B, H, T, D) -> (B, H, T, D)
     """
 
     exact: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     def check_layer(self, *, window: int | None, alibi: bool) -> None:
+        """Raise ValueError for a layer with a sliding window or ALiBi (variants take neither).
+
+        Args:
+            window: the layer's sliding window, or None.
+            alibi: whether the layer uses ALiBi.
+
+        Raises:
+            ValueError: if ``alibi`` is True or ``window`` is not None.
+
+        Example:
+            >>> LocalAttention().check_layer(window=None, alibi=False)  # None: it can
+        """
         if alibi:
             raise ValueError(
                 f"variant={self.name!r} cannot be combined with positional='alibi' "
@@ -70,6 +91,20 @@ class VariantAttention(AttentionKernel):
         document_ids: bool = False,
         return_weights: bool = False,
     ) -> None:
+        """Raise ValueError naming every option used that variants do not support (all four).
+
+        Args:
+            cache: the call uses a KV cache.
+            mask: the call passes a user mask.
+            document_ids: the call passes packed-document ids.
+            return_weights: the call asks for the attention weights.
+
+        Raises:
+            ValueError: if any of them is True.
+
+        Example:
+            >>> LocalAttention().check_call()  # None; check_call(cache=True) raises
+        """
         bad = [
             name
             for name, used in (
@@ -101,6 +136,33 @@ class VariantAttention(AttentionKernel):
         dropout_p: float = 0.0,
         return_weights: bool = False,
     ) -> Tensor:
+        """Attention of q over k, v under this variant's pattern or approximation.
+
+        k and v with fewer heads than q are repeated to q's heads (grouped-query).
+
+        Args:
+            q: queries, (B, H, T, D).
+            k: keys, (B, Hkv, T, D), H a multiple of Hkv (with Hkv = H: q's shape).
+            v: values, (B, Hkv, T, Dv).
+            causal: query at position p sees no key after p.
+            window: must be None (refused with ValueError otherwise).
+            alibi: must be False.
+            valid_key_mask: bool (B, T), True = real token; or None.
+            mask: must be None.
+            document_ids: must be None.
+            dropout_p: ignored: variants apply no dropout.
+            return_weights: must be False.
+
+        Returns:
+            (B, H, T, Dv); zeros for a query with no key to attend to.
+
+        Raises:
+            TypeError: for inputs that are not floating tensors of one dtype, or a non-bool mask.
+            ValueError: for mismatched shapes or an unsupported option.
+
+        Example:
+            >>> LocalAttention(block_size=4)(q, k, v, causal=True)  # q, k, v (B, H, T, D)
+        """
         flag("causal", causal)
         if window is not None or alibi:
             self.check_layer(window=window, alibi=alibi)
@@ -126,6 +188,11 @@ class VariantAttention(AttentionKernel):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
+        """The constructor parameters and their values, shown inside ``repr(variant)``.
+
+        Example:
+            >>> print(LocalAttention(block_size=64))  # LocalAttention(block_size=64)
+        """
         names = [p for p in self._config_names() if hasattr(self, p)]
         return ", ".join(f"{p}={getattr(self, p)!r}" for p in names)
 

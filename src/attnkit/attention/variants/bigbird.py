@@ -35,7 +35,25 @@ from attnkit.attention.variants._gathered import GatherSpec, gathered_attention_
 
 
 class BigBirdAttention(VariantAttention):
-    """Block-sparse attention: global + sliding-window + random blocks."""
+    """Block-sparse attention: global + sliding-window + random blocks (see the module
+    docstring for the pattern).
+
+    Args:
+        block_size: tokens per block (>= 1).
+        num_global_blocks: the first blocks, which attend to and are attended by every block.
+        window_radius: query block i attends key blocks i - radius .. i + radius.
+        num_random_blocks: extra key blocks drawn for each non-global query block.
+        seed: seeds the draw of the random blocks.
+        flex_min_len: inputs at least this long that need no gradient run through
+            FlexAttention; None: never.
+
+    Raises:
+        ValueError: for a block_size below 1, a negative count or seed, or a flex_min_len
+            below 1.
+
+    Example:
+        >>> BigBirdAttention(block_size=64)(q, k, v)  # q, k, v (B, H, T, D) -> (B, H, T, D)
+    """
 
     name = "bigbird"
     exact = True
@@ -63,11 +81,28 @@ class BigBirdAttention(VariantAttention):
     # ---- the pattern -------------------------------------------------------------------------
 
     def num_blocks(self, T: int) -> int:
+        """The number of blocks of a length-T sequence, ceil(T / block_size).
+
+        Args:
+            T: sequence length (>= 1).
+
+        Example:
+            >>> BigBirdAttention(block_size=4).num_blocks(10)  # 3
+        """
         return math.ceil(int_at_least("T", T, 1) / self.block_size)
 
     def pattern(self, T: int, causal: bool = False) -> Tensor:
         """Block layout for a length-T sequence: (nb, nb) bool, True where query block i
-        attends key block j; nb = ceil(T / block_size). Cached per (nb, causal)."""
+        attends key block j; nb = ceil(T / block_size). Cached per (nb, causal).
+
+        Args:
+            T: sequence length (>= 1).
+            causal: drop the key blocks after each query block (and draw the random blocks
+                from the earlier ones only).
+
+        Example:
+            >>> BigBirdAttention(block_size=4).pattern(16).shape  # (4, 4)
+        """
         nb = self.num_blocks(T)
         key = (nb, bool(causal))
         if key not in self._layouts:
@@ -95,7 +130,18 @@ class BigBirdAttention(VariantAttention):
         return layout
 
     def dense_mask(self, T: int, causal: bool = False, device=None) -> Tensor:
-        """(T, T) bool token mask of this pattern: True where query i may attend key j."""
+        """(T, T) bool token mask of this pattern: True where query i may attend key j.
+
+        Attention with this mask is what the module computes.
+
+        Args:
+            T: sequence length (>= 1).
+            causal: also forbid keys after the query.
+            device: where to build the mask (None: the default device).
+
+        Example:
+            >>> BigBirdAttention(block_size=4).dense_mask(16).shape  # (16, 16)
+        """
         layout = self.pattern(T, causal).to(device)
         block = torch.arange(T, device=layout.device) // self.block_size  # (T,)
         mask = layout[block][:, block]  # (T, T)
@@ -104,7 +150,17 @@ class BigBirdAttention(VariantAttention):
         return mask
 
     def key_blocks(self, T: int, causal: bool = False) -> Tensor:
-        """(nb - g, K) int64: the key blocks of each non-global query block, -1 padded."""
+        """(nb - g, K) int64: the key blocks of each non-global query block in increasing
+        order, -1 padded; g = the global blocks, K = the most key blocks of any such row.
+
+        Args:
+            T: sequence length (>= 1).
+            causal: the causal pattern's key blocks.
+
+        Example:
+            >>> BigBirdAttention(block_size=4, num_random_blocks=0).key_blocks(16)[0]
+            tensor([ 0,  1,  2, -1])
+        """
         nb = self.num_blocks(T)
         key = (nb, bool(causal))
         if key not in self._key_blocks:
@@ -120,12 +176,32 @@ class BigBirdAttention(VariantAttention):
     # ---- forward -----------------------------------------------------------------------------
 
     def uses_flex(self, q: Tensor, k: Tensor, v: Tensor) -> bool:
-        """Whether a call with these inputs takes the FlexAttention path."""
+        """Whether a call with these inputs takes the FlexAttention path: ``flex_min_len`` is
+        set, T >= it and no input needs a gradient.
+
+        Args:
+            q: queries, (B, H, T, D).
+            k: keys, (B, H, T, D).
+            v: values, (B, H, T, Dv).
+
+        Example:
+            >>> BigBirdAttention().uses_flex(q, k, v)  # False: flex_min_len is None
+        """
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         return self.flex_min_len is not None and q.shape[2] >= self.flex_min_len and not needs_grad
 
     def block_mask(self, T: int, causal: bool, key_valid: Tensor | None, device=None):
-        """FlexAttention BlockMask of this pattern, built from the block indices."""
+        """FlexAttention BlockMask of this pattern, built from the block indices.
+
+        Args:
+            T: sequence length (>= 1).
+            causal: the causal pattern, and no key after its query.
+            key_valid: bool (B, T), True = real token; or None.
+            device: where to build the block indices (None: the default device).
+
+        Example:
+            >>> mask = BigBirdAttention(block_size=64).block_mask(1024, True, None)
+        """
         from torch.nn.attention.flex_attention import BlockMask
 
         layout = self.pattern(T, causal).to(device)  # (nb, nb)

@@ -20,7 +20,17 @@ from attnkit.attention.variants._scan import kernel_attention
 
 class FeatureMapAttention(VariantAttention):
     """Base of the kernelised variants: subclasses define ``query_features`` and
-    ``key_features``; chunking, causal prefix sums and padding are handled here."""
+    ``key_features``; chunking, causal prefix sums and padding are handled here.
+
+    Args:
+        chunk_size: tokens per chunk of the causal prefix sums (>= 1).
+
+    Raises:
+        ValueError: if ``chunk_size`` is below 1.
+
+    Example:
+        >>> LinearAttention(chunk_size=32)  # a FeatureMapAttention with phi = elu + 1
+    """
 
     exact = False
     # Tokens per checkpointed step: T / max_groups, kept within [group_tokens, max_group_tokens]
@@ -35,13 +45,29 @@ class FeatureMapAttention(VariantAttention):
         self.chunk_size = int_at_least("chunk_size", chunk_size, 1)
 
     def query_features(self, x: Tensor) -> Tensor:
-        """phi(q) for (..., t, D) queries -> (..., t, m)."""
+        """phi(q) for (..., t, D) queries -> (..., t, m); a subclass must define it.
+
+        Args:
+            x: queries, (..., t, D).
+
+        Example:
+            >>> LinearAttention().query_features(torch.randn(4, 8, 16)).shape  # (4, 8, 16)
+        """
         raise NotImplementedError
 
     def key_features(self, x: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """phi(k) for (N, ..., t, D) keys -> ((N, ..., t, m), log_scale (N,) or None): the
-        features were divided by exp(log_scale) for numerical stability; ``valid`` (N, ..., t)
-        marks the real keys: padded keys must get exactly zero features."""
+        features were divided by exp(log_scale) for numerical stability; a subclass must
+        define it.
+
+        Args:
+            x: keys, (N, ..., t, D).
+            valid: bool (N, ..., t), True = real key; padded keys must get exactly zero
+                features. None: every key is real.
+
+        Example:
+            >>> phi, log_scale = LinearAttention().key_features(torch.randn(4, 8, 16))
+        """
         raise NotImplementedError
 
     def _attend(self, q, k, v, causal, key_valid):
@@ -68,7 +94,14 @@ class FeatureMapAttention(VariantAttention):
 
 
 class LinearAttention(FeatureMapAttention):
-    """Linear attention, phi(x) = elu(x) + 1."""
+    """Linear attention, phi(x) = elu(x) + 1.
+
+    Args:
+        chunk_size: tokens per chunk of the causal prefix sums (>= 1).
+
+    Example:
+        >>> LinearAttention()(q, k, v, causal=True)  # q, k, v (B, H, T, D) -> (B, H, T, D)
+    """
 
     name = "linear"
     description = "linear attention with the elu(x)+1 feature map (Katharopoulos et al. 2020)"
@@ -79,9 +112,28 @@ class LinearAttention(FeatureMapAttention):
     # elu's backward reads its input, not its output, so adding 1 in place is safe for autograd
     # and saves a pass over (and an allocation of) a feature tensor the size of q or k.
     def query_features(self, x: Tensor) -> Tensor:
+        """phi(q) = elu(q) + 1, elementwise: (..., t, D) -> (..., t, D).
+
+        Args:
+            x: queries, (..., t, D).
+
+        Example:
+            >>> LinearAttention().query_features(torch.zeros(2, 3)).tolist()  # all 1.0
+        """
         return F.elu(x).add_(1.0)
 
     def key_features(self, x: Tensor, valid: Tensor | None = None):
+        """phi(k) = elu(k) + 1, zero at padded keys: (N, ..., t, D) -> ((N, ..., t, D), None).
+
+        No rescaling is needed (the features are at most max(k) + 1), so log_scale is None.
+
+        Args:
+            x: keys, (N, ..., t, D).
+            valid: bool (N, ..., t), True = real key; None: every key is real.
+
+        Example:
+            >>> phi, log_scale = LinearAttention().key_features(torch.randn(4, 8, 16))  # None
+        """
         phi = F.elu(x).add_(1.0)
         if valid is not None:
             phi = phi.masked_fill_(~valid.unsqueeze(-1), 0.0)

@@ -20,7 +20,17 @@ from attnkit.attention.variants._common import VariantAttention
 
 
 class LocalAttention(VariantAttention):
-    """Non-overlapping block-local attention; ``block_size`` tokens per block."""
+    """Non-overlapping block-local attention; ``block_size`` tokens per block.
+
+    Args:
+        block_size: tokens per block (>= 1); the last block may be shorter.
+
+    Raises:
+        ValueError: if ``block_size`` is below 1.
+
+    Example:
+        >>> LocalAttention(block_size=64)(q, k, v)  # q, k, v (B, H, T, D) -> (B, H, T, D)
+    """
 
     name = "local"
     exact = True
@@ -31,7 +41,16 @@ class LocalAttention(VariantAttention):
         self.block_size = int_at_least("block_size", block_size, 1)
 
     def dense_mask(self, T: int, causal: bool = False, device=None) -> Tensor:
-        """(T, T) bool: True where query i may attend key j under this pattern."""
+        """(T, T) bool: True where query i may attend key j under this pattern.
+
+        Args:
+            T: sequence length (>= 1).
+            causal: also forbid keys after the query.
+            device: where to build the mask (None: the default device).
+
+        Example:
+            >>> LocalAttention(block_size=2).dense_mask(4).int()  # two 2x2 blocks of ones
+        """
         T = int_at_least("T", T, 1)
         block = torch.arange(T, device=device) // self.block_size  # (T,)
         mask = block[:, None] == block[None, :]  # (T, T)

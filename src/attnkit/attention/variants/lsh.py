@@ -33,11 +33,20 @@ from attnkit.attention.variants._common import VariantAttention, default_scale
 
 
 class LSHAttention(VariantAttention):
-    """Shared-QK locality-sensitive-hashing attention.
+    """Shared-QK locality-sensitive-hashing attention (see the module docstring).
 
-    n_buckets: buckets per round, 1 or an even number; None chooses the number of chunks
-    (rounded up to even) capped at ``max_auto_buckets``. n_hashes: hash rounds. chunk_size:
-    tokens per chunk. seed: seeds the rotations.
+    Args:
+        n_buckets: buckets per round, 1 or an even number; None chooses the number of chunks
+            (rounded up to even, at least 2) capped at ``max_auto_buckets``.
+        n_hashes: hash rounds (>= 1).
+        chunk_size: tokens per chunk (>= 1).
+        seed: seeds the rotations.
+
+    Raises:
+        ValueError: for an odd n_buckets above 1, or a count out of range.
+
+    Example:
+        >>> LSHAttention(n_hashes=4)(q, k, v, causal=True)  # q, v (B, H, T, *); k is ignored
     """
 
     name = "lsh"
@@ -64,13 +73,32 @@ class LSHAttention(VariantAttention):
         self._rotations: dict[tuple[int, int], Tensor] = {}
 
     def buckets_for(self, T: int) -> int:
+        """Buckets per round for a length-T sequence: ``n_buckets``, or when it is None the
+        number of chunks rounded up to even, within [2, ``max_auto_buckets``].
+
+        Args:
+            T: sequence length (>= 1).
+
+        Example:
+            >>> LSHAttention().buckets_for(1024)  # 16: 16 chunks of 64
+        """
         if self.n_buckets is not None:
             return self.n_buckets
         n_chunks = math.ceil(T / min(self.chunk_size, T))
         return min(self.max_auto_buckets, max(2, n_chunks + n_chunks % 2))
 
     def rotations(self, d: int, n_buckets: int) -> Tensor:
-        """(n_hashes, D, n_buckets // 2) float64 random rotations; round r is the r-th draw."""
+        """(n_hashes, D, n_buckets // 2) float64 random rotations; round r is the r-th draw.
+
+        Drawn from a generator seeded with ``seed`` and cached per (d, n_buckets).
+
+        Args:
+            d: the head dim D.
+            n_buckets: buckets per round (even).
+
+        Example:
+            >>> LSHAttention().rotations(16, 8).shape  # (2, 16, 4)
+        """
         key = (d, n_buckets)
         if key not in self._rotations:
             gen = torch.Generator().manual_seed(self.seed)
@@ -83,7 +111,17 @@ class LSHAttention(VariantAttention):
 
     @torch.no_grad()
     def hash(self, x: Tensor, n_buckets: int | None = None) -> Tensor:
-        """Bucket of every vector in every round: (..., T, D) -> (..., n_hashes, T) int64."""
+        """Bucket of every vector in every round: (..., T, D) -> (..., n_hashes, T) int64.
+
+        The bucket is argmax([xR, -xR]) with R the round's rotation; with one bucket, all 0.
+
+        Args:
+            x: vectors, (..., T, D).
+            n_buckets: buckets per round; None: :meth:`buckets_for` (T).
+
+        Example:
+            >>> LSHAttention().hash(torch.randn(2, 128, 16)).shape  # (2, 2, 128)
+        """
         T, d = x.shape[-2], x.shape[-1]
         n_buckets = self.buckets_for(T) if n_buckets is None else n_buckets
         if n_buckets == 1:

@@ -26,7 +26,16 @@ from attnkit.attention.variants.linear import FeatureMapAttention
 
 def orthogonal_random_features(m: int, d: int, generator: torch.Generator) -> Tensor:
     """(m, d) float64 matrix: blocks of d orthonormal rows, each row rescaled to the norm of an
-    independent d-dim standard Gaussian vector."""
+    independent d-dim standard Gaussian vector.
+
+    Args:
+        m: the number of features (rows).
+        d: the head dim (columns).
+        generator: the random generator to draw from (advanced by the draw).
+
+    Example:
+        >>> orthogonal_random_features(80, 16, torch.Generator().manual_seed(0)).shape  # (80, 16)
+    """
     blocks = []
     for _ in range(math.ceil(m / d)):
         g = torch.randn(d, d, generator=generator, dtype=torch.float64)
@@ -43,10 +52,21 @@ def orthogonal_random_features(m: int, d: int, generator: torch.Generator) -> Te
 class PerformerAttention(FeatureMapAttention):
     """FAVOR+ softmax-kernel approximation with positive orthogonal random features.
 
-    nb_features: m, default int(D * log(D)) for head dim D. redraw_interval: in training mode,
-    draw new features every this many forward calls (None: only on :meth:`redraw`). seed: the
-    features are drawn from a generator seeded with it, so a module is reproducible.
-    head_dim: draw the features now for this D instead of at the first forward call.
+    Args:
+        nb_features: m, default int(D * log(D)) for head dim D.
+        redraw_interval: in training mode, draw new features every this many forward calls
+            (None: only on :meth:`redraw`).
+        seed: the features are drawn from a generator seeded with it, so a module is
+            reproducible.
+        chunk_size: tokens per chunk of the causal prefix sums (>= 1).
+        head_dim: draw the features now for this D instead of at the first forward call
+            (and refuse any other D later).
+
+    Raises:
+        ValueError: for a count below 1 or a negative seed.
+
+    Example:
+        >>> PerformerAttention(nb_features=128)(q, k, v)  # q, k, v (B, H, T, D) -> (B, H, T, D)
     """
 
     projection: Tensor | None  # (m, D) buffer
@@ -75,11 +95,30 @@ class PerformerAttention(FeatureMapAttention):
             self.redraw(head_dim)
 
     def features_for(self, d: int) -> int:
+        """The number of features m for head dim ``d``: ``nb_features``, or int(d * log(d)).
+
+        Args:
+            d: the head dim D.
+
+        Example:
+            >>> PerformerAttention().features_for(64)  # 266
+        """
         return self.nb_features if self.nb_features is not None else max(1, int(d * math.log(d)))
 
     @torch.no_grad()
     def redraw(self, head_dim: int | None = None) -> None:
-        """Draw a new feature matrix (for ``head_dim``, default the current one)."""
+        """Draw a new (m, head_dim) feature matrix into the ``projection`` buffer, from the
+        module's generator (each draw continues its sequence).
+
+        Args:
+            head_dim: the head dim D; None: the current projection's.
+
+        Raises:
+            ValueError: if ``head_dim`` is None before any features were drawn.
+
+        Example:
+            >>> PerformerAttention(head_dim=64).redraw()  # new features for D = 64
+        """
         if head_dim is None:
             if self.projection is None:
                 raise ValueError("redraw() needs head_dim before the first forward call, got None")
@@ -123,14 +162,38 @@ class PerformerAttention(FeatureMapAttention):
 
     def query_features(self, x: Tensor) -> Tensor:
         """phi(q) up to a per-query factor (which cancels in the normalisation): exp(Wx - c)
-        with c the row maximum; the -|x|^2/2 term and 1/sqrt(m) are per-query factors too."""
+        with c the row maximum; the -|x|^2/2 term and 1/sqrt(m) are per-query factors too.
+
+        Args:
+            x: queries, (..., t, D); D sets the features at the first call.
+
+        Returns:
+            (..., t, m'), m' = m rounded up to a multiple of 16 (the extra features are 0).
+
+        Example:
+            >>> PerformerAttention(head_dim=64).query_features(torch.randn(4, 8, 64)).shape
+            torch.Size([4, 8, 272])
+        """
         e = self._proj(x)  # (..., t, m)
         return e.sub_(e.detach().amax(-1, keepdim=True)).exp_()
 
     def key_features(self, x: Tensor, valid: Tensor | None = None):
         """phi(k) = exp(Wx - |x|^2 / 2) / exp(log_scale), one factor for all keys of a row (it
         cancels); log_scale (one per row, the row index being dim -3 of x) is the largest
-        exponent among the row's real keys. 1/sqrt(m) is dropped (it cancels with the queries')."""
+        exponent among the row's real keys. 1/sqrt(m) is dropped (it cancels with the queries').
+
+        Args:
+            x: keys, (..., N, t, D).
+            valid: bool (..., N, t), True = real key (padded keys get exactly zero features);
+                None: every key is real.
+
+        Returns:
+            features (..., N, t, m') (m' as in :meth:`query_features`) and log_scale (N,),
+            -inf for a row whose keys are all padding.
+
+        Example:
+            >>> phi, log_scale = PerformerAttention(head_dim=64).key_features(torch.randn(4, 8, 64))
+        """
         d = x.shape[-1]
         e = self._proj(x)  # (..., N, t, m)
         half_sq = 0.5 * d**-0.5 * (x * x).sum(-1)  # (..., N, t): |x / D^(1/4)|^2 / 2
