@@ -51,7 +51,12 @@ def build_model(config: ModelConfig | EncDecConfig | str, **overrides: Any) -> M
 
 def config_from_dict(data: dict[str, Any]) -> ModelConfig | EncDecConfig:
     """The config a config.json's ``"model"`` holds: an :class:`EncDecConfig` for
-    ``arch="encdec"``, else a :class:`ModelConfig`."""
+    ``arch="encdec"``, else a :class:`ModelConfig`.
+
+    Example:
+        >>> config_from_dict(get_preset("tiny").to_dict()).n_layer
+        2
+    """
     if isinstance(data, dict) and data.get("arch") == "encdec":
         return EncDecConfig.from_dict(data)
     return ModelConfig.from_dict(data)

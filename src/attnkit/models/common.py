@@ -16,6 +16,13 @@ from attnkit.models.meta import ModelMeta
 
 
 def make_block(cfg: ModelConfig) -> TransformerBlock:
+    """One freshly initialised transformer block as ``cfg`` describes it: its attention (RoPE
+    or ALiBi inside it, the variant of ``cfg.attention``), MLP, norms and norm placement.
+
+    Example:
+        >>> make_block(get_preset("tiny")).placement
+        'pre'
+    """
     positional = cfg.positional if cfg.positional in ("rope", "alibi") else None
     variant = None if cfg.attention == "exact" else cfg.attention
     attn = MultiHeadAttention(
@@ -41,7 +48,12 @@ def make_block(cfg: ModelConfig) -> TransformerBlock:
 
 
 def positions_from_documents(document_ids: torch.Tensor) -> torch.Tensor:
-    """(B, T) document ids -> (B, T) positions that restart at 0 where each document starts."""
+    """(B, T) document ids -> (B, T) positions that restart at 0 where each document starts.
+
+    Example:
+        >>> positions_from_documents(torch.tensor([[0, 0, 1, 1, 1]]))
+        tensor([[0, 1, 0, 1, 2]])
+    """
     T = document_ids.shape[1]
     idx = torch.arange(T, device=document_ids.device).expand_as(document_ids)  # (B, T)
     start = torch.ones_like(document_ids, dtype=torch.bool)
@@ -54,7 +66,15 @@ def document_positions(
     position_ids: torch.Tensor | None, document_ids: torch.Tensor | None, shape: tuple[int, int]
 ) -> torch.Tensor | None:
     """The positions a forward uses: ``position_ids`` when given, else with ``document_ids``
-    (B, T) = ``shape`` positions that restart at each document (B, T), else None."""
+    (B, T) = ``shape`` positions that restart at each document (B, T), else None.
+
+    Raises:
+        ValueError: ``document_ids`` is not of shape ``shape``.
+
+    Example:
+        >>> document_positions(None, torch.tensor([[0, 0, 1]]), (1, 3))
+        tensor([[0, 1, 0]])
+    """
     if position_ids is not None or document_ids is None:
         return position_ids
     if tuple(document_ids.shape) != shape:
@@ -72,6 +92,13 @@ def valid_key_mask_from(
     The shape is always checked. Only with ``ATTNKIT_DEBUG=1`` (:func:`attnkit._util.env.debug`)
     is a mask of real tokens only turned into None (that needs a host sync); otherwise callers
     that know a batch has no padding pass no mask.
+
+    Raises:
+        ValueError: ``attention_mask`` is not of shape ``shape`` (B, Tk).
+
+    Example:
+        >>> valid_key_mask_from(torch.tensor([[1, 1, 0]]), (1, 3))
+        tensor([[ True,  True, False]])
     """
     if attention_mask is None:
         return None
@@ -88,7 +115,15 @@ def valid_key_mask_from(
 def check_ids(name: str, ids: torch.Tensor, limit: int) -> None:
     """``ids`` is an integer (B, T) tensor; with ``ATTNKIT_DEBUG=1``
     (:func:`attnkit._util.env.debug`) also that every id is in ``[0, limit)`` (a host sync;
-    without it an id out of range fails in the embedding)."""
+    without it an id out of range fails in the embedding).
+
+    Raises:
+        ValueError: ``ids`` is not an integer (B, T) tensor, or (debug) holds an id out of
+            range; the message starts with ``name``.
+
+    Example:
+        >>> check_ids("input_ids", torch.randint(0, 256, (2, 16)), 256)  # None: they are fine
+    """
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point:
         what = (
             f"shape {tuple(ids.shape)} dtype {ids.dtype}"
@@ -108,6 +143,10 @@ class ModelBase(nn.Module):
     ``config`` is the architecture (frozen); ``meta`` what the model carries besides it
     (tokenizer, source, swaps, ...; see :mod:`attnkit.models.meta`), set by the loader and
     replaced whole by code that makes a new model from an old one.
+
+    Example:
+        >>> isinstance(build_model("tiny"), ModelBase)
+        True
     """
 
     config: ModelConfig
@@ -134,12 +173,24 @@ class ModelBase(nn.Module):
         )
 
     def tied_keys(self) -> list[str]:
-        """state_dict keys that alias another key (not stored in checkpoints)."""
+        """state_dict keys that alias another key (not stored in checkpoints); none here.
+
+        Example:
+            >>> build_model("tiny", tie_embeddings=False).tied_keys()
+            []
+        """
         return []
 
     def init_weights(self) -> None:
         """Normal(0, initializer_range) weights, zero biases, unit norms; residual output
-        projections scaled by 1/sqrt(2 * n_layer) (GPT-2)."""
+        projections scaled by 1/sqrt(2 * n_layer) (GPT-2).
+
+        Linear and embedding weights are drawn afresh, in place; norms are left as they are
+        built (ones and zeros).
+
+        Example:
+            >>> model.init_weights()  # re-draws every linear and embedding weight
+        """
         std = self.config.initializer_range
         for name, mod in self.named_modules():
             if isinstance(mod, (nn.Linear, nn.Embedding)):
@@ -153,7 +204,11 @@ class ModelBase(nn.Module):
                     nn.init.zeros_(mod.bias)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        """Distinct parameters (tied ones counted once); optionally without the embeddings."""
+        """Distinct parameters (tied ones counted once); optionally without the embeddings.
+
+        Example:
+            >>> build_model("tiny").num_parameters(exclude_embeddings=True)  # blocks and norms
+        """
         seen: set[int] = set()
         total = 0
         skip = set()
@@ -172,6 +227,13 @@ class ModelBase(nn.Module):
         2 FLOPs per multiply-accumulate of every weight matrix a token passes through (not the
         embedding look-ups), plus the attention scores and weighted sums: 4 * T * d per layer
         for T keys (half that, on average, with a causal mask).
+
+        Args:
+            seq_len: the sequence length T; default ``config.max_seq_len``.
+            training: count the backward pass too (twice the forward).
+
+        Example:
+            >>> build_model("tiny").flops_per_token(seq_len=128, training=True)
         """
         cfg = self.config
         T = cfg.max_seq_len if seq_len is None else seq_len

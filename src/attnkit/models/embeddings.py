@@ -16,6 +16,9 @@ class Embeddings(nn.Module):
     """ids (B, T) -> (B, T, C): tokens + absolute positions + segments, then norm and dropout.
 
     RoPE and ALiBi models add no position vector here; their positions act inside attention.
+
+    Example:
+        >>> Embeddings(get_preset("tiny"))(torch.randint(0, 256, (2, 16))).shape  # (2, 16, 64)
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -38,6 +41,22 @@ class Embeddings(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         offset: int = 0,
     ) -> torch.Tensor:
+        """input_ids (B, T) -> (B, T, C) input vectors.
+
+        Args:
+            input_ids: (B, T) token ids.
+            position_ids: (B, T) or (T,) positions for learned or sinusoidal embeddings;
+                default ``offset + 0..T-1``.
+            token_type_ids: (B, T) segment ids; default segment 0 when the model has
+                segment embeddings.
+            offset: the first position when ``position_ids`` is None (tokens already cached).
+
+        Raises:
+            ValueError: ``token_type_ids`` given to a model with ``type_vocab_size=0``.
+
+        Example:
+            >>> embed(torch.randint(0, 256, (2, 16)), offset=8).shape  # (2, 16, d_model)
+        """
         x = self.tok(input_ids)  # (B, T, C)
         if self.pos is not None:
             if position_ids is None:

@@ -59,14 +59,34 @@ __all__ = ["DecoderCache", "EncoderDecoder", "Seq2SeqOutput", "seq2seq_loss", "s
 @dataclass
 class Seq2SeqOutput(ModelOutput):
     """:class:`~attnkit.models.outputs.ModelOutput` (loss, logits (B, T, V), the decoder's final
-    hidden states (B, T, C)) plus the encoder's output (B, S, C)."""
+    hidden states (B, T, C)) plus the encoder's output (B, S, C).
+
+    Example:
+        >>> out = model(input_ids=src, labels=tgt)  # src (B, S), tgt (B, T)
+        >>> out.encoder_hidden_states.shape  # (B, S, d_model)
+    """
 
     encoder_hidden_states: Tensor | None = None
 
 
 def seq2seq_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy of each position's logits (B, T, V) against its label (B, T) (the target
-    token, not shifted; IGNORE_INDEX (-100) takes no part): the mean over counted positions."""
+    token, not shifted; IGNORE_INDEX (-100) takes no part): the mean over counted positions.
+
+    Args:
+        logits: (B, T, V) decoder logits.
+        labels: (B, T) integer target ids, -100 where ignored.
+        label_smoothing: as ``F.cross_entropy``'s.
+
+    Returns:
+        A float32 scalar.
+
+    Raises:
+        ValueError: ``labels`` is not an integer tensor of shape (B, T).
+
+    Example:
+        >>> seq2seq_loss(torch.randn(2, 8, 512), torch.randint(0, 512, (2, 8)), label_smoothing=0.1)
+    """
     B, T, V = logits.shape
     if not isinstance(labels, Tensor) or labels.dtype.is_floating_point:
         got = labels.dtype if isinstance(labels, Tensor) else type(labels).__name__
@@ -85,7 +105,23 @@ def seq2seq_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -
 
 def shift_right(labels: Tensor, decoder_start_token_id: int, pad_token_id: int) -> Tensor:
     """Decoder inputs for teacher forcing: the start token, then the labels but the last;
-    IGNORE_INDEX labels become the pad token (as HF's ``shift_tokens_right``)."""
+    IGNORE_INDEX labels become the pad token (as HF's ``shift_tokens_right``).
+
+    Args:
+        labels: (B, T) integer target ids, -100 where ignored.
+        decoder_start_token_id: the first decoder input of every row.
+        pad_token_id: what an ignored label becomes.
+
+    Returns:
+        (B, T) decoder input ids.
+
+    Raises:
+        ValueError: ``labels`` is not an integer tensor of shape (B, T).
+
+    Example:
+        >>> shift_right(torch.tensor([[5, -100, 7]]), decoder_start_token_id=0, pad_token_id=1)
+        tensor([[0, 5, 1]])
+    """
     if not isinstance(labels, Tensor) or labels.dim() != 2 or labels.dtype.is_floating_point:
         got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
         raise ValueError(f"labels must be an integer tensor of shape (B, T), got {got}")
@@ -204,7 +240,18 @@ class Decoder(nn.Module):
 
 
 class EncoderDecoder(ModelBase):
-    """An encoder-decoder transformer built from an :class:`EncDecConfig` (module docstring)."""
+    """An encoder-decoder transformer built from an :class:`EncDecConfig` (module docstring).
+
+    Source ids (B, S) and target ids (B, T) -> logits (B, T, V).
+
+    Raises:
+        TypeError: ``config`` is not an :class:`EncDecConfig`.
+
+    Example:
+        >>> model = EncoderDecoder(get_encdec_preset("tiny-t5"))
+        >>> src, tgt = torch.randint(0, 512, (2, 12)), torch.randint(0, 512, (2, 8))
+        >>> model(input_ids=src, labels=tgt).logits.shape  # (2, 8, 512)
+    """
 
     config: EncDecConfig  # type: ignore[assignment]
 
@@ -228,14 +275,25 @@ class EncoderDecoder(ModelBase):
     # ---------------------------------------------------------------------------------------
     def init_weights(self) -> None:
         """ModelBase's initialisation (normal weights, residual projections scaled), normal
-        relative position tables, a zero logits bias."""
+        relative position tables, a zero logits bias.
+
+        (The logits bias is zero as built; this method does not reset it.)
+
+        Example:
+            >>> model.init_weights()  # re-draws the linear, embedding and relative tables
+        """
         super().init_weights()
         for stack in (self.encoder, self.decoder):
             if stack.rel_bias is not None:
                 nn.init.normal_(stack.rel_bias.weight, 0.0, self.config.initializer_range)
 
     def tied_keys(self) -> list[str]:
-        """state_dict keys that alias another key (not stored in checkpoints)."""
+        """state_dict keys that alias another key (not stored in checkpoints).
+
+        Example:
+            >>> EncoderDecoder(get_encdec_preset("tiny-t5")).tied_keys()
+            ['decoder.embed.tok.weight', 'lm_head.proj.weight']
+        """
         out = []
         if self.decoder.embed.tok.weight is self.encoder.embed.tok.weight:
             out.append("decoder.embed.tok.weight")
@@ -245,7 +303,11 @@ class EncoderDecoder(ModelBase):
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Distinct parameters (tied ones counted once); optionally without the token and
-        position embeddings."""
+        position embeddings.
+
+        Example:
+            >>> model.num_parameters(exclude_embeddings=True)  # the blocks, norms and head
+        """
         skip: set[int] = set()
         if exclude_embeddings:
             skip = {id(p) for s in (self.encoder, self.decoder) for p in s.embed.parameters()}
@@ -259,7 +321,11 @@ class EncoderDecoder(ModelBase):
         """Estimated FLOPs of a forward pass per (source token, target token) pair, both
         sequences ``seq_len`` long (default max_seq_len); x3 with ``training``. 2 FLOPs per
         multiply-accumulate of every weight matrix (not the embedding look-ups), plus 4 * keys
-        * H * D per attention layer (the decoder's self-attention sees T/2 keys on average)."""
+        * H * D per attention layer (the decoder's self-attention sees T/2 keys on average).
+
+        Example:
+            >>> model.flops_per_token(seq_len=128, training=True)
+        """
         cfg = self.config
         T = cfg.max_seq_len if seq_len is None else seq_len
         matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
@@ -271,7 +337,15 @@ class EncoderDecoder(ModelBase):
     # ---------------------------------------------------------------------------------------
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Source ids (B, S) -> the encoder's output (B, S, C). attention_mask (B, S), 1 = real
-        token (padded positions' outputs are not meaningful; nothing attends to them)."""
+        token (padded positions' outputs are not meaningful; nothing attends to them).
+
+        Raises:
+            ValueError: ``input_ids`` is not an integer (B, S) tensor, the mask's shape is not
+                (B, S), or S exceeds ``max_seq_len`` with absolute positions.
+
+        Example:
+            >>> memory = model.encode(src, src_mask)  # src, src_mask (B, S) -> (B, S, d_model)
+        """
         cfg = self.config
         check_ids("input_ids", input_ids, cfg.vocab_size)
         B, S = input_ids.shape
@@ -287,7 +361,14 @@ class EncoderDecoder(ModelBase):
     ) -> DecoderCache:
         """An empty decoding cache for the memory ``encoder_states`` (B, S, C) of sources with
         ``attention_mask`` (B, S): each decoder block's cross-attention keys and values are
-        computed here, once. ``max_len`` and ``dtype`` are the self-attention caches'."""
+        computed here, once. ``max_len`` and ``dtype`` are the self-attention caches'.
+
+        Raises:
+            ValueError: ``encoder_states`` is not (B, S, d_model) or the mask not (B, S).
+
+        Example:
+            >>> cache = model.new_cache(model.encode(src, src_mask), src_mask, max_len=64)
+        """
         B, S = self._check_memory(encoder_states)
         return DecoderCache(
             self_attn=KVCache.for_layers(self.config.n_decoder_layers, max_len, dtype),
@@ -310,6 +391,14 @@ class EncoderDecoder(ModelBase):
         are attended to; with one (:meth:`new_cache`), its memory is, the ids continue the
         cached tokens and are added to the cache. ``decoder_attention_mask`` (B, Tk), 1 = real
         token, covers the cached tokens too (Tk = cache.length + T).
+
+        Raises:
+            ValueError: neither ``encoder_states`` nor ``cache`` given, a batch size that is
+                not the memory's, a bad shape, or a target longer than ``max_seq_len``.
+            TypeError: ``cache`` is not a :class:`DecoderCache`.
+
+        Example:
+            >>> h = model.decode(tgt_in, memory, src_mask)  # tgt_in (B, T) -> (B, T, d_model)
         """
         cfg = self.config
         check_ids("decoder_input_ids", decoder_input_ids, cfg.vocab_size)
@@ -339,7 +428,14 @@ class EncoderDecoder(ModelBase):
         return self.decoder(decoder_input_ids, memory, source_valid_mask, vkm, caches, past)
 
     def logits(self, hidden: Tensor) -> Tensor:
-        """The decoder's final hidden states (B, T, C) -> logits (B, T, V)."""
+        """The decoder's final hidden states (B, T, C) -> logits (B, T, V).
+
+        Scaled by d_model^-0.5 first with ``scale_decoder_output``; plus the logits bias
+        when the config has one.
+
+        Example:
+            >>> model.logits(model.decode(tgt_in, memory)).shape  # (B, T, vocab_size)
+        """
         if self.config.scale_decoder_output:
             hidden = hidden * self.config.d_model**-0.5
         out = self.lm_head(hidden)  # (B, T, V)
@@ -352,7 +448,11 @@ class EncoderDecoder(ModelBase):
         decoder_attention_mask: Tensor | None = None,
     ) -> Tensor:
         """The next tokens (B, T) (T = 1 in greedy decoding) -> their logits (B, T, V); the
-        cache grows by T tokens."""
+        cache grows by T tokens.
+
+        Example:
+            >>> logits = model.decode_step(torch.zeros(2, 1, dtype=torch.long), cache)  # (2, 1, V)
+        """
         h = self.decode(
             decoder_input_ids, cache=cache, decoder_attention_mask=decoder_attention_mask
         )
@@ -360,7 +460,12 @@ class EncoderDecoder(ModelBase):
 
     def shift_right(self, labels: Tensor) -> Tensor:
         """Decoder inputs for ``labels`` (B, T): :func:`shift_right` with this config's start
-        and pad tokens."""
+        and pad tokens.
+
+        Example:
+            >>> model.shift_right(torch.tensor([[5, 6, 7]]))  # tiny-t5: start token 0
+            tensor([[0, 5, 6]])
+        """
         cfg = self.config
         return shift_right(labels, cfg.decoder_start_token_id, cfg.pad_token_id)
 
@@ -376,7 +481,23 @@ class EncoderDecoder(ModelBase):
         """Teacher-forced logits (B, T, V) and, with ``labels`` (B, T) (the target ids, -100
         ignored), the mean cross-entropy. Without ``decoder_input_ids`` they are the labels
         shifted right behind ``decoder_start_token_id``. ``encoder_states`` (B, S, C) replace
-        the encoding of ``input_ids`` (encode once, decode several targets)."""
+        the encoding of ``input_ids`` (encode once, decode several targets).
+
+        Args:
+            input_ids: (B, S) source ids (not needed with ``encoder_states``).
+            attention_mask: (B, S) source mask, 1 = real token.
+            decoder_input_ids: (B, T) decoder inputs; default the labels shifted right.
+            decoder_attention_mask: (B, T) target mask, 1 = real token.
+            labels: (B, T) target ids, -100 ignored.
+            encoder_states: (B, S, C) an encoding made before by :meth:`encode`.
+
+        Raises:
+            ValueError: neither ``input_ids`` nor ``encoder_states``, or neither
+                ``decoder_input_ids`` nor ``labels``, given.
+
+        Example:
+            >>> out = model(input_ids=src, attention_mask=src_mask, labels=tgt)  # out.loss
+        """
         if encoder_states is None:
             if input_ids is None:
                 raise ValueError("give input_ids (B, S) or encoder_states (B, S, C); got neither")
@@ -411,7 +532,17 @@ class EncoderDecoder(ModelBase):
         part) under teacher forcing, with ``label_smoothing`` as ``F.cross_entropy``'s; equal
         to :func:`seq2seq_loss` of :meth:`forward`'s logits, but the LM head runs on the
         counted positions only ((N, V) logits, not (B, T, V): padded targets cost nothing
-        there)."""
+        there).
+
+        Args:
+            input_ids: (B, S) source ids.
+            attention_mask: (B, S) source mask, 1 = real token, or None.
+            labels: (B, T) target ids, -100 ignored.
+            label_smoothing: as ``F.cross_entropy``'s.
+
+        Example:
+            >>> model.loss(src, src_mask, tgt, label_smoothing=0.1).backward()
+        """
         memory = self.encode(input_ids, attention_mask)  # (B, S, C)
         h = self.decode(self.shift_right(labels), memory, attention_mask)  # (B, T, C)
         counted = labels != IGNORE_INDEX  # (B, T)

@@ -25,7 +25,13 @@ class DecoderCache:
     ``group``: decoder rows per source row. Beam search runs K rows per source
     (:meth:`repeat`); the rows ``b * K .. b * K + K - 1`` all read source row ``b``, whose keys
     and values are held once, not K times (cross-attention takes the K rows as K queries of
-    one source)."""
+    one source).
+
+    Example:
+        >>> cache = model.new_cache(model.encode(src), max_len=64)  # src (2, S)
+        >>> cache.length, cache.batch_size
+        (0, 2)
+    """
 
     self_attn: list[KVCache]
     cross: list[tuple[Tensor, Tensor]]
@@ -37,17 +43,30 @@ class DecoderCache:
 
     @property
     def length(self) -> int:
-        """Decoder tokens cached so far."""
+        """Decoder tokens cached so far.
+
+        Example:
+            >>> cache.length  # 1 after one decode_step of one token
+        """
         return self.self_attn[0].length
 
     @property
     def batch_size(self) -> int:
-        """Decoder rows (sources times ``group``)."""
+        """Decoder rows (sources times ``group``).
+
+        Example:
+            >>> cache.repeat(4); cache.batch_size  # 2 sources, 4 beams each
+            8
+        """
         return self.cross[0][0].shape[0] * self.group
 
     def repeat(self, n: int) -> None:
         """Make n consecutive decoder rows of each row (``index = arange(B).repeat_interleave(n)``
-        for the self-attention caches); the memory is not copied: ``group`` grows n times."""
+        for the self-attention caches); the memory is not copied: ``group`` grows n times.
+
+        Example:
+            >>> cache.repeat(4)  # (B, ...) rows -> (B * 4, ...), cache.group == 4
+        """
         if n == 1:
             return
         index = torch.arange(self.batch_size, device=self.cross[0][0].device)
@@ -62,7 +81,14 @@ class DecoderCache:
         caches are replaced by new ones holding the chosen rows. ``memory=False`` leaves the
         cross-attention keys and values and the source mask as they are (beam search reorders
         beams within each source, whose rows of them are equal). With ``memory`` and a
-        ``group`` above 1 the memory is first copied to one row per decoder row."""
+        ``group`` above 1 the memory is first copied to one row per decoder row.
+
+        Raises:
+            ValueError: ``memory=False`` with a number of rows other than ``batch_size``.
+
+        Example:
+            >>> cache.reorder(torch.tensor([1, 1, 0, 3]), memory=False)  # group 4, 4 rows
+        """
         same = index.shape[0] == self.batch_size
         if not memory and not same:
             raise ValueError(
@@ -80,7 +106,14 @@ class DecoderCache:
     def select(self, sources: Tensor, index: Tensor) -> None:
         """Keep the source rows ``sources`` (Bs',) of the memory and the decoder rows ``index``
         (Bs' * group,), rows ``j * group .. j * group + group - 1`` of them reading source
-        ``sources[j]``: beam search drops the sources it has finished so."""
+        ``sources[j]``: beam search drops the sources it has finished so.
+
+        Raises:
+            ValueError: ``index`` holds other than ``len(sources) * group`` rows.
+
+        Example:
+            >>> cache.select(torch.tensor([1]), torch.tensor([4, 5, 6, 7]))  # group 4: source 1
+        """
         if index.shape[0] != sources.shape[0] * self.group:
             raise ValueError(
                 f"select keeps {sources.shape[0]} sources of {self.group} rows each; "

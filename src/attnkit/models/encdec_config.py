@@ -69,6 +69,14 @@ class EncDecConfig:
     ``n_encoder_layers`` and ``n_decoder_layers`` blocks of width ``d_model`` with ``n_heads``
     heads of ``head_dim`` channels (None: d_model // n_heads; T5 sets it apart) and an MLP of
     ``d_ff`` (None: 4 * d_model). ``max_seq_len`` bounds the positions of absolute encodings.
+
+    Every field is checked when the config is made; a bad value is a ValueError naming the
+    field, the value and what was expected.
+
+    Example:
+        >>> cfg = EncDecConfig(vocab_size=512, n_encoder_layers=2, n_decoder_layers=2, d_model=64)
+        >>> cfg.head_dim, cfg.d_ff  # derived: d_model // n_heads, 4 * d_model
+        (8, 256)
     """
 
     arch: str = ARCH
@@ -219,21 +227,45 @@ class EncDecConfig:
     @property
     def n_layer(self) -> int:
         """Blocks in all, encoder then decoder: as many as the model's self-attention layers
-        (``attnkit.attention.recording.attention_layers``)."""
+        (``attnkit.attention.recording.attention_layers``).
+
+        Example:
+            >>> get_encdec_preset("tiny-t5").n_layer
+            4
+        """
         return self.n_encoder_layers + self.n_decoder_layers
 
     @property
     def head(self) -> str:
-        """The output head: an encoder-decoder always has the LM head."""
+        """The output head: an encoder-decoder always has the LM head.
+
+        Example:
+            >>> get_encdec_preset("tiny-t5").head
+            'lm'
+        """
         return "lm"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
+        """JSON-ready fields: every field by name (derived ones hold their ints).
+
+        Example:
+            >>> get_encdec_preset("tiny-t5").to_dict()["arch"]
+            'encdec'
+        """
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EncDecConfig:
-        """Build from a dict (e.g. a config.json); unknown keys are an error naming them."""
+        """Build from a dict (e.g. a config.json); unknown keys are an error naming them.
+
+        Raises:
+            TypeError: ``data`` is not a mapping.
+            ValueError: a key is not a field, or a field's value is bad.
+
+        Example:
+            >>> EncDecConfig.from_dict(get_encdec_preset("tiny-bart").to_dict()).position_offset
+            2
+        """
         if not isinstance(data, Mapping):
             raise TypeError(f"EncDecConfig.from_dict expects a dict, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -247,7 +279,12 @@ class EncDecConfig:
     def replace(self, **changes: Any) -> EncDecConfig:
         """A copy with some fields changed (validated again). New ``d_model`` or ``n_heads``
         without ``head_dim`` re-derives it when it was derived; new ``d_model`` without
-        ``d_ff`` keeps ``d_ff == 4 * d_model`` when it was so."""
+        ``d_ff`` keeps ``d_ff == 4 * d_model`` when it was so.
+
+        Example:
+            >>> EncDecConfig(d_model=512, n_heads=8).replace(d_model=256).head_dim
+            32
+        """
         if (
             ("d_model" in changes or "n_heads" in changes)
             and "head_dim" not in changes
@@ -371,11 +408,25 @@ ENCDEC_PRESETS: dict[str, Callable[[], EncDecConfig]] = {
 
 
 def encdec_preset_names() -> list[str]:
+    """The names :func:`get_encdec_preset` accepts, sorted.
+
+    Example:
+        >>> encdec_preset_names()
+        ['tiny-bart', 'tiny-marian', 'tiny-t5', 'transformer-base']
+    """
     return sorted(ENCDEC_PRESETS)
 
 
 def get_encdec_preset(name: str, **overrides: Any) -> EncDecConfig:
-    """The encoder-decoder config called ``name``, with ``overrides`` applied (and checked)."""
+    """The encoder-decoder config called ``name``, with ``overrides`` applied (and checked).
+
+    Raises:
+        ValueError: ``name`` is not a preset (the message lists them), or an override is bad.
+
+    Example:
+        >>> get_encdec_preset("tiny-marian", n_decoder_layers=1).n_layer
+        3
+    """
     try:
         make = ENCDEC_PRESETS[name]
     except (KeyError, TypeError):

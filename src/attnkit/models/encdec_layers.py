@@ -54,7 +54,17 @@ __all__ = [
 class RelativePositionBias(nn.Module):
     """T5's relative position bias: ``weight`` (num_buckets, n_heads), one score offset per
     bucket and head; ``forward(q_len, k_len)`` -> (1, H, Tq, Tk) for queries that are the last
-    Tq of Tk positions (Tq < Tk with a KV cache)."""
+    Tq of Tk positions (Tq < Tk with a KV cache).
+
+    Args:
+        n_heads: heads H, one offset each per bucket.
+        num_buckets: distance buckets (half of them per direction when ``bidirectional``).
+        max_distance: the distance at and beyond which all distances share the last bucket.
+        bidirectional: keys on both sides of the query (the encoder); False for the decoder.
+
+    Example:
+        >>> RelativePositionBias(4, 32, 128, bidirectional=True)(8, 8).shape  # (1, 4, 8, 8)
+    """
 
     def __init__(self, n_heads: int, num_buckets: int, max_distance: int, bidirectional: bool):
         super().__init__()
@@ -65,6 +75,11 @@ class RelativePositionBias(nn.Module):
         self.weight = nn.Parameter(torch.zeros(num_buckets, n_heads))
 
     def forward(self, q_len: int, k_len: int) -> Tensor:
+        """The bias (1, H, q_len, k_len) for queries at the last ``q_len`` of ``k_len`` positions.
+
+        Example:
+            >>> rel(1, 10).shape  # rel = RelativePositionBias(4, 32, 128, False); (1, 4, 1, 10)
+        """
         device = self.weight.device
         keys = torch.arange(k_len, device=device)  # (Tk,)
         queries = keys[k_len - q_len :]  # (Tq,) the last Tq positions
@@ -75,6 +90,12 @@ class RelativePositionBias(nn.Module):
         return self.weight[idx].permute(2, 0, 1).unsqueeze(0)  # (1, H, Tq, Tk)
 
     def extra_repr(self) -> str:
+        """The sizes and the direction, shown in the module's repr.
+
+        Example:
+            >>> RelativePositionBias(4, 32, 128, False).extra_repr()
+            'n_heads=4, num_buckets=32, max_distance=128, bidirectional=False'
+        """
         return (
             f"n_heads={self.n_heads}, num_buckets={self.num_buckets}, "
             f"max_distance={self.max_distance}, bidirectional={self.bidirectional}"
@@ -90,6 +111,9 @@ class BiasedKernel(AttentionKernel):
     The table is held as a reference, not as a submodule (it belongs to the stack and is
     shared by every layer of it, so it is saved once). Supports what ``ExactKernel`` supports
     except ALiBi (a second bias).
+
+    Example:
+        >>> kernel = BiasedKernel("math", RelativePositionBias(4, 32, 128, True), scale=1.0)
     """
 
     name: ClassVar[str] = "exact-biased"
@@ -106,13 +130,30 @@ class BiasedKernel(AttentionKernel):
 
     @property
     def backend(self) -> str:
+        """The backend the inner exact kernel passes to ``attention``.
+
+        Example:
+            >>> BiasedKernel("sdpa").backend
+            'sdpa'
+        """
         return self.exact.backend
 
     @property
     def scale(self) -> float | None:
+        """The score scale of the inner exact kernel (None: 1/sqrt(D)).
+
+        Example:
+            >>> BiasedKernel(scale=1.0).scale
+            1.0
+        """
         return self.exact.scale
 
     def check_layer(self, *, window: int | None, alibi: bool) -> None:
+        """Raise ValueError for a layer with ``alibi`` (a second score bias); any window is fine.
+
+        Example:
+            >>> BiasedKernel().check_layer(window=None, alibi=False)  # None: it can
+        """
         if alibi:
             raise ValueError(
                 "kernel 'exact-biased' adds its own score bias; expected a layer without "
@@ -122,13 +163,26 @@ class BiasedKernel(AttentionKernel):
     def forward(
         self, q: Tensor, k: Tensor, v: Tensor, **options: Any
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """The kernel call (:mod:`attnkit.attention.kernel`), the relative bias added."""
+        """The kernel call (:mod:`attnkit.attention.kernel`), the relative bias added.
+
+        q (B, H, Tq, D), k and v (B, H, Tk, D) -> out (B, H, Tq, D), or (out, weights) with
+        ``return_weights``; ``options`` are the kernel protocol's keyword arguments.
+
+        Example:
+            >>> out = kernel(q, k, v, causal=True)  # q, k, v (B, H, T, D) -> (B, H, T, D)
+        """
         bias = None
         if self._relative:
             bias = self._relative[0](q.shape[2], k.shape[2]).to(q.dtype)  # (1, H, Tq, Tk)
         return cast(Tensor | tuple[Tensor, Tensor], self.exact(q, k, v, bias=bias, **options))
 
     def extra_repr(self) -> str:
+        """The backend, whether a relative bias is held, and the scale.
+
+        Example:
+            >>> BiasedKernel(scale=1.0).extra_repr()
+            "backend='auto', relative=False, scale=1.0"
+        """
         return f"backend={self.backend!r}, relative={bool(self._relative)}, scale={self.scale}"
 
 
@@ -149,6 +203,10 @@ class CrossAttention(nn.Module):
     ``q_proj`` (H*D, C); ``kv_proj`` (2*H*D, C) with rows ``[k heads | v heads]``; ``out_proj``
     (C, H*D). :meth:`memory` projects the encoder output once into (k, v); :meth:`forward`
     attends to them through ``self.kernel``.
+
+    Example:
+        >>> xattn = CrossAttention(64, 4, 16, ExactKernel())
+        >>> xattn(torch.randn(2, 8, 64), *xattn.memory(torch.randn(2, 12, 64))).shape  # (2, 8, 64)
     """
 
     def __init__(
@@ -172,7 +230,11 @@ class CrossAttention(nn.Module):
         self.kernel = kernel
 
     def memory(self, states: Tensor) -> tuple[Tensor, Tensor]:
-        """Encoder output (B, S, C) -> keys and values (B, H, S, D) each."""
+        """Encoder output (B, S, C) -> keys and values (B, H, S, D) each.
+
+        Example:
+            >>> k, v = xattn.memory(torch.randn(2, 12, 64))  # (2, 4, 12, 16) each
+        """
         B, S, _ = states.shape
         H, D = self.n_heads, self.head_dim
         k, v = self.kv_proj(states).split(H * D, dim=-1)  # (B, S, H * D) each
@@ -188,7 +250,11 @@ class CrossAttention(nn.Module):
 
         B may be a multiple g of Bs (beam search: g beams per source): rows ``b * g .. b * g +
         g - 1`` of x read source ``b``, and their g * T queries attend to its keys together,
-        so the memory is held and read once per source, not once per beam."""
+        so the memory is held and read once per source, not once per beam.
+
+        Example:
+            >>> xattn(torch.randn(8, 1, 64), k, v).shape  # 4 beams of 2 sources; (8, 1, 64)
+        """
         B, T, _ = x.shape
         H, D = self.n_heads, self.head_dim
         Bs = k.shape[0]
@@ -210,6 +276,12 @@ class CrossAttention(nn.Module):
         return self.out_dropout(self.out_proj(y))  # (B, T, C)
 
     def extra_repr(self) -> str:
+        """The heads and their width, shown in the module's repr.
+
+        Example:
+            >>> CrossAttention(64, 4, 16, ExactKernel()).extra_repr()
+            'n_heads=4, head_dim=16'
+        """
         return f"n_heads={self.n_heads}, head_dim={self.head_dim}"
 
 
@@ -219,6 +291,12 @@ class DecoderBlock(nn.Module):
 
     pre-norm:  x += self_attn(norm1(x)); x += cross_attn(norm2(x)); x += mlp(norm3(x))
     post-norm: x = norm1(x + self_attn(x)); x = norm2(x + cross_attn(x)); x = norm3(x + mlp(x))
+
+    ``dropout`` applies to the MLP output. ``placement`` other than "pre" or "post" is a
+    ValueError.
+
+    Example:
+        >>> block = model.decoder.blocks[0]  # model = EncoderDecoder(get_encdec_preset("tiny-t5"))
     """
 
     def __init__(
@@ -251,7 +329,13 @@ class DecoderBlock(nn.Module):
     ) -> Tensor:
         """x (B, T, C); memory: this block's (k, v) of the encoder output; source_valid_mask (B, S)
         True = real source token; valid_key_mask (B, Tk) over the decoder's own tokens (cached
-        ones included); cache: this block's self-attention KV cache."""
+        ones included); cache: this block's self-attention KV cache.
+
+        Returns (B, T, C).
+
+        Example:
+            >>> block(torch.randn(2, 8, 64), block.cross_attn.memory(enc_out)).shape  # (2, 8, 64)
+        """
         k, v = memory
 
         def attend(h: Tensor) -> Tensor:
@@ -274,7 +358,11 @@ class DecoderBlock(nn.Module):
 def half_sinusoidal_table(n_positions: int, dim: int) -> Tensor:
     """The sinusoidal table with the sines in the first ceil(dim/2) channels and the cosines
     after them (Marian, tensor2tensor), (n_positions, dim) float32: the columns of
-    :func:`attnkit.positional.sinusoidal_table` (sin, cos interleaved) regrouped."""
+    :func:`attnkit.positional.sinusoidal_table` (sin, cos interleaved) regrouped.
+
+    Example:
+        >>> half_sinusoidal_table(256, 64).shape  # (256, 64)
+    """
     table = sinusoidal_table(n_positions, dim, dtype=torch.float64)  # (P, dim)
     return torch.cat((table[:, 0::2], table[:, 1::2]), dim=1).float()  # (P, dim)
 
@@ -282,7 +370,11 @@ def half_sinusoidal_table(n_positions: int, dim: int) -> Tensor:
 class StackEmbeddings(nn.Module):
     """ids (B, T) -> (B, T, C): token vectors (times sqrt(C) with ``scale_embedding``) +
     absolute positions (learned, or the fixed sinusoidal table), then a norm (``embed_norm``)
-    and dropout. Relative positions act inside attention instead."""
+    and dropout. Relative positions act inside attention instead.
+
+    Example:
+        >>> StackEmbeddings(get_encdec_preset("tiny-marian"))(torch.randint(0, 512, (2, 8))).shape
+    """
 
     pos_table: Tensor | None
 
@@ -305,7 +397,11 @@ class StackEmbeddings(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, ids: Tensor, past: int = 0) -> Tensor:
-        """ids (B, T) at positions past..past+T-1 -> (B, T, C)."""
+        """ids (B, T) at positions past..past+T-1 -> (B, T, C).
+
+        Example:
+            >>> embed(torch.randint(0, 512, (2, 1)), past=5).shape  # the 6th token; (2, 1, 64)
+        """
         x = self.tok(ids)  # (B, T, C)
         if self.scale != 1.0:
             x = x * self.scale

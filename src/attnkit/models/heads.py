@@ -16,18 +16,33 @@ from attnkit.models.layers import gelu
 
 
 class LMHead(nn.Module):
-    """(B, T, C) -> (B, T, V) logits."""
+    """(B, T, C) -> (B, T, V) logits: one linear layer, without a bias by default.
+
+    Example:
+        >>> LMHead(64, 256)(torch.randn(2, 16, 64)).shape  # (2, 16, 256)
+    """
 
     def __init__(self, d_model: int, vocab_size: int, bias: bool = False):
         super().__init__()
         self.proj = nn.Linear(d_model, vocab_size, bias=bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h (B, T, C) hidden states -> (B, T, V) logits.
+
+        Example:
+            >>> head(torch.randn(2, 16, 64)).shape  # head = LMHead(64, 256); (2, 16, 256)
+        """
         return self.proj(h)  # (B, T, V)
 
 
 class MLMHead(nn.Module):
-    """(B, T, C) -> (B, T, V): dense -> GELU -> LayerNorm -> decoder (+ its own bias)."""
+    """(B, T, C) -> (B, T, V): dense -> GELU -> LayerNorm -> decoder (+ its own bias).
+
+    ``activation`` "gelu_tanh" uses the tanh GELU; any other value the erf GELU.
+
+    Example:
+        >>> MLMHead(64, 512)(torch.randn(2, 16, 64)).shape  # (2, 16, 512)
+    """
 
     def __init__(self, d_model: int, vocab_size: int, eps: float = 1e-12, activation: str = "gelu"):
         super().__init__()
@@ -38,23 +53,41 @@ class MLMHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h (B, T, C) hidden states -> (B, T, V) masked-token logits.
+
+        Example:
+            >>> head(torch.randn(2, 16, 64)).shape  # head = MLMHead(64, 512); (2, 16, 512)
+        """
         h = self.norm(gelu(self.dense(h), approximate=self.approximate))  # (B, T, C)
         return self.decoder(h) + self.bias  # (B, T, V)
 
 
 class Pooler(nn.Module):
-    """(B, T, C) -> (B, C): tanh(dense(h[:, 0]))."""
+    """(B, T, C) -> (B, C): tanh(dense(h[:, 0])).
+
+    Example:
+        >>> Pooler(64)(torch.randn(2, 16, 64)).shape  # (2, 64)
+    """
 
     def __init__(self, d_model: int):
         super().__init__()
         self.dense = nn.Linear(d_model, d_model)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h (B, T, C) hidden states -> (B, C), from the first token.
+
+        Example:
+            >>> pooler(torch.randn(2, 16, 64)).shape  # pooler = Pooler(64); (2, 64)
+        """
         return torch.tanh(self.dense(h[:, 0]))  # (B, C)
 
 
 class ClassificationHead(nn.Module):
-    """(B, C) pooled -> (B, num_labels) logits."""
+    """(B, C) pooled -> (B, num_labels) logits: dropout, then one linear layer.
+
+    Example:
+        >>> ClassificationHead(64, 3)(torch.randn(2, 64)).shape  # (2, 3)
+    """
 
     def __init__(self, d_model: int, num_labels: int, dropout: float = 0.0):
         super().__init__()
@@ -62,11 +95,24 @@ class ClassificationHead(nn.Module):
         self.proj = nn.Linear(d_model, num_labels)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """pooled (B, C) -> (B, num_labels) class logits.
+
+        Example:
+            >>> head(torch.randn(2, 64)).shape  # head = ClassificationHead(64, 3); (2, 3)
+        """
         return self.proj(self.dropout(pooled))  # (B, num_labels)
 
 
 def mean_pool(h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, T, C) -> (B, C): mean over the real tokens (attention_mask 1 = real)."""
+    """(B, T, C) -> (B, C): mean over the real tokens (attention_mask 1 = real).
+
+    Args:
+        h: (B, T, C) hidden states.
+        attention_mask: (B, T), 1 = real token, 0 = padding; None: every token counts.
+
+    Example:
+        >>> mean_pool(torch.randn(2, 16, 64), torch.ones(2, 16)).shape  # (2, 64)
+    """
     if attention_mask is None:
         return h.mean(dim=1)
     m = attention_mask.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
@@ -74,7 +120,15 @@ def mean_pool(h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> to
 
 
 def cls_pool(h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, T, C) -> (B, C): the first token's vector."""
+    """(B, T, C) -> (B, C): the first token's vector.
+
+    Args:
+        h: (B, T, C) hidden states.
+        attention_mask: (B, T); not used (taken so that it is called like :func:`mean_pool`).
+
+    Example:
+        >>> cls_pool(torch.randn(2, 16, 64)).shape  # (2, 64)
+    """
     return h[:, 0]
 
 

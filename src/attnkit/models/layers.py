@@ -25,7 +25,15 @@ MLP_KINDS = ("gelu", "gelu_tanh", "relu", "relu2", "silu", "swiglu")
 # --------------------------------------------------------------------------------------------
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * weight, computed in float32 (float64 for float64 input)
-    and cast back."""
+    and cast back.
+
+    Args:
+        dim: the size of the last dimension, normalised over; ``weight`` is (dim,), ones.
+        eps: added to the mean square.
+
+    Example:
+        >>> RMSNorm(64)(torch.randn(2, 16, 64)).shape  # (2, 16, 64)
+    """
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -33,16 +41,37 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., dim) -> (..., dim), normalised over the last dimension, in x's dtype.
+
+        Example:
+            >>> norm(torch.randn(2, 16, 64)).shape  # norm = RMSNorm(64); (2, 16, 64)
+        """
         ct = torch.float64 if x.dtype == torch.float64 else torch.float32
         xc = x.to(ct)
         y = xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + self.eps)
         return (y * self.weight.to(ct)).to(x.dtype)
 
     def extra_repr(self) -> str:
+        """The size and ``eps``, shown in the module's repr.
+
+        Example:
+            >>> RMSNorm(64).extra_repr()
+            '64, eps=1e-06'
+        """
         return f"{self.weight.shape[0]}, eps={self.eps:g}"
 
 
 def make_norm(kind: str, dim: int, eps: float, bias: bool = True) -> nn.Module:
+    """A norm over the last dimension: ``nn.LayerNorm`` for "layernorm", :class:`RMSNorm` for
+    "rmsnorm" (which has no bias, so ``bias`` applies to the LayerNorm only).
+
+    Raises:
+        ValueError: ``kind`` is not one of ``NORM_KINDS``.
+
+    Example:
+        >>> make_norm("rmsnorm", 64, 1e-6)
+        RMSNorm(64, eps=1e-06)
+    """
     if kind == "layernorm":
         return nn.LayerNorm(dim, eps=eps, bias=bias)
     if kind == "rmsnorm":
@@ -70,7 +99,14 @@ class _SquaredReLU(torch.autograd.Function):
 
 
 def squared_relu(x: torch.Tensor) -> torch.Tensor:
-    """relu(x) ** 2 (So et al. 2021), with a fused backward pass."""
+    """relu(x) ** 2 (So et al. 2021), with a fused backward pass.
+
+    x of any shape, e.g. (B, T, d_ff) -> the same shape.
+
+    Example:
+        >>> squared_relu(torch.tensor([-1.0, 2.0]))
+        tensor([0., 4.])
+    """
     return _SquaredReLU.apply(x)
 
 
@@ -80,7 +116,15 @@ def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     100 MiB): a server or a stream whose batches all differ in size grows by that much before
     it levels off, and pays a compile for each new shape. PyTorch sends only contiguous inputs
     to oneDNN, so the transposed view takes the native kernel (the same values, in the same
-    layout). Training shapes repeat, so training keeps oneDNN, which is faster once compiled."""
+    layout). Training shapes repeat, so training keeps oneDNN, which is faster once compiled.
+
+    Args:
+        x: any shape, e.g. (B, T, d_ff); the result has the same shape.
+        approximate: "none" (erf) or "tanh", as in ``F.gelu``.
+
+    Example:
+        >>> gelu(torch.randn(2, 16, 256), approximate="tanh").shape  # (2, 16, 256)
+    """
     if (
         approximate == "none"
         and x.dim() >= 2
@@ -95,7 +139,14 @@ class MLP(nn.Module):
     """C -> d_ff -> activation -> C. ``activation`` is gelu (erf), gelu_tanh, relu, silu (swish,
     Marian's) or relu2 (squared ReLU, So et al. 2021: about as good as GELU for small LMs and much
     cheaper on CPU, where an erf/tanh GELU over (B, T, d_ff) costs as much as a tenth of a small
-    model's step)."""
+    model's step).
+
+    Raises:
+        ValueError: ``activation`` is none of those.
+
+    Example:
+        >>> MLP(64, 256, activation="relu2")(torch.randn(2, 16, 64)).shape  # (2, 16, 64)
+    """
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", bias: bool = True):
         super().__init__()
@@ -109,6 +160,11 @@ class MLP(nn.Module):
         self.down = nn.Linear(d_ff, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C) (any leading dimensions).
+
+        Example:
+            >>> mlp(torch.randn(2, 16, 64)).shape  # mlp = MLP(64, 256); (2, 16, 64)
+        """
         h = self.up(x)  # (B, T, d_ff)
         if self.activation == "relu":
             h = F.relu(h)
@@ -122,7 +178,11 @@ class MLP(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)) (Shazeer 2020); gate and up are one fused linear."""
+    """down(silu(gate(x)) * up(x)) (Shazeer 2020); gate and up are one fused linear.
+
+    Example:
+        >>> SwiGLU(64, 172)(torch.randn(2, 16, 64)).shape  # (2, 16, 64)
+    """
 
     def __init__(self, d_model: int, d_ff: int, bias: bool = False):
         super().__init__()
@@ -131,11 +191,26 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(d_ff, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C) (any leading dimensions).
+
+        Example:
+            >>> swiglu(torch.randn(2, 16, 64)).shape  # swiglu = SwiGLU(64, 172); (2, 16, 64)
+        """
         gate, up = self.gate_up(x).split(self.d_ff, dim=-1)  # (B, T, d_ff) each
         return self.down(F.silu(gate) * up)  # (B, T, C)
 
 
 def make_mlp(kind: str, d_model: int, d_ff: int, bias: bool = True) -> nn.Module:
+    """The MLP sublayer for ``kind``: :class:`SwiGLU` for "swiglu", else an :class:`MLP` with
+    that activation (gelu, gelu_tanh, relu, relu2, silu).
+
+    Raises:
+        ValueError: ``kind`` is not one of ``MLP_KINDS``.
+
+    Example:
+        >>> make_mlp("swiglu", 64, 172, bias=False).d_ff
+        172
+    """
     if kind == "swiglu":
         return SwiGLU(d_model, d_ff, bias=bias)
     if kind in MLP_KINDS:
@@ -154,6 +229,13 @@ class TransformerBlock(nn.Module):
 
     ``attn`` and ``mlp`` are passed in ready-made; ``dropout`` applies to the MLP output
     (the attention layer applies its own dropout to its output).
+
+    Raises:
+        ValueError: ``placement`` is not "pre" or "post".
+
+    Example:
+        >>> block = TransformerBlock(MultiHeadAttention(64, 4), MLP(64, 256), nn.LayerNorm(64),
+        ...                          nn.LayerNorm(64))
     """
 
     def __init__(
@@ -186,7 +268,19 @@ class TransformerBlock(nn.Module):
         tokens: TokenIndex | None = None,
     ) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C), or (N, C) -> (N, C) with ``tokens`` (the real tokens of a
-        padded batch, packed); the keyword arguments go to the attention layer."""
+        padded batch, packed); the keyword arguments go to the attention layer.
+
+        Args:
+            x: (B, T, C) hidden states, or (N, C) packed real tokens with ``tokens``.
+            valid_key_mask: (B, Tk) bool, True = real token.
+            document_ids: (B, T) ids of the packed documents; attention stays inside each.
+            positions: (T,) or (B, T) int positions, for RoPE layers only.
+            cache: this block's KV cache, for incremental decoding.
+            tokens: where the real tokens of a padded batch are, when ``x`` is packed.
+
+        Example:
+            >>> block(torch.randn(2, 16, 64)).shape  # (2, 16, 64)
+        """
 
         def attend(h: torch.Tensor) -> torch.Tensor:
             return self.attn(

@@ -29,7 +29,20 @@ __all__ = ["ModelMeta", "SwapRecord"]
 
 @dataclass(frozen=True)
 class SwapRecord:
-    """One attention swap: the variant, its full parameters and the layers it replaced."""
+    """One attention swap: the variant, its full parameters and the layers it replaced.
+
+    Args:
+        variant: the variant's name in ``attnkit.attention.variants`` (non-empty).
+        params: its keyword arguments, all of them (copied into a plain dict).
+        layers: the indices (>= 0) of the blocks whose attention it replaced.
+
+    Raises:
+        ValueError: a field of the wrong kind, naming it.
+
+    Example:
+        >>> SwapRecord("lsh", {"n_hashes": 4}, layers=(0, 1)).layers
+        (0, 1)
+    """
 
     variant: str
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -47,15 +60,36 @@ class SwapRecord:
         object.__setattr__(self, "layers", layers)
 
     def describe(self) -> str:
-        """``"lsh(n_hashes=4, ...)"``: the variant with its parameters."""
+        """``"lsh(n_hashes=4, ...)"``: the variant with its parameters.
+
+        Example:
+            >>> SwapRecord("lsh", {"n_hashes": 4}).describe()
+            'lsh(n_hashes=4)'
+        """
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{self.variant}({args})" if args else self.variant
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form: ``variant``, ``params`` (a dict) and ``layers`` (a list).
+
+        Example:
+            >>> SwapRecord("lsh", {"n_hashes": 4}, (0,)).to_dict()
+            {'variant': 'lsh', 'params': {'n_hashes': 4}, 'layers': [0]}
+        """
         return {"variant": self.variant, "params": dict(self.params), "layers": list(self.layers)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SwapRecord:
+        """The inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: ``data`` is not a mapping or has a key other than ``variant``,
+                ``params`` and ``layers``.
+
+        Example:
+            >>> SwapRecord.from_dict({"variant": "lsh", "layers": [0]}).layers
+            (0,)
+        """
         if not isinstance(data, Mapping) or set(data) - {"variant", "params", "layers"}:
             raise ValueError(
                 f"a swap record must be an object with keys variant, params, layers; got {data!r}"
@@ -79,6 +113,12 @@ class ModelMeta:
     normalize: the sentence-transformers pipeline ends with L2 normalisation.
     swaps: the attention swaps applied to it, in order (see :mod:`attnkit.surgery`).
     finetune: how it was fine-tuned (base model, data, settings), or None.
+
+    Every field is checked when the meta is made (a ValueError names a bad one).
+
+    Example:
+        >>> ModelMeta(max_length=128, normalize=True).max_length
+        128
     """
 
     tokenizer: Tokenizer | None = None
@@ -101,14 +141,24 @@ class ModelMeta:
             fail("ModelMeta.finetune", self.finetune, "a mapping or None")
 
     def replace(self, **changes: Any) -> ModelMeta:
-        """A copy with ``changes`` applied (and checked)."""
+        """A copy with ``changes`` applied (and checked).
+
+        Example:
+            >>> ModelMeta().replace(normalize=True).normalize
+            True
+        """
         return dataclasses.replace(self, **changes)
 
     # the fields config.json keeps (the tokenizer has its own file; the source is the directory)
     _SAVED = ("max_length", "normalize", "swaps", "finetune")
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready part: every field but ``tokenizer`` and ``source``."""
+        """The JSON-ready part: every field but ``tokenizer`` and ``source``.
+
+        Example:
+            >>> ModelMeta(max_length=128).to_dict()["max_length"]
+            128
+        """
         return {
             "max_length": self.max_length,
             "normalize": self.normalize,
@@ -124,7 +174,21 @@ class ModelMeta:
         tokenizer: Tokenizer | None = None,
         source: str | None = None,
     ) -> ModelMeta:
-        """The inverse of :meth:`to_dict`; an unknown key is a ValueError naming it."""
+        """The inverse of :meth:`to_dict`; an unknown key is a ValueError naming it.
+
+        Args:
+            data: what :meth:`to_dict` returned (``"meta"`` of a config.json).
+            tokenizer: the tokenizer to attach (it is saved in its own file).
+            source: where the model was loaded from.
+
+        Raises:
+            ValueError: ``data`` is not a mapping, has an unknown key, or its ``swaps`` is
+                not a list.
+
+        Example:
+            >>> ModelMeta.from_dict({"max_length": 128}, source="ckpt/").source
+            'ckpt/'
+        """
         if not isinstance(data, Mapping):
             raise ValueError(f"model meta must be a JSON object, got {type(data).__name__}")
         unknown = sorted(set(data) - set(cls._SAVED))

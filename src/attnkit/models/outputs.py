@@ -26,7 +26,17 @@ IGNORE_INDEX = -100
 
 @dataclass
 class ModelOutput:
-    """The loss (with labels), the logits (with a head) and the final hidden states."""
+    """The loss (with labels), the logits (with a head) and the final hidden states.
+
+    Args:
+        loss: the scalar loss, None without labels.
+        logits: (B, T, V) token scores, or (B, num_labels) class scores; None without a head.
+        hidden_states: (B, T, C) final hidden states, after the final norm.
+
+    Example:
+        >>> ModelOutput(hidden_states=torch.zeros(2, 16, 64)).loss is None
+        True
+    """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
@@ -45,7 +55,19 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy: position t predicts ``labels[:, t + 1]`` (labels are the input
     ids, shifted here as in HF and nanoGPT); labels of IGNORE_INDEX take no part.
 
-    logits (B, T, V), labels (B, T) -> mean over the counted positions (float32)."""
+    Args:
+        logits: (B, T, V) next-token scores.
+        labels: (B, T) integer ids (the input ids), -100 where ignored.
+
+    Returns:
+        The mean over the counted positions, a float32 scalar.
+
+    Raises:
+        ValueError: ``labels`` is not an integer tensor of shape (B, T).
+
+    Example:
+        >>> lm_loss(torch.randn(2, 16, 256), torch.randint(0, 256, (2, 16)))  # scalar
+    """
     B, T, V = logits.shape
     _check_labels(labels, (B, T), "(B, T), the input ids; -100 ignored")
     shifted = logits[:, :-1].reshape(-1, V).float()  # (B * (T-1), V)
@@ -56,7 +78,20 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Masked-token cross-entropy over the positions whose label is not IGNORE_INDEX.
 
-    logits (B, T, V), labels (B, T) -> mean over the counted positions (float32)."""
+    Args:
+        logits: (B, T, V) token scores.
+        labels: (B, T) integer ids: the original id where a token was masked, -100 elsewhere.
+
+    Returns:
+        The mean over the counted positions, a float32 scalar.
+
+    Raises:
+        ValueError: ``labels`` is not an integer tensor of shape (B, T).
+
+    Example:
+        >>> labels = torch.full((2, 16), -100); labels[:, 3] = 7  # only position 3 counts
+        >>> mlm_loss(torch.randn(2, 16, 512), labels)  # scalar
+    """
     B, T, V = logits.shape
     _check_labels(labels, (B, T), "(B, T), the original ids where masked, -100 elsewhere")
     return F.cross_entropy(
@@ -65,6 +100,17 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over classes. logits (B, num_labels), labels (B,) class ids."""
+    """Cross-entropy over classes (mean over the batch, float32).
+
+    Args:
+        logits: (B, num_labels) class scores.
+        labels: (B,) integer class ids.
+
+    Raises:
+        ValueError: ``labels`` is not an integer tensor of shape (B,).
+
+    Example:
+        >>> classification_loss(torch.randn(4, 2), torch.tensor([0, 1, 1, 0]))  # scalar
+    """
     _check_labels(labels, (logits.shape[0],), "(B,), class ids")
     return F.cross_entropy(logits.float(), labels)
