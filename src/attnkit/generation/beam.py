@@ -44,7 +44,20 @@ _NEG = -1.0e9  # the score of an impossible hypothesis
 
 def ban_repeated_ngrams(ids: Tensor, scores: Tensor, n: int) -> Tensor:
     """Set to -inf the score (R, V) of every token that would repeat an n-gram already in the
-    row's ids (R, T) (the decoder start token included); n = 0 bans nothing."""
+    row's ids (R, T) (the decoder start token included); n = 0 bans nothing.
+
+    Args:
+        ids: (R, T) token ids of each row so far.
+        scores: (R, V) scores of the next token of each row.
+        n: the n-gram size (HF's ``no_repeat_ngram_size``); 0 bans nothing.
+
+    Returns:
+        (R, V), a new tensor (``scores`` itself when nothing can be banned).
+
+    Example:
+        >>> ban_repeated_ngrams(torch.tensor([[0, 5, 6, 5]]), torch.zeros(1, 8), 2)[0, 6]
+        tensor(-inf)
+    """
     T = ids.shape[1]
     if n == 0 or T < n:
         return scores
@@ -59,7 +72,21 @@ def ban_repeated_ngrams(ids: Tensor, scores: Tensor, n: int) -> Tensor:
 
 def ban_eos_before(ids: Tensor, scores: Tensor, min_length: int, eos: Tensor) -> Tensor:
     """Set the eos ids' scores (R, V) to -inf while the rows (R, T) (start token included) are
-    shorter than ``min_length``."""
+    shorter than ``min_length``.
+
+    Args:
+        ids: (R, T) token ids of each row so far; only T is read.
+        scores: (R, V) scores of the next token of each row.
+        min_length: the shortest row (in ids, start token included) that may end.
+        eos: (E,) int64 eos ids, on the device of ``scores``.
+
+    Returns:
+        (R, V), a new tensor (``scores`` itself when nothing is banned).
+
+    Example:
+        >>> ban_eos_before(torch.tensor([[0, 5]]), torch.zeros(1, 4), 3, torch.tensor([2]))
+        tensor([[0., 0., -inf, 0.]])
+    """
     if ids.shape[1] >= min_length or eos.numel() == 0:
         return scores
     return scores.index_fill(1, eos, float("-inf"))
@@ -88,8 +115,36 @@ def beam_search(
     decoder_start_token_id: int,
 ) -> Tensor:
     """Beam search (module docstring) from a cache of B sources repeated ``num_beams`` times
-    each (rows b * K .. b * K + K - 1 are source b). Returns (B * num_return_sequences, L)
-    decoder ids, each row starting with the decoder start token."""
+    each (rows b * K .. b * K + K - 1 are source b).
+
+    The arguments are not checked here: :func:`~attnkit.generation.seq2seq.generate_seq2seq`
+    checks them and calls this with ``num_beams > 1``.
+
+    Args:
+        model: the encoder-decoder whose ``decode_step`` runs each step.
+        cache: the decoder cache of the B * K rows; reordered and narrowed in place.
+        num_beams: K, the hypotheses kept per source.
+        max_length: the longest output row, start token included.
+        min_length: the shortest output row before an eos may end it.
+        length_penalty: a finished hypothesis scores its summed log probability over
+            ``generated_tokens ** length_penalty``.
+        early_stopping: True, False or "never", as in Hugging Face's ``generate``.
+        no_repeat_ngram_size: ban a token that repeats an n-gram of this size (0: none).
+        num_return_sequences: the best hypotheses returned per source (at most K).
+        eos: (E,) int64 eos ids on the model's device.
+        pad_token_id: fills the rows after their end.
+        decoder_start_token_id: the first id of every row.
+
+    Returns:
+        (B * num_return_sequences, L) decoder ids, best first per source, each row starting
+        with the decoder start token; L is the longest row returned.
+
+    Example:
+        >>> beam_search(model, cache, num_beams=4, max_length=64, min_length=0,
+        ...     length_penalty=1.0, early_stopping=True, no_repeat_ngram_size=0,
+        ...     num_return_sequences=1, eos=torch.tensor([2]), pad_token_id=0,
+        ...     decoder_start_token_id=0)  # (B, L)
+    """
     K = num_beams
     B = cache.batch_size // K
     device = eos.device

@@ -32,7 +32,18 @@ CONTEXT_MODES = ("error", "slide")
 
 
 def check_model(model: object) -> GPT:
-    """``model`` if it is an attnkit GPT with an LM head."""
+    """``model`` if it is an attnkit GPT with an LM head.
+
+    Args:
+        model: the model to generate with.
+
+    Raises:
+        TypeError: if ``model`` is not a :class:`~attnkit.models.gpt.GPT`.
+        ValueError: if it has no LM head (``config.head='none'``).
+
+    Example:
+        >>> gpt = check_model(attnkit.load("runs/char"))  # the same object, typed as GPT
+    """
     if not isinstance(model, GPT):
         raise TypeError(
             f"model must be an attnkit GPT (attnkit.load(DIR) of a GPT or HF GPT-2 "
@@ -46,7 +57,13 @@ def check_model(model: object) -> GPT:
 
 @dataclass(frozen=True)
 class Options:
-    """The checked sampling and stopping options of one generation call."""
+    """The checked sampling and stopping options of one generation call, as
+    :func:`check_options` makes them: ``stops`` the stop strings, ``stop_ids`` the stop
+    token-id sequences and ``eos`` the eos ids; the rest as given to ``generate``.
+
+    Example:
+        >>> check_options(256, 64, 1.0, None, None, 1.0, None, None, 0, True, "error").seed  # 0
+    """
 
     max_new_tokens: int
     temperature: float
@@ -74,7 +91,28 @@ def check_options(
     use_cache: Any,
     context: Any,
 ) -> Options:
-    """Every option checked, in the order of the signature of ``generate``."""
+    """Every option checked, in the order of the signature of ``generate``.
+
+    Args:
+        vocab: the model's vocabulary size (token ids must be below it).
+        max_new_tokens: an int >= 1.
+        temperature: a float >= 0 (0: greedy).
+        top_k: None or an int >= 1.
+        top_p: None or a float in (0, 1].
+        repetition_penalty: a float > 0.
+        stop: None, a stop string, a token-id sequence, or a list of those (:func:`stop_list`).
+        eos_token_id: None, an id or a list of ids (:func:`eos_set`).
+        seed: None or an int >= 0.
+        use_cache: a bool.
+        context: one of :data:`CONTEXT_MODES`.
+
+    Raises:
+        ValueError: for a bad value (a ``CheckTypeError``, also a TypeError, for a wrong type).
+
+    Example:
+        >>> check_options(256, 64, 0.8, 40, None, 1.0, "\\n\\n", None, 0, True, "error").stops
+        ('\\n\\n',)
+    """
     checks.int_at_least("max_new_tokens", max_new_tokens, 1)
     temperature = checks.in_range("temperature", temperature, 0.0, math.inf)
     if top_k is not None:
@@ -108,7 +146,21 @@ def check_options(
 def prompt_rows(
     prompt: Any, tokenizer: Tokenizer | None, vocab: int
 ) -> tuple[list[list[int]], bool]:
-    """The prompt as token-id rows, and whether it was a batch."""
+    """The prompt as token-id rows, and whether it was a batch.
+
+    Args:
+        prompt: a str, a list of token ids, a (T,) or (B, T) integer tensor, a list of str or
+            a list of token-id lists.
+        tokenizer: encodes text prompts (no special tokens added); None if there is none.
+        vocab: the model's vocabulary size; every id must be in [0, vocab).
+
+    Raises:
+        ValueError: for a prompt of another kind, an empty prompt or row, an id out of range,
+            or text without a tokenizer.
+
+    Example:
+        >>> prompt_rows([[1, 2], [3]], None, 256)  # ([[1, 2], [3]], True)
+    """
     rows: list[Any]
     if isinstance(prompt, torch.Tensor):
         if (
@@ -165,7 +217,18 @@ def prompt_rows(
 
 
 def eos_set(eos_token_id: Any, vocab: int) -> set[int]:
-    """``eos_token_id`` (None, an id or a list of ids) as a set of ids in [0, vocab)."""
+    """``eos_token_id`` (None, an id or a list of ids) as a set of ids in [0, vocab).
+
+    Args:
+        eos_token_id: None (no eos), an int, or a list, tuple or set of ints.
+        vocab: the model's vocabulary size.
+
+    Raises:
+        ValueError: for an id that is not an int in [0, vocab).
+
+    Example:
+        >>> eos_set([2, 3], 256)  # {2, 3}
+    """
     if eos_token_id is None:
         return set()
     ids = [eos_token_id] if not isinstance(eos_token_id, (list, tuple, set)) else list(eos_token_id)
@@ -179,7 +242,19 @@ def eos_set(eos_token_id: Any, vocab: int) -> set[int]:
 
 def stop_list(stop: Any, vocab: int) -> tuple[list[str], list[tuple[int, ...]]]:
     """(stop strings, stop token-id sequences) from ``stop``: a string, a list of token ids, or
-    a list mixing strings and lists of token ids."""
+    a list mixing strings and lists of token ids.
+
+    Args:
+        stop: None (no stops), a non-empty str, a non-empty list of token ids, or a list of
+            those.
+        vocab: the model's vocabulary size; stop ids must be in [0, vocab).
+
+    Raises:
+        ValueError: for anything else (an empty string or list, an id out of range).
+
+    Example:
+        >>> stop_list(["\\n\\n", [1, 2]], 256)  # (['\\n\\n'], [(1, 2)])
+    """
     if stop is None:
         return [], []
     bad = ValueError(

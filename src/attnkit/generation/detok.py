@@ -12,7 +12,16 @@ __all__ = ["TextTail", "hits_stop_ids", "hits_stop_string"]
 class TextTail:
     """Turns a row's new token ids into text as it becomes printable. Decodes a short window
     of ids (not the whole row) per token; text ending in U+FFFD (an incomplete UTF-8 sequence
-    of byte-level tokens) is held until the next token completes it."""
+    of byte-level tokens) is held until the next token completes it.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        context: the row's prompt ids; the last 4 are decoded as left context.
+
+    Example:
+        >>> tail = TextTail(tok, tok.encode("ROMEO:").ids)
+        >>> tail.push(tok.token_to_id("a"))  # 'a'
+    """
 
     def __init__(self, tokenizer: Tokenizer, context: Sequence[int]) -> None:
         self.tok = tokenizer
@@ -22,7 +31,15 @@ class TextTail:
         self.text = ""  # everything printed so far
 
     def push(self, token_id: int) -> str:
-        """Add one token; returns the text it makes printable (may be "")."""
+        """Add one token; returns the text it makes printable (may be ""), also added to
+        ``self.text``.
+
+        Args:
+            token_id: the row's next token id.
+
+        Example:
+            >>> "".join(tail.push(t) for t in new_ids)  # the new tokens' text
+        """
         self.ids.append(token_id)
         before = self.tok.decode(self.ids[self.prefix : self.read])
         now = self.tok.decode(self.ids[self.prefix :])
@@ -35,12 +52,30 @@ class TextTail:
 
 
 def hits_stop_ids(generated: Sequence[int], stop_ids: Sequence[tuple[int, ...]]) -> bool:
-    """Whether the new tokens end with one of the stop token-id sequences."""
+    """Whether the new tokens end with one of the stop token-id sequences.
+
+    Args:
+        generated: the row's new token ids so far (the prompt left out).
+        stop_ids: the stop sequences, each a tuple of ids.
+
+    Example:
+        >>> hits_stop_ids([4, 1, 2], [(1, 2)])  # True
+    """
     return any(len(q) <= len(generated) and tuple(generated[-len(q) :]) == q for q in stop_ids)
 
 
 def hits_stop_string(tail: TextTail, new_text: str, stops: Sequence[str], longest: int) -> bool:
     """Whether the text printed so far first contains a stop string with ``new_text``: only
-    the last ``longest + len(new_text)`` characters are searched."""
+    the last ``longest + len(new_text)`` characters are searched.
+
+    Args:
+        tail: the row's :class:`TextTail`, after the push that returned ``new_text``.
+        new_text: the text the latest token made printable.
+        stops: the stop strings.
+        longest: the length of the longest stop string.
+
+    Example:
+        >>> hits_stop_string(tail, tail.push(token_id), ["\\n\\n"], 2)
+    """
     window = tail.text[-(longest + len(new_text)) :]
     return any(s in window for s in stops)

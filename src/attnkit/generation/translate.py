@@ -30,7 +30,21 @@ __all__ = ["encode_sources", "translate"]
 def encode_sources(
     tok: Tokenizer, texts: Sequence[str], eos_id: int, max_len: int | None = None
 ) -> list[list[int]]:
-    """Token ids of each text then ``eos_id``, at most ``max_len`` ids in all."""
+    """Token ids of each text then ``eos_id``, at most ``max_len`` ids in all (the text's
+    ids are cut, the eos kept); no special tokens of the tokenizer's own are added.
+
+    Args:
+        tok: the source tokenizer.
+        texts: the source texts.
+        eos_id: the id appended to every row.
+        max_len: the most ids per row, eos included (>= 2); None: no limit.
+
+    Raises:
+        ValueError: if ``max_len`` is below 2.
+
+    Example:
+        >>> encode_sources(tok, ["Hello world"], eos_id=1, max_len=3)  # [[id, id, 1]]
+    """
     if max_len is not None:
         checks.int_at_least("max_len", max_len, 2, ">= 2 (a token and the eos)")
     rows = [e.ids for e in tok.encode_batch(list(texts), add_special_tokens=False)]
@@ -53,7 +67,31 @@ def translate(
     """The decoded output of each of ``texts`` (greedy, or beam search with ``num_beams``; the
     other ``options`` of :func:`~attnkit.generation.seq2seq.generate_seq2seq`, such as
     ``length_penalty`` or ``no_repeat_ngram_size``, pass through). ``max_new_tokens`` None:
-    as many as the model's positions allow (``max_seq_len - 1``)."""
+    as many as the model's positions allow (``max_seq_len - 1``).
+
+    Sources are encoded by :func:`encode_sources` and decoded ``batch_size`` at a time,
+    sorted by length; the outputs come back in the input order, special tokens dropped and
+    surrounding whitespace stripped. The model is run in eval mode, then put back.
+
+    Args:
+        model: the encoder-decoder.
+        tok: the tokenizer of both sides.
+        texts: the source texts (a list, not one str).
+        num_beams: 1 for greedy decoding, more for beam search.
+        max_new_tokens: the most new tokens per output; None: ``max_seq_len - 1``.
+        batch_size: sources decoded at once.
+        max_source_len: the most source tokens, eos included; None: the model's
+            ``max_seq_len`` for learned or sinusoidal positions, else no limit.
+        **options: passed on to :func:`~attnkit.generation.seq2seq.generate_seq2seq`.
+
+    Raises:
+        TypeError: if ``model`` is not an ``EncoderDecoder`` or ``texts`` is one str.
+        ValueError: for a bad ``batch_size`` or option.
+
+    Example:
+        >>> translate(model, tok, ["In the beginning God created the heaven."], num_beams=4)
+        ['En el principio crió Dios los cielos.']
+    """
     if not isinstance(model, EncoderDecoder):
         raise TypeError(f"model must be an attnkit EncoderDecoder, got {type(model).__name__}")
     checks.positive_int("batch_size", batch_size)
