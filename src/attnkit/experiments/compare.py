@@ -36,7 +36,31 @@ def compare_spec(
     tokens_per_step: int | None = None,
     measure_memory: bool = True,
 ) -> SweepSpec:
-    """The comparison's points over ``base`` (a nested config dict)."""
+    """The comparison's points over ``base`` (a nested config dict): every variant at every
+    length, lengths outermost.
+
+    Args:
+        base: the nested config dict every point starts from.
+        variants: ``"exact"`` and names of the attention variants registry, distinct.
+        seq_lens: distinct ``train.block_size`` values, ints >= 2 (``model.max_seq_len``
+            follows).
+        budget: what each point may spend (required).
+        tokens_per_step: tokens per training step at every length (default: the base config's
+            ``batch_size * block_size``).
+        measure_memory: also measure each point's peak training-step memory.
+
+    Returns:
+        A ``"compare-attention"`` :class:`SweepSpec`.
+
+    Raises:
+        ValueError: no budget, an unknown or repeated variant, a bad or repeated length, or a
+            ``tokens_per_step`` that is not an int >= 1.
+
+    Example:
+        >>> spec = compare_spec({}, ["exact", "local"], [256, 1024], Budget.parse("seconds=60"))
+        >>> len(spec.points)
+        4
+    """
     from attnkit.attention import variants as registry
 
     if budget is None:

@@ -30,7 +30,14 @@ class PowerLawFit:
     """``loss = a * compute**-b + c``; ``*_err`` standard errors (None with as many points as
     free parameters; ``c_err`` None when c was held at its bound), ``rmse``
     the residuals' RMS, ``r2`` the share of the loss variance explained, ``n`` the points,
-    ``at_edge`` whether b stopped at a bound of its search range."""
+    ``at_edge`` whether b stopped at a bound of its search range.
+
+    Example:
+        >>> fit = PowerLawFit(a=2.0, b=0.5, c=1.0, a_err=None, b_err=None, c_err=None,
+        ...                   rmse=0.0, r2=1.0, n=3)
+        >>> fit.predict([4.0])
+        array([2.])
+    """
 
     a: float
     b: float
@@ -44,9 +51,28 @@ class PowerLawFit:
     at_edge: bool = False  # b ended at a bound of its search range: the points do not fix it
 
     def predict(self, compute: Any) -> np.ndarray:
+        """The fitted loss ``a * compute**-b + c`` at each compute value.
+
+        Args:
+            compute: a number or an array of compute values, any shape.
+
+        Returns:
+            A float64 array of the shape of ``compute``.
+
+        Example:
+            >>> fit.predict([4.0, 100.0])
+            array([2. , 1.2])
+        """
         return self.a * np.asarray(compute, dtype=np.float64) ** -self.b + self.c
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict (``a``, ``b``, ``c``, their errors, ``rmse``, ``r2``, ``n``,
+        ``at_edge``).
+
+        Example:
+            >>> fit.to_dict()["b"]
+            0.5
+        """
         return asdict(self)
 
     def __str__(self) -> str:
@@ -127,7 +153,25 @@ def fit_power_law(
     """Fit ``loss = a * compute**-b + c`` (b in ``b_range``, c >= ``c_min``: a loss cannot
     fall below 0, so by default neither can its floor; None: c free); needs 3 or more points
     at 3 or more distinct compute values. When the best c is below ``c_min``, c is held at
-    ``c_min`` (``c_err`` None)."""
+    ``c_min`` (``c_err`` None).
+
+    Args:
+        compute: compute of each point, shape (n,), finite and > 0.
+        loss: loss of each point, shape (n,), finite.
+        b_range: ``(low, high)`` bounds of the exponent b, ``0 < low < high``.
+        c_min: lower bound of the floor c (None: c free).
+
+    Returns:
+        The fit, with standard errors, RMSE and R^2.
+
+    Raises:
+        ValueError: lengths differ, fewer than 3 points or distinct compute values, a value
+            not finite or a compute <= 0, or a bad ``b_range``.
+
+    Example:
+        >>> fit_power_law([1e12, 1e13, 1e14, 1e15], [4.0, 3.2, 2.8, 2.6]).n
+        4
+    """
     x = np.asarray(compute, dtype=np.float64).ravel()
     y = np.asarray(loss, dtype=np.float64).ravel()
     if x.shape != y.shape:
@@ -181,7 +225,19 @@ def fit_power_law(
 
 def compute_frontier(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
     """The points that reach a lower loss than any point of less or equal compute: the
-    compute-optimal envelope, in increasing compute."""
+    compute-optimal envelope, in increasing compute. Points with compute <= 0 or a loss that
+    is not finite are left out.
+
+    Args:
+        points: ``(compute, loss)`` pairs, in any order.
+
+    Returns:
+        ``(compute, loss)`` pairs as floats, compute increasing and loss decreasing.
+
+    Example:
+        >>> compute_frontier([(1.0, 3.0), (2.0, 3.5), (3.0, 2.5)])
+        [(1.0, 3.0), (3.0, 2.5)]
+    """
     out: list[tuple[float, float]] = []
     best = math.inf
     for c, loss in sorted(points, key=lambda p: (p[0], p[1])):

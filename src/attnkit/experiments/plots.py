@@ -38,7 +38,18 @@ def _label(row: dict[str, Any]) -> str:
 
 
 def plot_loss_vs_params(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
-    """Best validation loss against non-embedding parameters, each point labelled."""
+    """Best validation loss against non-embedding parameters, each point labelled.
+
+    Args:
+        rows: result rows (:attr:`Results.rows`).
+        path: the PNG to write.
+
+    Returns:
+        ``path``, or None (nothing drawn) with fewer than two distinct parameter counts.
+
+    Example:
+        >>> plot_loss_vs_params(results.rows, Path("runs/sweep/loss_vs_params.png"))
+    """
     if len({r["non_embedding_parameters"] for r in rows}) < 2:
         return None
     fig = figure(6.4, 4.4, layout="constrained")
@@ -64,7 +75,20 @@ def plot_loss_vs_shape(
     rows: Sequence[dict[str, Any]], x: str, series: str, path: Path
 ) -> Path | None:
     """Best validation loss against ``x`` (``n_layer`` or ``d_model``), one line for each
-    value of ``series`` (the other one): depth at fixed width, or width at fixed depth."""
+    value of ``series`` (the other one): depth at fixed width, or width at fixed depth.
+
+    Args:
+        rows: result rows (:attr:`Results.rows`).
+        x: the row key on the x axis (log 2 scale).
+        series: the row key whose values make one line each.
+        path: the PNG to write.
+
+    Returns:
+        ``path``, or None (nothing drawn) with fewer than two distinct ``x`` values.
+
+    Example:
+        >>> plot_loss_vs_shape(results.rows, "n_layer", "d_model", Path("loss_vs_depth.png"))
+    """
     if len({r[x] for r in rows}) < 2:
         return None
     lines: dict[Any, list[tuple[Any, float]]] = defaultdict(list)
@@ -86,7 +110,18 @@ def plot_loss_vs_shape(
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
-    """Every point's validation loss against tokens seen, overlaid."""
+    """Every point's validation loss against tokens seen, overlaid.
+
+    Args:
+        rows: result rows (:attr:`Results.rows`), each with its ``"curve"``.
+        path: the PNG to write.
+
+    Returns:
+        ``path``, or None (nothing drawn) without rows.
+
+    Example:
+        >>> plot_curves(results.rows, Path("runs/sweep/curves.png"))
+    """
     if not rows:
         return None
     fig = figure(7.0, 4.6, layout="constrained")
@@ -109,7 +144,21 @@ def plot_loss_vs_compute(
     path: Path,
 ) -> Path | None:
     """Each point's validation curve against training compute (FLOPs), the compute frontier
-    and the fitted power law."""
+    and the fitted power law.
+
+    Args:
+        rows: result rows (:attr:`Results.rows`), each with ``"curve"`` and
+            ``"flops_per_token"``.
+        frontier: the compute frontier's ``(compute, loss)`` pairs.
+        fit: the power law fitted to the frontier, or None (not drawn).
+        path: the PNG to write.
+
+    Returns:
+        ``path``, or None (nothing drawn) without rows.
+
+    Example:
+        >>> plot_loss_vs_compute(rows, frontier, fit, Path("runs/sweep/loss_vs_compute.png"))
+    """
     if not rows:
         return None
     fig = figure(7.0, 4.6, layout="constrained")
@@ -151,7 +200,19 @@ def pareto(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
 def plot_frontier(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """compare-attention: best validation loss against the cost of a token (seconds per
     million tokens) and against peak step memory, one panel each, one marker per variant and
-    a line per sequence length through its Pareto frontier."""
+    a line per sequence length through its Pareto frontier (the memory panel only when every
+    row has ``peak_memory_bytes``).
+
+    Args:
+        rows: result rows of a compare-attention run (:attr:`Results.rows`).
+        path: the PNG to write.
+
+    Returns:
+        ``path``, or None (nothing drawn) without rows.
+
+    Example:
+        >>> plot_frontier(results.rows, Path("runs/cmp/frontier.png"))
+    """
     if not rows:
         return None
     panels = [("seconds per million training tokens", lambda r: 1e6 / r["tokens_per_second"])]

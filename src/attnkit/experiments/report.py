@@ -71,7 +71,23 @@ def render_report(
     images: Sequence[tuple[str, Path]],
     notes: Sequence[str] = (),
 ) -> str:
-    """The page: title, notes, the best point, the plots (``(caption, png)``), the table."""
+    """The page: title, notes, the best point, the plots (``(caption, png)``), the table.
+
+    One self-contained HTML page: the plots are embedded as data URLs, the failed points
+    listed, and the rows, failures and fit inlined as JSON (``<script id="results">``).
+
+    Args:
+        results: the sweep's results.
+        title: the page's title and heading.
+        images: ``(caption, PNG path)`` of each plot, in order.
+        notes: paragraphs shown under the best point.
+
+    Returns:
+        The HTML text.
+
+    Example:
+        >>> html = render_report(results, "attnkit sweep", [("curves", Path("curves.png"))])
+    """
     esc = html.escape
     best = results.best
     parts = [
@@ -136,5 +152,17 @@ def write_report(
     images: Sequence[tuple[str, Path]],
     notes: Sequence[str] = (),
 ) -> Path:
-    """Write :func:`render_report` to ``path`` atomically."""
+    """Write :func:`render_report` to ``path`` atomically; the path written.
+
+    Args:
+        results: the sweep's results.
+        path: the HTML file to write.
+        title: the page's title and heading.
+        images: ``(caption, PNG path)`` of each plot, in order.
+        notes: paragraphs shown under the best point.
+
+    Example:
+        >>> write_report(results, "runs/sweep/report.html", "attnkit sweep", [])
+        PosixPath('runs/sweep/report.html')
+    """
     return atomic_write_text(Path(path), render_report(results, title, images, notes))

@@ -41,7 +41,14 @@ COLUMNS = (
 @dataclass
 class Results:
     """Finished points (``rows``: their records, in point order), failed points (``failed``:
-    point, params, error) and the specification."""
+    point, params, error) and the specification; ``fit`` the power-law fit of a sweep's
+    compute frontier, once :func:`attnkit.experiments.sweep.finish` has made it.
+
+    Example:
+        >>> results = Results(spec, rows=[])
+        >>> results.best is None
+        True
+    """
 
     spec: SweepSpec
     rows: list[dict[str, Any]]
@@ -50,16 +57,33 @@ class Results:
 
     @property
     def columns(self) -> list[str]:
+        """The CSV's columns: ``point``, the axes, the measured columns (and
+        ``peak_memory_bytes`` when memory is measured), ``run_dir`` and ``trial``.
+
+        Example:
+            >>> results.columns[:2]  # for a sweep over model.n_layer
+            ['point', 'model.n_layer']
+        """
         extra = ["peak_memory_bytes"] if self.spec.measure_memory else []
         return ["point", *self.spec.axes, *COLUMNS, *extra, "run_dir", "trial"]
 
     @property
     def best(self) -> dict[str, Any] | None:
-        """The row with the lowest best validation loss."""
+        """The row with the lowest best validation loss (None without rows).
+
+        Example:
+            >>> results.best["params"]
+            {'model.n_layer': 4}
+        """
         return min(self.rows, key=lambda r: r["best_val_loss"]) if self.rows else None
 
     def flat_rows(self) -> list[dict[str, Any]]:
-        """Rows as the CSV has them: the axes' values beside the measured columns."""
+        """Rows as the CSV has them: the axes' values beside the measured columns.
+
+        Example:
+            >>> results.flat_rows()[0]["model.n_layer"]
+            2
+        """
         out = []
         for r in self.rows:
             row = {c: r.get(c) for c in self.columns}
@@ -68,7 +92,16 @@ class Results:
         return out
 
     def text(self, columns: Sequence[str] | None = None) -> str:
-        """A fixed-width table of the rows (``columns``: a shorter choice)."""
+        """A fixed-width table of the rows (``columns``: a shorter choice).
+
+        Args:
+            columns: the columns to show (default: the axes, parameters, tokens, tokens/s and
+                the best and final validation loss); ``peak_memory_bytes`` is added when
+                memory is measured.
+
+        Example:
+            >>> print(results.text(["model.n_layer", "best_val_loss"]))
+        """
         cols = list(
             columns
             or [
@@ -100,7 +133,18 @@ def _cell(v: Any) -> Any:
 
 
 def collect(study: Any, spec: SweepSpec) -> Results:
-    """The finished and failed points of ``study``."""
+    """The finished and failed points of ``study``.
+
+    A point finished by several trials is shown once (its first); a failed point counts as
+    failed only when no trial finished it.
+
+    Args:
+        study: the Optuna study of the sweep.
+        spec: the sweep's specification.
+
+    Example:
+        >>> len(collect(study, spec).rows)
+    """
     optuna = __import__("optuna")
     states = optuna.trial.TrialState
     done: dict[int, dict[str, Any]] = {}
@@ -124,7 +168,16 @@ def collect(study: Any, spec: SweepSpec) -> Results:
 
 
 def write_tables(results: Results, out: str | Path) -> list[Path]:
-    """``results.csv`` and ``results.json`` in ``out``."""
+    """Write ``results.csv`` and ``results.json`` into ``out``; the two paths.
+
+    Args:
+        results: the results to write.
+        out: an existing directory.
+
+    Example:
+        >>> [p.name for p in write_tables(results, "runs/sweep")]
+        ['results.csv', 'results.json']
+    """
     out = Path(out)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, results.columns, extrasaction="ignore", lineterminator="\n")

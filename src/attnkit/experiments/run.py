@@ -43,7 +43,17 @@ logger = logging.getLogger(__name__)
 def val_windows_digest(cfg: RunConfig, tok: Tokenizer, streams: dict[str, TokenStream]) -> str:
     """SHA-256 (16 hex digits) of the validation batches a run of ``cfg`` evaluates on: the
     ``train.eval_iters`` batches that :func:`attnkit.training.loop.evaluate` draws from the
-    validation stream with seed ``train.seed + 2``."""
+    validation stream with seed ``train.seed + 2``.
+
+    Args:
+        cfg: the run config.
+        tok: the run's tokenizer.
+        streams: the run's token streams; ``"val"`` is read.
+
+    Example:
+        >>> len(val_windows_digest(cfg, tok, streams))
+        16
+    """
     from attnkit.training.objectives import Batches
 
     objective = "mlm" if cfg.model.get("arch", "gpt") == "bert" else "clm"
@@ -64,7 +74,20 @@ def train_step_op(
     """One optimizer step of a model of ``model_config`` on random tokens: the operation
     :func:`attnkit.bench.memory.measure_peak_memory` measures in a fresh process (its warm-up
     call makes the optimizer state, so the reading is what a step adds beyond the weights and
-    that state)."""
+    that state).
+
+    Args:
+        model_config: a :class:`attnkit.models.ModelConfig` as a dict.
+        batch_size: rows of the random (batch_size, block_size) token batch.
+        block_size: tokens per row.
+        device: the device to build the model on, e.g. ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        A function of no arguments that runs one AdamW step.
+
+    Example:
+        >>> step = train_step_op(ModelConfig(vocab_size=64).to_dict(), 2, 16, "cpu"); step()
+    """
     from attnkit.models import ModelConfig, build_model
     from attnkit.training.objectives import loss_sums
 
@@ -111,7 +134,25 @@ def _finished(out: Path) -> dict[str, Any] | None:
 
 
 def run_point(spec: SweepSpec, index: int, out: str | Path) -> dict[str, Any]:
-    """Train point ``index`` of ``spec`` into ``out/points/<name>`` and return its record."""
+    """Train point ``index`` of ``spec`` into ``out/points/<name>`` and return its record.
+
+    A run already in the directory is resumed, or reused when it had finished.
+
+    Args:
+        spec: the sweep.
+        index: the point's index in ``spec.points``.
+        out: the sweep's output directory.
+
+    Returns:
+        The record (see the module docstring), with ``peak_memory_bytes`` when
+        ``spec.measure_memory``.
+
+    Raises:
+        RuntimeError: the run logged no validation loss.
+
+    Example:
+        >>> run_point(spec, 0, "runs/sweep")["best_val_loss"]
+    """
     from attnkit.models import build_model
     from attnkit.training.loop import model_config, prepare_data, pretrain
 

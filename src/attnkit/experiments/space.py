@@ -30,7 +30,19 @@ BUDGET_KINDS = ("seconds", "tokens", "flops")
 
 @dataclass(frozen=True)
 class Budget:
-    """What every point of a sweep may spend: ``kind`` seconds, tokens or FLOPs."""
+    """What every point of a sweep may spend: ``kind`` seconds, tokens or FLOPs.
+
+    Args:
+        kind: ``"seconds"``, ``"tokens"`` or ``"flops"``.
+        amount: how many of them, a positive finite number.
+
+    Raises:
+        ValueError: an unknown ``kind``, or an ``amount`` that is not a positive number.
+
+    Example:
+        >>> str(Budget("tokens", 2e6))
+        'tokens=2e+06'
+    """
 
     kind: str
     amount: float
@@ -45,7 +57,19 @@ class Budget:
 
     @classmethod
     def parse(cls, text: str) -> Budget:
-        """``"seconds=60"``, ``"tokens=2e6"``, ``"flops=1e13"``."""
+        """The budget written as ``KIND=NUMBER``: ``"seconds=60"``, ``"tokens=2e6"``,
+        ``"flops=1e13"``.
+
+        Args:
+            text: the ``KIND=NUMBER`` text.
+
+        Raises:
+            ValueError: no ``=``, a number that does not parse, or a bad kind or amount.
+
+        Example:
+            >>> Budget.parse("seconds=60")
+            Budget(kind='seconds', amount=60.0)
+        """
         kind, sep, amount = str(text).partition("=")
         try:
             value = float(amount)
@@ -60,7 +84,12 @@ class Budget:
 
     @property
     def key(self) -> str:
-        """The run config key that carries it (``train.budget_seconds``, ...)."""
+        """The run config key that carries it (``train.budget_seconds``, ...).
+
+        Example:
+            >>> Budget("seconds", 60).key
+            'train.budget_seconds'
+        """
         return f"train.budget_{self.kind}"
 
     def __str__(self) -> str:
@@ -78,7 +107,20 @@ def _check_key(key: str) -> str:
 
 @dataclass(frozen=True)
 class Axis:
-    """A grid axis: a config key and the values it takes."""
+    """A grid axis: a config key and the values it takes.
+
+    Args:
+        key: a dotted config key, ``model.*``, ``data.*`` or ``train.*``.
+        values: distinct numbers, bools or strings, at least one.
+
+    Raises:
+        ValueError: a key outside those sections, no values, a repeated value or a value of
+            another type.
+
+    Example:
+        >>> Axis("model.n_layer", (2, 4, 8)).values
+        (2, 4, 8)
+    """
 
     key: str
     values: tuple[Any, ...]
@@ -95,7 +137,19 @@ class Axis:
 
     @classmethod
     def parse(cls, text: str) -> Axis:
-        """``"model.n_layer=2,4,8"``."""
+        """The axis written as ``section.key=V1,V2,...``, each value parsed as a command-line
+        override is (a TOML literal, or a bare word as a string).
+
+        Args:
+            text: the ``section.key=V1,V2,...`` text.
+
+        Raises:
+            ValueError: no ``=``, an empty key or value, or an invalid axis.
+
+        Example:
+            >>> Axis.parse("model.n_layer=2,4,8")
+            Axis(key='model.n_layer', values=(2, 4, 8))
+        """
         key, sep, values = str(text).partition("=")
         parts = [p.strip() for p in values.split(",")] if sep else []
         if not sep or not key.strip() or not all(parts):
@@ -109,7 +163,22 @@ class Axis:
 @dataclass(frozen=True)
 class Range:
     """A range to draw from: ``low`` to ``high``, on a log scale if ``log``; integers when
-    both ends are."""
+    both ends are.
+
+    Args:
+        key: a dotted config key, ``model.*``, ``data.*`` or ``train.*``.
+        low: the lower end, finite (and > 0 for a log range).
+        high: the upper end, finite and above ``low``.
+        log: draw uniformly on a log scale.
+
+    Raises:
+        ValueError: a bad key, ``low >= high``, an end that is not finite, or ``low <= 0``
+            with ``log``.
+
+    Example:
+        >>> Range("train.lr", 1e-4, 1e-2, log=True).integer
+        False
+    """
 
     key: str
     low: float
@@ -127,11 +196,29 @@ class Range:
 
     @property
     def integer(self) -> bool:
+        """Whether both ends are ints, so that draws are integers.
+
+        Example:
+            >>> Range("model.n_layer", 1, 6).integer
+            True
+        """
         return isinstance(self.low, int) and isinstance(self.high, int)
 
     @classmethod
     def parse(cls, text: str) -> Range:
-        """``"train.lr=1e-4:1e-2:log"``, ``"model.n_layer=1:6"``."""
+        """The range written as ``section.key=LOW:HIGH`` or ``section.key=LOW:HIGH:log``:
+        ``"train.lr=1e-4:1e-2:log"``, ``"model.n_layer=1:6"``.
+
+        Args:
+            text: the range text.
+
+        Raises:
+            ValueError: not of that form, an end that is not a number, or an invalid range.
+
+        Example:
+            >>> Range.parse("train.lr=1e-4:1e-2:log")
+            Range(key='train.lr', low=0.0001, high=0.01, log=True)
+        """
         key, sep, body = str(text).partition("=")
         parts = body.split(":")
         log = len(parts) == 3 and parts[2].strip() == "log"
@@ -145,6 +232,16 @@ class Range:
         return cls(key.strip(), nums[0], nums[1], log)
 
     def draw(self, rng: random.Random) -> float | int:
+        """One value drawn uniformly from the range (on a log scale with ``log``): an int in
+        ``low..high`` (both included) when the range is integer, else a float.
+
+        Args:
+            rng: the random generator to draw with.
+
+        Example:
+            >>> 1 <= Range("model.n_layer", 1, 6).draw(random.Random(0)) <= 6
+            True
+        """
         if self.integer:
             lo, hi = int(self.low), int(self.high)
             if self.log:
@@ -163,7 +260,21 @@ def _check_distinct(axes: Sequence[Axis], ranges: Sequence[Range] = ()) -> None:
 
 
 def grid_points(axes: Sequence[Axis]) -> list[dict[str, Any]]:
-    """Every combination of the axes' values, the last axis varying fastest."""
+    """Every combination of the axes' values, the last axis varying fastest.
+
+    Args:
+        axes: the grid axes, each on a different key.
+
+    Returns:
+        One dict of dotted config keys per combination.
+
+    Raises:
+        ValueError: two axes on the same key.
+
+    Example:
+        >>> grid_points([Axis("model.n_layer", (2, 4)), Axis("model.d_model", (64, 128))])[1]
+        {'model.n_layer': 2, 'model.d_model': 128}
+    """
     _check_distinct(axes)
     keys = [a.key for a in axes]
     return [dict(zip(keys, combo)) for combo in itertools.product(*(a.values for a in axes))]
@@ -173,7 +284,24 @@ def random_points(
     axes: Sequence[Axis], ranges: Sequence[Range], n: int, seed: int = 0
 ) -> list[dict[str, Any]]:
     """``n`` draws: each grid axis's value uniformly, each range as :meth:`Range.draw` says;
-    the same ``seed`` gives the same points. Repeated draws are kept once."""
+    the same ``seed`` gives the same points. Repeated draws are kept once.
+
+    Args:
+        axes: grid axes, a value of each picked uniformly per draw.
+        ranges: ranges, each drawn with :meth:`Range.draw`.
+        n: how many draws, at least 1 (fewer points come back when draws repeat).
+        seed: seed of the random generator.
+
+    Returns:
+        The distinct points, dicts of dotted config keys, in the order drawn.
+
+    Raises:
+        ValueError: ``n`` < 1, no axes and no ranges, or a key given twice.
+
+    Example:
+        >>> len(random_points([], [Range.parse("train.lr=1e-4:1e-2:log")], n=8, seed=0))
+        8
+    """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"random draws n must be an int >= 1, got {n!r}")
     _check_distinct(axes, ranges)

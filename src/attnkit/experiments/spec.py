@@ -24,7 +24,26 @@ KINDS = ("sweep", "compare-attention")
 class SweepSpec:
     """``points`` (dicts of dotted config keys) over ``base`` (a nested config dict), each
     trained for ``budget``. ``kind`` names the experiment; ``measure_memory`` adds each
-    point's peak training-step memory (compare-attention)."""
+    point's peak training-step memory (compare-attention).
+
+    Args:
+        base: the nested config dict every point starts from.
+        points: distinct dicts of dotted config keys, at least one.
+        budget: what each point may spend.
+        kind: ``"sweep"`` or ``"compare-attention"``.
+        measure_memory: also measure each point's peak training-step memory.
+        axes: the keys the points vary (default: every key of the points, in order of first use).
+        ranges: the ranges random points were drawn from.
+
+    Raises:
+        ValueError: an unknown ``kind``, no points, or a point given twice.
+
+    Example:
+        >>> points = ({"model.n_layer": 2}, {"model.n_layer": 4})
+        >>> spec = SweepSpec({}, points, Budget("seconds", 60))
+        >>> spec.axes
+        ('model.n_layer',)
+    """
 
     base: Mapping[str, Any]
     points: tuple[Mapping[str, Any], ...]
@@ -49,21 +68,47 @@ class SweepSpec:
 
     def choices(self, key: str) -> Range | list[Any]:
         """What ``key`` ranges over: its :class:`Range`, or the values the points give it
-        (in order of first use): the Optuna distribution of that parameter."""
+        (in order of first use): the Optuna distribution of that parameter.
+
+        Args:
+            key: a dotted config key.
+
+        Example:
+            >>> spec.choices("model.n_layer")
+            [2, 4]
+        """
         for r in self.ranges:
             if r.key == key:
                 return r
         return list({repr(p[key]): p[key] for p in self.points if key in p}.values())
 
     def config(self, index: int, extra: Sequence[tuple[str, Any]] = ()) -> RunConfig:
-        """The run config of point ``index``: base, the point's keys, the budget, ``extra``."""
+        """The run config of point ``index``: base, the point's keys, the budget, ``extra``
+        (and ``train.progress`` off).
+
+        Args:
+            index: the point's index in ``points``.
+            extra: further ``(dotted key, value)`` overrides, applied after the point's.
+
+        Example:
+            >>> spec.config(1).model["n_layer"]
+            4
+        """
         point = self.points[index]
         overrides = [*point.items(), (self.budget.key, self.budget.amount), *extra]
         overrides.append(("train.progress", False))
         return run_config.build(dict(self.base), overrides)
 
     def check(self) -> None:
-        """ValueError naming the first point whose config or model is invalid."""
+        """Check that every point makes a valid run config and model.
+
+        Raises:
+            ValueError: naming the first point whose config or model is invalid (including a
+                ``train.block_size`` over the model's ``max_seq_len``).
+
+        Example:
+            >>> spec.check()  # None, or ValueError: sweep point 1 {...}: ...
+        """
         from attnkit.models import ModelConfig
 
         for i, point in enumerate(self.points):
@@ -82,7 +127,16 @@ class SweepSpec:
                 raise ValueError(f"sweep point {i} {dict(point)}: {e}") from None
 
     def name(self, index: int) -> str:
-        """The point's run directory name: ``p003-n_layer=4-d_model=128``."""
+        """The point's run directory name: ``p003-n_layer=4-d_model=128`` (the last part of
+        each key, characters other than letters, digits and ``=._`` made ``_``).
+
+        Args:
+            index: the point's index in ``points``.
+
+        Example:
+            >>> spec.name(1)
+            'p001-n_layer=4'
+        """
         parts = [f"p{index:03d}"]
         for key, value in self.points[index].items():
             text = f"{key.rpartition('.')[2]}={value}"
@@ -90,7 +144,12 @@ class SweepSpec:
         return "-".join(parts)
 
     def record(self) -> dict[str, Any]:
-        """The specification as plain JSON data (what the study stores)."""
+        """The specification as plain JSON data (what the study stores), keys sorted.
+
+        Example:
+            >>> spec.record()["budget"]
+            'seconds=60'
+        """
         return json.loads(
             json.dumps(
                 {

@@ -53,7 +53,19 @@ def _optuna() -> Any:
 
 
 def storage_url(out: str | Path, storage: str | None) -> str:
-    """``storage`` (a SQLAlchemy database URL), or a SQLite file ``sweep.db`` in ``out``."""
+    """``storage`` (a SQLAlchemy database URL), or a SQLite file ``sweep.db`` in ``out``.
+
+    Args:
+        out: the sweep's output directory.
+        storage: a database URL, or None (or "") for the default.
+
+    Raises:
+        ValueError: ``storage`` is not a URL (has no ``://``).
+
+    Example:
+        >>> storage_url("runs/sweep", "postgresql://user@host/db")
+        'postgresql://user@host/db'
+    """
     if storage:
         if "://" not in storage:
             raise ValueError(
@@ -66,7 +78,19 @@ def storage_url(out: str | Path, storage: str | None) -> str:
 
 def open_storage(url: str, heartbeat: int = 5, grace: int | None = None) -> Any:
     """Optuna's RDB storage at ``url`` with a trial heartbeat every ``heartbeat`` seconds; a
-    trial silent for ``grace`` seconds (default 4 heartbeats) is failed and queued again."""
+    trial silent for ``grace`` seconds (default 4 heartbeats) is failed and queued again.
+
+    Args:
+        url: a SQLAlchemy database URL.
+        heartbeat: seconds between a running trial's heartbeats, an int >= 1.
+        grace: seconds without a heartbeat before a trial is failed, an int > ``heartbeat``.
+
+    Raises:
+        ValueError: a bad ``heartbeat`` or ``grace``.
+
+    Example:
+        >>> storage = open_storage(storage_url("runs/sweep", None), heartbeat=5)
+    """
     optuna = _optuna()
     if not isinstance(heartbeat, int) or isinstance(heartbeat, bool) or heartbeat < 1:
         raise ValueError(f"heartbeat must be an int >= 1 (seconds), got {heartbeat!r}")
@@ -99,7 +123,21 @@ def _enqueue_all(study: Any, spec: SweepSpec) -> None:
 
 def open_study(storage: Any, name: str, spec: SweepSpec, wait: float = 60.0) -> Any:
     """The study ``name`` in ``storage``: created with every point queued, or loaded when it
-    exists (a ValueError when it was made for another specification)."""
+    exists. A study whose creator stopped before queueing every point is queued by this
+    process after ``wait`` seconds.
+
+    Args:
+        storage: the Optuna storage (:func:`open_storage`).
+        name: the study's name, non-empty.
+        spec: the sweep's specification.
+        wait: seconds to wait for another process that is still queueing the points.
+
+    Raises:
+        ValueError: an empty name, or a study of that name made for another specification.
+
+    Example:
+        >>> study = open_study(storage, "sweep", spec)
+    """
     optuna = _optuna()
     if not isinstance(name, str) or not name:
         raise ValueError(f"study name must be a non-empty string, got {name!r}")
@@ -143,7 +181,18 @@ def worker_id() -> str:
 
 def work(study: Any, spec: SweepSpec, out: str | Path, poll: float = 1.0) -> int:
     """Claim and run points of ``spec`` until every one is done or failed; the number of
-    points this process ran."""
+    points this process ran. With nothing left to claim it waits for the points others are
+    running, so it returns with the sweep complete.
+
+    Args:
+        study: the sweep's study (:func:`open_study`).
+        spec: the sweep's specification.
+        out: the sweep's output directory.
+        poll: seconds between looks at the points others are running.
+
+    Example:
+        >>> ran = work(study, spec, "runs/sweep")
+    """
     optuna = _optuna()
     states = optuna.trial.TrialState
     out = Path(out)

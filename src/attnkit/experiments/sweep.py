@@ -33,7 +33,12 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Outcome:
     """What :func:`run` did: the results, the files written, the points this process ran and
-    the study's storage URL."""
+    the study's storage URL.
+
+    Example:
+        >>> outcome = run(spec, "runs/sweep")
+        >>> outcome.ran, outcome.storage  # e.g. (4, 'sqlite:////abs/runs/sweep/sweep.db')
+    """
 
     results: Results
     paths: tuple[Path, ...]
@@ -43,7 +48,20 @@ class Outcome:
 
 def fit_frontier(rows: list[dict[str, Any]]) -> tuple[list[tuple[float, float]], dict[str, Any]]:
     """The compute frontier of every validation point of ``rows`` (compute = FLOPs per token x
-    tokens seen) and the power law fitted to it (``{"error": why}`` when it cannot be)."""
+    tokens seen) and the power law fitted to it (``{"error": why}`` when it cannot be).
+
+    Args:
+        rows: result rows, each with ``"flops_per_token"`` and its validation ``"curve"`` of
+            ``(step, tokens, loss)`` entries.
+
+    Returns:
+        The frontier's ``(compute, loss)`` pairs, and the fit as a dict
+        (:meth:`PowerLawFit.to_dict` or ``"error"``) with ``"frontier"`` and ``"text"`` added.
+
+    Example:
+        >>> frontier, fit = fit_frontier(results.rows)
+        >>> fit["text"]
+    """
     points = [(c[1] * r["flops_per_token"], c[2]) for r in rows for c in r["curve"]]
     frontier = compute_frontier(points)
     try:
@@ -54,7 +72,23 @@ def fit_frontier(rows: list[dict[str, Any]]) -> tuple[list[tuple[float, float]],
 
 
 def finish(results: Results, out: str | Path) -> list[Path]:
-    """Write the tables, plots and report of ``results`` into ``out``; the paths written."""
+    """Write the tables, plots and report of ``results`` into ``out``; the paths written.
+
+    A sweep also gets its compute frontier fitted (stored in ``results.fit``) and the plots
+    against compute, parameters, depth and width; a comparison gets the frontier plot. Plots
+    that have nothing to show are not written.
+
+    Args:
+        results: the collected results of a sweep or a comparison.
+        out: the output directory.
+
+    Returns:
+        The paths written: the tables, the plots, then ``report.html``.
+
+    Example:
+        >>> finish(collect(study, spec), "runs/sweep")[-1].name
+        'report.html'
+    """
     out = Path(out)
     rows = results.rows
     images: list[tuple[str, Path | None]] = []
@@ -117,7 +151,27 @@ def run(
     grace: int | None = None,
 ) -> Outcome:
     """Run this process's share of ``spec`` into ``out`` (the study in ``storage``, a SQLite
-    file ``out/sweep.db`` by default), wait for the rest, and write the outputs."""
+    file ``out/sweep.db`` by default), wait for the rest, and write the outputs.
+
+    Args:
+        spec: the sweep; every point is checked first.
+        out: the output directory (created), holding a run directory per point.
+        storage: a database URL for the study (default: ``sqlite:///out/sweep.db``).
+        study_name: the study's name in the storage.
+        heartbeat: seconds between a running trial's heartbeats.
+        grace: seconds without a heartbeat before a trial is failed and queued again
+            (default: 4 heartbeats).
+
+    Returns:
+        The :class:`Outcome`: results, paths written, points this process ran, storage URL.
+
+    Raises:
+        ValueError: an invalid point, a bad storage URL, heartbeat or grace, or a study of
+            that name made for another specification.
+
+    Example:
+        >>> outcome = run(SweepSpec(base, grid_points(axes), Budget.parse("seconds=60")), "runs/s")
+    """
     spec.check()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
