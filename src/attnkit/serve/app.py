@@ -51,7 +51,19 @@ def _json_error(
 
 
 class Guard:
-    """API key and body-size checks in front of the app (see the module docstring)."""
+    """API key and body-size checks in front of the app (see the module docstring).
+
+    The body is read in full (up to the limit) before ``app`` is called, then replayed to it.
+
+    Args:
+        app: the ASGI application behind the guard.
+        api_key: the key requests must carry as ``Authorization: Bearer <key>`` (None: no
+            key needed); ``/health`` is always open.
+        max_body_bytes: the largest request body accepted (413 past it).
+
+    Example:
+        >>> guarded = Guard(FastAPI(), api_key="secret", max_body_bytes=2 << 20)
+    """
 
     def __init__(self, app: Any, api_key: str | None, max_body_bytes: int) -> None:
         self.app = app
@@ -173,7 +185,18 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
 def create_app(
     services: Mapping[str, Service], limits: Limits, api_key: str | None = None
 ) -> Guard:
-    """The ASGI application serving ``services`` (model id -> service)."""
+    """The ASGI application serving ``services`` (model id -> service): the routes of the
+    module docstring behind a :class:`Guard`.
+
+    Args:
+        services: the services by model id.
+        limits: the server's caps (body size, answer timeout).
+        api_key: the key requests must carry (None: no key needed).
+
+    Example:
+        >>> limits = Limits()
+        >>> app = create_app(load_services(["minilm"], limits), limits, api_key="secret")
+    """
     app = FastAPI(title="attnkit", docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
 

@@ -35,7 +35,18 @@ logger = logging.getLogger(__name__)
 
 class Job:
     """One request's work: ``payload`` (what ``run_batch`` reads), its ``size`` in batch units,
-    the batching ``key`` (only jobs with equal keys share a batch) and its ``future``."""
+    the batching ``key`` (only jobs with equal keys share a batch) and its ``future``.
+
+    Args:
+        payload: what ``run_batch`` reads.
+        size: the job's size in batch units (texts, or rows).
+        key: jobs share a batch only when their keys are equal.
+
+    Example:
+        >>> job = Job(["a text"], size=1)
+        >>> job.done()
+        False
+    """
 
     def __init__(self, payload: Any, size: int = 1, key: Hashable = None) -> None:
         self.payload = payload
@@ -46,15 +57,38 @@ class Job:
         self.enqueued = time.monotonic()
 
     def done(self) -> bool:
+        """Whether the job's future has a result or an error.
+
+        Example:
+            >>> job.finish(42); job.done()
+            True
+        """
         return self.future.done()
 
     def finish(self, result: Any) -> None:
+        """Answer the job with ``result`` (ignored when it was answered already).
+
+        Args:
+            result: what the handler awaiting the future gets.
+
+        Example:
+            >>> job.finish(vecs); job.future.result() is vecs
+            True
+        """
         try:
             self.future.set_result(result)
         except concurrent.futures.InvalidStateError:  # answered already, or given up on
             pass
 
     def fail(self, error: BaseException) -> None:
+        """Answer the job with ``error`` (ignored when it was answered already).
+
+        Args:
+            error: the exception the handler awaiting the future gets raised.
+
+        Example:
+            >>> job.fail(APIError(503, "the server is shutting down", code="unavailable"))
+        """
         try:
             self.future.set_exception(error)
         except concurrent.futures.InvalidStateError:
@@ -62,7 +96,22 @@ class Job:
 
 
 class BatchQueue:
-    """A bounded queue of :class:`Job` and the worker thread that runs them in batches."""
+    """A bounded queue of :class:`Job` and the worker thread that runs them in batches.
+
+    The worker thread starts at construction (see the module docstring for how it batches).
+
+    Args:
+        run_batch: called on the worker thread with each batch; it answers every job
+            (:meth:`Job.finish` or :meth:`Job.fail`).
+        limits: the queue size, the batch wait and the request timeout.
+        max_batch: the most batch units (the jobs' ``size``) in one batch.
+        name: the worker thread's name.
+
+    Example:
+        >>> q = BatchQueue(lambda jobs: [j.finish(len(j.payload)) for j in jobs], Limits(), 8)
+        >>> q.submit(Job("abc")).future.result()
+        3
+    """
 
     def __init__(
         self,
@@ -83,14 +132,35 @@ class BatchQueue:
 
     @property
     def alive(self) -> bool:
+        """Whether the worker thread is running and the queue is not closed.
+
+        Example:
+            >>> q.alive
+            True
+        """
         return self._thread.is_alive() and not self._closed.is_set()
 
     def depth(self) -> int:
-        """Jobs waiting (queued or held)."""
+        """Jobs waiting (queued or held).
+
+        Example:
+            >>> q.depth()
+            0
+        """
         return self._queue.qsize() + len(self._held)
 
     def submit(self, job: Job) -> Job:
-        """Queue ``job``; an :class:`APIError` 429 when the queue is full, 503 when closed."""
+        """Queue ``job``, and return it.
+
+        Args:
+            job: the job to queue.
+
+        Raises:
+            APIError: 429 when the queue is full, 503 when the worker is not running.
+
+        Example:
+            >>> future = q.submit(Job("abc")).future
+        """
         if not self.alive:
             raise APIError(
                 503, "the model worker is not running; try again later", code="unavailable"
@@ -107,7 +177,15 @@ class BatchQueue:
         return job
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the worker; jobs still waiting are answered 503."""
+        """Stop the worker; jobs still waiting are answered 503.
+
+        Args:
+            timeout: seconds to wait for the worker thread to end (its current batch).
+
+        Example:
+            >>> q.close(); q.alive
+            False
+        """
         self._closed.set()
         self._thread.join(timeout)
         for job in self._drain():

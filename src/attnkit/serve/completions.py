@@ -38,14 +38,33 @@ MAX_STOPS = 4
 
 
 def chat_prompt(messages: list[Any]) -> str:
-    """The text a GPT continues for a chat (see the module docstring)."""
+    """The text a GPT continues for a chat (see the module docstring).
+
+    Args:
+        messages: the chat's messages, each with ``role`` and ``content``
+            (:class:`~attnkit.serve.schemas.ChatMessage`).
+
+    Example:
+        >>> chat_prompt([ChatMessage(role="user", content="Hi")])
+        'user: Hi\nassistant:'
+    """
     return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
 
 
 class StopCutter:
     """Text of one row as it is made, cut before the first stop string. :meth:`push` returns
     what is safe to send now (all but an end that could begin a stop string); :meth:`flush`
-    the rest at the end."""
+    the rest at the end. ``text`` holds everything sent, ``stopped`` whether a stop string
+    was met.
+
+    Args:
+        stops: the stop strings.
+
+    Example:
+        >>> cut = StopCutter(("END",))
+        >>> cut.push("abcE"), cut.push("ND more"), cut.text
+        ('abc', '', 'abc')
+    """
 
     def __init__(self, stops: tuple[str, ...]) -> None:
         self.stops = stops
@@ -62,6 +81,15 @@ class StopCutter:
         return 0
 
     def push(self, new: str) -> str:
+        """Add the row's ``new`` text; the part now safe to send ("" once stopped).
+
+        Args:
+            new: the text the latest token made printable.
+
+        Example:
+            >>> StopCutter(("\nuser:",)).push("Hi there\nus")
+            'Hi there'
+        """
         if self.stopped:
             return ""
         self.pending += new
@@ -76,6 +104,12 @@ class StopCutter:
         return out
 
     def flush(self) -> str:
+        """The text held back at the row's end ("" when a stop string was met).
+
+        Example:
+            >>> cut = StopCutter(("END",)); cut.push("abcE"); cut.flush()
+            'E'
+        """
         out = "" if self.stopped else self.pending
         self.pending = ""
         self.text += out
@@ -103,7 +137,22 @@ class _Work:
 
 
 class CompletionService:
-    """A GPT served under ``model_id``; its worker thread owns the model."""
+    """A GPT served under ``model_id``; its worker thread owns the model.
+
+    The model is put in eval mode; prompts are tokenised with a copy of its tokenizer, and
+    ``<|endoftext|>`` (when the tokenizer has it) ends a row.
+
+    Args:
+        model: the GPT, with a tokenizer in ``model.meta.tokenizer``.
+        model_id: the id requests name it by.
+        limits: the server's caps.
+
+    Raises:
+        ValueError: the model has no tokenizer.
+
+    Example:
+        >>> svc = CompletionService(attnkit.load("runs/char"), "char", Limits())
+    """
 
     kind = "completions"
 
@@ -128,6 +177,12 @@ class CompletionService:
         )
 
     def describe(self) -> dict[str, Any]:
+        """What ``/health`` shows of it: ``{"kind", "context", "max_tokens"}``.
+
+        Example:
+            >>> svc.describe()["kind"]
+            'completions'
+        """
         return {"kind": self.kind, "context": self.context, "max_tokens": self.limits.max_tokens}
 
     # ---------------------------------------------------------------------------------------
@@ -136,7 +191,21 @@ class CompletionService:
         req: CompletionRequest | ChatRequest,
         emit: Callable[[int, str], None] | None = None,
     ) -> Job:
-        """The job for one request, or an :class:`APIError` 400 naming what is wrong."""
+        """The job for one request: its prompts tokenised and checked, ``max_tokens``
+        settled (the request's, else ``default_max_tokens`` within the context).
+
+        Args:
+            req: a completion or a chat request.
+            emit: for a streamed request, called on the worker thread with ``(choice, text)``
+                as text is made.
+
+        Raises:
+            APIError: 400 naming what is wrong (``echo``, ``n`` other than 1, too many or
+                empty prompts, bad ``stop``, too many tokens asked for or in a prompt).
+
+        Example:
+            >>> job = svc.prepare(CompletionRequest(model="char", prompt="ROMEO:", max_tokens=8))
+        """
         if isinstance(req, ChatRequest):
             prompts = [chat_prompt(req.messages)]
             requested = req.max_completion_tokens or req.max_tokens
@@ -268,17 +337,46 @@ class CompletionService:
     # ---------------------------------------------------------------------------------------
     @staticmethod
     def finish_reason(work: _Work, c: int) -> str:
+        """``"stop"`` when choice ``c`` met a stop string or the end-of-text token (or ended
+        early), ``"length"`` when it made ``max_tokens`` tokens.
+
+        Args:
+            work: the finished work of a job (its future's result).
+            c: the choice (prompt) index.
+
+        Example:
+            >>> CompletionService.finish_reason(job.future.result(), 0)  # "stop" or "length"
+        """
         choice = work.choices[c]
         if choice.cutter.stopped or choice.ended_by_eos or choice.tokens < work.max_tokens:
             return "stop"
         return "length"
 
     def usage(self, work: _Work) -> dict[str, int]:
+        """The token counts of a finished job: ``{"prompt_tokens", "completion_tokens",
+        "total_tokens"}`` over all its choices.
+
+        Args:
+            work: the finished work of a job (its future's result).
+
+        Example:
+            >>> svc.usage(job.future.result())["completion_tokens"]  # at most max_tokens
+        """
         prompt = sum(ch.prompt_tokens for ch in work.choices)
         done = sum(ch.tokens for ch in work.choices)
         return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
 
     def response(self, chat: bool, work: _Work) -> dict[str, Any]:
+        """The JSON answer to a non-streamed request: a ``"chat.completion"`` (each choice a
+        ``message``) or a ``"text_completion"`` (each choice a ``text``), with usage.
+
+        Args:
+            chat: answer a chat request.
+            work: the finished work of the job (its future's result).
+
+        Example:
+            >>> svc.response(False, job.future.result())["choices"][0]["text"]
+        """
         made = int(time.time())
         if chat:
             return {

@@ -35,7 +35,18 @@ class _Work:
 
 
 class EmbeddingService:
-    """An encoder served under ``model_id``; its worker thread owns the model."""
+    """An encoder served under ``model_id``; its worker thread owns the model.
+
+    Args:
+        encoder: the sentence encoder.
+        model_id: the id requests name it by.
+        limits: the server's caps (``max_input_tokens`` is capped at the encoder's
+            ``max_length``).
+        batch_size: texts per :meth:`Encoder.encode_ids` batch.
+
+    Example:
+        >>> svc = EmbeddingService(Encoder.load("minilm"), "minilm", Limits())
+    """
 
     kind = "embeddings"
 
@@ -57,6 +68,12 @@ class EmbeddingService:
         )
 
     def describe(self) -> dict[str, Any]:
+        """What ``/health`` shows of it: ``{"kind", "dimensions", "max_input_tokens"}``.
+
+        Example:
+            >>> svc.describe()["kind"]
+            'embeddings'
+        """
         return {
             "kind": self.kind,
             "dimensions": self.encoder.dim,
@@ -64,7 +81,18 @@ class EmbeddingService:
         }
 
     def prepare(self, req: EmbeddingRequest) -> Job:
-        """The job for one request, or an :class:`APIError` 400 naming what is wrong."""
+        """The job for one request: its texts checked and tokenised.
+
+        Args:
+            req: the embedding request.
+
+        Raises:
+            APIError: 400 naming what is wrong (no input, token ids, too many texts, an empty
+                or over-long text, ``dimensions`` other than the encoder's).
+
+        Example:
+            >>> job = svc.prepare(EmbeddingRequest(model="minilm", input=["a text"]))
+        """
         inp = req.input
         items: list[Any] = [inp] if isinstance(inp, str) else list(inp)
         if not items:
@@ -121,6 +149,18 @@ class EmbeddingService:
             start += n
 
     def response(self, req: EmbeddingRequest, job: Job, vecs: np.ndarray) -> dict[str, Any]:
+        """The JSON answer: one ``"embedding"`` item per text (floats, or little-endian
+        float32 in base64 with ``encoding_format="base64"``) and the token usage.
+
+        Args:
+            req: the request answered.
+            job: its job (for the token count).
+            vecs: the job's result, shape (texts, dim), L2-normalised.
+
+        Example:
+            >>> svc.response(req, job, job.future.result())["data"][0]["index"]
+            0
+        """
         if req.encoding_format == "base64":
             items: list[Any] = [
                 base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode("ascii")

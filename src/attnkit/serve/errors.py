@@ -19,7 +19,17 @@ TYPES = {
 
 
 class APIError(Exception):
-    """A request answered with ``status`` and an OpenAI-style error body."""
+    """A request answered with ``status`` and an OpenAI-style error body.
+
+    Args:
+        status: the HTTP status code.
+        message: what is wrong, for the client.
+        param: the request field at fault, if one is.
+        code: a short machine-readable code, e.g. ``"queue_full"``.
+
+    Example:
+        >>> raise APIError(400, "n=2: expected n=1", "n")
+    """
 
     def __init__(
         self, status: int, message: str, param: str | None = None, code: str | None = None
@@ -34,6 +44,19 @@ class APIError(Exception):
 def error_body(
     status: int, message: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
+    """The OpenAI-style JSON body of an error: ``{"error": {"message", "type", "param",
+    "code"}}``, ``type`` chosen by the status (``"invalid_request_error"`` for any other).
+
+    Args:
+        status: the HTTP status code.
+        message: what is wrong, for the client.
+        param: the request field at fault, if one is.
+        code: a short machine-readable code.
+
+    Example:
+        >>> error_body(429, "busy", code="queue_full")["error"]["type"]
+        'rate_limit_error'
+    """
     return {
         "error": {
             "message": message,

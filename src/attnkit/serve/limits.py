@@ -27,6 +27,14 @@ class Limits:
     request_timeout_s: a request still waiting for the model after this is answered 503.
     answer_timeout_s: a request not answered after this (waiting and running) is answered 503
         (a guard against a model call that never returns; a stream gets an error event).
+
+    Raises:
+        ValueError: a count that is not a positive int, a negative wait, a timeout that is
+            not positive, or ``default_max_tokens`` over ``max_tokens``.
+
+    Example:
+        >>> Limits(queue_size=8, max_tokens=256).default_max_tokens
+        16
     """
 
     max_body_bytes: int = 2 << 20

@@ -19,6 +19,15 @@ class _Request(BaseModel):
 
 
 class EmbeddingRequest(_Request):
+    """The body of ``POST /v1/embeddings``: ``model``, ``input`` (a text or a list of texts;
+    token ids pass the schema but are refused by the route), ``encoding_format``
+    (``"float"`` or ``"base64"``) and ``dimensions`` (must equal the encoder's).
+
+    Example:
+        >>> EmbeddingRequest(model="minilm", input=["a text", "another"]).encoding_format
+        'float'
+    """
+
     model: str
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
@@ -37,15 +46,42 @@ class _Sampling(_Request):
 
 
 class CompletionRequest(_Sampling):
+    """The body of ``POST /v1/completions``: ``model``, ``prompt`` (a text or a list of
+    them), ``echo`` (only false is served) and the sampling options ``max_tokens``,
+    ``temperature`` (0..2), ``top_p`` (in (0, 1]), ``n`` (only 1 is served), ``stop``,
+    ``seed`` and ``stream``.
+
+    Example:
+        >>> CompletionRequest(model="char", prompt="ROMEO:", max_tokens=8).temperature
+        1.0
+    """
+
     prompt: str | list[str]
     echo: bool = False
 
 
 class ChatMessage(_Request):
+    """One message of a chat: ``role`` (``"system"``, ``"user"`` or ``"assistant"``) and its
+    ``content``.
+
+    Example:
+        >>> ChatMessage(role="user", content="Hello").role
+        'user'
+    """
+
     role: Literal["system", "user", "assistant"]
     content: str
 
 
 class ChatRequest(_Sampling):
+    """The body of ``POST /v1/chat/completions``: ``model``, ``messages`` (at least one),
+    ``max_completion_tokens`` (preferred over ``max_tokens`` when both are given) and the
+    sampling options of :class:`CompletionRequest`.
+
+    Example:
+        >>> ChatRequest(model="char", messages=[{"role": "user", "content": "Hi"}]).n
+        1
+    """
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)

@@ -33,7 +33,15 @@ KEEP_ALIVE_S = 30
 
 
 def model_id(name_or_dir: str | os.PathLike[str]) -> str:
-    """The id a model is served under: a known name as given, a directory by its name."""
+    """The id a model is served under: a known name as given, a directory by its name.
+
+    Args:
+        name_or_dir: a known model name or a model directory.
+
+    Example:
+        >>> model_id("minilm")
+        'minilm'
+    """
     path = Path(name_or_dir)
     return path.resolve().name if path.is_dir() else str(name_or_dir)
 
@@ -46,7 +54,26 @@ def load_services(
 ) -> dict[str, Service]:
     """One service per model: an encoder (BERT family) for embeddings, a GPT for
     completions, on ``device`` with weights in ``dtype`` (default: as loaded, on the CPU).
-    Two models with the same id are a ValueError."""
+    The services already started are closed when one fails.
+
+    Args:
+        models: known model names or model directories.
+        limits: the server's caps.
+        device: the device to load the models on.
+        dtype: the weights' dtype.
+
+    Returns:
+        The services by model id (:func:`model_id`).
+
+    Raises:
+        ValueError: two models with the same id, or a model that is neither a GPT nor a
+            BERT-family encoder.
+
+    Example:
+        >>> services = load_services(["minilm", "runs/char"], Limits())
+        >>> sorted(services)
+        ['char', 'minilm']
+    """
     from attnkit.checkpoints import load
     from attnkit.models.bert import Bert
     from attnkit.models.gpt import GPT
@@ -117,7 +144,18 @@ def serve(
     log_level: str = "warning",
 ) -> None:
     """Serve until interrupted (uvicorn handles SIGINT/SIGTERM and drains), then stop the
-    workers."""
+    workers.
+
+    Args:
+        services: the services by model id.
+        limits: the server's caps.
+        sock: a listening socket (:func:`bind`).
+        api_key: the key requests must carry (None: no key needed).
+        log_level: uvicorn's log level.
+
+    Example:
+        >>> serve(load_services(["minilm"], limits), limits, bind("127.0.0.1", 8000))
+    """
     import uvicorn
 
     server = uvicorn.Server(_config(create_app(services, limits, api_key), log_level))
@@ -129,7 +167,12 @@ def serve(
 
 @dataclass
 class RunningServer:
-    """A server started by :func:`start`: its ``url`` (``http://host:port``) and :meth:`stop`."""
+    """A server started by :func:`start`: its ``url`` (``http://host:port``) and :meth:`stop`.
+
+    Example:
+        >>> running = start(load_services(["minilm"], limits), limits)
+        >>> running.url  # e.g. 'http://127.0.0.1:43123'
+    """
 
     url: str
     server: Any
@@ -137,6 +180,11 @@ class RunningServer:
     services: Mapping[str, Service]
 
     def stop(self) -> None:
+        """Ask uvicorn to exit, wait up to 15 s for its thread, then stop the workers.
+
+        Example:
+            >>> running.stop()
+        """
         self.server.should_exit = True
         self.thread.join(15)
         close(self.services)
@@ -149,7 +197,21 @@ def start(
     port: int = 0,
     api_key: str | None = None,
 ) -> RunningServer:
-    """Serve ``services`` from a background thread; returns once it accepts connections."""
+    """Serve ``services`` from a background thread; returns once it accepts connections.
+
+    Args:
+        services: the services by model id.
+        limits: the server's caps.
+        host: the address to listen on.
+        port: the port (0: a free one).
+        api_key: the key requests must carry (None: no key needed).
+
+    Raises:
+        RuntimeError: the server did not start within 30 s.
+
+    Example:
+        >>> running = start(load_services(["minilm"], limits), limits)
+    """
     import uvicorn
 
     sock = bind(host, port)
