@@ -79,7 +79,12 @@ class NativeStatus:
 
     available: the kernel is built and loaded. reason: ``"ready (<library path>)"``, or what
     stopped it (the check that failed, naming the file or folder and what was expected).
-    library: the loaded library's path, else ``None``."""
+    library: the loaded library's path, else ``None``.
+
+    Example:
+        >>> str(NativeStatus(False, "disabled by ATTNKIT_NATIVE=0"))
+        'disabled by ATTNKIT_NATIVE=0'
+    """
 
     available: bool
     reason: str
@@ -99,7 +104,13 @@ class _NoProc(_Refused):
 
 def kernel_dir() -> Path:
     """The folder for the compiled kernel: ``$ATTNKIT_KERNEL_DIR``, else ``<attnkit
-    cache>/kernels`` (:func:`attnkit._util.fs.cache_dir`)."""
+    cache>/kernels`` (:func:`attnkit._util.fs.cache_dir`).
+
+    Nothing is created here; the folder is made, with mode 0o700, on the first build.
+
+    Example:
+        >>> kernel_dir()  # e.g. PosixPath('/home/me/.cache/attnkit/kernels')
+    """
     return Path(os.environ.get("ATTNKIT_KERNEL_DIR") or cache_dir() / "kernels")
 
 
@@ -329,12 +340,22 @@ def _load() -> Any:
 
 
 def available() -> bool:
-    """True when the native kernel is built and loaded (building it on first call)."""
+    """True when the native kernel is built and loaded (building it on first call).
+
+    The first call may run the C compiler; later calls return the remembered answer.
+
+    Example:
+        >>> available()  # False where status() gives a reason, e.g. ATTNKIT_NATIVE=0
+    """
     return _load() is not None
 
 
 def status() -> NativeStatus:
-    """Whether the native kernel is in use and why (building it on first call)."""
+    """Whether the native kernel is in use and why (building it on first call).
+
+    Example:
+        >>> print(status())  # "ready (<library path>)", or why not
+    """
     _load()
     with _lock:
         assert _state is not None
@@ -343,5 +364,10 @@ def status() -> NativeStatus:
 
 def library() -> Any:
     """The loaded kernel library (a :class:`ctypes.CDLL`), or ``None`` when it cannot be had
-    (:func:`status` says why)."""
+    (:func:`status` says why). Its entry points are ``attnkit_skinny_linear_f32``, ``_bf16``
+    and ``_i8``; :class:`attnkit.native.skinny.SkinnyLinear` is the way to call them.
+
+    Example:
+        >>> lib = library()  # None when available() is False
+    """
     return _load()

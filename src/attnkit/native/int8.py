@@ -184,6 +184,13 @@ class DynamicInt8Linear(nn.Module):
 
     Inputs of any floating dtype are computed in float32 and returned in their dtype. No
     autograd (the quantized product has no backward).
+
+    Raises:
+        RuntimeError: this torch has no x86/fbgemm quantized engine, or another one is set.
+        ValueError: the linear's weight is not on the CPU.
+
+    Example:
+        >>> DynamicInt8Linear(nn.Linear(384, 1536))(torch.randn(2, 16, 384)).shape  # (2, 16, 1536)
     """
 
     QMAX = 63  # weight levels: 2 * 255 * 63 = 32130 fits VPMADDUBSW's int16 pair sums
@@ -226,6 +233,11 @@ class DynamicInt8Linear(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in_features) -> x W^T + b (..., out_features), in x's dtype.
+
+        Example:
+            >>> layer(torch.randn(2, 16, 384)).shape  # (2, 16, out_features)
+        """
         x2 = x.reshape(-1, self.in_features)  # (M, K)
         if x2.dtype != torch.float32:
             x2 = x2.float()
@@ -243,6 +255,11 @@ class DynamicInt8Linear(nn.Module):
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
+        """Sizes and the quantization, shown inside ``repr(layer)``.
+
+        Example:
+            >>> print(DynamicInt8Linear(nn.Linear(8, 4)))
+        """
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             "int8 weights (per row) x 8-bit activations (per token)"
@@ -253,7 +270,16 @@ def quantize_dynamic_int8(model: nn.Module, skip: Sequence[str] = DYNAMIC_INT8_S
     """Replace, in place, the ``nn.Linear`` layers of ``model``'s blocks (``blocks.*``) by
     :class:`DynamicInt8Linear`, except those whose name ends with one of ``skip`` (default
     :data:`DYNAMIC_INT8_SKIP`, the fused q/k/v projections, chosen by measurement); returns
-    ``model``. Embeddings, norms, attention and the heads stay float32. CPU only."""
+    ``model``. Embeddings, norms, attention and the heads stay float32. CPU only.
+
+    Raises:
+        TypeError: ``skip`` is not a sequence of strings (a single string is refused too).
+        RuntimeError: no x86/fbgemm quantized engine.
+        ValueError: ``model`` has no ``nn.Linear`` in ``blocks.*`` left to quantize.
+
+    Example:
+        >>> model = quantize_dynamic_int8(attnkit.load("minilm"), skip=())  # every linear
+    """
     if isinstance(skip, str) or not all(isinstance(s, str) for s in skip):
         raise TypeError(f"skip must be a sequence of layer-name suffixes, got {skip!r}")
     reason = _quantized_engine_ok()

@@ -53,7 +53,16 @@ NATIVE_PREFILL_ROWS = 64
 
 def native_product(native: SkinnyLinear, x: torch.Tensor, rows: int) -> torch.Tensor:
     """x (..., K) through the native kernel, :data:`NATIVE_PREFILL_ROWS` rows per call;
-    returns (..., M) in x's dtype."""
+    returns (..., M) in x's dtype.
+
+    Args:
+        native: the plan of a (M, K) weight (:meth:`SkinnyLinear.create`).
+        x: (..., K) CPU input.
+        rows: the number of rows of x, ``x.numel() // K``.
+
+    Example:
+        >>> native_product(plan, torch.randn(2, 3, 768), rows=6).shape  # plan: (3072, 768)
+    """
     x2 = x.reshape(rows, x.shape[-1])  # (rows, K)
     if rows <= NATIVE_PREFILL_ROWS:
         y = native(x2)
@@ -67,14 +76,25 @@ def native_product(native: SkinnyLinear, x: torch.Tensor, rows: int) -> torch.Te
 
 
 def can_pack() -> bool:
-    """Whether this torch has MKL's packed GEMM (``torch.ops.mkl._mkl_linear``)."""
+    """Whether this torch has MKL's packed GEMM (``torch.ops.mkl._mkl_linear``).
+
+    Example:
+        >>> can_pack()  # True on a usual x86 Linux build of torch
+    """
     return bool(getattr(torch._C, "has_mkl", False)) and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
 class DecodingLinear(nn.Module):
     """``linear(x)``, computed by the fastest product for x's row count (see the module
     docstring). Holds the wrapped layer as ``self.linear`` (its parameters, unchanged), and
-    the packed weight and native plan made for it when it was wrapped."""
+    the packed weight and native plan made for it when it was wrapped.
+
+    ``pack`` asks for MKL's packed copy of a float32 CPU weight, used for one-row inputs when
+    there is no native plan.
+
+    Example:
+        >>> DecodingLinear(nn.Linear(768, 3072))(torch.randn(1, 1, 768)).shape  # (1, 1, 3072)
+    """
 
     def __init__(self, linear: nn.Linear, pack: bool = False) -> None:
         super().__init__()
@@ -87,6 +107,11 @@ class DecodingLinear(nn.Module):
                 self.packed = torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in_features) -> ``linear(x)`` (..., out_features), by the fastest product.
+
+        Example:
+            >>> layer(torch.randn(8, 1, 768)).shape  # 8 rows: native or W @ x^T; (8, 1, 3072)
+        """
         # the common decoding case first, with as few attribute reads as possible (this runs
         # for every linear of every step)
         native = self.native
@@ -119,6 +144,11 @@ class DecodingLinear(nn.Module):
         return y.t().contiguous().view(*x.shape[:-1], w.shape[0])  # (..., N)
 
     def extra_repr(self) -> str:
+        """Which product one row takes: "native", "packed" or "torch".
+
+        Example:
+            >>> DecodingLinear(nn.Linear(768, 3072)).extra_repr()  # 'native' with the kernel
+        """
         path = (
             "native"
             if self.native is not None
@@ -159,7 +189,12 @@ def decoding_linears(model: nn.Module, pack: bool = False) -> Iterator[nn.Module
     products go through MKL's packed GEMM where the native kernel is not available. The
     original layers are put back on exit. Unpacked wrappers are kept for the next call while
     the layer and its tensors stay the same (same objects, storage and in-place version);
-    packed ones are made for the call and dropped after it. Yields ``model``."""
+    packed ones are made for the call and dropped after it. Yields ``model``.
+
+    Example:
+        >>> with decoding_linears(model, pack=True):
+        ...     logits = model(ids).logits  # ids (1, T)
+    """
     pack = pack and can_pack()
     slots = [
         (parent, name, child)

@@ -25,7 +25,15 @@ class SkinnyLinear:
     factor per output row); bias, scale: (M,) of any floating dtype. Build it with
     :meth:`create`, which returns ``None`` when the kernel or the weight is not supported. The
     object keeps references to the tensors it reads; it does not follow later in-place
-    replacements of ``weight`` (build a new one). No autograd."""
+    replacements of ``weight`` (build a new one). No autograd.
+
+    Calling it with x (N, K) on the CPU, any floating dtype, returns float32 (N, M); x of
+    another shape or device is a ValueError.
+
+    Example:
+        >>> plan = SkinnyLinear.create(torch.randn(3072, 768))  # None without the kernel
+        >>> plan(torch.randn(4, 768)).shape  # (4, 3072), float32
+    """
 
     __slots__ = ("weight", "bias", "scale", "M", "K", "_fn", "_args")
     weight: torch.Tensor
@@ -43,6 +51,18 @@ class SkinnyLinear:
         bias: torch.Tensor | None = None,
         scale: torch.Tensor | None = None,
     ) -> SkinnyLinear | None:
+        """The plan for ``weight`` (M, K), or ``None`` when the kernel is not available or the
+        weight is unsupported (not a contiguous 2-D CPU float32, bfloat16 or int8 tensor, int8
+        without ``scale``, a bias or scale that is not M floats on the CPU).
+
+        Args:
+            weight: (M, K) the weight, read in place (detached, not copied).
+            bias: (M,) added to each output row, or None.
+            scale: (M,) one factor per output row (needed for int8 weights), or None.
+
+        Example:
+            >>> plan = SkinnyLinear.create(q, scale=row_scale)  # q (M, K) int8, row_scale (M,)
+        """
         lib = build.library()
         if (
             lib is None
@@ -107,7 +127,12 @@ def skinny_linear(
     weight: (M, K), contiguous, float32, bfloat16 or int8 (int8 needs ``scale``, one factor per
     output row). x, bias and scale may be any floating dtype; the products are summed in float32
     and the result is float32 (N, M). Returns ``None`` when the kernel or these inputs are not
-    supported: the caller then computes the product itself. No autograd."""
+    supported: the caller then computes the product itself. No autograd (``None`` also when
+    grad mode is on and an input requires grad).
+
+    Example:
+        >>> y = skinny_linear(torch.randn(4, 768), torch.randn(3072, 768))  # (4, 3072) or None
+    """
     if (
         x.device.type != "cpu"
         or not x.is_floating_point()
