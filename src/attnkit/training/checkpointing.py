@@ -92,7 +92,24 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int,
 ) -> Path:
-    """Write ``checkpoints/step-N/`` (each file atomically, manifest last); prune old ones."""
+    """Write ``checkpoints/step-N/`` (each file atomically, manifest last); prune old ones.
+    A checkpoint of the same step already there is replaced; rank 0 alone calls this.
+
+    Args:
+        out: the run directory.
+        raw_model: the unwrapped model whose weights are saved.
+        tok: the tokenizer saved with it, or None.
+        optimizer: the optimizer whose state goes into ``state.pt``.
+        state: ``step`` and the other plain values to resume from (best val loss, data RNG).
+        keep: how many checkpoints to keep, newest first (0: all).
+
+    Returns:
+        The checkpoint directory.
+
+    Example:
+        >>> save_checkpoint(Path("runs/char"), model, tok, opt, {"step": 500}, keep=2).name
+        'step-000500'
+    """
     root = out / "checkpoints"
     directory = root / f"step-{state['step']:06d}"
     for leftover in root.glob(".step-*.deleting"):  # deletions a kill interrupted
@@ -125,7 +142,15 @@ def _finish(root: Path, directory: Path, step: int, files: dict[str, str], keep:
 
 
 def is_sharded(directory: Path) -> bool:
-    """True for a checkpoint a ``train.parallel='fsdp'`` run wrote."""
+    """True for a checkpoint a ``train.parallel='fsdp'`` run wrote (it has ``shards/``).
+
+    Args:
+        directory: a ``checkpoints/step-N`` directory.
+
+    Example:
+        >>> is_sharded(Path("runs/char/checkpoints/step-000500"))
+        False
+    """
     return (directory / SHARDS_DIR).is_dir()
 
 
@@ -139,7 +164,23 @@ def save_sharded_checkpoint(
     d: Dist,
 ) -> Path:
     """Every process calls this: ``checkpoints/step-N/`` with each process's shards, then
-    (rank 0) the model config, ``state.pt`` and the manifest; old ones pruned."""
+    (rank 0) the model config, ``state.pt`` and the manifest; old ones pruned.
+
+    Args:
+        out: the run directory.
+        model: the FSDP-sharded model.
+        tok: the tokenizer saved with it, or None.
+        optimizer: the optimizer whose sharded state is saved.
+        state: ``step`` and the other plain values to resume from.
+        keep: how many checkpoints to keep, newest first (0: all).
+        d: this process's place in the process group.
+
+    Returns:
+        The checkpoint directory.
+
+    Example:
+        >>> save_sharded_checkpoint(out, model, tok, opt, {"step": 500}, keep=2, d=d)
+    """
     from attnkit.training import distributed, fsdp
 
     root = out / "checkpoints"
@@ -177,7 +218,19 @@ def load_sharded_checkpoint(
     directory: Path, model: ModelBase, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
     """Every process calls this: the shards of ``directory`` into the sharded ``model`` and
-    ``optimizer``, RNG states restored; the rest of ``state.pt`` returned."""
+    ``optimizer``, RNG states restored; the rest of ``state.pt`` returned.
+
+    Args:
+        directory: a checkpoint :func:`save_sharded_checkpoint` wrote.
+        model: the model, sharded as when saved.
+        optimizer: its optimizer.
+
+    Returns:
+        The saved state without the RNG states (``step``, ``best_val_loss``, ...).
+
+    Example:
+        >>> state = load_sharded_checkpoint(latest_checkpoint(out), model, opt)
+    """
     from attnkit.training import fsdp
 
     state = ckpt_io.read_state(directory / STATE_NAME, {"rng_cpu": torch.Tensor, "step": int})
@@ -190,7 +243,18 @@ def load_sharded_checkpoint(
 
 
 def verify_checkpoint(directory: Path) -> str | None:
-    """None when the checkpoint is complete and intact, else why not."""
+    """None when the checkpoint is complete and intact (its manifest is there and every
+    file in it matches its SHA-256), else why not.
+
+    Args:
+        directory: a ``checkpoints/step-N`` directory.
+
+    Returns:
+        None, or the reason in words.
+
+    Example:
+        >>> verify_checkpoint(Path("runs/char/checkpoints/step-000500"))  # None: intact
+    """
     manifest = directory / MANIFEST_NAME
     if not manifest.is_file():
         return "no manifest.json (the write did not finish)"
@@ -208,7 +272,18 @@ def verify_checkpoint(directory: Path) -> str | None:
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete, intact checkpoint; damaged newer ones are reported and skipped."""
+    """The newest complete, intact checkpoint; damaged newer ones are reported (a logged
+    warning) and skipped.
+
+    Args:
+        out: the run directory.
+
+    Returns:
+        The ``out/checkpoints/step-N`` directory, or None when there is none.
+
+    Example:
+        >>> latest_checkpoint(Path("runs/char"))  # Path('runs/char/checkpoints/step-002000')
+    """
     for directory in sorted((out / "checkpoints").glob("step-*"), reverse=True):
         problem = verify_checkpoint(directory)
         if problem is None:
@@ -219,7 +294,17 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 def damaged_checkpoints(out: Path) -> list[tuple[Path, str]]:
     """Checkpoints whose manifest was written (so the write finished) but whose files no longer
-    match it, with the reason: real damage, unlike a write that a kill cut short."""
+    match it, with the reason: real damage, unlike a write that a kill cut short.
+
+    Args:
+        out: the run directory.
+
+    Returns:
+        ``(directory, reason)`` pairs, oldest first.
+
+    Example:
+        >>> damaged_checkpoints(Path("runs/char"))  # [] when none is damaged
+    """
     found = []
     for directory in sorted((out / "checkpoints").glob("step-*")):
         if (directory / MANIFEST_NAME).is_file():
@@ -233,7 +318,24 @@ def load_checkpoint(
     directory: Path, raw_model: ModelBase, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
     """Weights into ``raw_model``, optimizer state and RNG states restored; the rest of
-    ``state.pt`` (step, data RNG, ...) returned."""
+    ``state.pt`` (step, data RNG, ...) returned. ``state.pt`` is read with
+    ``weights_only=True``.
+
+    Args:
+        directory: a checkpoint :func:`save_checkpoint` wrote.
+        raw_model: the unwrapped model to load the weights into.
+        optimizer: its optimizer.
+
+    Returns:
+        The saved state without the optimizer and RNG states.
+
+    Raises:
+        CheckpointError: the weights or the optimizer state do not fit the model.
+
+    Example:
+        >>> state = load_checkpoint(latest_checkpoint(out), model, opt); state["step"]
+        2000
+    """
     weights = directory / ckpt_io.WEIGHTS_NAME
     # state.pt first (weights_only: a pickle payload is refused unrun), then the weights
     state = ckpt_io.read_state(

@@ -28,6 +28,20 @@ else:  # pragma: no cover - Python 3.10
 
 @dataclass
 class DataConfig:
+    """The ``[data]`` section: the corpus, its tokenizer and the validation split.
+
+    ``corpus`` is a corpus name or a .txt/.jsonl file or directory; ``tokenizer`` is "char",
+    "bpe" or "wordpiece", with ``vocab_size`` for bpe/wordpiece (char takes the corpus's
+    characters); ``val_fraction`` of the text is held out. Encoder-decoder runs read pairs
+    (``"bible:en-es"``, a .tsv/.jsonl of pairs) or plain text for span corruption:
+    ``max_source_len``/``max_target_len`` (0: ``model.max_seq_len``) leave longer training
+    pairs out, and ``noise_density``/``mean_span_length`` set span corruption's hidden spans.
+
+    Example:
+        >>> DataConfig(corpus="shakespeare", tokenizer="bpe", vocab_size=2048).val_fraction
+        0.1
+    """
+
     corpus: str = "shakespeare"  # a corpus name or a .txt/.jsonl file or directory
     tokenizer: str = "char"  # char | bpe | wordpiece
     vocab_size: int = 0  # for bpe/wordpiece (char: the corpus's characters)
@@ -43,6 +57,25 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    """The ``[train]`` section: batches, optimizer and schedule, evaluation, checkpoints,
+    device and precision, loggers and budgets.
+
+    Each optimizer step sees ``batch_size`` sequences of ``block_size`` tokens per process per
+    micro-step, ``grad_accum`` micro-steps. The learning rate warms up over ``warmup_iters``
+    to ``lr`` and decays (cosine) to ``min_lr`` at ``lr_decay_iters`` (0: ``max_iters``).
+    ``checkpoint_interval`` 0 checkpoints at every evaluation; ``keep_checkpoints`` are kept.
+    ``init_from`` names a checkpoint directory to start from; ``parallel`` is "ddp" or "fsdp"
+    under torchrun; ``logger`` is "csv", "tensorboard", "wandb" or a comma-separated list.
+    The budgets (``budget_seconds``, ``budget_tokens``, ``budget_flops``; 0: no limit) stop
+    the run at the first step that spends one. ``label_smoothing``, ``batch_tokens`` and the
+    ``eval_*`` decoding settings are for encoder-decoder runs. :func:`check_train` checks
+    the ranges.
+
+    Example:
+        >>> TrainConfig(max_iters=200, batch_size=8, lr=3e-4).grad_accum
+        1
+    """
+
     max_iters: int = 2000
     batch_size: int = 12  # sequences per process per micro-step
     block_size: int = 64  # tokens per sequence
@@ -90,11 +123,27 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
+    """A whole run config: ``model`` (the :class:`attnkit.models.ModelConfig` fields given, as
+    a dict), ``data`` (:class:`DataConfig`) and ``train`` (:class:`TrainConfig`). Usually made
+    by :func:`build`.
+
+    Example:
+        >>> RunConfig(model={"n_layer": 2}, train=TrainConfig(max_iters=100)).train.max_iters
+        100
+    """
+
     model: dict = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as a nested plain dict (``"model"``, ``"data"``, ``"train"``), as saved in
+        ``run_config.json``; :func:`build` reads it back.
+
+        Example:
+            >>> RunConfig(model={"n_layer": 2}).to_dict()["model"]
+            {'n_layer': 2}
+        """
         return {
             "model": dict(self.model),
             "data": dataclasses.asdict(self.data),
@@ -148,6 +197,23 @@ def _parse_value(text: str) -> Any:
 
 
 def parse_override(item: str) -> tuple[str, Any]:
+    """Split a ``section.key=value`` override into its key and value; the value is parsed as a
+    TOML literal (``4``, ``1e-3``, ``true``, ``"text"``), a bare word kept as a string. The
+    key is not checked here (:func:`build` does that).
+
+    Args:
+        item: the override text, e.g. ``"model.n_layer=4"``.
+
+    Returns:
+        ``(dotted key, value)``.
+
+    Raises:
+        ValueError: ``item`` has no ``=``.
+
+    Example:
+        >>> parse_override("train.lr=3e-4")
+        ('train.lr', 0.0003)
+    """
     key, sep, text = item.partition("=")
     if not sep:
         raise ValueError(f"override {item!r} must look like section.key=value")
@@ -155,7 +221,27 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def build(base: dict[str, Any], overrides: list[tuple[str, Any]]) -> RunConfig:
-    """A RunConfig from a nested dict (TOML/JSON) plus ``(dotted key, value)`` overrides."""
+    """A RunConfig from a nested dict (TOML/JSON) plus ``(dotted key, value)`` overrides.
+
+    Values are checked against their fields' types (an int is accepted for a float); the
+    ``model`` keys are those of :class:`attnkit.models.ModelConfig` (of ``EncDecConfig`` when
+    ``model.arch`` is "encdec"), old field names accepted. Later overrides win.
+
+    Args:
+        base: ``{"model": {...}, "data": {...}, "train": {...}}``, any section may be missing.
+        overrides: ``(dotted key, value)`` pairs, e.g. from :func:`parse_override`.
+
+    Returns:
+        The :class:`RunConfig` (ranges unchecked; see :func:`check_train`).
+
+    Raises:
+        ValueError: an unknown section or key, a value of the wrong type, or
+            ``model.vocab_size`` (set by the tokenizer).
+
+    Example:
+        >>> build({"train": {"max_iters": 200}}, [("model.n_layer", 4)]).model
+        {'n_layer': 4}
+    """
     tree: dict[str, dict[str, Any]] = {"model": {}, "data": {}, "train": {}}
     items: list[tuple[str, Any]] = []
     for section, body in base.items():
@@ -191,7 +277,21 @@ def build(base: dict[str, Any], overrides: list[tuple[str, Any]]) -> RunConfig:
 
 
 def read_file(path: str | Path) -> dict[str, Any]:
-    """A config file: TOML, or the JSON a run saves as ``run_config.json``."""
+    """A config file: TOML, or the JSON a run saves as ``run_config.json``.
+
+    Args:
+        path: a .toml file, or a .json one (read as JSON).
+
+    Returns:
+        The nested dict, ready for :func:`build`.
+
+    Raises:
+        ValueError: the file does not exist or does not parse.
+
+    Example:
+        >>> build(read_file(find_config("gpt-shakespeare-char")), []).data.tokenizer
+        'char'
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(
@@ -211,7 +311,21 @@ def read_file(path: str | Path) -> dict[str, Any]:
 def find_config(name: str) -> Path:
     """``name`` as a path, or ``<name>.toml`` among the configs shipped in ``attnkit/configs``
     (package data, so it works from an installed wheel); ``configs/<name>.toml``, the old
-    checkout path, names the shipped file too."""
+    checkout path, names the shipped file too.
+
+    Args:
+        name: a file path, or a shipped config's name such as ``"gpt-shakespeare-char"``.
+
+    Returns:
+        The path of the config file.
+
+    Raises:
+        ValueError: no such file, with the shipped configs' names.
+
+    Example:
+        >>> find_config("gpt-shakespeare-char").name
+        'gpt-shakespeare-char.toml'
+    """
     path = Path(name)
     if path.is_file():
         return path
@@ -229,7 +343,18 @@ def find_config(name: str) -> Path:
 
 
 def check_train(cfg: RunConfig) -> None:
-    """ValueError naming the first ``train.*`` setting out of its range."""
+    """ValueError naming the first ``train.*`` (or ``data.*`` length and span) setting out of
+    its range; returns None when all are in range.
+
+    Args:
+        cfg: the run config to check.
+
+    Raises:
+        ValueError: a setting out of its range, named with the value and what was expected.
+
+    Example:
+        >>> check_train(build({}, [("train.max_iters", 0)]))  # ValueError: train.max_iters
+    """
     tc = cfg.train
     for name in (
         "max_iters",

@@ -63,7 +63,12 @@ _MEMORY_FORMATS = {
 
 
 class MetadataError(ValueError):
-    """A ``metadata.json`` that is not what :class:`JsonWriter` writes."""
+    """A ``metadata.json`` that is not what :class:`JsonWriter` writes (a ValueError), or a
+    non-tensor value that is not plain data.
+
+    Example:
+        >>> load(state, Path("step-000500/shards"))  # MetadataError if metadata.json is not ours
+    """
 
 
 def _torch_attr(text: Any, kind: type, what: str) -> Any:
@@ -240,9 +245,23 @@ def _from_json(data: Any) -> Metadata:
 
 class JsonWriter(FileSystemWriter):
     """DCP's file-system writer, with the metadata written as ``metadata.json`` (atomically)
-    instead of a pickle."""
+    instead of a pickle. Takes ``FileSystemWriter``'s arguments (the directory first).
+
+    Example:
+        >>> dcp.save(state, storage_writer=JsonWriter(Path("step-000500/shards")))
+    """
 
     def finish(self, metadata: Metadata, results: list[list[Any]]) -> None:
+        """Complete ``metadata`` with the storage of every written chunk and write it as
+        ``metadata.json``; DCP calls this on the coordinator once all ranks have written.
+
+        Args:
+            metadata: the global plan's metadata.
+            results: each rank's list of ``WriteResult`` (where each item landed).
+
+        Example:
+            >>> writer.finish(metadata, results)  # called by dcp.save
+        """
         metadata.version = CURRENT_DCP_VERSION
         storage_md = {}
         for wr_list in results:
@@ -254,9 +273,26 @@ class JsonWriter(FileSystemWriter):
 
 class JsonReader(FileSystemReader):
     """DCP's file-system reader, reading the metadata only from ``metadata.json`` (a pickled
-    ``.metadata`` beside it is never opened)."""
+    ``.metadata`` beside it is never opened). Takes ``FileSystemReader``'s arguments (the
+    directory first).
+
+    Example:
+        >>> dcp.load(state, storage_reader=JsonReader(Path("step-000500/shards")))
+    """
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        """The checkpoint's metadata, read from ``metadata.json`` with every field's type
+        checked (arguments as DCP passes them, unused).
+
+        Returns:
+            The DCP ``Metadata``, with this reader's load id.
+
+        Raises:
+            MetadataError: the file is missing, not JSON, or not what :class:`JsonWriter` writes.
+
+        Example:
+            >>> JsonReader(Path("step-000500/shards")).read_metadata().state_dict_metadata.keys()
+        """
         path = Path(os.fspath(self.path)) / METADATA_NAME
         try:
             data = json.loads(path.read_text())
@@ -273,9 +309,27 @@ class JsonReader(FileSystemReader):
 
 class SafeLoadPlanner(DefaultLoadPlanner):
     """DCP's default load planner, with non-tensor values read by
-    ``torch.load(weights_only=True)``."""
+    ``torch.load(weights_only=True)``.
+
+    Example:
+        >>> dcp.load(state, storage_reader=JsonReader(path), planner=SafeLoadPlanner())
+    """
 
     def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        """Read one non-tensor value with ``torch.load(weights_only=True)`` and put it in the
+        state dict at its place.
+
+        Args:
+            read_item: DCP's description of the item (its destination key).
+            value: the stored bytes.
+
+        Raises:
+            MetadataError: the value is not plain data (numbers, strings, lists, dicts,
+                tensors), naming its key.
+
+        Example:
+            >>> planner.load_bytes(read_item, io.BytesIO(data))  # called by dcp.load
+        """
         try:
             obj = torch.load(value, weights_only=True)
         except Exception as e:  # an UnpicklingError that names the refused global
@@ -291,7 +345,16 @@ class SafeLoadPlanner(DefaultLoadPlanner):
 
 def save(state: dict[str, Any], path: Path, no_dist: bool = False) -> None:
     """``dcp.save`` of ``state`` into the directory ``path`` with :class:`JsonWriter`
-    (collective unless ``no_dist``)."""
+    (collective unless ``no_dist``).
+
+    Args:
+        state: the state dict to save (tensors, DTensor shards and plain values).
+        path: the directory to write.
+        no_dist: save from this process alone, without the process group.
+
+    Example:
+        >>> save({"model": model.state_dict()}, Path("shards"), no_dist=True)
+    """
     import torch.distributed.checkpoint as dcp
 
     dcp.save(state, storage_writer=JsonWriter(path), no_dist=no_dist)
@@ -300,7 +363,19 @@ def save(state: dict[str, Any], path: Path, no_dist: bool = False) -> None:
 def load(state: dict[str, Any], path: Path, no_dist: bool = False) -> None:
     """``dcp.load`` into ``state`` (in place) from ``path`` with :class:`JsonReader` and
     :class:`SafeLoadPlanner` (collective unless ``no_dist``). A refused file raises its
-    :class:`MetadataError` (DCP would wrap it in a ``CheckpointException``, a BaseException)."""
+    :class:`MetadataError` (DCP would wrap it in a ``CheckpointException``, a BaseException).
+
+    Args:
+        state: the state dict to fill, holding tensors of the saved shapes (or shards).
+        path: the directory :func:`save` wrote.
+        no_dist: load in this process alone, without the process group.
+
+    Raises:
+        MetadataError: the metadata or a non-tensor value is refused.
+
+    Example:
+        >>> sd = model.state_dict(); load({"model": sd}, Path("shards"), no_dist=True)
+    """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 

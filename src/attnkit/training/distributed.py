@@ -24,6 +24,15 @@ _R = TypeVar("_R")
 
 @dataclass(frozen=True)
 class Dist:
+    """This process's place in the run: ``rank`` of ``world_size`` processes, ``local_rank``
+    on its machine, its ``device``, and whether :func:`init` made the process group
+    (``owns_group``). The default is a single process on the CPU.
+
+    Example:
+        >>> Dist(device=torch.device("cpu")).world_size
+        1
+    """
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -32,16 +41,47 @@ class Dist:
 
     @property
     def is_main(self) -> bool:
+        """True on rank 0, the process that writes files and logs.
+
+        Example:
+            >>> Dist().is_main
+            True
+        """
         return self.rank == 0
 
     @property
     def enabled(self) -> bool:
+        """True when there is more than one process (collectives run).
+
+        Example:
+            >>> Dist(rank=1, world_size=2).enabled
+            True
+        """
         return self.world_size > 1
 
 
 def init(device: str = "auto", field: str = "train.device") -> Dist:
     """Join the torchrun process group if there is one; pick this process's device
-    (``field``: the setting's name in messages)."""
+    (``field``: the setting's name in messages).
+
+    Under torchrun (``RANK`` set and ``WORLD_SIZE`` > 1) the group is joined (nccl on CUDA,
+    gloo on CPU) unless the caller has one already, and a CUDA process takes the device
+    ``cuda:LOCAL_RANK``.
+
+    Args:
+        device: "auto", "cpu", "cuda", ...
+        field: the setting's name in error messages.
+
+    Returns:
+        The :class:`Dist`.
+
+    Raises:
+        ValueError: ``device`` is unknown or not available here.
+
+    Example:
+        >>> init("cpu")  # without torchrun
+        Dist(rank=0, world_size=1, local_rank=0, device=device(type='cpu'), owns_group=False)
+    """
     dev = resolve_device(device, field)
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Dist(device=dev)
@@ -60,7 +100,19 @@ def init(device: str = "auto", field: str = "train.device") -> Dist:
 
 
 def mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
-    """The mean of ``value`` over all processes (itself when single)."""
+    """The mean of ``value`` over all processes (itself when single).
+
+    Args:
+        value: a tensor of any shape, e.g. a 0-d loss, the same shape on every process.
+        d: this process's place in the process group.
+
+    Returns:
+        A detached tensor of the same shape (``value`` itself for a single process).
+
+    Example:
+        >>> float(mean(torch.tensor(2.0), Dist()))
+        2.0
+    """
     if not d.enabled:
         return value
     value = value.detach().clone()
@@ -70,7 +122,19 @@ def mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
 
 def total(value: torch.Tensor, d: Dist) -> torch.Tensor:
     """The sum of ``value`` over all processes (itself when single); every process gets the
-    same result, so decisions made from it agree."""
+    same result, so decisions made from it agree.
+
+    Args:
+        value: a tensor of any shape, the same shape on every process.
+        d: this process's place in the process group.
+
+    Returns:
+        A detached tensor of the same shape (``value`` itself for a single process).
+
+    Example:
+        >>> float(total(torch.tensor(3.0), Dist()))
+        3.0
+    """
     if not d.enabled:
         return value
     value = value.detach().clone()
@@ -79,17 +143,44 @@ def total(value: torch.Tensor, d: Dist) -> torch.Tensor:
 
 
 def shard(n: int, d: Dist) -> list[int]:
-    """This process's share of ``n`` items: every ``world_size``-th, from its rank."""
+    """This process's share of ``n`` items: every ``world_size``-th, from its rank.
+
+    Args:
+        n: the number of items.
+        d: this process's place in the process group.
+
+    Returns:
+        The indices this process takes.
+
+    Example:
+        >>> shard(5, Dist(rank=1, world_size=2))
+        [1, 3]
+    """
     return list(range(d.rank, n, d.world_size))
 
 
 def barrier(d: Dist) -> None:
+    """Wait until every process gets here (nothing for a single process).
+
+    Args:
+        d: this process's place in the process group.
+
+    Example:
+        >>> barrier(Dist())  # a single process: returns at once
+    """
     if d.enabled:
         dist.barrier()
 
 
 def shutdown(d: Dist) -> None:
-    """End the process group :func:`init` made (one the caller made is left to it)."""
+    """End the process group :func:`init` made (one the caller made is left to it).
+
+    Args:
+        d: what :func:`init` returned.
+
+    Example:
+        >>> shutdown(init("cpu"))
+    """
     if d.enabled and d.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -104,7 +195,20 @@ def run_in_group(d: Dist, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwa
     Freed while the group is still registered, it only drops a reference, and
     ``destroy_process_group`` then ends the group with the GIL released. So the work that
     holds the wrapper runs in ``fn``, whose locals are gone once it returns; on an error the
-    traceback's frames are cleared first, for the same reason."""
+    traceback's frames are cleared first, for the same reason.
+
+    Args:
+        d: what :func:`init` returned; its group is shut down at the end.
+        fn: the work to run in the group.
+        args: positional arguments of ``fn``.
+        kwargs: keyword arguments of ``fn``.
+
+    Returns:
+        What ``fn`` returns.
+
+    Example:
+        >>> summary = run_in_group(d, train, cfg, d, out)
+    """
     try:
         return fn(*args, **kwargs)
     except BaseException as e:

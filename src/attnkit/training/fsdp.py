@@ -57,7 +57,12 @@ logger = logging.getLogger(__name__)
 
 
 def available() -> bool:
-    """True when this torch has FSDP2 (``torch.distributed.fsdp.fully_shard``, torch >= 2.6)."""
+    """True when this torch has FSDP2 (``torch.distributed.fsdp.fully_shard``, torch >= 2.6).
+
+    Example:
+        >>> available()  # True on torch >= 2.6
+        True
+    """
     try:
         from torch.distributed.fsdp import fully_shard  # noqa: F401
     except ImportError:
@@ -67,7 +72,18 @@ def available() -> bool:
 
 def check_supported(d: Dist, compile: bool) -> None:
     """ValueError unless FSDP can run here: several processes, FSDP2 in this torch, no
-    ``train.compile`` (not supported together here)."""
+    ``train.compile`` (not supported together here).
+
+    Args:
+        d: this process's place in the process group.
+        compile: ``train.compile``.
+
+    Raises:
+        ValueError: a single process, no FSDP2 in this torch, or ``compile`` set.
+
+    Example:
+        >>> check_supported(Dist(), compile=False)  # ValueError: a single process
+    """
     if not d.enabled:
         raise ValueError(
             "train.parallel is 'fsdp' but this is a single process (WORLD_SIZE unset or 1); "
@@ -87,7 +103,16 @@ def check_supported(d: Dist, compile: bool) -> None:
 
 
 def shard(model: ModelBase, d: Dist) -> None:
-    """Shard ``model`` in place over the processes of ``d``: each block, then the root."""
+    """Shard ``model`` in place over the processes of ``d``: each block, then the root.
+    Collective; call it before the optimizer is made.
+
+    Args:
+        model: a model with ``blocks``, on this process's device.
+        d: this process's place in the process group (several processes).
+
+    Example:
+        >>> shard(model, d); opt = make_optimizer(model, 1e-3, 0.1, (0.9, 0.99), d.device)
+    """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -100,7 +125,14 @@ def shard(model: ModelBase, d: Dist) -> None:
 @contextlib.contextmanager
 def gradient_sync_off(model: nn.Module) -> Iterator[None]:
     """Inside: backward accumulates local gradients without reduce-scattering them (the
-    micro-steps of gradient accumulation before the last), as DDP's ``no_sync``."""
+    micro-steps of gradient accumulation before the last), as DDP's ``no_sync``.
+
+    Args:
+        model: a model sharded by :func:`shard`.
+
+    Example:
+        >>> with gradient_sync_off(model): loss.backward()
+    """
     model.set_requires_gradient_sync(False)  # type: ignore[operator]  # an FSDPModule
     try:
         yield
@@ -118,13 +150,31 @@ def _states(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[s
 
 
 def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """Collective: every process writes its shards of the model and optimizer to ``path``."""
+    """Collective: every process writes its shards of the model and optimizer to ``path``.
+
+    Args:
+        model: the sharded model.
+        optimizer: its optimizer.
+        path: the directory of the shards and ``metadata.json``.
+
+    Example:
+        >>> save_sharded(model, opt, Path("runs/x/checkpoints/step-000500/shards"))
+    """
     dcp_storage.save(_states(model, optimizer), path)
 
 
 def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
     """Collective: the model and optimizer state that :func:`save_sharded` wrote, resharded
-    to this run's processes."""
+    to this run's processes.
+
+    Args:
+        model: the sharded model to fill.
+        optimizer: its optimizer.
+        path: the directory :func:`save_sharded` wrote.
+
+    Example:
+        >>> load_sharded(model, opt, Path("runs/x/checkpoints/step-000500/shards"))
+    """
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     states = _states(model, optimizer)
@@ -136,7 +186,15 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path)
 
 def load_weights(model: nn.Module, path: Path) -> None:
     """One process, no process group: the model weights of a sharded checkpoint ``path``
-    into an unsharded ``model`` (DCP assembles each tensor from its shards)."""
+    into an unsharded ``model`` (DCP assembles each tensor from its shards).
+
+    Args:
+        model: an unsharded model of the checkpoint's config.
+        path: the ``shards/`` directory of a sharded checkpoint.
+
+    Example:
+        >>> load_weights(build_model(cfg), Path("runs/x/checkpoints/step-000500/shards"))
+    """
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.filterwarnings("ignore", message=".*single process", category=UserWarning)
@@ -146,7 +204,18 @@ def load_weights(model: nn.Module, path: Path) -> None:
 
 def full_copy(model: ModelBase, d: Dist) -> ModelBase | None:
     """Collective: on rank 0 an unsharded copy of ``model`` on the CPU (its weights gathered
-    from every process); None on the others."""
+    from every process); None on the others.
+
+    Args:
+        model: the sharded model.
+        d: this process's place in the process group.
+
+    Returns:
+        The unsharded copy (with ``model``'s meta) on rank 0, else None.
+
+    Example:
+        >>> copy = full_copy(model, d)  # rank 0: a CPU model; others: None
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from attnkit.models import build_model
@@ -168,7 +237,16 @@ def full_copy(model: ModelBase, d: Dist) -> ModelBase | None:
 
 def write_model_files(model: ModelBase, directory: Path, tok: Tokenizer | None) -> None:
     """``config.json`` and ``tokenizer.json`` of an attnkit checkpoint, without the weights
-    (a sharded checkpoint holds those): what :func:`consolidate` rebuilds the model from."""
+    (a sharded checkpoint holds those): what :func:`consolidate` rebuilds the model from.
+
+    Args:
+        model: the model whose config and meta are written.
+        directory: the checkpoint directory (made if missing).
+        tok: the tokenizer to write, or None (no ``tokenizer.json``).
+
+    Example:
+        >>> write_model_files(model, Path("runs/x/checkpoints/step-000500"), tok)
+    """
     from attnkit._util.fs import atomic_write_bytes, atomic_write_json
     from attnkit.checkpoints.format import CONFIG_NAME, FORMAT, FORMAT_VERSION, TOKENIZER_NAME
 
@@ -190,7 +268,21 @@ def consolidate(step_dir: str | Path, dest: str | Path) -> Path:
     """One process: the sharded training checkpoint ``step_dir`` (``checkpoints/step-N`` of a
     ``train.parallel='fsdp'`` run) written to ``dest`` as a normal attnkit checkpoint
     (safetensors), loadable with ``attnkit.load(dest)``. The checkpoint is verified against
-    its manifest first."""
+    its manifest first.
+
+    Args:
+        step_dir: the sharded ``checkpoints/step-N`` directory.
+        dest: the directory to write the normal checkpoint to.
+
+    Returns:
+        The directory written.
+
+    Raises:
+        ValueError: ``step_dir`` is not a sharded checkpoint, or is incomplete or damaged.
+
+    Example:
+        >>> attnkit.load(consolidate("runs/x/checkpoints/step-000500", "runs/x-full"))
+    """
     from attnkit import checkpoints as ckpt_io
     from attnkit.checkpoints.format import TOKENIZER_NAME, load_tokenizer, migrate, read_json
     from attnkit.models import build_model, config_from_dict

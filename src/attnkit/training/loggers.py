@@ -51,7 +51,23 @@ _EXTRAS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wa
 def parse_loggers(spec: str | list[str] | tuple[str, ...], name: str = "train.logger") -> list[str]:
     """The logger names of ``spec`` ("csv", "csv,tensorboard" or a list of names), without
     repeats, in order; each optional one imported now so that a missing package is an error
-    at start (:class:`~attnkit._util.optional.MissingDependency` naming the extra)."""
+    at start (:class:`~attnkit._util.optional.MissingDependency` naming the extra).
+
+    Args:
+        spec: a comma-separated string or a list of names from :data:`LOGGERS`.
+        name: the setting's name in error messages.
+
+    Returns:
+        The names, first occurrence kept.
+
+    Raises:
+        TypeError: ``spec`` is neither a string nor a list of strings.
+        ValueError: a name outside :data:`LOGGERS`.
+
+    Example:
+        >>> parse_loggers("csv, csv")
+        ['csv']
+    """
     if isinstance(spec, str):
         items = [s.strip() for s in spec.split(",")]
     elif isinstance(spec, (list, tuple)) and all(isinstance(s, str) for s in spec):
@@ -95,7 +111,15 @@ class Sink(Protocol):
 
 class TensorBoardLogger:
     """Scalars ``SPLIT/FIELD`` in ``log_dir`` (``purge_step``: events at or past it from an
-    earlier, interrupted run are dropped)."""
+    earlier, interrupted run are dropped).
+
+    Args:
+        log_dir: the directory of the event files.
+        purge_step: the first step whose old events are dropped, or None.
+
+    Example:
+        >>> TensorBoardLogger(Path("runs/char/tensorboard")).log(10, "train", {"loss": 2.3})
+    """
 
     def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
         require("tensorboard", "tensorboard", "train.logger = 'tensorboard'")
@@ -105,17 +129,41 @@ class TensorBoardLogger:
         logger.info("TensorBoard events in %s (tensorboard --logdir %s)", log_dir, log_dir)
 
     def log(self, step: int, split: str, values: Mapping[str, float]) -> None:
+        """Add each value as the scalar ``split/key`` at ``step``.
+
+        Args:
+            step: the training step.
+            split: "train" or "val" (the tag's prefix).
+            values: the numbers to record, by field name.
+
+        Example:
+            >>> tb.log(250, "val", {"loss": 1.82, "perplexity": 6.17})  # val/loss, val/perplexity
+        """
         for key, value in values.items():
             self.writer.add_scalar(f"{split}/{key}", value, step)
 
     def close(self) -> None:
+        """Flush the events and close the writer.
+
+        Example:
+            >>> tb.close()
+        """
         self.writer.flush()
         self.writer.close()
 
 
 class WandbLogger:
     """A W&B run, offline unless ``WANDB_MODE`` says otherwise, its files in ``root/wandb``;
-    metrics as ``SPLIT/FIELD`` at each step, the run config as its config."""
+    metrics as ``SPLIT/FIELD`` at each step, the run config as its config. The project is
+    ``WANDB_PROJECT`` (default "attnkit") and the run is named after ``root``.
+
+    Args:
+        root: the run's output directory.
+        config: the resolved run config, recorded with the W&B run.
+
+    Example:
+        >>> WandbLogger(Path("runs/char"), config=cfg.to_dict()).log(10, "train", {"loss": 2.3})
+    """
 
     def __init__(self, root: Path, config: Mapping[str, Any] | None = None) -> None:
         wandb = require("wandb", "wandb", "train.logger = 'wandb'")
@@ -135,24 +183,59 @@ class WandbLogger:
         logger.info("W&B run (%s) in %s", mode, root / "wandb")
 
     def log(self, step: int, split: str, values: Mapping[str, float]) -> None:
+        """Log the values as ``split/key`` at ``step`` (never below a step logged before: W&B
+        steps only go up).
+
+        Args:
+            step: the training step.
+            split: "train" or "val".
+            values: the numbers to record, by field name.
+
+        Example:
+            >>> wb.log(250, "val", {"loss": 1.82})
+        """
         # W&B steps only go up; rows of one step (train and val) share it
         self.last_step = max(self.last_step, step)
         self.run.log({f"{split}/{k}": v for k, v in values.items()}, step=self.last_step)
 
     def close(self) -> None:
+        """Finish the W&B run.
+
+        Example:
+            >>> wb.close()
+        """
         self.run.finish()
 
 
 class RunLog:
     """One ``log(**row)`` for every logger of a run: ``metrics`` (the JSON-lines/CSV
     :class:`~attnkit.training.metrics.MetricsLog`, or None where the caller keeps its own
-    record) and the optional sinks. Rows need ``step`` and ``split``."""
+    record) and the optional sinks. Rows need ``step`` and ``split``. Usually made by
+    :func:`open_loggers`; a context manager that closes its sinks.
+
+    Args:
+        metrics: the object whose ``log(**row)`` records every row, or None.
+        sinks: the optional loggers, each given the row's numeric, finite fields.
+
+    Example:
+        >>> with RunLog(MetricsLog(out), []) as log:
+        ...     log.log(step=1, split="train", loss=4.2)
+    """
 
     def __init__(self, metrics: Any | None, sinks: list[Sink]) -> None:
         self.metrics = metrics
         self.sinks = sinks
 
     def log(self, **row: Any) -> None:
+        """Record ``row`` in ``metrics`` and give its numeric, finite fields (step and split
+        aside) to every sink.
+
+        Args:
+            row: the values; ``step`` and ``split`` are required.
+
+        Example:
+            >>> log.log(step=250, split="val", loss=1.82, perplexity=6.17)
+        """
         if self.metrics is not None:
             self.metrics.log(**row)
         if self.sinks:
@@ -161,6 +244,11 @@ class RunLog:
                 sink.log(int(row["step"]), str(row["split"]), values)
 
     def close(self) -> None:
+        """Close every sink (``metrics`` needs no closing).
+
+        Example:
+            >>> log.close()
+        """
         for sink in self.sinks:
             sink.close()
 
@@ -180,7 +268,21 @@ def open_loggers(
     config: Mapping[str, Any] | None = None,
 ) -> RunLog:
     """A :class:`RunLog` writing to ``metrics`` and the optional loggers ``spec`` names, their
-    files under ``out``. ``resume_step``: the step a resumed run continues from."""
+    files under ``out``. ``resume_step``: the step a resumed run continues from.
+
+    Args:
+        spec: the logger names (``train.logger``), as :func:`parse_loggers` reads them.
+        out: the run directory (TensorBoard writes to ``out/tensorboard``, W&B to ``out/wandb``).
+        metrics: the JSON-lines/CSV log, or None.
+        resume_step: TensorBoard events past it are purged; None for a new run.
+        config: the resolved run config, given to W&B.
+
+    Returns:
+        The :class:`RunLog`; if a logger fails to open, those already open are closed.
+
+    Example:
+        >>> log = open_loggers("csv,tensorboard", out, metrics=MetricsLog(out))
+    """
     sinks: list[Sink] = []
     try:
         for name in parse_loggers(spec):

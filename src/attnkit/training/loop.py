@@ -64,7 +64,19 @@ def prepare_data(
     cfg: RunConfig, d: distributed.Dist, tokenizer: Tokenizer | None = None
 ) -> tuple[Tokenizer, dict[str, TokenStream]]:
     """(tokenizer, {"train", "val"} streams); rank 0 builds the caches, the others wait.
-    ``tokenizer`` (train.init_from's) replaces the one data.tokenizer would build."""
+    ``tokenizer`` (train.init_from's) replaces the one data.tokenizer would build.
+
+    Args:
+        cfg: the run config (``data.*``).
+        d: this process's place in the process group.
+        tokenizer: a tokenizer to use instead of building one, or None.
+
+    Returns:
+        ``(tokenizer, {"train": stream, "val": stream})``.
+
+    Example:
+        >>> tok, streams = prepare_data(build({}, []), distributed.init("cpu"))
+    """
     from attnkit._util.fs import cache_dir
     from attnkit.text.corpora import load_corpus
     from attnkit.text.datasets import build_streams
@@ -90,6 +102,25 @@ def prepare_data(
 
 
 def model_config(cfg: RunConfig, tok: Tokenizer) -> ModelConfig:
+    """The model config of a pre-training run: ``cfg.model`` with the tokenizer's vocab size,
+    ``max_seq_len`` defaulting to ``train.block_size``, and for a BERT the mlm head and the
+    ``[PAD]`` id.
+
+    Args:
+        cfg: the run config.
+        tok: the run's tokenizer.
+
+    Returns:
+        The :class:`~attnkit.models.ModelConfig`.
+
+    Raises:
+        ValueError: a BERT without a ``[MASK]`` token, a head other than lm (GPT) or mlm
+            (BERT), or ``train.block_size`` over ``model.max_seq_len``.
+
+    Example:
+        >>> model_config(build({"model": {"n_layer": 2}}, []), tok).max_seq_len  # block_size
+        64
+    """
     from attnkit.models import ModelConfig
 
     fields = dict(cfg.model)
@@ -123,7 +154,25 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean loss, perplexity and accuracy over ``iters`` fixed validation batches (no autograd).
     The loop passes the uncompiled model: a compiled one would compile a second graph for
-    evaluation, which costs more than the few evaluation batches gain from it."""
+    evaluation, which costs more than the few evaluation batches gain from it.
+
+    The batches are the same at every evaluation (the generator is reseeded with ``seed``),
+    and the sums are all-reduced over the processes.
+
+    Args:
+        model: the (unwrapped, uncompiled) model.
+        batches: the validation :class:`~attnkit.training.objectives.Batches`.
+        iters: the number of batches.
+        d: this process's place in the process group.
+        dtype: ``train.dtype`` (the autocast precision).
+        seed: the seed the batches are drawn with.
+
+    Returns:
+        ``{"loss", "perplexity", "accuracy"}`` (accuracy of the predicted target tokens).
+
+    Example:
+        >>> evaluate(model, val_batches, iters=20, d=d, dtype="float32", seed=1339)["loss"]
+    """
     was = model.training
     model.eval()
     batches.gen.manual_seed(seed)  # the same batches at every evaluation
@@ -150,14 +199,37 @@ def evaluate(
 # the loop
 # --------------------------------------------------------------------------------------------
 def has_checkpoint(out: Path) -> bool:
-    """True when ``out/checkpoints`` holds a complete, intact checkpoint."""
+    """True when ``out/checkpoints`` holds a complete, intact checkpoint.
+
+    Args:
+        out: the run directory.
+
+    Example:
+        >>> has_checkpoint(Path("runs/char"))
+        True
+    """
     return latest_checkpoint(out) is not None
 
 
 def open_run_dir(out: Path, d: distributed.Dist, resume: bool, overwrite: bool) -> bool:
     """Make ``out`` ready for a run, on every process: its paths checked, a killed overwrite
     finished (rank 0), a run already there refused unless ``resume`` or ``overwrite``, and with
-    ``overwrite`` the old run set aside. True when a run was set aside (rank 0 only)."""
+    ``overwrite`` the old run set aside. True when a run was set aside (rank 0 only).
+
+    Args:
+        out: the run directory (made if missing).
+        d: this process's place in the process group.
+        resume: the run continues the one in ``out``.
+        overwrite: the run replaces the one in ``out``.
+
+    Raises:
+        ValueError: a path rule is broken (:func:`attnkit.training.rundir.check_paths`), or
+            ``out`` holds a run and neither flag is set (``RunExistsError``).
+
+    Example:
+        >>> open_run_dir(Path("runs/new"), distributed.init("cpu"), resume=False, overwrite=False)
+        False
+    """
     rundir.check_paths(out)
     if d.is_main:
         rundir.recover(out, has_checkpoint)
@@ -182,7 +254,29 @@ def pretrain(
     unless ``resume=True`` (continue from its latest complete checkpoint) or ``overwrite=True``
     (start afresh; its files are deleted once the new run's first checkpoint is complete, and
     restored if the new run ends before that). Paths are checked as
-    :func:`attnkit.training.rundir.check_paths` says."""
+    :func:`attnkit.training.rundir.check_paths` says.
+
+    A config with ``model.arch = "encdec"`` trains an encoder-decoder
+    (:func:`attnkit.training.seq2seq.pretrain_seq2seq`, ``train.parallel = "ddp"`` only).
+
+    Args:
+        cfg: the run config (see :func:`build`).
+        out: the output directory.
+        resume: continue the run in ``out`` from its latest complete checkpoint (from step 0,
+            with a warning, when it has none).
+        overwrite: replace the run in ``out``.
+
+    Returns:
+        The summary: val loss and perplexity, best val loss, iters, tokens, tokens per second,
+        wall and setup seconds, what stopped the run (``stopped_by``), parameters and more.
+
+    Raises:
+        ValueError: a setting out of range, ``resume`` and ``overwrite`` both set, ``out``
+            holding a run without either, or every complete checkpoint damaged on resume.
+
+    Example:
+        >>> pretrain(build({}, [("train.max_iters", 200)]), "runs/char")["val_loss"]
+    """
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -491,7 +585,19 @@ def budget_spent(
     tc: TrainConfig, tokens: int, seconds: float, flops_per_token: float
 ) -> str | None:
     """The name of the first budget (``budget_seconds``, ``budget_tokens``, ``budget_flops``)
-    that ``tokens`` trained in ``seconds`` have spent, or None."""
+    that ``tokens`` trained in ``seconds`` have spent, or None.
+
+    Args:
+        tc: the train config (its budgets; 0 is no limit).
+        tokens: the tokens trained so far (resumed parts included).
+        seconds: the loop's wall time so far.
+        flops_per_token: the model's training FLOPs per token.
+
+    Example:
+        >>> budget_spent(TrainConfig(budget_tokens=1e6), tokens=2_000_000, seconds=5.0,
+        ...     flops_per_token=1e6)
+        'budget_tokens'
+    """
     if tc.budget_seconds and seconds >= tc.budget_seconds:
         return "budget_seconds"
     if tc.budget_tokens and tokens >= tc.budget_tokens:
@@ -502,7 +608,18 @@ def budget_spent(
 
 
 def format_summary(s: dict[str, Any], out: Path) -> str:
-    """The lines a finished run reports (what ``attnkit pretrain`` prints)."""
+    """The lines a finished run reports (what ``attnkit pretrain`` prints).
+
+    Args:
+        s: the summary :func:`pretrain` returned.
+        out: the run directory.
+
+    Returns:
+        The text, lines joined by newlines.
+
+    Example:
+        >>> print(format_summary(pretrain(cfg, "runs/char"), Path("runs/char")))
+    """
     lines = [
         f"pre-training done: {s['objective']}, {s['parameters']:,} parameters, vocab {s['vocab_size']}",
         f"  iters {s['iters']}  wall {s['wall_seconds']:.1f}s  {s['tokens_per_second']:,.0f} tokens/s",

@@ -22,7 +22,16 @@ FIELDS = (
 
 class MetricsLog:
     """Appends rows to ``metrics.jsonl`` and ``metrics.csv`` in ``out``. On resume from
-    ``step``, rows logged after it by the interrupted run are dropped first."""
+    ``step``, rows logged after it by the interrupted run are dropped first.
+
+    Args:
+        out: the run directory (it must exist).
+        resume_step: the step a resumed run continues from; None for a new run, which starts
+            both files empty.
+
+    Example:
+        >>> MetricsLog(Path("runs/char")).log(step=10, split="train", loss=2.31)
+    """
 
     def __init__(self, out: Path, resume_step: int | None = None):
         self.jsonl, self.csv = out / "metrics.jsonl", out / "metrics.csv"
@@ -36,6 +45,15 @@ class MetricsLog:
                 w.writerow({k: r.get(k, "") for k in FIELDS})
 
     def log(self, **row: Any) -> None:
+        """Append one row to both files. The CSV keeps the columns of :data:`FIELDS` (missing
+        ones empty, others dropped); the JSON line keeps every key.
+
+        Args:
+            row: the values, e.g. ``step``, ``split``, ``loss``, ``lr``.
+
+        Example:
+            >>> log.log(step=250, split="val", loss=1.82, perplexity=6.17)
+        """
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
         with open(self.csv, "a", newline="") as f:
@@ -43,6 +61,18 @@ class MetricsLog:
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` file; a missing file gives none, and a line cut short by
+    a crash is skipped.
+
+    Args:
+        path: the JSON-lines file.
+
+    Returns:
+        One dict per line.
+
+    Example:
+        >>> [r["loss"] for r in read_rows(Path("runs/char/metrics.jsonl")) if r["split"] == "val"]
+    """
     if not path.is_file():
         return []
     rows = []
@@ -55,7 +85,19 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def plot_loss(jsonl: Path, png: Path) -> Path | None:
-    """Train and val loss against step; None (with a logged note) when matplotlib is missing."""
+    """Plot train and val loss against step from ``jsonl`` into ``png`` (written atomically);
+    None (with a logged note) when matplotlib is missing.
+
+    Args:
+        jsonl: the run's ``metrics.jsonl``.
+        png: the image to write.
+
+    Returns:
+        The path written, or None.
+
+    Example:
+        >>> plot_loss(Path("runs/char/metrics.jsonl"), Path("runs/char/loss.png"))
+    """
     from attnkit._util.fs import atomic_write
     from attnkit._util.optional import MissingDependency, figure
 

@@ -24,7 +24,26 @@ __all__ = ["Batches", "loss_sums"]
 
 
 class Batches:
-    """Global batches drawn from a stream with one generator; each rank keeps its rows."""
+    """Global batches drawn from a stream with one generator; each rank keeps its rows.
+
+    Each call to :meth:`next` draws ``train.batch_size x world_size`` windows of
+    ``train.block_size`` tokens (one more for causal LM) from ``stream`` with ``self.gen``,
+    which is seeded with ``seed`` (its state is saved in checkpoints).
+
+    Args:
+        stream: the token stream (a split of the corpus).
+        cfg: the run config (``train.batch_size``, ``block_size``, ``mlm_probability``).
+        d: this process's place in the process group.
+        objective: "clm" (causal LM) or "mlm" (masked LM).
+        tok: the tokenizer (masked LM takes its [MASK] and special token ids).
+        seed: the generator's seed.
+
+    Raises:
+        ValueError: ``objective`` is "mlm" and ``tok`` has no [MASK] token.
+
+    Example:
+        >>> x, y, count = Batches(streams["train"], cfg, d, "clm", tok, seed=1).next()
+    """
 
     def __init__(
         self,
@@ -53,7 +72,16 @@ class Batches:
             self.vocab = tok.get_vocab_size()
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(inputs, targets) for this rank and the number of target tokens in the global batch."""
+        """(inputs, targets) for this rank and the number of target tokens in the global batch.
+
+        Returns:
+            ``(x, y, count)``: inputs (batch_size, block_size) and targets (batch_size,
+            block_size) on ``d.device`` (targets -100 where masked LM does not predict), and the
+            target tokens of the whole global batch, all ranks together.
+
+        Example:
+            >>> x, y, count = batches.next()  # x, y: (batch_size, block_size)
+        """
         T = self.cfg.train.block_size
         n = self.rows * self.d.world_size
         if self.objective == "clm":
@@ -79,7 +107,20 @@ class Batches:
 def loss_sums(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed cross entropy over target tokens, number of correct predictions)."""
+    """(summed cross entropy over target tokens, number of correct predictions).
+
+    Args:
+        model: a model whose output has ``.logits`` (batch, seq, vocab).
+        x: (batch, seq) input ids.
+        y: (batch, seq) target ids; -100 is ignored.
+
+    Returns:
+        ``(loss, correct)``: 0-d tensors, the float32 cross entropy summed over targets and the
+        number of targets the argmax predicts.
+
+    Example:
+        >>> loss, correct = loss_sums(model, x, y)  # x, y: (batch, seq)
+    """
     logits = model(x).logits  # (B, T, V)
     flat = logits.float().reshape(-1, logits.shape[-1])
     target = y.reshape(-1)

@@ -38,6 +38,24 @@ KINDS = ("ddp", "fsdp")
 
 
 class Parallel:
+    """How the loop spreads the model over the processes: ``kind`` "ddp" (a replica per
+    process, DDP averaging gradients; a single process is a "ddp" run of one) or "fsdp"
+    (FSDP2 shards). Every method is called by every process.
+
+    Args:
+        kind: "ddp" or "fsdp" (``train.parallel``).
+        d: this process's place in the process group.
+        compile: whether the run compiles the model (checked against FSDP's support).
+
+    Raises:
+        ValueError: ``kind`` is neither, or "fsdp" does not fit the launch
+            (:func:`attnkit.training.fsdp.check_supported`).
+
+    Example:
+        >>> Parallel("ddp", distributed.init("cpu")).sharded
+        False
+    """
+
     def __init__(self, kind: str, d: distributed.Dist, compile: bool = False):
         if kind not in KINDS:
             checks.fail("train.parallel", kind, " or ".join(repr(k) for k in KINDS))
@@ -47,19 +65,59 @@ class Parallel:
 
     @property
     def sharded(self) -> bool:
+        """True for "fsdp": the parameters are sharded over the processes.
+
+        Example:
+            >>> Parallel("ddp", d).sharded
+            False
+        """
         return self.kind == "fsdp"
 
     def prepare(self, raw: ModelBase) -> None:
+        """Shard ``raw`` in place for "fsdp" (nothing for "ddp"); called before the optimizer
+        takes its parameters.
+
+        Args:
+            raw: the unwrapped model, on this process's device.
+
+        Example:
+            >>> par.prepare(raw)
+        """
         if self.sharded:
             fsdp.shard(raw, self.d)
 
     def wrap(self, model: nn.Module) -> nn.Module:
+        """The module the loop trains: a DDP wrapper for a multi-process "ddp" run, else
+        ``model`` itself (a sharded model needs no wrapper).
+
+        Args:
+            model: the (possibly compiled) model.
+
+        Returns:
+            The module to call in the training steps.
+
+        Example:
+            >>> model = par.wrap(torch.compile(raw))
+        """
         if self.kind == "ddp" and self.d.enabled:
             d = self.d
             return DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
         return model
 
     def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """A context in which backward passes do not reduce gradients over the processes yet
+        (the micro-steps before the last of a gradient-accumulation step); a no-op for a
+        single process.
+
+        Args:
+            model: the module :meth:`wrap` returned.
+
+        Returns:
+            A context manager.
+
+        Example:
+            >>> with par.no_sync(model): loss.backward()
+        """
         if isinstance(model, DDP):
             return model.no_sync()
         if self.sharded:
@@ -68,7 +126,16 @@ class Parallel:
 
     def save_model(self, raw: ModelBase, out: Path, tok: Tokenizer | None) -> None:
         """``raw`` as a normal attnkit checkpoint in ``out`` (rank 0 writes it; a sharded
-        model is gathered first)."""
+        model is gathered first). Every process calls it.
+
+        Args:
+            raw: the unwrapped model (sharded for "fsdp").
+            out: the directory to write ``config.json``, the weights and the tokenizer to.
+            tok: the tokenizer saved beside the weights, or None.
+
+        Example:
+            >>> par.save_model(raw, Path("runs/char"), tok)
+        """
         copy = fsdp.full_copy(raw, self.d) if self.sharded else raw
         if self.d.is_main and copy is not None:
             ckpt_io.save(copy, out, tokenizer=tok)
@@ -83,6 +150,21 @@ class Parallel:
         state: dict[str, Any],
         keep: int,
     ) -> None:
+        """Write the checkpoint ``out/checkpoints/step-N`` (N = ``state["step"]``) and prune
+        all but the newest ``keep``: a sharded one written by every process for "fsdp", a
+        normal one written by rank 0 for "ddp" (see :mod:`attnkit.training.checkpointing`).
+
+        Args:
+            out: the run directory.
+            raw: the unwrapped model.
+            tok: the tokenizer saved with it, or None.
+            optimizer: the optimizer whose state is saved.
+            state: step, best val loss, data RNG state and the other plain values to resume.
+            keep: how many checkpoints to keep (0: all).
+
+        Example:
+            >>> par.save_checkpoint(out, raw, tok, optimizer, {"step": 500, **rest}, keep=2)
+        """
         if self.sharded:
             checkpointing.save_sharded_checkpoint(out, raw, tok, optimizer, state, keep, self.d)
         elif self.d.is_main:
@@ -91,6 +173,23 @@ class Parallel:
     def load_checkpoint(
         self, directory: Path, raw: ModelBase, optimizer: torch.optim.Optimizer
     ) -> dict[str, Any]:
+        """Restore ``raw`` and ``optimizer`` (and the RNG states) from the checkpoint
+        ``directory``; return the rest of its ``state.pt``.
+
+        Args:
+            directory: a ``checkpoints/step-N`` directory.
+            raw: the unwrapped model (prepared, for "fsdp").
+            optimizer: the optimizer to restore.
+
+        Returns:
+            The saved state: ``step``, ``best_val_loss``, ``data_rng`` and the rest.
+
+        Raises:
+            ValueError: the checkpoint was written with the other ``train.parallel``.
+
+        Example:
+            >>> state = par.load_checkpoint(latest_checkpoint(out), raw, optimizer)
+        """
         sharded = checkpointing.is_sharded(directory)
         if sharded != self.sharded:
             wrote = "fsdp" if sharded else "ddp"

@@ -75,17 +75,45 @@ _RESTORING = ".restoring-run"  # being emptied back into the directory
 
 
 class RunExistsError(ValueError):
-    """The output directory holds a run and neither resume nor overwrite was asked for."""
+    """The output directory holds a run and neither resume nor overwrite was asked for; a
+    ValueError, raised by :func:`refuse_existing`.
+
+    Example:
+        >>> refuse_existing(Path("runs/char"), "a run")  # RunExistsError if it holds one
+    """
 
 
 def existing_run(out: Path) -> list[str]:
-    """The names of :data:`RUN_FILES` present in ``out`` (empty: it holds no run)."""
+    """The names of :data:`RUN_FILES` present in ``out`` (empty: it holds no run); a symlink
+    counts even when broken.
+
+    Args:
+        out: the output directory (it need not exist).
+
+    Returns:
+        The names found, in the order of :data:`RUN_FILES`.
+
+    Example:
+        >>> existing_run(Path("runs/char"))  # e.g. ['checkpoints', 'run_config.json', ...]
+    """
     return [name for name in RUN_FILES if os.path.lexists(out / name)]
 
 
 def refuse_existing(out: Path, what: str, resume_too: bool = True) -> None:
     """RunExistsError when ``out`` holds a run; the message names the directory and the ways
-    on (``--resume``/``resume=True`` when ``resume_too``, and ``--overwrite``/``overwrite=True``)."""
+    on (``--resume``/``resume=True`` when ``resume_too``, and ``--overwrite``/``overwrite=True``).
+
+    Args:
+        out: the output directory.
+        what: what the directory is said to hold in the message, e.g. "a run".
+        resume_too: also offer ``--resume`` in the message.
+
+    Raises:
+        RunExistsError: ``out`` holds a run.
+
+    Example:
+        >>> refuse_existing(Path("runs/new"), "a run")  # None: nothing there
+    """
     found = existing_run(out)
     if not found:
         return
@@ -107,7 +135,18 @@ def _outside(link: Path, root: Path) -> str | None:
 
 
 def check_paths(out: Path) -> None:
-    """ValueError when ``out`` breaks the path rules in this module's docstring."""
+    """ValueError when ``out`` breaks the path rules in this module's docstring: a ``..``
+    after a named component, or an entry a run touches that is a symlink leading outside.
+
+    Args:
+        out: the output directory (it need not exist yet).
+
+    Raises:
+        ValueError: naming the bad path.
+
+    Example:
+        >>> check_paths(Path("runs/x/../../y"))  # ValueError: '..' after a named component
+    """
     parts = out.parts
     named = False
     for part in parts:
@@ -147,7 +186,17 @@ def _move_back(source: Path, out: Path) -> None:
 
 
 def set_aside(out: Path) -> Path | None:
-    """Move the run in ``out`` into ``out/.replaced-run`` (None when it holds none)."""
+    """Move the run in ``out`` into ``out/.replaced-run`` (None when it holds none).
+
+    Args:
+        out: the output directory.
+
+    Returns:
+        The ``.replaced-run`` directory, or None.
+
+    Example:
+        >>> set_aside(Path("runs/char"))  # Path('runs/char/.replaced-run')
+    """
     found = existing_run(out)
     if not found:
         return None
@@ -170,7 +219,15 @@ def set_aside(out: Path) -> Path | None:
 
 
 def discard_replaced(out: Path) -> None:
-    """Delete the set-aside old run (the new run has a complete checkpoint)."""
+    """Delete the set-aside old run (the new run has a complete checkpoint); nothing when
+    there is none.
+
+    Args:
+        out: the output directory.
+
+    Example:
+        >>> discard_replaced(Path("runs/char"))
+    """
     aside = out / REPLACED
     if aside.exists():
         shutil.rmtree(aside)
@@ -180,7 +237,16 @@ def discard_replaced(out: Path) -> None:
 
 def recover(out: Path, complete: Callable[[Path], bool]) -> None:
     """Finish what a killed overwrite left: with the new run ``complete`` the old one is
-    deleted, else the new run's partial files go and the old run is moved back."""
+    deleted, else the new run's partial files go and the old run is moved back. Nothing
+    when no overwrite was interrupted.
+
+    Args:
+        out: the output directory.
+        complete: says whether the new run in ``out`` has a complete checkpoint.
+
+    Example:
+        >>> recover(Path("runs/char"), lambda out: latest_checkpoint(out) is not None)
+    """
     filling, aside, restoring = out / _FILLING, out / REPLACED, out / _RESTORING
     if filling.is_dir():  # killed while setting aside: nothing new was written yet
         _move_back(filling, out)

@@ -64,6 +64,25 @@ logger = logging.getLogger(__name__)
 
 
 def model_config(cfg: RunConfig, data: Seq2SeqData) -> EncDecConfig:
+    """The encoder-decoder config of the run: ``cfg.model`` with the tokenizer's vocab size,
+    ``<pad>`` and ``</s>`` ids (``decoder_start_token_id`` defaults to pad) and
+    ``max_seq_len`` defaulting to the longer of :func:`~attnkit.training.seq2seq_data.caps`.
+
+    Args:
+        cfg: the run config.
+        data: the run's data (its tokenizer).
+
+    Returns:
+        The ``EncDecConfig``.
+
+    Raises:
+        ValueError: ``model.pad_token_id`` or ``model.eos_token_id`` differs from the
+            tokenizer's.
+
+    Example:
+        >>> model_config(cfg, data).vocab_size == data.tok.get_vocab_size()
+        True
+    """
     from attnkit.models.encdec_config import EncDecConfig
 
     fields = dict(cfg.model)
@@ -84,7 +103,20 @@ def model_config(cfg: RunConfig, data: Seq2SeqData) -> EncDecConfig:
 def loss_sum(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], smoothing: float
 ) -> tuple[torch.Tensor, int]:
-    """(summed loss over the target tokens, their count)."""
+    """(summed loss over the target tokens, their count).
+
+    Args:
+        model: the encoder-decoder (or its DDP wrapper).
+        batch: :func:`~attnkit.training.seq2seq_data.make_batch`'s ``input_ids`` (B, S),
+            ``attention_mask`` (B, S) and ``labels`` (B, T), on the model's device.
+        smoothing: the label smoothing (0.0: none).
+
+    Returns:
+        ``(loss, count)``: the 0-d summed loss and the number of labels not -100.
+
+    Example:
+        >>> loss, count = loss_sum(model, make_batch(examples, pad_id=0), smoothing=0.1)
+    """
     labels = batch["labels"]
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
     count = int((labels != -100).sum())
@@ -99,7 +131,22 @@ def _count(batches: list[list[Example]]) -> int:
 def validation_loss(
     raw: EncoderDecoder, data: Seq2SeqData, max_tokens: int, d: distributed.Dist, dtype: str
 ) -> dict[str, float]:
-    """Mean cross-entropy and perplexity over the validation examples."""
+    """Mean cross-entropy and perplexity over the validation examples (no label smoothing,
+    no autograd), in batches of at most ``max_tokens`` padded tokens.
+
+    Args:
+        raw: the unwrapped encoder-decoder.
+        data: the run's data (``data.val``).
+        max_tokens: the padded-token cap of a batch.
+        d: this process's place in the process group (its device).
+        dtype: ``train.dtype``.
+
+    Returns:
+        ``{"loss": ..., "perplexity": ...}``.
+
+    Example:
+        >>> validation_loss(model, data, 4096, Dist(), "float32")["loss"]
+    """
     from attnkit.text.batching import token_batches
 
     was = raw.training
@@ -120,7 +167,22 @@ def validation_loss(
 def decode_scores(
     raw: EncoderDecoder, data: Seq2SeqData, split: str, cfg: RunConfig
 ) -> dict[str, Any]:
-    """BLEU and chrF of the first ``train.eval_sentences`` sources of ``split``, decoded."""
+    """BLEU and chrF of the first ``train.eval_sentences`` sources of ``split``, decoded
+    with ``train.eval_num_beams`` beams.
+
+    Args:
+        raw: the unwrapped encoder-decoder.
+        data: the run's data (``data.texts``).
+        split: "validation" or "test".
+        cfg: the run config.
+
+    Returns:
+        The scores with ``sentences``, ``decode_seconds`` and the first ``example``; empty
+        when the split has no texts or ``train.eval_sentences`` is 0.
+
+    Example:
+        >>> decode_scores(model, data, "validation", cfg)["bleu"]
+    """
     from attnkit.generation.translate import translate
     from attnkit.text.scores import translation_scores
 
@@ -149,7 +211,21 @@ def pretrain_seq2seq(
     cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
     """:func:`attnkit.training.loop.pretrain` for an encoder-decoder (same arguments, same
-    output directory, the summary with BLEU/chrF added for pairs)."""
+    output directory, the summary with BLEU/chrF added for pairs). ``pretrain`` calls
+    it for ``model.arch = "encdec"`` after checking the config.
+
+    Args:
+        cfg: the run config.
+        out: the output directory.
+        resume: continue the run in ``out`` from its latest complete checkpoint.
+        overwrite: replace the run in ``out``.
+
+    Returns:
+        The summary (also written to ``out/summary.json``).
+
+    Example:
+        >>> pretrain_seq2seq(build(read_file(find_config("translate-bible-en-es")), []), "runs/t")
+    """
 
     t_start = time.perf_counter()
     out = Path(out)

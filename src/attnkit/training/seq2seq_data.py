@@ -46,7 +46,20 @@ Example = tuple[list[int], list[int]]
 
 @dataclass
 class Seq2SeqData:
-    """Tokenizer, examples and held-out texts of an encoder-decoder run."""
+    """Tokenizer, examples and held-out texts of an encoder-decoder run, made by
+    :func:`prepare`.
+
+    ``objective`` is "seq2seq" (pairs) or "denoise" (span corruption); ``train`` and ``val``
+    are (source ids, target ids) examples, eos included (for "denoise", ``train`` holds each
+    window twice, for its lengths, and the windows to corrupt are in ``windows``); ``texts``
+    holds the held-out (source, reference) texts by split ("validation", "test") for
+    BLEU/chrF; ``left_out`` counts the training pairs over the length caps; ``name`` is the
+    corpus's.
+
+    Example:
+        >>> Seq2SeqData("seq2seq", tok, train=[([5, 9, 1], [7, 1])], val=[]).left_out
+        0
+    """
 
     objective: str  # "seq2seq" | "denoise"
     tok: Tokenizer
@@ -60,7 +73,22 @@ class Seq2SeqData:
 
 
 def special_id(tok: Tokenizer, token: str) -> int:
-    """The id of a special token the run's tokenizer must have."""
+    """The id of a special token the run's tokenizer must have.
+
+    Args:
+        tok: the run's tokenizer.
+        token: the token, e.g. ``"</s>"``.
+
+    Returns:
+        Its id.
+
+    Raises:
+        ValueError: the tokenizer has no such token.
+
+    Example:
+        >>> special_id(data.tok, EOS)
+        1
+    """
     tid = tok.token_to_id(token)
     if tid is None:
         raise ValueError(f"the tokenizer has no {token!r} token; expected one made for this run")
@@ -68,12 +96,35 @@ def special_id(tok: Tokenizer, token: str) -> int:
 
 
 def sentinel_ids(tok: Tokenizer) -> list[int]:
+    """The ids of the 100 span-corruption sentinels ``<extra_id_0>`` ... ``<extra_id_99>``.
+
+    Args:
+        tok: a tokenizer made for a "denoise" run.
+
+    Returns:
+        The ids, in sentinel order.
+
+    Raises:
+        ValueError: the tokenizer lacks a sentinel.
+
+    Example:
+        >>> sentinel_ids(data.tok)[:2]  # [2, 3]: right after <pad> and </s>
+    """
     return [special_id(tok, s) for s in SENTINELS]
 
 
 def is_pairs(spec: str) -> bool:
     """True for a parallel corpus (``bible:...``, a .tsv, a .jsonl of source/target objects);
-    False for plain text (a corpus name, .txt, a .jsonl of "text" objects, a directory)."""
+    False for plain text (a corpus name, .txt, a .jsonl of "text" objects, a directory).
+    A .jsonl file is judged by its first object; a missing one counts as pairs.
+
+    Args:
+        spec: ``data.corpus``.
+
+    Example:
+        >>> is_pairs("bible:en-es"), is_pairs("shakespeare")
+        (True, False)
+    """
     return spec.startswith("bible:") or (spec.endswith((".tsv", ".jsonl")) and _has_pairs(spec))
 
 
@@ -99,7 +150,16 @@ def _has_pairs(spec: str) -> bool:
 
 
 def caps(cfg: RunConfig) -> tuple[int, int]:
-    """(max source, max target) tokens, eos included."""
+    """(max source, max target) tokens, eos included: ``data.max_source_len`` and
+    ``data.max_target_len``, 0 meaning ``model.max_seq_len`` (512 when unset).
+
+    Args:
+        cfg: the run config.
+
+    Example:
+        >>> caps(build({"model": {"max_seq_len": 128}}, [("data.max_target_len", 64)]))
+        (128, 64)
+    """
     limit = int(cfg.model.get("max_seq_len", 512))
     return cfg.data.max_source_len or limit, cfg.data.max_target_len or limit
 
@@ -113,7 +173,23 @@ def _cut(ids: list[int], cap: int) -> list[int]:
 
 
 def prepare(cfg: RunConfig, cache: Any) -> Seq2SeqData:
-    """Load and tokenise the corpus of ``cfg`` (tokenizer cached under ``cache``)."""
+    """Load and tokenise the corpus of ``cfg`` (tokenizer cached under ``cache``): pairs for
+    "seq2seq", windows of ``train.block_size`` tokens for "denoise" (see the module docstring).
+
+    Args:
+        cfg: the run config (``data.*``, ``model.max_seq_len``, ``train.block_size``).
+        cache: the cache directory for the trained tokenizer.
+
+    Returns:
+        The :class:`Seq2SeqData`.
+
+    Raises:
+        ValueError: ``data.tokenizer`` is not "bpe", no training pair fits the caps, the
+            windows do not fit ``max_source_len`` once corrupted, or the corpus is too short.
+
+    Example:
+        >>> data = prepare(build(read_file(find_config("translate-bible-en-es")), []), cache_dir())
+    """
     from attnkit.text.tokenizers import build_tokenizer
 
     if cfg.data.tokenizer != "bpe":
@@ -204,14 +280,46 @@ def _corrupt(window: list[int], sentinels: list[int], eos: int, gen, cfg: RunCon
 
 
 def make_batch(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Source ids and mask (B, S) and labels (B, T), -100 on padding."""
+    """Source ids and mask (B, S) and labels (B, T), -100 on padding.
+
+    Args:
+        examples: (source ids, target ids) pairs.
+        pad_id: the id that pads the sources.
+
+    Returns:
+        ``{"input_ids": (B, S), "attention_mask": (B, S), "labels": (B, T)}``, with S and T
+        the longest source and target.
+
+    Example:
+        >>> make_batch([([5, 6, 1], [7, 1]), ([5, 1], [8, 9, 1])], pad_id=0)["labels"]
+        tensor([[   7,    1, -100],
+                [   8,    9,    1]])
+    """
     ids, mask = pad_batch([s for s, _ in examples], pad_id, always_mask=True)
     labels, _ = pad_batch([t for _, t in examples], IGNORE_INDEX)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}  # type: ignore[dict-item]
 
 
 class ExampleBatches:
-    """Token-count batches of ``examples``, epoch after epoch, from a resumable position."""
+    """Token-count batches of ``data.train``, epoch after epoch, from a resumable position.
+
+    Each epoch's batches (at most ``max_tokens`` padded tokens, like lengths together) are
+    drawn in an order seeded by ``seed`` and the epoch; a step takes ``per_step`` of them and
+    an epoch's leftover batches, fewer than a step, are skipped.
+
+    Args:
+        data: the run's data.
+        max_tokens: the padded-token cap of a batch (``train.batch_tokens``).
+        seed: the seed of the batch order (and of span corruption).
+        per_step: batches per step (processes x ``train.grad_accum``).
+        cfg: the run config, needed for "denoise" (its span corruption settings).
+
+    Raises:
+        ValueError: an epoch makes fewer than ``per_step`` batches.
+
+    Example:
+        >>> batches = ExampleBatches(data, max_tokens=4096, seed=1, per_step=1)
+    """
 
     def __init__(
         self,
@@ -241,14 +349,36 @@ class ExampleBatches:
 
     @property
     def position(self) -> list[int]:
+        """``[epoch, cursor]``: where the next step starts, as a checkpoint saves it.
+
+        Example:
+            >>> ExampleBatches(data, 4096, seed=1, per_step=1).position
+            [0, 0]
+        """
         return [self.epoch, self.cursor]
 
     def seek(self, position: list[int]) -> None:
+        """Continue from ``position`` (a saved :attr:`position`): the same batches follow.
+
+        Args:
+            position: ``[epoch, cursor]``.
+
+        Example:
+            >>> batches.seek(state["data_position"])
+        """
         self.epoch, self.cursor = int(position[0]), int(position[1])
         self._order = None
 
     def next_step(self) -> list[list[Example]]:
-        """The ``per_step`` batches of the next step (all ranks' micro-batches, in order)."""
+        """The ``per_step`` batches of the next step (all ranks' micro-batches, in order);
+        "denoise" windows are corrupted now.
+
+        Returns:
+            ``per_step`` lists of (source ids, target ids) examples.
+
+        Example:
+            >>> batch = make_batch(batches.next_step()[0], pad_id=0)
+        """
         if self.cursor + self.per_step > len(self._batches()):
             self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
         picked = self._batches()[self.cursor : self.cursor + self.per_step]

@@ -51,7 +51,13 @@ HEAD_FOR = {"gpt": "lm", "bert": "mlm"}  # the head pre-training trains
 @dataclass
 class WarmStart:
     """What a run takes from ``init_from``: the source model, its tokenizer (truncation off:
-    it tokenizes whole corpora) and the model config the run builds."""
+    it tokenizes whole corpora) and the model config the run builds. Made by
+    :func:`warm_start`.
+
+    Example:
+        >>> m = load("runs/char")
+        >>> warm = WarmStart(Path("runs/char"), m, m.meta.tokenizer, m.config)
+    """
 
     source: Path
     model: ModelBase
@@ -59,13 +65,38 @@ class WarmStart:
     config: ModelConfig
 
     def load_into(self, model: ModelBase) -> None:
-        """Copy the checkpoint's weights into ``model`` (built from :attr:`config`)."""
+        """Copy the checkpoint's weights into ``model`` (built from :attr:`config`).
+
+        Args:
+            model: the run's freshly built model.
+
+        Example:
+            >>> warm.load_into(build_model(warm.config))
+        """
         model.load_state_dict(self.model.state_dict())
 
 
 def model_config(cfg: RunConfig, source: ModelConfig, where: Path) -> ModelConfig:
     """The checkpoint's config with the run config's :data:`OVERRIDABLE` fields applied; any
-    other ``[model]`` key that differs is a ValueError naming the key and both values."""
+    other ``[model]`` key that differs is a ValueError naming the key and both values.
+
+    Args:
+        cfg: the run config (its ``[model]`` keys and ``train.block_size``).
+        source: the checkpoint's model config.
+        where: the checkpoint's directory, for messages.
+
+    Returns:
+        The config the run builds.
+
+    Raises:
+        ValueError: a ``[model]`` key differs from the checkpoint outside :data:`OVERRIDABLE`,
+            the checkpoint lacks the pre-training head (lm for GPT, mlm for BERT), or
+            ``train.block_size`` exceeds its ``max_seq_len``.
+
+    Example:
+        >>> model_config(build({"model": {"dropout": 0.1}}, []), ckpt.config, where).dropout
+        0.1
+    """
     changes = {}
     wrong: list[tuple[str, object, object]] = []
     for key, value in cfg.model.items():
@@ -112,7 +143,23 @@ def model_config(cfg: RunConfig, source: ModelConfig, where: Path) -> ModelConfi
 
 def warm_start(cfg: RunConfig, resuming: bool) -> WarmStart | None:
     """The checkpoint named by ``train.init_from``, or None when it is empty or the run
-    resumes from a checkpoint of its own (``resuming``)."""
+    resumes from a checkpoint of its own (``resuming``).
+
+    Args:
+        cfg: the run config (``train.init_from`` and the ``[model]`` keys).
+        resuming: the run resumes from its own checkpoint, so ``init_from`` is ignored.
+
+    Returns:
+        The :class:`WarmStart`, or None.
+
+    Raises:
+        TypeError: ``train.init_from`` is not a string.
+        ValueError: the checkpoint cannot be found, has no tokenizer, or does not fit the run
+            config (:func:`model_config`).
+
+    Example:
+        >>> warm_start(build({}, [("train.init_from", "runs/char")]), resuming=False).source
+    """
     name = cfg.train.init_from
     if not isinstance(name, str):
         raise TypeError(f"train.init_from must be a str (a directory), got {name!r}")
