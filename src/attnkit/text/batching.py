@@ -58,6 +58,17 @@ def chunked(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
     Lazy: a list is yielded as soon as its ``size`` items have been read, and nothing beyond
     them is read first, so a stream (``sys.stdin``) is handled a chunk at a time, in memory
     bounded by ``size``, with results written while later input has not arrived yet.
+
+    Args:
+        items: any iterable, read once.
+        size: the most items per list, at least 1.
+
+    Raises:
+        ValueError: ``size`` is not a positive int.
+
+    Example:
+        >>> list(chunked(range(5), 2))
+        [[0, 1], [2, 3], [4]]
     """
     checks.positive_int("size", size)
     it = iter(items)
@@ -68,13 +79,26 @@ def chunked(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
 @dataclass(frozen=True)
 class Batch:
     """One padded batch: rows ``index`` of the input, ``ids`` (B, T) and ``attention_mask``
-    (B, T), 1 = real token, or None when no row is padded."""
+    (B, T), 1 = real token, or None when no row is padded.
+
+    Example:
+        >>> b = Batch([0], torch.tensor([[2, 7, 3]]), None)
+        >>> b.ids.shape
+        torch.Size([1, 3])
+    """
 
     index: list[int]
     ids: torch.Tensor
     attention_mask: torch.Tensor | None
 
     def to(self, device: torch.device | str) -> Batch:
+        """A copy with ``ids`` (B, T) and ``attention_mask`` (B, T) moved to ``device`` (the
+        same ``index``).
+
+        Example:
+            >>> batch.to("cuda").ids.device
+            device(type='cuda', index=0)
+        """
         mask = None if self.attention_mask is None else self.attention_mask.to(device)
         return Batch(self.index, self.ids.to(device), mask)
 
@@ -92,6 +116,23 @@ def length_batches(
     into batches. With it: a random permutation cut into pools of ``pool * batch_size`` items,
     each pool sorted by length and cut into batches, and the batches put in random order (all
     drawn from ``generator``, so equal generators give equal batches in every process).
+
+    Args:
+        lengths: the length of each item (token count).
+        batch_size: the most indices per batch.
+        shuffle: random pools and batch order (for training) instead of one sorted order.
+        generator: the source of the random draws with ``shuffle``.
+        pool: batches per pool with ``shuffle``.
+
+    Returns:
+        Lists of indices into ``lengths``; every index once.
+
+    Raises:
+        ValueError: ``batch_size`` or ``pool`` is not a positive int.
+
+    Example:
+        >>> length_batches([3, 2, 5], batch_size=2)
+        [[2, 0], [1]]
     """
     checks.positive_int("batch_size", batch_size)
     checks.positive_int("pool", pool)
@@ -123,6 +164,22 @@ def token_batches(
     lengths in a random order drawn from ``generator``) and cut greedily, so neighbours in a
     batch have equal or next-to-equal lengths and little padding; with ``shuffle`` the batches
     are then put in random order (equal generators give equal batches in every process).
+
+    Args:
+        lengths: per item a tuple of lengths, one per side (the same number of sides for all).
+        max_tokens: the most padded tokens per batch.
+        shuffle: random order of ties and of the batches (for training).
+        generator: the source of the random draws with ``shuffle``.
+
+    Returns:
+        Lists of indices into ``lengths``; every index once.
+
+    Raises:
+        ValueError: ``max_tokens`` is not a positive int.
+
+    Example:
+        >>> token_batches([(3, 4), (2, 2), (5, 1)], max_tokens=8)
+        [[2], [0, 1]]
     """
     checks.positive_int("max_tokens", max_tokens)
     n = len(lengths)
@@ -150,7 +207,24 @@ def pad_batch(
     seqs: Sequence[Sequence[int]], pad_id: int = 0, *, always_mask: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Right-padded ids (B, T) to the longest sequence and the attention mask (B, T), 1 on real
-    tokens; the mask is None when nothing is padded (unless ``always_mask``)."""
+    tokens; the mask is None when nothing is padded (unless ``always_mask``).
+
+    Args:
+        seqs: B token-id sequences, at least one of them non-empty.
+        pad_id: the id written after the end of a shorter sequence.
+        always_mask: return a mask even when no sequence is padded.
+
+    Returns:
+        ``(ids, attention_mask)``: int64 (B, T) tensors, T the longest length.
+
+    Raises:
+        ValueError: ``seqs`` is empty or holds only empty sequences.
+
+    Example:
+        >>> ids, mask = pad_batch([[2, 7, 3], [2, 3]], pad_id=0)
+        >>> ids.tolist(), mask.tolist()
+        ([[2, 7, 3], [2, 3, 0]], [[1, 1, 1], [1, 1, 0]])
+    """
     if not seqs:
         raise ValueError("pad_batch got no sequences; expected at least one")
     lengths = [len(s) for s in seqs]
@@ -175,7 +249,24 @@ def padded_batches(
     generator: torch.Generator | None = None,
     pool: int = 50,
 ) -> Iterator[Batch]:
-    """:func:`length_batches` of ``seqs``, each padded by :func:`pad_batch`."""
+    """:func:`length_batches` of ``seqs``, each padded by :func:`pad_batch`.
+
+    Args:
+        seqs: the token ids of each text.
+        batch_size: the most sequences per batch.
+        pad_id: the padding id.
+        shuffle: as :func:`length_batches` (random pools and order, for training).
+        generator: the source of the random draws with ``shuffle``.
+        pool: batches per pool with ``shuffle``.
+
+    Returns:
+        Each batch as a :class:`Batch`, in the order of :func:`length_batches`, with ``index``
+            the rows of ``seqs``, ``ids`` (B, T) and ``attention_mask`` (B, T) or None.
+
+    Example:
+        >>> [b.index for b in padded_batches([[2, 7, 3], [2, 3], [2, 9, 9, 9, 3]], batch_size=2)]
+        [[2, 0], [1]]
+    """
     for idx in length_batches([len(s) for s in seqs], batch_size, shuffle, generator, pool):
         ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
         yield Batch(idx, ids, mask)
@@ -191,7 +282,26 @@ def map_batches(
     progress: str | None = None,
 ) -> torch.Tensor:
     """``fn`` on length-sorted padded batches (moved to ``device``); its (B, ...) results
-    stacked in the input order, (N, ...). ``progress``: a tqdm bar with this description."""
+    stacked in the input order, (N, ...).
+
+    Args:
+        seqs: N token-id sequences.
+        batch_size: the most sequences per batch.
+        fn: maps a :class:`Batch` to a (B, ...) tensor, one row per sequence of the batch.
+        pad_id: the padding id.
+        device: where each batch is moved before ``fn`` (default: left on the CPU).
+        progress: a tqdm bar with this description (None: no bar).
+
+    Returns:
+        (N, ...) tensor, row i the result for ``seqs[i]``, on the device of ``fn``'s results.
+
+    Raises:
+        ValueError: ``seqs`` is empty.
+
+    Example:
+        >>> map_batches([[2, 7, 3], [2, 3]], 2, lambda b: b.ids.sum(1, keepdim=True)).shape
+        torch.Size([2, 1])
+    """
     n = len(seqs)
     if n == 0:
         raise ValueError("map_batches got no sequences; expected at least one")
@@ -219,7 +329,12 @@ def map_batches(
 class PackedBatch:
     """Sequences packed into rows: ``ids`` (R, T); ``document_ids`` (R, T), 1.. for the
     sequences of a row and 0 on padding; ``attention_mask`` (R, T), 1 = real token;
-    ``rows[i]`` the (row, start, length) of input sequence i."""
+    ``rows[i]`` the (row, start, length) of input sequence i.
+
+    Example:
+        >>> pack_sequences([[2, 7, 3], [2, 3], [5, 5, 5, 5]], max_tokens=6).rows
+        [(1, 0, 3), (0, 4, 2), (0, 0, 4)]
+    """
 
     ids: torch.Tensor
     document_ids: torch.Tensor
@@ -230,7 +345,27 @@ class PackedBatch:
 def pack_sequences(seqs: Sequence[Sequence[int]], max_tokens: int, pad_id: int = 0) -> PackedBatch:
     """Pack ``seqs`` into as few rows of at most ``max_tokens`` tokens as first-fit by
     decreasing length finds. Pass ``document_ids`` to the model so each sequence attends only
-    to itself and its positions start at 0 (see ``Bert.hidden_states``)."""
+    to itself and its positions start at 0 (see ``Bert.hidden_states``).
+
+    Args:
+        seqs: the token ids of each sequence, each at most ``max_tokens`` long.
+        max_tokens: the length of a row.
+        pad_id: the id after the last sequence of a row.
+
+    Returns:
+        The R packed rows as a :class:`PackedBatch`: ``ids``, ``document_ids`` and
+            ``attention_mask`` (R, T), T the longest row's token count, and each sequence's
+            (row, start, length).
+
+    Raises:
+        ValueError: ``seqs`` is empty, a sequence is longer than ``max_tokens``, or
+            ``max_tokens`` is not a positive int.
+
+    Example:
+        >>> p = pack_sequences([[2, 7, 3], [2, 3], [5, 5, 5, 5]], max_tokens=6)
+        >>> p.ids.tolist()
+        [[5, 5, 5, 5, 2, 3], [2, 7, 3, 0, 0, 0]]
+    """
     checks.positive_int("max_tokens", max_tokens)
     if not seqs:
         raise ValueError("pack_sequences got no sequences; expected at least one")

