@@ -72,10 +72,21 @@ __all__ = [
 
 
 class HasModel(Protocol):
-    """Anything that holds an attnkit model as ``.model`` (a sentence Encoder, say)."""
+    """Anything that holds an attnkit model as ``.model`` (a sentence Encoder, say).
+
+    Example:
+        >>> encoder = Encoder.load("minilm")  # holds its Bert as .model: a HasModel
+        >>> with capture(encoder, layers=[0]) as maps:
+        ...     encoder.encode(["he swung the bat"])
+    """
 
     @property
-    def model(self) -> nn.Module: ...
+    def model(self) -> nn.Module:
+        """The attnkit model held.
+
+        Example:
+            >>> encoder.model  # the Bert inside a sentence Encoder
+        """
 
 
 # what capture and the other functions here take: a model, or something holding one
@@ -97,6 +108,11 @@ class AttentionMaps:
     sources: per layer, how the weights were obtained ("exact", "local", "bigbird", "lsh").
     info: per layer, extra data (for ``lsh``: the hash buckets (B, H, n_hashes, T)).
     calls: per layer, how many times it ran inside the context.
+
+    Example:
+        >>> with capture(model, layers=[0, 3]) as maps:
+        ...     model(input_ids)
+        >>> maps.weights[0].shape  # (B, H, Tq, Tk) for layer maps.layers[0]
     """
 
     layers: list[int]
@@ -118,13 +134,34 @@ class AttentionMaps:
                 setattr(self, name, [dict() if name == "info" else fill for _ in range(n)])
 
     def index(self, layer: int) -> int:
-        """Position of model layer ``layer`` in ``weights``."""
+        """Position of model layer ``layer`` in ``weights``.
+
+        Args:
+            layer: a model layer index.
+
+        Raises:
+            ValueError: the layer was not captured.
+
+        Example:
+            >>> AttentionMaps(layers=[0, 3], heads=[0, 1]).index(3)
+            1
+        """
         if layer not in self.layers:
             raise ValueError(f"layer {layer!r} was not captured; captured layers: {self.layers}")
         return self.layers.index(layer)
 
     def dense(self, layer: int) -> Tensor:
-        """(B, H, Tq, Tk) dense weights of model layer ``layer`` (zeros where top-k dropped)."""
+        """(B, H, Tq, Tk) dense weights of model layer ``layer`` (zeros where top-k dropped).
+
+        Args:
+            layer: a captured model layer index.
+
+        Raises:
+            ValueError: the layer was not captured, or did not run inside the context.
+
+        Example:
+            >>> maps.dense(3).shape  # (B, H, Tq, Tk)
+        """
         w = self.weights[self.index(layer)]
         if w is None:
             raise ValueError(
@@ -136,7 +173,19 @@ class AttentionMaps:
         """The self-contained viewer page (:func:`attnkit.inspect.html.render_viewer`) of one
         batch element, with the head statistics table unless ``with_stats`` is False.
 
-        Example: ``page = maps.viewer_page(title="layer 0")``
+        The token texts are ``tokens``, or the positions when none were given.
+
+        Args:
+            batch: the batch element shown.
+            title: the page's title.
+            with_stats: include the head statistics table
+                (:func:`~attnkit.inspect.stats.head_stats`).
+
+        Returns:
+            The HTML page.
+
+        Example:
+            >>> page = maps.viewer_page(title="layer 0")
         """
         from attnkit.inspect.html import render_viewer
         from attnkit.inspect.stats import head_stats
@@ -155,14 +204,33 @@ class AttentionMaps:
     def show(self, batch: int = 0, title: str = "", height: int = 640) -> None:
         """Display the viewer of one batch element inline in Jupyter (needs IPython).
 
-        Example: ``maps.show(title="he swung the bat")``
+        Args:
+            batch: the batch element shown.
+            title: the page's title.
+            height: the iframe's height in CSS pixels.
+
+        Raises:
+            ImportError: IPython is not installed.
+
+        Example:
+            >>> maps.show(title="he swung the bat")
         """
         from attnkit.inspect.display import show_html, viewer_iframe
 
         show_html(viewer_iframe(self.viewer_page(batch, title), height))
 
     def stacked(self, batch: int = 0) -> list[Tensor]:
-        """Dense (H, Tq, Tk) maps of one batch element, one per captured layer."""
+        """Dense (H, Tq, Tk) maps of one batch element, one per captured layer.
+
+        Args:
+            batch: the batch element.
+
+        Raises:
+            ValueError: ``batch`` is outside the batch, or a layer did not run.
+
+        Example:
+            >>> [w.shape for w in maps.stacked(0)]  # one (H, Tq, Tk) per layer
+        """
         out = []
         for layer in self.layers:
             w = self.dense(layer)
@@ -221,7 +289,21 @@ def _unavailable_reason(layer: MultiHeadAttention) -> str | None:
 
 
 def unavailable_layers(model: Inspectable) -> dict[int, str]:
-    """Layers whose attention has no weights to capture (linear, performer), with the reason."""
+    """Layers whose attention has no weights to capture (linear, performer), with the reason.
+
+    Args:
+        model: an attnkit model, or something holding one as ``.model``.
+
+    Returns:
+        Model layer index -> why its weights cannot be captured (empty when all can).
+
+    Raises:
+        ValueError: ``model`` is neither.
+
+    Example:
+        >>> unavailable_layers(model)  # {} for exact attention
+        {}
+    """
     out = {}
     for i, layer in enumerate(attention_layers(_unwrap(model))):
         reason = _unavailable_reason(layer)
@@ -325,7 +407,27 @@ def capture(
     tokens: Sequence[str] | None = None,
 ) -> Iterator[AttentionMaps]:
     """Record the attention weights of ``layers`` (default all) and ``heads`` (default all) of
-    ``model`` during the forward passes run inside the context. See the module docstring."""
+    ``model`` during the forward passes run inside the context. See the module docstring.
+
+    Args:
+        model: an attnkit model, or something holding one as ``.model``.
+        layers: model layer indices to capture (None: all).
+        heads: query head indices to keep, the same for every layer (None: all).
+        top_k: keep only the ``top_k`` largest weights of each query row (None: dense).
+        tokens: the token strings, kept in ``maps.tokens`` for display.
+
+    Yields:
+        The :class:`AttentionMaps`, filled in as the captured layers run.
+
+    Raises:
+        ValueError: a bad layer or head index, a ``top_k`` < 1, ``tokens`` not a list of str,
+            a layer with no weights to capture (:func:`unavailable_layers`), or a layer
+            already being captured.
+
+    Example:
+        >>> with capture(model, layers=[0, 3], top_k=8) as maps:
+        ...     model(input_ids)
+    """
     all_layers = attention_layers(_unwrap(model))
     layer_ids = _index_list("layers", layers, len(all_layers), "layer")
     if layer_ids is None:
@@ -367,7 +469,17 @@ def capture_overhead(
     """Time ``model(*args, **kwargs)`` plain and inside ``capture(model)`` (all layers, all
     heads), interleaved, ``rounds`` times each after one warm-up, under ``torch.no_grad``.
 
-    Returns {"plain_s", "capture_s" (best round of each), "ratio", "rounds"}.
+    Args:
+        model: an attnkit model, or something holding one as ``.model``.
+        *args: positional arguments of the forward pass, e.g. the (batch, seq) token ids.
+        rounds: timed rounds of each.
+        **kwargs: keyword arguments of the forward pass.
+
+    Returns:
+        ``{"plain_s", "capture_s"`` (best round of each), ``"ratio", "rounds"}``.
+
+    Example:
+        >>> capture_overhead(model, input_ids, rounds=3)["ratio"]
     """
     positive_int("rounds", rounds)
     net = _unwrap(model)

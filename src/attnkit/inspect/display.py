@@ -27,10 +27,15 @@ _counter = itertools.count()
 def viewer_iframe(page: str, height: int = 640) -> str:
     """The viewer ``page`` (a full HTML document) as one ``<iframe srcdoc="...">`` element.
 
-    page: an HTML document, e.g. from :func:`~attnkit.inspect.html.render_viewer`.
-    height: the iframe's height in CSS pixels (its width is the cell's).
+    Args:
+        page: an HTML document, e.g. from :func:`~attnkit.inspect.html.render_viewer`.
+        height: the iframe's height in CSS pixels (its width is the cell's), at least 50.
 
-    Example: ``viewer_iframe(render_viewer(tokens, maps.stacked(), maps.layers, maps.heads))``
+    Raises:
+        ValueError: an empty or non-string ``page``, or a ``height`` that is not an int >= 50.
+
+    Example:
+        >>> viewer_iframe(render_viewer(tokens, maps.stacked(), maps.layers, maps.heads))
     """
     if not isinstance(page, str) or not page:
         raise ValueError(f"page must be a non-empty HTML string, got {type(page).__name__}")
@@ -49,7 +54,14 @@ def show_html(fragment: str) -> Any:
     """Display an HTML ``fragment`` through IPython (in Jupyter); without IPython, raise an
     ``ImportError`` saying so and what to use instead.
 
-    Example: ``show_html(viewer_iframe(page))``
+    Args:
+        fragment: the HTML to display.
+
+    Raises:
+        ImportError: IPython is not installed.
+
+    Example:
+        >>> show_html(viewer_iframe(page))
     """
     try:
         from IPython.display import HTML, display

@@ -331,17 +331,30 @@ def render_viewer(
 ) -> str:
     """The viewer page for one input as an HTML string.
 
-    tokens: the token texts, one per position (shown as text, never as HTML).
-    weights: one (H, T, T) tensor of attention probabilities per layer in ``layers``, for one
-        batch element; ``H`` is ``len(heads)`` (already selected) or all of the layer's heads
-        (``heads`` then picks among them by index). Rows may be top-k sparse (zeros).
-    layers, heads: the layer and head numbers the maps belong to (labels in the page).
-    stats: per-head rows, dicts with ``"layer"``, ``"head"``, numeric metrics and ``"labels"``
-        (a list of str); shown as a sortable table.
-    rollout: a (T, T) attention-rollout matrix, or None.
-    mass: per row, keep the largest weights until they hold this share of the row's sum.
-    max_entries: at most this many weights per row (at most 255); by default the largest
-        number that keeps the page under ``max_bytes``.
+    Args:
+        tokens: the token texts, one per position (shown as text, never as HTML).
+        weights: one (H, T, T) tensor of attention probabilities per layer in ``layers``, for
+            one batch element; ``H`` is ``len(heads)`` (already selected) or all of the layer's
+            heads (``heads`` then picks among them by index). Rows may be top-k sparse (zeros).
+        layers: the layer numbers the maps belong to (labels in the page).
+        heads: the head numbers the maps belong to (labels in the page).
+        stats: per-head rows, dicts with ``"layer"``, ``"head"``, numeric metrics and
+            ``"labels"`` (a list of str); shown as a sortable table.
+        rollout: a (T, T) attention-rollout matrix, or None.
+        title: the page's title (HTML-escaped).
+        mass: per row, keep the largest weights until they hold this share of the row's sum,
+            in (0, 1].
+        max_entries: at most this many weights per row (at most 255); by default the largest
+            number that keeps the page under ``max_bytes``.
+        max_bytes: the page size aimed at when ``max_entries`` is None.
+
+    Raises:
+        ValueError: tokens, maps, layers, heads, stats or rollout that do not fit together or
+            are malformed (the message says which), or a bad ``mass``, ``max_entries`` or
+            ``max_bytes``.
+
+    Example:
+        >>> page = render_viewer(tokens, maps.stacked(), maps.layers, maps.heads, title="bat")
     """
     tokens = _check_tokens(tokens)
     layers = _int_list("layers", layers)
@@ -431,8 +444,25 @@ def write_viewer(
 ) -> Path:
     """Write the viewer page (see :func:`render_viewer`) to ``path``, atomically; returns the path.
 
-    Parent folders are created. ``options`` (``mass``, ``max_entries``, ``max_bytes``) go to
-    :func:`render_viewer`.
+    Parent folders are created.
+
+    Args:
+        path: the HTML file to write (not a directory).
+        tokens: the token texts, one per position.
+        weights: one (H, T, T) tensor per layer in ``layers``.
+        layers: the layer numbers the maps belong to.
+        heads: the head numbers the maps belong to.
+        stats: per-head rows for the statistics table, or None.
+        rollout: a (T, T) attention-rollout matrix, or None.
+        title: the page's title.
+        **options: ``mass``, ``max_entries`` or ``max_bytes``, passed to :func:`render_viewer`.
+
+    Raises:
+        ValueError: ``path`` is a directory, or :func:`render_viewer` refuses the data.
+
+    Example:
+        >>> write_viewer("viewer.html", tokens, maps.stacked(), maps.layers, maps.heads)
+        PosixPath('viewer.html')
     """
     path = Path(path)
     if path.is_dir():

@@ -103,7 +103,20 @@ def plot_head(
 ) -> Path:
     """Write :func:`head_figure` as a PNG at ``path``; returns the path.
 
-    Example: ``plot_head(maps.stacked()[0][3], tokens, "head.png")``
+    Args:
+        weights: (Tq, Tk) weights of one head (dense or sparse).
+        tokens: the Tk key tokens (the queries are the last Tq of them).
+        path: the PNG to write.
+        title: the plot's title.
+        query_tokens: the Tq query tokens, when they are not the last Tq keys.
+
+    Raises:
+        ValueError: ``weights`` not a non-empty finite (Tq, Tk) tensor, or tokens of the wrong
+            length.
+
+    Example:
+        >>> plot_head(maps.stacked()[0][3], tokens, "head.png")
+        PosixPath('head.png')
     """
     return _save(head_figure(weights, tokens, title, query_tokens), path)
 
@@ -117,7 +130,18 @@ def head_figure(
     """Heatmap of one head: ``weights`` (Tq, Tk), ``tokens`` the Tk keys (and the queries, the
     last Tq of them, unless ``query_tokens`` is given). Returns the Figure.
 
-    Example: ``fig = head_figure(maps.stacked()[0][3], tokens)``
+    Args:
+        weights: (Tq, Tk) weights of one head (dense or sparse).
+        tokens: the Tk key tokens.
+        title: the plot's title.
+        query_tokens: the Tq query tokens, when they are not the last Tq keys.
+
+    Raises:
+        ValueError: ``weights`` not a non-empty finite (Tq, Tk) tensor, or tokens of the wrong
+            length.
+
+    Example:
+        >>> fig = head_figure(maps.stacked()[0][3], tokens)
     """
     w = _matrix(weights, "weights", 2)
     tq, tk = w.shape
@@ -164,7 +188,20 @@ def plot_layer(
 ) -> Path:
     """Write :func:`layer_figure` as a PNG at ``path``; returns the path.
 
-    Example: ``plot_layer(maps.stacked()[0], tokens, "layer0.png")``
+    Args:
+        weights: (H, Tq, Tk) weights of one layer (dense or sparse).
+        tokens: the Tk key tokens.
+        path: the PNG to write.
+        title: the figure's title.
+        heads: the head number of each panel (default 0..H-1).
+
+    Raises:
+        ValueError: ``weights`` not a non-empty finite (H, Tq, Tk) tensor, or ``tokens`` or
+            ``heads`` of the wrong length.
+
+    Example:
+        >>> plot_layer(maps.stacked()[0], tokens, "layer0.png")
+        PosixPath('layer0.png')
     """
     return _save(layer_figure(weights, tokens, title, heads), path)
 
@@ -176,9 +213,20 @@ def layer_figure(
     heads: Sequence[int] | None = None,
 ) -> Figure:
     """Every head of one layer, ``weights`` (H, Tq, Tk), as a grid; ``heads`` names the panels
-    (default 0..H-1). Returns the Figure.
+    (default 0..H-1). Returns the Figure. Panels get token labels only up to 24 tokens.
 
-    Example: ``fig = layer_figure(maps.stacked()[0], tokens)``
+    Args:
+        weights: (H, Tq, Tk) weights of one layer (dense or sparse).
+        tokens: the Tk key tokens.
+        title: the figure's title.
+        heads: the head number of each panel (default 0..H-1).
+
+    Raises:
+        ValueError: ``weights`` not a non-empty finite (H, Tq, Tk) tensor, or ``tokens`` or
+            ``heads`` of the wrong length.
+
+    Example:
+        >>> fig = layer_figure(maps.stacked()[0], tokens, heads=maps.heads)
     """
     w = _matrix(weights, "weights", 3)
     H, tq, tk = w.shape
@@ -213,7 +261,18 @@ def plot_rollout(
 ) -> Path:
     """Write :func:`rollout_figure` as a PNG at ``path``; returns the path.
 
-    Example: ``plot_rollout(inspect.rollout(maps), tokens, "rollout.png")``
+    Args:
+        matrix: a (T, T) rollout or flow matrix (rows may be the last of the T tokens).
+        tokens: the T input tokens.
+        path: the PNG to write.
+        title: the plot's title.
+
+    Raises:
+        ValueError: ``matrix`` not a non-empty finite 2-d tensor, or tokens of the wrong length.
+
+    Example:
+        >>> plot_rollout(inspect.rollout(maps), tokens, "rollout.png")
+        PosixPath('rollout.png')
     """
     return _save(rollout_figure(matrix, tokens, title), path)
 
@@ -226,7 +285,16 @@ def rollout_figure(
     """Heatmap of a (T, T) rollout or flow matrix: row i = output token, column j = input token.
     Returns the Figure.
 
-    Example: ``fig = rollout_figure(inspect.rollout(maps), tokens)``
+    Args:
+        matrix: a (T, T) rollout or flow matrix (rows may be the last of the T tokens).
+        tokens: the T input tokens.
+        title: the plot's title.
+
+    Raises:
+        ValueError: ``matrix`` not a non-empty finite 2-d tensor, or tokens of the wrong length.
+
+    Example:
+        >>> fig = rollout_figure(inspect.rollout(maps), tokens)
     """
     m = _matrix(matrix, "matrix", 2)
     t = _check_tokens(tokens, m.shape[1], "input")

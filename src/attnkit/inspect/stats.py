@@ -84,7 +84,19 @@ FLOW_MAX_NODES = 256
 class Rule:
     """``label`` when ``metric >= threshold`` (and, with ``over_uniform``, also at least that
     multiple of the uniform-attention value of the metric), unless a label in ``unless``
-    was given first."""
+    was given first.
+
+    Args:
+        label: the label given.
+        metric: the statistic tested (a key of a :func:`head_stats` row).
+        threshold: the least value of ``metric``.
+        over_uniform: also the least multiple of the metric's uniform-attention value.
+        unless: labels that, given by an earlier rule, prevent this one.
+
+    Example:
+        >>> label_head({"prev": 0.9}, [Rule("previous-token head", "prev", 0.5)])[0]
+        ['previous-token head']
+    """
 
     label: str
     metric: str
@@ -206,7 +218,22 @@ def _per_head(w: Tensor, tokens: Sequence[str] | None) -> dict[str, Tensor]:
 
 
 def label_head(row: dict, rules: Sequence[Rule] = RULES) -> tuple[list[str], list[str]]:
-    """(labels, reasons) of one head from its statistics (and '<metric>_uniform' values)."""
+    """(labels, reasons) of one head from its statistics (and '<metric>_uniform' values).
+
+    Rules are tried in order; a missing or NaN statistic passes no rule, and a rule with
+    ``over_uniform`` needs the metric's '<metric>_uniform' value.
+
+    Args:
+        row: the head's statistics, metric name -> value.
+        rules: the rules to try.
+
+    Returns:
+        The labels given, and one reason per label naming the numbers and thresholds.
+
+    Example:
+        >>> label_head({"prev": 0.9})
+        (['previous-token head'], ['previous-token head: prev 0.90 >= 0.50'])
+    """
     labels, why = [], []
     for rule in rules:
         value = row.get(rule.metric)
@@ -229,7 +256,16 @@ class HeadStats(list):
     """The rows of :func:`head_stats` (a plain list of dicts), remembering the maps they were
     computed from, so that Jupyter shows them in the viewer (``_repr_html_``, :meth:`show`).
 
-    Example: ``rows = head_stats(maps); rows.show()``
+    Args:
+        rows: the rows, one dict per (layer, head).
+        maps: one (H, Tq, Tk) map per layer.
+        tokens: the key tokens, or None (the viewer shows positions).
+        layers: the model layer index of each map.
+        heads: the query heads of the maps (None: 0..H-1).
+
+    Example:
+        >>> rows = head_stats(maps)
+        >>> rows.show()
     """
 
     def __init__(
@@ -249,7 +285,14 @@ class HeadStats(list):
     def viewer_page(self, title: str = "") -> str:
         """The viewer page of the maps, opened on its head statistics table.
 
-        Example: ``page = head_stats(maps).viewer_page()``
+        Args:
+            title: the page's title.
+
+        Raises:
+            ValueError: the statistics hold no maps.
+
+        Example:
+            >>> page = head_stats(maps).viewer_page(title="layer 0")
         """
         from attnkit.inspect.html import render_viewer
 
@@ -269,7 +312,15 @@ class HeadStats(list):
     def show(self, title: str = "", height: int = 640) -> None:
         """Display the viewer inline in Jupyter (needs IPython).
 
-        Example: ``head_stats(maps).show()``
+        Args:
+            title: the page's title.
+            height: the iframe's height in CSS pixels.
+
+        Raises:
+            ImportError: IPython is not installed.
+
+        Example:
+            >>> head_stats(maps).show()
         """
         from attnkit.inspect.display import show_html, viewer_iframe
 
@@ -287,10 +338,25 @@ def head_stats(
     """One row per (layer, head): its statistics (see the module docstring), ``labels`` and
     ``why`` (the numbers and thresholds behind each label, '; '-separated).
 
-    weights: an :class:`~attnkit.inspect.capture.AttentionMaps` (its ``tokens``, ``layers`` and
-    ``heads`` are used unless given; ``batch`` picks the sequence), or a list of (H, Tq, Tk)
-    maps, one per layer (``layers`` default 0.., ``heads`` default 0..H-1).
-    tokens: the Tk key tokens, for the token-kind masses (else those are None).
+    Args:
+        weights: an :class:`~attnkit.inspect.capture.AttentionMaps` (its ``tokens``, ``layers``
+            and ``heads`` are used unless given; ``batch`` picks the sequence), or a list of
+            (H, Tq, Tk) maps, one per layer.
+        tokens: the Tk key tokens, for the token-kind masses (else those are None).
+        layers: the model layer index of each map (default 0..).
+        heads: the head index of each map's H heads (default 0..H-1).
+        batch: the batch element of an AttentionMaps.
+        rules: the labelling rules (:func:`label_head`).
+
+    Returns:
+        The rows, ``{"layer", "head", <metric>..., "labels", "why"}``, layer by layer.
+
+    Raises:
+        ValueError: no maps, a map that is not (H, Tq, Tk) of finite weights >= 0, or
+            ``layers``, ``heads`` or ``tokens`` of the wrong length.
+
+    Example:
+        >>> head_stats(maps)[0]["labels"]  # e.g. ['previous-token head']
     """
     from attnkit.inspect.capture import AttentionMaps
 
@@ -357,7 +423,17 @@ def _layer_maps(weights: AttentionMaps | Sequence[Tensor], batch: int) -> list[T
 
 
 def residual_attention(w: Tensor, residual: float = 0.5) -> Tensor:
-    """(H, T, T) -> (T, T): residual * I + (1 - residual) * mean over heads, rows summing to 1."""
+    """(H, T, T) -> (T, T): residual * I + (1 - residual) * mean over heads, rows summing to 1.
+
+    Args:
+        w: (H, T, T) weights of one layer.
+        residual: the weight of the identity (the residual connection).
+
+    Example:
+        >>> residual_attention(torch.full((2, 2, 2), 0.5))
+        tensor([[0.7500, 0.2500],
+                [0.2500, 0.7500]])
+    """
     a = w.mean(0)
     a = residual * torch.eye(a.shape[0], dtype=a.dtype) + (1.0 - residual) * a
     return a / a.sum(-1, keepdim=True)
@@ -368,8 +444,19 @@ def rollout(
 ) -> Tensor:
     """Attention rollout (T, T) float32: row i is how much output token i draws on input token j.
 
-    weights: AttentionMaps (all heads of consecutive layers, first layer first) or a list of
-    (H, T, T) maps, one per layer.
+    Args:
+        weights: AttentionMaps (all heads of consecutive layers, first layer first) or a list of
+            (H, T, T) maps, one per layer.
+        residual: the weight of the identity mixed into each layer (:func:`residual_attention`),
+            in [0, 1].
+        batch: the batch element of an AttentionMaps.
+
+    Raises:
+        ValueError: ``residual`` outside [0, 1], no maps, or maps that are not (H, T, T) of
+            one T.
+
+    Example:
+        >>> rollout(maps)[-1]  # what the last token draws on each input token
     """
     residual = in_range("residual", residual, 0.0, 1.0, high_open=False)
     maps = _layer_maps(weights, batch)  # not empty
@@ -381,7 +468,21 @@ def rollout(
 
 def max_flow(capacity: Any, source: int, sink: int) -> float:
     """Maximum flow from ``source`` to ``sink`` in the graph whose (V, V) ``capacity`` matrix holds
-    the capacity of edge u -> v at [u, v] (Dinic's algorithm)."""
+    the capacity of edge u -> v at [u, v] (Dinic's algorithm).
+
+    Args:
+        capacity: (V, V) finite capacities >= 0 (a tensor, an array or nested lists).
+        source: the source node index.
+        sink: the sink node index, not ``source``.
+
+    Raises:
+        ValueError: a capacity matrix that is not square or holds a negative or non-finite
+            value, a node index outside [0, V), or ``source == sink``.
+
+    Example:
+        >>> max_flow([[0, 2, 1], [0, 0, 1], [0, 0, 0]], 0, 2)
+        2.0
+    """
     cap = np.array(
         capacity.detach().cpu() if isinstance(capacity, Tensor) else capacity, dtype=np.float64
     )
@@ -457,8 +558,22 @@ def attention_flow(
     """Attention flow (T, T) float32: [i, j] is the maximum flow from input token j to output
     token i through the layered graph of the residual-mixed maps (see the module docstring).
 
-    One max-flow per (i, j) pair: small inputs only; more than ``max_tokens`` tokens or
-    ``max_nodes`` graph nodes is a ValueError.
+    One max-flow per (i, j) pair: small inputs only.
+
+    Args:
+        weights: AttentionMaps (all heads of consecutive layers, first layer first) or a list of
+            (H, T, T) maps, one per layer.
+        residual: the weight of the identity mixed into each layer, in [0, 1].
+        batch: the batch element of an AttentionMaps.
+        max_tokens: the most tokens T allowed.
+        max_nodes: the most graph nodes, (layers + 1) * T, allowed.
+
+    Raises:
+        ValueError: more than ``max_tokens`` tokens or ``max_nodes`` nodes, or bad maps or
+            ``residual`` (as :func:`rollout`).
+
+    Example:
+        >>> attention_flow(maps).shape  # (T, T) for T <= 32 tokens
     """
     residual = in_range("residual", residual, 0.0, 1.0, high_open=False)
     maps = _layer_maps(weights, batch)

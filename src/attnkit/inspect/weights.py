@@ -72,6 +72,24 @@ def layer_weights(
     Returns (B, H', Tq, Tk) float32 (float64 for float64 inputs), or with ``top_k`` the pair
     (values, indices), each (B, H', Tq, min(top_k, Tk)), largest first. Computed a block of query
     rows at a time (at most ``ROW_BLOCK_SCORES`` scores alive).
+
+    Args:
+        q: (B, H, Tq, D) queries.
+        k: (B, Hkv, Tk, D) keys, H a multiple of Hkv.
+        causal: query at position p sees keys 0..p.
+        window: sliding window: each query sees the ``window`` most recent keys, itself
+            included.
+        alibi: subtract the ALiBi distance penalty of H heads.
+        valid_key_mask: bool (B, Tk); True = real token, False = padding.
+        document_ids: int (B, Tk); queries see only keys of their own document.
+        mask: bool, broadcastable to (B, H, Tq, Tk); True = may attend.
+        heads: the query heads to compute (None: all), giving H'.
+        top_k: keep only the ``top_k`` largest weights of each row.
+        scale: score scale, default 1/sqrt(D).
+
+    Example:
+        >>> layer_weights(torch.randn(1, 4, 8, 16), torch.randn(1, 2, 8, 16), causal=True).shape
+        torch.Size([1, 4, 8, 8])
     """
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
@@ -137,7 +155,24 @@ def lsh_weights(
     top_k: int | None,
 ) -> tuple[Tensor | tuple[Tensor, Tensor], Tensor]:
     """The weights LSH attention uses: shared-QK softmax over the union of the keys each query
-    sees in any hash round. Returns (weights or (values, indices), buckets (B, H', nh, T))."""
+    sees in any hash round (keys normalised, no query attends to itself unless it sees no
+    other key).
+
+    Args:
+        var: the layer's LSH attention kernel (its hashing and chunk size).
+        q: (B, H, T, D) shared queries and keys.
+        valid_key_mask: bool (B, T); True = real token, False = padding; or None.
+        causal: a query sees only earlier keys.
+        head_idx: int (H',) indices of the heads computed.
+        top_k: keep only the ``top_k`` largest weights of each row (None: dense).
+
+    Returns:
+        (weights (B, H', T, T), or (values, indices) each (B, H', T, min(top_k, T))), and the
+        hash buckets (B, H', n_hashes, T).
+
+    Example:
+        >>> w, buckets = lsh_weights(kernel, q, None, True, torch.arange(q.shape[1]), None)
+    """
     B, _, T, D = q.shape
     qs = q.index_select(1, head_idx)  # (B, H', T, D), the model's dtype (as the variant hashes)
     Hs = qs.shape[1]
@@ -178,7 +213,17 @@ def lsh_weights(
 
 
 def to_sparse(values: Tensor, indices: Tensor, tk: int) -> Tensor:
-    """(B, H, Tq, k) values and key indices -> sparse COO (B, H, Tq, Tk)."""
+    """(B, H, Tq, k) values and key indices -> sparse COO (B, H, Tq, Tk), coalesced.
+
+    Args:
+        values: (B, H, Tq, k) weights.
+        indices: (B, H, Tq, k) key index of each weight.
+        tk: the number of keys Tk.
+
+    Example:
+        >>> values, indices = layer_weights(q, k, top_k=2)
+        >>> to_sparse(values, indices, k.shape[2]).shape  # (B, H, Tq, Tk)
+    """
     B, H, Tq, kk = values.shape
     grid = torch.meshgrid(
         *(torch.arange(n, device=values.device) for n in (B, H, Tq, kk)), indexing="ij"
