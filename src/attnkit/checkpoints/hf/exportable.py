@@ -39,7 +39,16 @@ def _allowed(value: Any) -> tuple[Any, ...]:
 
 
 def misses(arch: Architecture, cfg: ModelConfig) -> dict[str, tuple[Any, ...]]:
-    """Fields of ``cfg`` that ``arch`` cannot hold -> the values it can."""
+    """Fields of ``cfg`` that ``arch`` cannot hold -> the values it can (with ``n_kv_heads``
+    held to ``n_heads`` unless the architecture is grouped-query).
+
+    Args:
+        arch: the HF architecture.
+        cfg: the model's config.
+
+    Example:
+        >>> misses(llama.ARCHITECTURE, get_preset("tiny"))["positional"]  # ('rope',)
+    """
     need = {k: _allowed(v) for k, v in arch.exportable.items()}
     if not arch.grouped_kv:
         need["n_kv_heads"] = (cfg.n_heads,)
@@ -88,7 +97,15 @@ def nearest_shipped_config(
     cfg: ModelConfig, archs: Sequence[Architecture]
 ) -> tuple[str, Architecture] | None:
     """(name, architecture) of the shipped config of ``cfg.arch`` that exports and differs
-    from ``cfg`` in the fewest fields (ties: the first name); None when none exports."""
+    from ``cfg`` in the fewest fields (ties: the first name); None when none exports.
+
+    Args:
+        cfg: the model's config.
+        archs: the architectures an export may use.
+
+    Example:
+        >>> nearest_shipped_config(get_preset("tiny"), archs)[0]  # 'gpt-shakespeare-char'
+    """
     best: tuple[int, str, Architecture] | None = None
     names = [f.name for f in dataclasses.fields(ModelConfig)]
     for name, (other, _given) in _shipped_configs(cfg.vocab_size).items():
@@ -103,7 +120,18 @@ def nearest_shipped_config(
 
 def choose(cfg: ModelConfig, archs: Sequence[Architecture]) -> Architecture:
     """The first of ``archs`` that holds ``cfg``; else a ValueError saying, field by field,
-    why none does and what exports instead."""
+    why none does and what exports instead.
+
+    Args:
+        cfg: the model's config.
+        archs: the architectures to try, in order.
+
+    Raises:
+        ValueError: if none holds ``cfg`` (the message is the module docstring's).
+
+    Example:
+        >>> choose(get_preset("tiny-llama"), list(ARCHITECTURES.values())).model_type  # 'llama'
+    """
     found = _exports(cfg, archs)
     if found is not None:
         return found

@@ -52,6 +52,22 @@ KEYMAP = KeyMap(
 
 
 def config_from_hf(hf: Mapping[str, Any], path: Path, head: str, has_pooler: bool) -> ModelConfig:
+    """The :class:`~attnkit.models.config.ModelConfig` of an HF GPT-2 config.json: a pre-norm
+    GPT with learned positions (``"bias": false`` gives a bias-free model).
+
+    Args:
+        hf: the parsed HF config.json.
+        path: the config's file, named in errors.
+        head: the attnkit head, "none" or "lm".
+        has_pooler: unused (GPT-2 has no pooler); part of the common signature.
+
+    Raises:
+        CheckpointError: for a missing key or a setting attnkit cannot hold (scaled or
+            reordered attention, a non-bool ``bias``, an unknown activation).
+
+    Example:
+        >>> config_from_hf(read_json(path), path, "lm", False).positional  # 'learned'
+    """
     for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
         if hf.get(key):
             raise CheckpointError(f"{path}: {key}=True is not supported; expected False")
@@ -83,6 +99,15 @@ def config_from_hf(hf: Mapping[str, Any], path: Path, head: str, has_pooler: boo
 
 
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """The HF GPT-2 config.json (a dict) of an exportable attnkit GPT config.
+
+    Args:
+        cfg: the model's config, of a layout GPT-2 holds
+            (:func:`~attnkit.checkpoints.hf.exportable.choose`).
+
+    Example:
+        >>> config_to_hf(get_preset("tiny"))["architectures"]  # ['GPT2LMHeadModel']
+    """
     return {
         "model_type": "gpt2",
         "architectures": [KEYMAP.hf_class[cfg.head]],

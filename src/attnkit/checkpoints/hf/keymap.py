@@ -39,7 +39,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Rule:
-    """HF name(s) -> attnkit name. Several HF names are concatenated along dim 0."""
+    """HF name(s) -> attnkit name. Several HF names are concatenated along dim 0.
+
+    ``hf`` is one HF name or a tuple of them (stacked in that order), ``ours`` the attnkit
+    state_dict name, ``transpose`` whether the tensor is transposed on the way (GPT-2's
+    ``Conv1D``); ``{i}`` in the names stands for the layer index.
+
+    Example:
+        >>> Rule("h.{i}.attn.c_attn.weight", "blocks.{i}.attn.qkv_proj.weight", transpose=True)
+    """
 
     hf: str | tuple[str, ...]
     ours: str
@@ -47,17 +55,35 @@ class Rule:
 
     @property
     def hf_names(self) -> tuple[str, ...]:
+        """The HF name(s) as a tuple, one entry for a single name.
+
+        Example:
+            >>> Rule("wte.weight", "embed.tok.weight").hf_names  # ('wte.weight',)
+        """
         return self.hf if isinstance(self.hf, tuple) else (self.hf,)
 
     @property
     def op(self) -> str:
+        """``"concat"`` when several HF names stack into the attnkit tensor, else ``"copy"``.
+
+        Example:
+            >>> Rule(("q.weight", "k.weight", "v.weight"), "qkv_proj.weight").op  # 'concat'
+        """
         return "concat" if len(self.hf_names) > 1 else "copy"
 
 
 @dataclass(frozen=True)
 class KeyMap:
     """The key map of one architecture: per-model rules, per-layer rules (with ``{i}``),
-    rules per head, HF keys that are never converted, and the HF prefix of each head's class."""
+    rules per head, HF keys that are never converted, and the HF prefix of each head's class.
+
+    ``ignore`` holds regular expressions on HF names (after the prefix is removed);
+    ``prefix`` is the backbone's prefix inside task models (``"bert."``, ``"transformer."``);
+    ``hf_class`` maps an attnkit head to the HF class name.
+
+    Example:
+        >>> gpt2.KEYMAP.prefix  # 'transformer.'
+    """
 
     model: tuple[Rule, ...]
     layer: tuple[Rule, ...]
@@ -67,7 +93,17 @@ class KeyMap:
     hf_class: dict[str, str] = field(default_factory=dict)  # attnkit head -> HF class
 
     def backbone_rules(self, n_layer: int, has_pooler: bool) -> list[Rule]:
-        """Rules for the backbone (HF names under ``prefix`` in task models)."""
+        """Rules for the backbone (HF names under ``prefix`` in task models): the per-model
+        rules, the layer rules written out for layers 0..n_layer-1, and the pooler's.
+
+        Args:
+            n_layer: the number of layers.
+            has_pooler: add the ``"pooler"`` head's rules.
+
+        Example:
+            >>> len(gpt2.KEYMAP.backbone_rules(2, False))  # 4 + 2 * 12
+            28
+        """
         out = list(self.model)
         for i in range(n_layer):
             out += [
@@ -85,17 +121,42 @@ class KeyMap:
         return out
 
     def head_rules(self, head: str) -> list[Rule]:
-        """Rules for a task head (HF names outside the backbone prefix)."""
+        """Rules for a task head (HF names outside the backbone prefix); none for
+        ``"pooler"`` (part of the backbone) or a head the map lacks.
+
+        Args:
+            head: the attnkit head, e.g. "lm", "mlm" or "classification".
+
+        Example:
+            >>> gpt2.KEYMAP.head_rules("lm")  # [Rule(hf='lm_head.weight', ...)]
+        """
         return list(self.heads.get(head, ())) if head != "pooler" else []
 
 
 def linear_rules(hf: str, ours: str, transpose: bool = False) -> tuple[Rule, Rule]:
-    """Weight and bias of a linear layer."""
+    """Weight and bias of a linear layer (only the weight is transposed).
+
+    Args:
+        hf: the HF layer's name.
+        ours: the attnkit layer's name.
+        transpose: transpose the weight (GPT-2's ``Conv1D``).
+
+    Example:
+        >>> linear_rules("h.{i}.mlp.c_fc", "blocks.{i}.mlp.up", transpose=True)  # (weight, bias)
+    """
     return (Rule(f"{hf}.weight", f"{ours}.weight", transpose), Rule(f"{hf}.bias", f"{ours}.bias"))
 
 
 def norm_rules(hf: str, ours: str) -> tuple[Rule, Rule]:
-    """Weight and bias of a LayerNorm."""
+    """Weight and bias of a LayerNorm.
+
+    Args:
+        hf: the HF norm's name.
+        ours: the attnkit norm's name.
+
+    Example:
+        >>> norm_rules("ln_f", "norm")[0]  # Rule(hf='ln_f.weight', ours='norm.weight', ...)
+    """
     return (Rule(f"{hf}.weight", f"{ours}.weight"), Rule(f"{hf}.bias", f"{ours}.bias"))
 
 
@@ -110,7 +171,17 @@ ACTIVATIONS_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 
 
 def config_value(hf: Mapping[str, Any], key: str, path: Path, default: Any = ...) -> Any:
-    """``hf[key]``; without a ``default`` a missing key is a CheckpointError naming it."""
+    """``hf[key]``; without a ``default`` a missing key is a CheckpointError naming it.
+
+    Args:
+        hf: the parsed HF config.json.
+        key: the key to read.
+        path: the config's file, named in the error.
+        default: the value of a missing key; left out: a missing key is an error.
+
+    Example:
+        >>> config_value({"n_layer": 12}, "n_layer", path)  # 12
+    """
     if key in hf:
         return hf[key]
     if default is ...:
@@ -119,7 +190,19 @@ def config_value(hf: Mapping[str, Any], key: str, path: Path, default: Any = ...
 
 
 def activation(name: Any, key: str, path: Path) -> str:
-    """The attnkit ``mlp`` for HF activation ``name`` (read from config key ``key``)."""
+    """The attnkit ``mlp`` for HF activation ``name`` (read from config key ``key``).
+
+    Args:
+        name: the HF activation name, e.g. "gelu_new".
+        key: the config key it was read from, named in the error.
+        path: the config's file, named in the error.
+
+    Raises:
+        CheckpointError: for an activation not in :data:`ACTIVATIONS`.
+
+    Example:
+        >>> activation("gelu_new", "activation_function", path)  # 'gelu_tanh'
+    """
     if name not in ACTIVATIONS:
         raise CheckpointError(
             f"{path}: {key}={name!r} is not supported; expected one of {sorted(ACTIVATIONS)}"
@@ -129,7 +212,16 @@ def activation(name: Any, key: str, path: Path) -> str:
 
 @dataclass(frozen=True)
 class Architecture:
-    """One HF ``model_type``: its key map, its config translations and what export needs."""
+    """One HF ``model_type``: its key map, its config translations and what export needs.
+
+    ``exportable`` maps a ModelConfig field to the value a model must have to be exported,
+    or a tuple of the values it may have; ``grouped_kv`` says the architecture holds fewer
+    key/value heads than query heads; ``zero_bias`` that every bias exists in HF (a
+    bias-free model is exported with zero biases).
+
+    Example:
+        >>> gpt2.ARCHITECTURE.model_type, gpt2.ARCHITECTURE.arch  # ('gpt2', 'gpt')
+    """
 
     model_type: str  # HF model_type ("bert", "gpt2")
     arch: str  # ModelConfig.arch it maps to

@@ -87,6 +87,23 @@ def _rope_theta(hf: Mapping[str, Any], path: Path) -> float:
 
 
 def config_from_hf(hf: Mapping[str, Any], path: Path, head: str, has_pooler: bool) -> ModelConfig:
+    """The :class:`~attnkit.models.config.ModelConfig` of an HF Llama config.json: a pre-norm
+    GPT with RoPE, RMSNorm and SwiGLU (grouped-query when ``num_key_value_heads`` is fewer).
+
+    Args:
+        hf: the parsed HF config.json.
+        path: the config's file, named in errors.
+        head: the attnkit head, "none" or "lm".
+        has_pooler: unused (Llama has no pooler); part of the common signature.
+
+    Raises:
+        CheckpointError: for a missing key or a setting attnkit cannot hold (an activation
+            other than silu, differing attention and MLP biases, another head_dim, scaled
+            RoPE).
+
+    Example:
+        >>> config_from_hf(read_json(path), path, "lm", False).positional  # 'rope'
+    """
     act = hf.get("hidden_act", "silu")
     if act != "silu":
         raise CheckpointError(
@@ -133,6 +150,16 @@ def config_from_hf(hf: Mapping[str, Any], path: Path, head: str, has_pooler: boo
 
 
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """The HF Llama config.json (a dict) of an exportable attnkit GPT config (RoPE, RMSNorm,
+    SwiGLU), with the RoPE base under both the new and the old key.
+
+    Args:
+        cfg: the model's config, of a layout Llama holds
+            (:func:`~attnkit.checkpoints.hf.exportable.choose`).
+
+    Example:
+        >>> config_to_hf(get_preset("tiny-llama"))["architectures"]  # ['LlamaForCausalLM']
+    """
     return {
         "model_type": "llama",
         "architectures": [KEYMAP.hf_class[cfg.head]],

@@ -38,10 +38,32 @@ KEYMAP = Seq2SeqKeyMap(
 
 
 def config_from_hf(hf: Mapping[str, Any], path: Path) -> EncDecConfig:
+    """The :class:`~attnkit.models.encdec_config.EncDecConfig` of an HF Marian config.json:
+    BART's fields with sinusoidal positions and no LayerNorm after the embeddings.
+
+    Args:
+        hf: the parsed HF config.json.
+        path: the config's file, named in errors.
+
+    Raises:
+        CheckpointError: as :func:`~attnkit.checkpoints.hf.bart.bart_like`.
+
+    Example:
+        >>> config_from_hf(read_json(path), path).positional  # 'sinusoidal'
+    """
     return EncDecConfig(**bart_like(hf, path), positional="sinusoidal", embed_norm=False)
 
 
 def config_to_hf(cfg: EncDecConfig) -> dict[str, Any]:
+    """The HF Marian config.json (a dict) of an exportable attnkit encoder-decoder config, with
+    one vocabulary shared by encoder and decoder.
+
+    Args:
+        cfg: the encoder-decoder's config, of Marian's layout.
+
+    Example:
+        >>> config_to_hf(get_encdec_preset("tiny-marian"))["model_type"]  # 'marian'
+    """
     out = bart_like_to_hf(cfg, "marian", KEYMAP.hf_class)
     out["decoder_vocab_size"] = cfg.vocab_size
     out["share_encoder_decoder_embeddings"] = True

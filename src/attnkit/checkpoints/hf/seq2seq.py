@@ -48,7 +48,20 @@ _ACTIVATIONS_TO_HF = {**ACTIVATIONS_TO_HF, "silu": "swish"}
 
 
 def activation(name: Any, key: str, path: Path) -> str:
-    """The attnkit ``mlp`` for HF activation ``name`` (read from config key ``key``)."""
+    """The attnkit ``mlp`` for HF activation ``name`` (read from config key ``key``): those of
+    :data:`~attnkit.checkpoints.hf.keymap.ACTIVATIONS`, plus swish and silu (Marian's).
+
+    Args:
+        name: the HF activation name, e.g. "swish".
+        key: the config key it was read from, named in the error.
+        path: the config's file, named in the error.
+
+    Raises:
+        CheckpointError: for an activation attnkit does not have.
+
+    Example:
+        >>> activation("swish", "activation_function", path)  # 'silu'
+    """
     if name not in _ACTIVATIONS:
         raise CheckpointError(
             f"{path}: {key}={name!r} is not supported; expected one of {sorted(_ACTIVATIONS)}"
@@ -57,6 +70,18 @@ def activation(name: Any, key: str, path: Path) -> str:
 
 
 def activation_to_hf(mlp: str, model_type: str) -> str:
+    """The HF activation name for attnkit ``mlp`` (silu is written as swish).
+
+    Args:
+        mlp: the attnkit config's ``mlp``.
+        model_type: the HF model_type, named in the error.
+
+    Raises:
+        ValueError: for an ``mlp`` HF has no name for.
+
+    Example:
+        >>> activation_to_hf("silu", "marian")  # 'swish'
+    """
     if mlp not in _ACTIVATIONS_TO_HF:
         raise ValueError(
             f"mlp={mlp!r} cannot be exported as HF {model_type}; expected one of "
@@ -70,7 +95,11 @@ class Seq2SeqKeyMap:
     """Per-model rules, per-encoder-layer and per-decoder-layer rules (``{i}``: the layer),
     HF keys that are never converted (regular expressions), the HF class, and HF keys that
     hold copies of another key (``(copy, original)``: read only to check that they are equal,
-    since attnkit keeps one table)."""
+    since attnkit keeps one table).
+
+    Example:
+        >>> t5.KEYMAP.hf_class  # 'T5ForConditionalGeneration'
+    """
 
     model: tuple[Rule, ...]
     encoder_layer: tuple[Rule, ...]
@@ -80,7 +109,16 @@ class Seq2SeqKeyMap:
     copies: tuple[tuple[str, str], ...] = ()
 
     def rules(self, n_encoder: int, n_decoder: int) -> list[Rule]:
-        """Every rule, the layer rules written out for each layer."""
+        """Every rule, the layer rules written out for each layer: the per-model rules, then
+        the encoder's layers, then the decoder's.
+
+        Args:
+            n_encoder: the number of encoder layers.
+            n_decoder: the number of decoder layers.
+
+        Example:
+            >>> len(t5.KEYMAP.rules(2, 2))  # 39
+        """
 
         def expand(layer: tuple[Rule, ...], n: int) -> list[Rule]:
             return KeyMap((), layer, {}, (), "").backbone_rules(n, has_pooler=False)
@@ -94,7 +132,12 @@ class Seq2SeqKeyMap:
 
 @dataclass(frozen=True)
 class Seq2SeqArchitecture:
-    """One HF ``model_type``: its key map, its config translations and what export needs."""
+    """One HF ``model_type``: its key map, its config translations and what export needs
+    (``exportable``: EncDecConfig field -> the value a model must have to be exported).
+
+    Example:
+        >>> t5.ARCHITECTURE.exportable["positional"]  # 'relative'
+    """
 
     model_type: str
     keymap: Seq2SeqKeyMap
@@ -118,8 +161,26 @@ def convert_from_hf(
     source: str | Path = "<tensors>",
     config_path: str | Path | None = None,
 ) -> EncoderDecoder:
-    """The attnkit encoder-decoder described by an HF config, filled from HF tensors
-    (``config_path``: the config's file, named by config errors; default ``source``)."""
+    """The attnkit encoder-decoder described by an HF config, filled from HF tensors.
+
+    Every tensor is checked by shape against a meta-device model first; HF copies of a table
+    attnkit keeps once must equal it.
+
+    Args:
+        arch: the architecture of the config's ``model_type``.
+        tensors: HF state_dict, name -> tensor of the shape the HF model gives it, e.g.
+            ``shared.weight`` (vocab_size, d_model).
+        hf_cfg: the parsed HF config.json.
+        source: the weights' file, named in errors.
+        config_path: the config's file, named by config errors; default ``source``.
+
+    Raises:
+        CheckpointError: for a config that cannot be converted, keys and shapes that do not
+            fit it, or copies that differ.
+
+    Example:
+        >>> model = convert_from_hf(t5.ARCHITECTURE, read_tensors(weights), read_json(config))
+    """
     source = Path(source)
     cfg_source = Path(config_path) if config_path is not None else source
     try:
@@ -217,7 +278,18 @@ def to_hf_state_dict(
     arch: Seq2SeqArchitecture, model: EncoderDecoder
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(HF tensors, HF config) of an attnkit encoder-decoder of ``arch``'s layout; a config
-    field that layout cannot express is a ValueError naming it and the value it needs."""
+    field that layout cannot express is a ValueError naming it and the value it needs.
+
+    Args:
+        arch: the HF architecture to export as.
+        model: the attnkit encoder-decoder.
+
+    Raises:
+        ValueError: for a config field ``arch`` cannot express.
+
+    Example:
+        >>> tensors, hf_cfg = to_hf_state_dict(t5.ARCHITECTURE, build_model("tiny-t5"))
+    """
     cfg = model.config
     need = arch.exportable
     bad = {k: getattr(cfg, k) for k, v in need.items() if getattr(cfg, k) != v}

@@ -79,6 +79,20 @@ KEYMAP = Seq2SeqKeyMap(
 
 
 def config_from_hf(hf: Mapping[str, Any], path: Path) -> EncDecConfig:
+    """The :class:`~attnkit.models.encdec_config.EncDecConfig` of an HF T5 config.json:
+    pre-norm RMSNorm, no biases, unscaled scores and a relative position bias; untied
+    embeddings (T5 v1.1) give a separate LM head and no output scaling.
+
+    Args:
+        hf: the parsed HF config.json.
+        path: the config's file, named in errors.
+
+    Raises:
+        CheckpointError: for a missing key, a gated MLP or an unknown activation.
+
+    Example:
+        >>> config_from_hf(read_json(path), path).positional  # 'relative'
+    """
     proj = config_value(hf, "feed_forward_proj", path, "relu")
     if not isinstance(proj, str) or proj.startswith("gated-"):
         raise CheckpointError(
@@ -119,6 +133,18 @@ def config_from_hf(hf: Mapping[str, Any], path: Path) -> EncDecConfig:
 
 
 def config_to_hf(cfg: EncDecConfig) -> dict[str, Any]:
+    """The HF T5 config.json (a dict) of an exportable attnkit encoder-decoder config.
+
+    Args:
+        cfg: the encoder-decoder's config, of T5's layout.
+
+    Raises:
+        ValueError: if ``dropout`` and ``attn_dropout`` differ (HF T5 has one dropout_rate),
+            or for an ``mlp`` HF has no name for.
+
+    Example:
+        >>> config_to_hf(get_encdec_preset("tiny-t5"))["model_type"]  # 't5'
+    """
     if cfg.dropout != cfg.attn_dropout:
         raise ValueError(
             f"HF T5 has one dropout_rate; expected dropout == attn_dropout, got "
