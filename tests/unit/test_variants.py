@@ -1,5 +1,6 @@
 """Attention variants against float64 references written out here."""
 
+import dataclasses
 import math
 
 import pytest
@@ -603,13 +604,31 @@ def test_bench_targets_pass_and_fail():
     good = [row(n, 16384, 1.0, 2.0, 100, 5.0) for n in s.names] + [
         row(n, 65536, 4.0, 8.0, 2**30) for n in s.names
     ]
-    assert [c.passed for c in bench.evaluate_checks(good, s)] == [True, True, True]
+    assert [c.passed for c in bench.evaluate_checks(good, s)] == [True, None, True, True]
     slow = good[:-1] + [row("performer", 65536, 4.0, 11.0, 2**30)]  # fwd+bwd grew 5.5x
-    assert [c.passed for c in bench.evaluate_checks(slow, s)] == [False, True, True]
+    assert [c.passed for c in bench.evaluate_checks(slow, s)] == [False, None, True, True]
     big = good[:-1] + [row("performer", 65536, 4.0, 8.0, 3 * 2**30)]
-    assert [c.passed for c in bench.evaluate_checks(big, s)] == [True, False, True]
+    assert [c.passed for c in bench.evaluate_checks(big, s)] == [True, None, False, True]
     lagging = [row("lsh", 16384, 1.0, 2.0, 100, 3.9)] + good[1:]
-    assert [c.passed for c in bench.evaluate_checks(lagging, s)] == [True, True, False]
+    assert [c.passed for c in bench.evaluate_checks(lagging, s)] == [True, None, True, False]
+    # bigbird's growth from 4096 to 16384 is checked too, causal and bidirectional
+    s = dataclasses.replace(
+        s, names=["bigbird"], sizes=[4096, 16384, 65536], causal_modes=[True, False]
+    )
+
+    def bb(n, fwd, fb, causal):
+        r = row("bigbird", n, fwd, fb, 100)
+        r.causal = causal
+        return r
+
+    four = [bb(n, f, 2 * f, c) for c in (True, False) for n, f in ((4096, 1.0), (16384, 4.0))]
+    far = [bb(65536, 16.0, 32.0, c) for c in (True, False)]
+    checks = bench.evaluate_checks(four + far, s)
+    assert [c.key for c in checks][:2] == ["scaling", "bigbird_scaling"]
+    assert [c.passed for c in checks][:2] == [True, True]
+    assert "bigbird (bidirectional) fwd_bwd 4.00" in checks[1].measured
+    grew = four[:-1] + [bb(16384, 4.0, 10.2, False)] + far  # bidirectional fwd+bwd grew 5.1x
+    assert [c.passed for c in bench.evaluate_checks(grew, s)][:2] == [True, False]
     # growth is the median of per-round ratios: one quiet round at the small N does not fail it
     lo, hi = row("linear", 16384, 1.0, 2.0, 100), row("linear", 65536, 5.5, 11.0, 2**30)
     lo.samples = {"fwd": [1.0, 2.0, 2.0], "fwd_bwd": [2.0, 4.0, 4.0]}

@@ -115,6 +115,7 @@ SWEEP: dict[str, tuple[str | None, list[Any]]] = {
 
 TARGETS = {
     "scaling": "time(N=65536) / time(N=16384) <= 5, every variant, fwd and fwd+bwd (median of per-round ratios)",
+    "bigbird_scaling": "bigbird time(N=16384) / time(N=4096) <= 5 too, fwd and fwd+bwd, causal and bidirectional",
     "memory": "fwd+bwd peak memory < 3 GiB at N=65536, every variant",
     "speed": "lsh, performer, linear fwd+bwd >= 4x faster than exact causal SDPA fwd+bwd at N=16384",
 }
@@ -621,6 +622,23 @@ def evaluate_checks(rows: list[Row], s: VariantsSettings) -> list[Check]:
                     results.append(ratio <= 5)
                     parts.append(f"{label(name, causal)} {mode} {ratio:.2f}")
     checks.append(Check("scaling", TARGETS["scaling"], "; ".join(parts) or "-", verdict(results)))
+    parts, results = [], []
+    if "bigbird" in s.names:
+        for causal in s.causal_modes:
+            lo, hi = _find(rows, "bigbird", 4096, causal), _find(rows, "bigbird", 16384, causal)
+            for mode in MODES:
+                ratio = growth(lo, hi, mode)
+                if ratio is not None:
+                    results.append(ratio <= 5)
+                    parts.append(f"{label('bigbird', causal)} {mode} {ratio:.2f}")
+    checks.append(
+        Check(
+            "bigbird_scaling",
+            TARGETS["bigbird_scaling"],
+            "; ".join(parts) or "-",
+            verdict(results),
+        )
+    )
     # memory
     parts, results = [], []
     for causal in s.causal_modes:
