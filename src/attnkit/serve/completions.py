@@ -46,7 +46,7 @@ def chat_prompt(messages: list[Any]) -> str:
 
     Example:
         >>> chat_prompt([ChatMessage(role="user", content="Hi")])
-        'user: Hi\nassistant:'
+        'user: Hi\\nassistant:'
     """
     return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
 
@@ -87,7 +87,7 @@ class StopCutter:
             new: the text the latest token made printable.
 
         Example:
-            >>> StopCutter(("\nuser:",)).push("Hi there\nus")
+            >>> StopCutter(("\\nuser:",)).push("Hi there\\nus")
             'Hi there'
         """
         if self.stopped:
