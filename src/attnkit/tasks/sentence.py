@@ -47,6 +47,27 @@ class Encoder:
     activations with one scale per token
     (:func:`attnkit.native.int8.quantize_dynamic_int8`). On all-MiniLM-L6-v2 the embeddings
     of 2,048 Shakespeare lines keep a cosine of at least 0.99 to the float32 ones.
+
+    Args:
+        model: a BERT-family attnkit model (``config.arch="bert"``); put in eval mode and
+            moved to ``device``.
+        tokenizer: the tokenizer (default: ``model.meta.tokenizer``).
+        pooling: "mean" or "cls" (default: the model's rule).
+        max_length: tokens kept per text (at most ``config.max_seq_len``).
+        device: where the model runs (default: where its parameters are).
+        autocast: a dtype for mixed precision in the forward pass (e.g. ``torch.bfloat16``);
+            pooling stays float32. bfloat16 on a CPU without native support warns.
+        quantize: None or "int8" (see above).
+
+    Raises:
+        ValueError: ``model`` is not a BERT-family model, there is no tokenizer,
+            ``max_length`` is not a positive int, or ``quantize`` is neither None nor "int8"
+            or asks for int8 off the CPU or on a model that is not float32.
+
+    Example:
+        >>> enc = Encoder(attnkit.load("minilm"), max_length=128)
+        >>> enc.encode(["one", "two"]).shape
+        (2, 384)
     """
 
     def __init__(
@@ -110,7 +131,24 @@ class Encoder:
     ) -> Encoder:
         """From a known name ("minilm"), an attnkit directory or a (sentence-transformers)
         Hugging Face directory; its pooling and length are the ones the checkpoint declares.
-        ``quantize``: see the class docstring."""
+        ``quantize``: see the class docstring.
+
+        Args:
+            name_or_dir: a known name or a checkpoint directory.
+            device: where the model is loaded and runs.
+            quantize: None or "int8" (a float32 model on the CPU).
+            **kwargs: the other arguments of :class:`Encoder` (``pooling``, ``max_length``,
+                ``autocast``, ``tokenizer``).
+
+        Raises:
+            ValueError: the checkpoint is not a BERT-family model, or ``quantize`` does not
+                fit ``device``.
+
+        Example:
+            >>> enc = Encoder.load("minilm")
+            >>> enc.pooling, enc.max_length
+            ('mean', 256)
+        """
         from attnkit.checkpoints import load
 
         _check_quantize(quantize, device)
@@ -124,11 +162,22 @@ class Encoder:
 
     @property
     def dim(self) -> int:
+        """The width C of the vectors (the model's ``d_model``).
+
+        Example:
+            >>> Encoder.load("minilm").dim
+            384
+        """
         return self.model.config.d_model
 
     # ---------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text, cut at ``max_length``."""
+        """Token ids of each text, special tokens included, cut at ``max_length``, unpadded.
+
+        Example:
+            >>> enc.tokenize(["To be, or not to be"])
+            [[101, 2000, 2022, 1010, 2030, 2025, 2000, 2022, 102]]
+        """
         return encode_texts(self.tokenizer, texts, self.max_length)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -168,8 +217,22 @@ class Encoder:
     ):
         """One vector (C,) for a string, a matrix (N, C) for a list, in the input order.
 
-        ``normalize``: L2-normalise each vector (cosine similarity becomes a dot product).
-        ``convert_to``: "numpy" (float32 array) or "torch" (float32 tensor).
+        Args:
+            texts: one string, or a list of them (an empty list gives a (0, C) result).
+            batch_size: texts per forward pass.
+            normalize: L2-normalise each vector (cosine similarity becomes a dot product).
+            show_progress: a tqdm bar over the batches.
+            convert_to: "numpy" (float32 array) or "torch" (float32 tensor on the
+                encoder's device).
+
+        Raises:
+            TypeError: ``texts`` is bytes, a mapping or holds a non-string.
+            ValueError: a bad option, text that is not valid Unicode, or a vector that is not
+                finite.
+
+        Example:
+            >>> enc.encode("a sentence").shape, enc.encode(["one", "two"]).shape
+            ((384,), (2, 384))
         """
         if convert_to not in ("numpy", "torch"):
             raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
@@ -186,7 +249,20 @@ class Encoder:
     ) -> torch.Tensor:
         """:meth:`encode` of texts already tokenised (each as :meth:`tokenize` gives it, at
         most ``max_length`` ids): a float32 (N, C) tensor, in the input order. For a caller
-        that has the ids already (the server counts tokens before it queues a request)."""
+        that has the ids already (the server counts tokens before it queues a request).
+
+        Args:
+            ids: N token-id sequences, each of 1 to ``max_length`` ids.
+            batch_size: sequences per forward pass.
+            normalize: L2-normalise each vector.
+
+        Raises:
+            ValueError: a sequence is empty or longer than ``max_length``, or a bad option.
+
+        Example:
+            >>> enc.encode_ids(enc.tokenize(["one", "two"])).shape
+            torch.Size([2, 384])
+        """
         checks.positive_int("batch_size", batch_size)
         checks.flag("normalize", normalize)
         for i, seq in enumerate(ids):
@@ -210,13 +286,28 @@ class Encoder:
     def word_tokens(self, sentence: str, word: str, occurrence: int = 0) -> tuple[int, ...]:
         """Positions (in ``sentence``'s token ids, [CLS] included) of the sub-word pieces of
         ``word``'s ``occurrence``-th whole-word, case-insensitive match. ValueError naming the
-        word and the sentence when it is not there."""
+        word and the sentence when it is not there.
+
+        Args:
+            sentence: the text to look in.
+            word: the word to find (matched case-insensitively against whole words).
+            occurrence: which match, 0 = the first.
+
+        Example:
+            >>> enc.word_tokens("He swung the bat", "bat")
+            (4,)
+        """
         check_texts([sentence, word])
         enc = self.tokenizer.encode(sentence)
         return tuple(self._word_hits(enc, sentence, word, occurrence))
 
     def word_pieces(self, sentence: str, word: str, occurrence: int = 0) -> list[str]:
-        """The tokenizer's pieces of ``word`` in ``sentence`` (e.g. ["bat"] or ["swing", "##ing"])."""
+        """The tokenizer's pieces of ``word`` in ``sentence`` (e.g. ["bat"] or ["swing", "##ing"]).
+
+        Example:
+            >>> enc.word_pieces("He swung the bat", "bat")
+            ['bat']
+        """
         enc = self.tokenizer.encode(sentence)
         return [enc.tokens[t] for t in self.word_tokens(sentence, word, occurrence)]
 
@@ -224,7 +315,12 @@ class Encoder:
     def word_vectors_by_layer(self, sentence: str, word: str, occurrence: int = 0) -> torch.Tensor:
         """``word``'s contextual vector after the embeddings and after each block: float32
         (n_layers + 1, C), row 0 the embeddings' output, row i the output of block i. Each row
-        is the mean over the word's sub-word pieces (:meth:`word_tokens`)."""
+        is the mean over the word's sub-word pieces (:meth:`word_tokens`).
+
+        Example:
+            >>> enc.word_vectors_by_layer("He swung the bat", "bat").shape  # MiniLM: 6 blocks
+            torch.Size([7, 384])
+        """
         toks = list(self.word_tokens(sentence, word, occurrence))
         ids = torch.tensor([self.tokenizer.encode(sentence).ids], device=self.device)
         with self._autocast():
@@ -241,7 +337,12 @@ class Encoder:
         self, a: str, b: str, word: str, occurrence: int = 0
     ) -> list[float]:
         """Cosine of ``word``'s vectors in ``a`` and ``b`` at each depth: n_layers + 1 floats,
-        the first after the embeddings, the last the same as :meth:`similarity` with ``word``."""
+        the first after the embeddings, the last the same as :meth:`similarity` with ``word``.
+
+        Example:
+            >>> len(enc.word_similarity_by_layer("He swung the bat", "A bat flew out", "bat"))
+            7
+        """
         va = self.word_vectors_by_layer(a, word, occurrence)
         vb = self.word_vectors_by_layer(b, word, occurrence)
         return [float(c) for c in F.cosine_similarity(va, vb, dim=-1)]
@@ -268,7 +369,12 @@ class Encoder:
     @torch.no_grad()
     def word_vector(self, sentence: str, word: str, occurrence: int = 0) -> torch.Tensor:
         """The contextual vector of ``word`` in ``sentence``: the mean of the hidden states of
-        its sub-word tokens (C,). Matching is case-insensitive on whole words."""
+        its sub-word tokens (C,). Matching is case-insensitive on whole words.
+
+        Example:
+            >>> enc.word_vector("He swung the bat", "bat").shape
+            torch.Size([384])
+        """
         toks = list(self.word_tokens(sentence, word, occurrence))
         ids = torch.tensor([self.tokenizer.encode(sentence).ids], device=self.device)
         with self._autocast():
@@ -278,7 +384,11 @@ class Encoder:
         return vec
 
     def similarity(self, a: str, b: str, word: str | None = None) -> float:
-        """Cosine similarity of two texts, or of ``word``'s contextual vectors in them."""
+        """Cosine similarity of two texts, or of ``word``'s contextual vectors in them.
+
+        Example:
+            >>> enc.similarity("He swung the bat", "A bat flew out", word="bat")
+        """
         if word is None:
             va, vb = self.encode([a, b], normalize=True, convert_to="torch")
         else:
@@ -296,7 +406,12 @@ def _check_quantize(quantize: Any, device: str | torch.device | None) -> None:
 def check_texts(texts: Any) -> list[str]:
     """``texts`` (a str, or an iterable of str) as a list of valid Unicode strings; TypeError
     for bytes, a mapping or a non-string item, ValueError for a lone surrogate (text that
-    cannot be written as UTF-8, so no tokenizer can read it)."""
+    cannot be written as UTF-8, so no tokenizer can read it).
+
+    Example:
+        >>> check_texts("To be")
+        ['To be']
+    """
     if isinstance(texts, (bytes, bytearray, memoryview)):
         raise TypeError(
             f"texts must be a str or a list of str, got {type(texts).__name__}; "
@@ -323,7 +438,15 @@ def check_texts(texts: Any) -> list[str]:
 
 def check_finite(vecs: torch.Tensor) -> None:
     """ValueError if an embedding holds NaN or inf (a model with non-finite weights): such a
-    vector is never handed back as a result."""
+    vector is never handed back as a result.
+
+    Args:
+        vecs: (N, C) vectors (or any shape whose last dimension is a vector); the error names
+            the first row that is not finite.
+
+    Example:
+        >>> check_finite(torch.zeros(2, 384))  # passes: returns None
+    """
     if vecs.numel() and not bool(torch.isfinite(vecs).all()):
         row = int((~torch.isfinite(vecs)).any(-1).nonzero()[0, 0])
         raise ValueError(
@@ -333,14 +456,29 @@ def check_finite(vecs: torch.Tensor) -> None:
 
 
 def read_texts(args_texts: Iterable[str], file: str | None, stdin: Iterable[str]) -> list[str]:
-    """Texts from arguments, else one per non-empty line of --file, else of stdin."""
+    """Texts from arguments, else one per non-empty line of --file, else of stdin.
+
+    Args:
+        args_texts: texts given on the command line.
+        file: the path of a UTF-8 text file, or None.
+        stdin: the lines of standard input (read only when there are no texts and no file).
+
+    Example:
+        >>> read_texts(["one", "two"], None, sys.stdin)
+        ['one', 'two']
+    """
     return list(iter_texts(args_texts, file, stdin))
 
 
 def iter_texts(args_texts: Iterable[str], file: str | None, stdin: Iterable[str]) -> Iterator[str]:
     """:func:`read_texts`, lazily: each line is read when the iterator reaches it, so a stream
     of any length passes through in bounded memory. ``file`` is opened now (a missing file is
-    an OSError here); a line that is not UTF-8 is a UnicodeDecodeError when it is reached."""
+    an OSError here); a line that is not UTF-8 is a ValueError naming the source (the file or
+    "stdin") when it is reached. Lines lose their trailing ``\\n``; blank lines are skipped.
+
+    Example:
+        >>> for text in iter_texts([], "lines.txt", sys.stdin): print(text)
+    """
     texts = list(args_texts)
     if texts:
         return iter(texts)

@@ -46,8 +46,31 @@ def tfidf_baseline(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Scores on ``eval_texts`` of TF-IDF + logistic regression fitted on ``train_texts``
-    (labels as class indices into ``labels``), plus ``"method"`` and ``"settings"``.
-    Raises :class:`~attnkit._util.optional.MissingDependency` without scikit-learn."""
+    (labels as class indices into ``labels``), plus ``"method"``, ``"settings"`` and
+    ``"vocabulary"`` (the number of n-grams kept).
+
+    Args:
+        train_texts: the training texts.
+        y_train: their class indices.
+        eval_texts: the evaluation texts.
+        y_eval: their class indices.
+        labels: the class names, index = class.
+        seed: the logistic regression's ``random_state``.
+
+    Returns:
+        The keys of :func:`~attnkit.tasks.classification.metrics.scores` (``accuracy``,
+            ``macro_f1``, ``per_class``, ``confusion``) and the three above.
+
+    Raises:
+        ValueError: a text count differs from its label count, or the training labels hold
+            fewer than 2 classes.
+        attnkit._util.optional.MissingDependency: scikit-learn is not installed (the extra
+            ``[classic]``).
+
+    Example:
+        >>> base = tfidf_baseline(train_texts, y_train, eval_texts, y_eval, ["comedy", "tragedy"])
+        >>> base["macro_f1"], base["vocabulary"]
+    """
     if len(train_texts) != len(y_train) or len(eval_texts) != len(y_eval):
         raise ValueError(
             f"{len(train_texts)} training texts with {len(y_train)} labels and "
@@ -87,7 +110,13 @@ def tfidf_or_none(
     seed: int = 0,
 ) -> dict[str, Any] | None:
     """:func:`tfidf_baseline`, or None with one warning naming the extra when scikit-learn is
-    not installed (the fine-tuned and majority scores are still reported)."""
+    not installed (the fine-tuned and majority scores are still reported).
+
+    The arguments are :func:`tfidf_baseline`'s; its ValueErrors are raised as they are.
+
+    Example:
+        >>> base = tfidf_or_none(train_texts, y_train, eval_texts, y_eval, labels)  # or None
+    """
     try:
         return tfidf_baseline(train_texts, y_train, eval_texts, y_eval, labels, seed)
     except MissingDependency as e:

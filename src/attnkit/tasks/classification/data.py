@@ -26,7 +26,19 @@ _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 @dataclass
 class LabelledTexts:
-    """Texts and their labels (strings), with where they came from."""
+    """Texts and their labels (strings), with where they came from.
+
+    ``texts`` and ``labels`` have one item per row; ``source`` names them in error messages
+    (a file path, or ``"<memory>"``); ``len()`` counts the rows.
+
+    Raises:
+        ValueError: the two lists differ in length, or a text or label is not a non-empty
+            string.
+
+    Example:
+        >>> len(LabelledTexts(["To be, or not to be", "Exeunt"], ["tragedy", "comedy"]))
+        2
+    """
 
     texts: list[str]
     labels: list[str]
@@ -83,7 +95,24 @@ def _cell(value: Any, path: Path, where: str, column: str, what: str) -> str:
 def read_examples(
     path: str | os.PathLike[str], text_column: str = "text", label_column: str = "label"
 ) -> LabelledTexts:
-    """Texts and labels from a UTF-8 CSV/TSV file (with a header row) or a JSON-lines file."""
+    """Texts and labels from a UTF-8 CSV/TSV file (with a header row) or a JSON-lines file.
+
+    The format follows the suffix (``.csv``, ``.tsv``, ``.jsonl``, ``.ndjson``); cells are
+    stripped, blank lines skipped, and numbers in JSON read as strings.
+
+    Args:
+        path: the file.
+        text_column: the column (or JSON key) of the texts.
+        label_column: the column (or JSON key) of the labels.
+
+    Raises:
+        ValueError: another suffix, a missing file, text that is not UTF-8, invalid CSV or
+            JSON, a missing column, an empty cell, or no rows (naming the file and the line).
+
+    Example:
+        >>> data = read_examples("train.csv", text_column="text", label_column="label")
+        >>> data.source, len(data)
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in _CSV_SUFFIXES and suffix not in _JSONL_SUFFIXES:
@@ -150,7 +179,22 @@ def as_examples(
     name: str = "data",
 ) -> LabelledTexts:
     """``data`` as :class:`LabelledTexts`: itself, read from a file path, or a (texts, labels)
-    pair (labels turned into strings)."""
+    pair (labels turned into strings).
+
+    Args:
+        data: a :class:`LabelledTexts`, a file path, or a (texts, labels) tuple.
+        text_column: the text column when ``data`` is a file.
+        label_column: the label column when ``data`` is a file.
+        name: how ``data`` is called in errors (the source of a pair is ``"<name>"``).
+
+    Raises:
+        ValueError: ``data`` is of none of these kinds, or as :func:`read_examples` and
+            :class:`LabelledTexts`.
+
+    Example:
+        >>> as_examples((["To be", "Exeunt"], ["tragedy", "comedy"])).source
+        '<data>'
+    """
     if isinstance(data, LabelledTexts):
         return data
     if isinstance(data, (str, os.PathLike)):
@@ -164,7 +208,12 @@ def as_examples(
 
 
 def label_names(labels: Sequence[str]) -> list[str]:
-    """The classes of a label column: sorted, numerically when every label is an integer."""
+    """The classes of a label column: sorted, numerically when every label is an integer.
+
+    Example:
+        >>> label_names(["10", "9", "2", "9"])
+        ['2', '9', '10']
+    """
     names = sorted(set(labels))
     try:
         return sorted(names, key=int)

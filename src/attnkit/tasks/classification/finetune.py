@@ -84,7 +84,22 @@ Data = LabelledTexts | str | os.PathLike[str] | tuple[Sequence[str], Sequence[ob
 
 def class_weights(y: Sequence[int], num_classes: int) -> torch.Tensor:
     """Weights ``w_c = N / (K * n_c)`` for the cross-entropy: N rows, K classes, n_c rows of
-    class c. Every class of a balanced set gets 1; a class absent from ``y`` is an error."""
+    class c. Every class of a balanced set gets 1; a class absent from ``y`` is an error.
+
+    Args:
+        y: the class index of each training row.
+        num_classes: K.
+
+    Returns:
+        (K,) float32 tensor of weights.
+
+    Raises:
+        ValueError: a class of 0..K - 1 never occurs in ``y``, or ``y`` holds a larger one.
+
+    Example:
+        >>> class_weights([0, 1, 1], num_classes=2)
+        tensor([1.5000, 0.7500])
+    """
     counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=num_classes)
     if len(counts) > num_classes or (counts == 0).any():
         raise ValueError(
@@ -96,7 +111,26 @@ def class_weights(y: Sequence[int], num_classes: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Hyper-parameters of :func:`finetune` (every one checked)."""
+    """Hyper-parameters of :func:`finetune` (every one checked).
+
+    Optimisation: ``epochs``, ``batch_size`` texts per step over all processes, AdamW at
+    ``lr`` with ``weight_decay``, ``warmup_fraction`` of the steps of linear warm-up, then
+    ``lr_decay`` ("linear" or "cosine") to 0, ``grad_clip`` (0: none), class-weighted loss
+    (``use_class_weights``). Texts are cut at ``max_length`` tokens. Evaluation: every
+    ``eval_every`` steps (0: after every epoch) in batches of ``eval_batch_size``; the kept
+    state (``keep``: "best" by ``metric`` with early stopping after ``patience`` evaluations
+    without one, or "last"). Model: ``pooling`` and ``dropout`` of the new head (None: the
+    checkpoint's rule). ``freeze_encoder`` trains the head alone; ``probe_epochs`` > 0 first
+    trains the head alone at ``probe_lr``, then the whole model. ``device``, ``dtype``,
+    ``seed`` and ``logger`` (csv, tensorboard, wandb) as in training.
+
+    Raises:
+        ValueError: a field out of range or of the wrong type.
+
+    Example:
+        >>> FinetuneConfig(epochs=5, lr=3e-5, metric="accuracy").epochs
+        5
+    """
 
     epochs: int = 3
     batch_size: int = 16  # texts per optimizer step, over all processes
@@ -154,6 +188,18 @@ class FinetuneConfig:
 
 @dataclass
 class FinetuneResult:
+    """What :func:`finetune` returns: the kept ``model`` (in eval mode) and its ``labels``,
+    the ``best`` scores of the kept state on the eval set (with ``eval_loss`` and ``step``),
+    the majority-class ``baseline`` and the ``tfidf`` baseline (None without scikit-learn),
+    every evaluation in ``history``, the ``class_weights``, the ``steps`` and ``epochs`` run,
+    whether it ``stopped_early``, the ``seconds`` taken, the ``out`` directory (None when
+    nothing was written) and, under torchrun, ``world_size`` and ``is_main`` (rank 0).
+
+    Example:
+        >>> result = finetune("minilm", "train.csv", "eval.csv", out="runs/clf")
+        >>> result.best["macro_f1"], result.baseline["macro_f1"], result.stopped_early
+    """
+
     model: Bert
     labels: list[str]
     best: dict[str, Any]  # scores of the kept (best) state on the eval set
@@ -174,7 +220,13 @@ class FinetuneResult:
 
     @property
     def epochs_kept(self) -> float:
-        """Epochs up to the kept state: its step over the steps of one epoch."""
+        """Epochs up to the kept state: its step over the steps of one epoch (0.0 when no
+        step was run).
+
+        Example:
+            >>> result.steps, result.epochs, result.best["step"], result.epochs_kept
+            (60, 3.0, 40, 2.0)
+        """
         per_epoch = self.steps / self.epochs if self.epochs else 0.0
         return round(self.best["step"] / per_epoch, 3) if per_epoch else 0.0
 
@@ -222,7 +274,30 @@ def finetune(
     (:class:`attnkit.training.rundir.RunExistsError`) unless ``overwrite=True``; then the old
     files are set aside when the new ones are written and deleted once ``metrics.json`` (the
     last file) is, or put back by the next call if the write was cut short. Paths follow
-    :func:`attnkit.training.rundir.check_paths`."""
+    :func:`attnkit.training.rundir.check_paths`.
+
+    Args:
+        model: the model to start from.
+        train: the training data.
+        eval: the evaluation data (its labels must occur in ``train``).
+        text_column: the text column of a data file.
+        label_column: the label column of a data file.
+        out: the output directory (None: nothing is written).
+        config: the hyper-parameters (default: ``FinetuneConfig()``).
+        log: called with each progress line (rank 0 only).
+        progress: a tqdm bar over the steps.
+        overwrite: replace a model or run already in ``out``.
+        **overrides: :class:`FinetuneConfig` fields set on top of ``config``.
+
+    Raises:
+        ValueError: fewer than 2 training classes, eval labels not in training, an unknown
+            override, a bad field, a device or dtype this machine lacks, or an ``out`` that
+            is taken (without ``overwrite``).
+
+    Example:
+        >>> result = finetune("minilm", "train.csv", "eval.csv", out="runs/clf", epochs=4)
+        >>> result.best["macro_f1"]
+    """
     checks.flag("overwrite", overwrite)
     cfg = _config(config, overrides)
     train_set = as_examples(train, text_column, label_column, "train")
@@ -510,7 +585,25 @@ def save_result(
     eval_source: str = "",
 ) -> Path:
     """Write the model checkpoint, ``metrics.json`` and ``confusion.png`` into ``out``.
-    Without matplotlib the plot is left out with a one-line warning naming the extra."""
+    Without matplotlib the plot is left out with a one-line warning naming the extra.
+
+    ``metrics.json`` holds the labels, the kept scores, both baselines, the history, the
+    class weights, the run's size, ``cfg`` and the two data sources.
+
+    Args:
+        result: what :func:`finetune` returned.
+        out: the directory to write.
+        cfg: the hyper-parameters the result was trained with.
+        train_source: where the training data came from.
+        eval_source: where the eval data came from.
+
+    Returns:
+        The directory written.
+
+    Example:
+        >>> save_result(result, "runs/clf", FinetuneConfig(), "train.csv", "eval.csv")
+        PosixPath('runs/clf')
+    """
     from attnkit._util.fs import atomic_write_json
     from attnkit._util.optional import MissingDependency
     from attnkit.checkpoints import save

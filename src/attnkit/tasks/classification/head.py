@@ -42,7 +42,23 @@ def pooled_vectors(
     progress: str | None = None,
 ) -> torch.Tensor:
     """(N, C) float32 pooled vectors in the input order: what the classification head of
-    ``net`` reads (its pooler's output, or the mean / first-token pooling), eval mode."""
+    ``net`` reads (its pooler's output, or the mean / first-token pooling), eval mode.
+
+    The forward passes run under ``no_grad`` and ``dtype`` autocast, in length-sorted batches
+    on ``net``'s device; its training mode is restored afterwards.
+
+    Args:
+        net: a classification model.
+        ids_list: the token ids of each of the N texts.
+        batch_size: texts per forward pass.
+        pad_id: the padding id.
+        dtype: "float32", "bfloat16" or "float16".
+        progress: a tqdm bar with this description (None: no bar).
+
+    Example:
+        >>> pooled_vectors(net, [[101, 2000, 2022, 102]], 32, pad_id=0).shape  # MiniLM
+        torch.Size([1, 384])
+    """
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
@@ -77,7 +93,37 @@ def train_head(
     progress: bool,
     record: Callable[[dict[str, Any]], None] = lambda row: None,
 ) -> FinetuneResult:
-    """Train ``net.classifier`` on the frozen encoder's pooled vectors (module docstring)."""
+    """Train ``net.classifier`` on the frozen encoder's pooled vectors (module docstring).
+
+    The fine-tuning loop of :func:`~attnkit.tasks.classification.finetune.finetune` with
+    ``freeze_encoder``: the head's state with the best ``cfg.metric`` is loaded back into
+    ``net`` (or the last, with ``keep="last"``), every parameter is trainable again and
+    ``net`` is left in eval mode.
+
+    Args:
+        cfg: the hyper-parameters (``eval_batch_size`` is also the batch of the vectors).
+        d: the process group.
+        net: a classification model (from ``classifier_from``) on ``d``'s device.
+        train_ids: the token ids of the N training texts.
+        eval_ids: the token ids of the M eval texts.
+        y_train: the N training class indices.
+        y_eval: the M eval class indices.
+        labels: the K class names.
+        weights: (K,) class weights of the loss.
+        baseline: the majority-class scores, passed into the result.
+        pad_id: the padding id.
+        say: called with progress lines.
+        progress: tqdm bars while the vectors are computed.
+        record: called with each evaluation's row (step, losses, scores, seconds).
+
+    Returns:
+        The run's :class:`~attnkit.tasks.classification.finetune.FinetuneResult` (without
+            ``tfidf`` and ``out``: the caller sets them).
+
+    Example:
+        >>> result = train_head(cfg, d, net, train_ids, eval_ids, y_train, y_eval, labels,
+        ...                     class_weights(y_train, len(labels)), baseline, 0, print, False)
+    """
     from attnkit.tasks.classification.finetune import FinetuneResult, better
 
     head = net.classifier

@@ -43,7 +43,20 @@ def _check_pairs(
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
-    """(K, K) counts: row = true class, column = predicted class."""
+    """(K, K) counts: row = true class, column = predicted class.
+
+    Args:
+        y_true: the true class of each item, in 0..num_classes - 1.
+        y_pred: the predicted class of each item.
+        num_classes: K.
+
+    Raises:
+        ValueError: the two lists differ in length, or a class is out of range.
+
+    Example:
+        >>> confusion_matrix([0, 1, 1], [0, 1, 0], num_classes=2).tolist()
+        [[1, 0], [1, 1]]
+    """
     t, p = _check_pairs(y_true, y_pred, num_classes)
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(cm, (t, p), 1)
@@ -51,6 +64,15 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
 
 
 def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
+    """The share of items whose prediction equals the true label.
+
+    Raises:
+        ValueError: the two lists differ in length or are empty.
+
+    Example:
+        >>> accuracy([0, 1, 1], [0, 1, 0])
+        0.6666666666666666
+    """
     t = np.asarray(y_true).reshape(-1)
     p = np.asarray(y_pred).reshape(-1)
     if t.shape != p.shape or t.size == 0:
@@ -63,7 +85,19 @@ def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
 
 def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
     """Precision, recall, F1 and support per class from a confusion matrix (0 where a ratio has
-    a zero denominator)."""
+    a zero denominator).
+
+    Args:
+        cm: a (K, K) confusion matrix, row = true class.
+
+    Returns:
+        ``"precision"``, ``"recall"``, ``"f1"`` and ``"support"`` (true items per class), each
+            a float array of shape (K,).
+
+    Example:
+        >>> per_class_scores(confusion_matrix([0, 1, 1], [0, 1, 0], 2))["recall"].tolist()
+        [1.0, 0.5]
+    """
     cm = np.asarray(cm, dtype=np.float64)
     tp = np.diag(cm)
     fp = cm.sum(axis=0) - tp
@@ -81,12 +115,31 @@ def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> float:
-    """The unweighted mean over all ``num_classes`` classes of F1 = 2TP / (2TP + FP + FN)."""
+    """The unweighted mean over all ``num_classes`` classes of F1 = 2TP / (2TP + FP + FN).
+
+    Example:
+        >>> macro_f1([0, 1, 1], [0, 1, 0], num_classes=2)
+        0.6666666666666666
+    """
     return float(per_class_scores(confusion_matrix(y_true, y_pred, num_classes))["f1"].mean())
 
 
 def scores(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
-    """accuracy, macro_f1, per-class precision/recall/F1/support and the confusion matrix."""
+    """accuracy, macro_f1, per-class precision/recall/F1/support and the confusion matrix.
+
+    Args:
+        y_true: the true class of each item.
+        y_pred: the predicted class of each item.
+        labels: the class names, index = class.
+
+    Returns:
+        ``{"accuracy", "macro_f1", "per_class", "confusion"}``: ``per_class`` maps each name
+            to its four scores, ``confusion`` is the matrix as nested lists (JSON-ready).
+
+    Example:
+        >>> scores([0, 1, 1], [0, 1, 0], ["comedy", "tragedy"])["per_class"]["tragedy"]["recall"]
+        0.5
+    """
     cm = confusion_matrix(y_true, y_pred, len(labels))
     per = per_class_scores(cm)
     return {
@@ -103,7 +156,14 @@ def scores(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) 
 def majority_baseline(
     y_train: Sequence[int], y_eval: Sequence[int], labels: Sequence[str]
 ) -> dict[str, Any]:
-    """Scores of always predicting the most frequent training class (lowest index on a tie)."""
+    """Scores of always predicting the most frequent training class (lowest index on a tie).
+
+    The keys of :func:`scores` on ``y_eval``, and ``"predicts"``: the class name predicted.
+
+    Example:
+        >>> majority_baseline([0, 1, 1], [0, 0, 1], ["comedy", "tragedy"])["predicts"]
+        'tragedy'
+    """
     counts = np.bincount(np.asarray(y_train, dtype=np.int64), minlength=len(labels))
     majority = int(np.argmax(counts))
     out = scores(y_eval, [majority] * len(y_eval), labels)
@@ -118,7 +178,23 @@ def plot_confusion(
     title: str = "confusion matrix",
 ) -> Path:
     """A PNG heatmap of the confusion matrix with the counts written in (matplotlib's object
-    API on the Agg canvas; :class:`~attnkit._util.optional.MissingDependency` without it)."""
+    API on the Agg canvas; :class:`~attnkit._util.optional.MissingDependency` without it).
+
+    Each cell is shaded by its share of the row (the true class) and labelled with its count.
+
+    Args:
+        cm: a (K, K) confusion matrix, row = true class.
+        labels: the K class names.
+        path: the PNG file to write (atomically).
+        title: the plot's title.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> plot_confusion(confusion_matrix([0, 1, 1], [0, 1, 0], 2), ["a", "b"], "cm.png")
+        PosixPath('cm.png')
+    """
     from attnkit._util.fs import atomic_write
     from attnkit._util.optional import figure
 

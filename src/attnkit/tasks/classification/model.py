@@ -39,7 +39,20 @@ __all__ = [
 
 
 def load_bert(model: ModelBase | str | os.PathLike[str], what: str = "classification") -> Bert:
-    """``model`` itself, or the checkpoint it names, as a BERT-family model with a tokenizer."""
+    """``model`` itself, or the checkpoint it names, as a BERT-family model with a tokenizer.
+
+    Args:
+        model: a loaded attnkit model, a checkpoint directory or a known name ("minilm").
+        what: what needs the model, for the error message.
+
+    Raises:
+        ValueError: ``model`` is not a model or a checkpoint, not BERT-family, or has no
+            tokenizer.
+
+    Example:
+        >>> load_bert("minilm").config.arch
+        'bert'
+    """
     if isinstance(model, (str, os.PathLike)):
         from attnkit.checkpoints import load
 
@@ -73,6 +86,22 @@ def classifier_from(
     ``model`` already classifies exactly these labels with this pooling. ``pooling``: "pooler"
     (dense + tanh on the first token), "mean" or "cls"; default as the module docstring says.
     The new model carries ``model.meta`` (tokenizer, source, length).
+
+    Args:
+        model: a loaded BERT-family model, a checkpoint directory or ``"minilm"``.
+        labels: the class names, two or more, distinct (turned into strings).
+        pooling: "pooler", "mean" or "cls"; None: the rule of
+            :func:`~attnkit.text.pooling.resolve_pooling`.
+        dropout: the new config's dropout (None: the checkpoint's).
+
+    Raises:
+        ValueError: fewer than 2 or repeated labels, "pooler" on a checkpoint without one,
+            an unknown pooling, or weights that do not fit the new model.
+
+    Example:
+        >>> net = classifier_from("minilm", ["comedy", "history", "tragedy"])
+        >>> net.config.num_labels, net.config.pooling
+        (3, 'mean')
     """
     from attnkit.models import build_model
 
@@ -120,7 +149,15 @@ def classifier_from(
 
 def model_labels(model: ModelBase) -> list[str]:
     """The class names of a classification model: its ``config.id2label``, else
-    ``LABEL_<i>``."""
+    ``LABEL_<i>``.
+
+    Raises:
+        ValueError: the model has no classification head.
+
+    Example:
+        >>> model_labels(classifier_from("minilm", ["comedy", "tragedy"]))
+        ['comedy', 'tragedy']
+    """
     cfg = model.config
     if cfg.head != "classification":
         raise ValueError(
@@ -146,7 +183,21 @@ def class_logits(
     dtype: str = "float32",
 ) -> torch.Tensor:
     """(N, K) float32 logits on the CPU in the input order: length-sorted batches, eval mode,
-    the forward pass under ``dtype`` autocast."""
+    the forward pass under ``dtype`` autocast.
+
+    The model's training mode is restored afterwards.
+
+    Args:
+        model: a classification model.
+        ids_list: the token ids of each of the N texts.
+        batch_size: texts per forward pass.
+        pad_id: the padding id.
+        dtype: "float32", "bfloat16" or "float16".
+
+    Example:
+        >>> class_logits(net, encode_texts(tok, ["To be", "Exeunt"], 128), 32, pad_id=0).shape
+        torch.Size([2, 3])
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -163,12 +214,36 @@ def class_logits(
 
 @dataclass
 class Prediction:
+    """The prediction for one text: the most probable ``label`` and the ``probabilities`` of
+    every class (name -> probability, in the order of the model's labels, summing to 1).
+
+    Example:
+        >>> Prediction("tragedy", {"comedy": 0.2, "tragedy": 0.8}).label
+        'tragedy'
+    """
+
     label: str
     probabilities: dict[str, float]
 
 
 class Classifier:
-    """A loaded classification checkpoint: ``predict`` and ``predict_proba`` on texts."""
+    """A loaded classification checkpoint: ``predict`` and ``predict_proba`` on texts.
+
+    ``labels`` are its class names; texts are cut at ``max_length`` tokens (default: the
+    length it was fine-tuned with, else ``config.max_seq_len``, never more than that).
+
+    Args:
+        model: a classification checkpoint directory or a loaded classification model.
+        max_length: tokens kept per text.
+
+    Raises:
+        ValueError: ``model`` is not a BERT-family classification model with a tokenizer.
+
+    Example:
+        >>> clf = Classifier("runs/clf")  # a directory written by finetune
+        >>> clf.labels
+        ['comedy', 'history', 'tragedy']
+    """
 
     def __init__(
         self, model: ModelBase | str | os.PathLike[str], max_length: int | None = None
@@ -184,7 +259,19 @@ class Classifier:
         self.pad_id = pad_token_id(tok, self.model.config.pad_token_id)
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """(N, K) class probabilities, columns in the order of ``self.labels``."""
+        """(N, K) class probabilities, columns in the order of ``self.labels``.
+
+        Args:
+            texts: the N texts (an empty list gives a (0, K) array).
+            batch_size: texts per forward pass.
+
+        Raises:
+            ValueError: an item is not a string.
+
+        Example:
+            >>> clf.predict_proba(["To be, or not to be", "Exeunt"]).shape  # 3 classes
+            (2, 3)
+        """
         items = check_texts(texts)
         if not items:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
@@ -193,6 +280,11 @@ class Classifier:
         return torch.softmax(logits, dim=-1).numpy()
 
     def predict(self, texts: str | Sequence[str], batch_size: int = 32) -> list[Prediction]:
+        """One :class:`Prediction` per text (a single string counts as one text), in order.
+
+        Example:
+            >>> [p.label for p in clf.predict(["To be, or not to be", "Exeunt"])]  # one per text
+        """
         items = [texts] if isinstance(texts, str) else list(texts)
         probs = self.predict_proba(items, batch_size)
         return [
@@ -217,5 +309,11 @@ def predict(
 ) -> list[Prediction]:
     """Label and class probabilities of each text with a classification checkpoint (a
     directory written by :func:`~attnkit.tasks.classification.finetune`, a Hugging Face
-    BertForSequenceClassification directory or a loaded model)."""
+    BertForSequenceClassification directory or a loaded model).
+
+    The same as ``Classifier(model).predict(texts, batch_size)``.
+
+    Example:
+        >>> predict("runs/clf", ["To be, or not to be"])[0].probabilities  # label -> probability
+    """
     return Classifier(model).predict(texts, batch_size)
