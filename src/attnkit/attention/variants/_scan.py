@@ -125,8 +125,10 @@ class _CausalScan(torch.autograd.Function):
         states = []  # (state entering the group, a, b) for the backward pass
         for g0, g1 in groups:
             va = None if valid is None else valid[g0:g1]
-            pq = fq(q[g0:g1])  # (n, N, C, m)
-            pk, log_scale = fk(k[g0:g1], va)  # (n, N, C, m)
+            # (the group's slices are strided views; contiguous, the feature maps' products
+            # run as one large matrix product instead of a batch of small ones)
+            pq = fq(q[g0:g1].contiguous())  # (n, N, C, m)
+            pk, log_scale = fk(k[g0:g1].contiguous(), va)  # (n, N, C, m)
             a, b, ref = _scales(ref, log_scale)
             acc, Sz_next, before, _, A = _CausalScan._group(pq, pk, _with_ones(v[g0:g1]), Sz, a, b)
             out[g0:g1], den = _finish(acc)
@@ -150,9 +152,16 @@ class _CausalScan(torch.autograd.Function):
             list(zip(ctx.groups, ctx.states))
         ):
             va = None if valid is None else valid[g0:g1]
+            # the group's features are recomputed once, with autograd, and pulled back to q and
+            # k at the end (recomputing them apart without a graph cost a third more feature
+            # work in the backward pass)
+            with torch.enable_grad():
+                xq = q[g0:g1].contiguous().requires_grad_(True)
+                xk = k[g0:g1].contiguous().requires_grad_(True)
+                pq_graph = fq(xq)  # (n, N, C, m)
+                pk_graph = fk(xk, va)[0]
+            pq, pk = pq_graph.detach(), pk_graph.detach()
             with torch.no_grad():
-                pq = fq(q[g0:g1])  # (n, N, C, m)
-                pk, _ = fk(k[g0:g1], va)
                 v1 = _with_ones(v[g0:g1])  # (n, N, C, Dv+1)
                 d_num = d_out[g0:g1] / den
                 d_den = torch.where(has_key, -(d_num * out_all[g0:g1]).sum(-1, keepdim=True), 0.0)
@@ -174,7 +183,7 @@ class _CausalScan(torch.autograd.Function):
                 d_pk += torch.matmul(v1, d_kv.transpose(-1, -2))
                 d_v1 += torch.matmul(pk, d_kv)
                 dSz = None if g0 == 0 else _scaled(suffix[0], a)
-            dq[g0:g1], dk[g0:g1] = _feature_grads(fq, fk, q[g0:g1], d_pq, k[g0:g1], va, d_pk)
+            dq[g0:g1], dk[g0:g1] = torch.autograd.grad((pq_graph, pk_graph), (xq, xk), (d_pq, d_pk))
             dv[g0:g1] = d_v1[..., :-1]
         return dq, dk, dv, None, None, None, None
 
