@@ -465,6 +465,37 @@ def test_bench_generate_quick(tmp_path, capsys):
         if r["dtype"] == "float32":
             assert r["greedy_agreement"] == 1.0
     assert "tokens/s" in printed
+    # against the bandwidth limit: every side, its bytes, the limit and the fraction
+    for column in ("weights/step", "KV/step", "limit tokens/s", "of limit", "Targets"):
+        assert column in printed
+    band = data["bandwidth"]
+    assert band["gb_per_s"] > 0 and band["kernel"] in band["kernels_gb_per_s"]
+    assert band["threads"] == data["threads"] and "median" in band["method"]
+    assert band["gb_per_s"] == max(band["before"]["gb_per_s"], band["after"]["gb_per_s"])
+    assert data["versions"]["torch"] == torch.__version__
+    assert data["versions"]["transformers"] == transformers.__version__
+    assert "torchao" in data["versions"]
+    by_case = {r["case"]: r for r in rows}
+    assert [s["side"] for s in by_case["b1-int8"]["sides"]] == [
+        "attnkit", "hf-fp32", "torchao-int8", "int8pack-mm"
+    ]  # fmt: skip
+    assert [s["side"] for s in by_case["b1-bf16"]["sides"]] == ["attnkit", "hf-fp32", "hf-bf16"]
+    for r in rows:
+        for s in r["sides"]:
+            if s["skipped"]:
+                assert s["side"] == "torchao-int8" and f"skipped: {s['skipped']}" in printed
+                continue
+            step = s["weight_bytes_per_step"] + s["kv_bytes_per_step"]
+            limit = r["batch"] * band["gb_per_s"] * 1e9 / step
+            assert s["limit_tokens_per_s"] == pytest.approx(limit)
+            assert s["fraction_of_limit"] == pytest.approx(s["tokens_per_s"] / limit)
+            assert s["bytes_per_token"] == pytest.approx(step / r["batch"])
+        assert r["fraction_of_limit"] == r["sides"][0]["fraction_of_limit"]
+    assert by_case["b1-int8"]["sides"][0]["weight_bytes_per_step"] == 145408  # the hand count
+    keys = {t["key"]: t for t in data["targets"]}  # of tests/unit/test_bench_bandwidth.py
+    for case in ("b1-fp32", "b1-bf16", "b1-int8"):
+        t = keys[f"{case}-limit"]
+        assert t["passed"] == (by_case[case]["fraction_of_limit"] >= 0.7)
 
 
 def test_skinny_linears_match_f_linear_and_are_restored():
