@@ -29,7 +29,7 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest -q
-	@start=$$(date +%s); NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir build/docs-check \
+	@start=$$(date +%s); NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/docs-check \
 	  && echo "docs: mkdocs build --strict passed in $$(( $$(date +%s) - start )) s"
 
 test-slow: setup

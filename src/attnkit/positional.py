@@ -31,7 +31,7 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     For other head counts the slopes of the nearest lower power of two p are followed by every
     other slope of the sequence for 2p, as in the reference implementation.
 
-    Example:
+    Examples:
         >>> alibi_slopes(8)  # (8,): 1/2, 1/4, ..., 1/256
     """
     positive_int("n_heads", n_heads)
@@ -58,7 +58,7 @@ def sinusoidal_table(
     ``table[p, 2i] = sin(p / base^(2i/dim))`` and ``table[p, 2i+1] = cos(p / base^(2i/dim))``.
     An odd ``dim`` has one more sine column than cosine columns. Computed in float64 and cast.
 
-    Example:
+    Examples:
         >>> sinusoidal_table(512, 64).shape  # (512, 64)
     """
     positive_int("n_positions", n_positions)
@@ -110,7 +110,7 @@ class SinusoidalPositionalEmbedding(nn.Module):
     ``forward(seq_len, offset=0)`` returns rows offset..offset+seq_len-1, shape (T, dim);
     ``forward(positions)`` with an integer tensor of any shape (...,) returns (..., dim).
 
-    Example:
+    Examples:
         >>> SinusoidalPositionalEmbedding(512, 64)(10).shape  # (10, 64)
     """
 
@@ -127,7 +127,7 @@ class SinusoidalPositionalEmbedding(nn.Module):
     def forward(self, positions_or_seq_len, offset: int = 0) -> torch.Tensor:
         """The table rows for ``seq_len`` positions from ``offset`` (T, dim), or for an integer tensor of positions (...,) -> (..., dim).
 
-        Example:
+        Examples:
             >>> pe(10, offset=5)  # rows 5..14, (10, dim)
         """
         if isinstance(positions_or_seq_len, torch.Tensor):
@@ -141,7 +141,7 @@ class SinusoidalPositionalEmbedding(nn.Module):
     def extra_repr(self) -> str:
         """The table's size and base, shown inside ``repr(module)``.
 
-        Example:
+        Examples:
             >>> print(SinusoidalPositionalEmbedding(512, 64))
         """
         return f"max_len={self.max_len}, dim={self.dim}, base={self.base:g}"
@@ -154,7 +154,7 @@ class LearnedPositionalEmbedding(nn.Embedding):
     positions offset..offset+seq_len-1, shape (T, dim). An integer tensor of positions (...,)
     is also accepted and gives (..., dim).
 
-    Example:
+    Examples:
         >>> LearnedPositionalEmbedding(1024, 768)(16).shape  # (16, 768)
     """
 
@@ -167,7 +167,7 @@ class LearnedPositionalEmbedding(nn.Embedding):
     def forward(self, positions_or_seq_len, offset: int = 0) -> torch.Tensor:
         """The embeddings of ``seq_len`` positions from ``offset`` (T, dim), or of an integer tensor of positions (...,) -> (..., dim).
 
-        Example:
+        Examples:
             >>> wpe(torch.tensor([[0, 1, 2, 0, 1]]))  # (1, 5) -> (1, 5, dim)
         """
         if isinstance(positions_or_seq_len, torch.Tensor):
@@ -199,7 +199,7 @@ def apply_rotary(
     Each pair (a, b) becomes (a cos - b sin, b cos + a sin). The arithmetic runs in float32
     (float64 when x is float64) and the result is cast back to x.dtype.
 
-    Example:
+    Examples:
         >>> x_rot = apply_rotary(x, cos, sin)  # x (B, H, T, D), cos, sin (T, D/2)
     """
     if layout not in ROPE_LAYOUTS:
@@ -246,7 +246,7 @@ class RotaryEmbedding(nn.Module):
     and compute dtype; it grows (doubling) when a longer position is asked for. It is not a
     buffer, so ``module.half()`` cannot round it and ``state_dict`` does not carry it.
 
-    Example:
+    Examples:
         >>> q_rot, k_rot = RotaryEmbedding(64, max_seq_len=2048)(torch.randn(1, 8, 16, 64), torch.randn(1, 8, 16, 64))
     """
 
@@ -301,7 +301,7 @@ class RotaryEmbedding(nn.Module):
         """cos and sin tables, each (N, R/2) with N >= n_positions, on ``device`` in ``dtype``
         (float32 or float64).
 
-        Example:
+        Examples:
             >>> cos, sin = rope.cos_sin(128)  # each (N >= 128, R/2)
         """
         if n_positions > self._cached_len or not self._tables:  # none built yet (n = 0)
@@ -339,7 +339,7 @@ class RotaryEmbedding(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate q (B, Hq, Tq, D) and k (B, Hkv, Tk, D) by their positions; returns (q_rot, k_rot), the same shapes.
 
-        Example:
+        Examples:
             >>> q_rot, k_rot = rope(q, k, offset=cache.length)  # q (B, Hq, Tq, D), k (B, Hkv, Tk, D)
         """
         for name, t in (("q", q), ("k", k)):
@@ -383,7 +383,7 @@ class RotaryEmbedding(nn.Module):
     def extra_repr(self) -> str:
         """Head and rotary dims, base and layout, shown inside ``repr(module)``.
 
-        Example:
+        Examples:
             >>> print(RotaryEmbedding(64))
         """
         s = f"head_dim={self.head_dim}, base={self.base:g}, layout={self.layout!r}"
@@ -407,7 +407,7 @@ def relative_position_bucket(
     last one. Unidirectional (the decoder): only keys at or before the query count; later keys
     fall in bucket 0 (the causal mask hides them).
 
-    Example:
+    Examples:
         >>> relative_position_bucket(torch.arange(-3, 4), True, 32, 128)  # (7,) -> (7,)
     """
     n = num_buckets

@@ -47,7 +47,7 @@ def check_qkv(q, k, v) -> None:
             three dtypes differ.
         ValueError: if one is not 4-D, or they are on different devices.
 
-    Example:
+    Examples:
         >>> check_qkv(torch.randn(2, 4, 8, 16), torch.randn(2, 4, 8, 16), torch.randn(2, 4, 8, 16))
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -82,7 +82,7 @@ def check_bool_mask(name: str, t, meaning: str) -> None:
     Raises:
         TypeError: if ``t`` is not a tensor of dtype ``torch.bool``.
 
-    Example:
+    Examples:
         >>> check_bool_mask("valid_key_mask", torch.ones(2, 8, dtype=torch.bool), "True = real")
     """
     if not isinstance(t, Tensor) or t.dtype != torch.bool:
@@ -117,7 +117,7 @@ def validate(
         ValueError: for a bad shape, device or value; also when Tq > Tk with causal, window,
             alibi or document_ids (the queries must then be the last Tq positions).
 
-    Example:
+    Examples:
         >>> q = torch.randn(2, 4, 8, 16)
         >>> validate(q, q, q, True, None, None, None, None, None, 0.0, None, "auto")  # None
     """

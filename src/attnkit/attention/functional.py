@@ -190,7 +190,7 @@ def attention(
     The user-facing paths (``generate``, ``Encoder.encode``, the command line) refuse a
     non-finite result instead of returning it.
 
-    Example:
+    Examples:
         >>> out = attention(torch.randn(2, 4, 128, 32), torch.randn(2, 4, 128, 32), torch.randn(2, 4, 128, 32), causal=True)  # (2, 4, 128, 32)
     """
     entry = _lookup(
@@ -288,7 +288,7 @@ def explain(
     Accepts the same arguments as `attention`; tensors may live on the "meta" device, so a
     plan can be asked for without allocating anything.
 
-    Example:
+    Examples:
         >>> explain(*(torch.empty(1, 8, 16384, 64, device="meta"),) * 3, causal=True, window=512)
     """
     return _lookup(

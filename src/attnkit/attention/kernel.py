@@ -41,7 +41,7 @@ __all__ = ["AttentionKernel", "ExactKernel"]
 class AttentionKernel(nn.Module):
     """Base class of every attention kernel (see the module docstring for the call).
 
-    Example:
+    Examples:
         >>> layer.set_kernel(MyKernel())  # a subclass that implements forward(q, k, v, ...)
     """
 
@@ -50,7 +50,7 @@ class AttentionKernel(nn.Module):
     def check_layer(self, *, window: int | None, alibi: bool) -> None:
         """Raise ValueError if this kernel cannot serve a layer with these settings.
 
-        Example:
+        Examples:
             >>> ExactKernel().check_layer(window=512, alibi=False)  # None: it can
         """
 
@@ -64,7 +64,7 @@ class AttentionKernel(nn.Module):
     ) -> None:
         """Raise ValueError if this kernel cannot run a call that uses these options.
 
-        Example:
+        Examples:
             >>> ExactKernel().check_call(cache=True, return_weights=True)
         """
 
@@ -85,7 +85,7 @@ class AttentionKernel(nn.Module):
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attention of q (B, Hq, Tq, D) over k, v (B, Hkv, Tk, D): out (B, Hq, Tq, Dv), or (out, weights (B, Hq, Tq, Tk)) with ``return_weights``.
 
-        Example:
+        Examples:
             >>> out = kernel(q, k, v, causal=True)  # q (B, Hq, Tq, D), k, v (B, Hkv, Tk, D) -> (B, Hq, Tq, D)
         """
         raise NotImplementedError
@@ -100,7 +100,7 @@ class ExactKernel(AttentionKernel):
     padding, packed documents, user masks, dropout, the KV cache and returning the weights;
     and an additive score ``bias`` tensor given with the call.
 
-    Example:
+    Examples:
         >>> MultiHeadAttention(64, 4, kernel=ExactKernel("sdpa"))
     """
 
@@ -138,7 +138,7 @@ class ExactKernel(AttentionKernel):
         """As the protocol (module docstring); ``bias``: an additive float score bias
         broadcastable to (B, Hq, Tq, Tk), not with ``alibi``.
 
-        Example:
+        Examples:
             >>> out = ExactKernel("math")(q, k, v, causal=True)  # q, k, v (B, H, T, D)
         """
         if bias is not None and alibi:
@@ -165,7 +165,7 @@ class ExactKernel(AttentionKernel):
     def extra_repr(self) -> str:
         """The backend (and scale), shown inside ``repr(kernel)``.
 
-        Example:
+        Examples:
             >>> print(ExactKernel("sdpa"))
         """
         extra = "" if self.scale is None else f", scale={self.scale:g}"

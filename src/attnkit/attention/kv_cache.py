@@ -45,7 +45,7 @@ class KVCache:
     ) -> list[KVCache]:
         """One empty cache per layer.
 
-        Example:
+        Examples:
             >>> caches = KVCache.for_layers(12, max_len=1024)
         """
         positive_int("n_layers", n_layers)
@@ -55,7 +55,7 @@ class KVCache:
     def capacity(self) -> int:
         """Tokens the allocated storage holds (0 before the first update).
 
-        Example:
+        Examples:
             >>> KVCache(max_len=64).capacity  # 0 until the first update
         """
         return 0 if self.k is None else self.k.shape[2]
@@ -117,7 +117,7 @@ class KVCache:
         """Append k_new, v_new (B, Hkv, T_new, D); return all keys and values so far,
         (B, Hkv, length, D) each.
 
-        Example:
+        Examples:
             >>> k_all, v_all = cache.update(torch.randn(1, 4, 3, 16), torch.randn(1, 4, 3, 16))
         """
         self._check(k_new, v_new)
@@ -147,7 +147,7 @@ class KVCache:
     def truncate(self, length: int) -> None:
         """Forget every token from ``length`` on (e.g. after rejected speculative tokens).
 
-        Example:
+        Examples:
             >>> cache.truncate(cache.length - 2)
         """
         int_in("length", length, 0, self.length)
@@ -156,7 +156,7 @@ class KVCache:
     def reset(self) -> None:
         """Empty the cache; the storage is kept for reuse.
 
-        Example:
+        Examples:
             >>> cache.reset(); cache.length
         """
         self.length = 0

@@ -40,7 +40,7 @@ __all__ = [
 class MaskSpec:
     """Every ingredient of an attention mask, validated by `attnkit.attention.functional`.
 
-    Example:
+    Examples:
         >>> MaskSpec(4, 4, causal=True).dense().shape  # (1, 1, Tq, Tk)
     """
 
@@ -56,7 +56,7 @@ class MaskSpec:
     def offset(self) -> int:
         """Position of the first query among the keys: ``k_len - q_len`` (cached keys come first).
 
-        Example:
+        Examples:
             >>> MaskSpec(1, 10, causal=True).offset  # 9: one new query after 9 cached keys
         """
         return self.k_len - self.q_len
@@ -65,7 +65,7 @@ class MaskSpec:
     def is_empty(self) -> bool:
         """True when nothing restricts attention (every query sees every key).
 
-        Example:
+        Examples:
             >>> MaskSpec(4, 4).is_empty
         """
         return (
@@ -80,7 +80,7 @@ class MaskSpec:
     def structural_only(self) -> bool:
         """Only causal/window restrictions: the same (Tq, Tk) pattern for every batch and head.
 
-        Example:
+        Examples:
             >>> MaskSpec(8, 8, causal=True, window=4).structural_only
         """
         return self.valid_key_mask is None and self.document_ids is None and self.mask is None
@@ -89,7 +89,7 @@ class MaskSpec:
     def positional(self, q_idx: Tensor, k_idx: Tensor) -> Tensor | None:
         """Causal/window part of the mask on broadcastable index tensors (None if unrestricted).
 
-        Example:
+        Examples:
             >>> spec.positional(torch.arange(4)[:, None], torch.arange(4)[None, :])  # (Tq, 1), (1, Tk) -> (Tq, Tk)
         """
         rel = q_idx + self.offset - k_idx  # query position minus key position
@@ -107,7 +107,7 @@ class MaskSpec:
     def dense(self, device: torch.device | str | None = None) -> Tensor | None:
         """Boolean mask broadcastable to (B, H, Tq, Tk), True = may attend; None = no mask.
 
-        Example:
+        Examples:
             >>> MaskSpec(3, 3, causal=True).dense()[0, 0]
         """
         if self.is_empty:
@@ -141,7 +141,7 @@ class MaskSpec:
     def mask_mod(self) -> Callable | None:
         """A FlexAttention mask_mod(b, h, q_idx, kv_idx) -> bool, or None if unrestricted.
 
-        Example:
+        Examples:
             >>> block_mask = create_block_mask(spec.mask_mod(), B, H, Tq, Tk)
         """
         if self.is_empty:
@@ -189,7 +189,7 @@ class MaskSpec:
         the cost is O((Tq/q_block) * (Tk/k_block)), never O(Tq * Tk), for structured masks.
         B' and H' are 1 when the layout does not depend on them.
 
-        Example:
+        Examples:
             >>> MaskSpec(256, 256, causal=True).block_layout(1, 1, 128, 128)  # (B, H, 2, 2)
         """
         nq = -(-self.q_len // q_block)
@@ -272,7 +272,7 @@ class MaskSpec:
 def causal_mask(q_len: int, k_len: int | None = None, device=None) -> Tensor:
     """(Tq, Tk) bool: query i (at position Tk - Tq + i) sees keys 0..its own position.
 
-    Example:
+    Examples:
         >>> causal_mask(3)
     """
     k_len = q_len if k_len is None else k_len
@@ -286,7 +286,7 @@ def sliding_window_mask(
 ) -> Tensor:
     """(Tq, Tk) bool sliding-window mask (see the module docstring for the convention).
 
-    Example:
+    Examples:
         >>> sliding_window_mask(6, window=2)
     """
     k_len = q_len if k_len is None else k_len
@@ -298,7 +298,7 @@ def sliding_window_mask(
 def valid_key_mask_from_lengths(lengths: Tensor, max_len: int | None = None) -> Tensor:
     """(B, T) bool valid-key mask from sequence lengths, True = real token (attend to it).
 
-    Example:
+    Examples:
         >>> valid_key_mask_from_lengths(torch.tensor([2, 3]))  # (2, 3)
     """
     lengths = torch.as_tensor(lengths)
@@ -309,7 +309,7 @@ def valid_key_mask_from_lengths(lengths: Tensor, max_len: int | None = None) -> 
 def document_mask(document_ids: Tensor, causal: bool = False) -> Tensor:
     """(B, 1, T, T) bool mask keeping attention inside each packed document.
 
-    Example:
+    Examples:
         >>> document_mask(torch.tensor([[0, 0, 1, 1]]))  # ids (B, T) -> (1, 1, 4, 4)
     """
     t = document_ids.shape[-1]
@@ -321,7 +321,7 @@ def document_mask(document_ids: Tensor, causal: bool = False) -> Tensor:
 def prefix_lm_mask(prefix_lengths: Tensor, seq_len: int) -> Tensor:
     """(B, 1, T, T) bool prefix-LM mask: the prefix is bidirectional, the rest causal.
 
-    Example:
+    Examples:
         >>> prefix_lm_mask(torch.tensor([2]), seq_len=4)  # lengths (B,) -> (1, 1, 4, 4)
     """
     prefix_lengths = torch.as_tensor(prefix_lengths)

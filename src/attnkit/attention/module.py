@@ -62,7 +62,7 @@ class MultiHeadAttention(nn.Module):
 
     ``forward(x)`` maps (B, T, C) -> (B, T, C).
 
-    Example:
+    Examples:
         >>> MultiHeadAttention(64, 4, causal=True)(torch.randn(2, 10, 64)).shape  # (B, T, C)
     """
 
@@ -153,7 +153,7 @@ class MultiHeadAttention(nn.Module):
         ValueError if the kernel cannot serve this layer (a variant with a sliding window or
         ALiBi), TypeError if it is not an ``AttentionKernel``.
 
-        Example:
+        Examples:
             >>> old = layer.set_kernel(ExactKernel("math"))
         """
         self._check_kernel(kernel)
@@ -195,7 +195,7 @@ class MultiHeadAttention(nn.Module):
         attention on them padded back to (B, T) with ``tokens.valid_key_mask``, and the
         result is (N, C) (and weights (B, Hq, T, T)). Not with a cache.
 
-        Example:
+        Examples:
             >>> out, weights = layer(torch.randn(2, 10, 64), return_weights=True)
         """
         if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
@@ -291,7 +291,7 @@ class MultiHeadAttention(nn.Module):
     def extra_repr(self) -> str:
         """The layer's sizes and options, shown inside ``repr(layer)``.
 
-        Example:
+        Examples:
             >>> print(MultiHeadAttention(64, 4))
         """
         parts = [f"d_model={self.d_model}", f"n_heads={self.n_heads}"]

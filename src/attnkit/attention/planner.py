@@ -37,7 +37,7 @@ DENSE_MASK_BUDGET = 256 * 2**20
 class Plan:
     """The backend `attention` will use for a call, and the reason.
 
-    Example:
+    Examples:
         >>> explain(q, k, v, causal=True)  # Plan(backend='sdpa', reason='...')
     """
 
@@ -54,7 +54,7 @@ class Planned:
     call (no mask tensor, no bias) its arguments ``(is_causal, scale, enable_gqa)``, so that
     running it needs no `MaskSpec`.
 
-    Example:
+    Examples:
         >>> Planned(Plan("math", "weights requested"))
     """
 
@@ -65,7 +65,7 @@ class Planned:
 class PlanCache:
     """Plans by call signature, at most ``max_size`` of them (the oldest go first).
 
-    Example:
+    Examples:
         >>> cache = PlanCache(max_size=128); cache.get(key)  # None until put
     """
 
@@ -76,7 +76,7 @@ class PlanCache:
     def get(self, key: Hashable) -> Planned | None:
         """The plan stored under ``key``, or None.
 
-        Example:
+        Examples:
             >>> cache.get(signature(q, k, v, True, None, None, None, None, None, 0.0, None, "auto", False, False))
         """
         return self._plans.get(key)
@@ -86,7 +86,7 @@ class PlanCache:
         # evict one entry more (a lock would also break torch.compile's graph here)
         """Store ``value`` under ``key``, dropping the oldest plan when full.
 
-        Example:
+        Examples:
             >>> cache.put(key, Planned(Plan("sdpa", "dense causal")))
         """
         if len(self._plans) >= self.max_size:
@@ -99,7 +99,7 @@ class PlanCache:
     def clear(self) -> None:
         """Forget every plan.
 
-        Example:
+        Examples:
             >>> cache.clear()
         """
         self._plans.clear()
@@ -136,7 +136,7 @@ def signature(
     with their types (``True == 1``, but ``window=True`` is an error and ``window=1`` is not);
     AttributeError when an argument is not even tensor-like.
 
-    Example:
+    Examples:
         >>> signature(q, k, v, True, None, None, None, None, None, 0.0, None, "auto", False, False)
     """
     return (
@@ -189,7 +189,7 @@ def plan(
     """The backend for validated inputs: ``backend`` itself when it is not ``"auto"`` (after
     checking that it can run the call), else the cheapest one that can.
 
-    Example:
+    Examples:
         >>> plan(q, spec, None, 0.0, False, "auto", False)  # q (B, H, Tq, D) -> Plan
     """
     Tq, Tk = spec.q_len, spec.k_len
@@ -291,7 +291,7 @@ def planned(
 ) -> Planned:
     """`plan` with the arguments of a plain fused SDPA call when the plan is one.
 
-    Example:
+    Examples:
         >>> planned(q, k, spec, None, 0.0, False, "auto", False, D**-0.5)  # q (B, Hq, Tq, D), k (B, Hkv, Tk, D)
     """
     chosen = plan(q, spec, bias, dropout_p, return_weights, backend, grad)

@@ -36,7 +36,7 @@ class AttentionCall:
     (after RoPE, with the KV cache prepended; not detached), the layer's settings and masks
     (``valid_key_mask`` (B, Tk) bool, True = real token), and the kernel that ran.
 
-    Example:
+    Examples:
         >>> calls = []
         >>> with recording(attention_layers(model), lambda i, call: calls.append(call)):
         ...     model(input_ids)
@@ -66,7 +66,7 @@ class RecordingKernel(AttentionKernel):
     Raises:
         TypeError: if ``inner`` is not an ``AttentionKernel``.
 
-    Example:
+    Examples:
         >>> calls = []
         >>> layer.set_kernel(RecordingKernel(layer.kernel, calls.append))
     """
@@ -82,7 +82,7 @@ class RecordingKernel(AttentionKernel):
     def name(self) -> str:  # type: ignore[override]
         """The wrapped kernel's name.
 
-        Example:
+        Examples:
             >>> RecordingKernel(ExactKernel(), print).name  # 'exact'
         """
         return self.inner.name
@@ -94,7 +94,7 @@ class RecordingKernel(AttentionKernel):
             window: the layer's sliding window, or None.
             alibi: whether the layer uses ALiBi.
 
-        Example:
+        Examples:
             >>> RecordingKernel(ExactKernel(), print).check_layer(window=512, alibi=False)
         """
         self.inner.check_layer(window=window, alibi=alibi)
@@ -115,7 +115,7 @@ class RecordingKernel(AttentionKernel):
             document_ids: the call passes packed-document ids.
             return_weights: the call asks for the attention weights.
 
-        Example:
+        Examples:
             >>> RecordingKernel(ExactKernel(), print).check_call(cache=True)
         """
         self.inner.check_call(
@@ -156,7 +156,7 @@ class RecordingKernel(AttentionKernel):
         Returns:
             ``inner``'s output, (B, Hq, Tq, Dv), or (out, weights) with ``return_weights``.
 
-        Example:
+        Examples:
             >>> out = RecordingKernel(ExactKernel(), calls.append)(q, k, v, causal=True)
         """
         self.on_call(
@@ -189,7 +189,7 @@ def attention_layers(model: nn.Module) -> list[MultiHeadAttention]:
     Raises:
         ValueError: if ``model`` is not an ``nn.Module`` or holds no ``MultiHeadAttention``.
 
-    Example:
+    Examples:
         >>> len(attention_layers(build_model("tiny", n_layer=2)))  # 2
     """
     if not isinstance(model, nn.Module):
@@ -211,7 +211,7 @@ def is_recording(layer: MultiHeadAttention) -> bool:
     Args:
         layer: an attention layer.
 
-    Example:
+    Examples:
         >>> is_recording(attention_layers(model)[0])  # False outside ``recording``
     """
     return isinstance(layer.kernel, RecordingKernel)
@@ -231,7 +231,7 @@ def recording(
     Raises:
         ValueError: if a layer is already being recorded (no nesting on one layer).
 
-    Example:
+    Examples:
         >>> with recording(attention_layers(model), lambda i, call: print(i, call.q.shape)):
         ...     model(input_ids)
     """

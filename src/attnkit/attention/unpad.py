@@ -25,7 +25,7 @@ class TokenIndex:
 
     Build one with :meth:`from_mask`.
 
-    Example:
+    Examples:
         >>> idx = TokenIndex.from_mask(torch.tensor([[1, 1, 0], [1, 0, 0]]))
         >>> idx.index  # tensor([0, 1, 3])
     """
@@ -48,7 +48,7 @@ class TokenIndex:
         Raises:
             ValueError: if the mask is not 2-D.
 
-        Example:
+        Examples:
             >>> TokenIndex.from_mask(torch.tensor([[1, 1, 0], [1, 0, 0]])).count  # 3
         """
         if valid_key_mask.dim() != 2:
@@ -64,7 +64,7 @@ class TokenIndex:
     def count(self) -> int:
         """N, the number of real tokens.
 
-        Example:
+        Examples:
             >>> TokenIndex.from_mask(torch.tensor([[1, 1, 0], [1, 0, 0]])).count  # 3
         """
         return self.index.numel()
@@ -78,7 +78,7 @@ class TokenIndex:
         Raises:
             ValueError: if x's first two dims are not (batch, length).
 
-        Example:
+        Examples:
             >>> idx.pack(torch.randn(2, 3, 8)).shape  # (3, 8) for the mask above
         """
         if tuple(x.shape[:2]) != (self.batch, self.length):
@@ -101,7 +101,7 @@ class TokenIndex:
         Raises:
             ValueError: if x does not have N rows.
 
-        Example:
+        Examples:
             >>> idx.unpack(idx.pack(h)).shape  # h (B, T, C) -> (B, T, C), padding zeroed
         """
         if x.shape[0] != self.count:

@@ -97,7 +97,7 @@ class ReadBandwidth:
         kernels: every kernel's rate, bytes/s.
         method: how it was measured, in words.
 
-    Example:
+    Examples:
         >>> bw = measure_read_bandwidth(64 * 1024**2, passes=3)
         >>> round(bw.gb_per_s)  # e.g. 15
     """
@@ -114,7 +114,7 @@ class ReadBandwidth:
     def gb_per_s(self) -> float:
         """The rate in GB/s (10^9 bytes a second).
 
-        Example:
+        Examples:
             >>> ReadBandwidth(15e9, "mv", 2**30, 2, 7).gb_per_s
             15.0
         """
@@ -123,7 +123,7 @@ class ReadBandwidth:
     def to_json(self) -> dict[str, Any]:
         """The measurement as a JSON-ready dict (rates in GB/s).
 
-        Example:
+        Examples:
             >>> ReadBandwidth(15e9, "mv", 2**30, 2, 7).to_json()["gb_per_s"]
             15.0
         """
@@ -144,7 +144,7 @@ def last_level_cache_bytes(
     """The size of CPU 0's largest (last-level) cache in bytes, from sysfs; None where sysfs
     does not say.
 
-    Example:
+    Examples:
         >>> last_level_cache_bytes()  # e.g. 503316480 for a 480 MiB L3
     """
     best: tuple[int, int] | None = None  # (level, bytes)
@@ -168,7 +168,7 @@ def default_buffer_bytes() -> int:
     """The probe's buffer: ``max(1 GiB, 2 x last-level cache)``, at most a quarter of the
     memory available now (and never under 64 MiB).
 
-    Example:
+    Examples:
         >>> default_buffer_bytes() // 1024**2  # MiB, e.g. 1024
     """
     llc = last_level_cache_bytes() or 0
@@ -208,7 +208,7 @@ def measure_read_bandwidth(
             of names.
         ValueError: ``buffer_bytes`` under 32 KiB, ``passes`` under 1, or an unknown kernel.
 
-    Example:
+    Examples:
         >>> measure_read_bandwidth(2 * 1024**3, passes=5).gb_per_s  # e.g. 14.9
     """
     size = default_buffer_bytes() if buffer_bytes is None else buffer_bytes
@@ -248,7 +248,7 @@ def tensor_bytes(t: torch.Tensor | None) -> int:
     its weight-only product reads (int8 codes and scales, not its unused zero points), another
     wrapper subclass all its inner tensors. None counts 0.
 
-    Example:
+    Examples:
         >>> tensor_bytes(torch.zeros(3, 4, dtype=torch.bfloat16))  # (3, 4) at 2 bytes
         24
     """
@@ -292,7 +292,7 @@ def decode_weight_bytes(model: nn.Module, batch: int = 1) -> int:
         TypeError: ``model`` is not an ``nn.Module``, or ``batch`` not an int.
         ValueError: ``batch`` under 1.
 
-    Example:
+    Examples:
         >>> decode_weight_bytes(nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10)))
         216
     """
@@ -319,7 +319,7 @@ def mean_context(prompt_len: int, new_tokens: int) -> float:
     ``new_tokens`` tokens: the prompt pass (``prompt_len`` positions) makes the first, step
     j = 1..n-1 attends ``prompt_len + j``; the mean is ``prompt_len + (n - 1) / 2``.
 
-    Example:
+    Examples:
         >>> mean_context(32, 256)
         159.5
     """
@@ -340,7 +340,7 @@ def kv_cache_bytes(n_layer: int, kv_width: int, batch: int, context: float, item
         context: cached positions read, e.g. :func:`mean_context`.
         itemsize: bytes per number of the cache's dtype.
 
-    Example:
+    Examples:
         >>> kv_cache_bytes(12, 768, 1, 159.5, 4)  # GPT-2 124M, float32 cache, (12, 2, 159.5, 768)
         11759616.0
     """
@@ -356,7 +356,7 @@ def limit_tokens_per_s(bytes_per_s: float, bytes_per_step: float, batch: int = 1
     """The fastest decoding the read bandwidth allows: a step that makes ``batch`` tokens
     cannot take less than ``bytes_per_step / bytes_per_s`` seconds.
 
-    Example:
+    Examples:
         >>> limit_tokens_per_s(15e9, 500e6)  # 500 MB a token at 15 GB/s
         30.0
     """
@@ -369,7 +369,7 @@ def limit_tokens_per_s(bytes_per_s: float, bytes_per_step: float, batch: int = 1
 def fraction_of_limit(tokens_per_s: float, limit: float) -> float:
     """A measured rate's share of the bandwidth limit (1.0: at the limit).
 
-    Example:
+    Examples:
         >>> fraction_of_limit(24.0, 30.0)
         0.8
     """

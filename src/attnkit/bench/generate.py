@@ -97,7 +97,7 @@ class GenerateSettings:
     ``bandwidth_bytes``: the read-bandwidth probe's buffer (None: twice the last-level cache,
     at least 1 GiB; 32 MiB with ``quick``); ``bandwidth_passes``: its timed passes per kernel.
 
-    Example:
+    Examples:
         >>> report = run(GenerateSettings(quick=True, out=Path("/tmp/gen")))
     """
 
@@ -223,7 +223,7 @@ def int8pack_model(model: GPT) -> GPT:
     Raises:
         RuntimeError: this torch has no ``torch._weight_int8pack_mm``.
 
-    Example:
+    Examples:
         >>> m = int8pack_model(gpt)  # then attnkit.generate(m, ids (1, T), 16, temperature=0)
     """
     if not hasattr(torch, "_weight_int8pack_mm"):
@@ -255,7 +255,7 @@ def import_torchao() -> tuple[Any | None, str | None]:
     error). The import's log lines (CUDA-only extensions that do not load on a CPU machine,
     torch's notes on torchao's enums) are kept off the console.
 
-    Example:
+    Examples:
         >>> tq, why = import_torchao()  # (module, None) or (None, "torchao not installed")
     """
     try:
@@ -273,7 +273,7 @@ def torchao_int8_model(model: GPT) -> tuple[GPT | None, str | None]:
     ``quantize_(model, Int8WeightOnlyConfig())``, per-row scales, the tied head quantized
     apart from the embedding), ready for attnkit's decoding loop; or None and why not.
 
-    Example:
+    Examples:
         >>> m, why = torchao_int8_model(gpt)  # m decodes ids (1, T) like gpt, in int8
     """
     tq, why = import_torchao()
@@ -336,7 +336,7 @@ def _measure_bandwidth(args: GenerateSettings) -> bw.ReadBandwidth:
 def run(args: GenerateSettings) -> Report:
     """Every case of the module docstring, every side in turns; writes generate.json.
 
-    Example:
+    Examples:
         >>> print(run(GenerateSettings(quick=True, cases=["b1-int8"])).text)
     """
     names = args.cases
@@ -531,7 +531,7 @@ def add_limits(rows: Sequence[dict[str, Any]], bytes_per_s: float) -> None:
     side's, as ``limit_tokens_per_s``, ``fraction_of_limit`` and ``bytes_per_token``, and HF
     float32's ``hf_fp32_fraction_of_limit``.
 
-    Example:
+    Examples:
         >>> add_limits(rows, 15e9)  # rows from run(); rows[0]["fraction_of_limit"] -> 0.8
     """
     for row in rows:
@@ -558,7 +558,7 @@ def evaluate_checks(rows: Sequence[dict[str, Any]]) -> list[Check]:
     for :data:`LIMIT_CASES` attnkit's fraction of the bandwidth limit. A case not in
     ``rows`` gives checks that are not measured (``passed`` None).
 
-    Example:
+    Examples:
         >>> [c.mark for c in evaluate_checks(rows)]  # e.g. ['PASS', 'PASS', ..., 'FAIL']
     """
     by_case = {r["case"]: r for r in rows}
@@ -622,7 +622,7 @@ def evaluate_checks(rows: Sequence[dict[str, Any]]) -> list[Check]:
 def render_cases(rows: Sequence[dict[str, Any]], title: str) -> str:
     """The per-case table: attnkit against HF float32, and attnkit's share of the limit.
 
-    Example:
+    Examples:
         >>> print(render_cases(rows, "greedy decoding"))
     """
     table = Table(
@@ -670,7 +670,7 @@ def render_limits(
     """The table of every side against the bandwidth limit, under a title saying how the
     bandwidth was measured and the limit counted.
 
-    Example:
+    Examples:
         >>> print(render_limits(rows, bw_after, bw_before, bw_after))
     """
     title = (
@@ -727,7 +727,7 @@ def render_limits(
 def render_checks(checks: Sequence[Check]) -> str:
     """The Targets table: each target, both sides, what was measured and the verdict.
 
-    Example:
+    Examples:
         >>> print(render_checks(evaluate_checks(rows)))
     """
     t = Table(

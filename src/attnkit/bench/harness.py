@@ -155,7 +155,7 @@ def interleaved_samples(
 ) -> dict[str, list[float]]:
     """Every timing (seconds) of each callable, taken as :func:`time_interleaved` does.
 
-    Example:
+    Examples:
         >>> interleaved_samples({"a": lambda: None}, warmup=0, repeat=3)["a"]  # doctest: +SKIP
         [2.1e-07, 1.2e-07, 1.1e-07]
     """
@@ -194,7 +194,7 @@ def interleaved_samples(
 def spread(samples: Sequence[float]) -> float:
     """(slowest - fastest) / median of some timings: 0.05 means they span 5% of the median.
 
-    Example:
+    Examples:
         >>> spread([1.0, 1.1, 0.9])
         0.2
     """

@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 def resolve(name_or_dir: str | os.PathLike[str]) -> Path:
     """A directory for a path or a known model name (found in its installed package).
 
-    Example:
+    Examples:
         >>> resolve("minilm")  # the installed package's model directory
     """
     path = Path(name_or_dir)
@@ -93,7 +93,7 @@ def load(
     on one format; by default ``config.json`` tells. Reads local files only: no hub, no
     network, so it works with ``HF_HUB_OFFLINE=1``.
 
-    Example:
+    Examples:
         >>> model = attnkit.load("minilm")
     """
     if kind is not None and kind not in KINDS:
@@ -151,7 +151,7 @@ def save(model: ModelBase, directory: str | Path, tokenizer: Tokenizer | None = 
     """Write ``model`` as an attnkit checkpoint directory: weights, ``config.json`` (the model
     config and ``model.meta``) and the tokenizer (``tokenizer``, else ``model.meta.tokenizer``).
 
-    Example:
+    Examples:
         >>> attnkit.save(attnkit.build_model("tiny"), "runs/tiny")
     """
     return save_dir(model, directory, tokenizer)

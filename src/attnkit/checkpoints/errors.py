@@ -8,7 +8,7 @@ __all__ = ["CheckpointError"]
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and the problem.
 
-    Example:
+    Examples:
         >>> try: attnkit.load("runs/broken")
         ... except CheckpointError as e: print(e)
     """

@@ -69,7 +69,7 @@ def save_tensors(
     With ``checksums`` the metadata holds a CRC-32 of every tensor's bytes
     (``"crc32:<key>"``), so :func:`read_tensors` can name a tensor whose bytes were damaged.
 
-    Example:
+    Examples:
         >>> save_tensors("weights.safetensors", {"w": torch.zeros(2, 3)})
     """
     from safetensors.torch import save_file
@@ -85,7 +85,7 @@ def read_header(path: str | Path) -> header_mod.Header:
     """The checked header of a safetensors file (:mod:`attnkit.checkpoints.header`); a bad one
     raises CheckpointError naming the file and the problem.
 
-    Example:
+    Examples:
         >>> read_header("runs/char/model.safetensors")
     """
     path = Path(path)
@@ -105,7 +105,7 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     A safetensors header is checked in full (:func:`read_header`) before any tensor is read,
     and each tensor's CRC-32, when the file records one, after.
 
-    Example:
+    Examples:
         >>> tensors = read_tensors("runs/char/model.safetensors")  # name -> tensor
     """
     path = Path(path)
@@ -147,7 +147,7 @@ def key_mismatch(missing: list[str], unknown: list[str]) -> str:
         missing: the keys the model expects that the file lacks.
         unknown: the keys the file holds that the model does not expect.
 
-    Example:
+    Examples:
         >>> key_mismatch(["lm_head.weight"], [])  # "missing key(s) ['lm_head.weight']"
     """
     parts = []
@@ -204,7 +204,7 @@ def check_header(
     Raises:
         CheckpointError: naming the first key, shape or dtype that does not fit.
 
-    Example:
+    Examples:
         >>> check_header(skeleton, read_header(path), path, skip=tuple(skeleton.tied_keys()))
     """
     got = {k: (t.shape, t.dtype) for k, t in header.tensors.items()}
@@ -222,7 +222,7 @@ def check_and_load(
     ``skip`` lists state_dict keys that are not expected (tied aliases). Nothing is copied
     unless everything checks out.
 
-    Example:
+    Examples:
         >>> check_and_load(model, read_tensors(path), path)
     """
     own = _specs(model, skip)
@@ -253,7 +253,7 @@ def save_dir(model: ModelBase, directory: str | Path, tokenizer: Tokenizer | Non
     Returns:
         ``directory`` as a Path.
 
-    Example:
+    Examples:
         >>> save_dir(model, "runs/char")  # Path('runs/char')
     """
     directory = Path(directory)
@@ -283,7 +283,7 @@ def read_json(path: Path) -> dict[str, Any]:
     Args:
         path: the JSON file, e.g. a checkpoint's ``config.json``.
 
-    Example:
+    Examples:
         >>> read_json(Path("runs/char/config.json"))["format"]  # 'attnkit'
     """
     try:
@@ -313,7 +313,7 @@ def migrate(data: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str,
         CheckpointError: for an unknown top-level key, or a "meta" or "sentence" that is
             not an object.
 
-    Example:
+    Examples:
         >>> migrate({"format": "attnkit", "model": {}, "labels": ["neg", "pos"]}, path)
         ({'id2label': ['neg', 'pos'], 'num_labels': 2}, {})
     """
@@ -362,7 +362,7 @@ def load_dir(directory: Path) -> tuple[ModelBase, dict[str, Any], Tokenizer | No
     Raises:
         CheckpointError: naming the file and the problem.
 
-    Example:
+    Examples:
         >>> model, meta, tok = load_dir(Path("runs/char"))
     """
     from attnkit.models import build_model, config_from_dict
@@ -414,7 +414,7 @@ def load_tokenizer(
     Raises:
         CheckpointError: if the file cannot be read as a tokenizer, or does not fit.
 
-    Example:
+    Examples:
         >>> tok = load_tokenizer("runs/char/tokenizer.json", vocab_size=model.config.vocab_size)
     """
     from tokenizers import Tokenizer
@@ -445,7 +445,7 @@ def check_tokenizer_fits(tok: Tokenizer, vocab_size: int, source: str | Path) ->
     Raises:
         CheckpointError: for an empty vocabulary or an id >= ``vocab_size``.
 
-    Example:
+    Examples:
         >>> check_tokenizer_fits(tok, model.config.vocab_size, "runs/char/tokenizer.json")
     """
     vocab = tok.get_vocab(with_added_tokens=True)

@@ -59,7 +59,7 @@ class TensorInfo:
     """One tensor of the header: its dtype, shape and byte range ``begin``..``end`` in the
     data section.
 
-    Example:
+    Examples:
         >>> TensorInfo(torch.float32, (2, 3), 0, 24).shape  # (2, 3)
     """
 
@@ -75,7 +75,7 @@ class Header:
     tensor's dtype and shape) in file order, ``metadata`` (str -> str), and ``data_start``,
     where the data section begins in the file.
 
-    Example:
+    Examples:
         >>> read_header("runs/char/model.safetensors").tensors["embed.tok.weight"].shape
     """
 
@@ -176,7 +176,7 @@ def read_header(path: str | Path) -> Header:
     """The checked header of the safetensors file ``path``; raises HeaderError (a ValueError)
     whose message says what is wrong (the caller adds the file's name).
 
-    Example:
+    Examples:
         >>> read_header(Path("runs/char/model.safetensors")).tensors
     """
     path = Path(path)

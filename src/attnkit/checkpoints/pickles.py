@@ -38,7 +38,7 @@ def read_pickle(path: str | Path, what: str) -> Any:
     with ``torch.load(weights_only=True)``: tensors and plain values only, so a pickle that
     would run code (a ``__reduce__`` payload) is refused unrun, as a CheckpointError.
 
-    Example:
+    Examples:
         >>> read_pickle("pytorch_model.bin", "a state dict")
     """
     path = Path(path)
@@ -60,7 +60,7 @@ def read_state(path: str | Path, required: Mapping[str, type]) -> dict[str, Any]
     """A training state dict (``state.pt``: optimizer, RNG states, step...) read as
     :func:`read_pickle` does, with each key of ``required`` present and of its type.
 
-    Example:
+    Examples:
         >>> read_state("runs/char/state.pt", {"step": int})
     """
     path = Path(path)

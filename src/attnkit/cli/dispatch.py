@@ -65,7 +65,7 @@ class Command:
     ``args.rest``; otherwise they are an error. ``examples`` are whole invocations, shown
     under "example:" at the end of the command's ``--help``.
 
-    Example:
+    Examples:
         >>> Command("version", "m:run", "m:options", "print versions", examples=("attnkit version",))
         Command(words='version', ...)
     """
@@ -146,7 +146,7 @@ TOP_EXAMPLES: tuple[str, ...] = (
 def epilog(examples: Sequence[str]) -> str | None:
     """The "example:" block that ends a ``--help``, or None without examples.
 
-    Example:
+    Examples:
         >>> print(epilog(["attnkit version"]))
         example:
           attnkit version
@@ -159,7 +159,7 @@ def epilog(examples: Sequence[str]) -> str | None:
 def build_parser(commands: Sequence[Command], chosen: Command | None = None) -> ArgumentParser:
     """The parser for all commands; only ``chosen`` gets its options (importing its module).
 
-    Example:
+    Examples:
         >>> build_parser([]).prog
         'attnkit'
     """

@@ -29,7 +29,7 @@ def training_texts(clf: Classifier) -> LabelledTexts | None:
     Args:
         clf: a loaded classifier; its ``model.meta.finetune`` is read.
 
-    Example:
+    Examples:
         >>> training_texts(Classifier("runs/clf")).source
     """
     info = clf.model.meta.finetune or {}
@@ -67,7 +67,7 @@ def evaluate_classifier(
         ValueError: ``data`` or ``train`` holds a label the model does not know (named with
             the model's labels), or ``batch_size`` < 1.
 
-    Example:
+    Examples:
         >>> evaluate_classifier("runs/clf", "test.csv")["macro_f1"]
     """
     checks.positive_int("batch_size", batch_size)

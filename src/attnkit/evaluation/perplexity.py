@@ -55,7 +55,7 @@ def window_spans(
     Raises:
         ValueError: ``n_tokens`` < 2, ``block_size`` < 1 or ``stride`` outside 1..block_size.
 
-    Example:
+    Examples:
         >>> window_spans(10, 4)
         [(0, 4, 4), (4, 8, 4), (5, 9, 1)]
     """
@@ -98,7 +98,7 @@ def perplexity(
         ValueError: not a GPT with an LM head, ``block_size`` over the model's ``max_seq_len``,
             a token id outside the vocabulary, or fewer than 2 tokens.
 
-    Example:
+    Examples:
         >>> perplexity(attnkit.load("runs/char"), ids, block_size=64, stride=32)["perplexity"]
     """
     if not isinstance(model, GPT) or model.lm_head is None:
@@ -169,7 +169,7 @@ def eval_token_ids(
     Raises:
         ValueError: an unknown ``split``, or a text that encodes to fewer than 2 tokens.
 
-    Example:
+    Examples:
         >>> ids = eval_token_ids(model.meta.tokenizer, "shakespeare", "val", val_fraction=0.1)
     """
     from tokenizers import Tokenizer
@@ -201,7 +201,7 @@ def run_settings(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
         ValueError: ``run_config.json`` lacks ``data.corpus``, ``data.val_fraction`` or
             ``train.block_size``, or is not JSON.
 
-    Example:
+    Examples:
         >>> sorted(run_settings("runs/char"))
         ['block_size', 'corpus', 'val_fraction']
     """

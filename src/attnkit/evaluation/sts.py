@@ -42,7 +42,7 @@ def rank_average(values: Sequence[float] | np.ndarray) -> np.ndarray:
     Returns:
         The rank of each value, shape (n,), in the order of ``values``.
 
-    Example:
+    Examples:
         >>> rank_average([3.0, 1.0, 3.0, 2.0])
         array([3.5, 1. , 3.5, 2. ])
     """
@@ -68,7 +68,7 @@ def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -
     Raises:
         ValueError: lengths differ or are under 2, or a value is NaN or infinite.
 
-    Example:
+    Examples:
         >>> spearman([1, 2, 3], [10, 20, 40])
         1.0
     """
@@ -117,7 +117,7 @@ def read_pairs(path: str | os.PathLike[str]) -> tuple[list[str], list[str], list
             a missing or empty column or a score that is not a finite number, or fewer than 2
             pairs.
 
-    Example:
+    Examples:
         >>> a, b, gold = read_pairs("sts-test.tsv")
     """
     path = Path(path)
@@ -210,7 +210,7 @@ def evaluate_sts(
     Raises:
         ValueError: the three sequences differ in length, or :func:`read_pairs` refuses the file.
 
-    Example:
+    Examples:
         >>> evaluate_sts(Encoder.load("minilm"), "sts-test.tsv")["spearman"]
     """
     if isinstance(data, (str, os.PathLike)):

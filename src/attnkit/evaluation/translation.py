@@ -45,7 +45,7 @@ def copy_baseline(pairs: Sequence[Pair], limit: int | None = None) -> dict[str, 
     Raises:
         ValueError: no pairs to score.
 
-    Example:
+    Examples:
         >>> copy_baseline([("hola", "hello"), ("adios", "goodbye")])["sentences"]
         2
     """
@@ -93,7 +93,7 @@ def evaluate_translation(
         TypeError: ``model`` is not an :class:`EncoderDecoder`.
         ValueError: no tokenizer given or carried by the model, or no pairs to score.
 
-    Example:
+    Examples:
         >>> evaluate_translation(model, corpus.splits["test"], num_beams=4)["bleu"]
     """
     if not isinstance(model, EncoderDecoder):

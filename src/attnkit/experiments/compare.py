@@ -56,7 +56,7 @@ def compare_spec(
         ValueError: no budget, an unknown or repeated variant, a bad or repeated length, or a
             ``tokens_per_step`` that is not an int >= 1.
 
-    Example:
+    Examples:
         >>> spec = compare_spec({}, ["exact", "local"], [256, 1024], Budget.parse("seconds=60"))
         >>> len(spec.points)
         4

@@ -32,7 +32,7 @@ class PowerLawFit:
     the residuals' RMS, ``r2`` the share of the loss variance explained, ``n`` the points,
     ``at_edge`` whether b stopped at a bound of its search range.
 
-    Example:
+    Examples:
         >>> fit = PowerLawFit(a=2.0, b=0.5, c=1.0, a_err=None, b_err=None, c_err=None,
         ...                   rmse=0.0, r2=1.0, n=3)
         >>> fit.predict([4.0])
@@ -59,7 +59,7 @@ class PowerLawFit:
         Returns:
             A float64 array of the shape of ``compute``.
 
-        Example:
+        Examples:
             >>> fit.predict([4.0, 100.0])
             array([2. , 1.2])
         """
@@ -69,7 +69,7 @@ class PowerLawFit:
         """The fields as a dict (``a``, ``b``, ``c``, their errors, ``rmse``, ``r2``, ``n``,
         ``at_edge``).
 
-        Example:
+        Examples:
             >>> fit.to_dict()["b"]
             0.5
         """
@@ -168,7 +168,7 @@ def fit_power_law(
         ValueError: lengths differ, fewer than 3 points or distinct compute values, a value
             not finite or a compute <= 0, or a bad ``b_range``.
 
-    Example:
+    Examples:
         >>> fit_power_law([1e12, 1e13, 1e14, 1e15], [4.0, 3.2, 2.8, 2.6]).n
         4
     """
@@ -234,7 +234,7 @@ def compute_frontier(points: Iterable[tuple[float, float]]) -> list[tuple[float,
     Returns:
         ``(compute, loss)`` pairs as floats, compute increasing and loss decreasing.
 
-    Example:
+    Examples:
         >>> compute_frontier([(1.0, 3.0), (2.0, 3.5), (3.0, 2.5)])
         [(1.0, 3.0), (3.0, 2.5)]
     """

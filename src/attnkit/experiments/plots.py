@@ -47,7 +47,7 @@ def plot_loss_vs_params(rows: Sequence[dict[str, Any]], path: Path) -> Path | No
     Returns:
         ``path``, or None (nothing drawn) with fewer than two distinct parameter counts.
 
-    Example:
+    Examples:
         >>> plot_loss_vs_params(results.rows, Path("runs/sweep/loss_vs_params.png"))
     """
     if len({r["non_embedding_parameters"] for r in rows}) < 2:
@@ -86,7 +86,7 @@ def plot_loss_vs_shape(
     Returns:
         ``path``, or None (nothing drawn) with fewer than two distinct ``x`` values.
 
-    Example:
+    Examples:
         >>> plot_loss_vs_shape(results.rows, "n_layer", "d_model", Path("loss_vs_depth.png"))
     """
     if len({r[x] for r in rows}) < 2:
@@ -119,7 +119,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     Returns:
         ``path``, or None (nothing drawn) without rows.
 
-    Example:
+    Examples:
         >>> plot_curves(results.rows, Path("runs/sweep/curves.png"))
     """
     if not rows:
@@ -156,7 +156,7 @@ def plot_loss_vs_compute(
     Returns:
         ``path``, or None (nothing drawn) without rows.
 
-    Example:
+    Examples:
         >>> plot_loss_vs_compute(rows, frontier, fit, Path("runs/sweep/loss_vs_compute.png"))
     """
     if not rows:
@@ -210,7 +210,7 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     Returns:
         ``path``, or None (nothing drawn) without rows.
 
-    Example:
+    Examples:
         >>> plot_frontier(results.rows, Path("runs/cmp/frontier.png"))
     """
     if not rows:

@@ -85,7 +85,7 @@ def render_report(
     Returns:
         The HTML text.
 
-    Example:
+    Examples:
         >>> html = render_report(results, "attnkit sweep", [("curves", Path("curves.png"))])
     """
     esc = html.escape
@@ -161,7 +161,7 @@ def write_report(
         images: ``(caption, PNG path)`` of each plot, in order.
         notes: paragraphs shown under the best point.
 
-    Example:
+    Examples:
         >>> write_report(results, "runs/sweep/report.html", "attnkit sweep", [])
         PosixPath('runs/sweep/report.html')
     """

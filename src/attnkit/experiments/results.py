@@ -44,7 +44,7 @@ class Results:
     point, params, error) and the specification; ``fit`` the power-law fit of a sweep's
     compute frontier, once :func:`attnkit.experiments.sweep.finish` has made it.
 
-    Example:
+    Examples:
         >>> results = Results(spec, rows=[])
         >>> results.best is None
         True
@@ -60,7 +60,7 @@ class Results:
         """The CSV's columns: ``point``, the axes, the measured columns (and
         ``peak_memory_bytes`` when memory is measured), ``run_dir`` and ``trial``.
 
-        Example:
+        Examples:
             >>> results.columns[:2]  # for a sweep over model.n_layer
             ['point', 'model.n_layer']
         """
@@ -71,7 +71,7 @@ class Results:
     def best(self) -> dict[str, Any] | None:
         """The row with the lowest best validation loss (None without rows).
 
-        Example:
+        Examples:
             >>> results.best["params"]
             {'model.n_layer': 4}
         """
@@ -80,7 +80,7 @@ class Results:
     def flat_rows(self) -> list[dict[str, Any]]:
         """Rows as the CSV has them: the axes' values beside the measured columns.
 
-        Example:
+        Examples:
             >>> results.flat_rows()[0]["model.n_layer"]
             2
         """
@@ -99,7 +99,7 @@ class Results:
                 the best and final validation loss); ``peak_memory_bytes`` is added when
                 memory is measured.
 
-        Example:
+        Examples:
             >>> print(results.text(["model.n_layer", "best_val_loss"]))
         """
         cols = list(
@@ -142,7 +142,7 @@ def collect(study: Any, spec: SweepSpec) -> Results:
         study: the Optuna study of the sweep.
         spec: the sweep's specification.
 
-    Example:
+    Examples:
         >>> len(collect(study, spec).rows)
     """
     optuna = __import__("optuna")
@@ -174,7 +174,7 @@ def write_tables(results: Results, out: str | Path) -> list[Path]:
         results: the results to write.
         out: an existing directory.
 
-    Example:
+    Examples:
         >>> [p.name for p in write_tables(results, "runs/sweep")]
         ['results.csv', 'results.json']
     """

@@ -50,7 +50,7 @@ def val_windows_digest(cfg: RunConfig, tok: Tokenizer, streams: dict[str, TokenS
         tok: the run's tokenizer.
         streams: the run's token streams; ``"val"`` is read.
 
-    Example:
+    Examples:
         >>> len(val_windows_digest(cfg, tok, streams))
         16
     """
@@ -85,7 +85,7 @@ def train_step_op(
     Returns:
         A function of no arguments that runs one AdamW step.
 
-    Example:
+    Examples:
         >>> step = train_step_op(ModelConfig(vocab_size=64).to_dict(), 2, 16, "cpu"); step()
     """
     from attnkit.models import ModelConfig, build_model
@@ -150,7 +150,7 @@ def run_point(spec: SweepSpec, index: int, out: str | Path) -> dict[str, Any]:
     Raises:
         RuntimeError: the run logged no validation loss.
 
-    Example:
+    Examples:
         >>> run_point(spec, 0, "runs/sweep")["best_val_loss"]
     """
     from attnkit.models import build_model

@@ -39,7 +39,7 @@ class Budget:
     Raises:
         ValueError: an unknown ``kind``, or an ``amount`` that is not a positive number.
 
-    Example:
+    Examples:
         >>> str(Budget("tokens", 2e6))
         'tokens=2e+06'
     """
@@ -66,7 +66,7 @@ class Budget:
         Raises:
             ValueError: no ``=``, a number that does not parse, or a bad kind or amount.
 
-        Example:
+        Examples:
             >>> Budget.parse("seconds=60")
             Budget(kind='seconds', amount=60.0)
         """
@@ -86,7 +86,7 @@ class Budget:
     def key(self) -> str:
         """The run config key that carries it (``train.budget_seconds``, ...).
 
-        Example:
+        Examples:
             >>> Budget("seconds", 60).key
             'train.budget_seconds'
         """
@@ -117,7 +117,7 @@ class Axis:
         ValueError: a key outside those sections, no values, a repeated value or a value of
             another type.
 
-    Example:
+    Examples:
         >>> Axis("model.n_layer", (2, 4, 8)).values
         (2, 4, 8)
     """
@@ -146,7 +146,7 @@ class Axis:
         Raises:
             ValueError: no ``=``, an empty key or value, or an invalid axis.
 
-        Example:
+        Examples:
             >>> Axis.parse("model.n_layer=2,4,8")
             Axis(key='model.n_layer', values=(2, 4, 8))
         """
@@ -175,7 +175,7 @@ class Range:
         ValueError: a bad key, ``low >= high``, an end that is not finite, or ``low <= 0``
             with ``log``.
 
-    Example:
+    Examples:
         >>> Range("train.lr", 1e-4, 1e-2, log=True).integer
         False
     """
@@ -198,7 +198,7 @@ class Range:
     def integer(self) -> bool:
         """Whether both ends are ints, so that draws are integers.
 
-        Example:
+        Examples:
             >>> Range("model.n_layer", 1, 6).integer
             True
         """
@@ -215,7 +215,7 @@ class Range:
         Raises:
             ValueError: not of that form, an end that is not a number, or an invalid range.
 
-        Example:
+        Examples:
             >>> Range.parse("train.lr=1e-4:1e-2:log")
             Range(key='train.lr', low=0.0001, high=0.01, log=True)
         """
@@ -238,7 +238,7 @@ class Range:
         Args:
             rng: the random generator to draw with.
 
-        Example:
+        Examples:
             >>> 1 <= Range("model.n_layer", 1, 6).draw(random.Random(0)) <= 6
             True
         """
@@ -271,7 +271,7 @@ def grid_points(axes: Sequence[Axis]) -> list[dict[str, Any]]:
     Raises:
         ValueError: two axes on the same key.
 
-    Example:
+    Examples:
         >>> grid_points([Axis("model.n_layer", (2, 4)), Axis("model.d_model", (64, 128))])[1]
         {'model.n_layer': 2, 'model.d_model': 128}
     """
@@ -298,7 +298,7 @@ def random_points(
     Raises:
         ValueError: ``n`` < 1, no axes and no ranges, or a key given twice.
 
-    Example:
+    Examples:
         >>> len(random_points([], [Range.parse("train.lr=1e-4:1e-2:log")], n=8, seed=0))
         8
     """

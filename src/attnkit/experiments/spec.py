@@ -38,7 +38,7 @@ class SweepSpec:
     Raises:
         ValueError: an unknown ``kind``, no points, or a point given twice.
 
-    Example:
+    Examples:
         >>> points = ({"model.n_layer": 2}, {"model.n_layer": 4})
         >>> spec = SweepSpec({}, points, Budget("seconds", 60))
         >>> spec.axes
@@ -73,7 +73,7 @@ class SweepSpec:
         Args:
             key: a dotted config key.
 
-        Example:
+        Examples:
             >>> spec.choices("model.n_layer")
             [2, 4]
         """
@@ -90,7 +90,7 @@ class SweepSpec:
             index: the point's index in ``points``.
             extra: further ``(dotted key, value)`` overrides, applied after the point's.
 
-        Example:
+        Examples:
             >>> spec.config(1).model["n_layer"]
             4
         """
@@ -106,7 +106,7 @@ class SweepSpec:
             ValueError: naming the first point whose config or model is invalid (including a
                 ``train.block_size`` over the model's ``max_seq_len``).
 
-        Example:
+        Examples:
             >>> spec.check()  # None, or ValueError: sweep point 1 {...}: ...
         """
         from attnkit.models import ModelConfig
@@ -133,7 +133,7 @@ class SweepSpec:
         Args:
             index: the point's index in ``points``.
 
-        Example:
+        Examples:
             >>> spec.name(1)
             'p001-n_layer=4'
         """
@@ -146,7 +146,7 @@ class SweepSpec:
     def record(self) -> dict[str, Any]:
         """The specification as plain JSON data (what the study stores), keys sorted.
 
-        Example:
+        Examples:
             >>> spec.record()["budget"]
             'seconds=60'
         """

@@ -62,7 +62,7 @@ def storage_url(out: str | Path, storage: str | None) -> str:
     Raises:
         ValueError: ``storage`` is not a URL (has no ``://``).
 
-    Example:
+    Examples:
         >>> storage_url("runs/sweep", "postgresql://user@host/db")
         'postgresql://user@host/db'
     """
@@ -88,7 +88,7 @@ def open_storage(url: str, heartbeat: int = 5, grace: int | None = None) -> Any:
     Raises:
         ValueError: a bad ``heartbeat`` or ``grace``.
 
-    Example:
+    Examples:
         >>> storage = open_storage(storage_url("runs/sweep", None), heartbeat=5)
     """
     optuna = _optuna()
@@ -135,7 +135,7 @@ def open_study(storage: Any, name: str, spec: SweepSpec, wait: float = 60.0) -> 
     Raises:
         ValueError: an empty name, or a study of that name made for another specification.
 
-    Example:
+    Examples:
         >>> study = open_study(storage, "sweep", spec)
     """
     optuna = _optuna()
@@ -190,7 +190,7 @@ def work(study: Any, spec: SweepSpec, out: str | Path, poll: float = 1.0) -> int
         out: the sweep's output directory.
         poll: seconds between looks at the points others are running.
 
-    Example:
+    Examples:
         >>> ran = work(study, spec, "runs/sweep")
     """
     optuna = _optuna()

@@ -35,7 +35,7 @@ class Outcome:
     """What :func:`run` did: the results, the files written, the points this process ran and
     the study's storage URL.
 
-    Example:
+    Examples:
         >>> outcome = run(spec, "runs/sweep")
         >>> outcome.ran, outcome.storage  # e.g. (4, 'sqlite:////abs/runs/sweep/sweep.db')
     """
@@ -58,7 +58,7 @@ def fit_frontier(rows: list[dict[str, Any]]) -> tuple[list[tuple[float, float]],
         The frontier's ``(compute, loss)`` pairs, and the fit as a dict
         (:meth:`PowerLawFit.to_dict` or ``"error"``) with ``"frontier"`` and ``"text"`` added.
 
-    Example:
+    Examples:
         >>> frontier, fit = fit_frontier(results.rows)
         >>> fit["text"]
     """
@@ -85,7 +85,7 @@ def finish(results: Results, out: str | Path) -> list[Path]:
     Returns:
         The paths written: the tables, the plots, then ``report.html``.
 
-    Example:
+    Examples:
         >>> finish(collect(study, spec), "runs/sweep")[-1].name
         'report.html'
     """
@@ -169,7 +169,7 @@ def run(
         ValueError: an invalid point, a bad storage URL, heartbeat or grace, or a study of
             that name made for another specification.
 
-    Example:
+    Examples:
         >>> outcome = run(SweepSpec(base, grid_points(axes), Budget.parse("seconds=60")), "runs/s")
     """
     spec.check()

@@ -54,7 +54,7 @@ def ban_repeated_ngrams(ids: Tensor, scores: Tensor, n: int) -> Tensor:
     Returns:
         (R, V), a new tensor (``scores`` itself when nothing can be banned).
 
-    Example:
+    Examples:
         >>> ban_repeated_ngrams(torch.tensor([[0, 5, 6, 5]]), torch.zeros(1, 8), 2)[0, 6]
         tensor(-inf)
     """
@@ -83,7 +83,7 @@ def ban_eos_before(ids: Tensor, scores: Tensor, min_length: int, eos: Tensor) ->
     Returns:
         (R, V), a new tensor (``scores`` itself when nothing is banned).
 
-    Example:
+    Examples:
         >>> ban_eos_before(torch.tensor([[0, 5]]), torch.zeros(1, 4), 3, torch.tensor([2]))
         tensor([[0., 0., -inf, 0.]])
     """
@@ -139,7 +139,7 @@ def beam_search(
         (B * num_return_sequences, L) decoder ids, best first per source, each row starting
         with the decoder start token; L is the longest row returned.
 
-    Example:
+    Examples:
         >>> beam_search(model, cache, num_beams=4, max_length=64, min_length=0,
         ...     length_penalty=1.0, early_stopping=True, no_repeat_ngram_size=0,
         ...     num_return_sequences=1, eos=torch.tensor([2]), pad_token_id=0,

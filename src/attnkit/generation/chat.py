@@ -42,7 +42,7 @@ class Reply:
     """One turn's answer: ``dropped`` oldest tokens left the context to make room (0 when it
     fitted); ``tokens`` yields the new tokens as they are chosen.
 
-    Example:
+    Examples:
         >>> "".join(t.text for t in session.send("You: hello\\n").tokens)
     """
 
@@ -58,7 +58,7 @@ class ChatSession:
     (``seed`` seeds one generator for the whole conversation); ``stop`` strings or id lists
     and ``eos_token_id`` end a reply early.
 
-    Example:
+    Examples:
         >>> session = ChatSession(attnkit.load("runs/char"), system="A play.\\n", top_k=40, seed=0)
     """
 
@@ -122,7 +122,7 @@ class ChatSession:
     def cached(self) -> int:
         """Tokens of the conversation whose keys and values are in the cache.
 
-        Example:
+        Examples:
             >>> session.cached  # tokens in the KV cache
         """
         return self.cache[0].length
@@ -130,7 +130,7 @@ class ChatSession:
     def reset(self) -> None:
         """Forget the conversation: an empty cache and only the system text.
 
-        Example:
+        Examples:
             >>> session.reset()
         """
         for c in self.cache:
@@ -181,7 +181,7 @@ class ChatSession:
         """Add the turn ``text`` (as it should appear in the model's context, separators
         included) and return the reply; its tokens are made as they are read.
 
-        Example:
+        Examples:
             >>> for token in session.send("ROMEO: Hello.\\nJULIET:").tokens: print(token.text, end="")
         """
         self._repair()

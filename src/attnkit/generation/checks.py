@@ -41,7 +41,7 @@ def check_model(model: object) -> GPT:
         TypeError: if ``model`` is not a :class:`~attnkit.models.gpt.GPT`.
         ValueError: if it has no LM head (``config.head='none'``).
 
-    Example:
+    Examples:
         >>> gpt = check_model(attnkit.load("runs/char"))  # the same object, typed as GPT
     """
     if not isinstance(model, GPT):
@@ -61,7 +61,7 @@ class Options:
     :func:`check_options` makes them: ``stops`` the stop strings, ``stop_ids`` the stop
     token-id sequences and ``eos`` the eos ids; the rest as given to ``generate``.
 
-    Example:
+    Examples:
         >>> check_options(256, 64, 1.0, None, None, 1.0, None, None, 0, True, "error").seed  # 0
     """
 
@@ -109,7 +109,7 @@ def check_options(
     Raises:
         ValueError: for a bad value (a ``CheckTypeError``, also a TypeError, for a wrong type).
 
-    Example:
+    Examples:
         >>> check_options(256, 64, 0.8, 40, None, 1.0, "\\n\\n", None, 0, True, "error").stops
         ('\\n\\n',)
     """
@@ -158,7 +158,7 @@ def prompt_rows(
         ValueError: for a prompt of another kind, an empty prompt or row, an id out of range,
             or text without a tokenizer.
 
-    Example:
+    Examples:
         >>> prompt_rows([[1, 2], [3]], None, 256)  # ([[1, 2], [3]], True)
     """
     rows: list[Any]
@@ -226,7 +226,7 @@ def eos_set(eos_token_id: Any, vocab: int) -> set[int]:
     Raises:
         ValueError: for an id that is not an int in [0, vocab).
 
-    Example:
+    Examples:
         >>> eos_set([2, 3], 256)  # {2, 3}
     """
     if eos_token_id is None:
@@ -252,7 +252,7 @@ def stop_list(stop: Any, vocab: int) -> tuple[list[str], list[tuple[int, ...]]]:
     Raises:
         ValueError: for anything else (an empty string or list, an id out of range).
 
-    Example:
+    Examples:
         >>> stop_list(["\\n\\n", [1, 2]], 256)  # (['\\n\\n'], [(1, 2)])
     """
     if stop is None:

@@ -28,7 +28,7 @@ class GeneratedToken:
     printable (``None`` without a tokenizer; may be "" while a multi-byte character is
     incomplete, and then holds all of it at the token that completes it).
 
-    Example:
+    Examples:
         >>> [t.text for t in stream(model, "ROMEO:", 5)]  # each a GeneratedToken
     """
 
@@ -168,7 +168,7 @@ def stream(
     :class:`GeneratedToken` per live row per step, rows in order. Arguments are checked when
     this is called, before the first token.
 
-    Example:
+    Examples:
         >>> for t in stream(attnkit.load("runs/char"), "ROMEO:", 100, seed=0): print(t.text, end="")
     """
     gpt = check_model(model)
@@ -302,7 +302,7 @@ def generate(
     Returns the prompt's token ids followed by the new ones: a ``list[int]`` for one prompt, a
     list of them (one per prompt, without padding) for a batch.
 
-    Example:
+    Examples:
         >>> ids = generate(attnkit.load("runs/char"), "ROMEO:", max_new_tokens=50, top_k=40, seed=0)
     """
     if isinstance(model, EncoderDecoder):

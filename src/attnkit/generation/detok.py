@@ -18,7 +18,7 @@ class TextTail:
         tokenizer: the model's tokenizer.
         context: the row's prompt ids; the last 4 are decoded as left context.
 
-    Example:
+    Examples:
         >>> tail = TextTail(tok, tok.encode("ROMEO:").ids)
         >>> tail.push(tok.token_to_id("a"))  # 'a'
     """
@@ -37,7 +37,7 @@ class TextTail:
         Args:
             token_id: the row's next token id.
 
-        Example:
+        Examples:
             >>> "".join(tail.push(t) for t in new_ids)  # the new tokens' text
         """
         self.ids.append(token_id)
@@ -58,7 +58,7 @@ def hits_stop_ids(generated: Sequence[int], stop_ids: Sequence[tuple[int, ...]])
         generated: the row's new token ids so far (the prompt left out).
         stop_ids: the stop sequences, each a tuple of ids.
 
-    Example:
+    Examples:
         >>> hits_stop_ids([4, 1, 2], [(1, 2)])  # True
     """
     return any(len(q) <= len(generated) and tuple(generated[-len(q) :]) == q for q in stop_ids)
@@ -74,7 +74,7 @@ def hits_stop_string(tail: TextTail, new_text: str, stops: Sequence[str], longes
         stops: the stop strings.
         longest: the length of the longest stop string.
 
-    Example:
+    Examples:
         >>> hits_stop_string(tail, tail.push(token_id), ["\\n\\n"], 2)
     """
     window = tail.text[-(longest + len(new_text)) :]

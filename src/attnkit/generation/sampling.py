@@ -15,7 +15,7 @@ def apply_repetition_penalty(
     """logits (B, V); seen (B, V) bool, True for ids already in the row. Returns new logits:
     seen positive logits / penalty, seen negative logits * penalty.
 
-    Example:
+    Examples:
         >>> apply_repetition_penalty(torch.tensor([[2.0, -1.0]]), torch.tensor([[True, True]]), 2.0)  # [[1.0, -2.0]]
     """
     if penalty == 1.0:
@@ -29,7 +29,7 @@ def filter_logits(
 ) -> torch.Tensor:
     """logits (B, V) -> logits with the tokens outside top-k / top-p set to -inf.
 
-    Example:
+    Examples:
         >>> filter_logits(torch.tensor([[1.0, 3.0, 2.0]]), top_k=2)  # [[-inf, 3.0, 2.0]]
     """
     if top_k is not None and top_k < logits.shape[-1]:
@@ -72,7 +72,7 @@ def choose_tokens(
     maximum first, so that a tiny temperature (down to the smallest float) is a clean arg-max
     instead of inf / inf.
 
-    Example:
+    Examples:
         >>> choose_tokens(torch.tensor([[0.1, 2.0, 0.3]]), temperature=0.0)  # tensor([1])
     """
     if temperature == 0:

@@ -211,7 +211,7 @@ def generate_seq2seq(
     ``decoder_start_token_id`` default to the model config's. ``decoder_only``: the options of
     GPT generation this was called with (each must have its unused value).
 
-    Example:
+    Examples:
         >>> out = generate_seq2seq(model, src_ids, attention_mask=src_mask, num_beams=4)  # (B, S) -> (B, L)
     """
     if not isinstance(model, EncoderDecoder):

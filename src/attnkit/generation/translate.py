@@ -42,7 +42,7 @@ def encode_sources(
     Raises:
         ValueError: if ``max_len`` is below 2.
 
-    Example:
+    Examples:
         >>> encode_sources(tok, ["Hello world"], eos_id=1, max_len=3)  # [[id, id, 1]]
     """
     if max_len is not None:
@@ -88,7 +88,7 @@ def translate(
         TypeError: if ``model`` is not an ``EncoderDecoder`` or ``texts`` is one str.
         ValueError: for a bad ``batch_size`` or option.
 
-    Example:
+    Examples:
         >>> translate(model, tok, ["In the beginning God created the heaven."], num_beams=4)
         ['En el principio crió Dios los cielos.']
     """

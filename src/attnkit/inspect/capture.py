@@ -74,7 +74,7 @@ __all__ = [
 class HasModel(Protocol):
     """Anything that holds an attnkit model as ``.model`` (a sentence Encoder, say).
 
-    Example:
+    Examples:
         >>> encoder = Encoder.load("minilm")  # holds its Bert as .model: a HasModel
         >>> with capture(encoder, layers=[0]) as maps:
         ...     encoder.encode(["he swung the bat"])
@@ -84,7 +84,7 @@ class HasModel(Protocol):
     def model(self) -> nn.Module:
         """The attnkit model held.
 
-        Example:
+        Examples:
             >>> encoder.model  # the Bert inside a sentence Encoder
         """
 
@@ -109,7 +109,7 @@ class AttentionMaps:
     info: per layer, extra data (for ``lsh``: the hash buckets (B, H, n_hashes, T)).
     calls: per layer, how many times it ran inside the context.
 
-    Example:
+    Examples:
         >>> with capture(model, layers=[0, 3]) as maps:
         ...     model(input_ids)
         >>> maps.weights[0].shape  # (B, H, Tq, Tk) for layer maps.layers[0]
@@ -142,7 +142,7 @@ class AttentionMaps:
         Raises:
             ValueError: the layer was not captured.
 
-        Example:
+        Examples:
             >>> AttentionMaps(layers=[0, 3], heads=[0, 1]).index(3)
             1
         """
@@ -159,7 +159,7 @@ class AttentionMaps:
         Raises:
             ValueError: the layer was not captured, or did not run inside the context.
 
-        Example:
+        Examples:
             >>> maps.dense(3).shape  # (B, H, Tq, Tk)
         """
         w = self.weights[self.index(layer)]
@@ -184,7 +184,7 @@ class AttentionMaps:
         Returns:
             The HTML page.
 
-        Example:
+        Examples:
             >>> page = maps.viewer_page(title="layer 0")
         """
         from attnkit.inspect.html import render_viewer
@@ -212,7 +212,7 @@ class AttentionMaps:
         Raises:
             ImportError: IPython is not installed.
 
-        Example:
+        Examples:
             >>> maps.show(title="he swung the bat")
         """
         from attnkit.inspect.display import show_html, viewer_iframe
@@ -228,7 +228,7 @@ class AttentionMaps:
         Raises:
             ValueError: ``batch`` is outside the batch, or a layer did not run.
 
-        Example:
+        Examples:
             >>> [w.shape for w in maps.stacked(0)]  # one (H, Tq, Tk) per layer
         """
         out = []
@@ -300,7 +300,7 @@ def unavailable_layers(model: Inspectable) -> dict[int, str]:
     Raises:
         ValueError: ``model`` is neither.
 
-    Example:
+    Examples:
         >>> unavailable_layers(model)  # {} for exact attention
         {}
     """
@@ -424,7 +424,7 @@ def capture(
             a layer with no weights to capture (:func:`unavailable_layers`), or a layer
             already being captured.
 
-    Example:
+    Examples:
         >>> with capture(model, layers=[0, 3], top_k=8) as maps:
         ...     model(input_ids)
     """
@@ -478,7 +478,7 @@ def capture_overhead(
     Returns:
         ``{"plain_s", "capture_s"`` (best round of each), ``"ratio", "rounds"}``.
 
-    Example:
+    Examples:
         >>> capture_overhead(model, input_ids, rounds=3)["ratio"]
     """
     positive_int("rounds", rounds)

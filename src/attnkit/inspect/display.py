@@ -34,7 +34,7 @@ def viewer_iframe(page: str, height: int = 640) -> str:
     Raises:
         ValueError: an empty or non-string ``page``, or a ``height`` that is not an int >= 50.
 
-    Example:
+    Examples:
         >>> viewer_iframe(render_viewer(tokens, maps.stacked(), maps.layers, maps.heads))
     """
     if not isinstance(page, str) or not page:
@@ -60,7 +60,7 @@ def show_html(fragment: str) -> Any:
     Raises:
         ImportError: IPython is not installed.
 
-    Example:
+    Examples:
         >>> show_html(viewer_iframe(page))
     """
     try:

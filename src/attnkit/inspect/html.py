@@ -353,7 +353,7 @@ def render_viewer(
             are malformed (the message says which), or a bad ``mass``, ``max_entries`` or
             ``max_bytes``.
 
-    Example:
+    Examples:
         >>> page = render_viewer(tokens, maps.stacked(), maps.layers, maps.heads, title="bat")
     """
     tokens = _check_tokens(tokens)
@@ -460,7 +460,7 @@ def write_viewer(
     Raises:
         ValueError: ``path`` is a directory, or :func:`render_viewer` refuses the data.
 
-    Example:
+    Examples:
         >>> write_viewer("viewer.html", tokens, maps.stacked(), maps.layers, maps.heads)
         PosixPath('viewer.html')
     """

@@ -114,7 +114,7 @@ def plot_head(
         ValueError: ``weights`` not a non-empty finite (Tq, Tk) tensor, or tokens of the wrong
             length.
 
-    Example:
+    Examples:
         >>> plot_head(maps.stacked()[0][3], tokens, "head.png")
         PosixPath('head.png')
     """
@@ -140,7 +140,7 @@ def head_figure(
         ValueError: ``weights`` not a non-empty finite (Tq, Tk) tensor, or tokens of the wrong
             length.
 
-    Example:
+    Examples:
         >>> fig = head_figure(maps.stacked()[0][3], tokens)
     """
     w = _matrix(weights, "weights", 2)
@@ -199,7 +199,7 @@ def plot_layer(
         ValueError: ``weights`` not a non-empty finite (H, Tq, Tk) tensor, or ``tokens`` or
             ``heads`` of the wrong length.
 
-    Example:
+    Examples:
         >>> plot_layer(maps.stacked()[0], tokens, "layer0.png")
         PosixPath('layer0.png')
     """
@@ -225,7 +225,7 @@ def layer_figure(
         ValueError: ``weights`` not a non-empty finite (H, Tq, Tk) tensor, or ``tokens`` or
             ``heads`` of the wrong length.
 
-    Example:
+    Examples:
         >>> fig = layer_figure(maps.stacked()[0], tokens, heads=maps.heads)
     """
     w = _matrix(weights, "weights", 3)
@@ -270,7 +270,7 @@ def plot_rollout(
     Raises:
         ValueError: ``matrix`` not a non-empty finite 2-d tensor, or tokens of the wrong length.
 
-    Example:
+    Examples:
         >>> plot_rollout(inspect.rollout(maps), tokens, "rollout.png")
         PosixPath('rollout.png')
     """
@@ -293,7 +293,7 @@ def rollout_figure(
     Raises:
         ValueError: ``matrix`` not a non-empty finite 2-d tensor, or tokens of the wrong length.
 
-    Example:
+    Examples:
         >>> fig = rollout_figure(inspect.rollout(maps), tokens)
     """
     m = _matrix(matrix, "matrix", 2)

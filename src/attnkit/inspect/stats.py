@@ -93,7 +93,7 @@ class Rule:
         over_uniform: also the least multiple of the metric's uniform-attention value.
         unless: labels that, given by an earlier rule, prevent this one.
 
-    Example:
+    Examples:
         >>> label_head({"prev": 0.9}, [Rule("previous-token head", "prev", 0.5)])[0]
         ['previous-token head']
     """
@@ -230,7 +230,7 @@ def label_head(row: dict, rules: Sequence[Rule] = RULES) -> tuple[list[str], lis
     Returns:
         The labels given, and one reason per label naming the numbers and thresholds.
 
-    Example:
+    Examples:
         >>> label_head({"prev": 0.9})
         (['previous-token head'], ['previous-token head: prev 0.90 >= 0.50'])
     """
@@ -263,7 +263,7 @@ class HeadStats(list):
         layers: the model layer index of each map.
         heads: the query heads of the maps (None: 0..H-1).
 
-    Example:
+    Examples:
         >>> rows = head_stats(maps)
         >>> rows.show()
     """
@@ -291,7 +291,7 @@ class HeadStats(list):
         Raises:
             ValueError: the statistics hold no maps.
 
-        Example:
+        Examples:
             >>> page = head_stats(maps).viewer_page(title="layer 0")
         """
         from attnkit.inspect.html import render_viewer
@@ -319,7 +319,7 @@ class HeadStats(list):
         Raises:
             ImportError: IPython is not installed.
 
-        Example:
+        Examples:
             >>> head_stats(maps).show()
         """
         from attnkit.inspect.display import show_html, viewer_iframe
@@ -355,7 +355,7 @@ def head_stats(
         ValueError: no maps, a map that is not (H, Tq, Tk) of finite weights >= 0, or
             ``layers``, ``heads`` or ``tokens`` of the wrong length.
 
-    Example:
+    Examples:
         >>> head_stats(maps)[0]["labels"]  # e.g. ['previous-token head']
     """
     from attnkit.inspect.capture import AttentionMaps
@@ -429,7 +429,7 @@ def residual_attention(w: Tensor, residual: float = 0.5) -> Tensor:
         w: (H, T, T) weights of one layer.
         residual: the weight of the identity (the residual connection).
 
-    Example:
+    Examples:
         >>> residual_attention(torch.full((2, 2, 2), 0.5))
         tensor([[0.7500, 0.2500],
                 [0.2500, 0.7500]])
@@ -455,7 +455,7 @@ def rollout(
         ValueError: ``residual`` outside [0, 1], no maps, or maps that are not (H, T, T) of
             one T.
 
-    Example:
+    Examples:
         >>> rollout(maps)[-1]  # what the last token draws on each input token
     """
     residual = in_range("residual", residual, 0.0, 1.0, high_open=False)
@@ -479,7 +479,7 @@ def max_flow(capacity: Any, source: int, sink: int) -> float:
         ValueError: a capacity matrix that is not square or holds a negative or non-finite
             value, a node index outside [0, V), or ``source == sink``.
 
-    Example:
+    Examples:
         >>> max_flow([[0, 2, 1], [0, 0, 1], [0, 0, 0]], 0, 2)
         2.0
     """
@@ -572,7 +572,7 @@ def attention_flow(
         ValueError: more than ``max_tokens`` tokens or ``max_nodes`` nodes, or bad maps or
             ``residual`` (as :func:`rollout`).
 
-    Example:
+    Examples:
         >>> attention_flow(maps).shape  # (T, T) for T <= 32 tokens
     """
     residual = in_range("residual", residual, 0.0, 1.0, high_open=False)

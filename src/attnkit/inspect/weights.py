@@ -87,7 +87,7 @@ def layer_weights(
         top_k: keep only the ``top_k`` largest weights of each row.
         scale: score scale, default 1/sqrt(D).
 
-    Example:
+    Examples:
         >>> layer_weights(torch.randn(1, 4, 8, 16), torch.randn(1, 2, 8, 16), causal=True).shape
         torch.Size([1, 4, 8, 8])
     """
@@ -170,7 +170,7 @@ def lsh_weights(
         (weights (B, H', T, T), or (values, indices) each (B, H', T, min(top_k, T))), and the
         hash buckets (B, H', n_hashes, T).
 
-    Example:
+    Examples:
         >>> w, buckets = lsh_weights(kernel, q, None, True, torch.arange(q.shape[1]), None)
     """
     B, _, T, D = q.shape
@@ -220,7 +220,7 @@ def to_sparse(values: Tensor, indices: Tensor, tk: int) -> Tensor:
         indices: (B, H, Tq, k) key index of each weight.
         tk: the number of keys Tk.
 
-    Example:
+    Examples:
         >>> values, indices = layer_weights(q, k, top_k=2)
         >>> to_sparse(values, indices, k.shape[2]).shape  # (B, H, Tq, Tk)
     """

@@ -29,7 +29,7 @@ def build_model(config: ModelConfig | EncDecConfig | str, **overrides: Any) -> M
     """A freshly initialised model for a config or a preset name (an encoder-decoder for an
     :class:`EncDecConfig` or one of its presets).
 
-    Example:
+    Examples:
         >>> model = build_model("tiny", n_layer=2)
     """
     if isinstance(config, str):
@@ -53,7 +53,7 @@ def config_from_dict(data: dict[str, Any]) -> ModelConfig | EncDecConfig:
     """The config a config.json's ``"model"`` holds: an :class:`EncDecConfig` for
     ``arch="encdec"``, else a :class:`ModelConfig`.
 
-    Example:
+    Examples:
         >>> config_from_dict(get_preset("tiny").to_dict()).n_layer
         2
     """

@@ -27,7 +27,7 @@ from attnkit.models.outputs import ModelOutput, classification_loss, mlm_loss
 class Bert(ModelBase):
     """A bidirectional (BERT-family) encoder: token ids (B, T) -> hidden states (B, T, C) and heads.
 
-    Example:
+    Examples:
         >>> Bert(get_preset("tiny-bert")).hidden_states(torch.randint(0, 100, (2, 16))).shape  # (2, 16, C)
     """
 
@@ -68,7 +68,7 @@ class Bert(ModelBase):
         each row apart): the same values on real tokens, zeros at the padding, and no work
         spent on it. For inference on batches of mixed lengths.
 
-        Example:
+        Examples:
             >>> model.hidden_states(ids, attention_mask=mask)  # ids, mask (B, T) -> (B, T, C)
         """
         cfg = self.config
@@ -102,7 +102,7 @@ class Bert(ModelBase):
     ) -> torch.Tensor:
         """(B, T, C) -> (B, C) by ``pooling`` ("mean" or "cls"; default config.pooling).
 
-        Example:
+        Examples:
             >>> model.pool(model.hidden_states(ids, mask), mask, pooling="mean")  # (B, C)
         """
         pooling = pooling or self.config.pooling
@@ -121,7 +121,7 @@ class Bert(ModelBase):
     ) -> ModelOutput:
         """Token ids (B, T) -> a ModelOutput: hidden states (B, T, C), MLM logits (B, T, V) if the model has an MLM head, and the loss when ``labels`` (B, T) are given (-100 = ignored).
 
-        Example:
+        Examples:
             >>> out = model(ids, attention_mask=mask)  # ids, mask (B, T); out.hidden_states (B, T, C)
         """
         h = self.hidden_states(
@@ -145,7 +145,7 @@ class Bert(ModelBase):
     def tied_keys(self) -> list[str]:
         """state_dict keys that alias another key (not stored in checkpoints): the MLM decoder tied to the token embedding.
 
-        Example:
+        Examples:
             >>> model.tied_keys()
         """
         if self.mlm is not None and self.mlm.decoder.weight is self.embed.tok.weight:

@@ -19,7 +19,7 @@ def make_block(cfg: ModelConfig) -> TransformerBlock:
     """One freshly initialised transformer block as ``cfg`` describes it: its attention (RoPE
     or ALiBi inside it, the variant of ``cfg.attention``), MLP, norms and norm placement.
 
-    Example:
+    Examples:
         >>> make_block(get_preset("tiny")).placement
         'pre'
     """
@@ -50,7 +50,7 @@ def make_block(cfg: ModelConfig) -> TransformerBlock:
 def positions_from_documents(document_ids: torch.Tensor) -> torch.Tensor:
     """(B, T) document ids -> (B, T) positions that restart at 0 where each document starts.
 
-    Example:
+    Examples:
         >>> positions_from_documents(torch.tensor([[0, 0, 1, 1, 1]]))
         tensor([[0, 1, 0, 1, 2]])
     """
@@ -71,7 +71,7 @@ def document_positions(
     Raises:
         ValueError: ``document_ids`` is not of shape ``shape``.
 
-    Example:
+    Examples:
         >>> document_positions(None, torch.tensor([[0, 0, 1]]), (1, 3))
         tensor([[0, 1, 0]])
     """
@@ -96,7 +96,7 @@ def valid_key_mask_from(
     Raises:
         ValueError: ``attention_mask`` is not of shape ``shape`` (B, Tk).
 
-    Example:
+    Examples:
         >>> valid_key_mask_from(torch.tensor([[1, 1, 0]]), (1, 3))
         tensor([[ True,  True, False]])
     """
@@ -121,7 +121,7 @@ def check_ids(name: str, ids: torch.Tensor, limit: int) -> None:
         ValueError: ``ids`` is not an integer (B, T) tensor, or (debug) holds an id out of
             range; the message starts with ``name``.
 
-    Example:
+    Examples:
         >>> check_ids("input_ids", torch.randint(0, 256, (2, 16)), 256)  # None: they are fine
     """
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point:
@@ -144,7 +144,7 @@ class ModelBase(nn.Module):
     (tokenizer, source, swaps, ...; see :mod:`attnkit.models.meta`), set by the loader and
     replaced whole by code that makes a new model from an old one.
 
-    Example:
+    Examples:
         >>> isinstance(build_model("tiny"), ModelBase)
         True
     """
@@ -175,7 +175,7 @@ class ModelBase(nn.Module):
     def tied_keys(self) -> list[str]:
         """state_dict keys that alias another key (not stored in checkpoints); none here.
 
-        Example:
+        Examples:
             >>> build_model("tiny", tie_embeddings=False).tied_keys()
             []
         """
@@ -188,7 +188,7 @@ class ModelBase(nn.Module):
         Linear and embedding weights are drawn afresh, in place; norms are left as they are
         built (ones and zeros).
 
-        Example:
+        Examples:
             >>> model.init_weights()  # re-draws every linear and embedding weight
         """
         std = self.config.initializer_range
@@ -206,7 +206,7 @@ class ModelBase(nn.Module):
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Distinct parameters (tied ones counted once); optionally without the embeddings.
 
-        Example:
+        Examples:
             >>> build_model("tiny").num_parameters(exclude_embeddings=True)  # blocks and norms
         """
         seen: set[int] = set()
@@ -232,7 +232,7 @@ class ModelBase(nn.Module):
             seq_len: the sequence length T; default ``config.max_seq_len``.
             training: count the backward pass too (twice the forward).
 
-        Example:
+        Examples:
             >>> build_model("tiny").flops_per_token(seq_len=128, training=True)
         """
         cfg = self.config

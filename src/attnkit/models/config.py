@@ -50,7 +50,7 @@ def translate_old_names(data: Mapping[str, Any]) -> dict[str, Any]:
     -> ``n_kv_heads``), so config.json and TOML files written before the rename still load.
     Giving both the old and the new name is an error naming them.
 
-    Example:
+    Examples:
         >>> translate_old_names({"n_head": 4})  # {'n_heads': 4}
     """
     out = dict(data)
@@ -94,7 +94,7 @@ class ModelConfig:
     ``n_kv_heads``) are accepted by :meth:`from_dict`, so older config.json files still load
     (see :func:`translate_old_names`).
 
-    Example:
+    Examples:
         >>> ModelConfig(arch="gpt", vocab_size=256, n_layer=2, d_model=64, n_heads=4, max_seq_len=128)
     """
 
@@ -242,7 +242,7 @@ class ModelConfig:
     def head_dim(self) -> int:
         """Per-head width: ``d_model // n_heads``.
 
-        Example:
+        Examples:
             >>> get_preset("tiny").head_dim
         """
         return self.d_model // self.n_heads
@@ -251,7 +251,7 @@ class ModelConfig:
     def causal(self) -> bool:
         """True for a GPT (each token sees only earlier tokens), False for a BERT.
 
-        Example:
+        Examples:
             >>> get_preset("tiny").causal
         """
         return self.arch == "gpt"
@@ -260,7 +260,7 @@ class ModelConfig:
     def label2id(self) -> Mapping[str, int]:
         """label name -> class id (read-only; empty when ``id2label`` is None).
 
-        Example:
+        Examples:
             >>> get_preset("tiny-bert", id2label=("neg", "pos")).label2id["pos"]
         """
         return MappingProxyType({name: i for i, name in enumerate(self.id2label or ())})
@@ -268,7 +268,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (``id2label`` as a list).
 
-        Example:
+        Examples:
             >>> ModelConfig.from_dict(get_preset("tiny").to_dict())
         """
         out = dataclasses.asdict(self)
@@ -281,7 +281,7 @@ class ModelConfig:
         """Build from a dict (e.g. a config.json); unknown keys are an error naming them. Old
         field names are translated (:func:`translate_old_names`).
 
-        Example:
+        Examples:
             >>> ModelConfig.from_dict(json.loads(Path("runs/char/config.json").read_text())["model"])
         """
         if not isinstance(data, Mapping):
@@ -305,7 +305,7 @@ class ModelConfig:
         one's ``n_kv_heads``); new ``d_model`` without ``d_ff`` keeps ``d_ff == 4 * d_model``
         so. New ``id2label`` without ``num_labels`` sets ``num_labels`` to its length.
 
-        Example:
+        Examples:
             >>> get_preset("tiny").replace(n_layer=4).n_layer
         """
         if "n_heads" in changes and "n_kv_heads" not in changes and self.n_kv_heads == self.n_heads:

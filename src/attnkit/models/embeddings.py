@@ -17,7 +17,7 @@ class Embeddings(nn.Module):
 
     RoPE and ALiBi models add no position vector here; their positions act inside attention.
 
-    Example:
+    Examples:
         >>> Embeddings(get_preset("tiny"))(torch.randint(0, 256, (2, 16))).shape  # (2, 16, 64)
     """
 
@@ -54,7 +54,7 @@ class Embeddings(nn.Module):
         Raises:
             ValueError: ``token_type_ids`` given to a model with ``type_vocab_size=0``.
 
-        Example:
+        Examples:
             >>> embed(torch.randint(0, 256, (2, 16)), offset=8).shape  # (2, 16, d_model)
         """
         x = self.tok(input_ids)  # (B, T, C)

@@ -61,7 +61,7 @@ class Seq2SeqOutput(ModelOutput):
     """:class:`~attnkit.models.outputs.ModelOutput` (loss, logits (B, T, V), the decoder's final
     hidden states (B, T, C)) plus the encoder's output (B, S, C).
 
-    Example:
+    Examples:
         >>> out = model(input_ids=src, labels=tgt)  # src (B, S), tgt (B, T)
         >>> out.encoder_hidden_states.shape  # (B, S, d_model)
     """
@@ -84,7 +84,7 @@ def seq2seq_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -
     Raises:
         ValueError: ``labels`` is not an integer tensor of shape (B, T).
 
-    Example:
+    Examples:
         >>> seq2seq_loss(torch.randn(2, 8, 512), torch.randint(0, 512, (2, 8)), label_smoothing=0.1)
     """
     B, T, V = logits.shape
@@ -118,7 +118,7 @@ def shift_right(labels: Tensor, decoder_start_token_id: int, pad_token_id: int) 
     Raises:
         ValueError: ``labels`` is not an integer tensor of shape (B, T).
 
-    Example:
+    Examples:
         >>> shift_right(torch.tensor([[5, -100, 7]]), decoder_start_token_id=0, pad_token_id=1)
         tensor([[0, 5, 1]])
     """
@@ -247,7 +247,7 @@ class EncoderDecoder(ModelBase):
     Raises:
         TypeError: ``config`` is not an :class:`EncDecConfig`.
 
-    Example:
+    Examples:
         >>> model = EncoderDecoder(get_encdec_preset("tiny-t5"))
         >>> src, tgt = torch.randint(0, 512, (2, 12)), torch.randint(0, 512, (2, 8))
         >>> model(input_ids=src, labels=tgt).logits.shape  # (2, 8, 512)
@@ -279,7 +279,7 @@ class EncoderDecoder(ModelBase):
 
         (The logits bias is zero as built; this method does not reset it.)
 
-        Example:
+        Examples:
             >>> model.init_weights()  # re-draws the linear, embedding and relative tables
         """
         super().init_weights()
@@ -290,7 +290,7 @@ class EncoderDecoder(ModelBase):
     def tied_keys(self) -> list[str]:
         """state_dict keys that alias another key (not stored in checkpoints).
 
-        Example:
+        Examples:
             >>> EncoderDecoder(get_encdec_preset("tiny-t5")).tied_keys()
             ['decoder.embed.tok.weight', 'lm_head.proj.weight']
         """
@@ -305,7 +305,7 @@ class EncoderDecoder(ModelBase):
         """Distinct parameters (tied ones counted once); optionally without the token and
         position embeddings.
 
-        Example:
+        Examples:
             >>> model.num_parameters(exclude_embeddings=True)  # the blocks, norms and head
         """
         skip: set[int] = set()
@@ -323,7 +323,7 @@ class EncoderDecoder(ModelBase):
         multiply-accumulate of every weight matrix (not the embedding look-ups), plus 4 * keys
         * H * D per attention layer (the decoder's self-attention sees T/2 keys on average).
 
-        Example:
+        Examples:
             >>> model.flops_per_token(seq_len=128, training=True)
         """
         cfg = self.config
@@ -343,7 +343,7 @@ class EncoderDecoder(ModelBase):
             ValueError: ``input_ids`` is not an integer (B, S) tensor, the mask's shape is not
                 (B, S), or S exceeds ``max_seq_len`` with absolute positions.
 
-        Example:
+        Examples:
             >>> memory = model.encode(src, src_mask)  # src, src_mask (B, S) -> (B, S, d_model)
         """
         cfg = self.config
@@ -366,7 +366,7 @@ class EncoderDecoder(ModelBase):
         Raises:
             ValueError: ``encoder_states`` is not (B, S, d_model) or the mask not (B, S).
 
-        Example:
+        Examples:
             >>> cache = model.new_cache(model.encode(src, src_mask), src_mask, max_len=64)
         """
         B, S = self._check_memory(encoder_states)
@@ -397,7 +397,7 @@ class EncoderDecoder(ModelBase):
                 not the memory's, a bad shape, or a target longer than ``max_seq_len``.
             TypeError: ``cache`` is not a :class:`DecoderCache`.
 
-        Example:
+        Examples:
             >>> h = model.decode(tgt_in, memory, src_mask)  # tgt_in (B, T) -> (B, T, d_model)
         """
         cfg = self.config
@@ -433,7 +433,7 @@ class EncoderDecoder(ModelBase):
         Scaled by d_model^-0.5 first with ``scale_decoder_output``; plus the logits bias
         when the config has one.
 
-        Example:
+        Examples:
             >>> model.logits(model.decode(tgt_in, memory)).shape  # (B, T, vocab_size)
         """
         if self.config.scale_decoder_output:
@@ -450,7 +450,7 @@ class EncoderDecoder(ModelBase):
         """The next tokens (B, T) (T = 1 in greedy decoding) -> their logits (B, T, V); the
         cache grows by T tokens.
 
-        Example:
+        Examples:
             >>> logits = model.decode_step(torch.zeros(2, 1, dtype=torch.long), cache)  # (2, 1, V)
         """
         h = self.decode(
@@ -462,7 +462,7 @@ class EncoderDecoder(ModelBase):
         """Decoder inputs for ``labels`` (B, T): :func:`shift_right` with this config's start
         and pad tokens.
 
-        Example:
+        Examples:
             >>> model.shift_right(torch.tensor([[5, 6, 7]]))  # tiny-t5: start token 0
             tensor([[0, 5, 6]])
         """
@@ -495,7 +495,7 @@ class EncoderDecoder(ModelBase):
             ValueError: neither ``input_ids`` nor ``encoder_states``, or neither
                 ``decoder_input_ids`` nor ``labels``, given.
 
-        Example:
+        Examples:
             >>> out = model(input_ids=src, attention_mask=src_mask, labels=tgt)  # out.loss
         """
         if encoder_states is None:
@@ -540,7 +540,7 @@ class EncoderDecoder(ModelBase):
             labels: (B, T) target ids, -100 ignored.
             label_smoothing: as ``F.cross_entropy``'s.
 
-        Example:
+        Examples:
             >>> model.loss(src, src_mask, tgt, label_smoothing=0.1).backward()
         """
         memory = self.encode(input_ids, attention_mask)  # (B, S, C)

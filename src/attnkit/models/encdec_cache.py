@@ -27,7 +27,7 @@ class DecoderCache:
     and values are held once, not K times (cross-attention takes the K rows as K queries of
     one source).
 
-    Example:
+    Examples:
         >>> cache = model.new_cache(model.encode(src), max_len=64)  # src (2, S)
         >>> cache.length, cache.batch_size
         (0, 2)
@@ -45,7 +45,7 @@ class DecoderCache:
     def length(self) -> int:
         """Decoder tokens cached so far.
 
-        Example:
+        Examples:
             >>> cache.length  # 1 after one decode_step of one token
         """
         return self.self_attn[0].length
@@ -54,7 +54,7 @@ class DecoderCache:
     def batch_size(self) -> int:
         """Decoder rows (sources times ``group``).
 
-        Example:
+        Examples:
             >>> cache.repeat(4); cache.batch_size  # 2 sources, 4 beams each
             8
         """
@@ -64,7 +64,7 @@ class DecoderCache:
         """Make n consecutive decoder rows of each row (``index = arange(B).repeat_interleave(n)``
         for the self-attention caches); the memory is not copied: ``group`` grows n times.
 
-        Example:
+        Examples:
             >>> cache.repeat(4)  # (B, ...) rows -> (B * 4, ...), cache.group == 4
         """
         if n == 1:
@@ -86,7 +86,7 @@ class DecoderCache:
         Raises:
             ValueError: ``memory=False`` with a number of rows other than ``batch_size``.
 
-        Example:
+        Examples:
             >>> cache.reorder(torch.tensor([1, 1, 0, 3]), memory=False)  # group 4, 4 rows
         """
         same = index.shape[0] == self.batch_size
@@ -111,7 +111,7 @@ class DecoderCache:
         Raises:
             ValueError: ``index`` holds other than ``len(sources) * group`` rows.
 
-        Example:
+        Examples:
             >>> cache.select(torch.tensor([1]), torch.tensor([4, 5, 6, 7]))  # group 4: source 1
         """
         if index.shape[0] != sources.shape[0] * self.group:

@@ -73,7 +73,7 @@ class EncDecConfig:
     Every field is checked when the config is made; a bad value is a ValueError naming the
     field, the value and what was expected.
 
-    Example:
+    Examples:
         >>> cfg = EncDecConfig(vocab_size=512, n_encoder_layers=2, n_decoder_layers=2, d_model=64)
         >>> cfg.head_dim, cfg.d_ff  # derived: d_model // n_heads, 4 * d_model
         (8, 256)
@@ -229,7 +229,7 @@ class EncDecConfig:
         """Blocks in all, encoder then decoder: as many as the model's self-attention layers
         (``attnkit.attention.recording.attention_layers``).
 
-        Example:
+        Examples:
             >>> get_encdec_preset("tiny-t5").n_layer
             4
         """
@@ -239,7 +239,7 @@ class EncDecConfig:
     def head(self) -> str:
         """The output head: an encoder-decoder always has the LM head.
 
-        Example:
+        Examples:
             >>> get_encdec_preset("tiny-t5").head
             'lm'
         """
@@ -248,7 +248,7 @@ class EncDecConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields: every field by name (derived ones hold their ints).
 
-        Example:
+        Examples:
             >>> get_encdec_preset("tiny-t5").to_dict()["arch"]
             'encdec'
         """
@@ -262,7 +262,7 @@ class EncDecConfig:
             TypeError: ``data`` is not a mapping.
             ValueError: a key is not a field, or a field's value is bad.
 
-        Example:
+        Examples:
             >>> EncDecConfig.from_dict(get_encdec_preset("tiny-bart").to_dict()).position_offset
             2
         """
@@ -281,7 +281,7 @@ class EncDecConfig:
         without ``head_dim`` re-derives it when it was derived; new ``d_model`` without
         ``d_ff`` keeps ``d_ff == 4 * d_model`` when it was so.
 
-        Example:
+        Examples:
             >>> EncDecConfig(d_model=512, n_heads=8).replace(d_model=256).head_dim
             32
         """
@@ -410,7 +410,7 @@ ENCDEC_PRESETS: dict[str, Callable[[], EncDecConfig]] = {
 def encdec_preset_names() -> list[str]:
     """The names :func:`get_encdec_preset` accepts, sorted.
 
-    Example:
+    Examples:
         >>> encdec_preset_names()
         ['tiny-bart', 'tiny-marian', 'tiny-t5', 'transformer-base']
     """
@@ -423,7 +423,7 @@ def get_encdec_preset(name: str, **overrides: Any) -> EncDecConfig:
     Raises:
         ValueError: ``name`` is not a preset (the message lists them), or an override is bad.
 
-    Example:
+    Examples:
         >>> get_encdec_preset("tiny-marian", n_decoder_layers=1).n_layer
         3
     """

@@ -62,7 +62,7 @@ class RelativePositionBias(nn.Module):
         max_distance: the distance at and beyond which all distances share the last bucket.
         bidirectional: keys on both sides of the query (the encoder); False for the decoder.
 
-    Example:
+    Examples:
         >>> RelativePositionBias(4, 32, 128, bidirectional=True)(8, 8).shape  # (1, 4, 8, 8)
     """
 
@@ -77,7 +77,7 @@ class RelativePositionBias(nn.Module):
     def forward(self, q_len: int, k_len: int) -> Tensor:
         """The bias (1, H, q_len, k_len) for queries at the last ``q_len`` of ``k_len`` positions.
 
-        Example:
+        Examples:
             >>> rel(1, 10).shape  # rel = RelativePositionBias(4, 32, 128, False); (1, 4, 1, 10)
         """
         device = self.weight.device
@@ -92,7 +92,7 @@ class RelativePositionBias(nn.Module):
     def extra_repr(self) -> str:
         """The sizes and the direction, shown in the module's repr.
 
-        Example:
+        Examples:
             >>> RelativePositionBias(4, 32, 128, False).extra_repr()
             'n_heads=4, num_buckets=32, max_distance=128, bidirectional=False'
         """
@@ -112,7 +112,7 @@ class BiasedKernel(AttentionKernel):
     shared by every layer of it, so it is saved once). Supports what ``ExactKernel`` supports
     except ALiBi (a second bias).
 
-    Example:
+    Examples:
         >>> kernel = BiasedKernel("math", RelativePositionBias(4, 32, 128, True), scale=1.0)
     """
 
@@ -132,7 +132,7 @@ class BiasedKernel(AttentionKernel):
     def backend(self) -> str:
         """The backend the inner exact kernel passes to ``attention``.
 
-        Example:
+        Examples:
             >>> BiasedKernel("sdpa").backend
             'sdpa'
         """
@@ -142,7 +142,7 @@ class BiasedKernel(AttentionKernel):
     def scale(self) -> float | None:
         """The score scale of the inner exact kernel (None: 1/sqrt(D)).
 
-        Example:
+        Examples:
             >>> BiasedKernel(scale=1.0).scale
             1.0
         """
@@ -151,7 +151,7 @@ class BiasedKernel(AttentionKernel):
     def check_layer(self, *, window: int | None, alibi: bool) -> None:
         """Raise ValueError for a layer with ``alibi`` (a second score bias); any window is fine.
 
-        Example:
+        Examples:
             >>> BiasedKernel().check_layer(window=None, alibi=False)  # None: it can
         """
         if alibi:
@@ -168,7 +168,7 @@ class BiasedKernel(AttentionKernel):
         q (B, H, Tq, D), k and v (B, H, Tk, D) -> out (B, H, Tq, D), or (out, weights) with
         ``return_weights``; ``options`` are the kernel protocol's keyword arguments.
 
-        Example:
+        Examples:
             >>> out = kernel(q, k, v, causal=True)  # q, k, v (B, H, T, D) -> (B, H, T, D)
         """
         bias = None
@@ -179,7 +179,7 @@ class BiasedKernel(AttentionKernel):
     def extra_repr(self) -> str:
         """The backend, whether a relative bias is held, and the scale.
 
-        Example:
+        Examples:
             >>> BiasedKernel(scale=1.0).extra_repr()
             "backend='auto', relative=False, scale=1.0"
         """
@@ -204,7 +204,7 @@ class CrossAttention(nn.Module):
     (C, H*D). :meth:`memory` projects the encoder output once into (k, v); :meth:`forward`
     attends to them through ``self.kernel``.
 
-    Example:
+    Examples:
         >>> xattn = CrossAttention(64, 4, 16, ExactKernel())
         >>> xattn(torch.randn(2, 8, 64), *xattn.memory(torch.randn(2, 12, 64))).shape  # (2, 8, 64)
     """
@@ -232,7 +232,7 @@ class CrossAttention(nn.Module):
     def memory(self, states: Tensor) -> tuple[Tensor, Tensor]:
         """Encoder output (B, S, C) -> keys and values (B, H, S, D) each.
 
-        Example:
+        Examples:
             >>> k, v = xattn.memory(torch.randn(2, 12, 64))  # (2, 4, 12, 16) each
         """
         B, S, _ = states.shape
@@ -252,7 +252,7 @@ class CrossAttention(nn.Module):
         g - 1`` of x read source ``b``, and their g * T queries attend to its keys together,
         so the memory is held and read once per source, not once per beam.
 
-        Example:
+        Examples:
             >>> xattn(torch.randn(8, 1, 64), k, v).shape  # 4 beams of 2 sources; (8, 1, 64)
         """
         B, T, _ = x.shape
@@ -278,7 +278,7 @@ class CrossAttention(nn.Module):
     def extra_repr(self) -> str:
         """The heads and their width, shown in the module's repr.
 
-        Example:
+        Examples:
             >>> CrossAttention(64, 4, 16, ExactKernel()).extra_repr()
             'n_heads=4, head_dim=16'
         """
@@ -295,7 +295,7 @@ class DecoderBlock(nn.Module):
     ``dropout`` applies to the MLP output. ``placement`` other than "pre" or "post" is a
     ValueError.
 
-    Example:
+    Examples:
         >>> block = model.decoder.blocks[0]  # model = EncoderDecoder(get_encdec_preset("tiny-t5"))
     """
 
@@ -333,7 +333,7 @@ class DecoderBlock(nn.Module):
 
         Returns (B, T, C).
 
-        Example:
+        Examples:
             >>> block(torch.randn(2, 8, 64), block.cross_attn.memory(enc_out)).shape  # (2, 8, 64)
         """
         k, v = memory
@@ -360,7 +360,7 @@ def half_sinusoidal_table(n_positions: int, dim: int) -> Tensor:
     after them (Marian, tensor2tensor), (n_positions, dim) float32: the columns of
     :func:`attnkit.positional.sinusoidal_table` (sin, cos interleaved) regrouped.
 
-    Example:
+    Examples:
         >>> half_sinusoidal_table(256, 64).shape  # (256, 64)
     """
     table = sinusoidal_table(n_positions, dim, dtype=torch.float64)  # (P, dim)
@@ -372,7 +372,7 @@ class StackEmbeddings(nn.Module):
     absolute positions (learned, or the fixed sinusoidal table), then a norm (``embed_norm``)
     and dropout. Relative positions act inside attention instead.
 
-    Example:
+    Examples:
         >>> StackEmbeddings(get_encdec_preset("tiny-marian"))(torch.randint(0, 512, (2, 8))).shape
     """
 
@@ -399,7 +399,7 @@ class StackEmbeddings(nn.Module):
     def forward(self, ids: Tensor, past: int = 0) -> Tensor:
         """ids (B, T) at positions past..past+T-1 -> (B, T, C).
 
-        Example:
+        Examples:
             >>> embed(torch.randint(0, 512, (2, 1)), past=5).shape  # the 6th token; (2, 1, 64)
         """
         x = self.tok(ids)  # (B, T, C)

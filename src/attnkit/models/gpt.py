@@ -24,7 +24,7 @@ from attnkit.models.outputs import ModelOutput, lm_loss
 class GPT(ModelBase):
     """A decoder-only transformer language model: token ids (B, T) -> logits (B, T, V).
 
-    Example:
+    Examples:
         >>> logits = GPT(get_preset("tiny"))(torch.randint(0, 256, (2, 16))).logits  # (2, 16, vocab_size)
     """
 
@@ -42,7 +42,7 @@ class GPT(ModelBase):
         """One empty KV cache per block, for incremental decoding (``dtype``: storage dtype,
         default the model's).
 
-        Example:
+        Examples:
             >>> caches = model.new_cache(max_len=512)
         """
         return KVCache.for_layers(self.config.n_layer, max_len, dtype)
@@ -62,7 +62,7 @@ class GPT(ModelBase):
         (B, T) (default: cache length + 0..T-1, or restarting per document); document_ids
         (B, T) packs several documents in one row, attention stays inside each.
 
-        Example:
+        Examples:
             >>> model.hidden_states(torch.randint(0, 256, (2, 16))).shape  # (2, 16, d_model)
         """
         cfg = self.config
@@ -114,7 +114,7 @@ class GPT(ModelBase):
         (B, T, C), and with ``labels`` (B, T) (the input ids; -100 ignored) the next-token
         loss.
 
-        Example:
+        Examples:
             >>> out = model(ids, labels=ids)  # ids (B, T); out.loss, out.logits (B, T, V)
         """
         h = self.hidden_states(
@@ -131,7 +131,7 @@ class GPT(ModelBase):
     def tied_keys(self) -> list[str]:
         """state_dict keys that alias another key (not stored in checkpoints).
 
-        Example:
+        Examples:
             >>> model.tied_keys()
         """
         if self.lm_head is not None and self.lm_head.proj.weight is self.embed.tok.weight:

@@ -18,7 +18,7 @@ from attnkit.models.layers import gelu
 class LMHead(nn.Module):
     """(B, T, C) -> (B, T, V) logits: one linear layer, without a bias by default.
 
-    Example:
+    Examples:
         >>> LMHead(64, 256)(torch.randn(2, 16, 64)).shape  # (2, 16, 256)
     """
 
@@ -29,7 +29,7 @@ class LMHead(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h (B, T, C) hidden states -> (B, T, V) logits.
 
-        Example:
+        Examples:
             >>> head(torch.randn(2, 16, 64)).shape  # head = LMHead(64, 256); (2, 16, 256)
         """
         return self.proj(h)  # (B, T, V)
@@ -40,7 +40,7 @@ class MLMHead(nn.Module):
 
     ``activation`` "gelu_tanh" uses the tanh GELU; any other value the erf GELU.
 
-    Example:
+    Examples:
         >>> MLMHead(64, 512)(torch.randn(2, 16, 64)).shape  # (2, 16, 512)
     """
 
@@ -55,7 +55,7 @@ class MLMHead(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h (B, T, C) hidden states -> (B, T, V) masked-token logits.
 
-        Example:
+        Examples:
             >>> head(torch.randn(2, 16, 64)).shape  # head = MLMHead(64, 512); (2, 16, 512)
         """
         h = self.norm(gelu(self.dense(h), approximate=self.approximate))  # (B, T, C)
@@ -65,7 +65,7 @@ class MLMHead(nn.Module):
 class Pooler(nn.Module):
     """(B, T, C) -> (B, C): tanh(dense(h[:, 0])).
 
-    Example:
+    Examples:
         >>> Pooler(64)(torch.randn(2, 16, 64)).shape  # (2, 64)
     """
 
@@ -76,7 +76,7 @@ class Pooler(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h (B, T, C) hidden states -> (B, C), from the first token.
 
-        Example:
+        Examples:
             >>> pooler(torch.randn(2, 16, 64)).shape  # pooler = Pooler(64); (2, 64)
         """
         return torch.tanh(self.dense(h[:, 0]))  # (B, C)
@@ -85,7 +85,7 @@ class Pooler(nn.Module):
 class ClassificationHead(nn.Module):
     """(B, C) pooled -> (B, num_labels) logits: dropout, then one linear layer.
 
-    Example:
+    Examples:
         >>> ClassificationHead(64, 3)(torch.randn(2, 64)).shape  # (2, 3)
     """
 
@@ -97,7 +97,7 @@ class ClassificationHead(nn.Module):
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """pooled (B, C) -> (B, num_labels) class logits.
 
-        Example:
+        Examples:
             >>> head(torch.randn(2, 64)).shape  # head = ClassificationHead(64, 3); (2, 3)
         """
         return self.proj(self.dropout(pooled))  # (B, num_labels)
@@ -110,7 +110,7 @@ def mean_pool(h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> to
         h: (B, T, C) hidden states.
         attention_mask: (B, T), 1 = real token, 0 = padding; None: every token counts.
 
-    Example:
+    Examples:
         >>> mean_pool(torch.randn(2, 16, 64), torch.ones(2, 16)).shape  # (2, 64)
     """
     if attention_mask is None:
@@ -126,7 +126,7 @@ def cls_pool(h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tor
         h: (B, T, C) hidden states.
         attention_mask: (B, T); not used (taken so that it is called like :func:`mean_pool`).
 
-    Example:
+    Examples:
         >>> cls_pool(torch.randn(2, 16, 64)).shape  # (2, 64)
     """
     return h[:, 0]

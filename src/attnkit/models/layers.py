@@ -31,7 +31,7 @@ class RMSNorm(nn.Module):
         dim: the size of the last dimension, normalised over; ``weight`` is (dim,), ones.
         eps: added to the mean square.
 
-    Example:
+    Examples:
         >>> RMSNorm(64)(torch.randn(2, 16, 64)).shape  # (2, 16, 64)
     """
 
@@ -43,7 +43,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., dim) -> (..., dim), normalised over the last dimension, in x's dtype.
 
-        Example:
+        Examples:
             >>> norm(torch.randn(2, 16, 64)).shape  # norm = RMSNorm(64); (2, 16, 64)
         """
         ct = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -54,7 +54,7 @@ class RMSNorm(nn.Module):
     def extra_repr(self) -> str:
         """The size and ``eps``, shown in the module's repr.
 
-        Example:
+        Examples:
             >>> RMSNorm(64).extra_repr()
             '64, eps=1e-06'
         """
@@ -68,7 +68,7 @@ def make_norm(kind: str, dim: int, eps: float, bias: bool = True) -> nn.Module:
     Raises:
         ValueError: ``kind`` is not one of ``NORM_KINDS``.
 
-    Example:
+    Examples:
         >>> make_norm("rmsnorm", 64, 1e-6)
         RMSNorm(64, eps=1e-06)
     """
@@ -103,7 +103,7 @@ def squared_relu(x: torch.Tensor) -> torch.Tensor:
 
     x of any shape, e.g. (B, T, d_ff) -> the same shape.
 
-    Example:
+    Examples:
         >>> squared_relu(torch.tensor([-1.0, 2.0]))
         tensor([0., 4.])
     """
@@ -122,7 +122,7 @@ def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
         x: any shape, e.g. (B, T, d_ff); the result has the same shape.
         approximate: "none" (erf) or "tanh", as in ``F.gelu``.
 
-    Example:
+    Examples:
         >>> gelu(torch.randn(2, 16, 256), approximate="tanh").shape  # (2, 16, 256)
     """
     if (
@@ -144,7 +144,7 @@ class MLP(nn.Module):
     Raises:
         ValueError: ``activation`` is none of those.
 
-    Example:
+    Examples:
         >>> MLP(64, 256, activation="relu2")(torch.randn(2, 16, 64)).shape  # (2, 16, 64)
     """
 
@@ -162,7 +162,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C) (any leading dimensions).
 
-        Example:
+        Examples:
             >>> mlp(torch.randn(2, 16, 64)).shape  # mlp = MLP(64, 256); (2, 16, 64)
         """
         h = self.up(x)  # (B, T, d_ff)
@@ -180,7 +180,7 @@ class MLP(nn.Module):
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x)) (Shazeer 2020); gate and up are one fused linear.
 
-    Example:
+    Examples:
         >>> SwiGLU(64, 172)(torch.randn(2, 16, 64)).shape  # (2, 16, 64)
     """
 
@@ -193,7 +193,7 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C) (any leading dimensions).
 
-        Example:
+        Examples:
             >>> swiglu(torch.randn(2, 16, 64)).shape  # swiglu = SwiGLU(64, 172); (2, 16, 64)
         """
         gate, up = self.gate_up(x).split(self.d_ff, dim=-1)  # (B, T, d_ff) each
@@ -207,7 +207,7 @@ def make_mlp(kind: str, d_model: int, d_ff: int, bias: bool = True) -> nn.Module
     Raises:
         ValueError: ``kind`` is not one of ``MLP_KINDS``.
 
-    Example:
+    Examples:
         >>> make_mlp("swiglu", 64, 172, bias=False).d_ff
         172
     """
@@ -233,7 +233,7 @@ class TransformerBlock(nn.Module):
     Raises:
         ValueError: ``placement`` is not "pre" or "post".
 
-    Example:
+    Examples:
         >>> block = TransformerBlock(MultiHeadAttention(64, 4), MLP(64, 256), nn.LayerNorm(64),
         ...                          nn.LayerNorm(64))
     """
@@ -278,7 +278,7 @@ class TransformerBlock(nn.Module):
             cache: this block's KV cache, for incremental decoding.
             tokens: where the real tokens of a padded batch are, when ``x`` is packed.
 
-        Example:
+        Examples:
             >>> block(torch.randn(2, 16, 64)).shape  # (2, 16, 64)
         """
 

@@ -39,7 +39,7 @@ class SwapRecord:
     Raises:
         ValueError: a field of the wrong kind, naming it.
 
-    Example:
+    Examples:
         >>> SwapRecord("lsh", {"n_hashes": 4}, layers=(0, 1)).layers
         (0, 1)
     """
@@ -62,7 +62,7 @@ class SwapRecord:
     def describe(self) -> str:
         """``"lsh(n_hashes=4, ...)"``: the variant with its parameters.
 
-        Example:
+        Examples:
             >>> SwapRecord("lsh", {"n_hashes": 4}).describe()
             'lsh(n_hashes=4)'
         """
@@ -72,7 +72,7 @@ class SwapRecord:
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form: ``variant``, ``params`` (a dict) and ``layers`` (a list).
 
-        Example:
+        Examples:
             >>> SwapRecord("lsh", {"n_hashes": 4}, (0,)).to_dict()
             {'variant': 'lsh', 'params': {'n_hashes': 4}, 'layers': [0]}
         """
@@ -86,7 +86,7 @@ class SwapRecord:
             ValueError: ``data`` is not a mapping or has a key other than ``variant``,
                 ``params`` and ``layers``.
 
-        Example:
+        Examples:
             >>> SwapRecord.from_dict({"variant": "lsh", "layers": [0]}).layers
             (0,)
         """
@@ -116,7 +116,7 @@ class ModelMeta:
 
     Every field is checked when the meta is made (a ValueError names a bad one).
 
-    Example:
+    Examples:
         >>> ModelMeta(max_length=128, normalize=True).max_length
         128
     """
@@ -143,7 +143,7 @@ class ModelMeta:
     def replace(self, **changes: Any) -> ModelMeta:
         """A copy with ``changes`` applied (and checked).
 
-        Example:
+        Examples:
             >>> ModelMeta().replace(normalize=True).normalize
             True
         """
@@ -155,7 +155,7 @@ class ModelMeta:
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready part: every field but ``tokenizer`` and ``source``.
 
-        Example:
+        Examples:
             >>> ModelMeta(max_length=128).to_dict()["max_length"]
             128
         """
@@ -185,7 +185,7 @@ class ModelMeta:
             ValueError: ``data`` is not a mapping, has an unknown key, or its ``swaps`` is
                 not a list.
 
-        Example:
+        Examples:
             >>> ModelMeta.from_dict({"max_length": 128}, source="ckpt/").source
             'ckpt/'
         """

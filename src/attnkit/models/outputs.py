@@ -33,7 +33,7 @@ class ModelOutput:
         logits: (B, T, V) token scores, or (B, num_labels) class scores; None without a head.
         hidden_states: (B, T, C) final hidden states, after the final norm.
 
-    Example:
+    Examples:
         >>> ModelOutput(hidden_states=torch.zeros(2, 16, 64)).loss is None
         True
     """
@@ -65,7 +65,7 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: ``labels`` is not an integer tensor of shape (B, T).
 
-    Example:
+    Examples:
         >>> lm_loss(torch.randn(2, 16, 256), torch.randint(0, 256, (2, 16)))  # scalar
     """
     B, T, V = logits.shape
@@ -88,7 +88,7 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: ``labels`` is not an integer tensor of shape (B, T).
 
-    Example:
+    Examples:
         >>> labels = torch.full((2, 16), -100); labels[:, 3] = 7  # only position 3 counts
         >>> mlm_loss(torch.randn(2, 16, 512), labels)  # scalar
     """
@@ -109,7 +109,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     Raises:
         ValueError: ``labels`` is not an integer tensor of shape (B,).
 
-    Example:
+    Examples:
         >>> classification_loss(torch.randn(4, 2), torch.tensor([0, 1, 1, 0]))  # scalar
     """
     _check_labels(labels, (logits.shape[0],), "(B,), class ids")

@@ -98,7 +98,7 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
 def preset_names() -> list[str]:
     """The names :func:`get_preset` accepts, sorted.
 
-    Example:
+    Examples:
         >>> "tiny" in preset_names()
     """
     return sorted(PRESETS)
@@ -107,7 +107,7 @@ def preset_names() -> list[str]:
 def get_preset(name: str, **overrides: Any) -> ModelConfig:
     """The config called ``name``, with ``overrides`` applied (and validated).
 
-    Example:
+    Examples:
         >>> get_preset("tiny-bert", n_layer=2).n_layer
     """
     try:

@@ -81,7 +81,7 @@ class NativeStatus:
     stopped it (the check that failed, naming the file or folder and what was expected).
     library: the loaded library's path, else ``None``.
 
-    Example:
+    Examples:
         >>> str(NativeStatus(False, "disabled by ATTNKIT_NATIVE=0"))
         'disabled by ATTNKIT_NATIVE=0'
     """
@@ -108,7 +108,7 @@ def kernel_dir() -> Path:
 
     Nothing is created here; the folder is made, with mode 0o700, on the first build.
 
-    Example:
+    Examples:
         >>> kernel_dir()  # e.g. PosixPath('/home/me/.cache/attnkit/kernels')
     """
     return Path(os.environ.get("ATTNKIT_KERNEL_DIR") or cache_dir() / "kernels")
@@ -344,7 +344,7 @@ def available() -> bool:
 
     The first call may run the C compiler; later calls return the remembered answer.
 
-    Example:
+    Examples:
         >>> available()  # False where status() gives a reason, e.g. ATTNKIT_NATIVE=0
     """
     return _load() is not None
@@ -353,7 +353,7 @@ def available() -> bool:
 def status() -> NativeStatus:
     """Whether the native kernel is in use and why (building it on first call).
 
-    Example:
+    Examples:
         >>> print(status())  # "ready (<library path>)", or why not
     """
     _load()
@@ -367,7 +367,7 @@ def library() -> Any:
     (:func:`status` says why). Its entry points are ``attnkit_skinny_linear_f32``, ``_bf16``
     and ``_i8``; :class:`attnkit.native.skinny.SkinnyLinear` is the way to call them.
 
-    Example:
+    Examples:
         >>> lib = library()  # None when available() is False
     """
     return _load()

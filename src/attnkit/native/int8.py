@@ -36,7 +36,7 @@ class Int8Linear(nn.Module):
     ``torch._weight_int8pack_mm`` in bfloat16 (activations and scales rounded to bfloat16).
     Weights take a quarter of their float32 memory, which is what a decoding step mostly reads.
 
-    Example:
+    Examples:
         >>> Int8Linear(nn.Linear(768, 3072))(torch.randn(4, 768)).shape  # (4, 3072)
     """
 
@@ -62,7 +62,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in_features) -> x W^T + bias (..., out_features), in x's dtype.
 
-        Example:
+        Examples:
             >>> layer(torch.randn(2, 16, 768))  # (..., in_features) -> (..., out_features)
         """
         rows = x.numel() // self.in_features
@@ -101,7 +101,7 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         """Sizes and the int8 marker, shown inside ``repr(layer)``.
 
-        Example:
+        Examples:
             >>> print(Int8Linear(nn.Linear(8, 4)))
         """
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
@@ -113,7 +113,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     norms and the KV cache keep their dtype; a tied LM head gets its own int8 copy.
     Linears whose input width is not a multiple of 8 stay as they are.
 
-    Example:
+    Examples:
         >>> model = quantize_int8(attnkit.load("runs/char"))
     """
     if not hasattr(torch, "_weight_int8pack_mm"):
@@ -189,7 +189,7 @@ class DynamicInt8Linear(nn.Module):
         RuntimeError: this torch has no x86/fbgemm quantized engine, or another one is set.
         ValueError: the linear's weight is not on the CPU.
 
-    Example:
+    Examples:
         >>> DynamicInt8Linear(nn.Linear(384, 1536))(torch.randn(2, 16, 384)).shape  # (2, 16, 1536)
     """
 
@@ -235,7 +235,7 @@ class DynamicInt8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in_features) -> x W^T + b (..., out_features), in x's dtype.
 
-        Example:
+        Examples:
             >>> layer(torch.randn(2, 16, 384)).shape  # (2, 16, out_features)
         """
         x2 = x.reshape(-1, self.in_features)  # (M, K)
@@ -257,7 +257,7 @@ class DynamicInt8Linear(nn.Module):
     def extra_repr(self) -> str:
         """Sizes and the quantization, shown inside ``repr(layer)``.
 
-        Example:
+        Examples:
             >>> print(DynamicInt8Linear(nn.Linear(8, 4)))
         """
         return (
@@ -277,7 +277,7 @@ def quantize_dynamic_int8(model: nn.Module, skip: Sequence[str] = DYNAMIC_INT8_S
         RuntimeError: no x86/fbgemm quantized engine.
         ValueError: ``model`` has no ``nn.Linear`` in ``blocks.*`` left to quantize.
 
-    Example:
+    Examples:
         >>> model = quantize_dynamic_int8(attnkit.load("minilm"), skip=())  # every linear
     """
     if isinstance(skip, str) or not all(isinstance(s, str) for s in skip):

@@ -60,7 +60,7 @@ def native_product(native: SkinnyLinear, x: torch.Tensor, rows: int) -> torch.Te
         x: (..., K) CPU input.
         rows: the number of rows of x, ``x.numel() // K``.
 
-    Example:
+    Examples:
         >>> native_product(plan, torch.randn(2, 3, 768), rows=6).shape  # plan: (3072, 768)
     """
     x2 = x.reshape(rows, x.shape[-1])  # (rows, K)
@@ -78,7 +78,7 @@ def native_product(native: SkinnyLinear, x: torch.Tensor, rows: int) -> torch.Te
 def can_pack() -> bool:
     """Whether this torch has MKL's packed GEMM (``torch.ops.mkl._mkl_linear``).
 
-    Example:
+    Examples:
         >>> can_pack()  # True on a usual x86 Linux build of torch
     """
     return bool(getattr(torch._C, "has_mkl", False)) and hasattr(torch.ops.mkl, "_mkl_linear")
@@ -92,7 +92,7 @@ class DecodingLinear(nn.Module):
     ``pack`` asks for MKL's packed copy of a float32 CPU weight, used for one-row inputs when
     there is no native plan.
 
-    Example:
+    Examples:
         >>> DecodingLinear(nn.Linear(768, 3072))(torch.randn(1, 1, 768)).shape  # (1, 1, 3072)
     """
 
@@ -109,7 +109,7 @@ class DecodingLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in_features) -> ``linear(x)`` (..., out_features), by the fastest product.
 
-        Example:
+        Examples:
             >>> layer(torch.randn(8, 1, 768)).shape  # 8 rows: native or W @ x^T; (8, 1, 3072)
         """
         # the common decoding case first, with as few attribute reads as possible (this runs
@@ -146,7 +146,7 @@ class DecodingLinear(nn.Module):
     def extra_repr(self) -> str:
         """Which product one row takes: "native", "packed" or "torch".
 
-        Example:
+        Examples:
             >>> DecodingLinear(nn.Linear(768, 3072)).extra_repr()  # 'native' with the kernel
         """
         path = (
@@ -191,7 +191,7 @@ def decoding_linears(model: nn.Module, pack: bool = False) -> Iterator[nn.Module
     the layer and its tensors stay the same (same objects, storage and in-place version);
     packed ones are made for the call and dropped after it. Yields ``model``.
 
-    Example:
+    Examples:
         >>> with decoding_linears(model, pack=True):
         ...     logits = model(ids).logits  # ids (1, T)
     """

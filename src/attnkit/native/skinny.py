@@ -30,7 +30,7 @@ class SkinnyLinear:
     Calling it with x (N, K) on the CPU, any floating dtype, returns float32 (N, M); x of
     another shape or device is a ValueError.
 
-    Example:
+    Examples:
         >>> plan = SkinnyLinear.create(torch.randn(3072, 768))  # None without the kernel
         >>> plan(torch.randn(4, 768)).shape  # (4, 3072), float32
     """
@@ -60,7 +60,7 @@ class SkinnyLinear:
             bias: (M,) added to each output row, or None.
             scale: (M,) one factor per output row (needed for int8 weights), or None.
 
-        Example:
+        Examples:
             >>> plan = SkinnyLinear.create(q, scale=row_scale)  # q (M, K) int8, row_scale (M,)
         """
         lib = build.library()
@@ -130,7 +130,7 @@ def skinny_linear(
     supported: the caller then computes the product itself. No autograd (``None`` also when
     grad mode is on and an input requires grad).
 
-    Example:
+    Examples:
         >>> y = skinny_linear(torch.randn(4, 768), torch.randn(3072, 768))  # (4, 3072) or None
     """
     if (

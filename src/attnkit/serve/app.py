@@ -61,7 +61,7 @@ class Guard:
             key needed); ``/health`` is always open.
         max_body_bytes: the largest request body accepted (413 past it).
 
-    Example:
+    Examples:
         >>> guarded = Guard(FastAPI(), api_key="secret", max_body_bytes=2 << 20)
     """
 
@@ -193,7 +193,7 @@ def create_app(
         limits: the server's caps (body size, answer timeout).
         api_key: the key requests must carry (None: no key needed).
 
-    Example:
+    Examples:
         >>> limits = Limits()
         >>> app = create_app(load_services(["minilm"], limits), limits, api_key="secret")
     """

@@ -42,7 +42,7 @@ class Job:
         size: the job's size in batch units (texts, or rows).
         key: jobs share a batch only when their keys are equal.
 
-    Example:
+    Examples:
         >>> job = Job(["a text"], size=1)
         >>> job.done()
         False
@@ -59,7 +59,7 @@ class Job:
     def done(self) -> bool:
         """Whether the job's future has a result or an error.
 
-        Example:
+        Examples:
             >>> job.finish(42); job.done()
             True
         """
@@ -71,7 +71,7 @@ class Job:
         Args:
             result: what the handler awaiting the future gets.
 
-        Example:
+        Examples:
             >>> job.finish(vecs); job.future.result() is vecs
             True
         """
@@ -86,7 +86,7 @@ class Job:
         Args:
             error: the exception the handler awaiting the future gets raised.
 
-        Example:
+        Examples:
             >>> job.fail(APIError(503, "the server is shutting down", code="unavailable"))
         """
         try:
@@ -107,7 +107,7 @@ class BatchQueue:
         max_batch: the most batch units (the jobs' ``size``) in one batch.
         name: the worker thread's name.
 
-    Example:
+    Examples:
         >>> q = BatchQueue(lambda jobs: [j.finish(len(j.payload)) for j in jobs], Limits(), 8)
         >>> q.submit(Job("abc")).future.result()
         3
@@ -134,7 +134,7 @@ class BatchQueue:
     def alive(self) -> bool:
         """Whether the worker thread is running and the queue is not closed.
 
-        Example:
+        Examples:
             >>> q.alive
             True
         """
@@ -143,7 +143,7 @@ class BatchQueue:
     def depth(self) -> int:
         """Jobs waiting (queued or held).
 
-        Example:
+        Examples:
             >>> q.depth()
             0
         """
@@ -158,7 +158,7 @@ class BatchQueue:
         Raises:
             APIError: 429 when the queue is full, 503 when the worker is not running.
 
-        Example:
+        Examples:
             >>> future = q.submit(Job("abc")).future
         """
         if not self.alive:
@@ -182,7 +182,7 @@ class BatchQueue:
         Args:
             timeout: seconds to wait for the worker thread to end (its current batch).
 
-        Example:
+        Examples:
             >>> q.close(); q.alive
             False
         """

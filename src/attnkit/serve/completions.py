@@ -44,7 +44,7 @@ def chat_prompt(messages: list[Any]) -> str:
         messages: the chat's messages, each with ``role`` and ``content``
             (:class:`~attnkit.serve.schemas.ChatMessage`).
 
-    Example:
+    Examples:
         >>> chat_prompt([ChatMessage(role="user", content="Hi")])
         'user: Hi\\nassistant:'
     """
@@ -60,7 +60,7 @@ class StopCutter:
     Args:
         stops: the stop strings.
 
-    Example:
+    Examples:
         >>> cut = StopCutter(("END",))
         >>> cut.push("abcE"), cut.push("ND more"), cut.text
         ('abc', '', 'abc')
@@ -86,7 +86,7 @@ class StopCutter:
         Args:
             new: the text the latest token made printable.
 
-        Example:
+        Examples:
             >>> StopCutter(("\\nuser:",)).push("Hi there\\nus")
             'Hi there'
         """
@@ -106,7 +106,7 @@ class StopCutter:
     def flush(self) -> str:
         """The text held back at the row's end ("" when a stop string was met).
 
-        Example:
+        Examples:
             >>> cut = StopCutter(("END",)); cut.push("abcE"); cut.flush()
             'E'
         """
@@ -150,7 +150,7 @@ class CompletionService:
     Raises:
         ValueError: the model has no tokenizer.
 
-    Example:
+    Examples:
         >>> svc = CompletionService(attnkit.load("runs/char"), "char", Limits())
     """
 
@@ -179,7 +179,7 @@ class CompletionService:
     def describe(self) -> dict[str, Any]:
         """What ``/health`` shows of it: ``{"kind", "context", "max_tokens"}``.
 
-        Example:
+        Examples:
             >>> svc.describe()["kind"]
             'completions'
         """
@@ -203,7 +203,7 @@ class CompletionService:
             APIError: 400 naming what is wrong (``echo``, ``n`` other than 1, too many or
                 empty prompts, bad ``stop``, too many tokens asked for or in a prompt).
 
-        Example:
+        Examples:
             >>> job = svc.prepare(CompletionRequest(model="char", prompt="ROMEO:", max_tokens=8))
         """
         if isinstance(req, ChatRequest):
@@ -344,7 +344,7 @@ class CompletionService:
             work: the finished work of a job (its future's result).
             c: the choice (prompt) index.
 
-        Example:
+        Examples:
             >>> CompletionService.finish_reason(job.future.result(), 0)  # "stop" or "length"
         """
         choice = work.choices[c]
@@ -359,7 +359,7 @@ class CompletionService:
         Args:
             work: the finished work of a job (its future's result).
 
-        Example:
+        Examples:
             >>> svc.usage(job.future.result())["completion_tokens"]  # at most max_tokens
         """
         prompt = sum(ch.prompt_tokens for ch in work.choices)
@@ -374,7 +374,7 @@ class CompletionService:
             chat: answer a chat request.
             work: the finished work of the job (its future's result).
 
-        Example:
+        Examples:
             >>> svc.response(False, job.future.result())["choices"][0]["text"]
         """
         made = int(time.time())

@@ -44,7 +44,7 @@ class EmbeddingService:
             ``max_length``).
         batch_size: texts per :meth:`Encoder.encode_ids` batch.
 
-    Example:
+    Examples:
         >>> svc = EmbeddingService(Encoder.load("minilm"), "minilm", Limits())
     """
 
@@ -70,7 +70,7 @@ class EmbeddingService:
     def describe(self) -> dict[str, Any]:
         """What ``/health`` shows of it: ``{"kind", "dimensions", "max_input_tokens"}``.
 
-        Example:
+        Examples:
             >>> svc.describe()["kind"]
             'embeddings'
         """
@@ -90,7 +90,7 @@ class EmbeddingService:
             APIError: 400 naming what is wrong (no input, token ids, too many texts, an empty
                 or over-long text, ``dimensions`` other than the encoder's).
 
-        Example:
+        Examples:
             >>> job = svc.prepare(EmbeddingRequest(model="minilm", input=["a text"]))
         """
         inp = req.input
@@ -157,7 +157,7 @@ class EmbeddingService:
             job: its job (for the token count).
             vecs: the job's result, shape (texts, dim), L2-normalised.
 
-        Example:
+        Examples:
             >>> svc.response(req, job, job.future.result())["data"][0]["index"]
             0
         """

@@ -27,7 +27,7 @@ class APIError(Exception):
         param: the request field at fault, if one is.
         code: a short machine-readable code, e.g. ``"queue_full"``.
 
-    Example:
+    Examples:
         >>> raise APIError(400, "n=2: expected n=1", "n")
     """
 
@@ -53,7 +53,7 @@ def error_body(
         param: the request field at fault, if one is.
         code: a short machine-readable code.
 
-    Example:
+    Examples:
         >>> error_body(429, "busy", code="queue_full")["error"]["type"]
         'rate_limit_error'
     """

@@ -32,7 +32,7 @@ class Limits:
         ValueError: a count that is not a positive int, a negative wait, a timeout that is
             not positive, or ``default_max_tokens`` over ``max_tokens``.
 
-    Example:
+    Examples:
         >>> Limits(queue_size=8, max_tokens=256).default_max_tokens
         16
     """

@@ -23,7 +23,7 @@ class EmbeddingRequest(_Request):
     token ids pass the schema but are refused by the route), ``encoding_format``
     (``"float"`` or ``"base64"``) and ``dimensions`` (must equal the encoder's).
 
-    Example:
+    Examples:
         >>> EmbeddingRequest(model="minilm", input=["a text", "another"]).encoding_format
         'float'
     """
@@ -51,7 +51,7 @@ class CompletionRequest(_Sampling):
     ``temperature`` (0..2), ``top_p`` (in (0, 1]), ``n`` (only 1 is served), ``stop``,
     ``seed`` and ``stream``.
 
-    Example:
+    Examples:
         >>> CompletionRequest(model="char", prompt="ROMEO:", max_tokens=8).temperature
         1.0
     """
@@ -64,7 +64,7 @@ class ChatMessage(_Request):
     """One message of a chat: ``role`` (``"system"``, ``"user"`` or ``"assistant"``) and its
     ``content``.
 
-    Example:
+    Examples:
         >>> ChatMessage(role="user", content="Hello").role
         'user'
     """
@@ -78,7 +78,7 @@ class ChatRequest(_Sampling):
     ``max_completion_tokens`` (preferred over ``max_tokens`` when both are given) and the
     sampling options of :class:`CompletionRequest`.
 
-    Example:
+    Examples:
         >>> ChatRequest(model="char", messages=[{"role": "user", "content": "Hi"}]).n
         1
     """

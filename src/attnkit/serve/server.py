@@ -38,7 +38,7 @@ def model_id(name_or_dir: str | os.PathLike[str]) -> str:
     Args:
         name_or_dir: a known model name or a model directory.
 
-    Example:
+    Examples:
         >>> model_id("minilm")
         'minilm'
     """
@@ -69,7 +69,7 @@ def load_services(
         ValueError: two models with the same id, or a model that is neither a GPT nor a
             BERT-family encoder.
 
-    Example:
+    Examples:
         >>> services = load_services(["minilm", "runs/char"], Limits())
         >>> sorted(services)
         ['char', 'minilm']
@@ -153,7 +153,7 @@ def serve(
         api_key: the key requests must carry (None: no key needed).
         log_level: uvicorn's log level.
 
-    Example:
+    Examples:
         >>> serve(load_services(["minilm"], limits), limits, bind("127.0.0.1", 8000))
     """
     import uvicorn
@@ -169,7 +169,7 @@ def serve(
 class RunningServer:
     """A server started by :func:`start`: its ``url`` (``http://host:port``) and :meth:`stop`.
 
-    Example:
+    Examples:
         >>> running = start(load_services(["minilm"], limits), limits)
         >>> running.url  # e.g. 'http://127.0.0.1:43123'
     """
@@ -182,7 +182,7 @@ class RunningServer:
     def stop(self) -> None:
         """Ask uvicorn to exit, wait up to 15 s for its thread, then stop the workers.
 
-        Example:
+        Examples:
             >>> running.stop()
         """
         self.server.should_exit = True
@@ -209,7 +209,7 @@ def start(
     Raises:
         RuntimeError: the server did not start within 30 s.
 
-    Example:
+    Examples:
         >>> running = start(load_services(["minilm"], limits), limits)
     """
     import uvicorn

@@ -61,7 +61,7 @@ class LayerQKV:
     as many heads as q), the valid-key mask (B, T) bool (True = real token) or None, and
     whether the layer is causal.
 
-    Example:
+    Examples:
         >>> calls = capture_qkv(model, ids, mask); calls[0].q.shape  # (B, H, T, D)
     """
 
@@ -91,7 +91,7 @@ def capture_qkv(
     each layer sees the activations of the unmodified model; the model is restored afterwards.
     Layers with ALiBi or a sliding window cannot be recorded (ValueError).
 
-    Example:
+    Examples:
         >>> calls = capture_qkv(model, ids, mask)  # ids, mask (B, T); one LayerQKV per layer
     """
     attns = attention_layers(model)
@@ -115,7 +115,7 @@ def capture_qkv(
 class LayerDrift:
     """Cosine similarity of one layer's hidden states (swapped vs original), over real tokens.
 
-    Example:
+    Examples:
         >>> [d.cos_min for d in report.layers]  # one LayerDrift per layer
     """
 
@@ -130,7 +130,7 @@ class SwapReport:
     """What :func:`compare` measured. Speeds are texts per second, the fastest of ``rounds``
     timed passes over all texts; cosines compare the swapped model against the original.
 
-    Example:
+    Examples:
         >>> print(compare(model, swap_attention(model, "lsh"), texts).format())
     """
 
@@ -156,7 +156,7 @@ class SwapReport:
     def speedup(self) -> float:
         """How many times faster the swapped model ran: its texts per second over the original's.
 
-        Example:
+        Examples:
             >>> report.speedup  # swapped texts/s over original texts/s
         """
         return self.swapped_texts_per_s / self.original_texts_per_s
@@ -164,7 +164,7 @@ class SwapReport:
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready values (what ``attnkit swap --json`` prints).
 
-        Example:
+        Examples:
             >>> json.dumps(report.to_dict())
         """
         return {**dataclasses.asdict(self), "speedup": self.speedup}
@@ -172,7 +172,7 @@ class SwapReport:
     def format(self, title: str | None = None) -> str:
         """The report as text: a summary and one line per layer.
 
-        Example:
+        Examples:
             >>> print(report.format("minilm, lsh"))
         """
         lines = [title] if title else []
@@ -201,7 +201,7 @@ def sentence_pooling(model: Model) -> str:
     (``config.pooling``, via :func:`attnkit.text.pooling.resolve_pooling`), mean pooling for a
     decoder.
 
-    Example:
+    Examples:
         >>> sentence_pooling(attnkit.load("minilm"))  # 'mean'
     """
     return resolve_pooling(model) if model.config.arch == "bert" else "mean"
@@ -211,7 +211,7 @@ def default_max_length(model: Model) -> int:
     """The longest input the model's tokenizer keeps (``meta.max_length``), within its
     positions.
 
-    Example:
+    Examples:
         >>> default_max_length(attnkit.load("minilm"))
     """
     limit = model.config.max_seq_len
@@ -282,7 +282,7 @@ def compare(
     eval mode (their modes are restored afterwards). One untimed pass collects the hidden
     states of every block of both; then ``rounds`` timed passes alternate original and swapped.
 
-    Example:
+    Examples:
         >>> report = compare(model, swap_attention(model, "lsh", n_hashes=4), ["a text", "another"])
     """
     _check_models(original, swapped)

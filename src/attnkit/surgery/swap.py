@@ -49,7 +49,7 @@ EXACT = "exact"
 def variant_names() -> list[str]:
     """Everything :func:`swap_attention` accepts: ``"exact"`` and the registered variants.
 
-    Example:
+    Examples:
         >>> variant_names()  # ['exact', 'bigbird', ...]
     """
     return [EXACT, *variants.names()]
@@ -59,7 +59,7 @@ def parse_value(text: str) -> Any:
     """A parameter value from text: ``none`` -> None, ``true``/``false`` -> bool, then int,
     then float; anything else stays a string.
 
-    Example:
+    Examples:
         >>> parse_value("true")  # True
     """
     low = text.strip().lower()
@@ -79,7 +79,7 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
     """``["n_hashes=4", "seed=1"]`` -> ``{"n_hashes": 4, "seed": 1}`` (values typed by
     :func:`parse_value`); a malformed or repeated item is a ValueError naming it.
 
-    Example:
+    Examples:
         >>> parse_params(["n_hashes=4", "seed=1"])
     """
     out: dict[str, Any] = {}
@@ -103,7 +103,7 @@ def resolve_params(variant: str, params: dict[str, Any]) -> dict[str, Any]:
     """Check ``variant`` and ``params`` and return every parameter with its value (the defaults
     filled in). Errors are ValueErrors naming the bad name or value and the valid ones.
 
-    Example:
+    Examples:
         >>> resolve_params("lsh", {"n_hashes": 4})
     """
     if variant not in variant_names():
@@ -136,7 +136,7 @@ def check_layers(layers: Sequence[int] | None, n_layer: int) -> list[int]:
     """Sorted distinct layer indices, each in [0, n_layer) (negative ones count from the end);
     None means every layer.
 
-    Example:
+    Examples:
         >>> check_layers([2, 0, -1], n_layer=6)  # [0, 2, 5]
     """
     if layers is None:
@@ -157,7 +157,7 @@ def check_layers(layers: Sequence[int] | None, n_layer: int) -> list[int]:
 def parse_layers(text: str, n_layer: int) -> list[int]:
     """``"0,2,4-5"`` -> ``[0, 2, 4, 5]``, checked against ``n_layer``.
 
-    Example:
+    Examples:
         >>> parse_layers("0,2,4-5", n_layer=6)
     """
     picked: list[int] = []
@@ -179,7 +179,7 @@ def check_swappable(layers: Sequence[MultiHeadAttention], chosen: Sequence[int])
     if its kernel carries a score bias or scale of its own (T5's relative position bias and
     unscaled scores), which neither a variant nor plain exact attention would keep.
 
-    Example:
+    Examples:
         >>> check_swappable(attention_layers(model), [0, 1])
     """
     for i in chosen:
@@ -270,7 +270,7 @@ def swap_attention(
     variant kernel. Unknown names, unknown parameters and bad values raise ValueError naming
     them and the valid ones.
 
-    Example:
+    Examples:
         >>> fast = swap_attention(attnkit.load("minilm"), "lsh", layers=[0, 1], n_hashes=4)
     """
     full, chosen = _checked(model, variant, layers, params)

@@ -64,7 +64,7 @@ class Encoder:
             ``max_length`` is not a positive int, or ``quantize`` is neither None nor "int8"
             or asks for int8 off the CPU or on a model that is not float32.
 
-    Example:
+    Examples:
         >>> enc = Encoder(attnkit.load("minilm"), max_length=128)
         >>> enc.encode(["one", "two"]).shape
         (2, 384)
@@ -144,7 +144,7 @@ class Encoder:
             ValueError: the checkpoint is not a BERT-family model, or ``quantize`` does not
                 fit ``device``.
 
-        Example:
+        Examples:
             >>> enc = Encoder.load("minilm")
             >>> enc.pooling, enc.max_length
             ('mean', 256)
@@ -164,7 +164,7 @@ class Encoder:
     def dim(self) -> int:
         """The width C of the vectors (the model's ``d_model``).
 
-        Example:
+        Examples:
             >>> Encoder.load("minilm").dim
             384
         """
@@ -174,7 +174,7 @@ class Encoder:
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, special tokens included, cut at ``max_length``, unpadded.
 
-        Example:
+        Examples:
             >>> enc.tokenize(["To be, or not to be"])
             [[101, 2000, 2022, 1010, 2030, 2025, 2000, 2022, 102]]
         """
@@ -230,7 +230,7 @@ class Encoder:
             ValueError: a bad option, text that is not valid Unicode, or a vector that is not
                 finite.
 
-        Example:
+        Examples:
             >>> enc.encode("a sentence").shape, enc.encode(["one", "two"]).shape
             ((384,), (2, 384))
         """
@@ -259,7 +259,7 @@ class Encoder:
         Raises:
             ValueError: a sequence is empty or longer than ``max_length``, or a bad option.
 
-        Example:
+        Examples:
             >>> enc.encode_ids(enc.tokenize(["one", "two"])).shape
             torch.Size([2, 384])
         """
@@ -293,7 +293,7 @@ class Encoder:
             word: the word to find (matched case-insensitively against whole words).
             occurrence: which match, 0 = the first.
 
-        Example:
+        Examples:
             >>> enc.word_tokens("He swung the bat", "bat")
             (4,)
         """
@@ -304,7 +304,7 @@ class Encoder:
     def word_pieces(self, sentence: str, word: str, occurrence: int = 0) -> list[str]:
         """The tokenizer's pieces of ``word`` in ``sentence`` (e.g. ["bat"] or ["swing", "##ing"]).
 
-        Example:
+        Examples:
             >>> enc.word_pieces("He swung the bat", "bat")
             ['bat']
         """
@@ -317,7 +317,7 @@ class Encoder:
         (n_layers + 1, C), row 0 the embeddings' output, row i the output of block i. Each row
         is the mean over the word's sub-word pieces (:meth:`word_tokens`).
 
-        Example:
+        Examples:
             >>> enc.word_vectors_by_layer("He swung the bat", "bat").shape  # MiniLM: 6 blocks
             torch.Size([7, 384])
         """
@@ -339,7 +339,7 @@ class Encoder:
         """Cosine of ``word``'s vectors in ``a`` and ``b`` at each depth: n_layers + 1 floats,
         the first after the embeddings, the last the same as :meth:`similarity` with ``word``.
 
-        Example:
+        Examples:
             >>> len(enc.word_similarity_by_layer("He swung the bat", "A bat flew out", "bat"))
             7
         """
@@ -371,7 +371,7 @@ class Encoder:
         """The contextual vector of ``word`` in ``sentence``: the mean of the hidden states of
         its sub-word tokens (C,). Matching is case-insensitive on whole words.
 
-        Example:
+        Examples:
             >>> enc.word_vector("He swung the bat", "bat").shape
             torch.Size([384])
         """
@@ -386,7 +386,7 @@ class Encoder:
     def similarity(self, a: str, b: str, word: str | None = None) -> float:
         """Cosine similarity of two texts, or of ``word``'s contextual vectors in them.
 
-        Example:
+        Examples:
             >>> enc.similarity("He swung the bat", "A bat flew out", word="bat")
         """
         if word is None:
@@ -408,7 +408,7 @@ def check_texts(texts: Any) -> list[str]:
     for bytes, a mapping or a non-string item, ValueError for a lone surrogate (text that
     cannot be written as UTF-8, so no tokenizer can read it).
 
-    Example:
+    Examples:
         >>> check_texts("To be")
         ['To be']
     """
@@ -444,7 +444,7 @@ def check_finite(vecs: torch.Tensor) -> None:
         vecs: (N, C) vectors (or any shape whose last dimension is a vector); the error names
             the first row that is not finite.
 
-    Example:
+    Examples:
         >>> check_finite(torch.zeros(2, 384))  # passes: returns None
     """
     if vecs.numel() and not bool(torch.isfinite(vecs).all()):
@@ -463,7 +463,7 @@ def read_texts(args_texts: Iterable[str], file: str | None, stdin: Iterable[str]
         file: the path of a UTF-8 text file, or None.
         stdin: the lines of standard input (read only when there are no texts and no file).
 
-    Example:
+    Examples:
         >>> read_texts(["one", "two"], None, sys.stdin)
         ['one', 'two']
     """
@@ -476,7 +476,7 @@ def iter_texts(args_texts: Iterable[str], file: str | None, stdin: Iterable[str]
     an OSError here); a line that is not UTF-8 is a ValueError naming the source (the file or
     "stdin") when it is reached. Lines lose their trailing ``\\n``; blank lines are skipped.
 
-    Example:
+    Examples:
         >>> for text in iter_texts([], "lines.txt", sys.stdin): print(text)
     """
     texts = list(args_texts)

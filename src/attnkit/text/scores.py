@@ -29,7 +29,7 @@ def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> 
         attnkit._util.optional.MissingDependency: sacrebleu is not installed (the extra
             ``[seq2seq]``).
 
-    Example:
+    Examples:
         >>> translation_scores(["the cat sat on the mat"], ["the cat sat on the mat"])["chrf"]
         100.0
     """

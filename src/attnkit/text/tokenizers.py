@@ -26,7 +26,7 @@ BPE_SPECIALS = ["<|endoftext|>"]
 def tokenizer_hash(tok: Tokenizer) -> str:
     """SHA-256 of the tokenizer's JSON: equal hashes, equal token ids.
 
-    Example:
+    Examples:
         >>> len(tokenizer_hash(train_char("hello world\\n")))
         64
     """
@@ -47,7 +47,7 @@ def train_char(text: str) -> Tokenizer:
     """A character tokenizer: one token per character of ``text``, ids in sorted order of the
     characters; no unknown token, so a character not in ``text`` cannot be encoded.
 
-    Example:
+    Examples:
         >>> train_char("hello world\\n").get_vocab_size()
         9
     """
@@ -67,7 +67,7 @@ def train_bpe(text: str, vocab_size: int, specials: Sequence[str] | None = None)
             included).
         specials: the special tokens; None: ``["<|endoftext|>"]``.
 
-    Example:
+    Examples:
         >>> tok = train_bpe(load_corpus("shakespeare").text, 2048)
         >>> tok.token_to_id("<|endoftext|>")
         0
@@ -89,7 +89,7 @@ def train_wordpiece(text: str, vocab_size: int) -> Tokenizer:
     """A BERT-style WordPiece tokenizer of ``vocab_size`` tokens: the BERT normaliser (case and
     accents kept) and pre-tokenizer, ``[PAD] [UNK] [CLS] [SEP] [MASK]`` as ids 0-4.
 
-    Example:
+    Examples:
         >>> train_wordpiece("the cat sat on the mat\\n" * 50, 100).token_to_id("[MASK]")
         4
     """
@@ -120,7 +120,7 @@ def train_tokenizer(
         ValueError: an unknown ``kind``, ``specials`` for another kind, or a ``vocab_size``
             too small (or None) for a BPE or WordPiece tokenizer.
 
-    Example:
+    Examples:
         >>> train_tokenizer("char", "abc").get_vocab_size()
         3
     """
@@ -157,7 +157,7 @@ def build_tokenizer(
         cache: the cache directory; None trains without caching.
         specials: the special tokens of a BPE tokenizer.
 
-    Example:
+    Examples:
         >>> corpus = load_corpus("shakespeare")
         >>> tok = build_tokenizer("bpe", corpus.text, corpus.checksum, 2048, cache_dir())
     """
@@ -182,7 +182,7 @@ def encode(tok: Tokenizer, text: str) -> list[int]:
     """All token ids of ``text`` (encoded in parallel chunks cut at line breaks), without
     special tokens.
 
-    Example:
+    Examples:
         >>> encode(train_char("hello world\\n"), "hello")
         [4, 3, 5, 5, 6]
     """
@@ -202,7 +202,7 @@ def encode_texts(tok: Tokenizer, texts: Sequence[str], max_length: int) -> list[
         texts: the texts.
         max_length: the most ids per text, special tokens included.
 
-    Example:
+    Examples:
         >>> encode_texts(attnkit.load("minilm").meta.tokenizer, ["To be", "or not"], 128)[0][0]
         101
     """
@@ -215,7 +215,7 @@ def pad_token_id(tok: Tokenizer, default: int | None = None) -> int:
     """The id of ``[PAD]`` (BERT) or ``<pad>``, else ``default`` (a config's pad_token_id),
     else 0.
 
-    Example:
+    Examples:
         >>> pad_token_id(train_char("abc"), default=7)
         7
     """

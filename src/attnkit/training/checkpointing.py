@@ -106,7 +106,7 @@ def save_checkpoint(
     Returns:
         The checkpoint directory.
 
-    Example:
+    Examples:
         >>> save_checkpoint(Path("runs/char"), model, tok, opt, {"step": 500}, keep=2).name
         'step-000500'
     """
@@ -147,7 +147,7 @@ def is_sharded(directory: Path) -> bool:
     Args:
         directory: a ``checkpoints/step-N`` directory.
 
-    Example:
+    Examples:
         >>> is_sharded(Path("runs/char/checkpoints/step-000500"))
         False
     """
@@ -178,7 +178,7 @@ def save_sharded_checkpoint(
     Returns:
         The checkpoint directory.
 
-    Example:
+    Examples:
         >>> save_sharded_checkpoint(out, model, tok, opt, {"step": 500}, keep=2, d=d)
     """
     from attnkit.training import distributed, fsdp
@@ -228,7 +228,7 @@ def load_sharded_checkpoint(
     Returns:
         The saved state without the RNG states (``step``, ``best_val_loss``, ...).
 
-    Example:
+    Examples:
         >>> state = load_sharded_checkpoint(latest_checkpoint(out), model, opt)
     """
     from attnkit.training import fsdp
@@ -252,7 +252,7 @@ def verify_checkpoint(directory: Path) -> str | None:
     Returns:
         None, or the reason in words.
 
-    Example:
+    Examples:
         >>> verify_checkpoint(Path("runs/char/checkpoints/step-000500"))  # None: intact
     """
     manifest = directory / MANIFEST_NAME
@@ -281,7 +281,7 @@ def latest_checkpoint(out: Path) -> Path | None:
     Returns:
         The ``out/checkpoints/step-N`` directory, or None when there is none.
 
-    Example:
+    Examples:
         >>> latest_checkpoint(Path("runs/char"))  # Path('runs/char/checkpoints/step-002000')
     """
     for directory in sorted((out / "checkpoints").glob("step-*"), reverse=True):
@@ -302,7 +302,7 @@ def damaged_checkpoints(out: Path) -> list[tuple[Path, str]]:
     Returns:
         ``(directory, reason)`` pairs, oldest first.
 
-    Example:
+    Examples:
         >>> damaged_checkpoints(Path("runs/char"))  # [] when none is damaged
     """
     found = []
@@ -332,7 +332,7 @@ def load_checkpoint(
     Raises:
         CheckpointError: the weights or the optimizer state do not fit the model.
 
-    Example:
+    Examples:
         >>> state = load_checkpoint(latest_checkpoint(out), model, opt); state["step"]
         2000
     """

@@ -66,7 +66,7 @@ class MetadataError(ValueError):
     """A ``metadata.json`` that is not what :class:`JsonWriter` writes (a ValueError), or a
     non-tensor value that is not plain data.
 
-    Example:
+    Examples:
         >>> load(state, Path("step-000500/shards"))  # MetadataError if metadata.json is not ours
     """
 
@@ -247,7 +247,7 @@ class JsonWriter(FileSystemWriter):
     """DCP's file-system writer, with the metadata written as ``metadata.json`` (atomically)
     instead of a pickle. Takes ``FileSystemWriter``'s arguments (the directory first).
 
-    Example:
+    Examples:
         >>> dcp.save(state, storage_writer=JsonWriter(Path("step-000500/shards")))
     """
 
@@ -259,7 +259,7 @@ class JsonWriter(FileSystemWriter):
             metadata: the global plan's metadata.
             results: each rank's list of ``WriteResult`` (where each item landed).
 
-        Example:
+        Examples:
             >>> writer.finish(metadata, results)  # called by dcp.save
         """
         metadata.version = CURRENT_DCP_VERSION
@@ -276,7 +276,7 @@ class JsonReader(FileSystemReader):
     ``.metadata`` beside it is never opened). Takes ``FileSystemReader``'s arguments (the
     directory first).
 
-    Example:
+    Examples:
         >>> dcp.load(state, storage_reader=JsonReader(Path("step-000500/shards")))
     """
 
@@ -290,7 +290,7 @@ class JsonReader(FileSystemReader):
         Raises:
             MetadataError: the file is missing, not JSON, or not what :class:`JsonWriter` writes.
 
-        Example:
+        Examples:
             >>> JsonReader(Path("step-000500/shards")).read_metadata().state_dict_metadata.keys()
         """
         path = Path(os.fspath(self.path)) / METADATA_NAME
@@ -311,7 +311,7 @@ class SafeLoadPlanner(DefaultLoadPlanner):
     """DCP's default load planner, with non-tensor values read by
     ``torch.load(weights_only=True)``.
 
-    Example:
+    Examples:
         >>> dcp.load(state, storage_reader=JsonReader(path), planner=SafeLoadPlanner())
     """
 
@@ -327,7 +327,7 @@ class SafeLoadPlanner(DefaultLoadPlanner):
             MetadataError: the value is not plain data (numbers, strings, lists, dicts,
                 tensors), naming its key.
 
-        Example:
+        Examples:
             >>> planner.load_bytes(read_item, io.BytesIO(data))  # called by dcp.load
         """
         try:
@@ -352,7 +352,7 @@ def save(state: dict[str, Any], path: Path, no_dist: bool = False) -> None:
         path: the directory to write.
         no_dist: save from this process alone, without the process group.
 
-    Example:
+    Examples:
         >>> save({"model": model.state_dict()}, Path("shards"), no_dist=True)
     """
     import torch.distributed.checkpoint as dcp
@@ -373,7 +373,7 @@ def load(state: dict[str, Any], path: Path, no_dist: bool = False) -> None:
     Raises:
         MetadataError: the metadata or a non-tensor value is refused.
 
-    Example:
+    Examples:
         >>> sd = model.state_dict(); load({"model": sd}, Path("shards"), no_dist=True)
     """
     import torch.distributed.checkpoint as dcp

@@ -28,7 +28,7 @@ class Dist:
     on its machine, its ``device``, and whether :func:`init` made the process group
     (``owns_group``). The default is a single process on the CPU.
 
-    Example:
+    Examples:
         >>> Dist(device=torch.device("cpu")).world_size
         1
     """
@@ -43,7 +43,7 @@ class Dist:
     def is_main(self) -> bool:
         """True on rank 0, the process that writes files and logs.
 
-        Example:
+        Examples:
             >>> Dist().is_main
             True
         """
@@ -53,7 +53,7 @@ class Dist:
     def enabled(self) -> bool:
         """True when there is more than one process (collectives run).
 
-        Example:
+        Examples:
             >>> Dist(rank=1, world_size=2).enabled
             True
         """
@@ -78,7 +78,7 @@ def init(device: str = "auto", field: str = "train.device") -> Dist:
     Raises:
         ValueError: ``device`` is unknown or not available here.
 
-    Example:
+    Examples:
         >>> init("cpu")  # without torchrun
         Dist(rank=0, world_size=1, local_rank=0, device=device(type='cpu'), owns_group=False)
     """
@@ -109,7 +109,7 @@ def mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
     Returns:
         A detached tensor of the same shape (``value`` itself for a single process).
 
-    Example:
+    Examples:
         >>> float(mean(torch.tensor(2.0), Dist()))
         2.0
     """
@@ -131,7 +131,7 @@ def total(value: torch.Tensor, d: Dist) -> torch.Tensor:
     Returns:
         A detached tensor of the same shape (``value`` itself for a single process).
 
-    Example:
+    Examples:
         >>> float(total(torch.tensor(3.0), Dist()))
         3.0
     """
@@ -152,7 +152,7 @@ def shard(n: int, d: Dist) -> list[int]:
     Returns:
         The indices this process takes.
 
-    Example:
+    Examples:
         >>> shard(5, Dist(rank=1, world_size=2))
         [1, 3]
     """
@@ -165,7 +165,7 @@ def barrier(d: Dist) -> None:
     Args:
         d: this process's place in the process group.
 
-    Example:
+    Examples:
         >>> barrier(Dist())  # a single process: returns at once
     """
     if d.enabled:
@@ -178,7 +178,7 @@ def shutdown(d: Dist) -> None:
     Args:
         d: what :func:`init` returned.
 
-    Example:
+    Examples:
         >>> shutdown(init("cpu"))
     """
     if d.enabled and d.owns_group and dist.is_initialized():
@@ -206,7 +206,7 @@ def run_in_group(d: Dist, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwa
     Returns:
         What ``fn`` returns.
 
-    Example:
+    Examples:
         >>> summary = run_in_group(d, train, cfg, d, out)
     """
     try:

@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 def available() -> bool:
     """True when this torch has FSDP2 (``torch.distributed.fsdp.fully_shard``, torch >= 2.6).
 
-    Example:
+    Examples:
         >>> available()  # True on torch >= 2.6
         True
     """
@@ -81,7 +81,7 @@ def check_supported(d: Dist, compile: bool) -> None:
     Raises:
         ValueError: a single process, no FSDP2 in this torch, or ``compile`` set.
 
-    Example:
+    Examples:
         >>> check_supported(Dist(), compile=False)  # ValueError: a single process
     """
     if not d.enabled:
@@ -110,7 +110,7 @@ def shard(model: ModelBase, d: Dist) -> None:
         model: a model with ``blocks``, on this process's device.
         d: this process's place in the process group (several processes).
 
-    Example:
+    Examples:
         >>> shard(model, d); opt = make_optimizer(model, 1e-3, 0.1, (0.9, 0.99), d.device)
     """
     from torch.distributed.device_mesh import init_device_mesh
@@ -130,7 +130,7 @@ def gradient_sync_off(model: nn.Module) -> Iterator[None]:
     Args:
         model: a model sharded by :func:`shard`.
 
-    Example:
+    Examples:
         >>> with gradient_sync_off(model): loss.backward()
     """
     model.set_requires_gradient_sync(False)  # type: ignore[operator]  # an FSDPModule
@@ -157,7 +157,7 @@ def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path)
         optimizer: its optimizer.
         path: the directory of the shards and ``metadata.json``.
 
-    Example:
+    Examples:
         >>> save_sharded(model, opt, Path("runs/x/checkpoints/step-000500/shards"))
     """
     dcp_storage.save(_states(model, optimizer), path)
@@ -172,7 +172,7 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path)
         optimizer: its optimizer.
         path: the directory :func:`save_sharded` wrote.
 
-    Example:
+    Examples:
         >>> load_sharded(model, opt, Path("runs/x/checkpoints/step-000500/shards"))
     """
     from torch.distributed.checkpoint.state_dict import set_state_dict
@@ -192,7 +192,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
         model: an unsharded model of the checkpoint's config.
         path: the ``shards/`` directory of a sharded checkpoint.
 
-    Example:
+    Examples:
         >>> load_weights(build_model(cfg), Path("runs/x/checkpoints/step-000500/shards"))
     """
     state = {"model": model.state_dict()}
@@ -213,7 +213,7 @@ def full_copy(model: ModelBase, d: Dist) -> ModelBase | None:
     Returns:
         The unsharded copy (with ``model``'s meta) on rank 0, else None.
 
-    Example:
+    Examples:
         >>> copy = full_copy(model, d)  # rank 0: a CPU model; others: None
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -244,7 +244,7 @@ def write_model_files(model: ModelBase, directory: Path, tok: Tokenizer | None) 
         directory: the checkpoint directory (made if missing).
         tok: the tokenizer to write, or None (no ``tokenizer.json``).
 
-    Example:
+    Examples:
         >>> write_model_files(model, Path("runs/x/checkpoints/step-000500"), tok)
     """
     from attnkit._util.fs import atomic_write_bytes, atomic_write_json
@@ -280,7 +280,7 @@ def consolidate(step_dir: str | Path, dest: str | Path) -> Path:
     Raises:
         ValueError: ``step_dir`` is not a sharded checkpoint, or is incomplete or damaged.
 
-    Example:
+    Examples:
         >>> attnkit.load(consolidate("runs/x/checkpoints/step-000500", "runs/x-full"))
     """
     from attnkit import checkpoints as ckpt_io

@@ -64,7 +64,7 @@ def parse_loggers(spec: str | list[str] | tuple[str, ...], name: str = "train.lo
         TypeError: ``spec`` is neither a string nor a list of strings.
         ValueError: a name outside :data:`LOGGERS`.
 
-    Example:
+    Examples:
         >>> parse_loggers("csv, csv")
         ['csv']
     """
@@ -117,7 +117,7 @@ class TensorBoardLogger:
         log_dir: the directory of the event files.
         purge_step: the first step whose old events are dropped, or None.
 
-    Example:
+    Examples:
         >>> TensorBoardLogger(Path("runs/char/tensorboard")).log(10, "train", {"loss": 2.3})
     """
 
@@ -136,7 +136,7 @@ class TensorBoardLogger:
             split: "train" or "val" (the tag's prefix).
             values: the numbers to record, by field name.
 
-        Example:
+        Examples:
             >>> tb.log(250, "val", {"loss": 1.82, "perplexity": 6.17})  # val/loss, val/perplexity
         """
         for key, value in values.items():
@@ -145,7 +145,7 @@ class TensorBoardLogger:
     def close(self) -> None:
         """Flush the events and close the writer.
 
-        Example:
+        Examples:
             >>> tb.close()
         """
         self.writer.flush()
@@ -161,7 +161,7 @@ class WandbLogger:
         root: the run's output directory.
         config: the resolved run config, recorded with the W&B run.
 
-    Example:
+    Examples:
         >>> WandbLogger(Path("runs/char"), config=cfg.to_dict()).log(10, "train", {"loss": 2.3})
     """
 
@@ -191,7 +191,7 @@ class WandbLogger:
             split: "train" or "val".
             values: the numbers to record, by field name.
 
-        Example:
+        Examples:
             >>> wb.log(250, "val", {"loss": 1.82})
         """
         # W&B steps only go up; rows of one step (train and val) share it
@@ -201,7 +201,7 @@ class WandbLogger:
     def close(self) -> None:
         """Finish the W&B run.
 
-        Example:
+        Examples:
             >>> wb.close()
         """
         self.run.finish()
@@ -217,7 +217,7 @@ class RunLog:
         metrics: the object whose ``log(**row)`` records every row, or None.
         sinks: the optional loggers, each given the row's numeric, finite fields.
 
-    Example:
+    Examples:
         >>> with RunLog(MetricsLog(out), []) as log:
         ...     log.log(step=1, split="train", loss=4.2)
     """
@@ -233,7 +233,7 @@ class RunLog:
         Args:
             row: the values; ``step`` and ``split`` are required.
 
-        Example:
+        Examples:
             >>> log.log(step=250, split="val", loss=1.82, perplexity=6.17)
         """
         if self.metrics is not None:
@@ -246,7 +246,7 @@ class RunLog:
     def close(self) -> None:
         """Close every sink (``metrics`` needs no closing).
 
-        Example:
+        Examples:
             >>> log.close()
         """
         for sink in self.sinks:
@@ -280,7 +280,7 @@ def open_loggers(
     Returns:
         The :class:`RunLog`; if a logger fails to open, those already open are closed.
 
-    Example:
+    Examples:
         >>> log = open_loggers("csv,tensorboard", out, metrics=MetricsLog(out))
     """
     sinks: list[Sink] = []

@@ -29,7 +29,7 @@ class MetricsLog:
         resume_step: the step a resumed run continues from; None for a new run, which starts
             both files empty.
 
-    Example:
+    Examples:
         >>> MetricsLog(Path("runs/char")).log(step=10, split="train", loss=2.31)
     """
 
@@ -51,7 +51,7 @@ class MetricsLog:
         Args:
             row: the values, e.g. ``step``, ``split``, ``loss``, ``lr``.
 
-        Example:
+        Examples:
             >>> log.log(step=250, split="val", loss=1.82, perplexity=6.17)
         """
         with open(self.jsonl, "a") as f:
@@ -70,7 +70,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     Returns:
         One dict per line.
 
-    Example:
+    Examples:
         >>> [r["loss"] for r in read_rows(Path("runs/char/metrics.jsonl")) if r["split"] == "val"]
     """
     if not path.is_file():
@@ -95,7 +95,7 @@ def plot_loss(jsonl: Path, png: Path) -> Path | None:
     Returns:
         The path written, or None.
 
-    Example:
+    Examples:
         >>> plot_loss(Path("runs/char/metrics.jsonl"), Path("runs/char/loss.png"))
     """
     from attnkit._util.fs import atomic_write

@@ -51,7 +51,7 @@ class Parallel:
         ValueError: ``kind`` is neither, or "fsdp" does not fit the launch
             (:func:`attnkit.training.fsdp.check_supported`).
 
-    Example:
+    Examples:
         >>> Parallel("ddp", distributed.init("cpu")).sharded
         False
     """
@@ -67,7 +67,7 @@ class Parallel:
     def sharded(self) -> bool:
         """True for "fsdp": the parameters are sharded over the processes.
 
-        Example:
+        Examples:
             >>> Parallel("ddp", d).sharded
             False
         """
@@ -80,7 +80,7 @@ class Parallel:
         Args:
             raw: the unwrapped model, on this process's device.
 
-        Example:
+        Examples:
             >>> par.prepare(raw)
         """
         if self.sharded:
@@ -96,7 +96,7 @@ class Parallel:
         Returns:
             The module to call in the training steps.
 
-        Example:
+        Examples:
             >>> model = par.wrap(torch.compile(raw))
         """
         if self.kind == "ddp" and self.d.enabled:
@@ -115,7 +115,7 @@ class Parallel:
         Returns:
             A context manager.
 
-        Example:
+        Examples:
             >>> with par.no_sync(model): loss.backward()
         """
         if isinstance(model, DDP):
@@ -133,7 +133,7 @@ class Parallel:
             out: the directory to write ``config.json``, the weights and the tokenizer to.
             tok: the tokenizer saved beside the weights, or None.
 
-        Example:
+        Examples:
             >>> par.save_model(raw, Path("runs/char"), tok)
         """
         copy = fsdp.full_copy(raw, self.d) if self.sharded else raw
@@ -162,7 +162,7 @@ class Parallel:
             state: step, best val loss, data RNG state and the other plain values to resume.
             keep: how many checkpoints to keep (0: all).
 
-        Example:
+        Examples:
             >>> par.save_checkpoint(out, raw, tok, optimizer, {"step": 500, **rest}, keep=2)
         """
         if self.sharded:
@@ -187,7 +187,7 @@ class Parallel:
         Raises:
             ValueError: the checkpoint was written with the other ``train.parallel``.
 
-        Example:
+        Examples:
             >>> state = par.load_checkpoint(latest_checkpoint(out), raw, optimizer)
         """
         sharded = checkpointing.is_sharded(directory)

@@ -26,7 +26,7 @@ def check_dtype(name: str, device: torch.device, field: str = "train.dtype") -> 
     Raises:
         ValueError: an unknown name, or float16 on a device without it.
 
-    Example:
+    Examples:
         >>> check_dtype("bfloat16", torch.device("cpu"))
         torch.bfloat16
     """
@@ -47,7 +47,7 @@ def autocast(device: torch.device, dtype_name: str) -> contextlib.AbstractContex
     Raises:
         ValueError: ``dtype_name`` is unknown or ``device`` cannot run it.
 
-    Example:
+    Examples:
         >>> with autocast(torch.device("cpu"), "bfloat16"): logits = model(x).logits
     """
     dtype = check_dtype(dtype_name, device)
@@ -67,7 +67,7 @@ def grad_scaler(device: torch.device, dtype_name: str) -> torch.amp.GradScaler |
     Returns:
         A ``torch.amp.GradScaler``, or None.
 
-    Example:
+    Examples:
         >>> grad_scaler(torch.device("cpu"), "bfloat16") is None
         True
     """

@@ -78,7 +78,7 @@ class RunExistsError(ValueError):
     """The output directory holds a run and neither resume nor overwrite was asked for; a
     ValueError, raised by :func:`refuse_existing`.
 
-    Example:
+    Examples:
         >>> refuse_existing(Path("runs/char"), "a run")  # RunExistsError if it holds one
     """
 
@@ -93,7 +93,7 @@ def existing_run(out: Path) -> list[str]:
     Returns:
         The names found, in the order of :data:`RUN_FILES`.
 
-    Example:
+    Examples:
         >>> existing_run(Path("runs/char"))  # e.g. ['checkpoints', 'run_config.json', ...]
     """
     return [name for name in RUN_FILES if os.path.lexists(out / name)]
@@ -111,7 +111,7 @@ def refuse_existing(out: Path, what: str, resume_too: bool = True) -> None:
     Raises:
         RunExistsError: ``out`` holds a run.
 
-    Example:
+    Examples:
         >>> refuse_existing(Path("runs/new"), "a run")  # None: nothing there
     """
     found = existing_run(out)
@@ -144,7 +144,7 @@ def check_paths(out: Path) -> None:
     Raises:
         ValueError: naming the bad path.
 
-    Example:
+    Examples:
         >>> check_paths(Path("runs/x/../../y"))  # ValueError: '..' after a named component
     """
     parts = out.parts
@@ -194,7 +194,7 @@ def set_aside(out: Path) -> Path | None:
     Returns:
         The ``.replaced-run`` directory, or None.
 
-    Example:
+    Examples:
         >>> set_aside(Path("runs/char"))  # Path('runs/char/.replaced-run')
     """
     found = existing_run(out)
@@ -225,7 +225,7 @@ def discard_replaced(out: Path) -> None:
     Args:
         out: the output directory.
 
-    Example:
+    Examples:
         >>> discard_replaced(Path("runs/char"))
     """
     aside = out / REPLACED
@@ -244,7 +244,7 @@ def recover(out: Path, complete: Callable[[Path], bool]) -> None:
         out: the output directory.
         complete: says whether the new run in ``out`` has a complete checkpoint.
 
-    Example:
+    Examples:
         >>> recover(Path("runs/char"), lambda out: latest_checkpoint(out) is not None)
     """
     filling, aside, restoring = out / _FILLING, out / REPLACED, out / _RESTORING

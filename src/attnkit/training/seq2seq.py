@@ -79,7 +79,7 @@ def model_config(cfg: RunConfig, data: Seq2SeqData) -> EncDecConfig:
         ValueError: ``model.pad_token_id`` or ``model.eos_token_id`` differs from the
             tokenizer's.
 
-    Example:
+    Examples:
         >>> model_config(cfg, data).vocab_size == data.tok.get_vocab_size()
         True
     """
@@ -114,7 +114,7 @@ def loss_sum(
     Returns:
         ``(loss, count)``: the 0-d summed loss and the number of labels not -100.
 
-    Example:
+    Examples:
         >>> loss, count = loss_sum(model, make_batch(examples, pad_id=0), smoothing=0.1)
     """
     labels = batch["labels"]
@@ -144,7 +144,7 @@ def validation_loss(
     Returns:
         ``{"loss": ..., "perplexity": ...}``.
 
-    Example:
+    Examples:
         >>> validation_loss(model, data, 4096, Dist(), "float32")["loss"]
     """
     from attnkit.text.batching import token_batches
@@ -180,7 +180,7 @@ def decode_scores(
         The scores with ``sentences``, ``decode_seconds`` and the first ``example``; empty
         when the split has no texts or ``train.eval_sentences`` is 0.
 
-    Example:
+    Examples:
         >>> decode_scores(model, data, "validation", cfg)["bleu"]
     """
     from attnkit.generation.translate import translate
@@ -223,7 +223,7 @@ def pretrain_seq2seq(
     Returns:
         The summary (also written to ``out/summary.json``).
 
-    Example:
+    Examples:
         >>> pretrain_seq2seq(build(read_file(find_config("translate-bible-en-es")), []), "runs/t")
     """
 

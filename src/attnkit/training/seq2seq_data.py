@@ -56,7 +56,7 @@ class Seq2SeqData:
     BLEU/chrF; ``left_out`` counts the training pairs over the length caps; ``name`` is the
     corpus's.
 
-    Example:
+    Examples:
         >>> Seq2SeqData("seq2seq", tok, train=[([5, 9, 1], [7, 1])], val=[]).left_out
         0
     """
@@ -85,7 +85,7 @@ def special_id(tok: Tokenizer, token: str) -> int:
     Raises:
         ValueError: the tokenizer has no such token.
 
-    Example:
+    Examples:
         >>> special_id(data.tok, EOS)
         1
     """
@@ -107,7 +107,7 @@ def sentinel_ids(tok: Tokenizer) -> list[int]:
     Raises:
         ValueError: the tokenizer lacks a sentinel.
 
-    Example:
+    Examples:
         >>> sentinel_ids(data.tok)[:2]  # [2, 3]: right after <pad> and </s>
     """
     return [special_id(tok, s) for s in SENTINELS]
@@ -121,7 +121,7 @@ def is_pairs(spec: str) -> bool:
     Args:
         spec: ``data.corpus``.
 
-    Example:
+    Examples:
         >>> is_pairs("bible:en-es"), is_pairs("shakespeare")
         (True, False)
     """
@@ -156,7 +156,7 @@ def caps(cfg: RunConfig) -> tuple[int, int]:
     Args:
         cfg: the run config.
 
-    Example:
+    Examples:
         >>> caps(build({"model": {"max_seq_len": 128}}, [("data.max_target_len", 64)]))
         (128, 64)
     """
@@ -187,7 +187,7 @@ def prepare(cfg: RunConfig, cache: Any) -> Seq2SeqData:
         ValueError: ``data.tokenizer`` is not "bpe", no training pair fits the caps, the
             windows do not fit ``max_source_len`` once corrupted, or the corpus is too short.
 
-    Example:
+    Examples:
         >>> data = prepare(build(read_file(find_config("translate-bible-en-es")), []), cache_dir())
     """
     from attnkit.text.tokenizers import build_tokenizer
@@ -290,7 +290,7 @@ def make_batch(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         ``{"input_ids": (B, S), "attention_mask": (B, S), "labels": (B, T)}``, with S and T
         the longest source and target.
 
-    Example:
+    Examples:
         >>> make_batch([([5, 6, 1], [7, 1]), ([5, 1], [8, 9, 1])], pad_id=0)["labels"]
         tensor([[   7,    1, -100],
                 [   8,    9,    1]])
@@ -317,7 +317,7 @@ class ExampleBatches:
     Raises:
         ValueError: an epoch makes fewer than ``per_step`` batches.
 
-    Example:
+    Examples:
         >>> batches = ExampleBatches(data, max_tokens=4096, seed=1, per_step=1)
     """
 
@@ -351,7 +351,7 @@ class ExampleBatches:
     def position(self) -> list[int]:
         """``[epoch, cursor]``: where the next step starts, as a checkpoint saves it.
 
-        Example:
+        Examples:
             >>> ExampleBatches(data, 4096, seed=1, per_step=1).position
             [0, 0]
         """
@@ -363,7 +363,7 @@ class ExampleBatches:
         Args:
             position: ``[epoch, cursor]``.
 
-        Example:
+        Examples:
             >>> batches.seek(state["data_position"])
         """
         self.epoch, self.cursor = int(position[0]), int(position[1])
@@ -376,7 +376,7 @@ class ExampleBatches:
         Returns:
             ``per_step`` lists of (source ids, target ids) examples.
 
-        Example:
+        Examples:
             >>> batch = make_batch(batches.next_step()[0], pad_id=0)
         """
         if self.cursor + self.per_step > len(self._batches()):

@@ -54,7 +54,7 @@ class WarmStart:
     it tokenizes whole corpora) and the model config the run builds. Made by
     :func:`warm_start`.
 
-    Example:
+    Examples:
         >>> m = load("runs/char")
         >>> warm = WarmStart(Path("runs/char"), m, m.meta.tokenizer, m.config)
     """
@@ -70,7 +70,7 @@ class WarmStart:
         Args:
             model: the run's freshly built model.
 
-        Example:
+        Examples:
             >>> warm.load_into(build_model(warm.config))
         """
         model.load_state_dict(self.model.state_dict())
@@ -93,7 +93,7 @@ def model_config(cfg: RunConfig, source: ModelConfig, where: Path) -> ModelConfi
             the checkpoint lacks the pre-training head (lm for GPT, mlm for BERT), or
             ``train.block_size`` exceeds its ``max_seq_len``.
 
-    Example:
+    Examples:
         >>> model_config(build({"model": {"dropout": 0.1}}, []), ckpt.config, where).dropout
         0.1
     """
@@ -157,7 +157,7 @@ def warm_start(cfg: RunConfig, resuming: bool) -> WarmStart | None:
         ValueError: the checkpoint cannot be found, has no tokenizer, or does not fit the run
             config (:func:`model_config`).
 
-    Example:
+    Examples:
         >>> warm_start(build({}, [("train.init_from", "runs/char")]), resuming=False).source
     """
     name = cfg.train.init_from

@@ -26,7 +26,7 @@ def compiled_flex():
     fails to compile (C++ errors) for padding and ALiBi score/mask functions with symbolic
     sizes in torch 2.13, so they are not used on CPU.
 
-    Example:
+    Examples:
         >>> out = compiled_flex()(q, k, v, block_mask=block_mask)
     """
     with _FLEX_LOCK:
@@ -45,7 +45,7 @@ FLEX_BLOCK = 128
 def build_block_mask(spec: MaskSpec, batch: int, heads: int, device, block: int = FLEX_BLOCK):
     """A FlexAttention BlockMask from the block-level layout (no N x N evaluation).
 
-    Example:
+    Examples:
         >>> build_block_mask(MaskSpec(4096, 4096, causal=True, window=512), 1, 1, "cpu")
     """
     from torch.nn.attention.flex_attention import BlockMask
@@ -91,7 +91,7 @@ def flex_attention_call(
 ) -> Tensor:
     """FlexAttention with a structured BlockMask and an optional ALiBi/tensor score_mod.
 
-    Example:
+    Examples:
         >>> out = flex_attention_call(q, k, v, MaskSpec(T, T, causal=True), alibi_slopes=None, bias=None, scale=D**-0.5)  # q (B, Hq, T, D), k, v (B, Hkv, T, D)
     """
     block_mask = build_block_mask(spec, q.shape[0], q.shape[1], q.device)

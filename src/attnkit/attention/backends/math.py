@@ -34,7 +34,7 @@ def math_attention(
 ):
     """Reference: scores -> masked softmax -> (dropout) -> weighted sum, in float32/float64.
 
-    Example:
+    Examples:
         >>> out, w = math_attention(q, k, v, spec, bias=None, scale=D**-0.5, dropout_p=0.0, return_weights=True)  # q (B, Hq, Tq, D), k, v (B, Hkv, Tk, D)
     """
     n_rep = q.shape[1] // k.shape[1]

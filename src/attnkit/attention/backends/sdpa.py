@@ -27,7 +27,7 @@ def fused(
     k (..., Tk, D), v (..., Tk, Dv) -> (..., Tq, Dv); ``attn_mask`` bool (True = may attend)
     or float (added to the scores).
 
-    Example:
+    Examples:
         >>> fused(q, k, v, is_causal=True)  # q (..., Tq, D), k, v (..., Tk, D)
     """
     return F.scaled_dot_product_attention(
@@ -47,7 +47,7 @@ def needs_no_mask(spec: MaskSpec, bias: object) -> bool:
     no window, and causal only as ``is_causal`` (which aligns the queries with the first keys,
     so it serves only Tq == Tk).
 
-    Example:
+    Examples:
         >>> needs_no_mask(MaskSpec(8, 8, causal=True), None)
     """
     return (
@@ -70,7 +70,7 @@ def sdpa_attention(
 ) -> Tensor:
     """torch SDPA.  Causal self-attention without other masks takes the is_causal fast path.
 
-    Example:
+    Examples:
         >>> out = sdpa_attention(q, k, v, MaskSpec(T, T, causal=True), bias=None, scale=D**-0.5, dropout_p=0.0)  # q (B, Hq, T, D), k, v (B, Hkv, T, D)
     """
     gqa = q.shape[1] != k.shape[1]

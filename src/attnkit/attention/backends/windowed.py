@@ -419,7 +419,7 @@ def windowed_attention(
             needed, :data:`WINDOW_QUERY_BLOCK_INFERENCE` when none is (the faster by
             measurement for each).
 
-    Example:
+    Examples:
         >>> out = windowed_attention(q, k, v, MaskSpec(T, T, causal=True, window=512), alibi_slopes=None, scale=D**-0.5, dropout_p=0.0)  # q, k, v (B, H, T, D)
     """
     if spec.window is None or spec.mask is not None:

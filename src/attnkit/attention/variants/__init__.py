@@ -37,7 +37,7 @@ _REGISTRY: dict[str, type[VariantAttention]] = {
 def names() -> list[str]:
     """Names of the registered variants, sorted.
 
-    Example:
+    Examples:
         >>> names()  # ['bigbird', 'linear', 'local', 'lsh', 'performer']
     """
     return sorted(_REGISTRY)
@@ -46,7 +46,7 @@ def names() -> list[str]:
 def variant_class(name: str) -> type[VariantAttention]:
     """The class registered under ``name``; ValueError naming the known ones otherwise.
 
-    Example:
+    Examples:
         >>> variant_class("lsh")
     """
     if not isinstance(name, str) or name not in _REGISTRY:
@@ -57,7 +57,7 @@ def variant_class(name: str) -> type[VariantAttention]:
 def params(name: str) -> dict[str, Any]:
     """The constructor parameters of variant ``name`` with their defaults.
 
-    Example:
+    Examples:
         >>> params("lsh")  # {'n_buckets': None, 'n_hashes': 2, 'chunk_size': 64, 'seed': 0}
     """
     sig = inspect.signature(variant_class(name).__init__)
@@ -71,7 +71,7 @@ def get(name: str, **kwargs: Any) -> VariantAttention:
     parameter (listing the valid ones), and the variant's own ValueError/TypeError for a bad
     value.
 
-    Example:
+    Examples:
         >>> get("performer", nb_features=128)
     """
     cls = variant_class(name)
@@ -88,7 +88,7 @@ def get(name: str, **kwargs: Any) -> VariantAttention:
 def register(name: str, cls: type[VariantAttention]) -> None:
     """Add a variant class under ``name`` (a new name only).
 
-    Example:
+    Examples:
         >>> register("mine", MyVariant)  # then MultiHeadAttention(..., variant="mine")
     """
     if not isinstance(name, str) or not name:

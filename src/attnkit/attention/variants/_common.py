@@ -54,7 +54,7 @@ class VariantAttention(AttentionKernel):
     ``_attend(q, k, v, causal, key_valid)`` on checked inputs with as many key/value heads as
     query heads.
 
-    Example:
+    Examples:
         >>> attn = LocalAttention(block_size=64)  # a VariantAttention
         >>> attn(q, k, v, causal=True).shape  # q, k, v (B, H, T, D) -> (B, H, T, D)
     """
@@ -72,7 +72,7 @@ class VariantAttention(AttentionKernel):
         Raises:
             ValueError: if ``alibi`` is True or ``window`` is not None.
 
-        Example:
+        Examples:
             >>> LocalAttention().check_layer(window=None, alibi=False)  # None: it can
         """
         if alibi:
@@ -102,7 +102,7 @@ class VariantAttention(AttentionKernel):
         Raises:
             ValueError: if any of them is True.
 
-        Example:
+        Examples:
             >>> LocalAttention().check_call()  # None; check_call(cache=True) raises
         """
         bad = [
@@ -160,7 +160,7 @@ class VariantAttention(AttentionKernel):
             TypeError: for inputs that are not floating tensors of one dtype, or a non-bool mask.
             ValueError: for mismatched shapes or an unsupported option.
 
-        Example:
+        Examples:
             >>> LocalAttention(block_size=4)(q, k, v, causal=True)  # q, k, v (B, H, T, D)
         """
         flag("causal", causal)
@@ -190,7 +190,7 @@ class VariantAttention(AttentionKernel):
     def extra_repr(self) -> str:
         """The constructor parameters and their values, shown inside ``repr(variant)``.
 
-        Example:
+        Examples:
             >>> print(LocalAttention(block_size=64))  # LocalAttention(block_size=64)
         """
         names = [p for p in self._config_names() if hasattr(self, p)]

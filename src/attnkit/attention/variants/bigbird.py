@@ -51,7 +51,7 @@ class BigBirdAttention(VariantAttention):
         ValueError: for a block_size below 1, a negative count or seed, or a flex_min_len
             below 1.
 
-    Example:
+    Examples:
         >>> BigBirdAttention(block_size=64)(q, k, v)  # q, k, v (B, H, T, D) -> (B, H, T, D)
     """
 
@@ -86,7 +86,7 @@ class BigBirdAttention(VariantAttention):
         Args:
             T: sequence length (>= 1).
 
-        Example:
+        Examples:
             >>> BigBirdAttention(block_size=4).num_blocks(10)  # 3
         """
         return math.ceil(int_at_least("T", T, 1) / self.block_size)
@@ -100,7 +100,7 @@ class BigBirdAttention(VariantAttention):
             causal: drop the key blocks after each query block (and draw the random blocks
                 from the earlier ones only).
 
-        Example:
+        Examples:
             >>> BigBirdAttention(block_size=4).pattern(16).shape  # (4, 4)
         """
         nb = self.num_blocks(T)
@@ -139,7 +139,7 @@ class BigBirdAttention(VariantAttention):
             causal: also forbid keys after the query.
             device: where to build the mask (None: the default device).
 
-        Example:
+        Examples:
             >>> BigBirdAttention(block_size=4).dense_mask(16).shape  # (16, 16)
         """
         layout = self.pattern(T, causal).to(device)
@@ -157,7 +157,7 @@ class BigBirdAttention(VariantAttention):
             T: sequence length (>= 1).
             causal: the causal pattern's key blocks.
 
-        Example:
+        Examples:
             >>> BigBirdAttention(block_size=4, num_random_blocks=0).key_blocks(16)[0]
             tensor([ 0,  1,  2, -1])
         """
@@ -184,7 +184,7 @@ class BigBirdAttention(VariantAttention):
             k: keys, (B, H, T, D).
             v: values, (B, H, T, Dv).
 
-        Example:
+        Examples:
             >>> BigBirdAttention().uses_flex(q, k, v)  # False: flex_min_len is None
         """
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
@@ -199,7 +199,7 @@ class BigBirdAttention(VariantAttention):
             key_valid: bool (B, T), True = real token; or None.
             device: where to build the block indices (None: the default device).
 
-        Example:
+        Examples:
             >>> mask = BigBirdAttention(block_size=64).block_mask(1024, True, None)
         """
         from torch.nn.attention.flex_attention import BlockMask

@@ -28,7 +28,7 @@ class FeatureMapAttention(VariantAttention):
     Raises:
         ValueError: if ``chunk_size`` is below 1.
 
-    Example:
+    Examples:
         >>> LinearAttention(chunk_size=32)  # a FeatureMapAttention with phi = elu + 1
     """
 
@@ -50,7 +50,7 @@ class FeatureMapAttention(VariantAttention):
         Args:
             x: queries, (..., t, D).
 
-        Example:
+        Examples:
             >>> LinearAttention().query_features(torch.randn(4, 8, 16)).shape  # (4, 8, 16)
         """
         raise NotImplementedError
@@ -65,7 +65,7 @@ class FeatureMapAttention(VariantAttention):
             valid: bool (N, ..., t), True = real key; padded keys must get exactly zero
                 features. None: every key is real.
 
-        Example:
+        Examples:
             >>> phi, log_scale = LinearAttention().key_features(torch.randn(4, 8, 16))
         """
         raise NotImplementedError
@@ -99,7 +99,7 @@ class LinearAttention(FeatureMapAttention):
     Args:
         chunk_size: tokens per chunk of the causal prefix sums (>= 1).
 
-    Example:
+    Examples:
         >>> LinearAttention()(q, k, v, causal=True)  # q, k, v (B, H, T, D) -> (B, H, T, D)
     """
 
@@ -117,7 +117,7 @@ class LinearAttention(FeatureMapAttention):
         Args:
             x: queries, (..., t, D).
 
-        Example:
+        Examples:
             >>> LinearAttention().query_features(torch.zeros(2, 3)).tolist()  # all 1.0
         """
         return F.elu(x).add_(1.0)
@@ -131,7 +131,7 @@ class LinearAttention(FeatureMapAttention):
             x: keys, (N, ..., t, D).
             valid: bool (N, ..., t), True = real key; None: every key is real.
 
-        Example:
+        Examples:
             >>> phi, log_scale = LinearAttention().key_features(torch.randn(4, 8, 16))  # None
         """
         phi = F.elu(x).add_(1.0)

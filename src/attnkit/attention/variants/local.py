@@ -28,7 +28,7 @@ class LocalAttention(VariantAttention):
     Raises:
         ValueError: if ``block_size`` is below 1.
 
-    Example:
+    Examples:
         >>> LocalAttention(block_size=64)(q, k, v)  # q, k, v (B, H, T, D) -> (B, H, T, D)
     """
 
@@ -48,7 +48,7 @@ class LocalAttention(VariantAttention):
             causal: also forbid keys after the query.
             device: where to build the mask (None: the default device).
 
-        Example:
+        Examples:
             >>> LocalAttention(block_size=2).dense_mask(4).int()  # two 2x2 blocks of ones
         """
         T = int_at_least("T", T, 1)

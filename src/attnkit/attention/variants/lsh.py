@@ -45,7 +45,7 @@ class LSHAttention(VariantAttention):
     Raises:
         ValueError: for an odd n_buckets above 1, or a count out of range.
 
-    Example:
+    Examples:
         >>> LSHAttention(n_hashes=4)(q, k, v, causal=True)  # q, v (B, H, T, *); k is ignored
     """
 
@@ -79,7 +79,7 @@ class LSHAttention(VariantAttention):
         Args:
             T: sequence length (>= 1).
 
-        Example:
+        Examples:
             >>> LSHAttention().buckets_for(1024)  # 16: 16 chunks of 64
         """
         if self.n_buckets is not None:
@@ -96,7 +96,7 @@ class LSHAttention(VariantAttention):
             d: the head dim D.
             n_buckets: buckets per round (even).
 
-        Example:
+        Examples:
             >>> LSHAttention().rotations(16, 8).shape  # (2, 16, 4)
         """
         key = (d, n_buckets)
@@ -119,7 +119,7 @@ class LSHAttention(VariantAttention):
             x: vectors, (..., T, D).
             n_buckets: buckets per round; None: :meth:`buckets_for` (T).
 
-        Example:
+        Examples:
             >>> LSHAttention().hash(torch.randn(2, 128, 16)).shape  # (2, 2, 128)
         """
         T, d = x.shape[-2], x.shape[-1]

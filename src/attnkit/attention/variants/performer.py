@@ -33,7 +33,7 @@ def orthogonal_random_features(m: int, d: int, generator: torch.Generator) -> Te
         d: the head dim (columns).
         generator: the random generator to draw from (advanced by the draw).
 
-    Example:
+    Examples:
         >>> orthogonal_random_features(80, 16, torch.Generator().manual_seed(0)).shape  # (80, 16)
     """
     blocks = []
@@ -65,7 +65,7 @@ class PerformerAttention(FeatureMapAttention):
     Raises:
         ValueError: for a count below 1 or a negative seed.
 
-    Example:
+    Examples:
         >>> PerformerAttention(nb_features=128)(q, k, v)  # q, k, v (B, H, T, D) -> (B, H, T, D)
     """
 
@@ -100,7 +100,7 @@ class PerformerAttention(FeatureMapAttention):
         Args:
             d: the head dim D.
 
-        Example:
+        Examples:
             >>> PerformerAttention().features_for(64)  # 266
         """
         return self.nb_features if self.nb_features is not None else max(1, int(d * math.log(d)))
@@ -116,7 +116,7 @@ class PerformerAttention(FeatureMapAttention):
         Raises:
             ValueError: if ``head_dim`` is None before any features were drawn.
 
-        Example:
+        Examples:
             >>> PerformerAttention(head_dim=64).redraw()  # new features for D = 64
         """
         if head_dim is None:
@@ -170,7 +170,7 @@ class PerformerAttention(FeatureMapAttention):
         Returns:
             (..., t, m'), m' = m rounded up to a multiple of 16 (the extra features are 0).
 
-        Example:
+        Examples:
             >>> PerformerAttention(head_dim=64).query_features(torch.randn(4, 8, 64)).shape
             torch.Size([4, 8, 272])
         """
@@ -191,7 +191,7 @@ class PerformerAttention(FeatureMapAttention):
             features (..., N, t, m') (m' as in :meth:`query_features`) and log_scale (N,),
             -inf for a row whose keys are all padding.
 
-        Example:
+        Examples:
             >>> phi, log_scale = PerformerAttention(head_dim=64).key_features(torch.randn(4, 8, 64))
         """
         d = x.shape[-1]

@@ -94,7 +94,7 @@ def same_sizes(hf: Mapping[str, Any], path: Path, pairs: tuple[tuple[str, str], 
     Raises:
         CheckpointError: for a missing key or a pair that differs.
 
-    Example:
+    Examples:
         >>> same_sizes({"encoder_ffn_dim": 64, "decoder_ffn_dim": 64}, path, PAIRS[1:])
     """
     for enc, dec in pairs:
@@ -121,7 +121,7 @@ def bart_like(hf: Mapping[str, Any], path: Path) -> dict[str, Any]:
         CheckpointError: for a missing key, encoder and decoder sizes that differ, unshared
             embeddings or a decoder vocabulary of its own.
 
-    Example:
+    Examples:
         >>> EncDecConfig(**bart_like(hf, path), positional="sinusoidal", embed_norm=False)
     """
     same_sizes(hf, path, PAIRS)
@@ -174,7 +174,7 @@ def bart_like_to_hf(cfg: EncDecConfig, model_type: str, hf_class: str) -> dict[s
     Raises:
         ValueError: for an ``mlp`` HF has no name for.
 
-    Example:
+    Examples:
         >>> bart_like_to_hf(cfg, "bart", "BartForConditionalGeneration")["d_model"]
     """
     out: dict[str, Any] = {
@@ -218,7 +218,7 @@ def config_from_hf(hf: Mapping[str, Any], path: Path) -> EncDecConfig:
     Raises:
         CheckpointError: as :func:`bart_like`.
 
-    Example:
+    Examples:
         >>> config_from_hf(read_json(path), path).position_offset  # 2
     """
     # keys of older BART configs that HF's BART no longer reads (normalize_before,
@@ -234,7 +234,7 @@ def config_to_hf(cfg: EncDecConfig) -> dict[str, Any]:
     Args:
         cfg: the encoder-decoder's config, of BART's layout.
 
-    Example:
+    Examples:
         >>> config_to_hf(get_encdec_preset("tiny-bart"))["model_type"]  # 'bart'
     """
     return bart_like_to_hf(cfg, "bart", KEYMAP.hf_class)

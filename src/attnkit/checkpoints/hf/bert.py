@@ -76,7 +76,7 @@ def id2label(hf: Mapping[str, Any], path: Path) -> tuple[str, ...] | None:
     Raises:
         CheckpointError: if the ids are not ints or not exactly 0..n-1.
 
-    Example:
+    Examples:
         >>> id2label({"id2label": {"0": "neg", "1": "pos"}}, path)  # ('neg', 'pos')
     """
     raw = hf.get("id2label")
@@ -109,7 +109,7 @@ def config_from_hf(hf: Mapping[str, Any], path: Path, head: str, has_pooler: boo
         CheckpointError: for a missing key, a position embedding other than "absolute", an
             unknown activation or bad labels.
 
-    Example:
+    Examples:
         >>> config_from_hf(read_json(path), path, "mlm", True).arch  # 'bert'
     """
     pet = hf.get("position_embedding_type", "absolute")
@@ -155,7 +155,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         cfg: the model's config, of a layout BERT holds
             (:func:`~attnkit.checkpoints.hf.exportable.choose`).
 
-    Example:
+    Examples:
         >>> config_to_hf(get_preset("tiny-bert"))["architectures"]  # ['BertModel']
     """
     out: dict[str, Any] = {

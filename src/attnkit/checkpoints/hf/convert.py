@@ -114,7 +114,7 @@ def convert_from_hf(
         CheckpointError: for an unsupported ``model_type`` or config, or keys and shapes that
             do not fit the config.
 
-    Example:
+    Examples:
         >>> model = convert_from_hf(read_tensors(weights), read_json(config), weights)
     """
     from attnkit.models import build_model
@@ -261,7 +261,7 @@ def read_json_list(path: Path) -> list[dict[str, Any]]:
     Args:
         path: the JSON file.
 
-    Example:
+    Examples:
         >>> [m["type"] for m in read_json_list(directory / "modules.json")]
     """
     try:
@@ -281,7 +281,7 @@ def load_hf_tokenizer(directory: Path, max_length: int | None) -> Tokenizer | No
         directory: the HF model directory.
         max_length: truncate encodings to this many tokens; None: no truncation.
 
-    Example:
+    Examples:
         >>> tok = load_hf_tokenizer(Path("bert-base-uncased"), 512)
     """
     if (directory / "tokenizer.json").is_file():
@@ -319,7 +319,7 @@ def load_hf_dir(directory: str | Path) -> tuple[ModelBase, dict[str, Any], Token
     Raises:
         CheckpointError: naming the file and the problem.
 
-    Example:
+    Examples:
         >>> model, meta, tok = load_hf_dir("all-MiniLM-L6-v2")  # meta: max_length, normalize
     """
     directory = Path(directory)
@@ -368,7 +368,7 @@ def to_hf_state_dict(model: ModelBase) -> tuple[dict[str, torch.Tensor], dict[st
     Raises:
         ValueError: if no HF architecture holds the model, saying what to change.
 
-    Example:
+    Examples:
         >>> tensors, hf_cfg = to_hf_state_dict(build_model("tiny"))
         >>> hf_cfg["model_type"]  # 'gpt2'
     """
@@ -442,7 +442,7 @@ def export_hf(model: ModelBase, directory: str | Path) -> Path:
     Raises:
         ValueError: if no HF architecture holds the model, saying what to change.
 
-    Example:
+    Examples:
         >>> export_hf(attnkit.load("runs/char"), "runs/char-hf")  # Path('runs/char-hf')
     """
     directory = Path(directory)

@@ -46,7 +46,7 @@ def misses(arch: Architecture, cfg: ModelConfig) -> dict[str, tuple[Any, ...]]:
         arch: the HF architecture.
         cfg: the model's config.
 
-    Example:
+    Examples:
         >>> misses(llama.ARCHITECTURE, get_preset("tiny"))["positional"]  # ('rope',)
     """
     need = {k: _allowed(v) for k, v in arch.exportable.items()}
@@ -103,7 +103,7 @@ def nearest_shipped_config(
         cfg: the model's config.
         archs: the architectures an export may use.
 
-    Example:
+    Examples:
         >>> nearest_shipped_config(get_preset("tiny"), archs)[0]  # 'gpt-shakespeare-char'
     """
     best: tuple[int, str, Architecture] | None = None
@@ -129,7 +129,7 @@ def choose(cfg: ModelConfig, archs: Sequence[Architecture]) -> Architecture:
     Raises:
         ValueError: if none holds ``cfg`` (the message is the module docstring's).
 
-    Example:
+    Examples:
         >>> choose(get_preset("tiny-llama"), list(ARCHITECTURES.values())).model_type  # 'llama'
     """
     found = _exports(cfg, archs)

@@ -65,7 +65,7 @@ def config_from_hf(hf: Mapping[str, Any], path: Path, head: str, has_pooler: boo
         CheckpointError: for a missing key or a setting attnkit cannot hold (scaled or
             reordered attention, a non-bool ``bias``, an unknown activation).
 
-    Example:
+    Examples:
         >>> config_from_hf(read_json(path), path, "lm", False).positional  # 'learned'
     """
     for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
@@ -105,7 +105,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         cfg: the model's config, of a layout GPT-2 holds
             (:func:`~attnkit.checkpoints.hf.exportable.choose`).
 
-    Example:
+    Examples:
         >>> config_to_hf(get_preset("tiny"))["architectures"]  # ['GPT2LMHeadModel']
     """
     return {

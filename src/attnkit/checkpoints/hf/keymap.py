@@ -45,7 +45,7 @@ class Rule:
     state_dict name, ``transpose`` whether the tensor is transposed on the way (GPT-2's
     ``Conv1D``); ``{i}`` in the names stands for the layer index.
 
-    Example:
+    Examples:
         >>> Rule("h.{i}.attn.c_attn.weight", "blocks.{i}.attn.qkv_proj.weight", transpose=True)
     """
 
@@ -57,7 +57,7 @@ class Rule:
     def hf_names(self) -> tuple[str, ...]:
         """The HF name(s) as a tuple, one entry for a single name.
 
-        Example:
+        Examples:
             >>> Rule("wte.weight", "embed.tok.weight").hf_names  # ('wte.weight',)
         """
         return self.hf if isinstance(self.hf, tuple) else (self.hf,)
@@ -66,7 +66,7 @@ class Rule:
     def op(self) -> str:
         """``"concat"`` when several HF names stack into the attnkit tensor, else ``"copy"``.
 
-        Example:
+        Examples:
             >>> Rule(("q.weight", "k.weight", "v.weight"), "qkv_proj.weight").op  # 'concat'
         """
         return "concat" if len(self.hf_names) > 1 else "copy"
@@ -81,7 +81,7 @@ class KeyMap:
     ``prefix`` is the backbone's prefix inside task models (``"bert."``, ``"transformer."``);
     ``hf_class`` maps an attnkit head to the HF class name.
 
-    Example:
+    Examples:
         >>> gpt2.KEYMAP.prefix  # 'transformer.'
     """
 
@@ -100,7 +100,7 @@ class KeyMap:
             n_layer: the number of layers.
             has_pooler: add the ``"pooler"`` head's rules.
 
-        Example:
+        Examples:
             >>> len(gpt2.KEYMAP.backbone_rules(2, False))  # 4 + 2 * 12
             28
         """
@@ -127,7 +127,7 @@ class KeyMap:
         Args:
             head: the attnkit head, e.g. "lm", "mlm" or "classification".
 
-        Example:
+        Examples:
             >>> gpt2.KEYMAP.head_rules("lm")  # [Rule(hf='lm_head.weight', ...)]
         """
         return list(self.heads.get(head, ())) if head != "pooler" else []
@@ -141,7 +141,7 @@ def linear_rules(hf: str, ours: str, transpose: bool = False) -> tuple[Rule, Rul
         ours: the attnkit layer's name.
         transpose: transpose the weight (GPT-2's ``Conv1D``).
 
-    Example:
+    Examples:
         >>> linear_rules("h.{i}.mlp.c_fc", "blocks.{i}.mlp.up", transpose=True)  # (weight, bias)
     """
     return (Rule(f"{hf}.weight", f"{ours}.weight", transpose), Rule(f"{hf}.bias", f"{ours}.bias"))
@@ -154,7 +154,7 @@ def norm_rules(hf: str, ours: str) -> tuple[Rule, Rule]:
         hf: the HF norm's name.
         ours: the attnkit norm's name.
 
-    Example:
+    Examples:
         >>> norm_rules("ln_f", "norm")[0]  # Rule(hf='ln_f.weight', ours='norm.weight', ...)
     """
     return (Rule(f"{hf}.weight", f"{ours}.weight"), Rule(f"{hf}.bias", f"{ours}.bias"))
@@ -179,7 +179,7 @@ def config_value(hf: Mapping[str, Any], key: str, path: Path, default: Any = ...
         path: the config's file, named in the error.
         default: the value of a missing key; left out: a missing key is an error.
 
-    Example:
+    Examples:
         >>> config_value({"n_layer": 12}, "n_layer", path)  # 12
     """
     if key in hf:
@@ -200,7 +200,7 @@ def activation(name: Any, key: str, path: Path) -> str:
     Raises:
         CheckpointError: for an activation not in :data:`ACTIVATIONS`.
 
-    Example:
+    Examples:
         >>> activation("gelu_new", "activation_function", path)  # 'gelu_tanh'
     """
     if name not in ACTIVATIONS:
@@ -219,7 +219,7 @@ class Architecture:
     key/value heads than query heads; ``zero_bias`` that every bias exists in HF (a
     bias-free model is exported with zero biases).
 
-    Example:
+    Examples:
         >>> gpt2.ARCHITECTURE.model_type, gpt2.ARCHITECTURE.arch  # ('gpt2', 'gpt')
     """
 

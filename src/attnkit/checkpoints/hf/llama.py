@@ -101,7 +101,7 @@ def config_from_hf(hf: Mapping[str, Any], path: Path, head: str, has_pooler: boo
             other than silu, differing attention and MLP biases, another head_dim, scaled
             RoPE).
 
-    Example:
+    Examples:
         >>> config_from_hf(read_json(path), path, "lm", False).positional  # 'rope'
     """
     act = hf.get("hidden_act", "silu")
@@ -157,7 +157,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         cfg: the model's config, of a layout Llama holds
             (:func:`~attnkit.checkpoints.hf.exportable.choose`).
 
-    Example:
+    Examples:
         >>> config_to_hf(get_preset("tiny-llama"))["architectures"]  # ['LlamaForCausalLM']
     """
     return {

@@ -48,7 +48,7 @@ def config_from_hf(hf: Mapping[str, Any], path: Path) -> EncDecConfig:
     Raises:
         CheckpointError: as :func:`~attnkit.checkpoints.hf.bart.bart_like`.
 
-    Example:
+    Examples:
         >>> config_from_hf(read_json(path), path).positional  # 'sinusoidal'
     """
     return EncDecConfig(**bart_like(hf, path), positional="sinusoidal", embed_norm=False)
@@ -61,7 +61,7 @@ def config_to_hf(cfg: EncDecConfig) -> dict[str, Any]:
     Args:
         cfg: the encoder-decoder's config, of Marian's layout.
 
-    Example:
+    Examples:
         >>> config_to_hf(get_encdec_preset("tiny-marian"))["model_type"]  # 'marian'
     """
     out = bart_like_to_hf(cfg, "marian", KEYMAP.hf_class)

@@ -59,7 +59,7 @@ def activation(name: Any, key: str, path: Path) -> str:
     Raises:
         CheckpointError: for an activation attnkit does not have.
 
-    Example:
+    Examples:
         >>> activation("swish", "activation_function", path)  # 'silu'
     """
     if name not in _ACTIVATIONS:
@@ -79,7 +79,7 @@ def activation_to_hf(mlp: str, model_type: str) -> str:
     Raises:
         ValueError: for an ``mlp`` HF has no name for.
 
-    Example:
+    Examples:
         >>> activation_to_hf("silu", "marian")  # 'swish'
     """
     if mlp not in _ACTIVATIONS_TO_HF:
@@ -97,7 +97,7 @@ class Seq2SeqKeyMap:
     hold copies of another key (``(copy, original)``: read only to check that they are equal,
     since attnkit keeps one table).
 
-    Example:
+    Examples:
         >>> t5.KEYMAP.hf_class  # 'T5ForConditionalGeneration'
     """
 
@@ -116,7 +116,7 @@ class Seq2SeqKeyMap:
             n_encoder: the number of encoder layers.
             n_decoder: the number of decoder layers.
 
-        Example:
+        Examples:
             >>> len(t5.KEYMAP.rules(2, 2))  # 39
         """
 
@@ -135,7 +135,7 @@ class Seq2SeqArchitecture:
     """One HF ``model_type``: its key map, its config translations and what export needs
     (``exportable``: EncDecConfig field -> the value a model must have to be exported).
 
-    Example:
+    Examples:
         >>> t5.ARCHITECTURE.exportable["positional"]  # 'relative'
     """
 
@@ -178,7 +178,7 @@ def convert_from_hf(
         CheckpointError: for a config that cannot be converted, keys and shapes that do not
             fit it, or copies that differ.
 
-    Example:
+    Examples:
         >>> model = convert_from_hf(t5.ARCHITECTURE, read_tensors(weights), read_json(config))
     """
     source = Path(source)
@@ -287,7 +287,7 @@ def to_hf_state_dict(
     Raises:
         ValueError: for a config field ``arch`` cannot express.
 
-    Example:
+    Examples:
         >>> tensors, hf_cfg = to_hf_state_dict(t5.ARCHITECTURE, build_model("tiny-t5"))
     """
     cfg = model.config

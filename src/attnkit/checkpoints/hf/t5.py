@@ -90,7 +90,7 @@ def config_from_hf(hf: Mapping[str, Any], path: Path) -> EncDecConfig:
     Raises:
         CheckpointError: for a missing key, a gated MLP or an unknown activation.
 
-    Example:
+    Examples:
         >>> config_from_hf(read_json(path), path).positional  # 'relative'
     """
     proj = config_value(hf, "feed_forward_proj", path, "relu")
@@ -142,7 +142,7 @@ def config_to_hf(cfg: EncDecConfig) -> dict[str, Any]:
         ValueError: if ``dropout`` and ``attn_dropout`` differ (HF T5 has one dropout_rate),
             or for an ``mlp`` HF has no name for.
 
-    Example:
+    Examples:
         >>> config_to_hf(get_encdec_preset("tiny-t5"))["model_type"]  # 't5'
     """
     if cfg.dropout != cfg.attn_dropout:

@@ -67,7 +67,7 @@ def tfidf_baseline(
         attnkit._util.optional.MissingDependency: scikit-learn is not installed (the extra
             ``[classic]``).
 
-    Example:
+    Examples:
         >>> base = tfidf_baseline(train_texts, y_train, eval_texts, y_eval, ["comedy", "tragedy"])
         >>> base["macro_f1"], base["vocabulary"]
     """
@@ -114,7 +114,7 @@ def tfidf_or_none(
 
     The arguments are :func:`tfidf_baseline`'s; its ValueErrors are raised as they are.
 
-    Example:
+    Examples:
         >>> base = tfidf_or_none(train_texts, y_train, eval_texts, y_eval, labels)  # or None
     """
     try:

@@ -35,7 +35,7 @@ class LabelledTexts:
         ValueError: the two lists differ in length, or a text or label is not a non-empty
             string.
 
-    Example:
+    Examples:
         >>> len(LabelledTexts(["To be, or not to be", "Exeunt"], ["tragedy", "comedy"]))
         2
     """
@@ -109,7 +109,7 @@ def read_examples(
         ValueError: another suffix, a missing file, text that is not UTF-8, invalid CSV or
             JSON, a missing column, an empty cell, or no rows (naming the file and the line).
 
-    Example:
+    Examples:
         >>> data = read_examples("train.csv", text_column="text", label_column="label")
         >>> data.source, len(data)
     """
@@ -191,7 +191,7 @@ def as_examples(
         ValueError: ``data`` is of none of these kinds, or as :func:`read_examples` and
             :class:`LabelledTexts`.
 
-    Example:
+    Examples:
         >>> as_examples((["To be", "Exeunt"], ["tragedy", "comedy"])).source
         '<data>'
     """
@@ -210,7 +210,7 @@ def as_examples(
 def label_names(labels: Sequence[str]) -> list[str]:
     """The classes of a label column: sorted, numerically when every label is an integer.
 
-    Example:
+    Examples:
         >>> label_names(["10", "9", "2", "9"])
         ['2', '9', '10']
     """

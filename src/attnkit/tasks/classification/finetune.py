@@ -96,7 +96,7 @@ def class_weights(y: Sequence[int], num_classes: int) -> torch.Tensor:
     Raises:
         ValueError: a class of 0..K - 1 never occurs in ``y``, or ``y`` holds a larger one.
 
-    Example:
+    Examples:
         >>> class_weights([0, 1, 1], num_classes=2)
         tensor([1.5000, 0.7500])
     """
@@ -127,7 +127,7 @@ class FinetuneConfig:
     Raises:
         ValueError: a field out of range or of the wrong type.
 
-    Example:
+    Examples:
         >>> FinetuneConfig(epochs=5, lr=3e-5, metric="accuracy").epochs
         5
     """
@@ -195,7 +195,7 @@ class FinetuneResult:
     whether it ``stopped_early``, the ``seconds`` taken, the ``out`` directory (None when
     nothing was written) and, under torchrun, ``world_size`` and ``is_main`` (rank 0).
 
-    Example:
+    Examples:
         >>> result = finetune("minilm", "train.csv", "eval.csv", out="runs/clf")
         >>> result.best["macro_f1"], result.baseline["macro_f1"], result.stopped_early
     """
@@ -223,7 +223,7 @@ class FinetuneResult:
         """Epochs up to the kept state: its step over the steps of one epoch (0.0 when no
         step was run).
 
-        Example:
+        Examples:
             >>> result.steps, result.epochs, result.best["step"], result.epochs_kept
             (60, 3.0, 40, 2.0)
         """
@@ -294,7 +294,7 @@ def finetune(
             override, a bad field, a device or dtype this machine lacks, or an ``out`` that
             is taken (without ``overwrite``).
 
-    Example:
+    Examples:
         >>> result = finetune("minilm", "train.csv", "eval.csv", out="runs/clf", epochs=4)
         >>> result.best["macro_f1"]
     """
@@ -600,7 +600,7 @@ def save_result(
     Returns:
         The directory written.
 
-    Example:
+    Examples:
         >>> save_result(result, "runs/clf", FinetuneConfig(), "train.csv", "eval.csv")
         PosixPath('runs/clf')
     """

@@ -55,7 +55,7 @@ def pooled_vectors(
         dtype: "float32", "bfloat16" or "float16".
         progress: a tqdm bar with this description (None: no bar).
 
-    Example:
+    Examples:
         >>> pooled_vectors(net, [[101, 2000, 2022, 102]], 32, pad_id=0).shape  # MiniLM
         torch.Size([1, 384])
     """
@@ -120,7 +120,7 @@ def train_head(
         The run's :class:`~attnkit.tasks.classification.finetune.FinetuneResult` (without
             ``tfidf`` and ``out``: the caller sets them).
 
-    Example:
+    Examples:
         >>> result = train_head(cfg, d, net, train_ids, eval_ids, y_train, y_eval, labels,
         ...                     class_weights(y_train, len(labels)), baseline, 0, print, False)
     """

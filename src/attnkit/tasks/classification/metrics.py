@@ -53,7 +53,7 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
     Raises:
         ValueError: the two lists differ in length, or a class is out of range.
 
-    Example:
+    Examples:
         >>> confusion_matrix([0, 1, 1], [0, 1, 0], num_classes=2).tolist()
         [[1, 0], [1, 1]]
     """
@@ -69,7 +69,7 @@ def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
     Raises:
         ValueError: the two lists differ in length or are empty.
 
-    Example:
+    Examples:
         >>> accuracy([0, 1, 1], [0, 1, 0])
         0.6666666666666666
     """
@@ -94,7 +94,7 @@ def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
         ``"precision"``, ``"recall"``, ``"f1"`` and ``"support"`` (true items per class), each
             a float array of shape (K,).
 
-    Example:
+    Examples:
         >>> per_class_scores(confusion_matrix([0, 1, 1], [0, 1, 0], 2))["recall"].tolist()
         [1.0, 0.5]
     """
@@ -117,7 +117,7 @@ def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
 def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> float:
     """The unweighted mean over all ``num_classes`` classes of F1 = 2TP / (2TP + FP + FN).
 
-    Example:
+    Examples:
         >>> macro_f1([0, 1, 1], [0, 1, 0], num_classes=2)
         0.6666666666666666
     """
@@ -136,7 +136,7 @@ def scores(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) 
         ``{"accuracy", "macro_f1", "per_class", "confusion"}``: ``per_class`` maps each name
             to its four scores, ``confusion`` is the matrix as nested lists (JSON-ready).
 
-    Example:
+    Examples:
         >>> scores([0, 1, 1], [0, 1, 0], ["comedy", "tragedy"])["per_class"]["tragedy"]["recall"]
         0.5
     """
@@ -160,7 +160,7 @@ def majority_baseline(
 
     The keys of :func:`scores` on ``y_eval``, and ``"predicts"``: the class name predicted.
 
-    Example:
+    Examples:
         >>> majority_baseline([0, 1, 1], [0, 0, 1], ["comedy", "tragedy"])["predicts"]
         'tragedy'
     """
@@ -191,7 +191,7 @@ def plot_confusion(
     Returns:
         The path written.
 
-    Example:
+    Examples:
         >>> plot_confusion(confusion_matrix([0, 1, 1], [0, 1, 0], 2), ["a", "b"], "cm.png")
         PosixPath('cm.png')
     """

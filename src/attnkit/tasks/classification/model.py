@@ -49,7 +49,7 @@ def load_bert(model: ModelBase | str | os.PathLike[str], what: str = "classifica
         ValueError: ``model`` is not a model or a checkpoint, not BERT-family, or has no
             tokenizer.
 
-    Example:
+    Examples:
         >>> load_bert("minilm").config.arch
         'bert'
     """
@@ -98,7 +98,7 @@ def classifier_from(
         ValueError: fewer than 2 or repeated labels, "pooler" on a checkpoint without one,
             an unknown pooling, or weights that do not fit the new model.
 
-    Example:
+    Examples:
         >>> net = classifier_from("minilm", ["comedy", "history", "tragedy"])
         >>> net.config.num_labels, net.config.pooling
         (3, 'mean')
@@ -154,7 +154,7 @@ def model_labels(model: ModelBase) -> list[str]:
     Raises:
         ValueError: the model has no classification head.
 
-    Example:
+    Examples:
         >>> model_labels(classifier_from("minilm", ["comedy", "tragedy"]))
         ['comedy', 'tragedy']
     """
@@ -194,7 +194,7 @@ def class_logits(
         pad_id: the padding id.
         dtype: "float32", "bfloat16" or "float16".
 
-    Example:
+    Examples:
         >>> class_logits(net, encode_texts(tok, ["To be", "Exeunt"], 128), 32, pad_id=0).shape
         torch.Size([2, 3])
     """
@@ -217,7 +217,7 @@ class Prediction:
     """The prediction for one text: the most probable ``label`` and the ``probabilities`` of
     every class (name -> probability, in the order of the model's labels, summing to 1).
 
-    Example:
+    Examples:
         >>> Prediction("tragedy", {"comedy": 0.2, "tragedy": 0.8}).label
         'tragedy'
     """
@@ -239,7 +239,7 @@ class Classifier:
     Raises:
         ValueError: ``model`` is not a BERT-family classification model with a tokenizer.
 
-    Example:
+    Examples:
         >>> clf = Classifier("runs/clf")  # a directory written by finetune
         >>> clf.labels
         ['comedy', 'history', 'tragedy']
@@ -268,7 +268,7 @@ class Classifier:
         Raises:
             ValueError: an item is not a string.
 
-        Example:
+        Examples:
             >>> clf.predict_proba(["To be, or not to be", "Exeunt"]).shape  # 3 classes
             (2, 3)
         """
@@ -282,7 +282,7 @@ class Classifier:
     def predict(self, texts: str | Sequence[str], batch_size: int = 32) -> list[Prediction]:
         """One :class:`Prediction` per text (a single string counts as one text), in order.
 
-        Example:
+        Examples:
             >>> [p.label for p in clf.predict(["To be, or not to be", "Exeunt"])]  # one per text
         """
         items = [texts] if isinstance(texts, str) else list(texts)
@@ -313,7 +313,7 @@ def predict(
 
     The same as ``Classifier(model).predict(texts, batch_size)``.
 
-    Example:
+    Examples:
         >>> predict("runs/clf", ["To be, or not to be"])[0].probabilities  # label -> probability
     """
     return Classifier(model).predict(texts, batch_size)
