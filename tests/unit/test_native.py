@@ -228,3 +228,18 @@ def test_bfloat16_prompts_go_through_the_kernel_in_blocks(kernel_calls):
     ref = x.double() @ lin.weight.double().T + lin.bias.double()
     # float32 sums, then one rounding to bfloat16 (relative 2^-8)
     assert ((got.double() - ref).abs() <= 2**-8 * ref.abs() + 1e-6).all()
+
+
+@needs_kernel
+def test_tensor_subclass_weights_are_refused():
+    """A wrapper subclass (a quantized tensor, say) may report float32 while its storage holds
+    something else: the kernel, which reads raw memory, must not be given one."""
+
+    class Wrapped(torch.Tensor):
+        pass
+
+    w = torch.randn(16, 32)
+    assert kernels.SkinnyLinear.create(w) is not None  # a plain tensor is taken
+    assert kernels.SkinnyLinear.create(torch.nn.Parameter(w)) is not None
+    assert kernels.SkinnyLinear.create(w.as_subclass(Wrapped)) is None
+    assert kernels.SkinnyLinear.create(w, bias=torch.zeros(16).as_subclass(Wrapped)) is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
 from attnkit.native import build
 
@@ -52,7 +53,7 @@ class SkinnyLinear:
         scale: torch.Tensor | None = None,
     ) -> SkinnyLinear | None:
         """The plan for ``weight`` (M, K), or ``None`` when the kernel is not available or the
-        weight is unsupported (not a contiguous 2-D CPU float32, bfloat16 or int8 tensor, int8
+        weight is unsupported (not a plain contiguous 2-D CPU float32, bfloat16 or int8 tensor, int8
         without ``scale``, a bias or scale that is not M floats on the CPU).
 
         Args:
@@ -66,6 +67,10 @@ class SkinnyLinear:
         lib = build.library()
         if (
             lib is None
+            # a tensor subclass (a quantized wrapper such as torchao's) may report float32
+            # while its storage holds something else: the kernel reads raw memory
+            or type(weight) not in (torch.Tensor, nn.Parameter)
+            or (bias is not None and type(bias) not in (torch.Tensor, nn.Parameter))
             or weight.device.type != "cpu"
             or weight.dtype not in _SUFFIX
             or weight.dim() != 2
