@@ -28,6 +28,7 @@ import attnkit
 LEFT_OUT = ("attnkit.cli", "attnkit.bench")
 
 EXAMPLE = re.compile(r"^\s*(Examples?:\s*$|>>> )", re.MULTILINE)
+SINGULAR = re.compile(r"^\s*Example:\s*$", re.MULTILINE)
 SHAPE = re.compile(r"\([^()\n]*\w[^()\n]*,[^()\n]*\)|\bshape")
 
 
@@ -117,6 +118,8 @@ def offenders() -> list[str]:
             bad.append(f"{qualname}: no docstring")
             continue
         problems = []
+        if SINGULAR.search(doc):  # griffe reads it as a note: its >>> lines become quotes
+            problems.append("an 'Example:' section (write 'Examples:', rendered as code)")
         if not EXAMPLE.search(doc):
             problems.append("no example")
         if _takes_tensor(obj) and not SHAPE.search(doc):
@@ -161,7 +164,7 @@ def test_the_check_bites(monkeypatch) -> None:
     def no_shape(x: torch.Tensor) -> torch.Tensor:
         """Doubles x.
 
-        Example:
+        Examples:
             >>> no_shape(torch.ones(2))
         """
         return 2 * x
@@ -169,15 +172,30 @@ def test_the_check_bites(monkeypatch) -> None:
     def good(x: torch.Tensor) -> torch.Tensor:
         """Doubles x, shape (batch, dim).
 
-        Example:
+        Examples:
             >>> good(torch.ones(2, 3))
         """
         return 2 * x
 
-    fake = {"m.bare": bare, "m.no_example": no_example, "m.no_shape": no_shape, "m.good": good}
+    def singular(x: torch.Tensor) -> torch.Tensor:
+        """Doubles x, shape (batch, dim).
+
+        Example:
+            >>> singular(torch.ones(2, 3))
+        """
+        return 2 * x
+
+    fake = {
+        "m.bare": bare,
+        "m.no_example": no_example,
+        "m.no_shape": no_shape,
+        "m.good": good,
+        "m.singular": singular,
+    }
     monkeypatch.setattr(sys.modules[__name__], "public_objects", lambda: fake)
     assert offenders() == [
         "m.bare: no docstring",
         "m.no_example: no example",
         "m.no_shape: takes a tensor but names no shape",
+        "m.singular: an 'Example:' section (write 'Examples:', rendered as code)",
     ]

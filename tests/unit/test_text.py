@@ -214,3 +214,39 @@ def test_mask_tokens_follows_15_80_10_10():
     # a random replacement equals the original with probability 1/V
     assert abs(kept - (0.1 + 0.1 / V)) < 0.01
     assert abs(1 - masked - kept - 0.1) < 0.01
+
+
+def test_mask_tokens_fallback_chooses_the_first_ordinary_token():
+    """When the draw chooses nothing, the token chosen is the first one that is neither the
+    mask id nor special ([CLS] and [PAD] here), never a special token."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.tensor([[2, 0, 0, 4, 17, 9], [2, 23, 8, 3, 0, 0]])
+    inputs, labels = mask_tokens(
+        ids, mask_id=4, vocab_size=30, generator=g, special_ids=(0, 1, 2, 3, 4), prob=1e-12
+    )
+    want = torch.full_like(ids, -100)
+    want[0, 4] = 17  # row 0: [CLS] [PAD] [PAD] [MASK] then the first ordinary token
+    assert torch.equal(labels, want)
+    assert torch.equal(inputs[labels == -100], ids[labels == -100])
+
+
+def test_mask_tokens_refuses_what_it_cannot_mask():
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="only the mask id 4 and special ids"):
+        mask_tokens(
+            torch.tensor([[2, 0, 4, 3]]),
+            mask_id=4,
+            vocab_size=30,
+            generator=g,
+            special_ids=(0, 2, 3),
+            prob=1e-12,
+        )
+    with pytest.raises(ValueError, match="integer tensor of shape"):
+        mask_tokens(torch.ones(2, 3), mask_id=4, vocab_size=30, generator=g)
+    with pytest.raises(ValueError, match="integer tensor of shape"):
+        mask_tokens(torch.ones(6, dtype=torch.long), mask_id=4, vocab_size=30, generator=g)
+    for prob in (0.0, 1.5, True):
+        with pytest.raises(ValueError, match=r"prob must be a number in \(0, 1\]"):
+            mask_tokens(
+                torch.ones(2, 3, dtype=torch.long), mask_id=4, vocab_size=30, generator=g, prob=prob
+            )

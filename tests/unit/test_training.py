@@ -12,7 +12,7 @@ from attnkit.models.outputs import ModelOutput
 from attnkit.training import config as run_config
 from attnkit.training import optim
 from attnkit.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
-from attnkit.training.objectives import loss_sums
+from attnkit.training.objectives import loss_sum, loss_sums
 
 
 def test_warmup_then_cosine_to_min_lr():
@@ -112,6 +112,7 @@ def test_loss_sums_match_cross_entropy_reference():
     p = torch.softmax(logits, -1)
     ref = -sum(math.log(p[b, t, y[b, t]]) for b in range(2) for t in range(3) if y[b, t] != -100)
     assert loss.item() == pytest.approx(ref, rel=1e-6)
+    assert loss_sum(Fixed(logits), None, y).item() == pytest.approx(ref, rel=1e-6)  # training's
     pred = logits.argmax(-1)
     assert correct.item() == sum(
         int(pred[b, t] == y[b, t]) for b in range(2) for t in range(3) if y[b, t] != -100
@@ -225,3 +226,99 @@ def test_bench_train_command(tmp_path, capsys):
     assert result["tokens_per_second"] > 0 and 0 < result["mfu"] < 1.5
     C, L, V, T = 128, 4, 65, 64  # configs/gpt-shakespeare-char.toml, no biases, tied LM head
     assert result["parameters"] == L * (12 * C * C + 2 * C) + C + V * C + T * C
+
+
+def test_cpu_threads_sets_the_count_for_the_body_and_restores_it():
+    before = torch.get_num_threads()
+    with optim.cpu_threads(1, torch.device("cpu")):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="boom"), optim.cpu_threads(1, torch.device("cpu")):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before  # restored on an error too
+    with optim.cpu_threads(0, torch.device("cpu")):  # 0: as it is
+        assert torch.get_num_threads() == before
+    with optim.cpu_threads(1, torch.device("meta")):  # not a CPU: untouched
+        assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        with optim.cpu_threads(-1, torch.device("cpu")):
+            pass
+    with pytest.raises(ValueError, match="train.elementwise_threads"):
+        run_config.check_train(run_config.build({}, [("train.elementwise_threads", -1)]))
+
+
+def test_steady_tokens_per_second_is_over_the_median_steady_step():
+    from attnkit.training.loop import steady_tokens_per_second
+
+    times = [30.0, 9.0, 0.2, 0.4, 5.0, 0.3, 0.1]
+    # by hand: skip 2 -> 0.2, 0.4, 5.0, 0.3, 0.1; without index 4 -> 0.1 0.2 0.3 0.4: 0.25
+    assert steady_tokens_per_second(times, 100, skip=2, exclude=[4]) == pytest.approx(400.0)
+    assert steady_tokens_per_second(times, 100, skip=2) == pytest.approx(100 / 0.3)
+    assert steady_tokens_per_second(times, 100, skip=7) is None
+
+
+def test_compile_model_runs_the_fused_kernels_on_the_threads_asked(monkeypatch):
+    from attnkit.training import loop
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, options=None: seen.append(options) or model)
+    model = torch.nn.Linear(2, 2)
+    assert loop.compile_model(model, 1, torch.device("cpu")) is model
+    loop.compile_model(model, 0, torch.device("cpu"))
+    loop.compile_model(model, 1, torch.device("cuda"))
+    assert seen == [{"cpp.threads": 1}, None, None]
+
+
+def test_compile_model_primes_tables_built_on_first_use(monkeypatch):
+    from attnkit.training import loop
+
+    monkeypatch.setattr(torch, "compile", lambda model, options=None: model)
+    cfg = ModelConfig(
+        arch="gpt", vocab_size=11, n_layer=1, n_heads=2, d_model=8, positional="rope", dropout=0.5
+    )
+    model = build_model(cfg).train()
+    rotary = model.blocks[0].attn.rotary
+    assert rotary._cached_len == 0
+    state = torch.get_rng_state()
+    loop.compile_model(model, 0, torch.device("cpu"), prime=torch.zeros(1, 6, dtype=torch.long))
+    assert rotary._cached_len >= 6  # built before tracing: the second step does not recompile
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), state)  # eval mode: no dropout draw
+
+
+def test_pretrain_records_the_time_of_every_step(tmp_path, monkeypatch):
+    from attnkit.training.loop import pretrain
+
+    monkeypatch.setenv("ATTNKIT_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        "".join(f"line {i}: the quick brown fox jumps over it.\n" for i in range(300))
+    )
+    cfg = run_config.build(
+        {
+            "data": {"corpus": str(corpus)},
+            "model": {"arch": "gpt", "n_layer": 1, "n_heads": 2, "d_model": 16},
+            "train": {
+                "batch_size": 4,
+                "block_size": 16,
+                "max_iters": 14,
+                "eval_interval": 6,
+                "eval_iters": 2,
+                "warmup_iters": 0,
+                "progress": False,
+                "elementwise_threads": 1,
+            },
+        },
+        [],
+    )
+    before = torch.get_num_threads()
+    s = pretrain(cfg, tmp_path / "run")
+    assert torch.get_num_threads() == before
+    times = s["step_seconds"]
+    assert len(times) == 14 and all(t > 0 for t in times)
+    # evaluations and checkpoints after steps 6 and 12 fall in the intervals of steps 7 and 13
+    assert s["busy_steps"] == [6, 12]
+    assert s["first_step_seconds"] == pytest.approx(times[0], abs=1e-3)
+    assert sum(times) <= s["loop_seconds"] + 1e-6
+    steady = sorted(times[i] for i in (10, 11, 13))  # past the 10 warm-up steps, not busy
+    assert s["steady_tokens_per_second"] == pytest.approx(4 * 16 / steady[1], rel=1e-3, abs=0.1)

@@ -28,7 +28,7 @@ class TokenStream:
     (``"uint16"`` or ``"uint32"``) ids, as :func:`build_streams` writes it; ``len()`` counts
     its tokens.
 
-    Example:
+    Examples:
         >>> stream = TokenStream(Path("tokens/abc-train.uint16.bin"), "uint16")
         >>> len(stream)
     """
@@ -56,7 +56,7 @@ class TokenStream:
         Raises:
             ValueError: the stream holds fewer than ``length + 1`` tokens.
 
-        Example:
+        Examples:
             >>> stream.windows(8, 256, torch.Generator().manual_seed(0)).shape
             torch.Size([8, 256])
         """
@@ -94,7 +94,7 @@ def build_streams(corpus: Corpus, tok, val_fraction: float, cache: Path) -> dict
         val_fraction: the share of the text held out for validation.
         cache: the cache directory.
 
-    Example:
+    Examples:
         >>> streams = build_streams(load_corpus("shakespeare"), tok, 0.1, cache_dir())
         >>> len(streams["train"]) > len(streams["val"])
         True
@@ -131,13 +131,28 @@ def mask_tokens(
 
     Returns:
         ``(inputs, labels)``, both (B, T): labels hold the original id at chosen positions,
-            -100 elsewhere (ignored by cross entropy). At least one token per batch is chosen.
+            -100 elsewhere (ignored by cross entropy). At least one token per batch is chosen:
+            when the draw chooses none, the first token that is neither ``mask_id`` nor one of
+            ``special_ids`` is.
 
-    Example:
+    Raises:
+        ValueError: ``ids`` is not an integer (B, T) tensor, ``prob`` is not in (0, 1], or
+            every token of ``ids`` is ``mask_id`` or special (nothing could be chosen).
+
+    Examples:
         >>> inputs, labels = mask_tokens(ids, mask_id=4, vocab_size=100, generator=g)
         >>> inputs.shape == labels.shape == ids.shape
         True
     """
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point:
+        what = (
+            f"shape {tuple(ids.shape)} dtype {ids.dtype}"
+            if isinstance(ids, torch.Tensor)
+            else type(ids).__name__
+        )
+        raise ValueError(f"ids must be an integer tensor of shape (B, T), got {what}")
+    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 < prob <= 1.0:
+        raise ValueError(f"prob must be a number in (0, 1], got {prob!r}")
     u = torch.rand(ids.shape, generator=generator)
     action = torch.rand(ids.shape, generator=generator)
     random_ids = torch.randint(0, vocab_size, ids.shape, generator=generator)
@@ -145,8 +160,16 @@ def mask_tokens(
     for s in special_ids:
         chosen &= ids != s
     if not chosen.any():  # an all-unchosen batch would give a NaN loss
-        flat = torch.where((ids != mask_id).flatten())[0]
-        chosen.view(-1)[flat[0] if flat.numel() else 0] = True
+        eligible = ids != mask_id  # (B, T)
+        for s in special_ids:
+            eligible &= ids != s
+        flat = torch.where(eligible.flatten())[0]
+        if not flat.numel():
+            raise ValueError(
+                f"ids hold only the mask id {mask_id} and special ids {tuple(special_ids)}; "
+                f"expected at least one token that can be masked"
+            )
+        chosen.view(-1)[flat[0]] = True
     labels = torch.where(chosen, ids, torch.full_like(ids, -100))
     inputs = ids.clone()
     inputs[chosen & (action < 0.8)] = mask_id

@@ -37,7 +37,7 @@ class DataConfig:
     ``max_source_len``/``max_target_len`` (0: ``model.max_seq_len``) leave longer training
     pairs out, and ``noise_density``/``mean_span_length`` set span corruption's hidden spans.
 
-    Example:
+    Examples:
         >>> DataConfig(corpus="shakespeare", tokenizer="bpe", vocab_size=2048).val_fraction
         0.1
     """
@@ -67,11 +67,12 @@ class TrainConfig:
     ``init_from`` names a checkpoint directory to start from; ``parallel`` is "ddp" or "fsdp"
     under torchrun; ``logger`` is "csv", "tensorboard", "wandb" or a comma-separated list.
     The budgets (``budget_seconds``, ``budget_tokens``, ``budget_flops``; 0: no limit) stop
-    the run at the first step that spends one. ``label_smoothing``, ``batch_tokens`` and the
-    ``eval_*`` decoding settings are for encoder-decoder runs. :func:`check_train` checks
-    the ranges.
+    the run at the first step that spends one. ``elementwise_threads`` (CPU) runs the fused
+    kernels of ``compile`` and the optimizer step on that many threads. ``label_smoothing``,
+    ``batch_tokens`` and the ``eval_*`` decoding settings are for encoder-decoder runs.
+    :func:`check_train` checks the ranges.
 
-    Example:
+    Examples:
         >>> TrainConfig(max_iters=200, batch_size=8, lr=3e-4).grad_accum
         1
     """
@@ -102,6 +103,10 @@ class TrainConfig:
     fused_adamw: bool = True
     parallel: str = "ddp"  # ddp (replicas) | fsdp (FSDP2 shards); used under torchrun
     threads: int = 0  # torch threads per process; 0: leave as is
+    # CPU threads for the work that is not a matrix product: torch.compile's fused kernels and
+    # the gradient clipping and optimizer step (0: torch's count). 1 spares a small model the
+    # thread pool's wake-ups, which can cost more than the work (optim.cpu_threads)
+    elementwise_threads: int = 0
     progress: bool = True
     logger: str = "csv"  # csv | tensorboard | wandb, or a list: "csv,tensorboard"
     # budgets: the run stops at the first step that spends one (0: no limit); floats, so that
@@ -127,7 +132,7 @@ class RunConfig:
     a dict), ``data`` (:class:`DataConfig`) and ``train`` (:class:`TrainConfig`). Usually made
     by :func:`build`.
 
-    Example:
+    Examples:
         >>> RunConfig(model={"n_layer": 2}, train=TrainConfig(max_iters=100)).train.max_iters
         100
     """
@@ -140,7 +145,7 @@ class RunConfig:
         """The config as a nested plain dict (``"model"``, ``"data"``, ``"train"``), as saved in
         ``run_config.json``; :func:`build` reads it back.
 
-        Example:
+        Examples:
             >>> RunConfig(model={"n_layer": 2}).to_dict()["model"]
             {'n_layer': 2}
         """
@@ -210,7 +215,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     Raises:
         ValueError: ``item`` has no ``=``.
 
-    Example:
+    Examples:
         >>> parse_override("train.lr=3e-4")
         ('train.lr', 0.0003)
     """
@@ -238,7 +243,7 @@ def build(base: dict[str, Any], overrides: list[tuple[str, Any]]) -> RunConfig:
         ValueError: an unknown section or key, a value of the wrong type, or
             ``model.vocab_size`` (set by the tokenizer).
 
-    Example:
+    Examples:
         >>> build({"train": {"max_iters": 200}}, [("model.n_layer", 4)]).model
         {'n_layer': 4}
     """
@@ -288,7 +293,7 @@ def read_file(path: str | Path) -> dict[str, Any]:
     Raises:
         ValueError: the file does not exist or does not parse.
 
-    Example:
+    Examples:
         >>> build(read_file(find_config("gpt-shakespeare-char")), []).data.tokenizer
         'char'
     """
@@ -322,7 +327,7 @@ def find_config(name: str) -> Path:
     Raises:
         ValueError: no such file, with the shipped configs' names.
 
-    Example:
+    Examples:
         >>> find_config("gpt-shakespeare-char").name
         'gpt-shakespeare-char.toml'
     """
@@ -352,7 +357,7 @@ def check_train(cfg: RunConfig) -> None:
     Raises:
         ValueError: a setting out of its range, named with the value and what was expected.
 
-    Example:
+    Examples:
         >>> check_train(build({}, [("train.max_iters", 0)]))  # ValueError: train.max_iters
     """
     tc = cfg.train
@@ -372,6 +377,7 @@ def check_train(cfg: RunConfig) -> None:
         "checkpoint_interval",
         "keep_checkpoints",
         "threads",
+        "elementwise_threads",
     ):
         checks.int_at_least(f"train.{name}", getattr(tc, name), 0, ">= 0")
     checks.positive_float("train.lr", tc.lr)

@@ -31,7 +31,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import statistics
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +45,7 @@ from attnkit._util.fs import atomic_write_json
 from attnkit.training import distributed, loggers, metrics, optim, precision, rundir
 from attnkit.training.checkpointing import damaged_checkpoints, latest_checkpoint
 from attnkit.training.config import RunConfig, TrainConfig, check_train
-from attnkit.training.objectives import Batches, loss_sums
+from attnkit.training.objectives import Batches, loss_sum, loss_sums
 from attnkit.training.parallelism import Parallel
 from attnkit.training.warmstart import warm_start
 
@@ -74,7 +76,7 @@ def prepare_data(
     Returns:
         ``(tokenizer, {"train": stream, "val": stream})``.
 
-    Example:
+    Examples:
         >>> tok, streams = prepare_data(build({}, []), distributed.init("cpu"))
     """
     from attnkit._util.fs import cache_dir
@@ -117,7 +119,7 @@ def model_config(cfg: RunConfig, tok: Tokenizer) -> ModelConfig:
         ValueError: a BERT without a ``[MASK]`` token, a head other than lm (GPT) or mlm
             (BERT), or ``train.block_size`` over ``model.max_seq_len``.
 
-    Example:
+    Examples:
         >>> model_config(build({"model": {"n_layer": 2}}, []), tok).max_seq_len  # block_size
         64
     """
@@ -170,7 +172,7 @@ def evaluate(
     Returns:
         ``{"loss", "perplexity", "accuracy"}`` (accuracy of the predicted target tokens).
 
-    Example:
+    Examples:
         >>> evaluate(model, val_batches, iters=20, d=d, dtype="float32", seed=1339)["loss"]
     """
     was = model.training
@@ -195,6 +197,80 @@ def evaluate(
     }
 
 
+def compile_model(
+    raw: torch.nn.Module,
+    threads: int,
+    device: torch.device,
+    prime: torch.Tensor | None = None,
+) -> torch.nn.Module:
+    """``torch.compile(raw)``; on a CPU with ``threads`` > 0 the fused kernels it generates run
+    on that many threads (Inductor's ``cpp.threads``), while the matrix products and attention
+    it calls keep the process's thread count. Compiled kernels are cached on disk by
+    PyTorch (``TORCHINDUCTOR_CACHE_DIR``), so a second run of the same model compiles faster.
+
+    ``prime``, input ids (batch, seq) of the training length, is run once through ``raw``
+    first (eval mode, no gradient, so no dropout draws from the generator): tables a model
+    builds on first use, such as RoPE's cos/sin, then exist when it is traced, and the second
+    step does not compile the model again (5 s for a 3-layer RoPE GPT on 2 CPU threads).
+
+    Args:
+        raw: the model.
+        threads: CPU threads for the fused kernels (``train.elementwise_threads``); 0: the
+            process's count.
+        device: the model's device (``threads`` is for the CPU only).
+        prime: (batch, seq) input ids run through ``raw`` before compiling, or None.
+
+    Returns:
+        The compiled module (it shares ``raw``'s parameters).
+
+    Examples:
+        >>> model = compile_model(raw, 1, torch.device("cpu"), prime=torch.zeros(1, 64).long())
+    """
+    if prime is not None:
+        was = raw.training
+        raw.eval()
+        with torch.no_grad():
+            raw(prime)
+        raw.train(was)
+    options: dict[str, Any] | None = None
+    if threads > 0 and device.type == "cpu":
+        options = {"cpp.threads": threads}
+    return torch.compile(raw, options=options)  # type: ignore[return-value]  # OptimizedModule
+
+
+STEADY_SKIP = 10  # the first steps (compilation, warm-up) left out of the steady-state rate
+
+
+def steady_tokens_per_second(
+    step_seconds: list[float],
+    tokens_per_step: int,
+    skip: int = STEADY_SKIP,
+    exclude: Iterable[int] = (),
+) -> float | None:
+    """Tokens per step over the median of the steady-state step times: the times after the
+    first ``skip`` steps, less the steps at indices ``exclude`` (those that include an
+    evaluation or a checkpoint); None when none is left.
+
+    Args:
+        step_seconds: wall-clock seconds of each step, in order.
+        tokens_per_step: tokens trained per optimizer step.
+        skip: the leading steps left out (compilation and warm-up).
+        exclude: indices into ``step_seconds`` left out as well.
+
+    Returns:
+        Tokens per second, or None.
+
+    Examples:
+        >>> steady_tokens_per_second([9.0, 0.5, 0.25, 0.5], 100, skip=1)
+        200.0
+    """
+    left_out = set(exclude)
+    kept = [t for i, t in enumerate(step_seconds) if i >= skip and i not in left_out]
+    if not kept:
+        return None
+    return tokens_per_step / statistics.median(kept)
+
+
 # --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
@@ -204,7 +280,7 @@ def has_checkpoint(out: Path) -> bool:
     Args:
         out: the run directory.
 
-    Example:
+    Examples:
         >>> has_checkpoint(Path("runs/char"))
         True
     """
@@ -226,7 +302,7 @@ def open_run_dir(out: Path, d: distributed.Dist, resume: bool, overwrite: bool) 
         ValueError: a path rule is broken (:func:`attnkit.training.rundir.check_paths`), or
             ``out`` holds a run and neither flag is set (``RunExistsError``).
 
-    Example:
+    Examples:
         >>> open_run_dir(Path("runs/new"), distributed.init("cpu"), resume=False, overwrite=False)
         False
     """
@@ -267,14 +343,18 @@ def pretrain(
         overwrite: replace the run in ``out``.
 
     Returns:
-        The summary: val loss and perplexity, best val loss, iters, tokens, tokens per second,
+        The summary: val loss and perplexity, best val loss, iters, tokens, tokens per second
+        (``tokens_per_second`` over the summed step times; ``steady_tokens_per_second`` over
+        the median step, :func:`steady_tokens_per_second`), each step's wall-clock seconds
+        (``step_seconds``, between the ends of consecutive steps; ``busy_steps`` index those
+        that hold an evaluation or checkpoint, ``first_step_seconds`` includes compilation),
         wall and setup seconds, what stopped the run (``stopped_by``), parameters and more.
 
     Raises:
         ValueError: a setting out of range, ``resume`` and ``overwrite`` both set, ``out``
             holding a run without either, or every complete checkpoint damaged on resume.
 
-    Example:
+    Examples:
         >>> pretrain(build({}, [("train.max_iters", 200)]), "runs/char")["val_loss"]
     """
 
@@ -364,7 +444,10 @@ def _pretrain_in_group(
         atomic_write_json(out / "run_config.json", resolved)
     model: torch.nn.Module = raw
     if tc.compile:
-        model = torch.compile(raw)  # type: ignore[assignment]  # an OptimizedModule
+        prime = None  # a sharded model's forward is collective: it is not run here
+        if not par.sharded:
+            prime = torch.zeros(1, tc.block_size, dtype=torch.long, device=d.device)
+        model = compile_model(raw, tc.elementwise_threads, d.device, prime)
     model = par.wrap(model)
     log = None
     if d.is_main:
@@ -458,6 +541,13 @@ def _train(
     last_val: dict[str, Any] | None = None
     loop_t0 = time.perf_counter()
     train_seconds = 0.0
+    # wall-clock between the ends of consecutive optimizer steps (the first from the loop's
+    # start), as nanoGPT logs its iteration time; ``busy`` are the steps whose interval holds
+    # an evaluation or a checkpoint of the step before
+    step_seconds: list[float] = []
+    busy: list[int] = []
+    after_work = False
+    mark = loop_t0
     step = start
     model.train()
     while step < tc.max_iters:
@@ -474,15 +564,21 @@ def _train(
                 sync = par.no_sync(model)
             with sync:
                 with precision.autocast(d.device, tc.dtype):
-                    loss_sum, _ = loss_sums(model, x, y)
+                    summed = loss_sum(model, x, y)
                 # the global mean over this micro-batch; DDP averages gradients over ranks
-                loss = loss_sum * (d.world_size / (count * tc.grad_accum))
+                loss = summed * (d.world_size / (count * tc.grad_accum))
                 (scaler.scale(loss) if scaler else loss).backward()
             step_loss += loss.detach().double() / d.world_size
-        optim.clip_and_step(optimizer, raw.parameters(), tc.grad_clip, scaler)
-        optimizer.zero_grad(set_to_none=True)
+        with optim.cpu_threads(tc.elementwise_threads, d.device):
+            optim.clip_and_step(optimizer, raw.parameters(), tc.grad_clip, scaler)
+            optimizer.zero_grad(set_to_none=True)
         step += 1
-        train_seconds += time.perf_counter() - t0
+        now = time.perf_counter()
+        train_seconds += now - t0
+        if after_work:
+            busy.append(len(step_seconds))
+        step_seconds.append(now - mark)
+        mark, after_work = now, False
         tokens_now = tokens_before + (step - start) * tokens_per_step
         stopped_by = budget_spent(
             tc, tokens_now, elapsed_before + time.perf_counter() - loop_t0, flops_per_token
@@ -536,6 +632,7 @@ def _train(
             if last_val["loss"] < best:
                 best = last_val["loss"]
                 par.save_model(raw, out, tok)
+            after_work = True
         if step % ckpt_every == 0 or last:
             state = {
                 "step": step,
@@ -549,6 +646,7 @@ def _train(
                 rundir.discard_replaced(out)
                 replacing = False
             distributed.barrier(d)
+            after_work = True
         if stopped_by is not None:
             break
     if bar is not None:
@@ -568,6 +666,12 @@ def _train(
         "loop_seconds": loop_seconds,
         "train_seconds": round(train_seconds, 3),
         "tokens_per_second": round(trained / max(train_seconds, 1e-9), 1),
+        "steady_tokens_per_second": _round(
+            steady_tokens_per_second(step_seconds, tokens_per_step, exclude=busy)
+        ),
+        "first_step_seconds": round(step_seconds[0], 3) if step_seconds else None,
+        "step_seconds": [round(t, 6) for t in step_seconds],
+        "busy_steps": busy,
         "tokens": tokens_before + trained,
         "flops_per_token": flops_per_token,
         "stopped_by": stopped_by or ("max_iters" if step >= tc.max_iters else None),
@@ -579,6 +683,10 @@ def _train(
     if last_val and raw.config.arch == "bert":
         summary["val_masked_accuracy"] = last_val["accuracy"]
     return summary
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def budget_spent(
@@ -593,7 +701,7 @@ def budget_spent(
         seconds: the loop's wall time so far.
         flops_per_token: the model's training FLOPs per token.
 
-    Example:
+    Examples:
         >>> budget_spent(TrainConfig(budget_tokens=1e6), tokens=2_000_000, seconds=5.0,
         ...     flops_per_token=1e6)
         'budget_tokens'
@@ -617,7 +725,7 @@ def format_summary(s: dict[str, Any], out: Path) -> str:
     Returns:
         The text, lines joined by newlines.
 
-    Example:
+    Examples:
         >>> print(format_summary(pretrain(cfg, "runs/char"), Path("runs/char")))
     """
     lines = [

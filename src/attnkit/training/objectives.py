@@ -20,7 +20,7 @@ from attnkit.training.config import RunConfig
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from tokenizers import Tokenizer
 
-__all__ = ["Batches", "loss_sums"]
+__all__ = ["Batches", "loss_sum", "loss_sums"]
 
 
 class Batches:
@@ -41,7 +41,7 @@ class Batches:
     Raises:
         ValueError: ``objective`` is "mlm" and ``tok`` has no [MASK] token.
 
-    Example:
+    Examples:
         >>> x, y, count = Batches(streams["train"], cfg, d, "clm", tok, seed=1).next()
     """
 
@@ -79,7 +79,7 @@ class Batches:
             block_size) on ``d.device`` (targets -100 where masked LM does not predict), and the
             target tokens of the whole global batch, all ranks together.
 
-        Example:
+        Examples:
             >>> x, y, count = batches.next()  # x, y: (batch_size, block_size)
         """
         T = self.cfg.train.block_size
@@ -104,6 +104,29 @@ class Batches:
         return x[lo : lo + self.rows].to(dev), y[lo : lo + self.rows].to(dev), count
 
 
+def loss_sum(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The cross entropy summed over the target tokens: what a training step needs, without
+    the argmax over the vocabulary that :func:`loss_sums` adds for the accuracy.
+
+    Args:
+        model: a model whose output has ``.logits`` (batch, seq, vocab).
+        x: (batch, seq) input ids.
+        y: (batch, seq) target ids; -100 is ignored.
+
+    Returns:
+        A 0-d float32 tensor (float64 for float64 logits).
+
+    Examples:
+        >>> (loss_sum(model, x, y) / (y != -100).sum()).backward()  # x, y: (batch, seq)
+    """
+    return _cross_entropy_sum(model(x).logits, y)
+
+
+def _cross_entropy_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    flat = logits.float().reshape(-1, logits.shape[-1])  # (B*T, V)
+    return F.cross_entropy(flat, y.reshape(-1), ignore_index=-100, reduction="sum")
+
+
 def loss_sums(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,14 +141,14 @@ def loss_sums(
         ``(loss, correct)``: 0-d tensors, the float32 cross entropy summed over targets and the
         number of targets the argmax predicts.
 
-    Example:
+    Examples:
         >>> loss, correct = loss_sums(model, x, y)  # x, y: (batch, seq)
     """
     logits = model(x).logits  # (B, T, V)
-    flat = logits.float().reshape(-1, logits.shape[-1])
-    target = y.reshape(-1)
-    loss = F.cross_entropy(flat, target, ignore_index=-100, reduction="sum")
+    loss = _cross_entropy_sum(logits, y)
     with torch.no_grad():
+        flat = logits.reshape(-1, logits.shape[-1])
+        target = y.reshape(-1)
         keep = target != -100
         correct = (flat.argmax(-1)[keep] == target[keep]).sum()
     return loss, correct
