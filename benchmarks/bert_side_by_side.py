@@ -2,15 +2,18 @@
 
     python benchmarks/bert_side_by_side.py [--config bert-shakespeare] [--seconds 300]
         [--data CORPUS] [--out bench_out] [--threads 2] [--hf-recipe config|bert]
+        [--hf bert,roformer]
 
 Two models of the shape the config gives (vocabulary, width, layers, heads, MLP width, positions,
 norm eps), trained one after the other on the same machine with the same threads:
 
 1. attnkit, exactly as a user gets it: ``python -m attnkit pretrain --config CONFIG`` in a
    subprocess, with ``train.budget_seconds = --seconds`` added (nothing else changed);
-2. ``transformers.BertForMaskedLM`` with HF's own initialisation, trained by a plain PyTorch
-   loop written here (AdamW without decay on biases and LayerNorm gains, gradient clipping)
-   for as many seconds of training steps as attnkit spent on its training steps. The learning
+2. ``transformers.BertForMaskedLM`` (learned absolute positions, whatever the config's; and
+   ``RoFormerForMaskedLM``, the same BERT with rotary positions, when the config has RoPE or
+   ``--hf`` names it) with HF's own initialisation, trained by a plain PyTorch loop written
+   here (AdamW without decay on biases and LayerNorm gains, gradient clipping) for as many
+   seconds of training steps as attnkit spent on its training steps. The learning
    rate follows the config's schedule (``--hf-recipe config``: linear warmup, cosine decay to
    ``min_lr``) or the BERT paper's recipe scaled to the run (``--hf-recipe bert``: lr 1e-4,
    betas (0.9, 0.999), weight decay 0.01, warmup over 1% of ``max_iters``, linear decay to 0).
@@ -177,21 +180,19 @@ def side_by_side(ours: Sequence[dict], theirs: Sequence[dict]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # the runs
 # --------------------------------------------------------------------------------------------
-def hf_bert_config(mcfg: Any):
-    """A ``transformers.BertConfig`` of the shape of the attnkit BERT config ``mcfg``."""
-    import transformers
+HF_MODELS = ("bert", "roformer")
 
+
+def _hf_shape(mcfg: Any, model: str) -> dict[str, Any]:
+    """The config fields BertConfig and RoFormerConfig share, of the attnkit config's shape."""
     if mcfg.arch != "bert" or mcfg.norm_placement != "post" or mcfg.norm != "layernorm":
         raise ValueError(
-            f"HF BERT is a post-LayerNorm encoder; the config has arch={mcfg.arch!r}, "
+            f"HF {model} is a post-LayerNorm encoder; the config has arch={mcfg.arch!r}, "
             f"norm={mcfg.norm!r}, norm_placement={mcfg.norm_placement!r}"
         )
-    if mcfg.mlp not in ("gelu", "gelu_tanh", "relu") or mcfg.positional != "learned":
-        raise ValueError(
-            f"HF BERT has learned positions and a gelu/relu MLP; the config has "
-            f"positional={mcfg.positional!r}, mlp={mcfg.mlp!r}"
-        )
-    return transformers.BertConfig(
+    if mcfg.mlp not in ("gelu", "gelu_tanh", "relu"):
+        raise ValueError(f"HF {model} has a gelu/relu MLP; the config has mlp={mcfg.mlp!r}")
+    return dict(
         vocab_size=mcfg.vocab_size,
         hidden_size=mcfg.d_model,
         num_hidden_layers=mcfg.n_layer,
@@ -207,6 +208,37 @@ def hf_bert_config(mcfg: Any):
         tie_word_embeddings=mcfg.tie_embeddings,
         initializer_range=0.02,  # HF's default
     )
+
+
+def hf_bert_config(mcfg: Any):
+    """A ``transformers.BertConfig`` of the shape of the attnkit BERT config ``mcfg``, with
+    BERT's learned absolute positions (whatever positions ``mcfg`` has: HF BERT has no other)."""
+    import transformers
+
+    return transformers.BertConfig(**_hf_shape(mcfg, "BERT"))
+
+
+def hf_roformer_config(mcfg: Any):
+    """A ``transformers.RoFormerConfig`` of the shape of ``mcfg``: BERT with rotary positions
+    (base 10000) in place of position embeddings, the HF form of an attnkit BERT with RoPE."""
+    import transformers
+
+    if mcfg.positional == "rope" and mcfg.rope_base != 10000.0:
+        raise ValueError(f"HF RoFormer rotates with base 10000; the config has {mcfg.rope_base}")
+    shape = _hf_shape(mcfg, "RoFormer")
+    return transformers.RoFormerConfig(**shape, embedding_size=shape["hidden_size"])
+
+
+def hf_model(mcfg: Any, kind: str) -> torch.nn.Module:
+    """HF's masked-LM model ``kind`` ("bert" or "roformer") of the shape of ``mcfg``, with HF's
+    own initialisation (seeded by the caller)."""
+    import transformers
+
+    if kind == "bert":
+        return transformers.BertForMaskedLM(hf_bert_config(mcfg))
+    if kind == "roformer":
+        return transformers.RoFormerForMaskedLM(hf_roformer_config(mcfg))
+    raise ValueError(f"HF model must be one of {HF_MODELS}, got {kind!r}")
 
 
 @torch.no_grad()
@@ -237,6 +269,8 @@ def plain_loop(
     on ``val`` (time not counted) every ``eval_interval`` steps and at the last step."""
     decay, rest = [], []
     for p in model.parameters():  # no decay on biases and LayerNorm gains (the 1-D ones)
+        if not p.requires_grad:
+            continue
         (rest if p.dim() < 2 else decay).append(p)
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
@@ -317,6 +351,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--hf-recipe", choices=HF_RECIPES, default="config")
     ap.add_argument(
+        "--hf",
+        default=None,
+        help="comma-separated HF models to train beside attnkit: bert (BertForMaskedLM), "
+        "roformer (RoFormerForMaskedLM, BERT with RoPE); default bert, and roformer too "
+        "for a config with RoPE",
+    )
+    ap.add_argument(
         "--only",
         choices=("both", "hf"),
         default="both",
@@ -332,6 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.seconds <= 0 or args.threads <= 0:
         raise SystemExit("--seconds and --threads must be positive")
+    bad = [k for k in (args.hf.split(",") if args.hf else []) if k not in HF_MODELS]
+    if bad:
+        raise SystemExit(f"--hf {args.hf!r}: {bad} unknown; expected names from {list(HF_MODELS)}")
     sys.path.insert(0, str(ROOT / "src"))
     import attnkit
     from attnkit.training import config as run_config
@@ -378,12 +422,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         saved = attnkit.load(run_dir).eval()  # the best model it saved, scored here on `val`
         ours["saved_model_check"] = evaluate(lambda x: saved(x).logits, val)
 
-    import transformers
-
-    torch.manual_seed(tc.seed)
-    hf = transformers.BertForMaskedLM(hf_bert_config(mcfg))
-    hf_params = sum(p.numel() for p in hf.parameters())
-    train_batches = Batches(streams["train"], cfg, d, "mlm", tok, tc.seed + 1)
+    hf_kinds = (
+        args.hf.split(",")
+        if args.hf
+        else (["bert", "roformer"] if mcfg.positional == "rope" else ["bert"])
+    )
     decay_iters = tc.lr_decay_iters or tc.max_iters
     if args.hf_recipe == "config":
 
@@ -400,48 +443,67 @@ def main(argv: Sequence[str] | None = None) -> int:
             return bert_paper_lr(s, lr=1e-4, warmup=warm, total=tc.max_iters)
 
         betas, wd = (0.9, 0.999), 0.01
-    print(f"HF BertForMaskedLM, {ours['train_seconds']:.1f} s of training steps ...", flush=True)
-    theirs = plain_loop(
-        hf,
-        lambda x: hf(input_ids=x).logits,
-        lambda: train_batches.next()[:2],
-        val,
-        lr_at=lr_at,
-        betas=betas,
-        weight_decay=wd,
-        grad_clip=tc.grad_clip,
-        max_iters=tc.max_iters,
-        seconds=ours["train_seconds"],
-        eval_interval=tc.eval_interval,
-    )
-    theirs["parameters"] = hf_params
+    theirs_all: dict[str, dict[str, Any]] = {}
+    for kind in hf_kinds:
+        torch.manual_seed(tc.seed)
+        hf = hf_model(mcfg, kind)
+        train_batches = Batches(streams["train"], cfg, d, "mlm", tok, tc.seed + 1)  # same draws
+        name = type(hf).__name__
+        print(f"HF {name}, {ours['train_seconds']:.1f} s of training steps ...", flush=True)
+        theirs = plain_loop(
+            hf,
+            lambda x, hf=hf: hf(input_ids=x).logits,
+            lambda tb=train_batches: tb.next()[:2],
+            val,
+            lr_at=lr_at,
+            betas=betas,
+            weight_decay=wd,
+            grad_clip=tc.grad_clip,
+            max_iters=tc.max_iters,
+            seconds=ours["train_seconds"],
+            eval_interval=tc.eval_interval,
+        )
+        # trained ones: RoFormer keeps its sin/cos table as a frozen parameter
+        theirs["parameters"] = sum(p.numel() for p in hf.parameters() if p.requires_grad)
+        theirs["class"] = name
+        theirs_all[kind] = theirs
 
     print()
+    params = ", ".join(f"HF {t['class']} {t['parameters']:,}" for t in theirs_all.values())
     print(
-        f"parameters: attnkit {ours.get('parameters', 0):,}, HF {hf_params:,}; HF recipe: {args.hf_recipe}"
+        f"parameters: attnkit {ours.get('parameters', 0):,}, {params}; HF recipe: {args.hf_recipe}"
     )
     if ours["curve"]:
         print(
-            f"attnkit: {ours['iters']} steps in {ours['train_seconds']:.1f} s of training "
+            f"attnkit ({mcfg.positional} positions): {ours['iters']} steps in "
+            f"{ours['train_seconds']:.1f} s of training "
             f"({ours['stopped_by']}, {ours['process_seconds']:.0f} s for the whole process)"
         )
-    print(f"HF: {theirs['iters']} steps in {theirs['train_seconds']:.1f} s of training")
-    for line in side_by_side(ours["curve"], theirs["curve"]):
-        print(line)
+    ok: dict[str, bool] = {}
+    for theirs in theirs_all.values():
+        print()
+        print(
+            f"attnkit vs HF {theirs['class']}: {theirs['iters']} steps in "
+            f"{theirs['train_seconds']:.1f} s of training"
+        )
+        for line in side_by_side(ours["curve"], theirs["curve"]):
+            print(line)
     print(baseline_line(base))
-    ok = None
     if ours["curve"]:
-        a, b = ours["curve"][-1], theirs["curve"][-1]
+        a = ours["curve"][-1]
         chk = ours["saved_model_check"]
         print(
             f"attnkit's saved model scored here: loss {chk['loss']:.4f}, accuracy "
             f"{chk['accuracy']:.3f} (its run logged best {ours['best_val_loss']:.4f})"
         )
-        ok = a["loss"] <= b["loss"] and a["accuracy"] >= b["accuracy"]
-        print(
-            f"{'PASS' if ok else 'FAIL'}  attnkit at equal wall: loss {a['loss']:.4f} vs HF "
-            f"{b['loss']:.4f}, accuracy {a['accuracy']:.3f} vs HF {b['accuracy']:.3f}"
-        )
+        for kind, theirs in theirs_all.items():
+            b = theirs["curve"][-1]
+            ok[kind] = a["loss"] <= b["loss"] and a["accuracy"] >= b["accuracy"]
+            print(
+                f"{'PASS' if ok[kind] else 'FAIL'}  attnkit at equal wall vs HF {theirs['class']}: "
+                f"loss {a['loss']:.4f} vs {b['loss']:.4f}, accuracy {a['accuracy']:.3f} vs "
+                f"{b['accuracy']:.3f}"
+            )
     print(f"load average after {os.getloadavg()}")
     from attnkit.bench.report import write_json
 
@@ -455,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "hf_recipe": args.hf_recipe,
             "baseline": base,
             "attnkit": ours,
-            "hf": theirs,
+            "hf": theirs_all,
             "attnkit_at_least_hf": ok,
             "load_average": [load0, os.getloadavg()],
         },

@@ -131,7 +131,7 @@ def test_convert_to_hf_cli_on_the_demo_checkpoint(tmp_path, capsys):
         ("gpt-shakespeare-char", "gpt2"),
         ("gpt-shakespeare-char-classic", "gpt2"),
         ("gpt-shakespeare-bpe", "gpt2"),
-        ("bert-shakespeare", "bert"),
+        ("bert-shakespeare", "roformer"),
     ],
 )
 def test_shipped_configs_that_export(tmp_path, name, model_type):

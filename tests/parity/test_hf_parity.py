@@ -241,7 +241,7 @@ def test_hf_shape_mismatch_and_unsupported_configs_are_named(tmp_path):
     with pytest.raises(
         CheckpointError,
         match=r"model_type='xlnet' is not supported; expected one of "
-        r"\['bart', 'bert', 'gpt2', 'llama', 'marian', 't5'\]",
+        r"\['bart', 'bert', 'gpt2', 'llama', 'marian', 'roformer', 't5'\]",
     ):
         convert_from_hf({}, {"model_type": "xlnet"})
     cfg = hf.config.to_dict()

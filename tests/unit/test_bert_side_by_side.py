@@ -116,3 +116,23 @@ def test_hf_config_has_the_shape_and_parameter_count_of_the_attnkit_bert():
     assert hf.config.layer_norm_eps == 1e-12 and hf.config.max_position_embeddings == 24
     with pytest.raises(ValueError, match="post-LayerNorm"):
         bench.hf_bert_config(cfg.replace(norm_placement="pre"))
+
+
+def test_hf_roformer_has_the_parameter_count_of_the_attnkit_rope_bert():
+    transformers = pytest.importorskip("transformers")
+    from attnkit.models import ModelConfig, build_model
+
+    cfg = ModelConfig(
+        arch="bert", head="mlm", vocab_size=97, n_layer=2, n_heads=2, d_model=16, d_ff=40,
+        max_seq_len=24, norm_eps=1e-12, norm_placement="post", mlp="gelu", embed_norm=True,
+        final_norm=False, type_vocab_size=2, pad_token_id=0, positional="rope",
+    )  # fmt: skip
+    hf = bench.hf_model(cfg, "roformer")
+    assert isinstance(hf, transformers.RoFormerForMaskedLM)
+    trained = sum(p.numel() for p in hf.parameters() if p.requires_grad)
+    assert trained == build_model(cfg).num_parameters()
+    assert isinstance(bench.hf_model(cfg, "bert"), transformers.BertForMaskedLM)
+    with pytest.raises(ValueError, match="base 10000"):
+        bench.hf_model(cfg.replace(rope_base=500.0), "roformer")
+    with pytest.raises(ValueError, match="one of"):
+        bench.hf_model(cfg, "xlnet")

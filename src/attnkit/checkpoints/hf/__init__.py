@@ -1,7 +1,7 @@
 """Hugging Face <-> attnkit checkpoints: one declarative key map per architecture.
 
-:mod:`~attnkit.checkpoints.hf.bert`, :mod:`~attnkit.checkpoints.hf.gpt2` and
-:mod:`~attnkit.checkpoints.hf.llama` hold the maps and config translations;
+:mod:`~attnkit.checkpoints.hf.bert`, :mod:`~attnkit.checkpoints.hf.roformer`,
+:mod:`~attnkit.checkpoints.hf.gpt2` and :mod:`~attnkit.checkpoints.hf.llama` hold the maps and config translations;
 :mod:`~attnkit.checkpoints.hf.convert` applies them, checked by shape, and
 :mod:`~attnkit.checkpoints.hf.exportable` picks the architecture a model exports to.
 """

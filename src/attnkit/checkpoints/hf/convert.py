@@ -1,14 +1,15 @@
 """Hugging Face <-> attnkit conversion, driven by one declarative key map per architecture.
 
-The maps live in :mod:`attnkit.checkpoints.hf.bert`, :mod:`attnkit.checkpoints.hf.gpt2` and
-:mod:`attnkit.checkpoints.hf.llama` (parts in :mod:`attnkit.checkpoints.hf.keymap`); this
+The maps live in :mod:`attnkit.checkpoints.hf.bert`, :mod:`attnkit.checkpoints.hf.roformer`,
+:mod:`attnkit.checkpoints.hf.gpt2` and :mod:`attnkit.checkpoints.hf.llama` (parts in :mod:`attnkit.checkpoints.hf.keymap`); this
 module applies them. Every tensor is
 checked by shape against the model built from the converted config; a missing or unknown key
 is reported by name, with the file it came from. Keys in a map's ``ignore`` (buffers, tied
 copies, pre-training heads attnkit does not build) are skipped, and only those.
 
 Supported: ``model_type`` "bert" (BertModel, BertForMaskedLM, BertForSequenceClassification,
-sentence-transformers BERT models), "gpt2" (GPT2Model, GPT2LMHeadModel) and "llama" (LlamaModel,
+sentence-transformers BERT models), "roformer" (RoFormerModel, RoFormerForMaskedLM: BERT
+with rotary positions), "gpt2" (GPT2Model, GPT2LMHeadModel) and "llama" (LlamaModel,
 LlamaForCausalLM); the encoder-decoders
 "marian", "bart" and "t5" (their ForConditionalGeneration classes) through
 :mod:`attnkit.checkpoints.hf.seq2seq`.
@@ -17,7 +18,8 @@ A model without biases (``config.bias=False``) has no tensor for a map's bias ru
 architecture without them (Llama) has none either; one whose every layer has a bias (GPT-2,
 ``zero_bias``) gets zeros on export and must hold only zeros to be read as bias-free. Export
 picks the architecture that holds the model (:mod:`attnkit.checkpoints.hf.exportable`: GPT-2
-for learned positions, Llama for RoPE/RMSNorm/SwiGLU) and otherwise says what to change.
+for learned positions, Llama for RoPE/RMSNorm/SwiGLU; BERT for learned positions, RoFormer for
+RoPE) and otherwise says what to change.
 """
 
 from __future__ import annotations
@@ -42,7 +44,17 @@ from attnkit.checkpoints.format import (
     read_tensors,
     save_tensors,
 )
-from attnkit.checkpoints.hf import bart, bert, exportable, gpt2, llama, marian, seq2seq, t5
+from attnkit.checkpoints.hf import (
+    bart,
+    bert,
+    exportable,
+    gpt2,
+    llama,
+    marian,
+    roformer,
+    seq2seq,
+    t5,
+)
 from attnkit.checkpoints.hf.keymap import ACTIVATIONS_TO_HF, Architecture, Rule
 from attnkit.models.common import ModelBase
 from attnkit.models.encdec import EncoderDecoder
@@ -53,7 +65,8 @@ if TYPE_CHECKING:  # pragma: no cover - for static tools only
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    a.model_type: a for a in (bert.ARCHITECTURE, gpt2.ARCHITECTURE, llama.ARCHITECTURE)
+    a.model_type: a
+    for a in (bert.ARCHITECTURE, roformer.ARCHITECTURE, gpt2.ARCHITECTURE, llama.ARCHITECTURE)
 }
 SEQ2SEQ_ARCHITECTURES: dict[str, seq2seq.Seq2SeqArchitecture] = {
     a.model_type: a for a in (marian.ARCHITECTURE, bart.ARCHITECTURE, t5.ARCHITECTURE)
@@ -183,6 +196,8 @@ def convert_from_hf(
             shapes = {file_name(n): tuple(stripped[n].shape) for n in rule.hf_names}
             raise CheckpointError(f"{source}: keys {shapes} cannot be stacked into {rule.ours!r}")
         t = torch.cat(parts, dim=0) if rule.op == "concat" else parts[0]
+        if arch.interleaved_rope:
+            t = rotary_rows(t, cfg, rule.ours, to_hf=False)
         want = tuple(own[rule.ours].shape)
         if tuple(t.shape) != want:
             got = ", ".join(f"{file_name(n)!r} {tuple(stripped[n].shape)}" for n in rule.hf_names)
@@ -408,12 +423,44 @@ def to_hf_state_dict(model: ModelBase) -> tuple[dict[str, torch.Tensor], dict[st
                 t = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
             else:
                 continue  # a bias the model and the architecture both go without
+            if arch.interleaved_rope:
+                t = rotary_rows(t, cfg, rule.ours, to_hf=True)
             names = rule.hf_names
             pieces = t.split(_split_sizes(cfg, rule, t.shape[0]), dim=0)  # [q | k | v], ...
             for name, piece in zip(names, pieces):
                 piece = piece.t() if rule.transpose else piece
                 out[pre + name] = piece.contiguous().clone()
+    if arch.extra_tensors is not None:
+        out.update({prefix + k: v for k, v in arch.extra_tensors(cfg).items()})
     return out, arch.config_to_hf(cfg)
+
+
+def rotary_rows(t: torch.Tensor, cfg: Any, ours: str, *, to_hf: bool) -> torch.Tensor:
+    """Permute the query and key rows of each head of a fused ``qkv_proj`` weight or bias
+    between attnkit's RoPE layout (channel i paired with i + D/2) and the interleaved one
+    (pairs (0, 1), (2, 3), ...); other tensors, and the value rows, are returned as they are.
+
+    Queries and keys get the same permutation, so every attention score is unchanged.
+
+    Args:
+        t: the tensor of attnkit name ``ours``; for ``qkv_proj`` (Hq*D + 2*Hkv*D, ...) rows.
+        cfg: the model's config (heads and head_dim).
+        ours: the attnkit state_dict name.
+        to_hf: attnkit -> interleaved when True, back when False.
+
+    Examples:
+        >>> hf_w = rotary_rows(w, cfg, "blocks.0.attn.qkv_proj.weight", to_hf=True)  # w (3C, C)
+    """
+    if ".attn.qkv_proj." not in ours:
+        return t
+    d = cfg.head_dim
+    half = torch.arange(d // 2)
+    order = torch.stack((half, half + d // 2), dim=1).flatten()  # interleaved row -> half row
+    if not to_hf:
+        order = torch.argsort(order)
+    heads = cfg.n_heads + cfg.n_kv_heads  # the query and key heads, in that order
+    qk = t[: heads * d].reshape(heads, d, *t.shape[1:])[:, order].reshape(heads * d, *t.shape[1:])
+    return torch.cat((qk, t[heads * d :]), dim=0)
 
 
 def _split_sizes(cfg: Any, rule: Rule, rows: int) -> list[int]:

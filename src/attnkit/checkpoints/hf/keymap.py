@@ -217,7 +217,9 @@ class Architecture:
     ``exportable`` maps a ModelConfig field to the value a model must have to be exported,
     or a tuple of the values it may have; ``grouped_kv`` says the architecture holds fewer
     key/value heads than query heads; ``zero_bias`` that every bias exists in HF (a
-    bias-free model is exported with zero biases).
+    bias-free model is exported with zero biases); ``interleaved_rope`` that HF pairs RoPE
+    channels (0, 1), (2, 3), ... (the q/k rows of each head are permuted on the way);
+    ``extra_tensors`` computes tensors HF stores and attnkit does not (written on export).
 
     Examples:
         >>> gpt2.ARCHITECTURE.model_type, gpt2.ARCHITECTURE.arch  # ('gpt2', 'gpt')
@@ -237,3 +239,9 @@ class Architecture:
     # every bias exists in HF: a model without biases (config.bias=False) is exported with
     # zero biases, and an HF file read as bias=False must hold only zero biases
     zero_bias: bool = False
+    # RoPE pairs channels (0, 1), (2, 3), ... of each head in HF, where attnkit pairs i with
+    # i + D/2: the q and k rows of each head are permuted on the way (scores are unchanged)
+    interleaved_rope: bool = False
+    # tensors HF keeps that attnkit computes (RoFormer's sin/cos table): config -> backbone
+    # name -> tensor, written on export
+    extra_tensors: Callable[[ModelConfig], dict[str, Any]] | None = None
