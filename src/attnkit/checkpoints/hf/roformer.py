@@ -70,7 +70,9 @@ def config_from_hf(hf: Mapping[str, Any], path: Path, head: str, has_pooler: boo
     hidden = config_value(hf, "hidden_size", path)
     for key, want in (("rotary_value", False), ("is_decoder", False)):
         if bool(hf.get(key, False)) != want:
-            raise CheckpointError(f"{path}: {key}={hf.get(key)!r} is not supported; expected {want}")
+            raise CheckpointError(
+                f"{path}: {key}={hf.get(key)!r} is not supported; expected {want}"
+            )
     emb = hf.get("embedding_size") or hidden
     if emb != hidden:
         raise CheckpointError(
