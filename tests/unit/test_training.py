@@ -228,25 +228,6 @@ def test_bench_train_command(tmp_path, capsys):
     assert result["parameters"] == L * (12 * C * C + 2 * C) + C + V * C + T * C
 
 
-def test_cpu_threads_sets_the_count_for_the_body_and_restores_it():
-    before = torch.get_num_threads()
-    with optim.cpu_threads(1, torch.device("cpu")):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
-    with pytest.raises(RuntimeError, match="boom"), optim.cpu_threads(1, torch.device("cpu")):
-        raise RuntimeError("boom")
-    assert torch.get_num_threads() == before  # restored on an error too
-    with optim.cpu_threads(0, torch.device("cpu")):  # 0: as it is
-        assert torch.get_num_threads() == before
-    with optim.cpu_threads(1, torch.device("meta")):  # not a CPU: untouched
-        assert torch.get_num_threads() == before
-    with pytest.raises(ValueError, match="threads must be >= 0"):
-        with optim.cpu_threads(-1, torch.device("cpu")):
-            pass
-    with pytest.raises(ValueError, match="train.elementwise_threads"):
-        run_config.check_train(run_config.build({}, [("train.elementwise_threads", -1)]))
-
-
 def test_steady_tokens_per_second_is_over_the_median_steady_step():
     from attnkit.training.loop import steady_tokens_per_second
 
@@ -322,3 +303,8 @@ def test_pretrain_records_the_time_of_every_step(tmp_path, monkeypatch):
     assert sum(times) <= s["loop_seconds"] + 1e-6
     steady = sorted(times[i] for i in (10, 11, 13))  # past the 10 warm-up steps, not busy
     assert s["steady_tokens_per_second"] == pytest.approx(4 * 16 / steady[1], rel=1e-3, abs=0.1)
+
+
+def test_elementwise_threads_is_checked():
+    with pytest.raises(ValueError, match="train.elementwise_threads"):
+        run_config.check_train(run_config.build({}, [("train.elementwise_threads", -1)]))

@@ -68,7 +68,7 @@ class TrainConfig:
     under torchrun; ``logger`` is "csv", "tensorboard", "wandb" or a comma-separated list.
     The budgets (``budget_seconds``, ``budget_tokens``, ``budget_flops``; 0: no limit) stop
     the run at the first step that spends one. ``elementwise_threads`` (CPU) runs the fused
-    kernels of ``compile`` and the optimizer step on that many threads. ``label_smoothing``,
+    kernels of ``compile`` on that many threads. ``label_smoothing``,
     ``batch_tokens`` and the ``eval_*`` decoding settings are for encoder-decoder runs.
     :func:`check_train` checks the ranges.
 
@@ -103,9 +103,8 @@ class TrainConfig:
     fused_adamw: bool = True
     parallel: str = "ddp"  # ddp (replicas) | fsdp (FSDP2 shards); used under torchrun
     threads: int = 0  # torch threads per process; 0: leave as is
-    # CPU threads for the work that is not a matrix product: torch.compile's fused kernels and
-    # the gradient clipping and optimizer step (0: torch's count). 1 spares a small model the
-    # thread pool's wake-ups, which can cost more than the work (optim.cpu_threads)
+    # CPU threads of torch.compile's fused kernels (Inductor's cpp.threads; 0: torch's count):
+    # 1 spares a small model the thread pool's wake-ups, which can cost more than the work
     elementwise_threads: int = 0
     progress: bool = True
     logger: str = "csv"  # csv | tensorboard | wandb, or a list: "csv,tensorboard"

@@ -569,9 +569,8 @@ def _train(
                 loss = summed * (d.world_size / (count * tc.grad_accum))
                 (scaler.scale(loss) if scaler else loss).backward()
             step_loss += loss.detach().double() / d.world_size
-        with optim.cpu_threads(tc.elementwise_threads, d.device):
-            optim.clip_and_step(optimizer, raw.parameters(), tc.grad_clip, scaler)
-            optimizer.zero_grad(set_to_none=True)
+        optim.clip_and_step(optimizer, raw.parameters(), tc.grad_clip, scaler)
+        optimizer.zero_grad(set_to_none=True)
         step += 1
         now = time.perf_counter()
         train_seconds += now - t0

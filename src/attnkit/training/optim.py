@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -158,40 +157,3 @@ def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
     """
     for group in optimizer.param_groups:
         group["lr"] = value
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int, device: torch.device) -> Iterator[None]:
-    """Run the body with ``n`` CPU threads, then restore the process's count; does nothing for
-    ``n`` 0 or a device other than the CPU.
-
-    For the optimizer step of a small model: each CPU operation above PyTorch's grain size
-    (32,768 elements) wakes the thread pool, and where its threads sleep when idle
-    (``OMP_WAIT_POLICY=PASSIVE``, or a busy or virtual machine) a wake-up can cost more than
-    the work: on a 2-core virtual machine with ``OMP_WAIT_POLICY=PASSIVE``, clipping and
-    stepping a 0.8M-parameter model took 0.5 and 0.7 ms on one thread, 1.3 and 2.3 ms on two.
-    The thread count changes how the work is split, not what is computed (a norm's partial
-    sums may be added in another order).
-
-    Args:
-        n: the threads for the body; 0 leaves the count as it is.
-        device: where the tensors are; only ``"cpu"`` is affected.
-
-    Raises:
-        ValueError: ``n`` is negative.
-
-    Examples:
-        >>> with cpu_threads(1, torch.device("cpu")):
-        ...     clip_and_step(opt, model.parameters(), grad_clip=1.0)
-    """
-    if n < 0:
-        raise ValueError(f"threads must be >= 0 (0: as they are), got {n}")
-    if n == 0 or device.type != "cpu" or n == torch.get_num_threads():
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
