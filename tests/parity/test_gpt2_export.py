@@ -14,6 +14,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from hf_helpers import max_diff, padded_batch  # noqa: E402
+
 import attnkit  # noqa: E402 (after the skip)
 from attnkit.checkpoints import CheckpointError, read_tensors  # noqa: E402
 from attnkit.checkpoints.hf import export_hf  # noqa: E402
@@ -47,19 +49,6 @@ def perturbed(cfg: ModelConfig):
             if "norm" in name or name.endswith("bias"):
                 p.add_(0.1 * torch.randn_like(p))
     return model
-
-
-def padded_batch(vocab: int, T: int = 13):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, vocab, (3, T), generator=g)
-    mask = torch.ones(3, T, dtype=torch.long)
-    mask[1, 9:] = 0
-    mask[2, 4:] = 0
-    return ids.masked_fill(mask == 0, 0), mask
-
-
-def max_diff(ref, got, mask):
-    return (ref - got)[mask.bool()].abs().max().item()
 
 
 def test_bias_free_demo_model_exports_to_gpt2_with_zero_biases(tmp_path):

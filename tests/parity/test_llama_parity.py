@@ -13,6 +13,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from hf_helpers import max_diff, padded_batch, perturb_norms_and_biases  # noqa: E402
+
 import attnkit  # noqa: E402 (after the skip)
 from attnkit.checkpoints import CheckpointError  # noqa: E402
 from attnkit.checkpoints.hf import convert_from_hf, export_hf  # noqa: E402
@@ -43,24 +45,8 @@ def llama_config(**kw):
 def random_llama(**kw):
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM(llama_config(**kw)).eval()
-    with torch.no_grad():  # non-trivial norms and biases, so a wrong map cannot pass
-        for name, p in hf.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(0.2 * torch.randn_like(p))
+    perturb_norms_and_biases(hf, 0.2)  # non-trivial norms and biases: a wrong map fails
     return hf
-
-
-def padded_batch(T: int = 13):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, VOCAB, (3, T), generator=g)
-    mask = torch.ones(3, T, dtype=torch.long)
-    mask[1, 9:] = 0
-    mask[2, 4:] = 0
-    return ids.masked_fill(mask == 0, 0), mask
-
-
-def max_diff(ref, got, mask):
-    return (ref - got)[mask.bool()].abs().max().item()
 
 
 CASES = {
@@ -80,7 +66,7 @@ def test_hf_llama_to_attnkit_matches_transformers(tmp_path, case):
     assert cfg.n_kv_heads == hf.config.num_key_value_heads and cfg.rope_base == 500.0
     assert cfg.tie_embeddings == hf.config.tie_word_embeddings
     assert cfg.bias == bool(CASES[case].get("attention_bias"))
-    ids, mask = padded_batch()
+    ids, mask = padded_batch(VOCAB)
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask).logits
         got = ours(ids, attention_mask=mask).logits
@@ -111,7 +97,7 @@ def test_hf_llama_model_without_head_gives_the_hidden_states():
     hf = transformers.LlamaModel(llama_config(num_key_value_heads=2)).eval()
     ours = convert_from_hf(hf.state_dict(), hf.config.to_dict()).eval()
     assert ours.config.head == "none"
-    ids, mask = padded_batch()
+    ids, mask = padded_batch(VOCAB)
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
         got = ours(ids, attention_mask=mask).hidden_states
@@ -160,7 +146,7 @@ def test_attnkit_llama_exports_and_loads_in_transformers(tmp_path, overrides):
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
     assert hf.config.num_key_value_heads == cfg.n_kv_heads
     assert hf.config.tie_word_embeddings == cfg.tie_embeddings
-    ids, mask = padded_batch()
+    ids, mask = padded_batch(VOCAB)
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask).logits
         got = ours(ids, attention_mask=mask).logits

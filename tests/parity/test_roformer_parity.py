@@ -11,6 +11,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from hf_helpers import max_diff, padded_batch, perturb_norms_and_biases  # noqa: E402
+
 import attnkit  # noqa: E402 (after the skip)
 from attnkit.checkpoints import CheckpointError  # noqa: E402
 from attnkit.checkpoints.hf import export_hf  # noqa: E402
@@ -39,24 +41,8 @@ def roformer(cls=None, **kw):
     base.update(kw)
     torch.manual_seed(0)
     hf = (cls or transformers.RoFormerForMaskedLM)(transformers.RoFormerConfig(**base)).eval()
-    with torch.no_grad():  # non-trivial norms and biases, so a wrong map cannot pass
-        for name, p in hf.named_parameters():
-            if "LayerNorm" in name or name.endswith("bias"):
-                p.add_(0.2 * torch.randn_like(p))
+    perturb_norms_and_biases(hf, 0.2, ("LayerNorm",))  # so a wrong map cannot pass
     return hf
-
-
-def padded_batch(T: int = 13):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, VOCAB, (3, T), generator=g)
-    mask = torch.ones(3, T, dtype=torch.long)
-    mask[1, 9:] = 0
-    mask[2, 4:] = 0
-    return ids.masked_fill(mask == 0, 0), mask
-
-
-def max_diff(ref, got, mask):
-    return (ref - got)[mask.bool()].abs().max().item()
 
 
 def test_hf_roformer_mlm_to_attnkit_matches_transformers(tmp_path):
@@ -70,7 +56,7 @@ def test_hf_roformer_mlm_to_attnkit_matches_transformers(tmp_path):
         "mlm",
         "post",
     )
-    ids, mask = padded_batch()
+    ids, mask = padded_batch(VOCAB)
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask).logits
         got = ours(ids, attention_mask=mask).logits
@@ -83,7 +69,7 @@ def test_hf_roformer_backbone_to_attnkit_matches_hidden_states(tmp_path):
     hf.save_pretrained(tmp_path)
     ours = attnkit.load(tmp_path).eval()
     assert ours.config.head == "none"
-    ids, mask = padded_batch(17)
+    ids, mask = padded_batch(VOCAB, 17)
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
         got = ours(ids, attention_mask=mask).hidden_states
@@ -112,10 +98,7 @@ def rope_bert(**kw):
     base.update(kw)
     torch.manual_seed(3)
     model = build_model(ModelConfig(**base)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(0.2 * torch.randn_like(p))
+    perturb_norms_and_biases(model, 0.2)
     return model
 
 
@@ -123,7 +106,7 @@ def test_attnkit_rope_bert_exports_to_roformer_with_the_same_logits(tmp_path):
     ours = rope_bert()
     export_hf(ours, tmp_path / "hf")
     hf = transformers.RoFormerForMaskedLM.from_pretrained(tmp_path / "hf").eval()
-    ids, mask = padded_batch()
+    ids, mask = padded_batch(VOCAB)
     with torch.no_grad():
         ref = ours(ids, attention_mask=mask).logits
         got = hf(input_ids=ids, attention_mask=mask).logits

@@ -119,28 +119,49 @@ def config_from_hf(hf: Mapping[str, Any], path: Path, head: str, has_pooler: boo
         )
     labels = id2label(hf, path)
     return ModelConfig(
+        **encoder_fields(hf, path),
+        positional="learned",
+        max_seq_len=config_value(hf, "max_position_embeddings", path),
+        head=head,
+        pooler=has_pooler,
+        num_labels=len(labels) if labels is not None else hf.get("num_labels", 2),
+        id2label=labels if head == "classification" else None,
+    )
+
+
+def encoder_fields(hf: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The ModelConfig fields every BERT-like HF config.json (BERT, RoFormer) gives alike:
+    sizes, a post-LayerNorm encoder with a LayerNorm on the embeddings, activation, dropout,
+    token types, padding id, tying and init scale (positions, heads and the pooler are each
+    architecture's own).
+
+    Args:
+        hf: the parsed HF config.json.
+        path: the config's file, named in errors.
+
+    Raises:
+        CheckpointError: for a missing key or an unknown activation.
+
+    Examples:
+        >>> encoder_fields(read_json(path), path)["norm_placement"]  # 'post'
+    """
+    return dict(
         arch="bert",
         vocab_size=config_value(hf, "vocab_size", path),
         n_layer=config_value(hf, "num_hidden_layers", path),
         n_heads=config_value(hf, "num_attention_heads", path),
         d_model=config_value(hf, "hidden_size", path),
         d_ff=config_value(hf, "intermediate_size", path),
-        max_seq_len=config_value(hf, "max_position_embeddings", path),
-        positional="learned",
         norm="layernorm",
         norm_eps=float(config_value(hf, "layer_norm_eps", path, 1e-12)),
         norm_placement="post",
         mlp=activation(config_value(hf, "hidden_act", path, "gelu"), "hidden_act", path),
         dropout=float(hf.get("hidden_dropout_prob", 0.1)),
         attn_dropout=float(hf.get("attention_probs_dropout_prob", 0.1)),
-        head=head,
         type_vocab_size=config_value(hf, "type_vocab_size", path, 2),
         embed_norm=True,
         final_norm=False,
-        pooler=has_pooler,
         pad_token_id=hf.get("pad_token_id", 0),
-        num_labels=len(labels) if labels is not None else hf.get("num_labels", 2),
-        id2label=labels if head == "classification" else None,
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
         initializer_range=float(hf.get("initializer_range", 0.02)),
     )
@@ -161,6 +182,27 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     out: dict[str, Any] = {
         "model_type": "bert",
         "architectures": [KEYMAP.hf_class[cfg.head]],
+        **encoder_hf_fields(cfg),
+        "position_embedding_type": "absolute",
+    }
+    if cfg.head == "classification":
+        names = cfg.id2label or tuple(f"LABEL_{i}" for i in range(cfg.num_labels))
+        out["id2label"] = {str(i): name for i, name in enumerate(names)}
+        out["label2id"] = {name: i for i, name in enumerate(names)}
+    return out
+
+
+def encoder_hf_fields(cfg: ModelConfig) -> dict[str, Any]:
+    """The config.json keys every BERT-like HF config (BERT, RoFormer) writes alike for an
+    attnkit BERT config: sizes, activation, eps, dropout, token types, padding, init, tying.
+
+    Args:
+        cfg: the model's config.
+
+    Examples:
+        >>> encoder_hf_fields(get_preset("tiny-bert"))["hidden_size"]  # 64
+    """
+    return {
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model,
         "num_hidden_layers": cfg.n_layer,
@@ -173,15 +215,9 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         "hidden_dropout_prob": cfg.dropout,
         "attention_probs_dropout_prob": cfg.attn_dropout,
         "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else 0,
-        "position_embedding_type": "absolute",
         "initializer_range": cfg.initializer_range,
         "tie_word_embeddings": cfg.tie_embeddings,
     }
-    if cfg.head == "classification":
-        names = cfg.id2label or tuple(f"LABEL_{i}" for i in range(cfg.num_labels))
-        out["id2label"] = {str(i): name for i, name in enumerate(names)}
-        out["label2id"] = {name: i for i, name in enumerate(names)}
-    return out
 
 
 ARCHITECTURE = Architecture(

@@ -30,10 +30,8 @@ import torch
 from attnkit.checkpoints.format import CheckpointError
 from attnkit.checkpoints.hf import bert
 from attnkit.checkpoints.hf.keymap import (
-    ACTIVATIONS_TO_HF,
     Architecture,
     KeyMap,
-    activation,
     config_value,
 )
 from attnkit.models.config import ModelConfig
@@ -79,29 +77,12 @@ def config_from_hf(hf: Mapping[str, Any], path: Path, head: str, has_pooler: boo
             f"{path}: embedding_size={emb!r} is not supported; expected hidden_size={hidden}"
         )
     return ModelConfig(
-        arch="bert",
-        vocab_size=config_value(hf, "vocab_size", path),
-        n_layer=config_value(hf, "num_hidden_layers", path),
-        n_heads=config_value(hf, "num_attention_heads", path),
-        d_model=hidden,
-        d_ff=config_value(hf, "intermediate_size", path),
-        max_seq_len=config_value(hf, "max_position_embeddings", path),
+        **bert.encoder_fields(hf, path),
         positional="rope",
         rope_base=10000.0,
-        norm="layernorm",
-        norm_eps=float(config_value(hf, "layer_norm_eps", path, 1e-12)),
-        norm_placement="post",
-        mlp=activation(config_value(hf, "hidden_act", path, "gelu"), "hidden_act", path),
-        dropout=float(hf.get("hidden_dropout_prob", 0.1)),
-        attn_dropout=float(hf.get("attention_probs_dropout_prob", 0.1)),
+        max_seq_len=config_value(hf, "max_position_embeddings", path),
         head=head,
-        type_vocab_size=config_value(hf, "type_vocab_size", path, 2),
-        embed_norm=True,
-        final_norm=False,
         pooler=False,
-        pad_token_id=hf.get("pad_token_id", 0),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-        initializer_range=float(hf.get("initializer_range", 0.02)),
     )
 
 
@@ -118,22 +99,9 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     return {
         "model_type": "roformer",
         "architectures": [KEYMAP.hf_class[cfg.head]],
-        "vocab_size": cfg.vocab_size,
+        **bert.encoder_hf_fields(cfg),
         "embedding_size": cfg.d_model,
-        "hidden_size": cfg.d_model,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_heads,
-        "intermediate_size": cfg.d_ff,
-        "hidden_act": ACTIVATIONS_TO_HF[cfg.mlp],
-        "max_position_embeddings": cfg.max_seq_len,
-        "type_vocab_size": cfg.type_vocab_size,
-        "layer_norm_eps": cfg.norm_eps,
-        "hidden_dropout_prob": cfg.dropout,
-        "attention_probs_dropout_prob": cfg.attn_dropout,
-        "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else 0,
         "rotary_value": False,
-        "initializer_range": cfg.initializer_range,
-        "tie_word_embeddings": cfg.tie_embeddings,
     }
 
 
