@@ -129,6 +129,14 @@ def test_a_rope_bert_that_roformer_cannot_hold_is_refused_by_name(tmp_path):
     hf.save_pretrained(tmp_path / "b")
     with pytest.raises(CheckpointError, match="rotary_value"):
         attnkit.load(tmp_path / "b")
+    # a RoPE classifier: neither BERT (positions) nor RoFormer (its classifier is not BERT's)
+    with pytest.raises(ValueError) as exc:
+        export_hf(rope_bert(head="classification", pooler=True), tmp_path / "c")
+    msg = str(exc.value)
+    assert "config field positional='rope': BERT needs 'learned' (RoFormer holds it)" in msg
+    assert "config field head='classification': RoFormer needs one of ['none', 'mlm']" in msg
+    assert msg.endswith("the shipped config bert-shakespeare exports (as HF roformer)")
+    assert not (tmp_path / "c").exists()
 
 
 def test_rotary_rows_turn_half_pairs_into_interleaved_ones():

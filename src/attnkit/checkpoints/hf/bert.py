@@ -237,4 +237,5 @@ ARCHITECTURE = Architecture(
         attention="exact",
         window=None,
     ),
+    name="BERT",
 )
