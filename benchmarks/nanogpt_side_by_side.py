@@ -166,12 +166,14 @@ def steady_state(
     >>> steady_state([5.0, 0.2, 0.4, 9.0, 0.3], skip=1, exclude=[3])
     {'median_s': 0.3, 'steps': 3}
     """
-    left_out = set(exclude)
-    kept = [t for i, t in enumerate(seconds) if i >= skip and i not in left_out]
+    from attnkit.training.loop import steady_steps
+
+    exclude = list(exclude)
+    kept = steady_steps(seconds, skip, exclude)
     if not kept:
         raise ValueError(
             f"no steady-state step: {len(seconds)} steps, the first {skip} and "
-            f"{len(left_out)} more left out"
+            f"{len(set(exclude))} more left out"
         )
     return {"median_s": statistics.median(kept), "steps": len(kept)}
 

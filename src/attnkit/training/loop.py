@@ -33,7 +33,7 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -264,11 +264,30 @@ def steady_tokens_per_second(
         >>> steady_tokens_per_second([9.0, 0.5, 0.25, 0.5], 100, skip=1)
         200.0
     """
-    left_out = set(exclude)
-    kept = [t for i, t in enumerate(step_seconds) if i >= skip and i not in left_out]
+    kept = steady_steps(step_seconds, skip, exclude)
     if not kept:
         return None
     return tokens_per_step / statistics.median(kept)
+
+
+def steady_steps(
+    step_seconds: Sequence[float], skip: int = STEADY_SKIP, exclude: Iterable[int] = ()
+) -> list[float]:
+    """The steady-state step times: those after the first ``skip``, less the indices
+    ``exclude`` (the one rule of :func:`steady_tokens_per_second` and of the benchmarks that
+    compare runs with it).
+
+    Args:
+        step_seconds: wall-clock seconds of each step, in order.
+        skip: the leading steps left out (compilation and warm-up).
+        exclude: indices into ``step_seconds`` left out as well.
+
+    Examples:
+        >>> steady_steps([9.0, 0.5, 7.0, 0.25], skip=1, exclude=[2])
+        [0.5, 0.25]
+    """
+    left_out = set(exclude)
+    return [t for i, t in enumerate(step_seconds) if i >= skip and i not in left_out]
 
 
 # --------------------------------------------------------------------------------------------
