@@ -485,3 +485,37 @@ def test_forward_compiles_without_graph_breaks(preset, masked, debug_env):
     model, ids, mask = _traced(preset, masked)
     count, breaks = _graph_breaks(model, ids, attention_mask=mask)
     assert count == 0 and not breaks, breaks
+
+
+@pytest.mark.parametrize("family", ["gpt-gqa", "marian"])
+def test_forward_with_dynamic_lengths_compiles_without_graph_breaks(family, debug_env):
+    """With batch and length marked dynamic (torch.compile's view of length-bucketed training
+    batches), the flags attention derives from shapes (causal for more than one query, grouped
+    heads) stay plain bools: no break at SDPA, for a GQA GPT and an encoder-decoder."""
+    import torch._dynamo
+
+    from attnkit.models.encdec import EncoderDecoder
+    from attnkit.models.encdec_config import get_encdec_preset
+
+    debug_env(None)
+    ids = torch.randint(1, 97, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, 7:] = 0
+    for d in (0, 1):
+        torch._dynamo.mark_dynamic(ids, d)
+        torch._dynamo.mark_dynamic(mask, d)
+    if family == "gpt-gqa":
+        model = build_model(get_preset("tiny", vocab_size=97, n_kv_heads=1)).eval()
+        count, breaks = _graph_breaks(model, ids, attention_mask=mask)
+    else:
+        cfg = get_encdec_preset(
+            "tiny-marian", vocab_size=97, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0
+        )
+        model = EncoderDecoder(cfg).eval()
+        dec = torch.randint(1, 97, (2, 9))
+        for d in (0, 1):
+            torch._dynamo.mark_dynamic(dec, d)
+        count, breaks = _graph_breaks(
+            model, input_ids=ids, attention_mask=mask, decoder_input_ids=dec
+        )
+    assert count == 0 and not breaks, breaks

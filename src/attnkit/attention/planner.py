@@ -225,7 +225,7 @@ def plan(
         ):
             return Plan(
                 "flex",
-                f"a dense mask/bias would take {dense_bytes / 2**20:.0f} MiB; FlexAttention skips empty "
+                f"a dense mask/bias would take {_mib(dense_bytes, 0)} MiB; FlexAttention skips empty "
                 "blocks and computes the mask per block",
             )
     if spec.is_empty and bias is None:
@@ -234,8 +234,16 @@ def plan(
         return Plan("sdpa", "plain causal mask: fused scaled_dot_product_attention with is_causal")
     return Plan(
         "sdpa",
-        f"fused scaled_dot_product_attention with a dense mask/bias ({max(dense_bytes, 1) / 2**20:.1f} MiB)",
+        f"fused scaled_dot_product_attention with a dense mask/bias ({_mib(dense_bytes, 1)} MiB)",
     )
+
+
+def _mib(nbytes: Any, digits: int) -> str:
+    """``nbytes`` in MiB for a plan's reason; while torch.compile traces (where a dynamic
+    shape's count is symbolic and cannot be formatted) the number is left out."""
+    if torch.compiler.is_compiling():
+        return "some"
+    return f"{max(nbytes, 1) / 2**20:.{digits}f}"
 
 
 _EMPTY = Plan("empty", "no batch, no queries or no keys: an empty or all-zero output, no kernel")

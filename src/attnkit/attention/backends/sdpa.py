@@ -30,6 +30,10 @@ def fused(
     Examples:
         >>> fused(q, k, v, is_causal=True)  # q (..., Tq, D), k, v (..., Tk, D)
     """
+    # flags that come from shapes are symbolic while torch.compile traces dynamic lengths; an
+    # `if` on them makes them plain bools (a guard on the relation, not on the sizes)
+    is_causal = True if is_causal else False  # noqa: SIM210
+    enable_gqa = True if enable_gqa else False  # noqa: SIM210
     return F.scaled_dot_product_attention(
         q,
         k,
