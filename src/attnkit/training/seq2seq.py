@@ -290,7 +290,9 @@ def _pretrain_seq2seq_in_group(
         atomic_write_json(out / "run_config.json", resolved)
     model: torch.nn.Module = raw
     if tc.compile:
-        model = torch.compile(raw)  # type: ignore[assignment]
+        # every length-bucketed batch has its own (B, S, T): compiled for symbolic sizes from
+        # the first step, rather than once for the first shape and again when the next differs
+        model = torch.compile(raw, dynamic=True)  # type: ignore[assignment]
     if d.enabled:
         model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
     log = metrics.MetricsLog(out, resume_step=start if resume else None) if d.is_main else None
