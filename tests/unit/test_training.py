@@ -242,7 +242,7 @@ def test_compile_model_runs_the_fused_kernels_on_the_threads_asked(monkeypatch):
     from attnkit.training import loop
 
     seen = []
-    monkeypatch.setattr(torch, "compile", lambda model, options=None: seen.append(options) or model)
+    monkeypatch.setattr(torch, "compile", lambda model, options=None, dynamic=None: seen.append(options) or model)
     model = torch.nn.Linear(2, 2)
     assert loop.compile_model(model, 1, torch.device("cpu")) is model
     loop.compile_model(model, 0, torch.device("cpu"))
@@ -253,7 +253,7 @@ def test_compile_model_runs_the_fused_kernels_on_the_threads_asked(monkeypatch):
 def test_compile_model_primes_tables_built_on_first_use(monkeypatch):
     from attnkit.training import loop
 
-    monkeypatch.setattr(torch, "compile", lambda model, options=None: model)
+    monkeypatch.setattr(torch, "compile", lambda model, options=None, dynamic=None: model)
     cfg = ModelConfig(
         arch="gpt", vocab_size=11, n_layer=1, n_heads=2, d_model=8, positional="rope", dropout=0.5
     )

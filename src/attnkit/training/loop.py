@@ -202,8 +202,9 @@ def compile_model(
     threads: int,
     device: torch.device,
     prime: torch.Tensor | None = None,
+    dynamic: bool | None = None,
 ) -> torch.nn.Module:
-    """``torch.compile(raw)``; on a CPU with ``threads`` > 0 the fused kernels it generates run
+    """``torch.compile(raw, dynamic=dynamic)``; on a CPU with ``threads`` > 0 the fused kernels it generates run
     on that many threads (Inductor's ``cpp.threads``), while the matrix products and attention
     it calls keep the process's thread count. Compiled kernels are cached on disk by
     PyTorch (``TORCHINDUCTOR_CACHE_DIR``), so a second run of the same model compiles faster.
@@ -219,6 +220,8 @@ def compile_model(
             process's count.
         device: the model's device (``threads`` is for the CPU only).
         prime: (batch, seq) input ids run through ``raw`` before compiling, or None.
+        dynamic: torch.compile's: True compiles for symbolic sizes from the first call (batches
+            of varying shape, as the encoder-decoder's length buckets); None, PyTorch's default.
 
     Returns:
         The compiled module (it shares ``raw``'s parameters).
@@ -235,7 +238,7 @@ def compile_model(
     options: dict[str, Any] | None = None
     if threads > 0 and device.type == "cpu":
         options = {"cpp.threads": threads}
-    return torch.compile(raw, options=options)  # type: ignore[return-value]  # OptimizedModule
+    return torch.compile(raw, dynamic=dynamic, options=options)  # type: ignore[return-value]
 
 
 STEADY_SKIP = 10  # the first steps (compilation, warm-up) left out of the steady-state rate

@@ -42,7 +42,7 @@ from attnkit.training.checkpointing import (
     load_checkpoint,
     save_checkpoint,
 )
-from attnkit.training.loop import open_run_dir
+from attnkit.training.loop import compile_model, open_run_dir
 from attnkit.training.seq2seq_data import (
     EOS,
     PAD,
@@ -292,7 +292,7 @@ def _pretrain_seq2seq_in_group(
     if tc.compile:
         # every length-bucketed batch has its own (B, S, T): compiled for symbolic sizes from
         # the first step, rather than once for the first shape and again when the next differs
-        model = torch.compile(raw, dynamic=True)  # type: ignore[assignment]
+        model = compile_model(raw, tc.elementwise_threads, d.device, dynamic=True)
     if d.enabled:
         model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
     log = metrics.MetricsLog(out, resume_step=start if resume else None) if d.is_main else None
