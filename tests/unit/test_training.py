@@ -242,7 +242,9 @@ def test_compile_model_runs_the_fused_kernels_on_the_threads_asked(monkeypatch):
     from attnkit.training import loop
 
     seen = []
-    monkeypatch.setattr(torch, "compile", lambda model, options=None, dynamic=None: seen.append(options) or model)
+    monkeypatch.setattr(
+        torch, "compile", lambda model, options=None, dynamic=None: seen.append(options) or model
+    )
     model = torch.nn.Linear(2, 2)
     assert loop.compile_model(model, 1, torch.device("cpu")) is model
     loop.compile_model(model, 0, torch.device("cpu"))
