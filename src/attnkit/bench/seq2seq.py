@@ -167,7 +167,7 @@ def run(args: Seq2SeqSettings) -> Report:
     )
     torch.manual_seed(args.seed)
     ours = EncoderDecoder(cfg)
-    parts.zero_pad_row(ours.encoder.embed.tok.weight, data.pad)
+    parts.zero_pad_row(ours, ours.encoder.embed.tok.weight, data.pad)
     work = Path(tempfile.mkdtemp(prefix="attnkit-bench-seq2seq-"))
     export_hf(ours, work / "init")  # the same initial weights for HF
     hf = transformers.MarianMTModel.from_pretrained(work / "init")

@@ -112,16 +112,16 @@ def batch_tensors(data: Data, index: Sequence[int]) -> tuple[torch.Tensor, ...]:
     return src, mask, labels
 
 
-def zero_pad_row(embedding: torch.Tensor, pad: int) -> None:
-    """Keep row ``pad`` of ``embedding`` zero: zeroed now, its gradient zeroed in backward
-    (as ``nn.Embedding(padding_idx=pad)`` does)."""
+def zero_pad_row(model: torch.nn.Module, weight: torch.Tensor, pad: int) -> None:
+    """HF's ``padding_idx`` on ``weight`` (V, C), a token embedding: row ``pad`` zeroed now,
+    and every ``nn.Embedding`` of ``model`` holding that weight given ``padding_idx=pad``, so
+    looking the pad token up adds no gradient to its row; a tied LM head still trains it,
+    as in ``MarianMTModel``."""
     with torch.no_grad():
-        embedding[pad].zero_()
-
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        return grad.index_fill(0, torch.tensor([pad], device=grad.device), 0.0)
-
-    embedding.register_hook(hook)
+        weight[pad].zero_()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding) and module.weight is weight:
+            module.padding_idx = pad
 
 
 @dataclass

@@ -51,6 +51,7 @@ from attnkit.models.encdec_layers import (
 )
 from attnkit.models.heads import LMHead
 from attnkit.models.layers import TransformerBlock, make_mlp, make_norm
+from attnkit.models.losses import linear_cross_entropy
 from attnkit.models.outputs import IGNORE_INDEX, ModelOutput
 
 __all__ = ["DecoderCache", "EncoderDecoder", "Seq2SeqOutput", "seq2seq_loss", "shift_right"]
@@ -532,7 +533,9 @@ class EncoderDecoder(ModelBase):
         part) under teacher forcing, with ``label_smoothing`` as ``F.cross_entropy``'s; equal
         to :func:`seq2seq_loss` of :meth:`forward`'s logits, but the LM head runs on the
         counted positions only ((N, V) logits, not (B, T, V): padded targets cost nothing
-        there).
+        there), fused with the cross-entropy and computed a chunk of positions at a time
+        (:func:`~attnkit.models.losses.linear_cross_entropy`), so those logits are not kept
+        either.
 
         Args:
             input_ids: (B, S) source ids.
@@ -545,9 +548,18 @@ class EncoderDecoder(ModelBase):
         """
         memory = self.encode(input_ids, attention_mask)  # (B, S, C)
         h = self.decode(self.shift_right(labels), memory, attention_mask)  # (B, T, C)
-        counted = labels != IGNORE_INDEX  # (B, T)
-        logits = self.logits(h[counted][None])[0]  # (N, V)
-        return F.cross_entropy(logits.float(), labels[counted], label_smoothing=label_smoothing)
+        flat = labels.reshape(-1)
+        rows = (flat != IGNORE_INDEX).nonzero()[:, 0]  # (N,) the counted positions
+        cfg = self.config
+        return linear_cross_entropy(
+            h.reshape(-1, h.shape[-1]),
+            self.lm_head.proj.weight,
+            rows,
+            flat[rows],
+            bias=self.logits_bias,
+            scale=cfg.d_model**-0.5 if cfg.scale_decoder_output else 1.0,
+            label_smoothing=label_smoothing,
+        )
 
     # ---------------------------------------------------------------------------------------
     def _check_length(self, what: str, n: int) -> None:

@@ -117,9 +117,16 @@ def loss_sum(
     Examples:
         >>> loss, count = loss_sum(model, make_batch(examples, pad_id=0), smoothing=0.1)
     """
+    from attnkit.models.encdec import EncoderDecoder
+
     labels = batch["labels"]
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
     count = int((labels != -100).sum())
+    if isinstance(model, EncoderDecoder):  # not compiled, not wrapped: the fused LM-head loss
+        loss = model.loss(
+            batch["input_ids"], batch["attention_mask"], labels, label_smoothing=smoothing
+        )
+        return loss * count, count
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
     return seq2seq_loss(out.logits, labels, smoothing) * count, count
 
 
