@@ -30,7 +30,7 @@ _CHUNK_ELEMENTS = 1 << 22  # logits per chunk (16 MiB of fp32): rows = this // v
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         hidden: Tensor,
         weight: Tensor,
@@ -111,7 +111,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (total / max(N, 1)).to(dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         saved = ctx.saved_tensors
         out: list[Tensor | None] = []
         for g, present, dt in zip(saved, ctx.present, ctx.dtypes):
