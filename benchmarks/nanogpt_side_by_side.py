@@ -166,7 +166,7 @@ def steady_state(
     >>> steady_state([5.0, 0.2, 0.4, 9.0, 0.3], skip=1, exclude=[3])
     {'median_s': 0.3, 'steps': 3}
     """
-    from attnkit.training.loop import steady_steps
+    from attnkit.training.speed import steady_steps
 
     exclude = list(exclude)
     kept = steady_steps(seconds, skip, exclude)

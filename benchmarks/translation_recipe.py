@@ -11,7 +11,8 @@ In one run it prints:
    ``train.budget_seconds`` divided by 10, the schedule shortened with them);
 3. the model trained with the whole budget (at most 30 minutes, evaluations included);
 
-each scored on every test pair (greedy, or ``--beams``), with its training wall time, steps,
+each scored on every test pair (4 beams and no repeated trigram by default; ``--beams 1
+--no-repeat-ngram-size 0`` for plain greedy decoding), with its training wall time, steps,
 and the machine's load average (``os.getloadavg``) before and after, so a figure taken on a
 busy machine says so. The aim (issue 16): the full model's chrF at least 10 points above the
 copy baseline's, in at most 30 minutes on 2 cores.
@@ -61,7 +62,8 @@ def load() -> str:
 
 def train(cfg, out: Path, fresh: bool) -> dict[str, Any]:
     from attnkit._util.fs import atomic_write_json
-    from attnkit.training.loop import has_checkpoint, pretrain
+    from attnkit.training.loop import pretrain
+    from attnkit.training.rundir import has_checkpoint
 
     summary_path, run_path = out / "summary.json", out / "recipe_run.json"
     if summary_path.is_file() and run_path.is_file() and not fresh:
@@ -79,19 +81,34 @@ def train(cfg, out: Path, fresh: bool) -> dict[str, Any]:
     return summary
 
 
-def score(out: Path, pairs, beams: int, limit: int | None, fresh: bool) -> dict[str, Any]:
+def score(
+    out: Path, pairs, beams: int, no_repeat: int, limit: int | None, fresh: bool
+) -> dict[str, Any]:
     import attnkit
     from attnkit.evaluation.translation import evaluate_translation
 
     path = out / "test_scores.json"
     if path.is_file() and not fresh:
         saved = json.loads(path.read_text())
-        if saved.get("beams") == beams and saved.get("limit") == limit:
+        if (saved.get("beams"), saved.get("no_repeat_ngram_size"), saved.get("limit")) == (
+            beams,
+            no_repeat,
+            limit,
+        ):
             return saved
     model = attnkit.load(out)
-    scores = evaluate_translation(model, pairs, num_beams=beams, limit=limit, keep_outputs=True)
+    options = {"no_repeat_ngram_size": no_repeat} if no_repeat else {}
+    scores = evaluate_translation(
+        model, pairs, num_beams=beams, limit=limit, keep_outputs=True, **options
+    )
     outputs = scores.pop("outputs")
-    scores.update(beams=beams, limit=limit, load_after=load(), first_outputs=outputs[:3])
+    scores.update(
+        beams=beams,
+        no_repeat_ngram_size=no_repeat,
+        limit=limit,
+        load_after=load(),
+        first_outputs=outputs[:3],
+    )
     from attnkit._util.fs import atomic_write_json
 
     atomic_write_json(path, scores)
@@ -104,7 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="replaces data.corpus (e.g. a .tsv of pairs)")
     parser.add_argument("--out", default="runs/translation-recipe")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--beams", type=int, default=1, help="beams for the test decoding")
+    parser.add_argument(
+        "--beams", type=int, default=4, help="beams for the test decoding (default 4; 1: greedy)"
+    )
+    parser.add_argument(
+        "--no-repeat-ngram-size",
+        type=int,
+        default=3,
+        help="no n-gram of this size twice in an output (default 3; 0: off)",
+    )
     parser.add_argument("--sentences", type=int, help="score only the first N test pairs")
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps")
     parser.add_argument("--fresh", action="store_true", help="train and score everything again")
@@ -147,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "cpus": os.cpu_count(),
         "beams": args.beams,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
         "load_at_start": load(),
     }
     result["copy"] = copy_baseline(pairs, limit)
@@ -158,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name, cfg in (("tenth", tenth), ("full", full)):
         summary = train(cfg, out / name, args.fresh)
-        scores = score(out / name, pairs, args.beams, limit, args.fresh)
+        scores = score(out / name, pairs, args.beams, args.no_repeat_ngram_size, limit, args.fresh)
         result[name] = {"train": summary, "test": scores}
         label = f"model, {'1/10 budget' if name == 'tenth' else 'full budget'}"
         print(

@@ -10,6 +10,7 @@ import torch
 
 from attnkit.bench import bandwidth as bw
 from attnkit.bench import generate as gen
+from attnkit.bench import int8_peers
 
 transformers = pytest.importorskip("transformers")
 
@@ -60,7 +61,7 @@ def test_weight_bytes_match_the_hand_count(models):
     assert bw.decode_weight_bytes(fresh(), batch=8) == FP32_BYTES + BATCH8_EXTRA
     assert bw.decode_weight_bytes(fresh().to(torch.bfloat16)) == BF16_BYTES
     assert bw.decode_weight_bytes(quantize_int8(fresh())) == INT8_BYTES
-    assert bw.decode_weight_bytes(gen.int8pack_model(fresh())) == INT8PACK_BYTES
+    assert bw.decode_weight_bytes(int8_peers.int8pack_model(fresh())) == INT8PACK_BYTES
 
 
 def test_torchao_int8_bytes_and_decoding(models):
@@ -68,7 +69,7 @@ def test_torchao_int8_bytes_and_decoding(models):
     from attnkit.generation import generate
 
     _, fresh = models
-    m, why = gen.torchao_int8_model(fresh())
+    m, why = int8_peers.torchao_int8_model(fresh())
     assert why is None and m is not None
     # int8 codes and float32 scales, as attnkit's int8 (its zero points are not read)
     assert bw.decode_weight_bytes(m) == INT8_BYTES
@@ -80,13 +81,13 @@ def test_torchao_int8_bytes_and_decoding(models):
 def test_torchao_missing_is_a_reason(models, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchao.quantization", None)  # import fails
     _, fresh = models
-    assert gen.torchao_int8_model(fresh()) == (None, "torchao not installed")
+    assert int8_peers.torchao_int8_model(fresh()) == (None, "torchao not installed")
 
 
 def test_int8pack_linear_matches_its_codes():
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 40)
-    layer = gen._Int8PackLinear(lin)
+    layer = int8_peers._Int8PackLinear(lin)
     w = lin.weight.detach().double()
     scale = w.abs().amax(dim=1) / 127  # the codes, computed here in float64
     codes = torch.round(w / scale[:, None]).clamp(-127, 127)

@@ -11,7 +11,8 @@ import pytest
 
 from attnkit.models import ModelConfig, build_model
 from attnkit.training import config as run_config
-from attnkit.training.loop import budget_spent, pretrain
+from attnkit.training.loop import pretrain
+from attnkit.training.speed import budget_spent
 
 TINY = {
     "model": {"arch": "gpt", "n_layer": 1, "n_heads": 2, "d_model": 16, "max_seq_len": 16},

@@ -102,7 +102,7 @@ def test_the_estimator_is_the_median_of_the_steady_steps(sbs):
 
 
 def test_the_estimator_agrees_with_the_training_loop(sbs):
-    from attnkit.training.loop import steady_tokens_per_second
+    from attnkit.training.speed import steady_tokens_per_second
 
     seconds = [20.0] + [0.04, 0.05, 0.03, 0.9, 0.045, 0.035] * 5
     busy = [4, 10, 16]

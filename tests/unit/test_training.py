@@ -229,7 +229,7 @@ def test_bench_train_command(tmp_path, capsys):
 
 
 def test_steady_tokens_per_second_is_over_the_median_steady_step():
-    from attnkit.training.loop import steady_tokens_per_second
+    from attnkit.training.speed import steady_tokens_per_second
 
     times = [30.0, 9.0, 0.2, 0.4, 5.0, 0.3, 0.1]
     # by hand: skip 2 -> 0.2, 0.4, 5.0, 0.3, 0.1; without index 4 -> 0.1 0.2 0.3 0.4: 0.25
@@ -239,21 +239,21 @@ def test_steady_tokens_per_second_is_over_the_median_steady_step():
 
 
 def test_compile_model_runs_the_fused_kernels_on_the_threads_asked(monkeypatch):
-    from attnkit.training import loop
+    from attnkit.training import speed
 
     seen = []
     monkeypatch.setattr(
         torch, "compile", lambda model, options=None, dynamic=None: seen.append(options) or model
     )
     model = torch.nn.Linear(2, 2)
-    assert loop.compile_model(model, 1, torch.device("cpu")) is model
-    loop.compile_model(model, 0, torch.device("cpu"))
-    loop.compile_model(model, 1, torch.device("cuda"))
+    assert speed.compile_model(model, 1, torch.device("cpu")) is model
+    speed.compile_model(model, 0, torch.device("cpu"))
+    speed.compile_model(model, 1, torch.device("cuda"))
     assert seen == [{"cpp.threads": 1}, None, None]
 
 
 def test_compile_model_primes_tables_built_on_first_use(monkeypatch):
-    from attnkit.training import loop
+    from attnkit.training import speed
 
     monkeypatch.setattr(torch, "compile", lambda model, options=None, dynamic=None: model)
     cfg = ModelConfig(
@@ -263,7 +263,7 @@ def test_compile_model_primes_tables_built_on_first_use(monkeypatch):
     rotary = model.blocks[0].attn.rotary
     assert rotary._cached_len == 0
     state = torch.get_rng_state()
-    loop.compile_model(model, 0, torch.device("cpu"), prime=torch.zeros(1, 6, dtype=torch.long))
+    speed.compile_model(model, 0, torch.device("cpu"), prime=torch.zeros(1, 6, dtype=torch.long))
     assert rotary._cached_len >= 6  # built before tracing: the second step does not recompile
     assert model.training and all(p.grad is None for p in model.parameters())
     assert torch.equal(torch.get_rng_state(), state)  # eval mode: no dropout draw

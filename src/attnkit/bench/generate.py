@@ -40,53 +40,38 @@ cases must agree on every token). Prints the tables and the targets, and writes
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import logging
 import os
-import warnings
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnkit.bench import bandwidth as bw
+from attnkit.bench.generate_targets import (
+    CASES,
+    EXTRA_SIDES,
+    INT8_AGREEMENT,
+    SIDES,
+    add_limits,
+    evaluate_checks,
+    render_cases,
+    render_checks,
+    render_limits,
+)
 from attnkit.bench.harness import environment, in_turns, load_text, short_error, timed
-from attnkit.bench.report import Check, Report, Table, fmt_bytes, write_json
+from attnkit.bench.int8_peers import int8pack_model, quiet_torchao, torchao_int8_model
+from attnkit.bench.report import Report, write_json
 from attnkit.models.gpt import GPT
 
 logger = logging.getLogger(__name__)
 
-CASES: dict[
-    str, tuple[int, int, str, float]
-] = {  # name: (batch, new tokens, attnkit weights, target speed-up over HF float32)
-    "b1-fp32": (1, 256, "float32", 0.95),
-    "b1-bf16": (1, 256, "bfloat16", 1.8),
-    "b8-fp32": (8, 128, "float32", 2.0),
-    "b1-int8": (1, 256, "int8", 3.0),
-}
-# the sides timed beyond attnkit and HF float32: the baselines in the case's own precision
-EXTRA_SIDES: dict[str, tuple[str, ...]] = {
-    "b1-bf16": ("hf-bf16",),
-    "b1-int8": ("torchao-int8", "int8pack-mm"),
-}
-SIDES: dict[str, tuple[str, str]] = {  # side: (what runs, weights; "" = the case's)
-    "attnkit": ("attnkit", ""),
-    "hf-fp32": ("transformers", "float32"),
-    "hf-bf16": ("transformers", "bfloat16"),
-    "torchao-int8": ("torchao Int8WeightOnlyConfig in attnkit's GPT", "int8"),
-    "int8pack-mm": ("torch._weight_int8pack_mm in attnkit's GPT", "int8"),
-}
 QUICK: dict[str, Any] = dict(n_layer=2, n_head=4, n_embd=64, vocab_size=512, n_positions=128)
-INT8_AGREEMENT = 0.99
-LIMIT_FRACTION = 0.70  # of the bandwidth limit, for the cases in LIMIT_CASES
-LIMIT_CASES = ("b1-fp32", "b1-bf16", "b1-int8")
 QUICK_BANDWIDTH_BYTES = 32 * 1024**2  # --quick: a small probe (the tiny model is cached anyway)
 
 
@@ -153,143 +138,6 @@ def _teacher_forced_agreement(model: GPT, prompt: torch.Tensor, new: list[list[i
     return (logits.argmax(-1) == seq[:, prompt.shape[1] :]).float().mean().item()
 
 
-# --------------------------------------------------------------------------------------------
-# the other int8 linears
-# --------------------------------------------------------------------------------------------
-
-
-class _SubclassWeightLinear(nn.Module):
-    """``F.linear(x, weight, bias)`` for a weight that is a tensor subclass (torchao's
-    ``Int8Tensor``), whose ``__torch_function__`` computes the product. Held as a module of its
-    own so that attnkit's :func:`~attnkit.native.linear.decoding_linears`, which wraps plain
-    ``nn.Linear`` layers, leaves it alone: its native kernel takes such a weight for float32
-    (the subclass reports its original dtype) and would read the wrapper, not the int8 codes.
-    """
-
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        self.weight = linear.weight
-        self.bias = linear.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., in_features) -> (..., out_features)."""
-        return F.linear(x, self.weight, self.bias)
-
-
-class _Int8PackLinear(nn.Module):
-    """A minimal weight-only int8 linear over ``torch._weight_int8pack_mm``: the same per-row
-    symmetric codes as :class:`~attnkit.native.int8.Int8Linear` (w ~ q * scale, |q| <= 127),
-    activations and scales in bfloat16 (the op's fast CPU path; in float32 it took 10x longer
-    for a 3072x768 weight), the result in the input's dtype."""
-
-    weight: torch.Tensor
-    scales: torch.Tensor
-    bias: torch.Tensor | None
-
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        w = linear.weight.detach().float()  # (N, K)
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (N,)
-        q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)  # (N, K)
-        self.in_features, self.out_features = w.shape[1], w.shape[0]
-        self.register_buffer("weight", q)
-        self.register_buffer("scales", scale.to(torch.bfloat16))
-        bias = linear.bias
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., in_features) -> x W^T + bias (..., out_features), in x's dtype."""
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (M, K)
-        y = torch._weight_int8pack_mm(flat, self.weight, self.scales).to(x.dtype)  # (M, N)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.view(*x.shape[:-1], self.out_features)
-
-
-def _decoding_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    """The linears :func:`~attnkit.native.int8.quantize_int8` turns into int8: blocks and head."""
-    return [
-        (name, mod)
-        for name, mod in model.named_modules()
-        if isinstance(mod, nn.Linear)
-        and (name.startswith("blocks.") or name.startswith("lm_head."))
-    ]
-
-
-def int8pack_model(model: GPT) -> GPT:
-    """``model`` with its block and LM-head linears replaced, in place, by weight-only int8
-    linears over ``torch._weight_int8pack_mm`` (a tied head gets its own int8 copy).
-
-    Raises:
-        RuntimeError: this torch has no ``torch._weight_int8pack_mm``.
-
-    Examples:
-        >>> m = int8pack_model(gpt)  # then attnkit.generate(m, ids (1, T), 16, temperature=0)
-    """
-    if not hasattr(torch, "_weight_int8pack_mm"):
-        raise RuntimeError(f"torch {torch.__version__} has no torch._weight_int8pack_mm")
-    for name, mod in _decoding_linears(model):
-        model.set_submodule(name, _Int8PackLinear(mod))
-    return model
-
-
-@contextlib.contextmanager
-def _quiet_torchao() -> Iterator[None]:
-    """Within the block, torchao's log lines and warnings (and torch's notes on its enums,
-    logged when torchao registers them) are not shown."""
-    names = ("torchao", "torch.utils._pytree")
-    levels = {n: logging.getLogger(n).level for n in names}
-    for n in names:
-        logging.getLogger(n).setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for n, level in levels.items():
-            logging.getLogger(n).setLevel(level)
-
-
-def import_torchao() -> tuple[Any | None, str | None]:
-    """``torchao.quantization``, or None and why not ("torchao not installed", or the import
-    error). The import's log lines (CUDA-only extensions that do not load on a CPU machine,
-    torch's notes on torchao's enums) are kept off the console.
-
-    Examples:
-        >>> tq, why = import_torchao()  # (module, None) or (None, "torchao not installed")
-    """
-    try:
-        with _quiet_torchao():
-            import torchao.quantization as tq
-    except ImportError:
-        return None, "torchao not installed"
-    except Exception as e:  # a torchao built for another torch
-        return None, f"torchao does not import with torch {torch.__version__}: {short_error(e)}"
-    return tq, None
-
-
-def torchao_int8_model(model: GPT) -> tuple[GPT | None, str | None]:
-    """``model`` with torchao's int8 weight-only quantization of every linear (in place:
-    ``quantize_(model, Int8WeightOnlyConfig())``, per-row scales, the tied head quantized
-    apart from the embedding), ready for attnkit's decoding loop; or None and why not.
-
-    Examples:
-        >>> m, why = torchao_int8_model(gpt)  # m decodes ids (1, T) like gpt, in int8
-    """
-    tq, why = import_torchao()
-    if tq is None:
-        return None, why
-    try:
-        with _quiet_torchao():
-            tq.quantize_(model, tq.Int8WeightOnlyConfig())
-    except Exception as e:
-        return None, f"torchao's quantize_ failed: {short_error(e)}"
-    for name, mod in _decoding_linears(model):
-        if type(mod.weight) is not nn.Parameter or type(mod.weight.data) is not torch.Tensor:
-            model.set_submodule(name, _SubclassWeightLinear(mod))
-    return model, None
-
-
 def _version(package: str) -> str | None:
     try:
         return metadata.version(package)
@@ -348,7 +196,7 @@ def run(args: GenerateSettings) -> Report:
     torch.manual_seed(args.seed)
     shape = QUICK if args.quick else {}
     hf_cfg = transformers.GPT2Config(**shape)
-    with _quiet_torchao():  # where torchao is installed, the first HF model imports it
+    with quiet_torchao():  # where torchao is installed, the first HF model imports it
         hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
     hf.generation_config.eos_token_id = None  # always the full number of new tokens
 
@@ -518,227 +366,3 @@ def run(args: GenerateSettings) -> Report:
         ]
     )
     return Report(text, (path,), missed=any(c.passed is False for c in checks))
-
-
-# --------------------------------------------------------------------------------------------
-# limits, targets and tables
-# --------------------------------------------------------------------------------------------
-
-
-def add_limits(rows: Sequence[dict[str, Any]], bytes_per_s: float) -> None:
-    """Put the bandwidth limit and each measured side's fraction of it into ``rows`` (in
-    place): per side ``limit_tokens_per_s`` and ``fraction_of_limit``; per case the attnkit
-    side's, as ``limit_tokens_per_s``, ``fraction_of_limit`` and ``bytes_per_token``, and HF
-    float32's ``hf_fp32_fraction_of_limit``.
-
-    Examples:
-        >>> add_limits(rows, 15e9)  # rows from run(); rows[0]["fraction_of_limit"] -> 0.8
-    """
-    for row in rows:
-        for s in row["sides"]:
-            if s.get("tokens_per_s") is None:
-                continue
-            step = s["weight_bytes_per_step"] + s["kv_bytes_per_step"]
-            s["limit_tokens_per_s"] = bw.limit_tokens_per_s(bytes_per_s, step, row["batch"])
-            s["fraction_of_limit"] = bw.fraction_of_limit(
-                s["tokens_per_s"], s["limit_tokens_per_s"]
-            )
-        ours, hf = row["sides"][0], row["sides"][1]
-        row["weight_bytes_per_step"] = ours["weight_bytes_per_step"]
-        row["kv_bytes_per_step"] = ours["kv_bytes_per_step"]
-        row["bytes_per_token"] = ours["bytes_per_token"]
-        row["limit_tokens_per_s"] = ours["limit_tokens_per_s"]
-        row["fraction_of_limit"] = ours["fraction_of_limit"]
-        row["hf_fp32_fraction_of_limit"] = hf["fraction_of_limit"]
-
-
-def evaluate_checks(rows: Sequence[dict[str, Any]]) -> list[Check]:
-    """The targets of the module docstring against case rows (as in generate.json): per case
-    the speed-up over HF float32, greedy agreement (float32) or top-1 agreement (int8), and
-    for :data:`LIMIT_CASES` attnkit's fraction of the bandwidth limit. A case not in
-    ``rows`` gives checks that are not measured (``passed`` None).
-
-    Examples:
-        >>> [c.mark for c in evaluate_checks(rows)]  # e.g. ['PASS', 'PASS', ..., 'FAIL']
-    """
-    by_case = {r["case"]: r for r in rows}
-    checks: list[Check] = []
-    for case, (_batch, _n, weights, target) in CASES.items():
-        row = by_case.get(case)
-        keys = [(f"{case}-speed", f"{case}: attnkit >= {target}x HF float32 tokens/s")]
-        if weights == "float32":
-            keys.append((f"{case}-greedy", f"{case}: every greedy token = HF's"))
-        if weights == "int8":
-            keys.append(
-                (f"{case}-top1", f"{case}: top-1 = float32's on >= {INT8_AGREEMENT:.0%} of steps")
-            )
-        if case in LIMIT_CASES:
-            keys.append(
-                (f"{case}-limit", f"{case}: attnkit >= {LIMIT_FRACTION:.0%} of the bandwidth limit")
-            )
-        if row is None:
-            checks += [Check(k, t, "-", None, note="case not run") for k, t in keys]
-            continue
-        ours, ref = row["attnkit_tokens_per_s"], row["hf_fp32_tokens_per_s"]
-        for key, text in keys:
-            if key.endswith("-speed"):
-                checks.append(
-                    Check(
-                        key,
-                        text,
-                        f"{row['ratio']:.2f}x",
-                        row["ratio"] >= target,
-                        attnkit=f"{ours:.1f} tokens/s",
-                        reference=f"{ref:.1f} tokens/s",
-                    )
-                )
-            elif key.endswith("-greedy"):
-                a = row["greedy_agreement"]
-                checks.append(Check(key, text, f"{100 * a:.1f}%", a == 1.0))
-            elif key.endswith("-top1"):
-                a = row.get("top1_vs_fp32")
-                if a is None:
-                    checks.append(Check(key, text, "-", None, note="not measured"))
-                else:
-                    checks.append(Check(key, text, f"{100 * a:.1f}%", a >= INT8_AGREEMENT))
-            else:
-                f, limit = row.get("fraction_of_limit"), row.get("limit_tokens_per_s")
-                if f is None or limit is None:
-                    checks.append(Check(key, text, "-", None, note="no bandwidth limit"))
-                else:
-                    checks.append(
-                        Check(
-                            key,
-                            text,
-                            f"{100 * f:.1f}%",
-                            f >= LIMIT_FRACTION,
-                            attnkit=f"{ours:.1f} tokens/s",
-                            reference=f"limit {limit:.1f} tokens/s",
-                        )
-                    )
-    return checks
-
-
-def render_cases(rows: Sequence[dict[str, Any]], title: str) -> str:
-    """The per-case table: attnkit against HF float32, and attnkit's share of the limit.
-
-    Examples:
-        >>> print(render_cases(rows, "greedy decoding"))
-    """
-    table = Table(
-        [
-            "case",
-            "batch",
-            "new",
-            "attnkit weights",
-            "attnkit tokens/s",
-            "HF fp32 tokens/s",
-            "ratio",
-            "target",
-            "greedy = HF",
-            "top-1 = fp32",
-            "of limit",
-            "met",
-        ],
-        title=title,
-    )
-    for row in rows:
-        f = row.get("fraction_of_limit")
-        table.add_row(
-            row["case"],
-            row["batch"],
-            row["new_tokens"],
-            row["dtype"],
-            f"{row['attnkit_tokens_per_s']:.1f}",
-            f"{row['hf_fp32_tokens_per_s']:.1f}",
-            f"{row['ratio']:.2f}x",
-            f">= {row['target']}x",
-            f"{100 * row['greedy_agreement']:.1f}%",
-            f"{100 * row['top1_vs_fp32']:.1f}%" if "top1_vs_fp32" in row else "-",
-            "-" if f is None else f"{100 * f:.1f}%",
-            "yes" if row["met"] else "NO",
-        )
-    return table.render()
-
-
-def render_limits(
-    rows: Sequence[dict[str, Any]],
-    measured: bw.ReadBandwidth,
-    before: bw.ReadBandwidth,
-    after: bw.ReadBandwidth,
-) -> str:
-    """The table of every side against the bandwidth limit, under a title saying how the
-    bandwidth was measured and the limit counted.
-
-    Examples:
-        >>> print(render_limits(rows, bw_after, bw_before, bw_after))
-    """
-    title = (
-        f"against the memory read bandwidth: {measured.gb_per_s:.1f} GB/s "
-        f"(torch.{measured.kernel} over {fmt_bytes(measured.buffer_bytes)}, median of "
-        f"{measured.passes} passes, {measured.threads} thread{'' if measured.threads == 1 else 's'}; "
-        f"{before.gb_per_s:.1f} GB/s "
-        f"before the cases, {after.gb_per_s:.1f} after, the higher counts)\n"
-        "limit = batch x bandwidth / bytes a step reads (weights in their storage dtype, "
-        "the KV cache at the mean context prompt + (new - 1) / 2)"
-    )
-    table = Table(
-        [
-            "case",
-            "side",
-            "weights",
-            "tokens/s",
-            "weights/step",
-            "KV/step",
-            "limit tokens/s",
-            "of limit",
-            "attnkit x",
-            "top-1 = fp32",
-            "greedy = HF fp32",
-        ],
-        title=title,
-        align="llllrrrrrrr",
-    )
-    for row in rows:
-        for s in row["sides"]:
-            if s.get("tokens_per_s") is None:
-                table.add_row(
-                    row["case"], s["side"], s["weights"], f"skipped: {s['skipped']}",
-                    *["-"] * 7,
-                )  # fmt: skip
-                continue
-            top1 = s.get("top1_vs_fp32")
-            table.add_row(
-                row["case"],
-                s["side"],
-                s["weights"],
-                f"{s['tokens_per_s']:.1f}",
-                fmt_bytes(s["weight_bytes_per_step"]),
-                fmt_bytes(s["kv_bytes_per_step"]),
-                f"{s['limit_tokens_per_s']:.1f}",
-                f"{100 * s['fraction_of_limit']:.1f}%",
-                "-" if s["side"] == "attnkit" else f"{s['attnkit_vs_this']:.2f}x",
-                "-" if top1 is None else f"{100 * top1:.1f}%",
-                f"{100 * s['greedy_vs_hf_fp32']:.1f}%",
-            )
-    return table.render()
-
-
-def render_checks(checks: Sequence[Check]) -> str:
-    """The Targets table: each target, both sides, what was measured and the verdict.
-
-    Examples:
-        >>> print(render_checks(evaluate_checks(rows)))
-    """
-    t = Table(
-        ["target", "attnkit", "reference", "measured", "result"], title="Targets", align="lrrrl"
-    )
-    for c in checks:
-        t.add_row(
-            c.target,
-            c.attnkit,
-            c.reference,
-            c.measured,
-            c.mark + (f" ({c.note})" if c.note else ""),
-        )
-    return t.render()

@@ -180,8 +180,8 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "genre",
-        "attnkit.cli.classify:genre_command",
-        "attnkit.cli.classify:genre_arguments",
+        "attnkit.cli.genre:genre_command",
+        "attnkit.cli.genre:genre_arguments",
         "build the Shakespeare genre data set (split by play), fine-tune MiniLM, print scores",
         examples=("attnkit genre --out runs/genre --epochs 3",),
     ),

@@ -74,8 +74,8 @@ def embed_command(args: argparse.Namespace) -> int:
     from itertools import chain
 
     from attnkit._util.fs import atomic_write
-    from attnkit.tasks.sentence import iter_texts
     from attnkit.text.batching import chunked
+    from attnkit.text.inputs import iter_texts
 
     if args.texts and args.file:
         raise UsageError("give texts as arguments or --file, not both")

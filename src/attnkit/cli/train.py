@@ -128,12 +128,11 @@ def pretrain_command(args: argparse.Namespace) -> int:
         raise UsageError("--out DIR is required (the run's directory), except with --print-config")
     out = Path(args.out or ".")
     from attnkit.training import rundir
-    from attnkit.training.loop import has_checkpoint
 
     if not args.print_config:
         rundir.check_paths(out)
     if args.resume and not args.print_config and int(os.environ.get("RANK", "0")) == 0:
-        rundir.recover(out, has_checkpoint)  # an overwrite killed early: the old run returns
+        rundir.recover(out, rundir.has_checkpoint)  # an overwrite killed early: the old run returns
     if args.config:
         base = run_config.read_file(run_config.find_config(args.config))
     elif args.resume and (out / "run_config.json").is_file():

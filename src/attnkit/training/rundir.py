@@ -39,6 +39,8 @@ from pathlib import Path
 
 from attnkit._util import faults
 from attnkit._util.fs import fsync_dir
+from attnkit.training import distributed
+from attnkit.training.checkpointing import latest_checkpoint
 
 __all__ = [
     "REPLACED",
@@ -269,3 +271,48 @@ def recover(out: Path, complete: Callable[[Path], bool]) -> None:
             )
     if restoring.is_dir():
         _move_back(restoring, out)
+
+
+def has_checkpoint(out: Path) -> bool:
+    """True when ``out/checkpoints`` holds a complete, intact checkpoint.
+
+    Args:
+        out: the run directory.
+
+    Examples:
+        >>> has_checkpoint(Path("runs/char"))
+        True
+    """
+    return latest_checkpoint(out) is not None
+
+
+def open_run_dir(out: Path, d: distributed.Dist, resume: bool, overwrite: bool) -> bool:
+    """Make ``out`` ready for a run, on every process: its paths checked, a killed overwrite
+    finished (rank 0), a run already there refused unless ``resume`` or ``overwrite``, and with
+    ``overwrite`` the old run set aside. True when a run was set aside (rank 0 only).
+
+    Args:
+        out: the run directory (made if missing).
+        d: this process's place in the process group.
+        resume: the run continues the one in ``out``.
+        overwrite: the run replaces the one in ``out``.
+
+    Raises:
+        ValueError: a path rule is broken (:func:`check_paths`), or
+            ``out`` holds a run and neither flag is set (``RunExistsError``).
+
+    Examples:
+        >>> open_run_dir(Path("runs/new"), distributed.init("cpu"), resume=False, overwrite=False)
+        False
+    """
+    check_paths(out)
+    if d.is_main:
+        recover(out, has_checkpoint)
+    distributed.barrier(d)
+    if not resume and not overwrite:
+        refuse_existing(out, "a run")
+    distributed.barrier(d)
+    if not d.is_main:
+        return False
+    out.mkdir(parents=True, exist_ok=True)
+    return overwrite and set_aside(out) is not None

@@ -42,7 +42,7 @@ from attnkit.training.checkpointing import (
     load_checkpoint,
     save_checkpoint,
 )
-from attnkit.training.loop import compile_model, open_run_dir
+from attnkit.training.rundir import open_run_dir
 from attnkit.training.seq2seq_data import (
     EOS,
     PAD,
@@ -54,6 +54,7 @@ from attnkit.training.seq2seq_data import (
     prepare,
     special_id,
 )
+from attnkit.training.speed import budget_spent, compile_model
 
 if TYPE_CHECKING:  # pragma: no cover - for static tools only
     from attnkit.models.encdec import EncoderDecoder
@@ -324,7 +325,6 @@ def _train(
     state_in: tuple[int, float, int, float, bool],
     log: metrics.MetricsLog | None,
 ) -> dict[str, Any]:
-    from attnkit.training.loop import budget_spent
 
     tc = cfg.train
     start, best, tokens_before, elapsed_before, replacing = state_in

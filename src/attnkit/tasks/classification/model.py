@@ -23,6 +23,7 @@ import torch
 from attnkit.models.bert import Bert
 from attnkit.models.common import ModelBase
 from attnkit.text.batching import Batch, map_batches
+from attnkit.text.inputs import check_texts
 from attnkit.text.pooling import resolve_pooling
 from attnkit.text.tokenizers import encode_texts, pad_token_id
 from attnkit.training import precision
@@ -293,15 +294,6 @@ class Classifier:
             )
             for p in probs
         ]
-
-
-def check_texts(texts: str | Sequence[str]) -> list[str]:
-    """``texts`` as a list of strings; an item that is not one is a ValueError naming it."""
-    items = [texts] if isinstance(texts, str) else list(texts)
-    for i, t in enumerate(items):
-        if not isinstance(t, str):
-            raise ValueError(f"text {i} is a {type(t).__name__}; expected a string")
-    return items
 
 
 def predict(
