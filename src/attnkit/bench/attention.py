@@ -58,7 +58,16 @@ from attnkit.bench.harness import (
 )
 from attnkit.bench.memory import ProbeCase, measure_peak_memories
 from attnkit.bench.plots import plot_loglog
-from attnkit.bench.report import Check, Report, Table, fmt_bytes, fmt_ratio, fmt_seconds, write_json
+from attnkit.bench.report import (
+    Check,
+    Report,
+    Table,
+    fmt_bytes,
+    fmt_ratio,
+    fmt_seconds,
+    render_checks,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -743,21 +752,6 @@ def render_dense(rows: list[Row], title: str) -> str:
 
 def render_window(rows: list[Row], title: str) -> str:
     return _render(rows, title, dense=False)
-
-
-def render_checks(checks: list[Check]) -> str:
-    t = Table(
-        ["target", "attnkit", "reference", "measured", "result"], title="Targets", align="lrrrl"
-    )
-    for c in checks:
-        t.add_row(
-            c.target,
-            c.attnkit,
-            c.reference,
-            c.measured,
-            c.mark + (f" ({c.note})" if c.note else ""),
-        )
-    return t.render()
 
 
 def _notes(rows: list[Row]) -> list[str]:

@@ -61,12 +61,11 @@ from attnkit.bench.generate_targets import (
     add_limits,
     evaluate_checks,
     render_cases,
-    render_checks,
     render_limits,
 )
 from attnkit.bench.harness import environment, in_turns, load_text, short_error, timed
 from attnkit.bench.int8_peers import int8pack_model, quiet_torchao, torchao_int8_model
-from attnkit.bench.report import Report, write_json
+from attnkit.bench.report import Report, render_checks, write_json
 from attnkit.models.gpt import GPT
 
 logger = logging.getLogger(__name__)

@@ -234,23 +234,3 @@ def render_limits(
                 f"{100 * s['greedy_vs_hf_fp32']:.1f}%",
             )
     return table.render()
-
-
-def render_checks(checks: Sequence[Check]) -> str:
-    """The Targets table: each target, both sides, what was measured and the verdict.
-
-    Examples:
-        >>> print(render_checks(evaluate_checks(rows)))
-    """
-    t = Table(
-        ["target", "attnkit", "reference", "measured", "result"], title="Targets", align="lrrrl"
-    )
-    for c in checks:
-        t.add_row(
-            c.target,
-            c.attnkit,
-            c.reference,
-            c.measured,
-            c.mark + (f" ({c.note})" if c.note else ""),
-        )
-    return t.render()

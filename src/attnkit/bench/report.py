@@ -170,6 +170,27 @@ def verdict(results: Sequence[bool]) -> bool | None:
     return None if not results else all(results)
 
 
+def render_checks(checks: Sequence[Check]) -> str:
+    """The Targets table of a benchmark: each target, both sides, what was measured and the
+    verdict (with the note of a target not measured).
+
+    Examples:
+        >>> print(render_checks([Check("speed", ">= 2x HF", "2.4x", True, "12 ms", "29 ms")]))
+    """
+    t = Table(
+        ["target", "attnkit", "reference", "measured", "result"], title="Targets", align="lrrrl"
+    )
+    for c in checks:
+        t.add_row(
+            c.target,
+            c.attnkit,
+            c.reference,
+            c.measured,
+            c.mark + (f" ({c.note})" if c.note else ""),
+        )
+    return t.render()
+
+
 @dataclasses.dataclass(frozen=True)
 class Report:
     """What a benchmark run gives its command: the text to print, the files it wrote and
