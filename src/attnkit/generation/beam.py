@@ -6,7 +6,8 @@ live at the start) and K finished ones are kept, each with a score:
 
 1. every running hypothesis is extended by every token: its score plus the token's log
    probability (log-softmax of the step's float32 logits, then :func:`ban_repeated_ngrams` and
-   :func:`ban_eos_before`); the best 2K extensions (more with several eos ids) are taken;
+   :func:`ban_eos_before`); the best 2K extensions (more with several eos ids) are taken
+   (found as the 2K best of the K beams' own 2K best tokens, the same set);
 2. an extension that ends in an eos id, or reaches ``max_length``, is a candidate for the
    finished set if it is among the K best: its score there is its summed log probability over
    ``generated_tokens ** length_penalty``; the K best of the finished set and the candidates
@@ -177,11 +178,14 @@ def beam_search(
         logp = torch.log_softmax(logits, dim=-1)
         logp = ban_eos_before(flat[:, :cur], logp, min_length, eos)
         logp = ban_repeated_ngrams(flat[:, :cur], logp, no_repeat_ngram_size)
-        total = (logp.view(A, K, V) + running_scores[:, :, None]).view(A, K * V)
-
+        # the best 2K of the K * V extensions of a source are among the best 2K of each
+        # beam's V: those first (no pass over (A, K * V) sums), then the 2K best of the K * 2K
+        per_beam = min(wide, V)
+        beam_logp, beam_token = torch.topk(logp, per_beam)  # (AK, 2K)
+        total = (beam_logp.view(A, K, per_beam) + running_scores[:, :, None]).view(A, -1)
         top_scores, top_index = torch.topk(total, wide)  # (A, 2K)
-        parent = top_index // V  # (A, 2K): the beam each extension continues
-        token = top_index % V
+        parent = top_index // per_beam  # (A, 2K): the beam each extension continues
+        token = _gather(beam_token.view(A, K * per_beam), top_index)
         cand = _gather(running, parent)  # (A, 2K, max_length)
         cand[:, :, cur] = token
         ends = torch.isin(token, eos) | (cur + 1 >= max_length)  # (A, 2K)

@@ -46,6 +46,7 @@ from attnkit.generation.beam import ban_eos_before, ban_repeated_ngrams, beam_se
 from attnkit.generation.checks import eos_set
 from attnkit.generation.sampling import choose_tokens
 from attnkit.models.encdec import DecoderCache, EncoderDecoder
+from attnkit.models.packed import packed_linears
 
 __all__ = ["EARLY_STOPPING", "generate_seq2seq"]
 
@@ -277,7 +278,8 @@ def generate_seq2seq(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():  # the ids returned are ordinary tensors
+        # the ids returned are ordinary tensors; on the CPU the linears run prepacked
+        with torch.no_grad(), packed_linears(model, rows=src.shape[0] * copies):
             memory = model.encode(src, mask)  # (B, S, C), once per source
             cache = model.new_cache(memory, mask, max_len=total, dtype=cache_dtype)
             if copies > 1:

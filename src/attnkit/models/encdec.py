@@ -440,7 +440,11 @@ class EncoderDecoder(ModelBase):
         if self.config.scale_decoder_output:
             hidden = hidden * self.config.d_model**-0.5
         out = self.lm_head(hidden)  # (B, T, V)
-        return out if self.logits_bias is None else out + self.logits_bias
+        if self.logits_bias is None:
+            return out
+        if torch.is_grad_enabled():
+            return out + self.logits_bias
+        return out.add_(self.logits_bias)  # decoding: no second (B, T, V) tensor
 
     def decode_step(
         self,
