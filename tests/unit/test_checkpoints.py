@@ -290,6 +290,7 @@ def test_each_checkpoint_module_imports_first_on_its_own():
         "attnkit.checkpoints.hf.bert",
         "attnkit.checkpoints.hf.gpt2",
         "attnkit.checkpoints.hf.convert",
+        "attnkit.checkpoints.hf.directory",
     ]
     saved = {k: v for k, v in sys.modules.items() if k.startswith("attnkit.checkpoints")}
     try:

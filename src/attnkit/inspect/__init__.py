@@ -15,7 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from attnkit.inspect.capture import AttentionMaps, capture, capture_overhead, unavailable_layers
+from attnkit.inspect.capture import capture, capture_overhead, unavailable_layers
+from attnkit.inspect.maps import AttentionMaps
 
 _LAZY = {
     "rollout": ("attnkit.inspect.stats", "rollout"),

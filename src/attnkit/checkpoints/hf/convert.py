@@ -2,7 +2,8 @@
 
 The maps live in :mod:`attnkit.checkpoints.hf.bert`, :mod:`attnkit.checkpoints.hf.roformer`,
 :mod:`attnkit.checkpoints.hf.gpt2` and :mod:`attnkit.checkpoints.hf.llama` (parts in :mod:`attnkit.checkpoints.hf.keymap`); this
-module applies them. Every tensor is
+module applies them (:mod:`attnkit.checkpoints.hf.directory` reads a model directory and calls
+:func:`convert_from_hf`). Every tensor is
 checked by shape against the model built from the converted config; a missing or unknown key
 is reported by name, with the file it came from. Keys in a map's ``ignore`` (buffers, tied
 copies, pre-training heads attnkit does not build) are skipped, and only those.
@@ -24,11 +25,10 @@ RoPE) and otherwise says what to change.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -37,11 +37,7 @@ from attnkit.checkpoints.format import (
     CONFIG_NAME,
     CheckpointError,
     check_and_load,
-    check_tokenizer_fits,
     key_mismatch,
-    load_tokenizer,
-    read_json,
-    read_tensors,
     save_tensors,
 )
 from attnkit.checkpoints.hf import (
@@ -58,11 +54,6 @@ from attnkit.checkpoints.hf import (
 from attnkit.checkpoints.hf.keymap import ACTIVATIONS_TO_HF, Architecture, Rule
 from attnkit.models.common import ModelBase
 from attnkit.models.encdec import EncoderDecoder
-from attnkit.models.gpt import GPT
-
-if TYPE_CHECKING:  # pragma: no cover - for static tools only
-    from tokenizers import Tokenizer
-
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.model_type: a
@@ -76,15 +67,6 @@ SEQ2SEQ_ARCHITECTURES: dict[str, seq2seq.Seq2SeqArchitecture] = {
 # --------------------------------------------------------------------------------------------
 # HF -> attnkit
 # --------------------------------------------------------------------------------------------
-def _find_weights(directory: Path) -> Path:
-    """model.safetensors, else pytorch_model.bin (read only with ``weights_only=True``: a
-    pickle holding anything but tensors is refused unrun, asking for safetensors)."""
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (directory / name).is_file():
-            return directory / name
-    raise CheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin found")
-
-
 def _detect_head(model_type: str, hf_cfg: Mapping[str, Any], keys: set[str]) -> str:
     classes = hf_cfg.get("architectures") or []
     keymap = ARCHITECTURES[model_type].keymap
@@ -239,132 +221,6 @@ def _check_zero(
                 f"{source}: key {file_name(n)!r} holds non-zero values, but the config says "
                 f"bias=false (a bias-free model); expected zeros, or a config without bias=false"
             )
-
-
-def _sentence_config(directory: Path) -> dict[str, Any]:
-    """Pooling, normalisation and length of a sentence-transformers directory, if it is one."""
-    out: dict[str, Any] = {}
-    modules = directory / "modules.json"
-    if not modules.is_file():
-        return out
-    mods = read_json_list(modules)
-    types = [m.get("type", "") for m in mods]
-    out["normalize"] = any(t.endswith("Normalize") for t in types)
-    for m in mods:
-        if m.get("type", "").endswith("Pooling"):
-            pcfg = read_json(directory / m.get("path", "") / "config.json")
-            if pcfg.get("pooling_mode_mean_tokens"):
-                out["pooling"] = "mean"
-            elif pcfg.get("pooling_mode_cls_token"):
-                out["pooling"] = "cls"
-            else:
-                modes = sorted(k for k, v in pcfg.items() if k.startswith("pooling_mode") and v)
-                raise CheckpointError(
-                    f"{directory / m.get('path', '')}/config.json: pooling "
-                    f"{modes} is not supported; expected mean or cls tokens"
-                )
-    sbert = directory / "sentence_bert_config.json"
-    if sbert.is_file():
-        out["max_seq_length"] = read_json(sbert).get("max_seq_length")
-    return out
-
-
-def read_json_list(path: Path) -> list[dict[str, Any]]:
-    """The JSON list in ``path`` (a sentence-transformers ``modules.json``); unreadable JSON
-    or a non-list raises CheckpointError naming the file.
-
-    Args:
-        path: the JSON file.
-
-    Examples:
-        >>> [m["type"] for m in read_json_list(directory / "modules.json")]
-    """
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot be read as JSON: {e}") from e
-    if not isinstance(data, list):
-        raise CheckpointError(f"{path}: expected a JSON list, got {type(data).__name__}")
-    return data
-
-
-def load_hf_tokenizer(directory: Path, max_length: int | None) -> Tokenizer | None:
-    """tokenizer.json if present; else WordPiece from vocab.txt (BERT) or byte-level BPE from
-    vocab.json + merges.txt (GPT-2); None when the directory has none of them.
-
-    Args:
-        directory: the HF model directory.
-        max_length: truncate encodings to this many tokens; None: no truncation.
-
-    Examples:
-        >>> tok = load_hf_tokenizer(Path("bert-base-uncased"), 512)
-    """
-    if (directory / "tokenizer.json").is_file():
-        return load_tokenizer(directory / "tokenizer.json", max_length)
-    if (directory / "vocab.txt").is_file():
-        from tokenizers.implementations import BertWordPieceTokenizer
-
-        tcfg = directory / "tokenizer_config.json"
-        lower = read_json(tcfg).get("do_lower_case", True) if tcfg.is_file() else True
-        tok = BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=lower)._tokenizer
-    elif (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
-        from tokenizers.implementations import ByteLevelBPETokenizer
-
-        tok = ByteLevelBPETokenizer(
-            str(directory / "vocab.json"), str(directory / "merges.txt")
-        )._tokenizer
-    else:
-        return None
-    if max_length is not None:
-        tok.enable_truncation(max_length)
-    return tok
-
-
-def load_hf_dir(directory: str | Path) -> tuple[ModelBase, dict[str, Any], Tokenizer | None]:
-    """(model, meta dict, tokenizer) of a Hugging Face directory (config.json + weights); for
-    a sentence-transformers directory the pooling goes into the config and the meta dict holds
-    the maximum length and the normalisation.
-
-    The tokenizer (if any) is checked against the model's ``vocab_size``; an encoder's
-    tokenizer truncates at its positions, a GPT's does not.
-
-    Args:
-        directory: the HF directory: config.json and model.safetensors or pytorch_model.bin.
-
-    Raises:
-        CheckpointError: naming the file and the problem.
-
-    Examples:
-        >>> model, meta, tok = load_hf_dir("all-MiniLM-L6-v2")  # meta: max_length, normalize
-    """
-    directory = Path(directory)
-    hf_cfg = read_json(directory / CONFIG_NAME)
-    weights = _find_weights(directory)
-    sentence = _sentence_config(directory)
-    model = convert_from_hf(
-        read_tensors(weights), hf_cfg, weights, sentence.get("pooling"), directory / CONFIG_NAME
-    )
-    meta: dict[str, Any] = {}
-    if sentence.get("max_seq_length"):
-        meta["max_length"] = sentence["max_seq_length"]
-    if "normalize" in sentence:
-        meta["normalize"] = sentence["normalize"]
-    # an encoder's texts are cut at its positions, as sentence-transformers does; a GPT's are
-    # not: a prompt or a text to score that is too long is refused (or slid) by the code that
-    # uses it, never cut silently at the tokenizer (which would keep the wrong end of a prompt)
-    max_len = None if isinstance(model, GPT) else meta.get("max_length") or model.config.max_seq_len
-    tokenizer = load_hf_tokenizer(directory, max_len)
-    if tokenizer is not None:
-        check_tokenizer_fits(tokenizer, model.config.vocab_size, _tokenizer_file(directory))
-    return model, meta, tokenizer
-
-
-def _tokenizer_file(directory: Path) -> Path:
-    """The file :func:`load_hf_tokenizer` read the tokenizer from (for messages)."""
-    for name in ("tokenizer.json", "vocab.txt", "vocab.json"):
-        if (directory / name).is_file():
-            return directory / name
-    return directory
 
 
 # --------------------------------------------------------------------------------------------
