@@ -1,6 +1,6 @@
 """Prepacked CPU linears (attnkit.models.packed): outputs against a float64 product, the
 fallbacks (gradients, other dtypes), the layers restored afterwards, a shared layer packed
-once, and nested use refused."""
+once, and a nested context left inert."""
 
 import pytest
 import torch
@@ -77,12 +77,14 @@ def test_gradients_and_other_dtypes_fall_back_to_the_plain_layer():
         assert n == 0
 
 
-def test_nested_use_is_refused_and_leaves_the_outer_context_working():
+def test_a_nested_context_packs_nothing_and_undoes_nothing():
     net = model()
     x = torch.randn(2, 16)
     with torch.no_grad(), packed_linears(net):
-        with pytest.raises(RuntimeError, match="already has its own forward"):
-            with packed_linears(net):
-                pass
+        outer = vars(net.head)["forward"]
+        with packed_linears(net) as n:
+            assert n == 0
+        assert vars(net.head)["forward"] is outer  # the outer context's layer is still packed
         y = net(x)
+    assert all("forward" not in vars(m) for m in net.modules())
     torch.testing.assert_close(y.double(), reference(net, x), atol=2e-5, rtol=1e-5)

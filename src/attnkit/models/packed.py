@@ -67,10 +67,9 @@ def packed_linears(model: nn.Module, rows: int = 64) -> Iterator[int]:
     packed once, until the context closes; yields how many layers were packed. ``rows``: the
     typical number of rows of a call, oneDNN's hint for the layout.
 
-    A layer shared by several parents (a tied head) is packed once. Nested use is refused.
-
-    Raises:
-        RuntimeError: the model's layers are already packed by an open context.
+    A layer shared by several parents (a tied head) is packed once. A layer that already has
+    a forward of its own is left alone: inside an open context a second one packs nothing and
+    undoes nothing.
 
     Examples:
         >>> with torch.no_grad(), packed_linears(model, rows=64) as n:  # n layers packed
@@ -79,14 +78,11 @@ def packed_linears(model: nn.Module, rows: int = 64) -> Iterator[int]:
     layers = []
     seen: set[int] = set()
     for module in model.modules():
-        if id(module) in seen or not can_pack(module):
+        # a layer with a forward of its own (packed by an enclosing context, or patched by
+        # another tool) is left as it is
+        if id(module) in seen or not can_pack(module) or "forward" in vars(module):
             continue
         seen.add(id(module))
-        if "forward" in vars(module):
-            raise RuntimeError(
-                f"{type(module).__name__} already has its own forward (packed_linears open "
-                f"twice on the same model?)"
-            )
         layers.append(module)
     try:
         with torch.no_grad():
